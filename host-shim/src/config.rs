@@ -1,0 +1,285 @@
+//! The host's configuration file, YAML by default, TOML when the file name ends in `.toml`.
+//!
+//! ```yaml
+//! plugin: target/release/libegresswatch_plugin.so   # optional; default: beside the executable
+//! batch:
+//!   max_events: 1024          # events handed to the plugin per call
+//!   max_line_bytes: 1048576   # longer lines are passed through unread and counted
+//! unreadable: pass            # pass | errors | wrap
+//! outputs:
+//!   default: { type: stdout }
+//!   anomalies: { type: file, path: anomalies.ndjson }
+//! detector:                   # handed to the plugin as JSON; its schema is the plugin's
+//!   rules: [rules/]
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use egresswatch_plugin_api::{DEFAULT_OUTPUT, ERRORS_OUTPUT};
+
+/// A problem with the configuration file.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file is not valid YAML for this schema; the message carries line and column.
+    #[error("config file {path}: {message}")]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's message, with the field path and position.
+        message: String,
+    },
+    /// The file parsed but its values are inconsistent; every problem is listed.
+    #[error("config file {path} has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    Invalid {
+        /// The file.
+        path: PathBuf,
+        /// One message per problem, each naming the field.
+        problems: Vec<String>,
+    },
+}
+
+/// The whole configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// Path of the plugin library, relative to the config file; default: the platform's library
+    /// file name for `egresswatch_plugin` beside the running executable.
+    #[serde(default)]
+    pub plugin: Option<PathBuf>,
+    /// Batching and line limits.
+    #[serde(default)]
+    pub batch: BatchConfig,
+    /// What to do with lines the detector cannot read (not UTF-8, too long, not a JSON object).
+    #[serde(default)]
+    pub unreadable: UnreadablePolicy,
+    /// Send a batch the plugin failed on to the `errors` output instead of passing it on.
+    #[serde(default)]
+    pub fail_closed: bool,
+    /// Named outputs; `default` is standard output unless configured otherwise.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, OutputConfig>,
+    /// The detector's own configuration, passed to the plugin as JSON.
+    #[serde(default = "empty_object")]
+    pub detector: serde_json::Value,
+    /// Where the file was read from; relative paths are resolved against its directory.
+    #[serde(skip)]
+    pub base_dir: PathBuf,
+}
+
+fn empty_object() -> serde_json::Value {
+    serde_json::Value::Object(serde_json::Map::new())
+}
+
+/// Batching and line limits.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// Largest number of events handed to the plugin in one call.
+    #[serde(default = "default_max_events")]
+    pub max_events: usize,
+    /// Lines longer than this many bytes are passed through without being read, and counted.
+    #[serde(default = "default_max_line_bytes")]
+    pub max_line_bytes: usize,
+}
+
+fn default_max_events() -> usize {
+    1024
+}
+
+fn default_max_line_bytes() -> usize {
+    1 << 20
+}
+
+impl Default for BatchConfig {
+    fn default() -> Self {
+        BatchConfig {
+            max_events: default_max_events(),
+            max_line_bytes: default_max_line_bytes(),
+        }
+    }
+}
+
+/// What happens to a line the detector cannot read.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum UnreadablePolicy {
+    /// Write it unchanged to the default output.
+    #[default]
+    Pass,
+    /// Write it unchanged to the `errors` output.
+    Errors,
+    /// Write `{"message": "<line>"}` to the default output, so that a downstream JSON input
+    /// (Fluent Bit's `tcp` input) only ever sees JSON objects.
+    Wrap,
+}
+
+/// One named output.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum OutputConfig {
+    /// Standard output.
+    Stdout,
+    /// A file, appended to (created if absent).
+    File {
+        /// Path of the file, relative to the config file.
+        path: PathBuf,
+    },
+}
+
+impl HostConfig {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let is_toml = path.extension().is_some_and(|e| e == "toml");
+        let mut config = Self::parse(&text, is_toml).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+        config.base_dir = path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."))
+            .to_owned();
+        let problems = config.problems();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid {
+                path: path.to_owned(),
+                problems,
+            });
+        }
+        Ok(config)
+    }
+
+    /// Parses configuration text, YAML or TOML.
+    pub fn parse(text: &str, is_toml: bool) -> Result<Self, String> {
+        if is_toml {
+            toml::from_str(text).map_err(|e| e.to_string())
+        } else if text.trim().is_empty() {
+            serde_yaml_ng::from_str("{}").map_err(|e| e.to_string())
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
+        }
+    }
+
+    /// Every inconsistency in the values, each naming its field.
+    pub fn problems(&self) -> Vec<String> {
+        let mut problems = Vec::new();
+        if self.batch.max_events == 0 {
+            problems.push("batch.max_events: must be at least 1".to_owned());
+        }
+        if self.batch.max_line_bytes == 0 {
+            problems.push("batch.max_line_bytes: must be at least 1".to_owned());
+        }
+        if !self.detector.is_object() {
+            problems.push("detector: expected a mapping".to_owned());
+        }
+        if self.unreadable == UnreadablePolicy::Errors && !self.outputs.contains_key(ERRORS_OUTPUT)
+        {
+            problems.push(format!(
+                "unreadable: `errors` needs an output named `{ERRORS_OUTPUT}` under outputs"
+            ));
+        }
+        if self.fail_closed && !self.outputs.contains_key(ERRORS_OUTPUT) {
+            problems.push(format!(
+                "fail_closed: needs an output named `{ERRORS_OUTPUT}` under outputs"
+            ));
+        }
+        problems
+    }
+
+    /// Checks that every route the plugin's rules use has an output; returns one problem per
+    /// missing output.
+    pub fn missing_routes(&self, routes: &[String]) -> Vec<String> {
+        routes
+            .iter()
+            .filter(|r| r.as_str() != DEFAULT_OUTPUT && !self.outputs.contains_key(r.as_str()))
+            .map(|r| {
+                format!(
+                    "outputs.{r}: a rule routes events to `{r}` but no such output is configured"
+                )
+            })
+            .collect()
+    }
+
+    /// Resolves a path from the config file against the config file's directory.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        if path.is_absolute() {
+            path.to_owned()
+        } else {
+            self.base_dir.join(path)
+        }
+    }
+
+    /// The detector configuration as JSON text, with `base_dir` set for the plugin.
+    pub fn detector_json(&self) -> String {
+        let mut detector = self.detector.clone();
+        if let Some(map) = detector.as_object_mut() {
+            map.entry("base_dir").or_insert_with(|| {
+                serde_json::Value::String(self.base_dir.to_string_lossy().into_owned())
+            });
+        }
+        detector.to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn yaml_and_toml_give_the_same_config() {
+        let yaml =
+            "batch:\n  max_events: 7\noutputs:\n  anomalies:\n    type: file\n    path: a.ndjson\n";
+        let toml =
+            "[batch]\nmax_events = 7\n[outputs.anomalies]\ntype = \"file\"\npath = \"a.ndjson\"\n";
+        let a = HostConfig::parse(yaml, false).unwrap();
+        let b = HostConfig::parse(toml, true).unwrap();
+        assert_eq!(a.batch.max_events, 7);
+        assert_eq!(b.batch.max_events, 7);
+        assert_eq!(a.outputs, b.outputs);
+        assert_eq!(a.batch.max_line_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn unknown_fields_are_named_with_their_position() {
+        let err = HostConfig::parse("batch:\n  max_event: 7\n", false).unwrap_err();
+        assert!(err.contains("max_event"), "{err}");
+        assert!(err.contains("line 2"), "{err}");
+    }
+
+    #[test]
+    fn every_problem_is_reported() {
+        let config = HostConfig::parse(
+            "batch: {max_events: 0}\nfail_closed: true\nunreadable: errors\n",
+            false,
+        )
+        .unwrap();
+        let problems = config.problems();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("batch.max_events"));
+    }
+
+    #[test]
+    fn routes_without_outputs_are_reported() {
+        let config = HostConfig::parse("outputs: {pager: {type: stdout}}", false).unwrap();
+        let missing =
+            config.missing_routes(&["pager".into(), "anomalies".into(), "default".into()]);
+        assert_eq!(missing.len(), 1);
+        assert!(missing[0].contains("anomalies"));
+    }
+}

@@ -1,0 +1,18 @@
+//! The `egresswatch` host: finds and loads the detector plugin, reads the configuration, moves
+//! NDJSON events between inputs and outputs in batches, and reports what it did.
+//!
+//! The host owns every piece of I/O; the plugin only sees batches of event text and returns
+//! verdicts. The host's first duty is not to lose data: every line it reads is written to some
+//! output exactly once, in order, whatever the plugin says or does.
+//!
+//! - [`config`]: the YAML (or TOML) configuration file.
+//! - [`loader`]: loading the plugin library with version and layout checks.
+//! - [`engine`]: applying verdicts to batches of lines and writing them to outputs.
+//! - [`stream`]: reading lines from a byte stream and driving the engine until EOF or a signal.
+//! - [`output`]: the named outputs.
+
+pub mod config;
+pub mod engine;
+pub mod loader;
+pub mod output;
+pub mod stream;

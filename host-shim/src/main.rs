@@ -1,0 +1,180 @@
+//! The `egresswatch` command line.
+
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+
+use egresswatch::config::HostConfig;
+use egresswatch::engine::{Engine, EnginePolicy};
+use egresswatch::loader::{self, Plugin};
+use egresswatch::output::Outputs;
+use egresswatch::stream::{self, Finish};
+
+/// Catch command-and-control and data exfiltration in network events while they are still in
+/// the pipeline.
+#[derive(Debug, Parser)]
+#[command(name = "egresswatch", version, about, long_about = None)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Read NDJSON events on stdin, write them (annotated or routed) on stdout and named outputs.
+    Run {
+        /// The configuration file (YAML, or TOML when it ends in .toml).
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The plugin library; overrides `plugin:` in the config.
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+    },
+    /// Load the configuration, the plugin, the rules and the outputs, report problems, and exit.
+    Validate {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The plugin library; overrides `plugin:` in the config.
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+    },
+    /// Print the host's version, and the plugin's version and ABI version.
+    Version {
+        /// The plugin library; default: beside this executable.
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+    },
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("EGRESSWATCH_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .init();
+    let cli = Cli::parse();
+    let result = match cli.command {
+        Command::Run { config, plugin } => run(&config, plugin.as_deref()),
+        Command::Validate { config, plugin } => validate(&config, plugin.as_deref()),
+        Command::Version { plugin } => version(plugin.as_deref()),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The plugin path: the command line, else the config, else beside the executable.
+fn plugin_path(config: Option<&HostConfig>, cli: Option<&Path>) -> PathBuf {
+    if let Some(path) = cli {
+        return path.to_owned();
+    }
+    match config.and_then(|c| c.plugin.as_ref().map(|p| c.resolve(p))) {
+        Some(path) => path,
+        None => loader::default_plugin_path(),
+    }
+}
+
+/// Loads config and plugin and constructs the engine; shared by `run` and `validate`.
+fn start(config_path: &Path, plugin: Option<&Path>) -> Result<(HostConfig, Plugin, Engine)> {
+    let config = HostConfig::load(config_path)?;
+    let plugin = loader::load(&plugin_path(Some(&config), plugin))?;
+    let transform = plugin.construct(&config.detector_json())?;
+    let routes: Vec<String> = transform.routes().into_iter().map(Into::into).collect();
+    let missing = config.missing_routes(&routes);
+    if !missing.is_empty() {
+        bail!(
+            "config file {}: {}",
+            config_path.display(),
+            missing.join("\n  - ")
+        );
+    }
+    let engine = Engine::new(
+        transform,
+        EnginePolicy {
+            batch: config.batch,
+            unreadable: config.unreadable,
+            fail_closed: config.fail_closed,
+        },
+    );
+    Ok((config, plugin, engine))
+}
+
+fn run(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
+    let (config, plugin, mut engine) = start(config_path, plugin)?;
+    tracing::info!(
+        plugin = plugin.name(),
+        version = plugin.version(),
+        "egresswatch started"
+    );
+    let mut outputs = Outputs::open(&config)?;
+    let stop = Arc::new(AtomicBool::new(false));
+    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+        signal_hook::flag::register(signal, Arc::clone(&stop))
+            .context("installing signal handlers")?;
+    }
+    let finish = stream::run(std::io::stdin(), &mut engine, &mut outputs, &stop)
+        .context("processing the event stream")?;
+    outputs.flush().context("flushing outputs")?;
+    let counters = engine.counters();
+    tracing::info!(
+        finish = ?finish,
+        lines_in = counters.lines_in,
+        not_utf8 = counters.not_utf8,
+        oversize = counters.oversize,
+        unreadable = counters.unreadable,
+        plugin_errors = counters.plugin_errors,
+        annotated = counters.annotated,
+        routed = counters.routed,
+        outputs = ?outputs.counts(),
+        plugin_metrics = %engine.transform().metrics(),
+        "egresswatch finished"
+    );
+    if finish == Finish::Stopped {
+        tracing::info!("stopped by signal after flushing everything read");
+    }
+    Ok(())
+}
+
+fn validate(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
+    let (_config, plugin, engine) = start(config_path, plugin)?;
+    println!(
+        "{}: OK (plugin {} {}, ABI {})",
+        config_path.display(),
+        plugin.name(),
+        plugin.version(),
+        plugin.abi_version()
+    );
+    println!("{}", engine.transform().metrics());
+    Ok(())
+}
+
+fn version(plugin: Option<&Path>) -> Result<()> {
+    println!(
+        "egresswatch {} (plugin ABI {})",
+        env!("CARGO_PKG_VERSION"),
+        loader::host_abi_version()
+    );
+    let path = plugin_path(None, plugin);
+    let plugin = loader::load(&path)?;
+    println!(
+        "plugin {} {} (ABI {}) at {}",
+        plugin.name(),
+        plugin.version(),
+        plugin.abi_version(),
+        path.display()
+    );
+    Ok(())
+}

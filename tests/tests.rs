@@ -1,0 +1,6 @@
+//! Integration tests of the `egresswatch` program: one binary, one module per area.
+
+mod util;
+
+mod loading;
+mod passthrough;

@@ -1,0 +1,109 @@
+//! Helpers shared by the integration tests: building the plugins, running the program, temp
+//! directories.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::sync::OnceLock;
+
+/// The `egresswatch` binary under test.
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_egresswatch"))
+}
+
+/// The workspace root.
+pub fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("host-shim has a parent")
+        .to_owned()
+}
+
+/// The directory the binary (and so the default plugin) lives in.
+pub fn target_dir() -> PathBuf {
+    bin().parent().expect("binary has a directory").to_owned()
+}
+
+/// Builds the real plugin and the test plugins once per test run, with the same profile as the
+/// binary under test, so that no manual build step is needed.
+pub fn build_plugins() {
+    static BUILT: OnceLock<()> = OnceLock::new();
+    BUILT.get_or_init(|| {
+        let mut cmd = Command::new(env!("CARGO"));
+        cmd.current_dir(workspace()).args([
+            "build",
+            "--quiet",
+            "-p",
+            "egresswatch-plugin",
+            "-p",
+            "egresswatch-test-old-abi",
+            "-p",
+            "egresswatch-test-faulty",
+            "-p",
+            "egresswatch-test-no-root",
+        ]);
+        if target_dir().ends_with("release") {
+            cmd.arg("--release");
+        }
+        let status = cmd.status().expect("cargo runs");
+        assert!(status.success(), "building the plugins failed");
+    });
+}
+
+/// Path of a library built in this workspace, e.g. `library("egresswatch_plugin")`.
+pub fn library(name: &str) -> PathBuf {
+    build_plugins();
+    target_dir().join(format!(
+        "{}{name}{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ))
+}
+
+/// A fresh, empty directory for one test.
+pub fn temp_dir(test: &str) -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join(test);
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create temp dir");
+    dir
+}
+
+/// Writes `text` to `dir/name` and returns the path.
+pub fn write(dir: &Path, name: &str, text: impl AsRef<[u8]>) -> PathBuf {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write test file");
+    path
+}
+
+/// Runs `egresswatch` with `args`, feeding `stdin`, after making sure the plugins are built.
+pub fn run(args: &[&str], stdin: &[u8]) -> Output {
+    run_env(args, stdin, &[])
+}
+
+/// Like [`run`], with extra environment variables.
+pub fn run_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
+    build_plugins();
+    let mut child = Command::new(bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("egresswatch starts");
+    let mut input = child.stdin.take().expect("stdin is piped");
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        // The program may exit early (on a load error) and close its stdin.
+        let _ = input.write_all(&data);
+    });
+    let output = child.wait_with_output().expect("egresswatch runs");
+    writer.join().expect("stdin writer");
+    output
+}
+
+/// Standard error as text.
+pub fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}

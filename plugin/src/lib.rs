@@ -12,6 +12,7 @@
 pub mod config;
 pub mod detector;
 pub mod export;
+pub mod geo;
 
 pub use config::DetectorConfig;
 pub use detector::Detector;

@@ -345,9 +345,9 @@ impl GeoDb {
 /// The address to look up for `ip`, or `None` when it is not globally routable.
 ///
 /// IPv4-mapped (`::ffff:a.b.c.d`) and NAT64 well-known-prefix (`64:ff9b::a.b.c.d`) addresses
-/// become their IPv4 address. Special-purpose ranges that are not globally reachable (IANA
-/// special-purpose registries, RFC 6890 and successors) are refused before the database is
-/// asked, because databases do answer for some of them: the shipped ip-location-db build
+/// become their IPv4 address. Addresses that are not public destinations
+/// ([`crate::net::is_public_destination`]: private, reserved, documentation, CGNAT, multicast...)
+/// are refused before the database is asked, because databases do answer for some of them: the shipped ip-location-db build
 /// places 172.16.0.0/12, 192.168.0.0/16 and TEST-NET-2/3 in "AU" and 2001:db8::/32 in "JP".
 /// A private destination must never look like a rare foreign country.
 fn routable_address(ip: IpAddr) -> Option<IpAddr> {
@@ -358,36 +358,7 @@ fn routable_address(ip: IpAddr) -> Option<IpAddr> {
         }
         other => other,
     };
-    let special = match ip {
-        IpAddr::V4(v4) => {
-            let [a, b, c, _] = v4.octets();
-            a == 0 // 0.0.0.0/8 "this network"
-                || a == 10 // 10.0.0.0/8 private
-                || (a == 100 && (b & 0xC0) == 64) // 100.64.0.0/10 shared (CGNAT)
-                || a == 127 // loopback
-                || (a == 169 && b == 254) // link-local
-                || (a == 172 && (b & 0xF0) == 16) // 172.16.0.0/12 private
-                || (a == 192 && b == 0 && (c == 0 || c == 2)) // 192.0.0.0/24, TEST-NET-1
-                || (a == 192 && b == 168) // 192.168.0.0/16 private
-                || (a == 198 && (b & 0xFE) == 18) // 198.18.0.0/15 benchmarking
-                || (a == 198 && b == 51 && c == 100) // TEST-NET-2
-                || (a == 203 && b == 0 && c == 113) // TEST-NET-3
-                || a >= 224 // multicast, reserved, broadcast
-        }
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            v6.is_unspecified()
-                || v6.is_loopback()
-                || (s[0] & 0xFE00) == 0xFC00 // fc00::/7 unique local
-                || (s[0] & 0xFFC0) == 0xFE80 // fe80::/10 link-local
-                || (s[0] & 0xFF00) == 0xFF00 // ff00::/8 multicast
-                || (s[0] == 0x2001 && s[1] == 0x0DB8) // 2001:db8::/32 documentation
-                || (s[0] & 0xFFF0) == 0x3FF0 // 3fff::/20 documentation
-                || (s[0] == 0x0100 && s[1..4] == [0, 0, 0]) // 100::/64 discard-only
-                || (s[0] == 0x0064 && s[1] == 0xFF9B && s[2] == 1) // 64:ff9b:1::/48 local NAT64
-        }
-    };
-    (!special).then_some(ip)
+    crate::net::is_public_destination(ip).then_some(ip)
 }
 
 /// Hit and miss counts of a [`GeoCache`].

@@ -9,10 +9,15 @@
 //! [`egresswatch_plugin_api`] (see [`export`]), and as an `rlib` so that tests and benchmarks can
 //! drive [`Detector`] in-process and measure what the ABI costs.
 
+pub mod alert;
+pub mod catalog;
 pub mod config;
 pub mod detector;
+pub mod event;
 pub mod export;
 pub mod geo;
+pub mod net;
+pub mod rules;
 
 pub use config::DetectorConfig;
 pub use detector::Detector;

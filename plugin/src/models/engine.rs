@@ -1,0 +1,659 @@
+//! Machinery shared by every model: the event-time bucket clock, exponential decay, the bounded
+//! two-tier key table, keyed hashing, the score curve and human formatting.
+//!
+//! # Bucket clock
+//! `bucket = time_ms.div_euclid(bucket_span_ms)`. The newest bucket seen is the *head*. Buckets
+//! `head - lateness ..= head` are *open*: events for them are counted into their own bucket. When
+//! the head moves forward, buckets older than `head - lateness` *close* (the model folds them into
+//! its history). An event for a closed bucket is *far-late*: it is scored, but changes nothing.
+//! A forward jump closes everything at once and decays history by the whole gap, so one event with
+//! a wildly future timestamp would age the model: the caller should clamp timestamps it does not
+//! trust (e.g. to ingestion time plus a skew).
+//!
+//! # Decay
+//! Every count is a decayed weight: one bucket of age `a` weighs `0.5^(a / half_life_buckets)`.
+//! Weights are stored with the bucket they are valid at and decayed lazily when read.
+//!
+//! # Memory cap and eviction policy ([`KeyTable`])
+//! `max_entities` keys per job, split into an *established* tier (3/4) and a *probationary* tier
+//! (1/4). A new key always enters probation. A probationary key is promoted at a bucket close, or
+//! when probation fills up while the established tier has room, once the model says it has enough
+//! evidence (it appeared in at least two distinct buckets). When probation is still full, it sheds
+//! half of itself in one pass (amortised O(1) per insert): if the established tier has free room
+//! for it, the heavier half moves there (free room is lent, never taken from a key); otherwise the
+//! lighter half by decayed weight (oldest first on ties) is evicted. When the established tier is
+//! full at a bucket close, established keys are evicted only if their decayed weight is below that
+//! of the candidates being promoted, at most 1/16 of the tier per bucket. So a spray of random
+//! keys, however large, only churns probation and free room and never evicts an established key;
+//! displacing one takes a key that kept appearing for longer than it has recently, and even then
+//! only 1/16 of the baseline can go per bucket.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+
+use serde::{Deserialize, Serialize};
+use siphasher::sip::SipHasher13;
+
+use super::{ConfigProblem, ModelError, STATE_VERSION};
+
+/// Keys are already uniformly distributed (keyed SipHash), so the maps use them as they are.
+#[derive(Default, Clone, Copy)]
+pub struct PassThrough(u64);
+
+impl Hasher for PassThrough {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+}
+
+/// A map keyed by pre-hashed 64-bit keys.
+pub type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<PassThrough>>;
+
+/// Keyed 64-bit hashing of field values (SipHash-1-3). The keys are part of the saved state so
+/// that hashes stay valid across restarts; an attacker cannot aim collisions at baseline keys
+/// without a 2^64 search.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyHasher {
+    k0: u64,
+    k1: u64,
+}
+
+impl KeyHasher {
+    /// A hasher with the given secret.
+    pub fn new(seed: u64) -> Self {
+        KeyHasher {
+            k0: seed ^ 0x6567_7265_7373_7761,
+            k1: seed.rotate_left(32) ^ 0x7463_6820_6d6f_6465,
+        }
+    }
+
+    /// Hash of a sequence of optional strings (absent and empty are distinct).
+    pub fn key(&self, parts: &[Option<&str>]) -> u64 {
+        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        for p in parts {
+            match p {
+                Some(s) => {
+                    h.write(s.as_bytes());
+                    h.write_u8(0xff);
+                }
+                None => h.write_u8(0xfe),
+            }
+        }
+        h.finish()
+    }
+}
+
+/// Mixes two keys into one (for derived keys such as value-within-entity).
+pub fn mix(a: u64, b: u64) -> u64 {
+    let x = (a ^ b.rotate_left(29)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    x ^ (x >> 31)
+}
+
+/// Where an event falls on the bucket clock.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    /// An open bucket (the head or within lateness): count the event into it.
+    Open(i32),
+    /// A closed bucket: score only.
+    FarLate(i32),
+}
+
+/// The event-time bucket clock of one job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Clock {
+    span_ms: i64,
+    lateness: i32,
+    head: Option<i32>,
+}
+
+impl Clock {
+    /// A clock with buckets of `span_secs` seconds and `lateness` open buckets behind the head.
+    pub fn new(span_secs: u32, lateness: u32) -> Self {
+        Clock {
+            span_ms: i64::from(span_secs.max(1)) * 1000,
+            lateness: i32::try_from(lateness).unwrap_or(i32::MAX),
+            head: None,
+        }
+    }
+
+    /// Bucket length in ms.
+    pub fn span_ms(&self) -> i64 {
+        self.span_ms
+    }
+
+    /// The newest bucket seen.
+    pub fn head(&self) -> Option<i32> {
+        self.head
+    }
+
+    /// Start of a bucket in ms.
+    pub fn start_ms(&self, bucket: i32) -> i64 {
+        i64::from(bucket) * self.span_ms
+    }
+
+    /// Oldest open bucket for the current head.
+    pub fn oldest_open(&self) -> Option<i32> {
+        self.head.map(|h| h.saturating_sub(self.lateness))
+    }
+
+    /// Places an event. Returns its slot and, when the head moved forward, the new oldest open
+    /// bucket: the caller must close every open bucket older than it. `None` for a time whose
+    /// bucket index does not fit the state's 32-bit bucket numbers.
+    pub fn place(&mut self, time_ms: i64) -> Option<(Slot, Option<i32>)> {
+        let bucket = i32::try_from(time_ms.div_euclid(self.span_ms)).ok()?;
+        match self.head {
+            Some(h) if bucket <= h => {
+                if bucket >= h.saturating_sub(self.lateness) {
+                    Some((Slot::Open(bucket), None))
+                } else {
+                    Some((Slot::FarLate(bucket), None))
+                }
+            }
+            _ => {
+                self.head = Some(bucket);
+                Some((
+                    Slot::Open(bucket),
+                    Some(bucket.saturating_sub(self.lateness)),
+                ))
+            }
+        }
+    }
+}
+
+/// Exponential decay per bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decay {
+    ln_factor: f64,
+}
+
+impl Decay {
+    /// Decay with the given half-life in buckets (0 or less: no decay).
+    pub fn new(half_life_buckets: f64) -> Self {
+        let ln_factor = if half_life_buckets > 0.0 {
+            -std::f64::consts::LN_2 / half_life_buckets
+        } else {
+            0.0
+        };
+        Decay { ln_factor }
+    }
+
+    /// Weight of something `age` buckets old (1 when `age <= 0`).
+    #[inline]
+    pub fn factor(&self, age: i64) -> f64 {
+        if age <= 0 {
+            1.0
+        } else {
+            (self.ln_factor * age as f64).exp()
+        }
+    }
+
+    /// Sum of the weights of one unit per bucket over an infinite history (the steady-state
+    /// decayed bucket count).
+    pub fn steady_total(&self) -> f64 {
+        if self.ln_factor == 0.0 {
+            f64::INFINITY
+        } else {
+            1.0 / (1.0 - self.ln_factor.exp())
+        }
+    }
+}
+
+/// A decayed weight valid at bucket `at`.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Decayed {
+    /// The weight at bucket `at`.
+    pub value: f64,
+    /// The bucket the weight is valid at.
+    pub at: i32,
+}
+
+impl Decayed {
+    /// The weight at bucket `now`.
+    #[inline]
+    pub fn get(&self, now: i32, decay: &Decay) -> f64 {
+        self.value * decay.factor(i64::from(now) - i64::from(self.at))
+    }
+
+    /// Adds one unit that happened in `bucket`, bringing the weight to `now` (>= bucket) first.
+    #[inline]
+    pub fn add(&mut self, amount: f64, bucket: i32, now: i32, decay: &Decay) {
+        let now = now.max(self.at);
+        self.value =
+            self.get(now, decay) + amount * decay.factor(i64::from(now) - i64::from(bucket));
+        self.at = now;
+    }
+}
+
+/// An entry that a [`KeyTable`] can rank for eviction and promotion.
+pub trait Tracked {
+    /// Decayed evidence for this key at bucket `now`.
+    fn weight(&self, now: i32, decay: &Decay) -> f64;
+    /// Last bucket this key was seen in (tie-break: older goes first).
+    fn last_bucket(&self) -> i32;
+    /// Whether the key has enough evidence to leave probation.
+    fn promotable(&self) -> bool;
+}
+
+/// A bounded two-tier table of tracked keys (policy in the module docs).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(bound(serialize = "V: Serialize", deserialize = "V: Deserialize<'de>"))]
+pub struct KeyTable<V> {
+    established: KeyMap<V>,
+    probation: KeyMap<V>,
+    cap_established: usize,
+    cap_probation: usize,
+    evictions: u64,
+}
+
+impl<V: Tracked> KeyTable<V> {
+    /// A table holding at most `max_entities` keys (at least 4).
+    pub fn new(max_entities: usize) -> Self {
+        let max = max_entities.max(4);
+        let cap_probation = (max / 4).max(1);
+        KeyTable {
+            established: KeyMap::default(),
+            probation: KeyMap::default(),
+            cap_established: max - cap_probation,
+            cap_probation,
+            evictions: 0,
+        }
+    }
+
+    /// The entry of a key, in either tier.
+    #[inline]
+    pub fn get(&self, key: u64) -> Option<&V> {
+        self.established
+            .get(&key)
+            .or_else(|| self.probation.get(&key))
+    }
+
+    /// The entry of a key, inserted into probation with `make` when absent (evicting the weaker
+    /// half of probation first when it is full).
+    pub fn entry(&mut self, key: u64, now: i32, decay: &Decay, make: impl FnOnce() -> V) -> &mut V {
+        if self.established.contains_key(&key) {
+            // Two lookups keep the borrow checker happy; the key is hot in cache.
+            return self.established.entry(key).or_insert_with(make);
+        }
+        if !self.probation.contains_key(&key) && self.probation.len() >= self.cap_probation {
+            self.promote_ready();
+            if self.probation.len() >= self.cap_probation {
+                self.shed_probation_half(now, decay);
+            }
+        }
+        self.probation.entry(key).or_insert_with(make)
+    }
+
+    /// Moves promotable probationary keys into free established room (no displacement).
+    fn promote_ready(&mut self) {
+        let room = self.cap_established.saturating_sub(self.established.len());
+        if room == 0 {
+            return;
+        }
+        let ready: Vec<u64> = self
+            .probation
+            .iter()
+            .filter(|(_, v)| v.promotable())
+            .map(|(k, _)| *k)
+            .take(room)
+            .collect();
+        for k in ready {
+            if let Some(v) = self.probation.remove(&k) {
+                self.established.insert(k, v);
+            }
+        }
+    }
+
+    /// Makes room in a full probation tier: its heavier half moves into free established room
+    /// when there is enough, otherwise its lighter half is evicted.
+    fn shed_probation_half(&mut self, now: i32, decay: &Decay) {
+        let mut ranked: Vec<(f64, i32, u64)> = self
+            .probation
+            .iter()
+            .map(|(k, v)| (v.weight(now, decay), v.last_bucket(), *k))
+            .collect();
+        let cut = ranked.len() / 2;
+        if cut == 0 {
+            return;
+        }
+        ranked.select_nth_unstable_by(cut, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        let room = self.cap_established.saturating_sub(self.established.len());
+        if room >= ranked.len() - cut {
+            for (_, _, k) in &ranked[cut..] {
+                if let Some(v) = self.probation.remove(k) {
+                    self.established.insert(*k, v);
+                }
+            }
+        } else {
+            for (_, _, k) in &ranked[..cut] {
+                self.probation.remove(k);
+            }
+            self.evictions += cut as u64;
+        }
+    }
+
+    /// Bucket-close maintenance: promotes probationary keys with enough evidence, displacing
+    /// weaker established keys when the established tier is full.
+    pub fn maintain(&mut self, now: i32, decay: &Decay) {
+        let mut candidates: Vec<(f64, u64)> = self
+            .probation
+            .iter()
+            .filter(|(_, v)| v.promotable())
+            .map(|(k, v)| (v.weight(now, decay), *k))
+            .collect();
+        if candidates.is_empty() {
+            return;
+        }
+        candidates.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        let room = self.cap_established.saturating_sub(self.established.len());
+        if room < candidates.len() {
+            // Displace at most 1/16 of the tier, and only keys weaker than the median candidate.
+            let bar = candidates[candidates.len() / 2].0;
+            let limit = (self.cap_established / 16)
+                .max(1)
+                .min(candidates.len() - room);
+            let mut weak: Vec<(f64, i32, u64)> = self
+                .established
+                .iter()
+                .map(|(k, v)| (v.weight(now, decay), v.last_bucket(), *k))
+                .filter(|(w, _, _)| *w < bar)
+                .collect();
+            if weak.len() > limit {
+                weak.select_nth_unstable_by(limit, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                weak.truncate(limit);
+            }
+            for (_, _, k) in &weak {
+                self.established.remove(k);
+            }
+            self.evictions += weak.len() as u64;
+        }
+        let room = self.cap_established.saturating_sub(self.established.len());
+        for (_, k) in candidates.into_iter().take(room) {
+            if let Some(v) = self.probation.remove(&k) {
+                self.established.insert(k, v);
+            }
+        }
+    }
+
+    /// Changes the cap (e.g. after loading state saved under another configuration); the tiers
+    /// shrink lazily through normal eviction.
+    pub fn set_cap(&mut self, max_entities: usize) {
+        let max = max_entities.max(4);
+        self.cap_probation = (max / 4).max(1);
+        self.cap_established = max - self.cap_probation;
+    }
+
+    /// Established keys.
+    pub fn established_len(&self) -> usize {
+        self.established.len()
+    }
+
+    /// Probationary keys.
+    pub fn probation_len(&self) -> usize {
+        self.probation.len()
+    }
+
+    /// Keys evicted so far.
+    pub fn evictions(&self) -> u64 {
+        self.evictions
+    }
+
+    /// Heap bytes of both tiers at their current capacity.
+    pub fn approx_bytes(&self) -> usize {
+        map_bytes(&self.established) + map_bytes(&self.probation)
+    }
+}
+
+/// Kind byte written after the version in saved state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// A `rare` model.
+    Rare = 1,
+    /// A `high_sum` model.
+    HighSum = 2,
+}
+
+/// Encodes a state behind a `(version, kind)` header.
+pub fn encode_state<T: Serialize>(kind: Kind, state: &T) -> Result<Vec<u8>, ModelError> {
+    let mut out = postcard::to_allocvec(&(STATE_VERSION, kind as u8))?;
+    out.extend_from_slice(&postcard::to_allocvec(state)?);
+    Ok(out)
+}
+
+/// Decodes a state written by [`encode_state`], checking the header first.
+pub fn decode_state<T: for<'de> Deserialize<'de>>(
+    kind: Kind,
+    bytes: &[u8],
+) -> Result<T, ModelError> {
+    let ((version, found), rest): ((u32, u8), &[u8]) = postcard::take_from_bytes(bytes)?;
+    if version != STATE_VERSION {
+        return Err(ModelError::Version {
+            found: version,
+            expected: STATE_VERSION,
+        });
+    }
+    if found != kind as u8 {
+        return Err(ModelError::Mismatch {
+            field: "model",
+            state: found.to_string(),
+            config: (kind as u8).to_string(),
+        });
+    }
+    Ok(postcard::from_bytes(rest)?)
+}
+
+/// Approximate heap bytes of a map at its capacity (hashbrown: one control byte per slot, slots
+/// a power of two at most 7/8 full).
+pub fn map_bytes<V>(m: &KeyMap<V>) -> usize {
+    let cap = m.capacity();
+    if cap == 0 {
+        return 0;
+    }
+    let slots = (cap * 8 / 7).next_power_of_two();
+    slots * (std::mem::size_of::<(u64, V)>() + 1)
+}
+
+/// Score 0-100 from `-log10 p`: piecewise linear through these anchors, monotone.
+///
+/// | -log10 p | 0 | 0.5 | 1 | 1.5 | 1.7 | 2.5 | 3 | 4 | 6 |
+/// |---|---|---|---|---|---|---|---|---|---|
+/// | score | 0 | 3 | 20 | 60 | 75 | 85 | 90 | 96 | 100 |
+///
+/// Why: the steep middle puts "critical" (75) at p = 0.02, i.e. a value absent from ~30 buckets of
+/// history (`rare`) or a bucket sum above everything in a population of ~50 sums per bucket
+/// (`high_sum`, whose `p` is already multiplied by the population size); anything seen in one
+/// bucket out of ten or more (p >= 0.1) stays under 20, below "minor"; the flat top separates
+/// "never in a month" (p ~ 2e-4, ~94) from "never in a day" (~80) without saturating.
+pub fn score_from_log10_p(l: f64) -> f64 {
+    const ANCHORS: [(f64, f64); 9] = [
+        (0.0, 0.0),
+        (0.5, 3.0),
+        (1.0, 20.0),
+        (1.5, 60.0),
+        (1.7, 75.0),
+        (2.5, 85.0),
+        (3.0, 90.0),
+        (4.0, 96.0),
+        (6.0, 100.0),
+    ];
+    if l.is_nan() || l <= 0.0 {
+        return 0.0;
+    }
+    for w in ANCHORS.windows(2) {
+        let (x0, y0) = w[0];
+        let (x1, y1) = w[1];
+        if l <= x1 {
+            return y0 + (y1 - y0) * (l - x0) / (x1 - x0);
+        }
+    }
+    100.0
+}
+
+/// `-log10` of the standard normal upper tail `P(Z >= z)`.
+pub fn normal_neg_log10_sf(z: f64) -> f64 {
+    if z.is_nan() {
+        return 0.0;
+    }
+    if z < 5.0 {
+        // erfc via Numerical Recipes' erfcc (fractional error < 1.2e-7).
+        let x = z / std::f64::consts::SQRT_2;
+        let t = 1.0 / (1.0 + 0.5 * x.abs());
+        let y = t
+            * (-x * x - 1.265_512_23
+                + t * (1.000_023_68
+                    + t * (0.374_091_96
+                        + t * (0.096_784_18
+                            + t * (-0.186_288_06
+                                + t * (0.278_868_07
+                                    + t * (-1.135_203_98
+                                        + t * (1.488_515_87
+                                            + t * (-0.822_152_23 + t * 0.170_872_77)))))))))
+                .exp();
+        let erfc = if x >= 0.0 { y } else { 2.0 - y };
+        -(0.5 * erfc).max(1e-300).log10()
+    } else {
+        // Mills ratio asymptote.
+        let ln_sf = -0.5 * z * z - (z * (2.0 * std::f64::consts::PI).sqrt()).ln();
+        -ln_sf / std::f64::consts::LN_10
+    }
+}
+
+/// Bytes in human units: "8.1 GB", "40 MB", "512 B" (decimal units, as network tools print).
+pub fn format_bytes(b: f64) -> String {
+    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
+    if !b.is_finite() || b < 1000.0 {
+        return format!("{} B", b.max(0.0).round());
+    }
+    let mut v = b;
+    let mut i = 0;
+    while v >= 1000.0 && i + 1 < UNITS.len() {
+        v /= 1000.0;
+        i += 1;
+    }
+    if v < 10.0 {
+        format!("{v:.1} {}", UNITS[i])
+    } else {
+        format!("{v:.0} {}", UNITS[i])
+    }
+}
+
+/// An integer with thousands separators: "2,880".
+pub fn format_count(n: u64) -> String {
+    let s = n.to_string();
+    let mut out = String::with_capacity(s.len() + s.len() / 3);
+    for (i, c) in s.chars().enumerate() {
+        if i > 0 && (s.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A duration in the largest whole unit that fits: "3h", "15m", "30 days".
+pub fn format_duration_ms(ms: i64) -> String {
+    let s = ms / 1000;
+    if s >= 2 * 86_400 {
+        format!("{} days", s / 86_400)
+    } else if s >= 86_400 && s % 86_400 == 0 {
+        "1 day".to_string()
+    } else if s >= 3600 && s % 3600 == 0 {
+        format!("{}h", s / 3600)
+    } else if s >= 3600 {
+        format!("{:.1}h", s as f64 / 3600.0)
+    } else if s >= 60 && s % 60 == 0 {
+        format!("{}m", s / 60)
+    } else {
+        format!("{s}s")
+    }
+}
+
+/// Checks the keys every model shares; appends one problem per bad key.
+pub fn validate_common(
+    bucket_span_secs: u32,
+    half_life_buckets: f64,
+    lateness_buckets: u32,
+    max_entities: usize,
+    problems: &mut Vec<ConfigProblem>,
+) {
+    if bucket_span_secs < 60 {
+        problems.push(ConfigProblem {
+            field: "bucket_span_secs",
+            message: format!("must be at least 60, got {bucket_span_secs}"),
+        });
+    }
+    if !(half_life_buckets.is_finite() && half_life_buckets >= 1.0) {
+        problems.push(ConfigProblem {
+            field: "half_life_buckets",
+            message: format!("must be a number >= 1, got {half_life_buckets}"),
+        });
+    }
+    if lateness_buckets > 16 {
+        problems.push(ConfigProblem {
+            field: "lateness_buckets",
+            message: format!("must be at most 16, got {lateness_buckets}"),
+        });
+    }
+    if max_entities < 16 {
+        problems.push(ConfigProblem {
+            field: "max_entities",
+            message: format!("must be at least 16, got {max_entities}"),
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn score_curve_is_monotone_and_bounded() {
+        let mut last = -1.0;
+        for i in 0..1000 {
+            let s = score_from_log10_p(f64::from(i) * 0.01);
+            assert!(s >= last && (0.0..=100.0).contains(&s));
+            last = s;
+        }
+        assert_eq!(score_from_log10_p(f64::NAN), 0.0);
+        assert_eq!(score_from_log10_p(50.0), 100.0);
+    }
+
+    #[test]
+    fn clock_open_late_far_late() {
+        let mut c = Clock::new(900, 1);
+        let t0 = 1_700_000_100_000_i64;
+        let b0 = (t0 / 900_000) as i32;
+        assert_eq!(c.place(t0), Some((Slot::Open(b0), Some(b0 - 1))));
+        assert_eq!(c.place(t0 + 900_000), Some((Slot::Open(b0 + 1), Some(b0))));
+        assert_eq!(c.place(t0), Some((Slot::Open(b0), None)));
+        assert_eq!(c.place(t0 - 900_000), Some((Slot::FarLate(b0 - 1), None)));
+        assert_eq!(c.place(i64::MAX), None);
+    }
+
+    #[test]
+    fn normal_tail() {
+        assert!((normal_neg_log10_sf(0.0) - std::f64::consts::LOG10_2).abs() < 1e-4);
+        assert!((normal_neg_log10_sf(3.0) - 2.8697).abs() < 1e-3);
+        let a = normal_neg_log10_sf(4.999);
+        let b = normal_neg_log10_sf(5.001);
+        assert!((a - b).abs() < 0.02, "{a} {b}");
+    }
+
+    #[test]
+    fn formats() {
+        assert_eq!(format_bytes(8.1e9), "8.1 GB");
+        assert_eq!(format_bytes(40e6), "40 MB");
+        assert_eq!(format_bytes(512.0), "512 B");
+        assert_eq!(format_count(2880), "2,880");
+        assert_eq!(format_count(1_000_000), "1,000,000");
+        assert_eq!(format_duration_ms(10_800_000), "3h");
+        assert_eq!(format_duration_ms(30 * 86_400_000), "30 days");
+    }
+}

@@ -1,0 +1,924 @@
+//! `high_sum`: an unusually large total of a numeric field for one entity in one bucket.
+//!
+//! Reproduces Elastic's `high_sum` of a field (e.g. `source.bytes`) `over` an entity (e.g.
+//! `destination.ip`, 3h buckets), optionally `by` and `partition`ed; plus, beyond Elastic, each
+//! entity's own history, so a backup server that receives gigabytes every bucket is not an anomaly.
+//!
+//! # What it learns
+//! - The running sum of each entity in each open bucket (exact, in a per-bucket map).
+//! - Per partition, two decayed log-scale histograms of *completed* bucket sums (16 bins per
+//!   power of two from 1 to 2^56, 897 bins): `all` entities, and `newcomers` (entities with fewer
+//!   than 3 decayed buckets of history when the bucket closed). Also the decayed number of
+//!   entities and newcomers per bucket.
+//! - Per entity (24 bytes a slot): decayed weight (buckets), decayed mean and variance of
+//!   `ln(bucket sum)`, last bucket.
+//!
+//! # Score
+//! The running sum `s` (this event included) is scored on every event, so the score rises with the
+//! sum and the event that pushes it over the threshold is the one flagged.
+//! - Population tail: `W(s)` = decayed weight of completed sums >= `s` (log-linear inside a bin);
+//!   `p = (W(s) + 1/2) / (N + 1)` within the range seen. Beyond the top bin a Pareto tail takes
+//!   over, `p = 1/2 (s / top)^-a / (N + 1)`, continuous at the top; `a` is the Hill estimate over
+//!   the top 5% (at least 10 sums), clamped to [0.5, 1.5] so the tail is never lighter than a
+//!   finite-variance power law: a sum 10x past everything seen is not a certainty.
+//! - Multiple testing: `p` is per sum, but a bucket holds `E` sums (decayed entities per bucket),
+//!   so the population probability is `min(1, p * E)`: "some entity reaches this every bucket"
+//!   scores 0.
+//! - New entity (history < 3 buckets): scored against the `newcomers` histogram (what new
+//!   entities usually get in their first buckets), or `all` while that holds under 10 sums.
+//! - Established entity: `p = max(p_population(all), p_self)`, where `p_self` is the normal upper
+//!   tail of `ln s` under the entity's own mean and variance (shrunk towards a prior variance of
+//!   1, weight 2): flagged only when unusual for the population *and* for itself.
+//! - Score = [`score_from_log10_p`] of `-log10 p` (shared with `rare`).
+//!
+//! Calibration (tests): 50 destinations with 1 kB..5 MB a bucket for 24 buckets; a new IP then
+//! gets small chunks (score 0) and 200 MB chunks: the first 200 MB chunk already scores ~97
+//! (40x the largest newcomer sum); a destination that received ~2 GB every bucket for a week
+//! scores under 10.
+//!
+//! # Configuration
+//! `bucket_span_secs` (10800), `learning_buckets` (20), `half_life_buckets` (56: one week of 3h
+//! buckets), `lateness_buckets` (1), `max_entities` (1,000,000), `max_partitions` (100),
+//! `hash_seed` (0). See [`HighSumConfig`].
+//!
+//! # On an event
+//! A [`Scored`] with [`Detail::HighSum`]: `bucket_sum`, `population_p99_9`,
+//! `entity_buckets_seen`; the reason reads "8.1 GB sent to destination.ip 203.0.113.7 in this 3h
+//! bucket; typical 4.2 kB, 99.9th percentile of destination.ip values 40 MB".
+//!
+//! # Example
+//! ```
+//! # use egresswatch_plugin::models::{HighSumConfig, Model, Observation};
+//! let mut m = HighSumConfig::default().build().unwrap();
+//! let obs = Observation { time_ms: 1_700_000_000_000, by: None, over: Some("203.0.113.7"),
+//!                         partition: None, value: 1500.0 };
+//! let scored = m.observe(&obs).unwrap();
+//! assert!(scored.learning);
+//! ```
+//!
+//! # Memory
+//! Per tracked entity: a 24-byte slot in the entity table plus a 16-byte slot in the open bucket
+//! map while it is active; hash tables at their real capacity make it about 40-75 bytes
+//! (measured by `million_destinations_fit_the_cap`). Per partition: ~29 kB of histograms.
+
+use serde::{Deserialize, Serialize};
+
+use super::engine::{
+    decode_state, encode_state, map_bytes, normal_neg_log10_sf, score_from_log10_p,
+    validate_common, Clock, Decay, Decayed, KeyHasher, KeyMap, KeyTable, Kind, Slot, Tracked,
+};
+use super::{ConfigProblem, Detail, Model, ModelError, ModelStatus, Observation, Scored};
+
+/// Histogram bins per power of two.
+const BINS_PER_OCTAVE: f64 = 16.0;
+/// Bins: one for sums below 1, then 56 octaves.
+const NBINS: usize = 1 + 16 * 56;
+/// Decayed buckets of history below which an entity counts as new.
+const MIN_SELF_BUCKETS: f64 = 3.0;
+/// Sums a histogram needs before it is used on its own.
+const MIN_HIST_WEIGHT: f64 = 10.0;
+/// Prior variance of `ln(sum)` for the self model, and its weight in buckets.
+const PRIOR_VAR: f64 = 1.0;
+const PRIOR_WEIGHT: f64 = 2.0;
+/// Clamp of the Pareto tail index.
+const ALPHA_MIN: f64 = 0.5;
+const ALPHA_MAX: f64 = 1.5;
+
+/// Configuration of a `high_sum` model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HighSumConfig {
+    /// Bucket length in seconds (Elastic `bucket_span`; at least 60).
+    #[serde(default = "default_bucket_span_secs")]
+    pub bucket_span_secs: u32,
+    /// Completed buckets with data a partition needs before its events may be flagged.
+    #[serde(default = "default_learning_buckets")]
+    pub learning_buckets: u32,
+    /// Half-life of history, in buckets (at least 1).
+    #[serde(default = "default_half_life_buckets")]
+    pub half_life_buckets: f64,
+    /// Buckets behind the newest one that still accept events (at most 16).
+    #[serde(default = "default_lateness_buckets")]
+    pub lateness_buckets: u32,
+    /// Most entities tracked by the job (all partitions); also caps the open running sums.
+    #[serde(default = "default_max_entities")]
+    pub max_entities: usize,
+    /// Most partitions (each holds ~29 kB of histograms); further partitions are not scored.
+    #[serde(default = "default_max_partitions")]
+    pub max_partitions: usize,
+    /// Secret mixed into the key hashes (kept in saved state).
+    #[serde(default)]
+    pub hash_seed: u64,
+}
+
+fn default_bucket_span_secs() -> u32 {
+    10_800
+}
+fn default_learning_buckets() -> u32 {
+    20
+}
+fn default_half_life_buckets() -> f64 {
+    56.0
+}
+fn default_lateness_buckets() -> u32 {
+    1
+}
+fn default_max_entities() -> usize {
+    1_000_000
+}
+fn default_max_partitions() -> usize {
+    100
+}
+
+impl Default for HighSumConfig {
+    fn default() -> Self {
+        HighSumConfig {
+            bucket_span_secs: default_bucket_span_secs(),
+            learning_buckets: default_learning_buckets(),
+            half_life_buckets: default_half_life_buckets(),
+            lateness_buckets: default_lateness_buckets(),
+            max_entities: default_max_entities(),
+            max_partitions: default_max_partitions(),
+            hash_seed: 0,
+        }
+    }
+}
+
+impl HighSumConfig {
+    /// Checks every key; reports all problems at once.
+    pub fn validate(&self) -> Result<(), ModelError> {
+        let mut problems = Vec::new();
+        validate_common(
+            self.bucket_span_secs,
+            self.half_life_buckets,
+            self.lateness_buckets,
+            self.max_entities,
+            &mut problems,
+        );
+        if self.max_partitions == 0 {
+            problems.push(ConfigProblem {
+                field: "max_partitions",
+                message: "must be at least 1".to_string(),
+            });
+        }
+        if problems.is_empty() {
+            Ok(())
+        } else {
+            Err(ModelError::Config(problems))
+        }
+    }
+
+    /// Builds the model.
+    pub fn build(&self) -> Result<HighSum, ModelError> {
+        self.validate()?;
+        Ok(HighSum {
+            decay: Decay::new(self.half_life_buckets),
+            state: HighSumState::new(self),
+            config: self.clone(),
+        })
+    }
+}
+
+#[inline]
+fn bin_of(x: f64) -> usize {
+    if x < 1.0 {
+        0
+    } else {
+        let b = 1.0 + (x.log2() * BINS_PER_OCTAVE).floor();
+        if b >= (NBINS - 1) as f64 {
+            NBINS - 1
+        } else {
+            b as usize
+        }
+    }
+}
+
+/// Lower edge of bin `b` (bin 0 holds [0, 1)).
+#[inline]
+fn lower_edge(b: usize) -> f64 {
+    if b == 0 {
+        0.0
+    } else {
+        ((b - 1) as f64 / BINS_PER_OCTAVE).exp2()
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct TailCache {
+    /// surv[b] = weight of bins >= b; len NBINS + 1.
+    surv: Vec<f64>,
+    top_edge: f64,
+    alpha: f64,
+    p99_9: f64,
+    median: f64,
+}
+
+/// A decayed log-scale histogram of completed bucket sums.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Histogram {
+    bins: Vec<f64>,
+    total: f64,
+    at: i32,
+    #[serde(skip)]
+    cache: TailCache,
+}
+
+impl Histogram {
+    fn new() -> Self {
+        Histogram {
+            bins: vec![0.0; NBINS],
+            total: 0.0,
+            at: i32::MIN,
+            cache: TailCache::default(),
+        }
+    }
+
+    fn add(&mut self, x: f64, weight: f64, now: i32, decay: &Decay) {
+        if self.at != now {
+            if self.at != i32::MIN {
+                let f = decay.factor(i64::from(now) - i64::from(self.at));
+                for b in &mut self.bins {
+                    *b *= f;
+                }
+                self.total *= f;
+            }
+            self.at = now;
+        }
+        self.bins[bin_of(x)] += weight;
+        self.total += weight;
+    }
+
+    /// Recomputes the survival table, the tail index and the quantiles.
+    fn refresh(&mut self) {
+        let mut surv = vec![0.0; NBINS + 1];
+        for b in (0..NBINS).rev() {
+            surv[b] = surv[b + 1] + self.bins[b];
+        }
+        let n = self.total;
+        let top = self.bins.iter().rposition(|&w| w > 1e-9);
+        let Some(top) = top else {
+            self.cache = TailCache::default();
+            return;
+        };
+        let top_edge = lower_edge(top + 1);
+        // Hill estimator over the top 5% (at least 10 sums).
+        let k = (0.05 * n).max(MIN_HIST_WEIGHT).min(n);
+        let u = (0..=top).rev().find(|&b| surv[b] >= k).unwrap_or(0).max(1);
+        let xu = lower_edge(u);
+        let mut acc = 0.0;
+        for b in u..=top {
+            let mid = (lower_edge(b) * lower_edge(b + 1)).sqrt();
+            acc += self.bins[b] * (mid / xu).ln();
+        }
+        let inv = if surv[u] > 0.0 { acc / surv[u] } else { 0.0 };
+        let alpha = if inv > 0.0 {
+            (1.0 / inv).clamp(ALPHA_MIN, ALPHA_MAX)
+        } else {
+            ALPHA_MAX
+        };
+        let quantile = |tail_weight: f64| -> f64 {
+            // Smallest x with W(x) <= tail_weight.
+            if tail_weight < 0.5 {
+                return top_edge * (0.5 / tail_weight.max(1e-12)).powf(1.0 / alpha);
+            }
+            match (0..=NBINS).find(|&b| surv[b] <= tail_weight) {
+                Some(b) if b > 0 => {
+                    // Interpolate inside bin b-1 in log space.
+                    let w = self.bins[b - 1];
+                    let frac = if w > 0.0 {
+                        ((surv[b - 1] - tail_weight) / w).clamp(0.0, 1.0)
+                    } else {
+                        1.0
+                    };
+                    let lo = lower_edge(b - 1).max(1.0);
+                    lo * (frac / BINS_PER_OCTAVE).exp2()
+                }
+                _ => 0.0,
+            }
+        };
+        let p99_9 = quantile(0.001 * n);
+        let median = quantile(0.5 * n);
+        self.cache = TailCache {
+            surv,
+            top_edge,
+            alpha,
+            p99_9,
+            median,
+        };
+    }
+
+    /// Probability that a completed sum is >= `s` (smoothed; see module docs).
+    #[inline]
+    fn p_at_least(&self, s: f64) -> f64 {
+        let c = &self.cache;
+        if c.surv.is_empty() {
+            return 1.0;
+        }
+        let n1 = self.total + 1.0;
+        if s >= c.top_edge {
+            return 0.5 * (s / c.top_edge).powf(-c.alpha) / n1;
+        }
+        let b = bin_of(s);
+        let lo = lower_edge(b).max(1.0);
+        let frac_above = if b == 0 {
+            1.0
+        } else {
+            (1.0 - (s / lo).log2() * BINS_PER_OCTAVE).clamp(0.0, 1.0)
+        };
+        ((c.surv[b + 1] + self.bins[b] * frac_above + 0.5) / n1).min(1.0)
+    }
+}
+
+/// Per-entity history of `ln(bucket sum)`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize)]
+struct Entity {
+    weight: f32,
+    mean: f32,
+    var: f32,
+    at: i32,
+}
+
+impl Entity {
+    fn weight_at(&self, now: i32, decay: &Decay) -> f64 {
+        f64::from(self.weight) * decay.factor(i64::from(now) - i64::from(self.at))
+    }
+
+    fn update(&mut self, x: f64, bucket: i32, now: i32, decay: &Decay) {
+        let w_old = self.weight_at(now, decay);
+        let a = decay.factor(i64::from(now) - i64::from(bucket));
+        let w_new = w_old + a;
+        let mean_old = f64::from(self.mean);
+        let mean_new = mean_old + a * (x - mean_old) / w_new;
+        let s = f64::from(self.var) * w_old + a * (x - mean_old) * (x - mean_new);
+        self.weight = w_new as f32;
+        self.mean = mean_new as f32;
+        self.var = (s / w_new).max(0.0) as f32;
+        self.at = now.max(self.at);
+    }
+}
+
+impl Tracked for Entity {
+    fn weight(&self, now: i32, decay: &Decay) -> f64 {
+        self.weight_at(now, decay)
+    }
+    fn last_bucket(&self) -> i32 {
+        self.at
+    }
+    fn promotable(&self) -> bool {
+        self.weight >= 1.5
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+struct OpenSums {
+    bucket: i32,
+    sums: KeyMap<f64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct Partition {
+    all: Histogram,
+    newcomers: Histogram,
+    entities: Decayed,
+    newcomer_entities: Decayed,
+    buckets_w: Decayed,
+    buckets: u64,
+    open: Vec<OpenSums>,
+}
+
+impl Partition {
+    fn new() -> Self {
+        Partition {
+            all: Histogram::new(),
+            newcomers: Histogram::new(),
+            entities: Decayed::default(),
+            newcomer_entities: Decayed::default(),
+            buckets_w: Decayed::default(),
+            buckets: 0,
+            open: Vec::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+struct HighSumState {
+    bucket_span_ms: i64,
+    hasher: KeyHasher,
+    clock: Clock,
+    partitions: KeyMap<Partition>,
+    entities: KeyTable<Entity>,
+    open_keys: usize,
+    /// Buckets below this were folded early (memory pressure): late events for them are far-late.
+    closed_below: Option<i32>,
+    far_late: u64,
+    unscored: u64,
+    open_evictions: u64,
+}
+
+impl HighSumState {
+    fn new(c: &HighSumConfig) -> Self {
+        HighSumState {
+            bucket_span_ms: i64::from(c.bucket_span_secs) * 1000,
+            hasher: KeyHasher::new(c.hash_seed),
+            clock: Clock::new(c.bucket_span_secs, c.lateness_buckets),
+            partitions: KeyMap::default(),
+            entities: KeyTable::new(c.max_entities),
+            open_keys: 0,
+            closed_below: None,
+            far_late: 0,
+            unscored: 0,
+            open_evictions: 0,
+        }
+    }
+}
+
+/// A running `high_sum` model (built from [`HighSumConfig`]).
+#[derive(Debug, Clone)]
+pub struct HighSum {
+    config: HighSumConfig,
+    decay: Decay,
+    state: HighSumState,
+}
+
+impl HighSum {
+    /// The configuration the model was built from.
+    pub fn config(&self) -> &HighSumConfig {
+        &self.config
+    }
+
+    /// Folds every open bucket older than `oldest_open` into history.
+    fn close_before(&mut self, oldest_open: i32) {
+        let decay = self.decay;
+        let learning_buckets = u64::from(self.config.learning_buckets);
+        let st = &mut self.state;
+        st.closed_below = Some(st.closed_below.map_or(oldest_open, |c| c.max(oldest_open)));
+        let Some(now) = st.clock.head() else {
+            return;
+        };
+        for part in st.partitions.values_mut() {
+            let mut closing: Vec<OpenSums> = Vec::new();
+            part.open.retain_mut(|o| {
+                if o.bucket < oldest_open {
+                    closing.push(std::mem::take(o));
+                    false
+                } else {
+                    true
+                }
+            });
+            if closing.is_empty() {
+                continue;
+            }
+            closing.sort_by_key(|o| o.bucket);
+            for o in closing {
+                let b = o.bucket;
+                let age_w = decay.factor(i64::from(now) - i64::from(b));
+                let mut n = 0.0;
+                let mut n_new = 0.0;
+                st.open_keys = st.open_keys.saturating_sub(o.sums.len());
+                for (key, sum) in o.sums {
+                    let x = sum.max(1.0).ln();
+                    let is_new = st
+                        .entities
+                        .get(key)
+                        .is_none_or(|e| e.weight_at(now, &decay) < MIN_SELF_BUCKETS);
+                    part.all.add(sum, age_w, now, &decay);
+                    if is_new && part.buckets >= learning_buckets {
+                        part.newcomers.add(sum, age_w, now, &decay);
+                        n_new += 1.0;
+                    }
+                    n += 1.0;
+                    st.entities
+                        .entry(key, now, &decay, || Entity {
+                            weight: 0.0,
+                            mean: x as f32,
+                            var: 0.0,
+                            at: b,
+                        })
+                        .update(x, b, now, &decay);
+                }
+                part.entities.add(n, b, now, &decay);
+                part.newcomer_entities.add(n_new, b, now, &decay);
+                part.buckets_w.add(1.0, b, now, &decay);
+                part.buckets += 1;
+            }
+            part.all.refresh();
+            part.newcomers.refresh();
+        }
+        st.entities.maintain(now, &decay);
+    }
+
+    fn evict_small_open_sums(st: &mut HighSumState, part_key: u64, bucket: i32) {
+        let Some(open) = st
+            .partitions
+            .get_mut(&part_key)
+            .and_then(|p| p.open.iter_mut().find(|o| o.bucket == bucket))
+        else {
+            return;
+        };
+        let mut ranked: Vec<(f64, u64)> = open.sums.iter().map(|(k, v)| (*v, *k)).collect();
+        let cut = ranked.len() / 2;
+        if cut == 0 {
+            return;
+        }
+        ranked.select_nth_unstable_by(cut, |a, b| a.0.total_cmp(&b.0));
+        for (_, k) in &ranked[..cut] {
+            open.sums.remove(k);
+        }
+        st.open_keys = st.open_keys.saturating_sub(cut);
+        st.open_evictions += cut as u64;
+    }
+}
+
+impl Model for HighSum {
+    fn observe(&mut self, obs: &Observation<'_>) -> Option<Scored> {
+        if !(obs.value.is_finite() && obs.value >= 0.0) || (obs.by.is_none() && obs.over.is_none())
+        {
+            self.state.unscored += 1;
+            return None;
+        }
+        let Some((slot, close)) = self.state.clock.place(obs.time_ms) else {
+            self.state.unscored += 1;
+            return None;
+        };
+        if let Some(oldest_open) = close {
+            self.close_before(oldest_open);
+        }
+        let decay = self.decay;
+        let cap = self.config.max_entities;
+        let learning_buckets = u64::from(self.config.learning_buckets);
+        let st = &mut self.state;
+        let now = st.clock.head()?;
+        let part_key = st.hasher.key(&[obs.partition]);
+        let key = st.hasher.key(&[obs.partition, obs.by, obs.over]);
+        if !st.partitions.contains_key(&part_key) {
+            if st.partitions.len() >= self.config.max_partitions {
+                st.unscored += 1;
+                return None;
+            }
+            st.partitions.insert(part_key, Partition::new());
+        }
+
+        // Running sum.
+        let slot = match slot {
+            Slot::Open(b) if st.closed_below.is_some_and(|c| b < c) => Slot::FarLate(b),
+            other => other,
+        };
+        let (bucket, sum) = match slot {
+            Slot::Open(b) => {
+                let has_key = |st: &HighSumState| {
+                    st.partitions
+                        .get(&part_key)
+                        .and_then(|p| p.open.iter().find(|o| o.bucket == b))
+                        .is_some_and(|o| o.sums.contains_key(&key))
+                };
+                if st.open_keys >= cap && !has_key(st) {
+                    // Memory pressure: fold older open buckets early, then drop small sums.
+                    let older_open = st
+                        .partitions
+                        .values()
+                        .any(|p| p.open.iter().any(|o| o.bucket < b));
+                    if older_open {
+                        self.close_before(b);
+                    }
+                }
+                let st = &mut self.state;
+                if st.open_keys >= cap && !has_key(st) {
+                    Self::evict_small_open_sums(st, part_key, b);
+                }
+                let part = st.partitions.get_mut(&part_key)?;
+                let idx = match part.open.iter().position(|o| o.bucket == b) {
+                    Some(i) => i,
+                    None => {
+                        part.open.push(OpenSums {
+                            bucket: b,
+                            sums: KeyMap::default(),
+                        });
+                        part.open.len() - 1
+                    }
+                };
+                let sums = &mut part.open[idx].sums;
+                if st.open_keys < cap || sums.contains_key(&key) {
+                    let e = sums.entry(key).or_insert_with(|| {
+                        st.open_keys += 1;
+                        0.0
+                    });
+                    *e += obs.value;
+                    (b, *e)
+                } else {
+                    (b, obs.value)
+                }
+            }
+            Slot::FarLate(b) => {
+                self.state.far_late += 1;
+                (b, obs.value)
+            }
+        };
+        let st = &mut self.state;
+
+        let part = st.partitions.get(&part_key)?;
+        let entity = st.entities.get(key).copied();
+        let ent_w = entity.map_or(0.0, |e| e.weight_at(now, &decay));
+        let buckets_w = part.buckets_w.get(now, &decay).max(1e-9);
+        let established = ent_w >= MIN_SELF_BUCKETS;
+        let neg_log10_p = if established {
+            let e_all = (part.entities.get(now, &decay) / buckets_w).max(1.0);
+            let p_pop = (part.all.p_at_least(sum) * e_all).min(1.0);
+            let e = entity?;
+            let var =
+                (f64::from(e.var) * ent_w + PRIOR_VAR * PRIOR_WEIGHT) / (ent_w + PRIOR_WEIGHT);
+            let z = (sum.max(1.0).ln() - f64::from(e.mean)) / var.sqrt();
+            (-p_pop.log10()).min(normal_neg_log10_sf(z))
+        } else {
+            let (hist, per_bucket) = if part.newcomers.total >= MIN_HIST_WEIGHT {
+                (&part.newcomers, part.newcomer_entities.get(now, &decay))
+            } else {
+                (&part.all, part.entities.get(now, &decay))
+            };
+            let e_n = (per_bucket / buckets_w).max(1.0);
+            -(hist.p_at_least(sum) * e_n).min(1.0).log10()
+        };
+        let typical = match entity {
+            Some(e) if established => f64::from(e.mean).exp(),
+            _ => part.all.cache.median,
+        };
+        Some(Scored {
+            score: score_from_log10_p(neg_log10_p),
+            learning: part.buckets < learning_buckets,
+            far_late: matches!(slot, Slot::FarLate(_)),
+            bucket_start_ms: st.clock.start_ms(bucket),
+            bucket_span_ms: st.clock.span_ms(),
+            actual: sum,
+            typical,
+            detail: Detail::HighSum {
+                bucket_sum: sum,
+                population_p99_9: part.all.cache.p99_9,
+                entity_buckets_seen: ent_w.round() as u64,
+            },
+        })
+    }
+
+    fn status(&self) -> ModelStatus {
+        let st = &self.state;
+        let buckets_seen = st.partitions.values().map(|p| p.buckets).max().unwrap_or(0);
+        let per_partition = 2 * (NBINS * 8 + (NBINS + 1) * 8) + std::mem::size_of::<Partition>();
+        let open_bytes: usize = st
+            .partitions
+            .values()
+            .flat_map(|p| p.open.iter())
+            .map(|o| map_bytes(&o.sums))
+            .sum();
+        ModelStatus {
+            learning: buckets_seen < u64::from(self.config.learning_buckets),
+            buckets_seen,
+            learning_buckets: u64::from(self.config.learning_buckets),
+            partitions: st.partitions.len(),
+            tracked_entities: st.entities.established_len(),
+            probationary_entities: st.entities.probation_len(),
+            approx_bytes: st.entities.approx_bytes()
+                + open_bytes
+                + st.partitions.len() * per_partition,
+            evictions: st.entities.evictions() + st.open_evictions,
+            far_late_events: st.far_late,
+            unscored_events: st.unscored,
+        }
+    }
+
+    fn save(&self) -> Result<Vec<u8>, ModelError> {
+        encode_state(Kind::HighSum, &self.state)
+    }
+
+    fn load(&mut self, bytes: &[u8]) -> Result<(), ModelError> {
+        let mut state: HighSumState = decode_state(Kind::HighSum, bytes)?;
+        let span = i64::from(self.config.bucket_span_secs) * 1000;
+        if state.bucket_span_ms != span {
+            return Err(ModelError::Mismatch {
+                field: "bucket_span_secs",
+                state: (state.bucket_span_ms / 1000).to_string(),
+                config: self.config.bucket_span_secs.to_string(),
+            });
+        }
+        for p in state.partitions.values_mut() {
+            if p.all.bins.len() != NBINS || p.newcomers.bins.len() != NBINS {
+                return Err(ModelError::Mismatch {
+                    field: "histogram bins",
+                    state: p.all.bins.len().to_string(),
+                    config: NBINS.to_string(),
+                });
+            }
+            p.all.refresh();
+            p.newcomers.refresh();
+        }
+        state.entities.set_cap(self.config.max_entities);
+        self.state = state;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::engine::format_bytes;
+    use super::*;
+
+    const SPAN: i64 = 10_800_000;
+    const T0: i64 = 1_700_000_000_000 / SPAN * SPAN;
+
+    struct Lcg(u64);
+    impl Lcg {
+        fn unit(&mut self) -> f64 {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            (self.0 >> 11) as f64 / (1u64 << 53) as f64
+        }
+    }
+
+    fn send(m: &mut HighSum, bucket: i64, dest: &str, bytes: f64) -> Scored {
+        let obs = Observation {
+            time_ms: T0 + bucket * SPAN + 60_000,
+            by: None,
+            over: Some(dest),
+            partition: None,
+            value: bytes,
+        };
+        m.observe(&obs).expect("scored")
+    }
+
+    /// 50 destinations, each 1 kB..5 MB (log-uniform) per bucket, in 3 events.
+    fn baseline(m: &mut HighSum, rng: &mut Lcg, buckets: std::ops::Range<i64>) {
+        for b in buckets {
+            for d in 0..50 {
+                let total = 1e3 * (5e3f64).powf(rng.unit());
+                for _ in 0..3 {
+                    let s = send(m, b, &format!("198.51.100.{d}"), total / 3.0);
+                    assert!(b >= 20 || s.learning);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn bulk_upload_to_new_ip_crosses_threshold_as_sum_grows() {
+        let mut m = HighSumConfig::default().build().unwrap();
+        let mut rng = Lcg(7);
+        baseline(&mut m, &mut rng, 0..24);
+        let mut scores = Vec::new();
+        for _ in 0..5 {
+            scores.push(send(&mut m, 24, "203.0.113.7", 10e3));
+        }
+        for _ in 0..10 {
+            scores.push(send(&mut m, 24, "203.0.113.7", 200e6));
+        }
+        let line: Vec<String> = scores
+            .iter()
+            .map(|s| format!("{}={:.1}", format_bytes(s.actual), s.score))
+            .collect();
+        println!("new IP: {}", line.join(", "));
+        assert!(scores.iter().all(|s| !s.learning));
+        assert!(scores[..5].iter().all(|s| s.score < 75.0));
+        assert!(scores[14].score >= 90.0);
+        assert!(scores.windows(2).all(|w| w[1].score >= w[0].score));
+        let last = scores[14];
+        println!("{}", last.reason("destination", "203.0.113.7"));
+        assert!(last
+            .reason("destination", "203.0.113.7")
+            .starts_with("2.0 GB sent to destination 203.0.113.7 in this 3h bucket; typical "));
+        // A routine destination stays low.
+        let routine = send(&mut m, 24, "198.51.100.3", 2e6);
+        assert!(routine.score < 25.0, "{}", routine.score);
+    }
+
+    #[test]
+    fn steady_heavy_destination_is_not_flagged_but_new_one_is() {
+        let mut m = HighSumConfig::default().build().unwrap();
+        let mut rng = Lcg(11);
+        for b in 0..56 {
+            baseline(&mut m, &mut rng, b..b + 1);
+            let total = 2e9 * (0.8 + 0.4 * rng.unit());
+            for _ in 0..10 {
+                send(&mut m, b, "192.0.2.99", total / 10.0);
+            }
+        }
+        let mut worst: f64 = 0.0;
+        for _ in 0..10 {
+            worst = worst.max(send(&mut m, 56, "192.0.2.99", 2.1e8).score);
+        }
+        let mut new_ip: f64 = 0.0;
+        for _ in 0..10 {
+            new_ip = new_ip.max(send(&mut m, 56, "203.0.113.8", 2e8).score);
+        }
+        println!(
+            "backup server 2.1 GB: {worst:.1}; new IP 2 GB in the same population: {new_ip:.1}"
+        );
+        assert!(worst < 75.0);
+        // A new IP is scored against the population, where 2 GB a bucket is routine here.
+        let mut big: f64 = 0.0;
+        for _ in 0..10 {
+            big = big.max(send(&mut m, 56, "203.0.113.12", 4e9).score);
+        }
+        println!("new IP 40 GB in the same population: {big:.1}");
+        assert!(big >= 75.0);
+    }
+
+    #[test]
+    fn save_load_round_trip_gives_identical_scores() {
+        let mut m = HighSumConfig::default().build().unwrap();
+        let mut rng = Lcg(3);
+        baseline(&mut m, &mut rng, 0..22);
+        let bytes = m.save().unwrap();
+        let mut restored = HighSumConfig::default().build().unwrap();
+        restored.load(&bytes).unwrap();
+        for (b, d, v) in [
+            (21, "198.51.100.1", 5e5),
+            (22, "203.0.113.9", 3e8),
+            (22, "203.0.113.9", 3e8),
+            (23, "198.51.100.2", 1e4),
+        ] {
+            assert_eq!(send(&mut m, b, d, v), send(&mut restored, b, d, v));
+        }
+        let (a, b) = (m.status(), restored.status());
+        assert_eq!(
+            (a.tracked_entities, a.buckets_seen, a.evictions),
+            (b.tracked_entities, b.buckets_seen, b.evictions)
+        );
+    }
+
+    #[test]
+    fn far_late_is_scored_not_learned() {
+        let mut m = HighSumConfig::default().build().unwrap();
+        let mut rng = Lcg(5);
+        baseline(&mut m, &mut rng, 0..22);
+        let mut twin = m.clone();
+        let s = send(&mut m, 10, "203.0.113.10", 5e9);
+        assert!(s.far_late && s.score >= 75.0);
+        for (b, d, v) in [(21, "198.51.100.1", 5e5), (22, "203.0.113.10", 1e6)] {
+            assert_eq!(send(&mut m, b, d, v), send(&mut twin, b, d, v));
+        }
+    }
+
+    #[test]
+    fn million_destinations_fit_the_cap() {
+        let cap = 1_000_000;
+        let mut m = HighSumConfig {
+            max_entities: cap,
+            ..HighSumConfig::default()
+        }
+        .build()
+        .unwrap();
+        let mut name = String::new();
+        // Every destination in two buckets, so they are promoted and the tables fill up.
+        for b in 0..5 {
+            for i in 0..1_000_000u32 {
+                name.clear();
+                use std::fmt::Write;
+                let _ = write!(name, "10.{}.{}.{}", i >> 16, (i >> 8) & 255, i & 255);
+                send(&mut m, b, &name, 1000.0 + f64::from(i % 1000));
+            }
+        }
+        let st = m.status();
+        let tracked = st.tracked_entities + st.probationary_entities;
+        let per = st.approx_bytes as f64 / tracked as f64;
+        println!("1M destinations: {st:?}; {per:.1} bytes per tracked entity");
+        assert!(tracked <= cap);
+        assert!(tracked >= 700_000);
+        assert!(per < 100.0, "{per}");
+    }
+
+    #[test]
+    fn spray_keeps_cap_and_baseline() {
+        let cap = 10_000;
+        let mut m = HighSumConfig {
+            max_entities: cap,
+            ..HighSumConfig::default()
+        }
+        .build()
+        .unwrap();
+        let mut rng = Lcg(9);
+        baseline(&mut m, &mut rng, 0..22);
+        let mut name = String::new();
+        for i in 0..1_000_000u32 {
+            name.clear();
+            use std::fmt::Write;
+            let _ = write!(name, "spray-{i}");
+            send(&mut m, 22, &name, 100.0);
+        }
+        let exfil = (0..10)
+            .map(|_| send(&mut m, 22, "203.0.113.11", 2e8).score)
+            .fold(0.0, f64::max);
+        baseline(&mut m, &mut rng, 23..24);
+        let st = m.status();
+        println!("after spray: {st:?}; exfil during spray {exfil:.1}");
+        assert!(st.tracked_entities + st.probationary_entities <= cap);
+        assert!(exfil >= 75.0);
+        for d in 0..50 {
+            let s = send(&mut m, 24, &format!("198.51.100.{d}"), 1.0);
+            match s.detail {
+                Detail::HighSum {
+                    entity_buckets_seen,
+                    ..
+                } => assert!(entity_buckets_seen >= 15, "198.51.100.{d} lost its history"),
+                Detail::Rare { .. } => unreachable!(),
+            }
+        }
+    }
+}

@@ -1,0 +1,272 @@
+//! Anomaly models: the per-event scoring core of egresswatch.
+//!
+//! A *model* reproduces one Elastic ML detector (`rare`, `high_sum`) inline: it sees one event at a
+//! time, on event time, and answers with a score 0-100 for that event. The caller (the job layer)
+//! extracts the fields, builds an [`Observation`], and compares [`Scored::score`] with the rule's
+//! `anomaly_threshold`; it must not flag while [`Scored::learning`] is set.
+//!
+//! # Design choices
+//!
+//! - **Event time only.** No clock, no I/O: time comes in [`Observation::time_ms`]. Buckets are
+//!   `time_ms.div_euclid(bucket_span)`; the newest bucket seen is the *head*. Events for a bucket
+//!   up to `lateness_buckets` behind the head still count into their own bucket; older ("far-late")
+//!   events are scored against the model but change nothing (see [`engine`]).
+//! - **One score mapping.** Both models turn a probability `p` of what was seen into a score with
+//!   the same monotone curve of `-log10 p` ([`engine::score_from_log10_p`]), so 75 means the same
+//!   surprise in both.
+//! - **Bounded, spray-resistant memory.** Every tracked key goes through [`engine::KeyTable`]: new
+//!   keys wait in a small probationary table, established keys are only displaced by keys that
+//!   have built up more evidence than them (see its docs for the policy).
+//! - **Mergeable state.** State is counts, decayed weights and histograms keyed by 64-bit keyed
+//!   hashes, serialised with postcard by [`Model::save`]; nothing depends on arrival order beyond
+//!   the bucket clock, so state can be partitioned by key upstream.
+//! - **No allocation per event.** [`Scored`] is plain numbers; the reason text is built on demand
+//!   by [`Scored::reason`], which the caller only calls for flagged events.
+
+use std::fmt;
+
+pub mod engine;
+pub mod high_sum;
+pub mod rare;
+
+pub use high_sum::{HighSum, HighSumConfig};
+pub use rare::{Rare, RareConfig};
+
+/// Version written at the front of every saved state; bumped on any layout change.
+pub const STATE_VERSION: u32 = 1;
+
+/// One event as a model sees it: the fields the job extracted from it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Observation<'a> {
+    /// Event time in milliseconds since the Unix epoch (`@timestamp`).
+    pub time_ms: i64,
+    /// The `by` field value (for `rare`: the value whose rarity is scored).
+    pub by: Option<&'a str>,
+    /// The `over` field value (population analysis: the entity).
+    pub over: Option<&'a str>,
+    /// The `partition` field value (a separate model per value).
+    pub partition: Option<&'a str>,
+    /// The numeric field (for `high_sum`: the bytes of this event). Ignored by `rare`.
+    pub value: f64,
+}
+
+/// The score of one event and the numbers behind it. Plain data: building it allocates nothing.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Scored {
+    /// Anomaly score 0-100 (Elastic bands: 75 critical, 50 major, 25 minor, 3 warning).
+    pub score: f64,
+    /// True while the model (this partition) is still learning: never flag such an event.
+    pub learning: bool,
+    /// True when the event was older than the lateness window: scored, but not learned from.
+    pub far_late: bool,
+    /// Start of the event's bucket, ms since the epoch.
+    pub bucket_start_ms: i64,
+    /// Length of a bucket in ms.
+    pub bucket_span_ms: i64,
+    /// What was seen (rare: share of past buckets with this value; high_sum: the running sum).
+    pub actual: f64,
+    /// What was expected (rare: share of the partition's most common value; high_sum: the
+    /// entity's typical bucket sum, or the population median for a new entity).
+    pub typical: f64,
+    /// Model-specific figures for the reason and the alert's extra fields.
+    pub detail: Detail,
+}
+
+/// Model-specific figures carried by a [`Scored`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Detail {
+    /// Figures of a `rare` score.
+    Rare {
+        /// Past buckets (or entity-buckets with `over`) in which the value appeared, not decayed.
+        buckets_with_value: u64,
+        /// Past buckets (or entity-buckets) with any data in this partition, not decayed.
+        buckets_total: u64,
+        /// Start of the first bucket in which the value was seen, if it is tracked.
+        first_seen_ms: Option<i64>,
+        /// Start of the partition's first bucket (the history the counts cover).
+        history_start_ms: i64,
+        /// Whether counts are entity-buckets (`over` set) rather than buckets.
+        population: bool,
+    },
+    /// Figures of a `high_sum` score.
+    HighSum {
+        /// The entity's running sum in this bucket, including this event.
+        bucket_sum: f64,
+        /// 99.9th percentile of completed bucket sums across the population (0 when unknown).
+        population_p99_9: f64,
+        /// Completed buckets in which this entity had data (decayed, rounded).
+        entity_buckets_seen: u64,
+    },
+}
+
+/// A value in the alert's extra fields.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ExtraValue {
+    /// An integer.
+    Int(i64),
+    /// A floating-point number.
+    Float(f64),
+}
+
+impl Scored {
+    /// A human reason for the alert. `field` is the field's display name (e.g. "destination
+    /// country"), `value` the value or entity it is about (e.g. "North Korea", "203.0.113.7").
+    pub fn reason(&self, field: &str, value: &str) -> String {
+        let span = engine::format_duration_ms(self.bucket_span_ms);
+        match self.detail {
+            Detail::Rare {
+                buckets_with_value,
+                buckets_total,
+                history_start_ms,
+                population,
+                ..
+            } => {
+                let unit = if population {
+                    "entity-buckets"
+                } else {
+                    "buckets"
+                };
+                let history = (self.bucket_start_ms - history_start_ms).max(0);
+                format!(
+                    "{field} {value} seen in {} of {} {span} {unit} over {}",
+                    engine::format_count(buckets_with_value),
+                    engine::format_count(buckets_total),
+                    engine::format_duration_ms(history)
+                )
+            }
+            Detail::HighSum {
+                bucket_sum,
+                population_p99_9,
+                ..
+            } => format!(
+                "{} sent to {field} {value} in this {span} bucket; typical {}, 99.9th percentile of {field} values {}",
+                engine::format_bytes(bucket_sum),
+                engine::format_bytes(self.typical),
+                engine::format_bytes(population_p99_9)
+            ),
+        }
+    }
+
+    /// The alert's extra fields: rare: `buckets_with_value`, `buckets_total`, `first_seen_ms`;
+    /// high_sum: `bucket_sum`, `population_p99_9`, `entity_buckets_seen`.
+    pub fn extra(&self) -> Vec<(&'static str, ExtraValue)> {
+        let clamp = |n: u64| ExtraValue::Int(i64::try_from(n).unwrap_or(i64::MAX));
+        match self.detail {
+            Detail::Rare {
+                buckets_with_value,
+                buckets_total,
+                first_seen_ms,
+                ..
+            } => {
+                let mut v = vec![
+                    ("buckets_with_value", clamp(buckets_with_value)),
+                    ("buckets_total", clamp(buckets_total)),
+                ];
+                if let Some(t) = first_seen_ms {
+                    v.push(("first_seen_ms", ExtraValue::Int(t)));
+                }
+                v
+            }
+            Detail::HighSum {
+                bucket_sum,
+                population_p99_9,
+                entity_buckets_seen,
+            } => vec![
+                ("bucket_sum", ExtraValue::Float(bucket_sum)),
+                ("population_p99_9", ExtraValue::Float(population_p99_9)),
+                ("entity_buckets_seen", clamp(entity_buckets_seen)),
+            ],
+        }
+    }
+}
+
+/// What a model reports for metrics.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ModelStatus {
+    /// True while no partition has finished learning yet.
+    pub learning: bool,
+    /// Most buckets with data seen by any partition.
+    pub buckets_seen: u64,
+    /// Buckets a partition needs before it may flag.
+    pub learning_buckets: u64,
+    /// Partitions tracked.
+    pub partitions: usize,
+    /// Established keys tracked.
+    pub tracked_entities: usize,
+    /// Probationary keys tracked.
+    pub probationary_entities: usize,
+    /// Approximate heap bytes of the model state (tables at their capacity).
+    pub approx_bytes: usize,
+    /// Keys evicted so far.
+    pub evictions: u64,
+    /// Events that arrived after their bucket had closed (scored, not learned).
+    pub far_late_events: u64,
+    /// Events that could not be scored (missing field, bad value or time, partition cap).
+    pub unscored_events: u64,
+}
+
+/// A detector that scores events one at a time.
+pub trait Model: Send {
+    /// Scores one event and learns from it. `None` when the event cannot be scored (a required
+    /// field missing, a non-finite value, a time outside the representable range, or a new
+    /// partition beyond the cap).
+    fn observe(&mut self, obs: &Observation<'_>) -> Option<Scored>;
+    /// Learning progress, sizes and counters.
+    fn status(&self) -> ModelStatus;
+    /// The full state as bytes (postcard), to persist or ship.
+    fn save(&self) -> Result<Vec<u8>, ModelError>;
+    /// Replaces the state with saved bytes. On error the current state is kept.
+    fn load(&mut self, bytes: &[u8]) -> Result<(), ModelError>;
+}
+
+/// A problem with a model's configuration or saved state.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    /// The configuration is invalid; every problem found is listed.
+    #[error("invalid model configuration: {}", ConfigProblems(.0))]
+    Config(Vec<ConfigProblem>),
+    /// The state could not be encoded or decoded.
+    #[error("model state codec: {0}")]
+    Codec(#[from] postcard::Error),
+    /// The saved state was written by another state layout version.
+    #[error("model state version {found} is not supported (expected {expected})")]
+    Version {
+        /// Version found in the bytes.
+        found: u32,
+        /// Version this build writes.
+        expected: u32,
+    },
+    /// The saved state belongs to another model kind or an incompatible configuration.
+    #[error("model state does not match the configuration: {field} is {state} in the state, {config} in the configuration")]
+    Mismatch {
+        /// The configuration key that differs.
+        field: &'static str,
+        /// Its value in the state.
+        state: String,
+        /// Its value in the configuration.
+        config: String,
+    },
+}
+
+/// One invalid configuration key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigProblem {
+    /// The configuration key at fault.
+    pub field: &'static str,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+struct ConfigProblems<'a>(&'a [ConfigProblem]);
+
+impl fmt::Display for ConfigProblems<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for (i, p) in self.0.iter().enumerate() {
+            if i > 0 {
+                f.write_str("; ")?;
+            }
+            write!(f, "{}: {}", p.field, p.message)?;
+        }
+        Ok(())
+    }
+}

@@ -5,8 +5,8 @@ use crate::util::{self, library, run, run_env, stderr, temp_dir, write};
 
 /// Runs `validate` with a minimal config and the given plugin; returns the exit status and
 /// standard error.
-fn validate_with(plugin: &str, detector: &str, env: &[(&str, &str)]) -> (bool, String) {
-    let dir = temp_dir(&format!("loading-{}", plugin.replace('/', "_")));
+fn validate_with(test: &str, plugin: &str, detector: &str, env: &[(&str, &str)]) -> (bool, String) {
+    let dir = temp_dir(test);
     let config = write(&dir, "config.yaml", format!("detector: {detector}\n"));
     let output = run_env(
         &[
@@ -24,7 +24,12 @@ fn validate_with(plugin: &str, detector: &str, env: &[(&str, &str)]) -> (bool, S
 
 #[test]
 fn missing_plugin_file() {
-    let (ok, err) = validate_with("/nonexistent/libegresswatch_plugin.so", "{}", &[]);
+    let (ok, err) = validate_with(
+        "loading-missing",
+        "/nonexistent/libegresswatch_plugin.so",
+        "{}",
+        &[],
+    );
     assert!(!ok);
     assert!(
         err.contains("plugin not found: /nonexistent/libegresswatch_plugin.so"),
@@ -36,7 +41,12 @@ fn missing_plugin_file() {
 fn file_that_is_not_a_shared_library() {
     let dir = temp_dir("loading-not-a-library");
     let fake = write(&dir, "libfake.so", "this is text, not ELF");
-    let (ok, err) = validate_with(fake.to_str().unwrap(), "{}", &[]);
+    let (ok, err) = validate_with(
+        "loading-not-a-library-run",
+        fake.to_str().unwrap(),
+        "{}",
+        &[],
+    );
     assert!(!ok);
     assert!(err.contains("not a loadable shared library"), "{err}");
     assert!(err.contains("libfake.so"), "{err}");
@@ -45,7 +55,7 @@ fn file_that_is_not_a_shared_library() {
 #[test]
 fn library_without_root_module() {
     let lib = library("egresswatch_test_no_root");
-    let (ok, err) = validate_with(lib.to_str().unwrap(), "{}", &[]);
+    let (ok, err) = validate_with("loading-no-root", lib.to_str().unwrap(), "{}", &[]);
     assert!(!ok);
     assert!(
         err.contains("is a shared library but not an egresswatch plugin"),
@@ -56,7 +66,7 @@ fn library_without_root_module() {
 #[test]
 fn plugin_built_against_incompatible_abi() {
     let lib = library("egresswatch_test_old_abi");
-    let (ok, err) = validate_with(lib.to_str().unwrap(), "{}", &[]);
+    let (ok, err) = validate_with("loading-old-abi", lib.to_str().unwrap(), "{}", &[]);
     assert!(!ok);
     assert!(
         err.contains("was built against plugin ABI 9.0.0, but this egresswatch speaks ABI 0.1.0"),
@@ -67,7 +77,12 @@ fn plugin_built_against_incompatible_abi() {
 #[test]
 fn constructor_returns_an_error() {
     let lib = library("egresswatch_test_faulty");
-    let (ok, err) = validate_with(lib.to_str().unwrap(), "{fail: error}", &[]);
+    let (ok, err) = validate_with(
+        "loading-ctor-error",
+        lib.to_str().unwrap(),
+        "{fail: error}",
+        &[],
+    );
     assert!(!ok);
     assert!(
         err.contains("plugin faulty-test-plugin 0.1.0 could not start: configuration error: deliberate failure"),
@@ -78,7 +93,12 @@ fn constructor_returns_an_error() {
 #[test]
 fn constructor_panics() {
     let lib = library("egresswatch_test_faulty");
-    let (ok, err) = validate_with(lib.to_str().unwrap(), "{fail: panic}", &[]);
+    let (ok, err) = validate_with(
+        "loading-ctor-panic",
+        lib.to_str().unwrap(),
+        "{fail: panic}",
+        &[],
+    );
     assert!(!ok);
     assert!(
         err.contains("could not start: plugin panicked: while constructing the faulty test plugin: deliberate panic in the constructor"),
@@ -90,6 +110,7 @@ fn constructor_panics() {
 fn root_module_panics() {
     let lib = library("egresswatch_test_faulty");
     let (ok, err) = validate_with(
+        "loading-root-panic",
         lib.to_str().unwrap(),
         "{}",
         &[("EGRESSWATCH_TEST_ROOT_PANIC", "1")],

@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{bin, build_plugins, run, stderr, temp_dir, write};
+use crate::util::{bin, build_plugins, run, stderr, temp_dir, workspace, write};
 
 /// A mix of readable events and every kind of unreadable line.
 fn mixed_input() -> Vec<u8> {
@@ -23,10 +23,14 @@ fn mixed_input() -> Vec<u8> {
 }
 
 fn config(dir: &std::path::Path, extra: &str) -> String {
+    let rules = workspace().join("rules");
     let path = write(
         dir,
         "config.yaml",
-        format!("batch:\n  max_line_bytes: 200\n{extra}"),
+        format!(
+            "batch:\n  max_line_bytes: 200\ndetector:\n  rules: [{}]\n{extra}",
+            rules.display()
+        ),
     );
     path.to_str().unwrap().to_owned()
 }

@@ -25,15 +25,15 @@ use egresswatch_plugin_api::{DEFAULT_OUTPUT, ERRORS_OUTPUT};
 #[derive(Debug, Error)]
 pub enum ConfigError {
     /// The file could not be read.
-    #[error("cannot read config file {path}: {source}")]
+    #[error("cannot read config file {}: {reason}", path.display())]
     Read {
         /// The file.
         path: PathBuf,
         /// Why.
-        source: std::io::Error,
+        reason: std::io::Error,
     },
     /// The file is not valid YAML for this schema; the message carries line and column.
-    #[error("config file {path}: {message}")]
+    #[error("config file {}: {message}", path.display())]
     Parse {
         /// The file.
         path: PathBuf,
@@ -41,7 +41,7 @@ pub enum ConfigError {
         message: String,
     },
     /// The file parsed but its values are inconsistent; every problem is listed.
-    #[error("config file {path} has {} problem(s):\n  - {}", problems.len(), problems.join("\n  - "))]
+    #[error("config file {} has {} problem(s):\n  - {}", path.display(), problems.len(), problems.join("\n  - "))]
     Invalid {
         /// The file.
         path: PathBuf,
@@ -141,9 +141,9 @@ pub enum OutputConfig {
 impl HostConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
             path: path.to_owned(),
-            source,
+            reason,
         })?;
         let is_toml = path.extension().is_some_and(|e| e == "toml");
         let mut config = Self::parse(&text, is_toml).map_err(|message| ConfigError::Parse {

@@ -101,6 +101,15 @@ impl Plugin {
         self.abi_version
     }
 
+    /// Asks the plugin to load the rule files and folders in `paths` and report on each, as JSON.
+    pub fn check_rules(&self, paths: &[PathBuf]) -> Result<String, String> {
+        let json = serde_json::to_string(paths).map_err(|e| e.to_string())?;
+        (self.module.check_rules())(json.as_str().into())
+            .into_result()
+            .map(String::from)
+            .map_err(|e| e.to_string())
+    }
+
     /// Constructs the plugin's transform from the detector configuration (JSON text).
     pub fn construct(&self, config_json: &str) -> Result<TransformBox, LoadError> {
         (self.module.new())(config_json.into())

@@ -63,6 +63,9 @@ pub struct PluginMod {
     pub name: extern "C" fn() -> RStr<'static>,
     /// The plugin's own version (its crate version), e.g. `0.1.0`.
     pub version: extern "C" fn() -> RStr<'static>,
+    /// Loads the rule files and folders named in `paths` (a JSON array of strings) and returns
+    /// a JSON report of what each file holds and whether it would run.
+    pub check_rules: extern "C" fn(paths: RStr<'_>) -> RResult<RString, PluginError>,
     /// Builds a transform from configuration text (a JSON object; its schema is the plugin's).
     ///
     /// Returns an error, never panics: a plugin catches its own panics with [`catch_panic`].

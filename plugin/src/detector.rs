@@ -1,14 +1,65 @@
 //! [`Detector`]: events in, verdicts out.
+//!
+//! Construction loads the rules, resolves each supported rule's jobs in the catalog, builds one
+//! model per job, and opens the GeoIP database. Per event: parse, enrich the destination's
+//! country when it is missing, let every job whose filters the event passes score it, and flag
+//! it when a score reaches a rule's `anomaly_threshold` after the job's learning period. A
+//! flagged event gets its rule's action: alert fields, a route, or both. An event nothing flags
+//! passes unchanged; the host then writes its original bytes.
+
+use std::borrow::Cow;
+use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use egresswatch_plugin_api::{ErrorKind, PluginError, Verdict};
+use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
-use crate::DetectorConfig;
+use crate::alert::{self, AlertDetail};
+use crate::catalog::{Function, JobCatalog, JobDef};
+use crate::config::{Action, DetectorConfig, ModelSettings};
+use crate::event;
+use crate::geo::{self, GeoCache, GeoDb};
+use crate::models::{ExtraValue, HighSumConfig, Model, Observation, RareConfig, Scored};
+use crate::net::{self, CidrSet};
+use crate::rules::{self, Rule};
 
-/// The detector: configuration, rules and models, and its counters.
-#[derive(Debug)]
+/// ECS field of the destination address.
+const DESTINATION_IP: &str = "destination.ip";
+/// ECS field of the destination country's ISO code.
+const DESTINATION_COUNTRY_ISO: &str = "destination.geo.country_iso_code";
+/// ECS field of the destination country's English name.
+const DESTINATION_COUNTRY_NAME: &str = "destination.geo.country_name";
+
+/// How far ahead of the clock an event's time may be before it is not believed.
+const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
+
+/// Version of the saved-state envelope written by [`Detector::save_state`].
+pub const STATE_FORMAT_VERSION: u32 = 1;
+
+/// The detector: rules, jobs with their models, enrichment, and counters.
 pub struct Detector {
     config: DetectorConfig,
+    jobs: Vec<ActiveJob>,
+    geo: Option<GeoCache>,
+    allow: CidrSet,
     metrics: Metrics,
+}
+
+/// A job some supported rule uses, its model, and the rules that read its scores.
+struct ActiveJob {
+    def: JobDef,
+    model: Box<dyn Model>,
+    rules: Vec<ActiveRule>,
+    scored: u64,
+}
+
+/// A supported rule as applied to one job's scores.
+struct ActiveRule {
+    rule: Arc<Rule>,
+    threshold: f64,
+    action: Action,
+    flagged: u64,
 }
 
 /// Counters kept by the detector.
@@ -16,6 +67,26 @@ pub struct Detector {
 struct Metrics {
     events: u64,
     unreadable: u64,
+    enriched: u64,
+    flagged: u64,
+    annotate_failures: u64,
+}
+
+/// The best (highest-scoring) rule that fired on an event.
+struct Hit {
+    job: usize,
+    rule: usize,
+    scored: Scored,
+    field: String,
+    value: String,
+}
+
+/// Saved state: one opaque blob per job, keyed by job id so that a changed rule set keeps what
+/// still applies.
+#[derive(Serialize, Deserialize)]
+struct SavedState {
+    format: u32,
+    jobs: Vec<(String, Vec<u8>)>,
 }
 
 impl Detector {
@@ -24,15 +95,42 @@ impl Detector {
         let config: DetectorConfig = serde_json::from_str(text).map_err(|e| {
             PluginError::new(ErrorKind::Config, format!("detector configuration: {e}"))
         })?;
-        Ok(Self::new(config))
+        Self::new(config)
     }
 
-    /// Builds a detector from its configuration.
-    pub fn new(config: DetectorConfig) -> Self {
-        Detector {
+    /// Builds a detector: loads the rules, the catalog, the models and the GeoIP database.
+    pub fn new(config: DetectorConfig) -> Result<Self, PluginError> {
+        let catalog = JobCatalog::builtin()
+            .with_overrides(config.jobs.iter().cloned())
+            .map_err(|problems| {
+                let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
+                PluginError::new(
+                    ErrorKind::Config,
+                    format!("detector.jobs: {}", list.join("; ")),
+                )
+            })?;
+        let allow = net::parse_cidr_list(&config.allow_destinations).map_err(|e| {
+            PluginError::new(
+                ErrorKind::Config,
+                format!("detector.allow_destinations: {e}"),
+            )
+        })?;
+        let geo = match &config.geoip.database {
+            Some(path) => {
+                let db = GeoDb::open(config.resolve(path))
+                    .map_err(|e| PluginError::new(ErrorKind::Geo, e.to_string()))?;
+                Some(GeoCache::new(Arc::new(db), config.geoip.cache_entries))
+            }
+            None => None,
+        };
+        let jobs = build_jobs(&config, &catalog)?;
+        Ok(Detector {
             config,
+            jobs,
+            geo,
+            allow,
             metrics: Metrics::default(),
-        }
+        })
     }
 
     /// The configuration this detector was built from.
@@ -43,36 +141,431 @@ impl Detector {
     /// Evaluates one event, a raw line without terminator.
     pub fn evaluate(&mut self, line: &str) -> Verdict {
         self.metrics.events += 1;
-        match serde_json::from_str::<serde_json::Value>(line) {
-            Ok(serde_json::Value::Object(_)) => Verdict::PASS,
+        let mut event = match serde_json::from_str::<Value>(line) {
+            Ok(value @ Value::Object(_)) => value,
             _ => {
                 self.metrics.unreadable += 1;
-                Verdict::UNREADABLE
+                return Verdict::UNREADABLE;
             }
+        };
+        self.enrich(&mut event);
+        let Some(hit) = self.score(&event) else {
+            return Verdict::PASS;
+        };
+        self.metrics.flagged += 1;
+        let job = &mut self.jobs[hit.job];
+        let active = &mut job.rules[hit.rule];
+        active.flagged += 1;
+        let mut verdict = Verdict::PASS;
+        if active.action.annotate {
+            let detail = alert_detail(&job.def, &hit);
+            match alert::annotate(&mut event, &active.rule, &detail) {
+                Ok(()) => verdict.replacement = Some(event.to_string().into()).into(),
+                // The event has a non-object where an alert field goes: it keeps its route and
+                // is counted, rather than having fields overwritten.
+                Err(_) => self.metrics.annotate_failures += 1,
+            }
+        }
+        if let Some(route) = &active.action.route {
+            verdict.route = Some(route.as_str().into()).into();
+        }
+        verdict
+    }
+
+    /// Fills `destination.geo.country_iso_code` / `country_name` when they are missing.
+    fn enrich(&mut self, event: &mut Value) {
+        if event::get_present(event, DESTINATION_COUNTRY_NAME).is_some() {
+            return;
+        }
+        let country = match event::get_str(event, DESTINATION_COUNTRY_ISO) {
+            Some(code) => geo::Country::from_iso_code(code),
+            None => {
+                let Some(cache) = self.geo.as_mut() else {
+                    return;
+                };
+                event::get_str(event, DESTINATION_IP)
+                    .and_then(net::parse_ip)
+                    .and_then(|ip| cache.country(ip))
+            }
+        };
+        let Some(country) = country else {
+            return;
+        };
+        let iso = Value::String(country.iso_code().to_owned());
+        let name = Value::String(country.name().to_owned());
+        if event::insert(event, DESTINATION_COUNTRY_ISO, iso).is_ok()
+            && event::insert(event, DESTINATION_COUNTRY_NAME, name).is_ok()
+        {
+            self.metrics.enriched += 1;
         }
     }
 
-    /// Output names the rules route to.
-    pub fn routes(&self) -> Vec<String> {
-        Vec::new()
+    /// Lets every qualifying job score the event; returns the highest-scoring rule that fired.
+    fn score(&mut self, event: &Value) -> Option<Hit> {
+        // A timestamp from the future would age every model at once: it counts as absent.
+        let now = now_ms();
+        let time_ms = event::get(event, &self.config.time_field)
+            .and_then(crate::time::epoch_ms)
+            .filter(|&t| t <= now + MAX_FUTURE_MS)
+            .unwrap_or(now);
+        let allowed = !self.allow.is_empty()
+            && event::get_str(event, DESTINATION_IP)
+                .and_then(net::parse_ip)
+                .is_some_and(|ip| self.allow.contains(ip));
+        if allowed {
+            return None;
+        }
+        let mut best: Option<Hit> = None;
+        for (j, job) in self.jobs.iter_mut().enumerate() {
+            if !job.def.qualifies(event) {
+                continue;
+            }
+            let Some(obs) = Extracted::from_event(&job.def, event) else {
+                continue;
+            };
+            let Some(scored) = job.model.observe(&obs.observation(time_ms)) else {
+                continue;
+            };
+            job.scored += 1;
+            if scored.learning {
+                continue;
+            }
+            for (r, rule) in job.rules.iter().enumerate() {
+                let better = best.as_ref().is_none_or(|b| scored.score > b.scored.score);
+                if scored.score >= rule.threshold && better {
+                    let (field, value) = obs.subject(&job.def);
+                    best = Some(Hit {
+                        job: j,
+                        rule: r,
+                        scored,
+                        field,
+                        value,
+                    });
+                }
+            }
+        }
+        best
     }
 
-    /// A JSON snapshot of the counters.
+    /// Output names the configured actions route to.
+    pub fn routes(&self) -> Vec<String> {
+        let actions = &self.config.actions;
+        let names: BTreeSet<&String> = std::iter::once(&actions.default)
+            .chain(actions.rules.values())
+            .filter_map(|a| a.route.as_ref())
+            .collect();
+        names.into_iter().cloned().collect()
+    }
+
+    /// A JSON snapshot of the counters, per job and per rule.
     pub fn metrics_json(&self) -> String {
-        serde_json::json!({
+        let jobs: Map<String, Value> = self
+            .jobs
+            .iter()
+            .map(|job| {
+                let status = job.model.status();
+                let rules: Map<String, Value> = job
+                    .rules
+                    .iter()
+                    .map(|r| {
+                        (
+                            r.rule.rule_id.clone(),
+                            serde_json::json!({"name": r.rule.name, "flagged": r.flagged}),
+                        )
+                    })
+                    .collect();
+                let value = serde_json::json!({
+                    "function": job.def.function.as_str(),
+                    "learning": status.learning,
+                    "buckets_seen": status.buckets_seen,
+                    "learning_buckets": status.learning_buckets,
+                    "scored": job.scored,
+                    "tracked_entities": status.tracked_entities,
+                    "probationary_entities": status.probationary_entities,
+                    "state_bytes": status.approx_bytes,
+                    "evictions": status.evictions,
+                    "far_late_events": status.far_late_events,
+                    "rules": rules,
+                });
+                (job.def.id.clone(), value)
+            })
+            .collect();
+        let mut out = serde_json::json!({
             "events": self.metrics.events,
             "unreadable": self.metrics.unreadable,
-        })
-        .to_string()
+            "enriched": self.metrics.enriched,
+            "flagged": self.metrics.flagged,
+            "annotate_failures": self.metrics.annotate_failures,
+            "jobs": jobs,
+        });
+        if let Some(cache) = &self.geo {
+            let stats = cache.stats();
+            out["geoip_cache"] = serde_json::json!({"hits": stats.hits, "misses": stats.misses});
+        }
+        out.to_string()
     }
 
-    /// Serialises the model state.
+    /// Serialises every job's model state, with a format version.
     pub fn save_state(&self) -> Result<Vec<u8>, PluginError> {
-        Ok(Vec::new())
+        let mut jobs = Vec::with_capacity(self.jobs.len());
+        for job in &self.jobs {
+            let bytes = job.model.save().map_err(|e| {
+                PluginError::new(ErrorKind::State, format!("saving job {}: {e}", job.def.id))
+            })?;
+            jobs.push((job.def.id.clone(), bytes));
+        }
+        postcard::to_allocvec(&SavedState {
+            format: STATE_FORMAT_VERSION,
+            jobs,
+        })
+        .map_err(|e| PluginError::new(ErrorKind::State, format!("encoding state: {e}")))
     }
 
-    /// Restores the model state.
-    pub fn load_state(&mut self, _state: &[u8]) -> Result<(), PluginError> {
+    /// Restores model state saved by [`Detector::save_state`]. Jobs absent from the state keep
+    /// learning from scratch; state of jobs no longer configured is ignored. Nothing changes
+    /// when any part is unreadable.
+    pub fn load_state(&mut self, state: &[u8]) -> Result<(), PluginError> {
+        let saved: SavedState = postcard::from_bytes(state)
+            .map_err(|e| PluginError::new(ErrorKind::State, format!("decoding state: {e}")))?;
+        if saved.format != STATE_FORMAT_VERSION {
+            return Err(PluginError::new(
+                ErrorKind::State,
+                format!(
+                    "state format {} is not supported (this plugin reads {STATE_FORMAT_VERSION})",
+                    saved.format
+                ),
+            ));
+        }
+        // Decode everything first into fresh models, so that a bad blob changes nothing.
+        let mut fresh: Vec<(usize, Box<dyn Model>)> = Vec::new();
+        for (id, bytes) in &saved.jobs {
+            let Some(index) = self.jobs.iter().position(|j| &j.def.id == id) else {
+                continue;
+            };
+            let mut model = build_model(&self.jobs[index].def, &self.config.models)
+                .map_err(|e| PluginError::new(ErrorKind::State, format!("job {id}: {e}")))?;
+            model
+                .load(bytes)
+                .map_err(|e| PluginError::new(ErrorKind::State, format!("job {id}: {e}")))?;
+            fresh.push((index, model));
+        }
+        for (index, model) in fresh {
+            self.jobs[index].model = model;
+        }
         Ok(())
     }
+}
+
+/// The values one job reads from an event, borrowed where the event holds strings.
+struct Extracted<'a> {
+    by: Option<Cow<'a, str>>,
+    over: Option<Cow<'a, str>>,
+    partition: Option<Cow<'a, str>>,
+    value: f64,
+}
+
+impl<'a> Extracted<'a> {
+    /// Reads the job's fields; `None` when a field the function needs is missing.
+    fn from_event(def: &JobDef, event: &'a Value) -> Option<Self> {
+        let read = |field: &Option<String>| -> Result<Option<Cow<'a, str>>, ()> {
+            match field {
+                None => Ok(None),
+                Some(path) => match event::get_present(event, path) {
+                    Some(Value::String(s)) => Ok(Some(Cow::Borrowed(s.as_str()))),
+                    Some(Value::Number(n)) => Ok(Some(Cow::Owned(n.to_string()))),
+                    Some(Value::Bool(b)) => Ok(Some(Cow::Owned(b.to_string()))),
+                    _ => Err(()),
+                },
+            }
+        };
+        let by = read(&def.by_field).ok()?;
+        let over = read(&def.over_field).ok()?;
+        let partition = read(&def.partition_field).ok()?;
+        let value = match &def.field_name {
+            Some(field) if def.function.needs_field_name() => event::get_f64(event, field)?,
+            _ => 1.0,
+        };
+        Some(Extracted {
+            by,
+            over,
+            partition,
+            value,
+        })
+    }
+
+    fn observation(&self, time_ms: i64) -> Observation<'_> {
+        Observation {
+            time_ms,
+            by: self.by.as_deref(),
+            over: self.over.as_deref(),
+            partition: self.partition.as_deref(),
+            value: self.value,
+        }
+    }
+
+    /// The field and value an alert's reason talks about: the `by` value for rarity, the `over`
+    /// entity for a sum.
+    fn subject(&self, def: &JobDef) -> (String, String) {
+        let pick = |field: &Option<String>, value: &Option<Cow<'a, str>>| {
+            field.clone().zip(value.as_deref().map(str::to_owned))
+        };
+        match def.function {
+            Function::Rare => {
+                pick(&def.by_field, &self.by).or_else(|| pick(&def.over_field, &self.over))
+            }
+            _ => pick(&def.over_field, &self.over).or_else(|| pick(&def.by_field, &self.by)),
+        }
+        .unwrap_or_else(|| (def.id.clone(), String::new()))
+    }
+}
+
+/// The alert fields' content for a hit.
+fn alert_detail(def: &JobDef, hit: &Hit) -> AlertDetail {
+    let extra: Map<String, Value> = hit
+        .scored
+        .extra()
+        .into_iter()
+        .map(|(key, value)| {
+            let value = match value {
+                ExtraValue::Int(i) => Value::from(i),
+                ExtraValue::Float(f) => Value::from(f),
+            };
+            (key.to_owned(), value)
+        })
+        .collect();
+    AlertDetail {
+        job_id: def.id.clone(),
+        function: def.function,
+        score: (hit.scored.score * 10.0).round() / 10.0,
+        bucket_start: hit.scored.bucket_start_ms.div_euclid(1000),
+        actual: Some(hit.scored.actual),
+        typical: Some(hit.scored.typical),
+        influencers: def.influencers.clone(),
+        reason: hit.scored.reason(&hit.field, &hit.value),
+        extra,
+    }
+}
+
+/// Builds one active job per job id that a supported rule names and the catalog knows.
+fn build_jobs(
+    config: &DetectorConfig,
+    catalog: &JobCatalog,
+) -> Result<Vec<ActiveJob>, PluginError> {
+    let paths: Vec<_> = config.rules.iter().map(|p| config.resolve(p)).collect();
+    let load = rules::load_paths(&paths, catalog);
+    let mut problems: Vec<String> = load.errors().map(ToString::to_string).collect();
+    if config.fail_on_unsupported {
+        problems.extend(load.unsupported.iter().map(ToString::to_string));
+    }
+    if !problems.is_empty() {
+        return Err(PluginError::new(
+            ErrorKind::Rules,
+            format!(
+                "{} problem(s) loading rules:\n  - {}",
+                problems.len(),
+                problems.join("\n  - ")
+            ),
+        ));
+    }
+    let mut jobs: Vec<ActiveJob> = Vec::new();
+    let mut unusable = Vec::new();
+    for rule in load.supported() {
+        let rule = Arc::new(rule.clone());
+        let threshold = f64::from(rule.anomaly_threshold.unwrap_or(75));
+        for job_id in &rule.job_ids {
+            let Some(def) = catalog.get(job_id) else {
+                continue;
+            };
+            let index = match jobs.iter().position(|j| &j.def.id == job_id) {
+                Some(index) => index,
+                None => match build_model(def, &config.models) {
+                    Ok(model) => {
+                        jobs.push(ActiveJob {
+                            def: def.clone(),
+                            model,
+                            rules: Vec::new(),
+                            scored: 0,
+                        });
+                        jobs.len() - 1
+                    }
+                    Err(e) => {
+                        unusable.push(format!("{}: job {job_id}: {e}", rule.source.display()));
+                        continue;
+                    }
+                },
+            };
+            jobs[index].rules.push(ActiveRule {
+                rule: Arc::clone(&rule),
+                threshold,
+                action: config.actions.for_rule(&rule.rule_id).clone(),
+                flagged: 0,
+            });
+        }
+    }
+    if !unusable.is_empty() && config.fail_on_unsupported {
+        return Err(PluginError::new(ErrorKind::Rules, unusable.join("\n")));
+    }
+    if jobs.is_empty() {
+        let where_ = paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(", ");
+        let mut message = format!("no rule in {where_} can run: nothing would be detected");
+        for line in load
+            .unsupported
+            .iter()
+            .map(ToString::to_string)
+            .chain(unusable)
+        {
+            message.push_str("\n  - ");
+            message.push_str(&line);
+        }
+        return Err(PluginError::new(ErrorKind::Rules, message));
+    }
+    Ok(jobs)
+}
+
+/// The model a job's function calls for, with the configured settings.
+fn build_model(def: &JobDef, settings: &ModelSettings) -> Result<Box<dyn Model>, String> {
+    let job = settings.jobs.get(&def.id);
+    let pick = |f: fn(&ModelSettings) -> Option<f64>| job.and_then(f).or_else(|| f(settings));
+    let span =
+        u32::try_from(def.bucket_span_secs).map_err(|_| "bucket_span too long".to_owned())?;
+    let learning = pick(|s| s.learning_buckets.map(f64::from)).map(|v| v as u32);
+    let half_life = pick(|s| s.half_life_buckets);
+    let lateness = pick(|s| s.lateness_buckets.map(f64::from)).map(|v| v as u32);
+    let max_entities = pick(|s| s.max_entities.map(|v| v as f64)).map(|v| v as usize);
+    match def.function {
+        Function::Rare => {
+            let mut c = RareConfig {
+                bucket_span_secs: span,
+                ..RareConfig::default()
+            };
+            c.learning_buckets = learning.unwrap_or(c.learning_buckets);
+            c.half_life_buckets = half_life.unwrap_or(c.half_life_buckets);
+            c.lateness_buckets = lateness.unwrap_or(c.lateness_buckets);
+            c.max_entities = max_entities.unwrap_or(c.max_entities);
+            Ok(Box::new(c.build().map_err(|e| e.to_string())?))
+        }
+        Function::HighSum => {
+            let mut c = HighSumConfig {
+                bucket_span_secs: span,
+                ..HighSumConfig::default()
+            };
+            c.learning_buckets = learning.unwrap_or(c.learning_buckets);
+            c.half_life_buckets = half_life.unwrap_or(c.half_life_buckets);
+            c.lateness_buckets = lateness.unwrap_or(c.lateness_buckets);
+            c.max_entities = max_entities.unwrap_or(c.max_entities);
+            Ok(Box::new(c.build().map_err(|e| e.to_string())?))
+        }
+        other => Err(format!("function `{}` has no model yet", other.as_str())),
+    }
+}
+
+fn now_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
 }

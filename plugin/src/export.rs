@@ -11,8 +11,8 @@ use abi_stable::{
     std_types::{RResult, RSlice, RStr, RString, RVec},
 };
 use egresswatch_plugin_api::{
-    catch_panic, PluginError, PluginMod, PluginModRef, Transform, TransformBox, Transform_TO,
-    Verdict,
+    catch_panic, ErrorKind, PluginError, PluginMod, PluginModRef, Transform, TransformBox,
+    Transform_TO, Verdict,
 };
 
 use crate::Detector;
@@ -23,6 +23,7 @@ pub fn get_library() -> PluginModRef {
     PluginMod {
         name: plugin_name,
         version: plugin_version,
+        check_rules,
         new: new_transform,
     }
     .leak_into_prefix()
@@ -36,6 +37,18 @@ fn plugin_name() -> RStr<'static> {
 #[sabi_extern_fn]
 fn plugin_version() -> RStr<'static> {
     RStr::from_str(env!("CARGO_PKG_VERSION"))
+}
+
+#[sabi_extern_fn]
+fn check_rules(paths: RStr<'_>) -> RResult<RString, PluginError> {
+    catch_panic("checking rules", || {
+        let paths: Vec<std::path::PathBuf> = serde_json::from_str(paths.as_str())
+            .map_err(|e| PluginError::new(ErrorKind::Config, format!("rule paths: {e}")))?;
+        let report = crate::check::check(&paths);
+        serde_json::to_string(&report)
+            .map(RString::from)
+            .map_err(|e| PluginError::new(ErrorKind::Internal, e.to_string()))
+    })
 }
 
 #[sabi_extern_fn]

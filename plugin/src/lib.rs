@@ -11,13 +11,16 @@
 
 pub mod alert;
 pub mod catalog;
+pub mod check;
 pub mod config;
 pub mod detector;
 pub mod event;
 pub mod export;
 pub mod geo;
+pub mod models;
 pub mod net;
 pub mod rules;
+pub mod time;
 
 pub use config::DetectorConfig;
 pub use detector::Detector;

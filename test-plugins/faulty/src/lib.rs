@@ -11,7 +11,7 @@ use abi_stable::{
     export_root_module,
     prefix_type::PrefixTypeTrait,
     sabi_extern_fn,
-    std_types::{RResult, RStr},
+    std_types::{RResult, RStr, RString},
 };
 use egresswatch_plugin_api::{
     catch_panic, ErrorKind, PluginError, PluginMod, PluginModRef, TransformBox,
@@ -26,6 +26,7 @@ pub fn get_library() -> PluginModRef {
     PluginMod {
         name,
         version,
+        check_rules,
         new: new_transform,
     }
     .leak_into_prefix()
@@ -39,6 +40,14 @@ fn name() -> RStr<'static> {
 #[sabi_extern_fn]
 fn version() -> RStr<'static> {
     RStr::from_str(env!("CARGO_PKG_VERSION"))
+}
+
+#[sabi_extern_fn]
+fn check_rules(_paths: RStr<'_>) -> RResult<RString, PluginError> {
+    RResult::RErr(PluginError::new(
+        ErrorKind::Internal,
+        "not implemented by the test plugin",
+    ))
 }
 
 #[sabi_extern_fn]

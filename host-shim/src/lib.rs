@@ -9,10 +9,14 @@
 //! - [`loader`]: loading the plugin library with version and layout checks.
 //! - [`engine`]: applying verdicts to batches of lines and writing them to outputs.
 //! - [`stream`]: reading lines from a byte stream and driving the engine until EOF or a signal.
+//! - [`generate`]: a seeded generator of realistic traffic with labelled attacks.
 //! - [`output`]: the named outputs.
+//! - [`rules_check`]: the table `egresswatch rules check` prints.
 
 pub mod config;
 pub mod engine;
+pub mod generate;
 pub mod loader;
 pub mod output;
+pub mod rules_check;
 pub mod stream;

@@ -1,6 +1,6 @@
 //! The `egresswatch` command line.
 
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -11,8 +11,10 @@ use clap::{Parser, Subcommand};
 
 use egresswatch::config::HostConfig;
 use egresswatch::engine::{Engine, EnginePolicy};
+use egresswatch::generate::GenerateArgs;
 use egresswatch::loader::{self, Plugin};
 use egresswatch::output::Outputs;
+use egresswatch::rules_check::Report;
 use egresswatch::stream::{self, Finish};
 
 /// Catch command-and-control and data exfiltration in network events while they are still in
@@ -44,8 +46,32 @@ enum Command {
         #[arg(long)]
         plugin: Option<PathBuf>,
     },
+    /// Work with detection rules.
+    Rules {
+        #[command(subcommand)]
+        command: RulesCommand,
+    },
+    /// Write realistic ECS network traffic with labelled injected attacks to stdout.
+    Generate {
+        #[command(flatten)]
+        args: GenerateArgs,
+    },
     /// Print the host's version, and the plugin's version and ABI version.
     Version {
+        /// The plugin library; default: beside this executable.
+        #[arg(long)]
+        plugin: Option<PathBuf>,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum RulesCommand {
+    /// Load rule files and folders and print, per file, the rule, its jobs, its threshold and
+    /// whether it would run; exits non-zero when any file fails to parse.
+    Check {
+        /// Rule files, or folders searched recursively for *.toml.
+        #[arg(required = true)]
+        paths: Vec<PathBuf>,
         /// The plugin library; default: beside this executable.
         #[arg(long)]
         plugin: Option<PathBuf>,
@@ -65,6 +91,10 @@ fn main() -> ExitCode {
     let result = match cli.command {
         Command::Run { config, plugin } => run(&config, plugin.as_deref()),
         Command::Validate { config, plugin } => validate(&config, plugin.as_deref()),
+        Command::Rules {
+            command: RulesCommand::Check { paths, plugin },
+        } => rules_check(&paths, plugin.as_deref()),
+        Command::Generate { args } => generate(&args),
         Command::Version { plugin } => version(plugin.as_deref()),
     };
     match result {
@@ -176,5 +206,39 @@ fn version(plugin: Option<&Path>) -> Result<()> {
         plugin.abi_version(),
         path.display()
     );
+    Ok(())
+}
+
+fn rules_check(paths: &[PathBuf], plugin: Option<&Path>) -> Result<()> {
+    let plugin = loader::load(&plugin_path(None, plugin))?;
+    let json = plugin.check_rules(paths).map_err(anyhow::Error::msg)?;
+    let report: Report = serde_json::from_str(&json).context("reading the plugin's rule report")?;
+    print!("{}", report.table());
+    println!("{}", report.summary());
+    if report.failed > 0 {
+        bail!("{} rule file(s) failed to load", report.failed);
+    }
+    Ok(())
+}
+
+fn generate(args: &GenerateArgs) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut labels = match &args.labels {
+        Some(path) => Some(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None => None,
+    };
+    let summary = egresswatch::generate::generate(
+        args,
+        &mut out,
+        labels.as_mut().map(|w| w as &mut dyn std::io::Write),
+    )?;
+    out.flush()?;
+    if let Some(labels) = labels.as_mut() {
+        labels.flush()?;
+    }
+    tracing::info!(events = summary.events, attacks = ?summary.attacks, "generated");
     Ok(())
 }

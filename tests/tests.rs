@@ -2,5 +2,6 @@
 
 mod util;
 
+mod golden;
 mod loading;
 mod passthrough;

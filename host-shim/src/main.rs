@@ -122,6 +122,7 @@ fn start(config_path: &Path, plugin: Option<&Path>) -> Result<(HostConfig, Plugi
     let config = HostConfig::load(config_path)?;
     let plugin = loader::load(&plugin_path(Some(&config), plugin))?;
     let transform = plugin.construct(&config.detector_json())?;
+    report_plugin_warnings(&transform.metrics());
     let routes: Vec<String> = transform.routes().into_iter().map(Into::into).collect();
     let missing = config.missing_routes(&routes);
     if !missing.is_empty() {
@@ -140,6 +141,14 @@ fn start(config_path: &Path, plugin: Option<&Path>) -> Result<(HostConfig, Plugi
         },
     );
     Ok((config, plugin, engine))
+}
+
+/// Logs what the plugin skipped while loading (unsupported rules, unknown jobs).
+fn report_plugin_warnings(metrics_json: &str) {
+    let metrics: serde_json::Value = serde_json::from_str(metrics_json).unwrap_or_default();
+    for warning in metrics["warnings"].as_array().into_iter().flatten() {
+        tracing::warn!("{}", warning.as_str().unwrap_or_default());
+    }
 }
 
 fn run(config_path: &Path, plugin: Option<&Path>) -> Result<()> {

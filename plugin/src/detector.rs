@@ -44,6 +44,8 @@ pub struct Detector {
     geo: Option<GeoCache>,
     allow: CidrSet,
     metrics: Metrics,
+    /// What loading skipped (unsupported rules, unknown jobs), for the host to report.
+    warnings: Vec<String>,
 }
 
 /// A job some supported rule uses, its model, and the rules that read its scores.
@@ -123,13 +125,14 @@ impl Detector {
             }
             None => None,
         };
-        let jobs = build_jobs(&config, &catalog)?;
+        let (jobs, warnings) = build_jobs(&config, &catalog)?;
         Ok(Detector {
             config,
             jobs,
             geo,
             allow,
             metrics: Metrics::default(),
+            warnings,
         })
     }
 
@@ -297,6 +300,7 @@ impl Detector {
             "flagged": self.metrics.flagged,
             "annotate_failures": self.metrics.annotate_failures,
             "jobs": jobs,
+            "warnings": self.warnings,
         });
         if let Some(cache) = &self.geo {
             let stats = cache.stats();
@@ -447,10 +451,11 @@ fn alert_detail(def: &JobDef, hit: &Hit) -> AlertDetail {
 }
 
 /// Builds one active job per job id that a supported rule names and the catalog knows.
+/// Also returns a warning per rule or job that was skipped.
 fn build_jobs(
     config: &DetectorConfig,
     catalog: &JobCatalog,
-) -> Result<Vec<ActiveJob>, PluginError> {
+) -> Result<(Vec<ActiveJob>, Vec<String>), PluginError> {
     let paths: Vec<_> = config.rules.iter().map(|p| config.resolve(p)).collect();
     let load = rules::load_paths(&paths, catalog);
     let mut problems: Vec<String> = load.errors().map(ToString::to_string).collect();
@@ -505,6 +510,13 @@ fn build_jobs(
     if !unusable.is_empty() && config.fail_on_unsupported {
         return Err(PluginError::new(ErrorKind::Rules, unusable.join("\n")));
     }
+    let warnings: Vec<String> = load
+        .unsupported
+        .iter()
+        .map(ToString::to_string)
+        .chain(load.warnings.iter().map(ToString::to_string))
+        .chain(unusable)
+        .collect();
     if jobs.is_empty() {
         let where_ = paths
             .iter()
@@ -512,18 +524,13 @@ fn build_jobs(
             .collect::<Vec<_>>()
             .join(", ");
         let mut message = format!("no rule in {where_} can run: nothing would be detected");
-        for line in load
-            .unsupported
-            .iter()
-            .map(ToString::to_string)
-            .chain(unusable)
-        {
+        for line in &warnings {
             message.push_str("\n  - ");
-            message.push_str(&line);
+            message.push_str(line);
         }
         return Err(PluginError::new(ErrorKind::Rules, message));
     }
-    Ok(jobs)
+    Ok((jobs, warnings))
 }
 
 /// The model a job's function calls for, with the configured settings.
@@ -568,4 +575,351 @@ fn now_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::geo::mmdb_writer::{MmdbWriter, Value as Mmdb};
+    use abi_stable::std_types::ROption;
+    use serde_json::json;
+
+    const RARE_RULE: &str = "35f86980-1fb1-4dff-b311-3be941549c8d";
+    const EXFIL_RULE: &str = "cc653d77-ddd2-45b1-9197-c75ad19df66c";
+    /// 2026-10-01T00:00:00Z.
+    const T0: i64 = 1_790_812_800_000;
+    const MIN15: i64 = 15 * 60 * 1000;
+    const HOURS3: i64 = 3 * 3600 * 1000;
+
+    fn rules_dir() -> String {
+        format!("{}/../rules", env!("CARGO_MANIFEST_DIR"))
+    }
+
+    fn detector(extra: serde_json::Value) -> Detector {
+        let mut config = json!({ "rules": [rules_dir()] });
+        if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
+            c.extend(e.clone());
+        }
+        Detector::from_json(&config.to_string()).expect("detector builds")
+    }
+
+    fn iso(ms: i64) -> String {
+        let secs = ms.div_euclid(1000);
+        format!(
+            "{}.{:03}Z",
+            &crate::alert::rfc3339(secs)[..19],
+            ms.rem_euclid(1000)
+        )
+    }
+
+    /// A network event to `ip`, optionally with a country name and bytes sent.
+    fn event(ms: i64, ip: &str, country: Option<&str>, bytes: Option<serde_json::Value>) -> String {
+        let mut e = json!({
+            "@timestamp": iso(ms),
+            "event": {"category": ["network"]},
+            "source": {"ip": "10.1.2.3"},
+            "destination": {"ip": ip, "port": 443},
+            "network": {"direction": "outbound"},
+        });
+        if let Some(c) = country {
+            e["destination"]["geo"] = json!({ "country_name": c });
+        }
+        if let Some(b) = bytes {
+            e["source"]["bytes"] = b;
+        }
+        e.to_string()
+    }
+
+    fn annotated(verdict: &Verdict) -> Option<serde_json::Value> {
+        match &verdict.replacement {
+            ROption::RSome(text) => Some(serde_json::from_str(text.as_str()).unwrap()),
+            ROption::RNone => None,
+        }
+    }
+
+    /// `buckets` 15-minute buckets of traffic to three routine countries.
+    fn rare_baseline(d: &mut Detector, buckets: i64) {
+        let routine = [
+            ("8.8.8.8", "United States"),
+            ("78.46.34.21", "Germany"),
+            ("52.95.1.1", "Ireland"),
+        ];
+        for b in 0..buckets {
+            for (ip, country) in routine {
+                let v = d.evaluate(&event(T0 + b * MIN15 + 60_000, ip, Some(country), None));
+                assert_eq!(v, Verdict::PASS, "routine traffic flagged in bucket {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn a_never_seen_country_is_flagged_after_learning_with_the_rules_alert_fields() {
+        let mut d = detector(json!({}));
+        rare_baseline(&mut d, 40);
+        let t = T0 + 40 * MIN15 + 5_000;
+        let verdict = d.evaluate(&event(t, "175.45.179.109", Some("North Korea"), None));
+        let alert = annotated(&verdict).expect("flagged");
+        assert_eq!(alert["rule"]["id"], RARE_RULE);
+        assert_eq!(alert["event"]["kind"], "alert");
+        let score = alert["egresswatch"]["score"].as_f64().unwrap();
+        assert!(score >= 75.0, "{score}");
+        assert_eq!(alert["egresswatch"]["job_id"], "rare_destination_country");
+        assert_eq!(
+            alert["egresswatch"]["influencers"]["destination.ip"],
+            "175.45.179.109"
+        );
+        let reason = alert["egresswatch"]["reason"].as_str().unwrap();
+        assert!(reason.contains("North Korea seen in 0 of 40"), "{reason}");
+        // Routine countries in the same bucket still pass.
+        let routine = d.evaluate(&event(t + 1000, "8.8.8.8", Some("United States"), None));
+        assert_eq!(routine, Verdict::PASS);
+    }
+
+    #[test]
+    fn nothing_is_flagged_while_learning_and_metrics_say_so() {
+        let mut d = detector(json!({}));
+        rare_baseline(&mut d, 10);
+        let v = d.evaluate(&event(
+            T0 + 10 * MIN15,
+            "175.45.179.109",
+            Some("North Korea"),
+            None,
+        ));
+        assert_eq!(v, Verdict::PASS);
+        let metrics: serde_json::Value = serde_json::from_str(&d.metrics_json()).unwrap();
+        assert_eq!(
+            metrics["jobs"]["rare_destination_country"]["learning"],
+            true
+        );
+        assert_eq!(metrics["flagged"], 0);
+    }
+
+    #[test]
+    fn shipping_agents_and_non_network_events_are_ignored() {
+        let mut d = detector(json!({}));
+        rare_baseline(&mut d, 40);
+        let t = T0 + 40 * MIN15;
+        let mut agent: serde_json::Value =
+            serde_json::from_str(&event(t, "175.45.179.109", Some("North Korea"), None)).unwrap();
+        agent["process"] = json!({"name": "Filebeat.exe"});
+        assert_eq!(d.evaluate(&agent.to_string()), Verdict::PASS);
+        let mut process: serde_json::Value =
+            serde_json::from_str(&event(t, "175.45.179.109", Some("North Korea"), None)).unwrap();
+        process["event"]["category"] = json!(["process"]);
+        assert_eq!(d.evaluate(&process.to_string()), Verdict::PASS);
+    }
+
+    /// Writes a tiny country database in one of the two layouts; private space is (wrongly)
+    /// given a country, as some real databases do.
+    fn tiny_db(name: &str, geolite2: bool) -> std::path::PathBuf {
+        let record = |code: &str, english: &str| {
+            if geolite2 {
+                Mmdb::geolite2_country(code, english)
+            } else {
+                Mmdb::ip_location_db(code)
+            }
+        };
+        let kind = if geolite2 {
+            "GeoLite2-Country"
+        } else {
+            "country"
+        };
+        let mut w = MmdbWriter::new(kind, 6, 28).unwrap();
+        w.insert("8.8.8.0/24", record("US", "United States"))
+            .unwrap();
+        w.insert("78.46.0.0/15", record("DE", "Germany")).unwrap();
+        w.insert("52.95.0.0/16", record("IE", "Ireland")).unwrap();
+        w.insert("175.45.176.0/22", record("KP", "North Korea"))
+            .unwrap();
+        w.insert("10.0.0.0/8", record("AU", "Australia")).unwrap();
+        let path =
+            std::env::temp_dir().join(format!("ew-detector-{name}-{}.mmdb", std::process::id()));
+        std::fs::write(&path, w.build().unwrap()).unwrap();
+        path
+    }
+
+    fn enrichment_through(layout: &str, geolite2: bool) {
+        let db = tiny_db(layout, geolite2);
+        let mut d = detector(json!({ "geoip": { "database": db } }));
+        for b in 0..40 {
+            for ip in ["8.8.8.8", "78.46.34.21", "52.95.1.1"] {
+                assert_eq!(
+                    d.evaluate(&event(T0 + b * MIN15, ip, None, None)),
+                    Verdict::PASS
+                );
+            }
+        }
+        let t = T0 + 40 * MIN15;
+        let alert =
+            annotated(&d.evaluate(&event(t, "175.45.179.109", None, None))).expect("flagged");
+        assert_eq!(alert["destination"]["geo"]["country_iso_code"], "KP");
+        assert_eq!(alert["destination"]["geo"]["country_name"], "North Korea");
+        // Events the detector cannot place pass untouched: no IP, a bad IP, private space.
+        for ip in [
+            None,
+            Some("not-an-ip"),
+            Some("10.9.9.9"),
+            Some("192.168.1.1"),
+        ] {
+            let mut e: serde_json::Value =
+                serde_json::from_str(&event(t, "0.0.0.0", None, None)).unwrap();
+            match ip {
+                Some(ip) => e["destination"]["ip"] = json!(ip),
+                None => {
+                    e["destination"].as_object_mut().unwrap().remove("ip");
+                }
+            }
+            assert_eq!(d.evaluate(&e.to_string()), Verdict::PASS, "{ip:?}");
+        }
+        std::fs::remove_file(db).unwrap();
+    }
+
+    #[test]
+    fn enrichment_with_an_ip_location_db_database() {
+        enrichment_through("iplocation", false);
+    }
+
+    #[test]
+    fn enrichment_with_a_geolite2_database() {
+        enrichment_through("geolite2", true);
+    }
+
+    #[test]
+    fn a_missing_database_is_an_error_naming_the_path() {
+        let err = Detector::from_json(
+            &json!({"rules": [rules_dir()], "geoip": {"database": "/nope/x.mmdb"}}).to_string(),
+        )
+        .err()
+        .unwrap();
+        assert_eq!(err.kind, ErrorKind::Geo);
+        assert!(err.message.contains("/nope/x.mmdb"), "{}", err.message);
+    }
+
+    /// 25 3h buckets in which 30 destinations receive a few kB to a few MB each.
+    fn bytes_baseline(d: &mut Detector, buckets: i64) {
+        for b in 0..buckets {
+            for k in 0..30i64 {
+                let ip = format!("52.95.{}.{}", 10 + k, 1 + b % 5);
+                let bytes = 2_000 * (1 + (k * 7 + b * 3) % 40) * (1 + k % 5).pow(2);
+                let v = d.evaluate(&event(
+                    T0 + b * HOURS3 + k * 60_000,
+                    &ip,
+                    Some("Ireland"),
+                    Some(json!(bytes)),
+                ));
+                assert_eq!(v, Verdict::PASS, "baseline flagged at bucket {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn two_gigabytes_to_a_new_ip_are_flagged_at_the_crossing_event() {
+        let mut d = detector(json!({}));
+        bytes_baseline(&mut d, 25);
+        let start = T0 + 25 * HOURS3;
+        let ip = "93.184.216.34";
+        for i in 0..5 {
+            let v = d.evaluate(&event(
+                start + i * 1000,
+                ip,
+                Some("Ireland"),
+                Some(json!(10_000)),
+            ));
+            assert_eq!(v, Verdict::PASS, "small chunk {i} flagged");
+        }
+        let mut first_flag = None;
+        for i in 0..10 {
+            let v = d.evaluate(&event(
+                start + 60_000 + i * 1000,
+                ip,
+                Some("Ireland"),
+                Some(json!(200_000_000)),
+            ));
+            if let Some(alert) = annotated(&v) {
+                assert_eq!(alert["rule"]["id"], EXFIL_RULE);
+                assert!(alert["egresswatch"]["score"].as_f64().unwrap() >= 75.0);
+                let reason = alert["egresswatch"]["reason"].as_str().unwrap();
+                assert!(
+                    reason.contains("sent to destination.ip 93.184.216.34 in this 3h bucket"),
+                    "{reason}"
+                );
+                first_flag.get_or_insert(i);
+            } else {
+                assert!(
+                    first_flag.is_none(),
+                    "chunk {i} passed after the sum had crossed"
+                );
+            }
+        }
+        assert!(first_flag.is_some(), "2 GB to a new IP not flagged");
+    }
+
+    #[test]
+    fn a_destination_that_always_receives_gigabytes_is_not_flagged() {
+        let mut d = detector(json!({}));
+        let backup = "52.216.1.1";
+        for b in 0..70 {
+            for k in 0..30i64 {
+                let ip = format!("52.95.{}.1", 10 + k);
+                let v = d.evaluate(&event(
+                    T0 + b * HOURS3 + k * 1000,
+                    &ip,
+                    None,
+                    Some(json!(50_000 + k * 1000)),
+                ));
+                assert_eq!(v, Verdict::PASS);
+            }
+            for chunk in 0..20 {
+                let t = T0 + b * HOURS3 + 60_000 + chunk * 1000;
+                let v = d.evaluate(&event(t, backup, None, Some(json!(100_000_000))));
+                assert_eq!(v, Verdict::PASS, "backup flagged in bucket {b}");
+            }
+        }
+    }
+
+    #[test]
+    fn private_reserved_and_allow_listed_destinations_and_bad_bytes_never_flag() {
+        let mut d = detector(json!({ "allow_destinations": ["93.184.216.0/24"] }));
+        bytes_baseline(&mut d, 25);
+        let t = T0 + 25 * HOURS3;
+        for ip in [
+            "10.2.3.4",
+            "172.20.1.1",
+            "100.64.1.1",
+            "203.0.113.9",
+            "224.0.0.5",
+            "255.255.255.255",
+            "2001:db8::1",
+            "fd00::1",
+            "93.184.216.34",
+        ] {
+            for i in 0..5 {
+                let v = d.evaluate(&event(t + i, ip, None, Some(json!(5_000_000_000_u64))));
+                assert_eq!(v, Verdict::PASS, "{ip} flagged");
+            }
+        }
+        for bytes in [
+            None,
+            Some(json!("lots")),
+            Some(json!(null)),
+            Some(json!(-5)),
+        ] {
+            let v = d.evaluate(&event(t, "93.184.217.1", None, bytes.clone()));
+            assert_eq!(v, Verdict::PASS, "{bytes:?}");
+        }
+    }
+
+    #[test]
+    fn state_round_trip_continues_where_it_stopped() {
+        let mut a = detector(json!({}));
+        rare_baseline(&mut a, 40);
+        let saved = a.save_state().unwrap();
+        let mut b = detector(json!({}));
+        b.load_state(&saved).unwrap();
+        let e = event(T0 + 40 * MIN15, "175.45.179.109", Some("North Korea"), None);
+        assert_eq!(a.evaluate(&e), b.evaluate(&e));
+        assert!(annotated(&b.evaluate(&e)).is_some());
+        let err = b.load_state(b"garbage").unwrap_err();
+        assert_eq!(err.kind, ErrorKind::State);
+    }
 }

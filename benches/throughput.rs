@@ -33,8 +33,13 @@ fn sample_lines() -> Vec<String> {
 fn params() -> Vec<Param> {
     let base = workspace();
     vec![Param {
-        slug: "passthrough",
-        config: serde_json::json!({ "base_dir": base }).to_string(),
+        slug: "rules_and_geoip",
+        config: serde_json::json!({
+            "base_dir": base,
+            "rules": ["rules"],
+            "geoip": { "database": "data/geo/geo-whois-asn-country.mmdb" },
+        })
+        .to_string(),
     }]
 }
 

@@ -43,10 +43,9 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize};
-use serde_json::Value;
 use thiserror::Error;
 
-use crate::event;
+use crate::fields::Fields;
 use crate::net;
 
 /// ECS field holding the event categories.
@@ -163,29 +162,40 @@ pub enum Filter {
 
 impl Filter {
     /// True when `event` meets the condition.
-    pub fn matches(&self, event: &Value) -> bool {
+    pub fn matches<E: Fields + ?Sized>(&self, event: &E) -> bool {
         match self {
-            Filter::CategoryContains(value) => {
-                event::contains_str(event, FIELD_EVENT_CATEGORY, value)
-            }
-            Filter::FieldExists(field) => event::get_present(event, field).is_some(),
-            Filter::NotShippingAgent => match event::get_str(event, FIELD_PROCESS_NAME) {
+            Filter::CategoryContains(value) => event.contains_str(FIELD_EVENT_CATEGORY, value),
+            Filter::FieldExists(field) => event.is_present(field),
+            Filter::NotShippingAgent => match event.get_str(FIELD_PROCESS_NAME) {
                 Some(name) => !is_shipping_agent(name),
                 None => true,
             },
-            Filter::FieldPositive(field) => event::get_f64(event, field).is_some_and(|n| n > 0.0),
-            Filter::NetworkDirectionNot(values) => {
-                match event::get_str(event, FIELD_NETWORK_DIRECTION) {
-                    Some(dir) => !values.iter().any(|v| v.eq_ignore_ascii_case(dir)),
-                    None => true,
-                }
-            }
-            Filter::PrivateSource(field) => event::get_str(event, field)
+            Filter::FieldPositive(field) => event.get_f64(field).is_some_and(|n| n > 0.0),
+            Filter::NetworkDirectionNot(values) => match event.get_str(FIELD_NETWORK_DIRECTION) {
+                Some(dir) => !values.iter().any(|v| v.eq_ignore_ascii_case(dir)),
+                None => true,
+            },
+            Filter::PrivateSource(field) => event
+                .get_str(field)
                 .and_then(net::parse_ip)
                 .is_some_and(net::is_private_source),
-            Filter::PublicDestination(field) => event::get_str(event, field)
+            Filter::PublicDestination(field) => event
+                .get_str(field)
                 .and_then(net::parse_ip)
                 .is_some_and(net::is_public_destination),
+        }
+    }
+
+    /// The event field the filter reads.
+    pub fn field(&self) -> &str {
+        match self {
+            Filter::CategoryContains(_) => FIELD_EVENT_CATEGORY,
+            Filter::NotShippingAgent => FIELD_PROCESS_NAME,
+            Filter::NetworkDirectionNot(_) => FIELD_NETWORK_DIRECTION,
+            Filter::FieldExists(field)
+            | Filter::FieldPositive(field)
+            | Filter::PrivateSource(field)
+            | Filter::PublicDestination(field) => field,
         }
     }
 }
@@ -245,8 +255,22 @@ pub struct JobDef {
 
 impl JobDef {
     /// True when the event meets every filter of the job.
-    pub fn qualifies(&self, event: &Value) -> bool {
+    pub fn qualifies<E: Fields + ?Sized>(&self, event: &E) -> bool {
         self.filters.iter().all(|f| f.matches(event))
+    }
+
+    /// Every event field the job reads to qualify and score an event.
+    pub fn fields(&self) -> impl Iterator<Item = &str> {
+        self.filters.iter().map(Filter::field).chain(
+            [
+                &self.field_name,
+                &self.by_field,
+                &self.over_field,
+                &self.partition_field,
+            ]
+            .into_iter()
+            .filter_map(|f| f.as_deref()),
+        )
     }
 
     /// Checks the definition and returns every problem found (empty when valid).
@@ -542,7 +566,8 @@ fn ded_filters(over_field: &str) -> Vec<Filter> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::event;
+    use serde_json::{json, Value};
 
     fn exfil_event() -> Value {
         json!({

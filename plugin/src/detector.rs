@@ -19,6 +19,7 @@ use crate::alert::{self, AlertDetail};
 use crate::catalog::{Function, JobCatalog, JobDef};
 use crate::config::{Action, DetectorConfig, ModelSettings};
 use crate::event;
+use crate::fields::{Fields, FlatEvent, Scalar, Wanted};
 use crate::geo::{self, GeoCache, GeoDb};
 use crate::models::{ExtraValue, HighSumConfig, Model, Observation, RareConfig, Scored};
 use crate::net::{self, CidrSet};
@@ -43,6 +44,8 @@ pub struct Detector {
     jobs: Vec<ActiveJob>,
     geo: Option<GeoCache>,
     allow: CidrSet,
+    /// The fields the jobs read, scanned from every event.
+    wanted: Arc<Wanted>,
     metrics: Metrics,
     /// What loading skipped (unsupported rules, unknown jobs), for the host to report.
     warnings: Vec<String>,
@@ -126,7 +129,14 @@ impl Detector {
             None => None,
         };
         let (jobs, warnings) = build_jobs(&config, &catalog)?;
+        let wanted = Wanted::new(jobs.iter().flat_map(|j| j.def.fields()).chain([
+            config.time_field.as_str(),
+            DESTINATION_IP,
+            DESTINATION_COUNTRY_ISO,
+            DESTINATION_COUNTRY_NAME,
+        ]));
         Ok(Detector {
+            wanted: Arc::new(wanted),
             config,
             jobs,
             geo,
@@ -142,17 +152,18 @@ impl Detector {
     }
 
     /// Evaluates one event, a raw line without terminator.
+    ///
+    /// Only the fields the jobs read are scanned; the event is parsed in full only when it is
+    /// flagged and its action annotates it.
     pub fn evaluate(&mut self, line: &str) -> Verdict {
         self.metrics.events += 1;
-        let mut event = match serde_json::from_str::<Value>(line) {
-            Ok(value @ Value::Object(_)) => value,
-            _ => {
-                self.metrics.unreadable += 1;
-                return Verdict::UNREADABLE;
-            }
+        let wanted = Arc::clone(&self.wanted);
+        let Ok(mut flat) = FlatEvent::scan(line, &wanted) else {
+            self.metrics.unreadable += 1;
+            return Verdict::UNREADABLE;
         };
-        self.enrich(&mut event);
-        let Some(hit) = self.score(&event) else {
+        let country = self.enrich(&mut flat);
+        let Some(hit) = self.score(&flat) else {
             return Verdict::PASS;
         };
         self.metrics.flagged += 1;
@@ -162,11 +173,11 @@ impl Detector {
         let mut verdict = Verdict::PASS;
         if active.action.annotate {
             let detail = alert_detail(&job.def, &hit);
-            match alert::annotate(&mut event, &active.rule, &detail) {
-                Ok(()) => verdict.replacement = Some(event.to_string().into()).into(),
+            match annotated(line, country, &active.rule, &detail) {
+                Some(text) => verdict.replacement = Some(text.into()).into(),
                 // The event has a non-object where an alert field goes: it keeps its route and
                 // is counted, rather than having fields overwritten.
-                Err(_) => self.metrics.annotate_failures += 1,
+                None => self.metrics.annotate_failures += 1,
             }
         }
         if let Some(route) = &active.action.route {
@@ -175,44 +186,38 @@ impl Detector {
         verdict
     }
 
-    /// Fills `destination.geo.country_iso_code` / `country_name` when they are missing.
-    fn enrich(&mut self, event: &mut Value) {
-        if event::get_present(event, DESTINATION_COUNTRY_NAME).is_some() {
-            return;
+    /// Fills `destination.geo.country_iso_code` / `country_name` when the name is missing;
+    /// returns the country it added, to be written on the event if it is annotated.
+    fn enrich(&mut self, event: &mut FlatEvent<'_, '_>) -> Option<geo::Country> {
+        if event.is_present(DESTINATION_COUNTRY_NAME) {
+            return None;
         }
-        let country = match event::get_str(event, DESTINATION_COUNTRY_ISO) {
+        let country = match event.get_str(DESTINATION_COUNTRY_ISO) {
             Some(code) => geo::Country::from_iso_code(code),
             None => {
-                let Some(cache) = self.geo.as_mut() else {
-                    return;
-                };
-                event::get_str(event, DESTINATION_IP)
-                    .and_then(net::parse_ip)
-                    .and_then(|ip| cache.country(ip))
+                let ip = event.get_str(DESTINATION_IP).and_then(net::parse_ip)?;
+                self.geo.as_mut()?.country(ip)
             }
-        };
-        let Some(country) = country else {
-            return;
-        };
-        let iso = Value::String(country.iso_code().to_owned());
-        let name = Value::String(country.name().to_owned());
-        if event::insert(event, DESTINATION_COUNTRY_ISO, iso).is_ok()
-            && event::insert(event, DESTINATION_COUNTRY_NAME, name).is_ok()
-        {
-            self.metrics.enriched += 1;
-        }
+        }?;
+        event.set(
+            DESTINATION_COUNTRY_ISO,
+            Scalar::Str(country.iso_code().to_owned().into()),
+        );
+        event.set(DESTINATION_COUNTRY_NAME, Scalar::Str(country.name().into()));
+        self.metrics.enriched += 1;
+        Some(country)
     }
 
     /// Lets every qualifying job score the event; returns the highest-scoring rule that fired.
-    fn score(&mut self, event: &Value) -> Option<Hit> {
+    fn score(&mut self, event: &FlatEvent<'_, '_>) -> Option<Hit> {
         // A timestamp from the future would age every model at once: it counts as absent.
         let now = now_ms();
-        let time_ms = event::get(event, &self.config.time_field)
-            .and_then(crate::time::epoch_ms)
+        let time_ms = crate::time::epoch_ms(event, &self.config.time_field)
             .filter(|&t| t <= now + MAX_FUTURE_MS)
             .unwrap_or(now);
         let allowed = !self.allow.is_empty()
-            && event::get_str(event, DESTINATION_IP)
+            && event
+                .get_str(DESTINATION_IP)
                 .and_then(net::parse_ip)
                 .is_some_and(|ip| self.allow.contains(ip));
         if allowed {
@@ -370,23 +375,24 @@ struct Extracted<'a> {
 
 impl<'a> Extracted<'a> {
     /// Reads the job's fields; `None` when a field the function needs is missing.
-    fn from_event(def: &JobDef, event: &'a Value) -> Option<Self> {
+    fn from_event<E: Fields + ?Sized>(def: &JobDef, event: &'a E) -> Option<Self> {
         let read = |field: &Option<String>| -> Result<Option<Cow<'a, str>>, ()> {
-            match field {
-                None => Ok(None),
-                Some(path) => match event::get_present(event, path) {
-                    Some(Value::String(s)) => Ok(Some(Cow::Borrowed(s.as_str()))),
-                    Some(Value::Number(n)) => Ok(Some(Cow::Owned(n.to_string()))),
-                    Some(Value::Bool(b)) => Ok(Some(Cow::Owned(b.to_string()))),
-                    _ => Err(()),
-                },
+            let Some(path) = field else {
+                return Ok(None);
+            };
+            match event.get_str(path) {
+                Some(text) => Ok(Some(Cow::Borrowed(text))),
+                None => event
+                    .get_f64(path)
+                    .map(|n| Some(Cow::Owned(number_text(n))))
+                    .ok_or(()),
             }
         };
         let by = read(&def.by_field).ok()?;
         let over = read(&def.over_field).ok()?;
         let partition = read(&def.partition_field).ok()?;
         let value = match &def.field_name {
-            Some(field) if def.function.needs_field_name() => event::get_f64(event, field)?,
+            Some(field) if def.function.needs_field_name() => event.get_f64(field)?,
             _ => 1.0,
         };
         Some(Extracted {
@@ -421,6 +427,33 @@ impl<'a> Extracted<'a> {
         }
         .unwrap_or_else(|| (def.id.clone(), String::new()))
     }
+}
+
+/// A number as an entity key: integers without a fraction (`443`, not `443.0`).
+fn number_text(n: f64) -> String {
+    if n.fract() == 0.0 && n.abs() < 1e15 {
+        format!("{}", n as i64)
+    } else {
+        n.to_string()
+    }
+}
+
+/// The event, parsed in full, with the enriched country and the alert fields written on it.
+fn annotated(
+    line: &str,
+    country: Option<geo::Country>,
+    rule: &Rule,
+    detail: &AlertDetail,
+) -> Option<String> {
+    let mut event: Value = serde_json::from_str(line).ok()?;
+    if let Some(country) = country {
+        let iso = Value::String(country.iso_code().to_owned());
+        let name = Value::String(country.name().to_owned());
+        event::insert(&mut event, DESTINATION_COUNTRY_ISO, iso).ok()?;
+        event::insert(&mut event, DESTINATION_COUNTRY_NAME, name).ok()?;
+    }
+    alert::annotate(&mut event, rule, detail).ok()?;
+    Some(event.to_string())
 }
 
 /// The alert fields' content for a hit.

@@ -16,6 +16,7 @@ pub mod config;
 pub mod detector;
 pub mod event;
 pub mod export;
+pub mod fields;
 pub mod geo;
 pub mod models;
 pub mod net;

@@ -5,16 +5,15 @@
 //! numeric strings of epoch milliseconds (values below 10^11 are taken as seconds, which is how
 //! Zeek writes `ts`). Written by hand because it runs on every event and needs no allocation.
 
-use serde_json::Value;
+use crate::fields::Fields;
 
-/// Milliseconds since the Unix epoch of a timestamp value, if it can be read.
-pub fn epoch_ms(value: &Value) -> Option<i64> {
-    match value {
-        Value::Number(n) => n.as_f64().and_then(number_ms),
-        Value::String(s) => {
-            parse_rfc3339_ms(s).or_else(|| s.trim().parse::<f64>().ok().and_then(number_ms))
+/// Milliseconds since the Unix epoch of the timestamp at `path`, if it can be read.
+pub fn epoch_ms<E: Fields + ?Sized>(event: &E, path: &str) -> Option<i64> {
+    match event.get_str(path) {
+        Some(text) => {
+            parse_rfc3339_ms(text).or_else(|| text.trim().parse().ok().and_then(number_ms))
         }
-        _ => None,
+        None => event.get_f64(path).and_then(number_ms),
     }
 }
 
@@ -141,16 +140,12 @@ mod tests {
 
     #[test]
     fn numbers_are_seconds_or_milliseconds() {
-        assert_eq!(epoch_ms(&json!(1_793_520_930)), Some(1_793_520_930_000));
-        assert_eq!(
-            epoch_ms(&json!(1_793_520_930_123_i64)),
-            Some(1_793_520_930_123)
-        );
-        assert_eq!(
-            epoch_ms(&json!("1331901000.000000")),
-            Some(1_331_901_000_000)
-        );
-        assert_eq!(epoch_ms(&json!(-5)), None);
-        assert_eq!(epoch_ms(&json!(true)), None);
+        let at = |v: serde_json::Value| epoch_ms(&json!({ "t": v }), "t");
+        assert_eq!(at(json!(1_793_520_930)), Some(1_793_520_930_000));
+        assert_eq!(at(json!(1_793_520_930_123_i64)), Some(1_793_520_930_123));
+        assert_eq!(at(json!("1331901000.000000")), Some(1_331_901_000_000));
+        assert_eq!(at(json!("2026-11-01T08:15:30.123Z")), Some(1_793_520_930_123));
+        assert_eq!(at(json!(-5)), None);
+        assert_eq!(at(json!(true)), None);
     }
 }

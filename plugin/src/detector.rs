@@ -21,7 +21,9 @@ use crate::config::{Action, DetectorConfig, ModelSettings};
 use crate::event;
 use crate::fields::{Fields, FlatEvent, Scalar, Wanted};
 use crate::geo::{self, GeoCache, GeoDb};
-use crate::models::{ExtraValue, HighSumConfig, Model, Observation, RareConfig, Scored};
+use crate::models::{
+    ExtraValue, HighSumConfig, Model, ModelConfig, Observation, RareConfig, Scored,
+};
 use crate::net::{self, CidrSet};
 use crate::rules::{self, Rule};
 
@@ -566,38 +568,31 @@ fn build_jobs(
     Ok((jobs, warnings))
 }
 
-/// The model a job's function calls for, with the configured settings.
+/// The model a job's function calls for, with the configured settings (the job's own over the
+/// global ones over the model's defaults).
 fn build_model(def: &JobDef, settings: &ModelSettings) -> Result<Box<dyn Model>, String> {
     let job = settings.jobs.get(&def.id);
-    let pick = |f: fn(&ModelSettings) -> Option<f64>| job.and_then(f).or_else(|| f(settings));
-    let span =
-        u32::try_from(def.bucket_span_secs).map_err(|_| "bucket_span too long".to_owned())?;
-    let learning = pick(|s| s.learning_buckets.map(f64::from)).map(|v| v as u32);
-    let half_life = pick(|s| s.half_life_buckets);
-    let lateness = pick(|s| s.lateness_buckets.map(f64::from)).map(|v| v as u32);
-    let max_entities = pick(|s| s.max_entities.map(|v| v as f64)).map(|v| v as usize);
+    let apply = |model: &mut ModelConfig| -> Result<(), String> {
+        model.bucket_span_secs =
+            u32::try_from(def.bucket_span_secs).map_err(|_| "bucket_span too long".to_owned())?;
+        for s in job.into_iter().chain([settings]).rev() {
+            model.learning_buckets = s.learning_buckets.unwrap_or(model.learning_buckets);
+            model.half_life_buckets = s.half_life_buckets.unwrap_or(model.half_life_buckets);
+            model.lateness_buckets = s.lateness_buckets.unwrap_or(model.lateness_buckets);
+            model.max_entities = s.max_entities.unwrap_or(model.max_entities);
+        }
+        Ok(())
+    };
     match def.function {
         Function::Rare => {
-            let mut c = RareConfig {
-                bucket_span_secs: span,
-                ..RareConfig::default()
-            };
-            c.learning_buckets = learning.unwrap_or(c.learning_buckets);
-            c.half_life_buckets = half_life.unwrap_or(c.half_life_buckets);
-            c.lateness_buckets = lateness.unwrap_or(c.lateness_buckets);
-            c.max_entities = max_entities.unwrap_or(c.max_entities);
-            Ok(Box::new(c.build().map_err(|e| e.to_string())?))
+            let mut config = RareConfig::default();
+            apply(&mut config.model)?;
+            Ok(Box::new(config.build().map_err(|e| e.to_string())?))
         }
         Function::HighSum => {
-            let mut c = HighSumConfig {
-                bucket_span_secs: span,
-                ..HighSumConfig::default()
-            };
-            c.learning_buckets = learning.unwrap_or(c.learning_buckets);
-            c.half_life_buckets = half_life.unwrap_or(c.half_life_buckets);
-            c.lateness_buckets = lateness.unwrap_or(c.lateness_buckets);
-            c.max_entities = max_entities.unwrap_or(c.max_entities);
-            Ok(Box::new(c.build().map_err(|e| e.to_string())?))
+            let mut config = HighSumConfig::default();
+            apply(&mut config.model)?;
+            Ok(Box::new(config.build().map_err(|e| e.to_string())?))
         }
         other => Err(format!("function `{}` has no model yet", other.as_str())),
     }

@@ -575,37 +575,61 @@ pub fn format_duration_ms(ms: i64) -> String {
     }
 }
 
-/// Checks the keys every model shares; appends one problem per bad key.
-pub fn validate_common(
-    bucket_span_secs: u32,
-    half_life_buckets: f64,
-    lateness_buckets: u32,
-    max_entities: usize,
-    problems: &mut Vec<ConfigProblem>,
-) {
-    if bucket_span_secs < 60 {
-        problems.push(ConfigProblem {
-            field: "bucket_span_secs",
-            message: format!("must be at least 60, got {bucket_span_secs}"),
-        });
-    }
-    if !(half_life_buckets.is_finite() && half_life_buckets >= 1.0) {
-        problems.push(ConfigProblem {
-            field: "half_life_buckets",
-            message: format!("must be a number >= 1, got {half_life_buckets}"),
-        });
-    }
-    if lateness_buckets > 16 {
-        problems.push(ConfigProblem {
-            field: "lateness_buckets",
-            message: format!("must be at most 16, got {lateness_buckets}"),
-        });
-    }
-    if max_entities < 16 {
-        problems.push(ConfigProblem {
-            field: "max_entities",
-            message: format!("must be at least 16, got {max_entities}"),
-        });
+/// What every model is configured with: the time grid, learning, forgetting and memory.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModelConfig {
+    /// Bucket length in seconds (Elastic `bucket_span`; at least 60).
+    pub bucket_span_secs: u32,
+    /// Buckets with data a partition needs before its events may be flagged.
+    pub learning_buckets: u32,
+    /// Half-life of history, in buckets (at least 1).
+    pub half_life_buckets: f64,
+    /// Buckets behind the newest one that still accept events (at most 16).
+    pub lateness_buckets: u32,
+    /// Most keys (values or entities) tracked by the job, all partitions together; also caps
+    /// the per-bucket working sets.
+    pub max_entities: usize,
+    /// Most partitions; events of further partitions are not scored.
+    pub max_partitions: usize,
+    /// Secret mixed into the key hashes (kept in saved state).
+    pub hash_seed: u64,
+}
+
+impl ModelConfig {
+    /// Every problem with the values, each naming its key.
+    pub fn problems(&self) -> Vec<ConfigProblem> {
+        let mut problems = Vec::new();
+        let mut bad = |field: &'static str, message: String| {
+            problems.push(ConfigProblem { field, message });
+        };
+        if self.bucket_span_secs < 60 {
+            bad(
+                "bucket_span_secs",
+                format!("must be at least 60, got {}", self.bucket_span_secs),
+            );
+        }
+        if !(self.half_life_buckets.is_finite() && self.half_life_buckets >= 1.0) {
+            bad(
+                "half_life_buckets",
+                format!("must be a number >= 1, got {}", self.half_life_buckets),
+            );
+        }
+        if self.lateness_buckets > 16 {
+            bad(
+                "lateness_buckets",
+                format!("must be at most 16, got {}", self.lateness_buckets),
+            );
+        }
+        if self.max_entities < 16 {
+            bad(
+                "max_entities",
+                format!("must be at least 16, got {}", self.max_entities),
+            );
+        }
+        if self.max_partitions == 0 {
+            bad("max_partitions", "must be at least 1".to_string());
+        }
+        problems
     }
 }
 

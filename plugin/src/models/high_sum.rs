@@ -64,10 +64,10 @@
 use serde::{Deserialize, Serialize};
 
 use super::engine::{
-    decode_state, encode_state, map_bytes, normal_neg_log10_sf, score_from_log10_p,
-    validate_common, Clock, Decay, Decayed, KeyHasher, KeyMap, KeyTable, Kind, Slot, Tracked,
+    decode_state, encode_state, map_bytes, normal_neg_log10_sf, score_from_log10_p, Clock, Decay,
+    Decayed, KeyHasher, KeyMap, KeyTable, Kind, ModelConfig, Slot, Tracked,
 };
-use super::{ConfigProblem, Detail, Model, ModelError, ModelStatus, Observation, Scored};
+use super::{Detail, Model, ModelError, ModelStatus, Observation, Scored};
 
 /// Histogram bins per power of two.
 const BINS_PER_OCTAVE: f64 = 16.0;
@@ -85,61 +85,24 @@ const ALPHA_MIN: f64 = 0.5;
 const ALPHA_MAX: f64 = 1.5;
 
 /// Configuration of a `high_sum` model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct HighSumConfig {
-    /// Bucket length in seconds (Elastic `bucket_span`; at least 60).
-    #[serde(default = "default_bucket_span_secs")]
-    pub bucket_span_secs: u32,
-    /// Completed buckets with data a partition needs before its events may be flagged.
-    #[serde(default = "default_learning_buckets")]
-    pub learning_buckets: u32,
-    /// Half-life of history, in buckets (at least 1).
-    #[serde(default = "default_half_life_buckets")]
-    pub half_life_buckets: f64,
-    /// Buckets behind the newest one that still accept events (at most 16).
-    #[serde(default = "default_lateness_buckets")]
-    pub lateness_buckets: u32,
-    /// Most entities tracked by the job (all partitions); also caps the open running sums.
-    #[serde(default = "default_max_entities")]
-    pub max_entities: usize,
-    /// Most partitions (each holds ~29 kB of histograms); further partitions are not scored.
-    #[serde(default = "default_max_partitions")]
-    pub max_partitions: usize,
-    /// Secret mixed into the key hashes (kept in saved state).
-    #[serde(default)]
-    pub hash_seed: u64,
-}
-
-fn default_bucket_span_secs() -> u32 {
-    10_800
-}
-fn default_learning_buckets() -> u32 {
-    20
-}
-fn default_half_life_buckets() -> f64 {
-    56.0
-}
-fn default_lateness_buckets() -> u32 {
-    1
-}
-fn default_max_entities() -> usize {
-    1_000_000
-}
-fn default_max_partitions() -> usize {
-    100
+    /// Time grid, learning, forgetting and memory, as for every model.
+    pub model: ModelConfig,
 }
 
 impl Default for HighSumConfig {
     fn default() -> Self {
         HighSumConfig {
-            bucket_span_secs: default_bucket_span_secs(),
-            learning_buckets: default_learning_buckets(),
-            half_life_buckets: default_half_life_buckets(),
-            lateness_buckets: default_lateness_buckets(),
-            max_entities: default_max_entities(),
-            max_partitions: default_max_partitions(),
-            hash_seed: 0,
+            model: ModelConfig {
+                bucket_span_secs: 10_800,
+                learning_buckets: 20,
+                half_life_buckets: 56.0,
+                lateness_buckets: 1,
+                max_entities: 1_000_000,
+                max_partitions: 100,
+                hash_seed: 0,
+            },
         }
     }
 }
@@ -147,20 +110,7 @@ impl Default for HighSumConfig {
 impl HighSumConfig {
     /// Checks every key; reports all problems at once.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let mut problems = Vec::new();
-        validate_common(
-            self.bucket_span_secs,
-            self.half_life_buckets,
-            self.lateness_buckets,
-            self.max_entities,
-            &mut problems,
-        );
-        if self.max_partitions == 0 {
-            problems.push(ConfigProblem {
-                field: "max_partitions",
-                message: "must be at least 1".to_string(),
-            });
-        }
+        let problems = self.model.problems();
         if problems.is_empty() {
             Ok(())
         } else {
@@ -172,7 +122,7 @@ impl HighSumConfig {
     pub fn build(&self) -> Result<HighSum, ModelError> {
         self.validate()?;
         Ok(HighSum {
-            decay: Decay::new(self.half_life_buckets),
+            decay: Decay::new(self.model.half_life_buckets),
             state: HighSumState::new(self),
             config: self.clone(),
         })
@@ -418,11 +368,11 @@ struct HighSumState {
 impl HighSumState {
     fn new(c: &HighSumConfig) -> Self {
         HighSumState {
-            bucket_span_ms: i64::from(c.bucket_span_secs) * 1000,
-            hasher: KeyHasher::new(c.hash_seed),
-            clock: Clock::new(c.bucket_span_secs, c.lateness_buckets),
+            bucket_span_ms: i64::from(c.model.bucket_span_secs) * 1000,
+            hasher: KeyHasher::new(c.model.hash_seed),
+            clock: Clock::new(c.model.bucket_span_secs, c.model.lateness_buckets),
             partitions: KeyMap::default(),
-            entities: KeyTable::new(c.max_entities),
+            entities: KeyTable::new(c.model.max_entities),
             open_keys: 0,
             closed_below: None,
             far_late: 0,
@@ -449,7 +399,7 @@ impl HighSum {
     /// Folds every open bucket older than `oldest_open` into history.
     fn close_before(&mut self, oldest_open: i32) {
         let decay = self.decay;
-        let learning_buckets = u64::from(self.config.learning_buckets);
+        let learning_buckets = u64::from(self.config.model.learning_buckets);
         let st = &mut self.state;
         st.closed_below = Some(st.closed_below.map_or(oldest_open, |c| c.max(oldest_open)));
         let Some(now) = st.clock.head() else {
@@ -544,14 +494,14 @@ impl Model for HighSum {
             self.close_before(oldest_open);
         }
         let decay = self.decay;
-        let cap = self.config.max_entities;
-        let learning_buckets = u64::from(self.config.learning_buckets);
+        let cap = self.config.model.max_entities;
+        let learning_buckets = u64::from(self.config.model.learning_buckets);
         let st = &mut self.state;
         let now = st.clock.head()?;
         let part_key = st.hasher.key(&[obs.partition]);
         let key = st.hasher.key(&[obs.partition, obs.by, obs.over]);
         if !st.partitions.contains_key(&part_key) {
-            if st.partitions.len() >= self.config.max_partitions {
+            if st.partitions.len() >= self.config.model.max_partitions {
                 st.unscored += 1;
                 return None;
             }
@@ -668,9 +618,9 @@ impl Model for HighSum {
             .map(|o| map_bytes(&o.sums))
             .sum();
         ModelStatus {
-            learning: buckets_seen < u64::from(self.config.learning_buckets),
+            learning: buckets_seen < u64::from(self.config.model.learning_buckets),
             buckets_seen,
-            learning_buckets: u64::from(self.config.learning_buckets),
+            learning_buckets: u64::from(self.config.model.learning_buckets),
             partitions: st.partitions.len(),
             tracked_entities: st.entities.established_len(),
             probationary_entities: st.entities.probation_len(),
@@ -689,12 +639,12 @@ impl Model for HighSum {
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), ModelError> {
         let mut state: HighSumState = decode_state(Kind::HighSum, bytes)?;
-        let span = i64::from(self.config.bucket_span_secs) * 1000;
+        let span = i64::from(self.config.model.bucket_span_secs) * 1000;
         if state.bucket_span_ms != span {
             return Err(ModelError::Mismatch {
                 field: "bucket_span_secs",
                 state: (state.bucket_span_ms / 1000).to_string(),
-                config: self.config.bucket_span_secs.to_string(),
+                config: self.config.model.bucket_span_secs.to_string(),
             });
         }
         for p in state.partitions.values_mut() {
@@ -708,7 +658,7 @@ impl Model for HighSum {
             p.all.refresh();
             p.newcomers.refresh();
         }
-        state.entities.set_cap(self.config.max_entities);
+        state.entities.set_cap(self.config.model.max_entities);
         self.state = state;
         Ok(())
     }
@@ -859,12 +809,9 @@ mod tests {
     #[test]
     fn million_destinations_fit_the_cap() {
         let cap = 1_000_000;
-        let mut m = HighSumConfig {
-            max_entities: cap,
-            ..HighSumConfig::default()
-        }
-        .build()
-        .unwrap();
+        let mut config = HighSumConfig::default();
+        config.model.max_entities = cap;
+        let mut m = config.build().unwrap();
         let mut name = String::new();
         // Every destination in two buckets, so they are promoted and the tables fill up.
         for b in 0..5 {
@@ -887,12 +834,9 @@ mod tests {
     #[test]
     fn spray_keeps_cap_and_baseline() {
         let cap = 10_000;
-        let mut m = HighSumConfig {
-            max_entities: cap,
-            ..HighSumConfig::default()
-        }
-        .build()
-        .unwrap();
+        let mut config = HighSumConfig::default();
+        config.model.max_entities = cap;
+        let mut m = config.build().unwrap();
         let mut rng = Lcg(9);
         baseline(&mut m, &mut rng, 0..22);
         let mut name = String::new();

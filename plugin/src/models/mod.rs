@@ -29,6 +29,7 @@ pub mod engine;
 pub mod high_sum;
 pub mod rare;
 
+pub use engine::ModelConfig;
 pub use high_sum::{HighSum, HighSumConfig};
 pub use rare::{Rare, RareConfig};
 

@@ -53,8 +53,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::engine::{
-    decode_state, encode_state, map_bytes, mix, score_from_log10_p, validate_common, Clock, Decay,
-    Decayed, KeyHasher, KeyMap, KeyTable, Kind, Slot, Tracked,
+    decode_state, encode_state, map_bytes, mix, score_from_log10_p, Clock, Decay, Decayed,
+    KeyHasher, KeyMap, KeyTable, Kind, ModelConfig, Slot, Tracked,
 };
 use super::{ConfigProblem, Detail, Model, ModelError, ModelStatus, Observation, Scored};
 
@@ -62,70 +62,29 @@ const SALT_TOTAL: u64 = 0x746f_7461_6c00_0001;
 const SALT_BUCKET: u64 = 0x6275_636b_6574_0002;
 
 /// Configuration of a `rare` model.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RareConfig {
-    /// Bucket length in seconds (Elastic `bucket_span`; at least 60).
-    #[serde(default = "default_bucket_span_secs")]
-    pub bucket_span_secs: u32,
-    /// Buckets with data a partition needs before its events may be flagged.
-    #[serde(default = "default_learning_buckets")]
-    pub learning_buckets: u32,
-    /// Half-life of history, in buckets (at least 1).
-    #[serde(default = "default_half_life_buckets")]
-    pub half_life_buckets: f64,
+    /// Time grid, learning, forgetting and memory, as for every model.
+    pub model: ModelConfig,
     /// Half-life, in buckets, of the rate at which never-seen values turn up (`D`). Shorter than
     /// `half_life_buckets`, so that the burst of discoveries while a baseline forms is forgotten
     /// within days while the baseline itself is kept for weeks.
-    #[serde(default = "default_novelty_half_life_buckets")]
     pub novelty_half_life_buckets: f64,
-    /// Buckets behind the newest one that still accept events (at most 16).
-    #[serde(default = "default_lateness_buckets")]
-    pub lateness_buckets: u32,
-    /// Most values tracked by the job (all partitions); also caps the per-bucket dedup sets.
-    #[serde(default = "default_max_entities")]
-    pub max_entities: usize,
-    /// Most partitions; events of further partitions are not scored.
-    #[serde(default = "default_max_partitions")]
-    pub max_partitions: usize,
-    /// Secret mixed into the key hashes (kept in saved state).
-    #[serde(default)]
-    pub hash_seed: u64,
-}
-
-fn default_bucket_span_secs() -> u32 {
-    900
-}
-fn default_learning_buckets() -> u32 {
-    20
-}
-fn default_half_life_buckets() -> f64 {
-    2880.0
-}
-fn default_novelty_half_life_buckets() -> f64 {
-    96.0
-}
-fn default_lateness_buckets() -> u32 {
-    1
-}
-fn default_max_entities() -> usize {
-    100_000
-}
-fn default_max_partitions() -> usize {
-    10_000
 }
 
 impl Default for RareConfig {
     fn default() -> Self {
         RareConfig {
-            bucket_span_secs: default_bucket_span_secs(),
-            learning_buckets: default_learning_buckets(),
-            half_life_buckets: default_half_life_buckets(),
-            novelty_half_life_buckets: default_novelty_half_life_buckets(),
-            lateness_buckets: default_lateness_buckets(),
-            max_entities: default_max_entities(),
-            max_partitions: default_max_partitions(),
-            hash_seed: 0,
+            model: ModelConfig {
+                bucket_span_secs: 900,
+                learning_buckets: 20,
+                half_life_buckets: 2880.0,
+                lateness_buckets: 1,
+                max_entities: 100_000,
+                max_partitions: 10_000,
+                hash_seed: 0,
+            },
+            novelty_half_life_buckets: 96.0,
         }
     }
 }
@@ -133,24 +92,11 @@ impl Default for RareConfig {
 impl RareConfig {
     /// Checks every key; reports all problems at once.
     pub fn validate(&self) -> Result<(), ModelError> {
-        let mut problems = Vec::new();
-        validate_common(
-            self.bucket_span_secs,
-            self.half_life_buckets,
-            self.lateness_buckets,
-            self.max_entities,
-            &mut problems,
-        );
+        let mut problems = self.model.problems();
         if !(self.novelty_half_life_buckets >= 1.0 && self.novelty_half_life_buckets.is_finite()) {
             problems.push(ConfigProblem {
                 field: "novelty_half_life_buckets",
                 message: "must be a finite number of at least 1".to_string(),
-            });
-        }
-        if self.max_partitions == 0 {
-            problems.push(ConfigProblem {
-                field: "max_partitions",
-                message: "must be at least 1".to_string(),
             });
         }
         if problems.is_empty() {
@@ -164,7 +110,7 @@ impl RareConfig {
     pub fn build(&self) -> Result<Rare, ModelError> {
         self.validate()?;
         Ok(Rare {
-            decay: Decay::new(self.half_life_buckets),
+            decay: Decay::new(self.model.half_life_buckets),
             novelty_decay: Decay::new(self.novelty_half_life_buckets),
             state: RareState::new(self),
             config: self.clone(),
@@ -240,11 +186,11 @@ struct RareState {
 impl RareState {
     fn new(c: &RareConfig) -> Self {
         RareState {
-            bucket_span_ms: i64::from(c.bucket_span_secs) * 1000,
-            hasher: KeyHasher::new(c.hash_seed),
-            clock: Clock::new(c.bucket_span_secs, c.lateness_buckets),
+            bucket_span_ms: i64::from(c.model.bucket_span_secs) * 1000,
+            hasher: KeyHasher::new(c.model.hash_seed),
+            clock: Clock::new(c.model.bucket_span_secs, c.model.lateness_buckets),
             partitions: KeyMap::default(),
-            values: KeyTable::new(c.max_entities),
+            values: KeyTable::new(c.model.max_entities),
             open_keys: 0,
             far_late: 0,
             unscored: 0,
@@ -311,8 +257,8 @@ impl Model for Rare {
         }
         let decay = self.decay;
         let novelty_decay = self.novelty_decay;
-        let learning_buckets = u64::from(self.config.learning_buckets);
-        let cap = self.config.max_entities;
+        let learning_buckets = u64::from(self.config.model.learning_buckets);
+        let cap = self.config.model.max_entities;
         let st = &mut self.state;
         let now = st.clock.head()?;
         let part_key = st.hasher.key(&[obs.partition]);
@@ -323,7 +269,7 @@ impl Model for Rare {
         let unit_key = over_key.map_or(value_key, |o| mix(value_key, o));
 
         if !st.partitions.contains_key(&part_key) {
-            if st.partitions.len() >= self.config.max_partitions {
+            if st.partitions.len() >= self.config.model.max_partitions {
                 st.unscored += 1;
                 return None;
             }
@@ -462,9 +408,9 @@ impl Model for Rare {
             .map(|o| map_bytes(&o.seen))
             .sum();
         ModelStatus {
-            learning: buckets_seen < u64::from(self.config.learning_buckets),
+            learning: buckets_seen < u64::from(self.config.model.learning_buckets),
             buckets_seen,
-            learning_buckets: u64::from(self.config.learning_buckets),
+            learning_buckets: u64::from(self.config.model.learning_buckets),
             partitions: st.partitions.len(),
             tracked_entities: st.values.established_len(),
             probationary_entities: st.values.probation_len(),
@@ -481,15 +427,15 @@ impl Model for Rare {
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), ModelError> {
         let mut state: RareState = decode_state(Kind::Rare, bytes)?;
-        let span = i64::from(self.config.bucket_span_secs) * 1000;
+        let span = i64::from(self.config.model.bucket_span_secs) * 1000;
         if state.bucket_span_ms != span {
             return Err(ModelError::Mismatch {
                 field: "bucket_span_secs",
                 state: (state.bucket_span_ms / 1000).to_string(),
-                config: self.config.bucket_span_secs.to_string(),
+                config: self.config.model.bucket_span_secs.to_string(),
             });
         }
-        state.values.set_cap(self.config.max_entities);
+        state.values.set_cap(self.config.model.max_entities);
         self.state = state;
         Ok(())
     }
@@ -648,10 +594,8 @@ mod tests {
         for (b, v) in [(24, "Chile"), (25, "Chile"), (25, "Peru"), (26, "France")] {
             assert_eq!(see(&mut m, b, v), see(&mut restored, b, v));
         }
-        let other = RareConfig {
-            bucket_span_secs: 3600,
-            ..RareConfig::default()
-        };
+        let mut other = RareConfig::default();
+        other.model.bucket_span_secs = 3600;
         let mut wrong = other.build().unwrap();
         assert!(matches!(
             wrong.load(&bytes),
@@ -662,10 +606,8 @@ mod tests {
 
     #[test]
     fn memory_cap_holds_and_baseline_survives_a_spray() {
-        let cfg = RareConfig {
-            max_entities: 10_000,
-            ..RareConfig::default()
-        };
+        let mut cfg = RareConfig::default();
+        cfg.model.max_entities = 10_000;
         let mut m = cfg.build().unwrap();
         baseline(&mut m, 0..100);
         let mut name = String::new();
@@ -723,13 +665,12 @@ mod tests {
             .contains("0 of 160 15m entity-buckets"));
         // A new partition learns on its own.
         assert!(m.observe(&obs("France", "site2")).unwrap().learning);
-        assert!(RareConfig {
-            bucket_span_secs: 1,
-            max_entities: 0,
-            ..RareConfig::default()
-        }
-        .validate()
-        .is_err_and(|e| e.to_string().contains("bucket_span_secs")
-            && e.to_string().contains("max_entities")));
+        let mut bad = RareConfig::default();
+        bad.model.bucket_span_secs = 1;
+        bad.model.max_entities = 0;
+        assert!(bad
+            .validate()
+            .is_err_and(|e| e.to_string().contains("bucket_span_secs")
+                && e.to_string().contains("max_entities")));
     }
 }

@@ -5,3 +5,4 @@ mod util;
 mod golden;
 mod loading;
 mod passthrough;
+mod pipeline;

@@ -6,14 +6,18 @@
 //!   max_events: 1024          # events handed to the plugin per call
 //!   max_line_bytes: 1048576   # longer lines are passed through unread and counted
 //! unreadable: pass            # pass | errors | wrap
+//! input: { type: tcp, address: 127.0.0.1:9000 }   # stdin (default) | tcp | unix
 //! outputs:
-//!   default: { type: stdout }
+//!   default: { type: tcp, address: 127.0.0.1:9001 }  # stdout | file | tcp | unix
 //!   anomalies: { type: file, path: anomalies.ndjson }
+//! state: { path: state.bin, interval_secs: 60 }    # optional
+//! metrics: { address: 127.0.0.1:9900 }             # optional Prometheus endpoint
 //! detector:                   # handed to the plugin as JSON; its schema is the plugin's
 //!   rules: [rules/]
 //! ```
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -67,9 +71,18 @@ pub struct HostConfig {
     /// Send a batch the plugin failed on to the `errors` output instead of passing it on.
     #[serde(default)]
     pub fail_closed: bool,
+    /// Where events come from; standard input unless configured otherwise.
+    #[serde(default)]
+    pub input: InputConfig,
     /// Named outputs; `default` is standard output unless configured otherwise.
     #[serde(default)]
     pub outputs: BTreeMap<String, OutputConfig>,
+    /// Where the plugin's model state is saved and loaded from; no persistence when absent.
+    #[serde(default)]
+    pub state: Option<StateConfig>,
+    /// The optional Prometheus endpoint.
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     /// The detector's own configuration, passed to the plugin as JSON.
     #[serde(default = "empty_object")]
     pub detector: serde_json::Value,
@@ -125,6 +138,35 @@ pub enum UnreadablePolicy {
     Wrap,
 }
 
+/// Where events come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum InputConfig {
+    /// Standard input; the program ends at EOF.
+    #[default]
+    Stdin,
+    /// A TCP listener accepting several concurrent NDJSON connections; runs until a signal.
+    Tcp {
+        /// Address to listen on, `IP:PORT`.
+        address: String,
+        /// Largest number of connections read at once; further ones wait to be accepted.
+        #[serde(default = "default_max_connections")]
+        max_connections: usize,
+    },
+    /// A Unix socket listener, like `tcp`; a stale socket file is replaced.
+    Unix {
+        /// Path of the socket, relative to the config file.
+        path: PathBuf,
+        /// Largest number of connections read at once; further ones wait to be accepted.
+        #[serde(default = "default_max_connections")]
+        max_connections: usize,
+    },
+}
+
+fn default_max_connections() -> usize {
+    64
+}
+
 /// One named output.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
@@ -136,6 +178,42 @@ pub enum OutputConfig {
         /// Path of the file, relative to the config file.
         path: PathBuf,
     },
+    /// A TCP client, reconnecting with backoff; blocks (backpressure) while the peer is down.
+    Tcp {
+        /// Address to connect to, `IP:PORT`.
+        address: String,
+    },
+    /// A Unix socket client, reconnecting with backoff like `tcp`.
+    Unix {
+        /// Path of the socket, relative to the config file.
+        path: PathBuf,
+    },
+}
+
+/// Model state persistence.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateConfig {
+    /// The state file, relative to the config file; written atomically via `<path>.tmp`.
+    pub path: PathBuf,
+    /// Seconds between saves while running; the state is also saved at shutdown.
+    #[serde(default = "default_state_interval")]
+    pub interval_secs: u64,
+}
+
+fn default_state_interval() -> u64 {
+    60
+}
+
+/// The Prometheus endpoint.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Address to serve `/metrics` on, `IP:PORT`; loopback unless `allow_non_loopback`.
+    pub address: String,
+    /// Allow a non-loopback metrics address (the endpoint has no authentication).
+    #[serde(default)]
+    pub allow_non_loopback: bool,
 }
 
 impl HostConfig {
@@ -184,6 +262,73 @@ impl HostConfig {
         }
         if self.batch.max_line_bytes == 0 {
             problems.push("batch.max_line_bytes: must be at least 1".to_owned());
+        }
+        match &self.input {
+            InputConfig::Stdin => {}
+            InputConfig::Tcp {
+                address,
+                max_connections,
+            } => {
+                if let Err(e) = address.parse::<SocketAddr>() {
+                    problems.push(format!(
+                        "input.address: `{address}` is not an IP:PORT address ({e})"
+                    ));
+                }
+                if *max_connections == 0 {
+                    problems.push("input.max_connections: must be at least 1".to_owned());
+                }
+            }
+            InputConfig::Unix {
+                path,
+                max_connections,
+            } => {
+                if path.as_os_str().is_empty() {
+                    problems.push("input.path: must not be empty".to_owned());
+                }
+                if *max_connections == 0 {
+                    problems.push("input.max_connections: must be at least 1".to_owned());
+                }
+            }
+        }
+        for (name, output) in &self.outputs {
+            match output {
+                OutputConfig::Tcp { address } => {
+                    if let Err(e) = address.parse::<SocketAddr>() {
+                        problems.push(format!(
+                            "outputs.{name}.address: `{address}` is not an IP:PORT address ({e})"
+                        ));
+                    }
+                }
+                OutputConfig::Unix { path } | OutputConfig::File { path } => {
+                    if path.as_os_str().is_empty() {
+                        problems.push(format!("outputs.{name}.path: must not be empty"));
+                    }
+                }
+                OutputConfig::Stdout => {}
+            }
+        }
+        if let Some(state) = &self.state {
+            if state.path.as_os_str().is_empty() {
+                problems.push("state.path: must not be empty".to_owned());
+            }
+            if state.interval_secs == 0 {
+                problems.push("state.interval_secs: must be at least 1".to_owned());
+            }
+        }
+        if let Some(metrics) = &self.metrics {
+            match metrics.address.parse::<SocketAddr>() {
+                Err(e) => problems.push(format!(
+                    "metrics.address: `{}` is not an IP:PORT address ({e})",
+                    metrics.address
+                )),
+                Ok(addr) if !addr.ip().is_loopback() && !metrics.allow_non_loopback => problems
+                    .push(format!(
+                        "metrics.address: `{}` is not a loopback address; the endpoint has no \
+                         authentication (set metrics.allow_non_loopback: true to allow it)",
+                        metrics.address
+                    )),
+                Ok(_) => {}
+            }
         }
         if !self.detector.is_object() {
             problems.push("detector: expected a mapping".to_owned());
@@ -272,6 +417,36 @@ mod tests {
         let problems = config.problems();
         assert_eq!(problems.len(), 3, "{problems:?}");
         assert!(problems[0].starts_with("batch.max_events"));
+    }
+
+    #[test]
+    fn adapters_state_and_metrics_are_checked() {
+        let config = HostConfig::parse(
+            "input: {type: tcp, address: 'localhost:9000'}\n\
+             outputs: {default: {type: tcp, address: '127.0.0.1:1'}, b: {type: tcp, address: x}}\n\
+             state: {path: s.bin, interval_secs: 0}\n\
+             metrics: {address: '0.0.0.0:9900'}\n",
+            false,
+        )
+        .unwrap();
+        let problems = config.problems();
+        assert_eq!(problems.len(), 4, "{problems:?}");
+        assert!(problems[0].starts_with("input.address"), "{problems:?}");
+        assert!(problems[1].starts_with("outputs.b.address"), "{problems:?}");
+        assert!(
+            problems[2].starts_with("state.interval_secs"),
+            "{problems:?}"
+        );
+        assert!(problems[3].contains("allow_non_loopback"), "{problems:?}");
+
+        let config = HostConfig::parse(
+            "metrics: {address: '0.0.0.0:9900', allow_non_loopback: true}\n\
+             input: {type: unix, path: in.sock}\nstate: {path: s.bin}\n",
+            false,
+        )
+        .unwrap();
+        assert!(config.problems().is_empty(), "{:?}", config.problems());
+        assert_eq!(config.state.unwrap().interval_secs, 60);
     }
 
     #[test]

@@ -56,6 +56,8 @@ pub struct Engine {
     transform: TransformBox,
     policy: EnginePolicy,
     counters: HostCounters,
+    /// The output an oversize line is being streamed to, between its first and last fragment.
+    open_fragment: Option<&'static str>,
 }
 
 impl Engine {
@@ -65,7 +67,13 @@ impl Engine {
             transform,
             policy,
             counters: HostCounters::default(),
+            open_fragment: None,
         }
+    }
+
+    /// How the engine treats lines and failures.
+    pub fn policy(&self) -> &EnginePolicy {
+        &self.policy
     }
 
     /// The host's counters so far.
@@ -188,6 +196,59 @@ impl Engine {
             }
             ROption::RNone => outputs.write_line(target, line),
         }
+    }
+
+    /// Writes a piece of a line too long to hold in memory (it bypasses the detector as
+    /// oversize): raw to `default` or `errors`, or JSON-escaped inside `{"message": ...}` when
+    /// wrapping. The pieces of one line must arrive with nothing else between them.
+    pub fn write_fragment(
+        &mut self,
+        data: &[u8],
+        first: bool,
+        last: bool,
+        outputs: &mut Outputs,
+    ) -> io::Result<()> {
+        let wrap = self.policy.unreadable == UnreadablePolicy::Wrap;
+        let target = if first || self.open_fragment.is_none() {
+            self.counters.lines_in += 1;
+            self.counters.oversize += 1;
+            let target = if self.policy.unreadable == UnreadablePolicy::Errors {
+                ERRORS_OUTPUT
+            } else {
+                DEFAULT_OUTPUT
+            };
+            if wrap {
+                outputs.write_partial(target, b"{\"message\":\"")?;
+            }
+            self.open_fragment = Some(target);
+            target
+        } else {
+            self.open_fragment.unwrap_or(DEFAULT_OUTPUT)
+        };
+        if wrap {
+            let text =
+                serde_json::to_string(&String::from_utf8_lossy(data)).map_err(io::Error::other)?;
+            let inner = &text[1..text.len() - 1];
+            outputs.write_partial(target, inner.as_bytes())?;
+        } else {
+            outputs.write_partial(target, data)?;
+        }
+        if last {
+            self.close_fragment(outputs)?;
+        }
+        Ok(())
+    }
+
+    /// Ends a line being streamed in fragments, if there is one (at shutdown, when its input
+    /// stopped before its end).
+    pub fn close_fragment(&mut self, outputs: &mut Outputs) -> io::Result<()> {
+        if let Some(target) = self.open_fragment.take() {
+            if self.policy.unreadable == UnreadablePolicy::Wrap {
+                outputs.write_partial(target, b"\"}")?;
+            }
+            outputs.finish_line(target)?;
+        }
+        Ok(())
     }
 
     fn write_unreadable(&mut self, line: &[u8], outputs: &mut Outputs) -> io::Result<()> {

@@ -13,9 +13,9 @@ use egresswatch::config::HostConfig;
 use egresswatch::engine::{Engine, EnginePolicy};
 use egresswatch::generate::GenerateArgs;
 use egresswatch::loader::{self, Plugin};
-use egresswatch::output::Outputs;
 use egresswatch::rules_check::Report;
-use egresswatch::stream::{self, Finish};
+use egresswatch::runner;
+use egresswatch::stream::Finish;
 
 /// Catch command-and-control and data exfiltration in network events while they are still in
 /// the pipeline.
@@ -158,18 +158,15 @@ fn run(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
         version = plugin.version(),
         "egresswatch started"
     );
-    let mut outputs = Outputs::open(&config)?;
     let stop = Arc::new(AtomicBool::new(false));
     for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
         signal_hook::flag::register(signal, Arc::clone(&stop))
             .context("installing signal handlers")?;
     }
-    let finish = stream::run(std::io::stdin(), &mut engine, &mut outputs, &stop)
-        .context("processing the event stream")?;
-    outputs.flush().context("flushing outputs")?;
+    let report = runner::run(&config, plugin.name(), &mut engine, &stop)?;
     let counters = engine.counters();
     tracing::info!(
-        finish = ?finish,
+        finish = ?report.finish,
         lines_in = counters.lines_in,
         not_utf8 = counters.not_utf8,
         oversize = counters.oversize,
@@ -177,18 +174,20 @@ fn run(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
         plugin_errors = counters.plugin_errors,
         annotated = counters.annotated,
         routed = counters.routed,
-        outputs = ?outputs.counts(),
+        outputs = ?report.outputs,
+        reconnects = ?report.reconnects,
+        state_bytes = ?report.state_bytes,
         plugin_metrics = %engine.transform().metrics(),
         "egresswatch finished"
     );
-    if finish == Finish::Stopped {
+    if report.finish == Finish::Stopped {
         tracing::info!("stopped by signal after flushing everything read");
     }
     Ok(())
 }
 
 fn validate(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
-    let (_config, plugin, engine) = start(config_path, plugin)?;
+    let (config, plugin, engine) = start(config_path, plugin)?;
     println!(
         "{}: OK (plugin {} {}, ABI {})",
         config_path.display(),
@@ -196,6 +195,12 @@ fn validate(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
         plugin.version(),
         plugin.abi_version()
     );
+    if let Some(state) = &config.state {
+        println!(
+            "{}",
+            egresswatch::state::describe(&config.resolve(&state.path), plugin.name())
+        );
+    }
     println!("{}", engine.transform().metrics());
     Ok(())
 }

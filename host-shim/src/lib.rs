@@ -15,6 +15,8 @@
 //! - [`metrics`]: the metrics snapshot and the Prometheus endpoint.
 //! - [`runner`]: `egresswatch run` put together: input, engine, outputs, state, metrics.
 //! - [`state`]: the state file's envelope, atomic saves, and setting unusable files aside.
+//! - [`replay`]: replaying recorded flow logs (ECS, Zeek, Suricata, Argus) with a report.
+//! - [`time`]: RFC 3339 parsing and formatting for the generator and replay.
 //! - [`rules_check`]: the table `egresswatch rules check` prints.
 
 pub mod adapters;
@@ -24,7 +26,9 @@ pub mod generate;
 pub mod loader;
 pub mod metrics;
 pub mod output;
+pub mod replay;
 pub mod rules_check;
 pub mod runner;
 pub mod state;
 pub mod stream;
+pub mod time;

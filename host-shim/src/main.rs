@@ -13,6 +13,7 @@ use egresswatch::config::HostConfig;
 use egresswatch::engine::{Engine, EnginePolicy};
 use egresswatch::generate::GenerateArgs;
 use egresswatch::loader::{self, Plugin};
+use egresswatch::replay::ReplayArgs;
 use egresswatch::rules_check::Report;
 use egresswatch::runner;
 use egresswatch::stream::Finish;
@@ -56,6 +57,12 @@ enum Command {
         #[command(flatten)]
         args: GenerateArgs,
     },
+    /// Replay recorded flow logs (ECS, Zeek, Suricata, Argus; plain or .gz) through the detector
+    /// on event time: flagged events, a summary, an HTML report, and quality against labels.
+    Replay {
+        #[command(flatten)]
+        args: ReplayArgs,
+    },
     /// Print the host's version, and the plugin's version and ABI version.
     Version {
         /// The plugin library; default: beside this executable.
@@ -95,6 +102,7 @@ fn main() -> ExitCode {
             command: RulesCommand::Check { paths, plugin },
         } => rules_check(&paths, plugin.as_deref()),
         Command::Generate { args } => generate(&args),
+        Command::Replay { args } => replay(&args),
         Command::Version { plugin } => version(plugin.as_deref()),
     };
     match result {
@@ -254,5 +262,13 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         labels.flush()?;
     }
     tracing::info!(events = summary.events, attacks = ?summary.attacks, "generated");
+    Ok(())
+}
+
+fn replay(args: &ReplayArgs) -> Result<()> {
+    let stdout = std::io::stdout();
+    let mut out = stdout.lock();
+    egresswatch::replay::replay(args, &mut out)?;
+    out.flush()?;
     Ok(())
 }

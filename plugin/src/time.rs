@@ -144,7 +144,10 @@ mod tests {
         assert_eq!(at(json!(1_793_520_930)), Some(1_793_520_930_000));
         assert_eq!(at(json!(1_793_520_930_123_i64)), Some(1_793_520_930_123));
         assert_eq!(at(json!("1331901000.000000")), Some(1_331_901_000_000));
-        assert_eq!(at(json!("2026-11-01T08:15:30.123Z")), Some(1_793_520_930_123));
+        assert_eq!(
+            at(json!("2026-11-01T08:15:30.123Z")),
+            Some(1_793_520_930_123)
+        );
         assert_eq!(at(json!(-5)), None);
         assert_eq!(at(json!(true)), None);
     }

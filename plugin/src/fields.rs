@@ -71,6 +71,10 @@ pub enum Scalar<'a> {
 #[derive(Debug, Clone, Default)]
 pub struct Wanted {
     paths: Vec<String>,
+    /// Every proper prefix of a wanted path that ends before a `.` (`destination`,
+    /// `destination.geo` for `destination.geo.country_name`), so that deciding whether to
+    /// descend into a key is an equality test, which compares lengths before bytes.
+    prefixes: Vec<String>,
 }
 
 impl Wanted {
@@ -80,6 +84,12 @@ impl Wanted {
         for path in paths {
             if !wanted.paths.iter().any(|p| p == path) {
                 wanted.paths.push(path.to_owned());
+            }
+            for (i, _) in path.match_indices('.') {
+                let prefix = &path[..i];
+                if !wanted.prefixes.iter().any(|p| p == prefix) {
+                    wanted.prefixes.push(prefix.to_owned());
+                }
             }
         }
         wanted
@@ -91,15 +101,9 @@ impl Wanted {
 
     /// Whether `path` is wanted itself, or leads to a wanted path.
     fn classify(&self, path: &str) -> Match {
-        let mut prefix = false;
-        for (i, p) in self.paths.iter().enumerate() {
-            if p == path {
-                return Match::Exact(i);
-            }
-            prefix |=
-                p.len() > path.len() && p.starts_with(path) && p.as_bytes()[path.len()] == b'.';
-        }
-        if prefix {
+        if let Some(i) = self.index(path) {
+            Match::Exact(i)
+        } else if self.prefixes.iter().any(|p| p == path) {
             Match::Prefix
         } else {
             Match::None

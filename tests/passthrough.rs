@@ -4,7 +4,7 @@ use std::io::{BufRead, BufReader, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use crate::util::{bin, build_plugins, run, stderr, temp_dir, workspace, write};
+use crate::util::{bin, build_plugins, library, run, stderr, temp_dir, workspace, write};
 
 /// A mix of readable events and every kind of unreadable line.
 fn mixed_input() -> Vec<u8> {
@@ -165,4 +165,57 @@ fn sigterm_flushes_everything_read_and_exits_zero() {
     let err = String::from_utf8_lossy(&output.stderr);
     assert!(err.contains("stopped by signal"), "{err}");
     assert!(err.contains("lines_in=1000"), "{err}");
+}
+
+/// Runs the faulty test plugin, which panics on every batch that starts with a `boom` event,
+/// over batches of two lines.
+fn run_with_failing_batches(test: &str, extra: &str) -> (std::process::Output, std::path::PathBuf) {
+    let dir = temp_dir(test);
+    let config = write(
+        &dir,
+        "config.yaml",
+        format!("batch: {{max_events: 2}}\ndetector: {{fail: batch}}\n{extra}"),
+    );
+    let plugin = library("egresswatch_test_faulty");
+    let input = b"{\"n\":1}\n{\"n\":2}\n{\"boom\":3}\n{\"n\":4}\n{\"n\":5}\n";
+    let output = run(
+        &[
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+            "--plugin",
+            plugin.to_str().unwrap(),
+        ],
+        input,
+    );
+    (output, dir)
+}
+
+#[test]
+fn a_batch_the_plugin_fails_on_passes_through_unchanged() {
+    let (output, _) = run_with_failing_batches("passthrough-fail-open", "");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        String::from_utf8_lossy(&output.stdout),
+        "{\"n\":1}\n{\"n\":2}\n{\"boom\":3}\n{\"n\":4}\n{\"n\":5}\n"
+    );
+    let err = stderr(&output);
+    assert!(err.contains("plugin failed on a batch"), "{err}");
+    assert!(err.contains("deliberate panic on a batch"), "{err}");
+    assert!(err.contains("plugin_errors=1"), "{err}");
+}
+
+#[test]
+fn fail_closed_sends_a_failed_batch_to_the_errors_output() {
+    let (output, dir) = run_with_failing_batches(
+        "passthrough-fail-closed",
+        "fail_closed: true\noutputs:\n  errors: {type: file, path: errors.ndjson}\n",
+    );
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert_eq!(
+        String::from_utf8(output.stdout).unwrap(),
+        "{\"n\":1}\n{\"n\":2}\n{\"n\":5}\n"
+    );
+    let errors = std::fs::read_to_string(dir.join("errors.ndjson")).unwrap();
+    assert_eq!(errors, "{\"boom\":3}\n{\"n\":4}\n");
 }

@@ -3,6 +3,8 @@
 //!
 //! - `{"fail": "error"}`: the constructor returns an error;
 //! - `{"fail": "panic"}`: the constructor panics (caught at the boundary by `catch_panic`);
+//! - `{"fail": "batch"}`: the constructor succeeds, but every batch whose first event contains
+//!   `boom` panics (caught, so the host sees an error for that batch); other batches pass;
 //!
 //! and by the environment: with `EGRESSWATCH_TEST_ROOT_PANIC=1` the root-module loader itself
 //! panics, which abi_stable catches and reports.
@@ -11,10 +13,12 @@ use abi_stable::{
     export_root_module,
     prefix_type::PrefixTypeTrait,
     sabi_extern_fn,
-    std_types::{RResult, RStr, RString},
+    sabi_trait::TD_Opaque,
+    std_types::{RResult, RSlice, RStr, RString, RVec},
 };
 use egresswatch_plugin_api::{
-    catch_panic, ErrorKind, PluginError, PluginMod, PluginModRef, TransformBox,
+    catch_panic, ErrorKind, PluginError, PluginMod, PluginModRef, Transform, TransformBox,
+    Transform_TO, Verdict,
 };
 
 /// Exports the root module, or panics when asked to by the environment.
@@ -56,9 +60,42 @@ fn new_transform(config: RStr<'_>) -> RResult<TransformBox, PluginError> {
         if config.as_str().contains("\"panic\"") {
             panic!("deliberate panic in the constructor");
         }
+        if config.as_str().contains("\"batch\"") {
+            return Ok(Transform_TO::from_value(PanicsOnBoom, TD_Opaque));
+        }
         Err(PluginError::new(
             ErrorKind::Config,
             "deliberate failure: this test plugin never constructs",
         ))
     })
+}
+
+/// A transform that panics on any batch whose first event mentions `boom`.
+struct PanicsOnBoom;
+
+impl Transform for PanicsOnBoom {
+    fn process(&mut self, events: RSlice<'_, RStr<'_>>) -> RResult<RVec<Verdict>, PluginError> {
+        catch_panic("processing a batch in the faulty test plugin", || {
+            if events.first().is_some_and(|e| e.as_str().contains("boom")) {
+                panic!("deliberate panic on a batch");
+            }
+            Ok(events.iter().map(|_| Verdict::PASS).collect())
+        })
+    }
+
+    fn routes(&self) -> RVec<RString> {
+        RVec::new()
+    }
+
+    fn metrics(&self) -> RString {
+        RString::from("{}")
+    }
+
+    fn save_state(&self) -> RResult<RVec<u8>, PluginError> {
+        RResult::ROk(RVec::new())
+    }
+
+    fn load_state(&mut self, _state: RSlice<'_, u8>) -> RResult<(), PluginError> {
+        RResult::ROk(())
+    }
 }

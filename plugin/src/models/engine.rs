@@ -631,6 +631,18 @@ impl ModelConfig {
         }
         problems
     }
+
+    /// Refuses state saved under another bucket span: its buckets would not line up.
+    pub fn check_saved_span(&self, saved_span_ms: i64) -> Result<(), ModelError> {
+        if saved_span_ms == i64::from(self.bucket_span_secs) * 1000 {
+            return Ok(());
+        }
+        Err(ModelError::Mismatch {
+            field: "bucket_span_secs",
+            state: (saved_span_ms / 1000).to_string(),
+            config: self.bucket_span_secs.to_string(),
+        })
+    }
 }
 
 #[cfg(test)]

@@ -639,14 +639,7 @@ impl Model for HighSum {
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), ModelError> {
         let mut state: HighSumState = decode_state(Kind::HighSum, bytes)?;
-        let span = i64::from(self.config.model.bucket_span_secs) * 1000;
-        if state.bucket_span_ms != span {
-            return Err(ModelError::Mismatch {
-                field: "bucket_span_secs",
-                state: (state.bucket_span_ms / 1000).to_string(),
-                config: self.config.model.bucket_span_secs.to_string(),
-            });
-        }
+        self.config.model.check_saved_span(state.bucket_span_ms)?;
         for p in state.partitions.values_mut() {
             if p.all.bins.len() != NBINS || p.newcomers.bins.len() != NBINS {
                 return Err(ModelError::Mismatch {

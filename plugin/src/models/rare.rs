@@ -427,14 +427,7 @@ impl Model for Rare {
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), ModelError> {
         let mut state: RareState = decode_state(Kind::Rare, bytes)?;
-        let span = i64::from(self.config.model.bucket_span_secs) * 1000;
-        if state.bucket_span_ms != span {
-            return Err(ModelError::Mismatch {
-                field: "bucket_span_secs",
-                state: (state.bucket_span_ms / 1000).to_string(),
-                config: self.config.model.bucket_span_secs.to_string(),
-            });
-        }
+        self.config.model.check_saved_span(state.bucket_span_ms)?;
         state.values.set_cap(self.config.model.max_entities);
         self.state = state;
         Ok(())

@@ -149,3 +149,28 @@ fn a_bad_config_names_the_file_and_field() {
     assert!(err.contains("unknown field `flush`"), "{err}");
     assert!(err.contains("line 3"), "{err}");
 }
+
+#[test]
+fn the_configuration_example_in_the_readme_is_valid() {
+    let readme = std::fs::read_to_string(util::workspace().join("README.md")).unwrap();
+    let start = readme
+        .find("```yaml\nplugin:")
+        .expect("README has the config example")
+        + 8;
+    let end = start + readme[start..].find("```").unwrap();
+    let root = util::workspace().display().to_string();
+    let config: String = readme[start..end]
+        .lines()
+        .filter(|l| !l.starts_with("plugin:"))
+        .map(|l| {
+            l.replace("[rules/]", &format!("[{root}/rules/]"))
+                .replace("database: data/", &format!("database: {root}/data/"))
+                + "\n"
+        })
+        .collect();
+    let dir = temp_dir("loading-readme-config");
+    let path = write(&dir, "config.yaml", config);
+    let output = run(&["validate", "--config", path.to_str().unwrap()], b"");
+    assert!(output.status.success(), "{}", stderr(&output));
+    assert!(String::from_utf8_lossy(&output.stdout).contains(": OK ("));
+}

@@ -26,6 +26,16 @@ use serde::Deserialize;
 
 use crate::catalog::JobDef;
 
+/// Construction options: what the caller decides about one detector instance, beside the
+/// configuration the user wrote.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct BuildOptions {
+    /// Secret mixed into every model's key hashes, so that nobody who does not know it can aim
+    /// hash collisions at the baseline. The host draws one at random; a model's saved state
+    /// keeps the seed it was built with, so a loaded state goes on with its own.
+    pub hash_seed: u64,
+}
+
 /// Configuration of the detector.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]

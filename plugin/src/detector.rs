@@ -17,13 +17,11 @@ use serde_json::{Map, Value};
 
 use crate::alert::{self, AlertDetail};
 use crate::catalog::{Function, JobCatalog, JobDef};
-use crate::config::{Action, DetectorConfig, ModelSettings};
+use crate::config::{Action, BuildOptions, DetectorConfig, ModelSettings};
 use crate::event;
 use crate::fields::{Fields, FlatEvent, Scalar, Wanted};
 use crate::geo::{self, GeoCache, GeoDb};
-use crate::models::{
-    ExtraValue, HighSumConfig, Model, ModelConfig, Observation, RareConfig, Scored,
-};
+use crate::models::{self, ExtraValue, Model, Observation, Scored};
 use crate::net::{self, CidrSet};
 use crate::rules::{self, Rule};
 
@@ -43,6 +41,7 @@ pub const STATE_FORMAT_VERSION: u32 = 1;
 /// The detector: rules, jobs with their models, enrichment, and counters.
 pub struct Detector {
     config: DetectorConfig,
+    options: BuildOptions,
     jobs: Vec<ActiveJob>,
     geo: Option<GeoCache>,
     allow: CidrSet,
@@ -105,8 +104,16 @@ impl Detector {
         Self::new(config)
     }
 
-    /// Builds a detector: loads the rules, the catalog, the models and the GeoIP database.
+    /// Builds a detector with default options (hash seed 0): for tests and benchmarks.
     pub fn new(config: DetectorConfig) -> Result<Self, PluginError> {
+        Self::with_options(config, BuildOptions::default())
+    }
+
+    /// Builds a detector: loads the rules, the catalog, the models and the GeoIP database.
+    pub fn with_options(
+        config: DetectorConfig,
+        options: BuildOptions,
+    ) -> Result<Self, PluginError> {
         let catalog = JobCatalog::builtin()
             .with_overrides(config.jobs.iter().cloned())
             .map_err(|problems| {
@@ -130,7 +137,7 @@ impl Detector {
             }
             None => None,
         };
-        let (jobs, warnings) = build_jobs(&config, &catalog)?;
+        let (jobs, warnings) = build_jobs(&config, &catalog, options.hash_seed)?;
         let wanted = Wanted::new(jobs.iter().flat_map(|j| j.def.fields()).chain([
             config.time_field.as_str(),
             DESTINATION_IP,
@@ -140,6 +147,7 @@ impl Detector {
         Ok(Detector {
             wanted: Arc::new(wanted),
             config,
+            options,
             jobs,
             geo,
             allow,
@@ -353,8 +361,12 @@ impl Detector {
             let Some(index) = self.jobs.iter().position(|j| &j.def.id == id) else {
                 continue;
             };
-            let mut model = build_model(&self.jobs[index].def, &self.config.models)
-                .map_err(|e| PluginError::new(ErrorKind::State, format!("job {id}: {e}")))?;
+            let mut model = build_model(
+                &self.jobs[index].def,
+                &self.config.models,
+                self.options.hash_seed,
+            )
+            .map_err(|e| PluginError::new(ErrorKind::State, format!("job {id}: {e}")))?;
             model
                 .load(bytes)
                 .map_err(|e| PluginError::new(ErrorKind::State, format!("job {id}: {e}")))?;
@@ -490,6 +502,7 @@ fn alert_detail(def: &JobDef, hit: &Hit) -> AlertDetail {
 fn build_jobs(
     config: &DetectorConfig,
     catalog: &JobCatalog,
+    hash_seed: u64,
 ) -> Result<(Vec<ActiveJob>, Vec<String>), PluginError> {
     let paths: Vec<_> = config.rules.iter().map(|p| config.resolve(p)).collect();
     let load = rules::load_paths(&paths, catalog);
@@ -518,7 +531,7 @@ fn build_jobs(
             };
             let index = match jobs.iter().position(|j| &j.def.id == job_id) {
                 Some(index) => index,
-                None => match build_model(def, &config.models) {
+                None => match build_model(def, &config.models, hash_seed) {
                     Ok(model) => {
                         jobs.push(ActiveJob {
                             def: def.clone(),
@@ -568,34 +581,32 @@ fn build_jobs(
     Ok((jobs, warnings))
 }
 
-/// The model a job's function calls for, with the configured settings (the job's own over the
-/// global ones over the model's defaults).
-fn build_model(def: &JobDef, settings: &ModelSettings) -> Result<Box<dyn Model>, String> {
-    let job = settings.jobs.get(&def.id);
-    let apply = |model: &mut ModelConfig| -> Result<(), String> {
-        model.bucket_span_secs =
-            u32::try_from(def.bucket_span_secs).map_err(|_| "bucket_span too long".to_owned())?;
-        for s in job.into_iter().chain([settings]).rev() {
-            model.learning_buckets = s.learning_buckets.unwrap_or(model.learning_buckets);
-            model.half_life_buckets = s.half_life_buckets.unwrap_or(model.half_life_buckets);
-            model.lateness_buckets = s.lateness_buckets.unwrap_or(model.lateness_buckets);
-            model.max_entities = s.max_entities.unwrap_or(model.max_entities);
-        }
-        Ok(())
+/// The model a job's function calls for (from the registry in [`crate::models`]), with the
+/// configured settings (the job's own over the global ones over the model's defaults) and the
+/// installation's hash seed.
+fn build_model(
+    def: &JobDef,
+    settings: &ModelSettings,
+    hash_seed: u64,
+) -> Result<Box<dyn Model>, String> {
+    let Some(model) = models::registration(def.function) else {
+        return Err(format!(
+            "function `{}` has no model yet",
+            def.function.as_str()
+        ));
     };
-    match def.function {
-        Function::Rare => {
-            let mut config = RareConfig::default();
-            apply(&mut config.model)?;
-            Ok(Box::new(config.build().map_err(|e| e.to_string())?))
-        }
-        Function::HighSum => {
-            let mut config = HighSumConfig::default();
-            apply(&mut config.model)?;
-            Ok(Box::new(config.build().map_err(|e| e.to_string())?))
-        }
-        other => Err(format!("function `{}` has no model yet", other.as_str())),
+    let mut config = (model.defaults)();
+    config.bucket_span_secs =
+        u32::try_from(def.bucket_span_secs).map_err(|_| "bucket_span too long".to_owned())?;
+    let job = settings.jobs.get(&def.id);
+    for s in job.into_iter().chain([settings]).rev() {
+        config.learning_buckets = s.learning_buckets.unwrap_or(config.learning_buckets);
+        config.half_life_buckets = s.half_life_buckets.unwrap_or(config.half_life_buckets);
+        config.lateness_buckets = s.lateness_buckets.unwrap_or(config.lateness_buckets);
+        config.max_entities = s.max_entities.unwrap_or(config.max_entities);
     }
+    config.hash_seed = hash_seed;
+    (model.build)(config).map_err(|e| e.to_string())
 }
 
 fn now_ms() -> i64 {
@@ -935,6 +946,27 @@ mod tests {
             let v = d.evaluate(&event(t, "93.184.217.1", None, bytes.clone()));
             assert_eq!(v, Verdict::PASS, "{bytes:?}");
         }
+    }
+
+    #[test]
+    fn the_hash_seed_reaches_the_models_and_a_loaded_state_keeps_its_own() {
+        let config = |seed| {
+            let config: DetectorConfig =
+                serde_json::from_value(json!({ "rules": [rules_dir()] })).unwrap();
+            Detector::with_options(config, BuildOptions { hash_seed: seed }).unwrap()
+        };
+        let (mut a, mut b) = (config(1), config(2));
+        rare_baseline(&mut a, 40);
+        rare_baseline(&mut b, 40);
+        let (state_a, state_b) = (a.save_state().unwrap(), b.save_state().unwrap());
+        assert_ne!(state_a, state_b, "the seed is part of each model's state");
+        // A detector built with another seed that loads `a`'s state saves `a`'s keys again.
+        let mut c = config(3);
+        c.load_state(&state_a).unwrap();
+        assert_eq!(c.save_state().unwrap(), state_a);
+        let e = event(T0 + 40 * MIN15, "175.45.179.109", Some("North Korea"), None);
+        assert_eq!(a.evaluate(&e), c.evaluate(&e));
+        assert!(annotated(&b.evaluate(&e)).is_some());
     }
 
     #[test]

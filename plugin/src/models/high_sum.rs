@@ -107,6 +107,13 @@ impl Default for HighSumConfig {
     }
 }
 
+/// The registry's entry for `high_sum` (see [`super::REGISTRY`]).
+pub const REGISTRATION: super::Registration = super::Registration {
+    function: crate::catalog::Function::HighSum,
+    defaults: || HighSumConfig::default().model,
+    build: |model| Ok(Box::new(HighSumConfig { model }.build()?)),
+};
+
 impl HighSumConfig {
     /// Checks every key; reports all problems at once.
     pub fn validate(&self) -> Result<(), ModelError> {

@@ -33,6 +33,28 @@ pub use engine::ModelConfig;
 pub use high_sum::{HighSum, HighSumConfig};
 pub use rare::{Rare, RareConfig};
 
+use crate::catalog::Function;
+
+/// One model as the registry knows it: the ML function it implements, its default settings, and
+/// how to build it from settings.
+#[derive(Clone, Copy)]
+pub struct Registration {
+    /// The Elastic ML function the model reproduces.
+    pub function: Function,
+    /// The model's default time grid, learning, forgetting and memory settings.
+    pub defaults: fn() -> ModelConfig,
+    /// Builds the model with the given settings (its other parameters at their defaults).
+    pub build: fn(ModelConfig) -> Result<Box<dyn Model>, ModelError>,
+}
+
+/// Every model, one line each: a new model is its own file plus a line here.
+pub const REGISTRY: &[Registration] = &[rare::REGISTRATION, high_sum::REGISTRATION];
+
+/// The model that implements `function`, if there is one yet.
+pub fn registration(function: Function) -> Option<&'static Registration> {
+    REGISTRY.iter().find(|r| r.function == function)
+}
+
 /// Version written at the front of every saved state; bumped on any layout change.
 pub const STATE_VERSION: u32 = 1;
 
@@ -269,5 +291,26 @@ impl fmt::Display for ConfigProblems<'_> {
             write!(f, "{}: {}", p.field, p.message)?;
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_builds_each_model_with_its_own_defaults() {
+        for function in [Function::Rare, Function::HighSum] {
+            let entry = registration(function).expect("registered");
+            let mut config = (entry.defaults)();
+            assert!(config.problems().is_empty(), "{function}: {config:?}");
+            config.learning_buckets = 3;
+            let model = (entry.build)(config).expect("builds");
+            assert_eq!(model.status().learning_buckets, 3);
+        }
+        assert!(registration(Function::Count).is_none());
+        let mut bad = (registration(Function::Rare).unwrap().defaults)();
+        bad.max_entities = 1;
+        assert!((registration(Function::Rare).unwrap().build)(bad).is_err());
     }
 }

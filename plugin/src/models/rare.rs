@@ -89,6 +89,19 @@ impl Default for RareConfig {
     }
 }
 
+/// The registry's entry for `rare` (see [`super::REGISTRY`]).
+pub const REGISTRATION: super::Registration = super::Registration {
+    function: crate::catalog::Function::Rare,
+    defaults: || RareConfig::default().model,
+    build: |model| {
+        let config = RareConfig {
+            model,
+            ..RareConfig::default()
+        };
+        Ok(Box::new(config.build()?))
+    },
+};
+
 impl RareConfig {
     /// Checks every key; reports all problems at once.
     pub fn validate(&self) -> Result<(), ModelError> {

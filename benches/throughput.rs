@@ -8,14 +8,21 @@ use std::process::Command;
 use abi_stable::std_types::RStr;
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
 use egresswatch::loader;
+use egresswatch_plugin::config::BuildOptions;
 use egresswatch_plugin::Detector;
+use egresswatch_plugin_api::BuildOption;
 
 /// Events handed over per call, as the host does by default.
 const BATCH: usize = 1024;
 
+/// The clock handed over with each batch (after the sample's events, as in a live run).
+const NOW_MS: i64 = 1_800_000_000_000;
+
 /// One benchmark case.
 struct Param {
     slug: &'static str,
+    /// Directory the configuration's relative paths are resolved against.
+    base_dir: PathBuf,
     config: String,
 }
 
@@ -34,8 +41,8 @@ fn params() -> Vec<Param> {
     let base = workspace();
     vec![Param {
         slug: "rules_and_geoip",
+        base_dir: base,
         config: serde_json::json!({
-            "base_dir": base,
             "rules": ["rules"],
             "geoip": { "database": "data/geo/geo-whois-asn-country.mmdb" },
         })
@@ -64,12 +71,17 @@ fn bench(c: &mut Criterion) {
     for param in params() {
         group.bench_function(format!("{}/in_process", param.slug), |b| {
             b.iter_batched(
-                || Detector::from_json(&param.config).expect("detector builds"),
+                || {
+                    let options = BuildOptions {
+                        base_dir: Some(param.base_dir.clone()),
+                        ..BuildOptions::default()
+                    };
+                    Detector::build(&param.config, options).expect("detector builds")
+                },
                 |mut detector| {
                     for chunk in lines.chunks(BATCH) {
-                        for line in chunk {
-                            std::hint::black_box(detector.evaluate(line));
-                        }
+                        let batch = chunk.iter().map(String::as_str);
+                        std::hint::black_box(detector.process(batch, NOW_MS));
                     }
                     detector
                 },
@@ -78,13 +90,19 @@ fn bench(c: &mut Criterion) {
         });
         group.bench_function(format!("{}/loaded_plugin", param.slug), |b| {
             b.iter_batched(
-                || plugin.construct(&param.config).expect("transform builds"),
+                || {
+                    let base = param.base_dir.to_string_lossy().as_ref().into();
+                    let options = vec![BuildOption::BaseDir(base)];
+                    plugin
+                        .construct(&param.config, options)
+                        .expect("transform builds")
+                },
                 |mut transform| {
                     let mut batch: Vec<RStr<'_>> = Vec::with_capacity(BATCH);
                     for chunk in lines.chunks(BATCH) {
                         batch.clear();
                         batch.extend(chunk.iter().map(|l| RStr::from_str(l)));
-                        std::hint::black_box(transform.process(batch.as_slice().into()));
+                        std::hint::black_box(transform.process(batch.as_slice().into(), NOW_MS));
                     }
                     transform
                 },

@@ -64,12 +64,69 @@ fn library_without_root_module() {
 }
 
 #[test]
-fn plugin_built_against_incompatible_abi() {
+fn plugin_built_against_the_previous_abi() {
     let lib = library("egresswatch_test_old_abi");
     let (ok, err) = validate_with("loading-old-abi", lib.to_str().unwrap(), "{}", &[]);
     assert!(!ok);
     assert!(
-        err.contains("was built against plugin ABI 9.0.0, but this egresswatch speaks ABI 0.1.0"),
+        err.contains("was built against plugin ABI 0.1.0, but this egresswatch speaks ABI 0.2.0: rebuild the plugin against egresswatch-plugin-api 0.2.0"),
+        "{err}"
+    );
+}
+
+#[test]
+fn plugin_with_the_same_version_but_another_layout() {
+    let lib = library("egresswatch_test_mismatch");
+    let (ok, err) = validate_with("loading-mismatch", lib.to_str().unwrap(), "{}", &[]);
+    assert!(!ok);
+    assert!(
+        err.contains("has an ABI layout that differs from this egresswatch's: rebuild both from the same source"),
+        "{err}"
+    );
+    assert!(!err.contains("built against plugin ABI"), "{err}");
+}
+
+#[test]
+fn an_older_plugin_with_fewer_prefix_fields_loads_and_the_host_degrades_gracefully() {
+    let lib = library("egresswatch_test_older");
+    let plugin = lib.to_str().unwrap();
+    let dir = temp_dir("loading-older");
+    let config = write(&dir, "config.yaml", "detector: {}\n");
+    let config = config.to_str().unwrap();
+    // validate: loads, constructs, and says what the plugin cannot give.
+    let out = run(&["validate", "--config", config, "--plugin", plugin], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(": OK (plugin older-test-plugin"),
+        "{stdout}"
+    );
+    // run: every event passes, the exit log says the metrics are missing, nothing else fails.
+    let events = b"{\"a\":1}\n{\"b\":2}\n";
+    let out = run(&["run", "--config", config, "--plugin", plugin], events);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, events);
+    // rules check: a clear refusal naming what is missing.
+    let out = run(&["rules", "check", "--plugin", plugin, "rules"], b"");
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("plugin older-test-plugin 0.1.0 cannot check rules: it was built against an older plugin ABI without it"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_panic_while_checking_rules_is_reported_not_an_abort() {
+    let lib = library("egresswatch_test_faulty");
+    let out = run(
+        &["rules", "check", "--plugin", lib.to_str().unwrap(), "rules"],
+        b"",
+    );
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("plugin panicked: while checking rules in the faulty test plugin: deliberate panic while checking rules"),
         "{err}"
     );
 }
@@ -129,11 +186,11 @@ fn the_real_plugin_is_found_beside_the_executable() {
     let out = String::from_utf8_lossy(&output.stdout);
     assert!(output.status.success(), "{}", stderr(&output));
     assert!(
-        out.contains("egresswatch 0.1.0 (plugin ABI 0.1.0)"),
+        out.contains("egresswatch 0.1.0 (plugin ABI 0.2.0)"),
         "{out}"
     );
     assert!(
-        out.contains("plugin egresswatch-plugin 0.1.0 (ABI 0.1.0)"),
+        out.contains("plugin egresswatch-plugin 0.1.0 (ABI 0.2.0)"),
         "{out}"
     );
 }
@@ -148,6 +205,32 @@ fn a_bad_config_names_the_file_and_field() {
     assert!(err.contains("bad.yaml"), "{err}");
     assert!(err.contains("unknown field `flush`"), "{err}");
     assert!(err.contains("line 3"), "{err}");
+}
+
+#[test]
+fn detector_problems_are_all_reported_with_the_yaml_line_and_key_path() {
+    let dir = temp_dir("loading-detector-problems");
+    let rules = util::workspace().join("rules");
+    let config = write(
+        &dir,
+        "bad.yaml",
+        format!(
+            "outputs:\n  default: {{type: stdout}}\ndetector:\n  rules: [{}]\n  geoip:\n    databse: x.mmdb\n  actions:\n    rules:\n      not-a-rule-id: {{annotate: true}}\n  models:\n    jobs:\n      rare_destination_cuntry: {{learning_buckets: 5}}\n      rare_destination_country: {{jobs: {{x: {{}}}}}}\n",
+            rules.display()
+        ),
+    );
+    let output = run(&["validate", "--config", config.to_str().unwrap()], b"");
+    let err = stderr(&output);
+    assert!(!output.status.success());
+    let file = config.display().to_string();
+    for expected in [
+        format!("{file}:6: detector.geoip.databse: unknown key"),
+        format!("{file}:9: detector.actions.rules.not-a-rule-id: no loaded rule has this rule_id"),
+        format!("{file}:12: detector.models.jobs.rare_destination_cuntry: no job has this id"),
+        format!("{file}:13: detector.models.jobs.rare_destination_country.jobs: per-job settings cannot hold"),
+    ] {
+        assert!(err.contains(&expected), "missing `{expected}` in\n{err}");
+    }
 }
 
 #[test]

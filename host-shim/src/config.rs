@@ -23,7 +23,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use thiserror::Error;
 
-use egresswatch_plugin_api::{DEFAULT_OUTPUT, ERRORS_OUTPUT};
+use egresswatch_plugin_api::{ConfigProblem, DEFAULT_OUTPUT, ERRORS_OUTPUT};
+
+use crate::positions::KeyLines;
 
 /// A problem with the configuration file.
 #[derive(Debug, Error)]
@@ -89,6 +91,9 @@ pub struct HostConfig {
     /// Where the file was read from; relative paths are resolved against its directory.
     #[serde(skip)]
     pub base_dir: PathBuf,
+    /// The line of each key in the file, for messages about the plugin's part of it.
+    #[serde(skip)]
+    pub key_lines: KeyLines,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -233,6 +238,11 @@ impl HostConfig {
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_owned();
+        config.key_lines = if is_toml {
+            KeyLines::toml(&text)
+        } else {
+            KeyLines::yaml(&text)
+        };
         let problems = config.problems();
         if !problems.is_empty() {
             return Err(ConfigError::Invalid {
@@ -370,17 +380,32 @@ impl HostConfig {
         }
     }
 
-    /// The detector configuration as JSON text, with `base_dir` set for the plugin.
+    /// The detector configuration as JSON text, as the plugin takes it.
     pub fn detector_json(&self) -> String {
-        let mut detector = self.detector.clone();
-        if let Some(map) = detector.as_object_mut() {
-            map.entry("base_dir").or_insert_with(|| {
-                serde_json::Value::String(self.base_dir.to_string_lossy().into_owned())
-            });
-        }
-        detector.to_string()
+        self.detector.to_string()
+    }
+
+    /// The plugin's configuration problems as lines pointing into the file `path`:
+    /// `FILE:LINE: detector.KEY: message`.
+    pub fn detector_problems(&self, path: &Path, problems: &[ConfigProblem]) -> Vec<String> {
+        problems
+            .iter()
+            .map(|p| {
+                let key = match p.path.as_str() {
+                    "" => DETECTOR_KEY.to_owned(),
+                    sub => format!("{DETECTOR_KEY}.{sub}"),
+                };
+                match self.key_lines.line_of(&key) {
+                    Some(line) => format!("{}:{line}: {key}: {}", path.display(), p.message),
+                    None => format!("{}: {key}: {}", path.display(), p.message),
+                }
+            })
+            .collect()
     }
 }
+
+/// The key of the plugin's section.
+const DETECTOR_KEY: &str = "detector";
 
 #[cfg(test)]
 mod tests {

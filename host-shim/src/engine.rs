@@ -9,9 +9,10 @@
 use std::io;
 
 use abi_stable::std_types::{ROption, RStr};
-use egresswatch_plugin_api::{EventStatus, TransformBox, Verdict, DEFAULT_OUTPUT, ERRORS_OUTPUT};
+use egresswatch_plugin_api::{EventStatus, Verdict, DEFAULT_OUTPUT, ERRORS_OUTPUT};
 
 use crate::config::{BatchConfig, UnreadablePolicy};
+use crate::loader::Transform;
 use crate::output::Outputs;
 
 /// Counters the host keeps; printed on exit.
@@ -53,7 +54,7 @@ enum Bypass {
 
 /// The verdict-applying core of the host.
 pub struct Engine {
-    transform: TransformBox,
+    transform: Transform,
     policy: EnginePolicy,
     counters: HostCounters,
     /// The output an oversize line is being streamed to, between its first and last fragment.
@@ -62,7 +63,7 @@ pub struct Engine {
 
 impl Engine {
     /// An engine around a constructed transform.
-    pub fn new(transform: TransformBox, policy: EnginePolicy) -> Self {
+    pub fn new(transform: Transform, policy: EnginePolicy) -> Self {
         Engine {
             transform,
             policy,
@@ -82,12 +83,12 @@ impl Engine {
     }
 
     /// The plugin's transform, for metrics and state.
-    pub fn transform(&self) -> &TransformBox {
+    pub fn transform(&self) -> &Transform {
         &self.transform
     }
 
     /// The plugin's transform, mutably, for loading state.
-    pub fn transform_mut(&mut self) -> &mut TransformBox {
+    pub fn transform_mut(&mut self) -> &mut Transform {
         &mut self.transform
     }
 
@@ -128,7 +129,7 @@ impl Engine {
         } else {
             match self
                 .transform
-                .process(readable.as_slice().into())
+                .process(readable.as_slice().into(), crate::time::now_ms())
                 .into_result()
             {
                 Ok(v) if v.len() == readable.len() => Some(v.into_vec()),
@@ -178,7 +179,7 @@ impl Engine {
         verdict: Verdict,
         outputs: &mut Outputs,
     ) -> io::Result<()> {
-        if verdict.status == EventStatus::Unreadable {
+        if verdict.status != EventStatus::OK {
             self.counters.unreadable += 1;
             return self.write_unreadable(line, outputs);
         }

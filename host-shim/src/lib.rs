@@ -13,6 +13,7 @@
 //! - [`generate`]: a seeded generator of realistic traffic with labelled attacks.
 //! - [`output`]: the named outputs.
 //! - [`metrics`]: the metrics snapshot and the Prometheus endpoint.
+//! - [`positions`]: the line of each key of the configuration file, for messages.
 //! - [`runner`]: `egresswatch run` put together: input, engine, outputs, state, metrics.
 //! - [`state`]: the state file's envelope, atomic saves, and setting unusable files aside.
 //! - [`replay`]: replaying recorded flow logs (ECS, Zeek, Suricata, Argus) with a report.
@@ -26,6 +27,7 @@ pub mod generate;
 pub mod loader;
 pub mod metrics;
 pub mod output;
+pub mod positions;
 pub mod replay;
 pub mod rules_check;
 pub mod runner;

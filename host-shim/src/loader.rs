@@ -1,11 +1,24 @@
 //! Loading the detector plugin: finding the file, checking that it is a plugin built against a
 //! compatible ABI, and constructing its transform. Every failure becomes a [`LoadError`] whose
 //! message tells an operator what is wrong and what to do about it.
+//!
+//! # Older plugins
+//! abi_stable's layout check accepts a library whose prefix types have *more* fields than the
+//! host's, never fewer (abi_stable issue #118): a host that declares an optional field would
+//! refuse every plugin built before that field existed. So the loader checks the root module
+//! against the full layout first and, when that fails, against
+//! [`baseline`](egresswatch_plugin_api::baseline) (the prefix fields only). A plugin that passes
+//! only the second check is loaded as such, and the host works without what it lacks
+//! ([`Transform`] answers for it: no warnings, no metrics, no score records, no rule check).
 
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModuleError};
-use egresswatch_plugin_api::{PluginModRef, TransformBox, ABI_VERSION};
+use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
+use egresswatch_plugin_api::{
+    baseline, BuildOption, BuildOption_NE, ConfigProblem, ErrorKind, Metric, PluginError,
+    PluginModRef, RulesReport, ScoreRecord, TransformBox, Verdict, ABI_VERSION,
+};
 use thiserror::Error;
 
 /// Base name of the plugin library, without the platform's prefix and suffix.
@@ -75,25 +88,57 @@ pub enum LoadError {
         version: String,
         /// The plugin's error message.
         message: String,
+        /// Configuration problems by key path, when that is why.
+        problems: Vec<ConfigProblem>,
+    },
+    /// The plugin lacks an optional entry point (it was built against an older 0.2 ABI).
+    #[error("plugin {name} {version} cannot {what}: it was built against an older plugin ABI without it; rebuild it against egresswatch-plugin-api {ABI_VERSION}")]
+    Unsupported {
+        /// The plugin's name.
+        name: String,
+        /// The plugin's version.
+        version: String,
+        /// What was asked.
+        what: &'static str,
     },
 }
 
 /// A loaded plugin: its root module and what the loader learned about it.
 #[derive(Clone, Copy)]
 pub struct Plugin {
-    module: PluginModRef,
+    module: Module,
     abi_version: &'static str,
+}
+
+/// The root module, in the layout it passed the check with.
+#[derive(Clone, Copy)]
+enum Module {
+    /// Every field this host knows.
+    Full(PluginModRef),
+    /// An older build: the prefix fields only.
+    Baseline(baseline::PluginModRef),
 }
 
 impl Plugin {
     /// The plugin's name.
     pub fn name(&self) -> &'static str {
-        (self.module.name())().as_str()
+        match self.module {
+            Module::Full(m) => (m.name())().as_str(),
+            Module::Baseline(m) => (m.name())().as_str(),
+        }
     }
 
     /// The plugin's own version.
     pub fn version(&self) -> &'static str {
-        (self.module.version())().as_str()
+        match self.module {
+            Module::Full(m) => (m.version())().as_str(),
+            Module::Baseline(m) => (m.version())().as_str(),
+        }
+    }
+
+    /// Whether the plugin has only the baseline layout (an older build of this ABI version).
+    pub fn is_baseline(&self) -> bool {
+        matches!(self.module, Module::Baseline(_))
     }
 
     /// The version of `egresswatch-plugin-api` the plugin was built against.
@@ -101,24 +146,55 @@ impl Plugin {
         self.abi_version
     }
 
-    /// Asks the plugin to load the rule files and folders in `paths` and report on each, as JSON.
-    pub fn check_rules(&self, paths: &[PathBuf]) -> Result<String, String> {
-        let json = serde_json::to_string(paths).map_err(|e| e.to_string())?;
-        (self.module.check_rules())(json.as_str().into())
+    /// Asks the plugin to load the rules its configuration (JSON text) names, or those of a
+    /// [`BuildOption::RulePaths`] option, and report on each with its verdict.
+    pub fn check_rules(
+        &self,
+        config_json: &str,
+        options: Vec<BuildOption>,
+    ) -> Result<RulesReport, LoadError> {
+        let full = match self.module {
+            Module::Full(m) => m.check_rules(),
+            Module::Baseline(_) => None,
+        };
+        let check = full.ok_or_else(|| LoadError::Unsupported {
+            name: self.name().to_owned(),
+            version: self.version().to_owned(),
+            what: "check rules",
+        })?;
+        let options: Vec<BuildOption_NE> = options.into_iter().map(BuildOption::wrap).collect();
+        check(config_json.into(), options.as_slice().into())
             .into_result()
-            .map(String::from)
-            .map_err(|e| e.to_string())
+            .map_err(|e| self.refused(e))
     }
 
-    /// Constructs the plugin's transform from the detector configuration (JSON text).
-    pub fn construct(&self, config_json: &str) -> Result<TransformBox, LoadError> {
-        (self.module.new())(config_json.into())
-            .into_result()
-            .map_err(|e| LoadError::Constructor {
-                name: self.name().to_owned(),
-                version: self.version().to_owned(),
-                message: e.to_string(),
-            })
+    /// Constructs the plugin's transform from the detector configuration (JSON text) and
+    /// construction options.
+    pub fn construct(
+        &self,
+        config_json: &str,
+        options: Vec<BuildOption>,
+    ) -> Result<Transform, LoadError> {
+        let options: Vec<BuildOption_NE> = options.into_iter().map(BuildOption::wrap).collect();
+        let (config, options) = (config_json.into(), options.as_slice().into());
+        match self.module {
+            Module::Full(m) => (m.new())(config, options)
+                .into_result()
+                .map(Transform::Full),
+            Module::Baseline(m) => (m.new())(config, options)
+                .into_result()
+                .map(Transform::Baseline),
+        }
+        .map_err(|e| self.refused(e))
+    }
+
+    fn refused(&self, e: egresswatch_plugin_api::PluginError) -> LoadError {
+        LoadError::Constructor {
+            name: self.name().to_owned(),
+            version: self.version().to_owned(),
+            message: e.to_string(),
+            problems: e.problems.into_vec(),
+        }
     }
 }
 
@@ -158,13 +234,96 @@ pub fn load(path: &Path) -> Result<Plugin, LoadError> {
     let classify = |e: LibraryError| classify(path, e);
     let header = lib_header_from_path(path).map_err(classify)?;
     let abi_version = header.version_strings().version.as_str();
-    let module = header
-        .init_root_module::<PluginModRef>()
-        .map_err(classify)?;
+    let module = match header.init_root_module::<PluginModRef>() {
+        Ok(module) => Module::Full(module),
+        Err(full @ LibraryError::AbiInstability(_)) => {
+            match header.init_root_module::<baseline::PluginModRef>() {
+                Ok(module) => Module::Baseline(module),
+                Err(_) => return Err(classify(full)),
+            }
+        }
+        Err(e) => return Err(classify(e)),
+    };
     Ok(Plugin {
         module,
         abi_version,
     })
+}
+
+/// A plugin's transform, whichever layout its plugin has. The methods are those of
+/// [`egresswatch_plugin_api::Transform`]; for a baseline plugin the optional ones answer as the
+/// ABI's defaults do.
+pub enum Transform {
+    /// From a plugin with every field this host knows.
+    Full(TransformBox),
+    /// From an older build (prefix methods only).
+    Baseline(baseline::TransformBox),
+}
+
+impl Transform {
+    /// See [`egresswatch_plugin_api::Transform::process`].
+    pub fn process(
+        &mut self,
+        events: RSlice<'_, RStr<'_>>,
+        now_ms: i64,
+    ) -> RResult<RVec<Verdict>, PluginError> {
+        match self {
+            Transform::Full(t) => t.process(events, now_ms),
+            Transform::Baseline(t) => t.process(events, now_ms),
+        }
+    }
+
+    /// See [`egresswatch_plugin_api::Transform::routes`].
+    pub fn routes(&self) -> RResult<RVec<RString>, PluginError> {
+        match self {
+            Transform::Full(t) => t.routes(),
+            Transform::Baseline(t) => t.routes(),
+        }
+    }
+
+    /// See [`egresswatch_plugin_api::Transform::save_state`].
+    pub fn save_state(&self) -> RResult<RVec<u8>, PluginError> {
+        match self {
+            Transform::Full(t) => t.save_state(),
+            Transform::Baseline(t) => t.save_state(),
+        }
+    }
+
+    /// See [`egresswatch_plugin_api::Transform::load_state`].
+    pub fn load_state(&mut self, state: RSlice<'_, u8>) -> RResult<(), PluginError> {
+        match self {
+            Transform::Full(t) => t.load_state(state),
+            Transform::Baseline(t) => t.load_state(state),
+        }
+    }
+
+    /// See [`egresswatch_plugin_api::Transform::warnings`]; none from a baseline plugin.
+    pub fn warnings(&self) -> RResult<RVec<RString>, PluginError> {
+        match self {
+            Transform::Full(t) => t.warnings(),
+            Transform::Baseline(_) => RResult::ROk(RVec::new()),
+        }
+    }
+
+    /// See [`egresswatch_plugin_api::Transform::metrics`]; none from a baseline plugin.
+    pub fn metrics(&self) -> RResult<RVec<Metric>, PluginError> {
+        match self {
+            Transform::Full(t) => t.metrics(),
+            Transform::Baseline(_) => RResult::ROk(RVec::new()),
+        }
+    }
+
+    /// See [`egresswatch_plugin_api::Transform::take_scores`]; an
+    /// [`ErrorKind::Unsupported`] error from a baseline plugin.
+    pub fn take_scores(&mut self) -> RResult<RVec<ScoreRecord>, PluginError> {
+        match self {
+            Transform::Full(t) => t.take_scores(),
+            Transform::Baseline(_) => RResult::RErr(PluginError::new(
+                ErrorKind::Unsupported,
+                "this plugin was built against an older plugin ABI without score records",
+            )),
+        }
+    }
 }
 
 fn classify(path: &Path, error: LibraryError) -> LoadError {

@@ -8,13 +8,14 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
+use egresswatch_plugin_api::BuildOption;
 
-use egresswatch::config::HostConfig;
+use egresswatch::config::{ConfigError, HostConfig};
 use egresswatch::engine::{Engine, EnginePolicy};
 use egresswatch::generate::GenerateArgs;
-use egresswatch::loader::{self, Plugin};
+use egresswatch::loader::{self, LoadError, Plugin};
 use egresswatch::replay::ReplayArgs;
-use egresswatch::rules_check::Report;
+use egresswatch::rules_check;
 use egresswatch::runner;
 use egresswatch::stream::Finish;
 
@@ -74,12 +75,18 @@ enum Command {
 #[derive(Debug, Subcommand)]
 enum RulesCommand {
     /// Load rule files and folders and print, per file, the rule, its jobs, its threshold and
-    /// whether it would run; exits non-zero when any file fails to parse.
+    /// whether it would run; exits non-zero when `run` would refuse them (a file that fails,
+    /// a duplicate rule_id, nothing that can run).
     Check {
-        /// Rule files, or folders searched recursively for *.toml.
-        #[arg(required = true)]
+        /// Rule files, or folders searched recursively for *.toml; default: the `rules` of
+        /// the configuration.
+        #[arg(required_unless_present = "config")]
         paths: Vec<PathBuf>,
-        /// The plugin library; default: beside this executable.
+        /// A configuration file whose detector settings (user-defined jobs,
+        /// fail_on_unsupported, rules) the check uses, as `run` would.
+        #[arg(short, long)]
+        config: Option<PathBuf>,
+        /// The plugin library; overrides `plugin:` in the config.
         #[arg(long)]
         plugin: Option<PathBuf>,
     },
@@ -99,8 +106,13 @@ fn main() -> ExitCode {
         Command::Run { config, plugin } => run(&config, plugin.as_deref()),
         Command::Validate { config, plugin } => validate(&config, plugin.as_deref()),
         Command::Rules {
-            command: RulesCommand::Check { paths, plugin },
-        } => rules_check(&paths, plugin.as_deref()),
+            command:
+                RulesCommand::Check {
+                    paths,
+                    config,
+                    plugin,
+                },
+        } => rules_check(&paths, config.as_deref(), plugin.as_deref()),
         Command::Generate { args } => generate(&args),
         Command::Replay { args } => replay(&args),
         Command::Version { plugin } => version(plugin.as_deref()),
@@ -129,9 +141,20 @@ fn plugin_path(config: Option<&HostConfig>, cli: Option<&Path>) -> PathBuf {
 fn start(config_path: &Path, plugin: Option<&Path>) -> Result<(HostConfig, Plugin, Engine)> {
     let config = HostConfig::load(config_path)?;
     let plugin = loader::load(&plugin_path(Some(&config), plugin))?;
-    let transform = plugin.construct(&config.detector_json())?;
-    report_plugin_warnings(&transform.metrics());
-    let routes: Vec<String> = transform.routes().into_iter().map(Into::into).collect();
+    let transform = plugin
+        .construct(&config.detector_json(), runner::build_options(&config)?)
+        .map_err(|e| explain(config_path, &config, e))?;
+    match transform.warnings().into_result() {
+        Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
+        Err(e) => tracing::warn!(error = %e, "the plugin's warnings are unavailable"),
+    }
+    let routes: Vec<String> = transform
+        .routes()
+        .into_result()
+        .map_err(anyhow::Error::msg)?
+        .into_iter()
+        .map(Into::into)
+        .collect();
     let missing = config.missing_routes(&routes);
     if !missing.is_empty() {
         bail!(
@@ -151,11 +174,15 @@ fn start(config_path: &Path, plugin: Option<&Path>) -> Result<(HostConfig, Plugi
     Ok((config, plugin, engine))
 }
 
-/// Logs what the plugin skipped while loading (unsupported rules, unknown jobs).
-fn report_plugin_warnings(metrics_json: &str) {
-    let metrics: serde_json::Value = serde_json::from_str(metrics_json).unwrap_or_default();
-    for warning in metrics["warnings"].as_array().into_iter().flatten() {
-        tracing::warn!("{}", warning.as_str().unwrap_or_default());
+/// A plugin's refusal, with its configuration problems pointed at the lines of the file.
+fn explain(config_path: &Path, config: &HostConfig, error: LoadError) -> anyhow::Error {
+    match error {
+        LoadError::Constructor { problems, .. } if !problems.is_empty() => ConfigError::Invalid {
+            path: config_path.to_owned(),
+            problems: config.detector_problems(config_path, &problems),
+        }
+        .into(),
+        other => other.into(),
     }
 }
 
@@ -185,7 +212,7 @@ fn run(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
         outputs = ?report.outputs,
         reconnects = ?report.reconnects,
         state_bytes = ?report.state_bytes,
-        plugin_metrics = %engine.transform().metrics(),
+        plugin_metrics = %plugin_metrics(&engine),
         "egresswatch finished"
     );
     if report.finish == Finish::Stopped {
@@ -203,14 +230,38 @@ fn validate(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
         plugin.version(),
         plugin.abi_version()
     );
+    if plugin.is_baseline() {
+        println!(
+            "note: the plugin was built against an older {} release: it gives no warnings, \
+             metrics or score records, and cannot check rules",
+            loader::host_abi_version()
+        );
+    }
     if let Some(state) = &config.state {
         println!(
             "{}",
             egresswatch::state::describe(&config.resolve(&state.path), plugin.name())
         );
     }
-    println!("{}", engine.transform().metrics());
+    let mut text = String::new();
+    egresswatch::metrics::render_plugin(
+        &mut text,
+        &engine
+            .transform()
+            .metrics()
+            .into_result()
+            .map_err(anyhow::Error::msg)?,
+    );
+    print!("{text}");
     Ok(())
+}
+
+/// The plugin's metrics on one line, for the exit log.
+fn plugin_metrics(engine: &Engine) -> String {
+    match engine.transform().metrics().into_result() {
+        Ok(metrics) => egresswatch::metrics::plugin_summary(&metrics),
+        Err(e) => format!("unavailable: {e}"),
+    }
 }
 
 fn version(plugin: Option<&Path>) -> Result<()> {
@@ -231,14 +282,42 @@ fn version(plugin: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn rules_check(paths: &[PathBuf], plugin: Option<&Path>) -> Result<()> {
-    let plugin = loader::load(&plugin_path(None, plugin))?;
-    let json = plugin.check_rules(paths).map_err(anyhow::Error::msg)?;
-    let report: Report = serde_json::from_str(&json).context("reading the plugin's rule report")?;
-    print!("{}", report.table());
-    println!("{}", report.summary());
-    if report.failed > 0 {
-        bail!("{} rule file(s) failed to load", report.failed);
+fn rules_check(paths: &[PathBuf], config: Option<&Path>, plugin: Option<&Path>) -> Result<()> {
+    let config = config.map(HostConfig::load).transpose()?;
+    let plugin = loader::load(&plugin_path(config.as_ref(), plugin))?;
+    let mut options = match &config {
+        Some(config) => vec![BuildOption::BaseDir(
+            config.base_dir.to_string_lossy().as_ref().into(),
+        )],
+        None => Vec::new(),
+    };
+    if !paths.is_empty() {
+        options.push(BuildOption::RulePaths(
+            paths
+                .iter()
+                .map(|p| p.to_string_lossy().as_ref().into())
+                .collect(),
+        ));
+    }
+    let detector = config
+        .as_ref()
+        .map_or_else(|| "{}".to_owned(), HostConfig::detector_json);
+    let report = plugin.check_rules(&detector, options)?;
+    print!("{}", rules_check::table(&report));
+    println!("{}", rules_check::summary(&report));
+    for warning in &report.warnings {
+        tracing::warn!("{warning}");
+    }
+    if !report.problems.is_empty() {
+        bail!(
+            "`run` would refuse these rules:\n  - {}",
+            report
+                .problems
+                .iter()
+                .map(|p| p.as_str())
+                .collect::<Vec<_>>()
+                .join("\n  - ")
+        );
     }
     Ok(())
 }

@@ -3,7 +3,9 @@
 //!
 //! The engine thread owns the plugin, so it copies what the endpoint needs into a shared
 //! [`Snapshot`] after each block (host counters, cheaply) and at most once a second (the
-//! plugin's metrics JSON). The server only reads the snapshot; it never touches the plugin.
+//! plugin's typed metrics). The server only reads the snapshot; it never touches the plugin.
+//! The plugin's metrics carry their own names, help and type: the host renders them without
+//! knowing any of them.
 
 use std::fmt::Write as _;
 use std::io::{self, Read, Write};
@@ -11,6 +13,8 @@ use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
+
+use egresswatch_plugin_api::Metric;
 
 use crate::engine::HostCounters;
 
@@ -55,8 +59,8 @@ pub struct Snapshot {
     pub outputs: Vec<(String, u64)>,
     /// Reconnections per socket output.
     pub reconnects: Vec<(String, u64)>,
-    /// The plugin's metrics JSON, as last fetched.
-    pub plugin: String,
+    /// The plugin's metrics, as last fetched.
+    pub plugin: Vec<Metric>,
     /// Size of the state file as last written or read, in bytes.
     pub state_file_bytes: u64,
     /// Successful state saves.
@@ -230,76 +234,74 @@ pub fn render(s: &Snapshot) -> String {
     out
 }
 
-/// Per-job and per-rule series from the plugin's metrics JSON; absent fields are skipped.
-fn render_plugin(out: &mut String, json: &str) {
-    let Ok(value) = serde_json::from_str::<serde_json::Value>(json) else {
-        return;
+/// The plugin's metrics: one `# HELP`/`# TYPE` per family (from its first sample), families in
+/// the order the plugin gave them. Samples whose name or label names are not valid Prometheus
+/// names are left out.
+pub fn render_plugin(out: &mut String, metrics: &[Metric]) {
+    let valid = |name: &str| {
+        let mut chars = name.chars();
+        chars
+            .next()
+            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_' || c == ':')
+            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
     };
-    let Some(jobs) = value["jobs"].as_object() else {
-        return;
-    };
-    let mut learning = String::new();
-    let mut state_bytes = String::new();
-    let mut scored = String::new();
-    let mut flagged = String::new();
-    for (job, v) in jobs {
-        let job = escape(job);
-        if let Some(b) = v["learning"].as_bool() {
-            let _ = writeln!(
-                learning,
-                "egresswatch_job_learning{{job=\"{job}\"}} {}",
-                u8::from(b)
-            );
+    let usable: Vec<&Metric> = metrics
+        .iter()
+        .filter(|m| valid(&m.name) && m.labels.iter().all(|l| valid(&l.name)))
+        .collect();
+    let mut families: Vec<&str> = Vec::new();
+    for m in &usable {
+        if !families.contains(&m.name.as_str()) {
+            families.push(m.name.as_str());
         }
-        if let Some(n) = v["state_bytes"].as_u64() {
-            let _ = writeln!(
-                state_bytes,
-                "egresswatch_job_state_bytes{{job=\"{job}\"}} {n}"
-            );
-        }
-        if let Some(n) = v["scored"].as_u64() {
-            let _ = writeln!(scored, "egresswatch_job_scored_total{{job=\"{job}\"}} {n}");
-        }
-        for (rule_id, r) in v["rules"].as_object().into_iter().flatten() {
-            if let Some(n) = r["flagged"].as_u64() {
-                let _ = writeln!(
-                    flagged,
-                    "egresswatch_rule_flagged_total{{job=\"{job}\",rule_id=\"{}\",rule=\"{}\"}} {n}",
-                    escape(rule_id),
-                    escape(r["name"].as_str().unwrap_or_default())
-                );
+    }
+    for name in families {
+        let samples: Vec<&&Metric> = usable.iter().filter(|m| m.name.as_str() == name).collect();
+        let first = samples[0];
+        family(
+            out,
+            name,
+            first.kind.prometheus_type(),
+            &first.help.replace('\\', "\\\\").replace('\n', "\\n"),
+        );
+        for m in samples {
+            let _ = write!(out, "{name}");
+            if !m.labels.is_empty() {
+                let labels: Vec<String> = m
+                    .labels
+                    .iter()
+                    .map(|l| format!("{}=\"{}\"", l.name, escape(&l.value)))
+                    .collect();
+                let _ = write!(out, "{{{}}}", labels.join(","));
             }
+            let _ = writeln!(out, " {}", sample_value(m.value));
         }
     }
-    for (name, kind, help, body) in [
-        (
-            "egresswatch_job_learning",
-            "gauge",
-            "1 while the job's model is still learning.",
-            learning,
-        ),
-        (
-            "egresswatch_job_state_bytes",
-            "gauge",
-            "Approximate memory of the job's model state.",
-            state_bytes,
-        ),
-        (
-            "egresswatch_job_scored_total",
-            "counter",
-            "Events the job scored (since start).",
-            scored,
-        ),
-        (
-            "egresswatch_rule_flagged_total",
-            "counter",
-            "Events each rule flagged (since start).",
-            flagged,
-        ),
-    ] {
-        family(out, name, kind, help);
-        out.push_str(&body);
+}
+
+/// A sample value in the text format (`+Inf`, `-Inf`, `NaN` spelled as Prometheus does).
+fn sample_value(v: f64) -> String {
+    if v.is_nan() {
+        "NaN".to_owned()
+    } else if v.is_infinite() {
+        if v > 0.0 { "+Inf" } else { "-Inf" }.to_owned()
+    } else {
+        v.to_string()
     }
+}
+
+/// The plugin's metrics on one line (`name{label="v"}=value ...`), for logs.
+pub fn plugin_summary(metrics: &[Metric]) -> String {
+    let mut text = String::new();
+    render_plugin(&mut text, metrics);
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .map(|l| match l.rsplit_once(' ') {
+            Some((series, value)) => format!("{series}={value}"),
+            None => l.to_owned(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// Largest request head the server reads.
@@ -377,13 +379,39 @@ fn answer(mut conn: TcpStream, shared: &Shared) -> io::Result<()> {
 mod tests {
     use super::*;
 
+    use egresswatch_plugin_api::{Label, MetricKind};
+
+    fn metric(name: &str, kind: MetricKind, labels: &[(&str, &str)], value: f64) -> Metric {
+        Metric {
+            name: name.into(),
+            help: format!("help of {name}").into(),
+            kind,
+            labels: labels
+                .iter()
+                .map(|(n, v)| Label {
+                    name: (*n).into(),
+                    value: (*v).into(),
+                })
+                .collect(),
+            value,
+        }
+    }
+
     #[test]
     fn renders_counters_plugin_series_and_histogram() {
         let mut s = Snapshot {
             outputs: vec![("default".into(), 3)],
-            plugin: r#"{"jobs":{"rare":{"learning":true,"state_bytes":10,"scored":5,
-                "rules":{"id1":{"name":"Rare \"x\"","flagged":2}}}}}"#
-                .into(),
+            plugin: vec![
+                metric("plugin_learning", MetricKind::GAUGE, &[("job", "a")], 1.0),
+                metric(
+                    "plugin_flagged_total",
+                    MetricKind::COUNTER,
+                    &[("rule", "Rare \"x\"")],
+                    2.0,
+                ),
+                metric("plugin_learning", MetricKind::GAUGE, &[("job", "b")], 0.0),
+                metric("bad name", MetricKind::GAUGE, &[], 1.0),
+            ],
             ..Snapshot::default()
         };
         s.host.lines_in = 4;
@@ -392,10 +420,22 @@ mod tests {
         let text = render(&s);
         assert!(text.contains("egresswatch_events_in_total 4\n"), "{text}");
         assert!(text.contains("egresswatch_events_out_total{output=\"default\"} 3\n"));
-        assert!(text.contains("egresswatch_job_learning{job=\"rare\"} 1\n"));
+        assert!(
+            text.contains("# HELP plugin_learning help of plugin_learning\n# TYPE plugin_learning gauge\nplugin_learning{job=\"a\"} 1\nplugin_learning{job=\"b\"} 0\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("# TYPE plugin_flagged_total counter\n"),
+            "{text}"
+        );
         assert!(text.contains("rule=\"Rare \\\"x\\\"\"} 2\n"), "{text}");
+        assert!(!text.contains("bad name"), "{text}");
         assert!(text.contains("egresswatch_batch_duration_seconds_bucket{le=\"0.0005\"} 1\n"));
         assert!(text.contains("egresswatch_batch_duration_seconds_bucket{le=\"2.5\"} 1\n"));
         assert!(text.contains("egresswatch_batch_duration_seconds_bucket{le=\"+Inf\"} 2\n"));
+        assert_eq!(
+            plugin_summary(&s.plugin[..2]),
+            "plugin_learning{job=\"a\"}=1 plugin_flagged_total{rule=\"Rare \\\"x\\\"\"}=2"
+        );
     }
 }

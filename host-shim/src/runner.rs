@@ -12,6 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
+use egresswatch_plugin_api::BuildOption;
 
 use crate::adapters::{self, InputStats};
 use crate::config::{HostConfig, InputConfig};
@@ -21,8 +22,20 @@ use crate::output::Outputs;
 use crate::state::{self, LoadOutcome};
 use crate::stream::{self, Feed, Finish, Housekeeping};
 
-/// How often the plugin's metrics JSON is copied for the endpoint.
+/// How often the plugin's metrics are copied for the endpoint.
 const PLUGIN_METRICS_EVERY: Duration = Duration::from_secs(1);
+
+/// The construction options `run` and `validate` give the plugin: the configuration file's
+/// directory, and a hash seed drawn from the operating system's randomness. A state file, once
+/// loaded, carries on with the seeds its models were saved with, so the seed drawn at the first
+/// start stays the installation's for as long as its state is kept.
+pub fn build_options(config: &HostConfig) -> Result<Vec<BuildOption>> {
+    let seed = getrandom::u64().map_err(|e| anyhow::anyhow!("drawing a hash seed: {e}"))?;
+    Ok(vec![
+        BuildOption::BaseDir(config.base_dir.to_string_lossy().as_ref().into()),
+        BuildOption::HashSeed(seed),
+    ])
+}
 
 /// What a run did, for the exit summary.
 pub struct RunReport {
@@ -131,6 +144,7 @@ pub fn run(
             )
         }),
         plugin_refreshed: None,
+        metrics_failed: false,
     };
     let driven = stream::drive(
         &rx,
@@ -162,6 +176,8 @@ struct Keeper {
     /// State file, save interval, time of the last save.
     state: Option<(PathBuf, Duration, Instant)>,
     plugin_refreshed: Option<Instant>,
+    /// Whether fetching the plugin's metrics failed already (logged once).
+    metrics_failed: bool,
 }
 
 impl Keeper {
@@ -169,7 +185,7 @@ impl Keeper {
         let refresh_plugin = self
             .plugin_refreshed
             .is_none_or(|at| at.elapsed() >= PLUGIN_METRICS_EVERY);
-        let plugin = refresh_plugin.then(|| engine.transform().metrics().to_string());
+        let plugin = refresh_plugin.then(|| engine.transform().metrics().into_result());
         let mut s = self.shared.lock();
         s.host = engine.counters().clone();
         s.outputs = outputs.counts();
@@ -177,7 +193,14 @@ impl Keeper {
         s.connections = self.stats.open.load(Ordering::Relaxed);
         s.connections_total = self.stats.total.load(Ordering::Relaxed);
         if let Some(plugin) = plugin {
-            s.plugin = plugin;
+            match plugin {
+                Ok(metrics) => s.plugin = metrics.into_vec(),
+                Err(e) if !self.metrics_failed => {
+                    self.metrics_failed = true;
+                    tracing::warn!(error = %e, "the plugin's metrics are unavailable");
+                }
+                Err(_) => {}
+            }
             self.plugin_refreshed = Some(Instant::now());
         }
     }

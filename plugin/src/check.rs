@@ -1,152 +1,287 @@
-//! `egresswatch rules check`: load rule files and say, per file, what would run.
+//! The rule set as a detector would load it, and `egresswatch rules check`'s report on it.
 //!
-//! The report is JSON so that it crosses the plugin boundary as text; the host renders it as a
-//! table. A file *fails* when it cannot be read, is not TOML or is not a valid rule; a valid rule
-//! is *supported* when it is a machine-learning rule naming at least one job the catalog has a
-//! model for, *unsupported* otherwise, and *duplicate* when an earlier file has its `rule_id`.
+//! [`RuleSet::load`] is the one loader behind both [`crate::Detector`] construction and
+//! [`check`]: the catalog (built-in jobs and the configuration's own), the rule files, and the
+//! verdict on them, so that what `rules check` passes, `run` accepts. A file *fails* when it
+//! cannot be read, is not TOML or is not a valid rule; a valid rule is *supported* when it is a
+//! machine-learning rule naming at least one job the catalog has a model for, *unsupported*
+//! otherwise, and *duplicate* when an earlier file has its `rule_id` (a problem, as two rules
+//! with one id cannot both be acted on).
 
 use std::path::PathBuf;
 
-use serde::Serialize;
+use abi_stable::std_types::{ROption, RString, RVec};
+use egresswatch_plugin_api::{RuleFile, RuleStatus, RulesReport};
 
-use crate::catalog::JobCatalog;
-use crate::rules::{self, FileStatus, RuleError, UnsupportedReason};
+use crate::catalog::{JobCatalog, JobDef};
+use crate::config::{BuildOptions, DetectorConfig, Problem};
+use crate::models;
+use crate::rules::{self, FileStatus, RuleError, RuleLoad, UnsupportedReason};
 
-/// One row of the report: one file.
-#[derive(Debug, Serialize)]
-pub struct CheckRow {
-    /// The file.
-    pub path: PathBuf,
-    /// `supported`, `unsupported`, `duplicate` or `failed`.
-    pub status: &'static str,
-    /// `rule_id`, when the file parsed.
-    pub rule_id: Option<String>,
-    /// The rule's name, when the file parsed.
-    pub name: Option<String>,
-    /// Job ids the rule names.
-    pub jobs: Vec<String>,
-    /// `anomaly_threshold`.
-    pub threshold: Option<u8>,
-    /// Why not supported, or every error of a failed file.
-    pub detail: String,
+/// The catalog and rules a configuration loads, and what is wrong with them.
+#[derive(Debug)]
+pub struct RuleSet {
+    /// Built-in jobs plus the configuration's `jobs` (the built-in ones alone when those are
+    /// invalid: that is one of the problems).
+    pub catalog: JobCatalog,
+    /// Every file loaded.
+    pub load: RuleLoad,
+    /// The rule paths as given (resolved), for messages.
+    pub paths: Vec<PathBuf>,
+    /// Why a detector would refuse this rule set: `(key path, message)`.
+    pub problems: Vec<Problem>,
+    /// What it would skip: unsupported rules, unknown jobs, jobs without a model.
+    pub warnings: Vec<String>,
 }
 
-/// The whole report.
-#[derive(Debug, Serialize)]
-pub struct CheckReport {
-    /// One row per file, in load order.
-    pub rows: Vec<CheckRow>,
-    /// Files that parsed (including duplicates).
-    pub parsed: usize,
-    /// Files that failed to parse or validate.
-    pub failed: usize,
-    /// Rules that would run.
-    pub supported: usize,
-    /// Valid rules that would not run.
-    pub unsupported: usize,
-    /// Files whose `rule_id` an earlier file already has.
-    pub duplicates: usize,
-}
-
-/// Loads `paths` against the built-in catalog and reports on every file.
-pub fn check(paths: &[PathBuf]) -> CheckReport {
-    let catalog = JobCatalog::builtin();
-    let load = rules::load_paths(paths, &catalog);
-    let mut report = CheckReport {
-        rows: Vec::new(),
-        parsed: 0,
-        failed: 0,
-        supported: 0,
-        unsupported: 0,
-        duplicates: 0,
-    };
-    for file in &load.files {
-        let row = match &file.status {
-            FileStatus::Loaded { rule_id } => {
-                report.parsed += 1;
-                let rule = load.rules.iter().find(|r| &r.rule_id == rule_id);
-                let skipped = load.unsupported.iter().find(|u| &u.rule_id == rule_id);
-                let (status, detail) = match skipped {
-                    Some(u) => {
-                        report.unsupported += 1;
-                        let why = match &u.reason {
-                            UnsupportedReason::NotMachineLearning { rule_type } => {
-                                format!("type `{rule_type}` is not machine_learning")
-                            }
-                            UnsupportedReason::UnknownJobs { job_ids } => {
-                                format!("unknown job {}", job_ids.join(", "))
-                            }
-                        };
-                        ("unsupported", why)
-                    }
-                    None => {
-                        report.supported += 1;
-                        ("supported", String::new())
-                    }
-                };
-                CheckRow {
-                    path: file.path.clone(),
-                    status,
-                    rule_id: Some(rule_id.clone()),
-                    name: rule.map(|r| r.name.clone()),
-                    jobs: rule.map(|r| r.job_ids.clone()).unwrap_or_default(),
-                    threshold: rule.and_then(|r| r.anomaly_threshold),
-                    detail,
+impl RuleSet {
+    /// Loads the catalog and the rules of `config` (or of [`BuildOptions::rule_paths`]) and
+    /// judges them.
+    pub fn load(config: &DetectorConfig, options: &BuildOptions) -> RuleSet {
+        let mut problems = Vec::new();
+        let catalog = match JobCatalog::builtin().with_overrides(config.jobs.iter().cloned()) {
+            Ok(catalog) => catalog,
+            Err(errors) => {
+                problems.extend(errors.iter().map(|e| ("jobs".to_owned(), e.to_string())));
+                JobCatalog::builtin()
+            }
+        };
+        let given = options.rule_paths.as_ref().unwrap_or(&config.rules);
+        let paths: Vec<PathBuf> = given.iter().map(|p| options.resolve(p)).collect();
+        let load = rules::load_paths(&paths, &catalog);
+        problems.extend(load.errors().map(|e| ("rules".to_owned(), e.to_string())));
+        let mut warnings: Vec<String> = Vec::new();
+        let mut fatal_skips: Vec<String> =
+            load.unsupported.iter().map(ToString::to_string).collect();
+        warnings.extend(load.warnings.iter().map(ToString::to_string));
+        let mut runnable = 0;
+        for rule in load.supported() {
+            let mut modelled = false;
+            for def in rule.job_ids.iter().filter_map(|id| catalog.get(id)) {
+                if models::registration(def.function).is_some() {
+                    modelled = true;
+                } else {
+                    fatal_skips.push(format!(
+                        "{}: job {}: function `{}` has no model yet",
+                        rule.source.display(),
+                        def.id,
+                        def.function
+                    ));
                 }
             }
-            FileStatus::Failed { errors } => match errors.as_slice() {
-                [RuleError::DuplicateRuleId { rule_id, first, .. }] => {
-                    report.parsed += 1;
-                    report.duplicates += 1;
-                    CheckRow {
-                        path: file.path.clone(),
-                        status: "duplicate",
-                        rule_id: Some(rule_id.clone()),
-                        name: None,
-                        jobs: Vec::new(),
-                        threshold: None,
-                        detail: format!("rule_id already defined in {}", first.display()),
-                    }
-                }
-                errors => {
-                    report.failed += 1;
-                    CheckRow {
-                        path: file.path.clone(),
-                        status: "failed",
-                        rule_id: None,
-                        name: None,
-                        jobs: Vec::new(),
-                        threshold: None,
-                        detail: errors
-                            .iter()
-                            .map(ToString::to_string)
-                            .collect::<Vec<_>>()
-                            .join("\n"),
-                    }
-                }
-            },
-        };
-        report.rows.push(row);
+            runnable += usize::from(modelled);
+        }
+        if config.fail_on_unsupported {
+            problems.extend(
+                fatal_skips
+                    .into_iter()
+                    .map(|m| ("fail_on_unsupported".to_owned(), m)),
+            );
+        } else {
+            warnings.splice(0..0, fatal_skips);
+        }
+        if runnable == 0 && !load.has_errors() {
+            let where_ = paths
+                .iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ");
+            problems.push((
+                "rules".to_owned(),
+                format!("no rule in {where_} can run: nothing would be detected"),
+            ));
+        }
+        RuleSet {
+            catalog,
+            load,
+            paths,
+            problems,
+            warnings,
+        }
     }
-    report
+
+    /// The jobs supported rules use that have a model, each once, in rule order.
+    pub fn active_jobs(&self) -> impl Iterator<Item = &JobDef> {
+        let mut seen = std::collections::BTreeSet::new();
+        self.load
+            .supported()
+            .flat_map(|r| r.job_ids.iter())
+            .filter_map(|id| self.catalog.get(id))
+            .filter(|def| models::registration(def.function).is_some())
+            .filter(move |def| seen.insert(def.id.clone()))
+    }
+
+    /// The report [`check`] returns: one entry per file, the problems and the warnings.
+    pub fn report(&self) -> RulesReport {
+        let load = &self.load;
+        let files = load
+            .files
+            .iter()
+            .map(|file| {
+                let path = RString::from(file.path.display().to_string());
+                match &file.status {
+                    FileStatus::Loaded { rule_id } => {
+                        let rule = load.rules.iter().find(|r| &r.rule_id == rule_id);
+                        let skipped = load.unsupported.iter().find(|u| &u.rule_id == rule_id);
+                        let (status, detail) = match skipped.map(|u| &u.reason) {
+                            Some(UnsupportedReason::NotMachineLearning { rule_type }) => (
+                                RuleStatus::UNSUPPORTED,
+                                format!("type `{rule_type}` is not machine_learning"),
+                            ),
+                            Some(UnsupportedReason::UnknownJobs { job_ids }) => (
+                                RuleStatus::UNSUPPORTED,
+                                format!("unknown job {}", job_ids.join(", ")),
+                            ),
+                            None => (RuleStatus::SUPPORTED, String::new()),
+                        };
+                        RuleFile {
+                            path,
+                            status,
+                            rule_id: ROption::RSome(rule_id.as_str().into()),
+                            name: rule.map(|r| r.name.as_str().into()).into(),
+                            jobs: rule
+                                .map(|r| r.job_ids.iter().map(|j| j.as_str().into()).collect())
+                                .unwrap_or_default(),
+                            threshold: rule.and_then(|r| r.anomaly_threshold).into(),
+                            detail: detail.into(),
+                        }
+                    }
+                    FileStatus::Failed { errors } => {
+                        let empty = |status, rule_id, detail: String| RuleFile {
+                            path: path.clone(),
+                            status,
+                            rule_id,
+                            name: ROption::RNone,
+                            jobs: RVec::new(),
+                            threshold: ROption::RNone,
+                            detail: detail.into(),
+                        };
+                        match errors.as_slice() {
+                            [RuleError::DuplicateRuleId { rule_id, first, .. }] => empty(
+                                RuleStatus::DUPLICATE,
+                                ROption::RSome(rule_id.as_str().into()),
+                                format!("rule_id already defined in {}", first.display()),
+                            ),
+                            errors => empty(
+                                RuleStatus::FAILED,
+                                ROption::RNone,
+                                errors
+                                    .iter()
+                                    .map(ToString::to_string)
+                                    .collect::<Vec<_>>()
+                                    .join("\n"),
+                            ),
+                        }
+                    }
+                }
+            })
+            .collect();
+        RulesReport {
+            files,
+            problems: self
+                .problems
+                .iter()
+                .map(|(path, message)| match path.as_str() {
+                    "" | "rules" => RString::from(message.as_str()),
+                    path => format!("{path}: {message}").into(),
+                })
+                .collect(),
+            warnings: self.warnings.iter().map(|w| w.as_str().into()).collect(),
+        }
+    }
+}
+
+/// Loads the rules of `config` with its jobs and reports on every file, with the verdict a
+/// detector built from the same configuration and options would reach.
+pub fn check(config: &DetectorConfig, options: &BuildOptions) -> RulesReport {
+    RuleSet::load(config, options).report()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn rules_dir() -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rules")
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("ew-check-{name}-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    fn options(paths: Vec<PathBuf>) -> BuildOptions {
+        BuildOptions {
+            rule_paths: Some(paths),
+            ..BuildOptions::default()
+        }
+    }
+
     #[test]
     fn our_rules_are_supported_and_a_broken_file_fails() {
-        let dir = std::env::temp_dir().join(format!("ew-check-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
+        let dir = temp("broken");
         std::fs::write(dir.join("broken.toml"), "[rule\nname = 1").unwrap();
-        let ours = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rules");
-        let report = check(&[ours, dir.join("broken.toml")]);
+        let report = check(
+            &DetectorConfig::default(),
+            &options(vec![rules_dir(), dir.join("broken.toml")]),
+        );
         std::fs::remove_dir_all(&dir).unwrap();
-        assert_eq!(report.supported, 2, "{report:?}");
-        assert_eq!(report.failed, 1);
-        assert_eq!(report.parsed, 2);
-        let broken = report.rows.iter().find(|r| r.status == "failed").unwrap();
+        let supported = report
+            .files
+            .iter()
+            .filter(|f| f.status == RuleStatus::SUPPORTED)
+            .count();
+        assert_eq!(supported, 2, "{report:?}");
+        let broken = report
+            .files
+            .iter()
+            .find(|f| f.status == RuleStatus::FAILED)
+            .unwrap();
         assert!(broken.detail.contains("broken.toml:1"), "{}", broken.detail);
+        assert_eq!(report.problems.len(), 1, "{:?}", report.problems);
+    }
+
+    #[test]
+    fn a_duplicate_rule_id_is_a_problem_as_it_is_for_the_detector() {
+        let dir = temp("duplicate");
+        let ours = rules_dir().join("rare_destination_country.toml");
+        std::fs::copy(&ours, dir.join("copy.toml")).unwrap();
+        let set = RuleSet::load(
+            &DetectorConfig::default(),
+            &options(vec![ours, dir.join("copy.toml")]),
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+        let report = set.report();
+        assert_eq!(report.files[1].status, RuleStatus::DUPLICATE);
+        assert!(
+            report.problems[0].contains("is already defined"),
+            "{:?}",
+            report.problems
+        );
+        let config: DetectorConfig = DetectorConfig::default();
+        assert!(!config.validate(&set, &BuildOptions::default()).is_empty());
+    }
+
+    #[test]
+    fn user_defined_jobs_make_a_rule_supported() {
+        let dir = temp("userjob");
+        let rule = std::fs::read_to_string(rules_dir().join("rare_destination_country.toml"))
+            .unwrap()
+            .replace("rare_destination_country", "rare_destination_port_custom");
+        std::fs::write(dir.join("custom.toml"), rule).unwrap();
+        let paths = vec![dir.join("custom.toml")];
+        let bare = check(&DetectorConfig::default(), &options(paths.clone()));
+        assert_eq!(bare.files[0].status, RuleStatus::UNSUPPORTED);
+        assert!(!bare.problems.is_empty(), "nothing would run");
+        let config: DetectorConfig = serde_json::from_value(serde_json::json!({
+            "jobs": [{"id": "rare_destination_port_custom", "function": "rare",
+                      "by_field_name": "destination.port", "bucket_span": "15m"}]
+        }))
+        .unwrap();
+        let with_job = check(&config, &options(paths));
+        std::fs::remove_dir_all(&dir).unwrap();
+        assert_eq!(with_job.files[0].status, RuleStatus::SUPPORTED);
+        assert!(with_job.problems.is_empty(), "{:?}", with_job.problems);
     }
 }

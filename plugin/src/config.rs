@@ -1,5 +1,5 @@
 //! The detector's configuration: the `detector:` section of the host's config file, which the
-//! host hands over as JSON text.
+//! host hands over as JSON text, and the construction options that come beside it.
 //!
 //! ```yaml
 //! detector:
@@ -25,25 +25,52 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 
 use crate::catalog::JobDef;
+use crate::check::RuleSet;
+use crate::models::ModelConfig;
 
 /// Construction options: what the caller decides about one detector instance, beside the
-/// configuration the user wrote.
+/// configuration the user wrote. The ABI's [`BuildOption`](egresswatch_plugin_api::BuildOption)s
+/// map onto these one to one (see [`crate::export`]).
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct BuildOptions {
+    /// Directory relative paths in the configuration are resolved against (the host passes its
+    /// configuration file's directory); the working directory when unset.
+    pub base_dir: Option<PathBuf>,
     /// Secret mixed into every model's key hashes, so that nobody who does not know it can aim
     /// hash collisions at the baseline. The host draws one at random; a model's saved state
     /// keeps the seed it was built with, so a loaded state goes on with its own.
     pub hash_seed: u64,
+    /// Flag at this score instead of each rule's `anomaly_threshold`.
+    pub threshold: Option<f64>,
+    /// Learning period of every job, in buckets, instead of the configured one.
+    pub learning_buckets: Option<u32>,
+    /// Keep a score record for every scored event (see [`crate::Detector::take_scores`]).
+    pub score_records: bool,
+    /// Rule files and folders to load instead of the configuration's `rules`.
+    pub rule_paths: Option<Vec<PathBuf>>,
 }
 
+impl BuildOptions {
+    /// Resolves a configured path against [`BuildOptions::base_dir`].
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        match &self.base_dir {
+            Some(base) if path.is_relative() => base.join(path),
+            _ => path.to_owned(),
+        }
+    }
+}
+
+/// One problem with the configuration: the dotted key path at fault (empty for the whole
+/// section) and what is wrong.
+pub type Problem = (String, String);
+
 /// Configuration of the detector.
+///
+/// Parsed by [`DetectorConfig::parse`], which reports every unknown key rather than only the
+/// first (so the structs here do not deny unknown fields themselves), and checked as a whole by
+/// [`DetectorConfig::validate`].
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct DetectorConfig {
-    /// Directory relative paths are resolved against; the host sets it to the directory of its
-    /// config file.
-    #[serde(default)]
-    pub base_dir: Option<PathBuf>,
     /// Rule files and folders (folders are read recursively for `*.toml`).
     #[serde(default = "default_rules")]
     pub rules: Vec<PathBuf>,
@@ -65,7 +92,7 @@ pub struct DetectorConfig {
     /// Destination networks never analysed (backup targets, known partners), as CIDRs.
     #[serde(default)]
     pub allow_destinations: Vec<String>,
-    /// The event-time field; events without a readable one use the time they are processed.
+    /// The event-time field; events without a readable one use the host's clock.
     #[serde(default = "default_time_field")]
     pub time_field: String,
 }
@@ -81,7 +108,6 @@ fn default_time_field() -> String {
 impl Default for DetectorConfig {
     fn default() -> Self {
         DetectorConfig {
-            base_dir: None,
             rules: default_rules(),
             fail_on_unsupported: false,
             jobs: Vec::new(),
@@ -95,18 +121,132 @@ impl Default for DetectorConfig {
 }
 
 impl DetectorConfig {
-    /// Resolves a configured path against [`DetectorConfig::base_dir`].
-    pub fn resolve(&self, path: &Path) -> PathBuf {
-        match &self.base_dir {
-            Some(base) if path.is_relative() => base.join(path),
-            _ => path.to_owned(),
+    /// Parses the configuration from JSON text. Unknown keys do not stop the parse: they come
+    /// back beside the configuration, each with its path, so that [`DetectorConfig::validate`]'s
+    /// problems can join them. A value of the wrong type does (with its path).
+    pub fn parse(text: &str) -> Result<(Self, Vec<Problem>), Vec<Problem>> {
+        let mut unknown = Vec::new();
+        let mut json = serde_json::Deserializer::from_str(text);
+        let result: Result<DetectorConfig, _> = {
+            let mut note = |path: serde_ignored::Path<'_>| {
+                unknown.push((key_path(&path), "unknown key".to_owned()));
+            };
+            let ignored = serde_ignored::Deserializer::new(&mut json, &mut note);
+            serde_path_to_error::deserialize(ignored)
+        };
+        let mut problems = unknown;
+        match result.map(|config| (config, json.end())) {
+            Ok((config, Ok(()))) => Ok((config, problems)),
+            Ok((_, Err(e))) => {
+                problems.push((String::new(), without_position(&e)));
+                Err(problems)
+            }
+            Err(e) => {
+                let path = e.path().to_string();
+                let path = if path == "." { String::new() } else { path };
+                problems.push((path, without_position(e.inner())));
+                Err(problems)
+            }
         }
+    }
+
+    /// Every problem with the configuration as a whole, given the rule set it loads: rule
+    /// files, unknown rule ids under `actions.rules`, unknown job ids under `models.jobs`,
+    /// settings out of range, addresses that are not CIDRs.
+    pub fn validate(&self, set: &RuleSet, options: &BuildOptions) -> Vec<Problem> {
+        let mut problems = set.problems.clone();
+        for rule_id in self.actions.rules.keys() {
+            if !set.load.rules.iter().any(|r| &r.rule_id == rule_id) {
+                problems.push((
+                    format!("actions.rules.{rule_id}"),
+                    "no loaded rule has this rule_id".to_owned(),
+                ));
+            }
+        }
+        for (job_id, settings) in &self.models.jobs {
+            if !set.catalog.contains(job_id) {
+                problems.push((
+                    format!("models.jobs.{job_id}"),
+                    "no job has this id (built in, or defined under `jobs`)".to_owned(),
+                ));
+            }
+            if !settings.jobs.is_empty() {
+                problems.push((
+                    format!("models.jobs.{job_id}.jobs"),
+                    "per-job settings cannot hold settings of further jobs".to_owned(),
+                ));
+            }
+        }
+        for def in set.active_jobs() {
+            let Some(model) = crate::models::registration(def.function) else {
+                continue;
+            };
+            let mut config = (model.defaults)();
+            self.models.tune(&def.id, &mut config, options);
+            config.bucket_span_secs = u32::try_from(def.bucket_span_secs).unwrap_or(u32::MAX);
+            for problem in config.problems() {
+                let own = self
+                    .models
+                    .jobs
+                    .get(&def.id)
+                    .is_some_and(|s| s.sets(problem.field));
+                let path = if problem.field == "bucket_span_secs" {
+                    format!("jobs.{}.bucket_span", def.id)
+                } else if own {
+                    format!("models.jobs.{}.{}", def.id, problem.field)
+                } else {
+                    format!("models.{}", problem.field)
+                };
+                let entry = (path, problem.message);
+                if !problems.contains(&entry) {
+                    problems.push(entry);
+                }
+            }
+        }
+        if let Err(e) = crate::net::parse_cidr_list(&self.allow_destinations) {
+            problems.push(("allow_destinations".to_owned(), e.to_string()));
+        }
+        if self.time_field.trim().is_empty() {
+            problems.push(("time_field".to_owned(), "must not be empty".to_owned()));
+        }
+        if self.geoip.cache_entries == 0 {
+            problems.push((
+                "geoip.cache_entries".to_owned(),
+                "must be at least 1".to_owned(),
+            ));
+        }
+        problems
+    }
+}
+
+/// A serde path as a dotted key path with `[i]` for sequence items (`jobs[0].function`).
+fn key_path(path: &serde_ignored::Path<'_>) -> String {
+    use serde_ignored::Path;
+    match path {
+        Path::Root => String::new(),
+        Path::Seq { parent, index } => format!("{}[{index}]", key_path(parent)),
+        Path::Map { parent, key } => match key_path(parent) {
+            p if p.is_empty() => key.clone(),
+            p => format!("{p}.{key}"),
+        },
+        Path::Some { parent }
+        | Path::NewtypeStruct { parent }
+        | Path::NewtypeVariant { parent } => key_path(parent),
+    }
+}
+
+/// serde_json's message without its " at line L column C" (a position in the JSON text the
+/// host made, which means nothing to the person who wrote the YAML).
+fn without_position(e: &serde_json::Error) -> String {
+    let text = e.to_string();
+    match text.rfind(" at line ") {
+        Some(cut) if e.line() > 0 => text[..cut].to_owned(),
+        _ => text,
     }
 }
 
 /// GeoIP enrichment settings.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct GeoIpConfig {
     /// A MaxMind DB file: GeoIP2/GeoLite2 Country or City, or ip-location-db's country layout.
     /// Without one, events must carry `destination.geo.country_name` themselves.
@@ -132,7 +272,6 @@ impl Default for GeoIpConfig {
 
 /// What happens to a flagged event: the default, and per rule (by `rule_id`).
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ActionsConfig {
     /// The action of rules not listed under `rules`.
     #[serde(default)]
@@ -151,7 +290,6 @@ impl ActionsConfig {
 
 /// One action: annotate the event with alert fields, route it to a named output, or both.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Action {
     /// Add the alert fields to the event.
     #[serde(default = "default_annotate")]
@@ -174,9 +312,10 @@ impl Default for Action {
     }
 }
 
-/// Learning, forgetting and memory settings; unset keys keep each model's defaults.
+/// Learning, forgetting and memory settings; unset keys keep each model's defaults. The same
+/// type holds the global settings and, under `jobs`, each job's overrides of them (a job's own
+/// `jobs` is refused by [`DetectorConfig::validate`]).
 #[derive(Debug, Clone, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct ModelSettings {
     /// Buckets of data a model needs before it may flag anything (default 20).
     #[serde(default)]
@@ -193,4 +332,95 @@ pub struct ModelSettings {
     /// Per-job overrides of the settings above, by job id.
     #[serde(default)]
     pub jobs: BTreeMap<String, ModelSettings>,
+}
+
+impl ModelSettings {
+    /// Applies these settings to a model's defaults for `job_id`: the job's own entries over
+    /// the global ones, then the options that override every job.
+    pub fn tune(&self, job_id: &str, config: &mut ModelConfig, options: &BuildOptions) {
+        for layer in [Some(self), self.jobs.get(job_id)].into_iter().flatten() {
+            config.learning_buckets = layer.learning_buckets.unwrap_or(config.learning_buckets);
+            config.half_life_buckets = layer.half_life_buckets.unwrap_or(config.half_life_buckets);
+            config.lateness_buckets = layer.lateness_buckets.unwrap_or(config.lateness_buckets);
+            config.max_entities = layer.max_entities.unwrap_or(config.max_entities);
+        }
+        config.learning_buckets = options.learning_buckets.unwrap_or(config.learning_buckets);
+        config.hash_seed = options.hash_seed;
+    }
+
+    /// Whether these settings set the key named `field` (a [`ModelConfig`] field name).
+    fn sets(&self, field: &str) -> bool {
+        match field {
+            "learning_buckets" => self.learning_buckets.is_some(),
+            "half_life_buckets" => self.half_life_buckets.is_some(),
+            "lateness_buckets" => self.lateness_buckets.is_some(),
+            "max_entities" => self.max_entities.is_some(),
+            _ => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_unknown_key_is_reported_with_its_path_and_the_config_still_parses() {
+        let (config, unknown) = DetectorConfig::parse(
+            r#"{"geoip": {"databse": "x"}, "jobs": [{"id": "a", "function": "rare",
+                "by_field_name": "f", "bucket_span": "15m"}],
+                "models": {"jobs": {"a": {"learning_bucket": 3}}}, "typo": 1}"#,
+        )
+        .unwrap();
+        let paths: Vec<&str> = unknown.iter().map(|(p, _)| p.as_str()).collect();
+        assert_eq!(
+            paths,
+            ["geoip.databse", "models.jobs.a.learning_bucket", "typo"]
+        );
+        assert_eq!(config.jobs.len(), 1);
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_type_names_its_path_without_a_json_position() {
+        let problems =
+            DetectorConfig::parse(r#"{"models": {"jobs": {"a": {"max_entities": "lots"}}}}"#)
+                .unwrap_err();
+        assert_eq!(problems.len(), 1);
+        assert_eq!(problems[0].0, "models.jobs.a.max_entities");
+        assert!(!problems[0].1.contains("column"), "{}", problems[0].1);
+    }
+
+    #[test]
+    fn settings_out_of_range_are_named_where_they_are_set() {
+        let rules = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rules");
+        let (config, _) = DetectorConfig::parse(
+            &serde_json::json!({
+                "rules": [rules],
+                "models": {"lateness_buckets": 99,
+                           "jobs": {"rare_destination_country": {"max_entities": 1}}},
+                "allow_destinations": ["not-a-cidr"]
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let options = BuildOptions::default();
+        let set = RuleSet::load(&config, &options);
+        let paths: Vec<String> = config
+            .validate(&set, &options)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert!(
+            paths.contains(&"models.lateness_buckets".to_owned()),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"models.jobs.rare_destination_country.max_entities".to_owned()),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"allow_destinations".to_owned()),
+            "{paths:?}"
+        );
+    }
 }

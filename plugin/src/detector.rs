@@ -11,19 +11,23 @@ use std::borrow::Cow;
 use std::collections::BTreeSet;
 use std::sync::Arc;
 
-use egresswatch_plugin_api::{ErrorKind, PluginError, Verdict};
+use abi_stable::std_types::RVec;
+use egresswatch_plugin_api::{
+    ErrorKind, Label, Metric, MetricKind, PluginError, ScoreExtra, ScoreRecord, Verdict,
+};
 use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::alert::{self, AlertDetail};
-use crate::catalog::{Function, JobCatalog, JobDef};
-use crate::config::{Action, BuildOptions, DetectorConfig, ModelSettings};
+use crate::catalog::{Function, JobDef};
+use crate::check::RuleSet;
+use crate::config::{Action, BuildOptions, DetectorConfig, Problem};
 use crate::event;
 use crate::fields::{Fields, FlatEvent, Scalar, Wanted};
 use crate::geo::{self, GeoCache, GeoDb};
 use crate::models::{self, ExtraValue, Model, Observation, Scored};
 use crate::net::{self, CidrSet};
-use crate::rules::{self, Rule};
+use crate::rules::Rule;
 
 /// ECS field of the destination address.
 const DESTINATION_IP: &str = "destination.ip";
@@ -50,6 +54,10 @@ pub struct Detector {
     metrics: Metrics,
     /// What loading skipped (unsupported rules, unknown jobs), for the host to report.
     warnings: Vec<String>,
+    /// Score records of the current batch, when asked for ([`BuildOptions::score_records`]).
+    scores: Option<Vec<ScoreRecord>>,
+    /// Index in its batch of the event being evaluated, for its score records.
+    event_index: u32,
 }
 
 /// A job some supported rule uses, its model, and the rules that read its scores.
@@ -96,12 +104,16 @@ struct SavedState {
 }
 
 impl Detector {
-    /// Builds a detector from its configuration as JSON text.
+    /// Builds a detector from its configuration as JSON text, with default options.
     pub fn from_json(text: &str) -> Result<Self, PluginError> {
-        let config: DetectorConfig = serde_json::from_str(text).map_err(|e| {
-            PluginError::new(ErrorKind::Config, format!("detector configuration: {e}"))
-        })?;
-        Self::new(config)
+        Self::build(text, BuildOptions::default())
+    }
+
+    /// Builds a detector from its configuration as JSON text and construction options. This is
+    /// the entry point every face of the plugin uses (the ABI's constructor, tests, benches).
+    pub fn build(text: &str, options: BuildOptions) -> Result<Self, PluginError> {
+        let (config, unknown) = DetectorConfig::parse(text).map_err(PluginError::config)?;
+        Self::construct(config, options, unknown)
     }
 
     /// Builds a detector with default options (hash seed 0): for tests and benchmarks.
@@ -110,34 +122,37 @@ impl Detector {
     }
 
     /// Builds a detector: loads the rules, the catalog, the models and the GeoIP database.
+    /// Every problem with the configuration is collected before anything is refused.
     pub fn with_options(
         config: DetectorConfig,
         options: BuildOptions,
     ) -> Result<Self, PluginError> {
-        let catalog = JobCatalog::builtin()
-            .with_overrides(config.jobs.iter().cloned())
-            .map_err(|problems| {
-                let list: Vec<String> = problems.iter().map(ToString::to_string).collect();
-                PluginError::new(
-                    ErrorKind::Config,
-                    format!("detector.jobs: {}", list.join("; ")),
-                )
-            })?;
-        let allow = net::parse_cidr_list(&config.allow_destinations).map_err(|e| {
-            PluginError::new(
-                ErrorKind::Config,
-                format!("detector.allow_destinations: {e}"),
-            )
-        })?;
+        Self::construct(config, options, Vec::new())
+    }
+
+    /// [`Detector::with_options`], with problems found earlier (unknown keys) reported along.
+    fn construct(
+        config: DetectorConfig,
+        options: BuildOptions,
+        mut problems: Vec<Problem>,
+    ) -> Result<Self, PluginError> {
+        let set = RuleSet::load(&config, &options);
+        problems.extend(config.validate(&set, &options));
         let geo = match &config.geoip.database {
-            Some(path) => {
-                let db = GeoDb::open(config.resolve(path))
-                    .map_err(|e| PluginError::new(ErrorKind::Geo, e.to_string()))?;
-                Some(GeoCache::new(Arc::new(db), config.geoip.cache_entries))
-            }
+            Some(path) => match GeoDb::open(options.resolve(path)) {
+                Ok(db) => Some(GeoCache::new(Arc::new(db), config.geoip.cache_entries)),
+                Err(e) => {
+                    problems.push(("geoip.database".to_owned(), e.to_string()));
+                    None
+                }
+            },
             None => None,
         };
-        let (jobs, warnings) = build_jobs(&config, &catalog, options.hash_seed)?;
+        let allow = net::parse_cidr_list(&config.allow_destinations).unwrap_or_default();
+        if !problems.is_empty() {
+            return Err(PluginError::config(problems));
+        }
+        let jobs = build_jobs(&config, &options, &set)?;
         let wanted = Wanted::new(jobs.iter().flat_map(|j| j.def.fields()).chain([
             config.time_field.as_str(),
             DESTINATION_IP,
@@ -147,12 +162,14 @@ impl Detector {
         Ok(Detector {
             wanted: Arc::new(wanted),
             config,
+            scores: options.score_records.then(Vec::new),
             options,
             jobs,
             geo,
             allow,
             metrics: Metrics::default(),
-            warnings,
+            warnings: set.warnings,
+            event_index: 0,
         })
     }
 
@@ -161,11 +178,37 @@ impl Detector {
         &self.config
     }
 
-    /// Evaluates one event, a raw line without terminator.
+    /// Evaluates a batch of events at the host's clock time `now_ms`: one verdict per event,
+    /// in order. With [`BuildOptions::score_records`], the batch's score records are kept for
+    /// [`Detector::take_scores`].
+    pub fn process<'a>(
+        &mut self,
+        events: impl IntoIterator<Item = &'a str>,
+        now_ms: i64,
+    ) -> Vec<Verdict> {
+        if let Some(scores) = &mut self.scores {
+            scores.clear();
+        }
+        let mut verdicts = Vec::new();
+        for (i, line) in events.into_iter().enumerate() {
+            self.event_index = u32::try_from(i).unwrap_or(u32::MAX);
+            verdicts.push(self.evaluate(line, now_ms));
+        }
+        verdicts
+    }
+
+    /// The score records of the last [`Detector::process`] call (empty unless built with
+    /// [`BuildOptions::score_records`]).
+    pub fn take_scores(&mut self) -> Vec<ScoreRecord> {
+        self.scores.as_mut().map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Evaluates one event, a raw line without terminator, at the host's clock time `now_ms`
+    /// (used for events without a readable time, and to distrust times far ahead of it).
     ///
     /// Only the fields the jobs read are scanned; the event is parsed in full only when it is
     /// flagged and its action annotates it.
-    pub fn evaluate(&mut self, line: &str) -> Verdict {
+    pub fn evaluate(&mut self, line: &str, now_ms: i64) -> Verdict {
         self.metrics.events += 1;
         let wanted = Arc::clone(&self.wanted);
         let Ok(mut flat) = FlatEvent::scan(line, &wanted) else {
@@ -173,7 +216,7 @@ impl Detector {
             return Verdict::UNREADABLE;
         };
         let country = self.enrich(&mut flat);
-        let Some(hit) = self.score(&flat) else {
+        let Some(hit) = self.score(&flat, now_ms) else {
             return Verdict::PASS;
         };
         self.metrics.flagged += 1;
@@ -219,9 +262,8 @@ impl Detector {
     }
 
     /// Lets every qualifying job score the event; returns the highest-scoring rule that fired.
-    fn score(&mut self, event: &FlatEvent<'_, '_>) -> Option<Hit> {
+    fn score(&mut self, event: &FlatEvent<'_, '_>, now: i64) -> Option<Hit> {
         // A timestamp from the future would age every model at once: it counts as absent.
-        let now = now_ms();
         let time_ms = crate::time::epoch_ms(event, &self.config.time_field)
             .filter(|&t| t <= now + MAX_FUTURE_MS)
             .unwrap_or(now);
@@ -245,6 +287,18 @@ impl Detector {
                 continue;
             };
             job.scored += 1;
+            if let Some(scores) = &mut self.scores {
+                for rule in &job.rules {
+                    scores.push(score_record(
+                        self.event_index,
+                        &job.def,
+                        rule,
+                        &scored,
+                        &obs,
+                        time_ms,
+                    ));
+                }
+            }
             if scored.learning {
                 continue;
             }
@@ -275,53 +329,132 @@ impl Detector {
         names.into_iter().cloned().collect()
     }
 
-    /// A JSON snapshot of the counters, per job and per rule.
-    pub fn metrics_json(&self) -> String {
-        let jobs: Map<String, Value> = self
-            .jobs
-            .iter()
-            .map(|job| {
-                let status = job.model.status();
-                let rules: Map<String, Value> = job
-                    .rules
-                    .iter()
-                    .map(|r| {
-                        (
-                            r.rule.rule_id.clone(),
-                            serde_json::json!({"name": r.rule.name, "flagged": r.flagged}),
-                        )
-                    })
-                    .collect();
-                let value = serde_json::json!({
-                    "function": job.def.function.as_str(),
-                    "learning": status.learning,
-                    "buckets_seen": status.buckets_seen,
-                    "learning_buckets": status.learning_buckets,
-                    "scored": job.scored,
-                    "tracked_entities": status.tracked_entities,
-                    "probationary_entities": status.probationary_entities,
-                    "state_bytes": status.approx_bytes,
-                    "evictions": status.evictions,
-                    "far_late_events": status.far_late_events,
-                    "rules": rules,
-                });
-                (job.def.id.clone(), value)
-            })
-            .collect();
-        let mut out = serde_json::json!({
-            "events": self.metrics.events,
-            "unreadable": self.metrics.unreadable,
-            "enriched": self.metrics.enriched,
-            "flagged": self.metrics.flagged,
-            "annotate_failures": self.metrics.annotate_failures,
-            "jobs": jobs,
-            "warnings": self.warnings,
-        });
+    /// What construction skipped or doubted (unsupported rules, unknown jobs).
+    pub fn warnings(&self) -> &[String] {
+        &self.warnings
+    }
+
+    /// The counters, per job and per rule, as typed metrics (the names are ours; the host
+    /// renders them without knowing them).
+    pub fn metrics(&self) -> Vec<Metric> {
+        let mut out = MetricSet::default();
+        let m = &self.metrics;
+        for (name, help, value) in [
+            (
+                "egresswatch_detector_events_total",
+                "Events the detector evaluated.",
+                m.events,
+            ),
+            (
+                "egresswatch_detector_unreadable_total",
+                "Events that were not JSON objects.",
+                m.unreadable,
+            ),
+            (
+                "egresswatch_detector_enriched_total",
+                "Events given a destination country from GeoIP.",
+                m.enriched,
+            ),
+            (
+                "egresswatch_detector_flagged_total",
+                "Events some rule flagged.",
+                m.flagged,
+            ),
+            (
+                "egresswatch_detector_annotate_failures_total",
+                "Flagged events that could not take the alert fields.",
+                m.annotate_failures,
+            ),
+        ] {
+            out.counter(name, help, &[], value);
+        }
+        for job in &self.jobs {
+            let status = job.model.status();
+            let labels = [("job", job.def.id.as_str())];
+            out.gauge(
+                "egresswatch_job_learning",
+                "1 while the job's model is still learning.",
+                &labels,
+                u64::from(status.learning),
+            );
+            out.gauge(
+                "egresswatch_job_buckets_seen",
+                "Buckets with data the job has seen.",
+                &labels,
+                status.buckets_seen,
+            );
+            out.gauge(
+                "egresswatch_job_learning_buckets",
+                "Buckets the job needs before it may flag.",
+                &labels,
+                status.learning_buckets,
+            );
+            out.counter(
+                "egresswatch_job_scored_total",
+                "Events the job scored (since start).",
+                &labels,
+                job.scored,
+            );
+            out.gauge(
+                "egresswatch_job_tracked_entities",
+                "Established entities the job tracks.",
+                &labels,
+                status.tracked_entities as u64,
+            );
+            out.gauge(
+                "egresswatch_job_probationary_entities",
+                "New entities on probation.",
+                &labels,
+                status.probationary_entities as u64,
+            );
+            out.gauge(
+                "egresswatch_job_state_bytes",
+                "Approximate memory of the job's model state.",
+                &labels,
+                status.approx_bytes as u64,
+            );
+            out.counter(
+                "egresswatch_job_evictions_total",
+                "Entities evicted to stay under max_entities.",
+                &labels,
+                status.evictions,
+            );
+            out.counter(
+                "egresswatch_job_far_late_events_total",
+                "Events older than the lateness window (scored, not learned).",
+                &labels,
+                status.far_late_events,
+            );
+            for r in &job.rules {
+                let labels = [
+                    ("job", job.def.id.as_str()),
+                    ("rule_id", r.rule.rule_id.as_str()),
+                    ("rule", r.rule.name.as_str()),
+                ];
+                out.counter(
+                    "egresswatch_rule_flagged_total",
+                    "Events each rule flagged (since start).",
+                    &labels,
+                    r.flagged,
+                );
+            }
+        }
         if let Some(cache) = &self.geo {
             let stats = cache.stats();
-            out["geoip_cache"] = serde_json::json!({"hits": stats.hits, "misses": stats.misses});
+            out.counter(
+                "egresswatch_geoip_cache_hits_total",
+                "GeoIP lookups answered by the cache.",
+                &[],
+                stats.hits,
+            );
+            out.counter(
+                "egresswatch_geoip_cache_misses_total",
+                "GeoIP lookups that read the database.",
+                &[],
+                stats.misses,
+            );
         }
-        out.to_string()
+        out.0
     }
 
     /// Serialises every job's model state, with a format version.
@@ -361,12 +494,8 @@ impl Detector {
             let Some(index) = self.jobs.iter().position(|j| &j.def.id == id) else {
                 continue;
             };
-            let mut model = build_model(
-                &self.jobs[index].def,
-                &self.config.models,
-                self.options.hash_seed,
-            )
-            .map_err(|e| PluginError::new(ErrorKind::State, format!("job {id}: {e}")))?;
+            let mut model = build_model(&self.jobs[index].def, &self.config, &self.options)
+                .map_err(|e| PluginError::new(ErrorKind::State, format!("job {id}: {e}")))?;
             model
                 .load(bytes)
                 .map_err(|e| PluginError::new(ErrorKind::State, format!("job {id}: {e}")))?;
@@ -497,55 +626,40 @@ fn alert_detail(def: &JobDef, hit: &Hit) -> AlertDetail {
     }
 }
 
-/// Builds one active job per job id that a supported rule names and the catalog knows.
-/// Also returns a warning per rule or job that was skipped.
+/// Builds one active job per job id that a supported rule names and the catalog has a model
+/// for. The rule set has been validated: what is left to fail is internal.
 fn build_jobs(
     config: &DetectorConfig,
-    catalog: &JobCatalog,
-    hash_seed: u64,
-) -> Result<(Vec<ActiveJob>, Vec<String>), PluginError> {
-    let paths: Vec<_> = config.rules.iter().map(|p| config.resolve(p)).collect();
-    let load = rules::load_paths(&paths, catalog);
-    let mut problems: Vec<String> = load.errors().map(ToString::to_string).collect();
-    if config.fail_on_unsupported {
-        problems.extend(load.unsupported.iter().map(ToString::to_string));
-    }
-    if !problems.is_empty() {
-        return Err(PluginError::new(
-            ErrorKind::Rules,
-            format!(
-                "{} problem(s) loading rules:\n  - {}",
-                problems.len(),
-                problems.join("\n  - ")
-            ),
-        ));
-    }
+    options: &BuildOptions,
+    set: &RuleSet,
+) -> Result<Vec<ActiveJob>, PluginError> {
     let mut jobs: Vec<ActiveJob> = Vec::new();
-    let mut unusable = Vec::new();
-    for rule in load.supported() {
+    for rule in set.load.supported() {
         let rule = Arc::new(rule.clone());
-        let threshold = f64::from(rule.anomaly_threshold.unwrap_or(75));
+        let threshold = options
+            .threshold
+            .unwrap_or_else(|| f64::from(rule.anomaly_threshold.unwrap_or(75)));
         for job_id in &rule.job_ids {
-            let Some(def) = catalog.get(job_id) else {
+            let Some(def) = set.catalog.get(job_id) else {
                 continue;
             };
+            if models::registration(def.function).is_none() {
+                continue;
+            }
             let index = match jobs.iter().position(|j| &j.def.id == job_id) {
                 Some(index) => index,
-                None => match build_model(def, &config.models, hash_seed) {
-                    Ok(model) => {
-                        jobs.push(ActiveJob {
-                            def: def.clone(),
-                            model,
-                            rules: Vec::new(),
-                            scored: 0,
-                        });
-                        jobs.len() - 1
-                    }
-                    Err(e) => {
-                        unusable.push(format!("{}: job {job_id}: {e}", rule.source.display()));
-                        continue;
-                    }
-                },
+                None => {
+                    let model = build_model(def, config, options).map_err(|e| {
+                        PluginError::new(ErrorKind::Internal, format!("job {job_id}: {e}"))
+                    })?;
+                    jobs.push(ActiveJob {
+                        def: def.clone(),
+                        model,
+                        rules: Vec::new(),
+                        scored: 0,
+                    });
+                    jobs.len() - 1
+                }
             };
             jobs[index].rules.push(ActiveRule {
                 rule: Arc::clone(&rule),
@@ -555,65 +669,115 @@ fn build_jobs(
             });
         }
     }
-    if !unusable.is_empty() && config.fail_on_unsupported {
-        return Err(PluginError::new(ErrorKind::Rules, unusable.join("\n")));
-    }
-    let warnings: Vec<String> = load
-        .unsupported
-        .iter()
-        .map(ToString::to_string)
-        .chain(load.warnings.iter().map(ToString::to_string))
-        .chain(unusable)
-        .collect();
-    if jobs.is_empty() {
-        let where_ = paths
-            .iter()
-            .map(|p| p.display().to_string())
-            .collect::<Vec<_>>()
-            .join(", ");
-        let mut message = format!("no rule in {where_} can run: nothing would be detected");
-        for line in &warnings {
-            message.push_str("\n  - ");
-            message.push_str(line);
-        }
-        return Err(PluginError::new(ErrorKind::Rules, message));
-    }
-    Ok((jobs, warnings))
+    Ok(jobs)
 }
 
 /// The model a job's function calls for (from the registry in [`crate::models`]), with the
-/// configured settings (the job's own over the global ones over the model's defaults) and the
-/// installation's hash seed.
+/// configured settings and the options (see [`ModelSettings::tune`]).
 fn build_model(
     def: &JobDef,
-    settings: &ModelSettings,
-    hash_seed: u64,
+    config: &DetectorConfig,
+    options: &BuildOptions,
 ) -> Result<Box<dyn Model>, String> {
     let Some(model) = models::registration(def.function) else {
-        return Err(format!(
-            "function `{}` has no model yet",
-            def.function.as_str()
-        ));
+        return Err(format!("function `{}` has no model yet", def.function));
     };
-    let mut config = (model.defaults)();
-    config.bucket_span_secs =
+    let mut settings = (model.defaults)();
+    settings.bucket_span_secs =
         u32::try_from(def.bucket_span_secs).map_err(|_| "bucket_span too long".to_owned())?;
-    let job = settings.jobs.get(&def.id);
-    for s in job.into_iter().chain([settings]).rev() {
-        config.learning_buckets = s.learning_buckets.unwrap_or(config.learning_buckets);
-        config.half_life_buckets = s.half_life_buckets.unwrap_or(config.half_life_buckets);
-        config.lateness_buckets = s.lateness_buckets.unwrap_or(config.lateness_buckets);
-        config.max_entities = s.max_entities.unwrap_or(config.max_entities);
-    }
-    config.hash_seed = hash_seed;
-    (model.build)(config).map_err(|e| e.to_string())
+    config.models.tune(&def.id, &mut settings, options);
+    (model.build)(settings).map_err(|e| e.to_string())
 }
 
-fn now_ms() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
-        .unwrap_or(0)
+/// The score record of one rule on one scored event. The reason and the model's figures are
+/// written only when the rule flags the event.
+fn score_record(
+    event: u32,
+    def: &JobDef,
+    rule: &ActiveRule,
+    scored: &Scored,
+    obs: &Extracted<'_>,
+    time_ms: i64,
+) -> ScoreRecord {
+    let flagged = !scored.learning && scored.score >= rule.threshold;
+    let (field, value) = obs.subject(def);
+    let (reason, extra) = if flagged {
+        let extra = scored
+            .extra()
+            .into_iter()
+            .map(|(name, value)| {
+                let value = match value {
+                    ExtraValue::Int(i) => i as f64,
+                    ExtraValue::Float(f) => f,
+                };
+                ScoreExtra::Figure {
+                    name: name.into(),
+                    value,
+                }
+                .wrap()
+            })
+            .collect();
+        (scored.reason(&field, &value), extra)
+    } else {
+        (String::new(), RVec::new())
+    };
+    ScoreRecord {
+        event,
+        rule_id: rule.rule.rule_id.as_str().into(),
+        rule_name: rule.rule.name.as_str().into(),
+        job_id: def.id.as_str().into(),
+        function: def.function.as_str().into(),
+        time_ms,
+        bucket_start_ms: scored.bucket_start_ms,
+        score: scored.score,
+        threshold: rule.threshold,
+        learning: scored.learning,
+        flagged,
+        subject_field: field.into(),
+        subject_value: value.into(),
+        value: obs.value,
+        actual: scored.actual,
+        typical: scored.typical,
+        reason: reason.into(),
+        extra,
+    }
+}
+
+/// Metrics as they are collected.
+#[derive(Default)]
+struct MetricSet(Vec<Metric>);
+
+impl MetricSet {
+    fn push(
+        &mut self,
+        kind: MetricKind,
+        name: &str,
+        help: &str,
+        labels: &[(&str, &str)],
+        value: u64,
+    ) {
+        self.0.push(Metric {
+            name: name.into(),
+            help: help.into(),
+            kind,
+            labels: labels
+                .iter()
+                .map(|(name, value)| Label {
+                    name: (*name).into(),
+                    value: (*value).into(),
+                })
+                .collect(),
+            value: value as f64,
+        });
+    }
+
+    fn counter(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: u64) {
+        self.push(MetricKind::COUNTER, name, help, labels, value);
+    }
+
+    fn gauge(&mut self, name: &str, help: &str, labels: &[(&str, &str)], value: u64) {
+        self.push(MetricKind::GAUGE, name, help, labels, value);
+    }
 }
 
 #[cfg(test)]
@@ -629,6 +793,21 @@ mod tests {
     const T0: i64 = 1_790_812_800_000;
     const MIN15: i64 = 15 * 60 * 1000;
     const HOURS3: i64 = 3 * 3600 * 1000;
+
+    /// The host's clock in these tests: a year after the events, so that every event time is
+    /// believed.
+    const NOW: i64 = T0 + 365 * 24 * 3600 * 1000;
+
+    /// Evaluation at [`NOW`].
+    trait At {
+        fn at(&mut self, line: &str) -> Verdict;
+    }
+
+    impl At for Detector {
+        fn at(&mut self, line: &str) -> Verdict {
+            self.evaluate(line, NOW)
+        }
+    }
 
     fn rules_dir() -> String {
         format!("{}/../rules", env!("CARGO_MANIFEST_DIR"))
@@ -685,7 +864,7 @@ mod tests {
         ];
         for b in 0..buckets {
             for (ip, country) in routine {
-                let v = d.evaluate(&event(T0 + b * MIN15 + 60_000, ip, Some(country), None));
+                let v = d.at(&event(T0 + b * MIN15 + 60_000, ip, Some(country), None));
                 assert_eq!(v, Verdict::PASS, "routine traffic flagged in bucket {b}");
             }
         }
@@ -696,7 +875,7 @@ mod tests {
         let mut d = detector(json!({}));
         rare_baseline(&mut d, 40);
         let t = T0 + 40 * MIN15 + 5_000;
-        let verdict = d.evaluate(&event(t, "175.45.179.109", Some("North Korea"), None));
+        let verdict = d.at(&event(t, "175.45.179.109", Some("North Korea"), None));
         let alert = annotated(&verdict).expect("flagged");
         assert_eq!(alert["rule"]["id"], RARE_RULE);
         assert_eq!(alert["event"]["kind"], "alert");
@@ -710,7 +889,7 @@ mod tests {
         let reason = alert["egresswatch"]["reason"].as_str().unwrap();
         assert!(reason.contains("North Korea seen in 0 of 40"), "{reason}");
         // Routine countries in the same bucket still pass.
-        let routine = d.evaluate(&event(t + 1000, "8.8.8.8", Some("United States"), None));
+        let routine = d.at(&event(t + 1000, "8.8.8.8", Some("United States"), None));
         assert_eq!(routine, Verdict::PASS);
     }
 
@@ -718,19 +897,28 @@ mod tests {
     fn nothing_is_flagged_while_learning_and_metrics_say_so() {
         let mut d = detector(json!({}));
         rare_baseline(&mut d, 10);
-        let v = d.evaluate(&event(
+        let v = d.at(&event(
             T0 + 10 * MIN15,
             "175.45.179.109",
             Some("North Korea"),
             None,
         ));
         assert_eq!(v, Verdict::PASS);
-        let metrics: serde_json::Value = serde_json::from_str(&d.metrics_json()).unwrap();
+        let metrics = d.metrics();
+        let value = |name: &str, job: Option<&str>| {
+            metrics
+                .iter()
+                .find(|m| {
+                    m.name.as_str() == name
+                        && job.is_none_or(|j| m.labels.iter().any(|l| l.value.as_str() == j))
+                })
+                .map(|m| m.value)
+        };
         assert_eq!(
-            metrics["jobs"]["rare_destination_country"]["learning"],
-            true
+            value("egresswatch_job_learning", Some("rare_destination_country")),
+            Some(1.0)
         );
-        assert_eq!(metrics["flagged"], 0);
+        assert_eq!(value("egresswatch_detector_flagged_total", None), Some(0.0));
     }
 
     #[test]
@@ -741,11 +929,11 @@ mod tests {
         let mut agent: serde_json::Value =
             serde_json::from_str(&event(t, "175.45.179.109", Some("North Korea"), None)).unwrap();
         agent["process"] = json!({"name": "Filebeat.exe"});
-        assert_eq!(d.evaluate(&agent.to_string()), Verdict::PASS);
+        assert_eq!(d.at(&agent.to_string()), Verdict::PASS);
         let mut process: serde_json::Value =
             serde_json::from_str(&event(t, "175.45.179.109", Some("North Korea"), None)).unwrap();
         process["event"]["category"] = json!(["process"]);
-        assert_eq!(d.evaluate(&process.to_string()), Verdict::PASS);
+        assert_eq!(d.at(&process.to_string()), Verdict::PASS);
     }
 
     /// Writes a tiny country database in one of the two layouts; private space is (wrongly)
@@ -782,15 +970,11 @@ mod tests {
         let mut d = detector(json!({ "geoip": { "database": db } }));
         for b in 0..40 {
             for ip in ["8.8.8.8", "78.46.34.21", "52.95.1.1"] {
-                assert_eq!(
-                    d.evaluate(&event(T0 + b * MIN15, ip, None, None)),
-                    Verdict::PASS
-                );
+                assert_eq!(d.at(&event(T0 + b * MIN15, ip, None, None)), Verdict::PASS);
             }
         }
         let t = T0 + 40 * MIN15;
-        let alert =
-            annotated(&d.evaluate(&event(t, "175.45.179.109", None, None))).expect("flagged");
+        let alert = annotated(&d.at(&event(t, "175.45.179.109", None, None))).expect("flagged");
         assert_eq!(alert["destination"]["geo"]["country_iso_code"], "KP");
         assert_eq!(alert["destination"]["geo"]["country_name"], "North Korea");
         // Events the detector cannot place pass untouched: no IP, a bad IP, private space.
@@ -808,7 +992,7 @@ mod tests {
                     e["destination"].as_object_mut().unwrap().remove("ip");
                 }
             }
-            assert_eq!(d.evaluate(&e.to_string()), Verdict::PASS, "{ip:?}");
+            assert_eq!(d.at(&e.to_string()), Verdict::PASS, "{ip:?}");
         }
         std::fs::remove_file(db).unwrap();
     }
@@ -830,7 +1014,8 @@ mod tests {
         )
         .err()
         .unwrap();
-        assert_eq!(err.kind, ErrorKind::Geo);
+        assert_eq!(err.kind(), Some(ErrorKind::Config));
+        assert_eq!(err.problems[0].path.as_str(), "geoip.database");
         assert!(err.message.contains("/nope/x.mmdb"), "{}", err.message);
     }
 
@@ -840,7 +1025,7 @@ mod tests {
             for k in 0..30i64 {
                 let ip = format!("52.95.{}.{}", 10 + k, 1 + b % 5);
                 let bytes = 2_000 * (1 + (k * 7 + b * 3) % 40) * (1 + k % 5).pow(2);
-                let v = d.evaluate(&event(
+                let v = d.at(&event(
                     T0 + b * HOURS3 + k * 60_000,
                     &ip,
                     Some("Ireland"),
@@ -858,7 +1043,7 @@ mod tests {
         let start = T0 + 25 * HOURS3;
         let ip = "93.184.216.34";
         for i in 0..5 {
-            let v = d.evaluate(&event(
+            let v = d.at(&event(
                 start + i * 1000,
                 ip,
                 Some("Ireland"),
@@ -868,7 +1053,7 @@ mod tests {
         }
         let mut first_flag = None;
         for i in 0..10 {
-            let v = d.evaluate(&event(
+            let v = d.at(&event(
                 start + 60_000 + i * 1000,
                 ip,
                 Some("Ireland"),
@@ -900,7 +1085,7 @@ mod tests {
         for b in 0..70 {
             for k in 0..30i64 {
                 let ip = format!("52.95.{}.1", 10 + k);
-                let v = d.evaluate(&event(
+                let v = d.at(&event(
                     T0 + b * HOURS3 + k * 1000,
                     &ip,
                     None,
@@ -910,7 +1095,7 @@ mod tests {
             }
             for chunk in 0..20 {
                 let t = T0 + b * HOURS3 + 60_000 + chunk * 1000;
-                let v = d.evaluate(&event(t, backup, None, Some(json!(100_000_000))));
+                let v = d.at(&event(t, backup, None, Some(json!(100_000_000))));
                 assert_eq!(v, Verdict::PASS, "backup flagged in bucket {b}");
             }
         }
@@ -933,7 +1118,7 @@ mod tests {
             "93.184.216.34",
         ] {
             for i in 0..5 {
-                let v = d.evaluate(&event(t + i, ip, None, Some(json!(5_000_000_000_u64))));
+                let v = d.at(&event(t + i, ip, None, Some(json!(5_000_000_000_u64))));
                 assert_eq!(v, Verdict::PASS, "{ip} flagged");
             }
         }
@@ -943,7 +1128,7 @@ mod tests {
             Some(json!(null)),
             Some(json!(-5)),
         ] {
-            let v = d.evaluate(&event(t, "93.184.217.1", None, bytes.clone()));
+            let v = d.at(&event(t, "93.184.217.1", None, bytes.clone()));
             assert_eq!(v, Verdict::PASS, "{bytes:?}");
         }
     }
@@ -953,7 +1138,14 @@ mod tests {
         let config = |seed| {
             let config: DetectorConfig =
                 serde_json::from_value(json!({ "rules": [rules_dir()] })).unwrap();
-            Detector::with_options(config, BuildOptions { hash_seed: seed }).unwrap()
+            Detector::with_options(
+                config,
+                BuildOptions {
+                    hash_seed: seed,
+                    ..BuildOptions::default()
+                },
+            )
+            .unwrap()
         };
         let (mut a, mut b) = (config(1), config(2));
         rare_baseline(&mut a, 40);
@@ -965,8 +1157,89 @@ mod tests {
         c.load_state(&state_a).unwrap();
         assert_eq!(c.save_state().unwrap(), state_a);
         let e = event(T0 + 40 * MIN15, "175.45.179.109", Some("North Korea"), None);
-        assert_eq!(a.evaluate(&e), c.evaluate(&e));
-        assert!(annotated(&b.evaluate(&e)).is_some());
+        assert_eq!(a.at(&e), c.at(&e));
+        assert!(annotated(&b.at(&e)).is_some());
+    }
+
+    #[test]
+    fn score_records_cover_every_scored_event_and_match_the_verdicts() {
+        let config: DetectorConfig =
+            serde_json::from_value(json!({ "rules": [rules_dir()] })).unwrap();
+        let options = BuildOptions {
+            score_records: true,
+            ..BuildOptions::default()
+        };
+        let mut d = Detector::with_options(config, options).unwrap();
+        rare_baseline(&mut d, 40);
+        let t = T0 + 40 * MIN15;
+        let batch = [
+            event(t, "8.8.8.8", Some("United States"), None),
+            "not json".to_owned(),
+            event(t + 1, "175.45.179.109", Some("North Korea"), None),
+        ];
+        let verdicts = d.process(batch.iter().map(String::as_str), NOW);
+        let records = d.take_scores();
+        assert!(d.take_scores().is_empty(), "taken once");
+        assert_eq!(records.len(), 2, "{records:?}");
+        assert_eq!(records[0].event, 0);
+        assert!(!records[0].flagged && records[0].reason.is_empty());
+        let flagged = &records[1];
+        assert_eq!(flagged.event, 2);
+        assert_eq!(flagged.rule_id.as_str(), RARE_RULE);
+        assert_eq!(flagged.job_id.as_str(), "rare_destination_country");
+        assert_eq!(flagged.function.as_str(), "rare");
+        assert_eq!(flagged.subject_field.as_str(), DESTINATION_COUNTRY_NAME);
+        assert_eq!(flagged.subject_value.as_str(), "North Korea");
+        assert_eq!(flagged.time_ms, t + 1);
+        assert!(flagged.flagged && !flagged.learning && flagged.score >= flagged.threshold);
+        assert!(
+            flagged.reason.contains("North Korea seen in 0 of 40"),
+            "{}",
+            flagged.reason
+        );
+        assert!(!flagged.extra.is_empty());
+        assert!(annotated(&verdicts[2]).is_some() && annotated(&verdicts[0]).is_none());
+        assert_eq!(verdicts[1], Verdict::UNREADABLE);
+    }
+
+    #[test]
+    fn the_threshold_and_learning_options_replace_the_configured_ones() {
+        let config: DetectorConfig =
+            serde_json::from_value(json!({ "rules": [rules_dir()] })).unwrap();
+        let options = BuildOptions {
+            threshold: Some(0.0),
+            learning_buckets: Some(0),
+            ..BuildOptions::default()
+        };
+        let mut d = Detector::with_options(config, options).unwrap();
+        // No learning period and threshold 0: the very first event is flagged.
+        let v = d.at(&event(T0, "8.8.8.8", Some("United States"), None));
+        assert!(annotated(&v).is_some());
+    }
+
+    #[test]
+    fn the_clock_given_is_the_only_time_without_an_event_time() {
+        let mut d = detector(json!({}));
+        rare_baseline(&mut d, 40);
+        let mut e: serde_json::Value = serde_json::from_str(&event(
+            T0 + 40 * MIN15,
+            "175.45.179.109",
+            Some("North Korea"),
+            None,
+        ))
+        .unwrap();
+        e.as_object_mut().unwrap().remove("@timestamp");
+        // Without a time the event is placed at the clock: the bucket after the baseline.
+        let alert = annotated(&d.evaluate(&e.to_string(), T0 + 40 * MIN15)).expect("flagged");
+        assert_eq!(alert["egresswatch"]["bucket_start"], "2026-10-01T10:00:00Z");
+        // An event time more than a day past the clock is not believed either.
+        let far = event(T0 + 90 * 86_400_000, "8.8.8.8", Some("United States"), None);
+        let mut twin = detector(json!({}));
+        rare_baseline(&mut twin, 40);
+        assert_eq!(
+            d.evaluate(&far, T0 + 40 * MIN15),
+            twin.evaluate(&far, T0 + 40 * MIN15)
+        );
     }
 
     #[test]
@@ -977,9 +1250,9 @@ mod tests {
         let mut b = detector(json!({}));
         b.load_state(&saved).unwrap();
         let e = event(T0 + 40 * MIN15, "175.45.179.109", Some("North Korea"), None);
-        assert_eq!(a.evaluate(&e), b.evaluate(&e));
-        assert!(annotated(&b.evaluate(&e)).is_some());
+        assert_eq!(a.at(&e), b.at(&e));
+        assert!(annotated(&b.at(&e)).is_some());
         let err = b.load_state(b"garbage").unwrap_err();
-        assert_eq!(err.kind, ErrorKind::State);
+        assert_eq!(err.kind(), Some(ErrorKind::State));
     }
 }

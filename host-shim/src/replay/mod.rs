@@ -32,6 +32,7 @@ use std::path::{Path, PathBuf};
 
 use abi_stable::std_types::{ROption, RStr};
 use anyhow::{bail, Context, Result};
+use egresswatch_plugin_api::BuildOption;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -456,7 +457,7 @@ fn rule_files(config: &HostConfig, dir: &Path, notes: &mut Vec<String>) -> Resul
 }
 
 /// The detector configuration of one instance, as JSON text.
-fn instance_json(config: &HostConfig, rule: &Path, probe: bool) -> String {
+fn instance_json(config: &HostConfig, rule: &Path) -> String {
     let mut detector = config.detector.clone();
     if let Some(map) = detector.as_object_mut() {
         map.insert(
@@ -468,23 +469,6 @@ fn instance_json(config: &HostConfig, rule: &Path, probe: bool) -> String {
             serde_json::json!({"default": {"annotate": true}}),
         );
         map.insert("fail_on_unsupported".to_owned(), Value::Bool(false));
-        map.entry("base_dir")
-            .or_insert_with(|| Value::String(config.base_dir.to_string_lossy().into_owned()));
-        if probe {
-            let models = map
-                .entry("models")
-                .or_insert_with(|| Value::Object(serde_json::Map::new()));
-            if let Some(models) = models.as_object_mut() {
-                models.insert("learning_buckets".to_owned(), 0.into());
-                if let Some(jobs) = models.get_mut("jobs").and_then(Value::as_object_mut) {
-                    for job in jobs.values_mut() {
-                        if let Some(job) = job.as_object_mut() {
-                            job.insert("learning_buckets".to_owned(), 0.into());
-                        }
-                    }
-                }
-            }
-        }
     }
     detector.to_string()
 }
@@ -513,8 +497,8 @@ fn value_text(v: &Value) -> String {
 struct RuleRun {
     file: RuleFile,
     threshold: f64,
-    scoring: egresswatch_plugin_api::TransformBox,
-    probe: egresswatch_plugin_api::TransformBox,
+    scoring: crate::loader::Transform,
+    probe: crate::loader::Transform,
     job_id: String,
     function: String,
     seen_times: Vec<i64>,
@@ -557,7 +541,15 @@ pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<Outcome> {
     let files = rule_files(&config, &temp.0, &mut notes)?;
     let mut runs = Vec::new();
     for file in files {
-        let build = |probe| plugin.construct(&instance_json(&config, &file.scoring_copy, probe));
+        let build = |probe| {
+            let mut options = vec![BuildOption::BaseDir(
+                config.base_dir.to_string_lossy().as_ref().into(),
+            )];
+            if probe {
+                options.push(BuildOption::LearningBuckets(0));
+            }
+            plugin.construct(&instance_json(&config, &file.scoring_copy), options)
+        };
         match (build(false), build(true)) {
             (Ok(scoring), Ok(probe)) => runs.push(RuleRun {
                 threshold: args.threshold.unwrap_or(file.threshold),
@@ -761,7 +753,7 @@ fn process_chunk(
 ) -> Result<()> {
     let probe = run
         .probe
-        .process(texts.into())
+        .process(texts.into(), time::now_ms())
         .into_result()
         .map_err(|e| anyhow::anyhow!("plugin failed on a batch: {e}"))?;
     for (record, verdict) in chunk.iter().zip(probe.iter()) {
@@ -797,7 +789,7 @@ fn process_chunk(
     }
     let scoring = run
         .scoring
-        .process(texts.into())
+        .process(texts.into(), time::now_ms())
         .into_result()
         .map_err(|e| anyhow::anyhow!("plugin failed on a batch: {e}"))?;
     for (i, (record, verdict)) in chunk.iter().zip(scoring.iter()).enumerate() {

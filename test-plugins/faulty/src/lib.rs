@@ -5,6 +5,9 @@
 //! - `{"fail": "panic"}`: the constructor panics (caught at the boundary by `catch_panic`);
 //! - `{"fail": "batch"}`: the constructor succeeds, but every batch whose first event contains
 //!   `boom` panics (caught, so the host sees an error for that batch); other batches pass;
+//!   taking its metrics panics too (caught: the host logs that they are unavailable);
+//!
+//! checking rules always panics (caught, reported as the plugin's error);
 //!
 //! and by the environment: with `EGRESSWATCH_TEST_ROOT_PANIC=1` the root-module loader itself
 //! panics, which abi_stable catches and reports.
@@ -17,8 +20,8 @@ use abi_stable::{
     std_types::{RResult, RSlice, RStr, RString, RVec},
 };
 use egresswatch_plugin_api::{
-    catch_panic, ErrorKind, PluginError, PluginMod, PluginModRef, Transform, TransformBox,
-    Transform_TO, Verdict,
+    catch_panic, BuildOption_NE, ErrorKind, Metric, PluginError, PluginMod, PluginModRef,
+    RulesReport, Transform, TransformBox, Transform_TO, Verdict,
 };
 
 /// Exports the root module, or panics when asked to by the environment.
@@ -30,8 +33,8 @@ pub fn get_library() -> PluginModRef {
     PluginMod {
         name,
         version,
-        check_rules,
         new: new_transform,
+        check_rules,
     }
     .leak_into_prefix()
 }
@@ -47,15 +50,20 @@ fn version() -> RStr<'static> {
 }
 
 #[sabi_extern_fn]
-fn check_rules(_paths: RStr<'_>) -> RResult<RString, PluginError> {
-    RResult::RErr(PluginError::new(
-        ErrorKind::Internal,
-        "not implemented by the test plugin",
-    ))
+fn check_rules(
+    _config: RStr<'_>,
+    _options: RSlice<'_, BuildOption_NE>,
+) -> RResult<RulesReport, PluginError> {
+    catch_panic("checking rules in the faulty test plugin", || {
+        panic!("deliberate panic while checking rules")
+    })
 }
 
 #[sabi_extern_fn]
-fn new_transform(config: RStr<'_>) -> RResult<TransformBox, PluginError> {
+fn new_transform(
+    config: RStr<'_>,
+    _options: RSlice<'_, BuildOption_NE>,
+) -> RResult<TransformBox, PluginError> {
     catch_panic("constructing the faulty test plugin", || {
         if config.as_str().contains("\"panic\"") {
             panic!("deliberate panic in the constructor");
@@ -74,7 +82,11 @@ fn new_transform(config: RStr<'_>) -> RResult<TransformBox, PluginError> {
 struct PanicsOnBoom;
 
 impl Transform for PanicsOnBoom {
-    fn process(&mut self, events: RSlice<'_, RStr<'_>>) -> RResult<RVec<Verdict>, PluginError> {
+    fn process(
+        &mut self,
+        events: RSlice<'_, RStr<'_>>,
+        _now_ms: i64,
+    ) -> RResult<RVec<Verdict>, PluginError> {
         catch_panic("processing a batch in the faulty test plugin", || {
             if events.first().is_some_and(|e| e.as_str().contains("boom")) {
                 panic!("deliberate panic on a batch");
@@ -83,12 +95,14 @@ impl Transform for PanicsOnBoom {
         })
     }
 
-    fn routes(&self) -> RVec<RString> {
-        RVec::new()
+    fn routes(&self) -> RResult<RVec<RString>, PluginError> {
+        RResult::ROk(RVec::new())
     }
 
-    fn metrics(&self) -> RString {
-        RString::from("{}")
+    fn metrics(&self) -> RResult<RVec<Metric>, PluginError> {
+        catch_panic("taking metrics in the faulty test plugin", || {
+            panic!("deliberate panic while taking metrics")
+        })
     }
 
     fn save_state(&self) -> RResult<RVec<u8>, PluginError> {

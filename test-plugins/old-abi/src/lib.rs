@@ -1,6 +1,6 @@
-//! A plugin built against an ABI that is not ours: it exports a root module whose interface
-//! version is 9.0.0 and whose layout differs from `egresswatch-plugin-api`'s. The loader must
-//! refuse it with a clear message. Used only by the loader's failure tests.
+//! A plugin built against the first ABI, 0.1.0: it exports a root module of that version (whose
+//! layout differs from today's too). The loader must refuse it with a message saying which ABI
+//! it speaks and what to do. Used only by the loader's failure tests.
 
 use abi_stable::{
     declare_root_module_statics, export_root_module,
@@ -27,7 +27,7 @@ impl RootModule for OldModRef {
     declare_root_module_statics! {OldModRef}
     const BASE_NAME: &'static str = "egresswatch_plugin";
     const NAME: &'static str = "egresswatch detector plugin";
-    const VERSION_STRINGS: VersionStrings = VersionStrings::new("9.0.0");
+    const VERSION_STRINGS: VersionStrings = VersionStrings::new("0.1.0");
 }
 
 #[sabi_extern_fn]

@@ -45,7 +45,7 @@ use std::fmt;
 use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
-use crate::fields::Fields;
+use crate::fields::{Event, FieldId, SchemaBuilder};
 use crate::net;
 
 /// ECS field holding the event categories.
@@ -161,28 +161,11 @@ pub enum Filter {
 }
 
 impl Filter {
-    /// True when `event` meets the condition.
-    pub fn matches<E: Fields + ?Sized>(&self, event: &E) -> bool {
-        match self {
-            Filter::CategoryContains(value) => event.contains_str(FIELD_EVENT_CATEGORY, value),
-            Filter::FieldExists(field) => event.is_present(field),
-            Filter::NotShippingAgent => match event.get_str(FIELD_PROCESS_NAME) {
-                Some(name) => !is_shipping_agent(name),
-                None => true,
-            },
-            Filter::FieldPositive(field) => event.get_f64(field).is_some_and(|n| n > 0.0),
-            Filter::NetworkDirectionNot(values) => match event.get_str(FIELD_NETWORK_DIRECTION) {
-                Some(dir) => !values.iter().any(|v| v.eq_ignore_ascii_case(dir)),
-                None => true,
-            },
-            Filter::PrivateSource(field) => event
-                .get_str(field)
-                .and_then(net::parse_ip)
-                .is_some_and(net::is_private_source),
-            Filter::PublicDestination(field) => event
-                .get_str(field)
-                .and_then(net::parse_ip)
-                .is_some_and(net::is_public_destination),
+    /// The filter with its field resolved to the scanner's [`FieldId`].
+    pub fn bind(&self, schema: &mut SchemaBuilder) -> BoundFilter {
+        BoundFilter {
+            field: schema.field(self.field()),
+            filter: self.clone(),
         }
     }
 
@@ -196,6 +179,31 @@ impl Filter {
             | Filter::FieldPositive(field)
             | Filter::PrivateSource(field)
             | Filter::PublicDestination(field) => field,
+        }
+    }
+}
+
+/// A [`Filter`] whose field is resolved; what the detector checks per event.
+#[derive(Debug, Clone)]
+pub struct BoundFilter {
+    filter: Filter,
+    field: FieldId,
+}
+
+impl BoundFilter {
+    /// True when `event` meets the condition.
+    pub fn matches(&self, event: &Event<'_>) -> bool {
+        let field = self.field;
+        match &self.filter {
+            Filter::CategoryContains(value) => event.contains(field, value),
+            Filter::FieldExists(_) => event.present(field),
+            Filter::NotShippingAgent => event.str(field).is_none_or(|n| !is_shipping_agent(n)),
+            Filter::FieldPositive(_) => event.number(field).is_some_and(|n| n > 0.0),
+            Filter::NetworkDirectionNot(values) => event
+                .str(field)
+                .is_none_or(|dir| !values.iter().any(|v| v.eq_ignore_ascii_case(dir))),
+            Filter::PrivateSource(_) => event.ip(field).is_some_and(net::is_private_source),
+            Filter::PublicDestination(_) => event.ip(field).is_some_and(net::is_public_destination),
         }
     }
 }
@@ -254,23 +262,20 @@ pub struct JobDef {
 }
 
 impl JobDef {
-    /// True when the event meets every filter of the job.
-    pub fn qualifies<E: Fields + ?Sized>(&self, event: &E) -> bool {
-        self.filters.iter().all(|f| f.matches(event))
-    }
-
-    /// Every event field the job reads to qualify and score an event.
-    pub fn fields(&self) -> impl Iterator<Item = &str> {
-        self.filters.iter().map(Filter::field).chain(
-            [
-                &self.field_name,
-                &self.by_field,
-                &self.over_field,
-                &self.partition_field,
-            ]
-            .into_iter()
-            .filter_map(|f| f.as_deref()),
-        )
+    /// The job with every field it reads resolved to the scanner's [`FieldId`]s.
+    pub fn bind(&self, schema: &mut SchemaBuilder) -> BoundJob {
+        let mut field = |f: &Option<String>| f.as_deref().map(|path| schema.field(path));
+        BoundJob {
+            field_name: if self.function.needs_field_name() {
+                field(&self.field_name)
+            } else {
+                None
+            },
+            by: field(&self.by_field),
+            over: field(&self.over_field),
+            partition: field(&self.partition_field),
+            filters: self.filters.iter().map(|f| f.bind(schema)).collect(),
+        }
     }
 
     /// Checks the definition and returns every problem found (empty when valid).
@@ -325,6 +330,28 @@ impl JobDef {
             }
         }
         problems
+    }
+}
+
+/// A [`JobDef`]'s fields as [`FieldId`]s: what the detector reads per event.
+#[derive(Debug, Clone)]
+pub struct BoundJob {
+    /// The filters, in order.
+    pub filters: Vec<BoundFilter>,
+    /// The analysed field, when the function needs one.
+    pub field_name: Option<FieldId>,
+    /// `by_field_name`.
+    pub by: Option<FieldId>,
+    /// `over_field_name`.
+    pub over: Option<FieldId>,
+    /// `partition_field_name`.
+    pub partition: Option<FieldId>,
+}
+
+impl BoundJob {
+    /// True when the event meets every filter of the job.
+    pub fn qualifies(&self, event: &Event<'_>) -> bool {
+        self.filters.iter().all(|f| f.matches(event))
     }
 }
 
@@ -567,7 +594,19 @@ fn ded_filters(over_field: &str) -> Vec<Filter> {
 mod tests {
     use super::*;
     use crate::event;
+    use crate::fields::Scanner;
     use serde_json::{json, Value};
+    use std::sync::Arc;
+
+    /// Whether `event` qualifies for `job`, read as the detector reads it.
+    fn qualifies(job: &JobDef, event: &Value) -> bool {
+        let mut schema = SchemaBuilder::new();
+        let bound = job.bind(&mut schema);
+        let mut scanner = Scanner::new(Arc::new(schema.build().unwrap()));
+        let line = event.to_string();
+        let scanned = scanner.scan(&line).unwrap();
+        bound.qualifies(&scanned)
+    }
 
     fn exfil_event() -> Value {
         json!({
@@ -616,12 +655,12 @@ mod tests {
             .clone();
         let ok = json!({"event.category": ["network"], "destination.geo.country_name": "Iran",
                         "process": {"name": "curl"}});
-        assert!(job.qualifies(&ok));
+        assert!(qualifies(&job, &ok));
         let no_country = json!({"event": {"category": "network"}});
-        assert!(!job.qualifies(&no_country));
+        assert!(!qualifies(&job, &no_country));
         let not_network = json!({"event": {"category": ["process"]},
                                  "destination": {"geo": {"country_name": "Iran"}}});
-        assert!(!job.qualifies(&not_network));
+        assert!(!qualifies(&job, &not_network));
         for agent in [
             "filebeat",
             "Filebeat.EXE",
@@ -631,7 +670,7 @@ mod tests {
             let ev = json!({"event": {"category": ["network"]},
                             "destination": {"geo": {"country_name": "Iran"}},
                             "process": {"name": agent}});
-            assert!(!job.qualifies(&ev), "{agent}");
+            assert!(!qualifies(&job, &ev), "{agent}");
         }
     }
 
@@ -639,7 +678,7 @@ mod tests {
     fn ded_filters_each_condition() {
         let c = JobCatalog::builtin();
         let job = c.get("ded_high_sent_bytes_destination_ip").unwrap();
-        assert!(job.qualifies(&exfil_event()));
+        assert!(qualifies(job, &exfil_event()));
 
         let tweaks: [(&str, Value); 9] = [
             ("source.bytes", json!(0)),
@@ -655,21 +694,21 @@ mod tests {
         for (field, value) in tweaks {
             let mut ev = exfil_event();
             event::insert(&mut ev, field, value.clone()).unwrap();
-            assert!(!job.qualifies(&ev), "{field}={value} should not qualify");
+            assert!(!qualifies(job, &ev), "{field}={value} should not qualify");
         }
         // Direction absent is fine; string byte counts are fine.
         let mut ev = exfil_event();
         ev["network"] = json!({});
         event::insert(&mut ev, "source.bytes", json!("2048")).unwrap();
-        assert!(job.qualifies(&ev));
+        assert!(qualifies(job, &ev));
 
         let region = c
             .get("ded_high_sent_bytes_destination_region_name_ea")
             .unwrap();
-        assert!(region.qualifies(&exfil_event()));
+        assert!(qualifies(region, &exfil_event()));
         let mut ev = exfil_event();
         ev["destination"]["geo"] = json!({});
-        assert!(!region.qualifies(&ev));
+        assert!(!qualifies(region, &ev));
     }
 
     #[test]

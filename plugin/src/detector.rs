@@ -19,11 +19,11 @@ use serde::{Deserialize, Serialize};
 use serde_json::{Map, Value};
 
 use crate::alert::{self, AlertDetail};
-use crate::catalog::{Function, JobDef};
+use crate::catalog::{BoundJob, Function, JobDef};
 use crate::check::RuleSet;
 use crate::config::{Action, BuildOptions, DetectorConfig, Problem};
 use crate::event;
-use crate::fields::{Fields, FlatEvent, Scalar, Wanted};
+use crate::fields::{Event, FieldId, Scanner, SchemaBuilder};
 use crate::geo::{self, GeoCache, GeoDb};
 use crate::models::{self, ExtraValue, Model, Observation, Scored};
 use crate::net::{self, CidrSet};
@@ -49,8 +49,10 @@ pub struct Detector {
     jobs: Vec<ActiveJob>,
     geo: Option<GeoCache>,
     allow: CidrSet,
-    /// The fields the jobs read, scanned from every event.
-    wanted: Arc<Wanted>,
+    /// Reads the fields the jobs need from every event.
+    scanner: Scanner,
+    /// The fields the detector itself reads.
+    fixed: FixedFields,
     metrics: Metrics,
     /// What loading skipped (unsupported rules, unknown jobs), for the host to report.
     warnings: Vec<String>,
@@ -60,9 +62,19 @@ pub struct Detector {
     event_index: u32,
 }
 
+/// The fields the detector reads besides the jobs' own.
+struct FixedFields {
+    time: FieldId,
+    destination_ip: FieldId,
+    country_iso: FieldId,
+    country_name: FieldId,
+}
+
 /// A job some supported rule uses, its model, and the rules that read its scores.
 struct ActiveJob {
     def: JobDef,
+    /// The job's fields, resolved for the scanner.
+    bound: BoundJob,
     model: Box<dyn Model>,
     rules: Vec<ActiveRule>,
     scored: u64,
@@ -152,15 +164,20 @@ impl Detector {
         if !problems.is_empty() {
             return Err(PluginError::config(problems));
         }
-        let jobs = build_jobs(&config, &options, &set)?;
-        let wanted = Wanted::new(jobs.iter().flat_map(|j| j.def.fields()).chain([
-            config.time_field.as_str(),
-            DESTINATION_IP,
-            DESTINATION_COUNTRY_ISO,
-            DESTINATION_COUNTRY_NAME,
-        ]));
+        let mut schema = SchemaBuilder::new();
+        let jobs = build_jobs(&config, &options, &set, &mut schema)?;
+        let fixed = FixedFields {
+            time: schema.field(&config.time_field),
+            destination_ip: schema.field(DESTINATION_IP),
+            country_iso: schema.field(DESTINATION_COUNTRY_ISO),
+            country_name: schema.field(DESTINATION_COUNTRY_NAME),
+        };
+        let schema = schema
+            .build()
+            .map_err(|e| PluginError::new(ErrorKind::Config, format!("detector: {e}")))?;
         Ok(Detector {
-            wanted: Arc::new(wanted),
+            scanner: Scanner::new(Arc::new(schema)),
+            fixed,
             config,
             scores: options.score_records.then(Vec::new),
             options,
@@ -171,6 +188,11 @@ impl Detector {
             warnings: set.warnings,
             event_index: 0,
         })
+    }
+
+    /// A scanner for the fields this detector reads (for measuring the scanner alone).
+    pub fn scanner(&self) -> Scanner {
+        Scanner::new(Arc::clone(self.scanner.schema()))
     }
 
     /// The configuration this detector was built from.
@@ -210,13 +232,22 @@ impl Detector {
     /// flagged and its action annotates it.
     pub fn evaluate(&mut self, line: &str, now_ms: i64) -> Verdict {
         self.metrics.events += 1;
-        let wanted = Arc::clone(&self.wanted);
-        let Ok(mut flat) = FlatEvent::scan(line, &wanted) else {
+        let Ok(mut event) = self.scanner.scan(line) else {
             self.metrics.unreadable += 1;
             return Verdict::UNREADABLE;
         };
-        let country = self.enrich(&mut flat);
-        let Some(hit) = self.score(&flat, now_ms) else {
+        let country = enrich(self.geo.as_mut(), &self.fixed, &mut event);
+        if country.is_some() {
+            self.metrics.enriched += 1;
+        }
+        let scoring = Scoring {
+            allow: &self.allow,
+            fixed: &self.fixed,
+            scores: self.scores.as_mut(),
+            event_index: self.event_index,
+            now: now_ms,
+        };
+        let Some(hit) = score(&mut self.jobs, scoring, &event) else {
             return Verdict::PASS;
         };
         self.metrics.flagged += 1;
@@ -237,86 +268,6 @@ impl Detector {
             verdict.route = Some(route.as_str().into()).into();
         }
         verdict
-    }
-
-    /// Fills `destination.geo.country_iso_code` / `country_name` when the name is missing;
-    /// returns the country it added, to be written on the event if it is annotated.
-    fn enrich(&mut self, event: &mut FlatEvent<'_, '_>) -> Option<geo::Country> {
-        if event.is_present(DESTINATION_COUNTRY_NAME) {
-            return None;
-        }
-        let country = match event.get_str(DESTINATION_COUNTRY_ISO) {
-            Some(code) => geo::Country::from_iso_code(code),
-            None => {
-                let ip = event.get_str(DESTINATION_IP).and_then(net::parse_ip)?;
-                self.geo.as_mut()?.country(ip)
-            }
-        }?;
-        event.set(
-            DESTINATION_COUNTRY_ISO,
-            Scalar::Str(country.iso_code().to_owned().into()),
-        );
-        event.set(DESTINATION_COUNTRY_NAME, Scalar::Str(country.name().into()));
-        self.metrics.enriched += 1;
-        Some(country)
-    }
-
-    /// Lets every qualifying job score the event; returns the highest-scoring rule that fired.
-    fn score(&mut self, event: &FlatEvent<'_, '_>, now: i64) -> Option<Hit> {
-        // A timestamp from the future would age every model at once: it counts as absent.
-        let time_ms = crate::time::epoch_ms(event, &self.config.time_field)
-            .filter(|&t| t <= now + MAX_FUTURE_MS)
-            .unwrap_or(now);
-        let allowed = !self.allow.is_empty()
-            && event
-                .get_str(DESTINATION_IP)
-                .and_then(net::parse_ip)
-                .is_some_and(|ip| self.allow.contains(ip));
-        if allowed {
-            return None;
-        }
-        let mut best: Option<Hit> = None;
-        for (j, job) in self.jobs.iter_mut().enumerate() {
-            if !job.def.qualifies(event) {
-                continue;
-            }
-            let Some(obs) = Extracted::from_event(&job.def, event) else {
-                continue;
-            };
-            let Some(scored) = job.model.observe(&obs.observation(time_ms)) else {
-                continue;
-            };
-            job.scored += 1;
-            if let Some(scores) = &mut self.scores {
-                for rule in &job.rules {
-                    scores.push(score_record(
-                        self.event_index,
-                        &job.def,
-                        rule,
-                        &scored,
-                        &obs,
-                        time_ms,
-                    ));
-                }
-            }
-            if scored.learning {
-                continue;
-            }
-            for (r, rule) in job.rules.iter().enumerate() {
-                let better = best.as_ref().is_none_or(|b| scored.score > b.scored.score);
-                if scored.score >= rule.threshold && better {
-                    let (field, value) = obs.subject(&job.def);
-                    best = Some(Hit {
-                        job: j,
-                        rule: r,
-                        scored,
-                        field,
-                        value,
-                    });
-                }
-            }
-        }
-        best
     }
 
     /// Output names the configured actions route to.
@@ -508,6 +459,95 @@ impl Detector {
     }
 }
 
+/// Fills `destination.geo.country_iso_code` / `country_name` when the name is missing;
+/// returns the country it added, to be written on the event if it is annotated.
+fn enrich(
+    geo: Option<&mut GeoCache>,
+    fixed: &FixedFields,
+    event: &mut Event<'_>,
+) -> Option<geo::Country> {
+    if event.present(fixed.country_name) {
+        return None;
+    }
+    let country = match event.str(fixed.country_iso) {
+        Some(code) => geo::Country::from_iso_code(code),
+        None => geo?.country(event.ip(fixed.destination_ip)?),
+    }?;
+    event.set(fixed.country_iso, country.iso_code());
+    event.set(fixed.country_name, country.name());
+    Some(country)
+}
+
+/// What scoring an event needs besides the jobs.
+struct Scoring<'d> {
+    allow: &'d CidrSet,
+    fixed: &'d FixedFields,
+    /// Score records of the batch, when the host asked for them.
+    scores: Option<&'d mut Vec<ScoreRecord>>,
+    /// Position of the event in its batch.
+    event_index: u32,
+    /// The host's clock.
+    now: i64,
+}
+
+/// Lets every qualifying job score the event; returns the highest-scoring rule that fired.
+fn score(jobs: &mut [ActiveJob], mut ctx: Scoring<'_>, event: &Event<'_>) -> Option<Hit> {
+    // A timestamp from the future would age every model at once: it counts as absent.
+    let now = ctx.now;
+    let time_ms = crate::time::epoch_ms(event, ctx.fixed.time)
+        .filter(|&t| t <= now + MAX_FUTURE_MS)
+        .unwrap_or(now);
+    let allowed = !ctx.allow.is_empty()
+        && event
+            .ip(ctx.fixed.destination_ip)
+            .is_some_and(|ip| ctx.allow.contains(ip));
+    if allowed {
+        return None;
+    }
+    let mut best: Option<Hit> = None;
+    for (j, job) in jobs.iter_mut().enumerate() {
+        if !job.bound.qualifies(event) {
+            continue;
+        }
+        let Some(obs) = Extracted::from_event(&job.bound, event) else {
+            continue;
+        };
+        let Some(scored) = job.model.observe(&obs.observation(time_ms)) else {
+            continue;
+        };
+        job.scored += 1;
+        if let Some(scores) = ctx.scores.as_deref_mut() {
+            for rule in &job.rules {
+                scores.push(score_record(
+                    ctx.event_index,
+                    &job.def,
+                    rule,
+                    &scored,
+                    &obs,
+                    time_ms,
+                ));
+            }
+        }
+        if scored.learning {
+            continue;
+        }
+        for (r, rule) in job.rules.iter().enumerate() {
+            let better = best.as_ref().is_none_or(|b| scored.score > b.scored.score);
+            if scored.score >= rule.threshold && better {
+                let (field, value) = obs.subject(&job.def);
+                best = Some(Hit {
+                    job: j,
+                    rule: r,
+                    scored,
+                    field,
+                    value,
+                });
+            }
+        }
+    }
+    best
+}
+
 /// The values one job reads from an event, borrowed where the event holds strings.
 struct Extracted<'a> {
     by: Option<Cow<'a, str>>,
@@ -518,25 +558,19 @@ struct Extracted<'a> {
 
 impl<'a> Extracted<'a> {
     /// Reads the job's fields; `None` when a field the function needs is missing.
-    fn from_event<E: Fields + ?Sized>(def: &JobDef, event: &'a E) -> Option<Self> {
-        let read = |field: &Option<String>| -> Result<Option<Cow<'a, str>>, ()> {
-            let Some(path) = field else {
-                return Ok(None);
-            };
-            match event.get_str(path) {
-                Some(text) => Ok(Some(Cow::Borrowed(text))),
-                None => event
-                    .get_f64(path)
-                    .map(|n| Some(Cow::Owned(number_text(n))))
-                    .ok_or(()),
+    fn from_event(job: &BoundJob, event: &'a Event<'_>) -> Option<Self> {
+        let read = |field: Option<FieldId>| -> Result<Option<Cow<'a, str>>, ()> {
+            match field {
+                None => Ok(None),
+                Some(id) => event.key_text(id).map(Some).ok_or(()),
             }
         };
-        let by = read(&def.by_field).ok()?;
-        let over = read(&def.over_field).ok()?;
-        let partition = read(&def.partition_field).ok()?;
-        let value = match &def.field_name {
-            Some(field) if def.function.needs_field_name() => event.get_f64(field)?,
-            _ => 1.0,
+        let by = read(job.by).ok()?;
+        let over = read(job.over).ok()?;
+        let partition = read(job.partition).ok()?;
+        let value = match job.field_name {
+            Some(id) => event.number(id)?,
+            None => 1.0,
         };
         Some(Extracted {
             by,
@@ -569,15 +603,6 @@ impl<'a> Extracted<'a> {
             _ => pick(&def.over_field, &self.over).or_else(|| pick(&def.by_field, &self.by)),
         }
         .unwrap_or_else(|| (def.id.clone(), String::new()))
-    }
-}
-
-/// A number as an entity key: integers without a fraction (`443`, not `443.0`).
-fn number_text(n: f64) -> String {
-    if n.fract() == 0.0 && n.abs() < 1e15 {
-        format!("{}", n as i64)
-    } else {
-        n.to_string()
     }
 }
 
@@ -632,6 +657,7 @@ fn build_jobs(
     config: &DetectorConfig,
     options: &BuildOptions,
     set: &RuleSet,
+    schema: &mut SchemaBuilder,
 ) -> Result<Vec<ActiveJob>, PluginError> {
     let mut jobs: Vec<ActiveJob> = Vec::new();
     for rule in set.load.supported() {
@@ -653,6 +679,7 @@ fn build_jobs(
                         PluginError::new(ErrorKind::Internal, format!("job {job_id}: {e}"))
                     })?;
                     jobs.push(ActiveJob {
+                        bound: def.bind(schema),
                         def: def.clone(),
                         model,
                         rules: Vec::new(),

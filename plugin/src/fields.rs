@@ -1,462 +1,1394 @@
-//! Reading the few fields the jobs need without building the whole event.
+//! The field scanner: the few fields the jobs read, taken from an event line in one pass.
 //!
-//! Parsing every event into a `serde_json::Value` costs an allocation per key and value and a
-//! hash per lookup, most of it for fields no job reads. [`FlatEvent::scan`] instead walks the
-//! JSON once with serde's borrowing deserializer and keeps only the wanted fields, by their
-//! flattened path, so that nested objects and dotted keys are the same thing:
-//! `{"destination":{"geo":{"country_name":"X"}}}`, `{"destination.geo.country_name":"X"}` and
-//! `{"destination":{"geo.country_name":"X"}}` all give `destination.geo.country_name = X`.
-//! Strings without escapes are borrowed from the line; everything not wanted is skipped (and
-//! still validated: a line that is not a JSON object is rejected). When the same field appears
-//! twice, the first one wins, as in [`crate::event::get`].
+//! Most of an event is of no interest to the detector: of the twenty-odd keys of an ECS network
+//! event the jobs read eight or nine. Parsing it into a tree (an allocation per key and value)
+//! or even walking it with serde's visitor (a `String` path built per key, a linear search of
+//! the wanted paths) costs several times what the detection itself costs. [`Scanner::scan`]
+//! instead makes one pass over the bytes, as a validating JSON parser would, and stops to look
+//! only at the keys on a wanted path:
 //!
-//! Only a flagged event, rare by design, is parsed in full (to annotate it).
+//! - **Keys are matched against a table per nesting level, built once.** [`SchemaBuilder`]
+//!   turns the wanted paths into a trie whose nodes (root, `destination`, `destination.geo`, ...)
+//!   each hold an open-addressed hash table of the key segments that lead on. A key is hashed
+//!   from its first and last eight bytes and its length; for keys up to sixteen bytes, comparing
+//!   those two words and the length is the whole comparison. No path string is built per event.
+//! - **Nested and dotted keys are one field.** A key with dots is split at them and walked
+//!   through the same trie, so `{"destination":{"geo":{"country_name":..}}}`,
+//!   `{"destination.geo.country_name":..}` and `{"destination":{"geo.country_name":..}}` all give
+//!   `destination.geo.country_name`. Escaped keys (`"destin\u0061tion"`) are decoded first, as
+//!   any JSON reader downstream would decode them.
+//! - **Everything else is skipped, and still validated.** Values under keys that lead nowhere
+//!   are skipped by a non-recursive walk that checks the full JSON grammar (a line that is not
+//!   exactly one JSON object is unreadable, see [`ScanError`]); string contents are skimmed
+//!   eight bytes at a time (SWAR) for the three bytes that matter: `"`, `\` and control
+//!   characters. UTF-8 is not checked again: the host hands over `&str`, already validated.
+//! - **Values stay where they are.** A wanted value is recorded as a span of the line (strings
+//!   without escapes are borrowed; the rare escaped one is decoded into a buffer the scanner
+//!   reuses), numbers are converted once, and IP addresses are parsed once, on first use, for
+//!   every reader (filters, GeoIP, allow-list). Nothing is allocated per event once the
+//!   scanner's buffers have grown to the size of the events it sees.
 //!
-//! [`Fields`] is what filters and models read through; it is implemented both for
-//! [`FlatEvent`] and for a full `serde_json::Value`.
+//! Readers ([`Event`]) address fields by [`FieldId`], resolved when the detector is built.
+//!
+//! When a field appears more than once (twice under the same key, or in a dotted and a nested
+//! form), the first occurrence is the one read.
+//!
+//! Arrays are not descended into: ECS paths do not index arrays, and a wanted field's value that
+//! is an array is kept whole (for `event.category`, the strings in it).
 
-use std::borrow::Cow;
+use std::cell::Cell;
 use std::fmt;
+use std::net::IpAddr;
+use std::sync::Arc;
 
-use serde::de::{self, DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
-use serde_json::Value;
+use crate::net;
 
-use crate::event;
+/// Most levels of arrays and objects an event may nest, counting the event itself: serde_json's
+/// limit (its recursion limit of 128 refuses the 128th level), so that serde-based readers
+/// downstream, such as Vector's JSON codec, accept exactly what is accepted here.
+pub const MAX_DEPTH: u32 = 127;
 
-/// Read access to an event's fields by dotted path.
-pub trait Fields {
-    /// The field as a string, when it is one.
-    fn get_str(&self, path: &str) -> Option<&str>;
-    /// The field as a finite number: a JSON number or a numeric string.
-    fn get_f64(&self, path: &str) -> Option<f64>;
-    /// Whether the field is the string `needle` or an array containing it.
-    fn contains_str(&self, path: &str, needle: &str) -> bool;
-    /// Whether the field is present and not null.
-    fn is_present(&self, path: &str) -> bool;
+/// Most segments a wanted path may have (`destination.geo.country_name` has three).
+pub const MAX_SEGMENTS: usize = 16;
+
+/// A wanted field, by index; resolved from its path when the detector is built.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct FieldId(u16);
+
+/// Why a line is not one readable JSON object.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("{kind} at byte {offset}")]
+pub struct ScanError {
+    /// What is wrong.
+    pub kind: ScanErrorKind,
+    /// Byte offset in the line where it was found.
+    pub offset: usize,
 }
 
-impl Fields for Value {
-    fn get_str(&self, path: &str) -> Option<&str> {
-        event::get_str(self, path)
-    }
-    fn get_f64(&self, path: &str) -> Option<f64> {
-        event::get_f64(self, path)
-    }
-    fn contains_str(&self, path: &str, needle: &str) -> bool {
-        event::contains_str(self, path, needle)
-    }
-    fn is_present(&self, path: &str) -> bool {
-        event::get_present(self, path).is_some()
+/// The kinds of [`ScanError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScanErrorKind {
+    /// The line is not a JSON object (an array, a string, empty, ...).
+    NotAnObject,
+    /// A byte that the JSON grammar does not allow here, or the line ended too early.
+    Syntax,
+    /// A raw control character (below U+0020) inside a string.
+    ControlCharacter,
+    /// A backslash escape that JSON does not define.
+    BadEscape,
+    /// A malformed number (`01`, `1.`, `-`, `1e`).
+    BadNumber,
+    /// More than [`MAX_DEPTH`] levels of nesting.
+    TooDeep,
+    /// Something other than whitespace after the object.
+    TrailingCharacters,
+    /// A line of 4 GiB or more.
+    TooLong,
+}
+
+impl fmt::Display for ScanErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            ScanErrorKind::NotAnObject => "not a JSON object",
+            ScanErrorKind::Syntax => "invalid JSON",
+            ScanErrorKind::ControlCharacter => "control character in a string",
+            ScanErrorKind::BadEscape => "invalid escape in a string",
+            ScanErrorKind::BadNumber => "invalid number",
+            ScanErrorKind::TooDeep => "nested too deeply",
+            ScanErrorKind::TrailingCharacters => "characters after the JSON object",
+            ScanErrorKind::TooLong => "line too long",
+        })
     }
 }
 
-/// A wanted field's value.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Scalar<'a> {
-    /// A string (borrowed from the line unless it had escapes).
-    Str(Cow<'a, str>),
-    /// A number.
-    Num(f64),
-    /// A boolean.
-    Bool(bool),
-    /// `null`.
-    Null,
-    /// An array; its string elements are kept.
-    StrList(Vec<Cow<'a, str>>),
-    /// An object, or an array of something else.
-    Other,
+/// A wanted path that cannot be matched.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SchemaError {
+    /// The path is empty or has an empty segment (`a..b`, `.a`, `a.`).
+    #[error("invalid field path `{0}`")]
+    InvalidPath(String),
+    /// The path has more than [`MAX_SEGMENTS`] segments.
+    #[error("field path `{0}` has more than {MAX_SEGMENTS} segments")]
+    TooDeep(String),
+    /// More distinct fields than a [`FieldId`] can number.
+    #[error("too many distinct fields ({0})")]
+    TooMany(usize),
 }
 
-/// The set of flattened paths a detector reads, fixed at construction.
-#[derive(Debug, Clone, Default)]
-pub struct Wanted {
+/// Collects the wanted paths and hands out their [`FieldId`]s.
+#[derive(Debug, Default)]
+pub struct SchemaBuilder {
     paths: Vec<String>,
-    /// Every proper prefix of a wanted path that ends before a `.` (`destination`,
-    /// `destination.geo` for `destination.geo.country_name`), so that deciding whether to
-    /// descend into a key is an equality test, which compares lengths before bytes.
-    prefixes: Vec<String>,
 }
 
-impl Wanted {
-    /// A set from paths; duplicates are dropped.
-    pub fn new<'p>(paths: impl IntoIterator<Item = &'p str>) -> Self {
-        let mut wanted = Wanted::default();
-        for path in paths {
-            if !wanted.paths.iter().any(|p| p == path) {
-                wanted.paths.push(path.to_owned());
+impl SchemaBuilder {
+    /// A builder with no field.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The id of `path`, added if new.
+    pub fn field(&mut self, path: &str) -> FieldId {
+        let index = match self.paths.iter().position(|p| p == path) {
+            Some(index) => index,
+            None => {
+                self.paths.push(path.to_owned());
+                self.paths.len() - 1
             }
-            for (i, _) in path.match_indices('.') {
-                let prefix = &path[..i];
-                if !wanted.prefixes.iter().any(|p| p == prefix) {
-                    wanted.prefixes.push(prefix.to_owned());
+        };
+        // Checked against u16 in `build`; ids past it are never used.
+        FieldId(u16::try_from(index).unwrap_or(NONE))
+    }
+
+    /// Builds the per-level key tables.
+    pub fn build(self) -> Result<Schema, SchemaError> {
+        if self.paths.len() >= usize::from(NONE) {
+            return Err(SchemaError::TooMany(self.paths.len()));
+        }
+        let mut trie = vec![TrieNode::default()];
+        for (index, path) in self.paths.iter().enumerate() {
+            let segments: Vec<&str> = path.split('.').collect();
+            if segments.iter().any(|s| s.is_empty()) {
+                return Err(SchemaError::InvalidPath(path.clone()));
+            }
+            if segments.len() > MAX_SEGMENTS {
+                return Err(SchemaError::TooDeep(path.clone()));
+            }
+            let mut node = 0;
+            for (i, segment) in segments.iter().enumerate() {
+                let at = match trie[node].keys.iter().position(|(k, _)| k == segment) {
+                    Some(at) => at,
+                    None => {
+                        trie[node]
+                            .keys
+                            .push(((*segment).to_owned(), TrieEntry::default()));
+                        trie[node].keys.len() - 1
+                    }
+                };
+                if i + 1 == segments.len() {
+                    trie[node].keys[at].1.field = Some(index);
+                } else {
+                    node = match trie[node].keys[at].1.child {
+                        Some(child) => child,
+                        None => {
+                            trie.push(TrieNode::default());
+                            let child = trie.len() - 1;
+                            trie[node].keys[at].1.child = Some(child);
+                            child
+                        }
+                    };
                 }
             }
         }
-        wanted
-    }
-
-    fn index(&self, path: &str) -> Option<usize> {
-        self.paths.iter().position(|p| p == path)
-    }
-
-    /// Whether `path` is wanted itself, or leads to a wanted path.
-    fn classify(&self, path: &str) -> Match {
-        if let Some(i) = self.index(path) {
-            Match::Exact(i)
-        } else if self.prefixes.iter().any(|p| p == path) {
-            Match::Prefix
-        } else {
-            Match::None
-        }
+        let nodes = trie.iter().map(Node::build).collect();
+        Ok(Schema {
+            paths: self.paths,
+            nodes,
+        })
     }
 }
 
-enum Match {
-    Exact(usize),
-    Prefix,
-    None,
+#[derive(Default)]
+struct TrieNode {
+    keys: Vec<(String, TrieEntry)>,
 }
 
-/// The wanted fields of one event.
+#[derive(Default, Clone, Copy)]
+struct TrieEntry {
+    field: Option<usize>,
+    child: Option<usize>,
+}
+
+/// "No field" / "no child node" in a [`Target`].
+const NONE: u16 = u16::MAX;
+
+/// Where a key leads: a field ending there, a node below it, or both.
+#[derive(Debug, Clone, Copy)]
+struct Target {
+    /// Field ending here, or [`NONE`].
+    field: u16,
+    /// Node the key leads to, or [`NONE`].
+    child: u16,
+}
+
+/// One key segment of a node's table.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// First eight bytes of the key, zero-padded.
+    a: u64,
+    /// Last eight bytes of the key when it is longer than eight, else 0.
+    b: u64,
+    /// Key length; 0 marks an empty slot (an empty key segment never matches).
+    len: u32,
+    /// Index in [`Schema::long_keys`] for keys over sixteen bytes.
+    long: u32,
+    target: Target,
+}
+
+const EMPTY: Entry = Entry {
+    a: 0,
+    b: 0,
+    len: 0,
+    long: 0,
+    target: Target {
+        field: NONE,
+        child: NONE,
+    },
+};
+
+/// One nesting level: the key segments that lead on from it, in an open-addressed table.
 #[derive(Debug)]
-pub struct FlatEvent<'w, 'a> {
-    wanted: &'w Wanted,
-    values: Vec<Option<Scalar<'a>>>,
+struct Node {
+    mask: usize,
+    entries: Box<[Entry]>,
+    /// Segments over sixteen bytes, compared in full after their words matched.
+    long_keys: Vec<Box<[u8]>>,
 }
 
-impl<'w, 'a> FlatEvent<'w, 'a> {
-    /// Scans one line. Fails when the line is not a JSON object.
-    pub fn scan(line: &'a str, wanted: &'w Wanted) -> Result<Self, serde_json::Error> {
-        let mut values = vec![None; wanted.paths.len()];
-        let mut path = String::with_capacity(64);
-        let mut de = serde_json::Deserializer::from_str(line);
-        Walk {
-            wanted,
-            path: &mut path,
-            values: &mut values,
+impl Node {
+    fn build(node: &TrieNode) -> Node {
+        let mut long_keys: Vec<Box<[u8]>> = Vec::new();
+        // At most a quarter full: an unknown key usually meets an empty slot at once.
+        let size = (node.keys.len() * 4).next_power_of_two().max(8);
+        let mut entries = vec![EMPTY; size].into_boxed_slice();
+        let mask = size - 1;
+        for (key, entry) in &node.keys {
+            let bytes = key.as_bytes();
+            let (a, b) = key_words(bytes, 0, bytes.len());
+            let long = if bytes.len() > 16 {
+                long_keys.push(bytes.into());
+                u32::try_from(long_keys.len() - 1).unwrap_or(u32::MAX)
+            } else {
+                0
+            };
+            let narrow = |i: Option<usize>| i.map_or(NONE, |i| u16::try_from(i).unwrap_or(NONE));
+            let mut slot = hash(a, b, bytes.len()) & mask;
+            while entries[slot].len != 0 {
+                slot = (slot + 1) & mask;
+            }
+            entries[slot] = Entry {
+                a,
+                b,
+                len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+                long,
+                target: Target {
+                    field: narrow(entry.field),
+                    child: narrow(entry.child),
+                },
+            };
         }
-        .deserialize(&mut de)?;
-        de.end()?;
-        Ok(FlatEvent { wanted, values })
+        Node {
+            mask,
+            entries,
+            long_keys,
+        }
     }
 
-    fn value(&self, path: &str) -> Option<&Scalar<'a>> {
-        self.wanted
-            .index(path)
-            .and_then(|i| self.values[i].as_ref())
+    #[cold]
+    fn long_is(&self, index: u32, key: &[u8]) -> bool {
+        self.long_keys
+            .get(index as usize)
+            .is_some_and(|k| **k == *key)
     }
 
-    /// Sets a wanted field (enrichment); paths that are not wanted are ignored.
-    pub fn set(&mut self, path: &str, value: Scalar<'a>) {
-        if let Some(i) = self.wanted.index(path) {
-            self.values[i] = Some(value);
+    /// Looks `key[s..e]` up among this node's segments: the target, `None` when the key
+    /// leads nowhere, or [`Dotted`] when it missed and has a dot (to be walked segment by
+    /// segment).
+    #[inline(always)]
+    fn lookup(&self, key: &[u8], s: usize, e: usize) -> Result<Option<Target>, Dotted> {
+        let len = e - s;
+        let (a, b) = key_words(key, s, e);
+        let mut slot = hash(a, b, len) & self.mask;
+        loop {
+            let Some(entry) = self.entries.get(slot) else {
+                return Ok(None);
+            };
+            if entry.len == 0 {
+                break;
+            }
+            if entry.a == a && entry.b == b && entry.len as usize == len {
+                if len <= 16 || self.long_is(entry.long, &key[s..e]) {
+                    return Ok(Some(entry.target));
+                }
+                break;
+            }
+            slot = (slot + 1) & self.mask;
+        }
+        // The two words cover keys up to sixteen bytes (and are zero past the key).
+        let dots = ONES * u64::from(b'.');
+        let dotted = if len <= 16 {
+            (zero_bytes(a ^ dots) | zero_bytes(b ^ dots)) != 0
+        } else {
+            key[s..e].contains(&b'.')
+        };
+        if dotted {
+            Err(Dotted)
+        } else {
+            Ok(None)
         }
     }
 }
 
-impl Fields for FlatEvent<'_, '_> {
-    fn get_str(&self, path: &str) -> Option<&str> {
-        match self.value(path)? {
-            Scalar::Str(s) => Some(s),
+/// A key that missed and has a dot: to be resolved segment by segment.
+struct Dotted;
+
+/// The wanted paths as per-level key tables; shared by every [`Scanner`] of a detector.
+#[derive(Debug)]
+pub struct Schema {
+    paths: Vec<String>,
+    nodes: Vec<Node>,
+}
+
+impl Schema {
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// True when no field is wanted.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+}
+
+/// The root node of every schema.
+const ROOT: u16 = 0;
+
+#[inline(always)]
+fn hash(a: u64, b: u64, len: usize) -> usize {
+    let h = (a ^ b.rotate_left(23)).wrapping_add(len as u64);
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize
+}
+
+/// The eight bytes at `at` as a little-endian word, if there are eight. (`at` is an offset in
+/// a line shorter than 4 GiB, so `at + 8` cannot overflow.)
+#[inline(always)]
+fn word(bytes: &[u8], at: usize) -> Option<u64> {
+    if at + 8 > bytes.len() {
+        return None;
+    }
+    let chunk: &[u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+    Some(u64::from_le_bytes(*chunk))
+}
+
+/// `LOW_BYTES[n]` keeps the low `n` bytes of a word.
+const LOW_BYTES: [u64; 8] = [
+    0,
+    0xff,
+    0xffff,
+    0xff_ffff,
+    0xffff_ffff,
+    0xff_ffff_ffff,
+    0xffff_ffff_ffff,
+    0xff_ffff_ffff_ffff,
+];
+
+/// The words a key is hashed and compared by: its first eight bytes (zero-padded) and, when
+/// longer than eight, its last eight. Bytes after the key in `bytes` are masked off.
+#[inline(always)]
+fn key_words(bytes: &[u8], s: usize, e: usize) -> (u64, u64) {
+    let len = e - s;
+    match word(bytes, s) {
+        Some(w) if len > 8 => (w, word(bytes, e - 8).unwrap_or(0)),
+        Some(w) if len == 8 => (w, 0),
+        Some(w) => (w & LOW_BYTES[len & 7], 0),
+        None => padded_words(&bytes[s..e]),
+    }
+}
+
+/// [`key_words`] for a key too close to the end of its buffer to load a word.
+#[cold]
+fn padded_words(key: &[u8]) -> (u64, u64) {
+    let mut pad = [0u8; 8];
+    let n = key.len().min(8);
+    pad[..n].copy_from_slice(&key[..n]);
+    let b = if key.len() > 8 {
+        word(key, key.len() - 8).unwrap_or(0)
+    } else {
+        0
+    };
+    (u64::from_le_bytes(pad), b)
+}
+
+/// What a slot holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Absent,
+    Null,
+    True,
+    False,
+    /// A string without escapes: `start..end` of the line, quotes excluded.
+    Str,
+    /// A string with escapes, decoded: `start..end` of the scanner's buffer.
+    Decoded,
+    /// A value set after the scan (enrichment): [`Slot::fixed`].
+    Fixed,
+    /// A number: [`Slot::num`], its text `start..end` of the line; `int` when integral text.
+    Num,
+    /// An array, `start..end` of the line, brackets included.
+    Array,
+    /// An object, `start..end` of the line, braces included.
+    Object,
+}
+
+/// An IP address, parsed on first use.
+#[derive(Debug, Clone, Copy)]
+enum IpMemo {
+    Unparsed,
+    Invalid,
+    Valid(IpAddr),
+}
+
+/// One wanted field's value in the current event.
+#[derive(Debug, Clone)]
+struct Slot {
+    kind: Kind,
+    /// For [`Kind::Num`]: the text is an integer (no fraction or exponent).
+    int: bool,
+    start: u32,
+    end: u32,
+    num: f64,
+    fixed: &'static str,
+    ip: Cell<IpMemo>,
+}
+
+impl Slot {
+    fn absent() -> Slot {
+        Slot {
+            kind: Kind::Absent,
+            int: false,
+            start: 0,
+            end: 0,
+            num: 0.0,
+            fixed: "",
+            ip: Cell::new(IpMemo::Unparsed),
+        }
+    }
+}
+
+/// Scans event lines for the fields of one [`Schema`]; keeps its buffers between events.
+#[derive(Debug)]
+pub struct Scanner {
+    schema: Arc<Schema>,
+    slots: Vec<Slot>,
+    /// Decoded escaped strings of the current event.
+    scratch: String,
+    /// The current key, when it had escapes.
+    key: String,
+}
+
+impl Scanner {
+    /// A scanner for `schema`.
+    pub fn new(schema: Arc<Schema>) -> Self {
+        Scanner {
+            slots: vec![Slot::absent(); schema.len()],
+            schema,
+            scratch: String::new(),
+            key: String::new(),
+        }
+    }
+
+    /// The schema scanned for.
+    pub fn schema(&self) -> &Arc<Schema> {
+        &self.schema
+    }
+
+    /// Scans one line (without its terminator). Fails when it is not exactly one JSON object.
+    pub fn scan<'s>(&'s mut self, line: &'s str) -> Result<Event<'s>, ScanError> {
+        for slot in &mut self.slots {
+            slot.kind = Kind::Absent;
+        }
+        self.scratch.clear();
+        if u32::try_from(line.len()).is_err() {
+            return Err(ScanError {
+                kind: ScanErrorKind::TooLong,
+                offset: 0,
+            });
+        }
+        let b = line.as_bytes();
+        let mut p = Parser {
+            text: line,
+            schema: &self.schema,
+            slots: &mut self.slots,
+            scratch: &mut self.scratch,
+            key: &mut self.key,
+        };
+        let pos = skip_ws(b, 0);
+        if b.get(pos) != Some(&b'{') {
+            return Err(fail(ScanErrorKind::NotAnObject, pos));
+        }
+        let pos = skip_ws(b, p.walk(pos + 1)?);
+        if pos != b.len() {
+            return Err(fail(ScanErrorKind::TrailingCharacters, pos));
+        }
+        Ok(Event {
+            line,
+            slots: &mut self.slots,
+            scratch: &self.scratch,
+        })
+    }
+}
+
+/// The wanted fields of one scanned event.
+#[derive(Debug)]
+pub struct Event<'s> {
+    line: &'s str,
+    slots: &'s mut [Slot],
+    scratch: &'s str,
+}
+
+impl<'s> Event<'s> {
+    fn slot(&self, id: FieldId) -> &Slot {
+        &self.slots[usize::from(id.0)]
+    }
+
+    /// The field as a string, when it is one.
+    pub fn str(&self, id: FieldId) -> Option<&str> {
+        let slot = self.slot(id);
+        let (s, e) = (slot.start as usize, slot.end as usize);
+        match slot.kind {
+            Kind::Str => self.line.get(s..e),
+            Kind::Decoded => self.scratch.get(s..e),
+            Kind::Fixed => Some(slot.fixed),
             _ => None,
         }
     }
 
-    fn get_f64(&self, path: &str) -> Option<f64> {
-        let n = match self.value(path)? {
-            Scalar::Num(n) => *n,
-            Scalar::Str(s) => s.trim().parse().ok()?,
-            _ => return None,
+    /// The field as a finite number: a JSON number or a string holding one (`"1024"`).
+    pub fn number(&self, id: FieldId) -> Option<f64> {
+        let slot = self.slot(id);
+        let n = match slot.kind {
+            Kind::Num => slot.num,
+            _ => self.str(id)?.trim().parse().ok()?,
         };
         n.is_finite().then_some(n)
     }
 
-    fn contains_str(&self, path: &str, needle: &str) -> bool {
-        match self.value(path) {
-            Some(Scalar::Str(s)) => s == needle,
-            Some(Scalar::StrList(list)) => list.iter().any(|s| s == needle),
-            _ => false,
+    /// The field as the text of an entity key: a string as it is, an integer as written
+    /// (`443`), another number formatted without a needless fraction.
+    pub fn key_text(&self, id: FieldId) -> Option<std::borrow::Cow<'_, str>> {
+        let slot = self.slot(id);
+        if slot.kind == Kind::Num {
+            if slot.int {
+                return self
+                    .line
+                    .get(slot.start as usize..slot.end as usize)
+                    .map(Into::into);
+            }
+            let n = self.number(id)?;
+            return Some(if n.fract() == 0.0 && n.abs() < 1e15 {
+                format!("{}", n as i64).into()
+            } else {
+                n.to_string().into()
+            });
+        }
+        self.str(id).map(Into::into)
+    }
+
+    /// True when the field is the string `needle`, or an array holding it.
+    pub fn contains(&self, id: FieldId, needle: &str) -> bool {
+        let slot = self.slot(id);
+        if slot.kind == Kind::Array {
+            let raw = &self.line[slot.start as usize..slot.end as usize];
+            return array_contains(raw, needle);
+        }
+        self.str(id) == Some(needle)
+    }
+
+    /// True when the field is present and not `null`.
+    pub fn present(&self, id: FieldId) -> bool {
+        !matches!(self.slot(id).kind, Kind::Absent | Kind::Null)
+    }
+
+    /// The field as an IP address (`10.1.2.3`, `2001:db8::1`, `[::1]`, `fe80::1%eth0`), parsed
+    /// once per event whoever asks.
+    pub fn ip(&self, id: FieldId) -> Option<IpAddr> {
+        let slot = self.slot(id);
+        // The memo is reset whenever a slot takes a string; other kinds are never addresses.
+        if !matches!(slot.kind, Kind::Str | Kind::Decoded | Kind::Fixed) {
+            return None;
+        }
+        match slot.ip.get() {
+            IpMemo::Valid(ip) => Some(ip),
+            IpMemo::Invalid => None,
+            IpMemo::Unparsed => {
+                let ip = self.str(id).and_then(net::parse_ip);
+                slot.ip.set(ip.map_or(IpMemo::Invalid, IpMemo::Valid));
+                ip
+            }
         }
     }
 
-    fn is_present(&self, path: &str) -> bool {
-        !matches!(self.value(path), None | Some(Scalar::Null))
+    /// Sets a field after the scan (GeoIP enrichment).
+    pub fn set(&mut self, id: FieldId, value: &'static str) {
+        let slot = &mut self.slots[usize::from(id.0)];
+        slot.kind = Kind::Fixed;
+        slot.fixed = value;
+        slot.ip.set(IpMemo::Unparsed);
     }
 }
 
-/// Walks an object, extending `path` with each key.
-struct Walk<'w, 'p, 'a> {
-    wanted: &'w Wanted,
-    path: &'p mut String,
-    values: &'p mut Vec<Option<Scalar<'a>>>,
-}
-
-impl<'de> DeserializeSeed<'de> for Walk<'_, '_, 'de> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_map(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Walk<'_, '_, 'de> {
-    type Value = ();
-
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("a JSON object")
-    }
-
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
-        while let Some(key) = map.next_key::<Text<'de>>()? {
-            let len = self.path.len();
-            if len > 0 {
-                self.path.push('.');
+/// Whether a validated JSON array holds the string `needle`.
+fn array_contains(raw: &str, needle: &str) -> bool {
+    let b = raw.as_bytes();
+    let mut pos = 1;
+    let mut decoded = String::new();
+    loop {
+        pos = skip_ws(b, pos);
+        match b.get(pos) {
+            Some(b'"') => {
+                let Ok((end, escaped)) = string_end(b, pos + 1) else {
+                    return false;
+                };
+                let text = &raw[pos + 1..end - 1];
+                let found = if !escaped {
+                    text == needle
+                } else {
+                    decoded.clear();
+                    decode(text, &mut decoded);
+                    decoded == needle
+                };
+                if found {
+                    return true;
+                }
+                pos = end;
             }
-            self.path.push_str(&key.0);
-            match self.wanted.classify(self.path) {
-                Match::Exact(i) => {
-                    let value = map.next_value_seed(ScalarSeed)?;
-                    if self.values[i].is_none() {
-                        self.values[i] = Some(value);
+            Some(b']') => return false,
+            _ => match skip_value(b, pos, 1) {
+                Ok(end) => pos = end,
+                Err(_) => return false,
+            },
+        }
+        pos = skip_ws(b, pos);
+        if b.get(pos) != Some(&b',') {
+            return false;
+        }
+        pos += 1;
+    }
+}
+
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+
+/// High bit set in each byte of `x` that is zero (exact for the lowest such byte; bytes above
+/// it may be marked falsely, which is harmless since only the lowest is used).
+#[inline(always)]
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// High bit set in each byte of `x` below `n` (`n` at most 0x80; exact for the lowest such
+/// byte, like [`zero_bytes`]).
+#[inline(always)]
+fn bytes_below(x: u64, n: u8) -> u64 {
+    x.wrapping_sub(ONES * u64::from(n)) & !x & HIGHS
+}
+
+/// Marks the bytes of a string's contents the scanner must stop at: `"`, `\`, controls.
+/// `"` (0x22) xor 2 is 0x20 and the controls (below 0x20) stay below it, so one comparison
+/// finds both.
+#[inline(always)]
+fn string_stops(w: u64) -> u64 {
+    bytes_below(w ^ (ONES * 0x02), 0x21) | zero_bytes(w ^ (ONES * u64::from(b'\\')))
+}
+
+#[cold]
+fn fail(kind: ScanErrorKind, offset: usize) -> ScanError {
+    ScanError { kind, offset }
+}
+
+#[inline(always)]
+fn skip_ws(b: &[u8], mut pos: usize) -> usize {
+    while matches!(b.get(pos), Some(b' ' | b'\t' | b'\n' | b'\r')) {
+        pos += 1;
+    }
+    pos
+}
+
+/// Finds the end of a string whose contents start at `pos`, checking them; returns the
+/// position after the closing quote and whether the string had escapes.
+#[inline(always)]
+fn string_end(b: &[u8], mut pos: usize) -> Result<(usize, bool), ScanError> {
+    let mut escaped = false;
+    loop {
+        if let Some(w) = word(b, pos) {
+            let stops = string_stops(w);
+            if stops == 0 {
+                pos += 8;
+                continue;
+            }
+            pos += (stops.trailing_zeros() / 8) as usize;
+        }
+        match b.get(pos) {
+            Some(b'"') => return Ok((pos + 1, escaped)),
+            Some(b'\\') => {
+                pos = escape(b, pos)?;
+                escaped = true;
+            }
+            Some(&c) if c >= 0x20 => pos += 1,
+            Some(_) => return Err(fail(ScanErrorKind::ControlCharacter, pos)),
+            None => return Err(fail(ScanErrorKind::Syntax, pos)),
+        }
+    }
+}
+
+/// Checks the escape at `pos` (a backslash); returns the position after it.
+fn escape(b: &[u8], pos: usize) -> Result<usize, ScanError> {
+    match b.get(pos + 1) {
+        Some(b'"' | b'\\' | b'/' | b'b' | b'f' | b'n' | b'r' | b't') => Ok(pos + 2),
+        Some(b'u')
+            if b.get(pos + 2..pos + 6)
+                .is_some_and(|h| h.iter().all(u8::is_ascii_hexdigit)) =>
+        {
+            Ok(pos + 6)
+        }
+        _ => Err(fail(ScanErrorKind::BadEscape, pos)),
+    }
+}
+
+#[inline(always)]
+fn digits(b: &[u8], mut pos: usize) -> usize {
+    while b.get(pos).is_some_and(u8::is_ascii_digit) {
+        pos += 1;
+    }
+    pos
+}
+
+/// Checks a number starting at `pos`; returns the position after it and whether it is an
+/// integer (no fraction, no exponent).
+#[inline(always)]
+fn number_end(b: &[u8], mut pos: usize) -> Result<(usize, bool), ScanError> {
+    if b.get(pos) == Some(&b'-') {
+        pos += 1;
+    }
+    match b.get(pos) {
+        Some(b'0') => pos += 1,
+        Some(b'1'..=b'9') => pos = digits(b, pos + 1),
+        _ => return Err(fail(ScanErrorKind::BadNumber, pos)),
+    }
+    match b.get(pos) {
+        Some(b'.' | b'e' | b'E') => number_tail(b, pos).map(|end| (end, false)),
+        _ => Ok((pos, true)),
+    }
+}
+
+/// The fraction and exponent of a number, from `pos` (at `.`, `e` or `E`).
+fn number_tail(b: &[u8], mut pos: usize) -> Result<usize, ScanError> {
+    if b.get(pos) == Some(&b'.') {
+        if !b.get(pos + 1).is_some_and(u8::is_ascii_digit) {
+            return Err(fail(ScanErrorKind::BadNumber, pos));
+        }
+        pos = digits(b, pos + 1);
+    }
+    if matches!(b.get(pos), Some(b'e' | b'E')) {
+        pos += 1;
+        if matches!(b.get(pos), Some(b'+' | b'-')) {
+            pos += 1;
+        }
+        if !b.get(pos).is_some_and(u8::is_ascii_digit) {
+            return Err(fail(ScanErrorKind::BadNumber, pos));
+        }
+        pos = digits(b, pos);
+    }
+    Ok(pos)
+}
+
+/// Checks `text` (`true`, `false` or `null`) at `pos`; returns the position after it.
+#[inline(always)]
+fn literal(b: &[u8], pos: usize, text: &[u8]) -> Result<usize, ScanError> {
+    if b.get(pos..pos + text.len()) == Some(text) {
+        Ok(pos + text.len())
+    } else {
+        Err(fail(ScanErrorKind::Syntax, pos))
+    }
+}
+
+/// Skips one value of any kind at `pos`, checking its grammar; `depth` containers are open
+/// around it. Strings and numbers, the common case, are handled inline.
+#[inline(always)]
+fn skip_value(b: &[u8], pos: usize, depth: u32) -> Result<usize, ScanError> {
+    match b.get(pos) {
+        Some(b'"') => string_end(b, pos + 1).map(|(end, _)| end),
+        Some(b'-' | b'0'..=b'9') => number_end(b, pos).map(|(end, _)| end),
+        _ => skip_nested(b, pos, depth),
+    }
+}
+
+/// [`skip_value`] for any value, containers included, without recursion: open containers are
+/// a stack of bits (1 object, 0 array).
+fn skip_nested(b: &[u8], mut pos: usize, depth: u32) -> Result<usize, ScanError> {
+    let mut stack: u128 = 0;
+    let mut open: u32 = 0;
+    loop {
+        // A value.
+        match b.get(pos) {
+            Some(b'"') => pos = string_end(b, pos + 1)?.0,
+            Some(b'-' | b'0'..=b'9') => pos = number_end(b, pos)?.0,
+            Some(&c @ (b'{' | b'[')) => {
+                if depth + open >= MAX_DEPTH {
+                    return Err(fail(ScanErrorKind::TooDeep, pos));
+                }
+                pos = skip_ws(b, pos + 1);
+                let object = c == b'{';
+                let close = if object { b'}' } else { b']' };
+                if b.get(pos) == Some(&close) {
+                    pos += 1;
+                } else {
+                    open += 1;
+                    stack = (stack << 1) | u128::from(object);
+                    if object {
+                        pos = member_key(b, pos)?;
+                    }
+                    continue;
+                }
+            }
+            Some(b't') => pos = literal(b, pos, b"true")?,
+            Some(b'f') => pos = literal(b, pos, b"false")?,
+            Some(b'n') => pos = literal(b, pos, b"null")?,
+            _ => return Err(fail(ScanErrorKind::Syntax, pos)),
+        }
+        // After a value: the next member or element, or closing brackets.
+        loop {
+            if open == 0 {
+                return Ok(pos);
+            }
+            pos = skip_ws(b, pos);
+            let in_object = stack & 1 == 1;
+            match b.get(pos) {
+                Some(b',') => {
+                    pos = skip_ws(b, pos + 1);
+                    if in_object {
+                        pos = member_key(b, pos)?;
+                    }
+                    break;
+                }
+                Some(b'}') if in_object => {}
+                Some(b']') if !in_object => {}
+                _ => return Err(fail(ScanErrorKind::Syntax, pos)),
+            }
+            pos += 1;
+            open -= 1;
+            stack >>= 1;
+        }
+    }
+}
+
+/// In a skipped object, at a key: the key, the colon and the whitespace before the value.
+#[inline(always)]
+fn member_key(b: &[u8], pos: usize) -> Result<usize, ScanError> {
+    if b.get(pos) != Some(&b'"') {
+        return Err(fail(ScanErrorKind::Syntax, pos));
+    }
+    let (pos, _) = string_end(b, pos + 1)?;
+    colon(b, pos)
+}
+
+/// At the colon after a key (maybe after whitespace); returns the position of the value.
+#[inline(always)]
+fn colon(b: &[u8], pos: usize) -> Result<usize, ScanError> {
+    let pos = if b.get(pos) == Some(&b':') {
+        pos + 1
+    } else {
+        let pos = skip_ws(b, pos);
+        if b.get(pos) != Some(&b':') {
+            return Err(fail(ScanErrorKind::Syntax, pos));
+        }
+        pos + 1
+    };
+    Ok(skip_ws(b, pos))
+}
+
+/// The parser state of one scan.
+struct Parser<'a, 'x> {
+    text: &'a str,
+    schema: &'x Schema,
+    slots: &'x mut [Slot],
+    scratch: &'x mut String,
+    key: &'x mut String,
+}
+
+impl Parser<'_, '_> {
+    /// Walks the event object from `pos` just after its `{`, descending into the objects on a
+    /// wanted path and skipping everything else. Returns the position after its `}`.
+    ///
+    /// Iterative: the wanted objects currently open are a small stack (a wanted path has at
+    /// most [`MAX_SEGMENTS`] segments, so no deeper stack is ever needed).
+    fn walk(&mut self, mut pos: usize) -> Result<usize, ScanError> {
+        let b = self.text.as_bytes();
+        let schema = self.schema;
+        // Per open wanted object: its parent's node, and its own field and start, if wanted.
+        let mut stack = [(ROOT, NONE, 0u32); MAX_SEGMENTS];
+        let mut open = 0;
+        let mut node = ROOT;
+        let mut table = &schema.nodes[usize::from(ROOT)];
+        let mut depth = 1;
+        'objects: loop {
+            // `pos` is just after an object's `{`.
+            pos = skip_ws(b, pos);
+            let mut closed = b.get(pos) == Some(&b'}');
+            if closed {
+                pos += 1;
+            }
+            loop {
+                if closed {
+                    // `pos` is just after an object's `}`.
+                    if open == 0 {
+                        return Ok(pos);
+                    }
+                    open -= 1;
+                    let (parent, field, start) = stack[open];
+                    if field != NONE {
+                        self.record(field, Kind::Object, start as usize, pos);
+                    }
+                    node = parent;
+                    table = &schema.nodes[usize::from(node)];
+                    depth -= 1;
+                } else {
+                    // A member: its key, then its value.
+                    if b.get(pos) != Some(&b'"') {
+                        return Err(fail(ScanErrorKind::Syntax, pos));
+                    }
+                    let start = pos + 1;
+                    let (after, escaped) = string_end(b, start)?;
+                    pos = colon(b, after)?;
+                    let target = if escaped {
+                        self.resolve(node, start, after - 1, true)
+                    } else {
+                        match table.lookup(b, start, after - 1) {
+                            // Tables hold single segments: a dotted key always misses first.
+                            Err(Dotted) => self.resolve(node, start, after - 1, false),
+                            Ok(target) => target,
+                        }
+                    };
+                    match target {
+                        Some(t) if t.child != NONE && b.get(pos) == Some(&b'{') => {
+                            if depth >= MAX_DEPTH {
+                                return Err(fail(ScanErrorKind::TooDeep, pos));
+                            }
+                            let Some(slot) = stack.get_mut(open) else {
+                                return Err(fail(ScanErrorKind::TooDeep, pos));
+                            };
+                            *slot = (node, t.field, pos as u32);
+                            open += 1;
+                            node = t.child;
+                            table = &schema.nodes[usize::from(node)];
+                            depth += 1;
+                            pos += 1;
+                            continue 'objects;
+                        }
+                        Some(t) if t.field != NONE => pos = self.value(pos, t.field, depth)?,
+                        _ => pos = skip_value(b, pos, depth)?,
                     }
                 }
-                Match::Prefix => map.next_value_seed(Nested(Walk {
-                    wanted: self.wanted,
-                    path: self.path,
-                    values: self.values,
-                }))?,
-                Match::None => {
-                    map.next_value::<IgnoredAny>()?;
+                // After a member's value: the next member, or the end of the object.
+                if b.get(pos) != Some(&b',') {
+                    pos = skip_ws(b, pos);
+                }
+                match b.get(pos) {
+                    Some(b',') => {
+                        pos = skip_ws(b, pos + 1);
+                        closed = false;
+                    }
+                    Some(b'}') => {
+                        pos += 1;
+                        closed = true;
+                    }
+                    _ => return Err(fail(ScanErrorKind::Syntax, pos)),
                 }
             }
-            self.path.truncate(len);
-        }
-        Ok(())
-    }
-}
-
-/// A value under a wanted prefix: walked when it is an object, skipped otherwise.
-struct Nested<'w, 'p, 'a>(Walk<'w, 'p, 'a>);
-
-impl<'de> DeserializeSeed<'de> for Nested<'_, '_, 'de> {
-    type Value = ();
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<(), D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for Nested<'_, '_, 'de> {
-    type Value = ();
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<(), A::Error> {
-        self.0.visit_map(map)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(())
-    }
-    fn visit_bool<E>(self, _: bool) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_i64<E>(self, _: i64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_u64<E>(self, _: u64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_f64<E>(self, _: f64) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_str<E>(self, _: &str) -> Result<(), E> {
-        Ok(())
-    }
-    fn visit_unit<E>(self) -> Result<(), E> {
-        Ok(())
-    }
-}
-
-/// A string, borrowed when the input allows.
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de> de::Deserialize<'de> for Text<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct V;
-        impl<'de> Visitor<'de> for V {
-            type Value = Text<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Borrowed(s)))
-            }
-            fn visit_str<E>(self, s: &str) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(s.to_owned())))
-            }
-            fn visit_string<E>(self, s: String) -> Result<Text<'de>, E> {
-                Ok(Text(Cow::Owned(s)))
-            }
-        }
-        deserializer.deserialize_str(V)
-    }
-}
-
-/// Reads a wanted field's value.
-struct ScalarSeed;
-
-impl<'de> DeserializeSeed<'de> for ScalarSeed {
-    type Value = Scalar<'de>;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Scalar<'de>, D::Error> {
-        deserializer.deserialize_any(self)
-    }
-}
-
-impl<'de> Visitor<'de> for ScalarSeed {
-    type Value = Scalar<'de>;
-    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("any JSON value")
-    }
-    fn visit_borrowed_str<E>(self, s: &'de str) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Str(Cow::Borrowed(s)))
-    }
-    fn visit_str<E>(self, s: &str) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Str(Cow::Owned(s.to_owned())))
-    }
-    fn visit_string<E>(self, s: String) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Str(Cow::Owned(s)))
-    }
-    fn visit_bool<E>(self, b: bool) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Bool(b))
-    }
-    fn visit_i64<E>(self, n: i64) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Num(n as f64))
-    }
-    fn visit_u64<E>(self, n: u64) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Num(n as f64))
-    }
-    fn visit_f64<E>(self, n: f64) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Num(n))
-    }
-    fn visit_unit<E>(self) -> Result<Scalar<'de>, E> {
-        Ok(Scalar::Null)
-    }
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Scalar<'de>, A::Error> {
-        let mut list = Vec::new();
-        while let Some(item) = seq.next_element::<Element<'de>>()? {
-            if let Element(Some(text)) = item {
-                list.push(text);
-            }
-        }
-        Ok(Scalar::StrList(list))
-    }
-    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Scalar<'de>, A::Error> {
-        while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
-        Ok(Scalar::Other)
-    }
-}
-
-/// An array element: kept when it is a string.
-struct Element<'a>(Option<Cow<'a, str>>);
-
-impl<'de> de::Deserialize<'de> for Element<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        match ScalarSeed.deserialize(deserializer)? {
-            Scalar::Str(s) => Ok(Element(Some(s))),
-            _ => Ok(Element(None)),
         }
     }
+
+    /// Resolves a key with escapes or dots through the trie, from `node`.
+    #[cold]
+    fn resolve(&mut self, node: u16, start: usize, end: usize, escaped: bool) -> Option<Target> {
+        let schema = self.schema;
+        let (key, mut s, end) = if escaped {
+            self.key.clear();
+            decode(&self.text[start..end], self.key);
+            (self.key.as_bytes(), 0, self.key.len())
+        } else {
+            (self.text.as_bytes(), start, end)
+        };
+        let mut node = node;
+        loop {
+            let e = key[s..end]
+                .iter()
+                .position(|&c| c == b'.')
+                .map_or(end, |i| s + i);
+            if e == s {
+                return None;
+            }
+            let target = schema.nodes[usize::from(node)]
+                .lookup(key, s, e)
+                .ok()
+                .flatten()?;
+            if e == end {
+                return Some(target);
+            }
+            if target.child == NONE {
+                return None;
+            }
+            node = target.child;
+            s = e + 1;
+        }
+    }
+
+    /// The value at `pos` of wanted field `field`; returns the position after it.
+    #[inline]
+    fn value(&mut self, pos: usize, field: u16, depth: u32) -> Result<usize, ScanError> {
+        let b = self.text.as_bytes();
+        let (end, kind) = match b.get(pos) {
+            Some(b'"') => {
+                let (end, escaped) = string_end(b, pos + 1)?;
+                self.record_string(field, pos + 1, end - 1, escaped);
+                return Ok(end);
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                let (end, int) = number_end(b, pos)?;
+                self.record_number(field, pos, end, int);
+                return Ok(end);
+            }
+            Some(b't') => (literal(b, pos, b"true")?, Kind::True),
+            Some(b'f') => (literal(b, pos, b"false")?, Kind::False),
+            Some(b'n') => (literal(b, pos, b"null")?, Kind::Null),
+            Some(b'[') => (skip_nested(b, pos, depth)?, Kind::Array),
+            Some(b'{') => (skip_nested(b, pos, depth)?, Kind::Object),
+            _ => return Err(fail(ScanErrorKind::Syntax, pos)),
+        };
+        self.record(field, kind, pos, end);
+        Ok(end)
+    }
+
+    /// The slot of `field` when it has not been set in this event yet.
+    #[inline]
+    fn vacant(&mut self, field: u16) -> Option<&mut Slot> {
+        let slot = &mut self.slots[usize::from(field)];
+        (slot.kind == Kind::Absent).then_some(slot)
+    }
+
+    #[inline]
+    fn record(&mut self, field: u16, kind: Kind, start: usize, end: usize) {
+        if let Some(slot) = self.vacant(field) {
+            slot.kind = kind;
+            slot.start = start as u32;
+            slot.end = end as u32;
+            slot.ip.set(IpMemo::Unparsed);
+        }
+    }
+
+    #[inline]
+    fn record_string(&mut self, field: u16, start: usize, end: usize, escaped: bool) {
+        if escaped {
+            if self.slots[usize::from(field)].kind == Kind::Absent {
+                let from = self.scratch.len();
+                decode(&self.text[start..end], self.scratch);
+                let to = self.scratch.len();
+                self.record(field, Kind::Decoded, from, to);
+            }
+        } else {
+            self.record(field, Kind::Str, start, end);
+        }
+    }
+
+    #[inline]
+    fn record_number(&mut self, field: u16, start: usize, end: usize, int: bool) {
+        let text = &self.text.as_bytes()[start..end];
+        if let Some(slot) = self.vacant(field) {
+            slot.kind = Kind::Num;
+            slot.int = int;
+            slot.start = start as u32;
+            slot.end = end as u32;
+            slot.num = parse_number(text, int);
+        }
+    }
+}
+
+/// The value of validated JSON number text (infinite when out of range, as `1e999` is).
+fn parse_number(text: &[u8], int: bool) -> f64 {
+    let (negative, digits) = match text {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, text),
+    };
+    if int && digits.len() <= 19 {
+        let n = digits.iter().fold(0u64, |n, d| {
+            n.wrapping_mul(10).wrapping_add(u64::from(d - b'0'))
+        });
+        let n = n as f64;
+        return if negative { -n } else { n };
+    }
+    std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Appends the decoded contents of a validated JSON string (without quotes) to `out`. A `\u`
+/// escape of a lone surrogate, which no Rust string can hold, becomes U+FFFD.
+fn decode(raw: &str, out: &mut String) {
+    let mut rest = raw;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let esc = &rest.as_bytes()[i + 1..];
+        let (ch, used) = match esc.first() {
+            Some(b'n') => ('\n', 2),
+            Some(b't') => ('\t', 2),
+            Some(b'r') => ('\r', 2),
+            Some(b'b') => ('\u{8}', 2),
+            Some(b'f') => ('\u{c}', 2),
+            Some(b'u') => {
+                let hi = hex4(&esc[1..]);
+                let lo = (esc.get(5) == Some(&b'\\') && esc.get(6) == Some(&b'u'))
+                    .then(|| hex4(&esc[7..]));
+                match (hi, lo) {
+                    (0xD800..=0xDBFF, Some(lo @ 0xDC00..=0xDFFF)) => {
+                        let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                        (char::from_u32(c).unwrap_or('\u{FFFD}'), 12)
+                    }
+                    _ => (char::from_u32(hi).unwrap_or('\u{FFFD}'), 6),
+                }
+            }
+            // `"`, `\` and `/` stand for themselves.
+            Some(&c) => (char::from(c), 2),
+            None => break,
+        };
+        out.push(ch);
+        rest = &rest[i + used..];
+    }
+    out.push_str(rest);
+}
+
+/// Four hex digits (validated by the scanner) as a number.
+fn hex4(bytes: &[u8]) -> u32 {
+    bytes
+        .iter()
+        .take(4)
+        .fold(0, |n, &c| n * 16 + char::from(c).to_digit(16).unwrap_or(0))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
-    fn wanted() -> Wanted {
-        Wanted::new([
-            "destination.geo.country_name",
-            "destination.ip",
-            "event.category",
-            "source.bytes",
-            "process.name",
-        ])
+    fn schema(paths: &[&str]) -> (Scanner, Vec<FieldId>) {
+        let mut b = SchemaBuilder::new();
+        let ids = paths.iter().map(|p| b.field(p)).collect();
+        (Scanner::new(Arc::new(b.build().unwrap())), ids)
     }
+
+    const PATHS: [&str; 6] = [
+        "destination.geo.country_name",
+        "destination.ip",
+        "event.category",
+        "source.bytes",
+        "process.name",
+        "a.very.long.segment_name_over_sixteen_bytes.x",
+    ];
 
     #[test]
     fn nested_dotted_and_mixed_shapes_read_the_same() {
-        let w = wanted();
+        let (mut s, f) = schema(&PATHS);
         for line in [
             r#"{"destination":{"geo":{"country_name":"Chile"},"ip":"1.2.3.4"},"source":{"bytes":12}}"#,
             r#"{"destination.geo.country_name":"Chile","destination.ip":"1.2.3.4","source.bytes":"12"}"#,
             r#"{"destination":{"geo.country_name":"Chile","ip":"1.2.3.4"},"source.bytes":12.0}"#,
+            r#"{"destination.geo":{"country_name":"Chile"},"destin\u0061tion":{"ip":"1.2.3.4"},"source\u002ebytes":1.2e1}"#,
         ] {
-            let e = FlatEvent::scan(line, &w).unwrap();
-            assert_eq!(
-                e.get_str("destination.geo.country_name"),
-                Some("Chile"),
-                "{line}"
-            );
-            assert_eq!(e.get_str("destination.ip"), Some("1.2.3.4"));
-            assert_eq!(e.get_f64("source.bytes"), Some(12.0));
-            assert!(!e.is_present("process.name"));
+            let e = s.scan(line).unwrap();
+            assert_eq!(e.str(f[0]), Some("Chile"), "{line}");
+            assert_eq!(e.str(f[1]), Some("1.2.3.4"), "{line}");
+            assert_eq!(e.ip(f[1]), "1.2.3.4".parse().ok(), "{line}");
+            assert_eq!(e.number(f[3]), Some(12.0), "{line}");
+            assert!(!e.present(f[4]), "{line}");
         }
+    }
+
+    #[test]
+    fn long_keys_and_keys_near_the_end_of_the_line() {
+        let (mut s, f) = schema(&PATHS);
+        let e = s
+            .scan(r#"{"a":{"very":{"long":{"segment_name_over_sixteen_bytes":{"x":5}}}}}"#)
+            .unwrap();
+        assert_eq!(e.number(f[5]), Some(5.0));
+        let e = s
+            .scan(r#"{"a.very.long.segment_name_over_sixteen_bytez.x":5}"#)
+            .unwrap();
+        assert!(!e.present(f[5]));
+        let (mut s, f) = schema(&["k", "kk"]);
+        let e = s.scan(r#"{"kk":1,"k":2}"#).unwrap();
+        assert_eq!((e.number(f[0]), e.number(f[1])), (Some(2.0), Some(1.0)));
     }
 
     #[test]
     fn arrays_escapes_nulls_and_unwanted_fields() {
-        let w = wanted();
-        let line = r#"{"event":{"category":["network",3,"web"]},"x":{"y":[1,{"z":2}]},"process":{"name":"a\"b"},"destination":{"ip":null}}"#;
-        let e = FlatEvent::scan(line, &w).unwrap();
-        assert!(e.contains_str("event.category", "network"));
-        assert!(e.contains_str("event.category", "web"));
-        assert!(!e.contains_str("event.category", "process"));
-        assert_eq!(e.get_str("process.name"), Some("a\"b"));
-        assert!(!e.is_present("destination.ip"));
+        let (mut s, f) = schema(&PATHS);
+        let line = r#"{"event":{"category":["network",3,{"a":[]},"w\u0065b"]},"x":{"y":[1,{"z":2}]},"process":{"name":"a\"b\u00e9\ud83d\ude00\ud800"},"destination":{"ip":null}}"#;
+        let e = s.scan(line).unwrap();
+        assert!(e.contains(f[2], "network"));
+        assert!(e.contains(f[2], "web"));
+        assert!(!e.contains(f[2], "process"));
+        assert_eq!(e.str(f[4]), Some("a\"b\u{e9}\u{1F600}\u{FFFD}"));
+        assert!(!e.present(f[1]));
+        assert_eq!(e.ip(f[1]), None);
     }
 
     #[test]
     fn the_first_of_two_shapes_wins_and_set_overrides() {
-        let w = wanted();
+        let (mut s, f) = schema(&PATHS);
         let line = r#"{"destination.ip":"1.1.1.1","destination":{"ip":"2.2.2.2"}}"#;
-        let mut e = FlatEvent::scan(line, &w).unwrap();
-        assert_eq!(e.get_str("destination.ip"), Some("1.1.1.1"));
-        e.set("destination.geo.country_name", Scalar::Str("Peru".into()));
-        e.set("not.wanted", Scalar::Null);
-        assert_eq!(e.get_str("destination.geo.country_name"), Some("Peru"));
+        let mut e = s.scan(line).unwrap();
+        assert_eq!(e.str(f[1]), Some("1.1.1.1"));
+        e.set(f[0], "Peru");
+        assert_eq!(e.str(f[0]), Some("Peru"));
     }
 
     #[test]
-    fn only_json_objects_are_accepted() {
-        let w = wanted();
+    fn numbers_and_key_text() {
+        let (mut s, f) = schema(&["n"]);
+        for (text, number, key) in [
+            ("443", Some(443.0), Some("443")),
+            ("-0", Some(0.0), Some("-0")),
+            ("443.0", Some(443.0), Some("443")),
+            ("1.5e3", Some(1500.0), Some("1500")),
+            ("0.25", Some(0.25), Some("0.25")),
+            (
+                "18446744073709551616",
+                Some(18446744073709551616.0),
+                Some("18446744073709551616"),
+            ),
+            ("1e999", None, None),
+            ("\" 77 \"", Some(77.0), Some(" 77 ")),
+            ("\"NaN\"", None, Some("NaN")),
+            ("true", None, None),
+        ] {
+            let line = format!("{{\"n\":{text}}}");
+            let e = s.scan(&line).unwrap();
+            assert_eq!(e.number(f[0]), number, "{text}");
+            assert_eq!(e.key_text(f[0]).as_deref(), key, "{text}");
+        }
+    }
+
+    #[test]
+    fn only_single_json_objects_are_accepted() {
+        let (mut s, _) = schema(&PATHS);
         for bad in [
             "[1,2]",
             "\"text\"",
+            "",
+            "   ",
             "{\"a\":1",
             "{\"a\":1} trailing",
-            "",
+            "{\"a\":1}{}",
             "{\"a\":[1,}",
+            "{\"a\":[1 2]}",
+            "{\"a\" 1}",
+            "{\"a\":1,}",
+            "{,}",
+            "{\"a\":01}",
+            "{\"a\":1.}",
+            "{\"a\":-}",
+            "{\"a\":1e}",
+            "{\"a\":.5}",
+            "{\"a\":tru}",
+            "{\"a\":nul}",
+            "{\"a\":\"x\ty\"}",
+            "{\"a\":\"\\x\"}",
+            "{\"a\":\"\\u12g4\"}",
+            "{\"a\":\"unterminated}",
+            "{\"destination\":{\"ip\":\"1\",}}",
+            "{\"destination\":{\"ip\" \"1\"}}",
+            "{\"destination\":[}",
+            "{\"a\":{\"b\":1]}",
+            "{\"a\":[1}",
+            "\u{feff}{}",
+            "{'a':1}",
         ] {
-            assert!(FlatEvent::scan(bad, &w).is_err(), "{bad}");
+            assert!(s.scan(bad).is_err(), "{bad:?}");
         }
-        assert!(FlatEvent::scan("  {\"a\" : {\"b\": [true, null]}}  ", &w).is_ok());
+        for good in [
+            "{}",
+            " \t{ } \r",
+            "{\"a\" : {\"b\": [true, null, false, -0.5e+3, \"\\u00e9\\/\"]}}",
+            "{\"destination\":{}}",
+            "{\"destination\":[{\"ip\":1}],\"event\":{\"category\":[]}}",
+            "{\"\":1,\"destination.\":2,\".ip\":3,\"destination..ip\":4}",
+        ] {
+            assert!(s.scan(good).is_ok(), "{good:?}");
+        }
     }
 
     #[test]
-    fn agrees_with_the_full_parse() {
-        let w = wanted();
-        let line = r#"{"event":{"category":"network"},"destination":{"ip":"9.9.9.9","geo":{"country_name":"Switzerland"}},"source":{"bytes":"77"},"process.name":"curl"}"#;
-        let flat = FlatEvent::scan(line, &w).unwrap();
-        let full: Value = serde_json::from_str(line).unwrap();
-        for path in [
-            "destination.geo.country_name",
-            "destination.ip",
-            "process.name",
-        ] {
-            assert_eq!(flat.get_str(path), full.get_str(path), "{path}");
+    fn nesting_is_limited_like_serde_json() {
+        let (mut s, _) = schema(&PATHS);
+        for depth in [2, 126, 127, 128, 129, 400] {
+            let line = format!(
+                "{{\"x\":{}1{}}}",
+                "[".repeat(depth - 1),
+                "]".repeat(depth - 1)
+            );
+            let ours = s.scan(&line).is_ok();
+            let serde = serde_json::from_str::<serde_json::Value>(&line).is_ok();
+            assert_eq!(ours, serde, "depth {depth}");
+            assert_eq!(ours, depth <= MAX_DEPTH as usize, "depth {depth}");
         }
-        assert_eq!(flat.get_f64("source.bytes"), full.get_f64("source.bytes"));
-        assert_eq!(
-            flat.contains_str("event.category", "network"),
-            full.contains_str("event.category", "network")
-        );
+        // Through wanted objects as well: the event, `destination`, then arrays.
+        for (arrays, ok) in [(125, true), (126, false)] {
+            let line = format!(
+                "{{\"destination\":{{\"geo\":{}1{}}}}}",
+                "[".repeat(arrays),
+                "]".repeat(arrays)
+            );
+            assert_eq!(s.scan(&line).is_ok(), ok, "{arrays}");
+        }
+    }
+
+    #[test]
+    fn agrees_with_serde_json_on_what_is_json() {
+        let (mut s, _) = schema(&PATHS);
+        let samples = [
+            r#"{"destination":{"ip":"1.2.3.4","geo":{"country_name":"X"}},"tags":["a"]}"#,
+            r#"{"a":"\u0000"}"#,
+            r#"{"a":"\ud800"}"#,
+            r#"{"a":12345678901234567890123}"#,
+            r#"{"a":1E+2,"b":-0,"c":0.0e-0}"#,
+            r#"{"a":[[],{},[{}],""]}"#,
+            r#"{"a":"\/\b\f\n\r\t\"\\"}"#,
+            "{\"a\":\"\u{7f}\u{80}\u{10ffff}\"}",
+            r#"{"a" :1 , "b":2 }"#,
+            r#"{"a":1 ,}"#,
+            r#"{"a":+1}"#,
+            r#"{"a":1.5E}"#,
+            r#"{"a":[,1]}"#,
+            r#"{"a":truex}"#,
+            r#"{"a":"ab"c}"#,
+        ];
+        for line in samples {
+            let ours = s.scan(line).is_ok();
+            let serde = serde_json::from_str::<serde::de::IgnoredAny>(line).is_ok();
+            assert_eq!(ours, serde, "{line}");
+        }
+    }
+
+    #[test]
+    fn invalid_paths_are_refused() {
+        for bad in ["", "a..b", ".a", "a."] {
+            let mut b = SchemaBuilder::new();
+            b.field(bad);
+            assert_eq!(b.build().unwrap_err(), SchemaError::InvalidPath(bad.into()));
+        }
+        let mut b = SchemaBuilder::new();
+        b.field(&["x"; MAX_SEGMENTS + 1].join("."));
+        assert!(matches!(b.build(), Err(SchemaError::TooDeep(_))));
+    }
+
+    #[test]
+    fn a_field_that_is_also_a_prefix() {
+        let (mut s, f) = schema(&["rule", "rule.name"]);
+        let e = s.scan(r#"{"rule":{"name":"pan"}}"#).unwrap();
+        assert!(e.present(f[0]));
+        assert_eq!(e.str(f[1]), Some("pan"));
+        let e = s.scan(r#"{"rule":"x","rule.name":"y"}"#).unwrap();
+        assert!(e.present(f[0]));
+        assert_eq!(e.str(f[1]), Some("y"));
     }
 }

@@ -122,9 +122,11 @@ impl Country {
     }
 
     /// The upper-case two-letter ISO code, e.g. `"US"` (ECS `*.geo.country_iso_code`).
-    pub fn iso_code(&self) -> &str {
-        // Always two ASCII letters by construction.
-        std::str::from_utf8(&self.iso_code).unwrap_or("")
+    pub fn iso_code(&self) -> &'static str {
+        // Always two upper-case ASCII letters by construction.
+        let i =
+            2 * (usize::from(self.iso_code[0] - b'A') * 26 + usize::from(self.iso_code[1] - b'A'));
+        ALL_CODES.get(i..i + 2).unwrap_or("")
     }
 
     /// The ISO code as two ASCII bytes.
@@ -159,6 +161,24 @@ fn normalise_code(code: &str) -> Option<[u8; 2]> {
         _ => None,
     }
 }
+
+/// Every two-letter upper-case code, `"AAAB..ZZ"`, so that a [`Country`] can hand out its code
+/// as a `&'static str`.
+static ALL_CODES: &str = match std::str::from_utf8(&ALL_CODE_BYTES) {
+    Ok(codes) => codes,
+    Err(_) => panic!("ASCII letters are UTF-8"),
+};
+
+static ALL_CODE_BYTES: [u8; 1352] = {
+    let mut out = [0u8; 1352];
+    let mut i = 0;
+    while i < 676 {
+        out[2 * i] = b'A' + (i / 26) as u8;
+        out[2 * i + 1] = b'A' + (i % 26) as u8;
+        i += 1;
+    }
+    out
+};
 
 /// Direct index `[26 * (c0 - 'A') + (c1 - 'A')]` over the compiled table; `""` = unknown.
 static NAME_INDEX: [&str; 676] = build_name_index();

@@ -5,15 +5,15 @@
 //! numeric strings of epoch milliseconds (values below 10^11 are taken as seconds, which is how
 //! Zeek writes `ts`). Written by hand because it runs on every event and needs no allocation.
 
-use crate::fields::Fields;
+use crate::fields::{Event, FieldId};
 
-/// Milliseconds since the Unix epoch of the timestamp at `path`, if it can be read.
-pub fn epoch_ms<E: Fields + ?Sized>(event: &E, path: &str) -> Option<i64> {
-    match event.get_str(path) {
+/// Milliseconds since the Unix epoch of the timestamp in `field`, if it can be read.
+pub fn epoch_ms(event: &Event<'_>, field: FieldId) -> Option<i64> {
+    match event.str(field) {
         Some(text) => {
             parse_rfc3339_ms(text).or_else(|| text.trim().parse().ok().and_then(number_ms))
         }
-        None => event.get_f64(path).and_then(number_ms),
+        None => event.number(field).and_then(number_ms),
     }
 }
 
@@ -108,7 +108,9 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fields::{Scanner, SchemaBuilder};
     use serde_json::json;
+    use std::sync::Arc;
 
     #[test]
     fn rfc3339_variants() {
@@ -140,7 +142,13 @@ mod tests {
 
     #[test]
     fn numbers_are_seconds_or_milliseconds() {
-        let at = |v: serde_json::Value| epoch_ms(&json!({ "t": v }), "t");
+        let mut schema = SchemaBuilder::new();
+        let t = schema.field("t");
+        let mut scanner = Scanner::new(Arc::new(schema.build().unwrap()));
+        let mut at = |v: serde_json::Value| {
+            let line = json!({ "t": v }).to_string();
+            epoch_ms(&scanner.scan(&line).unwrap(), t)
+        };
         assert_eq!(at(json!(1_793_520_930)), Some(1_793_520_930_000));
         assert_eq!(at(json!(1_793_520_930_123_i64)), Some(1_793_520_930_123));
         assert_eq!(at(json!("1331901000.000000")), Some(1_331_901_000_000));

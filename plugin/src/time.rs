@@ -28,7 +28,15 @@ fn number_ms(n: f64) -> Option<i64> {
 
 /// Parses `YYYY-MM-DD[T ]HH:MM:SS[.fff...](Z|±HH:MM|±HHMM)`; a missing offset means UTC.
 pub fn parse_rfc3339_ms(text: &str) -> Option<i64> {
-    let b = text.trim().as_bytes();
+    let b = text.as_bytes();
+    // Surrounding whitespace is rare: trim (which walks the text as chars) only if there is some.
+    let b = if b.first().is_some_and(u8::is_ascii_whitespace)
+        || b.last().is_some_and(u8::is_ascii_whitespace)
+    {
+        text.trim().as_bytes()
+    } else {
+        b
+    };
     let digits = |range: std::ops::Range<usize>| -> Option<i64> {
         let slice = b.get(range)?;
         slice.iter().try_fold(0i64, |acc, &c| {

@@ -8,15 +8,24 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use egresswatch::replay::presets::get_path;
-use egresswatch::replay::quality::{self, BytesEvent, CountryEvent, Labels};
-use egresswatch::replay::{read_inputs, Format, Record, ReplaySettings};
+use egresswatch::replay::quality::{FixedBytes, Labels, NewCountry, Tally};
+use egresswatch::replay::{Format, Inputs, Record, ReplaySettings};
 
 use crate::util;
 
+/// Every record of the inputs, in replay order.
+fn records(paths: &[PathBuf], format: Format, settings: &ReplaySettings) -> (Vec<Record>, Inputs) {
+    let mut inputs = Inputs::open(paths, format, settings, true).expect("inputs open");
+    let mut out = Vec::new();
+    while let Some(r) = inputs.next_record().expect("inputs read") {
+        out.push(r);
+    }
+    (out, inputs)
+}
+
 fn events(path: &Path, format: Format, settings: &ReplaySettings) -> Vec<(Record, Value)> {
-    let inputs = read_inputs(&[path.to_owned()], format, settings).expect("inputs read");
-    inputs
-        .records
+    records(&[path.to_owned()], format, settings)
+        .0
         .into_iter()
         .map(|r| {
             let v: Value = serde_json::from_str(&r.json).expect("converted event is JSON");
@@ -152,14 +161,13 @@ fn suricata_preset() {
             "\n"
         ),
     );
-    let inputs = read_inputs(
+    let (_, inputs) = records(
         std::slice::from_ref(&path),
         Format::Auto,
         &ReplaySettings::default(),
-    )
-    .expect("inputs");
+    );
     assert_eq!(
-        inputs.skipped.values().sum::<u64>(),
+        inputs.skipped().values().sum::<u64>(),
         1,
         "the dns event is skipped"
     );
@@ -246,8 +254,8 @@ fn inputs_merge_in_time_order_with_lines_across_files() {
         "b.ndjson",
         "{\"@timestamp\":\"2026-11-01T00:00:03Z\",\"n\":3}\n",
     );
-    let inputs = read_inputs(&[a, b], Format::Auto, &ReplaySettings::default()).expect("inputs");
-    let lines: Vec<u64> = inputs.records.iter().map(|r| r.line).collect();
+    let (merged, _) = records(&[a, b], Format::Auto, &ReplaySettings::default());
+    let lines: Vec<u64> = merged.iter().map(|r| r.line).collect();
     assert_eq!(lines, vec![1, 3, 2]);
 }
 
@@ -258,8 +266,12 @@ fn labels_scoring_on_a_hand_made_case() {
          {\"line\": 7, \"attack\": \"upload\"}\n",
     )
     .expect("labels");
-    // Flagged: 2 (c2), 4 (benign), 5 (upload), 9 (benign); 4 again is counted once.
-    let q = quality::score("rule", &[2, 4, 5, 9, 4], &labels, 2.0);
+    // Flagged: 2 (c2), 4 (benign), 5 (upload), 9 (benign).
+    let mut tally = Tally::default();
+    for line in [2, 4, 5, 9] {
+        tally.add(line, &labels);
+    }
+    let q = tally.quality("rule", &labels, 2.0);
     assert_eq!(q.flagged, 4);
     assert_eq!(q.true_positives, 2);
     assert_eq!(q.false_positives, 2);
@@ -270,10 +282,10 @@ fn labels_scoring_on_a_hand_made_case() {
         q.per_kind,
         vec![("c2".to_owned(), 1, 2), ("upload".to_owned(), 1, 2)]
     );
-    let none = quality::score("silent", &[], &labels, 2.0);
+    let none = Tally::default().quality("silent", &labels, 2.0);
     assert_eq!(none.precision, None);
     assert_eq!(none.recall, Some(0.0));
-    let table = quality::table(&[q, none], &labels.kinds());
+    let table = egresswatch::replay::quality::table(&[q, none], &labels.kinds());
     assert!(table.contains("50.0%"), "{table}");
     assert!(table.contains("1/2 caught"), "{table}");
     assert!(table.contains("0/2 missed"), "{table}");
@@ -282,41 +294,36 @@ fn labels_scoring_on_a_hand_made_case() {
 #[test]
 fn baselines_on_hand_made_events() {
     const H: i64 = 3_600_000;
-    let c = |h: i64, line: u64, country: &str| CountryEvent {
-        time_ms: h * H,
-        line,
-        country: country.to_owned(),
-    };
-    let countries = [
-        c(0, 1, "US"),
-        c(1, 2, "DE"),
-        c(5, 3, "KP"),
-        c(6, 4, "KP"),
-        c(30, 5, "DE"),
-    ];
     // Warm-up until hour 2; window 1 day: KP is new at hour 5, DE again new at hour 30.
-    assert_eq!(
-        quality::baseline_new_country(&countries, 1.0, 2 * H),
-        vec![3, 5]
-    );
-    let b = |h: i64, line: u64, dest: &str, bytes: f64| BytesEvent {
-        time_ms: h * H,
-        line,
-        destination: dest.to_owned(),
-        bytes,
-    };
-    let bytes = [
-        b(0, 1, "a", 60.0),
-        b(1, 2, "a", 60.0), // bucket 0 of a reaches 120
-        b(2, 3, "a", 10.0), // still over in the same bucket
-        b(3, 4, "a", 60.0), // new 3h bucket
-        b(4, 5, "b", 99.0),
+    let mut country = NewCountry::new(1.0);
+    let flagged: Vec<u64> = [
+        (0, 1, "US"),
+        (1, 2, "DE"),
+        (5, 3, "KP"),
+        (6, 4, "KP"),
+        (30, 5, "DE"),
+    ]
+    .into_iter()
+    .filter(|&(h, _, c)| country.observe(h * H, c, h < 2))
+    .map(|(_, line, _)| line)
+    .collect();
+    assert_eq!(flagged, vec![3, 5]);
+    let events = [
+        (0, 1, "a", 60.0),
+        (1, 2, "a", 60.0), // bucket 0 of a reaches 120
+        (2, 3, "a", 10.0), // still over in the same bucket
+        (3, 4, "a", 60.0), // new 3h bucket
+        (4, 5, "b", 99.0),
     ];
-    assert_eq!(quality::baseline_bytes(&bytes, 3 * H, 100.0, 0), vec![2, 3]);
-    assert_eq!(
-        quality::baseline_bytes(&bytes, 3 * H, 100.0, 2 * H),
-        vec![3]
-    );
+    for (warm_until, expected) in [(0, vec![2, 3]), (2 * H, vec![3])] {
+        let mut bytes = FixedBytes::new(3 * H, 100.0);
+        let flagged: Vec<u64> = events
+            .into_iter()
+            .filter(|&(h, _, d, b)| bytes.observe(h * H, d, b, h * H < warm_until))
+            .map(|(_, line, _, _)| line)
+            .collect();
+        assert_eq!(flagged, expected);
+    }
 }
 
 fn config_for(dir: &Path) -> PathBuf {
@@ -406,7 +413,27 @@ fn summary_numbers_on_a_generated_run_match_run() {
         .map(|l| serde_json::from_str(l).expect("json"))
         .collect();
     assert!(!flagged.is_empty(), "the generated attacks are flagged");
-    assert_eq!(flagged.len(), run_flagged.len(), "{stdout}");
+    // Exactly the events `run` flags, written exactly as `run` writes them, in the same order.
+    assert_eq!(flagged, run_flagged, "{stdout}");
+
+    // The same events from a pipe (`-`) give the same flagged events.
+    let piped_dir = dir.join("piped");
+    let piped = util::run(
+        &[
+            "replay",
+            "--config",
+            config.to_str().expect("utf-8"),
+            "--out-dir",
+            piped_dir.to_str().expect("utf-8"),
+            "-",
+        ],
+        &gen.stdout,
+    );
+    assert!(piped.status.success(), "{}", util::stderr(&piped));
+    assert_eq!(
+        std::fs::read_to_string(piped_dir.join("flagged.ndjson")).expect("flagged"),
+        flagged_text
+    );
 
     // Per rule: flagged <= scored <= seen, per day = flagged / 4 days, and the per-rule counts
     // cover every flagged event.

@@ -102,107 +102,129 @@ pub struct Quality {
     pub alerts_per_day: f64,
 }
 
-/// Scores the flagged input lines of one detector against the labels.
-pub fn score(name: &str, flagged_lines: &[u64], labels: &Labels, days: f64) -> Quality {
-    let mut flagged: Vec<u64> = flagged_lines.to_vec();
-    flagged.sort_unstable();
-    flagged.dedup();
-    let mut per: BTreeMap<&str, u64> = BTreeMap::new();
-    let mut tp = 0;
-    for line in &flagged {
-        if let Some(kind) = labels.by_line.get(line) {
-            tp += 1;
-            *per.entry(kind.as_str()).or_default() += 1;
+/// The flagged events of one detector, counted as they come (each event once: the caller
+/// reports an event at most once per detector).
+#[derive(Debug, Clone, Default)]
+pub struct Tally {
+    flagged: u64,
+    per_kind: BTreeMap<String, u64>,
+}
+
+impl Tally {
+    /// Counts one flagged event, by its input line.
+    pub fn add(&mut self, line: u64, labels: &Labels) {
+        self.flagged += 1;
+        if let Some(kind) = labels.by_line.get(&line) {
+            *self.per_kind.entry(kind.clone()).or_default() += 1;
         }
     }
-    let n = flagged.len() as u64;
-    let attacks = labels.by_line.len() as u64;
-    let per_kind = labels
-        .kinds()
-        .into_iter()
-        .map(|kind| {
-            let total = labels.by_line.values().filter(|v| **v == kind).count() as u64;
-            let caught = per.get(kind.as_str()).copied().unwrap_or(0);
-            (kind, caught, total)
-        })
-        .collect();
-    Quality {
-        name: name.to_owned(),
-        flagged: n,
-        true_positives: tp,
-        false_positives: n - tp,
-        precision: (n > 0).then(|| tp as f64 / n as f64),
-        recall: (attacks > 0).then(|| tp as f64 / attacks as f64),
-        per_kind,
-        alerts_per_day: n as f64 / days.max(1.0),
-    }
-}
 
-/// An event the country baseline reads: time, input line, country.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct CountryEvent {
-    /// Event time, epoch ms.
-    pub time_ms: i64,
-    /// 1-based input line.
-    pub line: u64,
-    /// `destination.geo.country_name`.
-    pub country: String,
-}
-
-/// "Country first seen in the last `window_days` days": the input lines it flags. Events before
-/// `warmup_end_ms` only build history. Events must be in time order.
-pub fn baseline_new_country(
-    events: &[CountryEvent],
-    window_days: f64,
-    warmup_end_ms: i64,
-) -> Vec<u64> {
-    let window_ms = (window_days * 86_400_000.0) as i64;
-    let mut last_seen: HashMap<&str, i64> = HashMap::new();
-    let mut flagged = Vec::new();
-    for e in events {
-        let new = last_seen
-            .get(e.country.as_str())
-            .is_none_or(|&t| e.time_ms - t > window_ms);
-        if new && e.time_ms >= warmup_end_ms {
-            flagged.push(e.line);
+    /// The quality of what was counted.
+    pub fn quality(&self, name: &str, labels: &Labels, days: f64) -> Quality {
+        let tp: u64 = self.per_kind.values().sum();
+        let n = self.flagged;
+        let attacks = labels.by_line.len() as u64;
+        let per_kind = labels
+            .kinds()
+            .into_iter()
+            .map(|kind| {
+                let total = labels.by_line.values().filter(|v| **v == kind).count() as u64;
+                let caught = self.per_kind.get(&kind).copied().unwrap_or(0);
+                (kind, caught, total)
+            })
+            .collect();
+        Quality {
+            name: name.to_owned(),
+            flagged: n,
+            true_positives: tp,
+            false_positives: n - tp,
+            precision: (n > 0).then(|| tp as f64 / n as f64),
+            recall: (attacks > 0).then(|| tp as f64 / attacks as f64),
+            per_kind,
+            alerts_per_day: n as f64 / days.max(1.0),
         }
-        last_seen.insert(e.country.as_str(), e.time_ms);
     }
-    flagged
 }
 
-/// An event the bytes baseline reads.
-#[derive(Debug, Clone, PartialEq)]
-pub struct BytesEvent {
-    /// Event time, epoch ms.
-    pub time_ms: i64,
-    /// 1-based input line.
-    pub line: u64,
-    /// `destination.ip`.
-    pub destination: String,
-    /// `source.bytes`.
-    pub bytes: f64,
+/// Baseline "country first seen in the last `window_days` days" (Elastic's *new terms* rule on
+/// `destination.geo.country_name`), fed events in time order. Memory: one entry per country.
+#[derive(Debug, Clone)]
+pub struct NewCountry {
+    window_ms: i64,
+    last_seen: HashMap<String, i64>,
 }
 
-/// "More than `threshold` bytes to one destination in one `bucket_ms` bucket": the input lines
-/// it flags (the event that reaches the threshold and every later one in that bucket).
-pub fn baseline_bytes(
-    events: &[BytesEvent],
+impl NewCountry {
+    /// A baseline with this window.
+    pub fn new(window_days: f64) -> NewCountry {
+        NewCountry {
+            window_ms: (window_days * 86_400_000.0) as i64,
+            last_seen: HashMap::new(),
+        }
+    }
+
+    /// Reads one event; true when it flags it. Events while `warming_up` only build history.
+    pub fn observe(&mut self, time_ms: i64, country: &str, warming_up: bool) -> bool {
+        let new = self
+            .last_seen
+            .get(country)
+            .is_none_or(|&t| time_ms - t > self.window_ms);
+        match self.last_seen.get_mut(country) {
+            Some(t) => *t = time_ms,
+            None => {
+                self.last_seen.insert(country.to_owned(), time_ms);
+            }
+        }
+        new && !warming_up
+    }
+}
+
+/// Baseline "at least `threshold` bytes to one destination in one `bucket_ms` bucket" (every
+/// event from the one that reaches it, in that bucket), fed events in time order. Memory: the
+/// destinations of the newest bucket and the one before it (for events a little late).
+#[derive(Debug, Clone)]
+pub struct FixedBytes {
     bucket_ms: i64,
     threshold: f64,
-    warmup_end_ms: i64,
-) -> Vec<u64> {
-    let mut sums: HashMap<(&str, i64), f64> = HashMap::new();
-    let mut flagged = Vec::new();
-    for e in events {
-        let bucket = e.time_ms.div_euclid(bucket_ms);
-        let sum = sums.entry((e.destination.as_str(), bucket)).or_default();
-        *sum += e.bytes;
-        if *sum >= threshold && e.time_ms >= warmup_end_ms {
-            flagged.push(e.line);
+    buckets: BTreeMap<i64, HashMap<String, f64>>,
+}
+
+impl FixedBytes {
+    /// A baseline with this bucket and threshold.
+    pub fn new(bucket_ms: i64, threshold: f64) -> FixedBytes {
+        FixedBytes {
+            bucket_ms,
+            threshold,
+            buckets: BTreeMap::new(),
         }
     }
-    flagged
+
+    /// Reads one event; true when it flags it. Events while `warming_up` only add up.
+    pub fn observe(
+        &mut self,
+        time_ms: i64,
+        destination: &str,
+        bytes: f64,
+        warming_up: bool,
+    ) -> bool {
+        let bucket = time_ms.div_euclid(self.bucket_ms);
+        let sums = self.buckets.entry(bucket).or_default();
+        let total = match sums.get_mut(destination) {
+            Some(sum) => {
+                *sum += bytes;
+                *sum
+            }
+            None => {
+                sums.insert(destination.to_owned(), bytes);
+                bytes
+            }
+        };
+        let flagged = total >= self.threshold && !warming_up;
+        while self.buckets.len() > 2 {
+            self.buckets.pop_first();
+        }
+        flagged
+    }
 }
 
 fn pct(x: Option<f64>) -> String {
@@ -267,19 +289,14 @@ mod tests {
 
     #[test]
     fn new_country_window() {
-        let ev = |t: i64, line: u64, c: &str| CountryEvent {
-            time_ms: t * 86_400_000,
-            line,
-            country: c.to_owned(),
-        };
-        let events = [
-            ev(0, 1, "US"),
-            ev(1, 2, "FR"),
-            ev(2, 3, "US"),
-            ev(9, 4, "FR"),
-            ev(9, 5, "FR"),
-        ];
-        // warm-up ends at day 1: FR on day 1 is new; FR on day 9 is 8 days later: new again.
-        assert_eq!(baseline_new_country(&events, 7.0, 86_400_000), vec![2, 4]);
+        let mut b = NewCountry::new(7.0);
+        let day = |d: i64| d * 86_400_000;
+        // Warm-up on day 0: US only builds history; FR on day 1 is new; US on day 2 is not;
+        // FR on day 9 is 8 days later: new again, and once only.
+        assert!(!b.observe(day(0), "US", true));
+        assert!(b.observe(day(1), "FR", false));
+        assert!(!b.observe(day(2), "US", false));
+        assert!(b.observe(day(9), "FR", false));
+        assert!(!b.observe(day(9), "FR", false));
     }
 }

@@ -28,17 +28,109 @@ pub struct TopValue {
     pub reason: String,
 }
 
-/// One scored event on a plot.
-#[derive(Debug, Clone, Copy, PartialEq)]
-pub struct Point {
-    /// Event time, epoch ms.
-    pub time_ms: i64,
-    /// Score, 0-100.
-    pub score: f64,
-    /// At or above the threshold.
-    pub flagged: bool,
-    /// A labelled attack event.
-    pub attack: bool,
+/// Most time bins a plot keeps; past that, bins double in length (memory stays flat however
+/// many events are replayed).
+const MAX_TIME_BINS: usize = 1024;
+
+/// A time axis of equal bins that doubles its bin length whenever an event falls past its last
+/// bin, starting from the first event's time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Timeline {
+    origin: Option<i64>,
+    /// Bin length in ms (0 until the first event).
+    bin_ms: i64,
+}
+
+impl Timeline {
+    /// The bin of `time_ms` and by how many doublings the axis grew to hold it.
+    fn place(&mut self, time_ms: i64) -> (usize, u32) {
+        let origin = *self.origin.get_or_insert(time_ms);
+        if self.bin_ms == 0 {
+            self.bin_ms = 1000;
+        }
+        let offset = (time_ms - origin).max(0);
+        let mut doublings = 0;
+        while offset / self.bin_ms >= MAX_TIME_BINS as i64 {
+            self.bin_ms *= 2;
+            doublings += 1;
+        }
+        ((offset / self.bin_ms) as usize, doublings)
+    }
+
+    /// The middle of bin `i`, epoch ms.
+    fn center(&self, i: usize) -> i64 {
+        self.origin.unwrap_or(0) + i as i64 * self.bin_ms + self.bin_ms / 2
+    }
+}
+
+/// What a score plot shows of a rule's scored events: which (time bin, whole score, kind)
+/// cells hold at least one event. Kinds: 0 scored, 1 labelled attack, 2 flagged.
+#[derive(Debug, Clone, Default)]
+pub struct Scatter {
+    timeline: Timeline,
+    cells: HashSet<(u32, u8, u8)>,
+}
+
+impl Scatter {
+    /// Adds one scored event.
+    pub fn add(&mut self, time_ms: i64, score: f64, flagged: bool, attack: bool) {
+        let (bin, doublings) = self.timeline.place(time_ms);
+        if doublings > 0 {
+            self.cells = self
+                .cells
+                .drain()
+                .map(|(b, s, k)| (b >> doublings, s, k))
+                .collect();
+        }
+        let score = score.clamp(0.0, 100.0).round() as u8;
+        let bin = bin as u32;
+        self.cells.insert((bin, score, u8::from(flagged) * 2));
+        if attack {
+            self.cells.insert((bin, score, 1));
+        }
+    }
+
+    /// The cells as (time, score, kind), for drawing.
+    fn points(&self) -> impl Iterator<Item = (i64, f64, u8)> + '_ {
+        self.cells
+            .iter()
+            .map(|&(b, s, k)| (self.timeline.center(b as usize), f64::from(s), k))
+    }
+}
+
+/// Events per time bin.
+#[derive(Debug, Clone, Default)]
+pub struct Counts {
+    timeline: Timeline,
+    bins: Vec<u64>,
+}
+
+impl Counts {
+    /// Counts one event.
+    pub fn add(&mut self, time_ms: i64) {
+        let (bin, doublings) = self.timeline.place(time_ms);
+        for _ in 0..doublings {
+            self.bins = self.bins.chunks(2).map(|pair| pair.iter().sum()).collect();
+        }
+        if self.bins.len() <= bin {
+            self.bins.resize(bin + 1, 0);
+        }
+        self.bins[bin] += 1;
+    }
+
+    /// Events counted.
+    pub fn total(&self) -> u64 {
+        self.bins.iter().sum()
+    }
+
+    /// (bin middle, count) of the non-empty bins.
+    fn bins(&self) -> impl Iterator<Item = (i64, u64)> + '_ {
+        self.bins
+            .iter()
+            .enumerate()
+            .filter(|(_, &n)| n > 0)
+            .map(|(i, &n)| (self.timeline.center(i), n))
+    }
 }
 
 /// What replay found for one rule.
@@ -62,10 +154,10 @@ pub struct RuleSummary {
     pub per_day: f64,
     /// Most frequent values among flagged events.
     pub top: Vec<TopValue>,
-    /// Scored events, in time order.
-    pub points: Vec<Point>,
-    /// Times of the events the job read, in order (for the count strip).
-    pub seen_times: Vec<i64>,
+    /// Scored events, for the plot.
+    pub scores: Scatter,
+    /// The events the job read over time (for the count strip).
+    pub seen_over_time: Counts,
     /// Time of the first event scored after learning.
     pub learning_end_ms: Option<i64>,
 }
@@ -436,28 +528,29 @@ pub fn plot(rule: &RuleSummary, span: Option<(i64, i64)>) -> String {
     }
     // Points: scored (deduplicated per pixel), then attacks, then flagged on top.
     let mut seen: HashSet<(i32, i32, u8)> = HashSet::new();
-    let mut layer = |s: &mut String, kind: u8, pred: &dyn Fn(&Point) -> bool, draw: &str| {
-        for p in rule.points.iter().filter(|p| pred(p)) {
-            let (px, py) = (x(p.time_ms), y(p.score));
+    for (kind, draw) in [
+        (0, "r=\"1.6\" fill=\"#999\" fill-opacity=\"0.6\""),
+        (
+            1,
+            "r=\"4\" fill=\"none\" stroke=\"#1f5fbf\" stroke-width=\"1.2\"",
+        ),
+        (2, "r=\"2.6\" fill=\"#d62728\""),
+    ] {
+        let mut points: Vec<(i64, f64)> = rule
+            .scores
+            .points()
+            .filter(|p| p.2 == kind)
+            .map(|(t, score, _)| (t, score))
+            .collect();
+        points.sort_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+        for (t, score) in points {
+            let (px, py) = (x(t), y(score));
             if seen.insert((px as i32, py as i32, kind)) {
                 let _ = write!(s, "<circle cx=\"{px:.1}\" cy=\"{py:.1}\" {draw}/>");
             }
         }
         s.push('\n');
-    };
-    layer(
-        &mut s,
-        0,
-        &|p| !p.flagged,
-        "r=\"1.6\" fill=\"#999\" fill-opacity=\"0.6\"",
-    );
-    layer(
-        &mut s,
-        1,
-        &|p| p.attack,
-        "r=\"4\" fill=\"none\" stroke=\"#1f5fbf\" stroke-width=\"1.2\"",
-    );
-    layer(&mut s, 2, &|p| p.flagged, "r=\"2.6\" fill=\"#d62728\"");
+    }
     // Threshold.
     let ty = y(rule.threshold);
     let _ = writeln!(
@@ -470,9 +563,9 @@ pub fn plot(rule: &RuleSummary, span: Option<(i64, i64)>) -> String {
     );
     // Counts strip.
     let mut bins = vec![0u64; BINS];
-    for &t in &rule.seen_times {
-        let i = ((t - t0) as f64 / (t1 - t0) as f64 * BINS as f64) as usize;
-        bins[i.min(BINS - 1)] += 1;
+    for (t, n) in rule.seen_over_time.bins() {
+        let i = ((t - t0).max(0) as f64 / (t1 - t0) as f64 * BINS as f64) as usize;
+        bins[i.min(BINS - 1)] += n;
     }
     let max = bins.iter().copied().max().unwrap_or(0).max(1);
     let bw = pw / BINS as f64;
@@ -522,27 +615,17 @@ mod tests {
 
     #[test]
     fn plot_is_self_contained_svg() {
-        let rule = RuleSummary {
+        let mut rule = RuleSummary {
             name: "r <x>".into(),
             threshold: 75.0,
-            points: vec![
-                Point {
-                    time_ms: 10,
-                    score: 10.0,
-                    flagged: false,
-                    attack: false,
-                },
-                Point {
-                    time_ms: 20,
-                    score: 90.0,
-                    flagged: true,
-                    attack: true,
-                },
-            ],
-            seen_times: vec![0, 10, 20],
             learning_end_ms: Some(5),
             ..RuleSummary::default()
         };
+        rule.scores.add(10, 10.0, false, false);
+        rule.scores.add(20, 90.0, true, true);
+        for t in [0, 10, 20] {
+            rule.seen_over_time.add(t);
+        }
         let svg = plot(&rule, Some((0, 30)));
         assert!(svg.starts_with("<svg"));
         assert!(svg.contains("threshold 75"));
@@ -555,5 +638,27 @@ mod tests {
         assert!(page.contains("r &lt;x&gt;"));
         assert!(!page.contains("<script"));
         assert!(!page.contains("http://") || page.contains("http://www.w3.org/2000/svg"));
+    }
+
+    #[test]
+    fn plot_data_stays_bounded_over_a_long_replay() {
+        let mut scores = Scatter::default();
+        let mut counts = Counts::default();
+        // Ten years of events, one every ten minutes.
+        let step = 600_000;
+        let n = 10 * 365 * 24 * 6;
+        for i in 0..n {
+            scores.add(i * step, (i % 100) as f64, i % 1000 == 0, false);
+            counts.add(i * step);
+        }
+        assert!(counts.bins.len() <= MAX_TIME_BINS);
+        assert_eq!(counts.total(), n as u64);
+        assert!(
+            scores.cells.len() <= MAX_TIME_BINS * 101 * 2,
+            "{}",
+            scores.cells.len()
+        );
+        let last = scores.points().map(|p| p.0).max().unwrap();
+        assert!((last - (n - 1) * step).abs() < 2 * scores.timeline.bin_ms);
     }
 }

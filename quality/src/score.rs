@@ -176,6 +176,7 @@ pub fn fixed_sum_rule(
 #[derive(Debug, Default)]
 pub struct Interner {
     ids: HashMap<String, u32>,
+    names: Vec<String>,
 }
 
 impl Interner {
@@ -186,7 +187,13 @@ impl Interner {
         }
         let id = u32::try_from(self.ids.len()).unwrap_or(u32::MAX);
         self.ids.insert(text.to_owned(), id);
+        self.names.push(text.to_owned());
         id
+    }
+
+    /// The text of a number.
+    pub fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", String::as_str)
     }
 
     /// Every text and its number.

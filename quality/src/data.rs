@@ -114,7 +114,7 @@ impl Data {
 
 /// Reads one capture file (plain or gzip) with a replay preset; lines without a time are dropped.
 pub fn read(path: &Path, format: Format) -> Result<Vec<Flow>> {
-    let mut reader = egresswatch::replay::open(path)?;
+    let mut reader = egresswatch::replay::input::open(path, Default::default())?;
     let mut converter = Converter::new(Preset::builtin(format));
     let mut flows = Vec::new();
     let mut buf = Vec::new();

@@ -30,11 +30,35 @@
 //!
 //! Readers ([`Event`]) address fields by [`FieldId`], resolved when the detector is built.
 //!
-//! When a field appears more than once (twice under the same key, or in a dotted and a nested
-//! form), the first occurrence is the one read.
+//! **One reading of an event** (the detector reads it, the alert is written into it, and both
+//! agree with what a JSON reader downstream sees):
 //!
-//! Arrays are not descended into: ECS paths do not index arrays, and a wanted field's value that
-//! is an array is kept whole (for `event.category`, the strings in it).
+//! - *Duplicate keys*: the last occurrence in an object wins, as serde_json (Vector), Go,
+//!   Python and JavaScript readers keep it; an earlier occurrence, and everything inside it, is
+//!   not read. (Elasticsearch itself refuses such a document by default.) Spotting a repeated
+//!   wanted key costs a bit test; the rare event that has one is scanned a second time, exactly.
+//! - *Dotted and nested forms of one field*: the most nested form wins, whatever the order:
+//!   at each level a single-segment key is preferred to a dotted one, so for
+//!   `destination.geo.country_name` the order is `{"destination":{"geo":{"country_name"}}}`,
+//!   `{"destination":{"geo.country_name"}}`, `{"destination.geo":{"country_name"}}`,
+//!   `{"destination.geo.country_name"}`. That is the form pipeline tools (Vector's VRL paths,
+//!   Logstash field references, Elasticsearch ingest processors such as `geoip`) read. An event
+//!   holding two different forms is counted as conflicting ([`Event::conflicting`]).
+//! - *Arrays* are not descended into: ECS paths do not index arrays. A wanted field whose value is
+//!   an array is kept whole (for `event.category`, the strings in it); an array where an object
+//!   on a wanted path belongs (`"destination": [{"ip": ..}, ..]`) is skipped: nothing in it is
+//!   read, and nothing is written there.
+//! - *Numbers and strings* are taken as JSON defines them: `1e999` and a 400-digit integer are
+//!   numbers (read as not finite, so as absent where a number is needed); a lone surrogate
+//!   escape (`"\ud800"`) is a string (read with U+FFFD in its place). What the scanner accepts,
+//!   [`Event::write`] can annotate, since the annotation is inserted into the original bytes.
+//!   More than [`MAX_DEPTH`] levels of nesting make the event unreadable for both.
+//!
+//! **Writing** ([`Event::write`]): new fields are inserted into the original line at offsets the
+//! scan recorded (the end of the object that holds the field's nearest existing parent, in the
+//! same preferred form), never replacing a byte that was there. A field that exists in any form
+//! is not written ([`Collision::Exists`]), nor one whose parent path holds something other than
+//! an object ([`Collision::Blocked`]).
 
 use std::cell::Cell;
 use std::fmt;
@@ -119,6 +143,8 @@ pub enum SchemaError {
 #[derive(Debug, Default)]
 pub struct SchemaBuilder {
     paths: Vec<String>,
+    /// Per path: whether any key below it counts as the field being present.
+    groups: Vec<bool>,
 }
 
 impl SchemaBuilder {
@@ -133,11 +159,20 @@ impl SchemaBuilder {
             Some(index) => index,
             None => {
                 self.paths.push(path.to_owned());
+                self.groups.push(false);
                 self.paths.len() - 1
             }
         };
         // Checked against u16 in `build`; ids past it are never used.
         FieldId(u16::try_from(index).unwrap_or(NONE))
+    }
+
+    /// The id of `path` as a *group*: present when the path or anything below it is
+    /// (`rule` is present for `{"rule":{..}}`, `{"rule":"x"}` and `{"rule.name":"x"}` alike).
+    pub fn group(&mut self, path: &str) -> FieldId {
+        let id = self.field(path);
+        self.groups[usize::from(id.0)] = true;
+        id
     }
 
     /// Builds the per-level key tables.
@@ -146,6 +181,7 @@ impl SchemaBuilder {
             return Err(SchemaError::TooMany(self.paths.len()));
         }
         let mut trie = vec![TrieNode::default()];
+        let mut chains = Vec::with_capacity(self.paths.len());
         for (index, path) in self.paths.iter().enumerate() {
             let segments: Vec<&str> = path.split('.').collect();
             if segments.iter().any(|s| s.is_empty()) {
@@ -155,6 +191,10 @@ impl SchemaBuilder {
                 return Err(SchemaError::TooDeep(path.clone()));
             }
             let mut node = 0;
+            let mut chain = Chain {
+                segments: segments.iter().map(|s| (*s).into()).collect(),
+                nodes: vec![ROOT],
+            };
             for (i, segment) in segments.iter().enumerate() {
                 let at = match trie[node].keys.iter().position(|(k, _)| k == segment) {
                     Some(at) => at,
@@ -167,29 +207,41 @@ impl SchemaBuilder {
                 };
                 if i + 1 == segments.len() {
                     trie[node].keys[at].1.field = Some(index);
+                    trie[node].keys[at].1.group = self.groups[index];
                 } else {
                     node = match trie[node].keys[at].1.child {
                         Some(child) => child,
                         None => {
-                            trie.push(TrieNode::default());
+                            trie.push(TrieNode {
+                                depth: i + 1,
+                                ..TrieNode::default()
+                            });
                             let child = trie.len() - 1;
                             trie[node].keys[at].1.child = Some(child);
                             child
                         }
                     };
+                    chain.nodes.push(u16::try_from(node).unwrap_or(NONE));
                 }
             }
+            chains.push(chain);
+        }
+        if trie.len() >= usize::from(NONE) {
+            return Err(SchemaError::TooMany(trie.len()));
         }
         let nodes = trie.iter().map(Node::build).collect();
         Ok(Schema {
             paths: self.paths,
             nodes,
+            chains,
         })
     }
 }
 
 #[derive(Default)]
 struct TrieNode {
+    /// Segments of the path leading here.
+    depth: usize,
     keys: Vec<(String, TrieEntry)>,
 }
 
@@ -197,6 +249,15 @@ struct TrieNode {
 struct TrieEntry {
     field: Option<usize>,
     child: Option<usize>,
+    group: bool,
+}
+
+/// A field's path: its segments, and the trie node reached after each proper prefix (the root
+/// first), which is where its parent objects are recorded.
+#[derive(Debug)]
+struct Chain {
+    segments: Vec<Box<str>>,
+    nodes: Vec<u16>,
 }
 
 /// "No field" / "no child node" in a [`Target`].
@@ -209,6 +270,8 @@ struct Target {
     field: u16,
     /// Node the key leads to, or [`NONE`].
     child: u16,
+    /// The field is a group: keys below it count as it.
+    group: bool,
 }
 
 /// One key segment of a node's table.
@@ -233,12 +296,15 @@ const EMPTY: Entry = Entry {
     target: Target {
         field: NONE,
         child: NONE,
+        group: false,
     },
 };
 
 /// One nesting level: the key segments that lead on from it, in an open-addressed table.
 #[derive(Debug)]
 struct Node {
+    /// The weight of this level's break in a value's rank (see [`rank_bit`]).
+    bit: u16,
     mask: usize,
     entries: Box<[Entry]>,
     /// Segments over sixteen bytes, compared in full after their words matched.
@@ -274,10 +340,12 @@ impl Node {
                 target: Target {
                     field: narrow(entry.field),
                     child: narrow(entry.child),
+                    group: entry.group,
                 },
             };
         }
         Node {
+            bit: rank_bit(node.depth),
             mask,
             entries,
             long_keys,
@@ -295,7 +363,7 @@ impl Node {
     /// leads nowhere, or [`Dotted`] when it missed and has a dot (to be walked segment by
     /// segment).
     #[inline(always)]
-    fn lookup(&self, key: &[u8], s: usize, e: usize) -> Result<Option<Target>, Dotted> {
+    fn lookup(&self, key: &[u8], s: usize, e: usize) -> Result<Option<(Target, usize)>, Dotted> {
         let len = e - s;
         let (a, b) = key_words(key, s, e);
         let mut slot = hash(a, b, len) & self.mask;
@@ -308,7 +376,7 @@ impl Node {
             }
             if entry.a == a && entry.b == b && entry.len as usize == len {
                 if len <= 16 || self.long_is(entry.long, &key[s..e]) {
-                    return Ok(Some(entry.target));
+                    return Ok(Some((entry.target, slot)));
                 }
                 break;
             }
@@ -337,6 +405,7 @@ struct Dotted;
 pub struct Schema {
     paths: Vec<String>,
     nodes: Vec<Node>,
+    chains: Vec<Chain>,
 }
 
 impl Schema {
@@ -353,6 +422,16 @@ impl Schema {
 
 /// The root node of every schema.
 const ROOT: u16 = 0;
+
+/// The weight, in a value's rank, of an object break after `depth` segments: earlier breaks
+/// weigh more, so that comparing ranks prefers the most nested form (a single-segment key at
+/// each level before a dotted one). The root (depth 0) has no break.
+fn rank_bit(depth: usize) -> u16 {
+    match depth {
+        0 => 0,
+        d => 1 << (MAX_SEGMENTS - d.min(MAX_SEGMENTS)),
+    }
+}
 
 #[inline(always)]
 fn hash(a: u64, b: u64, len: usize) -> usize {
@@ -443,6 +522,8 @@ enum IpMemo {
 #[derive(Debug, Clone)]
 struct Slot {
     kind: Kind,
+    /// The form it was read in (see [`rank_bit`]): a higher rank replaces it.
+    rank: u16,
     /// For [`Kind::Num`]: the text is an integer (no fraction or exponent).
     int: bool,
     start: u32,
@@ -456,6 +537,7 @@ impl Slot {
     fn absent() -> Slot {
         Slot {
             kind: Kind::Absent,
+            rank: 0,
             int: false,
             start: 0,
             end: 0,
@@ -466,11 +548,30 @@ impl Slot {
     }
 }
 
+/// What the scan saw of one trie node: the object that holds its fields, in the preferred form
+/// (where new fields under it are inserted), and whether a non-object stands in its place.
+#[derive(Debug, Clone, Copy, Default)]
+struct NodeSeen {
+    /// An object for this node was seen.
+    present: bool,
+    /// The object had no members.
+    empty: bool,
+    /// Its form (see [`rank_bit`]).
+    rank: u16,
+    /// Offset of its closing `}`.
+    close: u32,
+    /// Something other than an object stands at this path (`"destination": "x"`, an array).
+    blocked: bool,
+}
+
 /// Scans event lines for the fields of one [`Schema`]; keeps its buffers between events.
 #[derive(Debug)]
 pub struct Scanner {
     schema: Arc<Schema>,
     slots: Vec<Slot>,
+    nodes: Vec<NodeSeen>,
+    /// Offsets of keys a later occurrence of the same key replaces (second, exact pass only).
+    superseded: Vec<u32>,
     /// Decoded escaped strings of the current event.
     scratch: String,
     /// The current key, when it had escapes.
@@ -482,6 +583,8 @@ impl Scanner {
     pub fn new(schema: Arc<Schema>) -> Self {
         Scanner {
             slots: vec![Slot::absent(); schema.len()],
+            nodes: vec![NodeSeen::default(); schema.nodes.len()],
+            superseded: Vec::new(),
             schema,
             scratch: String::new(),
             key: String::new(),
@@ -495,23 +598,46 @@ impl Scanner {
 
     /// Scans one line (without its terminator). Fails when it is not exactly one JSON object.
     pub fn scan<'s>(&'s mut self, line: &'s str) -> Result<Event<'s>, ScanError> {
+        if u32::try_from(line.len()).is_err() {
+            return Err(fail(ScanErrorKind::TooLong, 0));
+        }
+        self.superseded.clear();
+        let flags = self.pass(line, false)?;
+        let flags = if flags.duplicates {
+            // A wanted key repeated in one object: read again, skipping what is replaced.
+            self.pass(line, true)?
+        } else {
+            flags
+        };
+        Ok(Event {
+            line,
+            schema: &self.schema,
+            slots: &mut self.slots,
+            nodes: &self.nodes,
+            scratch: &self.scratch,
+            conflicting: flags.conflicting,
+        })
+    }
+
+    fn pass(&mut self, line: &str, exact: bool) -> Result<PassFlags, ScanError> {
         for slot in &mut self.slots {
             slot.kind = Kind::Absent;
         }
-        self.scratch.clear();
-        if u32::try_from(line.len()).is_err() {
-            return Err(ScanError {
-                kind: ScanErrorKind::TooLong,
-                offset: 0,
-            });
+        for node in &mut self.nodes {
+            *node = NodeSeen::default();
         }
+        self.scratch.clear();
         let b = line.as_bytes();
         let mut p = Parser {
             text: line,
             schema: &self.schema,
             slots: &mut self.slots,
+            nodes: &mut self.nodes,
             scratch: &mut self.scratch,
             key: &mut self.key,
+            superseded: &mut self.superseded,
+            exact,
+            flags: PassFlags::default(),
         };
         let pos = skip_ws(b, 0);
         if b.get(pos) != Some(&b'{') {
@@ -521,20 +647,52 @@ impl Scanner {
         if pos != b.len() {
             return Err(fail(ScanErrorKind::TrailingCharacters, pos));
         }
-        Ok(Event {
-            line,
-            slots: &mut self.slots,
-            scratch: &self.scratch,
-        })
+        Ok(p.flags)
     }
+}
+
+/// What one pass noticed.
+#[derive(Debug, Clone, Copy, Default)]
+struct PassFlags {
+    /// A wanted key occurs twice in one object.
+    duplicates: bool,
+    /// A field was read in two different forms (dotted and nested).
+    conflicting: bool,
 }
 
 /// The wanted fields of one scanned event.
 #[derive(Debug)]
 pub struct Event<'s> {
     line: &'s str,
+    schema: &'s Schema,
     slots: &'s mut [Slot],
+    nodes: &'s [NodeSeen],
     scratch: &'s str,
+    conflicting: bool,
+}
+
+/// A member to insert: the node whose object receives it, the rest of its path below that
+/// node, and its JSON value.
+type Member<'a> = (u16, &'a [Box<str>], std::borrow::Cow<'a, str>);
+
+/// Why a field was not written by [`Event::write`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Collision {
+    /// The field is already in the event (in some form, maybe `null`); it is never replaced.
+    Exists,
+    /// A parent path holds something other than an object (`"rule": "x"` for `rule.id`, or an
+    /// array), so the field has nowhere to go without replacing it.
+    Blocked,
+}
+
+/// A field to add with [`Event::write`].
+#[derive(Debug, Clone, Copy)]
+pub enum Add<'t> {
+    /// The field, with its value as JSON text.
+    Field(FieldId, &'t str),
+    /// JSON values (comma-separated text) appended to the array the field holds; the field is
+    /// created as an array when absent.
+    Append(FieldId, &'t str),
 }
 
 impl<'s> Event<'s> {
@@ -619,12 +777,169 @@ impl<'s> Event<'s> {
         }
     }
 
+    /// The field's value as JSON text (as written in the event when it was read from it).
+    pub fn raw(&self, id: FieldId) -> Option<std::borrow::Cow<'_, str>> {
+        let slot = self.slot(id);
+        let (s, e) = (slot.start as usize, slot.end as usize);
+        match slot.kind {
+            Kind::Absent => None,
+            Kind::Str => self.line.get(s - 1..e + 1).map(Into::into),
+            Kind::Decoded | Kind::Fixed => {
+                serde_json::to_string(self.str(id)?).ok().map(Into::into)
+            }
+            _ => self.line.get(s..e).map(Into::into),
+        }
+    }
+
+    /// True when some field was read in two different forms (a dotted and a nested key): the
+    /// preferred one was read, and readers that merge forms may see both.
+    pub fn conflicting(&self) -> bool {
+        self.conflicting
+    }
+
+    /// Whether `id` could be added to the event: `Ok` when it is absent and its parent path is
+    /// free.
+    pub fn writable(&self, id: FieldId) -> Result<(), Collision> {
+        self.place(id).map(drop)
+    }
+
+    /// Where a new field goes: the node whose object receives it and how many of the field's
+    /// segments that node covers.
+    fn place(&self, id: FieldId) -> Result<(u16, usize), Collision> {
+        // A value set after the scan (enrichment) is not in the line: it can be written.
+        if !matches!(self.slot(id).kind, Kind::Absent | Kind::Fixed) {
+            return Err(Collision::Exists);
+        }
+        let chain = &self.schema.chains[usize::from(id.0)];
+        for (covered, &node) in chain.nodes.iter().enumerate().rev() {
+            let seen = self.nodes[usize::from(node)];
+            if seen.blocked {
+                return Err(Collision::Blocked);
+            }
+            if seen.present || node == ROOT {
+                return Ok((node, covered));
+            }
+        }
+        Err(Collision::Blocked)
+    }
+
+    /// Writes the line with `adds` inserted into `out` (cleared first); the original bytes are
+    /// all kept, in order. Returns the adds that could not be written, and why.
+    pub fn write(&self, adds: &[Add<'_>], out: &mut String) -> Vec<(FieldId, Collision)> {
+        use std::borrow::Cow;
+        let mut refused = Vec::new();
+        // New members per receiving node: the rest of the path below it, and the JSON value.
+        let mut members: Vec<Member<'_>> = Vec::new();
+        let mut inserts: Vec<(usize, String)> = Vec::new();
+        for add in adds {
+            let (id, value) = match *add {
+                Add::Append(id, items) if self.slot(id).kind == Kind::Array => {
+                    let slot = self.slot(id);
+                    let close = slot.end as usize - 1;
+                    let inner = self.line[slot.start as usize + 1..close].trim();
+                    let sep = if inner.is_empty() { "" } else { "," };
+                    inserts.push((close, format!("{sep}{items}")));
+                    continue;
+                }
+                Add::Append(id, items) => (id, Cow::Owned(format!("[{items}]"))),
+                Add::Field(id, value) => (id, Cow::Borrowed(value)),
+            };
+            match self.place(id) {
+                Ok((node, covered)) => {
+                    let chain = &self.schema.chains[usize::from(id.0)];
+                    members.push((node, &chain.segments[covered..], value));
+                }
+                Err(why) => refused.push((id, why)),
+            }
+        }
+        // One insertion per receiving object, before its closing brace.
+        let mut nodes: Vec<u16> = members.iter().map(|m| m.0).collect();
+        nodes.dedup();
+        nodes.sort_unstable();
+        nodes.dedup();
+        for node in nodes {
+            let seen = self.nodes[usize::from(node)];
+            let close = if seen.present {
+                seen.close as usize
+            } else {
+                // The root object always exists: its brace is the last one of the line.
+                self.line.rfind('}').unwrap_or(0)
+            };
+            let empty = if seen.present {
+                seen.empty
+            } else {
+                self.line[..close].trim_end().ends_with('{')
+            };
+            let items: Vec<(&[Box<str>], &str)> = members
+                .iter()
+                .filter(|m| m.0 == node)
+                .map(|m| (m.1, m.2.as_ref()))
+                .collect();
+            let mut text = String::new();
+            if !empty {
+                text.push(',');
+            }
+            render_members(&items, &mut text);
+            inserts.push((close, text));
+        }
+        inserts.sort_by_key(|i| i.0);
+        out.clear();
+        out.reserve(self.line.len() + inserts.iter().map(|i| i.1.len()).sum::<usize>());
+        let mut from = 0;
+        for (at, text) in &inserts {
+            out.push_str(&self.line[from..*at]);
+            out.push_str(text);
+            from = *at;
+        }
+        out.push_str(&self.line[from..]);
+        refused
+    }
+
     /// Sets a field after the scan (GeoIP enrichment).
     pub fn set(&mut self, id: FieldId, value: &'static str) {
         let slot = &mut self.slots[usize::from(id.0)];
         slot.kind = Kind::Fixed;
         slot.fixed = value;
         slot.ip.set(IpMemo::Unparsed);
+    }
+}
+
+/// Writes `items` (paths relative to one object, with JSON values) as that object's members,
+/// nesting the ones that share a first segment: `geo.country_name` and `geo.country_iso_code`
+/// become `"geo":{"country_name":..,"country_iso_code":..}`.
+fn render_members(items: &[(&[Box<str>], &str)], out: &mut String) {
+    let mut done = vec![false; items.len()];
+    let mut first = true;
+    for i in 0..items.len() {
+        if done[i] {
+            continue;
+        }
+        let (path, value) = items[i];
+        let Some((head, rest)) = path.split_first() else {
+            continue;
+        };
+        if !first {
+            out.push(',');
+        }
+        first = false;
+        out.push_str(&serde_json::to_string(&**head).unwrap_or_default());
+        out.push(':');
+        if rest.is_empty() {
+            out.push_str(value);
+            done[i] = true;
+            continue;
+        }
+        // Every item under the same head, in order, goes into one nested object.
+        let mut below = Vec::new();
+        for (j, (other, v)) in items.iter().enumerate().skip(i) {
+            if !done[j] && other.len() > 1 && other[0] == *head {
+                below.push((&other[1..], *v));
+                done[j] = true;
+            }
+        }
+        out.push('{');
+        render_members(&below, out);
+        out.push('}');
     }
 }
 
@@ -898,13 +1213,50 @@ fn colon(b: &[u8], pos: usize) -> Result<usize, ScanError> {
     Ok(skip_ws(b, pos))
 }
 
-/// The parser state of one scan.
+/// The parser state of one pass.
 struct Parser<'a, 'x> {
     text: &'a str,
     schema: &'x Schema,
     slots: &'x mut [Slot],
+    nodes: &'x mut [NodeSeen],
     scratch: &'x mut String,
     key: &'x mut String,
+    superseded: &'x mut Vec<u32>,
+    /// The second, exact pass: keys in `superseded` are skipped.
+    exact: bool,
+    flags: PassFlags,
+}
+
+/// An open object on a wanted path.
+#[derive(Clone, Copy)]
+struct Frame {
+    node: u16,
+    /// Its form (see [`rank_bit`]).
+    rank: u16,
+    /// The field the object itself is, or [`NONE`].
+    field: u16,
+    /// Offset of its `{`.
+    start: u32,
+    /// Table slots of the plain keys matched in it so far (bit `slot % 64`).
+    matched: u64,
+    /// A dotted or escaped key was matched in it.
+    complex: bool,
+    /// It had no member.
+    empty: bool,
+}
+
+impl Frame {
+    fn new(node: u16, rank: u16, field: u16, start: usize) -> Frame {
+        Frame {
+            node,
+            rank,
+            field,
+            start: start as u32,
+            matched: 0,
+            complex: false,
+            empty: true,
+        }
+    }
 }
 
 impl Parser<'_, '_> {
@@ -916,14 +1268,15 @@ impl Parser<'_, '_> {
     fn walk(&mut self, mut pos: usize) -> Result<usize, ScanError> {
         let b = self.text.as_bytes();
         let schema = self.schema;
-        // Per open wanted object: its parent's node, and its own field and start, if wanted.
-        let mut stack = [(ROOT, NONE, 0u32); MAX_SEGMENTS];
+        let mut stack = [Frame::new(ROOT, 0, NONE, 0); MAX_SEGMENTS + 1];
         let mut open = 0;
-        let mut node = ROOT;
+        let mut frame = Frame::new(ROOT, 0, NONE, pos - 1);
         let mut table = &schema.nodes[usize::from(ROOT)];
-        let mut depth = 1;
         'objects: loop {
             // `pos` is just after an object's `{`.
+            if self.exact {
+                self.supersede(pos, open as u32 + 1)?;
+            }
             pos = skip_ws(b, pos);
             let mut closed = b.get(pos) == Some(&b'}');
             if closed {
@@ -931,34 +1284,46 @@ impl Parser<'_, '_> {
             }
             loop {
                 if closed {
-                    // `pos` is just after an object's `}`.
+                    // `pos` is just after the object's `}`.
+                    self.close(&frame, pos - 1);
                     if open == 0 {
                         return Ok(pos);
                     }
                     open -= 1;
-                    let (parent, field, start) = stack[open];
-                    if field != NONE {
-                        self.record(field, Kind::Object, start as usize, pos);
-                    }
-                    node = parent;
-                    table = &schema.nodes[usize::from(node)];
-                    depth -= 1;
+                    frame = stack[open];
+                    table = &schema.nodes[usize::from(frame.node)];
                 } else {
                     // A member: its key, then its value.
                     if b.get(pos) != Some(&b'"') {
                         return Err(fail(ScanErrorKind::Syntax, pos));
                     }
+                    frame.empty = false;
+                    let key_at = pos;
                     let start = pos + 1;
                     let (after, escaped) = string_end(b, start)?;
                     pos = colon(b, after)?;
-                    let target = if escaped {
-                        self.resolve(node, start, after - 1, true)
-                    } else {
-                        match table.lookup(b, start, after - 1) {
-                            // Tables hold single segments: a dotted key always misses first.
-                            Err(Dotted) => self.resolve(node, start, after - 1, false),
-                            Ok(target) => target,
+                    let depth = open as u32 + 1;
+                    let target = match table.lookup(b, start, after - 1) {
+                        Ok(None) if !escaped => None,
+                        Ok(Some((target, slot))) if !escaped => {
+                            let bit = 1u64 << (slot % 64);
+                            self.flags.duplicates |= frame.matched & bit != 0;
+                            frame.matched |= bit;
+                            Some(target)
                         }
+                        // Dotted or escaped: walk the segments.
+                        _ => {
+                            let target = self.resolve(frame.node, start, after - 1, escaped);
+                            if target.is_some() {
+                                self.flags.duplicates |= frame.complex;
+                                frame.complex = true;
+                            }
+                            target
+                        }
+                    };
+                    let target = match target {
+                        Some(_) if self.exact && self.superseded.contains(&(key_at as u32)) => None,
+                        t => t,
                     };
                     match target {
                         Some(t) if t.child != NONE && b.get(pos) == Some(&b'{') => {
@@ -968,16 +1333,25 @@ impl Parser<'_, '_> {
                             let Some(slot) = stack.get_mut(open) else {
                                 return Err(fail(ScanErrorKind::TooDeep, pos));
                             };
-                            *slot = (node, t.field, pos as u32);
+                            *slot = frame;
                             open += 1;
-                            node = t.child;
-                            table = &schema.nodes[usize::from(node)];
-                            depth += 1;
+                            table = &schema.nodes[usize::from(t.child)];
+                            frame = Frame::new(t.child, frame.rank | table.bit, t.field, pos);
                             pos += 1;
                             continue 'objects;
                         }
-                        Some(t) if t.field != NONE => pos = self.value(pos, t.field, depth)?,
-                        _ => pos = skip_value(b, pos, depth)?,
+                        Some(t) => {
+                            if t.child != NONE {
+                                // Not an object where one belongs: nothing can go below it.
+                                self.nodes[usize::from(t.child)].blocked = true;
+                            }
+                            pos = if t.field != NONE {
+                                self.value(pos, t.field, frame.rank, depth)?
+                            } else {
+                                skip_value(b, pos, depth)?
+                            };
+                        }
+                        None => pos = skip_value(b, pos, depth)?,
                     }
                 }
                 // After a member's value: the next member, or the end of the object.
@@ -999,7 +1373,70 @@ impl Parser<'_, '_> {
         }
     }
 
-    /// Resolves a key with escapes or dots through the trie, from `node`.
+    /// Records a wanted object that just closed at `close` (its `}`).
+    #[inline]
+    fn close(&mut self, frame: &Frame, close: usize) {
+        let seen = &mut self.nodes[usize::from(frame.node)];
+        if !seen.present || frame.rank >= seen.rank {
+            *seen = NodeSeen {
+                present: true,
+                empty: frame.empty,
+                rank: frame.rank,
+                close: close as u32,
+                blocked: seen.blocked,
+            };
+        }
+        if frame.field != NONE {
+            self.record(
+                frame.field,
+                Kind::Object,
+                frame.rank,
+                frame.start as usize,
+                close + 1,
+            );
+        }
+    }
+
+    /// Exact pass: notes the keys of the object starting at `pos` (after its `{`) that a later
+    /// key of the same name replaces.
+    #[cold]
+    fn supersede(&mut self, pos: usize, depth: u32) -> Result<(), ScanError> {
+        let b = self.text.as_bytes();
+        let mut keys: Vec<(String, u32)> = Vec::new();
+        let mut pos = skip_ws(b, pos);
+        if b.get(pos) == Some(&b'}') {
+            return Ok(());
+        }
+        loop {
+            if b.get(pos) != Some(&b'"') {
+                return Err(fail(ScanErrorKind::Syntax, pos));
+            }
+            let (after, escaped) = string_end(b, pos + 1)?;
+            let raw = &self.text[pos + 1..after - 1];
+            let mut name = String::new();
+            if escaped {
+                decode(raw, &mut name);
+            } else {
+                name.push_str(raw);
+            }
+            keys.push((name, pos as u32));
+            pos = skip_ws(b, skip_value(b, colon(b, after)?, depth)?);
+            match b.get(pos) {
+                Some(b',') => pos = skip_ws(b, pos + 1),
+                Some(b'}') => break,
+                _ => return Err(fail(ScanErrorKind::Syntax, pos)),
+            }
+        }
+        for (i, (name, at)) in keys.iter().enumerate() {
+            if keys[i + 1..].iter().any(|(later, _)| later == name) {
+                self.superseded.push(*at);
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a key with escapes or dots through the trie, from `node`. A group field met on
+    /// the way (`rule` for `"rule.name"`) is the key's target.
     #[cold]
     fn resolve(&mut self, node: u16, start: usize, end: usize, escaped: bool) -> Option<Target> {
         let schema = self.schema;
@@ -1019,11 +1456,11 @@ impl Parser<'_, '_> {
             if e == s {
                 return None;
             }
-            let target = schema.nodes[usize::from(node)]
+            let (target, _) = schema.nodes[usize::from(node)]
                 .lookup(key, s, e)
                 .ok()
                 .flatten()?;
-            if e == end {
+            if e == end || (target.group && target.child == NONE) {
                 return Some(target);
             }
             if target.child == NONE {
@@ -1034,19 +1471,20 @@ impl Parser<'_, '_> {
         }
     }
 
-    /// The value at `pos` of wanted field `field`; returns the position after it.
+    /// The value at `pos` of wanted field `field`, read in form `rank`; returns the position
+    /// after it.
     #[inline]
-    fn value(&mut self, pos: usize, field: u16, depth: u32) -> Result<usize, ScanError> {
+    fn value(&mut self, pos: usize, field: u16, rank: u16, depth: u32) -> Result<usize, ScanError> {
         let b = self.text.as_bytes();
         let (end, kind) = match b.get(pos) {
             Some(b'"') => {
                 let (end, escaped) = string_end(b, pos + 1)?;
-                self.record_string(field, pos + 1, end - 1, escaped);
+                self.record_string(field, rank, pos + 1, end - 1, escaped);
                 return Ok(end);
             }
             Some(b'-' | b'0'..=b'9') => {
                 let (end, int) = number_end(b, pos)?;
-                self.record_number(field, pos, end, int);
+                self.record_number(field, rank, pos, end, int);
                 return Ok(end);
             }
             Some(b't') => (literal(b, pos, b"true")?, Kind::True),
@@ -1056,21 +1494,29 @@ impl Parser<'_, '_> {
             Some(b'{') => (skip_nested(b, pos, depth)?, Kind::Object),
             _ => return Err(fail(ScanErrorKind::Syntax, pos)),
         };
-        self.record(field, kind, pos, end);
+        self.record(field, kind, rank, pos, end);
         Ok(end)
     }
 
-    /// The slot of `field` when it has not been set in this event yet.
+    /// The slot of `field` when a value in form `rank` takes it: when it is empty, or holds a
+    /// value of a less preferred form (or of the same form: a repeated key, the later wins).
     #[inline]
-    fn vacant(&mut self, field: u16) -> Option<&mut Slot> {
+    fn claim(&mut self, field: u16, rank: u16) -> Option<&mut Slot> {
         let slot = &mut self.slots[usize::from(field)];
-        (slot.kind == Kind::Absent).then_some(slot)
+        if slot.kind == Kind::Absent {
+            return Some(slot);
+        }
+        if slot.rank != rank {
+            self.flags.conflicting = true;
+        }
+        (rank >= slot.rank).then_some(slot)
     }
 
     #[inline]
-    fn record(&mut self, field: u16, kind: Kind, start: usize, end: usize) {
-        if let Some(slot) = self.vacant(field) {
+    fn record(&mut self, field: u16, kind: Kind, rank: u16, start: usize, end: usize) {
+        if let Some(slot) = self.claim(field, rank) {
             slot.kind = kind;
+            slot.rank = rank;
             slot.start = start as u32;
             slot.end = end as u32;
             slot.ip.set(IpMemo::Unparsed);
@@ -1078,24 +1524,23 @@ impl Parser<'_, '_> {
     }
 
     #[inline]
-    fn record_string(&mut self, field: u16, start: usize, end: usize, escaped: bool) {
+    fn record_string(&mut self, field: u16, rank: u16, start: usize, end: usize, escaped: bool) {
         if escaped {
-            if self.slots[usize::from(field)].kind == Kind::Absent {
-                let from = self.scratch.len();
-                decode(&self.text[start..end], self.scratch);
-                let to = self.scratch.len();
-                self.record(field, Kind::Decoded, from, to);
-            }
+            let from = self.scratch.len();
+            decode(&self.text[start..end], self.scratch);
+            let to = self.scratch.len();
+            self.record(field, Kind::Decoded, rank, from, to);
         } else {
-            self.record(field, Kind::Str, start, end);
+            self.record(field, Kind::Str, rank, start, end);
         }
     }
 
     #[inline]
-    fn record_number(&mut self, field: u16, start: usize, end: usize, int: bool) {
+    fn record_number(&mut self, field: u16, rank: u16, start: usize, end: usize, int: bool) {
         let text = &self.text.as_bytes()[start..end];
-        if let Some(slot) = self.vacant(field) {
+        if let Some(slot) = self.claim(field, rank) {
             slot.kind = Kind::Num;
+            slot.rank = rank;
             slot.int = int;
             slot.start = start as u32;
             slot.end = end as u32;
@@ -1233,13 +1678,185 @@ mod tests {
     }
 
     #[test]
-    fn the_first_of_two_shapes_wins_and_set_overrides() {
+    fn the_most_nested_form_wins_whatever_the_order() {
         let (mut s, f) = schema(&PATHS);
-        let line = r#"{"destination.ip":"1.1.1.1","destination":{"ip":"2.2.2.2"}}"#;
-        let mut e = s.scan(line).unwrap();
-        assert_eq!(e.str(f[1]), Some("1.1.1.1"));
-        e.set(f[0], "Peru");
-        assert_eq!(e.str(f[0]), Some("Peru"));
+        for line in [
+            r#"{"destination.ip":"1.1.1.1","destination":{"ip":"2.2.2.2"}}"#,
+            r#"{"destination":{"ip":"2.2.2.2"},"destination.ip":"1.1.1.1"}"#,
+        ] {
+            let mut e = s.scan(line).unwrap();
+            assert_eq!(e.str(f[1]), Some("2.2.2.2"), "{line}");
+            assert!(e.conflicting(), "{line}");
+            e.set(f[0], "Peru");
+            assert_eq!(e.str(f[0]), Some("Peru"));
+        }
+        // Every form of a three-segment path, most preferred first.
+        let forms = [
+            r#""destination":{"geo":{"country_name":"A"}}"#,
+            r#""destination":{"geo.country_name":"B"}"#,
+            r#""destination.geo":{"country_name":"C"}"#,
+            r#""destination.geo.country_name":"D""#,
+        ];
+        for first in 0..forms.len() {
+            let mut members: Vec<&str> = forms[first..].to_vec();
+            members.reverse();
+            let line = format!("{{{}}}", members.join(","));
+            let e = s.scan(&line).unwrap();
+            let expected = ["A", "B", "C", "D"][first];
+            assert_eq!(e.str(f[0]), Some(expected), "{line}");
+        }
+        let e = s.scan(r#"{"destination":{"ip":"2.2.2.2"}}"#).unwrap();
+        assert!(!e.conflicting());
+    }
+
+    #[test]
+    fn a_repeated_key_is_read_as_its_last_occurrence_with_all_below_it() {
+        let (mut s, f) = schema(&PATHS);
+        // The first `destination` object, country included, is replaced by the second.
+        let line = r#"{"destination":{"ip":"8.8.8.8","geo":{"country_name":"United States"}},"destination":{"ip":"5.6.7.8"}}"#;
+        let e = s.scan(line).unwrap();
+        assert_eq!(e.str(f[1]), Some("5.6.7.8"));
+        assert!(!e.present(f[0]));
+        // A repeated leaf, and a repeated dotted key.
+        let e = s.scan(r#"{"source":{"bytes":1,"bytes":2},"destination.ip":"1.1.1.1","destination.ip":"2.2.2.2"}"#).unwrap();
+        assert_eq!(e.number(f[3]), Some(2.0));
+        assert_eq!(e.str(f[1]), Some("2.2.2.2"));
+        // A replaced nested form uncovers a dotted one that was there all along.
+        let line = r#"{"destination.geo.country_name":"Chile","destination":{"geo":{"country_name":"Peru"}},"destination":{"ip":"1.1.1.1"}}"#;
+        let e = s.scan(line).unwrap();
+        assert_eq!(e.str(f[0]), Some("Chile"));
+        // The same key escaped differently is the same key.
+        let e = s
+            .scan(r#"{"destination":{"ip":"1.1.1.1"},"destin\u0061tion":{"ip":"3.3.3.3"}}"#)
+            .unwrap();
+        assert_eq!(e.str(f[1]), Some("3.3.3.3"));
+        // Agrees with serde_json, which keeps the last value of a repeated key.
+        let v: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(v["destination"]["ip"], "1.1.1.1");
+        assert!(v["destination"].get("geo").is_none());
+    }
+
+    #[test]
+    fn arrays_where_an_object_belongs_are_skipped_and_block_writing() {
+        let (mut s, f) = schema(&PATHS);
+        let line = r#"{"destination":[{"ip":"1.2.3.4"},{"ip":"5.6.7.8"}],"source":{"bytes":3}}"#;
+        let e = s.scan(line).unwrap();
+        assert!(!e.present(f[1]));
+        assert_eq!(e.writable(f[0]), Err(Collision::Blocked));
+        assert_eq!(e.number(f[3]), Some(3.0));
+    }
+
+    fn writer_schema() -> (Scanner, Vec<FieldId>) {
+        let mut b = SchemaBuilder::new();
+        let ids = vec![
+            b.field("destination.geo.country_name"),
+            b.field("destination.geo.country_iso_code"),
+            b.field("event.kind"),
+            b.group("rule"),
+            b.field("tags"),
+            b.field("destination.ip"),
+        ];
+        (Scanner::new(Arc::new(b.build().unwrap())), ids)
+    }
+
+    fn write(s: &mut Scanner, line: &str, adds: &[Add<'_>]) -> (String, Vec<(FieldId, Collision)>) {
+        let e = s.scan(line).unwrap();
+        let mut out = String::new();
+        let refused = e.write(adds, &mut out);
+        serde_json::from_str::<serde_json::Value>(&out).expect("still JSON");
+        (out, refused)
+    }
+
+    #[test]
+    fn fields_are_inserted_into_the_preferred_object_and_nothing_is_replaced() {
+        let (mut s, f) = writer_schema();
+        let adds = [
+            Add::Field(f[0], r#""Iran""#),
+            Add::Field(f[1], r#""IR""#),
+            Add::Field(f[2], r#""alert""#),
+            Add::Field(f[3], r#"{"id":"x"}"#),
+            Add::Append(f[4], r#""ml""#),
+        ];
+        let (out, refused) = write(
+            &mut s,
+            r#"{"destination":{"ip":"5.6.7.8"},"event":{"kind":"event"},"tags":["zeek"]}"#,
+            &adds,
+        );
+        assert_eq!(
+            out,
+            r#"{"destination":{"ip":"5.6.7.8","geo":{"country_name":"Iran","country_iso_code":"IR"}},"event":{"kind":"event"},"tags":["zeek","ml"],"rule":{"id":"x"}}"#
+        );
+        assert_eq!(refused, vec![(f[2], Collision::Exists)]);
+        // Dotted events: the root receives nested objects; existing dotted keys count.
+        let (out, refused) = write(
+            &mut s,
+            r#"{"destination.ip":"5.6.7.8","event.kind":"event","rule.name":"pan","tags":[]}"#,
+            &adds,
+        );
+        assert_eq!(
+            out,
+            r#"{"destination.ip":"5.6.7.8","event.kind":"event","rule.name":"pan","tags":["ml"],"destination":{"geo":{"country_name":"Iran","country_iso_code":"IR"}}}"#
+        );
+        assert_eq!(
+            refused,
+            vec![(f[2], Collision::Exists), (f[3], Collision::Exists)]
+        );
+        // Into the nested form when both exist, next to the address that was read.
+        let (out, _) = write(
+            &mut s,
+            r#"{"destination.ip":"1.1.1.1","destination":{"ip":"5.6.7.8"}, "x" : { } }"#,
+            &adds[..1],
+        );
+        assert_eq!(
+            out,
+            r#"{"destination.ip":"1.1.1.1","destination":{"ip":"5.6.7.8","geo":{"country_name":"Iran"}}, "x" : { } }"#
+        );
+        // Empty objects take no comma; blocked and present-but-null paths are refused.
+        let (out, _) = write(&mut s, r#"{ }"#, &adds[2..3]);
+        assert_eq!(out, r#"{ "event":{"kind":"alert"}}"#);
+        let (_, refused) = write(
+            &mut s,
+            r#"{"destination":{"geo":"x"},"tags":"zeek"}"#,
+            &adds,
+        );
+        assert!(refused.contains(&(f[0], Collision::Blocked)));
+        assert!(refused.contains(&(f[4], Collision::Exists)));
+        let (_, refused) = write(
+            &mut s,
+            r#"{"destination":{"geo":{"country_name":null}}}"#,
+            &adds[..1],
+        );
+        assert_eq!(refused, vec![(f[0], Collision::Exists)]);
+        // The replaced occurrence of a repeated key receives nothing.
+        let (out, _) = write(
+            &mut s,
+            r#"{"destination":{"ip":"8.8.8.8"},"destination":{"ip":"5.6.7.8"}}"#,
+            &adds[..1],
+        );
+        assert_eq!(
+            out,
+            r#"{"destination":{"ip":"8.8.8.8"},"destination":{"ip":"5.6.7.8","geo":{"country_name":"Iran"}}}"#
+        );
+    }
+
+    #[test]
+    fn whatever_is_accepted_can_be_written() {
+        let (mut s, f) = writer_schema();
+        for line in [
+            r#"{"destination":{"ip":"5.6.7.8","as":{"name":"\ud800"}},"n":1e999}"#,
+            &format!(
+                r#"{{"big":{},"destination.ip":"5.6.7.8"}}"#,
+                "9".repeat(400)
+            ),
+            &format!(r#"{{"deep":{}1{}}}"#, "[".repeat(125), "]".repeat(125)),
+        ] {
+            let e = s.scan(line).unwrap();
+            let mut out = String::new();
+            let refused = e.write(&[Add::Field(f[0], r#""Iran""#)], &mut out);
+            assert!(refused.is_empty(), "{line}");
+            assert!(out.len() > line.len());
+            assert!(s.scan(&out).is_ok(), "{out}");
+        }
     }
 
     #[test]
@@ -1390,5 +2007,19 @@ mod tests {
         let e = s.scan(r#"{"rule":"x","rule.name":"y"}"#).unwrap();
         assert!(e.present(f[0]));
         assert_eq!(e.str(f[1]), Some("y"));
+        // A group is present through any key below it.
+        let mut b = SchemaBuilder::new();
+        let rule = b.group("rule");
+        let mut s = Scanner::new(Arc::new(b.build().unwrap()));
+        for line in [
+            r#"{"rule":{}}"#,
+            r#"{"rule.name":"y"}"#,
+            r#"{"rule.a.b":null}"#,
+        ] {
+            let e = s.scan(line).unwrap();
+            assert_eq!(e.writable(rule), Err(Collision::Exists), "{line}");
+        }
+        let e = s.scan(r#"{"rules":1,"x":{"rule":1}}"#).unwrap();
+        assert_eq!(e.writable(rule), Ok(()));
     }
 }

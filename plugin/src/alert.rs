@@ -1,46 +1,58 @@
-//! Turning a flagged event into an alert: the fields egresswatch adds.
+//! Turning a flagged event into an alert: the fields egresswatch adds, and where.
 //!
-//! [`annotate`] writes the fields below into the event, through [`event::insert`], so an event
-//! that uses dotted keys (`"event.kind": "event"`) has them replaced where they are and a nested
-//! event gets nested objects. Nothing is removed or renamed; fields that exist are overwritten
-//! only where the table says so. Either every field is written or, on error, the event is left
-//! exactly as it was.
+//! **Collision policy: add, never replace.** An annotated event is the original event, every
+//! byte of it, plus the detection. The fields are inserted into the original line at offsets
+//! the scan recorded ([`crate::fields::Event::write`]); nothing is re-serialised, removed,
+//! renamed or overwritten.
+//!
+//! - The whole detection always goes under `egresswatch`, our namespace: the rule that fired
+//!   (`egresswatch.rule.*`), its MITRE mapping (`egresswatch.threat`) and what the model found.
+//!   A SIEM query on `egresswatch.rule.id` finds every alert, whatever the event carried.
+//! - The ECS fields Elastic's own alerts use are written too, each only where the event has
+//!   none: `event.kind`, `event.severity`, `event.risk_score`, `rule.*` and `threat` (the last
+//!   two as wholes: a rule half from the firewall and half from egresswatch would be worse than
+//!   either). So a plain network event becomes an ECS alert, and a PAN-OS or Suricata event keeps
+//!   its own `rule.name`, severity and `threat.*` while our rule sits in `egresswatch.rule`.
+//! - The rule's tags go to `egresswatch.rule.tags`; the event's own `tags` are left alone.
+//! - A country added by GeoIP is written at `destination.geo.country_name` /
+//!   `country_iso_code` (only ever absent there, since enrichment runs only then), in the same
+//!   `destination` object the address was read from.
+//! - What cannot be written at all (an event with its own `egresswatch` field, a `destination.geo`
+//!   that is not an object) is reported to the caller as a [`Failure`]: the event is still an
+//!   alert (counted and routed), with the detection wherever it could go.
 //!
 //! | field | type | value |
 //! |---|---|---|
-//! | `event.kind` | keyword | `"alert"` (overwrites the existing value: the event is now an alert) |
-//! | `event.risk_score` | float | the rule's `risk_score` (0-100) |
-//! | `event.severity` | long | number for the rule's `severity`, as Elastic maps it: low 21, medium 47, high 73, critical 99 |
-//! | `rule.id` | keyword | the rule's `rule_id` |
-//! | `rule.uuid` | keyword | the rule's `rule_id` (a UUID in Elastic's rules) |
-//! | `rule.name` | keyword | the rule's `name` |
-//! | `rule.description` | keyword | the rule's `description` |
-//! | `rule.ruleset` | keyword | `"egresswatch"` |
-//! | `tags` | keyword[] | the rule's `tags` appended to the event's (no repeats); a string `tags` becomes an array; a `tags` of another type is left alone |
-//! | `threat.framework` | keyword | the rules' framework (`"MITRE ATT&CK"`); an array if the rule mixes frameworks |
-//! | `threat.tactic.id` / `.name` / `.reference` | keyword[] | the rule's tactics, in rule order, without repeats |
-//! | `threat.technique.id` / `.name` / `.reference` | keyword[] | the rule's techniques |
-//! | `threat.technique.subtechnique.id` / `.name` / `.reference` | keyword[] | the rule's sub-techniques |
+//! | `event.kind` | keyword | `"alert"` (when absent) |
+//! | `event.severity` | long | the rule's severity as Elastic numbers it: low 21, medium 47, high 73, critical 99 (when absent) |
+//! | `event.risk_score` | float | the rule's `risk_score` (when absent) |
+//! | `rule.id`, `rule.uuid` | keyword | the rule's `rule_id` (when the event has no `rule`) |
+//! | `rule.name`, `rule.description` | keyword, text | the rule's (likewise) |
+//! | `rule.ruleset` | keyword | `"egresswatch"` (likewise) |
+//! | `rule.author`, `rule.reference`, `rule.license` | keyword | the rule's, when it has them (likewise) |
+//! | `threat` | object[] | the rule's `[[rule.threat]]` as Elastic writes it: `framework`, `tactic{id,name,reference}`, `technique[{id,name,reference,subtechnique[..]}]` (when absent) |
+//! | `destination.geo.country_name` / `country_iso_code` | keyword | from GeoIP, when the event had no country |
+//! | `egresswatch.rule.*` | | `id`, `uuid`, `name`, `description`, `ruleset`, `severity` (word), `risk_score`, `tags`, `author`, `reference`, `license` |
+//! | `egresswatch.threat` | object[] | as `threat` |
 //! | `egresswatch.job_id` | keyword | job that scored the event |
 //! | `egresswatch.function` | keyword | detector function (`rare`, `high_sum`) |
 //! | `egresswatch.score` | float | anomaly score 0-100 |
 //! | `egresswatch.anomaly_threshold` | long | the rule's `anomaly_threshold` (when set) |
-//! | `egresswatch.severity` | keyword | the rule's `severity` word (ECS `event.severity` is numeric) |
+//! | `egresswatch.severity` | keyword | the rule's `severity` word |
 //! | `egresswatch.bucket_start` | date | start of the event's bucket, RFC 3339 UTC (`2024-05-01T09:00:00Z`) |
-//! | `egresswatch.actual` | float | the value seen (bucket sum, or occurrences) when the model gives one |
-//! | `egresswatch.typical` | float | the value expected when the model gives one |
-//! | `egresswatch.influencers` | object | each influencer field of the job present in the event, `{"source.ip": "10.0.0.5"}` |
+//! | `egresswatch.actual` / `typical` | double | what was seen / expected; whole numbers (bytes) for sums |
+//! | `egresswatch.influencers` | object[] | `{"field": "source.ip", "value": "10.0.0.5"}` for each influencer of the job present in the event |
 //! | `egresswatch.reason` | text | one sentence a person can act on |
-//! | `egresswatch.<key>` | any | each entry of [`AlertDetail::extra`] (model-specific); the keys above take precedence |
-//!
-//! Threat fields are written only when the rule has `[[rule.threat]]` entries; other `threat.*`
-//! fields of the event (such as `threat.indicator.*`) are kept.
+//! | `egresswatch.<key>` | long or double | the model's own figures ([`AlertDetail::extra`]): counts and bytes as integers |
 
-use serde_json::{Map, Value};
-use thiserror::Error;
+use std::fmt::Write as _;
+
+use serde_json::Value;
 
 use crate::catalog::Function;
-use crate::event::{self, InsertError};
+use crate::fields::{Add, Collision, Event, FieldId, SchemaBuilder};
+use crate::geo::Country;
+use crate::models::ExtraValue;
 use crate::rules::Rule;
 
 /// Value written to `rule.ruleset`.
@@ -50,7 +62,109 @@ pub const EVENT_KIND_ALERT: &str = "alert";
 /// Top-level object holding egresswatch's own alert fields.
 pub const ROOT: &str = "egresswatch";
 
-/// What the model found, to be written into the alert.
+/// Keys egresswatch writes in its object; a model's extra figure of the same name is dropped.
+const OWN_KEYS: [&str; 12] = [
+    "rule",
+    "threat",
+    "job_id",
+    "function",
+    "score",
+    "anomaly_threshold",
+    "severity",
+    "bucket_start",
+    "actual",
+    "typical",
+    "influencers",
+    "reason",
+];
+
+/// The event fields alerts write, resolved for the scanner when the detector is built.
+#[derive(Debug, Clone)]
+pub struct AlertFields {
+    event_kind: FieldId,
+    event_severity: FieldId,
+    event_risk_score: FieldId,
+    rule: FieldId,
+    threat: FieldId,
+    root: FieldId,
+    country_name: FieldId,
+    country_iso: FieldId,
+}
+
+impl AlertFields {
+    /// Registers the fields alerts write, so that every scan records whether they are there
+    /// and where their parent objects end.
+    pub fn register(
+        schema: &mut SchemaBuilder,
+        country_name: FieldId,
+        country_iso: FieldId,
+    ) -> Self {
+        AlertFields {
+            event_kind: schema.field("event.kind"),
+            event_severity: schema.field("event.severity"),
+            event_risk_score: schema.field("event.risk_score"),
+            rule: schema.group("rule"),
+            threat: schema.group("threat"),
+            root: schema.group(ROOT),
+            country_name,
+            country_iso,
+        }
+    }
+}
+
+/// A rule's part of every alert, serialised once when the detector is built.
+#[derive(Debug, Clone)]
+pub struct RuleTexts {
+    /// The ECS `rule` object.
+    ecs_rule: String,
+    /// `egresswatch.rule`.
+    ours: String,
+    /// `threat`, when the rule maps to MITRE.
+    threat: Option<String>,
+    severity_score: String,
+    risk_score: String,
+    severity_word: String,
+    threshold: Option<u8>,
+}
+
+impl RuleTexts {
+    /// The texts for `rule`.
+    pub fn new(rule: &Rule) -> Self {
+        let mut ecs = serde_json::Map::new();
+        ecs.insert("id".into(), rule.rule_id.clone().into());
+        ecs.insert("uuid".into(), rule.rule_id.clone().into());
+        ecs.insert("name".into(), rule.name.clone().into());
+        ecs.insert("description".into(), rule.description.clone().into());
+        ecs.insert("ruleset".into(), RULESET.into());
+        if !rule.author.is_empty() {
+            ecs.insert("author".into(), rule.author.clone().into());
+        }
+        if !rule.references.is_empty() {
+            ecs.insert("reference".into(), rule.references.clone().into());
+        }
+        if let Some(license) = &rule.license {
+            ecs.insert("license".into(), license.clone().into());
+        }
+        let mut ours = ecs.clone();
+        ours.insert("severity".into(), rule.severity.as_str().into());
+        ours.insert("risk_score".into(), rule.risk_score.into());
+        ours.insert("tags".into(), rule.tags.clone().into());
+        let threat = (!rule.threat.is_empty())
+            .then(|| serde_json::to_string(&rule.threat).unwrap_or_default());
+        RuleTexts {
+            ecs_rule: Value::Object(ecs).to_string(),
+            ours: Value::Object(ours).to_string(),
+            threat,
+            severity_score: rule.severity.score().to_string(),
+            risk_score: rule.risk_score.to_string(),
+            severity_word: json_str(rule.severity.as_str()),
+            threshold: rule.anomaly_threshold,
+        }
+    }
+}
+
+/// What the model found, to be written into the alert (the detector fills it from the score;
+/// which figures it carries is the models' business, how they are written is this module's).
 #[derive(Debug, Clone, PartialEq)]
 pub struct AlertDetail {
     /// Job that scored the event.
@@ -61,156 +175,150 @@ pub struct AlertDetail {
     pub score: f64,
     /// Start of the event's bucket, in seconds since the Unix epoch (UTC).
     pub bucket_start: i64,
-    /// The value seen, when the model has one (bucket sum; occurrences for `rare`).
+    /// The value seen, when the model has one (bucket sum; share of buckets for `rare`).
     pub actual: Option<f64>,
     /// The value expected, when the model has one.
     pub typical: Option<f64>,
-    /// Influencer field paths of the job; their values are copied from the event.
-    pub influencers: Vec<String>,
+    /// Influencer fields of the job, by path; their values are copied from the event.
+    pub influencers: Vec<(String, FieldId)>,
     /// Short reason a person can act on.
     pub reason: String,
-    /// Model-specific extra fields, written under `egresswatch.`.
-    pub extra: Map<String, Value>,
+    /// Model-specific figures, written under `egresswatch.`.
+    pub extra: Vec<(&'static str, ExtraValue)>,
 }
 
-/// Why an event could not be annotated; the event is left unchanged.
-#[derive(Debug, Clone, PartialEq, Eq, Error)]
-#[error("cannot annotate event: {0}")]
-pub struct AnnotateError(#[from] pub InsertError);
-
-/// Adds the alert fields described in the module documentation to `event`.
-///
-/// All or nothing: on error (the event is not an object, or a field path is blocked by an
-/// existing scalar such as `"rule": "x"`) the event is left as it was.
-pub fn annotate(event: &mut Value, rule: &Rule, detail: &AlertDetail) -> Result<(), AnnotateError> {
-    let mut out = event.clone();
-    write_all(&mut out, rule, detail)?;
-    *event = out;
-    Ok(())
+/// A part of the detection that could not be written on the event.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Failure {
+    /// The field that was not written (`egresswatch`, `destination.geo.country_name`).
+    pub field: &'static str,
+    /// Why.
+    pub collision: Collision,
 }
 
-fn write_all(ev: &mut Value, rule: &Rule, d: &AlertDetail) -> Result<(), InsertError> {
-    // Influencer values are read before anything is written.
-    let mut influencers = Map::new();
-    for field in &d.influencers {
-        if let Some(v) = event::get_present(ev, field) {
-            influencers.insert(field.clone(), v.clone());
-        }
+/// Writes the alert for `event` into `out` (the original line with the alert fields inserted);
+/// returns what could not be written. `out` is the original line unchanged when nothing could.
+pub fn annotate(
+    event: &Event<'_>,
+    fields: &AlertFields,
+    rule: &RuleTexts,
+    detail: &AlertDetail,
+    country: Option<Country>,
+    out: &mut String,
+) -> Vec<Failure> {
+    let ours = ours(event, rule, detail);
+    let country_name = country.map(|c| json_str(c.name()));
+    let country_iso = country.map(|c| json_str(c.iso_code()));
+    let mut adds = vec![
+        Add::Field(fields.root, &ours),
+        Add::Field(fields.event_kind, "\"alert\""),
+        Add::Field(fields.event_severity, &rule.severity_score),
+        Add::Field(fields.event_risk_score, &rule.risk_score),
+        Add::Field(fields.rule, &rule.ecs_rule),
+    ];
+    if let Some(threat) = &rule.threat {
+        adds.push(Add::Field(fields.threat, threat));
     }
-
-    let mut put = |path: &str, value: Value| event::insert(ev, path, value).map(drop);
-
-    put("event.kind", EVENT_KIND_ALERT.into())?;
-    put("event.risk_score", rule.risk_score.into())?;
-    put("event.severity", rule.severity.score().into())?;
-    put("rule.id", rule.rule_id.as_str().into())?;
-    put("rule.uuid", rule.rule_id.as_str().into())?;
-    put("rule.name", rule.name.as_str().into())?;
-    put("rule.description", rule.description.as_str().into())?;
-    put("rule.ruleset", RULESET.into())?;
-
-    if !rule.threat.is_empty() {
-        let mut frameworks = Vec::new();
-        let mut tactics = Triple::default();
-        let mut techniques = Triple::default();
-        let mut subs = Triple::default();
-        for t in &rule.threat {
-            if !frameworks.contains(&t.framework) {
-                frameworks.push(t.framework.clone());
-            }
-            tactics.push(&t.tactic.id, &t.tactic.name, &t.tactic.reference);
-            for te in &t.technique {
-                techniques.push(&te.id, &te.name, &te.reference);
-                for s in &te.subtechnique {
-                    subs.push(&s.id, &s.name, &s.reference);
-                }
-            }
-        }
-        let framework = match frameworks.len() {
-            1 => Value::String(frameworks.remove(0)),
-            _ => frameworks.into(),
-        };
-        put("threat.framework", framework)?;
-        for (prefix, triple) in [
-            ("threat.tactic", tactics),
-            ("threat.technique", techniques),
-            ("threat.technique.subtechnique", subs),
-        ] {
-            if triple.ids.is_empty() {
-                continue;
-            }
-            put(&format!("{prefix}.id"), triple.ids.into())?;
-            put(&format!("{prefix}.name"), triple.names.into())?;
-            put(&format!("{prefix}.reference"), triple.references.into())?;
-        }
+    if let (Some(name), Some(iso)) = (&country_name, &country_iso) {
+        adds.push(Add::Field(fields.country_name, name));
+        adds.push(Add::Field(fields.country_iso, iso));
     }
+    let refused = event.write(&adds, out);
+    refused
+        .into_iter()
+        .filter_map(|(id, collision)| {
+            let field = if id == fields.root {
+                ROOT
+            } else if id == fields.country_name {
+                "destination.geo.country_name"
+            } else if id == fields.country_iso {
+                "destination.geo.country_iso_code"
+            } else {
+                // ECS fields the event already has: ours is in `egresswatch`, by policy.
+                return None;
+            };
+            Some(Failure { field, collision })
+        })
+        .collect()
+}
 
-    for (key, value) in &d.extra {
-        put(&format!("{ROOT}.{key}"), value.clone())?;
+/// The `egresswatch` object.
+fn ours(event: &Event<'_>, rule: &RuleTexts, d: &AlertDetail) -> String {
+    let sums = matches!(
+        d.function,
+        Function::Sum | Function::HighSum | Function::LowSum
+    );
+    let mut o = String::with_capacity(rule.ours.len() + 512);
+    o.push_str("{\"rule\":");
+    o.push_str(&rule.ours);
+    if let Some(threat) = &rule.threat {
+        o.push_str(",\"threat\":");
+        o.push_str(threat);
     }
-    put(&format!("{ROOT}.job_id"), d.job_id.as_str().into())?;
-    put(&format!("{ROOT}.function"), d.function.as_str().into())?;
-    put(&format!("{ROOT}.score"), number(d.score))?;
-    if let Some(t) = rule.anomaly_threshold {
-        put(&format!("{ROOT}.anomaly_threshold"), t.into())?;
+    let _ = write!(
+        o,
+        ",\"job_id\":{},\"function\":\"{}\",\"score\":{}",
+        json_str(&d.job_id),
+        d.function.as_str(),
+        number(d.score, false)
+    );
+    if let Some(t) = rule.threshold {
+        let _ = write!(o, ",\"anomaly_threshold\":{t}");
     }
-    put(&format!("{ROOT}.severity"), rule.severity.as_str().into())?;
-    put(
-        &format!("{ROOT}.bucket_start"),
-        rfc3339(d.bucket_start).into(),
-    )?;
+    let _ = write!(
+        o,
+        ",\"severity\":{},\"bucket_start\":\"{}\"",
+        rule.severity_word,
+        rfc3339(d.bucket_start)
+    );
     if let Some(a) = d.actual {
-        put(&format!("{ROOT}.actual"), number(a))?;
+        let _ = write!(o, ",\"actual\":{}", number(a, sums));
     }
     if let Some(t) = d.typical {
-        put(&format!("{ROOT}.typical"), number(t))?;
+        let _ = write!(o, ",\"typical\":{}", number(t, sums));
     }
-    put(&format!("{ROOT}.influencers"), Value::Object(influencers))?;
-    put(&format!("{ROOT}.reason"), d.reason.as_str().into())?;
-
-    append_tags(ev, &rule.tags)
-}
-
-/// Parallel id/name/reference arrays, without repeated ids.
-#[derive(Default)]
-struct Triple {
-    ids: Vec<String>,
-    names: Vec<String>,
-    references: Vec<String>,
-}
-
-impl Triple {
-    fn push(&mut self, id: &str, name: &str, reference: &str) {
-        if self.ids.iter().any(|i| i == id) {
-            return;
+    o.push_str(",\"influencers\":[");
+    let mut first = true;
+    for (path, id) in &d.influencers {
+        let Some(value) = event.raw(*id).filter(|_| event.present(*id)) else {
+            continue;
+        };
+        if !first {
+            o.push(',');
         }
-        self.ids.push(id.to_owned());
-        self.names.push(name.to_owned());
-        self.references.push(reference.to_owned());
+        first = false;
+        let _ = write!(o, "{{\"field\":{},\"value\":{value}}}", json_str(path));
     }
-}
-
-fn append_tags(ev: &mut Value, tags: &[String]) -> Result<(), InsertError> {
-    if tags.is_empty() {
-        return Ok(());
-    }
-    let mut list: Vec<Value> = match event::get(ev, "tags") {
-        None | Some(Value::Null) => Vec::new(),
-        Some(Value::String(s)) => vec![Value::String(s.clone())],
-        Some(Value::Array(items)) => items.clone(),
-        Some(_) => return Ok(()),
-    };
-    for tag in tags {
-        if !list.iter().any(|v| v.as_str() == Some(tag)) {
-            list.push(Value::String(tag.clone()));
+    let _ = write!(o, "],\"reason\":{}", json_str(&d.reason));
+    for (key, value) in &d.extra {
+        if OWN_KEYS.contains(key) {
+            continue;
         }
+        let text = match value {
+            ExtraValue::Int(i) => i.to_string(),
+            ExtraValue::Float(f) => number(*f, sums),
+        };
+        let _ = write!(o, ",{}:{text}", json_str(key));
     }
-    event::insert(ev, "tags", Value::Array(list)).map(drop)
+    o.push('}');
+    o
 }
 
-/// A JSON number, or `null` for NaN and infinities.
-fn number(x: f64) -> Value {
-    serde_json::Number::from_f64(x).map_or(Value::Null, Value::Number)
+/// A JSON string.
+fn json_str(text: &str) -> String {
+    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
+}
+
+/// A JSON number: whole when `whole` (bytes and counts: a long in Elasticsearch, exact beyond
+/// a float's 24 bits), `null` for NaN and infinities.
+fn number(x: f64, whole: bool) -> String {
+    if !x.is_finite() {
+        return "null".to_owned();
+    }
+    if (whole && x.abs() < 9e18) || (x.fract() == 0.0 && x.abs() < 9e15) {
+        return format!("{}", x.round() as i64);
+    }
+    serde_json::Number::from_f64(x).map_or_else(|| "null".to_owned(), |n| n.to_string())
 }
 
 /// Formats seconds since the Unix epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
@@ -238,9 +346,11 @@ pub fn rfc3339(epoch_secs: i64) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::fields::Scanner;
     use crate::rules::{MitreRef, RuleMetadata, Severity, Technique, Threat};
     use serde_json::json;
     use std::path::PathBuf;
+    use std::sync::Arc;
 
     fn mitre(id: &str) -> MitreRef {
         MitreRef {
@@ -262,9 +372,9 @@ mod tests {
             anomaly_threshold: Some(75),
             job_ids: vec!["rare_destination_country".into()],
             tags: vec!["Rule Type: ML".into(), "Use Case: Threat Detection".into()],
-            references: vec![],
-            author: vec![],
-            license: None,
+            references: vec!["https://example.org/r".into()],
+            author: vec!["egresswatch".into()],
+            license: Some("Apache-2.0".into()),
             threat: vec![
                 Threat {
                     framework: "MITRE ATT&CK".into(),
@@ -273,22 +383,12 @@ mod tests {
                         id: "T1566".into(),
                         name: "Phishing".into(),
                         reference: "r".into(),
-                        subtechnique: vec![mitre("T1566.001"), mitre("T1566.002")],
+                        subtechnique: vec![mitre("T1566.001")],
                     }],
                 },
                 Threat {
                     framework: "MITRE ATT&CK".into(),
                     tactic: mitre("TA0010"),
-                    technique: vec![Technique {
-                        id: "T1041".into(),
-                        name: "Exfiltration Over C2 Channel".into(),
-                        reference: "r".into(),
-                        subtechnique: vec![],
-                    }],
-                },
-                Threat {
-                    framework: "MITRE ATT&CK".into(),
-                    tactic: mitre("TA0003"),
                     technique: vec![],
                 },
             ],
@@ -296,181 +396,200 @@ mod tests {
         }
     }
 
-    fn detail() -> AlertDetail {
-        let mut extra = Map::new();
-        extra.insert("buckets_seen".into(), json!(2880));
-        extra.insert("score".into(), json!("ignored: ours wins"));
-        AlertDetail {
-            job_id: "rare_destination_country".into(),
-            function: Function::Rare,
-            score: 93.5,
-            bucket_start: 1_714_554_000,
-            actual: Some(1.0),
-            typical: None,
-            influencers: vec![
-                "source.ip".into(),
-                "destination.ip".into(),
-                "destination.as.organization.name".into(),
-            ],
-            reason: "destination country North Korea seen in 0 of 2,880 buckets".into(),
-            extra,
+    struct Fixture {
+        scanner: Scanner,
+        fields: AlertFields,
+        detail: AlertDetail,
+    }
+
+    fn fixture(function: Function) -> Fixture {
+        let mut schema = SchemaBuilder::new();
+        let name = schema.field("destination.geo.country_name");
+        let iso = schema.field("destination.geo.country_iso_code");
+        let fields = AlertFields::register(&mut schema, name, iso);
+        let influencers = [
+            "source.ip",
+            "destination.ip",
+            "destination.as.organization.name",
+        ]
+        .iter()
+        .map(|p| (p.to_string(), schema.field(p)))
+        .collect();
+        Fixture {
+            scanner: Scanner::new(Arc::new(schema.build().unwrap())),
+            fields,
+            detail: AlertDetail {
+                job_id: "rare_destination_country".into(),
+                function,
+                score: 93.5,
+                bucket_start: 1_714_554_000,
+                actual: Some(15_855_258.4),
+                typical: Some(0.25),
+                influencers,
+                reason: "destination country North Korea seen in 0 of 2,880 buckets".into(),
+                extra: vec![
+                    ("buckets_seen", ExtraValue::Int(2880)),
+                    ("bucket_sum", ExtraValue::Float(15_855_258.0)),
+                    ("score", ExtraValue::Float(1.0)),
+                ],
+            },
         }
     }
 
-    #[test]
-    fn annotates_nested_event() {
-        let mut ev = json!({
-            "@timestamp": "2024-05-01T09:10:00Z",
-            "event": {"kind": "event", "category": ["network"]},
-            "source": {"ip": "10.0.0.5"},
-            "destination": {"ip": "175.45.176.1", "geo": {"country_name": "North Korea"}},
-            "tags": ["zeek"],
-            "threat": {"indicator": {"type": "ipv4-addr"}}
-        });
-        annotate(&mut ev, &rule(), &detail()).unwrap();
+    fn alert(f: &mut Fixture, event: &Value, country: Option<Country>) -> (Value, Vec<Failure>) {
+        let line = event.to_string();
+        let scanned = f.scanner.scan(&line).unwrap();
+        let mut out = String::new();
+        let failures = annotate(
+            &scanned,
+            &f.fields,
+            &RuleTexts::new(&rule()),
+            &f.detail,
+            country,
+            &mut out,
+        );
+        (serde_json::from_str(&out).unwrap(), failures)
+    }
 
+    #[test]
+    fn a_plain_network_event_becomes_an_ecs_alert() {
+        let mut f = fixture(Function::Rare);
+        let event = json!({
+            "@timestamp": "2024-05-01T09:10:00Z",
+            "event": {"category": ["network"]},
+            "source": {"ip": "10.0.0.5"},
+            "destination": {"ip": "175.45.176.1"},
+        });
+        let (ev, failures) = alert(&mut f, &event, Country::from_iso_code("KP"));
+        assert!(failures.is_empty());
         assert_eq!(ev["event"]["kind"], "alert");
         assert_eq!(ev["event"]["category"], json!(["network"]));
-        assert_eq!(ev["event"]["risk_score"], 21);
         assert_eq!(ev["event"]["severity"], 21);
+        assert_eq!(ev["event"]["risk_score"], 21);
         assert_eq!(ev["rule"]["id"], "35f86980-1fb1-4dff-b311-3be941549c8d");
         assert_eq!(ev["rule"]["uuid"], ev["rule"]["id"]);
-        assert_eq!(
-            ev["rule"]["name"],
-            "Network Traffic to Rare Destination Country"
-        );
         assert_eq!(ev["rule"]["ruleset"], "egresswatch");
-        assert_eq!(ev["rule"]["description"], "Rare country.");
+        assert_eq!(ev["rule"]["author"], json!(["egresswatch"]));
+        assert_eq!(ev["rule"]["reference"], json!(["https://example.org/r"]));
+        assert_eq!(ev["rule"]["license"], "Apache-2.0");
+        assert_eq!(ev["destination"]["geo"]["country_name"], "North Korea");
+        assert_eq!(ev["destination"]["geo"]["country_iso_code"], "KP");
+        // Elastic's shape: one object per tactic, techniques and sub-techniques below it.
+        assert_eq!(ev["threat"][0]["framework"], "MITRE ATT&CK");
+        assert_eq!(ev["threat"][0]["tactic"]["id"], "TA0001");
+        assert_eq!(ev["threat"][0]["technique"][0]["id"], "T1566");
         assert_eq!(
-            ev["tags"],
-            json!(["zeek", "Rule Type: ML", "Use Case: Threat Detection"])
+            ev["threat"][0]["technique"][0]["subtechnique"][0]["id"],
+            "T1566.001"
         );
-        assert_eq!(ev["threat"]["framework"], "MITRE ATT&CK");
-        assert_eq!(
-            ev["threat"]["tactic"]["id"],
-            json!(["TA0001", "TA0010", "TA0003"])
-        );
-        assert_eq!(ev["threat"]["tactic"]["name"][1], "name TA0010");
-        assert_eq!(ev["threat"]["technique"]["id"], json!(["T1566", "T1041"]));
-        assert_eq!(
-            ev["threat"]["technique"]["subtechnique"]["id"],
-            json!(["T1566.001", "T1566.002"])
-        );
-        assert_eq!(ev["threat"]["indicator"]["type"], "ipv4-addr");
-
+        assert_eq!(ev["threat"][1]["tactic"]["id"], "TA0010");
         let e = &ev["egresswatch"];
+        assert_eq!(e["rule"]["id"], ev["rule"]["id"]);
+        assert_eq!(e["rule"]["severity"], "low");
+        assert_eq!(
+            e["rule"]["tags"],
+            json!(["Rule Type: ML", "Use Case: Threat Detection"])
+        );
+        assert_eq!(e["threat"], ev["threat"]);
         assert_eq!(e["job_id"], "rare_destination_country");
         assert_eq!(e["function"], "rare");
         assert_eq!(e["score"], 93.5);
         assert_eq!(e["anomaly_threshold"], 75);
-        assert_eq!(e["severity"], "low");
         assert_eq!(e["bucket_start"], "2024-05-01T09:00:00Z");
-        assert_eq!(e["actual"], 1.0);
-        assert!(e.get("typical").is_none());
+        assert_eq!(e["typical"], 0.25);
         assert_eq!(
             e["influencers"],
-            json!({"source.ip": "10.0.0.5", "destination.ip": "175.45.176.1"})
+            json!([{"field": "source.ip", "value": "10.0.0.5"},
+                   {"field": "destination.ip", "value": "175.45.176.1"}])
         );
-        assert_eq!(e["reason"], detail().reason);
         assert_eq!(e["buckets_seen"], 2880);
-        assert_eq!(ev["@timestamp"], "2024-05-01T09:10:00Z");
+        assert!(ev.get("tags").is_none());
     }
 
     #[test]
-    fn annotates_dotted_event_in_place() {
-        let mut ev = json!({
-            "event.kind": "event",
-            "event.category": "network",
-            "source.ip": "10.0.0.5",
-            "destination.ip": "175.45.176.1",
-            "tags": "zeek",
-            "rule.name": "upstream"
+    fn sums_are_whole_numbers_and_our_keys_win_over_extras() {
+        let mut f = fixture(Function::HighSum);
+        let line = r#"{"source":{"ip":"10.0.0.5"}}"#;
+        let scanned = f.scanner.scan(line).unwrap();
+        let mut out = String::new();
+        annotate(
+            &scanned,
+            &f.fields,
+            &RuleTexts::new(&rule()),
+            &f.detail,
+            None,
+            &mut out,
+        );
+        assert!(out.contains(r#""actual":15855258,"#), "{out}");
+        assert!(out.contains(r#""bucket_sum":15855258"#), "{out}");
+        assert_eq!(out.matches(r#""score":"#).count(), 1, "{out}");
+        assert!(
+            out.starts_with(r#"{"source":{"ip":"10.0.0.5"},"egresswatch":{"#),
+            "{out}"
+        );
+    }
+
+    #[test]
+    fn the_source_events_own_fields_are_all_kept() {
+        let mut f = fixture(Function::Rare);
+        let event = json!({
+            "event": {"kind": "event", "severity": 3, "risk_score": 99.0},
+            "event.kind": "signal",
+            "rule": {"name": "Allow-Outbound", "id": "pan-42"},
+            "threat": "botnet",
+            "tags": ["zeek", "prod"],
+            "destination": {"ip": "175.45.176.1", "geo": {"country_name": "North Korea"}},
         });
-        annotate(&mut ev, &rule(), &detail()).unwrap();
-        let obj = ev.as_object().unwrap();
-        // Existing dotted keys are updated where they are, not duplicated as nested objects.
-        assert_eq!(obj["event.kind"], "alert");
+        let (ev, failures) = alert(&mut f, &event, None);
+        assert!(failures.is_empty());
+        assert_eq!(ev["event"]["kind"], "event");
+        assert_eq!(ev["event.kind"], "signal");
+        assert_eq!(ev["event"]["severity"], 3);
+        assert_eq!(ev["event"]["risk_score"], 99.0);
         assert_eq!(
-            obj["rule.name"],
-            "Network Traffic to Rare Destination Country"
+            ev["rule"],
+            json!({"name": "Allow-Outbound", "id": "pan-42"})
         );
-        assert!(ev["event"].get("kind").is_none());
-        assert!(ev["rule"].get("name").is_none());
-        // New fields are added; the event still reads the same through event::get.
-        assert_eq!(event::get_str(&ev, "event.category"), Some("network"));
-        assert_eq!(event::get_str(&ev, "rule.ruleset"), Some("egresswatch"));
+        assert_eq!(ev["threat"], "botnet");
+        assert_eq!(ev["tags"], json!(["zeek", "prod"]));
+        assert_eq!(ev["egresswatch"]["rule"]["name"], rule().name);
+        assert_eq!(ev["egresswatch"]["threat"][0]["tactic"]["id"], "TA0001");
+    }
+
+    #[test]
+    fn what_cannot_be_written_is_reported_and_the_rest_is_written() {
+        let mut f = fixture(Function::Rare);
+        let event = json!({"egresswatch": "mine", "destination": {"ip": "1.2.3.4", "geo": 7}});
+        let (ev, failures) = alert(&mut f, &event, Country::from_iso_code("KP"));
+        assert_eq!(ev["egresswatch"], "mine");
+        assert_eq!(ev["destination"]["geo"], 7);
+        assert_eq!(ev["rule"]["id"], "35f86980-1fb1-4dff-b311-3be941549c8d");
         assert_eq!(
-            ev["tags"],
-            json!(["zeek", "Rule Type: ML", "Use Case: Threat Detection"])
-        );
-        assert_eq!(
-            ev["egresswatch"]["influencers"]["source.ip"],
-            json!("10.0.0.5")
-        );
-        // Key order: original keys first, in their order.
-        let keys: Vec<&String> = obj.keys().collect();
-        assert_eq!(
-            keys[..6],
-            [
-                "event.kind",
-                "event.category",
-                "source.ip",
-                "destination.ip",
-                "tags",
-                "rule.name"
+            failures,
+            vec![
+                Failure {
+                    field: ROOT,
+                    collision: Collision::Exists
+                },
+                Failure {
+                    field: "destination.geo.country_name",
+                    collision: Collision::Blocked
+                },
+                Failure {
+                    field: "destination.geo.country_iso_code",
+                    collision: Collision::Blocked
+                },
             ]
         );
     }
 
     #[test]
-    fn blocked_event_is_left_unchanged() {
-        let original = json!({"rule": "not an object", "a": 1});
-        let mut ev = original.clone();
-        let err = annotate(&mut ev, &rule(), &detail()).unwrap_err();
-        assert!(err.to_string().contains("rule"), "{err}");
-        assert_eq!(ev, original);
-
-        let mut s = json!("text");
-        assert!(annotate(&mut s, &rule(), &detail()).is_err());
-        assert_eq!(s, json!("text"));
-    }
-
-    #[test]
-    fn tags_of_unexpected_type_are_kept() {
-        let mut ev = json!({"tags": 7});
-        annotate(&mut ev, &rule(), &detail()).unwrap();
-        assert_eq!(ev["tags"], 7);
-    }
-
-    #[test]
-    fn no_threat_no_threat_fields_and_nan_is_null() {
-        let mut r = rule();
-        r.threat.clear();
-        r.tags.clear();
-        let mut d = detail();
-        d.score = f64::NAN;
-        let mut ev = json!({});
-        annotate(&mut ev, &r, &d).unwrap();
-        assert!(ev.get("threat").is_none());
-        assert!(ev.get("tags").is_none());
-        assert_eq!(ev["egresswatch"]["score"], Value::Null);
-    }
-
-    #[test]
-    fn severity_numbers() {
-        for (sev, n) in [
-            (Severity::Low, 21),
-            (Severity::Medium, 47),
-            (Severity::High, 73),
-            (Severity::Critical, 99),
-        ] {
-            let mut r = rule();
-            r.severity = sev;
-            let mut ev = json!({});
-            annotate(&mut ev, &r, &detail()).unwrap();
-            assert_eq!(ev["event"]["severity"], n);
-            assert_eq!(ev["egresswatch"]["severity"], sev.as_str());
-        }
+    fn numbers() {
+        assert_eq!(number(f64::NAN, false), "null");
+        assert_eq!(number(2.5, false), "2.5");
+        assert_eq!(number(2.5, true), "3");
+        assert_eq!(number(3.0, false), "3");
+        assert_eq!(number(1e300, false), "1e+300");
     }
 
     #[test]

@@ -275,6 +275,7 @@ impl JobDef {
             over: field(&self.over_field),
             partition: field(&self.partition_field),
             filters: self.filters.iter().map(|f| f.bind(schema)).collect(),
+            influencers: self.influencers.iter().map(|p| schema.field(p)).collect(),
         }
     }
 
@@ -346,6 +347,8 @@ pub struct BoundJob {
     pub over: Option<FieldId>,
     /// `partition_field_name`.
     pub partition: Option<FieldId>,
+    /// The influencers, in the order of [`JobDef::influencers`].
+    pub influencers: Vec<FieldId>,
 }
 
 impl BoundJob {
@@ -593,10 +596,15 @@ fn ded_filters(over_field: &str) -> Vec<Filter> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::event;
     use crate::fields::Scanner;
     use serde_json::{json, Value};
     use std::sync::Arc;
+
+    /// Replaces the (existing, nested) field at `path`.
+    fn set(event: &mut Value, path: &str, value: Value) {
+        let pointer = format!("/{}", path.replace('.', "/"));
+        *event.pointer_mut(&pointer).expect("field exists") = value;
+    }
 
     /// Whether `event` qualifies for `job`, read as the detector reads it.
     fn qualifies(job: &JobDef, event: &Value) -> bool {
@@ -693,13 +701,13 @@ mod tests {
         ];
         for (field, value) in tweaks {
             let mut ev = exfil_event();
-            event::insert(&mut ev, field, value.clone()).unwrap();
+            set(&mut ev, field, value.clone());
             assert!(!qualifies(job, &ev), "{field}={value} should not qualify");
         }
         // Direction absent is fine; string byte counts are fine.
         let mut ev = exfil_event();
         ev["network"] = json!({});
-        event::insert(&mut ev, "source.bytes", json!("2048")).unwrap();
+        set(&mut ev, "source.bytes", json!("2048"));
         assert!(qualifies(job, &ev));
 
         let region = c

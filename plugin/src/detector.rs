@@ -8,7 +8,7 @@
 //! passes unchanged; the host then writes its original bytes.
 
 use std::borrow::Cow;
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use abi_stable::std_types::RVec;
@@ -16,14 +16,12 @@ use egresswatch_plugin_api::{
     ErrorKind, Label, Metric, MetricKind, PluginError, ScoreExtra, ScoreRecord, Verdict,
 };
 use serde::{Deserialize, Serialize};
-use serde_json::{Map, Value};
 
-use crate::alert::{self, AlertDetail};
+use crate::alert::{self, AlertDetail, AlertFields, RuleTexts};
 use crate::catalog::{BoundJob, Function, JobDef};
 use crate::check::RuleSet;
 use crate::config::{Action, BuildOptions, DetectorConfig, Problem};
-use crate::event;
-use crate::fields::{Event, FieldId, Scanner, SchemaBuilder};
+use crate::fields::{Collision, Event, FieldId, Scanner, SchemaBuilder};
 use crate::geo::{self, GeoCache, GeoDb};
 use crate::models::{self, ExtraValue, Model, Observation, Scored};
 use crate::net::{self, CidrSet};
@@ -53,6 +51,8 @@ pub struct Detector {
     scanner: Scanner,
     /// The fields the detector itself reads.
     fixed: FixedFields,
+    /// The fields alerts write.
+    alert_fields: AlertFields,
     metrics: Metrics,
     /// What loading skipped (unsupported rules, unknown jobs), for the host to report.
     warnings: Vec<String>,
@@ -83,6 +83,8 @@ struct ActiveJob {
 /// A supported rule as applied to one job's scores.
 struct ActiveRule {
     rule: Arc<Rule>,
+    /// The rule's part of every alert, serialised once.
+    texts: RuleTexts,
     threshold: f64,
     action: Action,
     flagged: u64,
@@ -96,6 +98,8 @@ struct Metrics {
     enriched: u64,
     flagged: u64,
     annotate_failures: u64,
+    /// Parts of alerts that could not be written, by field and reason.
+    annotation_failures: BTreeMap<(&'static str, &'static str), u64>,
 }
 
 /// The best (highest-scoring) rule that fired on an event.
@@ -172,12 +176,15 @@ impl Detector {
             country_iso: schema.field(DESTINATION_COUNTRY_ISO),
             country_name: schema.field(DESTINATION_COUNTRY_NAME),
         };
+        let alert_fields =
+            AlertFields::register(&mut schema, fixed.country_name, fixed.country_iso);
         let schema = schema
             .build()
             .map_err(|e| PluginError::new(ErrorKind::Config, format!("detector: {e}")))?;
         Ok(Detector {
             scanner: Scanner::new(Arc::new(schema)),
             fixed,
+            alert_fields,
             config,
             scores: options.score_records.then(Vec::new),
             options,
@@ -256,12 +263,33 @@ impl Detector {
         active.flagged += 1;
         let mut verdict = Verdict::PASS;
         if active.action.annotate {
-            let detail = alert_detail(&job.def, &hit);
-            match annotated(line, country, &active.rule, &detail) {
-                Some(text) => verdict.replacement = Some(text.into()).into(),
-                // The event has a non-object where an alert field goes: it keeps its route and
-                // is counted, rather than having fields overwritten.
-                None => self.metrics.annotate_failures += 1,
+            let detail = alert_detail(&job.def, &job.bound, &hit);
+            let mut text = String::new();
+            let failures = alert::annotate(
+                &event,
+                &self.alert_fields,
+                &active.texts,
+                &detail,
+                country,
+                &mut text,
+            );
+            // Whatever could not be written, the event stays an alert: counted and routed.
+            if !failures.is_empty() {
+                self.metrics.annotate_failures += 1;
+            }
+            for failure in failures {
+                let reason = match failure.collision {
+                    Collision::Exists => "exists",
+                    Collision::Blocked => "blocked",
+                };
+                *self
+                    .metrics
+                    .annotation_failures
+                    .entry((failure.field, reason))
+                    .or_default() += 1;
+            }
+            if text.len() > line.len() {
+                verdict.replacement = Some(text.into()).into();
             }
         }
         if let Some(route) = &active.action.route {
@@ -318,6 +346,14 @@ impl Detector {
             ),
         ] {
             out.counter(name, help, &[], value);
+        }
+        for ((field, reason), value) in &m.annotation_failures {
+            out.counter(
+                "egresswatch_detector_annotation_failures_total",
+                "Parts of alerts that could not be written on the event, by field and reason.",
+                &[("field", field), ("reason", reason)],
+                *value,
+            );
         }
         for job in &self.jobs {
             let status = job.model.status();
@@ -606,38 +642,8 @@ impl<'a> Extracted<'a> {
     }
 }
 
-/// The event, parsed in full, with the enriched country and the alert fields written on it.
-fn annotated(
-    line: &str,
-    country: Option<geo::Country>,
-    rule: &Rule,
-    detail: &AlertDetail,
-) -> Option<String> {
-    let mut event: Value = serde_json::from_str(line).ok()?;
-    if let Some(country) = country {
-        let iso = Value::String(country.iso_code().to_owned());
-        let name = Value::String(country.name().to_owned());
-        event::insert(&mut event, DESTINATION_COUNTRY_ISO, iso).ok()?;
-        event::insert(&mut event, DESTINATION_COUNTRY_NAME, name).ok()?;
-    }
-    alert::annotate(&mut event, rule, detail).ok()?;
-    Some(event.to_string())
-}
-
 /// The alert fields' content for a hit.
-fn alert_detail(def: &JobDef, hit: &Hit) -> AlertDetail {
-    let extra: Map<String, Value> = hit
-        .scored
-        .extra()
-        .into_iter()
-        .map(|(key, value)| {
-            let value = match value {
-                ExtraValue::Int(i) => Value::from(i),
-                ExtraValue::Float(f) => Value::from(f),
-            };
-            (key.to_owned(), value)
-        })
-        .collect();
+fn alert_detail(def: &JobDef, bound: &BoundJob, hit: &Hit) -> AlertDetail {
     AlertDetail {
         job_id: def.id.clone(),
         function: def.function,
@@ -645,9 +651,14 @@ fn alert_detail(def: &JobDef, hit: &Hit) -> AlertDetail {
         bucket_start: hit.scored.bucket_start_ms.div_euclid(1000),
         actual: Some(hit.scored.actual),
         typical: Some(hit.scored.typical),
-        influencers: def.influencers.clone(),
+        influencers: def
+            .influencers
+            .iter()
+            .cloned()
+            .zip(bound.influencers.iter().copied())
+            .collect(),
         reason: hit.scored.reason(&hit.field, &hit.value),
-        extra,
+        extra: hit.scored.extra(),
     }
 }
 
@@ -689,6 +700,7 @@ fn build_jobs(
                 }
             };
             jobs[index].rules.push(ActiveRule {
+                texts: RuleTexts::new(&rule),
                 rule: Arc::clone(&rule),
                 threshold,
                 action: config.actions.for_rule(&rule.rule_id).clone(),
@@ -909,10 +921,10 @@ mod tests {
         let score = alert["egresswatch"]["score"].as_f64().unwrap();
         assert!(score >= 75.0, "{score}");
         assert_eq!(alert["egresswatch"]["job_id"], "rare_destination_country");
-        assert_eq!(
-            alert["egresswatch"]["influencers"]["destination.ip"],
-            "175.45.179.109"
-        );
+        assert!(alert["egresswatch"]["influencers"]
+            .as_array()
+            .unwrap()
+            .contains(&json!({"field": "destination.ip", "value": "175.45.179.109"})));
         let reason = alert["egresswatch"]["reason"].as_str().unwrap();
         assert!(reason.contains("North Korea seen in 0 of 40"), "{reason}");
         // Routine countries in the same bucket still pass.
@@ -1021,6 +1033,90 @@ mod tests {
             }
             assert_eq!(d.at(&e.to_string()), Verdict::PASS, "{ip:?}");
         }
+        std::fs::remove_file(db).unwrap();
+    }
+
+    /// A detector with the tiny country database that has learnt 40 buckets of three routine
+    /// countries; returns it and the time of the next bucket.
+    fn learnt_with_geoip(name: &str) -> (Detector, i64, std::path::PathBuf) {
+        let db = tiny_db(name, false);
+        let mut d = detector(json!({ "geoip": { "database": db } }));
+        for b in 0..40 {
+            for ip in ["8.8.8.8", "78.46.34.21", "52.95.1.1"] {
+                assert_eq!(d.at(&event(T0 + b * MIN15, ip, None, None)), Verdict::PASS);
+            }
+        }
+        (d, T0 + 40 * MIN15, db)
+    }
+
+    #[test]
+    fn a_repeated_or_dotted_destination_cannot_hide_the_address_downstream_sees() {
+        let (mut d, t, db) = learnt_with_geoip("evasion");
+        let head = format!(
+            r#"{{"@timestamp":"{}","event":{{"category":["network"]}},"source":{{"ip":"10.1.2.3"}},"#,
+            iso(t)
+        );
+        for (i, members) in [
+            // A harmless address first, the real one last (downstream keeps the last).
+            r#""destination":{"ip":"8.8.8.8","port":443},"destination":{"ip":"175.45.179.109","port":443}"#,
+            // A dotted harmless address beside the nested real one, in either order.
+            r#""destination.ip":"8.8.8.8","destination":{"ip":"175.45.179.109","port":443}"#,
+            r#""destination":{"ip":"175.45.179.109","port":443},"destination.ip":"8.8.8.8""#,
+            // A harmless country in an object that a repeated key then replaces.
+            r#""destination":{"ip":"8.8.8.8","geo":{"country_name":"United States"}},"destination":{"ip":"175.45.179.109"}"#,
+        ]
+        .iter()
+        .enumerate()
+        {
+            let line = format!("{head}{members}}}");
+            let verdict = d.at(&line);
+            // What a JSON reader downstream gets (serde_json keeps the last of a repeated key).
+            let out = annotated(&verdict).unwrap_or_else(|| panic!("case {i} not flagged"));
+            // The flagged event comes out with the address it was judged on, and its country.
+            assert_eq!(out["destination"]["ip"], "175.45.179.109", "case {i}: {out}");
+            assert_eq!(
+                out["destination"]["geo"]["country_name"], "North Korea",
+                "case {i}: {out}"
+            );
+            // Every original member is still there, byte for byte.
+            let text = verdict.replacement.as_ref().map(|t| t.to_string()).unwrap();
+            for part in members.split("},") {
+                assert!(text.contains(part.trim_end_matches('}')), "case {i}: {part}");
+            }
+        }
+        std::fs::remove_file(db).unwrap();
+    }
+
+    #[test]
+    fn what_the_scanner_accepts_is_annotated_and_what_it_refuses_is_unreadable() {
+        let (mut d, t, db) = learnt_with_geoip("hostile-values");
+        let base = event(t, "175.45.179.109", None, None);
+        for (i, extra) in [
+            r#""note":"\ud800""#.to_owned(),
+            r#""ratio":1e999"#.to_owned(),
+            format!(r#""big":{}"#, "7".repeat(400)),
+            format!(r#""deep":{}0{}"#, "[".repeat(120), "]".repeat(120)),
+        ]
+        .iter()
+        .enumerate()
+        {
+            let line = format!("{},{extra}}}", &base[..base.len() - 1]);
+            let verdict = d.at(&line);
+            let text = verdict
+                .replacement
+                .as_ref()
+                .map(|t| t.to_string())
+                .unwrap_or_else(|| panic!("case {i}: flagged but not annotated"));
+            assert!(text.contains(extra.as_str()), "case {i}: value rewritten");
+            assert!(text.contains(r#""country_name":"North Korea""#), "case {i}");
+        }
+        let too_deep = format!(
+            r#"{},"deep":{}0{}}}"#,
+            &base[..base.len() - 1],
+            "[".repeat(200),
+            "]".repeat(200)
+        );
+        assert_eq!(d.at(&too_deep), Verdict::UNREADABLE);
         std::fs::remove_file(db).unwrap();
     }
 

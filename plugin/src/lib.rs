@@ -14,7 +14,6 @@ pub mod catalog;
 pub mod check;
 pub mod config;
 pub mod detector;
-pub mod event;
 pub mod export;
 pub mod fields;
 pub mod geo;

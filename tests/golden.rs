@@ -12,6 +12,8 @@ use std::fs;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
+use serde_json::Value;
+
 use crate::util::{bin, build_plugins, temp_dir, workspace};
 
 fn run_case(name: &str) {
@@ -127,4 +129,158 @@ fn unsupported() {
 #[test]
 fn malformed() {
     run_case("malformed");
+}
+
+#[test]
+fn collisions() {
+    run_case("collisions");
+}
+
+/// Every leaf of `value` as `(dotted path, value)`; arrays contribute each element under the
+/// array's path.
+fn leaves(value: &Value, path: &str, out: &mut Vec<(String, Value)>) {
+    match value {
+        Value::Object(map) => {
+            for (key, v) in map {
+                let p = if path.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{path}.{key}")
+                };
+                leaves(v, &p, out);
+            }
+        }
+        Value::Array(items) => items.iter().for_each(|v| leaves(v, path, out)),
+        scalar => out.push((path.to_owned(), scalar.clone())),
+    }
+}
+
+/// The golden cases whose output is their input with alerts added, line for line.
+const ANNOTATING_CASES: [&str; 3] = ["annotate", "dotted", "collisions"];
+
+fn line_pairs(case: &str) -> Vec<(Value, Value)> {
+    let dir = workspace().join("tests/data/golden").join(case);
+    let read = |f: &str| fs::read_to_string(dir.join(f)).unwrap();
+    let (input, output) = (read("in.ndjson"), read("out.ndjson"));
+    assert_eq!(input.lines().count(), output.lines().count(), "{case}");
+    input
+        .lines()
+        .zip(output.lines())
+        .map(|(i, o)| {
+            (
+                serde_json::from_str(i).unwrap(),
+                serde_json::from_str(o).unwrap(),
+            )
+        })
+        .collect()
+}
+
+#[test]
+fn every_original_value_is_still_in_the_golden_outputs() {
+    let mut alerts = 0;
+    for case in ANNOTATING_CASES {
+        for (n, (input, output)) in line_pairs(case).iter().enumerate() {
+            let (mut before, mut after) = (Vec::new(), Vec::new());
+            leaves(input, "", &mut before);
+            leaves(output, "", &mut after);
+            for leaf in &before {
+                assert!(
+                    after.contains(leaf),
+                    "{case} line {}: {leaf:?} lost or changed",
+                    n + 1
+                );
+            }
+            if output.get("egresswatch").is_some_and(Value::is_object)
+                || output["egresswatch.rule"].is_object()
+                || after.iter().any(|(p, _)| p.starts_with("egresswatch.rule"))
+            {
+                alerts += 1;
+            }
+        }
+    }
+    assert!(alerts >= 7, "the golden cases hold {alerts} alerts");
+}
+
+/// `path -> type` for every field of an Elasticsearch mapping.
+fn mapped_types(properties: &Value, path: &str, out: &mut Vec<(String, String)>) {
+    for (name, mapping) in properties.as_object().into_iter().flatten() {
+        let p = if path.is_empty() {
+            name.clone()
+        } else {
+            format!("{path}.{name}")
+        };
+        match (&mapping["properties"], mapping["type"].as_str()) {
+            (Value::Object(_), _) => mapped_types(&mapping["properties"], &p, out),
+            (_, Some(kind)) => out.push((p, kind.to_owned())),
+            _ => panic!("{p}: neither properties nor type"),
+        }
+    }
+}
+
+/// Whether Elasticsearch indexes a JSON value as a field of type `kind` without changing it.
+fn fits(value: &Value, kind: &str) -> bool {
+    match value {
+        Value::Null => true,
+        Value::Bool(_) => kind == "boolean",
+        Value::String(_) => matches!(kind, "keyword" | "text" | "date" | "ip" | "wildcard"),
+        Value::Number(n) if n.is_i64() || n.is_u64() => {
+            matches!(kind, "long" | "double" | "float" | "scaled_float" | "date")
+        }
+        Value::Number(_) => matches!(kind, "double" | "float" | "scaled_float"),
+        _ => false,
+    }
+}
+
+#[test]
+fn the_component_template_maps_every_field_alerts_add() {
+    let template: Value = serde_json::from_str(
+        &fs::read_to_string(workspace().join("templates/elasticsearch/egresswatch.json")).unwrap(),
+    )
+    .unwrap();
+    let mut types = Vec::new();
+    mapped_types(
+        &template["template"]["mappings"]["properties"],
+        "",
+        &mut types,
+    );
+    let mut checked = 0;
+    for case in ANNOTATING_CASES {
+        for (input, output) in line_pairs(case) {
+            let (mut before, mut after) = (Vec::new(), Vec::new());
+            leaves(&input, "", &mut before);
+            leaves(&output, "", &mut after);
+            for (path, value) in after {
+                if before.iter().any(|(p, _)| *p == path) {
+                    continue;
+                }
+                let kind = types
+                    .iter()
+                    .find(|(p, _)| *p == path)
+                    .map(|(_, k)| k.as_str())
+                    .unwrap_or_else(|| panic!("{case}: {path} is written but not mapped"));
+                assert!(fits(&value, kind), "{case}: {path} = {value} in a {kind}");
+                checked += 1;
+            }
+        }
+    }
+    assert!(checked > 100, "only {checked} added fields checked");
+}
+
+#[test]
+fn the_template_command_prints_the_template_in_the_repository() {
+    let out = Command::new(bin())
+        .args(["template", "elasticsearch"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let printed: Value = serde_json::from_slice(&out.stdout).unwrap();
+    let file: Value = serde_json::from_str(
+        &fs::read_to_string(workspace().join("templates/elasticsearch/egresswatch.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(printed, file);
 }

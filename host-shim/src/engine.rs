@@ -59,16 +59,31 @@ pub struct Engine {
     counters: HostCounters,
     /// The output an oversize line is being streamed to, between its first and last fragment.
     open_fragment: Option<&'static str>,
+    /// How many of the plugin's warnings have been logged (construction's are logged by the
+    /// caller; later ones, such as a kind of alert field that could not be written, here).
+    warned: usize,
 }
 
 impl Engine {
     /// An engine around a constructed transform.
     pub fn new(transform: Transform, policy: EnginePolicy) -> Self {
+        let warned = transform.warnings().into_result().map_or(0, |w| w.len());
         Engine {
             transform,
             policy,
             counters: HostCounters::default(),
             open_fragment: None,
+            warned,
+        }
+    }
+
+    /// Logs the warnings the plugin has added since the last call, once each.
+    fn log_new_warnings(&mut self) {
+        if let Ok(warnings) = self.transform.warnings().into_result() {
+            for warning in warnings.iter().skip(self.warned) {
+                tracing::warn!("{warning}");
+            }
+            self.warned = self.warned.max(warnings.len());
         }
     }
 
@@ -131,6 +146,7 @@ impl Engine {
                 .transform
                 .process(readable.as_slice().into(), crate::time::now_ms())
                 .into_result()
+                .inspect(|_| self.log_new_warnings())
             {
                 Ok(v) if v.len() == readable.len() => Some(v.into_vec()),
                 Ok(v) => {

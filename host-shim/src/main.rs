@@ -64,6 +64,11 @@ enum Command {
         #[command(flatten)]
         args: ReplayArgs,
     },
+    /// Print index mappings for the fields egresswatch adds to flagged events.
+    Template {
+        #[command(subcommand)]
+        target: TemplateCommand,
+    },
     /// Print the host's version, and the plugin's version and ABI version.
     Version {
         /// The plugin library; default: beside this executable.
@@ -71,6 +76,17 @@ enum Command {
         plugin: Option<PathBuf>,
     },
 }
+
+#[derive(Debug, Subcommand)]
+enum TemplateCommand {
+    /// An Elasticsearch component template (JSON) for every field an alert adds; install it
+    /// with `PUT _component_template/egresswatch` and name it in your index template's
+    /// `composed_of`.
+    Elasticsearch,
+}
+
+/// The component template shipped in the repository (`templates/elasticsearch/`).
+const ELASTICSEARCH_TEMPLATE: &str = include_str!("../../templates/elasticsearch/egresswatch.json");
 
 #[derive(Debug, Subcommand)]
 enum RulesCommand {
@@ -115,6 +131,12 @@ fn main() -> ExitCode {
         } => rules_check(&paths, config.as_deref(), plugin.as_deref()),
         Command::Generate { args } => generate(&args),
         Command::Replay { args } => replay(&args),
+        Command::Template {
+            target: TemplateCommand::Elasticsearch,
+        } => {
+            print!("{ELASTICSEARCH_TEMPLATE}");
+            Ok(())
+        }
         Command::Version { plugin } => version(plugin.as_deref()),
     };
     match result {

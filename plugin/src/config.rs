@@ -80,8 +80,9 @@ pub struct DetectorConfig {
     /// Job definitions added to, or replacing, the built-in catalog.
     #[serde(default)]
     pub jobs: Vec<JobDef>,
-    /// GeoIP enrichment of destinations.
-    #[serde(default)]
+    /// GeoIP enrichment of destinations: on with the bundled database unless configured;
+    /// `geoip: off` turns it off.
+    #[serde(default, deserialize_with = "geoip_setting")]
     pub geoip: GeoIpConfig,
     /// What happens to a flagged event.
     #[serde(default)]
@@ -248,8 +249,11 @@ fn without_position(e: &serde_json::Error) -> String {
 /// GeoIP enrichment settings.
 #[derive(Debug, Clone, Deserialize)]
 pub struct GeoIpConfig {
+    /// False for `geoip: off`: events must carry `destination.geo.country_name` themselves.
+    #[serde(skip, default = "enabled")]
+    pub enabled: bool,
     /// A MaxMind DB file: GeoIP2/GeoLite2 Country or City, or ip-location-db's country layout.
-    /// Without one, events must carry `destination.geo.country_name` themselves.
+    /// Without one, the database bundled with egresswatch (countries) is used.
     #[serde(default)]
     pub database: Option<PathBuf>,
     /// Entries in the lookup cache (rounded up to a power of two).
@@ -261,9 +265,44 @@ fn default_cache_entries() -> usize {
     crate::geo::DEFAULT_CACHE_CAPACITY
 }
 
+fn enabled() -> bool {
+    true
+}
+
+/// `geoip:` as a table, or `off` (also `false`) to turn GeoIP off.
+fn geoip_setting<'de, D: serde::Deserializer<'de>>(d: D) -> Result<GeoIpConfig, D::Error> {
+    struct Setting;
+    impl<'de> serde::de::Visitor<'de> for Setting {
+        type Value = GeoIpConfig;
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("a table (database, cache_entries) or `off`")
+        }
+        fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<GeoIpConfig, E> {
+            match v {
+                "off" => Ok(GeoIpConfig {
+                    enabled: false,
+                    ..GeoIpConfig::default()
+                }),
+                other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+            }
+        }
+        fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<GeoIpConfig, E> {
+            Ok(GeoIpConfig {
+                enabled: v,
+                ..GeoIpConfig::default()
+            })
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(self, map: A) -> Result<GeoIpConfig, A::Error> {
+            GeoIpConfig::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+        }
+    }
+    d.deserialize_any(Setting)
+}
+
 impl Default for GeoIpConfig {
     fn default() -> Self {
         GeoIpConfig {
+            enabled: true,
             database: None,
             cache_entries: default_cache_entries(),
         }

@@ -37,6 +37,9 @@ const DESTINATION_COUNTRY_NAME: &str = "destination.geo.country_name";
 /// How far ahead of the clock an event's time may be before it is not believed.
 const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
 
+/// Events read with none qualifying for any job before the detector says so, once.
+const NO_QUALIFYING_WARNING_AFTER: u64 = 10_000;
+
 /// Version of the saved-state envelope written by [`Detector::save_state`].
 pub const STATE_FORMAT_VERSION: u32 = 1;
 
@@ -98,6 +101,8 @@ struct Metrics {
     enriched: u64,
     flagged: u64,
     annotate_failures: u64,
+    /// Events at least one job qualified.
+    qualified: u64,
     /// Parts of alerts that could not be written, by field and reason.
     annotation_failures: BTreeMap<(&'static str, &'static str), u64>,
 }
@@ -154,16 +159,24 @@ impl Detector {
     ) -> Result<Self, PluginError> {
         let set = RuleSet::load(&config, &options);
         problems.extend(config.validate(&set, &options));
-        let geo = match &config.geoip.database {
-            Some(path) => match GeoDb::open(options.resolve(path)) {
-                Ok(db) => Some(GeoCache::new(Arc::new(db), config.geoip.cache_entries)),
+        let geo = match (&config.geoip.database, config.geoip.enabled) {
+            (_, false) => None,
+            (Some(path), true) => match GeoDb::open(options.resolve(path)) {
+                Ok(db) => Some(db),
                 Err(e) => {
                     problems.push(("geoip.database".to_owned(), e.to_string()));
                     None
                 }
             },
-            None => None,
-        };
+            (None, true) => match GeoDb::bundled() {
+                Ok(db) => Some(db),
+                Err(e) => {
+                    problems.push(("geoip".to_owned(), e.to_string()));
+                    None
+                }
+            },
+        }
+        .map(|db| GeoCache::new(Arc::new(db), config.geoip.cache_entries));
         let allow = net::parse_cidr_list(&config.allow_destinations).unwrap_or_default();
         if !problems.is_empty() {
             return Err(PluginError::config(problems));
@@ -176,6 +189,7 @@ impl Detector {
             country_iso: schema.field(DESTINATION_COUNTRY_ISO),
             country_name: schema.field(DESTINATION_COUNTRY_NAME),
         };
+        let geo_warnings = geo_warnings(&jobs, geo.as_ref());
         let alert_fields =
             AlertFields::register(&mut schema, fixed.country_name, fixed.country_iso);
         let schema = schema
@@ -192,7 +206,7 @@ impl Detector {
             geo,
             allow,
             metrics: Metrics::default(),
-            warnings: set.warnings,
+            warnings: set.warnings.into_iter().chain(geo_warnings).collect(),
             event_index: 0,
         })
     }
@@ -254,7 +268,17 @@ impl Detector {
             event_index: self.event_index,
             now: now_ms,
         };
-        let Some(hit) = score(&mut self.jobs, scoring, &event) else {
+        let (hit, qualified) = score(&mut self.jobs, scoring, &event);
+        if qualified {
+            self.metrics.qualified += 1;
+        } else if self.metrics.qualified == 0 && self.metrics.events == NO_QUALIFYING_WARNING_AFTER
+        {
+            self.warnings.push(format!(
+                "{NO_QUALIFYING_WARNING_AFTER} events read and none qualified for any job; {}",
+                expected_fields(&self.jobs)
+            ));
+        }
+        let Some(hit) = hit else {
             return Verdict::PASS;
         };
         self.metrics.flagged += 1;
@@ -282,11 +306,24 @@ impl Detector {
                     Collision::Exists => "exists",
                     Collision::Blocked => "blocked",
                 };
-                *self
+                let count = self
                     .metrics
                     .annotation_failures
                     .entry((failure.field, reason))
-                    .or_default() += 1;
+                    .or_default();
+                if *count == 0 {
+                    self.warnings.push(format!(
+                        "a flagged event could not take `{}` ({}); the alert went out with the \
+                         rest of the detection (counted in \
+                         egresswatch_detector_annotation_failures_total, said once per kind)",
+                        failure.field,
+                        match failure.collision {
+                            Collision::Exists => "the event already has that field",
+                            Collision::Blocked => "a parent path is not an object",
+                        }
+                    ));
+                }
+                *count += 1;
             }
             if text.len() > line.len() {
                 verdict.replacement = Some(text.into()).into();
@@ -526,8 +563,68 @@ struct Scoring<'d> {
     now: i64,
 }
 
-/// Lets every qualifying job score the event; returns the highest-scoring rule that fired.
-fn score(jobs: &mut [ActiveJob], mut ctx: Scoring<'_>, event: &Event<'_>) -> Option<Hit> {
+/// "the jobs expect: job (field, field), ...": what a user whose events never qualify should
+/// check.
+fn expected_fields(jobs: &[ActiveJob]) -> String {
+    let list: Vec<String> = jobs
+        .iter()
+        .map(|job| {
+            let mut fields: Vec<&str> = job.def.filters.iter().map(|f| f.field()).collect();
+            for f in [&job.def.field_name, &job.def.by_field, &job.def.over_field]
+                .into_iter()
+                .flatten()
+            {
+                if !fields.contains(&f.as_str()) {
+                    fields.push(f);
+                }
+            }
+            format!("{} ({})", job.def.id, fields.join(", "))
+        })
+        .collect();
+    format!("the jobs expect ECS fields: {}", list.join("; "))
+}
+
+/// A warning per job that reads a `destination.geo.*` field GeoIP enrichment cannot fill (it
+/// adds the country only): such a job scores only events that carry the field themselves.
+fn geo_warnings(jobs: &[ActiveJob], geo: Option<&GeoCache>) -> Vec<String> {
+    let source = match geo {
+        Some(cache) => format!("the GeoIP database ({})", cache.db().database_type()),
+        None => "GeoIP (turned off)".to_owned(),
+    };
+    let fillable =
+        |f: &str| geo.is_some() && (f == DESTINATION_COUNTRY_NAME || f == DESTINATION_COUNTRY_ISO);
+    let mut out = Vec::new();
+    for job in jobs {
+        let def = &job.def;
+        let fields = def.filters.iter().map(|f| f.field()).chain(
+            [
+                &def.field_name,
+                &def.by_field,
+                &def.over_field,
+                &def.partition_field,
+            ]
+            .into_iter()
+            .flatten()
+            .map(String::as_str),
+        );
+        let mut seen = Vec::new();
+        for field in fields {
+            if field.starts_with("destination.geo.") && !fillable(field) && !seen.contains(&field) {
+                seen.push(field);
+                out.push(format!(
+                    "job {} needs {field}, which {source} cannot fill: it scores only events \
+                     that carry {field} themselves",
+                    def.id
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Lets every qualifying job score the event; returns the highest-scoring rule that fired, and
+/// whether any job qualified the event.
+fn score(jobs: &mut [ActiveJob], mut ctx: Scoring<'_>, event: &Event<'_>) -> (Option<Hit>, bool) {
     // A timestamp from the future would age every model at once: it counts as absent.
     let now = ctx.now;
     let time_ms = crate::time::epoch_ms(event, ctx.fixed.time)
@@ -538,13 +635,15 @@ fn score(jobs: &mut [ActiveJob], mut ctx: Scoring<'_>, event: &Event<'_>) -> Opt
             .ip(ctx.fixed.destination_ip)
             .is_some_and(|ip| ctx.allow.contains(ip));
     if allowed {
-        return None;
+        return (None, false);
     }
     let mut best: Option<Hit> = None;
+    let mut qualified = false;
     for (j, job) in jobs.iter_mut().enumerate() {
         if !job.bound.qualifies(event) {
             continue;
         }
+        qualified = true;
         let Some(obs) = Extracted::from_event(&job.bound, event) else {
             continue;
         };
@@ -581,7 +680,7 @@ fn score(jobs: &mut [ActiveJob], mut ctx: Scoring<'_>, event: &Event<'_>) -> Opt
             }
         }
     }
-    best
+    (best, qualified)
 }
 
 /// The values one job reads from an event, borrowed where the event holds strings.
@@ -853,7 +952,8 @@ mod tests {
     }
 
     fn detector(extra: serde_json::Value) -> Detector {
-        let mut config = json!({ "rules": [rules_dir()] });
+        // GeoIP off unless a test configures it: the tests give countries in the events.
+        let mut config = json!({ "rules": [rules_dir()], "geoip": "off" });
         if let (Some(c), Some(e)) = (config.as_object_mut(), extra.as_object()) {
             c.extend(e.clone());
         }
@@ -1118,6 +1218,76 @@ mod tests {
         );
         assert_eq!(d.at(&too_deep), Verdict::UNREADABLE);
         std::fs::remove_file(db).unwrap();
+    }
+
+    fn scored_by(d: &Detector, job: &str) -> u64 {
+        d.metrics()
+            .iter()
+            .find(|m| {
+                m.name.as_str() == "egresswatch_job_scored_total"
+                    && m.labels.iter().any(|l| l.value.as_str() == job)
+            })
+            .map_or(0, |m| m.value as u64)
+    }
+
+    #[test]
+    fn without_a_geoip_section_the_bundled_database_lets_the_country_job_score() {
+        let sample = std::fs::read_to_string(format!(
+            "{}/../examples/data/sample.ndjson",
+            env!("CARGO_MANIFEST_DIR")
+        ))
+        .unwrap();
+        let lines: Vec<&str> = sample.lines().take(3000).collect();
+        let config = json!({ "rules": [rules_dir()] }).to_string();
+        let mut on = Detector::from_json(&config).unwrap();
+        on.process(lines.iter().copied(), NOW);
+        // The sample's events carry no country: only GeoIP can give the job something to read.
+        assert!(lines.iter().all(|l| !l.contains("country_name")));
+        assert!(scored_by(&on, "rare_destination_country") > 1000);
+        let off = json!({ "rules": [rules_dir()], "geoip": "off" }).to_string();
+        let mut off = Detector::from_json(&off).unwrap();
+        off.process(lines.iter().copied(), NOW);
+        assert_eq!(scored_by(&off, "rare_destination_country"), 0);
+        assert!(Detector::from_json(&json!({"geoip": "sometimes"}).to_string()).is_err());
+    }
+
+    #[test]
+    fn a_job_needing_a_field_geoip_cannot_fill_is_named() {
+        let d = detector(json!({
+            "geoip": {},
+            "jobs": [{"id": "rare_destination_country", "function": "rare",
+                      "by_field_name": "destination.geo.region_name", "bucket_span": "15m"}]
+        }));
+        let warnings = d.warnings().join("\n");
+        assert!(
+            warnings.contains("job rare_destination_country needs destination.geo.region_name"),
+            "{warnings}"
+        );
+        assert!(!detector(json!({"geoip": {}}))
+            .warnings()
+            .iter()
+            .any(|w| w.contains("cannot fill")));
+    }
+
+    #[test]
+    fn events_that_never_qualify_are_reported_once_with_the_fields_expected() {
+        let mut d = detector(json!({}));
+        let line = r#"{"src_ip":"10.0.0.1","dest_ip":"8.8.8.8","bytes_out":1000}"#;
+        for _ in 0..NO_QUALIFYING_WARNING_AFTER + 5 {
+            assert_eq!(d.at(line), Verdict::PASS);
+        }
+        let said: Vec<&String> = d
+            .warnings()
+            .iter()
+            .filter(|w| w.contains("none qualified"))
+            .collect();
+        assert_eq!(said.len(), 1, "{said:?}");
+        assert!(
+            said[0].contains("rare_destination_country (event.category"),
+            "{}",
+            said[0]
+        );
+        assert!(said[0].contains("destination.ip"), "{}", said[0]);
     }
 
     #[test]

@@ -58,6 +58,12 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use serde::Deserialize;
 
+/// The name [`GeoDb::bundled`] reports as its path.
+pub const BUNDLED_NAME: &str = "(bundled) geo-whois-asn-country.mmdb";
+
+/// The bundled database's bytes (see [`GeoDb::bundled`]).
+static BUNDLED_DATABASE: &[u8] = include_bytes!("../../data/geo/geo-whois-asn-country.mmdb");
+
 /// Default number of entries in a [`GeoCache`].
 pub const DEFAULT_CACHE_CAPACITY: usize = 65_536;
 
@@ -298,6 +304,17 @@ impl GeoDb {
             },
         })?;
         GeoDb::from_bytes(bytes, path)
+    }
+
+    /// The database shipped with egresswatch (`data/geo/`: IPv4 and IPv6 countries, a CC0
+    /// compilation of NRO data), compiled into the plugin.
+    ///
+    /// Compiled in rather than looked up beside the library or the configuration: GeoIP is on by
+    /// default, and a default that depends on where a package manager or a container put a
+    /// data file would fail quietly (the country job learning for ever); the cost is 7.8 MB of
+    /// plugin file and, at run time, one copy in memory, as reading the file would take.
+    pub fn bundled() -> Result<GeoDb, GeoError> {
+        GeoDb::from_bytes(BUNDLED_DATABASE.to_vec(), BUNDLED_NAME)
     }
 
     /// Uses an `.mmdb` image already in memory; `origin` is only used in errors and

@@ -4,7 +4,9 @@
 //! plugin in batches, and writes every line to exactly one output, in input order. Lines the
 //! plugin must not see (not UTF-8, longer than the limit) and lines it could not read follow the
 //! [`UnreadablePolicy`]; a batch the plugin failed on follows the failure policy (fail open by
-//! default). Nothing is dropped.
+//! default). A replacement text containing a line terminator (`\n` or `\r`) would split one
+//! event into several lines downstream: it is rejected and counted, and the event is written as
+//! it came (to the output the plugin chose). Nothing is dropped.
 
 use std::io;
 
@@ -32,6 +34,9 @@ pub struct HostCounters {
     pub annotated: u64,
     /// Events the plugin routed to a named output.
     pub routed: u64,
+    /// Replacement texts rejected because they contained a line terminator; those events were
+    /// written as they came.
+    pub rejected_replacements: u64,
 }
 
 /// How the engine treats lines and failures.
@@ -207,6 +212,16 @@ impl Engine {
             ROption::RNone => DEFAULT_OUTPUT,
         };
         match &verdict.replacement {
+            ROption::RSome(text) if has_line_terminator(text.as_bytes()) => {
+                self.counters.rejected_replacements += 1;
+                if self.counters.rejected_replacements == 1 {
+                    tracing::warn!(
+                        "plugin replacement text contains a line terminator; the event is written \
+                         as it came (counted as rejected_replacements, not logged again)"
+                    );
+                }
+                outputs.write_line(target, line)
+            }
             ROption::RSome(text) => {
                 self.counters.annotated += 1;
                 outputs.write_line(target, text.as_bytes())
@@ -278,5 +293,106 @@ impl Engine {
                 outputs.write_line(DEFAULT_OUTPUT, wrapped.to_string().as_bytes())
             }
         }
+    }
+}
+
+/// Whether `text` holds a byte that ends a line for NDJSON readers (`\n`) or for readers that
+/// also split on carriage returns (`\r`).
+fn has_line_terminator(text: &[u8]) -> bool {
+    text.iter().any(|&b| b == b'\n' || b == b'\r')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+
+    use abi_stable::sabi_trait::TD_Opaque;
+    use abi_stable::std_types::{RResult, RSlice, RString, RVec};
+    use egresswatch_plugin_api::{PluginError, Transform, Transform_TO};
+
+    /// A plugin that annotates every event with a fixed text and routes it to `pager`.
+    struct Annotates(&'static str);
+
+    impl Transform for Annotates {
+        fn process(
+            &mut self,
+            events: RSlice<'_, RStr<'_>>,
+            _now_ms: i64,
+        ) -> RResult<RVec<Verdict>, PluginError> {
+            let verdict = Verdict {
+                status: EventStatus::OK,
+                replacement: ROption::RSome(RString::from(self.0)),
+                route: ROption::RSome(RString::from("pager")),
+            };
+            RResult::ROk(events.iter().map(|_| verdict.clone()).collect())
+        }
+        fn routes(&self) -> RResult<RVec<RString>, PluginError> {
+            RResult::ROk(RVec::new())
+        }
+        fn save_state(&self) -> RResult<RVec<u8>, PluginError> {
+            RResult::ROk(RVec::new())
+        }
+        fn load_state(&mut self, _: RSlice<'_, u8>) -> RResult<(), PluginError> {
+            RResult::ROk(())
+        }
+    }
+
+    /// A writer whose bytes the test can read afterwards.
+    #[derive(Clone, Default)]
+    struct Sink(Arc<Mutex<Vec<u8>>>);
+
+    impl io::Write for Sink {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    /// Runs `lines` through a plugin that replaces each with `replacement`; returns what the
+    /// `default` and `pager` outputs received, and the counters.
+    fn run(replacement: &'static str, lines: &[&[u8]]) -> (Vec<u8>, Vec<u8>, HostCounters) {
+        let transform = crate::loader::Transform::Full(Transform_TO::from_value(
+            Annotates(replacement),
+            TD_Opaque,
+        ));
+        let mut engine = Engine::new(
+            transform,
+            EnginePolicy {
+                batch: BatchConfig::default(),
+                unreadable: UnreadablePolicy::Pass,
+                fail_closed: false,
+            },
+        );
+        let (default, pager) = (Sink::default(), Sink::default());
+        let mut outputs = Outputs::from_writers(vec![
+            ("default".into(), Box::new(default.clone())),
+            ("pager".into(), Box::new(pager.clone())),
+        ]);
+        engine.process(lines, &mut outputs).unwrap();
+        outputs.flush().unwrap();
+        let out = |s: Sink| s.0.lock().unwrap().clone();
+        (out(default), out(pager), engine.counters().clone())
+    }
+
+    #[test]
+    fn a_replacement_with_a_line_terminator_is_rejected_counted_and_the_event_kept() {
+        let lines: [&[u8]; 2] = [b"{\"a\":1}", b"{\"b\":2}"];
+        for bad in ["{\"x\":1}\n{\"forged\":true}", "{\"x\":1}\r{\"y\":2}", "\n"] {
+            let (default, pager, counters) = run(bad, &lines);
+            assert_eq!(pager, b"{\"a\":1}\n{\"b\":2}\n", "{bad:?}");
+            assert!(default.is_empty(), "{bad:?}");
+            assert_eq!(counters.rejected_replacements, 2, "{bad:?}");
+            assert_eq!(counters.annotated, 0, "{bad:?}");
+            assert_eq!(counters.routed, 2, "{bad:?}");
+        }
+        // A one-line replacement is written as the plugin gave it.
+        let (_, pager, counters) = run("{\"x\":\"a\\nb\"}", &lines);
+        assert_eq!(pager, b"{\"x\":\"a\\nb\"}\n{\"x\":\"a\\nb\"}\n");
+        assert_eq!(counters.rejected_replacements, 0);
+        assert_eq!(counters.annotated, 2);
     }
 }

@@ -231,6 +231,7 @@ fn run(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
         plugin_errors = counters.plugin_errors,
         annotated = counters.annotated,
         routed = counters.routed,
+        rejected_replacements = counters.rejected_replacements,
         outputs = ?report.outputs,
         reconnects = ?report.reconnects,
         state_bytes = ?report.state_bytes,

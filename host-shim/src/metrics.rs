@@ -156,6 +156,11 @@ pub fn render(s: &Snapshot) -> String {
             h.routed,
         ),
         (
+            "egresswatch_rejected_replacements_total",
+            "Plugin replacement texts rejected for holding a line terminator (event written as it came).",
+            h.rejected_replacements,
+        ),
+        (
             "egresswatch_state_saves_total",
             "State files written.",
             s.state_saves,

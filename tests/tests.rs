@@ -3,6 +3,7 @@
 mod util;
 
 mod golden;
+mod hardening;
 mod loading;
 mod passthrough;
 mod pipeline;

@@ -20,6 +20,7 @@
 
 use std::io::{self, Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
@@ -61,7 +62,7 @@ pub struct InputStats {
 /// A bound listener.
 enum Listener {
     Tcp(TcpListener),
-    Unix(UnixListener, PathBuf),
+    Unix(UnixInput),
 }
 
 /// An accepted or outgoing connection.
@@ -150,27 +151,94 @@ pub fn bind_tcp(address: &str) -> io::Result<TcpListener> {
     })
 }
 
-/// Binds a Unix listener; a stale socket file (nobody listening) is removed first.
-pub fn bind_unix(path: &Path) -> io::Result<UnixListener> {
+/// A bound Unix socket listener and the identity of the socket file it created, so that only
+/// that file is removed when the input stops.
+pub struct UnixInput {
+    listener: UnixListener,
+    path: PathBuf,
+    /// Device and inode of the socket file as bound.
+    id: Option<(u64, u64)>,
+}
+
+/// Binds a Unix listener at `path`. A socket file nobody listens on (left by a crash) is
+/// removed first; anything else at that path (a regular file, a folder, a symlink, a FIFO, or a
+/// socket someone listens on) is an error, and is left alone.
+pub fn bind_unix(path: &Path) -> io::Result<UnixInput> {
     let field = |e: io::Error, what: &str| {
         io::Error::new(
             e.kind(),
             format!("input.path: cannot {what} {}: {e}", path.display()),
         )
     };
-    if path.exists() {
-        if UnixStream::connect(path).is_ok() {
+    match std::fs::symlink_metadata(path) {
+        Ok(meta) if meta.file_type().is_socket() => match UnixStream::connect(path) {
+            Ok(_) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!(
+                        "input.path: another process is listening on {}",
+                        path.display()
+                    ),
+                ))
+            }
+            Err(e) if e.kind() == io::ErrorKind::ConnectionRefused => {
+                std::fs::remove_file(path).map_err(|e| field(e, "remove stale socket"))?;
+            }
+            Err(e) => return Err(field(e, "check the existing socket")),
+        },
+        Ok(meta) => {
             return Err(io::Error::new(
-                io::ErrorKind::AddrInUse,
+                io::ErrorKind::AlreadyExists,
                 format!(
-                    "input.path: another process is listening on {}",
-                    path.display()
-                ),
-            ));
+                "input.path: {} exists and is {}, not a socket; egresswatch does not replace it",
+                path.display(),
+                file_kind(&meta.file_type())
+            ),
+            ))
         }
-        std::fs::remove_file(path).map_err(|e| field(e, "remove stale socket"))?;
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+        Err(e) => return Err(field(e, "inspect")),
     }
-    UnixListener::bind(path).map_err(|e| field(e, "listen on"))
+    let listener = UnixListener::bind(path).map_err(|e| field(e, "listen on"))?;
+    let id = std::fs::symlink_metadata(path)
+        .ok()
+        .map(|m| (m.dev(), m.ino()));
+    Ok(UnixInput {
+        listener,
+        path: path.to_owned(),
+        id,
+    })
+}
+
+impl UnixInput {
+    /// Removes the socket file if it is still the one this listener created.
+    fn remove_socket_file(&self) {
+        let ours = std::fs::symlink_metadata(&self.path)
+            .is_ok_and(|m| m.file_type().is_socket() && Some((m.dev(), m.ino())) == self.id);
+        if ours {
+            let _ = std::fs::remove_file(&self.path);
+        } else {
+            tracing::warn!(path = %self.path.display(),
+                "input.path no longer holds the socket egresswatch created; left in place");
+        }
+    }
+}
+
+/// A file type in words, for error messages.
+fn file_kind(t: &std::fs::FileType) -> &'static str {
+    if t.is_file() {
+        "a regular file"
+    } else if t.is_dir() {
+        "a folder"
+    } else if t.is_symlink() {
+        "a symbolic link"
+    } else if t.is_fifo() {
+        "a FIFO"
+    } else if t.is_char_device() || t.is_block_device() {
+        "a device"
+    } else {
+        "another kind of file"
+    }
 }
 
 /// Starts the listener thread for a TCP input; returns the bound address.
@@ -194,10 +262,10 @@ pub fn spawn_tcp(
     Ok(local)
 }
 
-/// Starts the listener thread for a Unix socket input; the socket file is removed at stop.
+/// Starts the listener thread for a Unix socket input; the socket file is removed at stop if it
+/// is still the one bound.
 pub fn spawn_unix(
-    listener: UnixListener,
-    path: PathBuf,
+    input: UnixInput,
     feed: Feed,
     max_line_bytes: usize,
     max_connections: usize,
@@ -205,7 +273,7 @@ pub fn spawn_unix(
     stats: Arc<InputStats>,
 ) -> io::Result<()> {
     spawn_listener(
-        Listener::Unix(listener, path),
+        Listener::Unix(input),
         feed,
         max_line_bytes,
         max_connections,
@@ -224,7 +292,7 @@ fn spawn_listener(
 ) -> io::Result<()> {
     match &listener {
         Listener::Tcp(l) => l.set_nonblocking(true)?,
-        Listener::Unix(l, _) => l.set_nonblocking(true)?,
+        Listener::Unix(u) => u.listener.set_nonblocking(true)?,
     }
     let active = Arc::new(AtomicUsize::new(0));
     std::thread::Builder::new()
@@ -240,7 +308,8 @@ fn spawn_listener(
                     Listener::Tcp(l) => {
                         l.accept().map(|(s, peer)| (Conn::Tcp(s), peer.to_string()))
                     }
-                    Listener::Unix(l, _) => l
+                    Listener::Unix(u) => u
+                        .listener
                         .accept()
                         .map(|(s, _)| (Conn::Unix(s), "unix socket".to_owned())),
                 };
@@ -273,8 +342,8 @@ fn spawn_listener(
                     tracing::warn!(error = %e, "input: cannot start a connection reader");
                 }
             }
-            if let Listener::Unix(_, path) = &listener {
-                let _ = std::fs::remove_file(path);
+            if let Listener::Unix(input) = &listener {
+                input.remove_socket_file();
             }
             tracing::debug!("input listener stopped");
         })?;

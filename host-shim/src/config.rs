@@ -158,7 +158,8 @@ pub enum InputConfig {
         #[serde(default = "default_max_connections")]
         max_connections: usize,
     },
-    /// A Unix socket listener, like `tcp`; a stale socket file is replaced.
+    /// A Unix socket listener, like `tcp`. A stale socket file (nobody listening) is replaced;
+    /// any other file at the path is an error and is left alone, at start and at stop.
     Unix {
         /// Path of the socket, relative to the config file.
         path: PathBuf,

@@ -120,7 +120,6 @@ pub fn run(
             let listener = adapters::bind_unix(&path)?;
             adapters::spawn_unix(
                 listener,
-                path.clone(),
                 feed,
                 max_line_bytes,
                 *max_connections,

@@ -2,10 +2,16 @@
 //! 5-7): state files, Unix socket paths, configuration and rule files. Each test fails on the
 //! code before the guard and passes with it.
 
+use std::io::{Read, Write};
+use std::os::unix::fs::FileTypeExt;
+use std::os::unix::process::ExitStatusExt;
 use std::path::Path;
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use crate::util::{temp_dir, wait_until, workspace, write, Running};
+use crate::util::{
+    bin, build_plugins, run, stderr, temp_dir, wait_until, workspace, write, Running,
+};
 
 const STARTUP: Duration = Duration::from_secs(30);
 const EXIT: Duration = Duration::from_secs(20);
@@ -106,4 +112,241 @@ fn a_stale_socket_is_replaced_but_a_file_put_in_its_place_is_not_removed_at_stop
         std::fs::read(&path).expect("the file is still there"),
         b"not ours\n"
     );
+}
+
+/// What a measured run of the program did.
+struct Measured {
+    status: ExitStatus,
+    stdout: Vec<u8>,
+    stderr: String,
+    /// Peak resident memory of the process, in KiB (from `wait4`).
+    max_rss_kib: i64,
+}
+
+/// Runs `egresswatch ARGS` with `stdin`, and measures the peak memory of that process alone.
+#[expect(
+    clippy::zombie_processes,
+    reason = "the child is reaped with wait4, which also returns its resource usage"
+)]
+fn run_measured(args: &[&str], stdin: &[u8]) -> Measured {
+    build_plugins();
+    let mut child = Command::new(bin())
+        .args(args)
+        .env("RUST_BACKTRACE", "0")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("egresswatch starts");
+    let mut input = child.stdin.take().unwrap();
+    let data = stdin.to_vec();
+    let writer = std::thread::spawn(move || {
+        let _ = input.write_all(&data);
+    });
+    let mut out = child.stdout.take().unwrap();
+    let mut err = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut bytes = Vec::new();
+        let _ = out.read_to_end(&mut bytes);
+        bytes
+    });
+    let mut err_text = String::new();
+    let _ = err.read_to_string(&mut err_text);
+    let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let mut raw_status = 0;
+    // SAFETY: `rusage` is plain data that wait4 fills in; `pid` is our own unwaited child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let waited = unsafe { libc::wait4(pid, &mut raw_status, 0, &mut usage) };
+    assert_eq!(waited, pid, "wait4 failed");
+    writer.join().unwrap();
+    Measured {
+        status: ExitStatus::from_raw(raw_status),
+        stdout: reader.join().unwrap(),
+        stderr: err_text,
+        max_rss_kib: usage.ru_maxrss,
+    }
+}
+
+/// A config file with a state file at `state` and the repository's rules.
+fn state_config(dir: &Path, state: &Path, extra: &str) -> std::path::PathBuf {
+    write(
+        dir,
+        "c.yaml",
+        format!(
+            "state: {{ path: '{}'{extra} }}\n{}",
+            state.display(),
+            detector()
+        ),
+    )
+}
+
+#[test]
+fn a_fifo_at_the_state_path_is_refused_at_once_by_run_and_validate() {
+    let dir = temp_dir("hardening-state-fifo");
+    let state = dir.join("state.bin");
+    mkfifo(&state);
+    let config = state_config(&dir, &state, "");
+    // Before the guard, `run` blocked for ever opening the FIFO (and ignored SIGTERM).
+    let mut egw = Running::start(&dir, &config);
+    let status = egw.wait(EXIT);
+    let err = egw.stderr();
+    assert!(!status.success(), "{err}");
+    assert!(err.contains("state.path"), "{err}");
+    assert!(err.contains("is a FIFO, not a regular file"), "{err}");
+    let out = run(&["validate", "--config", config.to_str().unwrap()], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("is a FIFO, not a regular file"), "{text}");
+    assert!(std::fs::symlink_metadata(&state)
+        .unwrap()
+        .file_type()
+        .is_fifo());
+}
+
+#[test]
+fn junk_state_files_are_set_aside_without_being_read() {
+    let dir = temp_dir("hardening-state-junk");
+    let state = dir.join("state.bin");
+    let config = state_config(&dir, &state, "");
+    // Sparse files, no disk blocks used: 2 GiB (over the default 1 GiB cap) and 512 MiB (under
+    // it, but not a state file).
+    for (size, reason) in [
+        (2u64 << 30, "over state.max_bytes"),
+        (512 << 20, "bad magic"),
+    ] {
+        let file = std::fs::File::create(&state).unwrap();
+        file.set_len(size).unwrap();
+        drop(file);
+        let out = run_measured(
+            &["run", "--config", config.to_str().unwrap()],
+            b"{\"a\":1}\n",
+        );
+        assert!(out.status.success(), "{}", out.stderr);
+        assert_eq!(out.stdout, b"{\"a\":1}\n");
+        // Before the guard the whole file was read first: its size, resident.
+        assert!(
+            out.max_rss_kib < 128 * 1024,
+            "peak memory {} KiB for a junk state file of {size} bytes",
+            out.max_rss_kib
+        );
+        assert!(out.stderr.contains(reason), "{}", out.stderr);
+        assert!(out.stderr.contains("renamed aside"), "{}", out.stderr);
+        std::fs::remove_file(&state).unwrap();
+    }
+
+    // Over the configured cap: refused by size, whatever it holds.
+    let big = egresswatch::state::encode("egresswatch-plugin", &vec![0u8; 8192]);
+    std::fs::write(&state, big).unwrap();
+    let config = state_config(&dir, &state, ", max_bytes: 4096");
+    let out = run(&["run", "--config", config.to_str().unwrap()], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(
+        stderr(&out).contains("over state.max_bytes (4096)"),
+        "{}",
+        stderr(&out)
+    );
+}
+
+#[test]
+fn unusable_state_files_set_aside_in_the_same_second_keep_every_copy() {
+    let dir = temp_dir("hardening-state-aside");
+    let state = dir.join("state.bin");
+    let config = state_config(&dir, &state, "");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    // Earlier set-aside files under every name the next minute could produce.
+    for secs in now..now + 60 {
+        write(
+            &dir,
+            &format!("state.bin.corrupt-{secs}"),
+            b"an earlier copy",
+        );
+    }
+    for round in 0..2 {
+        std::fs::write(&state, format!("junk {round}")).unwrap();
+        let out = run(&["run", "--config", config.to_str().unwrap()], b"");
+        assert!(out.status.success(), "{}", stderr(&out));
+        // The run saved a fresh state; make it unusable again for the next round.
+        assert!(state.is_file());
+    }
+    let mut earlier = 0;
+    let mut junk = Vec::new();
+    for entry in std::fs::read_dir(&dir).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.to_string_lossy().contains("state.bin.corrupt-") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&path).unwrap();
+        if text == "an earlier copy" {
+            earlier += 1;
+        } else {
+            junk.push(text);
+        }
+    }
+    junk.sort();
+    assert_eq!(earlier, 60, "an earlier set-aside file was overwritten");
+    assert_eq!(junk, ["junk 0", "junk 1"]);
+}
+
+#[test]
+fn validate_asks_the_plugin_whether_it_accepts_the_state() {
+    let dir = temp_dir("hardening-state-validate");
+    let state = dir.join("state.bin");
+    // A valid envelope and checksum around bytes the plugin cannot decode.
+    std::fs::write(
+        &state,
+        egresswatch::state::encode("egresswatch-plugin", b"\xff\xff\xff\xff not a model"),
+    )
+    .unwrap();
+    let config = state_config(&dir, &state, "");
+    let out = run(&["validate", "--config", config.to_str().unwrap()], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.contains("unusable (the plugin refused it"), "{text}");
+    assert!(!text.contains("state.bin: OK"), "{text}");
+    assert!(state.is_file(), "validate changes nothing");
+
+    // A state the plugin saved itself is accepted.
+    std::fs::remove_file(&state).unwrap();
+    let out = run(&["run", "--config", config.to_str().unwrap()], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = run(&["validate", "--config", config.to_str().unwrap()], b"");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains(": OK (") && text.contains("accepted by the plugin"),
+        "{text}"
+    );
+}
+
+#[test]
+fn sigterm_stops_a_start_up_that_is_blocked() {
+    let dir = temp_dir("hardening-startup-signal");
+    // A file output that is a FIFO with no reader: opening it blocks start-up.
+    let fifo = dir.join("out.fifo");
+    mkfifo(&fifo);
+    let config = write(
+        &dir,
+        "c.yaml",
+        format!(
+            "outputs:\n  default: {{ type: file, path: '{}' }}\n{}",
+            fifo.display(),
+            detector()
+        ),
+    );
+    let mut egw = Running::start(&dir, &config);
+    assert!(
+        wait_until(STARTUP, || egw.stderr().contains("egresswatch started")),
+        "{}",
+        egw.stderr()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(
+        egw.child.try_wait().unwrap().is_none(),
+        "start-up should block"
+    );
+    egw.terminate();
+    // Before the fix the handler only set a flag nobody looked at yet: it never exited.
+    let status = egw.wait(EXIT);
+    assert_eq!(status.code(), Some(143), "{}", egw.stderr());
 }

@@ -27,6 +27,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use egresswatch_plugin_api::files::describe_type;
+
 use crate::stream::{read_lines, Feed};
 
 /// How long a connection's reader waits for data before checking the stop flag.
@@ -192,7 +194,7 @@ pub fn bind_unix(path: &Path) -> io::Result<UnixInput> {
                 format!(
                 "input.path: {} exists and is {}, not a socket; egresswatch does not replace it",
                 path.display(),
-                file_kind(&meta.file_type())
+                describe_type(&meta.file_type())
             ),
             ))
         }
@@ -221,23 +223,6 @@ impl UnixInput {
             tracing::warn!(path = %self.path.display(),
                 "input.path no longer holds the socket egresswatch created; left in place");
         }
-    }
-}
-
-/// A file type in words, for error messages.
-fn file_kind(t: &std::fs::FileType) -> &'static str {
-    if t.is_file() {
-        "a regular file"
-    } else if t.is_dir() {
-        "a folder"
-    } else if t.is_symlink() {
-        "a symbolic link"
-    } else if t.is_fifo() {
-        "a FIFO"
-    } else if t.is_char_device() || t.is_block_device() {
-        "a device"
-    } else {
-        "another kind of file"
     }
 }
 

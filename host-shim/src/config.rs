@@ -10,7 +10,7 @@
 //! outputs:
 //!   default: { type: tcp, address: 127.0.0.1:9001 }  # stdout | file | tcp | unix
 //!   anomalies: { type: file, path: anomalies.ndjson }
-//! state: { path: state.bin, interval_secs: 60 }    # optional
+//! state: { path: state.bin, interval_secs: 60, max_bytes: 1073741824 }   # optional
 //! metrics: { address: 127.0.0.1:9900 }             # optional Prometheus endpoint
 //! detector:                   # handed to the plugin as JSON; its schema is the plugin's
 //!   rules: [rules/]
@@ -205,6 +205,13 @@ pub struct StateConfig {
     /// Seconds between saves while running; the state is also saved at shutdown.
     #[serde(default = "default_state_interval")]
     pub interval_secs: u64,
+    /// Largest state file read at start-up, in bytes; a larger one is set aside unread.
+    #[serde(default = "default_state_max_bytes")]
+    pub max_bytes: u64,
+}
+
+fn default_state_max_bytes() -> u64 {
+    crate::state::DEFAULT_MAX_BYTES
 }
 
 fn default_state_interval() -> u64 {
@@ -324,6 +331,9 @@ impl HostConfig {
             }
             if state.interval_secs == 0 {
                 problems.push("state.interval_secs: must be at least 1".to_owned());
+            }
+            if state.max_bytes < 1024 {
+                problems.push("state.max_bytes: must be at least 1024".to_owned());
             }
         }
         if let Some(metrics) = &self.metrics {

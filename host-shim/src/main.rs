@@ -3,8 +3,6 @@
 use std::io::{IsTerminal, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::atomic::AtomicBool;
-use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand};
@@ -209,18 +207,14 @@ fn explain(config_path: &Path, config: &HostConfig, error: LoadError) -> anyhow:
 }
 
 fn run(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
+    let signals = runner::Signals::install().context("installing signal handlers")?;
     let (config, plugin, mut engine) = start(config_path, plugin)?;
     tracing::info!(
         plugin = plugin.name(),
         version = plugin.version(),
         "egresswatch started"
     );
-    let stop = Arc::new(AtomicBool::new(false));
-    for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
-        signal_hook::flag::register(signal, Arc::clone(&stop))
-            .context("installing signal handlers")?;
-    }
-    let report = runner::run(&config, plugin.name(), &mut engine, &stop)?;
+    let report = runner::run(&config, plugin.name(), &mut engine, &signals)?;
     let counters = engine.counters();
     tracing::info!(
         finish = ?report.finish,
@@ -245,7 +239,7 @@ fn run(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
 }
 
 fn validate(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
-    let (config, plugin, engine) = start(config_path, plugin)?;
+    let (config, plugin, mut engine) = start(config_path, plugin)?;
     println!(
         "{}: OK (plugin {} {}, ABI {})",
         config_path.display(),
@@ -261,10 +255,20 @@ fn validate(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
         );
     }
     if let Some(state) = &config.state {
-        println!(
-            "{}",
-            egresswatch::state::describe(&config.resolve(&state.path), plugin.name())
+        // Offered to this throw-away transform, so the plugin itself judges the state.
+        let condition = egresswatch::state::describe(
+            &config.resolve(&state.path),
+            plugin.name(),
+            state.max_bytes,
+            |bytes| {
+                engine
+                    .transform_mut()
+                    .load_state(bytes.into())
+                    .into_result()
+                    .map_err(|e| e.to_string())
+            },
         );
+        println!("{condition}");
     }
     let mut text = String::new();
     egresswatch::metrics::render_plugin(

@@ -49,17 +49,60 @@ pub struct RunReport {
     pub state_bytes: Option<u64>,
 }
 
-/// Runs the pipeline described by `config` until EOF or until `stop` is set.
+/// SIGINT and SIGTERM. While the program starts (loading state, opening outputs, binding the
+/// input), any of which can block, e.g. a file output that is a FIFO waits for its reader, a
+/// signal ends the process at once, with exit status 130 (SIGINT) or 143 (SIGTERM): nothing
+/// has been read yet, so nothing is lost. Once [`Signals::started`] is called, a signal only
+/// sets the stop flag, and the run stops in order (process what was read, flush, save state).
+pub struct Signals {
+    stop: Arc<AtomicBool>,
+    starting: Arc<AtomicBool>,
+}
+
+impl Signals {
+    /// Installs the handlers; call it before anything that may block.
+    pub fn install() -> std::io::Result<Signals> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let starting = Arc::new(AtomicBool::new(true));
+        for signal in [signal_hook::consts::SIGINT, signal_hook::consts::SIGTERM] {
+            let status = 128 + signal;
+            signal_hook::flag::register_conditional_shutdown(
+                signal,
+                status,
+                Arc::clone(&starting),
+            )?;
+            signal_hook::flag::register(signal, Arc::clone(&stop))?;
+        }
+        Ok(Signals { stop, starting })
+    }
+
+    /// The flag a signal sets once the program runs.
+    pub fn stop_flag(&self) -> &Arc<AtomicBool> {
+        &self.stop
+    }
+
+    /// Start-up is over: from now on a signal stops the run in order.
+    pub fn started(&self) {
+        self.starting.store(false, Ordering::SeqCst);
+    }
+}
+
+/// Runs the pipeline described by `config` until EOF or until a signal sets the stop flag.
 pub fn run(
     config: &HostConfig,
     plugin_name: &str,
     engine: &mut Engine,
-    stop: &Arc<AtomicBool>,
+    signals: &Signals,
 ) -> Result<RunReport> {
+    let stop = signals.stop_flag();
     let shared = Shared::default();
     let state_path = config.state.as_ref().map(|s| config.resolve(&s.path));
+    let state_max = config
+        .state
+        .as_ref()
+        .map_or(state::DEFAULT_MAX_BYTES, |s| s.max_bytes);
     if let Some(path) = &state_path {
-        let outcome = state::load_file(path, plugin_name, |bytes| {
+        let outcome = state::load_file(path, plugin_name, state_max, |bytes| {
             engine
                 .transform_mut()
                 .load_state(bytes.into())
@@ -131,6 +174,7 @@ pub fn run(
         }
     };
 
+    signals.started();
     let mut keeper = Keeper {
         shared,
         stats,
@@ -142,6 +186,7 @@ pub fn run(
                 Instant::now(), // last save
             )
         }),
+        state_max,
         plugin_refreshed: None,
         metrics_failed: false,
     };
@@ -174,6 +219,8 @@ struct Keeper {
     plugin_name: String,
     /// State file, save interval, time of the last save.
     state: Option<(PathBuf, Duration, Instant)>,
+    /// `state.max_bytes`: a larger file is saved, with a warning that it will not load.
+    state_max: u64,
     plugin_refreshed: Option<Instant>,
     /// Whether fetching the plugin's metrics failed already (logged once).
     metrics_failed: bool,
@@ -232,6 +279,11 @@ impl Keeper {
         let mut s = self.shared.lock();
         match result {
             Ok(bytes) => {
+                if bytes > self.state_max {
+                    tracing::warn!(path = %path.display(), bytes, max_bytes = self.state_max,
+                        "state.max_bytes: the saved state is larger than the limit and will be \
+                         set aside at the next start; raise state.max_bytes");
+                }
                 s.state_saves += 1;
                 s.state_file_bytes = bytes;
                 tracing::debug!(path = %path.display(), bytes, "model state saved");

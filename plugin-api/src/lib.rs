@@ -54,6 +54,8 @@
 // expansion is abi_stable's and sound.
 #![allow(non_local_definitions)]
 
+pub mod files;
+
 use std::panic::{catch_unwind, AssertUnwindSafe};
 
 use abi_stable::{

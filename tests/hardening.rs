@@ -123,19 +123,22 @@ struct Measured {
     max_rss_kib: i64,
 }
 
-/// Runs `egresswatch ARGS` with `stdin`, and measures the peak memory of that process alone.
+/// Runs `egresswatch ARGS` with `stdin`, killing it (and failing) if it runs longer than
+/// `EXIT`, and measures the peak memory of that process alone.
 #[expect(
     clippy::zombie_processes,
     reason = "the child is reaped with wait4, which also returns its resource usage"
 )]
 fn run_measured(args: &[&str], stdin: &[u8]) -> Measured {
     build_plugins();
+    let dir = tempfile_dir();
+    let (out_path, err_path) = (dir.join("stdout"), dir.join("stderr"));
     let mut child = Command::new(bin())
         .args(args)
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::fs::File::create(&err_path).unwrap())
         .spawn()
         .expect("egresswatch starts");
     let mut input = child.stdin.take().unwrap();
@@ -143,28 +146,46 @@ fn run_measured(args: &[&str], stdin: &[u8]) -> Measured {
     let writer = std::thread::spawn(move || {
         let _ = input.write_all(&data);
     });
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let reader = std::thread::spawn(move || {
-        let mut bytes = Vec::new();
-        let _ = out.read_to_end(&mut bytes);
-        bytes
-    });
-    let mut err_text = String::new();
-    let _ = err.read_to_string(&mut err_text);
     let pid = libc::pid_t::try_from(child.id()).unwrap();
+    let deadline = std::time::Instant::now() + EXIT;
     let mut raw_status = 0;
     // SAFETY: `rusage` is plain data that wait4 fills in; `pid` is our own unwaited child.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
-    let waited = unsafe { libc::wait4(pid, &mut raw_status, 0, &mut usage) };
-    assert_eq!(waited, pid, "wait4 failed");
+    loop {
+        let waited = unsafe { libc::wait4(pid, &mut raw_status, libc::WNOHANG, &mut usage) };
+        if waited == pid {
+            break;
+        }
+        assert_eq!(waited, 0, "wait4 failed");
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "egresswatch {args:?} did not exit within {EXIT:?}:\n{}",
+                std::fs::read_to_string(&err_path).unwrap_or_default()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
     writer.join().unwrap();
+    let mut stderr = String::new();
+    let _ = std::fs::File::open(&err_path).and_then(|mut f| f.read_to_string(&mut stderr));
     Measured {
         status: ExitStatus::from_raw(raw_status),
-        stdout: reader.join().unwrap(),
-        stderr: err_text,
+        stdout: std::fs::read(&out_path).unwrap_or_default(),
+        stderr,
         max_rss_kib: usage.ru_maxrss,
     }
+}
+
+/// A fresh folder for one measured run's output files.
+fn tempfile_dir() -> std::path::PathBuf {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    temp_dir(&format!(
+        "hardening-run-{}",
+        N.fetch_add(1, Ordering::Relaxed)
+    ))
 }
 
 /// A config file with a state file at `state` and the repository's rules.
@@ -349,4 +370,129 @@ fn sigterm_stops_a_start_up_that_is_blocked() {
     // Before the fix the handler only set a flag nobody looked at yet: it never exited.
     let status = egw.wait(EXIT);
     assert_eq!(status.code(), Some(143), "{}", egw.stderr());
+}
+
+/// `egresswatch validate --config CONFIG`, bounded in time, with its peak memory.
+fn validate(config: &Path) -> Measured {
+    run_measured(&["validate", "--config", config.to_str().unwrap()], b"")
+}
+
+#[test]
+fn configuration_files_are_bounded_in_depth_size_and_kind() {
+    let dir = temp_dir("hardening-config-limits");
+    // 100k levels of flow nesting: before the limit, still parsing after minutes.
+    let deep = write(
+        &dir,
+        "deep.yaml",
+        format!(
+            "{}\ndetector: {}{}\n",
+            detector(),
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        ),
+    );
+    let out = validate(&deep);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr
+            .contains("deep.yaml: line 4: nested deeper than 64 levels"),
+        "{}",
+        out.stderr
+    );
+    // A FIFO named like a config file: before, validate waited for a writer for ever.
+    let fifo = dir.join("fifo.yaml");
+    mkfifo(&fifo);
+    let out = validate(&fifo);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr
+            .contains("fifo.yaml: is a FIFO, not a regular file"),
+        "{}",
+        out.stderr
+    );
+    // Larger than 1 MiB.
+    let big = write(
+        &dir,
+        "big.yaml",
+        format!("{}# {}\n", detector(), "x".repeat(1 << 20)),
+    );
+    let out = validate(&big);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("over the limit of 1048576 bytes"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn rule_folders_are_bounded_in_size_and_kind() {
+    let dir = temp_dir("hardening-rules-limits");
+    let rules = dir.join("rules");
+    std::fs::create_dir(&rules).unwrap();
+    let rule = "rare_destination_country.toml";
+    std::fs::copy(workspace().join("rules").join(rule), rules.join(rule)).unwrap();
+    let config = write(
+        &dir,
+        "c.yaml",
+        format!("detector:\n  rules: ['{}']\n", rules.display()),
+    );
+    assert!(validate(&config).status.success());
+
+    // A FIFO named *.toml in the rules folder: before, validate blocked on it for ever.
+    mkfifo(&rules.join("pipe.toml"));
+    let out = validate(&config);
+    assert!(!out.status.success());
+    assert!(
+        out.stderr
+            .contains("pipe.toml: cannot read: is a FIFO, not a regular file"),
+        "{}",
+        out.stderr
+    );
+    std::fs::remove_file(rules.join("pipe.toml")).unwrap();
+
+    // 28 MB of 2M keys: before, 946 MB to parse it.
+    let mut keys = String::with_capacity(30 << 20);
+    keys.push_str("[rule]\n");
+    for i in 0..2_000_000 {
+        keys.push_str(&format!("k{i:07} = 1\n"));
+    }
+    std::fs::write(rules.join("huge.toml"), keys).unwrap();
+    let out = validate(&config);
+    assert!(
+        out.max_rss_kib < 128 * 1024,
+        "peak memory {} KiB for a 28 MB rule file",
+        out.max_rss_kib
+    );
+    assert!(!out.status.success());
+    assert!(
+        out.stderr.contains("huge.toml: cannot read: is")
+            && out.stderr.contains("over the limit of 262144 bytes"),
+        "{}",
+        out.stderr
+    );
+}
+
+#[test]
+fn the_geoip_cache_is_allocated_as_it_fills() {
+    let dir = temp_dir("hardening-geo-cache");
+    let config = write(
+        &dir,
+        "c.yaml",
+        format!(
+            "{}  geoip:\n    database: '{}'\n    cache_entries: 16777216\n",
+            detector(),
+            workspace()
+                .join("data/geo/geo-whois-asn-country.mmdb")
+                .display()
+        ),
+    );
+    let out = validate(&config);
+    assert!(out.status.success(), "{}", out.stderr);
+    // Before, 16M entries of 40 bytes were allocated and written at start: 670 MB.
+    assert!(
+        out.max_rss_kib < 128 * 1024,
+        "peak memory {} KiB with cache_entries at its maximum",
+        out.max_rss_kib
+    );
 }

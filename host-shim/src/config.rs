@@ -20,9 +20,11 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
+use saphyr_parser::Event;
 use serde::Deserialize;
 use thiserror::Error;
 
+use egresswatch_plugin_api::files;
 use egresswatch_plugin_api::{ConfigProblem, DEFAULT_OUTPUT, ERRORS_OUTPUT};
 
 use crate::positions::KeyLines;
@@ -229,13 +231,80 @@ pub struct MetricsConfig {
     pub allow_non_loopback: bool,
 }
 
+/// Largest configuration file read, in bytes.
+pub const MAX_CONFIG_BYTES: u64 = 1 << 20;
+
+/// Deepest nesting of mappings and sequences (tables and arrays in TOML) accepted in a
+/// configuration file. YAML parsing time grows with the square of the flow nesting depth, so
+/// the depth is checked with a parser that stops at the limit before the full parse.
+pub const MAX_NESTING: usize = 64;
+
+/// Reads a configuration file: a regular file (a FIFO or device is refused, never waited on)
+/// of at most [`MAX_CONFIG_BYTES`], as UTF-8 text, nested at most [`MAX_NESTING`] deep when it
+/// is YAML (any name but `*.toml`).
+pub fn read_text(path: &Path) -> Result<String, ConfigError> {
+    let text = files::read_regular_text(path, MAX_CONFIG_BYTES).map_err(|e| ConfigError::Read {
+        path: path.to_owned(),
+        reason: e.into(),
+    })?;
+    if path.extension().is_none_or(|e| e != "toml") {
+        check_yaml_nesting(&text).map_err(|message| ConfigError::Parse {
+            path: path.to_owned(),
+            message,
+        })?;
+    }
+    Ok(text)
+}
+
+/// Err naming the line when YAML `text` nests deeper than [`MAX_NESTING`]. Other problems are
+/// left to the full parse, except a nesting its own parser refuses too.
+fn check_yaml_nesting(text: &str) -> Result<(), String> {
+    let too_deep = |line: usize| {
+        format!("line {line}: nested deeper than {MAX_NESTING} levels of mappings and sequences")
+    };
+    let mut depth = 0usize;
+    for item in saphyr_parser::Parser::new_from_str(text) {
+        match item {
+            Ok((Event::MappingStart(..) | Event::SequenceStart(..), span)) => {
+                depth += 1;
+                if depth > MAX_NESTING {
+                    return Err(too_deep(span.start.line()));
+                }
+            }
+            Ok((Event::MappingEnd | Event::SequenceEnd, _)) => depth = depth.saturating_sub(1),
+            Ok(_) => {}
+            // The other parser would take a time quadratic in this depth to say the same.
+            Err(e) if e.info().contains("recursion limit") => {
+                return Err(too_deep(e.marker().line()))
+            }
+            Err(_) => return Ok(()),
+        }
+    }
+    Ok(())
+}
+
+/// A TOML error as `line L, column C: message`, without the echo of the offending line (which
+/// may be a megabyte long).
+fn toml_error(text: &str, e: &toml::de::Error) -> String {
+    match e.span() {
+        Some(span) => {
+            let start = span.start.min(text.len());
+            let line_start = text[..start].rfind('\n').map_or(0, |i| i + 1);
+            let line = files::LineIndex::new(&text[..start]).line(start);
+            let column = text[line_start..start].chars().count() + 1;
+            format!(
+                "TOML parse error at line {line}, column {column}: {}",
+                e.message().trim()
+            )
+        }
+        None => format!("TOML parse error: {}", e.message().trim()),
+    }
+}
+
 impl HostConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
-            path: path.to_owned(),
-            reason,
-        })?;
+        let text = read_text(path)?;
         let is_toml = path.extension().is_some_and(|e| e == "toml");
         let mut config = Self::parse(&text, is_toml).map_err(|message| ConfigError::Parse {
             path: path.to_owned(),
@@ -261,13 +330,14 @@ impl HostConfig {
         Ok(config)
     }
 
-    /// Parses configuration text, YAML or TOML.
+    /// Parses configuration text, YAML or TOML; nesting deeper than [`MAX_NESTING`] is an error.
     pub fn parse(text: &str, is_toml: bool) -> Result<Self, String> {
         if is_toml {
-            toml::from_str(text).map_err(|e| e.to_string())
+            toml::from_str(text).map_err(|e| toml_error(text, &e))
         } else if text.trim().is_empty() {
             serde_yaml_ng::from_str("{}").map_err(|e| e.to_string())
         } else {
+            check_yaml_nesting(text)?;
             serde_yaml_ng::from_str(text).map_err(|e| e.to_string())
         }
     }
@@ -434,6 +504,38 @@ mod tests {
         assert_eq!(b.batch.max_events, 7);
         assert_eq!(a.outputs, b.outputs);
         assert_eq!(a.batch.max_line_bytes, 1 << 20);
+    }
+
+    #[test]
+    fn nesting_is_limited_with_the_line_named() {
+        // 100k levels: a plain YAML parse takes minutes (quadratic in the flow depth).
+        let deep = format!(
+            "batch: {{}}\ndetector: {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let err = HostConfig::parse(&deep, false).unwrap_err();
+        assert_eq!(
+            err,
+            "line 2: nested deeper than 64 levels of mappings and sequences"
+        );
+        let mappings = format!("detector: {}1{}\n", "{a: ".repeat(65), "}".repeat(65));
+        let err = HostConfig::parse(&mappings, false).unwrap_err();
+        assert!(err.contains("nested deeper than 64"), "{err}");
+        let ok = format!("detector: {}1{}\n", "{a: ".repeat(60), "}".repeat(60));
+        assert!(HostConfig::parse(&ok, false).is_ok());
+        // TOML's own parser stops early; its message does not echo a megabyte-long line.
+        let deep = format!(
+            "detector = {}{}\n",
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let err = HostConfig::parse(&deep, true).unwrap_err();
+        assert!(
+            err.starts_with("TOML parse error at line 1, column "),
+            "{err}"
+        );
+        assert!(err.len() < 200, "{err}");
     }
 
     #[test]

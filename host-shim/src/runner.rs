@@ -49,8 +49,8 @@ pub struct RunReport {
     pub state_bytes: Option<u64>,
 }
 
-/// SIGINT and SIGTERM. While the program starts (loading state, opening outputs, binding the
-/// input), any of which can block, e.g. a file output that is a FIFO waits for its reader, a
+/// SIGINT and SIGTERM. While the program starts (loading state, opening outputs, starting the
+/// metrics endpoint), any of which can block, e.g. a file output that is a FIFO waits for its reader, a
 /// signal ends the process at once, with exit status 130 (SIGINT) or 143 (SIGTERM): nothing
 /// has been read yet, so nothing is lost. Once [`Signals::started`] is called, a signal only
 /// sets the stop flag, and the run stops in order (process what was read, flush, save state).
@@ -131,6 +131,8 @@ pub fn run(
         tracing::info!("metrics at http://{local}/metrics");
     }
 
+    // From the first line read on, a signal must stop the run in order, not end the process.
+    signals.started();
     let max_line_bytes = engine.policy().batch.max_line_bytes;
     let stats = Arc::new(InputStats::default());
     let (feed, rx) = Feed::channel();
@@ -174,7 +176,6 @@ pub fn run(
         }
     };
 
-    signals.started();
     let mut keeper = Keeper {
         shared,
         stats,

@@ -46,6 +46,21 @@ impl fmt::Display for FileError {
 
 impl std::error::Error for FileError {}
 
+impl From<FileError> for io::Error {
+    fn from(e: FileError) -> Self {
+        match e {
+            FileError::Io(e) => e,
+            FileError::Missing => io::Error::new(io::ErrorKind::NotFound, "no such file"),
+            other @ FileError::NotRegular(_) => {
+                io::Error::new(io::ErrorKind::InvalidInput, other.to_string())
+            }
+            other @ FileError::TooLarge { .. } => {
+                io::Error::new(io::ErrorKind::InvalidData, other.to_string())
+            }
+        }
+    }
+}
+
 impl From<io::Error> for FileError {
     fn from(e: io::Error) -> Self {
         if e.kind() == io::ErrorKind::NotFound {
@@ -127,6 +142,33 @@ pub fn read_regular_text(path: &Path, max_bytes: u64) -> Result<String, FileErro
     })
 }
 
+/// Line numbers of byte offsets in a text, found by binary search over the line starts, so
+/// that reporting many positions in one large file stays linear.
+#[derive(Debug, Clone)]
+pub struct LineIndex {
+    /// Offset of the first byte of each line after the first.
+    starts: Vec<usize>,
+}
+
+impl LineIndex {
+    /// Indexes `text`.
+    pub fn new(text: &str) -> LineIndex {
+        LineIndex {
+            starts: text
+                .bytes()
+                .enumerate()
+                .filter(|&(_, b)| b == b'\n')
+                .map(|(i, _)| i + 1)
+                .collect(),
+        }
+    }
+
+    /// The 1-based line holding byte `offset`.
+    pub fn line(&self, offset: usize) -> usize {
+        self.starts.partition_point(|&start| start <= offset) + 1
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -168,5 +210,13 @@ mod tests {
         let err = read_regular_text(&file, 10).unwrap_err();
         assert!(err.to_string().contains("not UTF-8"), "{err}");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn line_index_numbers_lines_from_one() {
+        let index = LineIndex::new("ab\ncd\n\nef");
+        let lines: Vec<usize> = (0..10).map(|o| index.line(o)).collect();
+        assert_eq!(lines, [1, 1, 1, 2, 2, 2, 3, 4, 4, 4]);
+        assert_eq!(LineIndex::new("").line(0), 1);
     }
 }

@@ -36,8 +36,10 @@
 //! shared [`GeoDb`]. Each address hashes (seeded multiply-shift, so a sender cannot aim
 //! addresses at one set) to a set of two slots; a hit compares two 128-bit keys and copies a
 //! 24-byte [`Country`] out. On a miss the least recently used of the two slots is replaced
-//! (one "recent" bit per slot). Memory is fixed at construction (40 bytes per entry) and never
-//! grows. Misses additionally go through a small memo keyed by the record's data-section
+//! (one "recent" bit per slot). Memory is bounded by the capacity fixed at construction (40 bytes
+//! per entry) but allocated as the cache fills: it starts at 1024 entries and doubles when half
+//! are in use, so a large `cache_entries` costs memory only as distinct addresses
+//! arrive (`1 << 24` entries allocated up front were 670 MB). Misses additionally go through a small memo keyed by the record's data-section
 //! offset, so the many addresses that share one country record are decoded once.
 //! `GeoCache::country` takes `&mut self`: keep one cache per worker thread over an
 //! `Arc<GeoDb>`; there is no locking on the hot path.
@@ -56,6 +58,7 @@ use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
 
+use egresswatch_plugin_api::files::{self, FileError};
 use serde::Deserialize;
 
 /// The name [`GeoDb::bundled`] reports as its path.
@@ -69,6 +72,13 @@ pub const DEFAULT_CACHE_CAPACITY: usize = 65_536;
 
 /// Upper bound on the entries of a [`GeoCache`]; larger requests are clamped to it.
 pub const MAX_CACHE_CAPACITY: usize = 1 << 24;
+
+/// Entries a [`GeoCache`] allocates at first; it doubles when half are in use, up to its
+/// capacity.
+const INITIAL_CACHE_SLOTS: usize = 1024;
+
+/// Largest database file read, in bytes (GeoIP2-City is about 130 MB).
+pub const MAX_DATABASE_BYTES: u64 = 1 << 30;
 
 /// How many distinct country names found only in a database (not in the compiled table) are
 /// kept for the life of the process. Later ones fall back to the table name or the ISO code.
@@ -289,18 +299,19 @@ pub struct GeoDb {
 }
 
 impl GeoDb {
-    /// Reads and validates the database at `path`.
+    /// Reads and validates the database at `path`: a regular file (a FIFO or device is refused,
+    /// never waited on) of at most [`MAX_DATABASE_BYTES`].
     ///
     /// Errors name the path and say whether it is missing, unreadable or not an `.mmdb` file.
     pub fn open(path: impl AsRef<Path>) -> Result<GeoDb, GeoError> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| match source.kind() {
-            io::ErrorKind::NotFound => GeoError::Missing {
+        let bytes = files::read_regular(path, MAX_DATABASE_BYTES).map_err(|e| match e {
+            FileError::Missing => GeoError::Missing {
                 path: path.to_path_buf(),
             },
-            _ => GeoError::Unreadable {
+            other => GeoError::Unreadable {
                 path: path.to_path_buf(),
-                source,
+                source: other.into(),
             },
         })?;
         GeoDb::from_bytes(bytes, path)
@@ -398,6 +409,16 @@ fn routable_address(ip: IpAddr) -> Option<IpAddr> {
     crate::net::is_public_destination(ip).then_some(ip)
 }
 
+/// The cache key of an address: the canonical address as an IPv6 number (IPv4 as
+/// `::ffff:a.b.c.d`), split into its high and low halves.
+fn cache_key(ip: IpAddr) -> (u64, u64) {
+    let key = match ip.to_canonical() {
+        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+        IpAddr::V6(v6) => u128::from(v6),
+    };
+    ((key >> 64) as u64, key as u64)
+}
+
 /// Hit and miss counts of a [`GeoCache`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CacheStats {
@@ -434,11 +455,17 @@ const EMPTY_SLOT: Slot = Slot {
 
 /// A bounded, per-thread lookup cache in front of a shared [`GeoDb`].
 ///
-/// 2-way set-associative with least-recently-used replacement inside each set; capacity is a
-/// power of two fixed at construction. See the module documentation.
+/// 2-way set-associative with least-recently-used replacement inside each set; the capacity is
+/// a power of two fixed at construction, allocated as the cache fills. See the module
+/// documentation.
 pub struct GeoCache {
     db: Arc<GeoDb>,
-    slots: Box<[Slot]>,
+    /// A power of two entries, doubled as they fill, up to `capacity`.
+    slots: Vec<Slot>,
+    /// The most entries `slots` may grow to.
+    capacity: usize,
+    /// Entries in use.
+    filled: usize,
     set_bits: u32,
     mul_lo: u64,
     mul_hi: u64,
@@ -450,7 +477,8 @@ impl fmt::Debug for GeoCache {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("GeoCache")
             .field("db", &self.db.path())
-            .field("capacity", &self.slots.len())
+            .field("capacity", &self.capacity)
+            .field("allocated", &self.slots.len())
             .field("stats", &self.stats)
             .finish_non_exhaustive()
     }
@@ -458,15 +486,18 @@ impl fmt::Debug for GeoCache {
 
 impl GeoCache {
     /// A cache of at least `capacity` entries (rounded up to a power of two, at least 2,
-    /// at most [`MAX_CACHE_CAPACITY`]) in front of `db`.
+    /// at most [`MAX_CACHE_CAPACITY`]) in front of `db`. It allocates at most
+    /// [`INITIAL_CACHE_SLOTS`] entries now and doubles when half are in use.
     pub fn new(db: Arc<GeoDb>, capacity: usize) -> GeoCache {
         let capacity = capacity.clamp(2, MAX_CACHE_CAPACITY).next_power_of_two();
-        let sets = capacity / 2;
+        let allocated = capacity.min(INITIAL_CACHE_SLOTS);
         let state = RandomState::new();
         GeoCache {
             db,
-            slots: vec![EMPTY_SLOT; capacity].into_boxed_slice(),
-            set_bits: sets.trailing_zeros(),
+            slots: vec![EMPTY_SLOT; allocated],
+            capacity,
+            filled: 0,
+            set_bits: (allocated / 2).trailing_zeros(),
             mul_lo: state.hash_one(0x6765_6f5f_6c6f_u64) | 1,
             mul_hi: state.hash_one(0x6765_6f5f_6869_u64) | 1,
             memo: HashMap::new(),
@@ -478,11 +509,7 @@ impl GeoCache {
     /// [`GeoDb::country`].
     #[inline]
     pub fn country(&mut self, ip: IpAddr) -> Option<Country> {
-        let key = match ip.to_canonical() {
-            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-            IpAddr::V6(v6) => u128::from(v6),
-        };
-        let (key_hi, key_lo) = ((key >> 64) as u64, key as u64);
+        let (key_hi, key_lo) = cache_key(ip);
         let base = self.set_of(key_hi, key_lo) * 2;
         let Some(ways) = self.slots.get_mut(base..base + 2) else {
             return self.db.country(ip);
@@ -504,11 +531,15 @@ impl GeoCache {
         self.stats.misses += 1;
         let country = self.db.resolve(ip, Some(&mut self.memo));
         // Victim: an empty way, else the one not used most recently.
-        let victim = if ways[0].state & STATE_MASK == EMPTY || ways[0].state & RECENT == 0 {
+        let empty = |w: usize| ways[w].state & STATE_MASK == EMPTY;
+        let victim = if empty(0) {
             0
-        } else {
+        } else if empty(1) || ways[0].state & RECENT != 0 {
             1
+        } else {
+            0
         };
+        let fills_empty = ways[victim].state & STATE_MASK == EMPTY;
         ways[1 - victim].state &= !RECENT;
         ways[victim] = match country {
             Some(c) => Slot {
@@ -525,7 +556,34 @@ impl GeoCache {
                 ..EMPTY_SLOT
             },
         };
+        if fills_empty {
+            self.filled += 1;
+            if self.filled * 2 > self.slots.len() && self.slots.len() < self.capacity {
+                self.grow();
+            }
+        }
         country
+    }
+
+    /// Doubles the table (when half of it is in use) and moves every entry to its set in it. Set `k` of the old table
+    /// becomes sets `2k` and `2k + 1` (one more bit of the same hash), so its two entries
+    /// always find a free way.
+    fn grow(&mut self) {
+        let doubled = vec![EMPTY_SLOT; self.slots.len() * 2];
+        let old = std::mem::replace(&mut self.slots, doubled);
+        self.set_bits += 1;
+        for slot in old {
+            if slot.state & STATE_MASK == EMPTY {
+                continue;
+            }
+            let base = self.set_of(slot.key_hi, slot.key_lo) * 2;
+            if let Some(way) = self.slots[base..base + 2]
+                .iter_mut()
+                .find(|w| w.state & STATE_MASK == EMPTY)
+            {
+                *way = slot;
+            }
+        }
     }
 
     /// Seeded multiply-shift hash of the 128-bit key to a set index.
@@ -539,6 +597,11 @@ impl GeoCache {
 
     /// The number of entries the cache holds at most.
     pub fn capacity(&self) -> usize {
+        self.capacity
+    }
+
+    /// The number of entries allocated so far (at most [`GeoCache::capacity`]).
+    pub fn allocated(&self) -> usize {
         self.slots.len()
     }
 
@@ -550,6 +613,7 @@ impl GeoCache {
     /// Empties the cache and resets its statistics (e.g. after swapping databases).
     pub fn clear(&mut self) {
         self.slots.fill(EMPTY_SLOT);
+        self.filled = 0;
         self.memo.clear();
         self.stats = CacheStats::default();
     }
@@ -817,6 +881,48 @@ mod tests {
         let before = cache.stats().hits;
         cache.country(a);
         assert_eq!(cache.stats().hits, before + 1);
+    }
+
+    /// The keys a cache holds.
+    fn keys(cache: &GeoCache) -> std::collections::BTreeSet<(u64, u64)> {
+        cache
+            .slots
+            .iter()
+            .filter(|s| s.state & STATE_MASK != EMPTY)
+            .map(|s| (s.key_hi, s.key_lo))
+            .collect()
+    }
+
+    #[test]
+    fn the_cache_allocates_as_it_fills_and_keeps_every_entry_when_it_grows() {
+        let db = Arc::new(GeoDb::from_bytes(ip_location_db(), "mem.mmdb").unwrap());
+        let mut cache = GeoCache::new(Arc::clone(&db), MAX_CACHE_CAPACITY);
+        assert_eq!(cache.capacity(), MAX_CACHE_CAPACITY);
+        assert_eq!(cache.allocated(), INITIAL_CACHE_SLOTS);
+        let mut growths = 0;
+        for i in 0..20_000u32 {
+            let a = IpAddr::from([8, 8, (i >> 8) as u8, i as u8]);
+            // This lookup may make the table grow: note what it holds first.
+            let allocated = cache.allocated();
+            let before = ((cache.filled + 1) * 2 > allocated).then(|| keys(&cache));
+            assert_eq!(cache.country(a), db.country(a), "{a}");
+            if cache.allocated() != allocated {
+                growths += 1;
+                assert_eq!(cache.allocated(), allocated * 2);
+                let mut expected = before.expect("growth only when half full");
+                expected.insert(cache_key(a));
+                assert_eq!(keys(&cache), expected, "an entry was lost growing");
+                assert_eq!(cache.filled, expected.len());
+            }
+        }
+        assert!(growths >= 4, "{growths}");
+        assert!(cache.allocated() <= 65_536, "{}", cache.allocated());
+        // A small capacity is never exceeded.
+        let mut small = GeoCache::new(Arc::clone(&db), 4096);
+        for i in 0..20_000u32 {
+            small.country(IpAddr::from([77, 88, (i >> 8) as u8, i as u8]));
+        }
+        assert_eq!(small.allocated(), 4096);
     }
 
     #[test]

@@ -40,7 +40,18 @@ use thiserror::Error;
 use toml::de::{DeTable, DeValue};
 use toml::Spanned;
 
+use egresswatch_plugin_api::files::{self, LineIndex};
+
 use crate::catalog::JobCatalog;
+
+/// Largest rule file read, in bytes (Elastic's largest ML rule is about 13 kB).
+pub const MAX_RULE_FILE_BYTES: u64 = 256 * 1024;
+
+/// Most `*.toml` files read from the folders given, in all.
+pub const MAX_RULE_FILES: usize = 10_000;
+
+/// Problems listed per file; further ones are counted in one [`RuleError::MoreProblems`].
+pub const MAX_PROBLEMS_PER_FILE: usize = 50;
 
 /// The only rule type egresswatch runs.
 pub const MACHINE_LEARNING: &str = "machine_learning";
@@ -242,6 +253,20 @@ pub enum RuleError {
         /// What it holds (`nothing` when missing).
         found: String,
     },
+    /// A file with more problems than are listed.
+    #[error("{}: {more} more problem(s) not listed", .path.display())]
+    MoreProblems {
+        /// The file.
+        path: PathBuf,
+        /// How many were not listed.
+        more: usize,
+    },
+    /// A folder holds more rule files than are read.
+    #[error("{}: more than {MAX_RULE_FILES} *.toml files found; name the rule folders more precisely", .path.display())]
+    TooManyFiles {
+        /// The folder given.
+        path: PathBuf,
+    },
     /// Two files define the same `rule_id`.
     #[error("{}: rule_id `{rule_id}` is already defined in {}", .second.display(), .first.display())]
     DuplicateRuleId {
@@ -415,18 +440,31 @@ impl RuleLoad {
 pub fn load_paths(paths: &[PathBuf], catalog: &JobCatalog) -> RuleLoad {
     let mut load = RuleLoad::default();
     let mut files = Vec::new();
+    let mut seen_dirs = BTreeSet::new();
     for path in paths {
         match fs::metadata(path) {
             Ok(meta) if meta.is_dir() => {
                 let before = files.len();
-                if let Err(source) = collect_toml(path, &mut files) {
+                let mut walk = Walk {
+                    out: &mut files,
+                    seen_dirs: &mut seen_dirs,
+                };
+                let walked = walk.collect(path);
+                if let Err(error) = walked {
+                    let error = match error {
+                        WalkError::Io(source) => RuleError::Io {
+                            path: path.clone(),
+                            source,
+                        },
+                        WalkError::TooMany => {
+                            files.truncate(before);
+                            RuleError::TooManyFiles { path: path.clone() }
+                        }
+                    };
                     load.files.push(FileOutcome {
                         path: path.clone(),
                         status: FileStatus::Failed {
-                            errors: vec![RuleError::Io {
-                                path: path.clone(),
-                                source,
-                            }],
+                            errors: vec![error],
                         },
                     });
                 } else if files.len() == before {
@@ -458,11 +496,11 @@ pub fn load_paths(paths: &[PathBuf], catalog: &JobCatalog) -> RuleLoad {
         if !seen_files.insert(canonical) {
             continue;
         }
-        let status = match fs::read_to_string(&path) {
+        let status = match files::read_regular_text(&path, MAX_RULE_FILE_BYTES) {
             Err(source) => FileStatus::Failed {
                 errors: vec![RuleError::Io {
                     path: path.clone(),
-                    source,
+                    source: source.into(),
                 }],
             },
             Ok(text) => match parse(&path, &text) {
@@ -491,24 +529,48 @@ pub fn load_paths(paths: &[PathBuf], catalog: &JobCatalog) -> RuleLoad {
     load
 }
 
-fn collect_toml(dir: &Path, out: &mut Vec<PathBuf>) -> std::io::Result<()> {
-    let mut entries: Vec<PathBuf> = fs::read_dir(dir)?
-        .map(|e| e.map(|e| e.path()))
-        .collect::<Result<_, _>>()?;
-    entries.sort();
-    for path in entries {
-        // Follows symlinks; an entry that vanished or is unreadable is reported when read.
-        let is_dir = fs::metadata(&path).map(|m| m.is_dir()).unwrap_or(false);
-        if is_dir {
-            collect_toml(&path, out)?;
-        } else if path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
-        {
-            out.push(path);
+/// Why a folder walk stopped.
+enum WalkError {
+    Io(std::io::Error),
+    TooMany,
+}
+
+/// A walk of rule folders: `*.toml` files in sorted order, each folder once however many
+/// symbolic links lead to it (a link to a parent would otherwise repeat the walk for ever, or
+/// exponentially with two such links), and at most [`MAX_RULE_FILES`] files.
+struct Walk<'a> {
+    out: &'a mut Vec<PathBuf>,
+    seen_dirs: &'a mut BTreeSet<PathBuf>,
+}
+
+impl Walk<'_> {
+    fn collect(&mut self, dir: &Path) -> Result<(), WalkError> {
+        let canonical = fs::canonicalize(dir).map_err(WalkError::Io)?;
+        if !self.seen_dirs.insert(canonical) {
+            return Ok(());
         }
+        let mut entries: Vec<PathBuf> = fs::read_dir(dir)
+            .and_then(|entries| entries.map(|e| e.map(|e| e.path())).collect())
+            .map_err(WalkError::Io)?;
+        entries.sort();
+        for path in entries {
+            // Follows symlinks; an entry that vanished, is unreadable or is not a regular file
+            // (a FIFO named *.toml) is reported when read.
+            let is_dir = fs::metadata(&path).map(|m| m.is_dir()).unwrap_or(false);
+            if is_dir {
+                self.collect(&path)?;
+            } else if path
+                .extension()
+                .is_some_and(|e| e.eq_ignore_ascii_case("toml"))
+            {
+                if self.out.len() >= MAX_RULE_FILES {
+                    return Err(WalkError::TooMany);
+                }
+                self.out.push(path);
+            }
+        }
+        Ok(())
     }
-    Ok(())
 }
 
 fn judge_support(parsed: &Parsed, catalog: &JobCatalog, load: &mut RuleLoad) {
@@ -570,18 +632,33 @@ type Val<'i> = Spanned<DeValue<'i>>;
 /// Collects validation problems for one file.
 struct Checker<'a> {
     path: &'a Path,
-    text: &'a str,
+    lines: LineIndex,
     errors: Vec<RuleError>,
+    /// Problems found beyond [`MAX_PROBLEMS_PER_FILE`].
+    unlisted: usize,
 }
 
 impl<'a> Checker<'a> {
     fn line(&self, span: Range<usize>) -> Option<usize> {
-        let end = span.start.min(self.text.len());
-        let prefix = self.text.get(..end)?;
-        Some(prefix.bytes().filter(|b| *b == b'\n').count() + 1)
+        Some(self.lines.line(span.start))
+    }
+
+    /// The problems found, with a count of those not listed.
+    fn into_errors(mut self) -> Vec<RuleError> {
+        if self.unlisted > 0 {
+            self.errors.push(RuleError::MoreProblems {
+                path: self.path.to_path_buf(),
+                more: self.unlisted,
+            });
+        }
+        self.errors
     }
 
     fn invalid(&mut self, span: Range<usize>, field: &str, expected: &str, found: String) {
+        if self.errors.len() >= MAX_PROBLEMS_PER_FILE {
+            self.unlisted += 1;
+            return;
+        }
         self.errors.push(RuleError::Invalid {
             path: self.path.to_path_buf(),
             line: self.line(span),
@@ -821,8 +898,9 @@ fn describe(v: &DeValue<'_>) -> String {
 fn parse(path: &Path, text: &str) -> Result<Parsed, Vec<RuleError>> {
     let mut c = Checker {
         path,
-        text,
+        lines: LineIndex::new(text),
         errors: Vec::new(),
+        unlisted: 0,
     };
     let root = match DeTable::parse(text) {
         Ok(root) => root,
@@ -863,11 +941,11 @@ fn parse(path: &Path, text: &str) -> Result<Parsed, Vec<RuleError>> {
     // [rule]
     let Some(rv) = root.get_ref().get("rule") else {
         c.missing(root_span, "rule", "a [rule] table");
-        return Err(c.errors);
+        return Err(c.into_errors());
     };
     let DeValue::Table(rule) = rv.get_ref() else {
         c.invalid(rv.span(), "rule", "a [rule] table", describe(rv.get_ref()));
-        return Err(c.errors);
+        return Err(c.into_errors());
     };
     let span = rv.span();
     let rule_id = c.string(rule, span.clone(), "rule", "rule_id", true);
@@ -956,7 +1034,7 @@ fn parse(path: &Path, text: &str) -> Result<Parsed, Vec<RuleError>> {
             type_line,
             job_ids_line,
         }),
-        _ => Err(c.errors),
+        _ => Err(c.into_errors()),
     }
 }
 
@@ -1259,6 +1337,75 @@ query = "process.name:foo"
             load.errors().next(),
             Some(RuleError::NoRuleFiles { .. })
         ));
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn fifos_oversize_files_and_link_loops_are_reported_not_waited_on() {
+        let dir = tmpdir("hostile");
+        fs::write(dir.join("a.toml"), GOOD).unwrap();
+        let fifo = dir.join("b.toml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        assert!(made.is_ok_and(|s| s.success()), "mkfifo");
+        let big = format!("{GOOD}\n# {}\n", "x".repeat(MAX_RULE_FILE_BYTES as usize));
+        fs::write(dir.join("c.toml"), big).unwrap();
+        // Two links back to the folder: without loop detection 2^40 paths to walk.
+        std::os::unix::fs::symlink(&dir, dir.join("loop1")).unwrap();
+        std::os::unix::fs::symlink(&dir, dir.join("loop2")).unwrap();
+        let load = load_paths(std::slice::from_ref(&dir), &JobCatalog::builtin());
+        let errors: Vec<String> = load.errors().map(ToString::to_string).collect();
+        assert_eq!(load.rules.len(), 1, "{errors:?}");
+        assert_eq!(errors.len(), 2, "{errors:?}");
+        assert!(
+            errors[0].contains("b.toml: cannot read: is a FIFO, not a regular file"),
+            "{errors:?}"
+        );
+        assert!(errors[1].contains("c.toml: cannot read: is"), "{errors:?}");
+        assert!(
+            errors[1].contains("over the limit of 262144 bytes"),
+            "{errors:?}"
+        );
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn problems_are_listed_up_to_a_limit_and_counted_beyond_it() {
+        // 100k wrong tags: each a problem with its line; finding lines was quadratic.
+        let tags = vec!["1"; 100_000].join(",\n");
+        let text = GOOD.replace(
+            "tags = [\"Rule Type: ML\"]\n",
+            &format!("tags = [\n{tags}]\n"),
+        );
+        let errors = parse_rule(Path::new("t.toml"), &text).unwrap_err();
+        assert_eq!(errors.len(), MAX_PROBLEMS_PER_FILE + 1);
+        assert!(
+            matches!(errors[0], RuleError::Invalid { line: Some(19), .. }),
+            "{}",
+            errors[0]
+        );
+        let last = errors.last().unwrap().to_string();
+        assert_eq!(
+            last,
+            format!(
+                "t.toml: {} more problem(s) not listed",
+                100_000 - MAX_PROBLEMS_PER_FILE
+            )
+        );
+    }
+
+    #[test]
+    fn a_folder_with_too_many_rule_files_is_an_error() {
+        let dir = tmpdir("many");
+        for i in 0..=MAX_RULE_FILES {
+            fs::write(dir.join(format!("{i:05}.toml")), "").unwrap();
+        }
+        let load = load_paths(std::slice::from_ref(&dir), &JobCatalog::builtin());
+        let errors: Vec<String> = load.errors().map(ToString::to_string).collect();
+        assert_eq!(errors.len(), 1, "{:?}", &errors[..3.min(errors.len())]);
+        assert!(
+            errors[0].contains("more than 10000 *.toml files"),
+            "{errors:?}"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 

@@ -137,10 +137,7 @@ impl ReplaySettings {
 
 /// Loads the host configuration and its `replay:` section.
 pub fn load_config(path: &Path) -> Result<(HostConfig, ReplaySettings)> {
-    let text = std::fs::read_to_string(path).map_err(|reason| ConfigError::Read {
-        path: path.to_owned(),
-        reason,
-    })?;
+    let text = crate::config::read_text(path)?;
     let is_toml = path.extension().is_some_and(|e| e == "toml");
     let parse_err = |message: String| ConfigError::Parse {
         path: path.to_owned(),

@@ -7,9 +7,9 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use egresswatch::replay::presets::get_path;
-use egresswatch::replay::quality::{FixedBytes, Labels, NewCountry, Tally};
-use egresswatch::replay::{Format, Inputs, Record, ReplaySettings};
+use egresswatch_tools::replay::presets::get_path;
+use egresswatch_tools::replay::quality::{FixedBytes, Labels, NewCountry, Tally};
+use egresswatch_tools::replay::{Format, Inputs, Record, ReplaySettings};
 
 use crate::util;
 
@@ -285,7 +285,7 @@ fn labels_scoring_on_a_hand_made_case() {
     let none = Tally::default().quality("silent", &labels, 2.0);
     assert_eq!(none.precision, None);
     assert_eq!(none.recall, Some(0.0));
-    let table = egresswatch::replay::quality::table(&[q, none], &labels.kinds());
+    let table = egresswatch_tools::replay::quality::table(&[q, none], &labels.kinds());
     assert!(table.contains("50.0%"), "{table}");
     assert!(table.contains("1/2 caught"), "{table}");
     assert!(table.contains("0/2 missed"), "{table}");

@@ -10,12 +10,13 @@ use egresswatch_plugin_api::BuildOption;
 
 use egresswatch::config::{ConfigError, HostConfig};
 use egresswatch::engine::{Engine, EnginePolicy};
-use egresswatch::generate::GenerateArgs;
+use egresswatch::input::Finish;
 use egresswatch::loader::{self, LoadError, Plugin};
-use egresswatch::replay::ReplayArgs;
-use egresswatch::rules_check;
-use egresswatch::runner;
-use egresswatch::stream::Finish;
+use egresswatch::run as runner;
+use egresswatch_tools::generate::GenerateArgs;
+use egresswatch_tools::replay::ReplayArgs;
+
+mod rules_check;
 
 /// Catch command-and-control and data exfiltration in network events while they are still in
 /// the pipeline.
@@ -358,7 +359,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
         )),
         None => None,
     };
-    let summary = egresswatch::generate::generate(
+    let summary = egresswatch_tools::generate::generate(
         args,
         &mut out,
         labels.as_mut().map(|w| w as &mut dyn std::io::Write),
@@ -374,7 +375,7 @@ fn generate(args: &GenerateArgs) -> Result<()> {
 fn replay(args: &ReplayArgs) -> Result<()> {
     let stdout = std::io::stdout();
     let mut out = stdout.lock();
-    egresswatch::replay::replay(args, &mut out)?;
+    egresswatch_tools::replay::replay(args, &mut out)?;
     out.flush()?;
     Ok(())
 }

@@ -6,7 +6,7 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use egresswatch::replay::presets::{get_path, set_path, Converter, Format, Line, Preset};
+use egresswatch_tools::replay::presets::{get_path, set_path, Converter, Format, Line, Preset};
 use serde_json::Value;
 
 /// One flow of a capture, as an ECS event.
@@ -114,7 +114,7 @@ impl Data {
 
 /// Reads one capture file (plain or gzip) with a replay preset; lines without a time are dropped.
 pub fn read(path: &Path, format: Format) -> Result<Vec<Flow>> {
-    let mut reader = egresswatch::replay::input::open(path, Default::default())?;
+    let mut reader = egresswatch_tools::replay::input::open(path, Default::default())?;
     let mut converter = Converter::new(Preset::builtin(format));
     let mut flows = Vec::new();
     let mut buf = Vec::new();

@@ -6,7 +6,7 @@
 use std::collections::HashSet;
 
 use anyhow::{bail, Result};
-use egresswatch::replay::presets::Format;
+use egresswatch_tools::replay::presets::Format;
 use serde_json::json;
 
 use crate::data::{Data, Flow};
@@ -287,7 +287,7 @@ pub fn splice(
         .map(|f| {
             let mut moved = f.moved(shift, Some((infected, &host)));
             if moved.str_at("source.ip") == Some(host.as_str()) {
-                egresswatch::replay::presets::set_path(
+                egresswatch_tools::replay::presets::set_path(
                     &mut moved.event,
                     "network.direction",
                     "outbound".into(),

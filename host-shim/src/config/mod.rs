@@ -27,7 +27,9 @@ use thiserror::Error;
 use egresswatch_plugin_api::files;
 use egresswatch_plugin_api::{ConfigProblem, DEFAULT_OUTPUT, ERRORS_OUTPUT};
 
-use crate::positions::KeyLines;
+pub mod positions;
+
+use positions::KeyLines;
 
 /// A problem with the configuration file.
 #[derive(Debug, Error)]

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 
 use egresswatch_plugin_api::files::describe_type;
 
-use crate::stream::{read_lines, Feed};
+use super::{read_lines, Feed};
 
 /// How long a connection's reader waits for data before checking the stop flag.
 const READ_TIMEOUT: Duration = Duration::from_millis(100);

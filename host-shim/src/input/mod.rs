@@ -22,6 +22,8 @@ use std::sync::mpsc::{self, Receiver, RecvTimeoutError, SyncSender};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
+pub mod listen;
+
 use crate::engine::Engine;
 use crate::output::Outputs;
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 
 use egresswatch_plugin_api::DEFAULT_OUTPUT;
 
-use crate::adapters::{SocketWriter, Target};
+use crate::input::listen::{SocketWriter, Target};
 use crate::config::{HostConfig, OutputConfig};
 
 /// Size of each output's write buffer.

@@ -14,13 +14,13 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use egresswatch_plugin_api::BuildOption;
 
-use crate::adapters::{self, InputStats};
+use crate::input::listen::{self as adapters, InputStats};
 use crate::config::{HostConfig, InputConfig};
 use crate::engine::Engine;
 use crate::metrics::{self, Shared};
 use crate::output::Outputs;
 use crate::state::{self, LoadOutcome};
-use crate::stream::{self, Feed, Finish, Housekeeping};
+use crate::input::{self as stream, Feed, Finish, Housekeeping};
 
 /// How often the plugin's metrics are copied for the endpoint.
 const PLUGIN_METRICS_EVERY: Duration = Duration::from_secs(1);

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use super::presets::{Converter, Format, Line};
 use super::ReplaySettings;
-use crate::time;
+use egresswatch::time;
 
 /// Events held back for reordering, all inputs together.
 pub const REORDER_EVENTS: usize = 65_536;

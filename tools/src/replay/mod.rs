@@ -38,10 +38,10 @@ use egresswatch_plugin_api::{BuildOption, ScoreRecord};
 use serde::Deserialize;
 use serde_json::Value;
 
-use crate::config::{ConfigError, HostConfig};
-use crate::loader::{self, LoadError};
-use crate::positions::KeyLines;
-use crate::time;
+use egresswatch::config::positions::KeyLines;
+use egresswatch::config::{ConfigError, HostConfig};
+use egresswatch::loader::{self, LoadError};
+use egresswatch::time;
 pub use input::{Inputs, Record};
 pub use presets::Format;
 use presets::Preset;

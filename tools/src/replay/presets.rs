@@ -49,7 +49,7 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use crate::time;
+use egresswatch::time;
 
 /// An input format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Deserialize)]

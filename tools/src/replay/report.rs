@@ -11,7 +11,7 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use super::quality::{self, Quality};
-use crate::time;
+use egresswatch::time;
 
 /// A value that flagged events of a rule had, with how often.
 #[derive(Debug, Clone, PartialEq)]

@@ -10,9 +10,9 @@ use egresswatch_plugin_api::BuildOption;
 
 use egresswatch::config::{ConfigError, HostConfig};
 use egresswatch::engine::{Engine, EnginePolicy};
-use egresswatch::input::Finish;
 use egresswatch::loader::{self, LoadError, Plugin};
 use egresswatch::run as runner;
+use egresswatch::run::Finish;
 use egresswatch_tools::generate::GenerateArgs;
 use egresswatch_tools::replay::ReplayArgs;
 

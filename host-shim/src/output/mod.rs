@@ -13,8 +13,10 @@ use std::sync::Arc;
 
 use egresswatch_plugin_api::DEFAULT_OUTPUT;
 
-use crate::input::listen::{SocketWriter, Target};
+mod socket;
+
 use crate::config::{HostConfig, OutputConfig};
+use socket::{SocketWriter, Target};
 
 /// Size of each output's write buffer.
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;

@@ -6,7 +6,9 @@
 //! every `state.interval_secs` (checked between blocks and while idle) and refreshes metrics.
 //! Shutdown: stop reading, process what was read, flush every output, save the state.
 
-use std::path::PathBuf;
+mod drive;
+mod housekeeping;
+
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -14,16 +16,15 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use egresswatch_plugin_api::BuildOption;
 
-use crate::input::listen::{self as adapters, InputStats};
-use crate::config::{HostConfig, InputConfig};
+pub use drive::Finish;
+use housekeeping::Keeper;
+
+use crate::config::HostConfig;
 use crate::engine::Engine;
+use crate::input::{self, Feed};
 use crate::metrics::{self, Shared};
 use crate::output::Outputs;
 use crate::state::{self, LoadOutcome};
-use crate::input::{self as stream, Feed, Finish, Housekeeping};
-
-/// How often the plugin's metrics are copied for the endpoint.
-const PLUGIN_METRICS_EVERY: Duration = Duration::from_secs(1);
 
 /// The construction options `run` and `validate` give the plugin: the configuration file's
 /// directory, and a hash seed drawn from the operating system's randomness. A state file, once
@@ -134,51 +135,12 @@ pub fn run(
     // From the first line read on, a signal must stop the run in order, not end the process.
     signals.started();
     let max_line_bytes = engine.policy().batch.max_line_bytes;
-    let stats = Arc::new(InputStats::default());
     let (feed, rx) = Feed::channel();
-    let wait_for_readers = match &config.input {
-        InputConfig::Stdin => {
-            stream::spawn_reader(std::io::stdin(), feed, max_line_bytes)?;
-            false
-        }
-        InputConfig::Tcp {
-            address,
-            max_connections,
-        } => {
-            let listener = adapters::bind_tcp(address)?;
-            let local = adapters::spawn_tcp(
-                listener,
-                feed,
-                max_line_bytes,
-                *max_connections,
-                Arc::clone(stop),
-                Arc::clone(&stats),
-            )?;
-            tracing::info!("listening on tcp://{local}");
-            true
-        }
-        InputConfig::Unix {
-            path,
-            max_connections,
-        } => {
-            let path = config.resolve(path);
-            let listener = adapters::bind_unix(&path)?;
-            adapters::spawn_unix(
-                listener,
-                feed,
-                max_line_bytes,
-                *max_connections,
-                Arc::clone(stop),
-                Arc::clone(&stats),
-            )?;
-            tracing::info!("listening on unix://{}", path.display());
-            true
-        }
-    };
+    let input = input::start(&config.input, &config.base_dir, feed, max_line_bytes, stop)?;
 
     let mut keeper = Keeper {
         shared,
-        stats,
+        stats: input.stats,
         plugin_name: plugin_name.to_owned(),
         state: config.state.as_ref().zip(state_path).map(|(s, path)| {
             (
@@ -191,12 +153,12 @@ pub fn run(
         plugin_refreshed: None,
         metrics_failed: false,
     };
-    let driven = stream::drive(
+    let driven = drive::drive(
         &rx,
         engine,
         &mut outputs,
         stop,
-        wait_for_readers,
+        input.wait_for_readers,
         &mut keeper,
     );
     // Stop the listener and the metrics endpoint whatever happened.
@@ -211,103 +173,4 @@ pub fn run(
         reconnects: outputs.reconnects(),
         state_bytes,
     })
-}
-
-/// The engine thread's housekeeping: metrics snapshot and periodic state saves.
-struct Keeper {
-    shared: Shared,
-    stats: Arc<InputStats>,
-    plugin_name: String,
-    /// State file, save interval, time of the last save.
-    state: Option<(PathBuf, Duration, Instant)>,
-    /// `state.max_bytes`: a larger file is saved, with a warning that it will not load.
-    state_max: u64,
-    plugin_refreshed: Option<Instant>,
-    /// Whether fetching the plugin's metrics failed already (logged once).
-    metrics_failed: bool,
-}
-
-impl Keeper {
-    fn refresh(&mut self, engine: &Engine, outputs: &Outputs) {
-        let refresh_plugin = self
-            .plugin_refreshed
-            .is_none_or(|at| at.elapsed() >= PLUGIN_METRICS_EVERY);
-        let plugin = refresh_plugin.then(|| engine.transform().metrics().into_result());
-        let mut s = self.shared.lock();
-        s.host = engine.counters().clone();
-        s.outputs = outputs.counts();
-        s.reconnects = outputs.reconnects();
-        s.connections = self.stats.open.load(Ordering::Relaxed);
-        s.connections_total = self.stats.total.load(Ordering::Relaxed);
-        if let Some(plugin) = plugin {
-            match plugin {
-                Ok(metrics) => s.plugin = metrics.into_vec(),
-                Err(e) if !self.metrics_failed => {
-                    self.metrics_failed = true;
-                    tracing::warn!(error = %e, "the plugin's metrics are unavailable");
-                }
-                Err(_) => {}
-            }
-            self.plugin_refreshed = Some(Instant::now());
-        }
-    }
-
-    fn maybe_save(&mut self, engine: &Engine) {
-        if self
-            .state
-            .as_ref()
-            .is_some_and(|(_, every, last)| last.elapsed() >= *every)
-        {
-            self.save(engine);
-        }
-    }
-
-    /// Saves the state now; returns the file's size on success.
-    fn save(&mut self, engine: &Engine) -> Option<u64> {
-        let (path, _, last) = self.state.as_mut()?;
-        *last = Instant::now();
-        let result = engine
-            .transform()
-            .save_state()
-            .into_result()
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                let file = state::encode(&self.plugin_name, &bytes);
-                state::write_atomically(path, &file)
-                    .map(|()| file.len() as u64)
-                    .map_err(|e| format!("writing {}: {e}", path.display()))
-            });
-        let mut s = self.shared.lock();
-        match result {
-            Ok(bytes) => {
-                if bytes > self.state_max {
-                    tracing::warn!(path = %path.display(), bytes, max_bytes = self.state_max,
-                        "state.max_bytes: the saved state is larger than the limit and will be \
-                         set aside at the next start; raise state.max_bytes");
-                }
-                s.state_saves += 1;
-                s.state_file_bytes = bytes;
-                tracing::debug!(path = %path.display(), bytes, "model state saved");
-                Some(bytes)
-            }
-            Err(e) => {
-                s.state_save_errors += 1;
-                tracing::error!(path = %path.display(), error = %e, "state.path: saving the model state failed");
-                None
-            }
-        }
-    }
-}
-
-impl Housekeeping for Keeper {
-    fn after_block(&mut self, engine: &mut Engine, outputs: &Outputs, took: Duration) {
-        self.shared.lock().batch_latency.observe(took.as_secs_f64());
-        self.refresh(engine, outputs);
-        self.maybe_save(engine);
-    }
-
-    fn idle(&mut self, engine: &mut Engine, outputs: &Outputs) {
-        self.refresh(engine, outputs);
-        self.maybe_save(engine);
-    }
 }

@@ -137,7 +137,7 @@ impl ReplaySettings {
 
 /// Loads the host configuration and its `replay:` section.
 pub fn load_config(path: &Path) -> Result<(HostConfig, ReplaySettings)> {
-    let text = crate::config::read_text(path)?;
+    let text = egresswatch::config::read_text(path)?;
     let is_toml = path.extension().is_some_and(|e| e == "toml");
     let parse_err = |message: String| ConfigError::Parse {
         path: path.to_owned(),

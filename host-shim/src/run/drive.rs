@@ -1,0 +1,95 @@
+//! The engine thread's loop: takes blocks from the readers' channel, processes them, writes
+//! and flushes them, and runs the housekeeping, until EOF or a stop signal.
+//!
+//! It waits with a short timeout so that it notices a stop signal and runs its housekeeping
+//! (state saves, metrics) while the input is quiet. Each block is flushed as soon as it is
+//! processed, so a quiet stream is not held back: the flush delay is the time to process one
+//! block.
+
+use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, RecvTimeoutError};
+use std::time::{Duration, Instant};
+
+use super::housekeeping::Keeper;
+use crate::engine::Engine;
+use crate::input::Msg;
+use crate::output::Outputs;
+
+/// How often the engine thread checks the stop flag while the input is quiet.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// How long, after a stop signal, the engine waits for socket readers to hand over what they
+/// have read (they notice the signal within their read timeout).
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
+/// Why [`run`](super::run) returned.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Finish {
+    /// The input ended.
+    Eof,
+    /// A stop signal arrived; everything read so far was processed and flushed.
+    Stopped,
+}
+
+/// The engine thread's loop: processes messages from `rx` until every reader is gone (EOF) or
+/// `stop` is set. After a stop it processes what the readers have already read: with
+/// `wait_for_readers` (socket readers, which notice the stop themselves) until they have all
+/// finished, otherwise (standard input, whose read cannot be interrupted) what is queued.
+pub(super) fn drive(
+    rx: &Receiver<Msg>,
+    engine: &mut Engine,
+    outputs: &mut Outputs,
+    stop: &AtomicBool,
+    wait_for_readers: bool,
+    housekeeping: &mut Keeper,
+) -> io::Result<Finish> {
+    let mut stopped_at: Option<Instant> = None;
+    let finish = loop {
+        if stopped_at.is_none() && stop.load(Ordering::Relaxed) {
+            stopped_at = Some(Instant::now());
+        }
+        let msg = match stopped_at {
+            Some(_) if !wait_for_readers => match rx.try_recv() {
+                Ok(msg) => msg,
+                Err(_) => break Finish::Stopped,
+            },
+            Some(at) if at.elapsed() > DRAIN_GRACE => {
+                tracing::warn!("input readers did not finish within the drain grace period");
+                break Finish::Stopped;
+            }
+            _ => match rx.recv_timeout(STOP_POLL) {
+                Ok(msg) => msg,
+                Err(RecvTimeoutError::Timeout) => {
+                    housekeeping.idle(engine, outputs);
+                    continue;
+                }
+                Err(RecvTimeoutError::Disconnected) if stopped_at.is_some() => {
+                    break Finish::Stopped
+                }
+                Err(RecvTimeoutError::Disconnected) => break Finish::Eof,
+            },
+        };
+        let started = Instant::now();
+        match msg {
+            Msg::Lines(data) => {
+                let data = data.strip_suffix(b"\n").unwrap_or(&data);
+                let lines: Vec<&[u8]> = data.split(|&b| b == b'\n').collect();
+                engine.process(&lines, outputs)?;
+            }
+            Msg::Fragment { data, first, last } => {
+                engine.write_fragment(&data, first, last, outputs)?;
+            }
+            Msg::Failed(e) => {
+                engine.close_fragment(outputs)?;
+                outputs.flush()?;
+                return Err(e);
+            }
+        }
+        outputs.flush()?;
+        housekeeping.after_block(engine, outputs, started.elapsed());
+    };
+    engine.close_fragment(outputs)?;
+    outputs.flush()?;
+    Ok(finish)
+}

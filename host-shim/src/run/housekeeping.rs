@@ -1,0 +1,117 @@
+//! What the engine thread does between blocks and while the input is quiet: copying the
+//! counters for the metrics endpoint, and saving the model state every `state.interval_secs`.
+
+use std::path::PathBuf;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use crate::engine::Engine;
+use crate::input::listen::InputStats;
+use crate::metrics::Shared;
+use crate::output::Outputs;
+use crate::state;
+
+/// How often the plugin's metrics are copied for the endpoint.
+const PLUGIN_METRICS_EVERY: Duration = Duration::from_secs(1);
+
+/// The engine thread's housekeeping: metrics snapshot and periodic state saves.
+pub(super) struct Keeper {
+    pub(super) shared: Shared,
+    pub(super) stats: Arc<InputStats>,
+    pub(super) plugin_name: String,
+    /// State file, save interval, time of the last save.
+    pub(super) state: Option<(PathBuf, Duration, Instant)>,
+    /// `state.max_bytes`: a larger file is saved, with a warning that it will not load.
+    pub(super) state_max: u64,
+    pub(super) plugin_refreshed: Option<Instant>,
+    /// Whether fetching the plugin's metrics failed already (logged once).
+    pub(super) metrics_failed: bool,
+}
+
+impl Keeper {
+    fn refresh(&mut self, engine: &Engine, outputs: &Outputs) {
+        let refresh_plugin = self
+            .plugin_refreshed
+            .is_none_or(|at| at.elapsed() >= PLUGIN_METRICS_EVERY);
+        let plugin = refresh_plugin.then(|| engine.transform().metrics().into_result());
+        let mut s = self.shared.lock();
+        s.host = engine.counters().clone();
+        s.outputs = outputs.counts();
+        s.reconnects = outputs.reconnects();
+        s.connections = self.stats.open.load(Ordering::Relaxed);
+        s.connections_total = self.stats.total.load(Ordering::Relaxed);
+        if let Some(plugin) = plugin {
+            match plugin {
+                Ok(metrics) => s.plugin = metrics.into_vec(),
+                Err(e) if !self.metrics_failed => {
+                    self.metrics_failed = true;
+                    tracing::warn!(error = %e, "the plugin's metrics are unavailable");
+                }
+                Err(_) => {}
+            }
+            self.plugin_refreshed = Some(Instant::now());
+        }
+    }
+
+    fn maybe_save(&mut self, engine: &Engine) {
+        if self
+            .state
+            .as_ref()
+            .is_some_and(|(_, every, last)| last.elapsed() >= *every)
+        {
+            self.save(engine);
+        }
+    }
+
+    /// Saves the state now; returns the file's size on success.
+    pub(super) fn save(&mut self, engine: &Engine) -> Option<u64> {
+        let (path, _, last) = self.state.as_mut()?;
+        *last = Instant::now();
+        let result = engine
+            .transform()
+            .save_state()
+            .into_result()
+            .map_err(|e| e.to_string())
+            .and_then(|bytes| {
+                let file = state::encode(&self.plugin_name, &bytes);
+                state::write_atomically(path, &file)
+                    .map(|()| file.len() as u64)
+                    .map_err(|e| format!("writing {}: {e}", path.display()))
+            });
+        let mut s = self.shared.lock();
+        match result {
+            Ok(bytes) => {
+                if bytes > self.state_max {
+                    tracing::warn!(path = %path.display(), bytes, max_bytes = self.state_max,
+                        "state.max_bytes: the saved state is larger than the limit and will be \
+                         set aside at the next start; raise state.max_bytes");
+                }
+                s.state_saves += 1;
+                s.state_file_bytes = bytes;
+                tracing::debug!(path = %path.display(), bytes, "model state saved");
+                Some(bytes)
+            }
+            Err(e) => {
+                s.state_save_errors += 1;
+                tracing::error!(path = %path.display(), error = %e, "state.path: saving the model state failed");
+                None
+            }
+        }
+    }
+}
+
+impl Keeper {
+    /// After a block was processed and flushed; `took` is the time that took.
+    pub(super) fn after_block(&mut self, engine: &Engine, outputs: &Outputs, took: Duration) {
+        self.shared.lock().batch_latency.observe(took.as_secs_f64());
+        self.refresh(engine, outputs);
+        self.maybe_save(engine);
+    }
+
+    /// While the input is quiet, every poll interval.
+    pub(super) fn idle(&mut self, engine: &Engine, outputs: &Outputs) {
+        self.refresh(engine, outputs);
+        self.maybe_save(engine);
+    }
+}

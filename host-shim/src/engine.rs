@@ -93,7 +93,7 @@ impl Engine {
     }
 
     /// How the engine treats lines and failures.
-    pub fn policy(&self) -> &EnginePolicy {
+    pub(crate) fn policy(&self) -> &EnginePolicy {
         &self.policy
     }
 
@@ -113,7 +113,7 @@ impl Engine {
     }
 
     /// Processes complete lines (without terminators) and writes each to its output, in order.
-    pub fn process(&mut self, lines: &[&[u8]], outputs: &mut Outputs) -> io::Result<()> {
+    pub(crate) fn process(&mut self, lines: &[&[u8]], outputs: &mut Outputs) -> io::Result<()> {
         for chunk in lines.chunks(self.policy.batch.max_events) {
             self.process_batch(chunk, outputs)?;
         }
@@ -233,7 +233,7 @@ impl Engine {
     /// Writes a piece of a line too long to hold in memory (it bypasses the detector as
     /// oversize): raw to `default` or `errors`, or JSON-escaped inside `{"message": ...}` when
     /// wrapping. The pieces of one line must arrive with nothing else between them.
-    pub fn write_fragment(
+    pub(crate) fn write_fragment(
         &mut self,
         data: &[u8],
         first: bool,
@@ -273,7 +273,7 @@ impl Engine {
 
     /// Ends a line being streamed in fragments, if there is one (at shutdown, when its input
     /// stopped before its end).
-    pub fn close_fragment(&mut self, outputs: &mut Outputs) -> io::Result<()> {
+    pub(crate) fn close_fragment(&mut self, outputs: &mut Outputs) -> io::Result<()> {
         if let Some(target) = self.open_fragment.take() {
             if self.policy.unreadable == UnreadablePolicy::Wrap {
                 outputs.write_partial(target, b"\"}")?;

@@ -22,7 +22,7 @@ use egresswatch_plugin_api::{
 use thiserror::Error;
 
 /// Base name of the plugin library, without the platform's prefix and suffix.
-pub const PLUGIN_BASE_NAME: &str = "egresswatch_plugin";
+pub(crate) const PLUGIN_BASE_NAME: &str = "egresswatch_plugin";
 
 /// Why a plugin could not be loaded.
 #[derive(Debug, Error)]
@@ -282,7 +282,7 @@ impl Transform {
     }
 
     /// See [`egresswatch_plugin_api::Transform::save_state`].
-    pub fn save_state(&self) -> RResult<RVec<u8>, PluginError> {
+    pub(crate) fn save_state(&self) -> RResult<RVec<u8>, PluginError> {
         match self {
             Transform::Full(t) => t.save_state(),
             Transform::Baseline(t) => t.save_state(),

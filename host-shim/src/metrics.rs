@@ -19,13 +19,13 @@ use egresswatch_plugin_api::Metric;
 use crate::engine::HostCounters;
 
 /// Upper bounds of the batch latency histogram, in seconds.
-pub const LATENCY_BUCKETS: [f64; 12] = [
+pub(crate) const LATENCY_BUCKETS: [f64; 12] = [
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 2.5,
 ];
 
 /// A cumulative histogram with fixed buckets.
 #[derive(Debug, Clone, Default)]
-pub struct Histogram {
+pub(crate) struct Histogram {
     /// Observations at or below each bound of [`LATENCY_BUCKETS`] (not cumulative here).
     counts: [u64; LATENCY_BUCKETS.len()],
     /// All observations.
@@ -43,50 +43,45 @@ impl Histogram {
         self.count += 1;
         self.sum += seconds;
     }
-
-    /// Number of observations.
-    pub fn count(&self) -> u64 {
-        self.count
-    }
 }
 
 /// Everything the endpoint serves.
 #[derive(Debug, Clone, Default)]
-pub struct Snapshot {
+pub(crate) struct Snapshot {
     /// The engine's counters.
-    pub host: HostCounters,
+    pub(crate) host: HostCounters,
     /// Lines written per output.
     pub outputs: Vec<(String, u64)>,
     /// Reconnections per socket output.
     pub reconnects: Vec<(String, u64)>,
     /// The plugin's metrics, as last fetched.
-    pub plugin: Vec<Metric>,
+    pub(crate) plugin: Vec<Metric>,
     /// Size of the state file as last written or read, in bytes.
-    pub state_file_bytes: u64,
+    pub(crate) state_file_bytes: u64,
     /// Successful state saves.
-    pub state_saves: u64,
+    pub(crate) state_saves: u64,
     /// Failed state saves.
-    pub state_save_errors: u64,
+    pub(crate) state_save_errors: u64,
     /// Input connections currently open.
-    pub connections: u64,
+    pub(crate) connections: u64,
     /// Input connections accepted so far.
-    pub connections_total: u64,
+    pub(crate) connections_total: u64,
     /// Time to process and flush each block.
-    pub batch_latency: Histogram,
+    pub(crate) batch_latency: Histogram,
 }
 
 /// The snapshot shared between the engine thread and the endpoint.
 #[derive(Debug, Clone, Default)]
-pub struct Shared(Arc<Mutex<Snapshot>>);
+pub(crate) struct Shared(Arc<Mutex<Snapshot>>);
 
 impl Shared {
     /// Locks the snapshot (a poisoned lock is still usable: it only holds numbers).
-    pub fn lock(&self) -> MutexGuard<'_, Snapshot> {
+    pub(crate) fn lock(&self) -> MutexGuard<'_, Snapshot> {
         self.0.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Renders the snapshot in the Prometheus text format.
-    pub fn render(&self) -> String {
+    pub(crate) fn render(&self) -> String {
         render(&self.lock())
     }
 }
@@ -103,7 +98,7 @@ fn family(out: &mut String, name: &str, kind: &str, help: &str) {
 }
 
 /// Renders a snapshot in the Prometheus text exposition format (version 0.0.4).
-pub fn render(s: &Snapshot) -> String {
+pub(crate) fn render(s: &Snapshot) -> String {
     let mut out = String::with_capacity(4096);
     let h = &s.host;
     family(
@@ -313,7 +308,11 @@ pub fn plugin_summary(metrics: &[Metric]) -> String {
 const MAX_REQUEST_BYTES: usize = 8 * 1024;
 
 /// Binds `address` and serves `/metrics` from `shared` on a thread until `stop` is set.
-pub fn serve(address: &str, shared: Shared, stop: Arc<AtomicBool>) -> io::Result<SocketAddr> {
+pub(crate) fn serve(
+    address: &str,
+    shared: Shared,
+    stop: Arc<AtomicBool>,
+) -> io::Result<SocketAddr> {
     let listener = TcpListener::bind(address).map_err(|e| {
         io::Error::new(
             e.kind(),

@@ -28,14 +28,14 @@ use egresswatch_plugin_api::files::{self, FileError};
 use thiserror::Error;
 
 /// First bytes of every state file.
-pub const MAGIC: &[u8; 8] = b"EGWSTATE";
+pub(crate) const MAGIC: &[u8; 8] = b"EGWSTATE";
 
 /// Version of the host envelope.
-pub const FORMAT_VERSION: u32 = 1;
+pub(crate) const FORMAT_VERSION: u32 = 1;
 
 /// Why a state file could not be used.
 #[derive(Debug, Error, PartialEq, Eq)]
-pub enum EnvelopeError {
+pub(crate) enum EnvelopeError {
     /// Does not start with [`MAGIC`].
     #[error("not an egresswatch state file (bad magic bytes)")]
     BadMagic,
@@ -81,7 +81,7 @@ pub fn encode(plugin_name: &str, plugin_state: &[u8]) -> Vec<u8> {
 }
 
 /// Checks the envelope and returns the plugin's bytes.
-pub fn decode<'a>(plugin_name: &str, file: &'a [u8]) -> Result<&'a [u8], EnvelopeError> {
+pub(crate) fn decode<'a>(plugin_name: &str, file: &'a [u8]) -> Result<&'a [u8], EnvelopeError> {
     if file.len() < MAGIC.len() || &file[..MAGIC.len()] != MAGIC {
         return Err(EnvelopeError::BadMagic);
     }
@@ -138,7 +138,7 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 }
 
 /// Writes `bytes` to `path` atomically: `<path>.tmp`, fsync, rename, fsync of the directory.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
+pub(crate) fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let tmp = sibling(path, ".tmp");
     {
         let mut file = File::create(&tmp)?;
@@ -158,18 +158,18 @@ pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
 }
 
 /// `<path><suffix>`, e.g. `state.bin.tmp`.
-pub fn sibling(path: &Path, suffix: &str) -> PathBuf {
+pub(crate) fn sibling(path: &Path, suffix: &str) -> PathBuf {
     let mut name = path.as_os_str().to_owned();
     name.push(suffix);
     PathBuf::from(name)
 }
 
 /// Largest state file read unless `state.max_bytes` says otherwise: 1 GiB.
-pub const DEFAULT_MAX_BYTES: u64 = 1 << 30;
+pub(crate) const DEFAULT_MAX_BYTES: u64 = 1 << 30;
 
 /// What happened when the state file was read at start-up.
 #[derive(Debug)]
-pub enum LoadOutcome {
+pub(crate) enum LoadOutcome {
     /// No file: the models start learning.
     Missing,
     /// Loaded into the plugin; the file's size in bytes.
@@ -249,7 +249,7 @@ fn examine(
 /// Reads the state file and hands it to `load` (the plugin's `load_state`). A file that cannot
 /// be used is renamed aside (see [`set_aside`]); only a file that cannot be read at all (not a
 /// regular file, no permission) or renamed is an error.
-pub fn load_file(
+pub(crate) fn load_file(
     path: &Path,
     plugin_name: &str,
     max_bytes: u64,
@@ -276,7 +276,7 @@ pub fn load_file(
 /// `-2`, ... appended when that exists. The new name is claimed with a hard link, which fails
 /// rather than replace an existing file, so no earlier set-aside file is ever overwritten, even
 /// by another process doing the same at the same moment; the old name is then removed.
-pub fn set_aside(path: &Path) -> io::Result<PathBuf> {
+pub(crate) fn set_aside(path: &Path) -> io::Result<PathBuf> {
     let now = SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs())

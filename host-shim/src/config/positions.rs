@@ -37,7 +37,7 @@ impl KeyLines {
 
     /// The line of `path`, or of its nearest enclosing key that is in the file (a key that is
     /// absent is reported at the table that should hold it).
-    pub fn line_of(&self, path: &str) -> Option<usize> {
+    pub(crate) fn line_of(&self, path: &str) -> Option<usize> {
         let mut path = path;
         loop {
             if let Some(&line) = self.0.get(path) {

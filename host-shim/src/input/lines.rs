@@ -20,7 +20,7 @@ const LINE_GRACE: Duration = Duration::from_secs(1);
 /// as a last line. After a stop it goes on reading for up to a second when a line is
 /// unfinished, so that a stop does not cut a line the peer is in the middle of sending.
 /// Read timeouts (`WouldBlock`, `TimedOut`) are waited through. Returns the input's error, after sending everything read before it.
-pub fn read_lines<R: Read>(
+pub(crate) fn read_lines<R: Read>(
     mut input: R,
     feed: &Feed,
     max_line_bytes: usize,

@@ -28,11 +28,11 @@ const ACCEPT_POLL: Duration = Duration::from_millis(20);
 
 /// Counters of an input listener, for metrics.
 #[derive(Debug, Default)]
-pub struct InputStats {
+pub(crate) struct InputStats {
     /// Connections open now.
-    pub open: AtomicU64,
+    pub(crate) open: AtomicU64,
     /// Connections accepted so far.
-    pub total: AtomicU64,
+    pub(crate) total: AtomicU64,
 }
 
 /// A bound listener.
@@ -42,7 +42,7 @@ enum Listener {
 }
 
 /// Binds a TCP listener, naming the config field on failure.
-pub fn bind_tcp(address: &str) -> io::Result<TcpListener> {
+pub(crate) fn bind_tcp(address: &str) -> io::Result<TcpListener> {
     TcpListener::bind(address).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -53,7 +53,7 @@ pub fn bind_tcp(address: &str) -> io::Result<TcpListener> {
 
 /// A bound Unix socket listener and the identity of the socket file it created, so that only
 /// that file is removed when the input stops.
-pub struct UnixInput {
+pub(crate) struct UnixInput {
     listener: UnixListener,
     path: PathBuf,
     /// Device and inode of the socket file as bound.
@@ -63,7 +63,7 @@ pub struct UnixInput {
 /// Binds a Unix listener at `path`. A socket file nobody listens on (left by a crash) is
 /// removed first; anything else at that path (a regular file, a folder, a symlink, a FIFO, or a
 /// socket someone listens on) is an error, and is left alone.
-pub fn bind_unix(path: &Path) -> io::Result<UnixInput> {
+pub(crate) fn bind_unix(path: &Path) -> io::Result<UnixInput> {
     let field = |e: io::Error, what: &str| {
         io::Error::new(
             e.kind(),
@@ -125,7 +125,7 @@ impl UnixInput {
 }
 
 /// Starts the listener thread for a TCP input; returns the bound address.
-pub fn spawn_tcp(
+pub(crate) fn spawn_tcp(
     listener: TcpListener,
     feed: Feed,
     max_line_bytes: usize,
@@ -147,7 +147,7 @@ pub fn spawn_tcp(
 
 /// Starts the listener thread for a Unix socket input; the socket file is removed at stop if it
 /// is still the one bound.
-pub fn spawn_unix(
+pub(crate) fn spawn_unix(
     input: UnixInput,
     feed: Feed,
     max_line_bytes: usize,

@@ -16,20 +16,20 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use crate::config::InputConfig;
 
 mod lines;
-pub mod listen;
+pub(crate) mod listen;
 
-pub use lines::read_lines;
+pub(crate) use lines::read_lines;
 use listen::InputStats;
 
 /// Size of each read from an input.
-pub const READ_BLOCK_BYTES: usize = 256 * 1024;
+pub(crate) const READ_BLOCK_BYTES: usize = 256 * 1024;
 
 /// Blocks in flight between the readers and the engine thread.
 const BLOCKS_IN_FLIGHT: usize = 4;
 
 /// What a reader hands to the engine.
 #[derive(Debug)]
-pub enum Msg {
+pub(crate) enum Msg {
     /// Complete lines, each ending in `\n` except possibly the last one at EOF.
     Lines(Vec<u8>),
     /// A piece of a line too long to hold; `last` ends the line (without its `\n`).
@@ -47,14 +47,14 @@ pub enum Msg {
 
 /// The sending side of the engine's bounded channel, shared by every reader.
 #[derive(Clone)]
-pub struct Feed {
+pub(crate) struct Feed {
     tx: SyncSender<Msg>,
     order: Arc<Mutex<()>>,
 }
 
 impl Feed {
     /// A feed and the engine's receiving end.
-    pub fn channel() -> (Feed, Receiver<Msg>) {
+    pub(crate) fn channel() -> (Feed, Receiver<Msg>) {
         let (tx, rx) = mpsc::sync_channel(BLOCKS_IN_FLIGHT);
         (
             Feed {
@@ -70,7 +70,7 @@ impl Feed {
     }
 
     /// Sends a message; false when the engine is gone.
-    pub fn send(&self, msg: Msg) -> bool {
+    pub(crate) fn send(&self, msg: Msg) -> bool {
         let _guard = self.lock();
         self.tx.send(msg).is_ok()
     }
@@ -98,18 +98,18 @@ fn spawn_reader<R: Read + Send + 'static>(
 }
 
 /// The configured input, started: standard input on a reader thread, or a listener.
-pub struct Started {
+pub(crate) struct Started {
     /// Whether the engine must wait, after a stop signal, for the readers to hand over what
     /// they have read (socket readers notice the stop themselves; a read of standard input
     /// cannot be interrupted).
-    pub wait_for_readers: bool,
+    pub(crate) wait_for_readers: bool,
     /// Connection counters (zero for standard input).
-    pub stats: Arc<InputStats>,
+    pub(crate) stats: Arc<InputStats>,
 }
 
 /// Starts the input `config` describes, feeding `feed`; relative paths are resolved against
 /// `base_dir`.
-pub fn start(
+pub(crate) fn start(
     config: &InputConfig,
     base_dir: &Path,
     feed: Feed,

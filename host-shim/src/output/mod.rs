@@ -22,7 +22,7 @@ use socket::{SocketWriter, Target};
 const WRITE_BUFFER_BYTES: usize = 256 * 1024;
 
 /// The set of named outputs, each a buffered writer, with per-output line counters.
-pub struct Outputs {
+pub(crate) struct Outputs {
     outputs: BTreeMap<String, Output>,
 }
 
@@ -34,14 +34,9 @@ struct Output {
 
 impl Outputs {
     /// Opens every output the configuration names; `default` is standard output unless
-    /// configured otherwise.
-    pub fn open(config: &HostConfig) -> io::Result<Self> {
-        Self::open_with_stop(config, &Arc::new(AtomicBool::new(false)))
-    }
-
-    /// Like [`Outputs::open`]; socket outputs that cannot deliver give up a grace period after
+    /// configured otherwise. Socket outputs that cannot deliver give up a grace period after
     /// `stop` is set instead of retrying for ever.
-    pub fn open_with_stop(config: &HostConfig, stop: &Arc<AtomicBool>) -> io::Result<Self> {
+    pub(crate) fn open(config: &HostConfig, stop: &Arc<AtomicBool>) -> io::Result<Self> {
         let mut outputs = Outputs {
             outputs: BTreeMap::new(),
         };
@@ -90,8 +85,9 @@ impl Outputs {
         Ok(outputs)
     }
 
-    /// Builds outputs from writers, for tests and embedding.
-    pub fn from_writers(writers: Vec<(String, Box<dyn Write + Send>)>) -> Self {
+    /// Builds outputs from writers, for tests.
+    #[cfg(test)]
+    pub(crate) fn from_writers(writers: Vec<(String, Box<dyn Write + Send>)>) -> Self {
         let mut outputs = Outputs {
             outputs: BTreeMap::new(),
         };
@@ -112,14 +108,9 @@ impl Outputs {
         );
     }
 
-    /// Whether an output of that name exists.
-    pub fn contains(&self, name: &str) -> bool {
-        self.outputs.contains_key(name)
-    }
-
     /// Writes one line (without terminator) and a newline to the named output, or to `default`
     /// when there is no output of that name.
-    pub fn write_line(&mut self, name: &str, line: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_line(&mut self, name: &str, line: &[u8]) -> io::Result<()> {
         let output = self.get(name)?;
         output.writer.write_all(line)?;
         output.writer.write_all(b"\n")?;
@@ -128,12 +119,12 @@ impl Outputs {
     }
 
     /// Writes part of a line, without terminator; [`Outputs::finish_line`] ends it.
-    pub fn write_partial(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
+    pub(crate) fn write_partial(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
         self.get(name)?.writer.write_all(bytes)
     }
 
     /// Ends a line begun with [`Outputs::write_partial`].
-    pub fn finish_line(&mut self, name: &str) -> io::Result<()> {
+    pub(crate) fn finish_line(&mut self, name: &str) -> io::Result<()> {
         let output = self.get(name)?;
         output.writer.write_all(b"\n")?;
         output.lines += 1;
@@ -152,7 +143,7 @@ impl Outputs {
     }
 
     /// Flushes every output.
-    pub fn flush(&mut self) -> io::Result<()> {
+    pub(crate) fn flush(&mut self) -> io::Result<()> {
         for output in self.outputs.values_mut() {
             output.writer.flush()?;
         }
@@ -171,7 +162,7 @@ impl Outputs {
     }
 
     /// Lines written so far, per output.
-    pub fn counts(&self) -> Vec<(String, u64)> {
+    pub(crate) fn counts(&self) -> Vec<(String, u64)> {
         self.outputs
             .iter()
             .map(|(name, output)| (name.clone(), output.lines))

@@ -25,7 +25,7 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_MAX: Duration = Duration::from_secs(5);
 
 /// How long a socket output keeps trying to deliver after a stop signal.
-pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+pub(crate) const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// Bytes a socket output collects before it writes them even within a block.
 const MAX_PENDING_BYTES: usize = 1 << 20;
@@ -104,7 +104,7 @@ impl Write for Conn {
 
 /// Where a socket output connects to.
 #[derive(Debug, Clone)]
-pub enum Target {
+pub(crate) enum Target {
     /// `IP:PORT`.
     Tcp(String),
     /// A socket path.
@@ -121,7 +121,7 @@ impl std::fmt::Display for Target {
 }
 
 /// A socket output: buffers a block, delivers it on flush, reconnects and resends on failure.
-pub struct SocketWriter {
+pub(crate) struct SocketWriter {
     name: String,
     target: Target,
     conn: Option<Conn>,

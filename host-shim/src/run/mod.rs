@@ -126,7 +126,7 @@ pub fn run(
         }
     }
 
-    let mut outputs = Outputs::open_with_stop(config, stop).context("opening outputs")?;
+    let mut outputs = Outputs::open(config, stop).context("opening outputs")?;
     if let Some(m) = &config.metrics {
         let local = metrics::serve(&m.address, shared.clone(), Arc::clone(stop))?;
         tracing::info!("metrics at http://{local}/metrics");

@@ -88,7 +88,7 @@ const CATALOG_SIZE: f64 = 300.0;
 
 /// Which attacks to inject.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]
-pub enum Scenario {
+pub(crate) enum Scenario {
     /// All three attacks (c2, upload, slow exfiltration), and the business partners.
     #[default]
     Default,
@@ -125,28 +125,28 @@ impl Scenario {
 pub struct GenerateArgs {
     /// Number of workstations (a backup server is added).
     #[arg(long, default_value_t = 50, value_parser = clap::value_parser!(u32).range(1..))]
-    pub hosts: u32,
+    pub(crate) hosts: u32,
     /// Length of the run in days.
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u32).range(1..))]
-    pub days: u32,
+    pub(crate) days: u32,
     /// Seed: the same seed and options give byte-identical output.
     #[arg(long, default_value_t = 1)]
-    pub seed: u64,
+    pub(crate) seed: u64,
     /// Start of the run (RFC 3339).
     #[arg(long, default_value = "2026-11-01T00:00:00Z", value_parser = check_start)]
-    pub start: String,
+    pub(crate) start: String,
     /// Mean connections per workstation per hour, averaged over a week.
     #[arg(long, default_value_t = 6.0)]
-    pub events_per_host_per_hour: f64,
+    pub(crate) events_per_host_per_hour: f64,
     /// Which attacks to inject.
     #[arg(long, value_enum, default_value_t = Scenario::Default)]
-    pub scenario: Scenario,
+    pub(crate) scenario: Scenario,
     /// Write the labels (NDJSON, one line per attack event) to this file.
     #[arg(long)]
     pub labels: Option<PathBuf>,
     /// Write `destination.geo.country_name` and `destination.geo.country_iso_code`.
     #[arg(long)]
-    pub with_geo: bool,
+    pub(crate) with_geo: bool,
 }
 
 impl Default for GenerateArgs {

@@ -23,10 +23,10 @@ use super::ReplaySettings;
 use egresswatch::time;
 
 /// Events held back for reordering, all inputs together.
-pub const REORDER_EVENTS: usize = 65_536;
+pub(crate) const REORDER_EVENTS: usize = 65_536;
 
 /// The name that stands for standard input.
-pub const STDIN: &str = "-";
+pub(crate) const STDIN: &str = "-";
 
 /// One event to replay.
 #[derive(Debug, Clone, PartialEq)]
@@ -269,9 +269,9 @@ impl Source {
 pub struct Inputs {
     sources: Vec<Source>,
     /// Bytes read so far (compressed bytes for gzip), all inputs.
-    pub bytes_read: Arc<AtomicU64>,
+    pub(crate) bytes_read: Arc<AtomicU64>,
     /// Total bytes of the inputs, when all are regular files.
-    pub total_bytes: Option<u64>,
+    pub(crate) total_bytes: Option<u64>,
 }
 
 impl Inputs {
@@ -372,7 +372,7 @@ impl Inputs {
     }
 
     /// Per input: "path (format, N events)".
-    pub fn described(&self) -> Vec<String> {
+    pub(crate) fn described(&self) -> Vec<String> {
         self.sources
             .iter()
             .map(|s| {

@@ -67,37 +67,37 @@ pub struct ReplayArgs {
     /// The configuration file (the same as for `run`; an optional `replay:` section adds field
     /// mappings).
     #[arg(short, long)]
-    pub config: PathBuf,
+    pub(crate) config: PathBuf,
     /// The plugin library; overrides `plugin:` in the config.
     #[arg(long)]
-    pub plugin: Option<PathBuf>,
+    pub(crate) plugin: Option<PathBuf>,
     /// Input format; `auto` decides per file from its first line.
     #[arg(long, value_enum, default_value_t = Format::Auto)]
-    pub format: Format,
+    pub(crate) format: Format,
     /// Labels (NDJSON from `egresswatch generate --labels`): print precision and recall per
     /// rule and for the two baselines.
     #[arg(long)]
-    pub labels: Option<PathBuf>,
+    pub(crate) labels: Option<PathBuf>,
     /// Flag at this score instead of each rule's `anomaly_threshold`.
     #[arg(long)]
-    pub threshold: Option<f64>,
+    pub(crate) threshold: Option<f64>,
     /// Where flagged.ndjson and report.html are written.
     #[arg(long, default_value = "replay-out")]
-    pub out_dir: PathBuf,
+    pub(crate) out_dir: PathBuf,
     /// Country baseline: a country not seen in this many days is flagged.
     #[arg(long, default_value_t = 7.0)]
-    pub baseline_days: f64,
+    pub(crate) baseline_days: f64,
     /// Bytes baseline: bytes sent to one destination IP in one 3 h bucket that are flagged.
     #[arg(long, default_value_t = 100_000_000.0)]
-    pub baseline_bytes: f64,
+    pub(crate) baseline_bytes: f64,
     /// Secret for the models' key hashes; the same seed gives the same replay (`run` draws a
     /// random one per installation, which changes nothing but the hashes).
     #[arg(long, default_value_t = 0)]
-    pub hash_seed: u64,
+    pub(crate) hash_seed: u64,
     /// Input files (plain or .gz, `-` for standard input), replayed in event-time order
     /// across files.
     #[arg(required = true)]
-    pub inputs: Vec<PathBuf>,
+    pub(crate) inputs: Vec<PathBuf>,
 }
 
 /// The `replay:` section of the configuration file.
@@ -107,15 +107,15 @@ pub struct ReplaySettings {
     /// Per preset (`zeek`, `zeek-json`, `suricata`, `argus`): source field -> ECS field;
     /// `null` drops the preset's mappings of that source field.
     #[serde(default)]
-    pub mappings: BTreeMap<String, BTreeMap<String, Option<String>>>,
+    pub(crate) mappings: BTreeMap<String, BTreeMap<String, Option<String>>>,
     /// ECS fields set on every converted event, e.g. `host.name`.
     #[serde(default)]
-    pub constants: BTreeMap<String, Value>,
+    pub(crate) constants: BTreeMap<String, Value>,
 }
 
 impl ReplaySettings {
     /// The preset of a format with the custom mappings and constants applied.
-    pub fn preset(&self, format: Format) -> Preset {
+    pub(crate) fn preset(&self, format: Format) -> Preset {
         let mut preset = Preset::builtin(format);
         if let Some(custom) = self.mappings.get(format.name()) {
             preset = preset.with_custom(custom);
@@ -136,7 +136,7 @@ impl ReplaySettings {
 }
 
 /// Loads the host configuration and its `replay:` section.
-pub fn load_config(path: &Path) -> Result<(HostConfig, ReplaySettings)> {
+pub(crate) fn load_config(path: &Path) -> Result<(HostConfig, ReplaySettings)> {
     let text = egresswatch::config::read_text(path)?;
     let is_toml = path.extension().is_some_and(|e| e == "toml");
     let parse_err = |message: String| ConfigError::Parse {
@@ -195,15 +195,6 @@ pub fn load_config(path: &Path) -> Result<(HostConfig, ReplaySettings)> {
     Ok((config, settings))
 }
 
-/// Everything a replay produced.
-#[derive(Debug, Clone, Default)]
-pub struct Outcome {
-    /// The report (summary, plots, quality).
-    pub report: ReplayReport,
-    /// Flagged events written.
-    pub flagged_events: u64,
-}
-
 /// Per-rule working state, filled from score records.
 struct RuleRun {
     summary: RuleSummary,
@@ -215,7 +206,6 @@ impl RuleRun {
     fn new(record: &ScoreRecord) -> RuleRun {
         RuleRun {
             summary: RuleSummary {
-                rule_id: record.rule_id.to_string(),
                 name: record.rule_name.to_string(),
                 job_id: record.job_id.to_string(),
                 threshold: record.threshold,
@@ -322,7 +312,7 @@ type Batch = Vec<Record>;
 
 /// Runs a replay: streams the inputs through one plugin instance, writes `flagged.ndjson` and
 /// `report.html` to the output folder and the summary to `out`.
-pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<Outcome> {
+pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<()> {
     let (config, settings) = load_config(&args.config)?;
     let plugin_path = match (&args.plugin, &config.plugin) {
         (Some(p), _) => p.clone(),
@@ -556,10 +546,7 @@ pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<Outcome> {
         flagged_path.display(),
         html_path.display()
     )?;
-    Ok(Outcome {
-        report,
-        flagged_events,
-    })
+    Ok(())
 }
 
 fn human_bytes(b: f64) -> String {

@@ -71,7 +71,7 @@ pub enum Format {
 
 impl Format {
     /// The name used on the command line and in `replay.mappings`.
-    pub fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Format::Auto => "auto",
             Format::Ecs => "ecs",
@@ -83,23 +83,15 @@ impl Format {
     }
 
     /// The formats that have a field-mapping preset.
-    pub const PRESETS: [Format; 4] = [
+    pub(crate) const PRESETS: [Format; 4] = [
         Format::Zeek,
         Format::ZeekJson,
         Format::Suricata,
         Format::Argus,
     ];
 
-    /// Parses a preset name.
-    pub fn from_name(name: &str) -> Option<Format> {
-        [Format::Auto, Format::Ecs]
-            .into_iter()
-            .chain(Format::PRESETS)
-            .find(|f| f.name() == name)
-    }
-
     /// Guesses the format of a file from its first non-empty line.
-    pub fn detect(first_line: &str) -> Option<Format> {
+    pub(crate) fn detect(first_line: &str) -> Option<Format> {
         let line = first_line.trim();
         if line.starts_with('#') {
             return Some(Format::Zeek);
@@ -145,24 +137,24 @@ pub enum Conv {
 
 /// One mapping: source field -> ECS field.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FieldMap {
+pub(crate) struct FieldMap {
     /// Source field (a column name, or a JSON key or dotted path).
-    pub from: String,
+    pub(crate) from: String,
     /// ECS field path.
-    pub to: String,
+    pub(crate) to: String,
     /// Conversion.
-    pub conv: Conv,
+    pub(crate) conv: Conv,
 }
 
 /// A format's mappings.
 #[derive(Debug, Clone)]
 pub struct Preset {
     /// The format.
-    pub format: Format,
+    pub(crate) format: Format,
     /// Field mappings, applied in order.
-    pub fields: Vec<FieldMap>,
+    pub(crate) fields: Vec<FieldMap>,
     /// ECS fields set on every event.
-    pub constants: BTreeMap<String, Value>,
+    pub(crate) constants: BTreeMap<String, Value>,
 }
 
 impl Preset {
@@ -250,7 +242,7 @@ impl Preset {
 
     /// Applies custom mappings: `source -> Some(ecs)` replaces what the preset wrote to `ecs`
     /// (keeping its conversion); `source -> None` drops the preset's mappings of `source`.
-    pub fn with_custom(mut self, custom: &BTreeMap<String, Option<String>>) -> Preset {
+    pub(crate) fn with_custom(mut self, custom: &BTreeMap<String, Option<String>>) -> Preset {
         for (from, to) in custom {
             match to {
                 None => self.fields.retain(|f| &f.from != from),

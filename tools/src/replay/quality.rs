@@ -24,13 +24,13 @@ use anyhow::{Context, Result};
 use serde::Deserialize;
 
 /// Attack kinds, in report order.
-pub const ATTACK_KINDS: [&str; 3] = ["c2", "upload", "slow_exfil"];
+pub(crate) const ATTACK_KINDS: [&str; 3] = ["c2", "upload", "slow_exfil"];
 
 /// Labelled attack events by input line.
 #[derive(Debug, Clone, Default)]
 pub struct Labels {
     /// Attack kind by 1-based input line.
-    pub by_line: HashMap<u64, String>,
+    pub(crate) by_line: HashMap<u64, String>,
 }
 
 #[derive(Deserialize)]
@@ -85,7 +85,7 @@ impl Labels {
 #[derive(Debug, Clone, PartialEq)]
 pub struct Quality {
     /// Detector name.
-    pub name: String,
+    pub(crate) name: String,
     /// Flagged events.
     pub flagged: u64,
     /// Flagged events that are attacks.
@@ -232,7 +232,7 @@ fn pct(x: Option<f64>) -> String {
 }
 
 /// The per-kind cell: `12/400 ✓` (flagged/total, caught or not).
-pub fn kind_cell(flagged: u64, total: u64) -> String {
+pub(crate) fn kind_cell(flagged: u64, total: u64) -> String {
     if total == 0 {
         "-".to_owned()
     } else {
@@ -244,7 +244,7 @@ pub fn kind_cell(flagged: u64, total: u64) -> String {
 }
 
 /// Column headers of the quality table.
-pub fn headers(kinds: &[String]) -> Vec<String> {
+pub(crate) fn headers(kinds: &[String]) -> Vec<String> {
     let mut h: Vec<String> = [
         "detector",
         "flagged",
@@ -262,7 +262,7 @@ pub fn headers(kinds: &[String]) -> Vec<String> {
 }
 
 /// The cells of one row, matching [`headers`].
-pub fn cells(q: &Quality) -> Vec<String> {
+pub(crate) fn cells(q: &Quality) -> Vec<String> {
     let mut row = vec![
         q.name.clone(),
         q.flagged.to_string(),

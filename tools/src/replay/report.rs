@@ -15,17 +15,17 @@ use egresswatch::time;
 
 /// A value that flagged events of a rule had, with how often.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TopValue {
+pub(crate) struct TopValue {
     /// Field the value is of (the job's subject: country, destination IP, ...).
-    pub field: String,
+    pub(crate) field: String,
     /// The value.
-    pub value: String,
+    pub(crate) value: String,
     /// Flagged events with it.
-    pub count: u64,
+    pub(crate) count: u64,
     /// Highest score among them.
-    pub max_score: f64,
+    pub(crate) max_score: f64,
     /// The reason of the highest-scoring one.
-    pub reason: String,
+    pub(crate) reason: String,
 }
 
 /// Most time bins a plot keeps; past that, bins double in length (memory stays flat however
@@ -35,7 +35,7 @@ const MAX_TIME_BINS: usize = 1024;
 /// A time axis of equal bins that doubles its bin length whenever an event falls past its last
 /// bin, starting from the first event's time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Timeline {
+pub(crate) struct Timeline {
     origin: Option<i64>,
     /// Bin length in ms (0 until the first event).
     bin_ms: i64,
@@ -66,7 +66,7 @@ impl Timeline {
 /// What a score plot shows of a rule's scored events: which (time bin, whole score, kind)
 /// cells hold at least one event. Kinds: 0 scored, 1 labelled attack, 2 flagged.
 #[derive(Debug, Clone, Default)]
-pub struct Scatter {
+pub(crate) struct Scatter {
     timeline: Timeline,
     cells: HashSet<(u32, u8, u8)>,
 }
@@ -100,7 +100,7 @@ impl Scatter {
 
 /// Events per time bin.
 #[derive(Debug, Clone, Default)]
-pub struct Counts {
+pub(crate) struct Counts {
     timeline: Timeline,
     bins: Vec<u64>,
 }
@@ -118,11 +118,6 @@ impl Counts {
         self.bins[bin] += 1;
     }
 
-    /// Events counted.
-    pub fn total(&self) -> u64 {
-        self.bins.iter().sum()
-    }
-
     /// (bin middle, count) of the non-empty bins.
     fn bins(&self) -> impl Iterator<Item = (i64, u64)> + '_ {
         self.bins
@@ -135,54 +130,52 @@ impl Counts {
 
 /// What replay found for one rule.
 #[derive(Debug, Clone, Default)]
-pub struct RuleSummary {
-    /// `rule_id`.
-    pub rule_id: String,
+pub(crate) struct RuleSummary {
     /// Rule name.
-    pub name: String,
+    pub(crate) name: String,
     /// Job that scored its events.
-    pub job_id: String,
+    pub(crate) job_id: String,
     /// The threshold applied (the rule's, or `--threshold`).
-    pub threshold: f64,
+    pub(crate) threshold: f64,
     /// Events the job read (its filters passed).
-    pub seen: u64,
+    pub(crate) seen: u64,
     /// Events scored after the learning period.
-    pub scored: u64,
+    pub(crate) scored: u64,
     /// Events at or above the threshold.
     pub flagged: u64,
     /// Flagged per calendar day.
-    pub per_day: f64,
+    pub(crate) per_day: f64,
     /// Most frequent values among flagged events.
-    pub top: Vec<TopValue>,
+    pub(crate) top: Vec<TopValue>,
     /// Scored events, for the plot.
-    pub scores: Scatter,
+    pub(crate) scores: Scatter,
     /// The events the job read over time (for the count strip).
-    pub seen_over_time: Counts,
+    pub(crate) seen_over_time: Counts,
     /// Time of the first event scored after learning.
-    pub learning_end_ms: Option<i64>,
+    pub(crate) learning_end_ms: Option<i64>,
 }
 
 /// Everything replay reports.
 #[derive(Debug, Clone, Default)]
-pub struct ReplayReport {
+pub(crate) struct ReplayReport {
     /// Input files, with the format each was read as.
-    pub inputs: Vec<String>,
+    pub(crate) inputs: Vec<String>,
     /// Events replayed.
     pub events: u64,
     /// First and last event time.
-    pub span_ms: Option<(i64, i64)>,
+    pub(crate) span_ms: Option<(i64, i64)>,
     /// Calendar days (UTC) the input spans.
-    pub days: u64,
+    pub(crate) days: u64,
     /// Per rule.
-    pub rules: Vec<RuleSummary>,
+    pub(crate) rules: Vec<RuleSummary>,
     /// Attack kinds and the side-by-side quality rows, when labels were given.
     pub quality: Option<(Vec<String>, Vec<Quality>)>,
     /// Notes: skipped lines, rules that could not run, baselines' settings.
-    pub notes: Vec<String>,
+    pub(crate) notes: Vec<String>,
 }
 
 /// Left-aligned first column, right-aligned others, two spaces apart.
-pub fn text_table(rows: &[Vec<String>]) -> String {
+pub(crate) fn text_table(rows: &[Vec<String>]) -> String {
     let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
     let mut widths = vec![0; cols];
     for row in rows {
@@ -231,7 +224,7 @@ fn fmt_threshold(t: f64) -> String {
 }
 
 /// The rows of the summary table, header first.
-pub fn summary_rows(report: &ReplayReport) -> Vec<Vec<String>> {
+pub(crate) fn summary_rows(report: &ReplayReport) -> Vec<Vec<String>> {
     let mut rows = vec![[
         "rule",
         "job",
@@ -259,7 +252,7 @@ pub fn summary_rows(report: &ReplayReport) -> Vec<Vec<String>> {
 }
 
 /// The plain-text summary printed on stdout.
-pub fn summary_text(report: &ReplayReport) -> String {
+pub(crate) fn summary_text(report: &ReplayReport) -> String {
     let mut out = String::new();
     let span = match report.span_ms {
         Some((a, b)) => format!(
@@ -345,7 +338,7 @@ fn html_table(rows: &[Vec<String>]) -> String {
 }
 
 /// The whole HTML report.
-pub fn html(report: &ReplayReport) -> String {
+pub(crate) fn html(report: &ReplayReport) -> String {
     let mut out = String::new();
     out.push_str(
         "<!DOCTYPE html>\n<html lang=\"en\"><head><meta charset=\"utf-8\">\n\
@@ -439,7 +432,7 @@ const GAP: f64 = 26.0;
 const BINS: usize = 144;
 
 /// One rule's SVG: scores over time, threshold, flags, learning shade, counts strip.
-pub fn plot(rule: &RuleSummary, span: Option<(i64, i64)>) -> String {
+pub(crate) fn plot(rule: &RuleSummary, span: Option<(i64, i64)>) -> String {
     let (t0, t1) = span.unwrap_or((0, 1));
     let t1 = t1.max(t0 + 1);
     let pw = W - LEFT - RIGHT;
@@ -652,7 +645,7 @@ mod tests {
             counts.add(i * step);
         }
         assert!(counts.bins.len() <= MAX_TIME_BINS);
-        assert_eq!(counts.total(), n as u64);
+        assert_eq!(counts.bins.iter().sum::<u64>(), n as u64);
         assert!(
             scores.cells.len() <= MAX_TIME_BINS * 101 * 2,
             "{}",

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 
-use egresswatch_tools::replay::presets::get_path;
+use egresswatch_common::path::get as get_path;
 use egresswatch_tools::replay::quality::{FixedBytes, Labels, NewCountry, Tally};
 use egresswatch_tools::replay::{Format, Inputs, Record, ReplaySettings};
 

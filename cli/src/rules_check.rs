@@ -1,5 +1,6 @@
 //! Rendering the plugin's [`RulesReport`] (`egresswatch rules check`) as a table.
 
+use egresswatch_common::human::{self, Align};
 use egresswatch_plugin_api::{RuleStatus, RulesReport};
 
 /// The closing summary line.
@@ -49,23 +50,9 @@ pub fn table(report: &RulesReport) -> String {
         })
         .collect();
     let header = ["FILE", "RULE", "JOB", "THRESHOLD", "STATUS"].map(String::from);
-    let mut widths = header.clone().map(|h| h.len());
-    for row in &cells {
-        for (w, cell) in widths.iter_mut().zip(row) {
-            *w = (*w).max(cell.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in std::iter::once(&header).chain(&cells) {
-        let line: Vec<String> = row[..4]
-            .iter()
-            .zip(widths)
-            .map(|(cell, w)| format!("{cell:<w$}"))
-            .collect();
-        out.push_str(&line.join("  "));
-        out.push_str("  ");
-        out.push_str(&row[4]);
-        out.push('\n');
-    }
-    out
+    let rows: Vec<Vec<String>> = std::iter::once(header)
+        .chain(cells)
+        .map(Vec::from)
+        .collect();
+    human::table(&rows, &[Align::Left])
 }

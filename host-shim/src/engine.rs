@@ -17,6 +17,15 @@ use crate::config::{BatchConfig, UnreadablePolicy};
 use crate::loader::Transform;
 use crate::output::Outputs;
 
+/// The wall clock in ms since the Unix epoch: the time the host hands the plugin with each
+/// batch (the plugin reads no clock of its own).
+pub fn wall_clock_ms() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+        .unwrap_or(0)
+}
+
 /// Counters the host keeps; printed on exit.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct HostCounters {
@@ -149,7 +158,7 @@ impl Engine {
         } else {
             match self
                 .transform
-                .process(readable.as_slice().into(), crate::time::now_ms())
+                .process(readable.as_slice().into(), wall_clock_ms())
                 .into_result()
                 .inspect(|_| self.log_new_warnings())
             {

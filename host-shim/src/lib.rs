@@ -13,7 +13,6 @@
 //! - [`metrics`]: the metrics snapshot and the Prometheus endpoint.
 //! - [`run`]: `egresswatch run` put together: input, engine, outputs, state, metrics.
 //! - [`state`]: the state file's envelope, atomic saves, and setting unusable files aside.
-//! - [`time`]: RFC 3339 parsing and formatting for the generator and replay.
 
 pub mod config;
 pub mod engine;
@@ -23,4 +22,3 @@ pub mod metrics;
 pub mod output;
 pub mod run;
 pub mod state;
-pub mod time;

@@ -42,6 +42,10 @@
 use std::collections::BTreeMap;
 use std::fmt;
 
+use egresswatch_common::names::fields::{
+    DESTINATION_COUNTRY_ISO_CODE, DESTINATION_COUNTRY_NAME, DESTINATION_IP, DESTINATION_PORT,
+    SOURCE_BYTES, SOURCE_IP,
+};
 use serde::{Deserialize, Deserializer, Serialize};
 use thiserror::Error;
 
@@ -447,51 +451,42 @@ pub struct JobCatalog {
 const DED_INFLUENCERS: [&str; 5] = [
     "host.name",
     "user.name",
-    "source.ip",
-    "destination.ip",
-    "destination.geo.country_name",
+    SOURCE_IP,
+    DESTINATION_IP,
+    DESTINATION_COUNTRY_NAME,
 ];
 
 impl JobCatalog {
-    /// An empty catalog.
-    pub fn empty() -> Self {
-        Self::default()
-    }
-
     /// The built-in jobs (see the module documentation).
     pub fn builtin() -> Self {
         let mut jobs = vec![JobDef {
             id: "rare_destination_country".into(),
             function: Function::Rare,
             field_name: None,
-            by_field: Some("destination.geo.country_name".into()),
+            by_field: Some(DESTINATION_COUNTRY_NAME.into()),
             over_field: None,
             partition_field: None,
             bucket_span_secs: 15 * 60,
             filters: vec![
                 Filter::CategoryContains("network".into()),
-                Filter::FieldExists("destination.geo.country_name".into()),
+                Filter::FieldExists(DESTINATION_COUNTRY_NAME.into()),
                 Filter::NotShippingAgent,
             ],
             influencers: strings(&[
                 "destination.as.organization.name",
-                "source.ip",
-                "destination.ip",
+                SOURCE_IP,
+                DESTINATION_IP,
             ]),
             description: "Destination countries rarely or never seen in network events".into(),
         }];
         let ded = [
-            (
-                "destination_ip",
-                "destination.ip",
-                "destination IP addresses",
-            ),
+            ("destination_ip", DESTINATION_IP, "destination IP addresses"),
             (
                 "destination_geo_country_iso_code",
-                "destination.geo.country_iso_code",
+                DESTINATION_COUNTRY_ISO_CODE,
                 "destination countries",
             ),
-            ("destination_port", "destination.port", "destination ports"),
+            ("destination_port", DESTINATION_PORT, "destination ports"),
             (
                 "destination_region_name",
                 "destination.geo.region_name",
@@ -502,7 +497,7 @@ impl JobCatalog {
             let def = JobDef {
                 id: format!("ded_high_sent_bytes_{suffix}"),
                 function: Function::HighSum,
-                field_name: Some("source.bytes".into()),
+                field_name: Some(SOURCE_BYTES.into()),
                 by_field: None,
                 over_field: Some(over.into()),
                 partition_field: None,
@@ -581,13 +576,13 @@ fn strings(items: &[&str]) -> Vec<String> {
 
 fn ded_filters(over_field: &str) -> Vec<Filter> {
     let mut filters = vec![
-        Filter::FieldPositive("source.bytes".into()),
-        Filter::FieldExists("destination.port".into()),
+        Filter::FieldPositive(SOURCE_BYTES.into()),
+        Filter::FieldExists(DESTINATION_PORT.into()),
         Filter::NetworkDirectionNot(strings(&["internal", "inbound"])),
-        Filter::PrivateSource("source.ip".into()),
-        Filter::PublicDestination("destination.ip".into()),
+        Filter::PrivateSource(SOURCE_IP.into()),
+        Filter::PublicDestination(DESTINATION_IP.into()),
     ];
-    if over_field != "destination.ip" && over_field != "destination.port" {
+    if over_field != DESTINATION_IP && over_field != DESTINATION_PORT {
         filters.push(Filter::FieldExists(over_field.into()));
     }
     filters

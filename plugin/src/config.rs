@@ -103,7 +103,7 @@ fn default_rules() -> Vec<PathBuf> {
 }
 
 fn default_time_field() -> String {
-    "@timestamp".to_owned()
+    egresswatch_common::names::fields::TIMESTAMP.to_owned()
 }
 
 impl Default for DetectorConfig {

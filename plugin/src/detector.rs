@@ -27,12 +27,11 @@ use crate::models::{self, ExtraValue, Model, Observation, Scored};
 use crate::net::{self, CidrSet};
 use crate::rules::Rule;
 
-/// ECS field of the destination address.
-const DESTINATION_IP: &str = "destination.ip";
-/// ECS field of the destination country's ISO code.
-const DESTINATION_COUNTRY_ISO: &str = "destination.geo.country_iso_code";
-/// ECS field of the destination country's English name.
-const DESTINATION_COUNTRY_NAME: &str = "destination.geo.country_name";
+use egresswatch_common::names::fields::{
+    DESTINATION_COUNTRY_ISO_CODE as DESTINATION_COUNTRY_ISO, DESTINATION_COUNTRY_NAME,
+    DESTINATION_IP,
+};
+use egresswatch_common::names::DEFAULT_ANOMALY_THRESHOLD;
 
 /// How far ahead of the clock an event's time may be before it is not believed.
 const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
@@ -772,9 +771,9 @@ fn build_jobs(
     let mut jobs: Vec<ActiveJob> = Vec::new();
     for rule in set.load.supported() {
         let rule = Arc::new(rule.clone());
-        let threshold = options
-            .threshold
-            .unwrap_or_else(|| f64::from(rule.anomaly_threshold.unwrap_or(75)));
+        let threshold = options.threshold.unwrap_or_else(|| {
+            f64::from(rule.anomaly_threshold.unwrap_or(DEFAULT_ANOMALY_THRESHOLD))
+        });
         for job_id in &rule.job_ids {
             let Some(def) = set.catalog.get(job_id) else {
                 continue;

@@ -6,7 +6,8 @@ use std::io::BufRead;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use egresswatch_tools::replay::presets::{get_path, set_path, Converter, Format, Line, Preset};
+use egresswatch_common::path::{get as get_path, set as set_path};
+use egresswatch_tools::replay::presets::{Converter, Format, Line, Preset};
 use serde_json::Value;
 
 /// One flow of a capture, as an ECS event.
@@ -41,7 +42,7 @@ impl Flow {
         set_path(
             &mut event,
             "@timestamp",
-            Value::String(egresswatch::time::format_ms(time_ms)),
+            Value::String(egresswatch_common::time::format_rfc3339_ms(time_ms)),
         );
         if let Some((from, to)) = readdress {
             for side in ["source", "destination"] {

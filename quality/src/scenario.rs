@@ -287,7 +287,7 @@ pub fn splice(
         .map(|f| {
             let mut moved = f.moved(shift, Some((infected, &host)));
             if moved.str_at("source.ip") == Some(host.as_str()) {
-                egresswatch_tools::replay::presets::set_path(
+                egresswatch_common::path::set(
                     &mut moved.event,
                     "network.direction",
                     "outbound".into(),
@@ -315,7 +315,7 @@ pub fn flow_event(
     id: EpisodeId,
 ) -> Event {
     let event = json!({
-        "@timestamp": egresswatch::time::format_ms(time_ms),
+        "@timestamp": egresswatch_common::time::format_rfc3339_ms(time_ms),
         "event": {"kind": "event", "category": ["network"], "type": ["connection"]},
         "source": {"ip": source, "address": source, "port": 49_152, "bytes": bytes},
         "destination": {"ip": destination, "address": destination, "port": port},
@@ -377,7 +377,7 @@ mod tests {
         assert_eq!(e["network"]["direction"], "outbound");
         assert_eq!(
             e["@timestamp"],
-            egresswatch::time::format_ms(start + 60_000)
+            egresswatch_common::time::format_rfc3339_ms(start + 60_000)
         );
         assert!(ep.events.iter().all(|e| e.episode == Some(3)));
         let all = merged(&base, std::slice::from_ref(&ep));

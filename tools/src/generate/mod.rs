@@ -318,7 +318,7 @@ impl Config {
 
 /// Parses an RFC 3339 timestamp into Unix milliseconds, with a message for `--start`.
 fn parse_rfc3339(s: &str) -> Result<i64, String> {
-    egresswatch::time::parse_ms(s)
+    egresswatch_common::time::parse_rfc3339_ms(s)
         .ok_or_else(|| format!("not an RFC 3339 timestamp: {s:?} (e.g. 2026-11-01T00:00:00Z)"))
 }
 
@@ -333,7 +333,7 @@ impl TsCache {
     fn format(&mut self, ms: i64) -> &str {
         let hour = ms.div_euclid(HOUR_MS);
         if self.hour != Some(hour) {
-            let (y, m, d) = egresswatch::time::civil_from_days(ms.div_euclid(DAY_MS));
+            let (y, m, d) = egresswatch_common::time::civil_from_days(ms.div_euclid(DAY_MS));
             let hh = hour.rem_euclid(24);
             let head = format!("{y:04}-{m:02}-{d:02}T{hh:02}:00:00.000Z");
             self.text.copy_from_slice(&head.as_bytes()[..24]);

@@ -20,7 +20,7 @@ use serde::Deserialize;
 
 use super::presets::{Converter, Format, Line};
 use super::ReplaySettings;
-use egresswatch::time;
+use egresswatch_common::time;
 
 /// Events held back for reordering, all inputs together.
 pub(crate) const REORDER_EVENTS: usize = 65_536;
@@ -109,7 +109,7 @@ fn ecs_time(line: &str) -> Option<i64> {
         let rest = line[at + KEY.len()..].trim_start();
         if let Some(text) = rest.strip_prefix('"') {
             if let Some(end) = text.find('"') {
-                if let Some(t) = time::parse_ms(&text[..end]) {
+                if let Some(t) = time::parse_rfc3339_ms(&text[..end]) {
                     return Some(t);
                 }
             }
@@ -122,14 +122,8 @@ fn ecs_time(line: &str) -> Option<i64> {
 /// Event time of a JSON value: RFC 3339 text or epoch seconds / milliseconds.
 pub fn time_of(value: &serde_json::Value) -> Option<i64> {
     match value {
-        serde_json::Value::String(s) => time::parse_ms(s),
-        serde_json::Value::Number(n) => n.as_f64().map(|x| {
-            if x < 1e11 {
-                (x * 1000.0) as i64
-            } else {
-                x as i64
-            }
-        }),
+        serde_json::Value::String(s) => time::parse_rfc3339_ms(s),
+        serde_json::Value::Number(n) => n.as_f64().and_then(time::epoch_number_ms),
         _ => None,
     }
 }

@@ -40,20 +40,21 @@ use serde_json::Value;
 
 use egresswatch::config::positions::KeyLines;
 use egresswatch::config::{ConfigError, HostConfig};
+use egresswatch::engine::wall_clock_ms;
 use egresswatch::loader::{self, LoadError};
-use egresswatch::time;
+use egresswatch_common::human;
+use egresswatch_common::names::fields::{
+    DESTINATION_COUNTRY_NAME as COUNTRY_FIELD, DESTINATION_IP as DESTINATION_FIELD,
+};
+use egresswatch_common::time;
 pub use input::{Inputs, Record};
 pub use presets::Format;
 use presets::Preset;
 use quality::{FixedBytes, Labels, NewCountry, Tally};
 use report::{ReplayReport, RuleSummary, TopValue};
 
-/// The field the country baseline reads, and the subject of the job it is compared with.
-const COUNTRY_FIELD: &str = "destination.geo.country_name";
-/// The field the bytes baseline sums per, and the subject of the job it is compared with.
-const DESTINATION_FIELD: &str = "destination.ip";
 /// The bytes baseline's bucket.
-const BYTES_BUCKET_MS: i64 = 3 * 3_600_000;
+const BYTES_BUCKET_MS: i64 = 3 * time::HOUR_MS;
 /// Top values listed per rule.
 const TOP_VALUES: usize = 5;
 /// Distinct flagged values tracked per rule for the top list (least frequent dropped beyond).
@@ -406,7 +407,7 @@ pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<()> {
         let batch = batch?;
         let texts: Vec<RStr<'_>> = batch.iter().map(|r| RStr::from_str(&r.json)).collect();
         let verdicts = transform
-            .process(texts.as_slice().into(), time::now_ms())
+            .process(texts.as_slice().into(), wall_clock_ms())
             .into_result()
             .map_err(|e| anyhow::anyhow!("the plugin failed on a batch: {e}"))?;
         let records = transform
@@ -508,7 +509,7 @@ pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<()> {
             rows.push(tally.quality(
                 &format!(
                     "baseline: >= {} per {DESTINATION_FIELD} per 3h",
-                    human_bytes(args.baseline_bytes)
+                    human::bytes(args.baseline_bytes)
                 ),
                 labels,
                 daysf,
@@ -547,15 +548,6 @@ pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<()> {
         html_path.display()
     )?;
     Ok(())
-}
-
-fn human_bytes(b: f64) -> String {
-    for (unit, size) in [("GB", 1e9), ("MB", 1e6), ("kB", 1e3)] {
-        if b >= size {
-            return format!("{} {unit}", (b / size * 10.0).round() / 10.0);
-        }
-    }
-    format!("{b} B")
 }
 
 /// A progress bar on standard error, drawn only when it is a terminal: events, events/s and,

@@ -49,7 +49,8 @@ use std::collections::BTreeMap;
 
 use serde_json::{Map, Value};
 
-use egresswatch::time;
+use egresswatch_common::path::{get as get_path, remove as remove_path, set as set_path};
+use egresswatch_common::time;
 
 /// An input format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, clap::ValueEnum, serde::Deserialize)]
@@ -431,7 +432,7 @@ fn build<'a>(preset: &Preset, get: &Getter<'a>) -> Line {
             continue;
         };
         if f.to == "@timestamp" {
-            time_ms = value.as_str().and_then(time::parse_ms);
+            time_ms = value.as_str().and_then(time::parse_rfc3339_ms);
         }
         set_path(&mut event, &f.to, value);
     }
@@ -557,81 +558,23 @@ pub fn convert(raw: &str, conv: Conv) -> Option<Value> {
             }
         }
         Conv::Time => {
-            let ms = time::parse_ms(raw).or_else(|| {
+            let ms = time::parse_rfc3339_ms(raw).or_else(|| {
                 raw.parse::<f64>()
                     .ok()
                     .filter(|x| x.is_finite() && *x >= 0.0)
                     .map(|secs| (secs * 1000.0).round() as i64)
             })?;
-            Some(time::format_ms(ms).into())
+            Some(time::format_rfc3339_ms(ms).into())
         }
         Conv::ArgusTime => {
             let iso = raw.replacen('/', "-", 2);
-            time::parse_ms(&iso).map(|ms| time::format_ms(ms).into())
+            time::parse_rfc3339_ms(&iso).map(|ms| time::format_rfc3339_ms(ms).into())
         }
         Conv::DurationNs => raw
             .parse::<f64>()
             .ok()
             .filter(|x| x.is_finite() && *x >= 0.0)
             .map(|secs| Value::from((secs * 1e9).round() as i64)),
-    }
-}
-
-/// A field of a JSON event by path: nested objects, dotted keys, or a mix.
-pub fn get_path<'v>(value: &'v Value, path: &str) -> Option<&'v Value> {
-    let map = value.as_object()?;
-    if let Some(v) = map.get(path) {
-        return Some(v);
-    }
-    let mut split = path.len();
-    while let Some(i) = path[..split].rfind('.') {
-        if let Some(inner) = map.get(&path[..i]) {
-            if let Some(found) = get_path(inner, &path[i + 1..]) {
-                return Some(found);
-            }
-        }
-        split = i;
-    }
-    None
-}
-
-/// Sets a field by dotted path, creating nested objects (a non-object in the way is replaced).
-pub fn set_path(value: &mut Value, path: &str, new: Value) {
-    let mut cur = value;
-    let mut parts = path.split('.').peekable();
-    while let Some(part) = parts.next() {
-        if !cur.is_object() {
-            *cur = Value::Object(Map::new());
-        }
-        let Value::Object(map) = cur else {
-            return;
-        };
-        if parts.peek().is_none() {
-            map.insert(part.to_owned(), new);
-            return;
-        }
-        cur = map
-            .entry(part.to_owned())
-            .or_insert_with(|| Value::Object(Map::new()));
-    }
-}
-
-fn remove_path(value: &mut Value, path: &str) {
-    let (parent, last) = match path.rsplit_once('.') {
-        Some((p, l)) => (p, l),
-        None => ("", path),
-    };
-    let mut cur = value;
-    if !parent.is_empty() {
-        for part in parent.split('.') {
-            match cur.get_mut(part) {
-                Some(next) => cur = next,
-                None => return,
-            }
-        }
-    }
-    if let Some(map) = cur.as_object_mut() {
-        map.remove(last);
     }
 }
 

@@ -23,8 +23,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
-/// Attack kinds, in report order.
-pub(crate) const ATTACK_KINDS: [&str; 3] = ["c2", "upload", "slow_exfil"];
+use egresswatch_common::names::ATTACK_KINDS;
 
 /// Labelled attack events by input line.
 #[derive(Debug, Clone, Default)]

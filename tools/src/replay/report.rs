@@ -11,7 +11,8 @@ use std::collections::HashSet;
 use std::fmt::Write as _;
 
 use super::quality::{self, Quality};
-use egresswatch::time;
+use egresswatch_common::human::{self, Align};
+use egresswatch_common::time;
 
 /// A value that flagged events of a rule had, with how often.
 #[derive(Debug, Clone, PartialEq)]
@@ -176,43 +177,7 @@ pub(crate) struct ReplayReport {
 
 /// Left-aligned first column, right-aligned others, two spaces apart.
 pub(crate) fn text_table(rows: &[Vec<String>]) -> String {
-    let cols = rows.iter().map(Vec::len).max().unwrap_or(0);
-    let mut widths = vec![0; cols];
-    for row in rows {
-        for (i, c) in row.iter().enumerate() {
-            widths[i] = widths[i].max(c.chars().count());
-        }
-    }
-    let mut out = String::new();
-    for row in rows {
-        let mut line = String::new();
-        for (i, c) in row.iter().enumerate() {
-            let pad = widths[i] - c.chars().count();
-            if i == 0 {
-                line.push_str(c);
-                line.push_str(&" ".repeat(pad));
-            } else {
-                line.push_str("  ");
-                line.push_str(&" ".repeat(pad));
-                line.push_str(c);
-            }
-        }
-        out.push_str(line.trim_end());
-        out.push('\n');
-    }
-    out
-}
-
-fn fmt_count(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::new();
-    for (i, ch) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(ch);
-    }
-    out
+    human::table(rows, &[Align::Left, Align::Right])
 }
 
 fn fmt_threshold(t: f64) -> String {
@@ -242,9 +207,9 @@ pub(crate) fn summary_rows(report: &ReplayReport) -> Vec<Vec<String>> {
             r.name.clone(),
             r.job_id.clone(),
             fmt_threshold(r.threshold),
-            fmt_count(r.seen),
-            fmt_count(r.scored),
-            fmt_count(r.flagged),
+            human::count(r.seen),
+            human::count(r.scored),
+            human::count(r.flagged),
             format!("{:.1}", r.per_day),
         ]);
     }
@@ -263,7 +228,11 @@ pub(crate) fn summary_text(report: &ReplayReport) -> String {
         ),
         None => "no event time".to_owned(),
     };
-    let _ = writeln!(out, "replayed {} events ({span})", fmt_count(report.events));
+    let _ = writeln!(
+        out,
+        "replayed {} events ({span})",
+        human::count(report.events)
+    );
     for input in shown_inputs(&report.inputs) {
         let _ = writeln!(out, "  input: {input}");
     }
@@ -283,7 +252,7 @@ pub(crate) fn summary_text(report: &ReplayReport) -> String {
                 "  {} {}: {} event(s), max score {:.1}: {}",
                 t.field,
                 t.value,
-                fmt_count(t.count),
+                human::count(t.count),
                 t.max_score,
                 t.reason
             );
@@ -352,7 +321,7 @@ pub(crate) fn html(report: &ReplayReport) -> String {
          svg{display:block;margin:4px 0 12px 0}\n</style></head><body>\n",
     );
     out.push_str("<h1>egresswatch replay report</h1>\n<div class=\"meta\">");
-    let _ = write!(out, "{} events", fmt_count(report.events));
+    let _ = write!(out, "{} events", human::count(report.events));
     if let Some((a, b)) = report.span_ms {
         let _ = write!(
             out,
@@ -410,7 +379,7 @@ pub(crate) fn html(report: &ReplayReport) -> String {
             for t in &r.top {
                 rows.push(vec![
                     format!("{} {}", t.field, t.value),
-                    fmt_count(t.count),
+                    human::count(t.count),
                     format!("{:.1}", t.max_score),
                     t.reason.clone(),
                 ]);
@@ -585,7 +554,7 @@ pub(crate) fn plot(rule: &RuleSummary, span: Option<(i64, i64)>) -> String {
         "\n<text x=\"{LEFT}\" y=\"{:.1}\" fill=\"#555\">events read per {:.0}-minute bin (max {})</text>",
         bars_top + BAR_H + 14.0,
         bin_minutes.max(1.0),
-        fmt_count(max)
+        human::count(max)
     );
     s.push_str("</svg>\n");
     s
@@ -597,8 +566,8 @@ mod tests {
 
     #[test]
     fn tables_and_counts() {
-        assert_eq!(fmt_count(1_234_567), "1,234,567");
-        assert_eq!(fmt_count(12), "12");
+        assert_eq!(human::count(1_234_567), "1,234,567");
+        assert_eq!(human::count(12), "12");
         let t = text_table(&[
             vec!["a".into(), "bb".into()],
             vec!["ccc".into(), "1".into()],

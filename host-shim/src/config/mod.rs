@@ -27,7 +27,7 @@ use thiserror::Error;
 use egresswatch_plugin_api::files;
 use egresswatch_plugin_api::{ConfigProblem, DEFAULT_OUTPUT, ERRORS_OUTPUT};
 
-pub mod positions;
+mod positions;
 
 use positions::KeyLines;
 
@@ -92,6 +92,10 @@ pub struct HostConfig {
     /// The detector's own configuration, passed to the plugin as JSON.
     #[serde(default = "empty_object")]
     pub detector: serde_json::Value,
+    /// `egresswatch replay`'s own settings (field mappings of its presets); `run` ignores them,
+    /// so that one file serves both.
+    #[serde(default)]
+    pub replay: Option<serde_json::Value>,
     /// Where the file was read from; relative paths are resolved against its directory.
     #[serde(skip)]
     pub base_dir: PathBuf,

@@ -19,6 +19,7 @@ use std::time::Duration;
 use egresswatch_plugin_api::files::describe_type;
 
 use super::{read_lines, Feed};
+use crate::config::InputConfig;
 
 /// How long a connection's reader waits for data before checking the stop flag.
 const READ_TIMEOUT: Duration = Duration::from_millis(100);
@@ -36,13 +37,13 @@ pub(crate) struct InputStats {
 }
 
 /// A bound listener.
-enum Listener {
+pub(super) enum Listener {
     Tcp(TcpListener),
     Unix(UnixInput),
 }
 
 /// Binds a TCP listener, naming the config field on failure.
-pub(crate) fn bind_tcp(address: &str) -> io::Result<TcpListener> {
+fn bind_tcp(address: &str) -> io::Result<TcpListener> {
     TcpListener::bind(address).map_err(|e| {
         io::Error::new(
             e.kind(),
@@ -63,7 +64,7 @@ pub(crate) struct UnixInput {
 /// Binds a Unix listener at `path`. A socket file nobody listens on (left by a crash) is
 /// removed first; anything else at that path (a regular file, a folder, a symlink, a FIFO, or a
 /// socket someone listens on) is an error, and is left alone.
-pub(crate) fn bind_unix(path: &Path) -> io::Result<UnixInput> {
+fn bind_unix(path: &Path) -> io::Result<UnixInput> {
     let field = |e: io::Error, what: &str| {
         io::Error::new(
             e.kind(),
@@ -124,48 +125,34 @@ impl UnixInput {
     }
 }
 
-/// Starts the listener thread for a TCP input; returns the bound address.
-pub(crate) fn spawn_tcp(
-    listener: TcpListener,
-    feed: Feed,
-    max_line_bytes: usize,
-    max_connections: usize,
-    stop: Arc<AtomicBool>,
-    stats: Arc<InputStats>,
-) -> io::Result<String> {
-    let local = listener.local_addr()?.to_string();
-    spawn_listener(
-        Listener::Tcp(listener),
-        feed,
-        max_line_bytes,
-        max_connections,
-        stop,
-        stats,
-    )?;
-    Ok(local)
+impl Listener {
+    /// Binds the listener a `tcp` or `unix` input describes (relative paths against
+    /// `base_dir`); `None` for standard input.
+    pub(super) fn bind(config: &InputConfig, base_dir: &Path) -> io::Result<Option<Listener>> {
+        Ok(match config {
+            InputConfig::Stdin => None,
+            InputConfig::Tcp { address, .. } => Some(Listener::Tcp(bind_tcp(address)?)),
+            InputConfig::Unix { path, .. } => {
+                Some(Listener::Unix(bind_unix(&base_dir.join(path))?))
+            }
+        })
+    }
+
+    /// Where it listens: `tcp://127.0.0.1:9000`, `unix:///run/in.sock`.
+    pub(super) fn describe(&self) -> String {
+        match self {
+            Listener::Tcp(l) => match l.local_addr() {
+                Ok(address) => format!("tcp://{address}"),
+                Err(_) => "tcp://?".to_owned(),
+            },
+            Listener::Unix(u) => format!("unix://{}", u.path.display()),
+        }
+    }
 }
 
-/// Starts the listener thread for a Unix socket input; the socket file is removed at stop if it
-/// is still the one bound.
-pub(crate) fn spawn_unix(
-    input: UnixInput,
-    feed: Feed,
-    max_line_bytes: usize,
-    max_connections: usize,
-    stop: Arc<AtomicBool>,
-    stats: Arc<InputStats>,
-) -> io::Result<()> {
-    spawn_listener(
-        Listener::Unix(input),
-        feed,
-        max_line_bytes,
-        max_connections,
-        stop,
-        stats,
-    )
-}
-
-fn spawn_listener(
+/// Starts the listener thread; a Unix socket file is removed at stop if it is still the one
+/// bound.
+pub(super) fn spawn(
     listener: Listener,
     feed: Feed,
     max_line_bytes: usize,

@@ -117,43 +117,30 @@ pub(crate) fn start(
     stop: &Arc<AtomicBool>,
 ) -> io::Result<Started> {
     let stats = Arc::new(InputStats::default());
-    let wait_for_readers = match config {
-        InputConfig::Stdin => {
+    let wait_for_readers = match (config, listen::Listener::bind(config, base_dir)?) {
+        (
+            InputConfig::Tcp {
+                max_connections, ..
+            }
+            | InputConfig::Unix {
+                max_connections, ..
+            },
+            Some(listener),
+        ) => {
+            tracing::info!("listening on {}", listener.describe());
+            listen::spawn(
+                listener,
+                feed,
+                max_line_bytes,
+                *max_connections,
+                Arc::clone(stop),
+                Arc::clone(&stats),
+            )?;
+            true
+        }
+        _ => {
             spawn_reader(io::stdin(), feed, max_line_bytes)?;
             false
-        }
-        InputConfig::Tcp {
-            address,
-            max_connections,
-        } => {
-            let listener = listen::bind_tcp(address)?;
-            let local = listen::spawn_tcp(
-                listener,
-                feed,
-                max_line_bytes,
-                *max_connections,
-                Arc::clone(stop),
-                Arc::clone(&stats),
-            )?;
-            tracing::info!("listening on tcp://{local}");
-            true
-        }
-        InputConfig::Unix {
-            path,
-            max_connections,
-        } => {
-            let path = base_dir.join(path);
-            let listener = listen::bind_unix(&path)?;
-            listen::spawn_unix(
-                listener,
-                feed,
-                max_line_bytes,
-                *max_connections,
-                Arc::clone(stop),
-                Arc::clone(&stats),
-            )?;
-            tracing::info!("listening on unix://{}", path.display());
-            true
         }
     };
     Ok(Started {

@@ -38,7 +38,6 @@ use egresswatch_plugin_api::{BuildOption, ScoreRecord};
 use serde::Deserialize;
 use serde_json::Value;
 
-use egresswatch::config::positions::KeyLines;
 use egresswatch::config::{ConfigError, HostConfig};
 use egresswatch::engine::wall_clock_ms;
 use egresswatch::loader::{self, LoadError};
@@ -137,55 +136,18 @@ impl ReplaySettings {
 }
 
 /// Loads the host configuration and its `replay:` section.
-pub(crate) fn load_config(path: &Path) -> Result<(HostConfig, ReplaySettings)> {
-    let text = egresswatch::config::read_text(path)?;
-    let is_toml = path.extension().is_some_and(|e| e == "toml");
-    let parse_err = |message: String| ConfigError::Parse {
-        path: path.to_owned(),
-        message,
-    };
-    let (host_text, section): (String, Option<String>) = if is_toml {
-        let mut table: toml::Table = toml::from_str(&text).map_err(|e| parse_err(e.to_string()))?;
-        match table.remove("replay") {
-            Some(section) => (
-                toml::to_string(&table)?,
-                Some(serde_json::to_string(&section)?),
-            ),
-            None => (text.clone(), None),
+fn load_config(path: &Path) -> Result<(HostConfig, ReplaySettings)> {
+    let config = HostConfig::load(path)?;
+    let settings: ReplaySettings = match &config.replay {
+        Some(section) => {
+            serde_json::from_value(section.clone()).map_err(|e| ConfigError::Parse {
+                path: path.to_owned(),
+                message: format!("replay: {e}"),
+            })?
         }
-    } else {
-        let mut value: serde_yaml_ng::Value = if text.trim().is_empty() {
-            serde_yaml_ng::Value::Null
-        } else {
-            serde_yaml_ng::from_str(&text).map_err(|e| parse_err(e.to_string()))?
-        };
-        let section = value
-            .as_mapping_mut()
-            .and_then(|m| m.remove("replay"))
-            .map(|s| serde_json::to_string(&s))
-            .transpose()?;
-        match section {
-            Some(s) => (serde_yaml_ng::to_string(&value)?, Some(s)),
-            None => (text.clone(), None),
-        }
-    };
-    let settings: ReplaySettings = match section {
-        Some(json) => serde_json::from_str(&json).map_err(|e| parse_err(format!("replay: {e}")))?,
         None => ReplaySettings::default(),
     };
-    let mut config = HostConfig::parse(&host_text, is_toml).map_err(parse_err)?;
-    config.base_dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."))
-        .to_owned();
-    config.key_lines = if is_toml {
-        KeyLines::toml(&text)
-    } else {
-        KeyLines::yaml(&text)
-    };
-    let mut problems = config.problems();
-    problems.extend(settings.problems());
+    let problems = settings.problems();
     if !problems.is_empty() {
         return Err(ConfigError::Invalid {
             path: path.to_owned(),

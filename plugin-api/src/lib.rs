@@ -69,6 +69,7 @@ use abi_stable::{
 };
 
 pub mod baseline;
+pub mod state_file;
 
 /// Name of the output that receives every event not routed elsewhere.
 pub const DEFAULT_OUTPUT: &str = "default";

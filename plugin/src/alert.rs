@@ -45,6 +45,7 @@
 //! | `egresswatch.reason` | text | one sentence a person can act on |
 //! | `egresswatch.<key>` | long or double | the model's own figures ([`AlertDetail::extra`]): counts and bytes as integers |
 
+use std::borrow::Cow;
 use std::fmt::Write as _;
 
 use serde_json::Value;
@@ -196,6 +197,11 @@ pub struct Failure {
     pub collision: Collision,
 }
 
+/// Path of the country name GeoIP adds.
+const COUNTRY_NAME: &str = "destination.geo.country_name";
+/// Path of the country code GeoIP adds.
+const COUNTRY_ISO: &str = "destination.geo.country_iso_code";
+
 /// Writes the alert for `event` into `out` (the original line with the alert fields inserted);
 /// returns what could not be written. `out` is the original line unchanged when nothing could.
 pub fn annotate(
@@ -206,35 +212,83 @@ pub fn annotate(
     country: Option<Country>,
     out: &mut String,
 ) -> Vec<Failure> {
-    let ours = ours(event, rule, detail);
-    let country_name = country.map(|c| json_str(c.name()));
-    let country_iso = country.map(|c| json_str(c.iso_code()));
-    let mut adds = vec![
-        Add::Field(fields.root, &ours),
-        Add::Field(fields.event_kind, "\"alert\""),
-        Add::Field(fields.event_severity, &rule.severity_score),
-        Add::Field(fields.event_risk_score, &rule.risk_score),
-        Add::Field(fields.rule, &rule.ecs_rule),
+    let members = members(event, fields, rule, detail, country);
+    let adds: Vec<Add<'_>> = members
+        .iter()
+        .map(|(id, _, value)| Add::Field(*id, value))
+        .collect();
+    failures(fields, event.write(&adds, out))
+}
+
+/// The alert for `event` as a set of fields instead of text inserted into the line (for faces
+/// that hold the event as a structure, such as the C face): each field [`annotate`] would
+/// write, by path, with its JSON value, is pushed to `out`; returns what could not be written,
+/// as [`annotate`] does. Where a field goes (the nearest existing parent object in the form
+/// the event is read in) is the caller's to find, as [`Event::write`] does for a line.
+pub fn fields(
+    event: &Event<'_>,
+    fields: &AlertFields,
+    rule: &RuleTexts,
+    detail: &AlertDetail,
+    country: Option<Country>,
+    out: &mut Vec<(&'static str, String)>,
+) -> Vec<Failure> {
+    let mut refused = Vec::new();
+    for (id, path, value) in members(event, fields, rule, detail, country) {
+        match event.writable(id) {
+            Ok(()) => out.push((path, value.into_owned())),
+            Err(collision) => refused.push((id, collision)),
+        }
+    }
+    failures(fields, refused)
+}
+
+/// Every field of the alert: its id, its path and its value as JSON text.
+fn members<'r>(
+    event: &Event<'_>,
+    fields: &AlertFields,
+    rule: &'r RuleTexts,
+    detail: &AlertDetail,
+    country: Option<Country>,
+) -> Vec<(FieldId, &'static str, Cow<'r, str>)> {
+    let mut members = vec![
+        (fields.root, ROOT, Cow::Owned(ours(event, rule, detail))),
+        (fields.event_kind, "event.kind", Cow::Borrowed("\"alert\"")),
+        (
+            fields.event_severity,
+            "event.severity",
+            Cow::Borrowed(rule.severity_score.as_str()),
+        ),
+        (
+            fields.event_risk_score,
+            "event.risk_score",
+            Cow::Borrowed(rule.risk_score.as_str()),
+        ),
+        (fields.rule, "rule", Cow::Borrowed(rule.ecs_rule.as_str())),
     ];
     if let Some(threat) = &rule.threat {
-        adds.push(Add::Field(fields.threat, threat));
+        members.push((fields.threat, "threat", Cow::Borrowed(threat.as_str())));
     }
-    if let (Some(name), Some(iso)) = (&country_name, &country_iso) {
-        adds.push(Add::Field(fields.country_name, name));
-        adds.push(Add::Field(fields.country_iso, iso));
+    if let Some(country) = country {
+        members.push((fields.country_name, COUNTRY_NAME, json_str(country.name()).into()));
+        members.push((fields.country_iso, COUNTRY_ISO, json_str(country.iso_code()).into()));
     }
-    let refused = event.write(&adds, out);
+    members
+}
+
+/// The refused fields that are failures: ECS fields the event already has are not (ours is in
+/// `egresswatch`, by policy).
+fn failures(fields: &AlertFields, refused: Vec<(FieldId, Collision)>) -> Vec<Failure> {
     refused
         .into_iter()
         .filter_map(|(id, collision)| {
             let field = if id == fields.root {
                 ROOT
             } else if id == fields.country_name {
-                "destination.geo.country_name"
+                COUNTRY_NAME
             } else if id == fields.country_iso {
-                "destination.geo.country_iso_code"
+                COUNTRY_ISO
             } else {
-                // ECS fields the event already has: ours is in `egresswatch`, by policy.
                 return None;
             };
             Some(Failure { field, collision })

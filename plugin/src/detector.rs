@@ -251,10 +251,34 @@ impl Detector {
     /// Only the fields the jobs read are scanned; the event is parsed in full only when it is
     /// flagged and its action annotates it.
     pub fn evaluate(&mut self, line: &str, now_ms: i64) -> Verdict {
+        self.judge(line, now_ms, None).0
+    }
+
+    /// [`Detector::evaluate`], with the alert of a flagged event that its action annotates
+    /// pushed to `alert` as fields (path, JSON value: see [`alert::fields`]) instead of being
+    /// inserted into the line: for faces that hold the event as a structure (the C face).
+    /// Also says whether a rule flagged the event.
+    pub fn evaluate_to_fields(
+        &mut self,
+        line: &str,
+        now_ms: i64,
+        alert: &mut Vec<(&'static str, String)>,
+    ) -> (Verdict, bool) {
+        self.judge(line, now_ms, Some(alert))
+    }
+
+    /// Evaluates one event; the alert goes into the line, or to `set` when given. True when a
+    /// rule flagged it.
+    fn judge(
+        &mut self,
+        line: &str,
+        now_ms: i64,
+        set: Option<&mut Vec<(&'static str, String)>>,
+    ) -> (Verdict, bool) {
         self.metrics.events += 1;
         let Ok(mut event) = self.scanner.scan(line) else {
             self.metrics.unreadable += 1;
-            return Verdict::UNREADABLE;
+            return (Verdict::UNREADABLE, false);
         };
         let country = enrich(self.geo.as_mut(), &self.fixed, &mut event);
         if country.is_some() {
@@ -278,7 +302,7 @@ impl Detector {
             ));
         }
         let Some(hit) = hit else {
-            return Verdict::PASS;
+            return (Verdict::PASS, false);
         };
         self.metrics.flagged += 1;
         let job = &mut self.jobs[hit.job];
@@ -288,14 +312,24 @@ impl Detector {
         if active.action.annotate {
             let detail = alert_detail(&job.def, &job.bound, &hit);
             let mut text = String::new();
-            let failures = alert::annotate(
-                &event,
-                &self.alert_fields,
-                &active.texts,
-                &detail,
-                country,
-                &mut text,
-            );
+            let failures = match set {
+                Some(set) => alert::fields(
+                    &event,
+                    &self.alert_fields,
+                    &active.texts,
+                    &detail,
+                    country,
+                    set,
+                ),
+                None => alert::annotate(
+                    &event,
+                    &self.alert_fields,
+                    &active.texts,
+                    &detail,
+                    country,
+                    &mut text,
+                ),
+            };
             // Whatever could not be written, the event stays an alert: counted and routed.
             if !failures.is_empty() {
                 self.metrics.annotate_failures += 1;
@@ -331,7 +365,7 @@ impl Detector {
         if let Some(route) = &active.action.route {
             verdict.route = Some(route.as_str().into()).into();
         }
-        verdict
+        (verdict, true)
     }
 
     /// Output names the configured actions route to.

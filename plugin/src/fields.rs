@@ -232,6 +232,7 @@ impl SchemaBuilder {
         let nodes = trie.iter().map(Node::build).collect();
         Ok(Schema {
             paths: self.paths,
+            groups: self.groups,
             nodes,
             chains,
         })
@@ -404,6 +405,8 @@ struct Dotted;
 #[derive(Debug)]
 pub struct Schema {
     paths: Vec<String>,
+    /// Per path: whether it is a group ([`SchemaBuilder::group`]).
+    groups: Vec<bool>,
     nodes: Vec<Node>,
     chains: Vec<Chain>,
 }
@@ -417,6 +420,15 @@ impl Schema {
     /// True when no field is wanted.
     pub fn is_empty(&self) -> bool {
         self.paths.is_empty()
+    }
+
+    /// Every wanted path, in [`FieldId`] order, and whether it is a group (present when
+    /// anything below it is): for faces that read the fields themselves (the C face).
+    pub fn fields(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.paths
+            .iter()
+            .map(String::as_str)
+            .zip(self.groups.iter().copied())
     }
 }
 

@@ -10,6 +10,7 @@
 //! drive [`Detector`] in-process and measure what the ABI costs.
 
 pub mod alert;
+pub mod capi;
 pub mod catalog;
 pub mod check;
 pub mod config;

@@ -16,6 +16,7 @@ use egresswatch::run::Finish;
 use egresswatch_tools::generate::GenerateArgs;
 use egresswatch_tools::replay::ReplayArgs;
 
+mod fluent_bit_lua;
 mod rules_check;
 
 /// Catch command-and-control and data exfiltration in network events while they are still in
@@ -67,6 +68,16 @@ enum Command {
     Template {
         #[command(subcommand)]
         target: TemplateCommand,
+    },
+    /// Print the Lua filter script that runs the detector inside Fluent Bit (its `lua` filter,
+    /// through LuaJIT's FFI) for this configuration's `detector:` and `state:` sections.
+    FluentBitLua {
+        /// The configuration file.
+        #[arg(short, long)]
+        config: PathBuf,
+        /// The plugin library the script loads; overrides `plugin:` in the config.
+        #[arg(long)]
+        plugin: Option<PathBuf>,
     },
     /// Print the host's version, and the plugin's version and ABI version.
     Version {
@@ -136,6 +147,7 @@ fn main() -> ExitCode {
             print!("{ELASTICSEARCH_TEMPLATE}");
             Ok(())
         }
+        Command::FluentBitLua { config, plugin } => fluent_bit_lua(&config, plugin.as_deref()),
         Command::Version { plugin } => version(plugin.as_deref()),
     };
     match result {
@@ -145,6 +157,29 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `egresswatch fluent-bit-lua`: the script, with absolute paths so that it works from
+/// whatever directory Fluent Bit runs in.
+fn fluent_bit_lua(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
+    let config = HostConfig::load(config_path)?;
+    let absolute = |p: PathBuf| std::path::absolute(&p).unwrap_or(p);
+    let library = absolute(plugin_path(Some(&config), plugin));
+    let config_file = absolute(config_path.to_owned());
+    let state = config
+        .state
+        .as_ref()
+        .map(|s| absolute(config.resolve(&s.path)));
+    print!(
+        "{}",
+        fluent_bit_lua::script(&fluent_bit_lua::Settings {
+            library: &library,
+            config: &config_file,
+            state: state.as_deref(),
+            save_every_secs: config.state.as_ref().map_or(60, |s| s.interval_secs),
+        })
+    );
+    Ok(())
 }
 
 /// The plugin path: the command line, else the config, else beside the executable.

@@ -4,6 +4,7 @@ mod util;
 
 mod golden;
 mod hardening;
+mod inprocess;
 mod loading;
 mod passthrough;
 mod pipeline;

@@ -15,10 +15,10 @@
 //! [`write_atomically`] writes `<path>.tmp`, fsyncs it, renames it over `<path>` and fsyncs the
 //! directory, so a crash leaves either the old file or the new one.
 
-use thiserror::Error;
 use std::fs::{self, File};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
+use thiserror::Error;
 
 /// First bytes of every state file.
 pub const MAGIC: &[u8; 8] = b"EGWSTATE";

@@ -270,8 +270,16 @@ fn members<'r>(
         members.push((fields.threat, "threat", Cow::Borrowed(threat.as_str())));
     }
     if let Some(country) = country {
-        members.push((fields.country_name, COUNTRY_NAME, json_str(country.name()).into()));
-        members.push((fields.country_iso, COUNTRY_ISO, json_str(country.iso_code()).into()));
+        members.push((
+            fields.country_name,
+            COUNTRY_NAME,
+            json_str(country.name()).into(),
+        ));
+        members.push((
+            fields.country_iso,
+            COUNTRY_ISO,
+            json_str(country.iso_code()).into(),
+        ));
     }
     members
 }

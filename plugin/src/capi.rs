@@ -489,8 +489,7 @@ impl Inner {
                 continue;
             }
             let node = entry.kind == EW_FIELD_NODE;
-            if node != matches!(v.kind, EW_OBJECT | EW_BLOCKED) && (node || v.kind == EW_BLOCKED)
-            {
+            if node != matches!(v.kind, EW_OBJECT | EW_BLOCKED) && (node || v.kind == EW_BLOCKED) {
                 return Err(Failure::new(
                     EW_ERR_INVALID,
                     format!("{}: value kind {} is not allowed here", entry.path, v.kind),
@@ -536,9 +535,8 @@ impl Inner {
         }
         self.values.clear();
         for (path, json) in self.alert.drain(..) {
-            let value = serde_json::from_str(&json).map_err(|e| {
-                Failure::new(EW_ERR_INVALID, format!("alert field {path}: {e}"))
-            })?;
+            let value = serde_json::from_str(&json)
+                .map_err(|e| Failure::new(EW_ERR_INVALID, format!("alert field {path}: {e}")))?;
             self.values.push((path, value));
         }
         self.nodes.clear();
@@ -867,9 +865,8 @@ pub unsafe extern "C" fn ew_save_state(
                 .save_state()
                 .map_err(|e| Failure::new(EW_ERR_STATE, e.message.to_string()))?;
             let file = state_file::encode(env!("CARGO_PKG_NAME"), &bytes);
-            state_file::write_atomically(&path, &file).map_err(|e| {
-                Failure::new(EW_ERR_IO, format!("writing {}: {e}", path.display()))
-            })
+            state_file::write_atomically(&path, &file)
+                .map_err(|e| Failure::new(EW_ERR_IO, format!("writing {}: {e}", path.display())))
         })
     }
 }
@@ -892,9 +889,8 @@ pub unsafe extern "C" fn ew_load_state(
         with_handle(d, "loading state", |inner| {
             let path = state_path(path, path_len)?;
             let file = read_state(&path)?;
-            let bytes = state_file::decode(env!("CARGO_PKG_NAME"), &file).map_err(|e| {
-                Failure::new(EW_ERR_STATE, format!("{}: {e}", path.display()))
-            })?;
+            let bytes = state_file::decode(env!("CARGO_PKG_NAME"), &file)
+                .map_err(|e| Failure::new(EW_ERR_STATE, format!("{}: {e}", path.display())))?;
             inner.detector.load_state(bytes).map_err(|e| {
                 Failure::new(EW_ERR_STATE, format!("{}: {}", path.display(), e.message))
             })
@@ -977,7 +973,10 @@ pub unsafe extern "C" fn ew_metrics_json(
     unsafe {
         with_handle(d, "taking metrics", |inner| {
             if json.is_null() || json_len.is_null() {
-                return Err(Failure::new(EW_ERR_NULL, "ew_metrics_json: null out-pointer"));
+                return Err(Failure::new(
+                    EW_ERR_NULL,
+                    "ew_metrics_json: null out-pointer",
+                ));
             }
             let list: Vec<Value> = inner
                 .detector
@@ -1024,4 +1023,81 @@ pub extern "C" fn ew_clock_ms() -> i64 {
 #[no_mangle]
 pub extern "C" fn ew_version() -> *const c_char {
     concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn handle() -> *mut EwDetector {
+        let config = format!(
+            "rules: [{}/../rules]\ngeoip: off\n",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let d = unsafe {
+            ew_new(
+                config.as_ptr().cast(),
+                config.len(),
+                std::ptr::null(),
+                0,
+                std::ptr::null_mut(),
+            )
+        };
+        assert!(!d.is_null());
+        d
+    }
+
+    #[test]
+    fn a_panic_inside_the_detector_is_an_error_return_and_the_handle_goes_on() {
+        let d = handle();
+        let n = unsafe { ew_field_count(d) };
+        let values = vec![
+            EwValue {
+                kind: EW_ABSENT,
+                count: 0,
+                str: std::ptr::null(),
+                len: 0,
+                num: 0.0,
+            };
+            n
+        ];
+        let mut out = EwVerdict::PASS;
+        unsafe { (*d).inner.lock().unwrap().panic_next = true };
+        let rc = unsafe { ew_evaluate(d, values.as_ptr(), n, 0, &mut out) };
+        assert_eq!(rc, EW_ERR_PANIC);
+        let message = unsafe { std::ffi::CStr::from_ptr(ew_last_error(d)) };
+        assert!(
+            message
+                .to_string_lossy()
+                .contains("panicked while evaluating an event: test hook"),
+            "{message:?}"
+        );
+        assert_eq!(out.flagged, 0);
+        // The lock the panic poisoned is taken back: the next call works.
+        let rc = unsafe { ew_evaluate(d, values.as_ptr(), n, 0, &mut out) };
+        assert_eq!(rc, EW_OK);
+        unsafe { ew_free(d) };
+    }
+
+    #[test]
+    fn json_and_yaml_and_a_whole_configuration_give_the_same_detector_section() {
+        let yaml = detector_json("rules: [r]\ngeoip: off\n").unwrap();
+        let json = detector_json(r#"{"rules": ["r"], "geoip": "off"}"#).unwrap();
+        let whole = detector_json("outputs: {}\ndetector:\n  rules: [r]\n  geoip: off\n").unwrap();
+        assert_eq!(yaml, json);
+        assert_eq!(yaml, whole);
+        assert_eq!(detector_json("").unwrap(), "{}");
+        assert_eq!(detector_json("[1").unwrap_err().code, EW_ERR_CONFIG);
+    }
+
+    #[test]
+    fn values_are_written_as_the_json_the_detector_reads() {
+        let mut s = String::new();
+        for n in [443.0, -1.0, 1.5, 1e300, f64::NAN] {
+            write_number(&mut s, n);
+            s.push(' ');
+        }
+        write_string(&mut s, "a\"b\\c\u{1}é");
+        assert_eq!(s, "443 -1 1.5 1e+300 null \"a\\\"b\\\\c\\u0001é\"");
+    }
 }

@@ -429,7 +429,7 @@ unsafe fn write_value(
         EW_ARRAY => {
             let count = v.count as usize;
             let start = v.len;
-            let end = start.checked_add(count).unwrap_or(usize::MAX);
+            let end = start.saturating_add(count);
             if start < first_item || end > all.len() {
                 return Err(Failure::new(
                     EW_ERR_INVALID,

@@ -357,7 +357,7 @@ fn sigterm_stops_a_start_up_that_is_blocked() {
     );
     let mut egw = Running::start(&dir, &config);
     assert!(
-        wait_until(STARTUP, || egw.stderr().contains("egresswatch started")),
+        wait_until(STARTUP, || egw.stderr().contains("plugin loaded")),
         "{}",
         egw.stderr()
     );

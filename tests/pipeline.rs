@@ -491,7 +491,11 @@ fn sigterm_mid_stream_loses_nothing_and_the_saved_state_resumes_exactly() {
 fn http_get(address: &str, path: &str) -> String {
     let mut conn = TcpStream::connect(address).unwrap();
     conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(conn, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
     let mut text = String::new();
     conn.read_to_string(&mut text).unwrap();
     text
@@ -568,11 +572,11 @@ fn unix_sockets_and_the_metrics_endpoint() {
         "egresswatch_events_out_total{output=\"default\"} 11",
         "egresswatch_unreadable_total{kind=\"not_json_object\"} 1",
         "egresswatch_plugin_errors_total 0",
-        "egresswatch_job_learning{job=\"rare_destination_country\"} 1",
-        "egresswatch_job_scored_total{job=",
-        "egresswatch_rule_flagged_total{job=",
+        "egresswatch_job_learning{job_id=\"rare_destination_country\"} 1",
+        "egresswatch_job_scored_total{job_id=",
+        "egresswatch_rule_flagged_total{job_id=",
         "egresswatch_batch_duration_seconds_bucket{le=\"+Inf\"}",
-        "egresswatch_input_connections_total 1",
+        "egresswatch_input_connections_accepted_total 1",
     ] {
         assert!(text.contains(expected), "missing {expected} in\n{text}");
     }

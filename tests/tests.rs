@@ -6,6 +6,7 @@ mod golden;
 mod hardening;
 mod inprocess;
 mod loading;
+mod metrics;
 mod passthrough;
 mod pipeline;
 mod replay;

@@ -11,6 +11,7 @@ use egresswatch_plugin_api::BuildOption;
 use egresswatch::config::{ConfigError, HostConfig};
 use egresswatch::engine::{Engine, EnginePolicy};
 use egresswatch::loader::{self, LoadError, Plugin};
+use egresswatch::metrics::BuildInfo;
 use egresswatch::run as runner;
 use egresswatch::run::Finish;
 use egresswatch_tools::generate::GenerateArgs;
@@ -248,9 +249,9 @@ fn run(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
     tracing::info!(
         plugin = plugin.name(),
         version = plugin.version(),
-        "egresswatch started"
+        "plugin loaded"
     );
-    let report = runner::run(&config, plugin.name(), &mut engine, &signals)?;
+    let report = runner::run(&config, build_info(&plugin), &mut engine, &signals)?;
     let counters = engine.counters();
     tracing::info!(
         finish = ?report.finish,
@@ -265,7 +266,6 @@ fn run(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
         outputs = ?report.outputs,
         reconnects = ?report.reconnects,
         state_bytes = ?report.state_bytes,
-        plugin_metrics = %plugin_metrics(&engine),
         "egresswatch finished"
     );
     if report.finish == Finish::Stopped {
@@ -306,24 +306,17 @@ fn validate(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
         );
         println!("{condition}");
     }
-    let mut text = String::new();
-    egresswatch::metrics::render_plugin(
-        &mut text,
-        &engine
-            .transform()
-            .metrics()
-            .into_result()
-            .map_err(anyhow::Error::msg)?,
-    );
-    print!("{text}");
     Ok(())
 }
 
-/// The plugin's metrics on one line, for the exit log.
-fn plugin_metrics(engine: &Engine) -> String {
-    match engine.transform().metrics().into_result() {
-        Ok(metrics) => egresswatch::metrics::plugin_summary(&metrics),
-        Err(e) => format!("unavailable: {e}"),
+/// What runs, for `egresswatch_build_info`.
+fn build_info(plugin: &Plugin) -> BuildInfo {
+    BuildInfo {
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        commit: env!("EGRESSWATCH_COMMIT").to_owned(),
+        plugin: plugin.name().to_owned(),
+        plugin_version: plugin.version().to_owned(),
+        abi_version: plugin.abi_version().to_owned(),
     }
 }
 

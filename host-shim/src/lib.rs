@@ -10,12 +10,14 @@
 //! - [`engine`]: applying verdicts to batches of lines and writing them to outputs.
 //! - [`input`]: reading lines from a byte stream; TCP and Unix listeners.
 //! - [`output`]: the named outputs.
-//! - [`metrics`]: the metrics snapshot and the Prometheus endpoint.
+//! - [`http`]: the HTTP servers (one tokio runtime, hyper), TLS-ready.
+//! - [`metrics`]: the metrics registry, output health, `/metrics` and `/health`.
 //! - [`run`]: `egresswatch run` put together: input, engine, outputs, state, metrics.
 //! - [`state`]: the state file's envelope, atomic saves, and setting unusable files aside.
 
 pub mod config;
 pub mod engine;
+pub mod http;
 pub mod input;
 pub mod loader;
 pub mod metrics;

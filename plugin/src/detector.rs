@@ -427,7 +427,7 @@ impl Detector {
         }
         for job in &self.jobs {
             let status = job.model.status();
-            let labels = [("job", job.def.id.as_str())];
+            let labels = [("job_id", job.def.id.as_str())];
             out.gauge(
                 "egresswatch_job_learning",
                 "1 while the job's model is still learning.",
@@ -484,7 +484,7 @@ impl Detector {
             );
             for r in &job.rules {
                 let labels = [
-                    ("job", job.def.id.as_str()),
+                    ("job_id", job.def.id.as_str()),
                     ("rule_id", r.rule.rule_id.as_str()),
                     ("rule", r.rule.name.as_str()),
                 ];

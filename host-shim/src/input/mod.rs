@@ -105,6 +105,8 @@ pub(crate) struct Started {
     pub(crate) wait_for_readers: bool,
     /// Connection counters (zero for standard input).
     pub(crate) stats: Arc<InputStats>,
+    /// What it reads: `stdin`, `tcp://ADDRESS` or `unix://PATH`.
+    pub(crate) address: String,
 }
 
 /// Starts the input `config` describes, feeding `feed`; relative paths are resolved against
@@ -117,7 +119,7 @@ pub(crate) fn start(
     stop: &Arc<AtomicBool>,
 ) -> io::Result<Started> {
     let stats = Arc::new(InputStats::default());
-    let wait_for_readers = match (config, listen::Listener::bind(config, base_dir)?) {
+    let (wait_for_readers, address) = match (config, listen::Listener::bind(config, base_dir)?) {
         (
             InputConfig::Tcp {
                 max_connections, ..
@@ -127,7 +129,7 @@ pub(crate) fn start(
             },
             Some(listener),
         ) => {
-            tracing::info!("listening on {}", listener.describe());
+            let address = listener.describe();
             listen::spawn(
                 listener,
                 feed,
@@ -136,15 +138,16 @@ pub(crate) fn start(
                 Arc::clone(stop),
                 Arc::clone(&stats),
             )?;
-            true
+            (true, address)
         }
         _ => {
             spawn_reader(io::stdin(), feed, max_line_bytes)?;
-            false
+            (false, "stdin".to_owned())
         }
     };
     Ok(Started {
         wait_for_readers,
         stats,
+        address,
     })
 }

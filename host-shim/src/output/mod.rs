@@ -16,6 +16,7 @@ use egresswatch_plugin_api::DEFAULT_OUTPUT;
 mod socket;
 
 use crate::config::{HostConfig, OutputConfig};
+use crate::metrics::Metrics;
 use socket::{SocketWriter, Target};
 
 /// Size of each output's write buffer.
@@ -35,13 +36,18 @@ struct Output {
 impl Outputs {
     /// Opens every output the configuration names; `default` is standard output unless
     /// configured otherwise. Socket outputs that cannot deliver give up a grace period after
-    /// `stop` is set instead of retrying for ever.
-    pub(crate) fn open(config: &HostConfig, stop: &Arc<AtomicBool>) -> io::Result<Self> {
+    /// `stop` is set instead of retrying for ever. Each output reports its health to `metrics`.
+    pub(crate) fn open(
+        config: &HostConfig,
+        stop: &Arc<AtomicBool>,
+        metrics: &Metrics,
+    ) -> io::Result<Self> {
         let mut outputs = Outputs {
             outputs: BTreeMap::new(),
         };
         if !config.outputs.contains_key(DEFAULT_OUTPUT) {
             outputs.insert(DEFAULT_OUTPUT, Box::new(io::stdout()));
+            metrics.output(DEFAULT_OUTPUT).set_up(true);
         }
         for (name, output) in &config.outputs {
             let target = match output {
@@ -50,7 +56,9 @@ impl Outputs {
                 _ => None,
             };
             if let Some(target) = target {
-                let writer = SocketWriter::new(name, target, Arc::clone(stop));
+                let mut writer =
+                    SocketWriter::new(name, target, Arc::clone(stop), metrics.output(name));
+                writer.probe();
                 let reconnects = writer.reconnects();
                 outputs.outputs.insert(
                     name.clone(),
@@ -81,6 +89,7 @@ impl Outputs {
                 OutputConfig::Tcp { .. } | OutputConfig::Unix { .. } => continue,
             };
             outputs.insert(name, writer);
+            metrics.output(name).set_up(true);
         }
         Ok(outputs)
     }

@@ -18,6 +18,8 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use crate::metrics::OutputHealth;
+
 /// First reconnect delay; it doubles up to [`BACKOFF_MAX`].
 const BACKOFF_START: Duration = Duration::from_millis(100);
 
@@ -129,11 +131,12 @@ pub(crate) struct SocketWriter {
     stop: Arc<AtomicBool>,
     reconnects: Arc<AtomicU64>,
     ever_connected: bool,
+    health: OutputHealth,
 }
 
 impl SocketWriter {
     /// A writer for output `name`; it connects on its first flush.
-    pub fn new(name: &str, target: Target, stop: Arc<AtomicBool>) -> Self {
+    pub fn new(name: &str, target: Target, stop: Arc<AtomicBool>, health: OutputHealth) -> Self {
         SocketWriter {
             name: name.to_owned(),
             target,
@@ -142,6 +145,25 @@ impl SocketWriter {
             stop,
             reconnects: Arc::new(AtomicU64::new(0)),
             ever_connected: false,
+            health,
+        }
+    }
+
+    /// Tries to connect once, so that the output's health is known before the first event.
+    pub fn probe(&mut self) {
+        match self.connect() {
+            Ok(conn) => {
+                self.ever_connected = true;
+                self.health.set_up(true);
+                self.conn = Some(conn);
+            }
+            Err(e) => {
+                self.health.set_up(false);
+                self.health
+                    .error(format!("connecting to {}: {e}", self.target));
+                tracing::warn!(output = %self.name, target = %self.target, error = %e,
+                    "cannot connect to downstream yet; events will be held until it is up");
+            }
         }
     }
 
@@ -187,6 +209,7 @@ impl SocketWriter {
         let mut backoff = BACKOFF_START;
         let mut stopped_at = None;
         let mut failing_since: Option<Instant> = None;
+        self.health.set_pending_bytes(self.pending.len() as u64);
         while !self.pending.is_empty() {
             self.check_grace(&mut stopped_at)?;
             if self.conn.as_mut().is_some_and(Conn::peer_closed) {
@@ -201,11 +224,15 @@ impl SocketWriter {
                             tracing::info!(output = %self.name, target = %self.target, "reconnected");
                         }
                         self.ever_connected = true;
+                        self.health.set_up(true);
                         failing_since = None;
                         backoff = BACKOFF_START;
                         self.conn = Some(conn);
                     }
                     Err(e) => {
+                        self.health.set_up(false);
+                        self.health
+                            .error(format!("connecting to {}: {e}", self.target));
                         if failing_since.is_none() {
                             failing_since = Some(Instant::now());
                             tracing::warn!(output = %self.name, target = %self.target, error = %e,
@@ -220,11 +247,17 @@ impl SocketWriter {
                 }
             }
             match self.write_pending(&mut stopped_at) {
-                Ok(()) => self.pending.clear(),
+                Ok(()) => {
+                    self.pending.clear();
+                    self.health.set_pending_bytes(0);
+                }
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => return Err(e),
                 Err(e) => {
                     tracing::warn!(output = %self.name, target = %self.target, error = %e,
                         "write to downstream failed; reconnecting to write the block again");
+                    self.health.set_up(false);
+                    self.health
+                        .error(format!("writing to {}: {e}", self.target));
                     self.conn = None;
                 }
             }
@@ -293,7 +326,8 @@ mod tests {
         let address = probe.local_addr().unwrap().to_string();
         drop(probe);
         let stop = Arc::new(AtomicBool::new(false));
-        let mut writer = SocketWriter::new("t", Target::Tcp(address.clone()), stop);
+        let health = crate::metrics::Metrics::new(Default::default()).output("t");
+        let mut writer = SocketWriter::new("t", Target::Tcp(address.clone()), stop, health);
         writer.write_all(b"one\ntwo\n").unwrap();
         let server = std::thread::spawn(move || {
             std::thread::sleep(Duration::from_millis(300));

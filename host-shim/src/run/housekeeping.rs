@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::Engine;
 use crate::input::listen::InputStats;
-use crate::metrics::Shared;
+use crate::metrics::Metrics;
 use crate::output::Outputs;
 use crate::state;
 
@@ -17,7 +17,7 @@ const PLUGIN_METRICS_EVERY: Duration = Duration::from_secs(1);
 
 /// The engine thread's housekeeping: metrics snapshot and periodic state saves.
 pub(super) struct Keeper {
-    pub(super) shared: Shared,
+    pub(super) metrics: Metrics,
     pub(super) stats: Arc<InputStats>,
     pub(super) plugin_name: String,
     /// State file, save interval, time of the last save.
@@ -35,15 +35,17 @@ impl Keeper {
             .plugin_refreshed
             .is_none_or(|at| at.elapsed() >= PLUGIN_METRICS_EVERY);
         let plugin = refresh_plugin.then(|| engine.transform().metrics().into_result());
-        let mut s = self.shared.lock();
-        s.host = engine.counters().clone();
-        s.outputs = outputs.counts();
-        s.reconnects = outputs.reconnects();
-        s.connections = self.stats.open.load(Ordering::Relaxed);
-        s.connections_total = self.stats.total.load(Ordering::Relaxed);
+        {
+            let mut s = self.metrics.snapshot();
+            s.host = engine.counters().clone();
+            s.outputs = outputs.counts();
+            s.reconnects = outputs.reconnects();
+            s.connections_open = self.stats.open.load(Ordering::Relaxed);
+            s.connections_accepted = self.stats.total.load(Ordering::Relaxed);
+        }
         if let Some(plugin) = plugin {
             match plugin {
-                Ok(metrics) => s.plugin = metrics.into_vec(),
+                Ok(metrics) => self.metrics.set_plugin(metrics.into_vec()),
                 Err(e) if !self.metrics_failed => {
                     self.metrics_failed = true;
                     tracing::warn!(error = %e, "the plugin's metrics are unavailable");
@@ -79,7 +81,7 @@ impl Keeper {
                     .map(|()| file.len() as u64)
                     .map_err(|e| format!("writing {}: {e}", path.display()))
             });
-        let mut s = self.shared.lock();
+        let mut s = self.metrics.snapshot();
         match result {
             Ok(bytes) => {
                 if bytes > self.state_max {
@@ -104,7 +106,7 @@ impl Keeper {
 impl Keeper {
     /// After a block was processed and flushed; `took` is the time that took.
     pub(super) fn after_block(&mut self, engine: &Engine, outputs: &Outputs, took: Duration) {
-        self.shared.lock().batch_latency.observe(took.as_secs_f64());
+        self.metrics.observe_batch(took.as_secs_f64());
         self.refresh(engine, outputs);
         self.maybe_save(engine);
     }

@@ -21,8 +21,9 @@ use housekeeping::Keeper;
 
 use crate::config::HostConfig;
 use crate::engine::Engine;
+use crate::http::{self, Plain, Servers};
 use crate::input::{self, Feed};
-use crate::metrics::{self, Shared};
+use crate::metrics::{self, BuildInfo, Metrics};
 use crate::output::Outputs;
 use crate::state::{self, LoadOutcome};
 
@@ -89,14 +90,19 @@ impl Signals {
 }
 
 /// Runs the pipeline described by `config` until EOF or until a signal sets the stop flag.
+/// `build` says what runs (for `egresswatch_build_info`; `build.plugin` names the state's
+/// owner).
 pub fn run(
     config: &HostConfig,
-    plugin_name: &str,
+    build: BuildInfo,
     engine: &mut Engine,
     signals: &Signals,
 ) -> Result<RunReport> {
     let stop = signals.stop_flag();
-    let shared = Shared::default();
+    let plugin_name = build.plugin.clone();
+    let plugin_name = plugin_name.as_str();
+    let metrics = Metrics::new(build);
+    metrics.input_declared("input");
     let state_path = config.state.as_ref().map(|s| config.resolve(&s.path));
     let state_max = config
         .state
@@ -115,7 +121,7 @@ pub fn run(
                 tracing::info!(path = %path.display(), "no state file yet; the models start learning")
             }
             LoadOutcome::Loaded(bytes) => {
-                shared.lock().state_file_bytes = bytes;
+                metrics.snapshot().state_file_bytes = bytes;
                 tracing::info!(path = %path.display(), bytes, "model state loaded");
             }
             LoadOutcome::SetAside { moved_to, reason } => tracing::warn!(
@@ -126,20 +132,26 @@ pub fn run(
         }
     }
 
-    let mut outputs = Outputs::open(config, stop).context("opening outputs")?;
-    if let Some(m) = &config.metrics {
-        let local = metrics::serve(&m.address, shared.clone(), Arc::clone(stop))?;
-        tracing::info!("metrics at http://{local}/metrics");
-    }
+    let mut outputs = Outputs::open(config, stop, &metrics).context("opening outputs")?;
+    let servers = match &config.metrics {
+        Some(m) => Some(serve_metrics(&m.address, &metrics)?),
+        None => None,
+    };
 
     // From the first line read on, a signal must stop the run in order, not end the process.
     signals.started();
     let max_line_bytes = engine.policy().batch.max_line_bytes;
     let (feed, rx) = Feed::channel();
     let input = input::start(&config.input, &config.base_dir, feed, max_line_bytes, stop)?;
+    metrics.input_bound("input", &input.address);
+    tracing::info!(
+        input = %input.address,
+        metrics = %servers.as_ref().map_or_else(String::new, |(_, url)| url.clone()),
+        "egresswatch started"
+    );
 
     let mut keeper = Keeper {
-        shared,
+        metrics,
         stats: input.stats,
         plugin_name: plugin_name.to_owned(),
         state: config.state.as_ref().zip(state_path).map(|(s, path)| {
@@ -163,6 +175,9 @@ pub fn run(
     );
     // Stop the listener and the metrics endpoint whatever happened.
     stop.store(true, Ordering::Relaxed);
+    if let Some((servers, _)) = servers {
+        servers.shutdown();
+    }
     // Save what was learned even when delivery failed: processing is done either way.
     let state_bytes = keeper.save(engine);
     let finish = driven.context("processing the event stream")?;
@@ -173,4 +188,22 @@ pub fn run(
         reconnects: outputs.reconnects(),
         state_bytes,
     })
+}
+
+/// Starts the HTTP runtime and the metrics endpoint on `address`; the bind happens (or fails)
+/// before this returns. Returns the servers and the endpoint's URL.
+fn serve_metrics(address: &str, metrics: &Metrics) -> Result<(Servers, String)> {
+    let servers = Servers::start().context("starting the HTTP runtime")?;
+    let parsed = address
+        .parse()
+        .with_context(|| format!("metrics.address: `{address}` is not an IP:PORT address"))?;
+    let local = servers
+        .serve(
+            parsed,
+            Plain,
+            metrics::endpoint(metrics.clone()),
+            http::Limits::default(),
+        )
+        .with_context(|| format!("metrics.address: cannot listen on {address}"))?;
+    Ok((servers, format!("http://{local}/metrics")))
 }

@@ -2,6 +2,7 @@
 
 mod util;
 
+mod config;
 mod golden;
 mod hardening;
 mod inprocess;

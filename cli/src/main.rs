@@ -33,18 +33,16 @@ struct Cli {
 enum Command {
     /// Read NDJSON events on stdin, write them (annotated or routed) on stdout and named outputs.
     Run {
-        /// The configuration file (YAML, or TOML when it ends in .toml).
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
         /// The plugin library; overrides `plugin:` in the config.
         #[arg(long)]
         plugin: Option<PathBuf>,
     },
     /// Load the configuration, the plugin, the rules and the outputs, report problems, and exit.
     Validate {
-        /// The configuration file.
-        #[arg(short, long)]
-        config: PathBuf,
+        #[command(flatten)]
+        config: ConfigArgs,
         /// The plugin library; overrides `plugin:` in the config.
         #[arg(long)]
         plugin: Option<PathBuf>,
@@ -87,6 +85,72 @@ enum Command {
         plugin: Option<PathBuf>,
     },
 }
+
+/// Where the configuration comes from.
+#[derive(Debug, clap::Args)]
+struct ConfigArgs {
+    /// A configuration file (YAML, or TOML when it ends in .toml). Repeat it, or give several
+    /// separated by commas in EGRESSWATCH_CONFIG, to merge files: mappings merge, any other
+    /// value may be set in one file only; relative paths resolve against the first file's
+    /// folder.
+    #[arg(
+        short,
+        long,
+        env = "EGRESSWATCH_CONFIG",
+        value_delimiter = ',',
+        required_unless_present = "config_dir"
+    )]
+    config: Vec<PathBuf>,
+    /// A folder whose *.yaml, *.yml and *.toml files are read (in name order) after the
+    /// `--config` files; repeatable.
+    #[arg(long)]
+    config_dir: Vec<PathBuf>,
+}
+
+impl ConfigArgs {
+    /// The files to read, in order.
+    fn files(&self) -> Result<Vec<PathBuf>> {
+        let mut files = self.config.clone();
+        for dir in &self.config_dir {
+            let entries = std::fs::read_dir(dir).map_err(|e| ConfigError::Read {
+                path: dir.clone(),
+                reason: e,
+            })?;
+            let mut found: Vec<PathBuf> = entries
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| {
+                    p.is_file()
+                        && p.extension()
+                            .is_some_and(|e| e == "yaml" || e == "yml" || e == "toml")
+                })
+                .collect();
+            if found.is_empty() {
+                return Err(ConfigError::Invalid {
+                    path: dir.clone(),
+                    problems: vec!["no *.yaml, *.yml or *.toml file in this folder".to_owned()],
+                }
+                .into());
+            }
+            found.sort();
+            files.extend(found);
+        }
+        Ok(files)
+    }
+
+    /// The files, for messages.
+    fn describe(&self) -> String {
+        let mut names: Vec<String> = self
+            .config
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect();
+        names.extend(self.config_dir.iter().map(|p| format!("{}/", p.display())));
+        names.join(", ")
+    }
+}
+
+/// Exit status for a configuration error (EX_CONFIG from sysexits.h, as Vector uses).
+const EX_CONFIG: u8 = 78;
 
 #[derive(Debug, Subcommand)]
 enum TemplateCommand {
@@ -155,7 +219,11 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            if e.chain().any(|c| c.downcast_ref::<ConfigError>().is_some()) {
+                ExitCode::from(EX_CONFIG)
+            } else {
+                ExitCode::FAILURE
+            }
         }
     }
 }
@@ -195,12 +263,12 @@ fn plugin_path(config: Option<&HostConfig>, cli: Option<&Path>) -> PathBuf {
 }
 
 /// Loads config and plugin and constructs the engine; shared by `run` and `validate`.
-fn start(config_path: &Path, plugin: Option<&Path>) -> Result<(HostConfig, Plugin, Engine)> {
-    let config = HostConfig::load(config_path)?;
+fn start(config_args: &ConfigArgs, plugin: Option<&Path>) -> Result<(HostConfig, Plugin, Engine)> {
+    let config = HostConfig::load_all(&config_args.files()?)?;
     let plugin = loader::load(&plugin_path(Some(&config), plugin))?;
     let transform = plugin
         .construct(&config.detector_json(), runner::build_options(&config)?)
-        .map_err(|e| explain(config_path, &config, e))?;
+        .map_err(|e| explain(&config, e))?;
     match transform.warnings().into_result() {
         Ok(warnings) => warnings.iter().for_each(|w| tracing::warn!("{w}")),
         Err(e) => tracing::warn!(error = %e, "the plugin's warnings are unavailable"),
@@ -214,11 +282,11 @@ fn start(config_path: &Path, plugin: Option<&Path>) -> Result<(HostConfig, Plugi
         .collect();
     let missing = config.missing_routes(&routes);
     if !missing.is_empty() {
-        bail!(
-            "config file {}: {}",
-            config_path.display(),
-            missing.join("\n  - ")
-        );
+        return Err(ConfigError::Invalid {
+            path: config.base_dir.clone(),
+            problems: missing,
+        }
+        .into());
     }
     let engine = Engine::new(
         transform,
@@ -232,20 +300,23 @@ fn start(config_path: &Path, plugin: Option<&Path>) -> Result<(HostConfig, Plugi
 }
 
 /// A plugin's refusal, with its configuration problems pointed at the lines of the file.
-fn explain(config_path: &Path, config: &HostConfig, error: LoadError) -> anyhow::Error {
+fn explain(config: &HostConfig, error: LoadError) -> anyhow::Error {
     match error {
         LoadError::Constructor { problems, .. } if !problems.is_empty() => ConfigError::Invalid {
-            path: config_path.to_owned(),
-            problems: config.detector_problems(config_path, &problems),
+            path: config
+                .sources
+                .first()
+                .map_or_else(PathBuf::new, |s| s.path.clone()),
+            problems: config.detector_problems(&problems),
         }
         .into(),
         other => other.into(),
     }
 }
 
-fn run(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
+fn run(config_args: &ConfigArgs, plugin: Option<&Path>) -> Result<()> {
     let signals = runner::Signals::install().context("installing signal handlers")?;
-    let (config, plugin, mut engine) = start(config_path, plugin)?;
+    let (config, plugin, mut engine) = start(config_args, plugin)?;
     tracing::info!(
         plugin = plugin.name(),
         version = plugin.version(),
@@ -274,11 +345,11 @@ fn run(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
     Ok(())
 }
 
-fn validate(config_path: &Path, plugin: Option<&Path>) -> Result<()> {
-    let (config, plugin, mut engine) = start(config_path, plugin)?;
+fn validate(config_args: &ConfigArgs, plugin: Option<&Path>) -> Result<()> {
+    let (config, plugin, mut engine) = start(config_args, plugin)?;
     println!(
         "{}: OK (plugin {} {}, ABI {})",
-        config_path.display(),
+        config_args.describe(),
         plugin.name(),
         plugin.version(),
         plugin.abi_version()

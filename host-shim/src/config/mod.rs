@@ -27,6 +27,7 @@ use thiserror::Error;
 use egresswatch_plugin_api::files;
 use egresswatch_plugin_api::{ConfigProblem, DEFAULT_OUTPUT, ERRORS_OUTPUT};
 
+mod interpolate;
 mod positions;
 
 use positions::KeyLines;
@@ -96,12 +97,22 @@ pub struct HostConfig {
     /// so that one file serves both.
     #[serde(default)]
     pub replay: Option<serde_json::Value>,
-    /// Where the file was read from; relative paths are resolved against its directory.
+    /// The folder of the (first) file; relative paths are resolved against it.
     #[serde(skip)]
     pub base_dir: PathBuf,
-    /// The line of each key in the file, for messages about the plugin's part of it.
+    /// The files read, in order, with the line of each of their keys, for messages that point
+    /// at a key (the plugin's problems, duplicates, conflicts).
     #[serde(skip)]
-    pub key_lines: KeyLines,
+    pub sources: Vec<Source>,
+}
+
+/// One configuration file that was read.
+#[derive(Debug, Clone)]
+pub struct Source {
+    /// The file.
+    pub path: PathBuf,
+    /// The line of each of its keys.
+    key_lines: KeyLines,
 }
 
 fn empty_object() -> serde_json::Value {
@@ -310,30 +321,145 @@ fn toml_error(text: &str, e: &toml::de::Error) -> String {
 impl HostConfig {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let text = read_text(path)?;
-        let is_toml = path.extension().is_some_and(|e| e == "toml");
-        let mut config = Self::parse(&text, is_toml).map_err(|message| ConfigError::Parse {
-            path: path.to_owned(),
-            message,
-        })?;
-        config.base_dir = path
+        Self::load_all(&[path.to_owned()])
+    }
+
+    /// Reads configuration files, each with `${VAR}` interpolated and checked alone (so that
+    /// errors carry its lines), and merges them: mappings merge key by key, and any other
+    /// value may be set by one file only (a key set twice is an error naming both places, as
+    /// a key repeated within one file is). Relative paths resolve against the first file's
+    /// folder.
+    pub fn load_all(paths: &[PathBuf]) -> Result<Self, ConfigError> {
+        let Some(first) = paths.first() else {
+            return Err(ConfigError::Invalid {
+                path: PathBuf::new(),
+                problems: vec!["no configuration file given".to_owned()],
+            });
+        };
+        let mut sources = Vec::with_capacity(paths.len());
+        let mut single = None;
+        let mut merged = serde_json::Map::new();
+        let mut conflicts = Vec::new();
+        for path in paths {
+            let raw = read_text(path)?;
+            let text = interpolate::interpolate(&raw, |name| std::env::var(name).ok()).map_err(
+                |problems| ConfigError::Invalid {
+                    path: path.to_owned(),
+                    problems: problems
+                        .into_iter()
+                        .map(|p| format!("{}:{}", path.display(), p.trim_start_matches("line ")))
+                        .collect(),
+                },
+            )?;
+            let is_toml = path.extension().is_some_and(|e| e == "toml");
+            let key_lines = if is_toml {
+                KeyLines::toml(&text)
+            } else {
+                KeyLines::yaml(&text)
+            };
+            if !key_lines.duplicates().is_empty() {
+                return Err(ConfigError::Invalid {
+                    path: path.to_owned(),
+                    problems: key_lines
+                        .duplicates()
+                        .iter()
+                        .map(|(key, line, first)| {
+                            format!(
+                                "{}:{line}: {key}: duplicate key (first set at line {first})",
+                                path.display()
+                            )
+                        })
+                        .collect(),
+                });
+            }
+            let parse_error = |message| ConfigError::Parse {
+                path: path.to_owned(),
+                message,
+            };
+            let config = Self::parse(&text, is_toml).map_err(parse_error)?;
+            sources.push(Source {
+                path: path.to_owned(),
+                key_lines,
+            });
+            if paths.len() == 1 {
+                single = Some(config);
+            } else {
+                let value = Self::parse_value(&text, is_toml).map_err(parse_error)?;
+                merge(&mut merged, value, "", &sources, &mut conflicts);
+            }
+        }
+        let mut config = match single {
+            Some(config) => config,
+            None if !conflicts.is_empty() => {
+                return Err(ConfigError::Invalid {
+                    path: first.to_owned(),
+                    problems: conflicts,
+                })
+            }
+            None => serde_json::from_value(serde_json::Value::Object(merged)).map_err(|e| {
+                ConfigError::Parse {
+                    path: first.to_owned(),
+                    message: format!("the files merged: {e}"),
+                }
+            })?,
+        };
+        config.base_dir = first
             .parent()
             .filter(|p| !p.as_os_str().is_empty())
             .unwrap_or(Path::new("."))
             .to_owned();
-        config.key_lines = if is_toml {
-            KeyLines::toml(&text)
-        } else {
-            KeyLines::yaml(&text)
-        };
+        config.sources = sources;
         let problems = config.problems();
         if !problems.is_empty() {
+            let problems = problems
+                .into_iter()
+                .map(|p| match p.split_once(": ") {
+                    Some((key, _)) => config.at(key) + &p,
+                    None => p,
+                })
+                .collect();
             return Err(ConfigError::Invalid {
-                path: path.to_owned(),
+                path: first.to_owned(),
                 problems,
             });
         }
         Ok(config)
+    }
+
+    /// Configuration text as a JSON value (an empty file is an empty mapping), for merging.
+    fn parse_value(text: &str, is_toml: bool) -> Result<serde_json::Value, String> {
+        if is_toml {
+            toml::from_str(text).map_err(|e| toml_error(text, &e))
+        } else if text.trim().is_empty() {
+            Ok(empty_object())
+        } else {
+            serde_yaml_ng::from_str::<serde_json::Value>(text)
+                .map(|v| if v.is_null() { empty_object() } else { v })
+                .map_err(|e| e.to_string())
+        }
+    }
+
+    /// Where `key` (a dotted path) is set, or its nearest enclosing key that is: the file whose
+    /// match is deepest (the first on a tie), with the line.
+    fn locate(&self, key: &str) -> Option<(&Path, usize)> {
+        let mut best: Option<(&Path, usize, usize)> = None;
+        for source in &self.sources {
+            if let Some((found, line)) = source.key_lines.nearest(key) {
+                if best.is_none_or(|(_, _, depth)| found.len() > depth) {
+                    best = Some((&source.path, line, found.len()));
+                }
+            }
+        }
+        best.map(|(path, line, _)| (path, line))
+    }
+
+    /// `FILE:LINE: ` for `key`, `FILE: ` when only the file is known, or nothing.
+    fn at(&self, key: &str) -> String {
+        match (self.locate(key), self.sources.first()) {
+            (Some((path, line)), _) => format!("{}:{line}: ", path.display()),
+            (None, Some(first)) => format!("{}: ", first.path.display()),
+            (None, None) => String::new(),
+        }
     }
 
     /// Parses configuration text, YAML or TOML; nesting deeper than [`MAX_NESTING`] is an error.
@@ -472,9 +598,9 @@ impl HostConfig {
         self.detector.to_string()
     }
 
-    /// The plugin's configuration problems as lines pointing into the file `path`:
+    /// The plugin's configuration problems as lines pointing into the files:
     /// `FILE:LINE: detector.KEY: message`.
-    pub fn detector_problems(&self, path: &Path, problems: &[ConfigProblem]) -> Vec<String> {
+    pub fn detector_problems(&self, problems: &[ConfigProblem]) -> Vec<String> {
         problems
             .iter()
             .map(|p| {
@@ -482,12 +608,54 @@ impl HostConfig {
                     "" => DETECTOR_KEY.to_owned(),
                     sub => format!("{DETECTOR_KEY}.{sub}"),
                 };
-                match self.key_lines.line_of(&key) {
-                    Some(line) => format!("{}:{line}: {key}: {}", path.display(), p.message),
-                    None => format!("{}: {key}: {}", path.display(), p.message),
-                }
+                format!("{}{key}: {}", self.at(&key), p.message)
             })
             .collect()
+    }
+}
+
+/// Merges `from` into `into` (both at key path `prefix`): mappings key by key; a key that both
+/// set to anything else is a conflict, named with both places.
+fn merge(
+    into: &mut serde_json::Map<String, serde_json::Value>,
+    from: serde_json::Value,
+    prefix: &str,
+    sources: &[Source],
+    conflicts: &mut Vec<String>,
+) {
+    let serde_json::Value::Object(from) = from else {
+        return;
+    };
+    for (key, value) in from {
+        let path = if prefix.is_empty() {
+            key.clone()
+        } else {
+            format!("{prefix}.{key}")
+        };
+        match into.get_mut(&key) {
+            None => {
+                into.insert(key, value);
+            }
+            Some(serde_json::Value::Object(existing)) if value.is_object() => {
+                merge(existing, value, &path, sources, conflicts);
+            }
+            Some(_) => {
+                let (earlier, last) = sources.split_at(sources.len().saturating_sub(1));
+                let place = |s: &Source| match s.key_lines.exact(&path) {
+                    Some(line) => format!("{}:{line}", s.path.display()),
+                    None => s.path.display().to_string(),
+                };
+                let first = earlier
+                    .iter()
+                    .find(|s| s.key_lines.exact(&path).is_some())
+                    .map_or_else(|| "an earlier file".to_owned(), place);
+                let again = last.first().map_or_else(String::new, place);
+                conflicts.push(format!(
+                    "{again}: {path}: already set at {first} (a value may be set in one file \
+                     only; mappings merge)"
+                ));
+            }
+        }
     }
 }
 

@@ -14,7 +14,11 @@ use toml::de::{DeTable, DeValue};
 
 /// Lines of the keys of one configuration file.
 #[derive(Debug, Default, Clone)]
-pub struct KeyLines(HashMap<String, usize>);
+pub struct KeyLines {
+    lines: HashMap<String, usize>,
+    /// Keys set twice in one YAML mapping: path, line of the repeat, line of the first.
+    duplicates: Vec<(String, usize, usize)>,
+}
 
 impl KeyLines {
     /// The key lines of YAML text; empty when the text is not YAML.
@@ -22,7 +26,10 @@ impl KeyLines {
         let mut walker = YamlWalker::default();
         // A parse error leaves what was read before it, which is still right.
         let _ = Parser::new_from_str(text).load(&mut walker, false);
-        KeyLines(walker.lines)
+        KeyLines {
+            lines: walker.lines,
+            duplicates: walker.duplicates,
+        }
     }
 
     /// The key lines of TOML text; empty when the text is not TOML.
@@ -32,20 +39,40 @@ impl KeyLines {
             let line = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
             walk_toml(root.get_ref(), "", &line, &mut lines);
         }
-        KeyLines(lines)
+        // TOML's own parser refuses a key defined twice.
+        KeyLines {
+            lines,
+            duplicates: Vec::new(),
+        }
     }
 
     /// The line of `path`, or of its nearest enclosing key that is in the file (a key that is
     /// absent is reported at the table that should hold it).
+    #[cfg(test)]
     pub(crate) fn line_of(&self, path: &str) -> Option<usize> {
+        self.nearest(path).map(|(_, line)| line)
+    }
+
+    /// The line of exactly `path`.
+    pub(crate) fn exact(&self, path: &str) -> Option<usize> {
+        self.lines.get(path).copied()
+    }
+
+    /// The nearest enclosing key of `path` that is in the file, with its line.
+    pub(crate) fn nearest<'p>(&self, path: &'p str) -> Option<(&'p str, usize)> {
         let mut path = path;
         loop {
-            if let Some(&line) = self.0.get(path) {
-                return Some(line);
+            if let Some(&line) = self.lines.get(path) {
+                return Some((path, line));
             }
             let cut = path.rfind(['.', '['])?;
             path = &path[..cut];
         }
+    }
+
+    /// Keys set twice in one mapping: path, line of the repeat, line of the first.
+    pub(crate) fn duplicates(&self) -> &[(String, usize, usize)] {
+        &self.duplicates
     }
 }
 
@@ -102,6 +129,7 @@ enum Frame {
 struct YamlWalker {
     stack: Vec<Frame>,
     lines: HashMap<String, usize>,
+    duplicates: Vec<(String, usize, usize)>,
 }
 
 impl YamlWalker {
@@ -136,7 +164,16 @@ impl<'input> SpannedEventReceiver<'input> for YamlWalker {
             Event::Scalar(text, ..) if expecting_key => {
                 if let Some(Frame::Map { path, key }) = self.stack.last_mut() {
                     let here = join(path, &text);
-                    self.lines.entry(here).or_insert(line);
+                    match self.lines.get(&here) {
+                        // `?`: inside a complex key; `<<`: a merge key, which may repeat.
+                        Some(&first) if !here.starts_with('?') && text != "<<" => {
+                            self.duplicates.push((here, line, first));
+                        }
+                        Some(_) => {}
+                        None => {
+                            self.lines.insert(here, line);
+                        }
+                    }
                     *key = Some(text.into_owned());
                 }
             }
@@ -206,6 +243,18 @@ detector:
         assert_eq!(lines.line_of("detector.geoip.cache_entries"), Some(4));
         assert_eq!(lines.line_of("detector.models.jobs.x"), Some(2));
         assert_eq!(lines.line_of("nothing"), None);
+    }
+
+    #[test]
+    fn keys_set_twice_in_one_mapping_are_found() {
+        let lines = KeyLines::yaml(
+            "a: 1\nb:\n  c: 1\n  d: 2\n  c: 3\nlist:\n  - {c: 1}\n  - {c: 2}\na: 4\n",
+        );
+        assert_eq!(
+            lines.duplicates(),
+            [("b.c".to_owned(), 5, 3), ("a".to_owned(), 9, 1)]
+        );
+        assert!(KeyLines::yaml(YAML).duplicates().is_empty());
     }
 
     #[test]

@@ -299,7 +299,7 @@ pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<()> {
                 LoadError::Constructor { problems, .. } if !problems.is_empty() => {
                     anyhow::Error::from(ConfigError::Invalid {
                         path: args.config.clone(),
-                        problems: config.detector_problems(&args.config, &problems),
+                        problems: config.detector_problems(&problems),
                     })
                 }
                 other => other.into(),

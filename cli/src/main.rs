@@ -36,7 +36,7 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
         /// The plugin library; overrides `plugin:` in the config.
-        #[arg(long)]
+        #[arg(long, env = "EGRESSWATCH_PLUGIN")]
         plugin: Option<PathBuf>,
     },
     /// Load the configuration, the plugin, the rules and the outputs, report problems, and exit.
@@ -44,7 +44,7 @@ enum Command {
         #[command(flatten)]
         config: ConfigArgs,
         /// The plugin library; overrides `plugin:` in the config.
-        #[arg(long)]
+        #[arg(long, env = "EGRESSWATCH_PLUGIN")]
         plugin: Option<PathBuf>,
     },
     /// Work with detection rules.
@@ -75,13 +75,13 @@ enum Command {
         #[arg(short, long)]
         config: PathBuf,
         /// The plugin library the script loads; overrides `plugin:` in the config.
-        #[arg(long)]
+        #[arg(long, env = "EGRESSWATCH_PLUGIN")]
         plugin: Option<PathBuf>,
     },
     /// Print the host's version, and the plugin's version and ABI version.
     Version {
-        /// The plugin library; default: beside this executable.
-        #[arg(long)]
+        /// The plugin library; default: beside this executable, then ../lib/egresswatch/.
+        #[arg(long, env = "EGRESSWATCH_PLUGIN")]
         plugin: Option<PathBuf>,
     },
 }
@@ -178,7 +178,7 @@ enum RulesCommand {
         #[arg(short, long)]
         config: Option<PathBuf>,
         /// The plugin library; overrides `plugin:` in the config.
-        #[arg(long)]
+        #[arg(long, env = "EGRESSWATCH_PLUGIN")]
         plugin: Option<PathBuf>,
     },
 }

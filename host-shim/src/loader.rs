@@ -28,7 +28,7 @@ pub(crate) const PLUGIN_BASE_NAME: &str = "egresswatch_plugin";
 #[derive(Debug, Error)]
 pub enum LoadError {
     /// No file at the path.
-    #[error("plugin not found: {path} (build it with `cargo build --release`, or set `plugin:` in the config or `--plugin`)")]
+    #[error("plugin not found: {path} (build it with `cargo build --release`, or set `--plugin`, EGRESSWATCH_PLUGIN or `plugin:` in the config)")]
     NotFound {
         /// Where it was looked for.
         path: PathBuf,
@@ -207,14 +207,22 @@ pub fn library_file_name() -> String {
     )
 }
 
-/// Where the plugin is looked for when neither the config nor the command line names it: beside
-/// the running executable.
+/// Where the plugin is looked for when neither the command line (`--plugin`,
+/// `EGRESSWATCH_PLUGIN`) nor the config names it: beside the running executable, then in
+/// `../lib/egresswatch/` from the executable's folder (the layout of the release tarball and
+/// of an install under a prefix). The first that exists; beside the executable when none does.
 pub fn default_plugin_path() -> PathBuf {
     let dir = std::env::current_exe()
         .ok()
         .and_then(|exe| exe.parent().map(Path::to_owned))
         .unwrap_or_else(|| PathBuf::from("."));
-    dir.join(library_file_name())
+    let beside = dir.join(library_file_name());
+    let installed = dir.join("../lib/egresswatch").join(library_file_name());
+    if !beside.is_file() && installed.is_file() {
+        installed
+    } else {
+        beside
+    }
 }
 
 /// The ABI version this host was built with.

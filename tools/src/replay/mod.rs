@@ -69,7 +69,7 @@ pub struct ReplayArgs {
     #[arg(short, long)]
     pub(crate) config: PathBuf,
     /// The plugin library; overrides `plugin:` in the config.
-    #[arg(long)]
+    #[arg(long, env = "EGRESSWATCH_PLUGIN")]
     pub(crate) plugin: Option<PathBuf>,
     /// Input format; `auto` decides per file from its first line.
     #[arg(long, value_enum, default_value_t = Format::Auto)]

@@ -3,6 +3,7 @@
 mod util;
 
 mod config;
+mod dist;
 mod golden;
 mod hardening;
 mod inprocess;

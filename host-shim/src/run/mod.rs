@@ -108,6 +108,12 @@ pub fn run(
         .state
         .as_ref()
         .map_or(state::DEFAULT_MAX_BYTES, |s| s.max_bytes);
+    if state_path.is_none() {
+        tracing::warn!(
+            "no state file configured (`state: {{ path: ... }}`): what the models learn is lost \
+             at exit, and every start learns again from nothing before it can flag anything"
+        );
+    }
     if let Some(path) = &state_path {
         let outcome = state::load_file(path, plugin_name, state_max, |bytes| {
             engine

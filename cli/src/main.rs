@@ -23,7 +23,7 @@ mod rules_check;
 /// Catch command-and-control and data exfiltration in network events while they are still in
 /// the pipeline.
 #[derive(Debug, Parser)]
-#[command(name = "egresswatch", version, about, long_about = None)]
+#[command(name = "egresswatch", version = version_line(), about, long_about = None)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -183,6 +183,29 @@ enum RulesCommand {
     },
 }
 
+/// `egresswatch --version`: the version, the commit and the plugin ABI this host speaks.
+fn version_line() -> &'static str {
+    static LINE: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    LINE.get_or_init(|| {
+        format!(
+            "{} (commit {}, plugin ABI {})",
+            env!("CARGO_PKG_VERSION"),
+            env!("EGRESSWATCH_COMMIT"),
+            loader::host_abi_version()
+        )
+    })
+}
+
+/// Lets a write to a closed pipe end the process quietly, as it does for other command-line
+/// tools (`egresswatch rules check | head -1`). Not for `run`, whose socket outputs must see a
+/// closed connection as an error to reconnect from.
+fn quiet_broken_pipes() {
+    // SAFETY: restoring the default disposition of SIGPIPE before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
 fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -193,6 +216,9 @@ fn main() -> ExitCode {
         )
         .init();
     let cli = Cli::parse();
+    if !matches!(cli.command, Command::Run { .. }) {
+        quiet_broken_pipes();
+    }
     let result = match cli.command {
         Command::Run { config, plugin } => run(&config, plugin.as_deref()),
         Command::Validate { config, plugin } => validate(&config, plugin.as_deref()),
@@ -450,8 +476,16 @@ fn rules_check(paths: &[PathBuf], config: Option<&Path>, plugin: Option<&Path>) 
 }
 
 fn generate(args: &GenerateArgs) -> Result<()> {
-    let stdout = std::io::stdout();
-    let mut out = std::io::BufWriter::new(stdout.lock());
+    let mut out: Box<dyn Write> = match &args.output {
+        Some(path) => Box::new(std::io::BufWriter::new(
+            std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,
+        )),
+        None if std::io::stdout().is_terminal() => bail!(
+            "standard output is a terminal: write the events to a file with `-o FILE` or \
+             redirect them (`> events.ndjson`)"
+        ),
+        None => Box::new(std::io::BufWriter::new(std::io::stdout().lock())),
+    };
     let mut labels = match &args.labels {
         Some(path) => Some(std::io::BufWriter::new(
             std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?,

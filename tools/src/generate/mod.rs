@@ -157,6 +157,10 @@ pub struct GenerateArgs {
     /// Write the labels (NDJSON, one line per attack event) to this file.
     #[arg(long)]
     pub labels: Option<PathBuf>,
+    /// Write the events to this file instead of standard output (which must then not be a
+    /// terminal: the default run is about 20 MB).
+    #[arg(short, long)]
+    pub output: Option<PathBuf>,
     /// Write `destination.geo.country_name` and `destination.geo.country_iso_code`.
     #[arg(long)]
     pub(crate) with_geo: bool,
@@ -172,6 +176,7 @@ impl Default for GenerateArgs {
             events_per_host_per_hour: 6.0,
             scenario: Scenario::Default,
             labels: None,
+            output: None,
             with_geo: false,
         }
     }

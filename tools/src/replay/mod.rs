@@ -78,8 +78,8 @@ pub struct ReplayArgs {
     /// rule and for the two baselines.
     #[arg(long)]
     pub(crate) labels: Option<PathBuf>,
-    /// Flag at this score instead of each rule's `anomaly_threshold`.
-    #[arg(long)]
+    /// Flag at this score (0 to 100) instead of each rule's `anomaly_threshold`.
+    #[arg(long, value_parser = score)]
     pub(crate) threshold: Option<f64>,
     /// Where flagged.ndjson and report.html are written.
     #[arg(long, default_value = "replay-out")]
@@ -87,8 +87,10 @@ pub struct ReplayArgs {
     /// Country baseline: a country not seen in this many days is flagged.
     #[arg(long, default_value_t = 7.0)]
     pub(crate) baseline_days: f64,
-    /// Bytes baseline: bytes sent to one destination IP in one 3 h bucket that are flagged.
-    #[arg(long, default_value_t = 100_000_000.0)]
+    /// Bytes baseline: bytes sent to one destination IP in one 3 h bucket that are flagged;
+    /// a number of bytes, or with a unit: 100MB, 1.5GiB (kB/MB/GB/TB: powers of 1000;
+    /// KiB/MiB/GiB/TiB: powers of 1024).
+    #[arg(long, default_value = "100MB", value_parser = byte_size)]
     pub(crate) baseline_bytes: f64,
     /// Secret for the models' key hashes; the same seed gives the same replay (`run` draws a
     /// random one per installation, which changes nothing but the hashes).
@@ -272,6 +274,50 @@ impl Baselines {
 
 /// A batch of events as the reader thread hands it over.
 type Batch = Vec<Record>;
+
+/// `--threshold`: an anomaly score, 0 to 100.
+fn score(text: &str) -> Result<f64, String> {
+    match text.trim().parse::<f64>() {
+        Ok(v) if (0.0..=100.0).contains(&v) => Ok(v),
+        Ok(_) => Err("a score is from 0 to 100".to_owned()),
+        Err(e) => Err(format!("not a number ({e})")),
+    }
+}
+
+/// A byte count, plain or with a unit: `100MB`, `1.5 GiB`, `512k`.
+fn byte_size(text: &str) -> Result<f64, String> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| c.is_ascii_alphabetic())
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let number: f64 = number
+        .trim()
+        .parse()
+        .map_err(|_| format!("`{text}` is not a size (e.g. 100000000, 100MB, 1.5GiB)"))?;
+    let scale = match unit.to_ascii_lowercase().as_str() {
+        "" | "b" => 1.0,
+        "k" | "kb" => 1e3,
+        "m" | "mb" => 1e6,
+        "g" | "gb" => 1e9,
+        "t" | "tb" => 1e12,
+        "kib" => 1024.0,
+        "mib" => 1024.0 * 1024.0,
+        "gib" => 1024.0 * 1024.0 * 1024.0,
+        "tib" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        other => {
+            return Err(format!(
+                "unknown unit `{other}` (B, kB, MB, GB, TB, KiB, MiB, GiB, TiB)"
+            ))
+        }
+    };
+    let bytes = number * scale;
+    if bytes.is_finite() && bytes > 0.0 {
+        Ok(bytes)
+    } else {
+        Err("a size must be more than 0".to_owned())
+    }
+}
 
 /// Runs a replay: streams the inputs through one plugin instance, writes `flagged.ndjson` and
 /// `report.html` to the output folder and the summary to `out`.
@@ -571,5 +617,32 @@ impl Progress {
         if let Some(bar) = &self.bar {
             bar.finish_and_clear();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_take_decimal_and_binary_units() {
+        assert_eq!(byte_size("100000000"), Ok(1e8));
+        assert_eq!(byte_size("100MB"), Ok(1e8));
+        assert_eq!(byte_size("1.5 GiB"), Ok(1.5 * 1024.0 * 1024.0 * 1024.0));
+        assert_eq!(byte_size("512k"), Ok(512_000.0));
+        assert!(byte_size("100 parsecs")
+            .unwrap_err()
+            .contains("unknown unit"));
+        assert!(byte_size("0MB").is_err());
+        assert!(byte_size("MB").is_err());
+    }
+
+    #[test]
+    fn a_threshold_is_a_score() {
+        assert_eq!(score("75"), Ok(75.0));
+        assert_eq!(score("0"), Ok(0.0));
+        assert!(score("150").unwrap_err().contains("0 to 100"));
+        assert!(score("-1").is_err());
+        assert!(score("high").is_err());
     }
 }

@@ -9,7 +9,9 @@
 //! structure in the form the detector reads a JSON line (see `fields.rs`: the most nested form
 //! of a path wins), and whether an object or something else stands at the parents of the
 //! fields an alert writes (`EW_FIELD_NODE` entries). From those values this module writes a
-//! small JSON object holding just them and hands it to [`Detector::evaluate_to_fields`]: the
+//! small JSON object holding just them (nested where the record has an object or nothing, as
+//! dotted keys below anything else: the scanner's fast path, with the same reading) and hands
+//! it to [`Detector::evaluate_to_fields`]: the
 //! one evaluation path every face uses, so rules, models, state and alerts are `run`'s. A
 //! flagged event's alert comes back as a tree of [`EwNode`]s for the host to merge into its
 //! record: each top-level node a field the event lacks, keyed by its dotted path.
@@ -180,13 +182,63 @@ pub struct EwDetector {
 struct Entry {
     path: String,
     kind: u32,
-    /// `"path":`, as written in the event text.
+}
+
+/// The field list's paths as a tree of their segments: the shape the event is written in.
+struct Segment {
+    /// The segment alone (for a dotted key below a parent that is not an object).
+    name: String,
+    /// `"name":`, as written in the event text.
     key: String,
+    /// The field list entry with this path, if any.
+    entry: Option<usize>,
+    children: Vec<usize>,
+}
+
+/// Builds the tree of `entries`' paths; segment 0 is the root (the event object).
+fn segments(entries: &[Entry]) -> Vec<Segment> {
+    let mut tree = vec![Segment {
+        name: String::new(),
+        key: String::new(),
+        entry: None,
+        children: Vec::new(),
+    }];
+    for (i, entry) in entries.iter().enumerate() {
+        let mut at = 0;
+        for name in entry.path.split('.') {
+            let found = tree[at]
+                .children
+                .iter()
+                .copied()
+                .find(|&c| tree[c].name == name);
+            at = match found {
+                Some(c) => c,
+                None => {
+                    let mut key = String::new();
+                    write_string(&mut key, name);
+                    key.push(':');
+                    tree.push(Segment {
+                        name: name.to_owned(),
+                        key,
+                        entry: None,
+                        children: Vec::new(),
+                    });
+                    let c = tree.len() - 1;
+                    tree[at].children.push(c);
+                    c
+                }
+            };
+        }
+        tree[at].entry = Some(i);
+    }
+    tree
 }
 
 struct Inner {
     detector: Detector,
     entries: Vec<Entry>,
+    /// The entries' paths as a tree.
+    tree: Vec<Segment>,
     /// The event text of the current call.
     line: String,
     /// The current alert: fields by path, with their values.
@@ -359,11 +411,7 @@ fn entries(detector: &Detector) -> Vec<Entry> {
     }
     list.extend(nodes.into_iter().map(|n| (n, EW_FIELD_NODE)));
     list.into_iter()
-        .map(|(path, kind)| Entry {
-            key: format!("{}:", Value::String(path.clone())),
-            path,
-            kind,
-        })
+        .map(|(path, kind)| Entry { path, kind })
         .collect()
 }
 
@@ -460,6 +508,92 @@ unsafe fn write_value(
     Ok(())
 }
 
+/// What one call writes: the field tree and the caller's values.
+struct Shape<'a> {
+    tree: &'a [Segment],
+    entries: &'a [Entry],
+    values: &'a [EwValue],
+}
+
+impl Shape<'_> {
+    /// Writes the members below segment `at` into `out`: nested in an object where the record
+    /// has an object (or nothing: the object is made), as dotted keys after `prefix` below a
+    /// parent that is something else. `first` says whether `out`'s object is still empty.
+    ///
+    /// # Safety
+    /// String pointers in the values must be valid for their lengths.
+    unsafe fn members(
+        &self,
+        out: &mut String,
+        at: usize,
+        prefix: &str,
+        first: &mut bool,
+    ) -> Result<(), Failure> {
+        for &c in &self.tree[at].children {
+            let seg = &self.tree[c];
+            let given = seg
+                .entry
+                .map(|i| (i, &self.values[i]))
+                .filter(|(_, v)| v.kind != EW_ABSENT);
+            if given.is_none() && seg.children.is_empty() {
+                continue;
+            }
+            let mark = (out.len(), *first);
+            if !*first {
+                out.push(',');
+            }
+            *first = false;
+            if prefix.is_empty() {
+                out.push_str(&seg.key);
+            } else {
+                write_string(out, &format!("{prefix}{}", seg.name));
+                out.push(':');
+            }
+            match given {
+                Some((i, v)) if v.kind != EW_OBJECT => {
+                    if v.kind == EW_BLOCKED {
+                        out.push('0');
+                    } else {
+                        let fields = self.entries.len();
+                        let path = &self.entries[i].path;
+                        // SAFETY: forwarded from the caller.
+                        unsafe { write_value(out, v, self.values, fields, false, path)? };
+                    }
+                    if out.len() > EW_MAX_EVENT_BYTES {
+                        return Err(too_large());
+                    }
+                    if !seg.children.is_empty() {
+                        let deeper = format!("{prefix}{}.", seg.name);
+                        // SAFETY: forwarded from the caller.
+                        unsafe { self.members(out, c, &deeper, first)? };
+                    }
+                }
+                _ => {
+                    out.push('{');
+                    let mut inner_first = true;
+                    // SAFETY: forwarded from the caller.
+                    unsafe { self.members(out, c, "", &mut inner_first)? };
+                    if inner_first && given.is_none() {
+                        // Nothing below and nothing here: the record has no such object.
+                        out.truncate(mark.0);
+                        *first = mark.1;
+                    } else {
+                        out.push('}');
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn too_large() -> Failure {
+    Failure::new(
+        EW_ERR_TOO_LARGE,
+        format!("the event's values are over {EW_MAX_EVENT_BYTES} bytes as JSON"),
+    )
+}
+
 impl Inner {
     /// Writes the event the values describe into `self.line`.
     ///
@@ -481,38 +615,28 @@ impl Inner {
                 ),
             ));
         }
-        self.line.clear();
-        self.line.push('{');
-        let mut first = true;
         for (entry, v) in self.entries.iter().zip(values) {
-            if v.kind == EW_ABSENT {
-                continue;
-            }
             let node = entry.kind == EW_FIELD_NODE;
-            if node != matches!(v.kind, EW_OBJECT | EW_BLOCKED) && (node || v.kind == EW_BLOCKED) {
+            if v.kind != EW_ABSENT
+                && node != matches!(v.kind, EW_OBJECT | EW_BLOCKED)
+                && (node || v.kind == EW_BLOCKED)
+            {
                 return Err(Failure::new(
                     EW_ERR_INVALID,
                     format!("{}: value kind {} is not allowed here", entry.path, v.kind),
                 ));
             }
-            if !first {
-                self.line.push(',');
-            }
-            first = false;
-            self.line.push_str(&entry.key);
-            if v.kind == EW_BLOCKED {
-                self.line.push('0');
-            } else {
-                // SAFETY: forwarded from the caller.
-                unsafe { write_value(&mut self.line, v, values, fields, false, &entry.path)? };
-            }
-            if self.line.len() > EW_MAX_EVENT_BYTES {
-                return Err(Failure::new(
-                    EW_ERR_TOO_LARGE,
-                    format!("the event's values are over {EW_MAX_EVENT_BYTES} bytes as JSON"),
-                ));
-            }
         }
+        self.line.clear();
+        self.line.push('{');
+        let mut first = true;
+        let shape = Shape {
+            tree: &self.tree,
+            entries: &self.entries,
+            values,
+        };
+        // SAFETY: forwarded from the caller.
+        unsafe { shape.members(&mut self.line, 0, "", &mut first)? };
         self.line.push('}');
         Ok(())
     }
@@ -673,21 +797,26 @@ pub unsafe extern "C" fn ew_new(
         Ok(detector)
     });
     match built {
-        Ok(detector) => Box::into_raw(Box::new(EwDetector {
-            inner: Mutex::new(Inner {
-                entries: entries(&detector),
-                detector,
-                line: String::new(),
-                alert: Vec::new(),
-                values: Vec::new(),
-                nodes: Vec::new(),
-                route: String::new(),
-                metrics: String::new(),
-                error: CString::default(),
-                #[cfg(test)]
-                panic_next: false,
-            }),
-        })),
+        Ok(detector) => {
+            let entries = entries(&detector);
+            let tree = segments(&entries);
+            Box::into_raw(Box::new(EwDetector {
+                inner: Mutex::new(Inner {
+                    entries,
+                    tree,
+                    detector,
+                    line: String::new(),
+                    alert: Vec::new(),
+                    values: Vec::new(),
+                    nodes: Vec::new(),
+                    route: String::new(),
+                    metrics: String::new(),
+                    error: CString::default(),
+                    #[cfg(test)]
+                    panic_next: false,
+                }),
+            }))
+        }
         Err(failure) => {
             // SAFETY: forwarded from the caller.
             unsafe { set_error(error, &failure.message) };

@@ -10,7 +10,15 @@
 //! |---|---|
 //! | `serde_parse_only` | `serde_json::from_str::<IgnoredAny>`: the reference, a parse that keeps nothing |
 //! | `scanner` | the detector's field scanner alone, with the fields the detector reads |
-//! | `detector` | `Detector::evaluate` in-process: scan, GeoIP, filters, models, verdict |
+//! | `detector` | `Detector::process` in-process: scan, GeoIP, filters, models, verdict, alerts |
+//! | `detector_no_alerts` | the same with `annotate: false`: flagged events are counted, not written |
+//! | `end_to_end` | `egresswatch run` (the release binary and plugin beside this bench), stdin from a file, stdout to `/dev/null` |
+//!
+//! Annotation costs `(detector - detector_no_alerts) / flagged` per flagged event (the flagged
+//! events are counted by running the detector once outside callgrind); it is printed below the
+//! table. `end_to_end` needs the release build of the program and the plugin:
+//! `cargo build --release -p egresswatch-cli -p egresswatch-plugin` (the README's command does
+//! both); without them the case says so and is left out.
 //!
 //! Options: `--input FILE` (default `examples/data/sample.ndjson`, with the bundled GeoIP
 //! database), `--lines N` (first N lines only), `--skip=CASE` (leave a case out; repeatable),
@@ -24,7 +32,13 @@ use egresswatch_plugin::config::BuildOptions;
 use egresswatch_plugin::Detector;
 use serde::de::IgnoredAny;
 
-const CASES: [&str; 3] = ["serde_parse_only", "scanner", "detector"];
+const CASES: [&str; 5] = [
+    "serde_parse_only",
+    "scanner",
+    "detector",
+    "detector_no_alerts",
+    "end_to_end",
+];
 
 /// Events handed over per call, as the host does by default.
 const BATCH: usize = 1024;
@@ -36,10 +50,11 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn detector() -> Detector {
+fn detector(annotate: bool) -> Detector {
     let config = serde_json::json!({
         "rules": ["rules"],
         "geoip": { "database": "data/geo/geo-whois-asn-country.mmdb" },
+        "actions": { "default": { "annotate": annotate } },
     })
     .to_string();
     let options = BuildOptions {
@@ -94,13 +109,13 @@ fn run_case(case: &str, input: &Path, limit: Option<usize>, events: usize) {
             }
         }
         "scanner" => {
-            let mut scanner = detector().scanner();
+            let mut scanner = detector(true).scanner();
             for line in lines {
                 std::hint::black_box(scanner.scan(line).is_ok());
             }
         }
-        "detector" => {
-            let mut detector = detector();
+        "detector" | "detector_no_alerts" => {
+            let mut detector = detector(case == "detector");
             for chunk in lines.chunks(BATCH) {
                 let batch = chunk.iter().map(String::as_str);
                 std::hint::black_box(detector.process(batch, NOW_MS));
@@ -110,26 +125,52 @@ fn run_case(case: &str, input: &Path, limit: Option<usize>, events: usize) {
     }
 }
 
-/// Total instructions of one run of this binary under callgrind.
+/// Total instructions of one run under callgrind: of this binary for an in-process case, of
+/// the `egresswatch` program for `end_to_end`.
 fn callgrind_ir(case: &str, input: &Path, lines: Option<usize>, events: usize) -> u64 {
     let out = std::env::temp_dir().join(format!(
         "egresswatch-callgrind-{}-{case}-{events}.out",
         std::process::id()
     ));
-    let exe = std::env::current_exe().expect("own path");
     let mut cmd = Command::new("valgrind");
     cmd.arg("--tool=callgrind")
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(exe)
-        .args(["--case", case, "--events", &events.to_string()])
-        .arg("--input")
-        .arg(input);
-    if let Some(n) = lines {
-        cmd.args(["--lines", &n.to_string()]);
+        .arg(format!("--callgrind-out-file={}", out.display()));
+    let mut stdin_file = None;
+    if case == "end_to_end" {
+        // The program reads the first `events` lines from a file on stdin.
+        let text: String = read_lines(input, lines)
+            .iter()
+            .take(events)
+            .flat_map(|l| [l.as_str(), "\n"])
+            .collect();
+        let path = std::env::temp_dir().join(format!(
+            "egresswatch-callgrind-{}-{events}.ndjson",
+            std::process::id()
+        ));
+        std::fs::write(&path, text).expect("writing the end-to-end input");
+        let config = end_to_end_config();
+        cmd.arg(program().expect("checked by drive"))
+            .args(["run", "--config"])
+            .arg(&config)
+            .stdin(std::fs::File::open(&path).expect("end-to-end input"))
+            .stdout(std::fs::File::create("/dev/null").expect("/dev/null"));
+        stdin_file = Some(path);
+    } else {
+        let exe = std::env::current_exe().expect("own path");
+        cmd.arg(exe)
+            .args(["--case", case, "--events", &events.to_string()])
+            .arg("--input")
+            .arg(input);
+        if let Some(n) = lines {
+            cmd.args(["--lines", &n.to_string()]);
+        }
     }
     let output = cmd
         .output()
         .expect("valgrind must be installed (apt-get install valgrind)");
+    if let Some(path) = stdin_file {
+        let _ = std::fs::remove_file(path);
+    }
     assert!(
         output.status.success(),
         "callgrind run of {case} failed:\n{}",
@@ -147,10 +188,57 @@ fn callgrind_ir(case: &str, input: &Path, lines: Option<usize>, events: usize) -
         .expect("callgrind output has a total")
 }
 
+/// The release `egresswatch` program, when it has been built with its plugin beside it (this
+/// bench is `target/release/deps/callgrind-*`; they are in `target/release`).
+fn program() -> Option<PathBuf> {
+    let dir = std::env::current_exe().ok()?.parent()?.parent()?.to_owned();
+    let exe = dir.join("egresswatch");
+    let plugin = dir.join(format!(
+        "{}egresswatch_plugin{}",
+        std::env::consts::DLL_PREFIX,
+        std::env::consts::DLL_SUFFIX
+    ));
+    (exe.is_file() && plugin.is_file()).then_some(exe)
+}
+
+/// The configuration of the `end_to_end` case: the bench input's rules and GeoIP database
+/// (as the `detector` case reads them), every event to stdout, flagged ones annotated.
+fn end_to_end_config() -> PathBuf {
+    let ws = workspace().canonicalize().expect("workspace");
+    let path =
+        std::env::temp_dir().join(format!("egresswatch-callgrind-{}.yaml", std::process::id()));
+    let yaml = format!(
+        "unreadable: pass\noutputs:\n  default: {{ type: stdout }}\ndetector:\n  rules: [{rules:?}]\n  geoip:\n    database: {geo:?}\n  actions:\n    default: {{ annotate: true }}\n",
+        rules = ws.join("rules").display().to_string(),
+        geo = ws
+            .join("data/geo/geo-whois-asn-country.mmdb")
+            .display()
+            .to_string(),
+    );
+    std::fs::write(&path, yaml).expect("writing the end-to-end configuration");
+    path
+}
+
+/// Events the detector flags in `input` (run once, natively).
+fn flagged(input: &Path, lines: Option<usize>) -> usize {
+    let lines = read_lines(input, lines);
+    let mut detector = detector(true);
+    lines
+        .chunks(BATCH)
+        .map(|chunk| {
+            detector
+                .process(chunk.iter().map(String::as_str), NOW_MS)
+                .iter()
+                .filter(|v| v.replacement.is_some())
+                .count()
+        })
+        .sum()
+}
+
 fn drive(input: &Path, lines: Option<usize>, args: &[String]) {
     let count = read_lines(input, lines).len();
     assert!(count > 0, "{} has no lines", input.display());
-    let only: Vec<&str> = CASES
+    let mut only: Vec<&str> = CASES
         .iter()
         .copied()
         .filter(|c| !args.contains(&format!("--skip={c}")))
@@ -160,14 +248,35 @@ fn drive(input: &Path, lines: Option<usize>, args: &[String]) {
         count,
         input.display()
     );
-    println!("| case | Ir/event | ratio to serde_parse_only |");
+    let mut missing = false;
+    if only.contains(&"end_to_end") && program().is_none() {
+        missing = true;
+        only.retain(|c| *c != "end_to_end");
+    }
+    println!("| case | Ir/event | ratio to {} |", only[0]);
     println!("|---|---:|---:|");
     let mut reference = None;
+    let mut per_case = Vec::new();
     for case in only {
         let full = callgrind_ir(case, input, lines, usize::MAX);
         let base = callgrind_ir(case, input, lines, 0);
         let per = full.saturating_sub(base) as f64 / count as f64;
         let reference = *reference.get_or_insert(per);
         println!("| {case} | {per:.0} | {:.2}x |", per / reference);
+        per_case.push((case, per));
+    }
+    if missing {
+        println!(
+            "| end_to_end | not run: build the program and plugin first \
+             (cargo build --release -p egresswatch-cli -p egresswatch-plugin) | |"
+        );
+    }
+    let find = |name: &str| per_case.iter().find(|c| c.0 == name).map(|c| c.1);
+    if let (Some(on), Some(off)) = (find("detector"), find("detector_no_alerts")) {
+        let flagged = flagged(input, lines);
+        if flagged > 0 {
+            let per_alert = (on - off) * count as f64 / flagged as f64;
+            println!("\nannotation: {per_alert:.0} Ir per flagged event ({flagged} flagged)");
+        }
     }
 }

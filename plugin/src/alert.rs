@@ -51,7 +51,7 @@ use std::fmt::Write as _;
 use serde_json::Value;
 
 use crate::catalog::Function;
-use crate::fields::{Add, Collision, Event, FieldId, SchemaBuilder};
+use crate::fields::{push_json_str, Add, Collision, Event, FieldId, SchemaBuilder};
 use crate::geo::Country;
 use crate::models::ExtraValue;
 use crate::rules::Rule;
@@ -304,40 +304,44 @@ fn failures(fields: &AlertFields, refused: Vec<(FieldId, Collision)>) -> Vec<Fai
         .collect()
 }
 
-/// The `egresswatch` object.
+/// The `egresswatch` object. Written piece by piece into one buffer: no `format!`, no string
+/// per number or per escaped text (a flagged event's alert is on the hot path of an attack).
 fn ours(event: &Event<'_>, rule: &RuleTexts, d: &AlertDetail) -> String {
     let sums = matches!(
         d.function,
         Function::Sum | Function::HighSum | Function::LowSum
     );
-    let mut o = String::with_capacity(rule.ours.len() + 512);
+    // Room for all of it at once: growing a string of kilobytes copies it each time.
+    let threat = rule.threat.as_ref().map_or(0, String::len);
+    let mut o = String::with_capacity(rule.ours.len() + threat + 2 * d.reason.len() + 1024);
     o.push_str("{\"rule\":");
     o.push_str(&rule.ours);
     if let Some(threat) = &rule.threat {
         o.push_str(",\"threat\":");
         o.push_str(threat);
     }
-    let _ = write!(
-        o,
-        ",\"job_id\":{},\"function\":\"{}\",\"score\":{}",
-        json_str(&d.job_id),
-        d.function.as_str(),
-        number(d.score, false)
-    );
+    o.push_str(",\"job_id\":");
+    push_json_str(&mut o, &d.job_id);
+    o.push_str(",\"function\":\"");
+    o.push_str(d.function.as_str());
+    o.push_str("\",\"score\":");
+    push_number(&mut o, d.score, false);
     if let Some(t) = rule.threshold {
-        let _ = write!(o, ",\"anomaly_threshold\":{t}");
+        o.push_str(",\"anomaly_threshold\":");
+        o.push_str(itoa::Buffer::new().format(t));
     }
-    let _ = write!(
-        o,
-        ",\"severity\":{},\"bucket_start\":\"{}\"",
-        rule.severity_word,
-        rfc3339(d.bucket_start)
-    );
+    o.push_str(",\"severity\":");
+    o.push_str(&rule.severity_word);
+    o.push_str(",\"bucket_start\":\"");
+    push_rfc3339(&mut o, d.bucket_start);
+    o.push('"');
     if let Some(a) = d.actual {
-        let _ = write!(o, ",\"actual\":{}", number(a, sums));
+        o.push_str(",\"actual\":");
+        push_number(&mut o, a, sums);
     }
     if let Some(t) = d.typical {
-        let _ = write!(o, ",\"typical\":{}", number(t, sums));
+        o.push_str(",\"typical\":");
+        push_number(&mut o, t, sums);
     }
     o.push_str(",\"influencers\":[");
     let mut first = true;
@@ -349,18 +353,25 @@ fn ours(event: &Event<'_>, rule: &RuleTexts, d: &AlertDetail) -> String {
             o.push(',');
         }
         first = false;
-        let _ = write!(o, "{{\"field\":{},\"value\":{value}}}", json_str(path));
+        o.push_str("{\"field\":");
+        push_json_str(&mut o, path);
+        o.push_str(",\"value\":");
+        o.push_str(&value);
+        o.push('}');
     }
-    let _ = write!(o, "],\"reason\":{}", json_str(&d.reason));
+    o.push_str("],\"reason\":");
+    push_json_str(&mut o, &d.reason);
     for (key, value) in &d.extra {
         if OWN_KEYS.contains(key) {
             continue;
         }
-        let text = match value {
-            ExtraValue::Int(i) => i.to_string(),
-            ExtraValue::Float(f) => number(*f, sums),
-        };
-        let _ = write!(o, ",{}:{text}", json_str(key));
+        o.push(',');
+        push_json_str(&mut o, key);
+        o.push(':');
+        match value {
+            ExtraValue::Int(i) => o.push_str(itoa::Buffer::new().format(*i)),
+            ExtraValue::Float(f) => push_number(&mut o, *f, sums),
+        }
     }
     o.push('}');
     o
@@ -368,32 +379,64 @@ fn ours(event: &Event<'_>, rule: &RuleTexts, d: &AlertDetail) -> String {
 
 /// A JSON string.
 fn json_str(text: &str) -> String {
-    serde_json::to_string(text).unwrap_or_else(|_| "\"\"".to_owned())
+    let mut out = String::with_capacity(text.len() + 2);
+    push_json_str(&mut out, text);
+    out
 }
 
-/// A JSON number: whole when `whole` (bytes and counts: a long in Elasticsearch, exact beyond
-/// a float's 24 bits), `null` for NaN and infinities.
-fn number(x: f64, whole: bool) -> String {
+/// Appends a JSON number: whole when `whole` (bytes and counts: a long in Elasticsearch, exact
+/// beyond a float's 24 bits), `null` for NaN and infinities; otherwise the shortest text that
+/// reads back as `x`, as serde_json writes it.
+fn push_number(out: &mut String, x: f64, whole: bool) {
     if !x.is_finite() {
-        return "null".to_owned();
+        out.push_str("null");
+    } else if (whole && x.abs() < 9e18) || (x.fract() == 0.0 && x.abs() < 9e15) {
+        out.push_str(itoa::Buffer::new().format(x.round() as i64));
+    } else {
+        out.push_str(zmij::Buffer::new().format_finite(x));
     }
-    if (whole && x.abs() < 9e18) || (x.fract() == 0.0 && x.abs() < 9e15) {
-        return format!("{}", x.round() as i64);
-    }
-    serde_json::Number::from_f64(x).map_or_else(|| "null".to_owned(), |n| n.to_string())
 }
 
 /// Formats seconds since the Unix epoch as RFC 3339 UTC (`1970-01-01T00:00:00Z`).
 pub fn rfc3339(epoch_secs: i64) -> String {
+    let mut out = String::with_capacity(20);
+    push_rfc3339(&mut out, epoch_secs);
+    out
+}
+
+/// Appends [`rfc3339`]'s text to `out`.
+fn push_rfc3339(out: &mut String, epoch_secs: i64) {
     let (year, month, day) =
         egresswatch_common::time::civil_from_days(epoch_secs.div_euclid(86_400));
     let secs = epoch_secs.rem_euclid(86_400);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs % 3600 / 60,
-        secs % 60
-    )
+    if (0..10_000).contains(&year) {
+        let two = |out: &mut String, n: i64| {
+            out.push(char::from(b'0' + (n / 10) as u8));
+            out.push(char::from(b'0' + (n % 10) as u8));
+        };
+        two(out, year / 100);
+        two(out, year % 100);
+        out.push('-');
+        two(out, month);
+        out.push('-');
+        two(out, day);
+        out.push('T');
+        two(out, secs / 3600);
+        out.push(':');
+        two(out, secs % 3600 / 60);
+        out.push(':');
+        two(out, secs % 60);
+        out.push('Z');
+    } else {
+        // Years outside 0..=9999 (never from a real clock): as `format!` pads them.
+        let _ = write!(
+            out,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
+            secs / 3600,
+            secs % 3600 / 60,
+            secs % 60
+        );
+    }
 }
 
 #[cfg(test)]
@@ -638,11 +681,40 @@ mod tests {
 
     #[test]
     fn numbers() {
+        let number = |x: f64, whole: bool| {
+            let mut out = String::new();
+            push_number(&mut out, x, whole);
+            out
+        };
         assert_eq!(number(f64::NAN, false), "null");
         assert_eq!(number(2.5, false), "2.5");
         assert_eq!(number(2.5, true), "3");
         assert_eq!(number(3.0, false), "3");
+        assert_eq!(number(-7.0, true), "-7");
         assert_eq!(number(1e300, false), "1e+300");
+        // As serde_json writes numbers.
+        for x in [0.1, 1.0 / 3.0, -2.5e-7, 123_456.789, 9.5e15, 1e300] {
+            let serde = serde_json::Number::from_f64(x).map(|n| n.to_string());
+            assert_eq!(Some(number(x, false)), serde, "{x}");
+        }
+    }
+
+    #[test]
+    fn json_strings_escape_as_serde_json_does() {
+        for text in [
+            "plain",
+            "",
+            "quote \" back \\ slash",
+            "tab\tnl\ncr\r",
+            "\u{1}\u{1f}\u{7f}",
+            "é ✓ 😀",
+        ] {
+            assert_eq!(
+                json_str(text),
+                serde_json::to_string(text).unwrap(),
+                "{text:?}"
+            );
+        }
     }
 
     #[test]
@@ -653,5 +725,8 @@ mod tests {
         assert_eq!(rfc3339(1_735_689_599), "2024-12-31T23:59:59Z");
         assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
         assert_eq!(rfc3339(4_102_444_800), "2100-01-01T00:00:00Z");
+        assert_eq!(rfc3339(-62_167_219_200), "0000-01-01T00:00:00Z");
+        assert_eq!(rfc3339(253_402_300_799), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(253_402_300_800), "10000-01-01T00:00:00Z");
     }
 }

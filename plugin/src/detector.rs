@@ -231,8 +231,9 @@ impl Detector {
         if let Some(scores) = &mut self.scores {
             scores.clear();
         }
-        let mut verdicts = Vec::new();
-        for (i, line) in events.into_iter().enumerate() {
+        let events = events.into_iter();
+        let mut verdicts = Vec::with_capacity(events.size_hint().0);
+        for (i, line) in events.enumerate() {
             self.event_index = u32::try_from(i).unwrap_or(u32::MAX);
             verdicts.push(self.evaluate(line, now_ms));
         }

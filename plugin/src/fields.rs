@@ -685,7 +685,46 @@ pub struct Event<'s> {
 
 /// A member to insert: the node whose object receives it, the rest of its path below that
 /// node, and its JSON value.
-type Member<'a> = (u16, &'a [Box<str>], std::borrow::Cow<'a, str>);
+type Member<'a> = (u16, &'a [Box<str>], Value<'a>);
+
+/// A value [`Event::write`] inserts.
+#[derive(Debug, Clone, Copy)]
+enum Value<'t> {
+    /// JSON text, as given.
+    Text(&'t str),
+    /// Comma-separated JSON values, written inside brackets.
+    Array(&'t str),
+}
+
+impl Value<'_> {
+    /// Bytes it takes.
+    fn len(&self) -> usize {
+        match self {
+            Value::Text(t) => t.len(),
+            Value::Array(t) => t.len() + 2,
+        }
+    }
+
+    fn push_to(&self, out: &mut String) {
+        match self {
+            Value::Text(t) => out.push_str(t),
+            Value::Array(t) => {
+                out.push('[');
+                out.push_str(t);
+                out.push(']');
+            }
+        }
+    }
+}
+
+/// What [`Event::write`] inserts at one offset.
+#[derive(Debug, Clone, Copy)]
+enum Insert<'t> {
+    /// Values appended to an existing array, after a comma when it has some.
+    Items { comma: bool, items: &'t str },
+    /// The new members of a node's object, after a comma when it has some.
+    Members { node: u16, empty: bool },
+}
 
 /// Why a field was not written by [`Event::write`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -837,36 +876,49 @@ impl<'s> Event<'s> {
 
     /// Writes the line with `adds` inserted into `out` (cleared first); the original bytes are
     /// all kept, in order. Returns the adds that could not be written, and why.
+    ///
+    /// The inserted text is rendered straight into `out` between the copied runs of the line:
+    /// no intermediate string per insertion (a flagged event's alert is a few kilobytes, and
+    /// this runs on every flagged event).
     pub fn write(&self, adds: &[Add<'_>], out: &mut String) -> Vec<(FieldId, Collision)> {
-        use std::borrow::Cow;
         let mut refused = Vec::new();
         // New members per receiving node: the rest of the path below it, and the JSON value.
-        let mut members: Vec<Member<'_>> = Vec::new();
-        let mut inserts: Vec<(usize, String)> = Vec::new();
+        let mut members: Vec<Member<'_>> = Vec::with_capacity(adds.len());
+        // Where text goes: (offset, what), in the order the adds name them; sorted (stably) by
+        // offset below.
+        let mut inserts: Vec<(usize, Insert<'_>)> = Vec::with_capacity(adds.len());
+        let mut extra = 0;
         for add in adds {
             let (id, value) = match *add {
                 Add::Append(id, items) if self.slot(id).kind == Kind::Array => {
                     let slot = self.slot(id);
                     let close = slot.end as usize - 1;
                     let inner = self.line[slot.start as usize + 1..close].trim();
-                    let sep = if inner.is_empty() { "" } else { "," };
-                    inserts.push((close, format!("{sep}{items}")));
+                    extra += items.len() + 1;
+                    inserts.push((
+                        close,
+                        Insert::Items {
+                            comma: !inner.is_empty(),
+                            items,
+                        },
+                    ));
                     continue;
                 }
-                Add::Append(id, items) => (id, Cow::Owned(format!("[{items}]"))),
-                Add::Field(id, value) => (id, Cow::Borrowed(value)),
+                Add::Append(id, items) => (id, Value::Array(items)),
+                Add::Field(id, value) => (id, Value::Text(value)),
             };
             match self.place(id) {
                 Ok((node, covered)) => {
                     let chain = &self.schema.chains[usize::from(id.0)];
-                    members.push((node, &chain.segments[covered..], value));
+                    let rest = &chain.segments[covered..];
+                    extra += value.len() + rest.iter().map(|s| s.len() + 4).sum::<usize>();
+                    members.push((node, rest, value));
                 }
                 Err(why) => refused.push((id, why)),
             }
         }
         // One insertion per receiving object, before its closing brace.
         let mut nodes: Vec<u16> = members.iter().map(|m| m.0).collect();
-        nodes.dedup();
         nodes.sort_unstable();
         nodes.dedup();
         for node in nodes {
@@ -882,25 +934,31 @@ impl<'s> Event<'s> {
             } else {
                 self.line[..close].trim_end().ends_with('{')
             };
-            let items: Vec<(&[Box<str>], &str)> = members
-                .iter()
-                .filter(|m| m.0 == node)
-                .map(|m| (m.1, m.2.as_ref()))
-                .collect();
-            let mut text = String::new();
-            if !empty {
-                text.push(',');
-            }
-            render_members(&items, &mut text);
-            inserts.push((close, text));
+            inserts.push((close, Insert::Members { node, empty }));
         }
         inserts.sort_by_key(|i| i.0);
         out.clear();
-        out.reserve(self.line.len() + inserts.iter().map(|i| i.1.len()).sum::<usize>());
+        out.reserve(self.line.len() + extra + 16);
         let mut from = 0;
-        for (at, text) in &inserts {
+        let mut items: Vec<(&[Box<str>], Value<'_>)> = Vec::with_capacity(members.len());
+        for (at, insert) in &inserts {
             out.push_str(&self.line[from..*at]);
-            out.push_str(text);
+            match *insert {
+                Insert::Items { comma, items } => {
+                    if comma {
+                        out.push(',');
+                    }
+                    out.push_str(items);
+                }
+                Insert::Members { node, empty } => {
+                    if !empty {
+                        out.push(',');
+                    }
+                    items.clear();
+                    items.extend(members.iter().filter(|m| m.0 == node).map(|m| (m.1, m.2)));
+                    render_members(&items, out);
+                }
+            }
             from = *at;
         }
         out.push_str(&self.line[from..]);
@@ -919,8 +977,17 @@ impl<'s> Event<'s> {
 /// Writes `items` (paths relative to one object, with JSON values) as that object's members,
 /// nesting the ones that share a first segment: `geo.country_name` and `geo.country_iso_code`
 /// become `"geo":{"country_name":..,"country_iso_code":..}`.
-fn render_members(items: &[(&[Box<str>], &str)], out: &mut String) {
-    let mut done = vec![false; items.len()];
+fn render_members(items: &[(&[Box<str>], Value<'_>)], out: &mut String) {
+    // Items already written (as part of a nested object); a write takes a handful of fields.
+    let mut few = [false; 16];
+    let mut many = Vec::new();
+    let done: &mut [bool] = match few.get_mut(..items.len()) {
+        Some(few) => few,
+        None => {
+            many.resize(items.len(), false);
+            &mut many
+        }
+    };
     let mut first = true;
     for i in 0..items.len() {
         if done[i] {
@@ -934,10 +1001,10 @@ fn render_members(items: &[(&[Box<str>], &str)], out: &mut String) {
             out.push(',');
         }
         first = false;
-        out.push_str(&serde_json::to_string(&**head).unwrap_or_default());
+        push_json_str(out, head);
         out.push(':');
         if rest.is_empty() {
-            out.push_str(value);
+            value.push_to(out);
             done[i] = true;
             continue;
         }
@@ -953,6 +1020,56 @@ fn render_members(items: &[(&[Box<str>], &str)], out: &mut String) {
         render_members(&below, out);
         out.push('}');
     }
+}
+
+/// Appends `text` to `out` as a JSON string, escaped as serde_json escapes it. Text with
+/// nothing to escape (field names, most values) is copied in one piece.
+pub fn push_json_str(out: &mut String, text: &str) {
+    let b = text.as_bytes();
+    out.reserve(text.len() + 2);
+    out.push('"');
+    let mut from = 0;
+    let mut pos = 0;
+    loop {
+        // Eight bytes at a time to the next byte that needs escaping: `"`, `\` or a control.
+        while let Some(w) = word(b, pos) {
+            let stops = string_stops(w);
+            if stops != 0 {
+                pos += (stops.trailing_zeros() / 8) as usize;
+                break;
+            }
+            pos += 8;
+        }
+        while b
+            .get(pos)
+            .is_some_and(|&c| c >= 0x20 && c != b'"' && c != b'\\')
+        {
+            pos += 1;
+        }
+        let Some(&c) = b.get(pos) else {
+            break;
+        };
+        out.push_str(&text[from..pos]);
+        match c {
+            b'"' => out.push_str("\\\""),
+            b'\\' => out.push_str("\\\\"),
+            b'\n' => out.push_str("\\n"),
+            b'\r' => out.push_str("\\r"),
+            b'\t' => out.push_str("\\t"),
+            0x08 => out.push_str("\\b"),
+            0x0c => out.push_str("\\f"),
+            c => {
+                const HEX: &[u8; 16] = b"0123456789abcdef";
+                out.push_str("\\u00");
+                out.push(char::from(HEX[usize::from(c >> 4)]));
+                out.push(char::from(HEX[usize::from(c & 0xf)]));
+            }
+        }
+        pos += 1;
+        from = pos;
+    }
+    out.push_str(&text[from..]);
+    out.push('"');
 }
 
 /// Whether a validated JSON array holds the string `needle`.
@@ -1025,7 +1142,17 @@ fn fail(kind: ScanErrorKind, offset: usize) -> ScanError {
 }
 
 #[inline(always)]
-fn skip_ws(b: &[u8], mut pos: usize) -> usize {
+fn skip_ws(b: &[u8], pos: usize) -> usize {
+    // Shippers write JSON without white space between tokens: one comparison in the common
+    // case (every JSON white space byte is at most a space, every token byte is above it).
+    match b.get(pos) {
+        Some(&c) if c > b' ' => pos,
+        _ => skip_ws_run(b, pos),
+    }
+}
+
+#[inline(never)]
+fn skip_ws_run(b: &[u8], mut pos: usize) -> usize {
     while matches!(b.get(pos), Some(b' ' | b'\t' | b'\n' | b'\r')) {
         pos += 1;
     }
@@ -1044,7 +1171,12 @@ fn string_end(b: &[u8], mut pos: usize) -> Result<(usize, bool), ScanError> {
                 pos += 8;
                 continue;
             }
-            pos += (stops.trailing_zeros() / 8) as usize;
+            let at = stops.trailing_zeros() / 8;
+            pos += at as usize;
+            // The closing quote, the common stop, read from the word already loaded.
+            if (w >> (at * 8)) as u8 == b'"' {
+                return Ok((pos + 1, escaped));
+            }
         }
         match b.get(pos) {
             Some(b'"') => return Ok((pos + 1, escaped)),

@@ -94,3 +94,45 @@ fn generate_writes_to_a_file_with_o() {
     assert!(text.lines().count() > 10, "{}", text.len());
     assert!(text.lines().all(|l| l.starts_with('{')));
 }
+
+#[test]
+fn json_logs_and_the_exit_summary() {
+    let dir = temp_dir("cli-json-logs");
+    let config = dir.join("c.yaml");
+    std::fs::write(
+        &config,
+        format!(
+            "detector:\n  rules: ['{}']\n",
+            crate::util::workspace().join("rules").display()
+        ),
+    )
+    .unwrap();
+    let input = b"{\"a\":1}\n{\"b\":2}\nnot json\n";
+    let out = run(
+        &[
+            "--log-format",
+            "json",
+            "run",
+            "--config",
+            config.to_str().unwrap(),
+        ],
+        input,
+    );
+    assert!(out.status.success(), "{}", stderr(&out));
+    let lines: Vec<serde_json::Value> = stderr(&out)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    let find = |prefix: &str| {
+        lines
+            .iter()
+            .find(|l| l["message"].as_str().is_some_and(|m| m.starts_with(prefix)))
+            .unwrap_or_else(|| panic!("no `{prefix}` line in {lines:?}"))
+    };
+    assert_eq!(find("egresswatch finished")["lines_in"], 3);
+    let output = find("output default");
+    assert_eq!(output["events_out"], 3);
+    assert_eq!(find("lines the detector could not read")["unreadable"], 1);
+    assert_eq!(find("no state file configured")["level"], "WARN");
+    assert!(find("job rare_destination_country")["learning"].is_boolean());
+}

@@ -25,8 +25,34 @@ mod rules_check;
 #[derive(Debug, Parser)]
 #[command(name = "egresswatch", version = version_line(), about, long_about = None)]
 struct Cli {
+    /// Log format on standard error: `text` for people, `json` (one object per line) for a log
+    /// pipeline. The level comes from EGRESSWATCH_LOG (e.g. `debug`, `egresswatch=debug`).
+    #[arg(long, global = true, value_enum, env = "EGRESSWATCH_LOG_FORMAT", default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
     #[command(subcommand)]
     command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line: timestamp, level, target, message and fields.
+    Json,
+}
+
+/// Logs to standard error in `format`, at the level EGRESSWATCH_LOG gives (default: info).
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("EGRESSWATCH_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(filter);
+    match format {
+        LogFormat::Text => builder.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,15 +233,8 @@ fn quiet_broken_pipes() {
 }
 
 fn main() -> ExitCode {
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("EGRESSWATCH_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .init();
     let cli = Cli::parse();
+    init_logging(cli.log_format);
     if !matches!(cli.command, Command::Run { .. }) {
         quiet_broken_pipes();
     }
@@ -349,26 +368,71 @@ fn run(config_args: &ConfigArgs, plugin: Option<&Path>) -> Result<()> {
         "plugin loaded"
     );
     let report = runner::run(&config, build_info(&plugin), &mut engine, &signals)?;
-    let counters = engine.counters();
-    tracing::info!(
-        finish = ?report.finish,
-        lines_in = counters.lines_in,
-        not_utf8 = counters.not_utf8,
-        oversize = counters.oversize,
-        unreadable = counters.unreadable,
-        plugin_errors = counters.plugin_errors,
-        annotated = counters.annotated,
-        routed = counters.routed,
-        rejected_replacements = counters.rejected_replacements,
-        outputs = ?report.outputs,
-        reconnects = ?report.reconnects,
-        state_bytes = ?report.state_bytes,
-        "egresswatch finished"
-    );
-    if report.finish == Finish::Stopped {
-        tracing::info!("stopped by signal after flushing everything read");
-    }
+    log_summary(&config, &engine, &report);
     Ok(())
+}
+
+/// The exit summary: a few lines (events in and out per output, what was unreadable, flagged
+/// per rule, learning per job, where the state went), each with its figures as fields.
+fn log_summary(config: &HostConfig, engine: &Engine, report: &runner::RunReport) {
+    let c = engine.counters();
+    let finish = match report.finish {
+        Finish::Stopped => "stopped by signal, after flushing everything read",
+        Finish::Eof => "input ended; everything read was flushed",
+    };
+    tracing::info!(
+        lines_in = c.lines_in,
+        annotated = c.annotated,
+        routed = c.routed,
+        "egresswatch finished: {finish}"
+    );
+    for (output, events) in &report.outputs {
+        let reconnects = report
+            .reconnects
+            .iter()
+            .find(|(name, _)| name == output)
+            .map_or(0, |(_, n)| *n);
+        tracing::info!(output = %output, events_out = events, reconnects, "output {output}: {events} events");
+    }
+    if c.not_utf8 + c.oversize + c.unreadable > 0 {
+        tracing::warn!(
+            not_utf8 = c.not_utf8,
+            oversize = c.oversize,
+            unreadable = c.unreadable,
+            "lines the detector could not read were passed on unread"
+        );
+    }
+    if c.plugin_errors + c.rejected_replacements > 0 {
+        tracing::warn!(
+            plugin_errors = c.plugin_errors,
+            rejected_replacements = c.rejected_replacements,
+            "batches the plugin failed on / replacement texts rejected"
+        );
+    }
+    if let Ok(metrics) = engine.transform().metrics().into_result() {
+        for (rule, flagged) in egresswatch::metrics::flagged_per_rule(&metrics) {
+            tracing::info!(rule = %rule, flagged, "rule \"{rule}\": {flagged} flagged");
+        }
+        for (job, learning) in egresswatch::metrics::jobs_learning(&metrics) {
+            let status = if learning {
+                "still learning"
+            } else {
+                "scoring"
+            };
+            tracing::info!(job_id = %job, learning, "job {job}: {status}");
+        }
+    }
+    match (&config.state, report.state_bytes) {
+        (Some(state), Some(bytes)) => {
+            let path = config.resolve(&state.path);
+            tracing::info!(path = %path.display(), bytes, "state saved to {}", path.display());
+        }
+        (Some(state), None) => tracing::warn!(
+            path = %config.resolve(&state.path).display(),
+            "the state was not saved (see the error above)"
+        ),
+        (None, _) => tracing::info!("no state file configured: what was learned is not kept"),
+    }
 }
 
 fn validate(config_args: &ConfigArgs, plugin: Option<&Path>) -> Result<()> {

@@ -308,6 +308,37 @@ impl Metrics {
     }
 }
 
+/// The plugin's gauge that is 1 while a job learns (label `job_id`).
+const JOB_LEARNING: &str = "egresswatch_job_learning";
+
+/// The plugin's counter of events flagged per rule (label `rule`).
+const RULE_FLAGGED: &str = "egresswatch_rule_flagged_total";
+
+/// Each job in the plugin's metrics and whether it is still learning; empty with a plugin
+/// that exports no such gauge.
+pub fn jobs_learning(metrics: &[Metric]) -> Vec<(String, bool)> {
+    metrics
+        .iter()
+        .filter(|m| m.name.as_str() == JOB_LEARNING)
+        .filter_map(|m| {
+            let job = m.labels.iter().find(|l| l.name.as_str() == "job_id")?;
+            Some((job.value.to_string(), m.value != 0.0))
+        })
+        .collect()
+}
+
+/// Events flagged per rule name, from the plugin's metrics.
+pub fn flagged_per_rule(metrics: &[Metric]) -> Vec<(String, u64)> {
+    metrics
+        .iter()
+        .filter(|m| m.name.as_str() == RULE_FLAGGED)
+        .filter_map(|m| {
+            let rule = m.labels.iter().find(|l| l.name.as_str() == "rule")?;
+            Some((rule.value.to_string(), m.value as u64))
+        })
+        .collect()
+}
+
 /// The endpoint's handler: `GET`/`HEAD` `/metrics` and `/health`.
 pub(crate) fn endpoint(metrics: Metrics) -> Handler {
     Arc::new(move |request| {

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use crate::engine::Engine;
 use crate::input::listen::InputStats;
-use crate::metrics::Metrics;
+use crate::metrics::{self, Metrics};
 use crate::output::Outputs;
 use crate::state;
 
@@ -27,6 +27,8 @@ pub(super) struct Keeper {
     pub(super) plugin_refreshed: Option<Instant>,
     /// Whether fetching the plugin's metrics failed already (logged once).
     pub(super) metrics_failed: bool,
+    /// The jobs still learning as last seen, to log when one leaves learning.
+    pub(super) learning: Vec<String>,
 }
 
 impl Keeper {
@@ -45,7 +47,11 @@ impl Keeper {
         }
         if let Some(plugin) = plugin {
             match plugin {
-                Ok(metrics) => self.metrics.set_plugin(metrics.into_vec()),
+                Ok(metrics) => {
+                    let metrics = metrics.into_vec();
+                    self.note_learning(&metrics);
+                    self.metrics.set_plugin(metrics);
+                }
                 Err(e) if !self.metrics_failed => {
                     self.metrics_failed = true;
                     tracing::warn!(error = %e, "the plugin's metrics are unavailable");
@@ -54,6 +60,20 @@ impl Keeper {
             }
             self.plugin_refreshed = Some(Instant::now());
         }
+    }
+
+    /// Logs each job that was learning and no longer is.
+    fn note_learning(&mut self, plugin: &[egresswatch_plugin_api::Metric]) {
+        let jobs = metrics::jobs_learning(plugin);
+        for (job, learning) in &jobs {
+            if !learning && self.learning.contains(job) {
+                tracing::info!(job_id = %job, "job left learning: it flags events from now on");
+            }
+        }
+        self.learning = jobs
+            .into_iter()
+            .filter_map(|(job, learning)| learning.then_some(job))
+            .collect();
     }
 
     fn maybe_save(&mut self, engine: &Engine) {

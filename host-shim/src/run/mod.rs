@@ -152,7 +152,7 @@ pub fn run(
     metrics.input_bound("input", &input.address);
     tracing::info!(
         input = %input.address,
-        metrics = %servers.as_ref().map_or_else(String::new, |(_, url)| url.clone()),
+        metrics = %servers.as_ref().map_or("off", |(_, url)| url.as_str()),
         "egresswatch started"
     );
 
@@ -170,6 +170,7 @@ pub fn run(
         state_max,
         plugin_refreshed: None,
         metrics_failed: false,
+        learning: Vec::new(),
     };
     let driven = drive::drive(
         &rx,

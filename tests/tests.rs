@@ -4,6 +4,7 @@ mod util;
 
 mod cli;
 mod config;
+mod delivery;
 mod dist;
 mod golden;
 mod hardening;

@@ -386,13 +386,16 @@ fn log_summary(config: &HostConfig, engine: &Engine, report: &runner::RunReport)
         routed = c.routed,
         "egresswatch finished: {finish}"
     );
-    for (output, events) in &report.outputs {
-        let reconnects = report
-            .reconnects
-            .iter()
-            .find(|(name, _)| name == output)
-            .map_or(0, |(_, n)| *n);
-        tracing::info!(output = %output, events_out = events, reconnects, "output {output}: {events} events");
+    for o in &report.outputs {
+        tracing::info!(
+            output = %o.name,
+            events_out = o.delivered,
+            dropped = o.dropped,
+            reconnects = o.reconnects,
+            "output {}: {} events",
+            o.name,
+            o.delivered
+        );
     }
     if c.not_utf8 + c.oversize + c.unreadable > 0 {
         tracing::warn!(

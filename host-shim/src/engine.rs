@@ -382,7 +382,9 @@ mod tests {
             ("pager".into(), Box::new(pager.clone())),
         ]);
         engine.process(lines, &mut outputs).unwrap();
-        outputs.flush().unwrap();
+        outputs.commit().unwrap();
+        let (_, undelivered) = outputs.finish();
+        assert!(undelivered.is_empty(), "{undelivered:?}");
         let out = |s: Sink| s.0.lock().unwrap().clone();
         (out(default), out(pager), engine.counters().clone())
     }

@@ -11,8 +11,10 @@
 //!   names. A family whose name is not a valid Prometheus name, or is one of the host's, is
 //!   left out; a label Prometheus reserves for the target (`job`, `instance`) is renamed
 //!   `exported_job` / `exported_instance`, as Prometheus itself would.
-//! - Per output: up, pending bytes, errors and the time of the last error ([`OutputHealth`]),
-//!   fed by whoever delivers to the output, from any thread.
+//! - Per output: delivered, dropped, pending bytes and lines, up, blocked (the engine waiting
+//!   for room in its buffer), reconnects, errors and the time of the last error
+//!   ([`OutputHealth`]), fed by the output's buffer and delivery thread, read at scrape time so
+//!   that a stalled engine cannot freeze them.
 //! - Build information (`egresswatch_build_info`) and the standard `process_*` metrics
 //!   (read from the operating system at scrape time by the `metrics-process` crate).
 //!
@@ -64,10 +66,6 @@ pub struct BuildInfo {
 pub(crate) struct Snapshot {
     /// The engine's counters.
     pub(crate) host: HostCounters,
-    /// Lines written per output.
-    pub(crate) outputs: Vec<(String, u64)>,
-    /// Reconnections per socket output.
-    pub(crate) reconnects: Vec<(String, u64)>,
     /// Size of the state file as last written or read, in bytes.
     pub(crate) state_file_bytes: u64,
     /// Successful state saves.
@@ -96,6 +94,39 @@ struct OutputValues {
     pending_bytes: u64,
     errors: u64,
     last_error: Option<(f64, String)>,
+    delivered: u64,
+    dropped: u64,
+    pending_lines: u64,
+    blocked: bool,
+    blocked_seconds: f64,
+    reconnects: u64,
+}
+
+/// One output's figures at one moment (for the exit summary and the run report).
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct OutputStatus {
+    /// The output's name.
+    pub name: String,
+    /// Whether its last delivery attempt succeeded.
+    pub up: bool,
+    /// Lines delivered (taken by the peer as far as its transport tells).
+    pub delivered: u64,
+    /// Lines dropped by `when_full: drop_newest`.
+    pub dropped: u64,
+    /// Bytes not yet delivered.
+    pub pending_bytes: u64,
+    /// Lines not yet delivered.
+    pub pending_lines: u64,
+    /// Whether the engine is waiting for room in its buffer.
+    pub blocked: bool,
+    /// Time the engine spent waiting for room, in seconds.
+    pub blocked_seconds: f64,
+    /// Connections made again after a failure.
+    pub reconnects: u64,
+    /// Failed delivery attempts.
+    pub errors: u64,
+    /// The last delivery error.
+    pub last_error: Option<String>,
 }
 
 impl OutputHealth {
@@ -111,6 +142,69 @@ impl OutputHealth {
     /// Bytes held for the output, not yet delivered.
     pub fn set_pending_bytes(&self, bytes: u64) {
         self.lock().pending_bytes = bytes;
+    }
+
+    /// A batch of `lines` lines, `bytes` bytes, entered (`entered`) or left the output's buffer.
+    pub(crate) fn pending(&self, entered: bool, bytes: u64, lines: u64) {
+        let mut v = self.lock();
+        if entered {
+            v.pending_bytes += bytes;
+            v.pending_lines += lines;
+        } else {
+            v.pending_bytes = v.pending_bytes.saturating_sub(bytes);
+            v.pending_lines = v.pending_lines.saturating_sub(lines);
+        }
+    }
+
+    /// `lines` were delivered: the output is up.
+    pub(crate) fn delivered(&self, lines: u64) {
+        let mut v = self.lock();
+        v.up = true;
+        v.delivered += lines;
+    }
+
+    /// `lines` were dropped because the buffer was full (`when_full: drop_newest`).
+    pub(crate) fn dropped(&self, lines: u64) {
+        self.lock().dropped += lines;
+    }
+
+    /// The engine starts (`true`) or stops waiting for room in the output's buffer.
+    pub(crate) fn set_blocked(&self, blocked: bool) {
+        self.lock().blocked = blocked;
+    }
+
+    /// The engine waited `seconds` for room in the output's buffer.
+    pub(crate) fn waited(&self, seconds: f64) {
+        self.lock().blocked_seconds += seconds;
+    }
+
+    /// The output connected again after a failure.
+    pub(crate) fn reconnected(&self) {
+        self.lock().reconnects += 1;
+    }
+
+    /// A delivery attempt failed: down, counted, the message kept.
+    pub(crate) fn failed(&self, message: impl Into<String>) {
+        self.set_up(false);
+        self.error(message);
+    }
+
+    /// The output's figures now.
+    pub fn status(&self) -> OutputStatus {
+        let v = self.lock().clone();
+        OutputStatus {
+            name: self.name().to_owned(),
+            up: v.up,
+            delivered: v.delivered,
+            dropped: v.dropped,
+            pending_bytes: v.pending_bytes,
+            pending_lines: v.pending_lines,
+            blocked: v.blocked,
+            blocked_seconds: v.blocked_seconds,
+            reconnects: v.reconnects,
+            errors: v.errors,
+            last_error: v.last_error.map(|(_, m)| m),
+        }
     }
 
     /// A delivery error: counted, timed, and its message kept for `/health`.
@@ -183,6 +277,10 @@ const HOST_FAMILIES: &[&str] = &[
     "egresswatch_input_connections_accepted",
     "egresswatch_input_connections_open",
     "egresswatch_output_reconnects",
+    "egresswatch_output_dropped",
+    "egresswatch_output_pending_events",
+    "egresswatch_output_blocked",
+    "egresswatch_output_blocked_seconds",
     "egresswatch_output_up",
     "egresswatch_output_pending_bytes",
     "egresswatch_output_errors",
@@ -514,12 +612,18 @@ impl Collector for HostCollector {
             "Lines read.",
             &one(h.lines_in),
         )?;
-        let out = per_output(s.outputs.iter().map(|(n, v)| (n.clone(), *v as f64)));
+        let outputs: Vec<(String, OutputValues)> = lock(&self.0.outputs)
+            .iter()
+            .map(|o| (o.name().to_owned(), o.lock().clone()))
+            .collect();
+        let column = |f: &dyn Fn(&OutputValues) -> f64| {
+            per_output(outputs.iter().map(|(n, v)| (n.clone(), f(v))))
+        };
         counter(
             &mut e,
             "egresswatch_events_out",
-            "Lines written, per output.",
-            &out,
+            "Lines delivered, per output (taken by the peer as far as its transport tells).",
+            &column(&|v| v.delivered as f64),
         )?;
         let unreadable: Vec<(Labels, f64)> = [
             ("not_utf8", h.not_utf8),
@@ -582,21 +686,36 @@ impl Collector for HostCollector {
             "Size of the state file last written or loaded.",
             &one(s.state_file_bytes),
         )?;
-        let reconnects = per_output(s.reconnects.iter().map(|(n, v)| (n.clone(), *v as f64)));
         counter(
             &mut e,
             "egresswatch_output_reconnects",
-            "Reconnections of socket outputs.",
-            &reconnects,
+            "Connections made again after a failure, per output.",
+            &column(&|v| v.reconnects as f64),
         )?;
-
-        let outputs: Vec<(String, OutputValues)> = lock(&self.0.outputs)
-            .iter()
-            .map(|o| (o.name().to_owned(), o.lock().clone()))
-            .collect();
-        let column = |f: &dyn Fn(&OutputValues) -> f64| {
-            per_output(outputs.iter().map(|(n, v)| (n.clone(), f(v))))
-        };
+        counter(
+            &mut e,
+            "egresswatch_output_dropped",
+            "Lines dropped because the output's buffer was full (when_full: drop_newest).",
+            &column(&|v| v.dropped as f64),
+        )?;
+        gauge(
+            &mut e,
+            "egresswatch_output_pending_events",
+            "Lines held for the output, not yet delivered.",
+            &column(&|v| v.pending_lines as f64),
+        )?;
+        gauge(
+            &mut e,
+            "egresswatch_output_blocked",
+            "1 while the engine waits for room in the output's buffer (when_full: block): every input is held.",
+            &column(&|v| f64::from(u8::from(v.blocked))),
+        )?;
+        counter(
+            &mut e,
+            "egresswatch_output_blocked_seconds",
+            "Time the engine spent waiting for room in the output's buffer.",
+            &column(&|v| v.blocked_seconds),
+        )?;
         gauge(
             &mut e,
             "egresswatch_output_up",
@@ -820,10 +939,10 @@ mod tests {
         {
             let mut s = m.snapshot();
             s.host.lines_in = 4;
-            s.outputs = vec![("default".into(), 3)];
             s.connections_open = 2;
             s.connections_accepted = 5;
         }
+        m.output("default").delivered(3);
         m.observe_batch(0.0003);
         m.observe_batch(10.0);
         m.set_plugin(vec![
@@ -921,6 +1040,8 @@ mod tests {
         assert!(m.health().0, "nothing declared: healthy");
         m.input_declared("input");
         let out = m.output("default");
+        // `metrics()` delivered to it, which set it up.
+        out.set_up(false);
         let (healthy, body) = m.health();
         assert!(!healthy, "{body}");
         m.input_bound("input", "tcp://127.0.0.1:9000");

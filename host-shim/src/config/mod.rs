@@ -90,6 +90,11 @@ pub struct HostConfig {
     /// The optional Prometheus endpoint.
     #[serde(default)]
     pub metrics: Option<MetricsConfig>,
+    /// After a stop signal (or the end of standard input), how long open connections are still
+    /// read and outputs still delivered to; what is not delivered by then is named and the run
+    /// fails.
+    #[serde(default = "default_shutdown_timeout")]
+    pub shutdown_timeout_secs: u64,
     /// The detector's own configuration, passed to the plugin as JSON.
     #[serde(default = "empty_object")]
     pub detector: serde_json::Value,
@@ -113,6 +118,10 @@ pub struct Source {
     pub path: PathBuf,
     /// The line of each of its keys.
     key_lines: KeyLines,
+}
+
+fn default_shutdown_timeout() -> u64 {
+    30
 }
 
 fn empty_object() -> serde_json::Value {
@@ -171,7 +180,7 @@ pub enum InputConfig {
     Stdin,
     /// A TCP listener accepting several concurrent NDJSON connections; runs until a signal.
     Tcp {
-        /// Address to listen on, `IP:PORT`.
+        /// Address to listen on, `HOST:PORT`.
         address: String,
         /// Largest number of connections read at once; further ones wait to be accepted.
         #[serde(default = "default_max_connections")]
@@ -197,22 +206,83 @@ fn default_max_connections() -> usize {
 #[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
 pub enum OutputConfig {
     /// Standard output.
-    Stdout,
+    Stdout {
+        /// The output's buffer.
+        #[serde(default)]
+        buffer: BufferConfig,
+    },
     /// A file, appended to (created if absent).
     File {
         /// Path of the file, relative to the config file.
         path: PathBuf,
+        /// The output's buffer.
+        #[serde(default)]
+        buffer: BufferConfig,
     },
-    /// A TCP client, reconnecting with backoff; blocks (backpressure) while the peer is down.
+    /// A TCP client, reconnecting with backoff.
     Tcp {
-        /// Address to connect to, `IP:PORT`.
+        /// Address to connect to, `HOST:PORT`; the name is resolved at each connection.
         address: String,
+        /// The output's buffer.
+        #[serde(default)]
+        buffer: BufferConfig,
     },
     /// A Unix socket client, reconnecting with backoff like `tcp`.
     Unix {
         /// Path of the socket, relative to the config file.
         path: PathBuf,
+        /// The output's buffer.
+        #[serde(default)]
+        buffer: BufferConfig,
     },
+}
+
+impl OutputConfig {
+    /// The output's buffer settings.
+    pub fn buffer(&self) -> &BufferConfig {
+        match self {
+            OutputConfig::Stdout { buffer }
+            | OutputConfig::File { buffer, .. }
+            | OutputConfig::Tcp { buffer, .. }
+            | OutputConfig::Unix { buffer, .. } => buffer,
+        }
+    }
+}
+
+/// An output's buffer between the engine and its delivery thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BufferConfig {
+    /// Bytes the buffer holds before `when_full` applies.
+    #[serde(default = "default_buffer_bytes")]
+    pub max_bytes: u64,
+    /// What happens when the buffer is full.
+    #[serde(default)]
+    pub when_full: WhenFull,
+}
+
+fn default_buffer_bytes() -> u64 {
+    8 << 20
+}
+
+impl Default for BufferConfig {
+    fn default() -> Self {
+        BufferConfig {
+            max_bytes: default_buffer_bytes(),
+            when_full: WhenFull::default(),
+        }
+    }
+}
+
+/// What a full output buffer does, as Vector's `buffer.when_full`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WhenFull {
+    /// The engine waits for room: every input slows down (backpressure), nothing is lost.
+    #[default]
+    Block,
+    /// The newest events are dropped, counted and logged; the other outputs carry on.
+    DropNewest,
 }
 
 /// Model state persistence.
@@ -241,7 +311,7 @@ fn default_state_interval() -> u64 {
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
-    /// Address to serve `/metrics` on, `IP:PORT`; loopback unless `allow_non_loopback`.
+    /// Address to serve `/metrics` on, `HOST:PORT`; loopback unless `allow_non_loopback`.
     pub address: String,
     /// Allow a non-loopback metrics address (the endpoint has no authentication).
     #[serde(default)]
@@ -489,10 +559,8 @@ impl HostConfig {
                 address,
                 max_connections,
             } => {
-                if let Err(e) = address.parse::<SocketAddr>() {
-                    problems.push(format!(
-                        "input.address: `{address}` is not an IP:PORT address ({e})"
-                    ));
+                if let Err(e) = check_address(address) {
+                    problems.push(format!("input.address: `{address}` {e}"));
                 }
                 if *max_connections == 0 {
                     problems.push("input.max_connections: must be at least 1".to_owned());
@@ -512,19 +580,22 @@ impl HostConfig {
         }
         for (name, output) in &self.outputs {
             match output {
-                OutputConfig::Tcp { address } => {
-                    if let Err(e) = address.parse::<SocketAddr>() {
-                        problems.push(format!(
-                            "outputs.{name}.address: `{address}` is not an IP:PORT address ({e})"
-                        ));
+                OutputConfig::Tcp { address, .. } => {
+                    if let Err(e) = check_address(address) {
+                        problems.push(format!("outputs.{name}.address: `{address}` {e}"));
                     }
                 }
-                OutputConfig::Unix { path } | OutputConfig::File { path } => {
+                OutputConfig::Unix { path, .. } | OutputConfig::File { path, .. } => {
                     if path.as_os_str().is_empty() {
                         problems.push(format!("outputs.{name}.path: must not be empty"));
                     }
                 }
-                OutputConfig::Stdout => {}
+                OutputConfig::Stdout { .. } => {}
+            }
+            if output.buffer().max_bytes < 1024 {
+                problems.push(format!(
+                    "outputs.{name}.buffer.max_bytes: must be at least 1024"
+                ));
             }
         }
         if let Some(state) = &self.state {
@@ -539,19 +610,18 @@ impl HostConfig {
             }
         }
         if let Some(metrics) = &self.metrics {
-            match metrics.address.parse::<SocketAddr>() {
-                Err(e) => problems.push(format!(
-                    "metrics.address: `{}` is not an IP:PORT address ({e})",
+            match check_address(&metrics.address) {
+                Err(e) => problems.push(format!("metrics.address: `{}` {e}", metrics.address)),
+                Ok(loopback) if !loopback && !metrics.allow_non_loopback => problems.push(format!(
+                    "metrics.address: `{}` is not a loopback address; the endpoint has no \
+                         authentication (set metrics.allow_non_loopback: true to allow it)",
                     metrics.address
                 )),
-                Ok(addr) if !addr.ip().is_loopback() && !metrics.allow_non_loopback => problems
-                    .push(format!(
-                        "metrics.address: `{}` is not a loopback address; the endpoint has no \
-                         authentication (set metrics.allow_non_loopback: true to allow it)",
-                        metrics.address
-                    )),
                 Ok(_) => {}
             }
+        }
+        if self.shutdown_timeout_secs == 0 {
+            problems.push("shutdown_timeout_secs: must be at least 1".to_owned());
         }
         if !self.detector.is_object() {
             problems.push("detector: expected a mapping".to_owned());
@@ -659,6 +729,35 @@ fn merge(
     }
 }
 
+/// Checks a `HOST:PORT` address (an IP literal, `[IPv6]`, or a host name resolved when it is
+/// used); says whether it is certainly loopback (a loopback IP or `localhost`).
+pub fn check_address(address: &str) -> Result<bool, String> {
+    if let Ok(addr) = address.parse::<SocketAddr>() {
+        return Ok(addr.ip().is_loopback());
+    }
+    let Some((host, port)) = address.rsplit_once(':') else {
+        return Err("is not a HOST:PORT address (no port)".to_owned());
+    };
+    port.parse::<u16>()
+        .map_err(|e| format!("is not a HOST:PORT address (port `{port}`: {e})"))?;
+    let valid_name = !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        });
+    if !valid_name {
+        return Err(format!(
+            "is not a HOST:PORT address (`{host}` is neither an IP address nor a host name)"
+        ));
+    }
+    Ok(host.eq_ignore_ascii_case("localhost"))
+}
+
 /// The key of the plugin's section.
 const DETECTOR_KEY: &str = "detector";
 
@@ -734,8 +833,8 @@ mod tests {
     #[test]
     fn adapters_state_and_metrics_are_checked() {
         let config = HostConfig::parse(
-            "input: {type: tcp, address: 'localhost:9000'}\n\
-             outputs: {default: {type: tcp, address: '127.0.0.1:1'}, b: {type: tcp, address: x}}\n\
+            "input: {type: tcp, address: 'localhost:'}\n\
+             outputs: {default: {type: tcp, address: 'vector:6000'}, b: {type: tcp, address: x}}\n\
              state: {path: s.bin, interval_secs: 0}\n\
              metrics: {address: '0.0.0.0:9900'}\n",
             false,

@@ -1,78 +1,152 @@
 //! Named outputs: where lines go once the detector has spoken.
 //!
-//! Standard output and files are buffered writers. TCP and Unix socket outputs are
-//! [`SocketWriter`]s: they keep the block being written until the peer has taken all of it,
-//! reconnect with backoff when it goes away, and block meanwhile (backpressure), so nothing is
-//! dropped.
+//! Every output is independent: the engine thread appends each line to the output's current
+//! batch ([`Outputs::write_line`], a copy into a buffer and nothing else), and after each input
+//! block hands the batches over ([`Outputs::commit`]) to each output's bounded buffer
+//! ([`queue`]). Each output has its own delivery thread ([`worker`]) with its own retry loop, so
+//! a down output holds only its own buffer; when that buffer is full, the output's `when_full`
+//! policy decides whether the engine waits (`block`: backpressure) or the batch is dropped
+//! (`drop_newest`: counted, logged). Sinks: standard output and files ([`worker::WriterSink`]),
+//! TCP and Unix sockets ([`socket`]).
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
-use std::io::{self, BufWriter, Write};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::io;
 use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
 use egresswatch_plugin_api::DEFAULT_OUTPUT;
 
+mod queue;
 mod socket;
+mod worker;
 
-use crate::config::{HostConfig, OutputConfig};
-use crate::metrics::Metrics;
-use socket::{SocketWriter, Target};
+pub use crate::metrics::OutputStatus;
+pub(crate) use queue::Deadline;
 
-/// Size of each output's write buffer.
-const WRITE_BUFFER_BYTES: usize = 256 * 1024;
+use crate::config::{BufferConfig, HostConfig, OutputConfig, WhenFull};
+use crate::metrics::{Metrics, OutputHealth};
+use queue::{Batch, Pushed, Queue, Refused};
+use socket::{SocketSink, Target};
+use worker::{Outcome, Sink, WriterSink};
 
-/// The set of named outputs, each a buffered writer, with per-output line counters.
+/// Initial capacity of an output's batch buffer.
+const BATCH_CAPACITY: usize = 64 * 1024;
+
+/// How often dropped lines are logged (the first drop at once, then a summary this often).
+const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
+
+/// The named outputs, as the engine thread sees them.
 pub(crate) struct Outputs {
     outputs: BTreeMap<String, Output>,
+    deadline: Deadline,
 }
 
 struct Output {
-    writer: Box<dyn Write + Send>,
+    /// Lines written since the last commit.
+    batch: Vec<u8>,
     lines: u64,
-    reconnects: Option<Arc<AtomicU64>>,
+    queue: Arc<Queue>,
+    when_full: WhenFull,
+    stats: OutputHealth,
+    worker: Option<JoinHandle<Outcome>>,
+    /// When drops were last logged, and how many since.
+    drops: Option<(Instant, u64)>,
+    /// Lines its buffer refused (the output had failed, or the deadline passed).
+    refused: u64,
+}
+
+impl Output {
+    /// Hands the batch to the buffer, applying the `when_full` policy.
+    fn commit(&mut self, name: &str, deadline: &Deadline) -> io::Result<()> {
+        if self.batch.is_empty() {
+            return Ok(());
+        }
+        let lines = std::mem::take(&mut self.lines);
+        let batch = Batch {
+            data: std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_CAPACITY)),
+            lines,
+        };
+        match self.queue.push(batch, self.when_full, deadline) {
+            Ok(Pushed::Queued) => Ok(()),
+            Ok(Pushed::Dropped(batch)) => {
+                self.stats.dropped(batch.lines);
+                log_drops(name, &mut self.drops, batch.lines);
+                Ok(())
+            }
+            Err(Refused::Failed(reason)) => {
+                self.refused += lines;
+                Err(io::Error::other(format!(
+                    "outputs.{name}: failed: {reason}"
+                )))
+            }
+            Err(Refused::Deadline) => {
+                self.refused += lines;
+                Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("outputs.{name}: its buffer was still full at the delivery deadline"),
+                ))
+            }
+        }
+    }
+}
+
+/// An output that did not deliver everything.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Undelivered {
+    /// The output.
+    pub name: String,
+    /// Lines it never delivered.
+    pub lines: u64,
+    /// Why.
+    pub reason: String,
+}
+
+impl std::fmt::Display for Undelivered {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "outputs.{}: {} line(s) not delivered ({})",
+            self.name, self.lines, self.reason
+        )
+    }
 }
 
 impl Outputs {
-    /// Opens every output the configuration names; `default` is standard output unless
-    /// configured otherwise. Socket outputs that cannot deliver give up a grace period after
-    /// `stop` is set instead of retrying for ever. Each output reports its health to `metrics`.
+    /// Opens every output the configuration names (`default` is standard output unless
+    /// configured otherwise) and starts their delivery threads. They give up on what they
+    /// cannot deliver once `deadline` passes. Each output reports to `metrics`.
     pub(crate) fn open(
         config: &HostConfig,
-        stop: &Arc<AtomicBool>,
+        deadline: &Deadline,
         metrics: &Metrics,
     ) -> io::Result<Self> {
         let mut outputs = Outputs {
             outputs: BTreeMap::new(),
+            deadline: deadline.clone(),
         };
         if !config.outputs.contains_key(DEFAULT_OUTPUT) {
-            outputs.insert(DEFAULT_OUTPUT, Box::new(io::stdout()));
             metrics.output(DEFAULT_OUTPUT).set_up(true);
+            outputs.start(
+                DEFAULT_OUTPUT,
+                Box::new(WriterSink::stdout()),
+                &BufferConfig::default(),
+                metrics.output(DEFAULT_OUTPUT),
+            )?;
         }
         for (name, output) in &config.outputs {
-            let target = match output {
-                OutputConfig::Tcp { address } => Some(Target::Tcp(address.clone())),
-                OutputConfig::Unix { path } => Some(Target::Unix(config.resolve(path))),
-                _ => None,
-            };
-            if let Some(target) = target {
-                let mut writer =
-                    SocketWriter::new(name, target, Arc::clone(stop), metrics.output(name));
-                writer.probe();
-                let reconnects = writer.reconnects();
-                outputs.outputs.insert(
-                    name.clone(),
-                    Output {
-                        writer: Box::new(writer),
-                        lines: 0,
-                        reconnects: Some(reconnects),
-                    },
-                );
-                continue;
+            let stats = metrics.output(name);
+            // Standard output and files are up once open; a socket output once it connects.
+            if matches!(
+                output,
+                OutputConfig::Stdout { .. } | OutputConfig::File { .. }
+            ) {
+                stats.set_up(true);
             }
-            let writer: Box<dyn Write + Send> = match output {
-                OutputConfig::Stdout => Box::new(io::stdout()),
-                OutputConfig::File { path } => {
+            let sink: Box<dyn Sink> = match output {
+                OutputConfig::Stdout { .. } => Box::new(WriterSink::stdout()),
+                OutputConfig::File { path, .. } => {
                     let path = config.resolve(path);
                     let file = OpenOptions::new()
                         .create(true)
@@ -84,58 +158,95 @@ impl Outputs {
                                 format!("output {name}: cannot open {}: {e}", path.display()),
                             )
                         })?;
-                    Box::new(file)
+                    Box::new(WriterSink::file(file, &path))
                 }
-                OutputConfig::Tcp { .. } | OutputConfig::Unix { .. } => continue,
+                OutputConfig::Tcp { address, .. } => Box::new(SocketSink::new(
+                    name,
+                    Target::Tcp(address.clone()),
+                    stats.clone(),
+                )),
+                OutputConfig::Unix { path, .. } => Box::new(SocketSink::new(
+                    name,
+                    Target::Unix(config.resolve(path)),
+                    stats.clone(),
+                )),
             };
-            outputs.insert(name, writer);
-            metrics.output(name).set_up(true);
+            outputs.start(name, sink, output.buffer(), stats)?;
         }
         Ok(outputs)
     }
 
-    /// Builds outputs from writers, for tests.
+    /// Outputs over writers, for tests.
     #[cfg(test)]
-    pub(crate) fn from_writers(writers: Vec<(String, Box<dyn Write + Send>)>) -> Self {
+    pub(crate) fn from_writers(writers: Vec<(String, Box<dyn io::Write + Send>)>) -> Self {
         let mut outputs = Outputs {
             outputs: BTreeMap::new(),
+            deadline: Deadline::default(),
         };
         for (name, writer) in writers {
-            outputs.insert(&name, writer);
+            outputs
+                .start(
+                    &name,
+                    Box::new(WriterSink::writer(writer)),
+                    &BufferConfig::default(),
+                    Metrics::new(Default::default()).output(&name),
+                )
+                .expect("start an output thread");
         }
         outputs
     }
 
-    fn insert(&mut self, name: &str, writer: Box<dyn Write + Send>) {
+    fn start(
+        &mut self,
+        name: &str,
+        sink: Box<dyn Sink>,
+        buffer: &BufferConfig,
+        stats: OutputHealth,
+    ) -> io::Result<()> {
+        let queue = Arc::new(Queue::new(buffer.max_bytes, stats.clone()));
+        let worker = worker::spawn(
+            name,
+            sink,
+            Arc::clone(&queue),
+            stats.clone(),
+            self.deadline.clone(),
+        )?;
         self.outputs.insert(
             name.to_owned(),
             Output {
-                writer: Box::new(BufWriter::with_capacity(WRITE_BUFFER_BYTES, writer)),
+                batch: Vec::with_capacity(BATCH_CAPACITY),
                 lines: 0,
-                reconnects: None,
+                queue,
+                when_full: buffer.when_full,
+                stats,
+                worker: Some(worker),
+                drops: None,
+                refused: 0,
             },
         );
+        Ok(())
     }
 
-    /// Writes one line (without terminator) and a newline to the named output, or to `default`
-    /// when there is no output of that name.
+    /// Appends one line (without terminator) and a newline to the named output's batch, or to
+    /// `default`'s when there is no output of that name.
     pub(crate) fn write_line(&mut self, name: &str, line: &[u8]) -> io::Result<()> {
         let output = self.get(name)?;
-        output.writer.write_all(line)?;
-        output.writer.write_all(b"\n")?;
+        output.batch.extend_from_slice(line);
+        output.batch.push(b'\n');
         output.lines += 1;
         Ok(())
     }
 
-    /// Writes part of a line, without terminator; [`Outputs::finish_line`] ends it.
+    /// Appends part of a line, without terminator; [`Outputs::finish_line`] ends it.
     pub(crate) fn write_partial(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        self.get(name)?.writer.write_all(bytes)
+        self.get(name)?.batch.extend_from_slice(bytes);
+        Ok(())
     }
 
     /// Ends a line begun with [`Outputs::write_partial`].
     pub(crate) fn finish_line(&mut self, name: &str) -> io::Result<()> {
         let output = self.get(name)?;
-        output.writer.write_all(b"\n")?;
+        output.batch.push(b'\n');
         output.lines += 1;
         Ok(())
     }
@@ -151,30 +262,82 @@ impl Outputs {
             .ok_or_else(|| io::Error::other("no default output"))
     }
 
-    /// Flushes every output.
-    pub(crate) fn flush(&mut self) -> io::Result<()> {
-        for output in self.outputs.values_mut() {
-            output.writer.flush()?;
+    /// Hands every output's batch to its buffer, applying its `when_full` policy. Errs when an
+    /// output has failed for good, or its buffer stayed full past the delivery deadline.
+    pub(crate) fn commit(&mut self) -> io::Result<()> {
+        // Every output gets its batch even when one fails: a failed route must not cost
+        // `default` the block.
+        let mut first = Ok(());
+        for (name, output) in &mut self.outputs {
+            if let Err(e) = output.commit(name, &self.deadline) {
+                if first.is_ok() {
+                    first = Err(e);
+                }
+            }
         }
-        Ok(())
+        first
     }
 
-    /// Reconnections so far, per socket output.
-    pub fn reconnects(&self) -> Vec<(String, u64)> {
-        self.outputs
-            .iter()
-            .filter_map(|(name, output)| {
-                let n = output.reconnects.as_ref()?.load(Ordering::Relaxed);
-                Some((name.clone(), n))
-            })
-            .collect()
+    /// Each output's figures now.
+    pub(crate) fn statuses(&self) -> Vec<OutputStatus> {
+        self.outputs.values().map(|o| o.stats.status()).collect()
     }
 
-    /// Lines written so far, per output.
-    pub(crate) fn counts(&self) -> Vec<(String, u64)> {
-        self.outputs
-            .iter()
-            .map(|(name, output)| (name.clone(), output.lines))
-            .collect()
+    /// Lets every output deliver what it holds (until the deadline, which the caller sets) and
+    /// stops them. Returns each output's figures, and what was not delivered, per output.
+    pub(crate) fn finish(&mut self) -> (Vec<OutputStatus>, Vec<Undelivered>) {
+        let mut undelivered = Vec::new();
+        for (name, output) in &mut self.outputs {
+            if let Err(e) = output.commit(name, &self.deadline) {
+                tracing::debug!(error = %e, "last commit at shutdown");
+            }
+            output.queue.close();
+        }
+        for (name, output) in &mut self.outputs {
+            let outcome = output
+                .worker
+                .take()
+                .map(|w| w.join().unwrap_or_default())
+                .unwrap_or_default();
+            let mut lines = outcome.undelivered;
+            let mut reason = outcome.error;
+            if output.refused > 0 {
+                lines += output.refused;
+                reason.get_or_insert_with(|| {
+                    "its buffer was still full at the delivery deadline".to_owned()
+                });
+            }
+            if let Some((_, n)) = output.drops.take().filter(|(_, n)| *n > 0) {
+                tracing::warn!(output = %name, dropped = n, "output buffer full: lines dropped (drop_newest)");
+            }
+            if lines > 0 {
+                undelivered.push(Undelivered {
+                    name: name.clone(),
+                    lines,
+                    reason: reason.unwrap_or_else(|| "unknown".to_owned()),
+                });
+            }
+        }
+        (self.statuses(), undelivered)
+    }
+}
+
+/// Logs drops: the first at once, then how many every [`DROP_LOG_EVERY`].
+fn log_drops(name: &str, drops: &mut Option<(Instant, u64)>, lines: u64) {
+    match drops {
+        None => {
+            tracing::warn!(output = %name, lines,
+                "output buffer full: dropping the newest lines (when_full: drop_newest); \
+                 counted in egresswatch_output_dropped_total");
+            *drops = Some((Instant::now(), 0));
+        }
+        Some((at, n)) => {
+            *n += lines;
+            if at.elapsed() >= DROP_LOG_EVERY {
+                tracing::warn!(output = %name, dropped = *n,
+                    "output buffer full: lines dropped since the last report (drop_newest)");
+                *drops = Some((Instant::now(), 0));
+            }
+        }
     }
 }

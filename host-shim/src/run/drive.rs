@@ -1,10 +1,10 @@
-//! The engine thread's loop: takes blocks from the readers' channel, processes them, writes
-//! and flushes them, and runs the housekeeping, until EOF or a stop signal.
+//! The engine thread's loop: takes blocks from the readers' channel, processes them, hands
+//! each output its lines, and runs the housekeeping, until EOF or a stop signal.
 //!
 //! It waits with a short timeout so that it notices a stop signal and runs its housekeeping
-//! (state saves, metrics) while the input is quiet. Each block is flushed as soon as it is
-//! processed, so a quiet stream is not held back: the flush delay is the time to process one
-//! block.
+//! (state saves, metrics) while the input is quiet. Each block is committed to the outputs as
+//! soon as it is processed, so a quiet stream is not held back: the delay added is the time
+//! to process one block.
 
 use std::io;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -61,7 +61,7 @@ pub(super) fn drive(
             _ => match rx.recv_timeout(STOP_POLL) {
                 Ok(msg) => msg,
                 Err(RecvTimeoutError::Timeout) => {
-                    housekeeping.idle(engine, outputs);
+                    housekeeping.idle(engine);
                     continue;
                 }
                 Err(RecvTimeoutError::Disconnected) if stopped_at.is_some() => {
@@ -82,14 +82,14 @@ pub(super) fn drive(
             }
             Msg::Failed(e) => {
                 engine.close_fragment(outputs)?;
-                outputs.flush()?;
+                outputs.commit()?;
                 return Err(e);
             }
         }
-        outputs.flush()?;
-        housekeeping.after_block(engine, outputs, started.elapsed());
+        outputs.commit()?;
+        housekeeping.after_block(engine, started.elapsed());
     };
     engine.close_fragment(outputs)?;
-    outputs.flush()?;
+    outputs.commit()?;
     Ok(finish)
 }

@@ -9,7 +9,6 @@ use std::time::{Duration, Instant};
 use crate::engine::Engine;
 use crate::input::listen::InputStats;
 use crate::metrics::{self, Metrics};
-use crate::output::Outputs;
 use crate::state;
 
 /// How often the plugin's metrics are copied for the endpoint.
@@ -32,7 +31,7 @@ pub(super) struct Keeper {
 }
 
 impl Keeper {
-    fn refresh(&mut self, engine: &Engine, outputs: &Outputs) {
+    fn refresh(&mut self, engine: &Engine) {
         let refresh_plugin = self
             .plugin_refreshed
             .is_none_or(|at| at.elapsed() >= PLUGIN_METRICS_EVERY);
@@ -40,8 +39,6 @@ impl Keeper {
         {
             let mut s = self.metrics.snapshot();
             s.host = engine.counters().clone();
-            s.outputs = outputs.counts();
-            s.reconnects = outputs.reconnects();
             s.connections_open = self.stats.open.load(Ordering::Relaxed);
             s.connections_accepted = self.stats.total.load(Ordering::Relaxed);
         }
@@ -125,15 +122,15 @@ impl Keeper {
 
 impl Keeper {
     /// After a block was processed and flushed; `took` is the time that took.
-    pub(super) fn after_block(&mut self, engine: &Engine, outputs: &Outputs, took: Duration) {
+    pub(super) fn after_block(&mut self, engine: &Engine, took: Duration) {
         self.metrics.observe_batch(took.as_secs_f64());
-        self.refresh(engine, outputs);
+        self.refresh(engine);
         self.maybe_save(engine);
     }
 
     /// While the input is quiet, every poll interval.
-    pub(super) fn idle(&mut self, engine: &Engine, outputs: &Outputs) {
-        self.refresh(engine, outputs);
+    pub(super) fn idle(&mut self, engine: &Engine) {
+        self.refresh(engine);
         self.maybe_save(engine);
     }
 }

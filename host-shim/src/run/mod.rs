@@ -24,7 +24,7 @@ use crate::engine::Engine;
 use crate::http::{self, Plain, Servers};
 use crate::input::{self, Feed};
 use crate::metrics::{self, BuildInfo, Metrics};
-use crate::output::Outputs;
+use crate::output::{Deadline, OutputStatus, Outputs};
 use crate::state::{self, LoadOutcome};
 
 /// The construction options `run` and `validate` give the plugin: the configuration file's
@@ -43,10 +43,8 @@ pub fn build_options(config: &HostConfig) -> Result<Vec<BuildOption>> {
 pub struct RunReport {
     /// How the input ended.
     pub finish: Finish,
-    /// Lines written per output.
-    pub outputs: Vec<(String, u64)>,
-    /// Reconnections per socket output.
-    pub reconnects: Vec<(String, u64)>,
+    /// Each output's figures at the end (delivered, dropped, reconnections, ...).
+    pub outputs: Vec<OutputStatus>,
     /// State file size after the final save, if state is configured and the save succeeded.
     pub state_bytes: Option<u64>,
 }
@@ -138,7 +136,8 @@ pub fn run(
         }
     }
 
-    let mut outputs = Outputs::open(config, stop, &metrics).context("opening outputs")?;
+    let deadline = Deadline::new(stop, Duration::from_secs(config.shutdown_timeout_secs));
+    let mut outputs = Outputs::open(config, &deadline, &metrics).context("opening outputs")?;
     let servers = match &config.metrics {
         Some(m) => Some(serve_metrics(&m.address, &metrics)?),
         None => None,
@@ -180,19 +179,31 @@ pub fn run(
         input.wait_for_readers,
         &mut keeper,
     );
+    // The outputs have until the deadline to deliver what they hold.
+    deadline.start();
     // Stop the listener and the metrics endpoint whatever happened.
     stop.store(true, Ordering::Relaxed);
+    let (statuses, undelivered) = outputs.finish();
     if let Some((servers, _)) = servers {
         servers.shutdown();
     }
     // Save what was learned even when delivery failed: processing is done either way.
     let state_bytes = keeper.save(engine);
-    let finish = driven.context("processing the event stream")?;
-    outputs.flush().context("flushing outputs")?;
+    let finish = driven.context("processing the event stream");
+    if !undelivered.is_empty() {
+        let list: Vec<String> = undelivered.iter().map(ToString::to_string).collect();
+        let err = anyhow::anyhow!(
+            "not everything read was delivered:\n  - {}",
+            list.join("\n  - ")
+        );
+        return Err(match finish {
+            Err(e) => err.context(format!("{e:#}")),
+            Ok(_) => err,
+        });
+    }
     Ok(RunReport {
-        finish,
-        outputs: outputs.counts(),
-        reconnects: outputs.reconnects(),
+        finish: finish?,
+        outputs: statuses,
         state_bytes,
     })
 }
@@ -201,9 +212,11 @@ pub fn run(
 /// before this returns. Returns the servers and the endpoint's URL.
 fn serve_metrics(address: &str, metrics: &Metrics) -> Result<(Servers, String)> {
     let servers = Servers::start().context("starting the HTTP runtime")?;
-    let parsed = address
-        .parse()
-        .with_context(|| format!("metrics.address: `{address}` is not an IP:PORT address"))?;
+    // A host name is resolved here, once.
+    let parsed = std::net::ToSocketAddrs::to_socket_addrs(address)
+        .with_context(|| format!("metrics.address: cannot resolve `{address}`"))?
+        .next()
+        .with_context(|| format!("metrics.address: `{address}` has no address"))?;
     let local = servers
         .serve(
             parsed,

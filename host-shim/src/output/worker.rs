@@ -1,0 +1,318 @@
+//! Each output's own delivery thread: takes batches from its buffer in order and delivers each
+//! through the output's [`Sink`], retrying a failed batch with exponential backoff and jitter
+//! until it is delivered or the delivery deadline passes. A down output therefore holds only
+//! its own buffer; whether the engine waits for it is the buffer's `when_full` policy.
+
+use std::io::{self, Write};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use super::queue::{Deadline, Popped, Queue};
+use crate::metrics::OutputHealth;
+
+/// First retry delay; it doubles up to [`BACKOFF_MAX`].
+const BACKOFF_START: Duration = Duration::from_millis(100);
+
+/// Longest retry delay.
+const BACKOFF_MAX: Duration = Duration::from_secs(5);
+
+/// Why a delivery attempt failed.
+#[derive(Debug)]
+pub(crate) enum SinkError {
+    /// Worth trying again (the peer is away, the disk is full).
+    Retry(String),
+    /// The output cannot work again (standard output closed).
+    Fatal(String),
+    /// The delivery deadline passed while waiting on the peer.
+    Deadline,
+    /// Not failed, not finished: ask again (used while waiting for the peer to acknowledge).
+    Pending,
+}
+
+impl SinkError {
+    fn message(&self) -> &str {
+        match self {
+            SinkError::Retry(m) | SinkError::Fatal(m) => m,
+            SinkError::Deadline => {
+                "the delivery deadline passed while the peer was not taking data"
+            }
+            SinkError::Pending => "waiting for the peer",
+        }
+    }
+}
+
+/// Where an output's bytes go.
+pub(crate) trait Sink: Send {
+    /// Delivers `data` (whole lines). After an error it is called again with the same data
+    /// (after a delay) until it succeeds; an implementation may keep its progress through
+    /// `data` between those calls.
+    fn deliver(&mut self, data: &[u8], deadline: &Deadline) -> Result<(), SinkError>;
+
+    /// Checks on what earlier calls wrote, between batches: writes it again if the connection
+    /// broke since. Returns how many written lines the peer has not acknowledged yet (0 for
+    /// sinks that cannot tell, whose writes are final).
+    fn settle(&mut self, _deadline: &Deadline) -> Result<u64, SinkError> {
+        Ok(0)
+    }
+
+    /// Called once when the output starts, so that its health is known before the first
+    /// event (a socket output tries to connect). Sinks that need nothing are up.
+    fn probe(&mut self) {}
+
+    /// Lines written but not known to have reached the peer, lost if the output gives up now.
+    fn outstanding_lines(&self) -> u64 {
+        0
+    }
+
+    /// Where the output goes, for messages (`tcp://host:port`, a file path, `stdout`).
+    fn describe(&self) -> String;
+}
+
+/// How an output's thread ended.
+#[derive(Debug, Default)]
+pub(crate) struct Outcome {
+    /// Lines it never delivered.
+    pub(crate) undelivered: u64,
+    /// Why, when some were not delivered.
+    pub(crate) error: Option<String>,
+}
+
+/// How long the delivery thread waits for a batch before it checks on what it already wrote.
+const IDLE_POLL: Duration = Duration::from_millis(200);
+
+/// Runs an output's delivery loop on a new thread until its queue is closed and empty and
+/// everything written is settled, or it gives up (a fatal error, or an error after the
+/// deadline).
+pub(crate) fn spawn(
+    name: &str,
+    sink: Box<dyn Sink>,
+    queue: Arc<Queue>,
+    stats: OutputHealth,
+    deadline: Deadline,
+) -> io::Result<std::thread::JoinHandle<Outcome>> {
+    let name = name.to_owned();
+    std::thread::Builder::new()
+        .name(format!("egresswatch-out-{name}"))
+        .spawn(move || {
+            let mut worker = Worker {
+                name,
+                sink,
+                queue,
+                stats,
+                deadline,
+                jitter: Jitter::new(),
+            };
+            worker.run()
+        })
+}
+
+/// One output's delivery thread.
+struct Worker {
+    name: String,
+    sink: Box<dyn Sink>,
+    queue: Arc<Queue>,
+    stats: OutputHealth,
+    deadline: Deadline,
+    jitter: Jitter,
+}
+
+impl Worker {
+    fn run(&mut self) -> Outcome {
+        self.sink.probe();
+        loop {
+            match self.queue.pop_timeout(IDLE_POLL) {
+                Popped::Batch(batch) => {
+                    let delivered = self.with_retries(batch.lines, |sink, deadline| {
+                        sink.deliver(&batch.data, deadline).map(|()| 0)
+                    });
+                    if delivered.is_ok() {
+                        self.stats.delivered(batch.lines);
+                    }
+                    self.queue.settled(&batch);
+                    if let Err(outcome) = delivered {
+                        return outcome;
+                    }
+                }
+                // Quiet: see whether what was written earlier still needs writing again (a
+                // connection that broke after the last batch).
+                Popped::Empty => {
+                    if let Err(outcome) =
+                        self.with_retries(0, |sink, deadline| sink.settle(deadline).map(|_| 0))
+                    {
+                        return outcome;
+                    }
+                }
+                // The end: wait until the peer has everything, or the deadline.
+                Popped::Closed => {
+                    let settled = self.with_retries(0, |sink, deadline| {
+                        let outstanding = sink.settle(deadline)?;
+                        if outstanding > 0 && !deadline.passed() {
+                            sleep_until(Instant::now() + Duration::from_millis(20), deadline);
+                            return Err(SinkError::Pending);
+                        }
+                        Ok(outstanding)
+                    });
+                    return match settled {
+                        Ok(0) => Outcome::default(),
+                        Ok(lines) => Outcome {
+                            undelivered: lines,
+                            error: Some(format!(
+                                "{}: not acknowledged by the peer by the delivery deadline",
+                                self.sink.describe()
+                            )),
+                        },
+                        Err(outcome) => outcome,
+                    };
+                }
+            }
+        }
+    }
+
+    /// Runs `op` until it succeeds, retrying failures with backoff and jitter; gives up on a
+    /// fatal error or once the deadline has passed, failing the queue: `lines` (those of the
+    /// batch in hand) and everything queued are then undelivered.
+    fn with_retries(
+        &mut self,
+        lines: u64,
+        mut op: impl FnMut(&mut dyn Sink, &Deadline) -> Result<u64, SinkError>,
+    ) -> Result<u64, Outcome> {
+        let mut backoff = BACKOFF_START;
+        let mut failures = 0u64;
+        loop {
+            match op(self.sink.as_mut(), &self.deadline) {
+                Ok(n) => {
+                    // (A delivered batch marks the output up; a check that found nothing to do
+                    // says nothing about the peer.)
+                    if failures > 0 {
+                        self.stats.set_up(true);
+                        tracing::info!(output = %self.name, target = %self.sink.describe(),
+                            failures, "output delivers again");
+                    }
+                    return Ok(n);
+                }
+                Err(SinkError::Pending) => {}
+                Err(e) => {
+                    failures += 1;
+                    self.stats.failed(e.message());
+                    if matches!(e, SinkError::Fatal(_)) || self.deadline.passed() {
+                        let reason = format!("{}: {}", self.sink.describe(), e.message());
+                        let undelivered =
+                            lines + self.queue.fail(reason.clone()) + self.sink.outstanding_lines();
+                        tracing::error!(output = %self.name, undelivered, error = %reason,
+                            "output gave up");
+                        return Err(Outcome {
+                            undelivered,
+                            error: Some(reason),
+                        });
+                    }
+                    if failures == 1 {
+                        tracing::warn!(output = %self.name, target = %self.sink.describe(),
+                            error = %e.message(),
+                            "output cannot deliver; holding its events and retrying");
+                    } else {
+                        tracing::debug!(output = %self.name, error = %e.message(), ?backoff,
+                            "output retry failed");
+                    }
+                    sleep_until(Instant::now() + self.jitter.spread(backoff), &self.deadline);
+                    backoff = (backoff * 2).min(BACKOFF_MAX);
+                }
+            }
+        }
+    }
+}
+
+/// Sleeps until `until` in short steps, waking early when the deadline passes.
+fn sleep_until(until: Instant, deadline: &Deadline) {
+    while Instant::now() < until && !deadline.passed() {
+        std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
+    }
+}
+
+/// Spreads retry delays so that many outputs (or many instances) do not retry in step: a delay
+/// `d` becomes a uniform draw from `d/2 ..= d`.
+struct Jitter(u64);
+
+impl Jitter {
+    fn new() -> Self {
+        Jitter(getrandom::u64().unwrap_or(0x9E37_79B9_7F4A_7C15) | 1)
+    }
+
+    fn spread(&mut self, d: Duration) -> Duration {
+        // xorshift64
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        let half = d / 2;
+        half + Duration::from_nanos(self.0 % (half.as_nanos() as u64 + 1))
+    }
+}
+
+/// Standard output or a file: written and flushed per batch. A write error on standard output
+/// is fatal (the reader is gone); on a file it is retried (a full disk may be cleared).
+pub(crate) struct WriterSink {
+    writer: Box<dyn Write + Send>,
+    what: String,
+    fatal: bool,
+    /// Bytes of the current batch already written.
+    offset: usize,
+}
+
+impl WriterSink {
+    /// Standard output.
+    pub(crate) fn stdout() -> Self {
+        WriterSink {
+            writer: Box::new(io::stdout()),
+            what: "stdout".into(),
+            fatal: true,
+            offset: 0,
+        }
+    }
+
+    /// A file opened for appending.
+    pub(crate) fn file(file: std::fs::File, path: &std::path::Path) -> Self {
+        WriterSink {
+            writer: Box::new(file),
+            what: path.display().to_string(),
+            fatal: false,
+            offset: 0,
+        }
+    }
+
+    /// Any writer, for tests.
+    #[cfg(test)]
+    pub(crate) fn writer(writer: Box<dyn Write + Send>) -> Self {
+        WriterSink {
+            writer,
+            what: "test".into(),
+            fatal: true,
+            offset: 0,
+        }
+    }
+}
+
+impl Sink for WriterSink {
+    fn deliver(&mut self, data: &[u8], _deadline: &Deadline) -> Result<(), SinkError> {
+        let fail = |fatal: bool, e: io::Error| {
+            if fatal {
+                SinkError::Fatal(e.to_string())
+            } else {
+                SinkError::Retry(e.to_string())
+            }
+        };
+        while self.offset < data.len() {
+            match self.writer.write(&data[self.offset..]) {
+                Ok(0) => return Err(fail(self.fatal, io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.offset += n,
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(fail(self.fatal, e)),
+            }
+        }
+        self.writer.flush().map_err(|e| fail(self.fatal, e))?;
+        self.offset = 0;
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        self.what.clone()
+    }
+}

@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use anyhow::{bail, Context, Result};
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 use egresswatch_plugin_api::BuildOption;
 
 use egresswatch::config::{ConfigError, HostConfig};
@@ -104,6 +104,14 @@ enum Command {
         #[arg(long, env = "EGRESSWATCH_PLUGIN")]
         plugin: Option<PathBuf>,
     },
+    /// Print a shell completion script: `egresswatch completions bash > /etc/bash_completion.d/egresswatch`.
+    Completions {
+        /// The shell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff): `egresswatch man > egresswatch.1`.
+    Man,
     /// Print the host's version, and the plugin's version and ABI version.
     Version {
         /// The plugin library; default: beside this executable, then ../lib/egresswatch/.
@@ -258,6 +266,18 @@ fn main() -> ExitCode {
             Ok(())
         }
         Command::FluentBitLua { config, plugin } => fluent_bit_lua(&config, plugin.as_deref()),
+        Command::Completions { shell } => {
+            clap_complete::generate(
+                shell,
+                &mut Cli::command(),
+                "egresswatch",
+                &mut std::io::stdout(),
+            );
+            Ok(())
+        }
+        Command::Man => clap_mangen::Man::new(Cli::command())
+            .render(&mut std::io::stdout())
+            .context("writing the manual page"),
         Command::Version { plugin } => version(plugin.as_deref()),
     };
     match result {

@@ -1,28 +1,11 @@
 //! The labelled attacks: which hosts, when, and how much (see the module documentation of
 //! `generate` for what each does).
 
-use egresswatch_common::names::ATTACK_KINDS;
-
 use super::calendar::Config;
 use super::countries::{COUNTRIES, C_DE_RESERVED, C_KP, C_US_RESERVED};
 use super::rng::{sorted_times, split_bytes, Rng, STREAM_ATTACK};
 use super::world::{addr_in, Ev};
-use super::BUCKET_MS;
-
-/// The labelled attack kinds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum AttackKind {
-    C2,
-    Upload,
-    SlowExfil,
-}
-
-impl AttackKind {
-    /// The kind's name in labels: [`ATTACK_KINDS`], in the order of the variants.
-    pub(super) fn name(self) -> &'static str {
-        ATTACK_KINDS[self as usize]
-    }
-}
+use super::{AttackKind, BUCKET_MS};
 
 /// The planned attacks, each sorted by time; planned whatever the scenario, so that the
 /// scenario only decides which are written.

@@ -1,7 +1,7 @@
 //! The hand-written JSON writer of events and labels: digits and addresses appended to a line
 //! buffer without a formatter, since a long run writes millions of lines.
 
-use super::attacks::AttackKind;
+use super::AttackKind;
 
 /// Appends a label line.
 pub(super) fn write_label(buf: &mut Vec<u8>, line: u64, ts: &str, kind: AttackKind, ip: u32) {

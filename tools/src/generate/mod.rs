@@ -84,9 +84,10 @@ mod world;
 use std::io::{self, Write};
 use std::path::PathBuf;
 
+use egresswatch_common::names::ATTACK_KINDS;
 use egresswatch_common::time::HOUR_MS;
 
-use attacks::{plan_attacks, AttackKind};
+use attacks::plan_attacks;
 use calendar::{Config, TsCache};
 use json::write_label;
 use world::{Ev, World};
@@ -98,6 +99,21 @@ const BUCKET_MS: i64 = 3 * HOUR_MS;
 const AGENT_SHARE: f64 = 0.03;
 /// Approximate number of destinations in the benign catalog.
 const CATALOG_SIZE: f64 = 300.0;
+
+/// The labelled attack kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AttackKind {
+    C2,
+    Upload,
+    SlowExfil,
+}
+
+impl AttackKind {
+    /// The kind's name in labels: [`ATTACK_KINDS`], in the order of the variants.
+    fn name(self) -> &'static str {
+        ATTACK_KINDS[self as usize]
+    }
+}
 
 /// Which attacks to inject.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, clap::ValueEnum)]

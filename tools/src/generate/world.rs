@@ -1,7 +1,7 @@
 //! The benign traffic model: hosts, destinations, services, the backup server, shipping agents,
 //! business partners, and how an event is written.
 
-use super::attacks::AttackKind;
+use super::AttackKind;
 use super::calendar::{diurnal, weekday, Config};
 use super::countries::{BENIGN_COUNTRIES, COUNTRIES, C_FI, C_MX, C_PL, C_US_RESERVED};
 use super::json::{push_ip, push_u64};

@@ -23,6 +23,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Deserialize;
 
+use egresswatch_common::human::{self, Align};
 use egresswatch_common::names::ATTACK_KINDS;
 
 /// Labelled attack events by input line.
@@ -279,7 +280,7 @@ pub(crate) fn cells(q: &Quality) -> Vec<String> {
 pub fn table(rows: &[Quality], kinds: &[String]) -> String {
     let mut all = vec![headers(kinds)];
     all.extend(rows.iter().map(cells));
-    super::report::text_table(&all)
+    human::table(&all, &[Align::Left, Align::Right])
 }
 
 #[cfg(test)]

@@ -124,3 +124,30 @@ pub(crate) fn html(report: &ReplayReport) -> String {
     out.push_str("</body></html>\n");
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::replay::report::RuleSummary;
+
+    #[test]
+    fn the_page_is_self_contained_and_escapes_names() {
+        let mut rule = RuleSummary {
+            name: "r <x>".into(),
+            threshold: 75.0,
+            ..RuleSummary::default()
+        };
+        rule.scores.add(20, 90.0, true, true);
+        rule.seen_over_time.add(20);
+        let report = ReplayReport {
+            rules: vec![rule],
+            ..ReplayReport::default()
+        };
+        let page = html(&report);
+        assert!(page.contains("r &lt;x&gt;"));
+        assert!(!page.contains("r <x>"));
+        assert!(page.contains("<svg"));
+        assert!(!page.contains("<script"));
+        assert!(!page.contains("http://") || page.contains("http://www.w3.org/2000/svg"));
+    }
+}

@@ -82,7 +82,7 @@ pub(crate) struct ReplayReport {
 }
 
 /// Left-aligned first column, right-aligned others, two spaces apart.
-pub(crate) fn text_table(rows: &[Vec<String>]) -> String {
+fn text_table(rows: &[Vec<String>]) -> String {
     human::table(rows, &[Align::Left, Align::Right])
 }
 

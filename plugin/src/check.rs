@@ -197,6 +197,76 @@ pub fn check(config: &DetectorConfig, options: &BuildOptions) -> RulesReport {
     RuleSet::load(config, options).report()
 }
 
+impl DetectorConfig {
+    /// Every problem with the configuration as a whole, given the rule set it loads: rule
+    /// files, unknown rule ids under `actions.rules`, unknown job ids under `models.jobs`,
+    /// settings out of range, addresses that are not CIDRs.
+    pub fn validate(&self, set: &RuleSet, options: &BuildOptions) -> Vec<Problem> {
+        let mut problems = set.problems.clone();
+        for rule_id in self.actions.rules.keys() {
+            if !set.load.rules.iter().any(|r| &r.rule_id == rule_id) {
+                problems.push((
+                    format!("actions.rules.{rule_id}"),
+                    "no loaded rule has this rule_id".to_owned(),
+                ));
+            }
+        }
+        for (job_id, settings) in &self.models.jobs {
+            if !set.catalog.contains(job_id) {
+                problems.push((
+                    format!("models.jobs.{job_id}"),
+                    "no job has this id (built in, or defined under `jobs`)".to_owned(),
+                ));
+            }
+            if !settings.jobs.is_empty() {
+                problems.push((
+                    format!("models.jobs.{job_id}.jobs"),
+                    "per-job settings cannot hold settings of further jobs".to_owned(),
+                ));
+            }
+        }
+        for def in set.active_jobs() {
+            let Some(model) = crate::models::registration(def.function) else {
+                continue;
+            };
+            let mut config = (model.defaults)();
+            self.models.tune(&def.id, &mut config, options);
+            config.bucket_span_secs = u32::try_from(def.bucket_span_secs).unwrap_or(u32::MAX);
+            for problem in config.problems() {
+                let own = self
+                    .models
+                    .jobs
+                    .get(&def.id)
+                    .is_some_and(|s| s.sets(problem.field));
+                let path = if problem.field == "bucket_span_secs" {
+                    format!("jobs.{}.bucket_span", def.id)
+                } else if own {
+                    format!("models.jobs.{}.{}", def.id, problem.field)
+                } else {
+                    format!("models.{}", problem.field)
+                };
+                let entry = (path, problem.message);
+                if !problems.contains(&entry) {
+                    problems.push(entry);
+                }
+            }
+        }
+        if let Err(e) = crate::net::parse_cidr_list(&self.allow_destinations) {
+            problems.push(("allow_destinations".to_owned(), e.to_string()));
+        }
+        if self.time_field.trim().is_empty() {
+            problems.push(("time_field".to_owned(), "must not be empty".to_owned()));
+        }
+        if self.geoip.cache_entries == 0 {
+            problems.push((
+                "geoip.cache_entries".to_owned(),
+                "must be at least 1".to_owned(),
+            ));
+        }
+        problems
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -283,5 +353,39 @@ mod tests {
         std::fs::remove_dir_all(&dir).unwrap();
         assert_eq!(with_job.files[0].status, RuleStatus::SUPPORTED);
         assert!(with_job.problems.is_empty(), "{:?}", with_job.problems);
+    }
+
+    #[test]
+    fn settings_out_of_range_are_named_where_they_are_set() {
+        let rules = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../rules");
+        let (config, _) = DetectorConfig::parse(
+            &serde_json::json!({
+                "rules": [rules],
+                "models": {"lateness_buckets": 99,
+                           "jobs": {"rare_destination_country": {"max_entities": 1}}},
+                "allow_destinations": ["not-a-cidr"]
+            })
+            .to_string(),
+        )
+        .unwrap();
+        let options = BuildOptions::default();
+        let set = RuleSet::load(&config, &options);
+        let paths: Vec<String> = config
+            .validate(&set, &options)
+            .into_iter()
+            .map(|(p, _)| p)
+            .collect();
+        assert!(
+            paths.contains(&"models.lateness_buckets".to_owned()),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"models.jobs.rare_destination_country.max_entities".to_owned()),
+            "{paths:?}"
+        );
+        assert!(
+            paths.contains(&"allow_destinations".to_owned()),
+            "{paths:?}"
+        );
     }
 }

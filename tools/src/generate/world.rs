@@ -1,7 +1,6 @@
 //! The benign traffic model: hosts, destinations, services, the backup server, shipping agents,
 //! business partners, and how an event is written.
 
-use super::AttackKind;
 use super::calendar::{diurnal, weekday, Config};
 use super::countries::{BENIGN_COUNTRIES, COUNTRIES, C_FI, C_MX, C_PL, C_US_RESERVED};
 use super::json::{push_ip, push_u64};
@@ -9,6 +8,7 @@ use super::rng::{
     cumulative, sorted_times, split_bytes, Rng, STREAM_BACKUP, STREAM_HOUR, STREAM_PARTNER,
     STREAM_WORLD,
 };
+use super::AttackKind;
 use super::{AGENT_SHARE, BUCKET_MS, CATALOG_SIZE};
 use egresswatch_common::time::{DAY_MS, HOUR_MS};
 

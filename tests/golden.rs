@@ -1,12 +1,18 @@
-//! Golden cases: `tests/data/golden/<case>/` holds a `config.yaml` (with `{{ROOT}}` standing for
-//! the workspace), an optional `in.ndjson` fed on stdin, and what must come out:
+//! Golden cases: every folder of `tests/data/golden/` is a case (a new case is new files, no
+//! code). A case holds a `config.yaml` (with `{{ROOT}}` standing for the workspace), an optional
+//! `in.ndjson` fed on stdin, and what must come out:
 //!
 //! - `out.ndjson`: standard output, byte for byte;
 //! - `expected.<file>`: a file the run writes (a named output), byte for byte;
 //! - `stderr.txt`: lines that must each appear in standard error;
 //! - `args`: the subcommand (default `run`); `exit`: the exit code (default 0).
 //!
-//! Set `EGRESSWATCH_BLESS=1` to rewrite `out.ndjson` and `expected.*` from a run; review the diff.
+//! A case whose `out.ndjson` has as many lines as its `in.ndjson` (nothing routed away) is also
+//! checked line for line: every original value kept, every added field mapped by the component
+//! template.
+//!
+//! Set `EGRESSWATCH_GOLDEN=<case>` to run one case; set `EGRESSWATCH_BLESS=1` to rewrite
+//! `out.ndjson` and `expected.*` from a run, then review the diff.
 
 use std::fs;
 use std::path::Path;
@@ -101,39 +107,40 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
-#[test]
-fn annotate() {
-    run_case("annotate");
+/// The case folders, sorted.
+fn cases() -> Vec<String> {
+    let root = workspace().join("tests/data/golden");
+    let mut names: Vec<String> = fs::read_dir(&root)
+        .unwrap_or_else(|e| panic!("{}: {e}", root.display()))
+        .map(|entry| entry.unwrap())
+        .filter(|entry| entry.file_type().unwrap().is_dir())
+        .map(|entry| entry.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert!(!names.is_empty(), "no golden case in {}", root.display());
+    names
 }
 
+/// Runs every case (or the one `EGRESSWATCH_GOLDEN` names) and reports all that failed.
 #[test]
-fn route() {
-    run_case("route");
-}
-
-#[test]
-fn both() {
-    run_case("both");
-}
-
-#[test]
-fn dotted() {
-    run_case("dotted");
-}
-
-#[test]
-fn unsupported() {
-    run_case("unsupported");
-}
-
-#[test]
-fn malformed() {
-    run_case("malformed");
-}
-
-#[test]
-fn collisions() {
-    run_case("collisions");
+fn golden_cases() {
+    let only = std::env::var("EGRESSWATCH_GOLDEN").ok();
+    let chosen: Vec<String> = cases()
+        .into_iter()
+        .filter(|name| only.as_deref().is_none_or(|o| o == name))
+        .collect();
+    assert!(!chosen.is_empty(), "no golden case named {only:?}");
+    let mut failed = Vec::new();
+    for name in chosen {
+        let outcome = std::panic::catch_unwind(|| run_case(&name));
+        if outcome.is_err() {
+            failed.push(name);
+        }
+    }
+    assert!(
+        failed.is_empty(),
+        "golden cases failed: {failed:?} (messages above)"
+    );
 }
 
 /// Every leaf of `value` as `(dotted path, value)`; arrays contribute each element under the
@@ -155,8 +162,23 @@ fn leaves(value: &Value, path: &str, out: &mut Vec<(String, Value)>) {
     }
 }
 
-/// The golden cases whose output is their input with alerts added, line for line.
-const ANNOTATING_CASES: [&str; 3] = ["annotate", "dotted", "collisions"];
+/// The cases whose output is their input with alerts added, line for line: those with as many
+/// output lines as input lines.
+fn annotating_cases() -> Vec<String> {
+    let root = workspace().join("tests/data/golden");
+    let lines = |case: &str, file: &str| {
+        fs::read_to_string(root.join(case).join(file))
+            .ok()
+            .map(|text| text.lines().count())
+    };
+    cases()
+        .into_iter()
+        .filter(|case| {
+            lines(case, "in.ndjson").is_some()
+                && lines(case, "in.ndjson") == lines(case, "out.ndjson")
+        })
+        .collect()
+}
 
 fn line_pairs(case: &str) -> Vec<(Value, Value)> {
     let dir = workspace().join("tests/data/golden").join(case);
@@ -178,8 +200,8 @@ fn line_pairs(case: &str) -> Vec<(Value, Value)> {
 #[test]
 fn every_original_value_is_still_in_the_golden_outputs() {
     let mut alerts = 0;
-    for case in ANNOTATING_CASES {
-        for (n, (input, output)) in line_pairs(case).iter().enumerate() {
+    for case in annotating_cases() {
+        for (n, (input, output)) in line_pairs(&case).iter().enumerate() {
             let (mut before, mut after) = (Vec::new(), Vec::new());
             leaves(input, "", &mut before);
             leaves(output, "", &mut after);
@@ -244,8 +266,8 @@ fn the_component_template_maps_every_field_alerts_add() {
         &mut types,
     );
     let mut checked = 0;
-    for case in ANNOTATING_CASES {
-        for (input, output) in line_pairs(case) {
+    for case in annotating_cases() {
+        for (input, output) in line_pairs(&case) {
             let (mut before, mut after) = (Vec::new(), Vec::new());
             leaves(&input, "", &mut before);
             leaves(&output, "", &mut after);

@@ -7,7 +7,7 @@
 //! host's, never fewer (abi_stable issue #118): a host that declares an optional field would
 //! refuse every plugin built before that field existed. So the loader checks the root module
 //! against the full layout first and, when that fails, against
-//! [`baseline`](egresswatch_plugin_api::baseline) (the prefix fields only). A plugin that passes
+//! [`egresswatch_plugin_api::baseline`] (the prefix fields only). A plugin that passes
 //! only the second check is loaded as such, and the host works without what it lacks
 //! ([`Transform`] answers for it: no warnings, no metrics, no score records, no rule check).
 

@@ -3,7 +3,7 @@
 //!
 //! # How it works
 //! 1. The inputs (files or `-`, plain or gzip, any [`Format`]) are streamed, converted to ECS by
-//!    the [presets](presets) and merged in event-time order ([`input`]), on a reader thread that
+//!    the [`presets`] and merged in event-time order ([`input`]), on a reader thread that
 //!    hands batches to the detector thread. Each event keeps its 1-based line number across the
 //!    inputs in the order given, which is what labels refer to.
 //! 2. One plugin instance is built from the configuration as `run` builds it, plus two options:

@@ -14,6 +14,7 @@ use abi_stable::std_types::{ROption, RStr};
 use egresswatch_plugin_api::{EventStatus, Verdict, DEFAULT_OUTPUT, ERRORS_OUTPUT};
 
 use crate::config::{BatchConfig, UnreadablePolicy};
+use crate::counters::HostCounters;
 use crate::loader::Transform;
 use crate::output::Outputs;
 
@@ -24,28 +25,6 @@ pub fn wall_clock_ms() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
         .unwrap_or(0)
-}
-
-/// Counters the host keeps; printed on exit.
-#[derive(Debug, Default, Clone, PartialEq, Eq)]
-pub struct HostCounters {
-    /// Lines read.
-    pub lines_in: u64,
-    /// Lines that were not valid UTF-8.
-    pub not_utf8: u64,
-    /// Lines longer than `batch.max_line_bytes`.
-    pub oversize: u64,
-    /// Lines the plugin could not read (not a JSON object).
-    pub unreadable: u64,
-    /// Batches the plugin returned an error for (or panicked on).
-    pub plugin_errors: u64,
-    /// Events the plugin replaced with annotated text.
-    pub annotated: u64,
-    /// Events the plugin routed to a named output.
-    pub routed: u64,
-    /// Replacement texts rejected because they contained a line terminator; those events were
-    /// written as they came.
-    pub rejected_replacements: u64,
 }
 
 /// How the engine treats lines and failures.

@@ -16,6 +16,7 @@
 //! - [`state`]: the state file's envelope, atomic saves, and setting unusable files aside.
 
 pub mod config;
+pub mod counters;
 pub mod engine;
 pub mod http;
 pub mod input;

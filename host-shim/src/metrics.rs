@@ -38,7 +38,7 @@ use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::metrics::MetricType;
 use prometheus_client::registry::Registry;
 
-use crate::engine::HostCounters;
+use crate::counters::HostCounters;
 use crate::http::{self, Body, Handler};
 
 /// Upper bounds of the batch latency histogram, in seconds.

@@ -4,9 +4,10 @@
 //! plugin in batches, and writes every line to exactly one output, in input order. Lines the
 //! plugin must not see (not UTF-8, longer than the limit) and lines it could not read follow the
 //! [`UnreadablePolicy`]; a batch the plugin failed on follows the failure policy (fail open by
-//! default). A replacement text containing a line terminator (`\n` or `\r`) would split one
-//! event into several lines downstream: it is rejected and counted, and the event is written as
-//! it came (to the output the plugin chose). Nothing is dropped.
+//! default). A replacement text containing a line terminator (`\n`, or `\r` other than the
+//! trailing one of a CRLF event) would split one event into several lines downstream: it is
+//! rejected and counted, and the event is written as it came (to the output the plugin chose).
+//! Nothing is dropped.
 
 use std::io;
 
@@ -200,7 +201,7 @@ impl Engine {
             ROption::RNone => DEFAULT_OUTPUT,
         };
         match &verdict.replacement {
-            ROption::RSome(text) if has_line_terminator(text.as_bytes()) => {
+            ROption::RSome(text) if splits_line(text.as_bytes(), line) => {
                 self.counters.rejected_replacements += 1;
                 if self.counters.rejected_replacements == 1 {
                     tracing::warn!(
@@ -284,10 +285,15 @@ impl Engine {
     }
 }
 
-/// Whether `text` holds a byte that ends a line for NDJSON readers (`\n`) or for readers that
-/// also split on carriage returns (`\r`).
-fn has_line_terminator(text: &[u8]) -> bool {
-    text.iter().any(|&b| b == b'\n' || b == b'\r')
+/// Whether a replacement would end or split a line downstream: a `\n` anywhere, or a `\r`
+/// (a line end to readers that split on carriage returns) anywhere but as the last byte of an
+/// event that itself ended in `\r`: CRLF input keeps its line ending when annotated.
+fn splits_line(replacement: &[u8], original: &[u8]) -> bool {
+    let body = match replacement.strip_suffix(b"\r") {
+        Some(body) if original.ends_with(b"\r") => body,
+        _ => replacement,
+    };
+    body.iter().any(|&b| b == b'\n' || b == b'\r')
 }
 
 #[cfg(test)]
@@ -379,6 +385,16 @@ mod tests {
             assert_eq!(counters.annotated, 0, "{bad:?}");
             assert_eq!(counters.routed, 2, "{bad:?}");
         }
+        // A CRLF event keeps its trailing carriage return when annotated; no other may appear.
+        let crlf: [&[u8]; 1] = [b"{\"a\":1}\r"];
+        let (_, pager, counters) = run("{\"a\":1,\"x\":2}\r", &crlf);
+        assert_eq!(pager, b"{\"a\":1,\"x\":2}\r\n");
+        assert_eq!(counters.rejected_replacements, 0);
+        let (_, pager, counters) = run("{\"a\":1,\"x\":2}\r", &lines);
+        assert_eq!(pager, b"{\"a\":1}\n{\"b\":2}\n");
+        assert_eq!(counters.rejected_replacements, 2);
+        let (_, _, counters) = run("{\"a\":1}\r{\"x\":2}\r", &crlf);
+        assert_eq!(counters.rejected_replacements, 1);
         // A one-line replacement is written as the plugin gave it.
         let (_, pager, counters) = run("{\"x\":\"a\\nb\"}", &lines);
         assert_eq!(pager, b"{\"x\":\"a\\nb\"}\n{\"x\":\"a\\nb\"}\n");

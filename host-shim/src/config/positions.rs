@@ -36,7 +36,8 @@ impl KeyLines {
     pub fn toml(text: &str) -> KeyLines {
         let mut lines = HashMap::new();
         if let Ok(root) = DeTable::parse(text) {
-            let line = |offset: usize| text[..offset.min(text.len())].matches('\n').count() + 1;
+            let index = egresswatch_plugin_api::files::LineIndex::new(text);
+            let line = |offset: usize| index.line(offset);
             walk_toml(root.get_ref(), "", &line, &mut lines);
         }
         // TOML's own parser refuses a key defined twice.
@@ -228,6 +229,18 @@ detector:
     rules:
       abc-123: { annotate: true }
 ";
+
+    #[test]
+    fn many_toml_keys_are_placed_in_linear_time() {
+        // 30k keys: counting each key's line from the start of the file is quadratic.
+        let mut text = String::from("[detector]\n");
+        for i in 0..30_000 {
+            text.push_str(&format!("k{i} = 1\n"));
+        }
+        let lines = KeyLines::toml(&text);
+        assert_eq!(lines.line_of("detector.k0"), Some(2));
+        assert_eq!(lines.line_of("detector.k29999"), Some(30_001));
+    }
 
     #[test]
     fn yaml_keys_nested_keys_and_sequence_items_have_their_lines() {

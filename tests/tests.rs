@@ -8,6 +8,7 @@ mod delivery;
 mod dist;
 mod golden;
 mod hardening;
+mod hostile;
 mod inprocess;
 mod loading;
 mod metrics;

@@ -28,7 +28,7 @@ use egresswatch_plugin_api::files;
 use egresswatch_plugin_api::{ConfigProblem, DEFAULT_OUTPUT, ERRORS_OUTPUT};
 
 mod interpolate;
-mod positions;
+pub mod positions;
 
 use positions::KeyLines;
 

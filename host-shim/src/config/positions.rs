@@ -60,7 +60,7 @@ impl KeyLines {
     }
 
     /// The nearest enclosing key of `path` that is in the file, with its line.
-    pub(crate) fn nearest<'p>(&self, path: &'p str) -> Option<(&'p str, usize)> {
+    pub fn nearest<'p>(&self, path: &'p str) -> Option<(&'p str, usize)> {
         let mut path = path;
         loop {
             if let Some(&line) = self.lines.get(path) {

@@ -84,7 +84,7 @@ impl Format {
     }
 
     /// The formats that have a field-mapping preset.
-    pub(crate) const PRESETS: [Format; 4] = [
+    pub const PRESETS: [Format; 4] = [
         Format::Zeek,
         Format::ZeekJson,
         Format::Suricata,
@@ -92,7 +92,7 @@ impl Format {
     ];
 
     /// Guesses the format of a file from its first non-empty line.
-    pub(crate) fn detect(first_line: &str) -> Option<Format> {
+    pub fn detect(first_line: &str) -> Option<Format> {
         let line = first_line.trim();
         if line.starts_with('#') {
             return Some(Format::Zeek);

@@ -40,7 +40,7 @@ fn baseline() -> Vec<u8> {
                  \"network\":{{\"direction\":\"outbound\"}},\
                  \"source\":{{\"ip\":\"10.1.2.3\",\"bytes\":{}}},\
                  \"destination\":{{\"ip\":\"{ip}\",\"port\":443}}}}\n",
-                egresswatch::time::format_ms(ms),
+                egresswatch_common::time::format_rfc3339_ms(ms),
                 20_000 + 100 * k
             );
             out.extend_from_slice(line.as_bytes());

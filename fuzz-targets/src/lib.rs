@@ -15,12 +15,12 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::sync::{Mutex, MutexGuard, OnceLock};
 
-use egresswatch::config::HostConfig;
 use egresswatch::config::positions::KeyLines;
-use egresswatch_tools::replay::presets::{Converter, Format, Line, Preset};
+use egresswatch::config::HostConfig;
 use egresswatch_plugin::config::BuildOptions;
 use egresswatch_plugin::geo::{GeoCache, GeoDb};
 use egresswatch_plugin::{Detector, DetectorConfig};
+use egresswatch_tools::replay::presets::{Converter, Format, Line, Preset};
 use serde_json::Value;
 
 /// A fuzz target's body.

@@ -496,10 +496,18 @@ fn derive<'a>(format: Format, get: &Getter<'a>, event: &mut Value) {
         _ => {
             set_path(event, "event.type", Value::Array(vec!["connection".into()]));
             if let (Some(total), Some(src)) = (int("TotBytes"), int("SrcBytes")) {
-                set_path(event, "destination.bytes", (total - src).max(0).into());
+                set_path(
+                    event,
+                    "destination.bytes",
+                    total.saturating_sub(src).max(0).into(),
+                );
             }
             if let (Some(total), Some(src)) = (int("TotPkts"), int("SrcPkts")) {
-                set_path(event, "destination.packets", (total - src).max(0).into());
+                set_path(
+                    event,
+                    "destination.packets",
+                    total.saturating_sub(src).max(0).into(),
+                );
             }
         }
     }
@@ -513,7 +521,12 @@ fn derive<'a>(format: Format, get: &Getter<'a>, event: &mut Value) {
         let x = get_path(event, a).and_then(Value::as_i64);
         let y = get_path(event, b).and_then(Value::as_i64);
         if x.is_some() || y.is_some() {
-            set_path(event, total, (x.unwrap_or(0) + y.unwrap_or(0)).into());
+            // Saturating: two counts near i64::MAX (a forged or broken log) must not overflow.
+            set_path(
+                event,
+                total,
+                x.unwrap_or(0).saturating_add(y.unwrap_or(0)).into(),
+            );
         }
     }
 }
@@ -524,10 +537,12 @@ fn parse_int(text: &str) -> Option<i64> {
         return i64::from_str_radix(hex, 16).ok();
     }
     t.parse::<i64>().ok().or_else(|| {
+        // Beyond i64 a count is not a count: left out, not clamped to i64::MAX.
         t.parse::<f64>()
             .ok()
-            .filter(|x| x.is_finite())
-            .map(|x| x.round() as i64)
+            .map(f64::round)
+            .filter(|x| x.abs() < 9.2e18)
+            .map(|x| x as i64)
     })
 }
 
@@ -591,6 +606,30 @@ mod tests {
         assert_eq!(get_path(&v, "x.y"), Some(&Value::from(2)));
         assert_eq!(parse_int("0x0303"), Some(0x303));
         assert_eq!(parse_int("12.6"), Some(13));
+        assert_eq!(parse_int("2.4e48"), None);
+        assert_eq!(parse_int("NaN"), None);
+    }
+
+    /// Found by the `replay_lines` fuzz target: byte counts at or beyond i64::MAX overflowed
+    /// the sum into `network.bytes` (a panic in debug builds, a negative total in release).
+    #[test]
+    fn byte_counts_near_the_integer_limit_do_not_overflow() {
+        let line = |toclient: &str| {
+            format!(
+                r#"{{"timestamp":"2026-11-01T00:00:00.000000+0000","event_type":"flow","src_ip":"10.0.0.5","src_port":4,"dest_ip":"1.1.1.1","dest_port":443,"proto":"TCP","flow":{{"pkts_toserver":3,"pkts_toclient":2,"bytes_toserver":300,"bytes_toclient":{toclient},"start":"2026-11-01T00:00:00.000000+0000","end":"2026-11-01T00:00:05.000000+0000"}}}}"#
+            )
+        };
+        let total = |toclient: &str| {
+            let mut converter = Converter::new(Preset::builtin(Format::Suricata));
+            match converter.convert(&line(toclient)) {
+                Ok(Line::Event(event, _)) => get_path(&event, "network.bytes").cloned(),
+                other => panic!("not an event: {other:?}"),
+            }
+        };
+        assert_eq!(total("9223372036854775807"), Some(Value::from(i64::MAX)));
+        // Beyond i64: the count is left out, the total is what remains.
+        assert_eq!(total(&"4".repeat(49)), Some(Value::from(300)));
+        assert_eq!(total("700"), Some(Value::from(1000)));
     }
 
     #[test]

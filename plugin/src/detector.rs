@@ -33,9 +33,6 @@ use egresswatch_common::names::fields::{
 };
 use egresswatch_common::names::DEFAULT_ANOMALY_THRESHOLD;
 
-/// How far ahead of the clock an event's time may be before it is not believed.
-const MAX_FUTURE_MS: i64 = 24 * 3600 * 1000;
-
 /// Events read with none qualifying for any job before the detector says so, once.
 const NO_QUALIFYING_WARNING_AFTER: u64 = 10_000;
 
@@ -483,6 +480,13 @@ impl Detector {
                 &labels,
                 status.far_late_events,
             );
+            out.counter(
+                "egresswatch_job_future_events_total",
+                "Events whose time was not believed (ahead of the host clock or of the other \
+                 events): counted into the current bucket, never moving the model clock.",
+                &labels,
+                status.future_events,
+            );
             for r in &job.rules {
                 let labels = [
                     ("job_id", job.def.id.as_str()),
@@ -552,7 +556,9 @@ impl Detector {
             let Some(index) = self.jobs.iter().position(|j| &j.def.id == id) else {
                 continue;
             };
-            let mut model = build_model(&self.jobs[index].def, &self.config, &self.options)
+            let job = &self.jobs[index];
+            let alert_score = job.rules.iter().map(|r| r.threshold).reduce(f64::max);
+            let mut model = build_model(&job.def, &self.config, &self.options, alert_score)
                 .map_err(|e| PluginError::new(ErrorKind::State, format!("job {id}: {e}")))?;
             model
                 .load(bytes)
@@ -659,11 +665,9 @@ fn geo_warnings(jobs: &[ActiveJob], geo: Option<&GeoCache>) -> Vec<String> {
 /// Lets every qualifying job score the event; returns the highest-scoring rule that fired, and
 /// whether any job qualified the event.
 fn score(jobs: &mut [ActiveJob], mut ctx: Scoring<'_>, event: &Event<'_>) -> (Option<Hit>, bool) {
-    // A timestamp from the future would age every model at once: it counts as absent.
+    // Event time; the models' clocks decide how far ahead of the host's clock it is believed.
     let now = ctx.now;
-    let time_ms = crate::time::epoch_ms(event, ctx.fixed.time)
-        .filter(|&t| t <= now + MAX_FUTURE_MS)
-        .unwrap_or(now);
+    let time_ms = crate::time::epoch_ms(event, ctx.fixed.time).unwrap_or(now);
     let allowed = !ctx.allow.is_empty()
         && event
             .ip(ctx.fixed.destination_ip)
@@ -681,7 +685,7 @@ fn score(jobs: &mut [ActiveJob], mut ctx: Scoring<'_>, event: &Event<'_>) -> (Op
         let Some(obs) = Extracted::from_event(&job.bound, event) else {
             continue;
         };
-        let Some(scored) = job.model.observe(&obs.observation(time_ms)) else {
+        let Some(scored) = job.model.observe(&obs.observation(time_ms, now)) else {
             continue;
         };
         job.scored += 1;
@@ -749,9 +753,10 @@ impl<'a> Extracted<'a> {
         })
     }
 
-    fn observation(&self, time_ms: i64) -> Observation<'_> {
+    fn observation(&self, time_ms: i64, arrival_ms: i64) -> Observation<'_> {
         Observation {
             time_ms,
+            arrival_ms,
             by: self.by.as_deref(),
             over: self.over.as_deref(),
             partition: self.partition.as_deref(),
@@ -803,12 +808,23 @@ fn build_jobs(
     set: &RuleSet,
     schema: &mut SchemaBuilder,
 ) -> Result<Vec<ActiveJob>, PluginError> {
+    let threshold_of = |rule: &Rule| {
+        options.threshold.unwrap_or_else(|| {
+            f64::from(rule.anomaly_threshold.unwrap_or(DEFAULT_ANOMALY_THRESHOLD))
+        })
+    };
+    // Each job's models report an episode once, at the highest threshold of its rules.
+    let mut alert_scores: BTreeMap<&str, f64> = BTreeMap::new();
+    for rule in set.load.supported() {
+        for job_id in &rule.job_ids {
+            let score = alert_scores.entry(job_id.as_str()).or_insert(0.0);
+            *score = score.max(threshold_of(rule));
+        }
+    }
     let mut jobs: Vec<ActiveJob> = Vec::new();
     for rule in set.load.supported() {
+        let threshold = threshold_of(rule);
         let rule = Arc::new(rule.clone());
-        let threshold = options.threshold.unwrap_or_else(|| {
-            f64::from(rule.anomaly_threshold.unwrap_or(DEFAULT_ANOMALY_THRESHOLD))
-        });
         for job_id in &rule.job_ids {
             let Some(def) = set.catalog.get(job_id) else {
                 continue;
@@ -819,7 +835,8 @@ fn build_jobs(
             let index = match jobs.iter().position(|j| &j.def.id == job_id) {
                 Some(index) => index,
                 None => {
-                    let model = build_model(def, config, options).map_err(|e| {
+                    let alert_score = alert_scores.get(job_id.as_str()).copied();
+                    let model = build_model(def, config, options, alert_score).map_err(|e| {
                         PluginError::new(ErrorKind::Internal, format!("job {job_id}: {e}"))
                     })?;
                     jobs.push(ActiveJob {
@@ -850,6 +867,7 @@ fn build_model(
     def: &JobDef,
     config: &DetectorConfig,
     options: &BuildOptions,
+    alert_score: Option<f64>,
 ) -> Result<Box<dyn Model>, String> {
     let Some(model) = models::registration(def.function) else {
         return Err(format!("function `{}` has no model yet", def.function));
@@ -858,6 +876,9 @@ fn build_model(
     settings.bucket_span_secs =
         u32::try_from(def.bucket_span_secs).map_err(|_| "bucket_span too long".to_owned())?;
     config.models.tune(&def.id, &mut settings, options);
+    if let Some(score) = alert_score {
+        settings.alert_score = score.clamp(f64::MIN_POSITIVE, 100.0);
+    }
     (model.build)(settings).map_err(|e| e.to_string())
 }
 
@@ -964,6 +985,8 @@ mod tests {
     /// 2026-10-01T00:00:00Z.
     const T0: i64 = 1_790_812_800_000;
     const MIN15: i64 = 15 * 60 * 1000;
+    /// Two days of 15-minute buckets: after them a never-seen country is news.
+    const BASE: i64 = 2 * 96;
     const HOURS3: i64 = 3 * 3600 * 1000;
 
     /// The host's clock in these tests: a year after the events, so that every event time is
@@ -1046,8 +1069,8 @@ mod tests {
     #[test]
     fn a_never_seen_country_is_flagged_after_learning_with_the_rules_alert_fields() {
         let mut d = detector(json!({}));
-        rare_baseline(&mut d, 40);
-        let t = T0 + 40 * MIN15 + 5_000;
+        rare_baseline(&mut d, BASE);
+        let t = T0 + BASE * MIN15 + 5_000;
         let verdict = d.at(&event(t, "175.45.179.109", Some("North Korea"), None));
         let alert = annotated(&verdict).expect("flagged");
         assert_eq!(alert["rule"]["id"], RARE_RULE);
@@ -1060,7 +1083,7 @@ mod tests {
             .unwrap()
             .contains(&json!({"field": "destination.ip", "value": "175.45.179.109"})));
         let reason = alert["egresswatch"]["reason"].as_str().unwrap();
-        assert!(reason.contains("North Korea seen in 0 of 40"), "{reason}");
+        assert!(reason.contains("North Korea seen in 0 of 192"), "{reason}");
         // Routine countries in the same bucket still pass.
         let routine = d.at(&event(t + 1000, "8.8.8.8", Some("United States"), None));
         assert_eq!(routine, Verdict::PASS);
@@ -1097,8 +1120,8 @@ mod tests {
     #[test]
     fn shipping_agents_and_non_network_events_are_ignored() {
         let mut d = detector(json!({}));
-        rare_baseline(&mut d, 40);
-        let t = T0 + 40 * MIN15;
+        rare_baseline(&mut d, BASE);
+        let t = T0 + BASE * MIN15;
         let mut agent: serde_json::Value =
             serde_json::from_str(&event(t, "175.45.179.109", Some("North Korea"), None)).unwrap();
         agent["process"] = json!({"name": "Filebeat.exe"});
@@ -1141,12 +1164,12 @@ mod tests {
     fn enrichment_through(layout: &str, geolite2: bool) {
         let db = tiny_db(layout, geolite2);
         let mut d = detector(json!({ "geoip": { "database": db } }));
-        for b in 0..40 {
+        for b in 0..BASE {
             for ip in ["8.8.8.8", "78.46.34.21", "52.95.1.1"] {
                 assert_eq!(d.at(&event(T0 + b * MIN15, ip, None, None)), Verdict::PASS);
             }
         }
-        let t = T0 + 40 * MIN15;
+        let t = T0 + BASE * MIN15;
         let alert = annotated(&d.at(&event(t, "175.45.179.109", None, None))).expect("flagged");
         assert_eq!(alert["destination"]["geo"]["country_iso_code"], "KP");
         assert_eq!(alert["destination"]["geo"]["country_name"], "North Korea");
@@ -1175,12 +1198,12 @@ mod tests {
     fn learnt_with_geoip(name: &str) -> (Detector, i64, std::path::PathBuf) {
         let db = tiny_db(name, false);
         let mut d = detector(json!({ "geoip": { "database": db } }));
-        for b in 0..40 {
+        for b in 0..BASE {
             for ip in ["8.8.8.8", "78.46.34.21", "52.95.1.1"] {
                 assert_eq!(d.at(&event(T0 + b * MIN15, ip, None, None)), Verdict::PASS);
             }
         }
-        (d, T0 + 40 * MIN15, db)
+        (d, T0 + BASE * MIN15, db)
     }
 
     #[test]
@@ -1475,15 +1498,20 @@ mod tests {
             .unwrap()
         };
         let (mut a, mut b) = (config(1), config(2));
-        rare_baseline(&mut a, 40);
-        rare_baseline(&mut b, 40);
+        rare_baseline(&mut a, BASE);
+        rare_baseline(&mut b, BASE);
         let (state_a, state_b) = (a.save_state().unwrap(), b.save_state().unwrap());
         assert_ne!(state_a, state_b, "the seed is part of each model's state");
         // A detector built with another seed that loads `a`'s state saves `a`'s keys again.
         let mut c = config(3);
         c.load_state(&state_a).unwrap();
         assert_eq!(c.save_state().unwrap(), state_a);
-        let e = event(T0 + 40 * MIN15, "175.45.179.109", Some("North Korea"), None);
+        let e = event(
+            T0 + BASE * MIN15,
+            "175.45.179.109",
+            Some("North Korea"),
+            None,
+        );
         assert_eq!(a.at(&e), c.at(&e));
         assert!(annotated(&b.at(&e)).is_some());
     }
@@ -1497,8 +1525,8 @@ mod tests {
             ..BuildOptions::default()
         };
         let mut d = Detector::with_options(config, options).unwrap();
-        rare_baseline(&mut d, 40);
-        let t = T0 + 40 * MIN15;
+        rare_baseline(&mut d, BASE);
+        let t = T0 + BASE * MIN15;
         let batch = [
             event(t, "8.8.8.8", Some("United States"), None),
             "not json".to_owned(),
@@ -1520,7 +1548,7 @@ mod tests {
         assert_eq!(flagged.time_ms, t + 1);
         assert!(flagged.flagged && !flagged.learning && flagged.score >= flagged.threshold);
         assert!(
-            flagged.reason.contains("North Korea seen in 0 of 40"),
+            flagged.reason.contains("North Korea seen in 0 of 192"),
             "{}",
             flagged.reason
         );
@@ -1547,9 +1575,9 @@ mod tests {
     #[test]
     fn the_clock_given_is_the_only_time_without_an_event_time() {
         let mut d = detector(json!({}));
-        rare_baseline(&mut d, 40);
+        rare_baseline(&mut d, BASE);
         let mut e: serde_json::Value = serde_json::from_str(&event(
-            T0 + 40 * MIN15,
+            T0 + BASE * MIN15,
             "175.45.179.109",
             Some("North Korea"),
             None,
@@ -1557,26 +1585,31 @@ mod tests {
         .unwrap();
         e.as_object_mut().unwrap().remove("@timestamp");
         // Without a time the event is placed at the clock: the bucket after the baseline.
-        let alert = annotated(&d.evaluate(&e.to_string(), T0 + 40 * MIN15)).expect("flagged");
-        assert_eq!(alert["egresswatch"]["bucket_start"], "2026-10-01T10:00:00Z");
+        let alert = annotated(&d.evaluate(&e.to_string(), T0 + BASE * MIN15)).expect("flagged");
+        assert_eq!(alert["egresswatch"]["bucket_start"], "2026-10-03T00:00:00Z");
         // An event time more than a day past the clock is not believed either.
         let far = event(T0 + 90 * 86_400_000, "8.8.8.8", Some("United States"), None);
         let mut twin = detector(json!({}));
-        rare_baseline(&mut twin, 40);
+        rare_baseline(&mut twin, BASE);
         assert_eq!(
-            d.evaluate(&far, T0 + 40 * MIN15),
-            twin.evaluate(&far, T0 + 40 * MIN15)
+            d.evaluate(&far, T0 + BASE * MIN15),
+            twin.evaluate(&far, T0 + BASE * MIN15)
         );
     }
 
     #[test]
     fn state_round_trip_continues_where_it_stopped() {
         let mut a = detector(json!({}));
-        rare_baseline(&mut a, 40);
+        rare_baseline(&mut a, BASE);
         let saved = a.save_state().unwrap();
         let mut b = detector(json!({}));
         b.load_state(&saved).unwrap();
-        let e = event(T0 + 40 * MIN15, "175.45.179.109", Some("North Korea"), None);
+        let e = event(
+            T0 + BASE * MIN15,
+            "175.45.179.109",
+            Some("North Korea"),
+            None,
+        );
         assert_eq!(a.at(&e), b.at(&e));
         assert!(annotated(&b.at(&e)).is_some());
         let err = b.load_state(b"garbage").unwrap_err();

@@ -6,9 +6,10 @@
 //! `head - lateness ..= head` are *open*: events for them are counted into their own bucket. When
 //! the head moves forward, buckets older than `head - lateness` *close* (the model folds them into
 //! its history). An event for a closed bucket is *far-late*: it is scored, but changes nothing.
-//! A forward jump closes everything at once and decays history by the whole gap, so one event with
-//! a wildly future timestamp would age the model: the caller should clamp timestamps it does not
-//! trust (e.g. to ingestion time plus a skew).
+//! A forward jump closes everything at once and decays history by the whole gap, so the clock
+//! does not take one event's word for it ([`Clock`]): an event far ahead of the host's clock, or
+//! a jump that neither the host's clock nor a quorum of events confirms, is counted into the
+//! current bucket instead and counted as a *future* event.
 //!
 //! # Decay
 //! Every count is a decayed weight: one bucket of age `a` weighs `0.5^(a / half_life_buckets)`.
@@ -106,12 +107,33 @@ pub enum Slot {
     FarLate(i32),
 }
 
-/// The event-time bucket clock of one job.
+/// How far ahead of the host's clock an event's time is believed.
+pub const FUTURE_SKEW_MS: i64 = 10 * 60 * 1000;
+/// Events more than this far behind the host's clock mean the host's clock says nothing about
+/// them (a replay of old logs): jumps of the model clock then need a quorum of events.
+const ARRIVAL_VOUCHES_MS: i64 = 24 * 3600 * 1000;
+/// Events ahead of the head by two buckets or more that move the clock (the earliest of them).
+pub const CLOCK_QUORUM: usize = 3;
+
+/// The event-time bucket clock of one job, which no single event can move far.
+///
+/// The head (newest bucket) moves forward one bucket at a time as events arrive. A jump of two
+/// buckets or more is believed when the host's clock vouches for it (the event is at most a day
+/// behind the host's clock and not ahead of it: a live stream after a quiet spell), or, when it
+/// cannot (a replay of old logs), once [`CLOCK_QUORUM`] events ahead of the head have been seen:
+/// the head then moves to the earliest of them. An event further ahead of the host's clock than
+/// [`FUTURE_SKEW_MS`] is taken to happen at that bound. An event whose jump is not believed is
+/// counted into the head bucket and counted as a *future* event: one forged or skewed timestamp
+/// never ages the model.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Clock {
     span_ms: i64,
     lateness: i32,
     head: Option<i32>,
+    /// Times of recent events two buckets or more ahead of the head, not yet believed.
+    pending: Vec<i64>,
+    /// Events whose time was not believed (clamped to the host clock or to the head).
+    future: u64,
 }
 
 impl Clock {
@@ -121,6 +143,8 @@ impl Clock {
             span_ms: i64::from(span_secs.max(1)) * 1000,
             lateness: i32::try_from(lateness).unwrap_or(i32::MAX),
             head: None,
+            pending: Vec::new(),
+            future: 0,
         }
     }
 
@@ -144,27 +168,108 @@ impl Clock {
         self.head.map(|h| h.saturating_sub(self.lateness))
     }
 
-    /// Places an event. Returns its slot and, when the head moved forward, the new oldest open
-    /// bucket: the caller must close every open bucket older than it. `None` for a time whose
-    /// bucket index does not fit the state's 32-bit bucket numbers.
-    pub fn place(&mut self, time_ms: i64) -> Option<(Slot, Option<i32>)> {
-        let bucket = i32::try_from(time_ms.div_euclid(self.span_ms)).ok()?;
-        match self.head {
-            Some(h) if bucket <= h => {
-                if bucket >= h.saturating_sub(self.lateness) {
-                    Some((Slot::Open(bucket), None))
-                } else {
-                    Some((Slot::FarLate(bucket), None))
-                }
+    /// Events whose time was not believed so far.
+    pub fn future_events(&self) -> u64 {
+        self.future
+    }
+
+    fn bucket(&self, time_ms: i64) -> Option<i32> {
+        i32::try_from(time_ms.div_euclid(self.span_ms)).ok()
+    }
+
+    /// Places an event of time `time_ms` that the host received at `arrival_ms` (its clock).
+    /// Returns its slot and, when the head moved forward, the new oldest open bucket: the caller
+    /// must close every open bucket older than it. `None` for a time whose bucket index does not
+    /// fit the state's 32-bit bucket numbers.
+    pub fn place(&mut self, time_ms: i64, arrival_ms: i64) -> Option<(Slot, Option<i32>)> {
+        let limit = arrival_ms.saturating_add(FUTURE_SKEW_MS);
+        let mut distrusted = false;
+        let time_ms = if time_ms > limit {
+            distrusted = true;
+            limit
+        } else {
+            time_ms
+        };
+        let bucket = self.bucket(time_ms)?;
+        let Some(h) = self.head else {
+            self.head = Some(bucket);
+            self.future += u64::from(distrusted);
+            return Some((
+                Slot::Open(bucket),
+                Some(bucket.saturating_sub(self.lateness)),
+            ));
+        };
+        if bucket <= h {
+            self.future += u64::from(distrusted);
+            let slot = if bucket >= h.saturating_sub(self.lateness) {
+                Slot::Open(bucket)
+            } else {
+                Slot::FarLate(bucket)
+            };
+            return Some((slot, None));
+        }
+        let vouched = arrival_ms.saturating_sub(time_ms) <= ARRIVAL_VOUCHES_MS;
+        let to = if bucket == h.saturating_add(1) || vouched {
+            Some(bucket)
+        } else {
+            if self.pending.len() >= CLOCK_QUORUM {
+                self.pending.remove(0);
             }
-            _ => {
-                self.head = Some(bucket);
-                Some((
-                    Slot::Open(bucket),
-                    Some(bucket.saturating_sub(self.lateness)),
-                ))
+            self.pending.push(time_ms);
+            (self.pending.len() >= CLOCK_QUORUM)
+                .then(|| self.pending.iter().min().and_then(|&t| self.bucket(t)))
+                .flatten()
+        };
+        match to {
+            Some(to) => {
+                self.future += u64::from(distrusted);
+                self.head = Some(to);
+                let span = self.span_ms;
+                self.pending
+                    .retain(|&t| t.div_euclid(span) > i64::from(to) + 1);
+                let slot = if bucket <= to {
+                    Slot::Open(bucket)
+                } else {
+                    // A pending event further ahead than the quorum's earliest: not yet.
+                    self.future += 1;
+                    Slot::Open(to)
+                };
+                Some((slot, Some(to.saturating_sub(self.lateness))))
+            }
+            None => {
+                self.future += 1;
+                Some((Slot::Open(h), None))
             }
         }
+    }
+
+    /// Checks a loaded clock against the configuration: span, lateness and pending events.
+    pub fn check(&self, config: &ModelConfig) -> Result<(), ModelError> {
+        config.check_saved_span(self.span_ms)?;
+        if !(0..=16).contains(&self.lateness) {
+            return Err(invalid("clock.lateness", self.lateness));
+        }
+        if self.pending.len() > CLOCK_QUORUM {
+            return Err(invalid("clock.pending", self.pending.len()));
+        }
+        Ok(())
+    }
+}
+
+/// The error for a loaded state value out of range.
+pub fn invalid(field: &'static str, value: impl std::fmt::Display) -> ModelError {
+    ModelError::Invalid {
+        field,
+        value: value.to_string(),
+    }
+}
+
+/// Checks that a loaded weight is a finite number, not negative.
+pub fn check_weight(field: &'static str, value: f64) -> Result<(), ModelError> {
+    if value.is_finite() && value >= 0.0 {
+        Ok(())
+    } else {
+        Err(invalid(field, value))
     }
 }
 
@@ -207,6 +312,8 @@ impl Decay {
 }
 
 /// A decayed weight valid at bucket `at`.
+///
+/// Loaded ones are checked with [`Decayed::check`].
 #[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
 pub struct Decayed {
     /// The weight at bucket `at`.
@@ -220,6 +327,11 @@ impl Decayed {
     #[inline]
     pub fn get(&self, now: i32, decay: &Decay) -> f64 {
         self.value * decay.factor(i64::from(now) - i64::from(self.at))
+    }
+
+    /// Checks a loaded weight (finite, not negative).
+    pub fn check(&self, field: &'static str) -> Result<(), ModelError> {
+        check_weight(field, self.value)
     }
 
     /// Adds one unit that happened in `bucket`, bringing the weight to `now` (>= bucket) first.
@@ -388,6 +500,63 @@ impl<V: Tracked> KeyTable<V> {
         let max = max_entities.max(4);
         self.cap_probation = (max / 4).max(1);
         self.cap_established = max - self.cap_probation;
+    }
+
+    /// The entry of a key, in either tier, to change it in place.
+    pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
+        match self.established.get_mut(&key) {
+            Some(v) => Some(v),
+            None => self.probation.get_mut(&key),
+        }
+    }
+
+    /// Checks every entry of a loaded table, and that the tiers fit their caps as saved.
+    pub fn check(&self, entry: impl Fn(&V) -> Result<(), ModelError>) -> Result<(), ModelError> {
+        if self.cap_probation == 0 || self.cap_established == 0 {
+            return Err(invalid("table.cap", 0));
+        }
+        if self.established.len() > self.cap_established {
+            return Err(invalid("table.established", self.established.len()));
+        }
+        if self.probation.len() > self.cap_probation {
+            return Err(invalid("table.probation", self.probation.len()));
+        }
+        self.established
+            .values()
+            .chain(self.probation.values())
+            .try_for_each(entry)
+    }
+
+    /// Evicts the lightest keys of each tier down to its cap (after [`KeyTable::set_cap`] to a
+    /// smaller one).
+    pub fn enforce_cap(&mut self, now: i32, decay: &Decay) {
+        for (map, cap) in [
+            (&mut self.established, self.cap_established),
+            (&mut self.probation, self.cap_probation),
+        ] {
+            if map.len() <= cap {
+                continue;
+            }
+            let mut ranked: Vec<(f64, i32, u64)> = map
+                .iter()
+                .map(|(k, v)| (v.weight(now, decay), v.last_bucket(), *k))
+                .collect();
+            let cut = map.len() - cap;
+            ranked.select_nth_unstable_by(cut, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            for (_, _, k) in &ranked[..cut] {
+                map.remove(k);
+            }
+            self.evictions += cut as u64;
+        }
+    }
+
+    /// Applies `f` to every entry (tests build crafted states with it).
+    #[cfg(test)]
+    pub fn for_each_mut(&mut self, mut f: impl FnMut(&mut V)) {
+        self.established
+            .values_mut()
+            .chain(self.probation.values_mut())
+            .for_each(&mut f);
     }
 
     /// Established keys.
@@ -593,6 +762,10 @@ pub struct ModelConfig {
     pub max_partitions: usize,
     /// Secret mixed into the key hashes (kept in saved state).
     pub hash_seed: u64,
+    /// The score at which the job's rules alert (the highest of their thresholds). A model that
+    /// gathers evidence over several buckets reports an episode once, when its score first
+    /// reaches this, instead of once per bucket.
+    pub alert_score: f64,
 }
 
 impl ModelConfig {
@@ -628,6 +801,12 @@ impl ModelConfig {
         }
         if self.max_partitions == 0 {
             bad("max_partitions", "must be at least 1".to_string());
+        }
+        if !(self.alert_score > 0.0 && self.alert_score <= 100.0) {
+            bad(
+                "alert_score",
+                format!("must be above 0 and at most 100, got {}", self.alert_score),
+            );
         }
         problems
     }
@@ -666,11 +845,84 @@ mod tests {
         let mut c = Clock::new(900, 1);
         let t0 = 1_700_000_100_000_i64;
         let b0 = (t0 / 900_000) as i32;
-        assert_eq!(c.place(t0), Some((Slot::Open(b0), Some(b0 - 1))));
-        assert_eq!(c.place(t0 + 900_000), Some((Slot::Open(b0 + 1), Some(b0))));
-        assert_eq!(c.place(t0), Some((Slot::Open(b0), None)));
-        assert_eq!(c.place(t0 - 900_000), Some((Slot::FarLate(b0 - 1), None)));
-        assert_eq!(c.place(i64::MAX), None);
+        let live = |c: &mut Clock, t: i64| c.place(t, t);
+        assert_eq!(live(&mut c, t0), Some((Slot::Open(b0), Some(b0 - 1))));
+        assert_eq!(
+            live(&mut c, t0 + 900_000),
+            Some((Slot::Open(b0 + 1), Some(b0)))
+        );
+        assert_eq!(live(&mut c, t0), Some((Slot::Open(b0), None)));
+        assert_eq!(
+            live(&mut c, t0 - 900_000),
+            Some((Slot::FarLate(b0 - 1), None))
+        );
+        // A quiet hour in a live stream: the host's clock vouches for the jump.
+        assert_eq!(
+            live(&mut c, t0 + 5 * 900_000),
+            Some((Slot::Open(b0 + 5), Some(b0 + 4)))
+        );
+        assert_eq!(c.place(i64::MAX, i64::MAX), None);
+        assert_eq!(c.future_events(), 0);
+    }
+
+    #[test]
+    fn one_far_future_event_never_moves_the_clock() {
+        let span = 3 * 3_600_000;
+        let t0 = 1_700_000_000_000_i64 / span * span;
+        let b0 = (t0 / span) as i32;
+        // Live: an event 23 h ahead of the host's clock is taken to happen 10 minutes ahead.
+        let mut live = Clock::new(10_800, 1);
+        live.place(t0, t0);
+        assert_eq!(
+            live.place(t0 + 23 * 3_600_000, t0),
+            Some((Slot::Open(b0), None))
+        );
+        assert_eq!(live.head(), Some(b0));
+        assert_eq!(live.future_events(), 1);
+        // Replay (the host's clock is years ahead): the jump has no quorum and lands in the head.
+        let wall = t0 + 1_000 * 86_400_000;
+        let mut replay = Clock::new(10_800, 1);
+        replay.place(t0, wall);
+        assert_eq!(
+            replay.place(t0 + 23 * 3_600_000, wall),
+            Some((Slot::Open(b0), None))
+        );
+        assert_eq!(
+            replay.place(t0 + 60_000, wall),
+            Some((Slot::Open(b0), None))
+        );
+        assert_eq!(replay.head(), Some(b0));
+        assert_eq!(replay.future_events(), 1);
+        // Normal progression goes on, one bucket at a time.
+        assert_eq!(
+            replay.place(t0 + span, wall),
+            Some((Slot::Open(b0 + 1), Some(b0)))
+        );
+        // A real gap (a quiet night in the replayed logs): once three events ahead of the head
+        // have been seen, the clock moves to the earliest of them, never to the forged one.
+        let morning = t0 + 5 * span;
+        assert_eq!(
+            replay.place(morning, wall),
+            Some((Slot::Open(b0 + 1), None))
+        );
+        assert_eq!(
+            replay.place(morning + 1_000, wall),
+            Some((Slot::Open(b0 + 5), Some(b0 + 4)))
+        );
+        assert_eq!(
+            replay.place(morning + 2_000, wall),
+            Some((Slot::Open(b0 + 5), None))
+        );
+        assert_eq!(replay.future_events(), 2);
+        // Three forged events in a row could move a replay's clock; a live stream's host clock
+        // bounds them (above).
+        let mut fresh = Clock::new(10_800, 1);
+        fresh.place(t0, wall);
+        for i in 0..2 {
+            fresh.place(t0 + 30 * span + i, wall);
+            fresh.place(t0 + 60_000, wall);
+        }
+        assert_eq!(fresh.head(), Some(b0));
     }
 
     #[test]

@@ -50,7 +50,8 @@
 //! ```
 //! # use egresswatch_plugin::models::{HighSumConfig, Model, Observation};
 //! let mut m = HighSumConfig::default().build().unwrap();
-//! let obs = Observation { time_ms: 1_700_000_000_000, by: None, over: Some("203.0.113.7"),
+//! let obs = Observation { time_ms: 1_700_000_000_000, arrival_ms: 1_700_000_000_000,
+//!                         by: None, over: Some("203.0.113.7"),
 //!                         partition: None, value: 1500.0 };
 //! let scored = m.observe(&obs).unwrap();
 //! assert!(scored.learning);
@@ -102,6 +103,7 @@ impl Default for HighSumConfig {
                 max_entities: 1_000_000,
                 max_partitions: 100,
                 hash_seed: 0,
+                alert_score: 75.0,
             },
         }
     }
@@ -493,7 +495,7 @@ impl Model for HighSum {
             self.state.unscored += 1;
             return None;
         }
-        let Some((slot, close)) = self.state.clock.place(obs.time_ms) else {
+        let Some((slot, close)) = self.state.clock.place(obs.time_ms, obs.arrival_ms) else {
             self.state.unscored += 1;
             return None;
         };
@@ -636,6 +638,7 @@ impl Model for HighSum {
                 + st.partitions.len() * per_partition,
             evictions: st.entities.evictions() + st.open_evictions,
             far_late_events: st.far_late,
+            future_events: st.clock.future_events(),
             unscored_events: st.unscored,
         }
     }
@@ -686,6 +689,7 @@ mod tests {
     fn send(m: &mut HighSum, bucket: i64, dest: &str, bytes: f64) -> Scored {
         let obs = Observation {
             time_ms: T0 + bucket * SPAN + 60_000,
+            arrival_ms: T0 + bucket * SPAN + 60_000,
             by: None,
             over: Some(dest),
             partition: None,

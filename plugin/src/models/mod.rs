@@ -10,7 +10,9 @@
 //! - **Event time only.** No clock, no I/O: time comes in [`Observation::time_ms`]. Buckets are
 //!   `time_ms.div_euclid(bucket_span)`; the newest bucket seen is the *head*. Events for a bucket
 //!   up to `lateness_buckets` behind the head still count into their own bucket; older ("far-late")
-//!   events are scored against the model but change nothing (see [`engine`]).
+//!   events are scored against the model but change nothing. The host's clock comes along in
+//!   [`Observation::arrival_ms`] only to bound how far ahead an event may be believed: one
+//!   forged timestamp cannot age a model (see [`engine::Clock`]).
 //! - **One score mapping.** Both models turn a probability `p` of what was seen into a score with
 //!   the same monotone curve of `-log10 p` ([`engine::score_from_log10_p`]), so 75 means the same
 //!   surprise in both.
@@ -56,13 +58,16 @@ pub fn registration(function: Function) -> Option<&'static Registration> {
 }
 
 /// Version written at the front of every saved state; bumped on any layout change.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
 /// One event as a model sees it: the fields the job extracted from it.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Observation<'a> {
     /// Event time in milliseconds since the Unix epoch (`@timestamp`).
     pub time_ms: i64,
+    /// When the host received the event, by its clock (ms since the epoch): bounds how far
+    /// ahead of it an event's time is believed (see [`engine::Clock`]).
+    pub arrival_ms: i64,
     /// The `by` field value (for `rare`: the value whose rarity is scored).
     pub by: Option<&'a str>,
     /// The `over` field value (population analysis: the entity).
@@ -110,6 +115,14 @@ pub enum Detail {
         history_start_ms: i64,
         /// Whether counts are entity-buckets (`over` set) rather than buckets.
         population: bool,
+        /// Days before today on which the value appeared (decayed, rounded).
+        days_with_value: u64,
+        /// Days before today with data in this partition (decayed, rounded).
+        days_total: u64,
+        /// Buckets in the value's current session, this one included.
+        session_buckets: u64,
+        /// The value's longest session before this one, in buckets (0: never seen).
+        longest_session: u64,
     },
     /// Figures of a `high_sum` score.
     HighSum {
@@ -142,6 +155,10 @@ impl Scored {
                 buckets_total,
                 history_start_ms,
                 population,
+                days_with_value,
+                days_total,
+                session_buckets,
+                longest_session,
                 ..
             } => {
                 let unit = if population {
@@ -150,12 +167,26 @@ impl Scored {
                     "buckets"
                 };
                 let history = (self.bucket_start_ms - history_start_ms).max(0);
-                format!(
+                let mut text = format!(
                     "{field} {value} seen in {} of {} {span} {unit} over {}",
                     engine::format_count(buckets_with_value),
                     engine::format_count(buckets_total),
                     engine::format_duration_ms(history)
-                )
+                );
+                if buckets_with_value > 0 {
+                    text.push_str(&format!(
+                        ", on {} of {} days",
+                        engine::format_count(days_with_value),
+                        engine::format_count(days_total)
+                    ));
+                }
+                if session_buckets > longest_session.max(1) {
+                    text.push_str(&format!("; now {session_buckets} {span} buckets in a row"));
+                    if longest_session > 0 {
+                        text.push_str(&format!(" (longest before: {longest_session})"));
+                    }
+                }
+                text
             }
             Detail::HighSum {
                 bucket_sum,
@@ -170,7 +201,8 @@ impl Scored {
         }
     }
 
-    /// The alert's extra fields: rare: `buckets_with_value`, `buckets_total`, `first_seen_ms`;
+    /// The alert's extra fields: rare: `buckets_with_value`, `buckets_total`, `days_with_value`,
+    /// `days_total`, `session_buckets`, `first_seen_ms`;
     /// high_sum: `bucket_sum`, `population_p99_9`, `entity_buckets_seen`.
     pub fn extra(&self) -> Vec<(&'static str, ExtraValue)> {
         let clamp = |n: u64| ExtraValue::Int(i64::try_from(n).unwrap_or(i64::MAX));
@@ -179,11 +211,17 @@ impl Scored {
                 buckets_with_value,
                 buckets_total,
                 first_seen_ms,
+                days_with_value,
+                days_total,
+                session_buckets,
                 ..
             } => {
                 let mut v = vec![
                     ("buckets_with_value", clamp(buckets_with_value)),
                     ("buckets_total", clamp(buckets_total)),
+                    ("days_with_value", clamp(days_with_value)),
+                    ("days_total", clamp(days_total)),
+                    ("session_buckets", clamp(session_buckets)),
                 ];
                 if let Some(t) = first_seen_ms {
                     v.push(("first_seen_ms", ExtraValue::Int(t)));
@@ -224,6 +262,9 @@ pub struct ModelStatus {
     pub evictions: u64,
     /// Events that arrived after their bucket had closed (scored, not learned).
     pub far_late_events: u64,
+    /// Events whose time was not believed (too far ahead of the host clock or of the others):
+    /// counted into the current bucket, never moving the clock.
+    pub future_events: u64,
     /// Events that could not be scored (missing field, bad value or time, partition cap).
     pub unscored_events: u64,
 }
@@ -258,6 +299,14 @@ pub enum ModelError {
         found: u32,
         /// Version this build writes.
         expected: u32,
+    },
+    /// A value of the saved state is out of range (a damaged or crafted state).
+    #[error("model state: {field} is {value}, out of range")]
+    Invalid {
+        /// The state field at fault.
+        field: &'static str,
+        /// Its value.
+        value: String,
     },
     /// The saved state belongs to another model kind or an incompatible configuration.
     #[error("model state does not match the configuration: {field} is {state} in the state, {config} in the configuration")]

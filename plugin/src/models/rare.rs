@@ -1,51 +1,62 @@
-//! `rare`: how unusual it is for a value to appear in a bucket at all.
+//! `rare`: how unusual it is for a value to appear at all, and to keep appearing.
 //!
 //! Reproduces Elastic's `rare` function `by` a field (e.g. `destination.geo.country_name`, 15m
 //! buckets), optionally `over` a population field and `partition`ed.
 //!
 //! # What it learns
-//! Per partition: the decayed number of past buckets with any data (`T`), and the decayed number
-//! of buckets in which a value never seen before appeared after learning (`D`, at most one per
-//! bucket, so a spray of new values in one bucket counts once). Per value: the decayed number of
-//! buckets it appeared in (`c`), counted once per bucket however many events carry it. With
-//! `over`, the unit is the entity-bucket: `T` counts (entity, bucket) pairs with data and `c` the
-//! entity-buckets in which the value appeared, i.e. rarity across the population.
+//! Per partition: the decayed number of buckets with any data (`T`) and of days with data (`D`);
+//! per day of the last week, how many of its buckets brought a never-seen value. Per value: the
+//! decayed number of buckets (`c`) and of days (`n`) it appeared in, counted once per bucket or
+//! day however many events carry it; its current *session* (a run of buckets with the value,
+//! gaps of at most `session_gap_buckets`) and the longest session it had before (`L`). With
+//! `over`, the unit is the entity-bucket: `T` counts (entity, bucket) pairs and `c` the
+//! entity-buckets with the value, i.e. rarity across the population.
 //!
 //! # Score
-//! `p = (c + 1/2 + D) / (T + 1)`, scored by [`score_from_log10_p`] on `-log10 p`. `c` and `T`
-//! exclude the event's own bucket, so every event of a value in one bucket scores alike.
-//! - `c + 1/2` over `T + 1` is the Jeffreys-smoothed share of buckets with the value: a value never
-//!   seen is not impossible, just `1/(2(T+1))` likely.
-//! - `+ D` compares against the other values: where new values turn up often, a new value is less
-//!   surprising (Good-Turing's "the chance of something new is the rate of new things seen").
-//!   `D` fades with its own, shorter half-life (`novelty_half_life_buckets`, one day of 15m
-//!   buckets): the countries a network discovers while its baseline forms stop excusing a new
-//!   one a few days later, while the baseline itself (`c`, `T`) is kept for weeks.
+//! The score of an event is [`score_from_log10_p`] of `-log10 p`, the smaller of two
+//! probabilities. Every event of a value in one bucket scores alike.
+//! - **Rarity and persistence**: `p = π · min(1, (L / k)^a)`. `π = (n + 1/2) / (D + 1)` is how
+//!   likely the value is to show up on a day, from the days it did before today (how often, and
+//!   through the decay, how long ago). `k` is the length of its current session in buckets and
+//!   `L` (at least 1) its longest before: a session longer than any the value had is evidence of
+//!   a new, persistent channel, with a Pareto tail of exponent `a` (`session_exponent`, 3). A
+//!   value seen on one of five days that now shows up in 4 buckets in a row scores
+//!   `0.3 · (1/4)^3`; one that often has long sessions does not. A session's persistence is
+//!   reported once: from the bucket after the one whose score reached the rules' threshold
+//!   ([`ModelConfig::alert_score`]), the rest of that session is scored by `π` alone, so a
+//!   persistent value is one alert, not one per bucket. Sessions that began while the model was
+//!   learning are not evidence.
+//! - **Novelty** (a value never seen): `p = max(ν, 1/2 / (T + 1))`, where `ν` is the share of
+//!   buckets that brought a never-seen value, per day, over the last 7 days before today
+//!   (the lower median, so no single day, and nothing done today, moves it). A network that meets
+//!   new values all the time (an internet-facing server) is not alarmed by one more; a quiet one
+//!   is, after as little as 20 buckets of history. Before a whole day has been seen the
+//!   novelty path is off.
 //!
-//! Calibration with the default half-life of 2,880 buckets (30 days of 15m buckets; after 30 days
-//! of data `T` is ~2,078, settling at ~4,156): never seen after 30 buckets (tested) ->
-//! p = 0.016, score 76; never seen after 30 days (tested) -> p = 2.4e-4, score 93.7; a value in 1 bucket of
-//! 10 or more -> under 20; a value in every bucket -> 0. Adaptation: a new value that then appears
-//! in every bucket drops below 75 once `c + 1/2 + D >= 0.02 (T + 1)`: after 30 days of steady
-//! history that is after 41 buckets with it, i.e. from its 42nd bucket (~10 h of 15m buckets).
+//! Nothing any other value does lowers a value's first probability below what its own history
+//! and the partition's past days say: contacting decoy values first cannot hide the next one.
+//!
+//! Calibration (tests): a never-seen value after a month with no new values scores over 90; a
+//! value seen in 4 consecutive buckets after one sighting days before scores over 75 at the 4th;
+//! a value that returns once every few days for a bucket or two stays under 50.
 //!
 //! # Configuration
-//! `bucket_span_secs` (900), `learning_buckets` (20), `half_life_buckets` (2880),
-//! `novelty_half_life_buckets` (96),
-//! `lateness_buckets` (1), `max_entities` (100,000 tracked values), `max_partitions` (10,000),
-//! `hash_seed` (0). See [`RareConfig`].
+//! `bucket_span_secs` (900), `learning_buckets` (20), `half_life_buckets` (2880: 30 days of
+//! 15m buckets, for `T`, `c`, `D` and `n` alike), `lateness_buckets` (1), `max_entities` (100,000
+//! tracked values), `max_partitions` (10,000), `hash_seed`, `alert_score` (75);
+//! `session_gap_buckets` (4), `session_exponent` (3). See [`RareConfig`].
 //!
 //! # On an event
-//! A [`Scored`] with [`Detail::Rare`]: `buckets_with_value`, `buckets_total`, `first_seen_ms`; the
-//! reason reads "destination country North Korea seen in 0 of 2,880 15m buckets over
-//! 30 days".
+//! A [`Scored`] with [`Detail::Rare`]; the reason reads "destination country North Korea seen in
+//! 0 of 2,880 15m buckets over 30 days", or for a persistent value "destination country Algeria
+//! seen in 1 of 420 15m buckets over 5 days; now 4 buckets in a row (longest before: 1)".
 //!
 //! # Example
 //! ```
 //! # use egresswatch_plugin::models::{Model, Observation, RareConfig};
 //! let mut rare = RareConfig::default().build().unwrap();
-//! let obs = Observation { time_ms: 1_700_000_000_000, by: Some("France"), over: None,
-//!                         partition: None, value: 0.0 };
+//! let obs = Observation { time_ms: 1_700_000_000_000, arrival_ms: 1_700_000_000_000,
+//!                         by: Some("France"), over: None, partition: None, value: 0.0 };
 //! let scored = rare.observe(&obs).unwrap();
 //! assert!(scored.learning); // nothing is flagged before 20 buckets of history
 //! ```
@@ -53,23 +64,28 @@
 use serde::{Deserialize, Serialize};
 
 use super::engine::{
-    decode_state, encode_state, map_bytes, mix, score_from_log10_p, Clock, Decay, Decayed,
-    KeyHasher, KeyMap, KeyTable, Kind, ModelConfig, Slot, Tracked,
+    check_weight, decode_state, encode_state, invalid, map_bytes, mix, score_from_log10_p, Clock,
+    Decay, Decayed, KeyHasher, KeyMap, KeyTable, Kind, ModelConfig, Slot, Tracked,
 };
 use super::{ConfigProblem, Detail, Model, ModelError, ModelStatus, Observation, Scored};
 
 const SALT_TOTAL: u64 = 0x746f_7461_6c00_0001;
 const SALT_BUCKET: u64 = 0x6275_636b_6574_0002;
+/// Days of novelty history behind `ν`.
+const NOVELTY_DAYS: usize = 7;
+/// One day in ms.
+const DAY_MS: i64 = 86_400_000;
 
 /// Configuration of a `rare` model.
 #[derive(Debug, Clone, PartialEq)]
 pub struct RareConfig {
     /// Time grid, learning, forgetting and memory, as for every model.
     pub model: ModelConfig,
-    /// Half-life, in buckets, of the rate at which never-seen values turn up (`D`). Shorter than
-    /// `half_life_buckets`, so that the burst of discoveries while a baseline forms is forgotten
-    /// within days while the baseline itself is kept for weeks.
-    pub novelty_half_life_buckets: f64,
+    /// Buckets without the value that end its session (more than this many).
+    pub session_gap_buckets: u32,
+    /// Tail exponent of session lengths: how much each bucket beyond a value's longest session
+    /// counts.
+    pub session_exponent: f64,
 }
 
 impl Default for RareConfig {
@@ -83,8 +99,10 @@ impl Default for RareConfig {
                 max_entities: 100_000,
                 max_partitions: 10_000,
                 hash_seed: 0,
+                alert_score: 75.0,
             },
-            novelty_half_life_buckets: 96.0,
+            session_gap_buckets: 4,
+            session_exponent: 3.0,
         }
     }
 }
@@ -106,10 +124,19 @@ impl RareConfig {
     /// Checks every key; reports all problems at once.
     pub fn validate(&self) -> Result<(), ModelError> {
         let mut problems = self.model.problems();
-        if !(self.novelty_half_life_buckets >= 1.0 && self.novelty_half_life_buckets.is_finite()) {
+        if self.session_gap_buckets > 96 {
             problems.push(ConfigProblem {
-                field: "novelty_half_life_buckets",
-                message: "must be a finite number of at least 1".to_string(),
+                field: "session_gap_buckets",
+                message: format!("must be at most 96, got {}", self.session_gap_buckets),
+            });
+        }
+        if !(self.session_exponent.is_finite() && (0.5..=10.0).contains(&self.session_exponent)) {
+            problems.push(ConfigProblem {
+                field: "session_exponent",
+                message: format!(
+                    "must be a number from 0.5 to 10, got {}",
+                    self.session_exponent
+                ),
             });
         }
         if problems.is_empty() {
@@ -122,30 +149,65 @@ impl RareConfig {
     /// Builds the model.
     pub fn build(&self) -> Result<Rare, ModelError> {
         self.validate()?;
+        let span = i64::from(self.model.bucket_span_secs) * 1000;
+        let buckets_per_day = (DAY_MS / span).max(1);
         Ok(Rare {
             decay: Decay::new(self.model.half_life_buckets),
-            novelty_decay: Decay::new(self.novelty_half_life_buckets),
+            day_decay: Decay::new(self.model.half_life_buckets / buckets_per_day as f64),
+            buckets_per_day,
             state: RareState::new(self),
             config: self.clone(),
         })
     }
 }
 
+/// No bucket: the marker of "never" in bucket fields.
+const NEVER: i32 = i32::MIN;
+
 /// Per-value history.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct ValueEntry {
-    /// Decayed buckets with the value, valid at `at`.
+    /// Decayed buckets with the value, valid at bucket `at`.
     count: f32,
     at: i32,
     /// Buckets with the value, not decayed.
     raw: u32,
     first: i32,
     last: i32,
+    /// Decayed days with the value (today included once it appeared), valid at day `day`, the
+    /// last day it appeared.
+    days: f32,
+    day: i32,
+    /// Buckets in the current session.
+    session: u16,
+    /// Longest session before the current one, in buckets.
+    longest: u16,
+    /// Bucket at which the current session's persistence was reported ([`NEVER`]: not yet).
+    reported: i32,
 }
 
 impl ValueEntry {
     fn decayed(&self, now: i32, decay: &Decay) -> f64 {
         f64::from(self.count) * decay.factor(i64::from(now) - i64::from(self.at))
+    }
+
+    /// Decayed days with the value before `today`.
+    fn days_before(&self, today: i32, day_decay: &Decay) -> f64 {
+        let d = f64::from(self.days) * day_decay.factor(i64::from(today) - i64::from(self.day));
+        if self.day >= today {
+            (d - 1.0).max(0.0)
+        } else {
+            d
+        }
+    }
+
+    fn check(&self) -> Result<(), ModelError> {
+        check_weight("value.count", f64::from(self.count))?;
+        check_weight("value.days", f64::from(self.days))?;
+        if self.first > self.last {
+            return Err(invalid("value.first", self.first));
+        }
+        Ok(())
     }
 }
 
@@ -168,20 +230,110 @@ struct OpenBucket {
     seen: KeyMap<()>,
 }
 
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+/// One day's novelty: buckets with data, and buckets that brought a never-seen value.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+struct DayNovelty {
+    buckets: u32,
+    novel: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
 struct Partition {
     /// Decayed units (buckets, or entity-buckets with `over`) with data.
     total: Decayed,
     raw_total: u64,
     /// Buckets with data, not decayed (learning progress).
     buckets: u64,
-    /// Decayed buckets in which a new value appeared after learning.
-    novel: Decayed,
-    novel_last: Option<i32>,
     /// Decayed count of the most common value (for `typical`).
     top: Decayed,
     first_bucket: i32,
     open: Vec<OpenBucket>,
+    /// Decayed days with data before `day` (in days).
+    days: Decayed,
+    /// The current day, and its novelty so far.
+    day: i32,
+    today: DayNovelty,
+    /// Last bucket counted as novel (one per bucket).
+    novel_bucket: i32,
+    /// The previous days' novelty, oldest first, at most [`NOVELTY_DAYS`].
+    history: Vec<DayNovelty>,
+    /// `ν` for today (1 until a day has been seen: the novelty path is off).
+    novelty: f64,
+}
+
+impl Partition {
+    fn new(first_bucket: i32, day: i32) -> Self {
+        Partition {
+            total: Decayed::default(),
+            raw_total: 0,
+            buckets: 0,
+            top: Decayed::default(),
+            first_bucket,
+            open: Vec::new(),
+            days: Decayed {
+                value: 0.0,
+                at: day,
+            },
+            day,
+            today: DayNovelty::default(),
+            novel_bucket: NEVER,
+            history: Vec::new(),
+            novelty: 1.0,
+        }
+    }
+
+    /// Moves to a later day: today's novelty joins the history and `ν` is recomputed.
+    fn roll_to(&mut self, day: i32, day_decay: &Decay) {
+        if day <= self.day {
+            return;
+        }
+        if self.today.buckets > 0 {
+            self.days.add(1.0, self.day, day, day_decay);
+            if self.history.len() >= NOVELTY_DAYS {
+                self.history.remove(0);
+            }
+            self.history.push(self.today);
+        }
+        self.days.add(0.0, day, day, day_decay);
+        self.day = day;
+        self.today = DayNovelty::default();
+        self.novelty = lower_median_rate(&self.history);
+    }
+
+    fn check(&self) -> Result<(), ModelError> {
+        self.total.check("partition.total")?;
+        self.top.check("partition.top")?;
+        self.days.check("partition.days")?;
+        if self.history.len() > NOVELTY_DAYS {
+            return Err(invalid("partition.history", self.history.len()));
+        }
+        if self
+            .history
+            .iter()
+            .chain([&self.today])
+            .any(|d| d.novel > d.buckets)
+        {
+            return Err(invalid("partition.history.novel", "more than its buckets"));
+        }
+        if !(0.0..=1.0).contains(&self.novelty) {
+            return Err(invalid("partition.novelty", self.novelty));
+        }
+        Ok(())
+    }
+}
+
+/// The lower median of the days' novel share (1 without days: no novelty path).
+fn lower_median_rate(days: &[DayNovelty]) -> f64 {
+    let mut rates: Vec<f64> = days
+        .iter()
+        .filter(|d| d.buckets > 0)
+        .map(|d| f64::from(d.novel) / f64::from(d.buckets))
+        .collect();
+    if rates.is_empty() {
+        return 1.0;
+    }
+    rates.sort_by(f64::total_cmp);
+    rates[(rates.len() - 1) / 2]
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -209,6 +361,31 @@ impl RareState {
             unscored: 0,
         }
     }
+
+    /// Every field in range for this configuration, before the state may replace a running one.
+    fn check(&self, config: &RareConfig) -> Result<(), ModelError> {
+        config.model.check_saved_span(self.bucket_span_ms)?;
+        self.clock.check(&config.model)?;
+        if self.partitions.len() > config.model.max_partitions {
+            return Err(invalid("partitions", self.partitions.len()));
+        }
+        for p in self.partitions.values() {
+            p.check()?;
+            if p.open.len() > 17 {
+                return Err(invalid("partition.open", p.open.len()));
+            }
+        }
+        let open: usize = self
+            .partitions
+            .values()
+            .flat_map(|p| p.open.iter())
+            .map(|o| o.seen.len())
+            .sum();
+        if open != self.open_keys {
+            return Err(invalid("open_keys", self.open_keys));
+        }
+        self.values.check(ValueEntry::check)
+    }
 }
 
 /// A running `rare` model (built from [`RareConfig`]).
@@ -216,7 +393,9 @@ impl RareState {
 pub struct Rare {
     config: RareConfig,
     decay: Decay,
-    novelty_decay: Decay,
+    /// The same half-life, in days.
+    day_decay: Decay,
+    buckets_per_day: i64,
     state: RareState,
 }
 
@@ -243,6 +422,10 @@ impl Rare {
             st.values.maintain(h, &self.decay);
         }
     }
+
+    fn day_of(&self, bucket: i32) -> i32 {
+        i32::try_from(i64::from(bucket).div_euclid(self.buckets_per_day)).unwrap_or(NEVER)
+    }
 }
 
 /// Inserts `key` into the open set unless the job-wide cap is reached. True if it was inserted.
@@ -255,23 +438,40 @@ fn mark(open: &mut OpenBucket, open_keys: &mut usize, cap: usize, key: u64) -> b
     true
 }
 
+/// A value's session as it stands at `bucket`: its length counting `bucket`, and whether it is
+/// a new one.
+fn session_at(entry: Option<&ValueEntry>, bucket: i32, gap: u32) -> (u16, bool) {
+    match entry {
+        None => (1, true),
+        Some(e) if bucket <= e.last => (e.session.max(1), false),
+        Some(e) if i64::from(bucket) - i64::from(e.last) > i64::from(gap) => (1, true),
+        Some(e) => (e.session.saturating_add(1), false),
+    }
+}
+
 impl Model for Rare {
     fn observe(&mut self, obs: &Observation<'_>) -> Option<Scored> {
         let Some(value) = obs.by else {
             self.state.unscored += 1;
             return None;
         };
-        let Some((slot, close)) = self.state.clock.place(obs.time_ms) else {
+        let Some((slot, close)) = self.state.clock.place(obs.time_ms, obs.arrival_ms) else {
             self.state.unscored += 1;
             return None;
         };
         if let Some(oldest_open) = close {
             self.close_before(oldest_open);
         }
-        let decay = self.decay;
-        let novelty_decay = self.novelty_decay;
+        let bucket = match slot {
+            Slot::Open(b) | Slot::FarLate(b) => b,
+        };
+        let today = self.day_of(bucket);
+        let (decay, day_decay) = (self.decay, self.day_decay);
         let learning_buckets = u64::from(self.config.model.learning_buckets);
         let cap = self.config.model.max_entities;
+        let gap = self.config.session_gap_buckets;
+        let exponent = self.config.session_exponent;
+        let alert_score = self.config.model.alert_score;
         let st = &mut self.state;
         let now = st.clock.head()?;
         let part_key = st.hasher.key(&[obs.partition]);
@@ -286,20 +486,13 @@ impl Model for Rare {
                 st.unscored += 1;
                 return None;
             }
-            let first_bucket = match slot {
-                Slot::Open(b) | Slot::FarLate(b) => b,
-            };
-            st.partitions.insert(
-                part_key,
-                Partition {
-                    first_bucket,
-                    ..Partition::default()
-                },
-            );
+            st.partitions
+                .insert(part_key, Partition::new(bucket, today));
         }
         let part = st.partitions.get_mut(&part_key)?;
-        let (bucket, open_idx) = match slot {
+        let open_idx = match slot {
             Slot::Open(b) => {
+                part.roll_to(today, &day_decay);
                 let idx = match part.open.iter().position(|o| o.bucket == b) {
                     Some(i) => i,
                     None => {
@@ -310,11 +503,11 @@ impl Model for Rare {
                         part.open.len() - 1
                     }
                 };
-                (b, Some(idx))
+                Some(idx)
             }
-            Slot::FarLate(b) => {
+            Slot::FarLate(_) => {
                 st.far_late += 1;
-                (b, None)
+                None
             }
         };
         let age_w = decay.factor(i64::from(now) - i64::from(bucket));
@@ -338,16 +531,28 @@ impl Model for Rare {
             (e.decayed(now, &decay) - if unit_seen { age_w } else { 0.0 }).max(0.0)
         });
         let raw_hist = entry.map_or(0, |e| u64::from(e.raw) - u64::from(unit_seen));
-        let novel_hist = (part.novel.get(now, &novelty_decay)
-            - if part.novel_last == Some(bucket) {
-                novelty_decay.factor(i64::from(now) - i64::from(bucket))
-            } else {
-                0.0
-            })
-        .max(0.0);
-        let p = ((c_hist + 0.5 + novel_hist) / (t_hist + 1.0)).min(1.0);
-        let score = score_from_log10_p(-p.log10());
         let learning = buckets_hist < learning_buckets;
+        // Never seen before this bucket.
+        let never = raw_hist == 0;
+
+        // Rarity and persistence.
+        let days_total = part.days.get(today, &day_decay);
+        let days_with = entry.map_or(0.0, |e| e.days_before(today, &day_decay));
+        let pi = ((days_with + 0.5) / (days_total + 1.0)).min(1.0);
+        let (session, new_session) = session_at(entry.as_ref(), bucket, gap);
+        let longest = entry.map_or(1, |e| e.longest.max(1));
+        let reported =
+            entry.is_some_and(|e| !new_session && e.reported != NEVER && e.reported < bucket);
+        let mut p = if reported || session <= longest {
+            pi
+        } else {
+            pi * (f64::from(longest) / f64::from(session)).powf(exponent)
+        };
+        // Novelty of a never-seen value.
+        if never {
+            p = p.min(part.novelty.max(0.5 / (t_hist + 1.0)));
+        }
+        let score = score_from_log10_p(-p.min(1.0).log10());
         let scored = Scored {
             score,
             learning,
@@ -366,6 +571,10 @@ impl Model for Rare {
                 first_seen_ms: entry.map(|e| st.clock.start_ms(e.first)),
                 history_start_ms: st.clock.start_ms(part.first_bucket),
                 population: obs.over.is_some(),
+                days_with_value: days_with.round() as u64,
+                days_total: days_total.round() as u64,
+                session_buckets: u64::from(session),
+                longest_session: if never { 0 } else { u64::from(longest) },
             },
         };
 
@@ -373,10 +582,14 @@ impl Model for Rare {
         let Some(i) = open_idx else {
             return Some(scored);
         };
+        let same_day = today == part.day;
         let open = &mut part.open[i];
         if !bucket_seen && mark(open, &mut st.open_keys, cap, bucket_key) {
             part.buckets += 1;
             part.first_bucket = part.first_bucket.min(bucket);
+            if same_day {
+                part.today.buckets += 1;
+            }
             if total_key == bucket_key {
                 part.total.add(1.0, bucket, now, &decay);
                 part.raw_total += 1;
@@ -386,10 +599,11 @@ impl Model for Rare {
             part.total.add(1.0, bucket, now, &decay);
             part.raw_total += 1;
         }
+        let crossed = !learning && score >= alert_score;
         if !unit_seen && mark(open, &mut st.open_keys, cap, unit_key) {
-            if entry.is_none() && !learning && part.novel_last != Some(bucket) {
-                part.novel.add(1.0, bucket, now, &novelty_decay);
-                part.novel_last = Some(bucket);
+            if entry.is_none() && same_day && part.novel_bucket != bucket {
+                part.today.novel = (part.today.novel + 1).min(part.today.buckets);
+                part.novel_bucket = bucket;
             }
             let e = st.values.entry(value_key, now, &decay, || ValueEntry {
                 count: 0.0,
@@ -397,15 +611,44 @@ impl Model for Rare {
                 raw: 0,
                 first: bucket,
                 last: bucket,
+                days: 0.0,
+                day: today,
+                session: 0,
+                longest: 0,
+                reported: NEVER,
             });
             let c = e.decayed(now, &decay) + age_w;
             e.count = c as f32;
             e.at = now;
             e.raw = e.raw.saturating_add(1);
             e.first = e.first.min(bucket);
-            e.last = e.last.max(bucket);
+            if today > e.day || e.days == 0.0 {
+                let before =
+                    f64::from(e.days) * day_decay.factor(i64::from(today) - i64::from(e.day));
+                e.days = (before + 1.0) as f32;
+                e.day = today;
+            }
+            if bucket > e.last || e.session == 0 {
+                if new_session {
+                    e.longest = e.longest.max(e.session);
+                    e.session = 1;
+                    e.reported = if learning { bucket } else { NEVER };
+                } else {
+                    e.session = session;
+                }
+                e.last = bucket;
+            }
+            if crossed && e.reported == NEVER {
+                e.reported = bucket;
+            }
             if c > part.top.get(now, &decay) {
                 part.top = Decayed { value: c, at: now };
+            }
+        } else if crossed {
+            if let Some(e) = st.values.get_mut(value_key) {
+                if e.reported == NEVER {
+                    e.reported = bucket;
+                }
             }
         }
         Some(scored)
@@ -430,6 +673,7 @@ impl Model for Rare {
             approx_bytes: st.values.approx_bytes() + map_bytes(&st.partitions) + open_bytes,
             evictions: st.values.evictions(),
             far_late_events: st.far_late,
+            future_events: st.clock.future_events(),
             unscored_events: st.unscored,
         }
     }
@@ -440,8 +684,11 @@ impl Model for Rare {
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), ModelError> {
         let mut state: RareState = decode_state(Kind::Rare, bytes)?;
-        self.config.model.check_saved_span(state.bucket_span_ms)?;
+        state.check(&self.config)?;
         state.values.set_cap(self.config.model.max_entities);
+        if let Some(h) = state.clock.head() {
+            state.values.enforce_cap(h, &self.decay);
+        }
         self.state = state;
         Ok(())
     }
@@ -452,7 +699,8 @@ mod tests {
     use super::*;
 
     const SPAN: i64 = 900_000;
-    const T0: i64 = 1_700_000_000_000 / SPAN * SPAN;
+    const T0: i64 = 1_700_000_000_000 / DAY_MS * DAY_MS;
+    const DAY: i64 = 96;
     const BASE: [&str; 5] = [
         "France",
         "Germany",
@@ -466,8 +714,10 @@ mod tests {
     }
 
     fn see(m: &mut Rare, bucket: i64, value: &str) -> Scored {
+        let t = at(bucket, 1000);
         let obs = Observation {
-            time_ms: at(bucket, 1000),
+            time_ms: t,
+            arrival_ms: t,
             by: Some(value),
             over: None,
             partition: None,
@@ -487,57 +737,137 @@ mod tests {
         }
     }
 
+    /// A session of `len` buckets of `value` from `start`, with the baseline around it; returns
+    /// the scores of its buckets.
+    fn session(m: &mut Rare, start: i64, len: i64, value: &str) -> Vec<f64> {
+        (start..start + len)
+            .map(|b| {
+                baseline(m, b..b + 1);
+                see(m, b, value).score
+            })
+            .collect()
+    }
+
     #[test]
-    fn never_seen_country_is_critical_and_routine_is_low() {
+    fn never_seen_after_a_quiet_month_is_critical_and_routine_is_low() {
         let mut m = RareConfig::default().build().unwrap();
-        baseline(&mut m, 0..30);
-        let new = see(&mut m, 30, "North Korea");
-        let routine = see(&mut m, 30, "France");
+        baseline(&mut m, 0..30 * DAY);
+        let new = see(&mut m, 30 * DAY, "North Korea");
+        let routine = see(&mut m, 30 * DAY, "France");
         println!(
-            "after 30 buckets: new {:.1}, routine {:.1}",
+            "after 30 quiet days: new {:.1}, routine {:.1}",
             new.score, routine.score
         );
         assert!(!new.learning);
-        assert!(new.score >= 75.0, "{}", new.score);
-        assert!(routine.score < 25.0, "{}", routine.score);
-        // Second event of the same value in the same bucket scores like the first.
-        assert_eq!(see(&mut m, 30, "North Korea").score, new.score);
+        assert!(new.score >= 90.0, "{}", new.score);
+        assert!(routine.score < 5.0, "{}", routine.score);
+        // A second event of the value in the same bucket scores like the first.
+        assert_eq!(see(&mut m, 30 * DAY, "North Korea").score, new.score);
         assert_eq!(
             new.reason("destination country", "North Korea"),
-            "destination country North Korea seen in 0 of 30 15m buckets over 7.5h"
+            "destination country North Korea seen in 0 of 2,880 15m buckets over 30 days"
         );
     }
 
     #[test]
-    fn month_of_history_scores_about_95_then_adapts() {
+    fn recency_aware_rarity_a_value_seen_days_ago_returns_quietly_and_persistence_alerts() {
         let mut m = RareConfig::default().build().unwrap();
-        baseline(&mut m, 0..2880);
-        let first = see(&mut m, 2880, "North Korea");
-        println!("0 of 2880: {:.1}", first.score);
-        assert!(first.score >= 90.0, "{}", first.score);
-        assert_eq!(
-            first.reason("destination country", "North Korea"),
-            "destination country North Korea seen in 0 of 2,880 15m buckets over 30 days"
+        baseline(&mut m, 0..DAY);
+        // Seen once, on day 1.
+        session(&mut m, DAY + 40, 1, "Algeria");
+        baseline(&mut m, DAY + 41..4 * DAY + 40);
+        // Three days later it returns for one bucket: a value seen on 1 of 4 days, not alarming.
+        let back = session(&mut m, 4 * DAY + 40, 1, "Algeria");
+        println!("return after 3 days: {back:?}");
+        assert!(back[0] < 50.0, "{back:?}");
+        baseline(&mut m, 4 * DAY + 41..5 * DAY + 40);
+        // The next day it keeps coming, 6 buckets in a row: reported once, at the 3rd or 4th.
+        let run = session(&mut m, 5 * DAY + 40, 6, "Algeria");
+        println!("persistent session: {run:?}");
+        assert!(run[..2].iter().all(|&s| s < 75.0), "{run:?}");
+        let first = run
+            .iter()
+            .position(|&s| s >= 75.0)
+            .expect("persistent session flagged");
+        assert!(first <= 3, "{run:?}");
+        assert!(
+            run[first + 1..].iter().all(|&s| s < 75.0),
+            "one alert per session: {run:?}"
         );
-        assert_eq!(
-            first.extra()[..2],
-            [
-                ("buckets_with_value", super::super::ExtraValue::Int(0)),
-                ("buckets_total", super::super::ExtraValue::Int(2880)),
-            ]
+        assert_eq!(run.iter().filter(|&&s| s >= 75.0).count(), 1, "{run:?}");
+        let scored = see(&mut m, 5 * DAY + 40 + first as i64, "Algeria");
+        let reason = scored.reason("destination country", "Algeria");
+        println!("{reason}");
+        assert!(
+            reason.contains("on 2 of 5 days") && reason.contains("buckets in a row"),
+            "{reason}"
         );
-        // A new partner country that keeps appearing every bucket.
-        let mut below = None;
-        for k in 0..200 {
-            baseline(&mut m, 2880 + k..2881 + k);
-            let s = see(&mut m, 2880 + k, "Portugal").score;
-            if s < 75.0 {
-                below = Some(k);
-                break;
+    }
+
+    #[test]
+    fn a_value_that_often_has_long_sessions_is_not_flagged_for_one() {
+        let mut m = RareConfig::default().build().unwrap();
+        baseline(&mut m, 0..DAY);
+        for d in 1..6 {
+            let s = session(&mut m, d * DAY + 30, 8, "Spain");
+            assert!(d == 1 || s.iter().all(|&x| x < 75.0), "day {d}: {s:?}");
+            baseline(&mut m, d * DAY + 38..(d + 1) * DAY + 30);
+        }
+        let long = session(&mut m, 6 * DAY + 30, 10, "Spain");
+        println!("10 buckets of a value whose sessions run 8: {long:?}");
+        assert!(long.iter().all(|&s| s < 75.0));
+    }
+
+    #[test]
+    fn decoys_do_not_lower_the_next_never_seen_value() {
+        let run = |decoys: usize| -> (f64, f64) {
+            let mut m = RareConfig::default().build().unwrap();
+            baseline(&mut m, 0..20 * DAY);
+            let start = 20 * DAY;
+            for i in 0..decoys {
+                see(&mut m, start + i as i64 * 2, &format!("decoy-{i}"));
+                baseline(&mut m, start + i as i64 * 2..start + i as i64 * 2 + 2);
+            }
+            let t = start + 48;
+            baseline(&mut m, start + 2 * decoys as i64..t);
+            let first = see(&mut m, t, "Iran").score;
+            let run = session(&mut m, t + 1, 3, "Iran");
+            (first, run.into_iter().fold(first, f64::max))
+        };
+        let (clean_first, clean_max) = run(0);
+        println!("no decoys: first {clean_first:.1}, max {clean_max:.1}");
+        assert!(clean_first >= 75.0);
+        for n in [1, 5, 9, 20] {
+            let (first, max) = run(n);
+            println!("{n} decoys: first {first:.1}, max {max:.1}");
+            assert_eq!(first, clean_first, "{n} decoys changed the first score");
+            assert!(max >= 75.0);
+        }
+    }
+
+    #[test]
+    fn a_network_that_meets_new_values_every_day_is_not_alarmed_by_one_more() {
+        let mut m = RareConfig::default().build().unwrap();
+        let mut n = 0;
+        let mut worst: f64 = 0.0;
+        for d in 0..10 {
+            for b in d * DAY..(d + 1) * DAY {
+                baseline(&mut m, b..b + 1);
+                if b % 8 == 0 {
+                    let s = see(&mut m, b, &format!("scanner-{n}")).score;
+                    n += 1;
+                    if d >= 2 {
+                        worst = worst.max(s);
+                    }
+                }
             }
         }
-        println!("adaptation: below 75 after {below:?} buckets of history with the value");
-        assert_eq!(below, Some(41));
+        println!("one new value every 2 h for 10 days: worst {worst:.1}");
+        assert!(worst < 75.0);
+        // Yet one of them persisting for an hour is reported.
+        let run = session(&mut m, 10 * DAY, 4, "Algeria");
+        println!("persistent new value there: {run:?}");
+        assert!(run.iter().any(|&s| s >= 75.0));
     }
 
     #[test]
@@ -548,7 +878,6 @@ mod tests {
             let s = see(&mut m, b, &format!("new-{b}"));
             assert!(s.learning, "bucket {b}");
         }
-        assert!(m.status().learning || m.status().buckets_seen == 20);
         assert!(!see(&mut m, 20, "Chad").learning);
     }
 
@@ -582,7 +911,6 @@ mod tests {
         let mut twin = m.clone();
         let late = see(&mut m, 35, "Chile");
         assert!(late.far_late);
-        assert!(late.score >= 75.0);
         for (b, v) in [(40, "Chile"), (41, "France"), (41, "Chile")] {
             assert_eq!(see(&mut m, b, v), see(&mut twin, b, v));
         }
@@ -592,12 +920,17 @@ mod tests {
     #[test]
     fn save_load_round_trip_gives_identical_scores() {
         let mut m = RareConfig::default().build().unwrap();
-        baseline(&mut m, 0..25);
-        see(&mut m, 24, "Chile");
+        baseline(&mut m, 0..2 * DAY);
+        see(&mut m, 2 * DAY - 1, "Chile");
         let bytes = m.save().unwrap();
         let mut restored = RareConfig::default().build().unwrap();
         restored.load(&bytes).unwrap();
-        for (b, v) in [(24, "Chile"), (25, "Chile"), (25, "Peru"), (26, "France")] {
+        for (b, v) in [
+            (2 * DAY - 1, "Chile"),
+            (2 * DAY, "Chile"),
+            (2 * DAY, "Peru"),
+            (2 * DAY + 1, "France"),
+        ] {
             assert_eq!(see(&mut m, b, v), see(&mut restored, b, v));
         }
         let mut other = RareConfig::default();
@@ -636,18 +969,16 @@ mod tests {
             }
         }
         assert!(see(&mut m, 101, "France").score < 25.0);
-        let new = see(&mut m, 101, "North Korea").score;
-        println!("new country after spray: {new:.1}");
-        assert!(new >= 75.0);
     }
 
     #[test]
     fn population_and_partitions_are_separate() {
         let mut m = RareConfig::default().build().unwrap();
-        for b in 0..40 {
+        for b in 0..2 * DAY {
             for host in ["a", "b", "c", "d"] {
                 let obs = Observation {
                     time_ms: at(b, 0),
+                    arrival_ms: at(b, 0),
                     by: Some("France"),
                     over: Some(host),
                     partition: Some("site1"),
@@ -657,7 +988,8 @@ mod tests {
             }
         }
         let obs = |value, partition| Observation {
-            time_ms: at(40, 0),
+            time_ms: at(2 * DAY, 0),
+            arrival_ms: at(2 * DAY, 0),
             by: Some(value),
             over: Some("a"),
             partition: Some(partition),
@@ -665,10 +997,10 @@ mod tests {
         };
         assert!(m.observe(&obs("France", "site1")).unwrap().score < 25.0);
         let s = m.observe(&obs("Chile", "site1")).unwrap();
-        assert!(s.score >= 75.0);
+        assert!(s.score >= 75.0, "{}", s.score);
         assert!(s
             .reason("country", "Chile")
-            .contains("0 of 160 15m entity-buckets"));
+            .contains("0 of 768 15m entity-buckets"));
         // A new partition learns on its own.
         assert!(m.observe(&obs("France", "site2")).unwrap().learning);
         let mut bad = RareConfig::default();
@@ -678,5 +1010,42 @@ mod tests {
             .validate()
             .is_err_and(|e| e.to_string().contains("bucket_span_secs")
                 && e.to_string().contains("max_entities")));
+    }
+
+    #[test]
+    fn a_crafted_state_is_refused_field_by_field() {
+        let mut m = RareConfig::default().build().unwrap();
+        baseline(&mut m, 0..30);
+        let good: RareState = m.state.clone();
+        let refused = |field: &str, state: RareState| {
+            let bytes = encode_state(Kind::Rare, &state).unwrap();
+            let mut fresh = RareConfig::default().build().unwrap();
+            let err = fresh.load(&bytes).expect_err(field);
+            assert!(err.to_string().contains(field), "{field}: {err}");
+            // The running state is untouched.
+            assert_eq!(fresh.status().buckets_seen, 0);
+        };
+        let mut s = good.clone();
+        s.bucket_span_ms = 0;
+        refused("bucket_span_secs", s);
+        let mut s = good.clone();
+        s.clock = Clock::new(1, 1);
+        refused("bucket_span_secs", s);
+        let mut s = good.clone();
+        s.open_keys += 5;
+        refused("open_keys", s);
+        let mut s = good.clone();
+        for p in s.partitions.values_mut() {
+            p.total.value = f64::NAN;
+        }
+        refused("partition.total", s);
+        let mut s = good.clone();
+        for p in s.partitions.values_mut() {
+            p.novelty = 7.0;
+        }
+        refused("partition.novelty", s);
+        let mut s = good;
+        s.values.for_each_mut(|v| v.count = -1.0);
+        refused("value.count", s);
     }
 }

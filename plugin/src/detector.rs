@@ -1386,6 +1386,53 @@ mod tests {
         }
     }
 
+    /// Chunks of a 3 GB upload in 15 flagged, after a baseline where destinations get up to a
+    /// few hundred MB (so only the sum stands out) and, if `forged`, one event 23 hours ahead;
+    /// `live`: the host's clock is the events' time, else a year later (a replay).
+    fn chunked_upload_flags(forged: bool, live: bool) -> usize {
+        let mut d = detector(json!({}));
+        let clock = |t: i64| if live { t } else { NOW };
+        for b in 0..60 {
+            for k in 0..30i64 {
+                let t = T0 + b * HOURS3 + k * 60_000;
+                let bytes = 400_000 * (1 + (k * 7 + b * 3) % 40) * (1 + k % 5).pow(2);
+                let ip = format!("52.95.{}.{}", 10 + k, 1 + b % 5);
+                let e = event(t, &ip, Some("Ireland"), Some(json!(bytes)));
+                d.evaluate(&e, clock(t));
+            }
+            for k in 0..3 {
+                let t = T0 + b * HOURS3 + 3_600_000 + k * 1000;
+                let ip = format!("93.184.{b}.{k}");
+                let bytes = json!(150_000_000 * (k + 1));
+                d.evaluate(&event(t, &ip, Some("Ireland"), Some(bytes)), clock(t));
+            }
+        }
+        let start = T0 + 60 * HOURS3 + 60_000;
+        if forged {
+            let far = event(start + 23 * 3_600_000, "8.8.4.4", None, Some(json!(1_000)));
+            d.evaluate(&far, clock(start));
+        }
+        (0..15)
+            .filter(|i| {
+                let t = start + 60_000 + i * 30_000;
+                let e = event(t, "198.51.7.9", Some("Ireland"), Some(json!(200_000_000)));
+                annotated(&d.evaluate(&e, clock(t))).is_some()
+            })
+            .count()
+    }
+
+    #[test]
+    fn one_event_a_day_ahead_does_not_blind_the_bytes_job() {
+        // Issue 13: an event at now+23h made every later event "far late": 0 of 15 chunks.
+        for live in [true, false] {
+            let clean = chunked_upload_flags(false, live);
+            let after = chunked_upload_flags(true, live);
+            println!("live {live}: {clean} chunks flagged, {after} after a forged time");
+            assert!(clean > 0);
+            assert_eq!(after, clean, "live {live}");
+        }
+    }
+
     #[test]
     fn two_gigabytes_to_a_new_ip_are_flagged_at_the_crossing_event() {
         let mut d = detector(json!({}));

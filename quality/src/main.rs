@@ -59,7 +59,8 @@ struct Args {
     /// Only variants whose name contains this text.
     #[arg(long)]
     only: Option<String>,
-    /// List every false alert of the benign runs (time, detector, key, score).
+    /// List every false alert of the benign runs (time, detector, key, score), and those a
+    /// splice adds.
     #[arg(long)]
     list_false_alerts: bool,
 }
@@ -93,6 +94,19 @@ fn main() -> Result<()> {
         let benign_name = format!("{} benign", base.name);
         let mut interner = Interner::default();
         let benign = run(base, &[], &mut interner)?;
+        // The benign run's false alerts, to tell those a splice adds.
+        let mut benign_false: HashSet<(String, String, i64)> = HashSet::new();
+        for det in detectors(&benign) {
+            for a in score::alerts(&det.decisions) {
+                if a.episode.is_none() {
+                    benign_false.insert((
+                        det.name.clone(),
+                        interner.name(a.key).to_owned(),
+                        a.bucket,
+                    ));
+                }
+            }
+        }
         let countries = benign.subjects(JobKind::Rare, &interner);
         if wanted(&benign_name) {
             println!(
@@ -135,7 +149,7 @@ fn main() -> Result<()> {
             let days: Vec<usize> = (0..base.days)
                 .filter(|&d| {
                     let t = base.at(d, variant.hour);
-                    t >= learning_end && t + HOUR_MS <= base.end_ms()
+                    t - variant.lead_ms >= learning_end && t + HOUR_MS <= base.end_ms()
                 })
                 .collect();
             println!("## {name}\n\n{}\n", variant.about);
@@ -153,6 +167,22 @@ fn main() -> Result<()> {
                     let alerts = score::alerts(&det.decisions);
                     let days_eval = det.days(out.end_ms);
                     let fp = score::false_alerts(&alerts, det.from_ms);
+                    if args.list_false_alerts {
+                        for a in alerts
+                            .iter()
+                            .filter(|a| a.episode.is_none() && a.time_ms >= det.from_ms)
+                        {
+                            let key = (det.name.clone(), interner.name(a.key).to_owned(), a.bucket);
+                            if !benign_false.contains(&key) {
+                                println!(
+                                    "- splice day {day}: {} {}: {} (a false alert the benign run does not have)",
+                                    day_label(base, a.time_ms),
+                                    det.name,
+                                    key.1
+                                );
+                            }
+                        }
+                    }
                     fp_days
                         .entry(det.name.clone())
                         .or_default()
@@ -500,6 +530,8 @@ struct Variant {
     after: JobKind,
     /// Hour of the day (UTC) of the splice.
     hour: f64,
+    /// How long before that hour the variant's first event is (decoys before a C2).
+    lead_ms: i64,
     build: Splicer,
 }
 
@@ -553,6 +585,7 @@ fn variants(
                 .into(),
             after: JobKind::Rare,
             hour: 10.0,
+            lead_ms: 0,
             build: Box::new(move |b, d| {
                 vec![scenario::splice(
                     b,
@@ -571,6 +604,7 @@ fn variants(
                 .into(),
             after: JobKind::Bytes,
             hour: 14.0,
+            lead_ms: 0,
             build: Box::new(move |b, d| {
                 vec![scenario::splice(
                     b,
@@ -601,6 +635,7 @@ fn variants(
             ),
             after: JobKind::Rare,
             hour: 10.0,
+            lead_ms: 12 * HOUR_MS,
             build: Box::new(move |b, d| {
                 let start = b.at(d, 10.0);
                 let host = b.host_at(start).to_owned();
@@ -647,6 +682,7 @@ fn variants(
             ),
             after: JobKind::Bytes,
             hour: 6.0,
+            lead_ms: 0,
             build: Box::new(move |b, d| {
                 let host = b.host_at(b.at(d, 6.0)).to_owned();
                 let poison = Episode {
@@ -707,6 +743,7 @@ fn variants(
                 .into(),
             after: JobKind::Rare,
             hour: 11.0,
+            lead_ms: 0,
             build: Box::new(move |b, d| {
                 vec![scenario::splice(
                     b,
@@ -725,6 +762,7 @@ fn variants(
                 .into(),
             after: JobKind::Rare,
             hour: 12.0,
+            lead_ms: 0,
             build: Box::new(move |b, d| {
                 vec![scenario::splice(
                     b,

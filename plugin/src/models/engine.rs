@@ -866,6 +866,22 @@ mod tests {
     }
 
     #[test]
+    fn a_loaded_clock_with_a_zero_span_is_refused() {
+        // The fuzz-found state: a valid envelope whose clock span is 0.
+        let bytes =
+            postcard::to_allocvec(&(0i64, 1i32, Some(5i32), Vec::<i64>::new(), 0u64)).unwrap();
+        let clock: Clock = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(clock.span_ms(), 0);
+        let config = crate::models::RareConfig::default().model;
+        let err = clock.check(&config).unwrap_err();
+        assert!(err.to_string().contains("bucket_span_secs"), "{err}");
+        let bytes =
+            postcard::to_allocvec(&(900_000i64, 99i32, Some(5i32), vec![1i64; 9], 0u64)).unwrap();
+        let clock: Clock = postcard::from_bytes(&bytes).unwrap();
+        assert!(clock.check(&config).is_err());
+    }
+
+    #[test]
     fn one_far_future_event_never_moves_the_clock() {
         let span = 3 * 3_600_000;
         let t0 = 1_700_000_000_000_i64 / span * span;

@@ -30,8 +30,11 @@
 //!   buckets that brought a never-seen value, per day, over the last 7 days before today
 //!   (the lower median, so no single day, and nothing done today, moves it). A network that meets
 //!   new values all the time (an internet-facing server) is not alarmed by one more; a quiet one
-//!   is, after as little as 20 buckets of history. Before a whole day has been seen the
-//!   novelty path is off.
+//!   is, after as little as 20 buckets of history. On the first day, before a whole day is
+//!   history, `ν` is the share of the buckets since learning ended (everything is new while
+//!   learning), before this one: a quiet new deployment flags a never-seen value once learning
+//!   ends, but decoys touched that same first day do raise it (from the second day on they
+//!   cannot).
 //!
 //! Nothing any other value does lowers a value's first probability below what its own history
 //! and the partition's past days say: contacting decoy values first cannot hide the next one.
@@ -259,6 +262,9 @@ struct Partition {
     history: Vec<DayNovelty>,
     /// `ν` for today (1 until a day has been seen: the novelty path is off).
     novelty: f64,
+    /// Buckets since learning ended and those that brought a never-seen value, while no whole
+    /// day is history yet (the first day's `ν`).
+    settled: DayNovelty,
 }
 
 impl Partition {
@@ -279,6 +285,7 @@ impl Partition {
             novel_bucket: NEVER,
             history: Vec::new(),
             novelty: 1.0,
+            settled: DayNovelty::default(),
         }
     }
 
@@ -310,7 +317,7 @@ impl Partition {
         if self
             .history
             .iter()
-            .chain([&self.today])
+            .chain([&self.today, &self.settled])
             .any(|d| d.novel > d.buckets)
         {
             return Err(invalid("partition.history.novel", "more than its buckets"));
@@ -319,6 +326,20 @@ impl Partition {
             return Err(invalid("partition.novelty", self.novelty));
         }
         Ok(())
+    }
+}
+
+/// `ν` on the partition's first day, before any whole day is history: the share of the buckets
+/// since learning ended, before this one, that brought a never-seen value (while learning,
+/// everything is new). 1 (no novelty path) before such a bucket.
+fn first_day_novelty(part: &Partition, bucket: i32, counted: bool) -> f64 {
+    let buckets = part.settled.buckets.saturating_sub(u32::from(counted));
+    let novel =
+        (part.settled.novel).saturating_sub(u32::from(counted && part.novel_bucket == bucket));
+    if buckets == 0 {
+        1.0
+    } else {
+        f64::from(novel.min(buckets)) / f64::from(buckets)
     }
 }
 
@@ -550,7 +571,12 @@ impl Model for Rare {
         };
         // Novelty of a never-seen value.
         if never {
-            p = p.min(part.novelty.max(0.5 / (t_hist + 1.0)));
+            let novelty = if part.history.is_empty() {
+                first_day_novelty(part, bucket, bucket_seen && today == part.day && !learning)
+            } else {
+                part.novelty
+            };
+            p = p.min(novelty.max(0.5 / (t_hist + 1.0)));
         }
         let score = score_from_log10_p(-p.min(1.0).log10());
         let scored = Scored {
@@ -589,6 +615,9 @@ impl Model for Rare {
             part.first_bucket = part.first_bucket.min(bucket);
             if same_day {
                 part.today.buckets += 1;
+                if !learning && part.history.is_empty() {
+                    part.settled.buckets += 1;
+                }
             }
             if total_key == bucket_key {
                 part.total.add(1.0, bucket, now, &decay);
@@ -603,6 +632,9 @@ impl Model for Rare {
         if !unit_seen && mark(open, &mut st.open_keys, cap, unit_key) {
             if entry.is_none() && same_day && part.novel_bucket != bucket {
                 part.today.novel = (part.today.novel + 1).min(part.today.buckets);
+                if !learning && part.history.is_empty() {
+                    part.settled.novel = (part.settled.novel + 1).min(part.settled.buckets);
+                }
                 part.novel_bucket = bucket;
             }
             let e = st.values.entry(value_key, now, &decay, || ValueEntry {
@@ -771,37 +803,68 @@ mod tests {
 
     #[test]
     fn recency_aware_rarity_a_value_seen_days_ago_returns_quietly_and_persistence_alerts() {
+        // A value seen for one bucket on day 1 of a quiet month, returning on day 30 - `ago`.
+        let returning = |ago: i64| -> (f64, Vec<f64>) {
+            let mut m = RareConfig::default().build().unwrap();
+            let first = DAY + 40;
+            baseline(&mut m, 0..first);
+            session(&mut m, first, 1, "Algeria");
+            let back = first + ago * DAY;
+            baseline(&mut m, first + 1..back);
+            let run = session(&mut m, back, 4, "Algeria");
+            (run[0], run)
+        };
+        let (yesterday, _) = returning(1);
+        let (week, _) = returning(7);
+        let (weeks, run) = returning(25);
+        println!("seen once, back after 1 / 7 / 25 days: {yesterday:.1} / {week:.1} / {weeks:.1}");
+        // By how long ago: the older the one sighting, the rarer the value now.
+        assert!(
+            yesterday < week && week < weeks,
+            "{yesterday} {week} {weeks}"
+        );
+        // A single return is not alarming, however long ago (it is not never-seen) ...
+        assert!(weeks < 75.0, "{weeks}");
+        // ... but staying for longer than it ever did is: persistence alerts.
+        assert!(run.iter().any(|&x| x >= 75.0), "{run:?}");
+        // And by how often: a value seen on several days scores lower than one seen once.
         let mut m = RareConfig::default().build().unwrap();
         baseline(&mut m, 0..DAY);
-        // Seen once, on day 1.
-        session(&mut m, DAY + 40, 1, "Algeria");
-        baseline(&mut m, DAY + 41..4 * DAY + 40);
-        // Three days later it returns for one bucket: a value seen on 1 of 4 days, not alarming.
-        let back = session(&mut m, 4 * DAY + 40, 1, "Algeria");
-        println!("return after 3 days: {back:?}");
-        assert!(back[0] < 50.0, "{back:?}");
-        baseline(&mut m, 4 * DAY + 41..5 * DAY + 40);
-        // The next day it keeps coming, 6 buckets in a row: reported once, at the 3rd or 4th.
-        let run = session(&mut m, 5 * DAY + 40, 6, "Algeria");
-        println!("persistent session: {run:?}");
-        assert!(run[..2].iter().all(|&s| s < 75.0), "{run:?}");
-        let first = run
-            .iter()
-            .position(|&s| s >= 75.0)
-            .expect("persistent session flagged");
-        assert!(first <= 3, "{run:?}");
-        assert!(
-            run[first + 1..].iter().all(|&s| s < 75.0),
-            "one alert per session: {run:?}"
-        );
-        assert_eq!(run.iter().filter(|&&s| s >= 75.0).count(), 1, "{run:?}");
-        let scored = see(&mut m, 5 * DAY + 40 + first as i64, "Algeria");
-        let reason = scored.reason("destination country", "Algeria");
-        println!("{reason}");
-        assert!(
-            reason.contains("on 2 of 5 days") && reason.contains("buckets in a row"),
-            "{reason}"
-        );
+        for d in 1..8 {
+            session(&mut m, d * DAY + 40, 1, "Spain");
+            baseline(&mut m, d * DAY + 41..(d + 1) * DAY);
+        }
+        let often = session(&mut m, 8 * DAY + 40, 1, "Spain")[0];
+        println!("seen on 7 of 8 days, back: {often:.1}");
+        assert!(often < yesterday, "{often} {yesterday}");
+        // A value whose sessions run 8 buckets is not flagged for 8, nor for 10.
+        let mut m = RareConfig::default().build().unwrap();
+        baseline(&mut m, 0..DAY);
+        for d in 1..6 {
+            let s = session(&mut m, d * DAY + 30, 8, "Spain");
+            assert!(d == 1 || s.iter().all(|&x| x < 75.0), "day {d}: {s:?}");
+            baseline(&mut m, d * DAY + 38..(d + 1) * DAY + 30);
+        }
+        let long = session(&mut m, 6 * DAY + 30, 10, "Spain");
+        println!("10 buckets of a value whose sessions run 8: {long:?}");
+        assert!(long.iter().all(|&s| s < 75.0));
+    }
+
+    #[test]
+    fn a_quiet_new_deployment_flags_a_never_seen_value_on_its_first_day() {
+        // 60 buckets (15 h) of three countries, then one never seen: learning is over, no whole
+        // day is history yet.
+        let mut m = RareConfig::default().build().unwrap();
+        for b in 0..60 {
+            see(&mut m, b, BASE[b as usize % 3]);
+        }
+        let new = see(&mut m, 60, "North Korea");
+        println!("first day, after 60 buckets: {:.1}", new.score);
+        assert!(!new.learning && new.score >= 75.0, "{new:?}");
+        // The learning buckets, where every value was new, did not count; a second new value in
+        // the next bucket counts this one's bucket as novel (1 of 41 since learning ended).
+        let next = see(&mut m, 61, "Cuba");
+        assert!(next.score < new.score, "{} {}", next.score, new.score);
     }
 
     #[test]

@@ -355,6 +355,19 @@ pub enum ScoreExtra {
         /// Its value.
         value: f64,
     },
+    /// The event is a new alert of its rule (the first flagged event of an episode).
+    Alert {
+        /// The alert's id, as written at `egresswatch.alert.id`.
+        id: RString,
+    },
+    /// The event is flagged but belongs to an earlier alert of the same rule and key (a
+    /// suppressed follower): not a new alert.
+    Suppressed {
+        /// The id of the alert it belongs to.
+        alert_id: RString,
+        /// Flagged events of the episode so far, this one included.
+        count: u64,
+    },
 }
 
 impl ScoreExtra {

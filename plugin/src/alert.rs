@@ -17,6 +17,9 @@
 //! - A country added by GeoIP is written at `destination.geo.country_name` /
 //!   `country_iso_code` (only ever absent there, since enrichment runs only then), in the same
 //!   `destination` object the address was read from.
+//! - A *suppressed follower* ([`crate::suppression`]: a later flagged event of an alert's
+//!   episode) is not a new alert: it gets only the `egresswatch` object (with
+//!   `egresswatch.alert.id` naming its alert) and the GeoIP country, none of the ECS alert fields.
 //! - What cannot be written at all (an event with its own `egresswatch` field, a `destination.geo`
 //!   that is not an object) is reported to the caller as a [`Failure`]: the event is still an
 //!   alert (counted and routed), with the detection wherever it could go.
@@ -43,6 +46,7 @@
 //! | `egresswatch.actual` / `typical` | double | what was seen / expected; whole numbers (bytes) for sums |
 //! | `egresswatch.influencers` | object[] | `{"field": "source.ip", "value": "10.0.0.5"}` for each influencer of the job present in the event |
 //! | `egresswatch.reason` | text | one sentence a person can act on |
+//! | `egresswatch.alert` | object | `id` (keyword: the alert's id, 16 hex digits), `count` (long: flagged events of its episode so far), `suppressed` (boolean: true on a follower) |
 //! | `egresswatch.<key>` | long or double | the model's own figures ([`AlertDetail::extra`]): counts and bytes as integers |
 
 use std::borrow::Cow;
@@ -55,6 +59,7 @@ use crate::fields::{push_json_str, Add, Collision, Event, FieldId, SchemaBuilder
 use crate::geo::Country;
 use crate::models::ExtraValue;
 use crate::rules::Rule;
+use crate::suppression::AlertRef;
 
 /// Value written to `rule.ruleset`.
 pub const RULESET: &str = "egresswatch";
@@ -64,7 +69,7 @@ pub const EVENT_KIND_ALERT: &str = "alert";
 pub const ROOT: &str = "egresswatch";
 
 /// Keys egresswatch writes in its object; a model's extra figure of the same name is dropped.
-const OWN_KEYS: [&str; 12] = [
+const OWN_KEYS: [&str; 13] = [
     "rule",
     "threat",
     "job_id",
@@ -77,6 +82,7 @@ const OWN_KEYS: [&str; 12] = [
     "typical",
     "influencers",
     "reason",
+    "alert",
 ];
 
 /// The event fields alerts write, resolved for the scanner when the detector is built.
@@ -186,6 +192,8 @@ pub struct AlertDetail {
     pub reason: String,
     /// Model-specific figures, written under `egresswatch.`.
     pub extra: Vec<(&'static str, ExtraValue)>,
+    /// The alert the event is, or (suppressed) belongs to; written at `egresswatch.alert`.
+    pub alert: Option<AlertRef>,
 }
 
 /// A part of the detection that could not be written on the event.
@@ -251,23 +259,26 @@ fn members<'r>(
     detail: &AlertDetail,
     country: Option<Country>,
 ) -> Vec<(FieldId, &'static str, Cow<'r, str>)> {
-    let mut members = vec![
-        (fields.root, ROOT, Cow::Owned(ours(event, rule, detail))),
-        (fields.event_kind, "event.kind", Cow::Borrowed("\"alert\"")),
-        (
-            fields.event_severity,
-            "event.severity",
-            Cow::Borrowed(rule.severity_score.as_str()),
-        ),
-        (
-            fields.event_risk_score,
-            "event.risk_score",
-            Cow::Borrowed(rule.risk_score.as_str()),
-        ),
-        (fields.rule, "rule", Cow::Borrowed(rule.ecs_rule.as_str())),
-    ];
-    if let Some(threat) = &rule.threat {
-        members.push((fields.threat, "threat", Cow::Borrowed(threat.as_str())));
+    let mut members = vec![(fields.root, ROOT, Cow::Owned(ours(event, rule, detail)))];
+    // A suppressed follower is not a new alert: no ECS alert fields.
+    if !detail.alert.is_some_and(|a| a.suppressed) {
+        members.extend([
+            (fields.event_kind, "event.kind", Cow::Borrowed("\"alert\"")),
+            (
+                fields.event_severity,
+                "event.severity",
+                Cow::Borrowed(rule.severity_score.as_str()),
+            ),
+            (
+                fields.event_risk_score,
+                "event.risk_score",
+                Cow::Borrowed(rule.risk_score.as_str()),
+            ),
+            (fields.rule, "rule", Cow::Borrowed(rule.ecs_rule.as_str())),
+        ]);
+        if let Some(threat) = &rule.threat {
+            members.push((fields.threat, "threat", Cow::Borrowed(threat.as_str())));
+        }
     }
     if let Some(country) = country {
         members.push((
@@ -361,6 +372,17 @@ fn ours(event: &Event<'_>, rule: &RuleTexts, d: &AlertDetail) -> String {
     }
     o.push_str("],\"reason\":");
     push_json_str(&mut o, &d.reason);
+    if let Some(a) = &d.alert {
+        o.push_str(",\"alert\":{\"id\":\"");
+        push_hex16(&mut o, a.id);
+        o.push_str("\",\"count\":");
+        o.push_str(itoa::Buffer::new().format(a.count));
+        o.push_str(if a.suppressed {
+            ",\"suppressed\":true}"
+        } else {
+            ",\"suppressed\":false}"
+        });
+    }
     for (key, value) in &d.extra {
         if OWN_KEYS.contains(key) {
             continue;
@@ -382,6 +404,14 @@ fn json_str(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 2);
     push_json_str(&mut out, text);
     out
+}
+
+/// A 64-bit id as 16 lowercase hex digits (as [`AlertRef::id_text`] writes it).
+fn push_hex16(out: &mut String, id: u64) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for shift in (0..16).rev() {
+        out.push(char::from(HEX[((id >> (shift * 4)) & 0xf) as usize]));
+    }
 }
 
 /// Appends a JSON number: whole when `whole` (bytes and counts: a long in Elasticsearch, exact
@@ -528,6 +558,11 @@ mod tests {
                     ("bucket_sum", ExtraValue::Float(15_855_258.0)),
                     ("score", ExtraValue::Float(1.0)),
                 ],
+                alert: Some(AlertRef {
+                    id: 0xfeed,
+                    count: 1,
+                    suppressed: false,
+                }),
             },
         }
     }
@@ -599,7 +634,38 @@ mod tests {
                    {"field": "destination.ip", "value": "175.45.176.1"}])
         );
         assert_eq!(e["buckets_seen"], 2880);
+        assert_eq!(
+            e["alert"],
+            json!({"id": "000000000000feed", "count": 1, "suppressed": false})
+        );
         assert!(ev.get("tags").is_none());
+    }
+
+    #[test]
+    fn a_suppressed_follower_keeps_its_detection_but_is_not_a_new_alert() {
+        let mut f = fixture(Function::Rare);
+        f.detail.alert = Some(AlertRef {
+            id: 0xfeed,
+            count: 7,
+            suppressed: true,
+        });
+        let event =
+            json!({"event": {"category": ["network"]}, "destination": {"ip": "175.45.176.1"}});
+        let (ev, failures) = alert(&mut f, &event, Country::from_iso_code("KP"));
+        assert!(failures.is_empty());
+        assert_eq!(
+            ev["egresswatch"]["alert"],
+            json!({"id": "000000000000feed", "count": 7, "suppressed": true})
+        );
+        assert_eq!(ev["egresswatch"]["score"], 93.5);
+        assert_eq!(ev["egresswatch"]["rule"]["name"], rule().name);
+        assert_eq!(ev["destination"]["geo"]["country_iso_code"], "KP");
+        assert!(ev["event"].get("kind").is_none(), "{ev}");
+        assert!(ev["event"].get("severity").is_none(), "{ev}");
+        assert!(
+            ev.get("rule").is_none() && ev.get("threat").is_none(),
+            "{ev}"
+        );
     }
 
     #[test]

@@ -26,6 +26,7 @@ use serde::Deserialize;
 
 use crate::catalog::JobDef;
 use crate::models::ModelConfig;
+use crate::suppression::Suppress;
 
 /// Construction options: what the caller decides about one detector instance, beside the
 /// configuration the user wrote. The ABI's [`BuildOption`](egresswatch_plugin_api::BuildOption)s
@@ -267,6 +268,9 @@ pub struct Action {
     /// Send the event to this named output instead of `default`.
     #[serde(default)]
     pub route: Option<String>,
+    /// Which flagged events are alerts: one per key and bucket (default), per window, or all.
+    #[serde(default)]
+    pub suppress: Suppress,
 }
 
 fn default_annotate() -> bool {
@@ -278,6 +282,7 @@ impl Default for Action {
         Action {
             annotate: default_annotate(),
             route: None,
+            suppress: Suppress::default(),
         }
     }
 }

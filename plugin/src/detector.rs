@@ -26,6 +26,7 @@ use crate::geo::{self, GeoCache, GeoDb};
 use crate::models::{self, ExtraValue, Model, Observation, Scored};
 use crate::net::{self, CidrSet};
 use crate::rules::Rule;
+use crate::suppression::{AlertRef, Episodes};
 
 use egresswatch_common::names::fields::{
     DESTINATION_COUNTRY_ISO_CODE as DESTINATION_COUNTRY_ISO, DESTINATION_COUNTRY_NAME,
@@ -86,7 +87,11 @@ struct ActiveRule {
     texts: RuleTexts,
     threshold: f64,
     action: Action,
+    /// Open alert episodes, by key ([`crate::suppression`]).
+    episodes: Episodes,
     flagged: u64,
+    /// Flagged events that followed an alert (not new alerts).
+    suppressed: u64,
 }
 
 /// Counters kept by the detector.
@@ -96,6 +101,8 @@ struct Metrics {
     unreadable: u64,
     enriched: u64,
     flagged: u64,
+    /// Flagged events that followed an alert of the same rule and key.
+    suppressed: u64,
     annotate_failures: u64,
     /// Events at least one job qualified.
     qualified: u64,
@@ -110,6 +117,8 @@ struct Hit {
     scored: Scored,
     field: String,
     value: String,
+    /// The alert the event is, or belongs to.
+    alert: AlertRef,
 }
 
 /// Saved state: one opaque blob per job, keyed by job id so that a changed rule set keeps what
@@ -306,6 +315,10 @@ impl Detector {
         let job = &mut self.jobs[hit.job];
         let active = &mut job.rules[hit.rule];
         active.flagged += 1;
+        if hit.alert.suppressed {
+            self.metrics.suppressed += 1;
+            active.suppressed += 1;
+        }
         let mut verdict = Verdict::PASS;
         if active.action.annotate {
             let detail = alert_detail(&job.def, &job.bound, &hit);
@@ -408,6 +421,11 @@ impl Detector {
                 m.flagged,
             ),
             (
+                "egresswatch_detector_suppressed_total",
+                "Flagged events that followed an alert of the same rule and key (not new alerts).",
+                m.suppressed,
+            ),
+            (
                 "egresswatch_detector_annotate_failures_total",
                 "Flagged events that could not take the alert fields.",
                 m.annotate_failures,
@@ -498,6 +516,13 @@ impl Detector {
                     "Events each rule flagged (since start).",
                     &labels,
                     r.flagged,
+                );
+                out.counter(
+                    "egresswatch_rule_suppressed_total",
+                    "Flagged events that followed an alert of the rule (since start): flagged \
+                     minus suppressed is the rule's alerts.",
+                    &labels,
+                    r.suppressed,
                 );
             }
         }
@@ -689,8 +714,19 @@ fn score(jobs: &mut [ActiveJob], mut ctx: Scoring<'_>, event: &Event<'_>) -> (Op
             continue;
         };
         job.scored += 1;
-        if let Some(scores) = ctx.scores.as_deref_mut() {
-            for rule in &job.rules {
+        let key = [
+            obs.by.as_deref(),
+            obs.over.as_deref(),
+            obs.partition.as_deref(),
+        ];
+        for (r, rule) in job.rules.iter_mut().enumerate() {
+            // Every rule that flags the event places it among its own alerts.
+            let alert = (!scored.learning && scored.score >= rule.threshold).then(|| {
+                let span = scored.bucket_span_ms;
+                rule.episodes
+                    .place(&key, time_ms, scored.bucket_start_ms, span)
+            });
+            if let Some(scores) = ctx.scores.as_deref_mut() {
                 scores.push(score_record(
                     ctx.event_index,
                     &job.def,
@@ -698,15 +734,11 @@ fn score(jobs: &mut [ActiveJob], mut ctx: Scoring<'_>, event: &Event<'_>) -> (Op
                     &scored,
                     &obs,
                     time_ms,
+                    alert,
                 ));
             }
-        }
-        if scored.learning {
-            continue;
-        }
-        for (r, rule) in job.rules.iter().enumerate() {
             let better = best.as_ref().is_none_or(|b| scored.score > b.scored.score);
-            if scored.score >= rule.threshold && better {
+            if let (Some(alert), true) = (alert, better) {
                 let (field, value) = obs.subject(&job.def);
                 best = Some(Hit {
                     job: j,
@@ -714,6 +746,7 @@ fn score(jobs: &mut [ActiveJob], mut ctx: Scoring<'_>, event: &Event<'_>) -> (Op
                     scored,
                     field,
                     value,
+                    alert,
                 });
             }
         }
@@ -797,6 +830,7 @@ fn alert_detail(def: &JobDef, bound: &BoundJob, hit: &Hit) -> AlertDetail {
             .collect(),
         reason: hit.scored.reason(&hit.field, &hit.value),
         extra: hit.scored.extra(),
+        alert: Some(hit.alert),
     }
 }
 
@@ -849,12 +883,15 @@ fn build_jobs(
                     jobs.len() - 1
                 }
             };
+            let action = config.actions.for_rule(&rule.rule_id).clone();
             jobs[index].rules.push(ActiveRule {
                 texts: RuleTexts::new(&rule),
+                episodes: Episodes::new(&rule.rule_id, action.suppress),
                 rule: Arc::clone(&rule),
                 threshold,
-                action: config.actions.for_rule(&rule.rule_id).clone(),
+                action,
                 flagged: 0,
+                suppressed: 0,
             });
         }
     }
@@ -882,8 +919,9 @@ fn build_model(
     (model.build)(settings).map_err(|e| e.to_string())
 }
 
-/// The score record of one rule on one scored event. The reason and the model's figures are
-/// written only when the rule flags the event.
+/// The score record of one rule on one scored event. The reason, the alert identity (first:
+/// [`ScoreExtra::Alert`] or [`ScoreExtra::Suppressed`]) and the model's figures are written only
+/// when the rule flags the event (`alert` is set).
 fn score_record(
     event: u32,
     def: &JobDef,
@@ -891,14 +929,23 @@ fn score_record(
     scored: &Scored,
     obs: &Extracted<'_>,
     time_ms: i64,
+    alert: Option<AlertRef>,
 ) -> ScoreRecord {
-    let flagged = !scored.learning && scored.score >= rule.threshold;
+    let flagged = alert.is_some();
     let (field, value) = obs.subject(def);
-    let (reason, extra) = if flagged {
-        let extra = scored
-            .extra()
-            .into_iter()
-            .map(|(name, value)| {
+    let (reason, extra) = if let Some(alert) = alert {
+        let identity = if alert.suppressed {
+            ScoreExtra::Suppressed {
+                alert_id: alert.id_text().into(),
+                count: alert.count,
+            }
+        } else {
+            ScoreExtra::Alert {
+                id: alert.id_text().into(),
+            }
+        };
+        let extra = std::iter::once(identity.wrap())
+            .chain(scored.extra().into_iter().map(|(name, value)| {
                 let value = match value {
                     ExtraValue::Int(i) => i as f64,
                     ExtraValue::Float(f) => f,
@@ -908,7 +955,7 @@ fn score_record(
                     value,
                 }
                 .wrap()
-            })
+            }))
             .collect();
         (scored.reason(&field, &value), extra)
     } else {
@@ -1457,7 +1504,7 @@ mod tests {
                 Some(json!(200_000_000)),
             ));
             if let Some(alert) = annotated(&v) {
-                assert_eq!(alert["rule"]["id"], EXFIL_RULE);
+                assert_eq!(alert["egresswatch"]["rule"]["id"], EXFIL_RULE);
                 assert!(alert["egresswatch"]["score"].as_f64().unwrap() >= 75.0);
                 let reason = alert["egresswatch"]["reason"].as_str().unwrap();
                 assert!(
@@ -1602,6 +1649,116 @@ mod tests {
         assert!(!flagged.extra.is_empty());
         assert!(annotated(&verdicts[2]).is_some() && annotated(&verdicts[0]).is_none());
         assert_eq!(verdicts[1], Verdict::UNREADABLE);
+    }
+
+    #[test]
+    fn a_burst_is_one_alert_and_its_followers_reference_it() {
+        let burst = |suppress: serde_json::Value| {
+            let actions = json!({ "default": { "annotate": true, "suppress": suppress } });
+            let config: DetectorConfig =
+                serde_json::from_value(json!({ "rules": [rules_dir()], "actions": actions }))
+                    .unwrap();
+            let options = BuildOptions {
+                score_records: true,
+                ..BuildOptions::default()
+            };
+            let mut d = Detector::with_options(config, options).unwrap();
+            rare_baseline(&mut d, BASE);
+            let t = T0 + BASE * MIN15 + 5_000;
+            let lines: Vec<String> = (0..5)
+                .map(|i| event(t + i * 1000, "175.45.179.109", Some("North Korea"), None))
+                .collect();
+            let verdicts = d.process(lines.iter().map(String::as_str), NOW);
+            let alerts: Vec<serde_json::Value> = verdicts
+                .iter()
+                .map(|v| annotated(v).expect("flagged"))
+                .collect();
+            (alerts, d.take_scores(), d.metrics())
+        };
+        let (alerts, records, metrics) = burst(json!("bucket"));
+        let first = &alerts[0];
+        assert_eq!(first["event"]["kind"], "alert");
+        assert_eq!(first["rule"]["id"], RARE_RULE);
+        let id = first["egresswatch"]["alert"]["id"]
+            .as_str()
+            .unwrap()
+            .to_owned();
+        assert_eq!(first["egresswatch"]["alert"]["suppressed"], false);
+        for (n, follower) in alerts.iter().enumerate().skip(1) {
+            let a = &follower["egresswatch"]["alert"];
+            assert_eq!(a["id"], id.as_str(), "follower {n} names the alert");
+            assert_eq!(a["suppressed"], true);
+            assert_eq!(a["count"], n as u64 + 1);
+            assert!(follower["event"].get("kind").is_none(), "{follower}");
+            assert!(follower.get("rule").is_none(), "{follower}");
+            assert_eq!(follower["egresswatch"]["rule"]["id"], RARE_RULE);
+        }
+        // The score records say the same: one alert, four followers of it.
+        let identity: Vec<String> = records
+            .iter()
+            .filter(|r| r.flagged)
+            .map(|r| match r.extra.first().map(|e| e.as_enum()) {
+                Some(Ok(ScoreExtra::Alert { id })) => format!("alert {id}"),
+                Some(Ok(ScoreExtra::Suppressed { alert_id, count })) => {
+                    format!("{alert_id} #{count}")
+                }
+                other => panic!("no alert identity: {other:?}"),
+            })
+            .collect();
+        assert_eq!(
+            identity,
+            [
+                format!("alert {id}"),
+                format!("{id} #2"),
+                format!("{id} #3"),
+                format!("{id} #4"),
+                format!("{id} #5")
+            ]
+        );
+        let counter = |metrics: &[Metric], name: &str| {
+            metrics
+                .iter()
+                .find(|m| m.name.as_str() == name)
+                .map(|m| m.value)
+        };
+        assert_eq!(
+            counter(&metrics, "egresswatch_detector_flagged_total"),
+            Some(5.0)
+        );
+        assert_eq!(
+            counter(&metrics, "egresswatch_detector_suppressed_total"),
+            Some(4.0)
+        );
+        let rare_rule = metrics.iter().find(|m| {
+            m.name.as_str() == "egresswatch_rule_suppressed_total"
+                && m.labels.iter().any(|l| l.value.as_str() == RARE_RULE)
+        });
+        assert_eq!(rare_rule.map(|m| m.value), Some(4.0));
+        // Suppression off: every flagged event is an alert of its own.
+        let (alerts, _, metrics) = burst(json!("off"));
+        let ids: BTreeSet<&str> = alerts
+            .iter()
+            .map(|a| {
+                assert_eq!(a["event"]["kind"], "alert");
+                a["egresswatch"]["alert"]["id"].as_str().unwrap()
+            })
+            .collect();
+        assert_eq!(ids.len(), 5);
+        assert_eq!(
+            counter(&metrics, "egresswatch_detector_suppressed_total"),
+            Some(0.0)
+        );
+        // A bad setting is refused with its path.
+        let err = Detector::from_json(
+            &json!({ "rules": [rules_dir()], "actions": { "default": { "suppress": "soon" } } })
+                .to_string(),
+        )
+        .err()
+        .expect("refused");
+        assert!(
+            err.to_string().contains("actions.default.suppress"),
+            "{err}"
+        );
     }
 
     #[test]

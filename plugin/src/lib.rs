@@ -21,6 +21,7 @@ pub mod geo;
 pub mod models;
 pub mod net;
 pub mod rules;
+pub mod suppression;
 pub mod time;
 
 pub use config::DetectorConfig;

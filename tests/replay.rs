@@ -277,11 +277,41 @@ fn labels_scoring_on_a_hand_made_case() {
     assert_eq!(q.false_positives, 2);
     assert_eq!(q.precision, Some(0.5));
     assert_eq!(q.recall, Some(0.5));
-    assert_eq!(q.alerts_per_day, 2.0);
+    assert_eq!(q.flagged_per_day, 2.0);
     assert_eq!(
         q.per_kind,
         vec![("c2".to_owned(), 1, 2), ("upload".to_owned(), 1, 2)]
     );
+    assert_eq!((q.alerts, q.episodes_caught), (0, 0), "no alert was named");
+    // Per alert: flagged events grouped by the alert they belong to. Alert "a" holds lines 2
+    // and 4 (true: line 2 is c2), "b" line 9 (false), "c" line 5 (true); episodes are attack
+    // kind and destination: c2 to 1.2.3.4 caught, upload caught.
+    let labels = Labels::parse(
+        "{\"line\": 2, \"attack\": \"c2\", \"destination.ip\": \"1.2.3.4\"}\n\
+         {\"line\": 3, \"attack\": \"c2\", \"destination.ip\": \"1.2.3.4\"}\n\
+         {\"line\": 6, \"attack\": \"c2\", \"destination.ip\": \"5.6.7.8\"}\n\
+         {\"line\": 5, \"attack\": \"upload\"}\n",
+    )
+    .expect("labels");
+    assert_eq!(labels.episodes(), 3);
+    let mut per_alert = Tally::default();
+    for (line, alert) in [(2, "a"), (4, "a"), (9, "b"), (5, "c")] {
+        per_alert.add(line, &labels);
+        per_alert.add_to_alert(line, alert, &labels);
+    }
+    let q = per_alert.quality("rule", &labels, 2.0);
+    assert_eq!((q.alerts, q.true_alerts), (3, 2));
+    assert_eq!(q.alert_precision, Some(2.0 / 3.0));
+    assert_eq!(q.false_alerts_per_day, 0.5);
+    assert_eq!((q.episodes_caught, q.episodes), (2, 3));
+    let table = egresswatch_tools::replay::quality::table(&[q], &labels.kinds());
+    assert!(table.contains("2/3"), "{table}");
+    let labels = Labels::parse(
+        "{\"line\": 2, \"attack\": \"c2\"}\n{\"line\": 3, \"attack\": \"c2\"}\n{\"line\": 5, \"attack\": \"upload\"}\n\
+         {\"line\": 7, \"attack\": \"upload\"}\n",
+    )
+    .expect("labels");
+    let q = tally.quality("rule", &labels, 2.0);
     let none = Tally::default().quality("silent", &labels, 2.0);
     assert_eq!(none.precision, None);
     assert_eq!(none.recall, Some(0.0));

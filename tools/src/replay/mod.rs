@@ -34,7 +34,7 @@ use std::time::Instant;
 
 use abi_stable::std_types::{ROption, RStr};
 use anyhow::{Context, Result};
-use egresswatch_plugin_api::{BuildOption, ScoreRecord};
+use egresswatch_plugin_api::{BuildOption, ScoreExtra, ScoreRecord};
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -54,6 +54,8 @@ use report::{ReplayReport, RuleSummary, TopValue};
 
 /// The bytes baseline's bucket.
 const BYTES_BUCKET_MS: i64 = 3 * time::HOUR_MS;
+/// The country baseline's alert bucket (as the country job's).
+const COUNTRY_BUCKET_MS: i64 = 15 * 60 * 1000;
 /// Top values listed per rule.
 const TOP_VALUES: usize = 5;
 /// Distinct flagged values tracked per rule for the top list (least frequent dropped beyond).
@@ -74,8 +76,9 @@ pub struct ReplayArgs {
     /// Input format; `auto` decides per file from its first line.
     #[arg(long, value_enum, default_value_t = Format::Auto)]
     pub(crate) format: Format,
-    /// Labels (NDJSON from `egresswatch generate --labels`): print precision and recall per
-    /// rule and for the two baselines.
+    /// Labels (NDJSON from `egresswatch generate --labels`): print, per rule and for the two
+    /// baselines, alerts, alert precision, false alerts per day and episodes caught, then
+    /// precision and recall per event.
     #[arg(long)]
     pub(crate) labels: Option<PathBuf>,
     /// Flag at this score (0 to 100) instead of each rule's `anomaly_threshold`.
@@ -199,6 +202,7 @@ impl RuleRun {
         s.flagged += 1;
         if let Some(labels) = labels {
             self.tally.add(line, labels);
+            self.tally.add_to_alert(line, &alert_of(record), labels);
         }
         let value = record.subject_value.as_str();
         if !self.top.contains_key(value) && self.top.len() >= TOP_CAPACITY {
@@ -222,6 +226,19 @@ impl RuleRun {
             top.reason = record.reason.to_string();
         }
     }
+}
+
+/// The alert a flagged record is, or belongs to: the plugin's alert identity, or for a plugin
+/// without one, its value and bucket.
+fn alert_of(record: &ScoreRecord) -> String {
+    for extra in record.extra.iter() {
+        match extra.as_enum() {
+            Ok(ScoreExtra::Alert { id }) => return id.to_string(),
+            Ok(ScoreExtra::Suppressed { alert_id, .. }) => return alert_id.to_string(),
+            _ => {}
+        }
+    }
+    format!("{}@{}", record.subject_value, record.bucket_start_ms)
 }
 
 /// The two baselines, each fed the events of the first job of its kind: a `rare` job about
@@ -253,6 +270,8 @@ impl Baselines {
             });
             if owner == job && baseline.observe(record.time_ms, value, record.learning) {
                 tally.add(line, labels);
+                let bucket = record.time_ms.div_euclid(COUNTRY_BUCKET_MS);
+                tally.add_to_alert(line, &format!("{value}@{bucket}"), labels);
             }
         }
         if record.function.as_str() == "high_sum" && field == DESTINATION_FIELD {
@@ -267,6 +286,8 @@ impl Baselines {
                 && baseline.observe(record.time_ms, value, record.value, record.learning)
             {
                 tally.add(line, labels);
+                let bucket = record.time_ms.div_euclid(BYTES_BUCKET_MS);
+                tally.add_to_alert(line, &format!("{value}@{bucket}"), labels);
             }
         }
     }
@@ -439,6 +460,10 @@ pub fn replay(args: &ReplayArgs, out: &mut dyn Write) -> Result<()> {
             rules[index].add(record, event.line, labels.as_ref());
             if let Some(labels) = &labels {
                 baselines.observe(record, event.line, labels);
+                if record.flagged {
+                    let alert = format!("{}/{}", record.rule_id, alert_of(record));
+                    any.add_to_alert(event.line, &alert, labels);
+                }
             }
             if record.flagged {
                 flagged_in_event[record.event as usize] = true;

@@ -4,11 +4,20 @@
 //! `{"line": N, "attack": "c2" | "upload" | "slow_exfil", ...}`, `N` being the 1-based line of
 //! the input (counted across the inputs in the order given). Every other event is benign.
 //!
-//! For each detector (each rule, and each baseline):
+//! For each detector (each rule, and each baseline), per alert and per episode first:
+//! - **alerts**: what an analyst gets. A rule's alert is its first flagged event of an episode
+//!   (the plugin's alert identity: one per rule, key and bucket by default; its suppressed
+//!   followers belong to it); a baseline's, one per value and 3 h bucket. An alert is *true*
+//!   when any of its flagged events is an attack. **Alert precision**: true alerts / alerts;
+//!   **false alerts per day**: false alerts / calendar days (UTC) the input spans.
+//! - **episodes caught**: an episode is one attack kind against one destination (the labels'
+//!   `attack` and `destination.ip`); it is caught when some alert holds one of its events.
+//!
+//! Then per event:
 //! - **precision**: flagged attack events / flagged events;
-//! - **recall**: flagged attack events / attack events (event level), and per attack kind how
-//!   many of its events were flagged (`caught` when at least one was: an analyst gets an alert);
-//! - **alerts per day**: flagged events / calendar days (UTC) the input spans.
+//! - **recall**: flagged attack events / attack events, and per attack kind how many of its
+//!   events were flagged (`caught` when at least one was);
+//! - **flagged per day**: flagged events / calendar days.
 //!
 //! Baselines, on the same events the corresponding job reads (same filters), after the same
 //! warm-up as the job's learning period:
@@ -17,7 +26,7 @@
 //! - **fixed bytes**: sums `source.bytes` per `destination.ip` per epoch-aligned 3 h bucket and
 //!   flags every event from the one that takes the sum to the threshold on.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::Path;
 
 use anyhow::{Context, Result};
@@ -31,12 +40,18 @@ use egresswatch_common::names::ATTACK_KINDS;
 pub struct Labels {
     /// Attack kind by 1-based input line.
     pub(crate) by_line: HashMap<u64, String>,
+    /// Episode (index into `episodes`) by input line.
+    episode_of: HashMap<u64, usize>,
+    /// Episodes: (attack kind, destination), in order of first appearance.
+    episodes: Vec<(String, Option<String>)>,
 }
 
 #[derive(Deserialize)]
 struct LabelLine {
     line: u64,
     attack: String,
+    #[serde(rename = "destination.ip", default)]
+    destination: Option<String>,
 }
 
 impl Labels {
@@ -49,16 +64,28 @@ impl Labels {
 
     /// Parses labels NDJSON.
     pub fn parse(text: &str) -> Result<Labels> {
-        let mut by_line = HashMap::new();
+        let mut labels = Labels::default();
+        let mut index: HashMap<(String, Option<String>), usize> = HashMap::new();
         for (i, line) in text.lines().enumerate() {
             if line.trim().is_empty() {
                 continue;
             }
             let label: LabelLine =
                 serde_json::from_str(line).with_context(|| format!("line {}", i + 1))?;
-            by_line.insert(label.line, label.attack);
+            let key = (label.attack.clone(), label.destination);
+            let episode = *index.entry(key.clone()).or_insert_with(|| {
+                labels.episodes.push(key);
+                labels.episodes.len() - 1
+            });
+            labels.episode_of.insert(label.line, episode);
+            labels.by_line.insert(label.line, label.attack);
         }
-        Ok(Labels { by_line })
+        Ok(labels)
+    }
+
+    /// Attack episodes (one attack kind against one destination).
+    pub fn episodes(&self) -> usize {
+        self.episodes.len()
     }
 
     /// Attack kinds present, known kinds first.
@@ -86,6 +113,18 @@ impl Labels {
 pub struct Quality {
     /// Detector name.
     pub(crate) name: String,
+    /// Alerts (first flagged events of episodes; see the module docs).
+    pub alerts: u64,
+    /// Alerts holding an attack event.
+    pub true_alerts: u64,
+    /// `true_alerts / alerts`, none without alerts.
+    pub alert_precision: Option<f64>,
+    /// Alerts without an attack event, per calendar day.
+    pub false_alerts_per_day: f64,
+    /// Attack episodes some alert holds an event of.
+    pub episodes_caught: u64,
+    /// Attack episodes in the labels.
+    pub episodes: u64,
     /// Flagged events.
     pub flagged: u64,
     /// Flagged events that are attacks.
@@ -99,15 +138,18 @@ pub struct Quality {
     /// Per attack kind: (kind, flagged events of that kind, events of that kind).
     pub per_kind: Vec<(String, u64, u64)>,
     /// Flagged events per calendar day.
-    pub alerts_per_day: f64,
+    pub flagged_per_day: f64,
 }
 
 /// The flagged events of one detector, counted as they come (each event once: the caller
-/// reports an event at most once per detector).
+/// reports an event at most once per detector). Memory: one entry per alert.
 #[derive(Debug, Clone, Default)]
 pub struct Tally {
     flagged: u64,
     per_kind: BTreeMap<String, u64>,
+    /// Per alert (by its identity): whether it holds an attack event.
+    alerts: HashMap<String, bool>,
+    caught: BTreeSet<usize>,
 }
 
 impl Tally {
@@ -116,6 +158,21 @@ impl Tally {
         self.flagged += 1;
         if let Some(kind) = labels.by_line.get(&line) {
             *self.per_kind.entry(kind.clone()).or_default() += 1;
+        }
+    }
+
+    /// Counts one flagged event that is, or belongs to, the alert `alert` (any text naming it:
+    /// the plugin's alert id, or a baseline's value and bucket), besides [`Tally::add`].
+    pub fn add_to_alert(&mut self, line: u64, alert: &str, labels: &Labels) {
+        let attack = labels.episode_of.get(&line);
+        if let Some(&episode) = attack {
+            self.caught.insert(episode);
+        }
+        match self.alerts.get_mut(alert) {
+            Some(true_alert) => *true_alert |= attack.is_some(),
+            None => {
+                self.alerts.insert(alert.to_owned(), attack.is_some());
+            }
         }
     }
 
@@ -133,15 +190,23 @@ impl Tally {
                 (kind, caught, total)
             })
             .collect();
+        let alerts = self.alerts.len() as u64;
+        let true_alerts = self.alerts.values().filter(|t| **t).count() as u64;
         Quality {
             name: name.to_owned(),
+            alerts,
+            true_alerts,
+            alert_precision: (alerts > 0).then(|| true_alerts as f64 / alerts as f64),
+            false_alerts_per_day: (alerts - true_alerts) as f64 / days.max(1.0),
+            episodes_caught: self.caught.len() as u64,
+            episodes: labels.episodes.len() as u64,
             flagged: n,
             true_positives: tp,
             false_positives: n - tp,
             precision: (n > 0).then(|| tp as f64 / n as f64),
             recall: (attacks > 0).then(|| tp as f64 / attacks as f64),
             per_kind,
-            alerts_per_day: n as f64 / days.max(1.0),
+            flagged_per_day: n as f64 / days.max(1.0),
         }
     }
 }
@@ -247,12 +312,17 @@ pub(crate) fn kind_cell(flagged: u64, total: u64) -> String {
 pub(crate) fn headers(kinds: &[String]) -> Vec<String> {
     let mut h: Vec<String> = [
         "detector",
+        "alerts",
+        "true",
+        "alert precision",
+        "false alerts/day",
+        "episodes caught",
         "flagged",
         "TP",
         "FP",
         "precision",
         "recall",
-        "alerts/day",
+        "flagged/day",
     ]
     .iter()
     .map(|s| (*s).to_owned())
@@ -265,12 +335,17 @@ pub(crate) fn headers(kinds: &[String]) -> Vec<String> {
 pub(crate) fn cells(q: &Quality) -> Vec<String> {
     let mut row = vec![
         q.name.clone(),
+        q.alerts.to_string(),
+        q.true_alerts.to_string(),
+        pct(q.alert_precision),
+        format!("{:.2}", q.false_alerts_per_day),
+        format!("{}/{}", q.episodes_caught, q.episodes),
         q.flagged.to_string(),
         q.true_positives.to_string(),
         q.false_positives.to_string(),
         pct(q.precision),
         pct(q.recall),
-        format!("{:.1}", q.alerts_per_day),
+        format!("{:.1}", q.flagged_per_day),
     ];
     row.extend(q.per_kind.iter().map(|(_, f, t)| kind_cell(*f, *t)));
     row

@@ -80,9 +80,12 @@ pub(crate) fn html(report: &ReplayReport) -> String {
         all.extend(rows.iter().map(quality::cells));
         out.push_str(&html_table(&all));
         out.push_str(
-            "<div class=\"legend\">precision = flagged attack events / flagged events; \
-             recall = flagged attack events / attack events; per attack kind: flagged/total \
-             events, caught when at least one was flagged.</div>\n",
+            "<div class=\"legend\">alerts: one per rule, key and bucket (a rule's suppressed \
+             followers belong to their alert); an alert is true when one of its events is an \
+             attack; episodes: one attack kind against one destination, caught when an alert \
+             holds one of its events. Per event: precision = flagged attack events / flagged \
+             events; recall = flagged attack events / attack events; per attack kind: \
+             flagged/total events, caught when at least one was flagged.</div>\n",
         );
     }
     out.push_str(

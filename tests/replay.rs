@@ -470,7 +470,12 @@ fn summary_numbers_on_a_generated_run_match_run() {
     let mut by_rule: BTreeMap<String, u64> = BTreeMap::new();
     for e in &flagged {
         *by_rule
-            .entry(field(e, "rule.name").as_str().expect("name").to_owned())
+            .entry(
+                field(e, "egresswatch.rule.name")
+                    .as_str()
+                    .expect("name")
+                    .to_owned(),
+            )
             .or_default() += 1;
     }
     let mut total = 0;

@@ -26,7 +26,7 @@ use crate::geo::{self, GeoCache, GeoDb};
 use crate::models::{self, ExtraValue, Model, Observation, Scored};
 use crate::net::{self, CidrSet};
 use crate::rules::Rule;
-use crate::suppression::{AlertRef, Episodes};
+use crate::suppression::{AlertRef, Episodes, SavedEpisodes};
 
 use egresswatch_common::names::fields::{
     DESTINATION_COUNTRY_ISO_CODE as DESTINATION_COUNTRY_ISO, DESTINATION_COUNTRY_NAME,
@@ -38,7 +38,7 @@ use egresswatch_common::names::DEFAULT_ANOMALY_THRESHOLD;
 const NO_QUALIFYING_WARNING_AFTER: u64 = 10_000;
 
 /// Version of the saved-state envelope written by [`Detector::save_state`].
-pub const STATE_FORMAT_VERSION: u32 = 1;
+pub const STATE_FORMAT_VERSION: u32 = 2;
 
 /// The detector: rules, jobs with their models, enrichment, and counters.
 pub struct Detector {
@@ -122,11 +122,13 @@ struct Hit {
 }
 
 /// Saved state: one opaque blob per job, keyed by job id so that a changed rule set keeps what
-/// still applies.
+/// still applies; and each rule's open alert episodes, keyed by job and rule id, so that a
+/// restart does not raise a second alert for an episode already alerted.
 #[derive(Serialize, Deserialize)]
 struct SavedState {
     format: u32,
     jobs: Vec<(String, Vec<u8>)>,
+    alerts: Vec<(String, String, SavedEpisodes)>,
 }
 
 impl Detector {
@@ -553,9 +555,20 @@ impl Detector {
             })?;
             jobs.push((job.def.id.clone(), bytes));
         }
+        let alerts = self
+            .jobs
+            .iter()
+            .flat_map(|job| {
+                job.rules.iter().map(|r| {
+                    let rule_id = r.rule.rule_id.clone();
+                    (job.def.id.clone(), rule_id, r.episodes.save())
+                })
+            })
+            .collect();
         postcard::to_allocvec(&SavedState {
             format: STATE_FORMAT_VERSION,
             jobs,
+            alerts,
         })
         .map_err(|e| PluginError::new(ErrorKind::State, format!("encoding state: {e}")))
     }
@@ -590,8 +603,32 @@ impl Detector {
                 .map_err(|e| PluginError::new(ErrorKind::State, format!("job {id}: {e}")))?;
             fresh.push((index, model));
         }
+        let mut episodes: Vec<(usize, usize, Episodes)> = Vec::new();
+        for (job_id, rule_id, saved) in saved.alerts {
+            let Some(j) = self.jobs.iter().position(|j| j.def.id == job_id) else {
+                continue;
+            };
+            let Some(r) = self.jobs[j]
+                .rules
+                .iter()
+                .position(|r| r.rule.rule_id == rule_id)
+            else {
+                continue;
+            };
+            let mut restored = self.jobs[j].rules[r].episodes.clone();
+            restored.restore(saved).map_err(|e| {
+                PluginError::new(
+                    ErrorKind::State,
+                    format!("alerts of rule {rule_id} (job {job_id}): {e}"),
+                )
+            })?;
+            episodes.push((j, r, restored));
+        }
         for (index, model) in fresh {
             self.jobs[index].model = model;
+        }
+        for (j, r, restored) in episodes {
+            self.jobs[j].rules[r].episodes = restored;
         }
         Ok(())
     }

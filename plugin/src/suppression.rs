@@ -25,7 +25,7 @@ use std::fmt;
 use std::hash::Hasher;
 
 use serde::de::{self, Deserializer, Visitor};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use siphasher::sip::SipHasher13;
 
 /// Open episodes kept per rule.
@@ -130,12 +130,20 @@ impl AlertRef {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
 struct Episode {
     id: u64,
     start_ms: i64,
     end_ms: i64,
     count: u64,
+}
+
+/// One rule's open episodes as saved in the detector's state (a restart must not raise a
+/// second alert for an episode already alerted).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct SavedEpisodes {
+    open: Vec<(u64, Episode)>,
+    raised: u64,
 }
 
 /// One rule's open episodes.
@@ -234,6 +242,41 @@ impl Episodes {
         }
     }
 
+    /// The open episodes, to save.
+    pub fn save(&self) -> SavedEpisodes {
+        let mut open: Vec<(u64, Episode)> = self.open.iter().map(|(k, e)| (*k, *e)).collect();
+        open.sort_unstable_by_key(|(k, _)| *k);
+        SavedEpisodes {
+            open,
+            raised: self.raised,
+        }
+    }
+
+    /// Replaces the open episodes with saved ones, each checked first (nothing changes on
+    /// error): at most [`MAX_EPISODES`], each with a count of at least 1 and a start before its
+    /// end.
+    pub fn restore(&mut self, saved: SavedEpisodes) -> Result<(), String> {
+        if saved.open.len() > MAX_EPISODES {
+            return Err(format!(
+                "{} open episodes, more than {MAX_EPISODES}",
+                saved.open.len()
+            ));
+        }
+        if let Some((_, e)) = saved
+            .open
+            .iter()
+            .find(|(_, e)| e.count == 0 || e.start_ms >= e.end_ms)
+        {
+            return Err(format!(
+                "an episode from {} to {} with {} events is out of range",
+                e.start_ms, e.end_ms, e.count
+            ));
+        }
+        self.open = saved.open.into_iter().collect();
+        self.raised = saved.raised;
+        Ok(())
+    }
+
     /// Makes room: drops ended episodes, then the older half of the rest.
     fn shed(&mut self, now_ms: i64) {
         self.open.retain(|_, e| e.end_ms > now_ms);
@@ -326,6 +369,24 @@ mod tests {
         assert_eq!(v, Suppress::Off);
         let v: Suppress = serde_json::from_str("600").unwrap();
         assert_eq!(v, Suppress::Window(600));
+    }
+
+    #[test]
+    fn saved_episodes_resume_and_bad_ones_are_refused() {
+        let mut e = Episodes::new("r", Suppress::Bucket);
+        let key = [Some("Algeria"), None, None];
+        let first = e.place(&key, B + 1, B, SPAN);
+        let mut resumed = Episodes::new("r", Suppress::Bucket);
+        resumed.restore(e.save()).unwrap();
+        let next = resumed.place(&key, B + 2, B, SPAN);
+        assert!(next.suppressed && next.id == first.id && next.count == 2);
+        let mut bad = e.save();
+        bad.open[0].1.count = 0;
+        assert!(resumed.restore(bad).unwrap_err().contains("out of range"));
+        let mut bad = e.save();
+        bad.open[0].1.end_ms = bad.open[0].1.start_ms;
+        assert!(resumed.restore(bad).is_err());
+        assert_eq!(resumed.len(), 1, "a refused state changes nothing");
     }
 
     #[test]

@@ -4,9 +4,9 @@
 //! plugin in batches, and writes every line to exactly one output, in input order. Lines the
 //! plugin must not see (not UTF-8, longer than the limit) and lines it could not read follow the
 //! [`UnreadablePolicy`]; a batch the plugin failed on follows the failure policy (fail open by
-//! default). A replacement text containing a line terminator (`\n`, or `\r` other than the
-//! trailing one of a CRLF event) would split one event into several lines downstream: it is
-//! rejected and counted, and the event is written as it came (to the output the plugin chose).
+//! default). A replacement text that adds a line terminator (any `\n`, or more `\r` than the
+//! event itself held) would split one event into several lines downstream: it is rejected and
+//! counted, and the event is written as it came (to the output the plugin chose).
 //! Nothing is dropped.
 
 use std::io;
@@ -285,15 +285,14 @@ impl Engine {
     }
 }
 
-/// Whether a replacement would end or split a line downstream: a `\n` anywhere, or a `\r`
-/// (a line end to readers that split on carriage returns) anywhere but as the last byte of an
-/// event that itself ended in `\r`: CRLF input keeps its line ending when annotated.
+/// Whether a replacement would end or split a line downstream where the event did not: a `\n`
+/// anywhere, or more `\r` (a line end to readers that split on carriage returns) than the event
+/// held. JSON allows a raw `\r` only as white space, and annotation inserts text into the
+/// original bytes, so an event that came with one (CRLF endings, or between tokens) keeps it:
+/// refusing those would let any sender switch annotation off with one byte.
 fn splits_line(replacement: &[u8], original: &[u8]) -> bool {
-    let body = match replacement.strip_suffix(b"\r") {
-        Some(body) if original.ends_with(b"\r") => body,
-        _ => replacement,
-    };
-    body.iter().any(|&b| b == b'\n' || b == b'\r')
+    let carriage_returns = |text: &[u8]| text.iter().filter(|&&b| b == b'\r').count();
+    replacement.contains(&b'\n') || carriage_returns(replacement) > carriage_returns(original)
 }
 
 #[cfg(test)]
@@ -385,7 +384,7 @@ mod tests {
             assert_eq!(counters.annotated, 0, "{bad:?}");
             assert_eq!(counters.routed, 2, "{bad:?}");
         }
-        // A CRLF event keeps its trailing carriage return when annotated; no other may appear.
+        // A CRLF event keeps its trailing carriage return when annotated; no other may be added.
         let crlf: [&[u8]; 1] = [b"{\"a\":1}\r"];
         let (_, pager, counters) = run("{\"a\":1,\"x\":2}\r", &crlf);
         assert_eq!(pager, b"{\"a\":1,\"x\":2}\r\n");
@@ -394,6 +393,14 @@ mod tests {
         assert_eq!(pager, b"{\"a\":1}\n{\"b\":2}\n");
         assert_eq!(counters.rejected_replacements, 2);
         let (_, _, counters) = run("{\"a\":1}\r{\"x\":2}\r", &crlf);
+        assert_eq!(counters.rejected_replacements, 1);
+        // A carriage return the event held between tokens is kept too (found by fuzzing: the
+        // alert of such an event was lost); one more than the event held is refused.
+        let inner: [&[u8]; 1] = [b"{\"a\"\r:1}"];
+        let (_, pager, counters) = run("{\"a\"\r:1,\"x\":2}", &inner);
+        assert_eq!(pager, b"{\"a\"\r:1,\"x\":2}\n");
+        assert_eq!(counters.rejected_replacements, 0);
+        let (_, _, counters) = run("{\"a\"\r:1,\r\"x\":2}", &inner);
         assert_eq!(counters.rejected_replacements, 1);
         // A one-line replacement is written as the plugin gave it.
         let (_, pager, counters) = run("{\"x\":\"a\\nb\"}", &lines);

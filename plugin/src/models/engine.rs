@@ -694,38 +694,6 @@ pub fn normal_neg_log10_sf(z: f64) -> f64 {
     }
 }
 
-/// Bytes in human units: "8.1 GB", "40 MB", "512 B" (decimal units, as network tools print).
-pub fn format_bytes(b: f64) -> String {
-    const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
-    if !b.is_finite() || b < 1000.0 {
-        return format!("{} B", b.max(0.0).round());
-    }
-    let mut v = b;
-    let mut i = 0;
-    while v >= 1000.0 && i + 1 < UNITS.len() {
-        v /= 1000.0;
-        i += 1;
-    }
-    if v < 10.0 {
-        format!("{v:.1} {}", UNITS[i])
-    } else {
-        format!("{v:.0} {}", UNITS[i])
-    }
-}
-
-/// An integer with thousands separators: "2,880".
-pub fn format_count(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
-        if i > 0 && (s.len() - i).is_multiple_of(3) {
-            out.push(',');
-        }
-        out.push(c);
-    }
-    out
-}
-
 /// A duration in the largest whole unit that fits: "3h", "15m", "30 days".
 pub fn format_duration_ms(ms: i64) -> String {
     let s = ms / 1000;
@@ -952,11 +920,6 @@ mod tests {
 
     #[test]
     fn formats() {
-        assert_eq!(format_bytes(8.1e9), "8.1 GB");
-        assert_eq!(format_bytes(40e6), "40 MB");
-        assert_eq!(format_bytes(512.0), "512 B");
-        assert_eq!(format_count(2880), "2,880");
-        assert_eq!(format_count(1_000_000), "1,000,000");
         assert_eq!(format_duration_ms(10_800_000), "3h");
         assert_eq!(format_duration_ms(30 * 86_400_000), "30 days");
     }

@@ -754,8 +754,8 @@ impl Model for HighSum {
 
 #[cfg(test)]
 mod tests {
-    use super::super::engine::format_bytes;
     use super::*;
+    use egresswatch_common::human::bytes as format_bytes;
 
     const SPAN: i64 = 10_800_000;
     const T0: i64 = 1_700_000_000_000 / SPAN * SPAN;

@@ -169,15 +169,15 @@ impl Scored {
                 let history = (self.bucket_start_ms - history_start_ms).max(0);
                 let mut text = format!(
                     "{field} {value} seen in {} of {} {span} {unit} over {}",
-                    engine::format_count(buckets_with_value),
-                    engine::format_count(buckets_total),
+                    egresswatch_common::human::count(buckets_with_value),
+                    egresswatch_common::human::count(buckets_total),
                     engine::format_duration_ms(history)
                 );
                 if buckets_with_value > 0 {
                     text.push_str(&format!(
                         ", on {} of {} days",
-                        engine::format_count(days_with_value),
-                        engine::format_count(days_total)
+                        egresswatch_common::human::count(days_with_value),
+                        egresswatch_common::human::count(days_total)
                     ));
                 }
                 if session_buckets > longest_session.max(1) {
@@ -194,9 +194,9 @@ impl Scored {
                 ..
             } => format!(
                 "{} sent to {field} {value} in this {span} bucket; typical {}, 99.9th percentile of {field} values {}",
-                engine::format_bytes(bucket_sum),
-                engine::format_bytes(self.typical),
-                engine::format_bytes(population_p99_9)
+                egresswatch_common::human::bytes(bucket_sum),
+                egresswatch_common::human::bytes(self.typical),
+                egresswatch_common::human::bytes(population_p99_9)
             ),
         }
     }

@@ -694,24 +694,6 @@ pub fn normal_neg_log10_sf(z: f64) -> f64 {
     }
 }
 
-/// A duration in the largest whole unit that fits: "3h", "15m", "30 days".
-pub fn format_duration_ms(ms: i64) -> String {
-    let s = ms / 1000;
-    if s >= 2 * 86_400 {
-        format!("{} days", s / 86_400)
-    } else if s >= 86_400 && s % 86_400 == 0 {
-        "1 day".to_string()
-    } else if s >= 3600 && s % 3600 == 0 {
-        format!("{}h", s / 3600)
-    } else if s >= 3600 {
-        format!("{:.1}h", s as f64 / 3600.0)
-    } else if s >= 60 && s % 60 == 0 {
-        format!("{}m", s / 60)
-    } else {
-        format!("{s}s")
-    }
-}
-
 /// What every model is configured with: the time grid, learning, forgetting and memory.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ModelConfig {
@@ -916,11 +898,5 @@ mod tests {
         let a = normal_neg_log10_sf(4.999);
         let b = normal_neg_log10_sf(5.001);
         assert!((a - b).abs() < 0.02, "{a} {b}");
-    }
-
-    #[test]
-    fn formats() {
-        assert_eq!(format_duration_ms(10_800_000), "3h");
-        assert_eq!(format_duration_ms(30 * 86_400_000), "30 days");
     }
 }

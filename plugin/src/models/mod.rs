@@ -148,7 +148,7 @@ impl Scored {
     /// A human reason for the alert. `field` is the field's display name (e.g. "destination
     /// country"), `value` the value or entity it is about (e.g. "North Korea", "203.0.113.7").
     pub fn reason(&self, field: &str, value: &str) -> String {
-        let span = engine::format_duration_ms(self.bucket_span_ms);
+        let span = egresswatch_common::human::duration_ms(self.bucket_span_ms);
         match self.detail {
             Detail::Rare {
                 buckets_with_value,
@@ -171,7 +171,7 @@ impl Scored {
                     "{field} {value} seen in {} of {} {span} {unit} over {}",
                     egresswatch_common::human::count(buckets_with_value),
                     egresswatch_common::human::count(buckets_total),
-                    engine::format_duration_ms(history)
+                    egresswatch_common::human::duration_ms(history)
                 );
                 if buckets_with_value > 0 {
                     text.push_str(&format!(

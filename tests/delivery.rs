@@ -7,7 +7,10 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::util::{free_address, run, stderr, temp_dir, wait_until, workspace, write, Running};
+use crate::util::{
+    connect_when_ready, count_lines, figure, free_address, http_get, run, stderr, temp_dir,
+    wait_until, workspace, write, Running,
+};
 
 const STARTUP: Duration = Duration::from_secs(30);
 const EXIT: Duration = Duration::from_secs(60);
@@ -25,12 +28,6 @@ fn detector() -> String {
 
 fn sample() -> Vec<u8> {
     std::fs::read(workspace().join("examples/data/sample.ndjson")).expect("sample data")
-}
-
-/// Reads one figure (`name{labels} value`) from a metrics page.
-fn figure(text: &str, series: &str) -> Option<f64> {
-    text.lines()
-        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
 
 /// Writes `data` 50 lines at a time, each piece once the engine has read the previous one (as
@@ -55,38 +52,6 @@ fn send_in_step(conn: &mut TcpStream, data: &[u8], metrics: &str, until: &str) -
         }
     }
     true
-}
-
-fn count_lines(path: &Path) -> usize {
-    std::fs::read(path)
-        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
-        .unwrap_or(0)
-}
-
-fn http_get(address: &str, path: &str) -> String {
-    let Ok(mut conn) = TcpStream::connect(address) else {
-        return String::new();
-    };
-    let _ = conn.set_read_timeout(Some(Duration::from_secs(5)));
-    let _ = write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    );
-    let mut text = String::new();
-    let _ = conn.read_to_string(&mut text);
-    text
-}
-
-fn connect_when_ready(address: &str) -> TcpStream {
-    let mut conn = None;
-    assert!(
-        wait_until(STARTUP, || {
-            conn = TcpStream::connect(address).ok();
-            conn.is_some()
-        }),
-        "egresswatch did not listen on {address}"
-    );
-    conn.unwrap()
 }
 
 /// What `default` and `anomalies` receive from the sample when both are files that work.

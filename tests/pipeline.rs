@@ -11,7 +11,10 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use crate::util::{free_address, run, stderr, temp_dir, wait_until, workspace, write, Running};
+use crate::util::{
+    connect_when_ready, free_address, http_get, run, stderr, temp_dir, wait_until, workspace,
+    write, Running,
+};
 
 const STARTUP: Duration = Duration::from_secs(30);
 const EXIT: Duration = Duration::from_secs(30);
@@ -54,18 +57,6 @@ fn collect_lines(listener: TcpListener) -> Arc<Mutex<Vec<String>>> {
         }
     });
     lines
-}
-
-fn connect_when_ready(address: &str) -> TcpStream {
-    let mut conn = None;
-    assert!(
-        wait_until(STARTUP, || {
-            conn = TcpStream::connect(address).ok();
-            conn.is_some()
-        }),
-        "egresswatch did not listen on {address}"
-    );
-    conn.unwrap()
 }
 
 #[test]
@@ -486,19 +477,6 @@ fn sigterm_mid_stream_loses_nothing_and_the_saved_state_resumes_exactly() {
         combined == whole_lines,
         "resumed output differs from one run"
     );
-}
-
-fn http_get(address: &str, path: &str) -> String {
-    let mut conn = TcpStream::connect(address).unwrap();
-    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
-    write!(
-        conn,
-        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
-    )
-    .unwrap();
-    let mut text = String::new();
-    conn.read_to_string(&mut text).unwrap();
-    text
 }
 
 #[test]

@@ -10,6 +10,7 @@ mod golden;
 mod hardening;
 mod hostile;
 mod inprocess;
+mod inputs;
 mod loading;
 mod metrics;
 mod passthrough;

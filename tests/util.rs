@@ -194,3 +194,46 @@ impl Drop for Running {
         }
     }
 }
+
+/// Connects to `address` once egresswatch listens there (waits up to 30 s).
+pub fn connect_when_ready(address: &str) -> std::net::TcpStream {
+    let mut conn = None;
+    assert!(
+        wait_until(std::time::Duration::from_secs(30), || {
+            conn = std::net::TcpStream::connect(address).ok();
+            conn.is_some()
+        }),
+        "egresswatch did not listen on {address}"
+    );
+    conn.unwrap()
+}
+
+/// Lines in the file at `path` (0 when it does not exist yet).
+pub fn count_lines(path: &Path) -> usize {
+    std::fs::read(path)
+        .map(|b| b.iter().filter(|&&c| c == b'\n').count())
+        .unwrap_or(0)
+}
+
+/// `GET path` from an HTTP server at `address`: the whole response, or "" when it cannot be
+/// reached.
+pub fn http_get(address: &str, path: &str) -> String {
+    use std::io::Read;
+    let Ok(mut conn) = std::net::TcpStream::connect(address) else {
+        return String::new();
+    };
+    let _ = conn.set_read_timeout(Some(std::time::Duration::from_secs(5)));
+    let _ = write!(
+        conn,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    );
+    let mut text = String::new();
+    let _ = conn.read_to_string(&mut text);
+    text
+}
+
+/// Reads one figure (`name{labels} value`) from a metrics page.
+pub fn figure(text: &str, series: &str) -> Option<f64> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
+}

@@ -1,13 +1,21 @@
 //! Framing: cutting a byte stream into blocks of complete lines for the engine.
 //!
-//! A reader holds at most `max_line_bytes` plus one read of an unterminated line. A line that
-//! grows past that is known to be oversize (it will bypass the detector anyway), so it is
-//! streamed through as [`Msg::Fragment`]s instead of being buffered whole; while it streams,
-//! that reader holds the feed's order lock so that no other connection's lines land inside it.
+//! Each reader frames its own bytes and hands the engine only whole messages, so no reader
+//! ever holds anything shared while it waits for its peer: one slow, silent or hostile sender
+//! cannot hold back another connection.
+//!
+//! A line longer than `max_line_bytes` (it bypasses the detector as oversize) is handled
+//! according to the reader's [`Mode`]:
+//! - the only reader of the feed (standard input) streams it through as [`Msg::Fragment`]s, so
+//!   it reaches the outputs whole whatever its length, with bounded memory;
+//! - a connection among others keeps it and hands it over whole, as long as the lines over the
+//!   limit that all connections hold together fit in a shared budget ([`HoldBudget`]); a line
+//!   that does not fit is handed over in pieces, each piece a line of its own (bypassed as
+//!   oversize too), and a warning says so. Streaming it would mean holding every other
+//!   connection back until its sender finished the line, which it may never do.
 
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::MutexGuard;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{Feed, Msg, READ_BLOCK_BYTES};
@@ -15,119 +23,265 @@ use super::{Feed, Msg, READ_BLOCK_BYTES};
 /// How long a reader that was told to stop keeps reading to complete a line it has begun.
 const LINE_GRACE: Duration = Duration::from_secs(1);
 
-/// Reads `input` until EOF (or until `stop` is set, for inputs with a read timeout), sending
-/// complete lines, streaming oversize lines as fragments, and at the end the unterminated tail
-/// as a last line. After a stop it goes on reading for up to a second when a line is
-/// unfinished, so that a stop does not cut a line the peer is in the middle of sending.
-/// Read timeouts (`WouldBlock`, `TimedOut`) are waited through. Returns the input's error, after sending everything read before it.
+/// Bytes of oversize lines that the connections of one listener may hold together, beyond the
+/// `max_line_bytes` plus one read that each may always hold.
+pub(crate) const OVERSIZE_HOLD_BYTES: usize = 64 * 1024 * 1024;
+
+/// Memory shared by the connections of one listener for lines over the limit.
+#[derive(Debug)]
+pub(crate) struct HoldBudget {
+    held: AtomicUsize,
+    max: usize,
+}
+
+impl HoldBudget {
+    /// A budget of `max` bytes.
+    pub(crate) fn new(max: usize) -> Self {
+        HoldBudget {
+            held: AtomicUsize::new(0),
+            max,
+        }
+    }
+
+    /// Takes `bytes` from the budget; false when they do not fit.
+    fn take(&self, bytes: usize) -> bool {
+        self.held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes).filter(|&total| total <= self.max)
+            })
+            .is_ok()
+    }
+
+    fn give_back(&self, bytes: usize) {
+        self.held.fetch_sub(bytes, Ordering::AcqRel);
+    }
+}
+
+/// How a reader ends and what it does with a line over the limit.
+#[derive(Clone, Copy)]
+pub(crate) enum Mode<'a> {
+    /// The feed's only reader: reads until EOF; streams oversize lines through in fragments
+    /// (nothing else can come between them).
+    Sole,
+    /// One connection among others: reads until EOF, or until `stop` is set (then for up to a
+    /// second more to finish a line begun); holds oversize lines within `budget`.
+    Shared {
+        /// Set by a stop signal.
+        stop: &'a AtomicBool,
+        /// Memory for oversize lines, shared with the other connections.
+        budget: &'a HoldBudget,
+    },
+}
+
+/// Reads `input` until EOF (or, for a [`Mode::Shared`] reader, until it is told to stop),
+/// handing the engine blocks of complete lines, oversize lines as the mode says, and at the end
+/// the unterminated tail as a last line. Read timeouts (`WouldBlock`, `TimedOut`) are waited
+/// through. Returns the input's error, after handing over everything read before it.
 pub(crate) fn read_lines<R: Read>(
     mut input: R,
     feed: &Feed,
     max_line_bytes: usize,
-    stop: Option<&AtomicBool>,
+    mode: Mode<'_>,
 ) -> io::Result<()> {
-    let mut pending: Vec<u8> = Vec::with_capacity(READ_BLOCK_BYTES);
-    // Held while an oversize line streams through, so that it reaches the outputs unbroken.
-    let mut streaming: Option<MutexGuard<'_, ()>> = None;
-    let mut first_fragment = true;
+    let mut framer = Framer::new(feed, max_line_bytes, mode);
+    // Zeroed once; each read's bytes are copied into the pending block.
+    let mut read_buf = vec![0u8; READ_BLOCK_BYTES];
     let mut stop_seen: Option<Instant> = None;
+    let stop = match mode {
+        Mode::Sole => None,
+        Mode::Shared { stop, .. } => Some(stop),
+    };
     loop {
-        let mut failure = None;
         let stopping = stop.is_some_and(|s| s.load(Ordering::Relaxed)) && {
             // Finish the line in progress (briefly) rather than cut it.
             let at = *stop_seen.get_or_insert_with(Instant::now);
-            (pending.is_empty() && streaming.is_none()) || at.elapsed() > LINE_GRACE
+            framer.at_line_start() || at.elapsed() > LINE_GRACE
         };
-        let n = if stopping {
-            0
+        if stopping {
+            return framer.finish(None);
+        }
+        match input.read(&mut read_buf) {
+            Ok(0) => return framer.finish(None),
+            Ok(n) => framer.push(&read_buf[..n])?,
+            Err(e) => match e.kind() {
+                io::ErrorKind::Interrupted
+                | io::ErrorKind::WouldBlock
+                | io::ErrorKind::TimedOut => {}
+                _ => return framer.finish(Some(e)),
+            },
+        }
+    }
+}
+
+fn engine_gone() -> io::Error {
+    io::Error::other("the engine stopped")
+}
+
+/// One reader's framing state.
+struct Framer<'a> {
+    feed: &'a Feed,
+    max_line_bytes: usize,
+    mode: Mode<'a>,
+    /// Bytes read and not handed over: at most one unfinished line.
+    pending: Vec<u8>,
+    /// Part of the line in `pending` was already handed over (streamed, or cut).
+    continued: bool,
+    /// What this reader took from its [`HoldBudget`].
+    taken: usize,
+    /// Whether this reader has cut a line already (logged once per reader).
+    cut_logged: bool,
+}
+
+impl<'a> Framer<'a> {
+    fn new(feed: &'a Feed, max_line_bytes: usize, mode: Mode<'a>) -> Self {
+        Framer {
+            feed,
+            max_line_bytes,
+            mode,
+            pending: Vec::with_capacity(READ_BLOCK_BYTES),
+            continued: false,
+            taken: 0,
+            cut_logged: false,
+        }
+    }
+
+    /// Nothing of a line begun is held.
+    fn at_line_start(&self) -> bool {
+        self.pending.is_empty() && !self.continued
+    }
+
+    fn send(&self, msg: Msg) -> io::Result<()> {
+        if self.feed.send(msg) {
+            Ok(())
         } else {
-            let start = pending.len();
-            pending.resize(start + READ_BLOCK_BYTES, 0);
-            match input.read(&mut pending[start..]) {
-                Ok(n) => {
-                    pending.truncate(start + n);
-                    n
-                }
-                Err(e) => {
-                    pending.truncate(start);
-                    match e.kind() {
-                        io::ErrorKind::Interrupted
-                        | io::ErrorKind::WouldBlock
-                        | io::ErrorKind::TimedOut => continue,
-                        _ => {
-                            failure = Some(e);
-                            0
-                        }
+            Err(engine_gone())
+        }
+    }
+
+    /// Adds bytes read and hands over what is complete.
+    fn push(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let searched = self.pending.len();
+        self.pending.extend_from_slice(bytes);
+        if self.continued {
+            // The end of a line partly handed over ends its last piece.
+            let Some(nl) = memchr::memchr(b'\n', &self.pending[searched..]) else {
+                return self.over_limit();
+            };
+            let end = searched + nl;
+            let rest = self.pending.split_off(end + 1);
+            self.pending.truncate(end);
+            let piece = std::mem::replace(&mut self.pending, rest);
+            self.send(Msg::Fragment {
+                data: piece,
+                first: false,
+                last: true,
+            })?;
+            self.continued = false;
+            self.release();
+            return self.push_complete(0);
+        }
+        self.push_complete(searched)
+    }
+
+    /// Hands over everything up to the last newline (searching from `from`); what follows is
+    /// the unfinished line.
+    fn push_complete(&mut self, from: usize) -> io::Result<()> {
+        if let Some(nl) = memchr::memrchr(b'\n', &self.pending[from..]) {
+            let end = from + nl + 1;
+            let tail = self.pending.len() - end;
+            let mut next = Vec::with_capacity(tail + READ_BLOCK_BYTES);
+            next.extend_from_slice(&self.pending[end..]);
+            self.pending.truncate(end);
+            let block = std::mem::replace(&mut self.pending, next);
+            self.send(Msg::Lines(block))?;
+            self.release();
+        }
+        self.over_limit()
+    }
+
+    /// Deals with an unfinished line once it is over the limit.
+    fn over_limit(&mut self) -> io::Result<()> {
+        if self.pending.len() <= self.max_line_bytes {
+            return Ok(());
+        }
+        match self.mode {
+            Mode::Sole => self.hand_over_piece(false),
+            Mode::Shared { budget, .. } => {
+                // Each reader may always hold the limit plus one read; beyond that it holds
+                // an oversize line only with memory from the shared budget.
+                let want = self.pending.len() - self.max_line_bytes;
+                if want > self.taken {
+                    let more = (want - self.taken).next_multiple_of(READ_BLOCK_BYTES);
+                    if budget.take(more) {
+                        self.taken += more;
+                        return Ok(());
                     }
+                    if !self.cut_logged {
+                        self.cut_logged = true;
+                        tracing::warn!(
+                            held = self.pending.len(),
+                            "input: a line over batch.max_line_bytes is longer than the memory \
+                             for such lines allows; it is passed on in pieces, each a line of \
+                             its own (counted as oversize)"
+                        );
+                    }
+                    self.hand_over_piece(true)?;
+                    self.release();
                 }
+                Ok(())
             }
+        }
+    }
+
+    /// Hands over the unfinished line as a piece (cut between characters); `ends_line` makes
+    /// the piece a line of its own.
+    fn hand_over_piece(&mut self, ends_line: bool) -> io::Result<()> {
+        let keep = incomplete_utf8_tail(&self.pending);
+        let tail = self.pending.split_off(self.pending.len() - keep);
+        let data = std::mem::replace(&mut self.pending, tail);
+        self.pending.reserve(READ_BLOCK_BYTES);
+        let first = !self.continued;
+        self.continued = true;
+        self.send(Msg::Fragment {
+            data,
+            first,
+            last: ends_line,
+        })
+    }
+
+    /// Gives back what this reader took from the budget.
+    fn release(&mut self) {
+        if let (Mode::Shared { budget, .. }, taken @ 1..) = (self.mode, self.taken) {
+            budget.give_back(taken);
+            self.taken = 0;
+        }
+    }
+
+    /// At EOF, a stop or a failure: hands over what is left, then returns `failure` if any.
+    fn finish(mut self, failure: Option<io::Error>) -> io::Result<()> {
+        let data = std::mem::take(&mut self.pending);
+        let sent = if self.continued {
+            self.send(Msg::Fragment {
+                data,
+                first: false,
+                last: true,
+            })
+        } else if !data.is_empty() {
+            self.send(Msg::Lines(data))
+        } else {
+            Ok(())
         };
-        if n == 0 {
-            // EOF, stop or failure: hand over what is left.
-            let sent = if streaming.is_some() {
-                feed.send_locked(Msg::Fragment {
-                    data: pending,
-                    first: first_fragment,
-                    last: true,
-                })
-            } else if !pending.is_empty() {
-                feed.send(Msg::Lines(pending))
-            } else {
-                true
-            };
-            drop(streaming);
-            return match failure {
-                Some(e) => Err(e),
-                None if sent => Ok(()),
-                None => Err(io::Error::other("the engine stopped")),
-            };
+        self.release();
+        match failure {
+            Some(e) => Err(e),
+            None => sent,
         }
-        loop {
-            if streaming.is_some() {
-                if let Some(nl) = pending.iter().position(|&b| b == b'\n') {
-                    let rest = pending.split_off(nl + 1);
-                    pending.pop();
-                    let data = std::mem::replace(&mut pending, rest);
-                    if !feed.send_locked(Msg::Fragment {
-                        data,
-                        first: first_fragment,
-                        last: true,
-                    }) {
-                        return Err(io::Error::other("the engine stopped"));
-                    }
-                    streaming = None;
-                    continue;
-                }
-                let keep = incomplete_utf8_tail(&pending);
-                let tail = pending.split_off(pending.len() - keep);
-                let data = std::mem::replace(&mut pending, tail);
-                if !feed.send_locked(Msg::Fragment {
-                    data,
-                    first: first_fragment,
-                    last: false,
-                }) {
-                    return Err(io::Error::other("the engine stopped"));
-                }
-                first_fragment = false;
-                pending.reserve(READ_BLOCK_BYTES);
-                break;
-            }
-            // Hand over everything up to the last newline; keep the unterminated tail.
-            if let Some(last_nl) = pending.iter().rposition(|&b| b == b'\n') {
-                let tail = pending.split_off(last_nl + 1);
-                let block = std::mem::replace(&mut pending, tail);
-                if !feed.send(Msg::Lines(block)) {
-                    return Err(io::Error::other("the engine stopped"));
-                }
-                pending.reserve(READ_BLOCK_BYTES);
-            }
-            if pending.len() > max_line_bytes {
-                streaming = Some(feed.lock());
-                first_fragment = true;
-                continue;
-            }
-            break;
-        }
+    }
+}
+
+impl Drop for Framer<'_> {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -154,39 +308,129 @@ fn incomplete_utf8_tail(bytes: &[u8]) -> usize {
 mod tests {
     use super::*;
 
-    fn collect(input: &[u8], max: usize) -> Vec<Msg> {
+    /// Reads `input` in `chunk`-byte reads.
+    struct Chunked<'a> {
+        data: &'a [u8],
+        chunk: usize,
+    }
+
+    impl Read for Chunked<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = self.chunk.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    fn collect(input: &[u8], max: usize, budget: Option<usize>) -> Vec<Msg> {
         let (feed, rx) = Feed::channel();
         let input = input.to_vec();
-        let t = std::thread::spawn(move || read_lines(&input[..], &feed, max, None));
+        let t = std::thread::spawn(move || {
+            let stop = AtomicBool::new(false);
+            let budget = budget.map(HoldBudget::new);
+            let mode = match &budget {
+                None => Mode::Sole,
+                Some(budget) => Mode::Shared {
+                    stop: &stop,
+                    budget,
+                },
+            };
+            let reader = Chunked {
+                data: &input,
+                chunk: 10_000,
+            };
+            let result = read_lines(reader, &feed, max, mode);
+            if let Some(budget) = &budget {
+                assert_eq!(budget.held.load(Ordering::Relaxed), 0, "budget given back");
+            }
+            result
+        });
         let msgs: Vec<Msg> = rx.iter().collect();
         t.join().unwrap().unwrap();
         msgs
     }
 
-    #[test]
-    fn long_lines_stream_as_fragments_between_complete_lines() {
-        let mut input = b"a\n".to_vec();
-        input.extend(std::iter::repeat_n(b'x', 3 * READ_BLOCK_BYTES));
-        input.extend_from_slice(b"\nb\nc");
-        let msgs = collect(&input, 100);
-        let mut rebuilt = Vec::new();
-        let mut fragments = 0;
+    /// The output lines the messages make, as the engine writes them (pass policy).
+    fn rebuild(msgs: Vec<Msg>) -> Vec<u8> {
+        let mut out = Vec::new();
         for msg in msgs {
             match msg {
-                Msg::Lines(data) => rebuilt.extend(data),
+                Msg::Lines(data) => out.extend(data),
                 Msg::Fragment { data, last, .. } => {
-                    fragments += 1;
-                    assert!(data.len() <= READ_BLOCK_BYTES + 100);
-                    rebuilt.extend(data);
+                    out.extend(data);
                     if last {
-                        rebuilt.push(b'\n');
+                        out.push(b'\n');
                     }
                 }
                 Msg::Failed(e) => panic!("{e}"),
             }
         }
+        out
+    }
+
+    fn with_long_line(len: usize) -> Vec<u8> {
+        let mut input = b"a\n".to_vec();
+        input.extend(std::iter::repeat_n(b'x', len));
+        input.extend_from_slice(b"\nb\nc");
+        input
+    }
+
+    #[test]
+    fn the_sole_reader_streams_long_lines_as_fragments_between_complete_lines() {
+        let input = with_long_line(3 * READ_BLOCK_BYTES);
+        let msgs = collect(&input, 100, None);
+        let fragments = msgs
+            .iter()
+            .filter(|m| matches!(m, Msg::Fragment { .. }))
+            .count();
         assert!(fragments >= 3, "{fragments}");
-        assert_eq!(rebuilt, input);
+        assert!(msgs.iter().all(|m| match m {
+            Msg::Fragment { data, .. } => data.len() <= READ_BLOCK_BYTES + 100,
+            _ => true,
+        }));
+        assert_eq!(rebuild(msgs), input);
+    }
+
+    #[test]
+    fn a_connection_hands_a_long_line_over_whole_within_the_budget() {
+        let input = with_long_line(3 * READ_BLOCK_BYTES);
+        let msgs = collect(&input, 100, Some(OVERSIZE_HOLD_BYTES));
+        assert!(
+            msgs.iter().all(|m| matches!(m, Msg::Lines(_))),
+            "no fragments"
+        );
+        assert_eq!(rebuild(msgs), input);
+    }
+
+    #[test]
+    fn a_connection_cuts_a_line_the_budget_cannot_hold_into_lines_of_their_own() {
+        let len = 5 * READ_BLOCK_BYTES + 123;
+        let input = with_long_line(len);
+        let msgs = collect(&input, 100, Some(READ_BLOCK_BYTES));
+        let pieces: Vec<(usize, bool, bool)> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                Msg::Fragment { data, first, last } => Some((data.len(), *first, *last)),
+                _ => None,
+            })
+            .collect();
+        assert!(pieces.len() >= 2, "{pieces:?}");
+        assert!(pieces.iter().all(|&(_, _, last)| last), "each piece a line");
+        assert!(
+            pieces[0].1 && pieces[1..].iter().all(|p| !p.1),
+            "{pieces:?}"
+        );
+        // Each piece within what one reader may hold with the budget.
+        assert!(pieces
+            .iter()
+            .all(|&(n, _, _)| n <= 100 + 2 * READ_BLOCK_BYTES + 10_000));
+        assert_eq!(pieces.iter().map(|p| p.0).sum::<usize>(), len);
+        // The bytes are all there, in order; only line ends were added between the pieces.
+        let out = rebuild(msgs);
+        let without_cuts: Vec<u8> = out.iter().copied().filter(|&b| b != b'\n').collect();
+        let expected: Vec<u8> = input.iter().copied().filter(|&b| b != b'\n').collect();
+        assert_eq!(without_cuts, expected);
     }
 
     #[test]

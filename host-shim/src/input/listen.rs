@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use egresswatch_plugin_api::files::describe_type;
 
-use super::{read_lines, Feed};
+use super::{read_lines, Feed, HoldBudget, Mode, OVERSIZE_HOLD_BYTES};
 use crate::config::InputConfig;
 
 /// How long a connection's reader waits for data before checking the stop flag.
@@ -165,6 +165,7 @@ pub(super) fn spawn(
         Listener::Unix(u) => u.listener.set_nonblocking(true)?,
     }
     let active = Arc::new(AtomicUsize::new(0));
+    let budget = Arc::new(HoldBudget::new(OVERSIZE_HOLD_BYTES));
     std::thread::Builder::new()
         .name("egresswatch-listener".into())
         .spawn(move || {
@@ -209,6 +210,7 @@ pub(super) fn spawn(
                     &feed,
                     max_line_bytes,
                     &stop,
+                    &budget,
                     &stats,
                     &active,
                 ) {
@@ -234,11 +236,13 @@ fn start_connection(
     feed: &Feed,
     max_line_bytes: usize,
     stop: &Arc<AtomicBool>,
+    budget: &Arc<HoldBudget>,
     stats: &Arc<InputStats>,
     active: &Arc<AtomicUsize>,
 ) -> io::Result<()> {
     let feed = feed.clone();
     let stop = Arc::clone(stop);
+    let budget = Arc::clone(budget);
     let stats_here = Arc::clone(stats);
     let active_here = Arc::clone(active);
     active.fetch_add(1, Ordering::Relaxed);
@@ -248,7 +252,11 @@ fn start_connection(
     let spawned = std::thread::Builder::new()
         .name(format!("egresswatch-conn-{id}"))
         .spawn(move || {
-            if let Err(e) = read_lines(conn, &feed, max_line_bytes, Some(&stop)) {
+            let mode = Mode::Shared {
+                stop: &stop,
+                budget: &budget,
+            };
+            if let Err(e) = read_lines(conn, &feed, max_line_bytes, mode) {
                 tracing::warn!(connection = id, %peer, error = %e, "input connection failed; what it sent before is kept");
             }
             tracing::debug!(connection = id, "input connection closed");

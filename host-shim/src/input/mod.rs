@@ -4,21 +4,23 @@
 //! Any number of readers (standard input, or one per accepted connection: [`listen`]) feed one
 //! engine through a bounded channel ([`Feed`]), so a slow output slows every reader:
 //! backpressure, not buffering. Each reader sends its lines in order, so the order of each
-//! connection is kept; lines of different connections interleave by block. How a reader cuts
-//! its bytes into lines, and streams a line too long to hold, is in [`lines`].
+//! connection is kept; lines of different connections interleave by block. Readers share no
+//! lock: each message is whole lines (or, from the only reader of a feed, a fragment of one), so
+//! a reader waiting for its peer holds no other reader back. How a reader cuts its bytes into
+//! lines, and what it does with a line too long to hold, is in [`lines`].
 
 use std::io::{self, Read};
 use std::path::Path;
 use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, Receiver, SyncSender};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
 
 use crate::config::InputConfig;
 
 mod lines;
 pub(crate) mod listen;
 
-pub(crate) use lines::read_lines;
+pub(crate) use lines::{read_lines, HoldBudget, Mode, OVERSIZE_HOLD_BYTES};
 use listen::InputStats;
 
 /// Size of each read from an input.
@@ -32,7 +34,8 @@ const BLOCKS_IN_FLIGHT: usize = 4;
 pub(crate) enum Msg {
     /// Complete lines, each ending in `\n` except possibly the last one at EOF.
     Lines(Vec<u8>),
-    /// A piece of a line too long to hold; `last` ends the line (without its `\n`).
+    /// A piece of a line too long to hold; `last` ends the line (without its `\n`). Pieces
+    /// with `last: false` come only from the feed's only reader (standard input).
     Fragment {
         /// The bytes.
         data: Vec<u8>,
@@ -49,34 +52,17 @@ pub(crate) enum Msg {
 #[derive(Clone)]
 pub(crate) struct Feed {
     tx: SyncSender<Msg>,
-    order: Arc<Mutex<()>>,
 }
 
 impl Feed {
     /// A feed and the engine's receiving end.
     pub(crate) fn channel() -> (Feed, Receiver<Msg>) {
         let (tx, rx) = mpsc::sync_channel(BLOCKS_IN_FLIGHT);
-        (
-            Feed {
-                tx,
-                order: Arc::new(Mutex::new(())),
-            },
-            rx,
-        )
-    }
-
-    fn lock(&self) -> MutexGuard<'_, ()> {
-        self.order.lock().unwrap_or_else(|e| e.into_inner())
+        (Feed { tx }, rx)
     }
 
     /// Sends a message; false when the engine is gone.
     pub(crate) fn send(&self, msg: Msg) -> bool {
-        let _guard = self.lock();
-        self.tx.send(msg).is_ok()
-    }
-
-    /// Sends while the caller already holds the order lock.
-    fn send_locked(&self, msg: Msg) -> bool {
         self.tx.send(msg).is_ok()
     }
 }
@@ -90,7 +76,7 @@ fn spawn_reader<R: Read + Send + 'static>(
     std::thread::Builder::new()
         .name("egresswatch-reader".into())
         .spawn(move || {
-            if let Err(e) = read_lines(input, &feed, max_line_bytes, None) {
+            if let Err(e) = read_lines(input, &feed, max_line_bytes, Mode::Sole) {
                 feed.send(Msg::Failed(e));
             }
         })?;

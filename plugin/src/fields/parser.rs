@@ -1,0 +1,416 @@
+//! The scan itself: one iterative walk of an event object that descends into the objects on a
+//! wanted path, records wanted values in their slots and skips everything else.
+
+use super::grammar::{
+    colon, fail, literal, number_end, skip_nested, skip_value, skip_ws, string_end,
+};
+use super::schema::{Schema, Target, NONE, ROOT};
+use super::slot::{IpMemo, Kind, NodeSeen, Slot};
+use super::{ScanError, ScanErrorKind, MAX_DEPTH, MAX_SEGMENTS};
+
+/// What one pass noticed.
+#[derive(Debug, Clone, Copy, Default)]
+pub(super) struct PassFlags {
+    /// A wanted key occurs twice in one object.
+    pub(super) duplicates: bool,
+    /// A field was read in two different forms (dotted and nested).
+    pub(super) conflicting: bool,
+}
+
+/// The parser state of one pass.
+pub(super) struct Parser<'a, 'x> {
+    pub(super) text: &'a str,
+    pub(super) schema: &'x Schema,
+    pub(super) slots: &'x mut [Slot],
+    pub(super) nodes: &'x mut [NodeSeen],
+    pub(super) scratch: &'x mut String,
+    pub(super) key: &'x mut String,
+    pub(super) superseded: &'x mut Vec<u32>,
+    /// The second, exact pass: keys in `superseded` are skipped.
+    pub(super) exact: bool,
+    pub(super) flags: PassFlags,
+}
+
+/// An open object on a wanted path.
+#[derive(Clone, Copy)]
+struct Frame {
+    node: u16,
+    /// Its form (see [`rank_bit`]).
+    rank: u16,
+    /// The field the object itself is, or [`NONE`].
+    field: u16,
+    /// Offset of its `{`.
+    start: u32,
+    /// Table slots of the plain keys matched in it so far (bit `slot % 64`).
+    matched: u64,
+    /// A dotted or escaped key was matched in it.
+    complex: bool,
+    /// It had no member.
+    empty: bool,
+}
+
+impl Frame {
+    fn new(node: u16, rank: u16, field: u16, start: usize) -> Frame {
+        Frame {
+            node,
+            rank,
+            field,
+            start: start as u32,
+            matched: 0,
+            complex: false,
+            empty: true,
+        }
+    }
+}
+
+impl Parser<'_, '_> {
+    /// Walks the event object from `pos` just after its `{`, descending into the objects on a
+    /// wanted path and skipping everything else. Returns the position after its `}`.
+    ///
+    /// Iterative: the wanted objects currently open are a small stack (a wanted path has at
+    /// most [`MAX_SEGMENTS`] segments, so no deeper stack is ever needed).
+    pub(super) fn walk(&mut self, mut pos: usize) -> Result<usize, ScanError> {
+        let b = self.text.as_bytes();
+        let schema = self.schema;
+        let mut stack = [Frame::new(ROOT, 0, NONE, 0); MAX_SEGMENTS + 1];
+        let mut open = 0;
+        let mut frame = Frame::new(ROOT, 0, NONE, pos - 1);
+        let mut table = &schema.nodes[usize::from(ROOT)];
+        'objects: loop {
+            // `pos` is just after an object's `{`.
+            if self.exact {
+                self.supersede(pos, open as u32 + 1)?;
+            }
+            pos = skip_ws(b, pos);
+            let mut closed = b.get(pos) == Some(&b'}');
+            if closed {
+                pos += 1;
+            }
+            loop {
+                if closed {
+                    // `pos` is just after the object's `}`.
+                    self.close(&frame, pos - 1);
+                    if open == 0 {
+                        return Ok(pos);
+                    }
+                    open -= 1;
+                    frame = stack[open];
+                    table = &schema.nodes[usize::from(frame.node)];
+                } else {
+                    // A member: its key, then its value.
+                    if b.get(pos) != Some(&b'"') {
+                        return Err(fail(ScanErrorKind::Syntax, pos));
+                    }
+                    frame.empty = false;
+                    let key_at = pos;
+                    let start = pos + 1;
+                    let (after, escaped) = string_end(b, start)?;
+                    pos = colon(b, after)?;
+                    let depth = open as u32 + 1;
+                    let target = match table.lookup(b, start, after - 1) {
+                        Ok(None) if !escaped => None,
+                        Ok(Some((target, slot))) if !escaped => {
+                            let bit = 1u64 << (slot % 64);
+                            self.flags.duplicates |= frame.matched & bit != 0;
+                            frame.matched |= bit;
+                            Some(target)
+                        }
+                        // Dotted or escaped: walk the segments.
+                        _ => {
+                            let target = self.resolve(frame.node, start, after - 1, escaped);
+                            if target.is_some() {
+                                self.flags.duplicates |= frame.complex;
+                                frame.complex = true;
+                            }
+                            target
+                        }
+                    };
+                    let target = match target {
+                        Some(_) if self.exact && self.superseded.contains(&(key_at as u32)) => None,
+                        t => t,
+                    };
+                    match target {
+                        Some(t) if t.child != NONE && b.get(pos) == Some(&b'{') => {
+                            if depth >= MAX_DEPTH {
+                                return Err(fail(ScanErrorKind::TooDeep, pos));
+                            }
+                            let Some(slot) = stack.get_mut(open) else {
+                                return Err(fail(ScanErrorKind::TooDeep, pos));
+                            };
+                            *slot = frame;
+                            open += 1;
+                            table = &schema.nodes[usize::from(t.child)];
+                            frame = Frame::new(t.child, frame.rank | table.bit, t.field, pos);
+                            pos += 1;
+                            continue 'objects;
+                        }
+                        Some(t) => {
+                            if t.child != NONE {
+                                // Not an object where one belongs: nothing can go below it.
+                                self.nodes[usize::from(t.child)].blocked = true;
+                            }
+                            pos = if t.field != NONE {
+                                self.value(pos, t.field, frame.rank, depth)?
+                            } else {
+                                skip_value(b, pos, depth)?
+                            };
+                        }
+                        None => pos = skip_value(b, pos, depth)?,
+                    }
+                }
+                // After a member's value: the next member, or the end of the object.
+                if b.get(pos) != Some(&b',') {
+                    pos = skip_ws(b, pos);
+                }
+                match b.get(pos) {
+                    Some(b',') => {
+                        pos = skip_ws(b, pos + 1);
+                        closed = false;
+                    }
+                    Some(b'}') => {
+                        pos += 1;
+                        closed = true;
+                    }
+                    _ => return Err(fail(ScanErrorKind::Syntax, pos)),
+                }
+            }
+        }
+    }
+
+    /// Records a wanted object that just closed at `close` (its `}`).
+    #[inline]
+    fn close(&mut self, frame: &Frame, close: usize) {
+        let seen = &mut self.nodes[usize::from(frame.node)];
+        if !seen.present || frame.rank >= seen.rank {
+            *seen = NodeSeen {
+                present: true,
+                empty: frame.empty,
+                rank: frame.rank,
+                close: close as u32,
+                blocked: seen.blocked,
+            };
+        }
+        if frame.field != NONE {
+            self.record(
+                frame.field,
+                Kind::Object,
+                frame.rank,
+                frame.start as usize,
+                close + 1,
+            );
+        }
+    }
+
+    /// Exact pass: notes the keys of the object starting at `pos` (after its `{`) that a later
+    /// key of the same name replaces.
+    #[cold]
+    fn supersede(&mut self, pos: usize, depth: u32) -> Result<(), ScanError> {
+        let b = self.text.as_bytes();
+        let mut keys: Vec<(String, u32)> = Vec::new();
+        let mut pos = skip_ws(b, pos);
+        if b.get(pos) == Some(&b'}') {
+            return Ok(());
+        }
+        loop {
+            if b.get(pos) != Some(&b'"') {
+                return Err(fail(ScanErrorKind::Syntax, pos));
+            }
+            let (after, escaped) = string_end(b, pos + 1)?;
+            let raw = &self.text[pos + 1..after - 1];
+            let mut name = String::new();
+            if escaped {
+                decode(raw, &mut name);
+            } else {
+                name.push_str(raw);
+            }
+            keys.push((name, pos as u32));
+            pos = skip_ws(b, skip_value(b, colon(b, after)?, depth)?);
+            match b.get(pos) {
+                Some(b',') => pos = skip_ws(b, pos + 1),
+                Some(b'}') => break,
+                _ => return Err(fail(ScanErrorKind::Syntax, pos)),
+            }
+        }
+        for (i, (name, at)) in keys.iter().enumerate() {
+            if keys[i + 1..].iter().any(|(later, _)| later == name) {
+                self.superseded.push(*at);
+            }
+        }
+        Ok(())
+    }
+
+    /// Resolves a key with escapes or dots through the trie, from `node`. A group field met on
+    /// the way (`rule` for `"rule.name"`) is the key's target.
+    #[cold]
+    fn resolve(&mut self, node: u16, start: usize, end: usize, escaped: bool) -> Option<Target> {
+        let schema = self.schema;
+        let (key, mut s, end) = if escaped {
+            self.key.clear();
+            decode(&self.text[start..end], self.key);
+            (self.key.as_bytes(), 0, self.key.len())
+        } else {
+            (self.text.as_bytes(), start, end)
+        };
+        let mut node = node;
+        loop {
+            let e = key[s..end]
+                .iter()
+                .position(|&c| c == b'.')
+                .map_or(end, |i| s + i);
+            if e == s {
+                return None;
+            }
+            let (target, _) = schema.nodes[usize::from(node)]
+                .lookup(key, s, e)
+                .ok()
+                .flatten()?;
+            if e == end || (target.group && target.child == NONE) {
+                return Some(target);
+            }
+            if target.child == NONE {
+                return None;
+            }
+            node = target.child;
+            s = e + 1;
+        }
+    }
+
+    /// The value at `pos` of wanted field `field`, read in form `rank`; returns the position
+    /// after it.
+    #[inline]
+    fn value(&mut self, pos: usize, field: u16, rank: u16, depth: u32) -> Result<usize, ScanError> {
+        let b = self.text.as_bytes();
+        let (end, kind) = match b.get(pos) {
+            Some(b'"') => {
+                let (end, escaped) = string_end(b, pos + 1)?;
+                self.record_string(field, rank, pos + 1, end - 1, escaped);
+                return Ok(end);
+            }
+            Some(b'-' | b'0'..=b'9') => {
+                let (end, int) = number_end(b, pos)?;
+                self.record_number(field, rank, pos, end, int);
+                return Ok(end);
+            }
+            Some(b't') => (literal(b, pos, b"true")?, Kind::True),
+            Some(b'f') => (literal(b, pos, b"false")?, Kind::False),
+            Some(b'n') => (literal(b, pos, b"null")?, Kind::Null),
+            Some(b'[') => (skip_nested(b, pos, depth)?, Kind::Array),
+            Some(b'{') => (skip_nested(b, pos, depth)?, Kind::Object),
+            _ => return Err(fail(ScanErrorKind::Syntax, pos)),
+        };
+        self.record(field, kind, rank, pos, end);
+        Ok(end)
+    }
+
+    /// The slot of `field` when a value in form `rank` takes it: when it is empty, or holds a
+    /// value of a less preferred form (or of the same form: a repeated key, the later wins).
+    #[inline]
+    fn claim(&mut self, field: u16, rank: u16) -> Option<&mut Slot> {
+        let slot = &mut self.slots[usize::from(field)];
+        if slot.kind == Kind::Absent {
+            return Some(slot);
+        }
+        if slot.rank != rank {
+            self.flags.conflicting = true;
+        }
+        (rank >= slot.rank).then_some(slot)
+    }
+
+    #[inline]
+    fn record(&mut self, field: u16, kind: Kind, rank: u16, start: usize, end: usize) {
+        if let Some(slot) = self.claim(field, rank) {
+            slot.kind = kind;
+            slot.rank = rank;
+            slot.start = start as u32;
+            slot.end = end as u32;
+            slot.ip.set(IpMemo::Unparsed);
+        }
+    }
+
+    #[inline]
+    fn record_string(&mut self, field: u16, rank: u16, start: usize, end: usize, escaped: bool) {
+        if escaped {
+            let from = self.scratch.len();
+            decode(&self.text[start..end], self.scratch);
+            let to = self.scratch.len();
+            self.record(field, Kind::Decoded, rank, from, to);
+        } else {
+            self.record(field, Kind::Str, rank, start, end);
+        }
+    }
+
+    #[inline]
+    fn record_number(&mut self, field: u16, rank: u16, start: usize, end: usize, int: bool) {
+        let text = &self.text.as_bytes()[start..end];
+        if let Some(slot) = self.claim(field, rank) {
+            slot.kind = Kind::Num;
+            slot.rank = rank;
+            slot.int = int;
+            slot.start = start as u32;
+            slot.end = end as u32;
+            slot.num = parse_number(text, int);
+        }
+    }
+}
+
+/// The value of validated JSON number text (infinite when out of range, as `1e999` is).
+fn parse_number(text: &[u8], int: bool) -> f64 {
+    let (negative, digits) = match text {
+        [b'-', rest @ ..] => (true, rest),
+        _ => (false, text),
+    };
+    if int && digits.len() <= 19 {
+        let n = digits.iter().fold(0u64, |n, d| {
+            n.wrapping_mul(10).wrapping_add(u64::from(d - b'0'))
+        });
+        let n = n as f64;
+        return if negative { -n } else { n };
+    }
+    std::str::from_utf8(text)
+        .ok()
+        .and_then(|t| t.parse().ok())
+        .unwrap_or(f64::NAN)
+}
+
+/// Appends the decoded contents of a validated JSON string (without quotes) to `out`. A `\u`
+/// escape of a lone surrogate, which no Rust string can hold, becomes U+FFFD.
+pub(super) fn decode(raw: &str, out: &mut String) {
+    let mut rest = raw;
+    while let Some(i) = rest.find('\\') {
+        out.push_str(&rest[..i]);
+        let esc = &rest.as_bytes()[i + 1..];
+        let (ch, used) = match esc.first() {
+            Some(b'n') => ('\n', 2),
+            Some(b't') => ('\t', 2),
+            Some(b'r') => ('\r', 2),
+            Some(b'b') => ('\u{8}', 2),
+            Some(b'f') => ('\u{c}', 2),
+            Some(b'u') => {
+                let hi = hex4(&esc[1..]);
+                let lo = (esc.get(5) == Some(&b'\\') && esc.get(6) == Some(&b'u'))
+                    .then(|| hex4(&esc[7..]));
+                match (hi, lo) {
+                    (0xD800..=0xDBFF, Some(lo @ 0xDC00..=0xDFFF)) => {
+                        let c = 0x10000 + ((hi - 0xD800) << 10) + (lo - 0xDC00);
+                        (char::from_u32(c).unwrap_or('\u{FFFD}'), 12)
+                    }
+                    _ => (char::from_u32(hi).unwrap_or('\u{FFFD}'), 6),
+                }
+            }
+            // `"`, `\` and `/` stand for themselves.
+            Some(&c) => (char::from(c), 2),
+            None => break,
+        };
+        out.push(ch);
+        rest = &rest[i + used..];
+    }
+    out.push_str(rest);
+}
+
+/// Four hex digits (validated by the scanner) as a number.
+fn hex4(bytes: &[u8]) -> u32 {
+    bytes
+        .iter()
+        .take(4)
+        .fold(0, |n, &c| n * 16 + char::from(c).to_digit(16).unwrap_or(0))
+}

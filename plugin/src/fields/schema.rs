@@ -1,0 +1,361 @@
+//! The wanted paths as a trie of per-level key tables ([`SchemaBuilder`] -> [`Schema`]), and
+//! the key hashing the scan matches keys with.
+
+use super::grammar::{word, zero_bytes, ONES};
+use super::{FieldId, SchemaError, MAX_SEGMENTS};
+
+/// Collects the wanted paths and hands out their [`FieldId`]s.
+#[derive(Debug, Default)]
+pub struct SchemaBuilder {
+    paths: Vec<String>,
+    /// Per path: whether any key below it counts as the field being present.
+    groups: Vec<bool>,
+}
+
+impl SchemaBuilder {
+    /// A builder with no field.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The id of `path`, added if new.
+    pub fn field(&mut self, path: &str) -> FieldId {
+        let index = match self.paths.iter().position(|p| p == path) {
+            Some(index) => index,
+            None => {
+                self.paths.push(path.to_owned());
+                self.groups.push(false);
+                self.paths.len() - 1
+            }
+        };
+        // Checked against u16 in `build`; ids past it are never used.
+        FieldId(u16::try_from(index).unwrap_or(NONE))
+    }
+
+    /// The id of `path` as a *group*: present when the path or anything below it is
+    /// (`rule` is present for `{"rule":{..}}`, `{"rule":"x"}` and `{"rule.name":"x"}` alike).
+    pub fn group(&mut self, path: &str) -> FieldId {
+        let id = self.field(path);
+        self.groups[usize::from(id.0)] = true;
+        id
+    }
+
+    /// Builds the per-level key tables.
+    pub fn build(self) -> Result<Schema, SchemaError> {
+        if self.paths.len() >= usize::from(NONE) {
+            return Err(SchemaError::TooMany(self.paths.len()));
+        }
+        let mut trie = vec![TrieNode::default()];
+        let mut chains = Vec::with_capacity(self.paths.len());
+        for (index, path) in self.paths.iter().enumerate() {
+            let segments: Vec<&str> = path.split('.').collect();
+            if segments.iter().any(|s| s.is_empty()) {
+                return Err(SchemaError::InvalidPath(path.clone()));
+            }
+            if segments.len() > MAX_SEGMENTS {
+                return Err(SchemaError::TooDeep(path.clone()));
+            }
+            let mut node = 0;
+            let mut chain = Chain {
+                segments: segments.iter().map(|s| (*s).into()).collect(),
+                nodes: vec![ROOT],
+            };
+            for (i, segment) in segments.iter().enumerate() {
+                let at = match trie[node].keys.iter().position(|(k, _)| k == segment) {
+                    Some(at) => at,
+                    None => {
+                        trie[node]
+                            .keys
+                            .push(((*segment).to_owned(), TrieEntry::default()));
+                        trie[node].keys.len() - 1
+                    }
+                };
+                if i + 1 == segments.len() {
+                    trie[node].keys[at].1.field = Some(index);
+                    trie[node].keys[at].1.group = self.groups[index];
+                } else {
+                    node = match trie[node].keys[at].1.child {
+                        Some(child) => child,
+                        None => {
+                            trie.push(TrieNode {
+                                depth: i + 1,
+                                ..TrieNode::default()
+                            });
+                            let child = trie.len() - 1;
+                            trie[node].keys[at].1.child = Some(child);
+                            child
+                        }
+                    };
+                    chain.nodes.push(u16::try_from(node).unwrap_or(NONE));
+                }
+            }
+            chains.push(chain);
+        }
+        if trie.len() >= usize::from(NONE) {
+            return Err(SchemaError::TooMany(trie.len()));
+        }
+        let nodes = trie.iter().map(Node::build).collect();
+        Ok(Schema {
+            paths: self.paths,
+            groups: self.groups,
+            nodes,
+            chains,
+        })
+    }
+}
+
+#[derive(Default)]
+struct TrieNode {
+    /// Segments of the path leading here.
+    depth: usize,
+    keys: Vec<(String, TrieEntry)>,
+}
+
+#[derive(Default, Clone, Copy)]
+struct TrieEntry {
+    field: Option<usize>,
+    child: Option<usize>,
+    group: bool,
+}
+
+/// A field's path: its segments, and the trie node reached after each proper prefix (the root
+/// first), which is where its parent objects are recorded.
+#[derive(Debug)]
+pub(super) struct Chain {
+    pub(super) segments: Vec<Box<str>>,
+    pub(super) nodes: Vec<u16>,
+}
+
+/// "No field" / "no child node" in a [`Target`].
+pub(super) const NONE: u16 = u16::MAX;
+
+/// Where a key leads: a field ending there, a node below it, or both.
+#[derive(Debug, Clone, Copy)]
+pub(super) struct Target {
+    /// Field ending here, or [`NONE`].
+    pub(super) field: u16,
+    /// Node the key leads to, or [`NONE`].
+    pub(super) child: u16,
+    /// The field is a group: keys below it count as it.
+    pub(super) group: bool,
+}
+
+/// One key segment of a node's table.
+#[derive(Debug, Clone, Copy)]
+struct Entry {
+    /// First eight bytes of the key, zero-padded.
+    a: u64,
+    /// Last eight bytes of the key when it is longer than eight, else 0.
+    b: u64,
+    /// Key length; 0 marks an empty slot (an empty key segment never matches).
+    len: u32,
+    /// Index in [`Schema::long_keys`] for keys over sixteen bytes.
+    long: u32,
+    target: Target,
+}
+
+const EMPTY: Entry = Entry {
+    a: 0,
+    b: 0,
+    len: 0,
+    long: 0,
+    target: Target {
+        field: NONE,
+        child: NONE,
+        group: false,
+    },
+};
+
+/// One nesting level: the key segments that lead on from it, in an open-addressed table.
+#[derive(Debug)]
+pub(super) struct Node {
+    /// The weight of this level's break in a value's rank (see [`rank_bit`]).
+    pub(super) bit: u16,
+    mask: usize,
+    entries: Box<[Entry]>,
+    /// Segments over sixteen bytes, compared in full after their words matched.
+    long_keys: Vec<Box<[u8]>>,
+}
+
+impl Node {
+    fn build(node: &TrieNode) -> Node {
+        let mut long_keys: Vec<Box<[u8]>> = Vec::new();
+        // At most a quarter full: an unknown key usually meets an empty slot at once.
+        let size = (node.keys.len() * 4).next_power_of_two().max(8);
+        let mut entries = vec![EMPTY; size].into_boxed_slice();
+        let mask = size - 1;
+        for (key, entry) in &node.keys {
+            let bytes = key.as_bytes();
+            let (a, b) = key_words(bytes, 0, bytes.len());
+            let long = if bytes.len() > 16 {
+                long_keys.push(bytes.into());
+                u32::try_from(long_keys.len() - 1).unwrap_or(u32::MAX)
+            } else {
+                0
+            };
+            let narrow = |i: Option<usize>| i.map_or(NONE, |i| u16::try_from(i).unwrap_or(NONE));
+            let mut slot = hash(a, b, bytes.len()) & mask;
+            while entries[slot].len != 0 {
+                slot = (slot + 1) & mask;
+            }
+            entries[slot] = Entry {
+                a,
+                b,
+                len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
+                long,
+                target: Target {
+                    field: narrow(entry.field),
+                    child: narrow(entry.child),
+                    group: entry.group,
+                },
+            };
+        }
+        Node {
+            bit: rank_bit(node.depth),
+            mask,
+            entries,
+            long_keys,
+        }
+    }
+
+    #[cold]
+    fn long_is(&self, index: u32, key: &[u8]) -> bool {
+        self.long_keys
+            .get(index as usize)
+            .is_some_and(|k| **k == *key)
+    }
+
+    /// Looks `key[s..e]` up among this node's segments: the target, `None` when the key
+    /// leads nowhere, or [`Dotted`] when it missed and has a dot (to be walked segment by
+    /// segment).
+    #[inline(always)]
+    pub(super) fn lookup(
+        &self,
+        key: &[u8],
+        s: usize,
+        e: usize,
+    ) -> Result<Option<(Target, usize)>, Dotted> {
+        let len = e - s;
+        let (a, b) = key_words(key, s, e);
+        let mut slot = hash(a, b, len) & self.mask;
+        loop {
+            let Some(entry) = self.entries.get(slot) else {
+                return Ok(None);
+            };
+            if entry.len == 0 {
+                break;
+            }
+            if entry.a == a && entry.b == b && entry.len as usize == len {
+                if len <= 16 || self.long_is(entry.long, &key[s..e]) {
+                    return Ok(Some((entry.target, slot)));
+                }
+                break;
+            }
+            slot = (slot + 1) & self.mask;
+        }
+        // The two words cover keys up to sixteen bytes (and are zero past the key).
+        let dots = ONES * u64::from(b'.');
+        let dotted = if len <= 16 {
+            (zero_bytes(a ^ dots) | zero_bytes(b ^ dots)) != 0
+        } else {
+            key[s..e].contains(&b'.')
+        };
+        if dotted {
+            Err(Dotted)
+        } else {
+            Ok(None)
+        }
+    }
+}
+
+/// A key that missed and has a dot: to be resolved segment by segment.
+pub(super) struct Dotted;
+
+/// The wanted paths as per-level key tables; shared by every [`Scanner`](super::Scanner) of a detector.
+#[derive(Debug)]
+pub struct Schema {
+    paths: Vec<String>,
+    /// Per path: whether it is a group ([`SchemaBuilder::group`]).
+    groups: Vec<bool>,
+    pub(super) nodes: Vec<Node>,
+    pub(super) chains: Vec<Chain>,
+}
+
+impl Schema {
+    /// Number of fields.
+    pub fn len(&self) -> usize {
+        self.paths.len()
+    }
+
+    /// True when no field is wanted.
+    pub fn is_empty(&self) -> bool {
+        self.paths.is_empty()
+    }
+
+    /// Every wanted path, in [`FieldId`] order, and whether it is a group (present when
+    /// anything below it is): for faces that read the fields themselves (the C face).
+    pub fn fields(&self) -> impl Iterator<Item = (&str, bool)> {
+        self.paths
+            .iter()
+            .map(String::as_str)
+            .zip(self.groups.iter().copied())
+    }
+}
+
+/// The root node of every schema.
+pub(super) const ROOT: u16 = 0;
+
+/// The weight, in a value's rank, of an object break after `depth` segments: earlier breaks
+/// weigh more, so that comparing ranks prefers the most nested form (a single-segment key at
+/// each level before a dotted one). The root (depth 0) has no break.
+fn rank_bit(depth: usize) -> u16 {
+    match depth {
+        0 => 0,
+        d => 1 << (MAX_SEGMENTS - d.min(MAX_SEGMENTS)),
+    }
+}
+
+#[inline(always)]
+fn hash(a: u64, b: u64, len: usize) -> usize {
+    let h = (a ^ b.rotate_left(23)).wrapping_add(len as u64);
+    (h.wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize
+}
+
+/// `LOW_BYTES[n]` keeps the low `n` bytes of a word.
+const LOW_BYTES: [u64; 8] = [
+    0,
+    0xff,
+    0xffff,
+    0xff_ffff,
+    0xffff_ffff,
+    0xff_ffff_ffff,
+    0xffff_ffff_ffff,
+    0xff_ffff_ffff_ffff,
+];
+
+/// The words a key is hashed and compared by: its first eight bytes (zero-padded) and, when
+/// longer than eight, its last eight. Bytes after the key in `bytes` are masked off.
+#[inline(always)]
+fn key_words(bytes: &[u8], s: usize, e: usize) -> (u64, u64) {
+    let len = e - s;
+    match word(bytes, s) {
+        Some(w) if len > 8 => (w, word(bytes, e - 8).unwrap_or(0)),
+        Some(w) if len == 8 => (w, 0),
+        Some(w) => (w & LOW_BYTES[len & 7], 0),
+        None => padded_words(&bytes[s..e]),
+    }
+}
+
+/// [`key_words`] for a key too close to the end of its buffer to load a word.
+#[cold]
+fn padded_words(key: &[u8]) -> (u64, u64) {
+    let mut pad = [0u8; 8];
+    let n = key.len().min(8);
+    pad[..n].copy_from_slice(&key[..n]);
+    let b = if key.len() > 8 {
+        word(key, key.len() - 8).unwrap_or(0)
+    } else {
+        0
+    };
+    (u64::from_le_bytes(pad), b)
+}

@@ -1,0 +1,411 @@
+use std::sync::Arc;
+
+use super::*;
+
+fn schema(paths: &[&str]) -> (Scanner, Vec<FieldId>) {
+    let mut b = SchemaBuilder::new();
+    let ids = paths.iter().map(|p| b.field(p)).collect();
+    (Scanner::new(Arc::new(b.build().unwrap())), ids)
+}
+
+const PATHS: [&str; 6] = [
+    "destination.geo.country_name",
+    "destination.ip",
+    "event.category",
+    "source.bytes",
+    "process.name",
+    "a.very.long.segment_name_over_sixteen_bytes.x",
+];
+
+#[test]
+fn nested_dotted_and_mixed_shapes_read_the_same() {
+    let (mut s, f) = schema(&PATHS);
+    for line in [
+        r#"{"destination":{"geo":{"country_name":"Chile"},"ip":"1.2.3.4"},"source":{"bytes":12}}"#,
+        r#"{"destination.geo.country_name":"Chile","destination.ip":"1.2.3.4","source.bytes":"12"}"#,
+        r#"{"destination":{"geo.country_name":"Chile","ip":"1.2.3.4"},"source.bytes":12.0}"#,
+        r#"{"destination.geo":{"country_name":"Chile"},"destin\u0061tion":{"ip":"1.2.3.4"},"source\u002ebytes":1.2e1}"#,
+    ] {
+        let e = s.scan(line).unwrap();
+        assert_eq!(e.str(f[0]), Some("Chile"), "{line}");
+        assert_eq!(e.str(f[1]), Some("1.2.3.4"), "{line}");
+        assert_eq!(e.ip(f[1]), "1.2.3.4".parse().ok(), "{line}");
+        assert_eq!(e.number(f[3]), Some(12.0), "{line}");
+        assert!(!e.present(f[4]), "{line}");
+    }
+}
+
+#[test]
+fn long_keys_and_keys_near_the_end_of_the_line() {
+    let (mut s, f) = schema(&PATHS);
+    let e = s
+        .scan(r#"{"a":{"very":{"long":{"segment_name_over_sixteen_bytes":{"x":5}}}}}"#)
+        .unwrap();
+    assert_eq!(e.number(f[5]), Some(5.0));
+    let e = s
+        .scan(r#"{"a.very.long.segment_name_over_sixteen_bytez.x":5}"#)
+        .unwrap();
+    assert!(!e.present(f[5]));
+    let (mut s, f) = schema(&["k", "kk"]);
+    let e = s.scan(r#"{"kk":1,"k":2}"#).unwrap();
+    assert_eq!((e.number(f[0]), e.number(f[1])), (Some(2.0), Some(1.0)));
+}
+
+#[test]
+fn arrays_escapes_nulls_and_unwanted_fields() {
+    let (mut s, f) = schema(&PATHS);
+    let line = r#"{"event":{"category":["network",3,{"a":[]},"w\u0065b"]},"x":{"y":[1,{"z":2}]},"process":{"name":"a\"b\u00e9\ud83d\ude00\ud800"},"destination":{"ip":null}}"#;
+    let e = s.scan(line).unwrap();
+    assert!(e.contains(f[2], "network"));
+    assert!(e.contains(f[2], "web"));
+    assert!(!e.contains(f[2], "process"));
+    assert_eq!(e.str(f[4]), Some("a\"b\u{e9}\u{1F600}\u{FFFD}"));
+    assert!(!e.present(f[1]));
+    assert_eq!(e.ip(f[1]), None);
+}
+
+#[test]
+fn the_most_nested_form_wins_whatever_the_order() {
+    let (mut s, f) = schema(&PATHS);
+    for line in [
+        r#"{"destination.ip":"1.1.1.1","destination":{"ip":"2.2.2.2"}}"#,
+        r#"{"destination":{"ip":"2.2.2.2"},"destination.ip":"1.1.1.1"}"#,
+    ] {
+        let mut e = s.scan(line).unwrap();
+        assert_eq!(e.str(f[1]), Some("2.2.2.2"), "{line}");
+        assert!(e.conflicting(), "{line}");
+        e.set(f[0], "Peru");
+        assert_eq!(e.str(f[0]), Some("Peru"));
+    }
+    // Every form of a three-segment path, most preferred first.
+    let forms = [
+        r#""destination":{"geo":{"country_name":"A"}}"#,
+        r#""destination":{"geo.country_name":"B"}"#,
+        r#""destination.geo":{"country_name":"C"}"#,
+        r#""destination.geo.country_name":"D""#,
+    ];
+    for first in 0..forms.len() {
+        let mut members: Vec<&str> = forms[first..].to_vec();
+        members.reverse();
+        let line = format!("{{{}}}", members.join(","));
+        let e = s.scan(&line).unwrap();
+        let expected = ["A", "B", "C", "D"][first];
+        assert_eq!(e.str(f[0]), Some(expected), "{line}");
+    }
+    let e = s.scan(r#"{"destination":{"ip":"2.2.2.2"}}"#).unwrap();
+    assert!(!e.conflicting());
+}
+
+#[test]
+fn a_repeated_key_is_read_as_its_last_occurrence_with_all_below_it() {
+    let (mut s, f) = schema(&PATHS);
+    // The first `destination` object, country included, is replaced by the second.
+    let line = r#"{"destination":{"ip":"8.8.8.8","geo":{"country_name":"United States"}},"destination":{"ip":"5.6.7.8"}}"#;
+    let e = s.scan(line).unwrap();
+    assert_eq!(e.str(f[1]), Some("5.6.7.8"));
+    assert!(!e.present(f[0]));
+    // A repeated leaf, and a repeated dotted key.
+    let e = s.scan(r#"{"source":{"bytes":1,"bytes":2},"destination.ip":"1.1.1.1","destination.ip":"2.2.2.2"}"#).unwrap();
+    assert_eq!(e.number(f[3]), Some(2.0));
+    assert_eq!(e.str(f[1]), Some("2.2.2.2"));
+    // A replaced nested form uncovers a dotted one that was there all along.
+    let line = r#"{"destination.geo.country_name":"Chile","destination":{"geo":{"country_name":"Peru"}},"destination":{"ip":"1.1.1.1"}}"#;
+    let e = s.scan(line).unwrap();
+    assert_eq!(e.str(f[0]), Some("Chile"));
+    // The same key escaped differently is the same key.
+    let e = s
+        .scan(r#"{"destination":{"ip":"1.1.1.1"},"destin\u0061tion":{"ip":"3.3.3.3"}}"#)
+        .unwrap();
+    assert_eq!(e.str(f[1]), Some("3.3.3.3"));
+    // Agrees with serde_json, which keeps the last value of a repeated key.
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert_eq!(v["destination"]["ip"], "1.1.1.1");
+    assert!(v["destination"].get("geo").is_none());
+}
+
+#[test]
+fn arrays_where_an_object_belongs_are_skipped_and_block_writing() {
+    let (mut s, f) = schema(&PATHS);
+    let line = r#"{"destination":[{"ip":"1.2.3.4"},{"ip":"5.6.7.8"}],"source":{"bytes":3}}"#;
+    let e = s.scan(line).unwrap();
+    assert!(!e.present(f[1]));
+    assert_eq!(e.writable(f[0]), Err(Collision::Blocked));
+    assert_eq!(e.number(f[3]), Some(3.0));
+}
+
+fn writer_schema() -> (Scanner, Vec<FieldId>) {
+    let mut b = SchemaBuilder::new();
+    let ids = vec![
+        b.field("destination.geo.country_name"),
+        b.field("destination.geo.country_iso_code"),
+        b.field("event.kind"),
+        b.group("rule"),
+        b.field("tags"),
+        b.field("destination.ip"),
+    ];
+    (Scanner::new(Arc::new(b.build().unwrap())), ids)
+}
+
+fn write(s: &mut Scanner, line: &str, adds: &[Add<'_>]) -> (String, Vec<(FieldId, Collision)>) {
+    let e = s.scan(line).unwrap();
+    let mut out = String::new();
+    let refused = e.write(adds, &mut out);
+    serde_json::from_str::<serde_json::Value>(&out).expect("still JSON");
+    (out, refused)
+}
+
+#[test]
+fn fields_are_inserted_into_the_preferred_object_and_nothing_is_replaced() {
+    let (mut s, f) = writer_schema();
+    let adds = [
+        Add::Field(f[0], r#""Iran""#),
+        Add::Field(f[1], r#""IR""#),
+        Add::Field(f[2], r#""alert""#),
+        Add::Field(f[3], r#"{"id":"x"}"#),
+        Add::Append(f[4], r#""ml""#),
+    ];
+    let (out, refused) = write(
+        &mut s,
+        r#"{"destination":{"ip":"5.6.7.8"},"event":{"kind":"event"},"tags":["zeek"]}"#,
+        &adds,
+    );
+    assert_eq!(
+        out,
+        r#"{"destination":{"ip":"5.6.7.8","geo":{"country_name":"Iran","country_iso_code":"IR"}},"event":{"kind":"event"},"tags":["zeek","ml"],"rule":{"id":"x"}}"#
+    );
+    assert_eq!(refused, vec![(f[2], Collision::Exists)]);
+    // Dotted events: the root receives nested objects; existing dotted keys count.
+    let (out, refused) = write(
+        &mut s,
+        r#"{"destination.ip":"5.6.7.8","event.kind":"event","rule.name":"pan","tags":[]}"#,
+        &adds,
+    );
+    assert_eq!(
+        out,
+        r#"{"destination.ip":"5.6.7.8","event.kind":"event","rule.name":"pan","tags":["ml"],"destination":{"geo":{"country_name":"Iran","country_iso_code":"IR"}}}"#
+    );
+    assert_eq!(
+        refused,
+        vec![(f[2], Collision::Exists), (f[3], Collision::Exists)]
+    );
+    // Into the nested form when both exist, next to the address that was read.
+    let (out, _) = write(
+        &mut s,
+        r#"{"destination.ip":"1.1.1.1","destination":{"ip":"5.6.7.8"}, "x" : { } }"#,
+        &adds[..1],
+    );
+    assert_eq!(
+        out,
+        r#"{"destination.ip":"1.1.1.1","destination":{"ip":"5.6.7.8","geo":{"country_name":"Iran"}}, "x" : { } }"#
+    );
+    // Empty objects take no comma; blocked and present-but-null paths are refused.
+    let (out, _) = write(&mut s, r#"{ }"#, &adds[2..3]);
+    assert_eq!(out, r#"{ "event":{"kind":"alert"}}"#);
+    let (_, refused) = write(
+        &mut s,
+        r#"{"destination":{"geo":"x"},"tags":"zeek"}"#,
+        &adds,
+    );
+    assert!(refused.contains(&(f[0], Collision::Blocked)));
+    assert!(refused.contains(&(f[4], Collision::Exists)));
+    let (_, refused) = write(
+        &mut s,
+        r#"{"destination":{"geo":{"country_name":null}}}"#,
+        &adds[..1],
+    );
+    assert_eq!(refused, vec![(f[0], Collision::Exists)]);
+    // The replaced occurrence of a repeated key receives nothing.
+    let (out, _) = write(
+        &mut s,
+        r#"{"destination":{"ip":"8.8.8.8"},"destination":{"ip":"5.6.7.8"}}"#,
+        &adds[..1],
+    );
+    assert_eq!(
+        out,
+        r#"{"destination":{"ip":"8.8.8.8"},"destination":{"ip":"5.6.7.8","geo":{"country_name":"Iran"}}}"#
+    );
+}
+
+#[test]
+fn whatever_is_accepted_can_be_written() {
+    let (mut s, f) = writer_schema();
+    for line in [
+        r#"{"destination":{"ip":"5.6.7.8","as":{"name":"\ud800"}},"n":1e999}"#,
+        &format!(
+            r#"{{"big":{},"destination.ip":"5.6.7.8"}}"#,
+            "9".repeat(400)
+        ),
+        &format!(r#"{{"deep":{}1{}}}"#, "[".repeat(125), "]".repeat(125)),
+    ] {
+        let e = s.scan(line).unwrap();
+        let mut out = String::new();
+        let refused = e.write(&[Add::Field(f[0], r#""Iran""#)], &mut out);
+        assert!(refused.is_empty(), "{line}");
+        assert!(out.len() > line.len());
+        assert!(s.scan(&out).is_ok(), "{out}");
+    }
+}
+
+#[test]
+fn numbers_and_key_text() {
+    let (mut s, f) = schema(&["n"]);
+    for (text, number, key) in [
+        ("443", Some(443.0), Some("443")),
+        ("-0", Some(0.0), Some("-0")),
+        ("443.0", Some(443.0), Some("443")),
+        ("1.5e3", Some(1500.0), Some("1500")),
+        ("0.25", Some(0.25), Some("0.25")),
+        (
+            "18446744073709551616",
+            Some(18446744073709551616.0),
+            Some("18446744073709551616"),
+        ),
+        ("1e999", None, None),
+        ("\" 77 \"", Some(77.0), Some(" 77 ")),
+        ("\"NaN\"", None, Some("NaN")),
+        ("true", None, None),
+    ] {
+        let line = format!("{{\"n\":{text}}}");
+        let e = s.scan(&line).unwrap();
+        assert_eq!(e.number(f[0]), number, "{text}");
+        assert_eq!(e.key_text(f[0]).as_deref(), key, "{text}");
+    }
+}
+
+#[test]
+fn only_single_json_objects_are_accepted() {
+    let (mut s, _) = schema(&PATHS);
+    for bad in [
+        "[1,2]",
+        "\"text\"",
+        "",
+        "   ",
+        "{\"a\":1",
+        "{\"a\":1} trailing",
+        "{\"a\":1}{}",
+        "{\"a\":[1,}",
+        "{\"a\":[1 2]}",
+        "{\"a\" 1}",
+        "{\"a\":1,}",
+        "{,}",
+        "{\"a\":01}",
+        "{\"a\":1.}",
+        "{\"a\":-}",
+        "{\"a\":1e}",
+        "{\"a\":.5}",
+        "{\"a\":tru}",
+        "{\"a\":nul}",
+        "{\"a\":\"x\ty\"}",
+        "{\"a\":\"\\x\"}",
+        "{\"a\":\"\\u12g4\"}",
+        "{\"a\":\"unterminated}",
+        "{\"destination\":{\"ip\":\"1\",}}",
+        "{\"destination\":{\"ip\" \"1\"}}",
+        "{\"destination\":[}",
+        "{\"a\":{\"b\":1]}",
+        "{\"a\":[1}",
+        "\u{feff}{}",
+        "{'a':1}",
+    ] {
+        assert!(s.scan(bad).is_err(), "{bad:?}");
+    }
+    for good in [
+        "{}",
+        " \t{ } \r",
+        "{\"a\" : {\"b\": [true, null, false, -0.5e+3, \"\\u00e9\\/\"]}}",
+        "{\"destination\":{}}",
+        "{\"destination\":[{\"ip\":1}],\"event\":{\"category\":[]}}",
+        "{\"\":1,\"destination.\":2,\".ip\":3,\"destination..ip\":4}",
+    ] {
+        assert!(s.scan(good).is_ok(), "{good:?}");
+    }
+}
+
+#[test]
+fn nesting_is_limited_like_serde_json() {
+    let (mut s, _) = schema(&PATHS);
+    for depth in [2, 126, 127, 128, 129, 400] {
+        let line = format!(
+            "{{\"x\":{}1{}}}",
+            "[".repeat(depth - 1),
+            "]".repeat(depth - 1)
+        );
+        let ours = s.scan(&line).is_ok();
+        let serde = serde_json::from_str::<serde_json::Value>(&line).is_ok();
+        assert_eq!(ours, serde, "depth {depth}");
+        assert_eq!(ours, depth <= MAX_DEPTH as usize, "depth {depth}");
+    }
+    // Through wanted objects as well: the event, `destination`, then arrays.
+    for (arrays, ok) in [(125, true), (126, false)] {
+        let line = format!(
+            "{{\"destination\":{{\"geo\":{}1{}}}}}",
+            "[".repeat(arrays),
+            "]".repeat(arrays)
+        );
+        assert_eq!(s.scan(&line).is_ok(), ok, "{arrays}");
+    }
+}
+
+#[test]
+fn agrees_with_serde_json_on_what_is_json() {
+    let (mut s, _) = schema(&PATHS);
+    let samples = [
+        r#"{"destination":{"ip":"1.2.3.4","geo":{"country_name":"X"}},"tags":["a"]}"#,
+        r#"{"a":"\u0000"}"#,
+        r#"{"a":"\ud800"}"#,
+        r#"{"a":12345678901234567890123}"#,
+        r#"{"a":1E+2,"b":-0,"c":0.0e-0}"#,
+        r#"{"a":[[],{},[{}],""]}"#,
+        r#"{"a":"\/\b\f\n\r\t\"\\"}"#,
+        "{\"a\":\"\u{7f}\u{80}\u{10ffff}\"}",
+        r#"{"a" :1 , "b":2 }"#,
+        r#"{"a":1 ,}"#,
+        r#"{"a":+1}"#,
+        r#"{"a":1.5E}"#,
+        r#"{"a":[,1]}"#,
+        r#"{"a":truex}"#,
+        r#"{"a":"ab"c}"#,
+    ];
+    for line in samples {
+        let ours = s.scan(line).is_ok();
+        let serde = serde_json::from_str::<serde::de::IgnoredAny>(line).is_ok();
+        assert_eq!(ours, serde, "{line}");
+    }
+}
+
+#[test]
+fn invalid_paths_are_refused() {
+    for bad in ["", "a..b", ".a", "a."] {
+        let mut b = SchemaBuilder::new();
+        b.field(bad);
+        assert_eq!(b.build().unwrap_err(), SchemaError::InvalidPath(bad.into()));
+    }
+    let mut b = SchemaBuilder::new();
+    b.field(&["x"; MAX_SEGMENTS + 1].join("."));
+    assert!(matches!(b.build(), Err(SchemaError::TooDeep(_))));
+}
+
+#[test]
+fn a_field_that_is_also_a_prefix() {
+    let (mut s, f) = schema(&["rule", "rule.name"]);
+    let e = s.scan(r#"{"rule":{"name":"pan"}}"#).unwrap();
+    assert!(e.present(f[0]));
+    assert_eq!(e.str(f[1]), Some("pan"));
+    let e = s.scan(r#"{"rule":"x","rule.name":"y"}"#).unwrap();
+    assert!(e.present(f[0]));
+    assert_eq!(e.str(f[1]), Some("y"));
+    // A group is present through any key below it.
+    let mut b = SchemaBuilder::new();
+    let rule = b.group("rule");
+    let mut s = Scanner::new(Arc::new(b.build().unwrap()));
+    for line in [
+        r#"{"rule":{}}"#,
+        r#"{"rule.name":"y"}"#,
+        r#"{"rule.a.b":null}"#,
+    ] {
+        let e = s.scan(line).unwrap();
+        assert_eq!(e.writable(rule), Err(Collision::Exists), "{line}");
+    }
+    let e = s.scan(r#"{"rules":1,"x":{"rule":1}}"#).unwrap();
+    assert_eq!(e.writable(rule), Ok(()));
+}

@@ -1,12 +1,13 @@
 //! [`Event`]: reading the wanted fields of a scanned line, and writing new fields into it.
 
+use std::net::IpAddr;
+
 use super::grammar::{skip_value, skip_ws, string_end, string_stops, word};
 use super::parser::decode;
 use super::schema::{Schema, ROOT};
 use super::slot::{IpMemo, Kind, NodeSeen, Slot};
 use super::FieldId;
 use crate::net;
-use std::net::IpAddr;
 
 /// The wanted fields of one scanned event.
 #[derive(Debug)]

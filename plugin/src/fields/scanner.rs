@@ -1,13 +1,14 @@
 //! [`Scanner`]: one or two passes of the [`Parser`](super::parser) over a line, and the buffers
 //! kept between events.
 
+use std::sync::Arc;
+
 use super::event::Event;
 use super::grammar::{fail, skip_ws};
 use super::parser::{Parser, PassFlags};
 use super::schema::Schema;
 use super::slot::{Kind, NodeSeen, Slot};
 use super::{ScanError, ScanErrorKind};
-use std::sync::Arc;
 
 /// Scans event lines for the fields of one [`Schema`]; keeps its buffers between events.
 #[derive(Debug)]

@@ -271,7 +271,8 @@ impl Node {
 /// A key that missed and has a dot: to be resolved segment by segment.
 pub(super) struct Dotted;
 
-/// The wanted paths as per-level key tables; shared by every [`Scanner`](super::Scanner) of a detector.
+/// The wanted paths as per-level key tables; shared by every [`Scanner`](super::Scanner) of a
+/// detector.
 #[derive(Debug)]
 pub struct Schema {
     paths: Vec<String>,

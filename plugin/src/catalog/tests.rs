@@ -1,0 +1,238 @@
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::*;
+use crate::fields::Scanner;
+
+/// Replaces the (existing, nested) field at `path`.
+fn set(event: &mut Value, path: &str, value: Value) {
+    let pointer = format!("/{}", path.replace('.', "/"));
+    *event.pointer_mut(&pointer).expect("field exists") = value;
+}
+
+/// Whether `event` qualifies for `job`, read as the detector reads it.
+fn qualifies(job: &JobDef, event: &Value) -> bool {
+    let mut schema = SchemaBuilder::new();
+    let bound = job.bind(&mut schema);
+    let mut scanner = Scanner::new(Arc::new(schema.build().unwrap()));
+    let line = event.to_string();
+    let scanned = scanner.scan(&line).unwrap();
+    bound.qualifies(&scanned)
+}
+
+fn exfil_event() -> Value {
+    json!({
+        "@timestamp": "2024-05-01T10:00:00Z",
+        "event": {"category": ["network"]},
+        "network": {"direction": "outbound"},
+        "source": {"ip": "10.1.2.3", "bytes": 123456},
+        "destination": {"ip": "8.8.8.8", "port": 443,
+                        "geo": {"country_iso_code": "US", "region_name": "California"}},
+    })
+}
+
+#[test]
+fn builtin_has_all_named_jobs() {
+    let c = JobCatalog::builtin();
+    for id in [
+        "rare_destination_country",
+        "ded_high_sent_bytes_destination_ip",
+        "ded_high_sent_bytes_destination_ip_ea",
+        "ded_high_sent_bytes_destination_geo_country_iso_code",
+        "ded_high_sent_bytes_destination_geo_country_iso_code_ea",
+        "ded_high_sent_bytes_destination_port",
+        "ded_high_sent_bytes_destination_port_ea",
+        "ded_high_sent_bytes_destination_region_name",
+        "ded_high_sent_bytes_destination_region_name_ea",
+    ] {
+        let job = c.get(id).unwrap_or_else(|| panic!("missing {id}"));
+        assert!(job.validate().is_empty(), "{id}: {:?}", job.validate());
+    }
+    assert_eq!(c.len(), 9);
+    let rare = c.get("rare_destination_country").unwrap();
+    assert_eq!(rare.function, Function::Rare);
+    assert_eq!(rare.bucket_span_secs, 900);
+    let ded = c.get("ded_high_sent_bytes_destination_port_ea").unwrap();
+    assert_eq!(ded.function, Function::HighSum);
+    assert_eq!(ded.over_field.as_deref(), Some("destination.port"));
+    assert_eq!(ded.bucket_span_secs, 10_800);
+    assert!(c.get("high_count_network_events").is_none());
+}
+
+#[test]
+fn rare_country_filters() {
+    let job = JobCatalog::builtin()
+        .get("rare_destination_country")
+        .unwrap()
+        .clone();
+    let ok = json!({"event.category": ["network"], "destination.geo.country_name": "Iran",
+                    "process": {"name": "curl"}});
+    assert!(qualifies(&job, &ok));
+    let no_country = json!({"event": {"category": "network"}});
+    assert!(!qualifies(&job, &no_country));
+    let not_network = json!({"event": {"category": ["process"]},
+                             "destination": {"geo": {"country_name": "Iran"}}});
+    assert!(!qualifies(&job, &not_network));
+    for agent in [
+        "filebeat",
+        "Filebeat.EXE",
+        "elastic-agent.exe",
+        "winlogbeat",
+    ] {
+        let ev = json!({"event": {"category": ["network"]},
+                        "destination": {"geo": {"country_name": "Iran"}},
+                        "process": {"name": agent}});
+        assert!(!qualifies(&job, &ev), "{agent}");
+    }
+}
+
+#[test]
+fn ded_filters_each_condition() {
+    let c = JobCatalog::builtin();
+    let job = c.get("ded_high_sent_bytes_destination_ip").unwrap();
+    assert!(qualifies(job, &exfil_event()));
+
+    let tweaks: [(&str, Value); 9] = [
+        ("source.bytes", json!(0)),
+        ("source.bytes", json!("x")),
+        ("destination.port", Value::Null),
+        ("network.direction", json!("inbound")),
+        ("network.direction", json!("Internal")),
+        ("source.ip", json!("8.8.4.4")),
+        ("destination.ip", json!("192.168.1.1")),
+        ("destination.ip", json!("203.0.113.5")),
+        ("destination.ip", json!("not-an-ip")),
+    ];
+    for (field, value) in tweaks {
+        let mut ev = exfil_event();
+        set(&mut ev, field, value.clone());
+        assert!(!qualifies(job, &ev), "{field}={value} should not qualify");
+    }
+    // Direction absent is fine; string byte counts are fine.
+    let mut ev = exfil_event();
+    ev["network"] = json!({});
+    set(&mut ev, "source.bytes", json!("2048"));
+    assert!(qualifies(job, &ev));
+
+    let region = c
+        .get("ded_high_sent_bytes_destination_region_name_ea")
+        .unwrap();
+    assert!(qualifies(region, &exfil_event()));
+    let mut ev = exfil_event();
+    ev["destination"]["geo"] = json!({});
+    assert!(!qualifies(region, &ev));
+}
+
+#[test]
+fn shipping_agents() {
+    assert!(is_shipping_agent("packetbeat"));
+    assert!(is_shipping_agent("MetricBeat.exe"));
+    assert!(!is_shipping_agent("filebeat2"));
+    assert!(!is_shipping_agent(".exe"));
+    assert!(!is_shipping_agent("é.exe"));
+    assert!(!is_shipping_agent("chrome.exe"));
+}
+
+#[test]
+fn bucket_spans() {
+    assert_eq!(parse_bucket_span("15m").unwrap(), 900);
+    assert_eq!(parse_bucket_span("3h").unwrap(), 10_800);
+    assert_eq!(parse_bucket_span("1d").unwrap(), 86_400);
+    assert_eq!(parse_bucket_span("90s").unwrap(), 90);
+    assert_eq!(parse_bucket_span("600").unwrap(), 600);
+    for bad in [
+        "",
+        "0m",
+        "m",
+        "15 m",
+        "1.5h",
+        "15min",
+        "-3h",
+        "99999999999999999999d",
+    ] {
+        assert!(parse_bucket_span(bad).is_err(), "{bad}");
+    }
+    assert_eq!(format_bucket_span(900), "15m");
+    assert_eq!(format_bucket_span(10_800), "3h");
+    assert_eq!(format_bucket_span(90), "90s");
+}
+
+#[test]
+fn user_job_deserialises_and_overrides() {
+    let job: JobDef = serde_json::from_value(json!({
+        "id": "rare_destination_country",
+        "function": "rare",
+        "by_field_name": "destination.geo.country_name",
+        "partition_field_name": "host.name",
+        "bucket_span": "1h",
+        "filters": [{"category_contains": "network"}, "not_shipping_agent",
+                    {"network_direction_not": ["inbound"]},
+                    {"public_destination": "destination.ip"}],
+        "influencers": ["source.ip"]
+    }))
+    .unwrap();
+    assert_eq!(job.bucket_span_secs, 3600);
+    assert_eq!(job.partition_field.as_deref(), Some("host.name"));
+    assert_eq!(job.filters.len(), 4);
+    let c = JobCatalog::builtin().with_overrides([job]).unwrap();
+    assert_eq!(c.len(), 9);
+    assert_eq!(
+        c.get("rare_destination_country").unwrap().bucket_span_secs,
+        3600
+    );
+
+    let round = serde_json::to_value(c.get("rare_destination_country").unwrap()).unwrap();
+    assert_eq!(round["bucket_span"], json!("1h"));
+    assert_eq!(
+        round["by_field_name"],
+        json!("destination.geo.country_name")
+    );
+}
+
+#[test]
+fn user_job_rejects_unknown_keys_and_bad_values() {
+    let unknown = serde_json::from_value::<JobDef>(json!({
+        "id": "x", "function": "rare", "by_field_name": "a", "bucket_span": "15m",
+        "by_field": "oops"
+    }));
+    assert!(unknown.is_err());
+    let bad_fn = serde_json::from_value::<JobDef>(json!({
+        "id": "x", "function": "sometimes", "bucket_span": "15m"
+    }));
+    assert!(bad_fn.is_err());
+    let bad_span = serde_json::from_value::<JobDef>(json!({
+        "id": "x", "function": "count", "bucket_span": "15 minutes"
+    }));
+    assert!(bad_span.is_err());
+}
+
+#[test]
+fn with_overrides_collects_all_problems() {
+    let mk = |id: &str, function, field_name: Option<&str>| JobDef {
+        id: id.into(),
+        function,
+        field_name: field_name.map(Into::into),
+        by_field: None,
+        over_field: None,
+        partition_field: None,
+        bucket_span_secs: 60,
+        filters: vec![],
+        influencers: vec![],
+        description: String::new(),
+    };
+    let errs = JobCatalog::builtin()
+        .with_overrides([
+            mk("a", Function::HighSum, None),
+            mk("b", Function::Rare, None),
+            mk("c", Function::Count, None),
+            mk("c", Function::Count, None),
+        ])
+        .unwrap_err();
+    assert_eq!(errs.len(), 3, "{errs:?}");
+    assert!(errs.iter().any(|e| e.to_string().contains("job `a`")));
+    assert!(errs.iter().any(|e| e.to_string().contains("job `b`")));
+    assert!(errs
+        .iter()
+        .any(|e| matches!(e, CatalogError::Duplicate { job_id } if job_id == "c")));
+}

@@ -1,0 +1,413 @@
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use super::cache::{cache_key, EMPTY, STATE_MASK};
+use super::mmdb_writer::{MmdbWriter, Value};
+use super::*;
+
+fn ip(s: &str) -> IpAddr {
+    s.parse().unwrap()
+}
+
+/// A temp file that is removed on drop.
+struct TempFile(PathBuf);
+
+impl TempFile {
+    fn with(name: &str, bytes: &[u8]) -> TempFile {
+        static N: AtomicU32 = AtomicU32::new(0);
+        let path = std::env::temp_dir().join(format!(
+            "egresswatch-geo-{}-{}-{}",
+            std::process::id(),
+            N.fetch_add(1, Ordering::Relaxed),
+            name
+        ));
+        std::fs::write(&path, bytes).unwrap();
+        TempFile(path)
+    }
+}
+
+impl Drop for TempFile {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
+/// ip-location-db layout: `{"country_code": ..}`, IPv4 in the IPv6 tree, 24-bit records.
+fn ip_location_db() -> Vec<u8> {
+    let mut w = MmdbWriter::new("country", 6, 24).unwrap();
+    w.insert("8.8.8.0/24", Value::ip_location_db("US")).unwrap();
+    w.insert("77.88.0.0/18", Value::ip_location_db("RU"))
+        .unwrap();
+    w.insert("2.144.0.0/14", Value::ip_location_db("ir"))
+        .unwrap();
+    w.insert("175.45.176.0/22", Value::ip_location_db("KP"))
+        .unwrap();
+    w.insert("1.208.0.0/12", Value::ip_location_db("KR"))
+        .unwrap();
+    w.insert("2a02:6b8::/29", Value::ip_location_db("RU"))
+        .unwrap();
+    w.insert("5.5.5.0/24", Value::ip_location_db("ZZ")).unwrap();
+    w.insert("6.6.6.0/24", Value::ip_location_db("USA"))
+        .unwrap();
+    w.insert("7.7.7.0/24", Value::map([("asn", Value::U32(1))]))
+        .unwrap();
+    w.build().unwrap()
+}
+
+/// GeoLite2-like layout with 28-bit records.
+fn geolite2_db() -> Vec<u8> {
+    let mut w = MmdbWriter::new("GeoLite2-Country", 6, 28).unwrap();
+    w.insert("8.0.0.0/8", Value::geolite2_country("US", "United States"))
+        .unwrap();
+    w.insert("8.8.4.0/24", Value::geolite2_country("DE", "Germany"))
+        .unwrap();
+    w.insert(
+        "2001:4860::/32",
+        Value::geolite2_country("US", "United States"),
+    )
+    .unwrap();
+    w.insert("78.0.0.0/8", Value::geolite2_country("TR", "Türkiye"))
+        .unwrap();
+    // Only registered_country, as MaxMind does for some anycast ranges.
+    w.insert(
+        "1.1.1.0/24",
+        Value::map([(
+            "registered_country",
+            Value::map([
+                ("iso_code", Value::str("AU")),
+                ("names", Value::map([("en", Value::str("Australia"))])),
+            ]),
+        )]),
+    )
+    .unwrap();
+    // A country with no English name in the record.
+    w.insert(
+        "9.9.9.0/24",
+        Value::map([("country", Value::map([("iso_code", Value::str("CH"))]))]),
+    )
+    .unwrap();
+    w.build().unwrap()
+}
+
+#[test]
+fn name_table_spelling_and_shape() {
+    assert_eq!(country_name("RU"), Some("Russia"));
+    assert_eq!(country_name("ir"), Some("Iran"));
+    assert_eq!(country_name("US"), Some("United States"));
+    assert_eq!(country_name("KP"), Some("North Korea"));
+    assert_eq!(country_name("KR"), Some("South Korea"));
+    assert_eq!(country_name("GB"), Some("United Kingdom"));
+    for bad in ["", "R", "RUS", "1A", "Ü1"] {
+        assert_eq!(country_name(bad), None, "{bad:?}");
+    }
+    let codes: Vec<&str> = country_names::COUNTRY_NAMES.iter().map(|e| e.0).collect();
+    assert!(codes.len() > 240);
+    assert!(codes.windows(2).all(|w| w[0] < w[1]), "sorted, unique");
+    assert_eq!(Country::from_iso_code("de").unwrap().iso_code(), "DE");
+    assert_eq!(Country::from_iso_code("ZZ"), None);
+}
+
+#[test]
+fn ip_location_db_layout() {
+    let file = TempFile::with("iplocdb.mmdb", &ip_location_db());
+    let db = GeoDb::open(&file.0).unwrap();
+    assert_eq!(db.database_type(), "country");
+    assert_eq!(db.path(), file.0.as_path());
+    let c = |s: &str| {
+        db.country(ip(s))
+            .map(|c| (c.iso_code().to_owned(), c.name()))
+    };
+    assert_eq!(c("8.8.8.8"), Some(("US".into(), "United States")));
+    assert_eq!(c("77.88.8.8"), Some(("RU".into(), "Russia")));
+    assert_eq!(c("2.147.255.255"), Some(("IR".into(), "Iran")));
+    assert_eq!(c("175.45.176.1"), Some(("KP".into(), "North Korea")));
+    assert_eq!(c("1.209.0.1"), Some(("KR".into(), "South Korea")));
+    assert_eq!(c("2a02:6b8::feed"), Some(("RU".into(), "Russia")));
+    assert_eq!(c("::ffff:77.88.8.8"), Some(("RU".into(), "Russia")));
+    // Unknown but well-formed code: the code is the name.
+    assert_eq!(c("5.5.5.5"), Some(("ZZ".into(), "ZZ")));
+    // Out of range, private, loopback, malformed code, record without a country.
+    for none in [
+        "8.8.9.1",
+        "77.88.64.1",
+        "10.0.0.1",
+        "192.168.1.1",
+        "127.0.0.1",
+        "::1",
+        "fe80::1",
+        "2a02:6c0::1",
+        "6.6.6.6",
+        "7.7.7.7",
+    ] {
+        assert_eq!(c(none), None, "{none}");
+    }
+}
+
+#[test]
+fn geolite2_layout() {
+    let file = TempFile::with("geolite2.mmdb", &geolite2_db());
+    let db = GeoDb::open(&file.0).unwrap();
+    let c = |s: &str| {
+        db.country(ip(s))
+            .map(|c| (c.iso_code().to_owned(), c.name()))
+    };
+    assert_eq!(c("8.8.8.8"), Some(("US".into(), "United States")));
+    assert_eq!(c("8.8.4.4"), Some(("DE".into(), "Germany")));
+    assert_eq!(
+        c("2001:4860:4860::8888"),
+        Some(("US".into(), "United States"))
+    );
+    // The database's own English name wins over the compiled table.
+    assert_eq!(c("78.1.2.3"), Some(("TR".into(), "Türkiye")));
+    assert_eq!(c("1.1.1.1"), Some(("AU".into(), "Australia")));
+    assert_eq!(c("9.9.9.9"), Some(("CH".into(), "Switzerland")));
+    assert_eq!(c("10.1.1.1"), None);
+    assert_eq!(c("2001:db8::1"), None);
+}
+
+#[test]
+fn ipv4_only_database_and_other_record_sizes() {
+    let mut w = MmdbWriter::new("GeoIP2-Country", 4, 32).unwrap();
+    w.insert("8.8.8.0/24", Value::geolite2_country("US", "United States"))
+        .unwrap();
+    let db = GeoDb::from_bytes(w.build().unwrap(), "mem.mmdb").unwrap();
+    assert_eq!(db.country(ip("8.8.8.8")).unwrap().iso_code(), "US");
+    assert_eq!(db.country(ip("::ffff:8.8.8.8")).unwrap().iso_code(), "US");
+    assert_eq!(db.country(ip("2001:4860::1")), None);
+    assert_eq!(db.country(ip("9.9.9.9")), None);
+}
+
+#[test]
+fn open_errors_name_the_path_and_reason() {
+    let missing = std::env::temp_dir().join("egresswatch-geo-no-such-file.mmdb");
+    let err = GeoDb::open(&missing).unwrap_err();
+    assert!(matches!(err, GeoError::Missing { .. }), "{err:?}");
+    assert!(err
+        .to_string()
+        .contains("egresswatch-geo-no-such-file.mmdb"));
+    assert!(err.to_string().contains("not found"));
+
+    let err = GeoDb::open(std::env::temp_dir()).unwrap_err();
+    assert!(matches!(err, GeoError::Unreadable { .. }), "{err:?}");
+    assert!(err.to_string().contains("cannot read"));
+
+    for (name, bytes) in [
+        ("empty.mmdb", &b""[..]),
+        ("text.mmdb", &b"iso_code,name_en\nUS,United States\n"[..]),
+        ("marker-only.mmdb", &b"\xAB\xCD\xEFMaxMind.com"[..]),
+    ] {
+        let file = TempFile::with(name, bytes);
+        let err = GeoDb::open(&file.0).unwrap_err();
+        assert!(matches!(err, GeoError::NotMmdb { .. }), "{name}: {err:?}");
+        assert!(err.to_string().contains(name), "{err}");
+        assert!(err.to_string().contains("not a MaxMind DB"), "{err}");
+    }
+}
+
+#[test]
+fn cache_agrees_with_database_and_counts() {
+    let db = Arc::new(GeoDb::from_bytes(ip_location_db(), "mem.mmdb").unwrap());
+    let mut cache = GeoCache::new(Arc::clone(&db), 1000);
+    assert_eq!(cache.capacity(), 1024);
+    let probes = [
+        "8.8.8.8",
+        "77.88.8.8",
+        "10.0.0.1",
+        "2a02:6b8::1",
+        "5.5.5.5",
+        "::ffff:8.8.8.8",
+    ];
+    for p in probes {
+        assert_eq!(cache.country(ip(p)), db.country(ip(p)), "{p}");
+    }
+    // ::ffff:8.8.8.8 shares 8.8.8.8's entry.
+    assert_eq!(cache.stats(), CacheStats { hits: 1, misses: 5 });
+    for p in probes {
+        assert_eq!(cache.country(ip(p)), db.country(ip(p)), "{p}");
+    }
+    assert_eq!(cache.stats(), CacheStats { hits: 7, misses: 5 });
+    cache.clear();
+    assert_eq!(cache.stats(), CacheStats::default());
+    assert_eq!(
+        cache.country(ip("8.8.8.8")).unwrap().name(),
+        "United States"
+    );
+    assert_eq!(cache.stats().misses, 1);
+}
+
+#[test]
+fn small_cache_stays_bounded_and_correct() {
+    let db = Arc::new(GeoDb::from_bytes(ip_location_db(), "mem.mmdb").unwrap());
+    let mut cache = GeoCache::new(Arc::clone(&db), 0);
+    assert_eq!(cache.capacity(), 2);
+    for round in 0..3 {
+        for last in 0..=255u8 {
+            for net in ["8.8.8", "77.88.1", "10.0.0"] {
+                let a = ip(&format!("{net}.{last}"));
+                assert_eq!(cache.country(a), db.country(a), "round {round} {a}");
+            }
+        }
+    }
+    let s = cache.stats();
+    assert_eq!(s.hits + s.misses, 3 * 256 * 3);
+    // One set of two ways: a repeated address right after itself is a hit.
+    let a = ip("8.8.8.8");
+    cache.country(a);
+    let before = cache.stats().hits;
+    cache.country(a);
+    assert_eq!(cache.stats().hits, before + 1);
+}
+
+/// The keys a cache holds.
+fn keys(cache: &GeoCache) -> std::collections::BTreeSet<(u64, u64)> {
+    cache
+        .slots
+        .iter()
+        .filter(|s| s.state & STATE_MASK != EMPTY)
+        .map(|s| (s.key_hi, s.key_lo))
+        .collect()
+}
+
+#[test]
+fn the_cache_allocates_as_it_fills_and_keeps_every_entry_when_it_grows() {
+    let db = Arc::new(GeoDb::from_bytes(ip_location_db(), "mem.mmdb").unwrap());
+    let mut cache = GeoCache::new(Arc::clone(&db), MAX_CACHE_CAPACITY);
+    assert_eq!(cache.capacity(), MAX_CACHE_CAPACITY);
+    assert_eq!(cache.allocated(), INITIAL_CACHE_SLOTS);
+    let mut growths = 0;
+    for i in 0..20_000u32 {
+        let a = IpAddr::from([8, 8, (i >> 8) as u8, i as u8]);
+        // This lookup may make the table grow: note what it holds first.
+        let allocated = cache.allocated();
+        let before = ((cache.filled + 1) * 2 > allocated).then(|| keys(&cache));
+        assert_eq!(cache.country(a), db.country(a), "{a}");
+        if cache.allocated() != allocated {
+            growths += 1;
+            assert_eq!(cache.allocated(), allocated * 2);
+            let mut expected = before.expect("growth only when half full");
+            expected.insert(cache_key(a));
+            assert_eq!(keys(&cache), expected, "an entry was lost growing");
+            assert_eq!(cache.filled, expected.len());
+        }
+    }
+    assert!(growths >= 4, "{growths}");
+    assert!(cache.allocated() <= 65_536, "{}", cache.allocated());
+    // A small capacity is never exceeded.
+    let mut small = GeoCache::new(Arc::clone(&db), 4096);
+    for i in 0..20_000u32 {
+        small.country(IpAddr::from([77, 88, (i >> 8) as u8, i as u8]));
+    }
+    assert_eq!(small.allocated(), 4096);
+}
+
+#[test]
+fn lru_within_a_set() {
+    let db = Arc::new(GeoDb::from_bytes(ip_location_db(), "mem.mmdb").unwrap());
+    let mut cache = GeoCache::new(db, 2); // one set, two ways
+    let (a, b, c) = (ip("8.8.8.1"), ip("8.8.8.2"), ip("8.8.8.3"));
+    cache.country(a);
+    cache.country(b);
+    cache.country(a); // a is now the most recent
+    cache.country(c); // evicts b
+    let hits = cache.stats().hits;
+    cache.country(a);
+    assert_eq!(cache.stats().hits, hits + 1, "a kept");
+    cache.country(b);
+    assert_eq!(cache.stats().hits, hits + 1, "b evicted");
+}
+
+#[test]
+fn shipped_database() {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../data/geo/geo-whois-asn-country.mmdb");
+    let db = GeoDb::open(&path).unwrap();
+    let c = |s: &str| {
+        db.country(ip(s))
+            .map(|c| (c.iso_code().to_owned(), c.name()))
+    };
+    assert_eq!(c("8.8.8.8"), Some(("US".into(), "United States")));
+    assert_eq!(c("77.88.8.8"), Some(("RU".into(), "Russia")));
+    assert_eq!(c("2a00:1450::1"), Some(("IE".into(), "Ireland")));
+    assert_eq!(c("64:ff9b::4d58:808"), Some(("RU".into(), "Russia")));
+    // The data answers "AU"/"JP" for these; the special-range filter must not.
+    for none in [
+        "10.0.0.1",
+        "172.16.0.1",
+        "192.168.0.1",
+        "198.51.100.1",
+        "203.0.113.1",
+        "2001:db8::1",
+        "fd00::1",
+    ] {
+        assert_eq!(c(none), None, "{none}");
+    }
+}
+
+#[test]
+fn special_ranges_are_never_looked_up() {
+    // A database that (wrongly) claims the whole address space.
+    let mut w = MmdbWriter::new("country", 6, 24).unwrap();
+    w.insert("::/0", Value::ip_location_db("AU")).unwrap();
+    w.insert("0.0.0.0/0", Value::ip_location_db("AU")).unwrap();
+    let db = GeoDb::from_bytes(w.build().unwrap(), "all.mmdb").unwrap();
+    for special in [
+        "0.1.2.3",
+        "10.1.1.1",
+        "100.64.0.1",
+        "100.127.255.255",
+        "127.0.0.1",
+        "169.254.169.254",
+        "172.16.0.1",
+        "172.31.255.255",
+        "192.0.0.8",
+        "192.0.2.1",
+        "192.168.255.1",
+        "198.18.0.1",
+        "198.19.255.255",
+        "198.51.100.9",
+        "203.0.113.9",
+        "224.0.0.251",
+        "239.255.255.250",
+        "240.0.0.1",
+        "255.255.255.255",
+        "::",
+        "::1",
+        "::ffff:10.0.0.1",
+        "64:ff9b::a00:1",
+        "64:ff9b:1::1",
+        "100::1",
+        "2001:db8::1",
+        "3fff::1",
+        "fc00::1",
+        "fd12:3456::1",
+        "fe80::1",
+        "ff02::fb",
+    ] {
+        assert_eq!(db.country(ip(special)), None, "{special}");
+    }
+    for global in [
+        "1.1.1.1",
+        "9.255.255.255",
+        "11.0.0.0",
+        "100.63.255.255",
+        "100.128.0.0",
+        "172.15.255.255",
+        "172.32.0.0",
+        "192.0.1.1",
+        "192.169.0.1",
+        "198.17.255.255",
+        "198.20.0.0",
+        "223.255.255.255",
+        "64:ff9b::808:808",
+        "2001:4860::8888",
+        "2001:db9::1",
+        "2a00:1450::1",
+    ] {
+        assert_eq!(
+            db.country(ip(global)).map(|c| c.iso_code().to_owned()),
+            Some("AU".into()),
+            "{global}"
+        );
+    }
+}

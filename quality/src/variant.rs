@@ -3,6 +3,7 @@
 use std::collections::{BTreeMap, HashSet};
 use std::net::IpAddr;
 
+use crate::data::Flow;
 use crate::detect::JobKind;
 use crate::scenario;
 use crate::scenario::{Attacks, Base, Episode, HOUR_MS};
@@ -48,6 +49,36 @@ fn country_addresses(geo: &egresswatch_plugin::geo::GeoDb) -> BTreeMap<String, S
     out
 }
 
+/// A real capture replayed on the splice day at `hour`, from the address of its own infected
+/// host (which the base's host at that time stands in for).
+fn capture(
+    name: &str,
+    about: &str,
+    after: JobKind,
+    hour: f64,
+    flows: Vec<Flow>,
+    infected: &'static str,
+    kind: &'static str,
+) -> Variant {
+    Variant {
+        name: name.into(),
+        about: about.into(),
+        after,
+        hour,
+        lead_ms: 0,
+        build: Box::new(move |b, d| {
+            vec![scenario::splice(
+                b,
+                &flows,
+                infected,
+                b.at(d, hour),
+                1,
+                kind,
+            )]
+        }),
+    }
+}
+
 pub fn variants(
     base: &Base,
     attacks: &Attacks,
@@ -70,44 +101,26 @@ pub fn variants(
         .take(4)
         .collect();
     let mut v = vec![
-        Variant {
-            name: "c2-001".into(),
-            about: "The real NjRAT C2 of capture 001 (244 flows labelled Malicious: 237 SYN \
-                    flows to 41.108.179.197:1177, Algeria, over 50 minutes)."
-                .into(),
-            after: JobKind::Rare,
-            hour: 10.0,
-            lead_ms: 0,
-            build: Box::new(move |b, d| {
-                vec![scenario::splice(
-                    b,
-                    &c2,
-                    "192.168.1.115",
-                    b.at(d, 10.0),
-                    1,
-                    "c2",
-                )]
-            }),
-        },
-        Variant {
-            name: "upload-003".into(),
-            about: "The real RAT upload of capture 003 (12 flows to 147.32.83.234:1337, \
-                    43.8 MB of IP bytes in 40 minutes)."
-                .into(),
-            after: JobKind::Bytes,
-            hour: 14.0,
-            lead_ms: 0,
-            build: Box::new(move |b, d| {
-                vec![scenario::splice(
-                    b,
-                    &upload,
-                    "10.8.0.61",
-                    b.at(d, 14.0),
-                    1,
-                    "upload",
-                )]
-            }),
-        },
+        capture(
+            "c2-001",
+            "The real NjRAT C2 of capture 001 (244 flows labelled Malicious: 237 SYN \
+             flows to 41.108.179.197:1177, Algeria, over 50 minutes).",
+            JobKind::Rare,
+            10.0,
+            c2,
+            "192.168.1.115",
+            "c2",
+        ),
+        capture(
+            "upload-003",
+            "The real RAT upload of capture 003 (12 flows to 147.32.83.234:1337, \
+             43.8 MB of IP bytes in 40 minutes).",
+            JobKind::Bytes,
+            14.0,
+            upload,
+            "10.8.0.61",
+            "upload",
+        ),
     ];
     let decoy_c2 = attacks.c2.clone();
     for n in [9usize, 20] {
@@ -228,44 +241,26 @@ pub fn variants(
         });
     }
     if base.name == "office" {
-        v.push(Variant {
-            name: "slips-test18-remcos".into(),
-            about: "Slips test18 (CTU-SME-11): 719 flows labelled Malicious, RemcosRAT SYN \
-                    attempts to 66.63.168.35:5888 (United States), 8 minutes, no payload."
-                .into(),
-            after: JobKind::Rare,
-            hour: 11.0,
-            lead_ms: 0,
-            build: Box::new(move |b, d| {
-                vec![scenario::splice(
-                    b,
-                    &remcos,
-                    "192.168.1.107",
-                    b.at(d, 11.0),
-                    1,
-                    "remcos",
-                )]
-            }),
-        });
-        v.push(Variant {
-            name: "slips-test5-simda".into(),
-            about: "Slips test5: 277 flows labelled flow=Malware* of the Simda bot (DGA HTTP to \
-                    US/DE/FR/IE hosts, DNS to 8.8.8.8), 6 minutes."
-                .into(),
-            after: JobKind::Rare,
-            hour: 12.0,
-            lead_ms: 0,
-            build: Box::new(move |b, d| {
-                vec![scenario::splice(
-                    b,
-                    &simda,
-                    "10.0.2.15",
-                    b.at(d, 12.0),
-                    1,
-                    "simda",
-                )]
-            }),
-        });
+        v.push(capture(
+            "slips-test18-remcos",
+            "Slips test18 (CTU-SME-11): 719 flows labelled Malicious, RemcosRAT SYN \
+             attempts to 66.63.168.35:5888 (United States), 8 minutes, no payload.",
+            JobKind::Rare,
+            11.0,
+            remcos,
+            "192.168.1.107",
+            "remcos",
+        ));
+        v.push(capture(
+            "slips-test5-simda",
+            "Slips test5: 277 flows labelled flow=Malware* of the Simda bot (DGA HTTP to \
+             US/DE/FR/IE hosts, DNS to 8.8.8.8), 6 minutes.",
+            JobKind::Rare,
+            12.0,
+            simda,
+            "10.0.2.15",
+            "simda",
+        ));
     }
     v
 }

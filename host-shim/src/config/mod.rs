@@ -8,7 +8,7 @@
 //! unreadable: pass            # pass | errors | wrap
 //! input: { type: tcp, address: 127.0.0.1:9000 }   # stdin (default) | tcp | unix
 //! outputs:
-//!   default: { type: tcp, address: 127.0.0.1:9001 }  # stdout | file | tcp | unix
+//!   default: { type: tcp, address: 127.0.0.1:9001 }  # stdout | file | tcp | unix | http
 //!   anomalies: { type: file, path: anomalies.ndjson }
 //! state: { path: state.bin, interval_secs: 60, max_bytes: 1073741824 }   # optional
 //! metrics: { address: 127.0.0.1:9900 }             # optional Prometheus endpoint
@@ -235,6 +235,21 @@ pub enum OutputConfig {
         #[serde(default)]
         buffer: BufferConfig,
     },
+    /// An HTTP client POSTing NDJSON batches; a batch counts as delivered once answered 2xx.
+    Http {
+        /// `http://HOST:PORT/PATH` (or `https://`); the name is resolved at each connection.
+        url: String,
+        /// How long one request may take before it is retried.
+        #[serde(default = "default_request_timeout")]
+        request_timeout_secs: u64,
+        /// The output's buffer.
+        #[serde(default)]
+        buffer: BufferConfig,
+    },
+}
+
+fn default_request_timeout() -> u64 {
+    30
 }
 
 impl OutputConfig {
@@ -244,7 +259,8 @@ impl OutputConfig {
             OutputConfig::Stdout { buffer }
             | OutputConfig::File { buffer, .. }
             | OutputConfig::Tcp { buffer, .. }
-            | OutputConfig::Unix { buffer, .. } => buffer,
+            | OutputConfig::Unix { buffer, .. }
+            | OutputConfig::Http { buffer, .. } => buffer,
         }
     }
 }
@@ -590,6 +606,20 @@ impl HostConfig {
                         problems.push(format!("outputs.{name}.path: must not be empty"));
                     }
                 }
+                OutputConfig::Http {
+                    url,
+                    request_timeout_secs,
+                    ..
+                } => {
+                    if let Err(e) = check_url(url) {
+                        problems.push(format!("outputs.{name}.url: `{url}` {e}"));
+                    }
+                    if *request_timeout_secs == 0 {
+                        problems.push(format!(
+                            "outputs.{name}.request_timeout_secs: must be at least 1"
+                        ));
+                    }
+                }
                 OutputConfig::Stdout { .. } => {}
             }
             if output.buffer().max_bytes < 1024 {
@@ -758,6 +788,28 @@ pub fn check_address(address: &str) -> Result<bool, String> {
     Ok(host.eq_ignore_ascii_case("localhost"))
 }
 
+/// Checks an `http://` or `https://` URL whose authority is a `HOST:PORT` (the port may be left
+/// out: 80 or 443).
+pub fn check_url(url: &str) -> Result<(), String> {
+    let (rest, port) = if let Some(rest) = url.strip_prefix("http://") {
+        (rest, 80)
+    } else if let Some(rest) = url.strip_prefix("https://") {
+        (rest, 443)
+    } else {
+        return Err("is not an http:// or https:// URL".to_owned());
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or_default();
+    if authority.contains('@') {
+        return Err("must not carry credentials in the URL".to_owned());
+    }
+    let with_port = if authority.ends_with(']') || !authority.contains(':') {
+        format!("{authority}:{port}")
+    } else {
+        authority.to_owned()
+    };
+    check_address(&with_port).map(|_| ())
+}
+
 /// The key of the plugin's section.
 const DETECTOR_KEY: &str = "detector";
 
@@ -858,6 +910,24 @@ mod tests {
         .unwrap();
         assert!(config.problems().is_empty(), "{:?}", config.problems());
         assert_eq!(config.state.unwrap().interval_secs, 60);
+    }
+
+    #[test]
+    fn http_outputs_are_checked() {
+        let config = HostConfig::parse(
+            "outputs:\n  default: {type: http, url: 'http://vector:8080/events'}\n  \
+             a: {type: http, url: 'https://[::1]/x', request_timeout_secs: 0}\n  \
+             b: {type: http, url: 'ftp://x/'}\n  c: {type: http, url: 'http://u:p@x/'}\n",
+            false,
+        )
+        .unwrap();
+        let problems = config.problems();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(problems[0].starts_with("outputs.a.request_timeout_secs"));
+        assert!(problems[1].starts_with("outputs.b.url"), "{problems:?}");
+        assert!(problems[2].contains("credentials"), "{problems:?}");
+        assert!(check_url("http://127.0.0.1:9/").is_ok());
+        assert!(check_url("http://bad host/").is_err());
     }
 
     #[test]

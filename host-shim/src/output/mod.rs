@@ -7,7 +7,7 @@
 //! a down output holds only its own buffer; when that buffer is full, the output's `when_full`
 //! policy decides whether the engine waits (`block`: backpressure) or the batch is dropped
 //! (`drop_newest`: counted, logged). Sinks: standard output and files ([`worker::WriterSink`]),
-//! TCP and Unix sockets ([`socket`]).
+//! TCP and Unix sockets ([`socket`]), HTTP ([`http`]: acknowledged by the peer's 2xx).
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use egresswatch_plugin_api::DEFAULT_OUTPUT;
 
+mod http;
 mod queue;
 mod socket;
 mod worker;
@@ -137,7 +138,7 @@ impl Outputs {
         }
         for (name, output) in &config.outputs {
             let stats = metrics.output(name);
-            // Standard output and files are up once open; a socket output once it connects.
+            // Standard output and files are up once open; a socket or HTTP output once it connects.
             if matches!(
                 output,
                 OutputConfig::Stdout { .. } | OutputConfig::File { .. }
@@ -168,6 +169,16 @@ impl Outputs {
                 OutputConfig::Unix { path, .. } => Box::new(SocketSink::new(
                     name,
                     Target::Unix(config.resolve(path)),
+                    stats.clone(),
+                )),
+                OutputConfig::Http {
+                    url,
+                    request_timeout_secs,
+                    ..
+                } => Box::new(http::HttpSink::new(
+                    name,
+                    url,
+                    Duration::from_secs(*request_timeout_secs),
                     stats.clone(),
                 )),
             };

@@ -1,0 +1,244 @@
+//! The HTTP client behind `http` outputs: each batch is one `POST` of NDJSON, and counts as
+//! delivered only when the peer answers 2xx.
+//!
+//! Anything else (a connection refused or reset, a timeout, a 429, a 5xx, any other status) is
+//! a failed attempt: the delivery thread tries the same batch again with its backoff and jitter
+//! ([`super::worker`]). A peer that took a batch but whose answer was lost gets it again, so an
+//! HTTP output repeats lines but never loses one it was handed (until the delivery deadline).
+//!
+//! The client is `ureq` (blocking, so it runs on the output's own delivery thread with no
+//! runtime of its own); its host name is resolved at each new connection, and a connection
+//! is kept alive between batches.
+
+use std::io;
+use std::time::{Duration, Instant};
+
+use super::queue::Deadline;
+use super::worker::{Sink, SinkError};
+use crate::metrics::OutputHealth;
+
+/// Most of an answer's body read (to keep the connection reusable) and quoted in messages.
+const ANSWER_BYTES: u64 = 64 * 1024;
+
+/// The shortest time left for a request once the delivery deadline nears.
+const MIN_REQUEST_TIME: Duration = Duration::from_millis(200);
+
+/// An HTTP output's client.
+pub(crate) struct HttpSink {
+    name: String,
+    url: String,
+    agent: ureq::Agent,
+    request_timeout: Duration,
+    stats: OutputHealth,
+    /// The last attempt failed before any answer came (the peer was unreachable).
+    unreachable: bool,
+}
+
+impl HttpSink {
+    /// A sink POSTing to `url`, each request taking at most `request_timeout`.
+    pub(crate) fn new(
+        name: &str,
+        url: &str,
+        request_timeout: Duration,
+        stats: OutputHealth,
+    ) -> Self {
+        let agent = ureq::Agent::config_builder()
+            // Statuses are judged here: anything but 2xx is a failed attempt.
+            .http_status_as_error(false)
+            // A redirect is not followed: a POST must not turn into something else.
+            .max_redirects(0)
+            .timeout_global(Some(request_timeout))
+            .build()
+            .new_agent();
+        HttpSink {
+            name: name.to_owned(),
+            url: url.to_owned(),
+            agent,
+            request_timeout,
+            stats,
+            unreachable: false,
+        }
+    }
+
+    /// How long the next request may take: the configured timeout, cut short by the deadline.
+    fn time_allowed(&self, deadline: &Deadline) -> Duration {
+        match deadline.at() {
+            Some(at) => at
+                .saturating_duration_since(Instant::now())
+                .clamp(MIN_REQUEST_TIME, self.request_timeout.max(MIN_REQUEST_TIME)),
+            None => self.request_timeout,
+        }
+    }
+}
+
+impl Sink for HttpSink {
+    fn deliver(&mut self, data: &[u8], deadline: &Deadline) -> Result<(), SinkError> {
+        let sent = self
+            .agent
+            .post(&self.url)
+            .header("content-type", "application/x-ndjson")
+            .config()
+            .timeout_global(Some(self.time_allowed(deadline)))
+            .build()
+            .send(data);
+        let mut answer = match sent {
+            Ok(answer) => answer,
+            Err(e) => {
+                self.unreachable = true;
+                return Err(SinkError::Retry(format!("POST {}: {e}", self.url)));
+            }
+        };
+        let status = answer.status();
+        // Read the answer so that the connection can carry the next batch.
+        let body = answer
+            .body_mut()
+            .with_config()
+            .limit(ANSWER_BYTES)
+            .read_to_vec()
+            .unwrap_or_default();
+        if !status.is_success() {
+            let text: String = String::from_utf8_lossy(&body)
+                .trim()
+                .chars()
+                .take(200)
+                .collect();
+            return Err(SinkError::Retry(format!(
+                "POST {}: answered {status} {text}",
+                self.url
+            )));
+        }
+        if std::mem::take(&mut self.unreachable) {
+            self.stats.reconnected();
+            tracing::info!(output = %self.name, url = %self.url, "downstream answers again");
+        }
+        self.stats.set_up(true);
+        Ok(())
+    }
+
+    fn probe(&mut self) {
+        // Whether the peer listens, before the first batch (a request would need a batch).
+        let Some(address) = authority(&self.url) else {
+            return;
+        };
+        let reachable = std::net::ToSocketAddrs::to_socket_addrs(&address).and_then(|mut a| {
+            let addr = a.next().ok_or_else(|| {
+                io::Error::new(io::ErrorKind::NotFound, "the name has no address")
+            })?;
+            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+        });
+        match reachable {
+            Ok(_) => self.stats.set_up(true),
+            Err(e) => {
+                self.stats.failed(format!("connecting to {address}: {e}"));
+                tracing::warn!(output = %self.name, url = %self.url, error = %e,
+                    "cannot reach downstream yet; its events will be held until it is up");
+            }
+        }
+    }
+
+    fn describe(&self) -> String {
+        self.url.clone()
+    }
+}
+
+/// `HOST:PORT` of an `http://` or `https://` URL (the port filled in when left out).
+fn authority(url: &str) -> Option<String> {
+    let (rest, port) = match url.split_once("://")? {
+        ("http", rest) => (rest, 80),
+        ("https", rest) => (rest, 443),
+        _ => return None,
+    };
+    let host = rest.split(['/', '?', '#']).next()?;
+    Some(if host.ends_with(']') || !host.contains(':') {
+        format!("{host}:{port}")
+    } else {
+        host.to_owned()
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::net::TcpListener;
+
+    /// Serves one request on `listener`, answering `status`; returns the body received.
+    fn answer_one(listener: &TcpListener, status: &str) -> Vec<u8> {
+        let (conn, _) = listener.accept().unwrap();
+        conn.set_read_timeout(Some(Duration::from_secs(10)))
+            .unwrap();
+        let mut reader = BufReader::new(conn);
+        let mut length = 0;
+        loop {
+            let mut line = String::new();
+            reader.read_line(&mut line).unwrap();
+            if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+                length = v.trim().parse().unwrap();
+            }
+            if line == "\r\n" {
+                break;
+            }
+        }
+        let mut body = vec![0; length];
+        reader.read_exact(&mut body).unwrap();
+        write!(
+            reader.get_mut(),
+            "HTTP/1.1 {status}\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+        )
+        .unwrap();
+        body
+    }
+
+    #[test]
+    fn a_batch_is_delivered_only_when_answered_2xx_and_failures_are_retryable() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+        // A host name, resolved at each connection.
+        let mut sink = HttpSink::new(
+            "t",
+            &format!("http://localhost:{port}/in"),
+            Duration::from_secs(10),
+            stats.clone(),
+        );
+        let none = Deadline::default();
+        let server = std::thread::spawn(move || {
+            let first = answer_one(&listener, "503 Service Unavailable");
+            let second = answer_one(&listener, "429 Too Many Requests");
+            let third = answer_one(&listener, "200 OK");
+            (first, second, third, listener)
+        });
+        for expected in ["503", "429"] {
+            match sink.deliver(b"a\nb\n", &none) {
+                Err(SinkError::Retry(m)) => assert!(m.contains(expected), "{m}"),
+                other => panic!("{expected}: {other:?}"),
+            }
+        }
+        sink.deliver(b"a\nb\n", &none).unwrap();
+        let (first, second, third, listener) = server.join().unwrap();
+        assert_eq!(
+            [first, second, third],
+            [b"a\nb\n".to_vec(), b"a\nb\n".to_vec(), b"a\nb\n".to_vec()]
+        );
+        // The peer goes away: a connection error, retryable; when it is back, it counts as a
+        // reconnection.
+        drop(listener);
+        assert!(matches!(
+            sink.deliver(b"c\n", &none),
+            Err(SinkError::Retry(_))
+        ));
+        let listener = TcpListener::bind(("127.0.0.1", port)).unwrap();
+        let server = std::thread::spawn(move || answer_one(&listener, "204 No Content"));
+        sink.deliver(b"c\n", &none).unwrap();
+        assert_eq!(server.join().unwrap(), b"c\n");
+        assert_eq!(stats.status().reconnects, 1);
+    }
+
+    #[test]
+    fn urls_give_their_host_and_port() {
+        assert_eq!(authority("http://a:81/x").as_deref(), Some("a:81"));
+        assert_eq!(authority("https://a/x").as_deref(), Some("a:443"));
+        assert_eq!(authority("http://[::1]/").as_deref(), Some("[::1]:80"));
+        assert_eq!(authority("ftp://a/"), None);
+    }
+}

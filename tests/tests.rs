@@ -9,6 +9,7 @@ mod dist;
 mod golden;
 mod hardening;
 mod hostile;
+mod http_delivery;
 mod inprocess;
 mod inputs;
 mod loading;

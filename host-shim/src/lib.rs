@@ -10,11 +10,13 @@
 //! - [`engine`]: applying verdicts to batches of lines and writing them to outputs.
 //! - [`input`]: reading lines from a byte stream; TCP and Unix listeners.
 //! - [`output`]: the named outputs.
+//! - `ack`: acknowledgements from the outputs back to an input that answers its sender.
 //! - [`http`]: the HTTP servers (one tokio runtime, hyper), TLS-ready.
 //! - [`metrics`]: the metrics registry, output health, `/metrics` and `/health`.
 //! - [`run`]: `egresswatch run` put together: input, engine, outputs, state, metrics.
 //! - [`state`]: the state file's envelope, atomic saves, and setting unusable files aside.
 
+pub(crate) mod ack;
 pub mod config;
 pub mod counters;
 pub mod engine;

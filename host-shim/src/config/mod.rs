@@ -6,7 +6,7 @@
 //!   max_events: 1024          # events handed to the plugin per call
 //!   max_line_bytes: 1048576   # longer lines are passed through unread and counted
 //! unreadable: pass            # pass | errors | wrap
-//! input: { type: tcp, address: 127.0.0.1:9000 }   # stdin (default) | tcp | unix
+//! input: { type: tcp, address: 127.0.0.1:9000 }   # stdin (default) | tcp | unix | http
 //! outputs:
 //!   default: { type: tcp, address: 127.0.0.1:9001 }  # stdout | file | tcp | unix | http
 //!   anomalies: { type: file, path: anomalies.ndjson }
@@ -195,10 +195,35 @@ pub enum InputConfig {
         #[serde(default = "default_max_connections")]
         max_connections: usize,
     },
+    /// An HTTP listener taking NDJSON in `POST` bodies (Vector's `http` sink); each request is
+    /// answered 200 only once every line of it is delivered, so a sender that retries on
+    /// failure loses nothing.
+    Http {
+        /// Address to listen on, `HOST:PORT`.
+        address: String,
+        /// Largest number of connections served at once; further ones wait to be accepted.
+        #[serde(default = "default_max_connections")]
+        max_connections: usize,
+        /// Largest request body taken; a larger one is answered 413.
+        #[serde(default = "default_max_body_bytes")]
+        max_body_bytes: usize,
+        /// How long a request waits for its lines to be delivered before it is answered 503
+        /// (the sender sends it again; what was delivered meanwhile repeats).
+        #[serde(default = "default_ack_timeout")]
+        ack_timeout_secs: u64,
+    },
 }
 
 fn default_max_connections() -> usize {
     64
+}
+
+fn default_max_body_bytes() -> usize {
+    10 << 20
+}
+
+fn default_ack_timeout() -> u64 {
+    30
 }
 
 /// One named output.
@@ -580,6 +605,25 @@ impl HostConfig {
                 }
                 if *max_connections == 0 {
                     problems.push("input.max_connections: must be at least 1".to_owned());
+                }
+            }
+            InputConfig::Http {
+                address,
+                max_connections,
+                max_body_bytes,
+                ack_timeout_secs,
+            } => {
+                if let Err(e) = check_address(address) {
+                    problems.push(format!("input.address: `{address}` {e}"));
+                }
+                if *max_connections == 0 {
+                    problems.push("input.max_connections: must be at least 1".to_owned());
+                }
+                if *max_body_bytes == 0 {
+                    problems.push("input.max_body_bytes: must be at least 1".to_owned());
+                }
+                if *ack_timeout_secs == 0 {
+                    problems.push("input.ack_timeout_secs: must be at least 1".to_owned());
                 }
             }
             InputConfig::Unix {

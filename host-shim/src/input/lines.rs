@@ -364,6 +364,7 @@ mod tests {
                     }
                 }
                 Msg::Failed(e) => panic!("{e}"),
+                Msg::Acked { .. } => panic!("a byte stream sends no acknowledged lines"),
             }
         }
         out

@@ -127,10 +127,11 @@ impl UnixInput {
 
 impl Listener {
     /// Binds the listener a `tcp` or `unix` input describes (relative paths against
-    /// `base_dir`); `None` for standard input.
+    /// `base_dir`); `None` for standard input (and the HTTP input, which is not a socket
+    /// listener of this kind).
     pub(super) fn bind(config: &InputConfig, base_dir: &Path) -> io::Result<Option<Listener>> {
         Ok(match config {
-            InputConfig::Stdin => None,
+            InputConfig::Stdin | InputConfig::Http { .. } => None,
             InputConfig::Tcp { address, .. } => Some(Listener::Tcp(bind_tcp(address)?)),
             InputConfig::Unix { path, .. } => {
                 Some(Listener::Unix(bind_unix(&base_dir.join(path))?))

@@ -15,8 +15,10 @@ use std::sync::atomic::AtomicBool;
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
 
+use crate::ack::Ack;
 use crate::config::InputConfig;
 
+mod http;
 mod lines;
 pub(crate) mod listen;
 
@@ -46,6 +48,14 @@ pub(crate) enum Msg {
     },
     /// The input failed; the run ends with this error (standard input only).
     Failed(io::Error),
+    /// Complete lines, each ending in `\n`, whose delivery the sender waits for (the HTTP
+    /// input): the outputs tell `ack` once they have delivered them.
+    Acked {
+        /// The lines.
+        data: Vec<u8>,
+        /// Told when every line is delivered (or not).
+        ack: Ack,
+    },
 }
 
 /// The sending side of the engine's bounded channel, shared by every reader.
@@ -91,8 +101,10 @@ pub(crate) struct Started {
     pub(crate) wait_for_readers: bool,
     /// Connection counters (zero for standard input).
     pub(crate) stats: Arc<InputStats>,
-    /// What it reads: `stdin`, `tcp://ADDRESS` or `unix://PATH`.
+    /// What it reads: `stdin`, `tcp://ADDRESS`, `unix://PATH` or `http://ADDRESS`.
     pub(crate) address: String,
+    /// The HTTP input's server, kept until the run ends: dropping it stops the server.
+    pub(crate) _server: Option<http::HttpInput>,
 }
 
 /// Starts the input `config` describes, feeding `feed`; relative paths are resolved against
@@ -105,6 +117,27 @@ pub(crate) fn start(
     stop: &Arc<AtomicBool>,
 ) -> io::Result<Started> {
     let stats = Arc::new(InputStats::default());
+    if let InputConfig::Http {
+        address,
+        max_connections,
+        max_body_bytes,
+        ack_timeout_secs,
+    } = config
+    {
+        let settings = http::Settings {
+            address: address.clone(),
+            max_connections: *max_connections,
+            max_body_bytes: *max_body_bytes,
+            ack_timeout: std::time::Duration::from_secs(*ack_timeout_secs),
+        };
+        let (server, address) = http::start(&settings, feed, stop)?;
+        return Ok(Started {
+            wait_for_readers: true,
+            stats,
+            address,
+            _server: Some(server),
+        });
+    }
     let (wait_for_readers, address) = match (config, listen::Listener::bind(config, base_dir)?) {
         (
             InputConfig::Tcp {
@@ -135,5 +168,6 @@ pub(crate) fn start(
         wait_for_readers,
         stats,
         address,
+        _server: None,
     })
 }

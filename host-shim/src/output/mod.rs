@@ -26,6 +26,7 @@ mod worker;
 pub use crate::metrics::OutputStatus;
 pub(crate) use queue::Deadline;
 
+use crate::ack::Ack;
 use crate::config::{BufferConfig, HostConfig, OutputConfig, WhenFull};
 use crate::metrics::{Metrics, OutputHealth};
 use queue::{Batch, Pushed, Queue, Refused};
@@ -48,6 +49,8 @@ struct Output {
     /// Lines written since the last commit.
     batch: Vec<u8>,
     lines: u64,
+    /// The acknowledgements of the requests whose lines are in `batch`.
+    acks: Vec<Ack>,
     queue: Arc<Queue>,
     when_full: WhenFull,
     stats: OutputHealth,
@@ -68,11 +71,13 @@ impl Output {
         let batch = Batch {
             data: std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_CAPACITY)),
             lines,
+            acks: std::mem::take(&mut self.acks),
         };
         match self.queue.push(batch, self.when_full, deadline) {
             Ok(Pushed::Queued) => Ok(()),
             Ok(Pushed::Dropped(batch)) => {
                 self.stats.dropped(batch.lines);
+                batch.acks.into_iter().for_each(Ack::dropped);
                 log_drops(name, &mut self.drops, batch.lines);
                 Ok(())
             }
@@ -227,6 +232,7 @@ impl Outputs {
             Output {
                 batch: Vec::with_capacity(BATCH_CAPACITY),
                 lines: 0,
+                acks: Vec::new(),
                 queue,
                 when_full: buffer.when_full,
                 stats,
@@ -271,6 +277,16 @@ impl Outputs {
         self.outputs
             .get_mut(key)
             .ok_or_else(|| io::Error::other("no default output"))
+    }
+
+    /// Ties the lines written since the last commit to `ack`: each output holding some of them
+    /// carries a copy of it with their batch, and says it delivered once the batch is.
+    pub(crate) fn attach(&mut self, ack: &Ack) {
+        for output in self.outputs.values_mut() {
+            if !output.batch.is_empty() {
+                output.acks.push(ack.clone());
+            }
+        }
     }
 
     /// Hands every output's batch to its buffer, applying its `when_full` policy. Errs when an

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use crate::ack::Ack;
 use crate::config::WhenFull;
 use crate::metrics::OutputHealth;
 
@@ -25,6 +26,9 @@ pub(crate) struct Batch {
     pub(crate) data: Vec<u8>,
     /// How many lines.
     pub(crate) lines: u64,
+    /// The acknowledgements of the requests these lines came from (HTTP input), told when the
+    /// batch is delivered; dropping them unsaid fails those requests.
+    pub(crate) acks: Vec<Ack>,
 }
 
 /// When delivery must end: `timeout` after a stop signal (noticed by whichever thread looks
@@ -242,6 +246,7 @@ mod tests {
         Batch {
             data: vec![b'x'; n],
             lines: 1,
+            acks: Vec::new(),
         }
     }
 

@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::queue::{Deadline, Popped, Queue};
+use crate::ack::Ack;
 use crate::metrics::OutputHealth;
 
 /// First retry delay; it doubles up to [`BACKOFF_MAX`].
@@ -121,12 +122,13 @@ impl Worker {
         self.sink.probe();
         loop {
             match self.queue.pop_timeout(IDLE_POLL) {
-                Popped::Batch(batch) => {
+                Popped::Batch(mut batch) => {
                     let delivered = self.with_retries(batch.lines, |sink, deadline| {
                         sink.deliver(&batch.data, deadline).map(|()| 0)
                     });
                     if delivered.is_ok() {
                         self.stats.delivered(batch.lines);
+                        batch.acks.drain(..).for_each(Ack::delivered);
                     }
                     self.queue.settled(&batch);
                     if let Err(outcome) = delivered {

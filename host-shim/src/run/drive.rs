@@ -71,6 +71,12 @@ pub(super) fn drive(
             },
         };
         let started = Instant::now();
+        // Lines whose sender waits for their delivery are processed as any others; then each
+        // output holding some of them carries the acknowledgement with its batch.
+        let (msg, ack) = match msg {
+            Msg::Acked { data, ack } => (Msg::Lines(data), Some(ack)),
+            msg => (msg, None),
+        };
         match msg {
             Msg::Lines(data) => {
                 engine.process(&split_lines(&data), outputs)?;
@@ -83,6 +89,11 @@ pub(super) fn drive(
                 outputs.commit()?;
                 return Err(e);
             }
+            Msg::Acked { .. } => unreachable!("turned into lines above"),
+        }
+        if let Some(ack) = ack {
+            outputs.attach(&ack);
+            ack.delivered();
         }
         outputs.commit()?;
         housekeeping.after_block(engine, started.elapsed());

@@ -1,0 +1,215 @@
+//! The HTTP input: NDJSON in `POST` bodies (Vector's `http` sink with `encoding.codec = "json"`
+//! and newline-delimited framing), answered only once the request's lines are delivered.
+//!
+//! It runs on the host's HTTP stack ([`crate::http`]: hyper on its own small tokio runtime).
+//! Each request's body (at most `max_body_bytes`) goes to the engine as one [`Msg::Acked`]
+//! with an [`Ack`]; the answer waits for the outcome, at most `ack_timeout_secs`:
+//!
+//! - 200 once every line reached every output it was meant for (an HTTP output: answered 2xx;
+//!   a socket, file or stdout output: written);
+//! - 429 when an output's buffer was full and its policy is `drop_newest`;
+//! - 503 when the lines were not delivered by then, an output gave up, or egresswatch is
+//!   stopping; 413 for a body too large, 415 for a compressed one, 405 for anything but `POST`.
+//!
+//! Senders retry on 429 and 5xx (Vector's `http` sink does), so nothing a sender was not told
+//! 200 for is lost; what was delivered before a 503 is sent again, so lines can repeat.
+//!
+//! On a stop signal new requests are answered 503 and the feed is let go once the requests
+//! already read have been handed over; the server itself stays up (answering what waits on
+//! the outputs) until the run drops the [`HttpInput`], after the outputs have finished.
+
+use std::io;
+use std::net::ToSocketAddrs;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Limited};
+use hyper::body::Incoming;
+use hyper::{Method, Request, Response};
+
+use super::{Feed, Msg};
+use crate::ack::{Ack, Outcome};
+use crate::http::{self, Body, Handler, Limits, Plain, Servers};
+
+/// How often the input looks at the stop flag.
+const STOP_POLL: Duration = Duration::from_millis(50);
+
+/// What the sender is told to wait before trying again, on 429 and 503.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// The HTTP input's settings.
+pub(crate) struct Settings {
+    /// `HOST:PORT` to listen on.
+    pub(crate) address: String,
+    /// Connections served at once.
+    pub(crate) max_connections: usize,
+    /// Largest body taken.
+    pub(crate) max_body_bytes: usize,
+    /// How long a request waits for its lines to be delivered.
+    pub(crate) ack_timeout: Duration,
+}
+
+/// A running HTTP input; dropping it stops its server (after the outputs have finished, so
+/// that requests waiting on them get their answer).
+pub(crate) struct HttpInput {
+    servers: Option<Servers>,
+}
+
+impl Drop for HttpInput {
+    fn drop(&mut self) {
+        if let Some(servers) = self.servers.take() {
+            servers.shutdown();
+        }
+    }
+}
+
+/// What every request's handler shares.
+struct Shared {
+    /// The engine's feed; taken away at a stop, so that the engine sees the input end.
+    feed: Mutex<Option<Feed>>,
+    stop: Arc<AtomicBool>,
+    max_body_bytes: usize,
+    ack_timeout: Duration,
+}
+
+impl Shared {
+    fn feed(&self) -> Option<Feed> {
+        if self.stop.load(Ordering::Relaxed) {
+            return None;
+        }
+        self.feed.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+}
+
+/// Binds the listener (a failure is returned now) and serves until dropped; returns it and
+/// what it listens on (`http://127.0.0.1:8080`).
+pub(crate) fn start(
+    settings: &Settings,
+    feed: Feed,
+    stop: &Arc<AtomicBool>,
+) -> io::Result<(HttpInput, String)> {
+    let address = settings
+        .address
+        .to_socket_addrs()
+        .and_then(|mut a| {
+            a.next()
+                .ok_or_else(|| io::Error::new(io::ErrorKind::NotFound, "the name has no address"))
+        })
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("input.address: cannot resolve {}: {e}", settings.address),
+            )
+        })?;
+    let servers = Servers::start()?;
+    let shared = Arc::new(Shared {
+        feed: Mutex::new(Some(feed)),
+        stop: Arc::clone(stop),
+        max_body_bytes: settings.max_body_bytes,
+        ack_timeout: settings.ack_timeout,
+    });
+    let handler: Handler = {
+        let shared = Arc::clone(&shared);
+        Arc::new(move |request| Box::pin(answer(Arc::clone(&shared), request)))
+    };
+    let limits = Limits {
+        max_connections: settings.max_connections,
+        ..Limits::default()
+    };
+    let local = servers
+        .serve(address, Plain, handler, limits)
+        .map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("input.address: cannot listen on {}: {e}", settings.address),
+            )
+        })?;
+    // At a stop, let the feed go: once the requests in hand are handed over, the engine sees
+    // the input end.
+    servers.handle().spawn(async move {
+        while !shared.stop.load(Ordering::Relaxed) {
+            tokio::time::sleep(STOP_POLL).await;
+        }
+        shared.feed.lock().unwrap_or_else(|e| e.into_inner()).take();
+    });
+    Ok((
+        HttpInput {
+            servers: Some(servers),
+        },
+        format!("http://{local}"),
+    ))
+}
+
+/// A plain-text answer; 429 and 503 say when to try again.
+fn reply(status: u16, text: &str) -> Response<Body> {
+    let mut response = http::response(status, "text/plain; charset=utf-8", format!("{text}\n"));
+    let headers = response.headers_mut();
+    if matches!(status, 429 | 503) {
+        headers.insert(
+            hyper::header::RETRY_AFTER,
+            hyper::header::HeaderValue::from_static(RETRY_AFTER_SECS),
+        );
+    }
+    if status == 405 {
+        headers.insert(
+            hyper::header::ALLOW,
+            hyper::header::HeaderValue::from_static("POST"),
+        );
+    }
+    response
+}
+
+async fn answer(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+    if request.method() != Method::POST {
+        return reply(405, "send events with POST");
+    }
+    let encoded = request
+        .headers()
+        .get(hyper::header::CONTENT_ENCODING)
+        .is_some_and(|v| !v.as_bytes().eq_ignore_ascii_case(b"identity"));
+    if encoded {
+        return reply(
+            415,
+            "compressed bodies are not taken; send them uncompressed",
+        );
+    }
+    let Some(feed) = shared.feed() else {
+        return reply(503, "egresswatch is stopping");
+    };
+    let body = match Limited::new(request.into_body(), shared.max_body_bytes)
+        .collect()
+        .await
+    {
+        Ok(body) => body.to_bytes(),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            return reply(413, "the body is larger than input.max_body_bytes")
+        }
+        Err(e) => return reply(400, &format!("reading the body: {e}")),
+    };
+    match tokio::time::timeout(shared.ack_timeout, deliver(feed, body)).await {
+        Ok(Outcome::Delivered) => reply(200, "delivered"),
+        Ok(Outcome::Dropped) => reply(429, "an output's buffer is full (drop_newest)"),
+        Ok(Outcome::Failed) => reply(503, "not every line was delivered"),
+        Err(_) => reply(503, "not delivered within input.ack_timeout_secs"),
+    }
+}
+
+/// Hands the body's lines to the engine and waits for their outcome.
+async fn deliver(feed: Feed, body: Bytes) -> Outcome {
+    if body.is_empty() {
+        return Outcome::Delivered;
+    }
+    let mut data = Vec::from(body);
+    if data.last() != Some(&b'\n') {
+        data.push(b'\n');
+    }
+    let (ack, told) = Ack::new();
+    // The feed is a bounded channel: a full one blocks (backpressure), off the runtime.
+    let sent = tokio::task::spawn_blocking(move || feed.send(Msg::Acked { data, ack })).await;
+    if !matches!(sent, Ok(true)) {
+        return Outcome::Failed;
+    }
+    told.await.unwrap_or(Outcome::Failed)
+}

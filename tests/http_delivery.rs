@@ -494,3 +494,235 @@ fn a_request_is_answered_200_only_once_delivered_503_when_it_is_not_in_time_429_
     let (_, distinct) = check_order(&seen.connections);
     assert_eq!(distinct, (0..600).collect::<BTreeSet<u64>>(), "{err}");
 }
+
+/// A downstream that restarts the way Fluent Bit does on SIGTERM: after `pause_after` lines it
+/// stops using what it receives but keeps its listener and connections open, reading and
+/// discarding everything for `pause` (a socket sender's writes still succeed; an HTTP request
+/// gets no answer); then it closes everything, is down briefly, and comes back working. Speaks
+/// NDJSON over TCP, or HTTP (answering 200 to what it keeps). Returns the lines it kept, once
+/// line `last` arrived or nothing came for 20 s.
+fn restarting_downstream(
+    listener: TcpListener,
+    http: bool,
+    pause_after: usize,
+    pause: Duration,
+    last: u64,
+) -> std::thread::JoinHandle<BTreeSet<u64>> {
+    std::thread::spawn(move || {
+        let address = listener.local_addr().unwrap();
+        let mut listener = Some(listener);
+        let mut peers: Vec<(BufReader<TcpStream>, Vec<u8>)> = Vec::new();
+        let mut kept = BTreeSet::new();
+        let mut paused_at: Option<Instant> = None;
+        let mut restarted = false;
+        let mut quiet_since = Instant::now();
+        let mut chunk = vec![0u8; 64 * 1024];
+        while !kept.contains(&last) && quiet_since.elapsed() < Duration::from_secs(20) {
+            if let Some(l) = &listener {
+                l.set_nonblocking(true).unwrap();
+                while let Ok((conn, _)) = l.accept() {
+                    conn.set_nonblocking(false).unwrap();
+                    conn.set_read_timeout(Some(Duration::from_millis(5)))
+                        .unwrap();
+                    peers.push((BufReader::new(conn), Vec::new()));
+                }
+            }
+            if !restarted && paused_at.is_some_and(|at| at.elapsed() >= pause) {
+                // The restart: everything closes, the port is free for a moment.
+                restarted = true;
+                peers.clear();
+                drop(listener.take());
+                std::thread::sleep(Duration::from_millis(300));
+                listener = Some(TcpListener::bind(address).unwrap());
+                continue;
+            }
+            let paused = paused_at.is_some() && !restarted;
+            peers.retain_mut(|(reader, partial)| {
+                if paused {
+                    // Read and throw away.
+                    return match reader.read(&mut chunk) {
+                        Ok(0) => false,
+                        Ok(_) => true,
+                        Err(e) => matches!(
+                            e.kind(),
+                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                        ),
+                    };
+                }
+                let got = if http {
+                    match read_message(reader) {
+                        None => return false,
+                        Some((first, _)) if first.is_empty() => return true,
+                        Some((_, body)) => {
+                            let answer = b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\n\r\n";
+                            if reader.get_mut().write_all(answer).is_err() {
+                                return false;
+                            }
+                            numbers(&body)
+                        }
+                    }
+                } else {
+                    match reader.read(&mut chunk) {
+                        Ok(0) => return false,
+                        Ok(n) => {
+                            partial.extend_from_slice(&chunk[..n]);
+                            let end = partial
+                                .iter()
+                                .rposition(|&b| b == b'\n')
+                                .map_or(0, |p| p + 1);
+                            numbers(&partial.drain(..end).collect::<Vec<u8>>())
+                        }
+                        Err(e) => {
+                            return matches!(
+                                e.kind(),
+                                std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                            )
+                        }
+                    }
+                };
+                if !got.is_empty() {
+                    quiet_since = Instant::now();
+                }
+                kept.extend(got);
+                true
+            });
+            if paused_at.is_none() && kept.len() >= pause_after {
+                paused_at = Some(Instant::now());
+            }
+            if peers.is_empty() {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        }
+        kept
+    })
+}
+
+/// Sends `total` numbered lines to egresswatch's TCP input, paced (100 lines every 20 ms), with
+/// the output given by `output` to a downstream that restarts as Fluent Bit does; returns how
+/// many lines the downstream kept, and egresswatch's standard error after a clean stop.
+fn through_a_restarting_downstream(name: &str, http: bool, total: u64) -> (usize, String) {
+    let dir = temp_dir(name);
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let down = listener.local_addr().unwrap();
+    let output = if http {
+        format!("{{ type: http, url: 'http://{down}/', request_timeout_secs: 1 }}")
+    } else {
+        format!("{{ type: tcp, address: '{down}' }}")
+    };
+    let collector = restarting_downstream(listener, http, 500, Duration::from_secs(1), total - 1);
+    let input = free_address();
+    let config = write(
+        &dir,
+        "c.yaml",
+        format!(
+            "input: {{ type: tcp, address: '{input}' }}\noutputs:\n  default: {output}\n\
+             detector:\n  rules: ['{}']\n",
+            workspace().join("rules").display()
+        ),
+    );
+    let mut egw = Running::start(&dir, &config);
+    let mut conn = None;
+    assert!(
+        wait_until(STARTUP, || {
+            conn = TcpStream::connect(&input).ok();
+            conn.is_some()
+        }),
+        "egresswatch did not listen"
+    );
+    let mut conn = conn.unwrap();
+    for first in (0..total).step_by(100) {
+        conn.write_all(&numbered(first..(first + 100).min(total)))
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    drop(conn);
+    let kept = collector.join().unwrap();
+    egw.terminate();
+    let status = egw.wait(EXIT);
+    let err = egw.stderr();
+    assert!(status.success(), "{err}");
+    (kept.len(), err)
+}
+
+#[test]
+fn a_downstream_that_restarts_like_fluent_bit_loses_lines_over_tcp_and_none_over_http() {
+    const TOTAL: u64 = 6_000;
+    let (tcp_kept, tcp_err) = through_a_restarting_downstream("restart-tcp", false, TOTAL);
+    let (http_kept, http_err) = through_a_restarting_downstream("restart-http", true, TOTAL);
+    eprintln!(
+        "downstream restarting as Fluent Bit does: tcp output lost {} of {TOTAL} lines (exit 0, \
+         no error), http output lost {}",
+        TOTAL as usize - tcp_kept,
+        TOTAL as usize - http_kept
+    );
+    // What a socket output cannot know: the peer took the bytes and threw them away. The run
+    // ends well all the same: this is the loss the delivery table documents.
+    assert!(
+        tcp_kept < TOTAL as usize,
+        "the discarding peer took lines over TCP and they were not lost?\n{tcp_err}"
+    );
+    // The acknowledged transport holds them until a 2xx, and sends them again.
+    assert_eq!(http_kept, TOTAL as usize, "{http_err}");
+}
+
+#[test]
+fn a_sender_that_does_not_retry_is_never_told_200_for_lines_lost_in_a_restart() {
+    // Vector's `socket` sink does not retry: what egresswatch had not read when it stopped is
+    // gone, and the sender is not told. Over HTTP every request gets an answer or an error, so
+    // a sender that does not retry still knows exactly what was not delivered.
+    let dir = temp_dir("http-no-retry");
+    let input = free_address();
+    let config = write(
+        &dir,
+        "c.yaml",
+        format!(
+            "input: {{ type: http, address: '{input}' }}\n\
+             outputs:\n  default: {{ type: file, path: out.ndjson }}\n\
+             detector:\n  rules: ['{}']\n",
+            workspace().join("rules").display()
+        ),
+    );
+    let mut egw = Running::start(&dir, &config);
+    assert!(wait_until(STARTUP, || TcpStream::connect(&input).is_ok()));
+    let answered = Arc::new(Mutex::new(Vec::new()));
+    let sender = {
+        let (input, answered) = (input.clone(), Arc::clone(&answered));
+        std::thread::spawn(move || {
+            let mut sender = Sender::new(&input);
+            for i in 0..2_000u64 {
+                let status = sender.post(&numbered(i * 500..(i + 1) * 500));
+                answered.lock().unwrap().push(status);
+                if status.is_none() && TcpStream::connect(&input).is_err() {
+                    break; // egresswatch is gone
+                }
+            }
+        })
+    };
+    assert!(wait_until(STARTUP, || answered.lock().unwrap().len() >= 20));
+    egw.terminate();
+    let status = egw.wait(EXIT);
+    sender.join().unwrap();
+    let err = egw.stderr();
+    assert!(status.success(), "{err}");
+    let answered = answered.lock().unwrap();
+    let out = std::fs::read(dir.join("out.ndjson")).unwrap();
+    let delivered: BTreeSet<u64> = numbers(&out).into_iter().collect();
+    let mut told_200 = 0;
+    for (i, status) in answered.iter().enumerate() {
+        if *status == Some(200) {
+            told_200 += 1;
+            let i = i as u64;
+            assert!(
+                (i * 500..(i + 1) * 500).all(|n| delivered.contains(&n)),
+                "request {i} was answered 200 but its lines are not all in the output\n{err}"
+            );
+        }
+    }
+    let not_200 = answered.len() - told_200;
+    eprintln!(
+        "http input stopped under a sender that does not retry: {told_200} requests answered 200 \
+         and delivered, {not_200} answered otherwise (the sender knows them undelivered)"
+    );
+    assert!(told_200 >= 20);
+    assert!(not_200 >= 1, "the sender noticed the stop");
+}

@@ -9,7 +9,8 @@
 //!   a socket, file or stdout output: written);
 //! - 429 when an output's buffer was full and its policy is `drop_newest`;
 //! - 503 when the lines were not delivered by then, an output gave up, or egresswatch is
-//!   stopping; 413 for a body too large, 415 for a compressed one, 405 for anything but `POST`.
+//!   stopping; 413 for a body too large, 415 for a compressed one, 405 for anything but `POST`
+//!   (`GET` and `HEAD`, a sender's health check, are answered 200 while the input runs).
 //!
 //! Senders retry on 429 and 5xx (Vector's `http` sink does), so nothing a sender was not told
 //! 200 for is lost; what was delivered before a 503 is sent again, so lines can repeat.
@@ -155,13 +156,20 @@ fn reply(status: u16, text: &str) -> Response<Body> {
     if status == 405 {
         headers.insert(
             hyper::header::ALLOW,
-            hyper::header::HeaderValue::from_static("POST"),
+            hyper::header::HeaderValue::from_static("POST, GET, HEAD"),
         );
     }
     response
 }
 
 async fn answer(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Body> {
+    if request.method() == Method::GET || request.method() == Method::HEAD {
+        // A sender's health check (Vector's `healthcheck`): up unless stopping.
+        return match shared.feed() {
+            Some(_) => reply(200, "egresswatch http input: POST NDJSON here"),
+            None => reply(503, "egresswatch is stopping"),
+        };
+    }
     if request.method() != Method::POST {
         return reply(405, "send events with POST");
     }

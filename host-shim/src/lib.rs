@@ -14,6 +14,7 @@
 //! - [`http`]: the HTTP servers (one tokio runtime, hyper), TLS-ready.
 //! - [`metrics`]: the metrics registry, output health, `/metrics` and `/health`.
 //! - [`run`]: `egresswatch run` put together: input, engine, outputs, state, metrics.
+//! - `tls`: TLS for the HTTP input and output (rustls).
 //! - [`state`]: the state file's envelope, atomic saves, and setting unusable files aside.
 
 pub(crate) mod ack;
@@ -27,3 +28,4 @@ pub mod metrics;
 pub mod output;
 pub mod run;
 pub mod state;
+pub(crate) mod tls;

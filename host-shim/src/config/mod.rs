@@ -211,7 +211,40 @@ pub enum InputConfig {
         /// (the sender sends it again; what was delivered meanwhile repeats).
         #[serde(default = "default_ack_timeout")]
         ack_timeout_secs: u64,
+        /// Serve HTTPS, optionally requiring client certificates.
+        #[serde(default)]
+        tls: Option<ServerTls>,
     },
+}
+
+/// TLS on a listener: its certificate, and the authority whose client certificates it requires.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// The certificate chain (PEM), leaf first, relative to the config file.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// When set, a client must present a certificate this authority (PEM) signed; the others
+    /// are refused during the handshake.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+/// TLS of a client (an HTTP output to an `https://` URL).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientTls {
+    /// The authorities (PEM) the server's certificate must chain to; the public web PKI roots
+    /// when absent.
+    #[serde(default)]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate chain (PEM) to present, with `key_file`.
+    #[serde(default)]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[serde(default)]
+    pub key_file: Option<PathBuf>,
 }
 
 fn default_max_connections() -> usize {
@@ -267,6 +300,9 @@ pub enum OutputConfig {
         /// How long one request may take before it is retried.
         #[serde(default = "default_request_timeout")]
         request_timeout_secs: u64,
+        /// TLS settings for an `https://` URL.
+        #[serde(default)]
+        tls: Option<ClientTls>,
         /// The output's buffer.
         #[serde(default)]
         buffer: BufferConfig,
@@ -612,9 +648,22 @@ impl HostConfig {
                 max_connections,
                 max_body_bytes,
                 ack_timeout_secs,
+                tls,
             } => {
                 if let Err(e) = check_address(address) {
                     problems.push(format!("input.address: `{address}` {e}"));
+                }
+                if let Some(tls) = tls {
+                    let empty = [
+                        ("cert_file", Some(&tls.cert_file)),
+                        ("key_file", Some(&tls.key_file)),
+                        ("client_ca_file", tls.client_ca_file.as_ref()),
+                    ];
+                    for (key, path) in empty {
+                        if path.is_some_and(|p| p.as_os_str().is_empty()) {
+                            problems.push(format!("input.tls.{key}: must not be empty"));
+                        }
+                    }
                 }
                 if *max_connections == 0 {
                     problems.push("input.max_connections: must be at least 1".to_owned());
@@ -653,10 +702,23 @@ impl HostConfig {
                 OutputConfig::Http {
                     url,
                     request_timeout_secs,
+                    tls,
                     ..
                 } => {
                     if let Err(e) = check_url(url) {
                         problems.push(format!("outputs.{name}.url: `{url}` {e}"));
+                    }
+                    if let Some(tls) = tls {
+                        if !url.starts_with("https://") {
+                            problems.push(format!(
+                                "outputs.{name}.tls: set, but the url is not https://"
+                            ));
+                        }
+                        if tls.cert_file.is_some() != tls.key_file.is_some() {
+                            problems.push(format!(
+                                "outputs.{name}.tls: cert_file and key_file go together"
+                            ));
+                        }
                     }
                     if *request_timeout_secs == 0 {
                         problems.push(format!(
@@ -971,6 +1033,22 @@ mod tests {
         assert!(problems[1].starts_with("outputs.b.url"), "{problems:?}");
         assert!(problems[2].contains("credentials"), "{problems:?}");
         assert!(check_url("http://127.0.0.1:9/").is_ok());
+        let config = HostConfig::parse(
+            "input: {type: http, address: '127.0.0.1:8080', tls: {cert_file: '', key_file: k}}\n\
+             outputs:\n  a: {type: http, url: 'http://x/', tls: {ca_file: ca.pem}}\n  \
+             b: {type: http, url: 'https://x/', tls: {cert_file: c.pem}}\n  \
+             c: {type: http, url: 'https://x/', tls: {ca_file: ca.pem, cert_file: c, key_file: k}}\n",
+            false,
+        )
+        .unwrap();
+        let problems = config.problems();
+        assert_eq!(problems.len(), 3, "{problems:?}");
+        assert!(
+            problems[0].starts_with("input.tls.cert_file"),
+            "{problems:?}"
+        );
+        assert!(problems[1].contains("not https"), "{problems:?}");
+        assert!(problems[2].contains("go together"), "{problems:?}");
         assert!(check_url("http://bad host/").is_err());
     }
 

@@ -1,7 +1,8 @@
 //! The HTTP input: NDJSON in `POST` bodies (Vector's `http` sink with `encoding.codec = "json"`
 //! and newline-delimited framing), answered only once the request's lines are delivered.
 //!
-//! It runs on the host's HTTP stack ([`crate::http`]: hyper on its own small tokio runtime).
+//! It runs on the host's HTTP stack ([`crate::http`]: hyper on its own small tokio runtime),
+//! over TLS when `tls` is configured (`crate::tls`, client certificates optional).
 //! Each request's body (at most `max_body_bytes`) goes to the engine as one [`Msg::Acked`]
 //! with an [`Ack`]; the answer waits for the outcome, at most `ack_timeout_secs`:
 //!
@@ -33,6 +34,7 @@ use hyper::{Method, Request, Response};
 use super::{Feed, Msg};
 use crate::ack::{Ack, Outcome};
 use crate::http::{self, Body, Handler, Limits, Plain, Servers};
+use crate::tls::TlsAccept;
 
 /// How often the input looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(50);
@@ -50,6 +52,8 @@ pub(crate) struct Settings {
     pub(crate) max_body_bytes: usize,
     /// How long a request waits for its lines to be delivered.
     pub(crate) ack_timeout: Duration,
+    /// HTTPS, when configured.
+    pub(crate) tls: Option<TlsAccept>,
 }
 
 /// A running HTTP input; dropping it stops its server (after the outputs have finished, so
@@ -119,14 +123,16 @@ pub(crate) fn start(
         max_connections: settings.max_connections,
         ..Limits::default()
     };
-    let local = servers
-        .serve(address, Plain, handler, limits)
-        .map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("input.address: cannot listen on {}: {e}", settings.address),
-            )
-        })?;
+    let served = match &settings.tls {
+        Some(tls) => servers.serve(address, tls.clone(), handler, limits),
+        None => servers.serve(address, Plain, handler, limits),
+    };
+    let local = served.map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("input.address: cannot listen on {}: {e}", settings.address),
+        )
+    })?;
     // At a stop, let the feed go: once the requests in hand are handed over, the engine sees
     // the input end.
     servers.handle().spawn(async move {
@@ -139,7 +145,14 @@ pub(crate) fn start(
         HttpInput {
             servers: Some(servers),
         },
-        format!("http://{local}"),
+        format!(
+            "{}://{local}",
+            if settings.tls.is_some() {
+                "https"
+            } else {
+                "http"
+            }
+        ),
     ))
 }
 

@@ -18,7 +18,7 @@ use std::sync::Arc;
 use crate::ack::Ack;
 use crate::config::InputConfig;
 
-mod http;
+pub(crate) mod http;
 mod lines;
 pub(crate) mod listen;
 
@@ -122,13 +122,20 @@ pub(crate) fn start(
         max_connections,
         max_body_bytes,
         ack_timeout_secs,
+        tls,
     } = config
     {
+        warn_if_exposed(address, tls.is_some());
+        let tls = tls
+            .as_ref()
+            .map(|tls| crate::tls::server(tls, |p| base_dir.join(p), "input.tls"))
+            .transpose()?;
         let settings = http::Settings {
             address: address.clone(),
             max_connections: *max_connections,
             max_body_bytes: *max_body_bytes,
             ack_timeout: std::time::Duration::from_secs(*ack_timeout_secs),
+            tls,
         };
         let (server, address) = http::start(&settings, feed, stop)?;
         return Ok(Started {
@@ -137,6 +144,9 @@ pub(crate) fn start(
             address,
             _server: Some(server),
         });
+    }
+    if let InputConfig::Tcp { address, .. } = config {
+        warn_if_exposed(address, false);
     }
     let (wait_for_readers, address) = match (config, listen::Listener::bind(config, base_dir)?) {
         (
@@ -170,4 +180,15 @@ pub(crate) fn start(
         address,
         _server: None,
     })
+}
+
+/// Warns when an input listens beyond loopback without TLS: anyone who can reach it can send
+/// events, and so poison what the models learn.
+fn warn_if_exposed(address: &str, tls: bool) {
+    if !tls && !matches!(crate::config::check_address(address), Ok(true)) {
+        tracing::warn!(%address,
+            "input listens beyond loopback without TLS: anyone who can reach it can send events \
+             (and skew what the models learn); use the http input with tls (and \
+             client_ca_file), or listen on loopback");
+    }
 }

@@ -35,14 +35,17 @@ pub(crate) struct HttpSink {
 }
 
 impl HttpSink {
-    /// A sink POSTing to `url`, each request taking at most `request_timeout`.
+    /// A sink POSTing to `url`, each request taking at most `request_timeout`; `tls` (for an
+    /// `https://` URL) says which authorities to trust and which certificate to present.
     pub(crate) fn new(
         name: &str,
         url: &str,
         request_timeout: Duration,
+        tls: Option<ureq::tls::TlsConfig>,
         stats: OutputHealth,
     ) -> Self {
         let agent = ureq::Agent::config_builder()
+            .tls_config(tls.unwrap_or_default())
             // Statuses are judged here: anything but 2xx is a failed attempt.
             .http_status_as_error(false)
             // A redirect is not followed: a POST must not turn into something else.
@@ -199,6 +202,7 @@ mod tests {
             "t",
             &format!("http://localhost:{port}/in"),
             Duration::from_secs(10),
+            None,
             stats.clone(),
         );
         let none = Deadline::default();
@@ -240,5 +244,118 @@ mod tests {
         assert_eq!(authority("https://a/x").as_deref(), Some("a:443"));
         assert_eq!(authority("http://[::1]/").as_deref(), Some("[::1]:80"));
         assert_eq!(authority("ftp://a/"), None);
+    }
+}
+
+#[cfg(test)]
+mod tls_tests {
+    use super::*;
+    use std::path::{Path, PathBuf};
+    use std::sync::atomic::AtomicBool;
+    use std::sync::{Arc, Mutex};
+
+    use crate::config::{ClientTls, ServerTls};
+    use crate::input::{http as input, Feed, Msg};
+
+    /// A certificate authority, a server certificate for 127.0.0.1 and a client certificate,
+    /// all made now, written as PEM into `dir`.
+    fn certificates(dir: &Path) -> [PathBuf; 5] {
+        let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca =
+            rcgen::CertifiedIssuer::self_signed(ca_params, rcgen::KeyPair::generate().unwrap())
+                .unwrap();
+        let leaf = |names: Vec<String>| {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let cert = rcgen::CertificateParams::new(names)
+                .unwrap()
+                .signed_by(&key, &ca)
+                .unwrap();
+            (cert.pem(), key.serialize_pem())
+        };
+        let (server_cert, server_key) = leaf(vec!["127.0.0.1".into(), "localhost".into()]);
+        let (client_cert, client_key) = leaf(vec!["sender.example".into()]);
+        let files = [
+            ("ca.pem", ca.pem()),
+            ("server.pem", server_cert),
+            ("server.key", server_key),
+            ("client.pem", client_cert),
+            ("client.key", client_key),
+        ];
+        files.map(|(name, text)| {
+            let path = dir.join(name);
+            std::fs::write(&path, text).unwrap();
+            path
+        })
+    }
+
+    #[test]
+    fn https_round_trip_and_a_client_without_a_certificate_is_refused() {
+        let dir = std::env::temp_dir().join(format!("egresswatch-tls-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let [ca, server_cert, server_key, client_cert, client_key] = certificates(&dir);
+        let server_tls = ServerTls {
+            cert_file: server_cert,
+            key_file: server_key,
+            client_ca_file: Some(ca.clone()),
+        };
+        let accept = crate::tls::server(&server_tls, Path::to_owned, "input.tls").unwrap();
+        let (feed, rx) = Feed::channel();
+        let received = Arc::new(Mutex::new(Vec::new()));
+        let engine = {
+            let received = Arc::clone(&received);
+            std::thread::spawn(move || {
+                for msg in rx {
+                    if let Msg::Acked { data, ack } = msg {
+                        received.lock().unwrap().push(data);
+                        ack.delivered();
+                    }
+                }
+            })
+        };
+        let stop = Arc::new(AtomicBool::new(false));
+        let settings = input::Settings {
+            address: "127.0.0.1:0".into(),
+            max_connections: 4,
+            max_body_bytes: 1 << 20,
+            ack_timeout: Duration::from_secs(10),
+            tls: Some(accept),
+        };
+        let (server, address) = input::start(&settings, feed, &stop).unwrap();
+        assert!(address.starts_with("https://127.0.0.1:"), "{address}");
+        let url = format!("{address}/events");
+        let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+        let none = Deadline::default();
+        let client = |cert: bool| {
+            let tls = ClientTls {
+                ca_file: Some(ca.clone()),
+                cert_file: cert.then(|| client_cert.clone()),
+                key_file: cert.then(|| client_key.clone()),
+            };
+            let tls = crate::tls::client(&tls, Path::to_owned, "outputs.t.tls").unwrap();
+            HttpSink::new("t", &url, Duration::from_secs(10), Some(tls), stats.clone())
+        };
+        // With its certificate: delivered, through TLS, to the input and acknowledged.
+        client(true).deliver(b"one\ntwo\n", &none).unwrap();
+        assert_eq!(*received.lock().unwrap(), vec![b"one\ntwo\n".to_vec()]);
+        // Without one: refused in the handshake; nothing reaches the engine.
+        match client(false).deliver(b"three\n", &none) {
+            Err(SinkError::Retry(m)) => assert!(m.contains("POST"), "{m}"),
+            other => panic!("a client without a certificate got through: {other:?}"),
+        }
+        // Plain HTTP to the TLS port gets nowhere either.
+        let mut plain = HttpSink::new(
+            "t",
+            &url.replace("https", "http"),
+            Duration::from_secs(5),
+            None,
+            stats.clone(),
+        );
+        assert!(plain.deliver(b"four\n", &none).is_err());
+        assert_eq!(received.lock().unwrap().len(), 1);
+        stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        drop(server);
+        engine.join().unwrap();
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -179,13 +179,27 @@ impl Outputs {
                 OutputConfig::Http {
                     url,
                     request_timeout_secs,
+                    tls,
                     ..
-                } => Box::new(http::HttpSink::new(
-                    name,
-                    url,
-                    Duration::from_secs(*request_timeout_secs),
-                    stats.clone(),
-                )),
+                } => {
+                    let tls = tls
+                        .as_ref()
+                        .map(|tls| {
+                            crate::tls::client(
+                                tls,
+                                |p| config.resolve(p),
+                                &format!("outputs.{name}.tls"),
+                            )
+                        })
+                        .transpose()?;
+                    Box::new(http::HttpSink::new(
+                        name,
+                        url,
+                        Duration::from_secs(*request_timeout_secs),
+                        tls,
+                        stats.clone(),
+                    ))
+                }
             };
             outputs.start(name, sink, output.buffer(), stats)?;
         }

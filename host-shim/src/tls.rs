@@ -1,0 +1,141 @@
+//! TLS for the HTTP input (server side: rustls through `tokio-rustls`, an [`Accept`] of the
+//! host's HTTP stack) and the HTTP output (client side: rustls through `ureq`), with the
+//! `ring` provider on both sides.
+//!
+//! Certificates and keys are PEM files named in the configuration, read bounded (regular files
+//! of at most [`MAX_PEM_BYTES`]); every error names the configuration key and the file. An
+//! input with `client_ca_file` requires a client certificate signed by that authority: a
+//! client without one is refused during the handshake, before any request is read.
+
+use std::io;
+use std::path::Path;
+use std::sync::Arc;
+
+use egresswatch_plugin_api::files;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use tokio::net::TcpStream;
+
+use crate::config::{ClientTls, ServerTls};
+use crate::http::Accept;
+
+/// Largest PEM file read.
+pub(crate) const MAX_PEM_BYTES: u64 = 1 << 20;
+
+/// Reads a PEM file, naming `key` (the configuration key) on failure.
+fn read_pem(path: &Path, key: &str) -> io::Result<Vec<u8>> {
+    files::read_regular(path, MAX_PEM_BYTES).map_err(|e| {
+        let e = io::Error::from(e);
+        io::Error::new(e.kind(), format!("{key}: {}: {e}", path.display()))
+    })
+}
+
+fn invalid(key: &str, path: &Path, what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!("{key}: {}: {what}", path.display()),
+    )
+}
+
+/// The certificates of a PEM file (at least one).
+fn certificates(path: &Path, key: &str) -> io::Result<Vec<CertificateDer<'static>>> {
+    let pem = read_pem(path, key)?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| invalid(key, path, e))?;
+    if certs.is_empty() {
+        return Err(invalid(key, path, "no certificate in the file"));
+    }
+    Ok(certs)
+}
+
+/// The private key of a PEM file.
+fn private_key(path: &Path, key: &str) -> io::Result<PrivateKeyDer<'static>> {
+    let pem = read_pem(path, key)?;
+    PrivateKeyDer::from_pem_slice(&pem).map_err(|e| invalid(key, path, e))
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// The TLS side of a listener: its certificate, and client certificates required when
+/// `client_ca_file` is set. `resolve` turns configured paths into paths to open; `prefix` is
+/// the configuration key of `tls` (`input.tls`).
+pub(crate) fn server(
+    tls: &ServerTls,
+    resolve: impl Fn(&Path) -> std::path::PathBuf,
+    prefix: &str,
+) -> io::Result<TlsAccept> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    let chain = certificates(&resolve(&tls.cert_file), &key("cert_file"))?;
+    let private = private_key(&resolve(&tls.key_file), &key("key_file"))?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?;
+    let builder = match &tls.client_ca_file {
+        Some(ca) => {
+            let path = resolve(ca);
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in certificates(&path, &key("client_ca_file"))? {
+                roots
+                    .add(cert)
+                    .map_err(|e| invalid(&key("client_ca_file"), &path, e))?;
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| invalid(&key("client_ca_file"), &path, e))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+        None => builder.with_no_client_auth(),
+    };
+    let config = builder
+        .with_single_cert(chain, private)
+        .map_err(|e| invalid(&key("key_file"), &resolve(&tls.key_file), e))?;
+    Ok(TlsAccept(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+}
+
+/// Accepts TLS on the host's HTTP stack.
+#[derive(Clone)]
+pub(crate) struct TlsAccept(tokio_rustls::TlsAcceptor);
+
+impl Accept for TlsAccept {
+    type Io = tokio_rustls::server::TlsStream<TcpStream>;
+
+    async fn accept(&self, tcp: TcpStream) -> io::Result<Self::Io> {
+        self.0.accept(tcp).await
+    }
+}
+
+/// The TLS settings of an HTTP output's client: the authorities it trusts (the public web PKI
+/// when `ca_file` is absent) and the certificate it presents, if any. `prefix` is the
+/// configuration key of `tls` (`outputs.NAME.tls`).
+pub(crate) fn client(
+    tls: &ClientTls,
+    resolve: impl Fn(&Path) -> std::path::PathBuf,
+    prefix: &str,
+) -> io::Result<ureq::tls::TlsConfig> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    let der = |c: &CertificateDer<'_>| ureq::tls::Certificate::from_der(c.as_ref()).to_owned();
+    let mut builder = ureq::tls::TlsConfig::builder();
+    if let Some(ca) = &tls.ca_file {
+        let certs = certificates(&resolve(ca), &key("ca_file"))?;
+        let certs: Vec<_> = certs.iter().map(der).collect();
+        builder = builder.root_certs(ureq::tls::RootCerts::new_with_certs(&certs));
+    }
+    if let (Some(cert), Some(private)) = (&tls.cert_file, &tls.key_file) {
+        let chain: Vec<_> = certificates(&resolve(cert), &key("cert_file"))?
+            .iter()
+            .map(der)
+            .collect();
+        let path = resolve(private);
+        let pem = read_pem(&path, &key("key_file"))?;
+        let private = ureq::tls::PrivateKey::from_pem(&pem)
+            .map_err(|e| invalid(&key("key_file"), &path, e))?;
+        builder = builder.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, private)));
+    }
+    Ok(builder.build())
+}

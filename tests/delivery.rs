@@ -323,25 +323,7 @@ fn flaky_downstream(
             match this_break {
                 None => return (connections, largest_buffer),
                 Some(Break::Close) => drop(conn),
-                Some(Break::Reset) => {
-                    // SO_LINGER on, zero seconds: close(2) sends RST.
-                    let linger = libc::linger {
-                        l_onoff: 1,
-                        l_linger: 0,
-                    };
-                    // SAFETY: as in `set_int_option`, with a `linger` struct.
-                    let r = unsafe {
-                        libc::setsockopt(
-                            conn.as_raw_fd(),
-                            libc::SOL_SOCKET,
-                            libc::SO_LINGER,
-                            std::ptr::from_ref(&linger).cast(),
-                            std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                        )
-                    };
-                    assert_eq!(r, 0);
-                    drop(conn);
-                }
+                Some(Break::Reset) => crate::util::close_with_reset(conn),
                 Some(Break::Down(pause)) => {
                     drop(conn);
                     drop(listener);

@@ -6,12 +6,13 @@
 use std::collections::BTreeSet;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::{TcpListener, TcpStream};
-use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::util::{free_address, temp_dir, wait_until, workspace, write, Running};
+use crate::util::{
+    close_with_reset, free_address, temp_dir, wait_until, workspace, write, Running,
+};
 
 const STARTUP: Duration = Duration::from_secs(30);
 const EXIT: Duration = Duration::from_secs(60);
@@ -229,10 +230,9 @@ fn serve(
                 }
             }
         };
-        let conn = reader.get_mut();
         match this_break {
             None => {
-                let answered = conn.write_all(
+                let answered = reader.get_mut().write_all(
                     b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: keep-alive\r\n\r\n",
                 );
                 if answered.is_err() {
@@ -240,21 +240,7 @@ fn serve(
                 }
             }
             Some(Break::Reset) => {
-                let linger = libc::linger {
-                    l_onoff: 1,
-                    l_linger: 0,
-                };
-                // SAFETY: SO_LINGER takes a `linger` struct of this size; the socket is open.
-                let r = unsafe {
-                    libc::setsockopt(
-                        conn.as_raw_fd(),
-                        libc::SOL_SOCKET,
-                        libc::SO_LINGER,
-                        std::ptr::from_ref(&linger).cast(),
-                        std::mem::size_of::<libc::linger>() as libc::socklen_t,
-                    )
-                };
-                assert_eq!(r, 0);
+                close_with_reset(reader.into_inner());
                 return;
             }
             Some(Break::Close) => return,

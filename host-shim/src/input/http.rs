@@ -196,9 +196,6 @@ async fn answer(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
             "compressed bodies are not taken; send them uncompressed",
         );
     }
-    let Some(feed) = shared.feed() else {
-        return reply(503, "egresswatch is stopping");
-    };
     let body = match Limited::new(request.into_body(), shared.max_body_bytes)
         .collect()
         .await
@@ -208,6 +205,10 @@ async fn answer(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
             return reply(413, "the body is larger than input.max_body_bytes")
         }
         Err(e) => return reply(400, &format!("reading the body: {e}")),
+    };
+    // Taken only now: a client slow to send its body must not hold the feed open at a stop.
+    let Some(feed) = shared.feed() else {
+        return reply(503, "egresswatch is stopping");
     };
     match tokio::time::timeout(shared.ack_timeout, deliver(feed, body)).await {
         Ok(Outcome::Delivered) => reply(200, "delivered"),

@@ -1,5 +1,5 @@
-//! The host's one HTTP stack: servers (the metrics and health endpoint today; the HTTP input
-//! builds on the same module) on hyper 1.x over one small tokio runtime with its own thread,
+//! The host's one HTTP stack: servers on hyper 1.x, each [`Servers`] one small tokio runtime
+//! with its own thread (one for the metrics and health endpoint, one for the HTTP input),
 //! bridged to the thread-based engine by shared state and channels.
 //!
 //! - [`Servers::start`] starts the runtime (one worker thread, `egresswatch-http`).
@@ -8,7 +8,7 @@
 //!   connection is its own task (keep-alive, HTTP/1.1), so slow or idle clients never hold up
 //!   another. Connections beyond [`Limits::max_connections`] wait to be accepted.
 //! - What a listener does with an accepted TCP stream is an [`Accept`]: [`Plain`] hands it over
-//!   as it is; a TLS acceptor (tokio-rustls) is another implementation of the same trait.
+//!   as it is; `crate::tls`'s acceptor (tokio-rustls) is the TLS implementation.
 //! - [`Servers::shutdown`] stops accepting, lets every connection finish the request it is
 //!   serving (HTTP graceful shutdown) for up to [`SHUTDOWN_GRACE`], and stops the runtime.
 

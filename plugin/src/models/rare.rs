@@ -544,14 +544,16 @@ impl Model for Rare {
             None => (false, false, false),
         };
         let entry = st.values.get(value_key).copied();
-        // History, excluding this bucket's own contribution.
+        // History, excluding this bucket's own contribution. Saturating: a loaded state whose
+        // counts disagree with its open buckets' seen sets (a corrupt but parseable file) must
+        // score, not panic.
         let t_hist = (part.total.get(now, &decay) - if total_seen { age_w } else { 0.0 }).max(0.0);
-        let raw_total_hist = part.raw_total - u64::from(total_seen);
-        let buckets_hist = part.buckets - u64::from(bucket_seen);
+        let raw_total_hist = part.raw_total.saturating_sub(u64::from(total_seen));
+        let buckets_hist = part.buckets.saturating_sub(u64::from(bucket_seen));
         let c_hist = entry.map_or(0.0, |e| {
             (e.decayed(now, &decay) - if unit_seen { age_w } else { 0.0 }).max(0.0)
         });
-        let raw_hist = entry.map_or(0, |e| u64::from(e.raw) - u64::from(unit_seen));
+        let raw_hist = entry.map_or(0, |e| u64::from(e.raw).saturating_sub(u64::from(unit_seen)));
         let learning = buckets_hist < learning_buckets;
         // Never seen before this bucket.
         let never = raw_hist == 0;

@@ -32,12 +32,12 @@
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
 
+use rapidhash::v3::{rapidhash_v3_inline, RapidSecrets};
 use serde::{Deserialize, Serialize};
-use siphasher::sip::SipHasher13;
 
 use super::{ConfigProblem, ModelError, STATE_VERSION};
 
-/// Keys are already uniformly distributed (keyed SipHash), so the maps use them as they are.
+/// Keys are already uniformly distributed (keyed rapidhash), so the maps use them as they are.
 #[derive(Default, Clone, Copy)]
 pub struct PassThrough(u64);
 
@@ -58,37 +58,60 @@ impl Hasher for PassThrough {
 /// A map keyed by pre-hashed 64-bit keys.
 pub type KeyMap<V> = HashMap<u64, V, BuildHasherDefault<PassThrough>>;
 
-/// Keyed 64-bit hashing of field values (SipHash-1-3). The keys are part of the saved state so
-/// that hashes stay valid across restarts; an attacker cannot aim collisions at baseline keys
-/// without a 2^64 search.
+/// Keyed 64-bit hashing of field values: rapidhash V3 (its protected variant) under secrets
+/// derived from the seed. The keys are part of the saved state, so the hash must give the same
+/// output on every platform and crate version (rapidhash's `v3` functions promise that;
+/// foldhash and ahash do not); only the seed is saved, the secrets are derived again on load.
+/// Why this hash and not SipHash: see ARCHITECTURE.md ("Hash keys are secret per installation").
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(from = "u64", into = "u64")]
 pub struct KeyHasher {
-    k0: u64,
-    k1: u64,
+    seed: u64,
+    secrets: RapidSecrets,
 }
+
+impl From<u64> for KeyHasher {
+    fn from(seed: u64) -> Self {
+        KeyHasher::new(seed)
+    }
+}
+
+impl From<KeyHasher> for u64 {
+    fn from(hasher: KeyHasher) -> u64 {
+        hasher.seed
+    }
+}
+
+/// What an absent part of a key is folded in with (an empty string is hashed like any other).
+const ABSENT: u64 = 0x6162_7365_6e74_00fe;
 
 impl KeyHasher {
     /// A hasher with the given secret.
     pub fn new(seed: u64) -> Self {
         KeyHasher {
-            k0: seed ^ 0x6567_7265_7373_7761,
-            k1: seed.rotate_left(32) ^ 0x7463_6820_6d6f_6465,
+            seed,
+            secrets: RapidSecrets::seed(seed ^ 0x6567_7265_7373_7761),
         }
     }
 
-    /// Hash of a sequence of optional strings (absent and empty are distinct).
+    /// Hash of a sequence of optional strings (absent and empty are distinct): each present part
+    /// is hashed once, seeded with the hash of the parts before it; an absent one is a mix.
+    #[inline]
     pub fn key(&self, parts: &[Option<&str>]) -> u64 {
-        let mut h = SipHasher13::new_with_keys(self.k0, self.k1);
+        let mut h = self.secrets.seed;
         for p in parts {
-            match p {
-                Some(s) => {
-                    h.write(s.as_bytes());
-                    h.write_u8(0xff);
-                }
-                None => h.write_u8(0xfe),
-            }
+            h = match p {
+                Some(s) => rapidhash_v3_inline::<true, false, true>(
+                    s.as_bytes(),
+                    &RapidSecrets {
+                        seed: h,
+                        secrets: self.secrets.secrets,
+                    },
+                ),
+                None => mix(h, ABSENT),
+            };
         }
-        h.finish()
+        h
     }
 }
 
@@ -629,6 +652,19 @@ pub fn map_bytes<V>(m: &KeyMap<V>) -> usize {
     slots * (std::mem::size_of::<(u64, V)>() + 1)
 }
 
+/// The anchors of [`score_from_log10_p`]: (`-log10 p`, score).
+const SCORE_ANCHORS: [(f64, f64); 9] = [
+    (0.0, 0.0),
+    (0.5, 3.0),
+    (1.0, 20.0),
+    (1.5, 60.0),
+    (1.7, 75.0),
+    (2.5, 85.0),
+    (3.0, 90.0),
+    (4.0, 96.0),
+    (6.0, 100.0),
+];
+
 /// Score 0-100 from `-log10 p`: piecewise linear through these anchors, monotone.
 ///
 /// | -log10 p | 0 | 0.5 | 1 | 1.5 | 1.7 | 2.5 | 3 | 4 | 6 |
@@ -641,21 +677,10 @@ pub fn map_bytes<V>(m: &KeyMap<V>) -> usize {
 /// bucket out of ten or more (p >= 0.1) stays under 20, below "minor"; the flat top separates
 /// "never in a month" (p ~ 2e-4, ~94) from "never in a day" (~80) without saturating.
 pub fn score_from_log10_p(l: f64) -> f64 {
-    const ANCHORS: [(f64, f64); 9] = [
-        (0.0, 0.0),
-        (0.5, 3.0),
-        (1.0, 20.0),
-        (1.5, 60.0),
-        (1.7, 75.0),
-        (2.5, 85.0),
-        (3.0, 90.0),
-        (4.0, 96.0),
-        (6.0, 100.0),
-    ];
     if l.is_nan() || l <= 0.0 {
         return 0.0;
     }
-    for w in ANCHORS.windows(2) {
+    for w in SCORE_ANCHORS.windows(2) {
         let (x0, y0) = w[0];
         let (x1, y1) = w[1];
         if l <= x1 {
@@ -663,6 +688,31 @@ pub fn score_from_log10_p(l: f64) -> f64 {
         }
     }
     100.0
+}
+
+/// The probability at or above which an event is sure to score below `score_floor`, with a
+/// margin (twice the probability at the floor, or halfway to 1) so that rounding in the exact
+/// computation can never make such an event reach the floor. `None` when every score is wanted
+/// (a floor of 0).
+///
+/// Why: the score is monotone in `-log10 p`, so a model can compare `p` (or a bound of it it
+/// already has) with this instead of computing logarithms and tails for the many events that
+/// cannot alert.
+pub fn floor_probability(score_floor: f64) -> Option<f64> {
+    if score_floor.is_nan() || score_floor <= 0.0 {
+        return None;
+    }
+    // The inverse of `score_from_log10_p` at the floor.
+    let mut l = f64::INFINITY;
+    for w in SCORE_ANCHORS.windows(2) {
+        let ((x0, y0), (x1, y1)) = (w[0], w[1]);
+        if score_floor <= y1 {
+            l = x0 + (x1 - x0) * (score_floor - y0) / (y1 - y0);
+            break;
+        }
+    }
+    let p = 10f64.powf(-l);
+    Some((2.0 * p).min(0.5 * (1.0 + p)))
 }
 
 /// `-log10` of the standard normal upper tail `P(Z >= z)`.
@@ -716,6 +766,9 @@ pub struct ModelConfig {
     /// gathers evidence over several buckets reports an episode once, when its score first
     /// reaches this, instead of once per bucket.
     pub alert_score: f64,
+    /// The least score any of the job's rules alerts at (0: every score is wanted, as for score
+    /// records). A score the model can show is below it is not computed: it is reported as 0.
+    pub score_floor: f64,
 }
 
 impl ModelConfig {
@@ -751,6 +804,15 @@ impl ModelConfig {
         }
         if self.max_partitions == 0 {
             bad("max_partitions", "must be at least 1".to_string());
+        }
+        if !(0.0..=self.alert_score.min(100.0)).contains(&self.score_floor) {
+            bad(
+                "score_floor",
+                format!(
+                    "must be from 0 to alert_score ({}), got {}",
+                    self.alert_score, self.score_floor
+                ),
+            );
         }
         if !(self.alert_score > 0.0 && self.alert_score <= 100.0) {
             bad(
@@ -788,6 +850,22 @@ mod tests {
         }
         assert_eq!(score_from_log10_p(f64::NAN), 0.0);
         assert_eq!(score_from_log10_p(50.0), 100.0);
+    }
+
+    #[test]
+    fn below_the_floor_probability_the_score_is_below_the_floor() {
+        assert_eq!(floor_probability(0.0), None);
+        for floor in [0.5, 3.0, 20.0, 50.0, 74.9, 75.0, 75.1, 90.0, 99.0, 100.0] {
+            let p = floor_probability(floor).expect("a floor");
+            assert!(p > 0.0 && p < 1.0, "{floor}: {p}");
+            // Any probability from the bound up scores below the floor, with room to spare.
+            let at = score_from_log10_p(-p.log10());
+            assert!(at < floor, "{floor}: {at}");
+            // And the bound is not loose: half of it again would score at least the floor
+            // (below 1 at low floors, where halfway to 1 is the bound).
+            let closer = score_from_log10_p(-(p / 2.0).log10());
+            assert!(closer >= floor - 1e-9 || p >= 0.5, "{floor}: {closer}");
+        }
     }
 
     #[test]

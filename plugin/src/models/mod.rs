@@ -57,8 +57,9 @@ pub fn registration(function: Function) -> Option<&'static Registration> {
     REGISTRY.iter().find(|r| r.function == function)
 }
 
-/// Version written at the front of every saved state; bumped on any layout change.
-pub const STATE_VERSION: u32 = 2;
+/// Version written at the front of every saved state; bumped on any layout change (3: keys are
+/// rapidhash, no longer SipHash-1-3, so a state of version 2 is refused and the models relearn).
+pub const STATE_VERSION: u32 = 3;
 
 /// One event as a model sees it: the fields the job extracted from it.
 #[derive(Debug, Clone, Copy, PartialEq)]

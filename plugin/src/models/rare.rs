@@ -67,8 +67,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::engine::{
-    check_weight, decode_state, encode_state, invalid, map_bytes, mix, score_from_log10_p, Clock,
-    Decay, Decayed, KeyHasher, KeyMap, KeyTable, Kind, ModelConfig, Slot, Tracked,
+    check_weight, decode_state, encode_state, floor_probability, invalid, map_bytes, mix,
+    score_from_log10_p, Clock, Decay, Decayed, KeyHasher, KeyMap, KeyTable, Kind, ModelConfig,
+    Slot, Tracked,
 };
 use super::{ConfigProblem, Detail, Model, ModelError, ModelStatus, Observation, Scored};
 
@@ -103,6 +104,7 @@ impl Default for RareConfig {
                 max_partitions: 10_000,
                 hash_seed: 0,
                 alert_score: 75.0,
+                score_floor: 0.0,
             },
             session_gap_buckets: 4,
             session_exponent: 3.0,
@@ -158,6 +160,7 @@ impl RareConfig {
             decay: Decay::new(self.model.half_life_buckets),
             day_decay: Decay::new(self.model.half_life_buckets / buckets_per_day as f64),
             buckets_per_day,
+            floor_p: floor_probability(self.model.score_floor),
             state: RareState::new(self),
             config: self.clone(),
         })
@@ -417,6 +420,8 @@ pub struct Rare {
     /// The same half-life, in days.
     day_decay: Decay,
     buckets_per_day: i64,
+    /// [`floor_probability`] of the configured score floor.
+    floor_p: Option<f64>,
     state: RareState,
 }
 
@@ -580,7 +585,14 @@ impl Model for Rare {
             };
             p = p.min(novelty.max(0.5 / (t_hist + 1.0)));
         }
-        let score = score_from_log10_p(-p.min(1.0).log10());
+        // An event that cannot alert (learning, or `p` too high to reach the floor) is reported
+        // at 0 without the logarithm; the floor is at most `alert_score`, so `crossed` is
+        // unchanged.
+        let score = if self.floor_p.is_some_and(|f| learning || p >= f) {
+            0.0
+        } else {
+            score_from_log10_p(-p.min(1.0).log10())
+        };
         let scored = Scored {
             score,
             learning,
@@ -850,6 +862,45 @@ mod tests {
         let long = session(&mut m, 6 * DAY + 30, 10, "Spain");
         println!("10 buckets of a value whose sessions run 8: {long:?}");
         assert!(long.iter().all(|&s| s < 75.0));
+    }
+
+    #[test]
+    fn scores_out_of_reach_of_the_floor_are_skipped_and_nothing_else_changes() {
+        let mut exact = RareConfig::default().build().unwrap();
+        let mut config = RareConfig::default();
+        config.model.score_floor = 60.0;
+        let mut floored = config.build().unwrap();
+        let (mut skipped, mut alerts) = (0, 0);
+        let mut both = |b: i64, value: &str| {
+            let full = see(&mut exact, b, value);
+            let fast = see(&mut floored, b, value);
+            if fast.score == full.score {
+                alerts += usize::from(full.score >= 60.0 && !full.learning);
+            } else {
+                // Skipped: only an event that could not alert, and only its score.
+                assert!(full.learning || full.score < 60.0, "{value} {b}: {full:?}");
+                assert_eq!(fast, Scored { score: 0.0, ..full });
+                skipped += usize::from(full.score > 0.0);
+            }
+        };
+        // Routine values, one that returns now and then, persistent sessions (reported once at
+        // the alert score, 75, which the floor must not disturb) and never-seen values.
+        for b in 0..6 * DAY {
+            for c in BASE {
+                both(b, c);
+            }
+            if b % 37 == 0 {
+                both(b, "Spain");
+            }
+            if (3 * DAY..3 * DAY + 6).contains(&b) || (5 * DAY..5 * DAY + 3).contains(&b) {
+                both(b, "Algeria");
+            }
+            if b % DAY == 50 {
+                both(b, &format!("Nowhere {b}"));
+            }
+        }
+        println!("{alerts} alerts, {skipped} scores above 0 skipped");
+        assert!(alerts >= 3 && skipped >= 20, "{alerts} {skipped}");
     }
 
     #[test]

@@ -1,0 +1,140 @@
+//! Tests of the `engine` module, in their own file to keep `engine.rs` short.
+
+use super::*;
+
+#[test]
+fn score_curve_is_monotone_and_bounded() {
+    let mut last = -1.0;
+    for i in 0..1000 {
+        let s = score_from_log10_p(f64::from(i) * 0.01);
+        assert!(s >= last && (0.0..=100.0).contains(&s));
+        last = s;
+    }
+    assert_eq!(score_from_log10_p(f64::NAN), 0.0);
+    assert_eq!(score_from_log10_p(50.0), 100.0);
+}
+
+#[test]
+fn below_the_floor_probability_the_score_is_below_the_floor() {
+    assert_eq!(floor_probability(0.0), None);
+    for floor in [0.5, 3.0, 20.0, 50.0, 74.9, 75.0, 75.1, 90.0, 99.0, 100.0] {
+        let p = floor_probability(floor).expect("a floor");
+        assert!(p > 0.0 && p < 1.0, "{floor}: {p}");
+        // Any probability from the bound up scores below the floor, with room to spare.
+        let at = score_from_log10_p(-p.log10());
+        assert!(at < floor, "{floor}: {at}");
+        // And the bound is not loose: half of it again would score at least the floor
+        // (below 1 at low floors, where halfway to 1 is the bound).
+        let closer = score_from_log10_p(-(p / 2.0).log10());
+        assert!(closer >= floor - 1e-9 || p >= 0.5, "{floor}: {closer}");
+    }
+}
+
+#[test]
+fn clock_open_late_far_late() {
+    let mut c = Clock::new(900, 1);
+    let t0 = 1_700_000_100_000_i64;
+    let b0 = (t0 / 900_000) as i32;
+    let live = |c: &mut Clock, t: i64| c.place(t, t);
+    assert_eq!(live(&mut c, t0), Some((Slot::Open(b0), Some(b0 - 1))));
+    assert_eq!(
+        live(&mut c, t0 + 900_000),
+        Some((Slot::Open(b0 + 1), Some(b0)))
+    );
+    assert_eq!(live(&mut c, t0), Some((Slot::Open(b0), None)));
+    assert_eq!(
+        live(&mut c, t0 - 900_000),
+        Some((Slot::FarLate(b0 - 1), None))
+    );
+    // A quiet hour in a live stream: the host's clock vouches for the jump.
+    assert_eq!(
+        live(&mut c, t0 + 5 * 900_000),
+        Some((Slot::Open(b0 + 5), Some(b0 + 4)))
+    );
+    assert_eq!(c.place(i64::MAX, i64::MAX), None);
+    assert_eq!(c.future_events(), 0);
+}
+
+#[test]
+fn a_loaded_clock_with_a_zero_span_is_refused() {
+    // The fuzz-found state: a valid envelope whose clock span is 0.
+    let bytes = postcard::to_allocvec(&(0i64, 1i32, Some(5i32), Vec::<i64>::new(), 0u64)).unwrap();
+    let clock: Clock = postcard::from_bytes(&bytes).unwrap();
+    assert_eq!(clock.span_ms(), 0);
+    let config = crate::models::RareConfig::default().model;
+    let err = clock.check(&config).unwrap_err();
+    assert!(err.to_string().contains("bucket_span_secs"), "{err}");
+    let bytes =
+        postcard::to_allocvec(&(900_000i64, 99i32, Some(5i32), vec![1i64; 9], 0u64)).unwrap();
+    let clock: Clock = postcard::from_bytes(&bytes).unwrap();
+    assert!(clock.check(&config).is_err());
+}
+
+#[test]
+fn one_far_future_event_never_moves_the_clock() {
+    let span = 3 * 3_600_000;
+    let t0 = 1_700_000_000_000_i64 / span * span;
+    let b0 = (t0 / span) as i32;
+    // Live: an event 23 h ahead of the host's clock is taken to happen 10 minutes ahead.
+    let mut live = Clock::new(10_800, 1);
+    live.place(t0, t0);
+    assert_eq!(
+        live.place(t0 + 23 * 3_600_000, t0),
+        Some((Slot::Open(b0), None))
+    );
+    assert_eq!(live.head(), Some(b0));
+    assert_eq!(live.future_events(), 1);
+    // Replay (the host's clock is years ahead): the jump has no quorum and lands in the head.
+    let wall = t0 + 1_000 * 86_400_000;
+    let mut replay = Clock::new(10_800, 1);
+    replay.place(t0, wall);
+    assert_eq!(
+        replay.place(t0 + 23 * 3_600_000, wall),
+        Some((Slot::Open(b0), None))
+    );
+    assert_eq!(
+        replay.place(t0 + 60_000, wall),
+        Some((Slot::Open(b0), None))
+    );
+    assert_eq!(replay.head(), Some(b0));
+    assert_eq!(replay.future_events(), 1);
+    // Normal progression goes on, one bucket at a time.
+    assert_eq!(
+        replay.place(t0 + span, wall),
+        Some((Slot::Open(b0 + 1), Some(b0)))
+    );
+    // A real gap (a quiet night in the replayed logs): once three events ahead of the head
+    // have been seen, the clock moves to the earliest of them, never to the forged one.
+    let morning = t0 + 5 * span;
+    assert_eq!(
+        replay.place(morning, wall),
+        Some((Slot::Open(b0 + 1), None))
+    );
+    assert_eq!(
+        replay.place(morning + 1_000, wall),
+        Some((Slot::Open(b0 + 5), Some(b0 + 4)))
+    );
+    assert_eq!(
+        replay.place(morning + 2_000, wall),
+        Some((Slot::Open(b0 + 5), None))
+    );
+    assert_eq!(replay.future_events(), 2);
+    // Three forged events in a row could move a replay's clock; a live stream's host clock
+    // bounds them (above).
+    let mut fresh = Clock::new(10_800, 1);
+    fresh.place(t0, wall);
+    for i in 0..2 {
+        fresh.place(t0 + 30 * span + i, wall);
+        fresh.place(t0 + 60_000, wall);
+    }
+    assert_eq!(fresh.head(), Some(b0));
+}
+
+#[test]
+fn normal_tail() {
+    assert!((normal_neg_log10_sf(0.0) - std::f64::consts::LOG10_2).abs() < 1e-4);
+    assert!((normal_neg_log10_sf(3.0) - 2.8697).abs() < 1e-3);
+    let a = normal_neg_log10_sf(4.999);
+    let b = normal_neg_log10_sf(5.001);
+    assert!((a - b).abs() < 0.02, "{a} {b}");
+}

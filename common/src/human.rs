@@ -2,24 +2,46 @@
 //! unit that reads well, and plain-text tables. Used by replay's report, `rules check` and the
 //! detector's reasons ("seen in 0 of 221 15m buckets").
 
+use std::fmt::Write as _;
+
 /// An integer with thousands separators: "2,880".
 pub fn count(n: u64) -> String {
-    let s = n.to_string();
-    let mut out = String::with_capacity(s.len() + s.len() / 3);
-    for (i, c) in s.chars().enumerate() {
+    let mut out = String::new();
+    push_count(&mut out, n);
+    out
+}
+
+/// Appends [`count`]'s text to `out`.
+pub fn push_count(out: &mut String, n: u64) {
+    let mut digits = itoa::Buffer::new();
+    let s = digits.format(n);
+    for (i, c) in s.char_indices() {
         if i > 0 && (s.len() - i).is_multiple_of(3) {
             out.push(',');
         }
         out.push(c);
     }
-    out
 }
 
 /// Bytes in decimal units, as network tools print them: "512 B", "8.1 GB", "40 MB".
 pub fn bytes(b: f64) -> String {
+    let mut out = String::new();
+    push_bytes(&mut out, b);
+    out
+}
+
+/// Appends [`bytes`]'s text to `out`.
+pub fn push_bytes(out: &mut String, b: f64) {
     const UNITS: [&str; 7] = ["B", "kB", "MB", "GB", "TB", "PB", "EB"];
     if !b.is_finite() || b < 1000.0 {
-        return format!("{} B", b.max(0.0).round());
+        let r = b.max(0.0).round();
+        if b.is_finite() && r.is_sign_positive() {
+            out.push_str(itoa::Buffer::new().format(r as u64));
+        } else {
+            let _ = write!(out, "{r}");
+        }
+        out.push_str(" B");
+        return;
     }
     let mut v = b;
     let mut i = 0;
@@ -28,28 +50,72 @@ pub fn bytes(b: f64) -> String {
         i += 1;
     }
     if v < 10.0 {
-        format!("{v:.1} {}", UNITS[i])
+        push_tenths(out, v);
     } else {
-        format!("{v:.0} {}", UNITS[i])
+        push_units(out, v);
     }
+    out.push(' ');
+    out.push_str(UNITS[i]);
 }
 
 /// A duration in the largest whole unit that fits: "3h", "15m", "30 days".
 pub fn duration_ms(ms: i64) -> String {
+    let mut out = String::new();
+    push_duration_ms(&mut out, ms);
+    out
+}
+
+/// Appends [`duration_ms`]'s text to `out`.
+pub fn push_duration_ms(out: &mut String, ms: i64) {
     let s = ms / 1000;
+    let mut n = itoa::Buffer::new();
     if s >= 2 * 86_400 {
-        format!("{} days", s / 86_400)
+        out.push_str(n.format(s / 86_400));
+        out.push_str(" days");
     } else if s >= 86_400 && s % 86_400 == 0 {
-        "1 day".to_string()
+        out.push_str("1 day");
     } else if s >= 3600 && s % 3600 == 0 {
-        format!("{}h", s / 3600)
+        out.push_str(n.format(s / 3600));
+        out.push('h');
     } else if s >= 3600 {
-        format!("{:.1}h", s as f64 / 3600.0)
+        push_tenths(out, s as f64 / 3600.0);
+        out.push('h');
     } else if s >= 60 && s % 60 == 0 {
-        format!("{}m", s / 60)
+        out.push_str(n.format(s / 60));
+        out.push('m');
     } else {
-        format!("{s}s")
+        out.push_str(n.format(s));
+        out.push('s');
     }
+}
+
+/// Appends `x` (not negative) with one decimal, exactly as `format!("{x:.1}")` writes it,
+/// without the formatter's cost. `x - floor(x)` is exact; a tenths digit computed from it can
+/// only be off when the product lands on a tie, which goes to the formatter.
+fn push_tenths(out: &mut String, x: f64) {
+    let whole = x.floor();
+    let tenths = (x - whole) * 10.0;
+    if !(0.0..1e15).contains(&whole) || tenths.fract() == 0.5 {
+        let _ = write!(out, "{x:.1}");
+        return;
+    }
+    let (whole, digit) = match tenths.round() {
+        d if d >= 10.0 => (whole + 1.0, 0),
+        d => (whole, d as u8),
+    };
+    out.push_str(itoa::Buffer::new().format(whole as u64));
+    out.push('.');
+    out.push(char::from(b'0' + digit));
+}
+
+/// Appends `x` (not negative) rounded to a whole number, as `format!("{x:.0}")` writes it
+/// (ties, which the formatter rounds to even, go to it).
+fn push_units(out: &mut String, x: f64) {
+    if !(0.0..1e15).contains(&x) || x.fract() == 0.5 {
+        let _ = write!(out, "{x:.0}");
+        return;
+    }
+    out.push_str(itoa::Buffer::new().format(x.round() as u64));
 }
 
 /// How a column of a [`table`] is aligned.
@@ -121,6 +187,50 @@ mod tests {
         assert_eq!(duration_ms(86_400_000), "1 day");
         assert_eq!(duration_ms(5_400_000), "1.5h");
         assert_eq!(duration_ms(42_000), "42s");
+    }
+
+    #[test]
+    fn the_fast_paths_write_what_the_formatter_writes() {
+        // Every tenth and half around the edges, and a spread of values in between.
+        let mut x: f64 = 0.0;
+        let mut values = vec![
+            0.05, 0.95, 9.95, 9.96, 9.949_999, 1.25, 2.5, 3.5, 999.5, 1e15,
+        ];
+        for i in 0..20_000 {
+            values.push(f64::from(i) * 0.05);
+            x = x * 1.000_7 + 0.013;
+            values.push(x);
+        }
+        for v in values {
+            let mut fast = String::new();
+            push_tenths(&mut fast, v);
+            assert_eq!(fast, format!("{v:.1}"), "{v:e}");
+            fast.clear();
+            push_units(&mut fast, v);
+            assert_eq!(fast, format!("{v:.0}"), "{v:e}");
+        }
+        for b in [
+            0.4,
+            0.5,
+            999.4,
+            999.6,
+            -3.0,
+            -0.0,
+            f64::INFINITY,
+            9_949.0,
+            9_950.0,
+            1.5e3,
+        ] {
+            let old = if !b.is_finite() || b < 1000.0 {
+                format!("{} B", b.max(0.0).round())
+            } else {
+                String::new()
+            };
+            assert!(old.is_empty() || bytes(b) == old, "{b}: {} {old}", bytes(b));
+        }
+        assert_eq!(bytes(9_950.0), format!("{:.1} kB", 9_950.0 / 1000.0));
+        assert_eq!(duration_ms(90 * 60_000 + 18_000), "1.5h");
+        assert_eq!(count(1_000), "1,000");
     }
 
     #[test]

@@ -148,8 +148,12 @@ pub enum ExtraValue {
 impl Scored {
     /// A human reason for the alert. `field` is the field's display name (e.g. "destination
     /// country"), `value` the value or entity it is about (e.g. "North Korea", "203.0.113.7").
+    ///
+    /// Written piece by piece into one string sized once (no `format!`, no string per number):
+    /// it is on every alert's path.
     pub fn reason(&self, field: &str, value: &str) -> String {
-        let span = egresswatch_common::human::duration_ms(self.bucket_span_ms);
+        use egresswatch_common::human::{push_bytes, push_count, push_duration_ms};
+        let mut text = String::with_capacity(field.len() + value.len() + 160);
         match self.detail {
             Detail::Rare {
                 buckets_with_value,
@@ -162,44 +166,63 @@ impl Scored {
                 longest_session,
                 ..
             } => {
-                let unit = if population {
-                    "entity-buckets"
+                text.push_str(field);
+                text.push(' ');
+                text.push_str(value);
+                text.push_str(" seen in ");
+                push_count(&mut text, buckets_with_value);
+                text.push_str(" of ");
+                push_count(&mut text, buckets_total);
+                text.push(' ');
+                push_duration_ms(&mut text, self.bucket_span_ms);
+                text.push_str(if population {
+                    " entity-buckets over "
                 } else {
-                    "buckets"
-                };
-                let history = (self.bucket_start_ms - history_start_ms).max(0);
-                let mut text = format!(
-                    "{field} {value} seen in {} of {} {span} {unit} over {}",
-                    egresswatch_common::human::count(buckets_with_value),
-                    egresswatch_common::human::count(buckets_total),
-                    egresswatch_common::human::duration_ms(history)
-                );
+                    " buckets over "
+                });
+                push_duration_ms(&mut text, (self.bucket_start_ms - history_start_ms).max(0));
                 if buckets_with_value > 0 {
-                    text.push_str(&format!(
-                        ", on {} of {} days",
-                        egresswatch_common::human::count(days_with_value),
-                        egresswatch_common::human::count(days_total)
-                    ));
+                    text.push_str(", on ");
+                    push_count(&mut text, days_with_value);
+                    text.push_str(" of ");
+                    push_count(&mut text, days_total);
+                    text.push_str(" days");
                 }
                 if session_buckets > longest_session.max(1) {
-                    text.push_str(&format!("; now {session_buckets} {span} buckets in a row"));
+                    let mut n = itoa::Buffer::new();
+                    text.push_str("; now ");
+                    text.push_str(n.format(session_buckets));
+                    text.push(' ');
+                    push_duration_ms(&mut text, self.bucket_span_ms);
+                    text.push_str(" buckets in a row");
                     if longest_session > 0 {
-                        text.push_str(&format!(" (longest before: {longest_session})"));
+                        text.push_str(" (longest before: ");
+                        text.push_str(n.format(longest_session));
+                        text.push(')');
                     }
                 }
-                text
             }
             Detail::HighSum {
                 bucket_sum,
                 population_p99_9,
                 ..
-            } => format!(
-                "{} sent to {field} {value} in this {span} bucket; typical {}, 99.9th percentile of {field} values {}",
-                egresswatch_common::human::bytes(bucket_sum),
-                egresswatch_common::human::bytes(self.typical),
-                egresswatch_common::human::bytes(population_p99_9)
-            ),
+            } => {
+                push_bytes(&mut text, bucket_sum);
+                text.push_str(" sent to ");
+                text.push_str(field);
+                text.push(' ');
+                text.push_str(value);
+                text.push_str(" in this ");
+                push_duration_ms(&mut text, self.bucket_span_ms);
+                text.push_str(" bucket; typical ");
+                push_bytes(&mut text, self.typical);
+                text.push_str(", 99.9th percentile of ");
+                text.push_str(field);
+                text.push_str(" values ");
+                push_bytes(&mut text, population_p99_9);
+            }
         }
+        text
     }
 
     /// The alert's extra fields: rare: `buckets_with_value`, `buckets_total`, `days_with_value`,
@@ -347,6 +370,105 @@ impl fmt::Display for ConfigProblems<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The reason as it was written with `format!` before it was built piece by piece: the
+    /// oracle the new text must match byte for byte.
+    fn formatted_reason(s: &Scored, field: &str, value: &str) -> String {
+        use egresswatch_common::human::{bytes, count, duration_ms};
+        let span = duration_ms(s.bucket_span_ms);
+        match s.detail {
+            Detail::Rare {
+                buckets_with_value,
+                buckets_total,
+                history_start_ms,
+                population,
+                days_with_value,
+                days_total,
+                session_buckets,
+                longest_session,
+                ..
+            } => {
+                let unit = if population {
+                    "entity-buckets"
+                } else {
+                    "buckets"
+                };
+                let history = (s.bucket_start_ms - history_start_ms).max(0);
+                let mut text = format!(
+                    "{field} {value} seen in {} of {} {span} {unit} over {}",
+                    count(buckets_with_value),
+                    count(buckets_total),
+                    duration_ms(history)
+                );
+                if buckets_with_value > 0 {
+                    let (with, total) = (count(days_with_value), count(days_total));
+                    text.push_str(&format!(", on {with} of {total} days"));
+                }
+                if session_buckets > longest_session.max(1) {
+                    text.push_str(&format!("; now {session_buckets} {span} buckets in a row"));
+                    if longest_session > 0 {
+                        text.push_str(&format!(" (longest before: {longest_session})"));
+                    }
+                }
+                text
+            }
+            Detail::HighSum {
+                bucket_sum,
+                population_p99_9,
+                ..
+            } => format!(
+                "{} sent to {field} {value} in this {span} bucket; typical {}, 99.9th percentile \
+                 of {field} values {}",
+                bytes(bucket_sum),
+                bytes(s.typical),
+                bytes(population_p99_9)
+            ),
+        }
+    }
+
+    #[test]
+    fn the_reason_reads_as_it_did_with_format() {
+        let mut checked = 0;
+        let mut x = 0.37_f64;
+        for i in 0..3000u64 {
+            x = (x * 3.7 + 0.11).fract();
+            let big = 10f64.powf(x * 13.0);
+            let span = [900_000, 10_800_000, 5_400_000, 60_000, 86_400_000][i as usize % 5];
+            let start = 1_700_000_000_000 + i as i64 * 900_000;
+            let scored = |detail| Scored {
+                score: 80.0,
+                learning: false,
+                far_late: false,
+                bucket_start_ms: start,
+                bucket_span_ms: span,
+                actual: big,
+                typical: big * x,
+                detail,
+            };
+            let rare = scored(Detail::Rare {
+                buckets_with_value: i % 7 * 1_234,
+                buckets_total: i * 977,
+                first_seen_ms: None,
+                history_start_ms: start - (i as i64 % 40) * 3_600_000 - 1_000,
+                population: i % 2 == 0,
+                days_with_value: i % 5,
+                days_total: i % 31 + 1,
+                session_buckets: i % 9,
+                longest_session: i % 4,
+            });
+            let sum = scored(Detail::HighSum {
+                bucket_sum: big,
+                population_p99_9: big / (1.0 + x * 1e4),
+                entity_buckets_seen: i,
+            });
+            for s in [rare, sum] {
+                let (field, value) = ("destination.ip", "203.0.113.7");
+                assert_eq!(s.reason(field, value), formatted_reason(&s, field, value));
+                checked += 1;
+            }
+        }
+        assert_eq!(checked, 6000);
+    }
 
     #[test]
     fn the_registry_builds_each_model_with_its_own_defaults() {

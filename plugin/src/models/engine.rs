@@ -157,6 +157,10 @@ pub struct Clock {
     pending: Vec<i64>,
     /// Events whose time was not believed (clamped to the host clock or to the head).
     future: u64,
+    /// The head bucket's time range `[start, end)` in ms, set when the head is: an event in it
+    /// (most events) is placed without a division. Empty until then (and after a load).
+    #[serde(skip)]
+    head_ms: (i64, i64),
 }
 
 impl Clock {
@@ -168,7 +172,15 @@ impl Clock {
             head: None,
             pending: Vec::new(),
             future: 0,
+            head_ms: (0, 0),
         }
+    }
+
+    /// Moves the head to `bucket`.
+    fn set_head(&mut self, bucket: i32) {
+        self.head = Some(bucket);
+        let start = self.start_ms(bucket);
+        self.head_ms = (start, start.saturating_add(self.span_ms));
     }
 
     /// Bucket length in ms.
@@ -206,6 +218,11 @@ impl Clock {
     /// fit the state's 32-bit bucket numbers.
     pub fn place(&mut self, time_ms: i64, arrival_ms: i64) -> Option<(Slot, Option<i32>)> {
         let limit = arrival_ms.saturating_add(FUTURE_SKEW_MS);
+        if let (Some(h), true) = (self.head, time_ms <= limit) {
+            if (self.head_ms.0..self.head_ms.1).contains(&time_ms) {
+                return Some((Slot::Open(h), None));
+            }
+        }
         let mut distrusted = false;
         let time_ms = if time_ms > limit {
             distrusted = true;
@@ -215,7 +232,7 @@ impl Clock {
         };
         let bucket = self.bucket(time_ms)?;
         let Some(h) = self.head else {
-            self.head = Some(bucket);
+            self.set_head(bucket);
             self.future += u64::from(distrusted);
             return Some((
                 Slot::Open(bucket),
@@ -223,6 +240,10 @@ impl Clock {
             ));
         };
         if bucket <= h {
+            if self.head_ms == (0, 0) {
+                // A loaded clock: its head's range, for the next events.
+                self.set_head(h);
+            }
             self.future += u64::from(distrusted);
             let slot = if bucket >= h.saturating_sub(self.lateness) {
                 Slot::Open(bucket)
@@ -246,7 +267,7 @@ impl Clock {
         match to {
             Some(to) => {
                 self.future += u64::from(distrusted);
-                self.head = Some(to);
+                self.set_head(to);
                 let span = self.span_ms;
                 self.pending
                     .retain(|&t| t.div_euclid(span) > i64::from(to) + 1);

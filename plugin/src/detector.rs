@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, BTreeSet};
+use std::net::IpAddr;
 use std::sync::Arc;
 
 use abi_stable::std_types::RVec;
@@ -75,6 +76,9 @@ struct ActiveJob {
     def: JobDef,
     /// The job's fields, resolved for the scanner.
     bound: BoundJob,
+    /// Which of by, over and partition hold an address (`*.ip`): keyed by the address, not
+    /// by its text, so that one destination written two ways is one entity.
+    addresses: [bool; 3],
     model: Box<dyn Model>,
     rules: Vec<ActiveRule>,
     scored: u64,
@@ -745,7 +749,7 @@ fn score(jobs: &mut [ActiveJob], mut ctx: Scoring<'_>, event: &Event<'_>) -> (Op
             continue;
         }
         qualified = true;
-        let Some(obs) = Extracted::from_event(&job.bound, event) else {
+        let Some(obs) = Extracted::from_event(&job.bound, job.addresses, event) else {
             continue;
         };
         let Some(scored) = job.model.observe(&obs.observation(time_ms, now)) else {
@@ -801,17 +805,20 @@ struct Extracted<'a> {
 }
 
 impl<'a> Extracted<'a> {
-    /// Reads the job's fields; `None` when a field the function needs is missing.
-    fn from_event(job: &BoundJob, event: &'a Event<'_>) -> Option<Self> {
-        let read = |field: Option<FieldId>| -> Result<Option<Cow<'a, str>>, ()> {
-            match field {
-                None => Ok(None),
-                Some(id) => event.key_text(id).map(Some).ok_or(()),
-            }
+    /// Reads the job's fields; `None` when a field the function needs is missing. A field
+    /// marked in `addresses` that holds an IPv6 address is read in its canonical form, an
+    /// IPv4-mapped one as the IPv4 address (`::FFFF:1.2.3.4` is `1.2.3.4`): the models key by
+    /// the text, and one destination must not be two entities whose sums an attacker splits.
+    /// An IPv4 address is already canonical as the address parser accepts it (no leading
+    /// zeros), so only text with a colon is looked at.
+    fn from_event(job: &BoundJob, addresses: [bool; 3], event: &'a Event<'_>) -> Option<Self> {
+        let read = |field: Option<FieldId>, address: bool| match field {
+            None => Ok(None),
+            Some(id) => key_part(event, id, address).map(Some).ok_or(()),
         };
-        let by = read(job.by).ok()?;
-        let over = read(job.over).ok()?;
-        let partition = read(job.partition).ok()?;
+        let by = read(job.by, addresses[0]).ok()?;
+        let over = read(job.over, addresses[1]).ok()?;
+        let partition = read(job.partition, addresses[2]).ok()?;
         let value = match job.field_name {
             Some(id) => event.number(id)?,
             None => 1.0,
@@ -848,6 +855,33 @@ impl<'a> Extracted<'a> {
             _ => pick(&def.over_field, &self.over).or_else(|| pick(&def.by_field, &self.by)),
         }
         .unwrap_or_else(|| (def.id.clone(), String::new()))
+    }
+}
+
+/// The text a model keys a field by (see [`Extracted::from_event`]); `None` when it is absent.
+#[inline]
+fn key_part<'a>(event: &'a Event<'_>, id: FieldId, address: bool) -> Option<Cow<'a, str>> {
+    let text = event.key_text(id)?;
+    // IPv6 text has a colon in its first five bytes, IPv4 text none: a short look for every
+    // address, a parse only for IPv6 ones.
+    if address && text.bytes().take(5).any(|b| b == b':') {
+        if let Some(canonical) = canonical_v6(event, id) {
+            return Some(canonical.into());
+        }
+    }
+    Some(text)
+}
+
+/// The canonical text of an IPv6 address field, the IPv4 address for an IPv4-mapped one.
+#[cold]
+#[inline(never)]
+fn canonical_v6(event: &Event<'_>, id: FieldId) -> Option<String> {
+    match event.ip(id)? {
+        IpAddr::V6(v6) => Some(match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        }),
+        IpAddr::V4(_) => None,
     }
 }
 
@@ -913,8 +947,18 @@ fn build_jobs(
                     let model = build_model(def, config, options, range).map_err(|e| {
                         PluginError::new(ErrorKind::Internal, format!("job {job_id}: {e}"))
                     })?;
+                    let address = |field: &Option<String>| {
+                        field
+                            .as_deref()
+                            .is_some_and(|f| f == "ip" || f.ends_with(".ip"))
+                    };
                     jobs.push(ActiveJob {
                         bound: def.bind(schema),
+                        addresses: [
+                            address(&def.by_field),
+                            address(&def.over_field),
+                            address(&def.partition_field),
+                        ],
                         def: def.clone(),
                         model,
                         rules: Vec::new(),
@@ -1617,6 +1661,34 @@ mod tests {
             }
         }
         assert!(first_flag.is_some(), "2 GB to a new IP not flagged");
+    }
+
+    #[test]
+    fn one_destination_written_as_ipv4_and_as_mapped_ipv6_is_one_sum() {
+        // An upload in chunks too small to flag alone, all to `93.184.216.34` or alternating
+        // with the address as IPv4-mapped IPv6 text: the sum must cross at the same chunk.
+        let first_flagged = |mixed: bool| {
+            let mut d = detector(json!({}));
+            bytes_baseline(&mut d, 25);
+            let start = T0 + 25 * HOURS3;
+            (0..40).find(|&i| {
+                let ip = if mixed && i % 2 == 1 {
+                    "::FFFF:93.184.216.34"
+                } else {
+                    "93.184.216.34"
+                };
+                let e = event(start + i * 1000, ip, Some("Ireland"), Some(json!(CHUNK)));
+                annotated(&d.at(&e)).is_some()
+            })
+        };
+        const CHUNK: i64 = 4_000_000;
+        let plain = first_flagged(false);
+        println!("first flagged chunk: {plain:?}");
+        assert!(
+            plain.is_some_and(|i| i >= 2),
+            "the sum, not one chunk, must flag"
+        );
+        assert_eq!(first_flagged(true), plain);
     }
 
     #[test]

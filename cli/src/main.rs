@@ -10,7 +10,7 @@ use egresswatch_plugin_api::BuildOption;
 
 use egresswatch::config::{ConfigError, HostConfig};
 use egresswatch::engine::{Engine, EnginePolicy};
-use egresswatch::loader::{self, LoadError, Plugin};
+use egresswatch::loader::{self, LoadError, Plugin, Transform};
 use egresswatch::metrics::BuildInfo;
 use egresswatch::run as runner;
 use egresswatch::run::Finish;
@@ -387,7 +387,21 @@ fn run(config_args: &ConfigArgs, plugin: Option<&Path>) -> Result<()> {
         version = plugin.version(),
         "plugin loaded"
     );
-    let report = runner::run(&config, build_info(&plugin), &mut engine, &signals)?;
+    // SIGHUP: the files read again, the detector built anew by the plugin already loaded.
+    let mut rebuild = || -> Result<(HostConfig, Transform)> {
+        let config = HostConfig::load_all(&config_args.files()?)?;
+        let transform = plugin
+            .construct(&config.detector_json(), runner::build_options(&config)?)
+            .map_err(|e| explain(&config, e))?;
+        Ok((config, transform))
+    };
+    let report = runner::run(
+        &config,
+        build_info(&plugin),
+        &mut engine,
+        &signals,
+        &mut rebuild,
+    )?;
     log_summary(&config, &engine, &report);
     Ok(())
 }

@@ -101,6 +101,13 @@ impl Engine {
         &mut self.transform
     }
 
+    /// Puts a new transform and policy in place (a reload), keeping the counters.
+    pub(crate) fn reconfigure(&mut self, transform: Transform, policy: EnginePolicy) {
+        self.warned = transform.warnings().into_result().map_or(0, |w| w.len());
+        self.transform = transform;
+        self.policy = policy;
+    }
+
     /// Processes complete lines (without terminators) and writes each to its output, in order.
     pub(crate) fn process(&mut self, lines: &[&[u8]], outputs: &mut Outputs) -> io::Result<()> {
         for chunk in lines.chunks(self.policy.batch.max_events) {

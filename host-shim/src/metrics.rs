@@ -76,6 +76,8 @@ pub(crate) struct Snapshot {
     pub(crate) connections_open: u64,
     /// Input connections accepted so far.
     pub(crate) connections_accepted: u64,
+    /// Input connections closed at once because `max_connections` were open.
+    pub(crate) connections_refused: u64,
 }
 
 /// The health of one output, fed by whoever delivers to it, from any thread.
@@ -275,6 +277,7 @@ const HOST_FAMILIES: &[&str] = &[
     "egresswatch_state_save_errors",
     "egresswatch_state_file_bytes",
     "egresswatch_input_connections_accepted",
+    "egresswatch_input_connections_refused",
     "egresswatch_input_connections_open",
     "egresswatch_output_reconnects",
     "egresswatch_output_dropped",
@@ -670,6 +673,11 @@ impl Collector for HostCollector {
                 "egresswatch_input_connections_accepted",
                 "Input connections accepted.",
                 s.connections_accepted,
+            ),
+            (
+                "egresswatch_input_connections_refused",
+                "Input connections closed unread at once because max_connections were open.",
+                s.connections_refused,
             ),
         ] {
             counter(&mut e, name, help, &one(n))?;

@@ -182,18 +182,26 @@ pub enum InputConfig {
     Tcp {
         /// Address to listen on, `HOST:PORT`.
         address: String,
-        /// Largest number of connections read at once; further ones wait to be accepted.
+        /// Largest number of connections read at once; further ones are closed as soon as
+        /// they are accepted (logged, counted).
         #[serde(default = "default_max_connections")]
         max_connections: usize,
+        /// A connection that sends nothing for this long is closed.
+        #[serde(default = "default_idle_timeout")]
+        idle_timeout_secs: u64,
     },
     /// A Unix socket listener, like `tcp`. A stale socket file (nobody listening) is replaced;
     /// any other file at the path is an error and is left alone, at start and at stop.
     Unix {
         /// Path of the socket, relative to the config file.
         path: PathBuf,
-        /// Largest number of connections read at once; further ones wait to be accepted.
+        /// Largest number of connections read at once; further ones are closed as soon as
+        /// they are accepted (logged, counted).
         #[serde(default = "default_max_connections")]
         max_connections: usize,
+        /// A connection that sends nothing for this long is closed.
+        #[serde(default = "default_idle_timeout")]
+        idle_timeout_secs: u64,
     },
     /// An HTTP listener taking NDJSON in `POST` bodies (Vector's `http` sink); each request is
     /// answered 200 only once every line of it is delivered, so a sender that retries on
@@ -257,6 +265,20 @@ fn default_max_body_bytes() -> usize {
 
 fn default_ack_timeout() -> u64 {
     30
+}
+
+fn default_idle_timeout() -> u64 {
+    300
+}
+
+/// The limits every listener has.
+fn check_listener(problems: &mut Vec<String>, max_connections: usize, idle_timeout_secs: u64) {
+    if max_connections == 0 {
+        problems.push("input.max_connections: must be at least 1".to_owned());
+    }
+    if idle_timeout_secs == 0 {
+        problems.push("input.idle_timeout_secs: must be at least 1".to_owned());
+    }
 }
 
 /// One named output.
@@ -635,13 +657,12 @@ impl HostConfig {
             InputConfig::Tcp {
                 address,
                 max_connections,
+                idle_timeout_secs,
             } => {
                 if let Err(e) = check_address(address) {
                     problems.push(format!("input.address: `{address}` {e}"));
                 }
-                if *max_connections == 0 {
-                    problems.push("input.max_connections: must be at least 1".to_owned());
-                }
+                check_listener(&mut problems, *max_connections, *idle_timeout_secs);
             }
             InputConfig::Http {
                 address,
@@ -678,13 +699,12 @@ impl HostConfig {
             InputConfig::Unix {
                 path,
                 max_connections,
+                idle_timeout_secs,
             } => {
                 if path.as_os_str().is_empty() {
                     problems.push("input.path: must not be empty".to_owned());
                 }
-                if *max_connections == 0 {
-                    problems.push("input.max_connections: must be at least 1".to_owned());
-                }
+                check_listener(&mut problems, *max_connections, *idle_timeout_secs);
             }
         }
         for (name, output) in &self.outputs {

@@ -15,13 +15,15 @@
 //!   connection back until its sender finished the line, which it may never do.
 
 use std::io::{self, Read};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{Feed, Msg, READ_BLOCK_BYTES};
+use super::{count_lines, Feed, Msg, READ_BLOCK_BYTES};
+use crate::output::Deadline;
 
-/// How long a reader that was told to stop keeps reading to complete a line it has begun.
-const LINE_GRACE: Duration = Duration::from_secs(1);
+/// After a stop signal, a connection whose sender has sent nothing for this long is done: what
+/// it had sent has been read. (One that keeps sending is read until the shutdown deadline.)
+pub(crate) const DRAIN_QUIET: Duration = Duration::from_secs(2);
 
 /// Bytes of oversize lines that the connections of one listener may hold together, beyond the
 /// `max_line_bytes` plus one read that each may always hold.
@@ -57,57 +59,81 @@ impl HoldBudget {
     }
 }
 
+/// What a connection's reader obeys besides its peer.
+#[derive(Clone, Copy)]
+pub(crate) struct Shared<'a> {
+    /// Set by a stop signal: from then on the reader drains its connection.
+    pub(crate) stop: &'a AtomicBool,
+    /// The shutdown deadline: reading ends there at the latest.
+    pub(crate) deadline: &'a Deadline,
+    /// A connection that sends nothing for this long is closed.
+    pub(crate) idle_timeout: Duration,
+    /// Memory for oversize lines, shared with the other connections.
+    pub(crate) budget: &'a HoldBudget,
+}
+
 /// How a reader ends and what it does with a line over the limit.
 #[derive(Clone, Copy)]
 pub(crate) enum Mode<'a> {
     /// The feed's only reader: reads until EOF; streams oversize lines through in fragments
     /// (nothing else can come between them).
     Sole,
-    /// One connection among others: reads until EOF, or until `stop` is set (then for up to a
-    /// second more to finish a line begun); holds oversize lines within `budget`.
-    Shared {
-        /// Set by a stop signal.
-        stop: &'a AtomicBool,
-        /// Memory for oversize lines, shared with the other connections.
-        budget: &'a HoldBudget,
-    },
+    /// One connection among others: reads until EOF, until it has been idle for its idle
+    /// timeout, or, after a stop signal, until its sender has been quiet for [`DRAIN_QUIET`]
+    /// or the shutdown deadline passes; holds oversize lines within its budget.
+    Shared(Shared<'a>),
 }
 
-/// Reads `input` until EOF (or, for a [`Mode::Shared`] reader, until it is told to stop),
-/// handing the engine blocks of complete lines, oversize lines as the mode says, and at the end
-/// the unterminated tail as a last line. Read timeouts (`WouldBlock`, `TimedOut`) are waited
-/// through. Returns the input's error, after handing over everything read before it.
+/// Why a reader stopped reading.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// The peer closed (or standard input ended), or the input failed.
+    Eof,
+    /// Nothing arrived for the idle timeout.
+    Idle,
+    /// After a stop signal, the sender went quiet (or the deadline passed).
+    Drained,
+}
+
+/// Reads `input` until it ends (see [`Mode`]), handing the engine blocks of complete lines,
+/// oversize lines as the mode says, and at the end the unterminated tail as a last line. Read
+/// timeouts (`WouldBlock`, `TimedOut`) are waited through. Returns the input's error, after
+/// handing over everything read before it. Lines read that the engine no longer takes (it
+/// stopped at the shutdown deadline) are added to `undelivered`.
 pub(crate) fn read_lines<R: Read>(
     mut input: R,
     feed: &Feed,
     max_line_bytes: usize,
     mode: Mode<'_>,
-) -> io::Result<()> {
-    let mut framer = Framer::new(feed, max_line_bytes, mode);
+    undelivered: &AtomicU64,
+) -> io::Result<Ended> {
+    let mut framer = Framer::new(feed, max_line_bytes, mode, undelivered);
     // Zeroed once; each read's bytes are copied into the pending block.
     let mut read_buf = vec![0u8; READ_BLOCK_BYTES];
-    let mut stop_seen: Option<Instant> = None;
-    let stop = match mode {
-        Mode::Sole => None,
-        Mode::Shared { stop, .. } => Some(stop),
-    };
+    let mut last_data = Instant::now();
     loop {
-        let stopping = stop.is_some_and(|s| s.load(Ordering::Relaxed)) && {
-            // Finish the line in progress (briefly) rather than cut it.
-            let at = *stop_seen.get_or_insert_with(Instant::now);
-            framer.at_line_start() || at.elapsed() > LINE_GRACE
-        };
-        if stopping {
-            return framer.finish(None);
+        if let Mode::Shared(rules) = mode {
+            let quiet = last_data.elapsed();
+            if rules.stop.load(Ordering::Relaxed) {
+                if quiet >= DRAIN_QUIET || rules.deadline.passed() {
+                    return framer.finish(None).map(|()| Ended::Drained);
+                }
+            } else if quiet >= rules.idle_timeout {
+                return framer.finish(None).map(|()| Ended::Idle);
+            }
         }
         match input.read(&mut read_buf) {
-            Ok(0) => return framer.finish(None),
-            Ok(n) => framer.push(&read_buf[..n])?,
+            Ok(0) => return framer.finish(None).map(|()| Ended::Eof),
+            Ok(n) => {
+                framer.push(&read_buf[..n])?;
+                // Quiet counts from here: time spent waiting for the engine is not quiet.
+                last_data = Instant::now();
+            }
             Err(e) => match e.kind() {
                 io::ErrorKind::Interrupted
                 | io::ErrorKind::WouldBlock
                 | io::ErrorKind::TimedOut => {}
-                _ => return framer.finish(Some(e)),
+                _ => return framer.finish(Some(e)).map(|()| Ended::Eof),
             },
         }
     }
@@ -130,10 +156,17 @@ struct Framer<'a> {
     taken: usize,
     /// Whether this reader has cut a line already (logged once per reader).
     cut_logged: bool,
+    /// Lines read that the engine did not take.
+    undelivered: &'a AtomicU64,
 }
 
 impl<'a> Framer<'a> {
-    fn new(feed: &'a Feed, max_line_bytes: usize, mode: Mode<'a>) -> Self {
+    fn new(
+        feed: &'a Feed,
+        max_line_bytes: usize,
+        mode: Mode<'a>,
+        undelivered: &'a AtomicU64,
+    ) -> Self {
         Framer {
             feed,
             max_line_bytes,
@@ -142,19 +175,24 @@ impl<'a> Framer<'a> {
             continued: false,
             taken: 0,
             cut_logged: false,
+            undelivered,
         }
     }
 
-    /// Nothing of a line begun is held.
-    fn at_line_start(&self) -> bool {
-        self.pending.is_empty() && !self.continued
-    }
-
-    fn send(&self, msg: Msg) -> io::Result<()> {
-        if self.feed.send(msg) {
-            Ok(())
-        } else {
-            Err(engine_gone())
+    /// Hands `msg` to the engine. When the engine has stopped, the lines of `msg` and the line
+    /// still held are counted as undelivered.
+    fn send(&mut self, msg: Msg) -> io::Result<()> {
+        match self.feed.offer(msg) {
+            Ok(()) => Ok(()),
+            Err(msg) => {
+                // What is held: its complete lines, and the line begun (or being passed on).
+                let held = count_lines(&self.pending).max(u64::from(self.continued));
+                self.pending.clear();
+                self.continued = false;
+                self.undelivered
+                    .fetch_add(msg.lines() + held, Ordering::Relaxed);
+                Err(engine_gone())
+            }
         }
     }
 
@@ -206,7 +244,7 @@ impl<'a> Framer<'a> {
         }
         match self.mode {
             Mode::Sole => self.hand_over_piece(false),
-            Mode::Shared { budget, .. } => {
+            Mode::Shared(Shared { budget, .. }) => {
                 // Each reader may always hold the limit plus one read; beyond that it holds
                 // an oversize line only with memory from the shared budget.
                 let want = self.pending.len() - self.max_line_bytes;
@@ -251,7 +289,7 @@ impl<'a> Framer<'a> {
 
     /// Gives back what this reader took from the budget.
     fn release(&mut self) {
-        if let (Mode::Shared { budget, .. }, taken @ 1..) = (self.mode, self.taken) {
+        if let (Mode::Shared(Shared { budget, .. }), taken @ 1..) = (self.mode, self.taken) {
             budget.give_back(taken);
             self.taken = 0;
         }
@@ -260,7 +298,7 @@ impl<'a> Framer<'a> {
     /// At EOF, a stop or a failure: hands over what is left, then returns `failure` if any.
     fn finish(mut self, failure: Option<io::Error>) -> io::Result<()> {
         let data = std::mem::take(&mut self.pending);
-        let sent = if self.continued {
+        let sent = if std::mem::replace(&mut self.continued, false) {
             self.send(Msg::Fragment {
                 data,
                 first: false,
@@ -328,27 +366,75 @@ mod tests {
         let input = input.to_vec();
         let t = std::thread::spawn(move || {
             let stop = AtomicBool::new(false);
+            let deadline = Deadline::default();
             let budget = budget.map(HoldBudget::new);
             let mode = match &budget {
                 None => Mode::Sole,
-                Some(budget) => Mode::Shared {
+                Some(budget) => Mode::Shared(Shared {
                     stop: &stop,
+                    deadline: &deadline,
+                    idle_timeout: Duration::from_secs(60),
                     budget,
-                },
+                }),
             };
             let reader = Chunked {
                 data: &input,
                 chunk: 10_000,
             };
-            let result = read_lines(reader, &feed, max, mode);
+            let undelivered = AtomicU64::new(0);
+            let result = read_lines(reader, &feed, max, mode, &undelivered);
+            assert_eq!(undelivered.load(Ordering::Relaxed), 0);
             if let Some(budget) = &budget {
                 assert_eq!(budget.held.load(Ordering::Relaxed), 0, "budget given back");
             }
             result
         });
         let msgs: Vec<Msg> = rx.iter().collect();
-        t.join().unwrap().unwrap();
+        assert_eq!(t.join().unwrap().unwrap(), Ended::Eof);
         msgs
+    }
+
+    /// A connection that never sends anything, and a stop flag and deadline for it.
+    struct Silent;
+
+    impl Read for Silent {
+        fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+            std::thread::sleep(Duration::from_millis(5));
+            Err(io::ErrorKind::WouldBlock.into())
+        }
+    }
+
+    fn shared_end(stopped: bool, idle: Duration) -> Ended {
+        let (feed, _rx) = Feed::channel();
+        let stop = std::sync::Arc::new(AtomicBool::new(stopped));
+        let deadline = Deadline::new(&stop, Duration::ZERO);
+        let budget = HoldBudget::new(0);
+        let mode = Mode::Shared(Shared {
+            stop: &stop,
+            deadline: &deadline,
+            idle_timeout: idle,
+            budget: &budget,
+        });
+        read_lines(Silent, &feed, 100, mode, &AtomicU64::new(0)).unwrap()
+    }
+
+    #[test]
+    fn a_silent_connection_ends_at_its_idle_timeout_or_at_once_past_the_deadline() {
+        assert_eq!(shared_end(false, Duration::from_millis(50)), Ended::Idle);
+        assert_eq!(shared_end(true, Duration::from_secs(3600)), Ended::Drained);
+    }
+
+    #[test]
+    fn lines_the_engine_no_longer_takes_are_counted() {
+        let (feed, rx) = Feed::channel();
+        drop(rx);
+        let undelivered = AtomicU64::new(0);
+        let reader = Chunked {
+            data: b"a\nb\nc",
+            chunk: 10,
+        };
+        assert!(read_lines(reader, &feed, 100, Mode::Sole, &undelivered).is_err());
+        assert_eq!(undelivered.load(Ordering::Relaxed), 3);
     }
 
     /// The output lines the messages make, as the engine writes them (pass policy).

@@ -1,25 +1,30 @@
 //! TCP and Unix listeners that feed the engine.
 //!
-//! A listener thread accepts connections (at most `max_connections` at once; more wait in the
-//! kernel's backlog) and starts a reader thread per connection, which reads with a short timeout
-//! so that it notices a stop signal, and sends its lines into the engine's bounded [`Feed`]. A
-//! connection that opens and closes without data (Vector's health check) is simply finished. On
-//! a stop signal the listener stops accepting and each reader hands over what it has read,
-//! including an unterminated last line, and ends.
+//! A listener thread accepts connections and starts a reader thread per connection, which reads
+//! with a short timeout so that it notices a stop signal, and sends its lines into the engine's
+//! bounded [`Feed`]. A connection that opens and closes without data (Vector's health check) is
+//! simply finished; one that sends nothing for `idle_timeout_secs` is closed. At
+//! `max_connections` open connections, a new one is accepted and closed at once (a TCP reset,
+//! so that its sender sees the refusal rather than writing into a connection nobody reads),
+//! logged (the first at once, then a count every 10 s) and counted. On a stop signal the
+//! listener stops accepting and each reader drains its connection (see [`super::lines`]) and
+//! hands over what it has read, including an unterminated last line.
 
 use std::io::{self, Read};
-use std::net::TcpListener;
+use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use egresswatch_plugin_api::files::describe_type;
 
+use super::lines::{Ended, Shared};
 use super::{read_lines, Feed, HoldBudget, Mode, OVERSIZE_HOLD_BYTES};
 use crate::config::InputConfig;
+use crate::output::Deadline;
 
 /// How long a connection's reader waits for data before checking the stop flag.
 const READ_TIMEOUT: Duration = Duration::from_millis(100);
@@ -27,13 +32,22 @@ const READ_TIMEOUT: Duration = Duration::from_millis(100);
 /// How often the listener looks for new connections (and the stop flag).
 const ACCEPT_POLL: Duration = Duration::from_millis(20);
 
+/// How often refused connections are logged (the first at once, then a count this often).
+const REFUSED_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// Counters of an input listener, for metrics.
 #[derive(Debug, Default)]
 pub(crate) struct InputStats {
     /// Connections open now.
     pub(crate) open: AtomicU64,
-    /// Connections accepted so far.
+    /// Connections accepted so far (and read).
     pub(crate) total: AtomicU64,
+    /// Connections closed at once because `max_connections` were open.
+    pub(crate) refused: AtomicU64,
+    /// Reader threads running (connections, or standard input).
+    pub(crate) readers: AtomicUsize,
+    /// Lines read that the engine did not take (it stopped at the shutdown deadline).
+    pub(crate) undelivered: AtomicU64,
 }
 
 /// A bound listener.
@@ -151,14 +165,89 @@ impl Listener {
     }
 }
 
+/// How a listener serves its connections.
+pub(super) struct Settings {
+    /// `batch.max_line_bytes`.
+    pub(super) max_line_bytes: usize,
+    /// `input.max_connections`.
+    pub(super) max_connections: usize,
+    /// `input.idle_timeout_secs`.
+    pub(super) idle_timeout: Duration,
+}
+
+/// A connection just accepted.
+enum Accepted {
+    Tcp(TcpStream, String),
+    Unix(UnixStream),
+}
+
+impl Accepted {
+    /// Closes it at once, unread; a TCP connection with a reset, so that its sender's next
+    /// write or read fails instead of its data vanishing.
+    fn refuse(self) {
+        if let Accepted::Tcp(stream, _) = &self {
+            let _ = socket2::SockRef::from(stream).set_linger(Some(Duration::ZERO));
+        }
+    }
+
+    /// A blocking reader with a read timeout, and who it is.
+    fn into_reader(self) -> io::Result<(Connection, String)> {
+        Ok(match self {
+            Accepted::Tcp(s, peer) => {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(READ_TIMEOUT))?;
+                (Box::new(s), peer)
+            }
+            Accepted::Unix(s) => {
+                s.set_nonblocking(false)?;
+                s.set_read_timeout(Some(READ_TIMEOUT))?;
+                (Box::new(s), "unix socket".to_owned())
+            }
+        })
+    }
+}
+
+/// Counts refused connections and logs them, rate-limited.
+struct Refusals {
+    /// When refusals were last logged, and how many since.
+    logged: Option<(Instant, u64)>,
+}
+
+impl Refusals {
+    fn note(&mut self, stats: &InputStats, max_connections: usize) {
+        stats.refused.fetch_add(1, Ordering::Relaxed);
+        match &mut self.logged {
+            None => {
+                tracing::warn!(
+                    max_connections,
+                    "input: a connection was refused: max_connections are open (refusals are \
+                     counted in egresswatch_input_connections_refused_total)"
+                );
+                self.logged = Some((Instant::now(), 0));
+            }
+            Some((at, n)) => {
+                *n += 1;
+                if at.elapsed() >= REFUSED_LOG_EVERY {
+                    tracing::warn!(
+                        refused = *n,
+                        max_connections,
+                        "input: connections refused since the last report: max_connections are open"
+                    );
+                    self.logged = Some((Instant::now(), 0));
+                }
+            }
+        }
+    }
+}
+
 /// Starts the listener thread; a Unix socket file is removed at stop if it is still the one
 /// bound.
 pub(super) fn spawn(
     listener: Listener,
     feed: Feed,
-    max_line_bytes: usize,
-    max_connections: usize,
+    settings: Settings,
     stop: Arc<AtomicBool>,
+    deadline: Deadline,
     stats: Arc<InputStats>,
 ) -> io::Result<()> {
     match &listener {
@@ -171,24 +260,15 @@ pub(super) fn spawn(
         .name("egresswatch-listener".into())
         .spawn(move || {
             let mut next_id: u64 = 0;
+            let mut refusals = Refusals { logged: None };
             while !stop.load(Ordering::Relaxed) {
-                if active.load(Ordering::Relaxed) >= max_connections {
-                    std::thread::sleep(ACCEPT_POLL);
-                    continue;
-                }
                 let accepted = match &listener {
-                    Listener::Tcp(l) => l.accept().and_then(|(s, peer)| {
-                        s.set_nonblocking(false)?;
-                        s.set_read_timeout(Some(READ_TIMEOUT))?;
-                        Ok((Box::new(s) as Connection, peer.to_string()))
-                    }),
-                    Listener::Unix(u) => u.listener.accept().and_then(|(s, _)| {
-                        s.set_nonblocking(false)?;
-                        s.set_read_timeout(Some(READ_TIMEOUT))?;
-                        Ok((Box::new(s) as Connection, "unix socket".to_owned()))
-                    }),
+                    Listener::Tcp(l) => l
+                        .accept()
+                        .map(|(s, peer)| Accepted::Tcp(s, peer.to_string())),
+                    Listener::Unix(u) => u.listener.accept().map(|(s, _)| Accepted::Unix(s)),
                 };
-                let (conn, peer) = match accepted {
+                let accepted = match accepted {
                     Ok(c) => c,
                     Err(e)
                         if e.kind() == io::ErrorKind::WouldBlock
@@ -203,18 +283,28 @@ pub(super) fn spawn(
                         continue;
                     }
                 };
+                if active.load(Ordering::Relaxed) >= settings.max_connections {
+                    accepted.refuse();
+                    refusals.note(&stats, settings.max_connections);
+                    continue;
+                }
                 next_id += 1;
-                if let Err(e) = start_connection(
-                    conn,
-                    peer,
-                    next_id,
-                    &feed,
-                    max_line_bytes,
-                    &stop,
-                    &budget,
-                    &stats,
-                    &active,
-                ) {
+                let started = accepted.into_reader().and_then(|(conn, peer)| {
+                    let reader = Reader {
+                        id: next_id,
+                        peer,
+                        feed: feed.clone(),
+                        max_line_bytes: settings.max_line_bytes,
+                        idle_timeout: settings.idle_timeout,
+                        stop: Arc::clone(&stop),
+                        deadline: deadline.clone(),
+                        budget: Arc::clone(&budget),
+                        stats: Arc::clone(&stats),
+                        active: Arc::clone(&active),
+                    };
+                    reader.start(conn)
+                });
+                if let Err(e) = started {
                     tracing::warn!(error = %e, "input: cannot start a connection reader");
                 }
             }
@@ -229,45 +319,66 @@ pub(super) fn spawn(
 /// An accepted connection, blocking with a read timeout.
 type Connection = Box<dyn Read + Send>;
 
-#[allow(clippy::too_many_arguments)]
-fn start_connection(
-    conn: Connection,
-    peer: String,
+/// What one connection's reader thread needs.
+struct Reader {
     id: u64,
-    feed: &Feed,
+    peer: String,
+    feed: Feed,
     max_line_bytes: usize,
-    stop: &Arc<AtomicBool>,
-    budget: &Arc<HoldBudget>,
-    stats: &Arc<InputStats>,
-    active: &Arc<AtomicUsize>,
-) -> io::Result<()> {
-    let feed = feed.clone();
-    let stop = Arc::clone(stop);
-    let budget = Arc::clone(budget);
-    let stats_here = Arc::clone(stats);
-    let active_here = Arc::clone(active);
-    active.fetch_add(1, Ordering::Relaxed);
-    stats.open.fetch_add(1, Ordering::Relaxed);
-    stats.total.fetch_add(1, Ordering::Relaxed);
-    tracing::debug!(connection = id, %peer, "input connection opened");
-    let spawned = std::thread::Builder::new()
-        .name(format!("egresswatch-conn-{id}"))
-        .spawn(move || {
-            let mode = Mode::Shared {
-                stop: &stop,
-                budget: &budget,
-            };
-            if let Err(e) = read_lines(conn, &feed, max_line_bytes, mode) {
-                tracing::warn!(connection = id, %peer, error = %e, "input connection failed; what it sent before is kept");
-            }
-            tracing::debug!(connection = id, "input connection closed");
-            stats_here.open.fetch_sub(1, Ordering::Relaxed);
-            active_here.fetch_sub(1, Ordering::Relaxed);
-        });
-    if let Err(e) = spawned {
-        active.fetch_sub(1, Ordering::Relaxed);
-        stats.open.fetch_sub(1, Ordering::Relaxed);
-        return Err(e);
+    idle_timeout: Duration,
+    stop: Arc<AtomicBool>,
+    deadline: Deadline,
+    budget: Arc<HoldBudget>,
+    stats: Arc<InputStats>,
+    active: Arc<AtomicUsize>,
+}
+
+impl Reader {
+    /// Starts the reader thread of `conn`, counted as open until it ends.
+    fn start(self, conn: Connection) -> io::Result<()> {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        self.stats.readers.fetch_add(1, Ordering::Relaxed);
+        self.stats.open.fetch_add(1, Ordering::Relaxed);
+        self.stats.total.fetch_add(1, Ordering::Relaxed);
+        tracing::debug!(connection = self.id, peer = %self.peer, "input connection opened");
+        let (active, stats) = (Arc::clone(&self.active), Arc::clone(&self.stats));
+        let spawned = std::thread::Builder::new()
+            .name(format!("egresswatch-conn-{}", self.id))
+            .spawn(move || self.read(conn));
+        if let Err(e) = spawned {
+            active.fetch_sub(1, Ordering::Relaxed);
+            stats.readers.fetch_sub(1, Ordering::Relaxed);
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+            return Err(e);
+        }
+        Ok(())
     }
-    Ok(())
+
+    fn read(self, conn: Connection) {
+        let mode = Mode::Shared(Shared {
+            stop: &self.stop,
+            deadline: &self.deadline,
+            idle_timeout: self.idle_timeout,
+            budget: &self.budget,
+        });
+        let (id, peer) = (self.id, &self.peer);
+        match read_lines(
+            conn,
+            &self.feed,
+            self.max_line_bytes,
+            mode,
+            &self.stats.undelivered,
+        ) {
+            Ok(Ended::Idle) => tracing::debug!(
+                connection = id, %peer, idle_timeout_secs = self.idle_timeout.as_secs(),
+                "input connection closed: nothing received for idle_timeout_secs"
+            ),
+            Ok(ended) => tracing::debug!(connection = id, ?ended, "input connection closed"),
+            Err(e) => tracing::warn!(connection = id, %peer, error = %e,
+                "input connection failed; what it sent before is kept"),
+        }
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        self.stats.readers.fetch_sub(1, Ordering::Relaxed);
+    }
 }

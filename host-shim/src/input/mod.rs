@@ -11,12 +11,14 @@
 
 use std::io::{self, Read};
 use std::path::Path;
-use std::sync::atomic::AtomicBool;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::sync::Arc;
+use std::time::Duration;
 
 use crate::ack::Ack;
 use crate::config::InputConfig;
+use crate::output::Deadline;
 
 pub(crate) mod http;
 mod lines;
@@ -58,6 +60,25 @@ pub(crate) enum Msg {
     },
 }
 
+impl Msg {
+    /// How many lines it holds or ends (for counting what was not delivered).
+    pub(crate) fn lines(&self) -> u64 {
+        match self {
+            Msg::Lines(data) => count_lines(data),
+            Msg::Fragment { last, .. } => u64::from(*last),
+            Msg::Failed(_) => 0,
+            // Not answered 200: the sender still holds them and sends them again.
+            Msg::Acked { .. } => 0,
+        }
+    }
+}
+
+/// Lines in `data`: its newlines, plus an unterminated last line.
+fn count_lines(data: &[u8]) -> u64 {
+    let ends = memchr::memchr_iter(b'\n', data).count() as u64;
+    ends + u64::from(!data.is_empty() && !data.ends_with(b"\n"))
+}
+
 /// The sending side of the engine's bounded channel, shared by every reader.
 #[derive(Clone)]
 pub(crate) struct Feed {
@@ -73,7 +94,12 @@ impl Feed {
 
     /// Sends a message; false when the engine is gone.
     pub(crate) fn send(&self, msg: Msg) -> bool {
-        self.tx.send(msg).is_ok()
+        self.offer(msg).is_ok()
+    }
+
+    /// Sends a message; gives it back when the engine is gone.
+    pub(crate) fn offer(&self, msg: Msg) -> Result<(), Msg> {
+        self.tx.send(msg).map_err(|e| e.0)
     }
 }
 
@@ -82,14 +108,23 @@ fn spawn_reader<R: Read + Send + 'static>(
     input: R,
     feed: Feed,
     max_line_bytes: usize,
+    stats: Arc<InputStats>,
 ) -> io::Result<()> {
-    std::thread::Builder::new()
+    stats.readers.fetch_add(1, Ordering::Relaxed);
+    let counted = Arc::clone(&stats);
+    let spawned = std::thread::Builder::new()
         .name("egresswatch-reader".into())
         .spawn(move || {
-            if let Err(e) = read_lines(input, &feed, max_line_bytes, Mode::Sole) {
+            let read = read_lines(input, &feed, max_line_bytes, Mode::Sole, &stats.undelivered);
+            if let Err(e) = read {
                 feed.send(Msg::Failed(e));
             }
-        })?;
+            stats.readers.fetch_sub(1, Ordering::Relaxed);
+        });
+    if let Err(e) = spawned {
+        counted.readers.fetch_sub(1, Ordering::Relaxed);
+        return Err(e);
+    }
     Ok(())
 }
 
@@ -99,7 +134,7 @@ pub(crate) struct Started {
     /// they have read (socket readers notice the stop themselves; a read of standard input
     /// cannot be interrupted).
     pub(crate) wait_for_readers: bool,
-    /// Connection counters (zero for standard input).
+    /// Connection counters (zero for standard input), and lines read but not taken.
     pub(crate) stats: Arc<InputStats>,
     /// What it reads: `stdin`, `tcp://ADDRESS`, `unix://PATH` or `http://ADDRESS`.
     pub(crate) address: String,
@@ -108,13 +143,14 @@ pub(crate) struct Started {
 }
 
 /// Starts the input `config` describes, feeding `feed`; relative paths are resolved against
-/// `base_dir`.
+/// `base_dir`. Connections are drained after `stop` is set, until `deadline` at the latest.
 pub(crate) fn start(
     config: &InputConfig,
     base_dir: &Path,
     feed: Feed,
     max_line_bytes: usize,
     stop: &Arc<AtomicBool>,
+    deadline: &Deadline,
 ) -> io::Result<Started> {
     let stats = Arc::new(InputStats::default());
     if let InputConfig::Http {
@@ -151,26 +187,35 @@ pub(crate) fn start(
     let (wait_for_readers, address) = match (config, listen::Listener::bind(config, base_dir)?) {
         (
             InputConfig::Tcp {
-                max_connections, ..
+                max_connections,
+                idle_timeout_secs,
+                ..
             }
             | InputConfig::Unix {
-                max_connections, ..
+                max_connections,
+                idle_timeout_secs,
+                ..
             },
             Some(listener),
         ) => {
             let address = listener.describe();
+            let settings = listen::Settings {
+                max_line_bytes,
+                max_connections: *max_connections,
+                idle_timeout: Duration::from_secs(*idle_timeout_secs),
+            };
             listen::spawn(
                 listener,
                 feed,
-                max_line_bytes,
-                *max_connections,
+                settings,
                 Arc::clone(stop),
+                deadline.clone(),
                 Arc::clone(&stats),
             )?;
             (true, address)
         }
         _ => {
-            spawn_reader(io::stdin(), feed, max_line_bytes)?;
+            spawn_reader(io::stdin(), feed, max_line_bytes, Arc::clone(&stats))?;
             (false, "stdin".to_owned())
         }
     };

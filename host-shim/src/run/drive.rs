@@ -14,14 +14,10 @@ use std::time::{Duration, Instant};
 use super::housekeeping::Keeper;
 use crate::engine::Engine;
 use crate::input::Msg;
-use crate::output::Outputs;
+use crate::output::{Deadline, Outputs};
 
 /// How often the engine thread checks the stop flag while the input is quiet.
 const STOP_POLL: Duration = Duration::from_millis(50);
-
-/// How long, after a stop signal, the engine waits for socket readers to hand over what they
-/// have read (they notice the signal within their read timeout).
-const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Why [`run`](super::run) returned.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -33,42 +29,37 @@ pub enum Finish {
 }
 
 /// The engine thread's loop: processes messages from `rx` until every reader is gone (EOF) or
-/// `stop` is set. After a stop it processes what the readers have already read: with
-/// `wait_for_readers` (socket readers, which notice the stop themselves) until they have all
-/// finished, otherwise (standard input, whose read cannot be interrupted) what is queued.
+/// `stop` is set. After a stop it goes on processing what the readers hand over until the
+/// shutdown `deadline`: with `wait_for_readers` (socket readers, which drain their connections
+/// and end themselves) until they have all finished, otherwise (standard input, whose read
+/// cannot be interrupted) until nothing more comes for a poll interval.
 pub(super) fn drive(
     rx: &Receiver<Msg>,
     engine: &mut Engine,
     outputs: &mut Outputs,
     stop: &AtomicBool,
+    deadline: &Deadline,
     wait_for_readers: bool,
-    housekeeping: &mut Keeper,
+    housekeeping: &mut Keeper<'_>,
 ) -> io::Result<Finish> {
-    let mut stopped_at: Option<Instant> = None;
     let finish = loop {
-        if stopped_at.is_none() && stop.load(Ordering::Relaxed) {
-            stopped_at = Some(Instant::now());
+        let stopped = stop.load(Ordering::Relaxed);
+        if stopped && deadline.passed() {
+            tracing::warn!("shutdown_timeout_secs passed while the input was still being read");
+            break Finish::Stopped;
         }
-        let msg = match stopped_at {
-            Some(_) if !wait_for_readers => match rx.try_recv() {
-                Ok(msg) => msg,
-                Err(_) => break Finish::Stopped,
-            },
-            Some(at) if at.elapsed() > DRAIN_GRACE => {
-                tracing::warn!("input readers did not finish within the drain grace period");
-                break Finish::Stopped;
+        let msg = match rx.recv_timeout(STOP_POLL) {
+            Ok(msg) => msg,
+            // Standard input: nothing more is coming now; its read cannot be interrupted.
+            Err(RecvTimeoutError::Timeout) if stopped && !wait_for_readers => {
+                break Finish::Stopped
             }
-            _ => match rx.recv_timeout(STOP_POLL) {
-                Ok(msg) => msg,
-                Err(RecvTimeoutError::Timeout) => {
-                    housekeeping.idle(engine);
-                    continue;
-                }
-                Err(RecvTimeoutError::Disconnected) if stopped_at.is_some() => {
-                    break Finish::Stopped
-                }
-                Err(RecvTimeoutError::Disconnected) => break Finish::Eof,
-            },
+            Err(RecvTimeoutError::Timeout) => {
+                housekeeping.idle(engine);
+                continue;
+            }
+            Err(RecvTimeoutError::Disconnected) if stopped => break Finish::Stopped,
+            Err(RecvTimeoutError::Disconnected) => break Finish::Eof,
         };
         let started = Instant::now();
         // Lines whose sender waits for their delivery are processed as any others; then each

@@ -1,11 +1,13 @@
 //! What the engine thread does between blocks and while the input is quiet: copying the
-//! counters for the metrics endpoint, and saving the model state every `state.interval_secs`.
+//! counters for the metrics endpoint, saving the model state every `state.interval_secs`, and
+//! reloading the configuration on SIGHUP.
 
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::reload::Reloader;
 use crate::engine::Engine;
 use crate::input::listen::InputStats;
 use crate::metrics::{self, Metrics};
@@ -14,8 +16,8 @@ use crate::state;
 /// How often the plugin's metrics are copied for the endpoint.
 const PLUGIN_METRICS_EVERY: Duration = Duration::from_secs(1);
 
-/// The engine thread's housekeeping: metrics snapshot and periodic state saves.
-pub(super) struct Keeper {
+/// The engine thread's housekeeping: metrics snapshot, periodic state saves, reloads.
+pub(super) struct Keeper<'a> {
     pub(super) metrics: Metrics,
     pub(super) stats: Arc<InputStats>,
     pub(super) plugin_name: String,
@@ -28,9 +30,11 @@ pub(super) struct Keeper {
     pub(super) metrics_failed: bool,
     /// The jobs still learning as last seen, to log when one leaves learning.
     pub(super) learning: Vec<String>,
+    /// Reloads on SIGHUP.
+    pub(super) reload: Reloader<'a>,
 }
 
-impl Keeper {
+impl Keeper<'_> {
     fn refresh(&mut self, engine: &Engine) {
         let refresh_plugin = self
             .plugin_refreshed
@@ -41,6 +45,7 @@ impl Keeper {
             s.host = engine.counters().clone();
             s.connections_open = self.stats.open.load(Ordering::Relaxed);
             s.connections_accepted = self.stats.total.load(Ordering::Relaxed);
+            s.connections_refused = self.stats.refused.load(Ordering::Relaxed);
         }
         if let Some(plugin) = plugin {
             match plugin {
@@ -120,16 +125,18 @@ impl Keeper {
     }
 }
 
-impl Keeper {
+impl Keeper<'_> {
     /// After a block was processed and flushed; `took` is the time that took.
-    pub(super) fn after_block(&mut self, engine: &Engine, took: Duration) {
+    pub(super) fn after_block(&mut self, engine: &mut Engine, took: Duration) {
         self.metrics.observe_batch(took.as_secs_f64());
+        self.reload.check(engine);
         self.refresh(engine);
         self.maybe_save(engine);
     }
 
     /// While the input is quiet, every poll interval.
-    pub(super) fn idle(&mut self, engine: &Engine) {
+    pub(super) fn idle(&mut self, engine: &mut Engine) {
+        self.reload.check(engine);
         self.refresh(engine);
         self.maybe_save(engine);
     }

@@ -8,8 +8,10 @@
 
 mod drive;
 mod housekeeping;
+mod reload;
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::Receiver;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -18,11 +20,14 @@ use egresswatch_plugin_api::BuildOption;
 
 pub use drive::Finish;
 use housekeeping::Keeper;
+pub use reload::Rebuild;
+use reload::Reloader;
 
 use crate::config::HostConfig;
 use crate::engine::Engine;
 use crate::http::{self, Plain, Servers};
-use crate::input::{self, Feed};
+use crate::input::listen::InputStats;
+use crate::input::{self, Feed, Msg};
 use crate::metrics::{self, BuildInfo, Metrics};
 use crate::output::{Deadline, OutputStatus, Outputs};
 use crate::state::{self, LoadOutcome};
@@ -49,14 +54,22 @@ pub struct RunReport {
     pub state_bytes: Option<u64>,
 }
 
+/// How long, once the shutdown deadline has passed, the readers are given to end and count
+/// what they could not hand over.
+const READERS_END: Duration = Duration::from_secs(1);
+
 /// SIGINT and SIGTERM. While the program starts (loading state, opening outputs, starting the
 /// metrics endpoint), any of which can block, e.g. a file output that is a FIFO waits for its reader, a
 /// signal ends the process at once, with exit status 130 (SIGINT) or 143 (SIGTERM): nothing
 /// has been read yet, so nothing is lost. Once [`Signals::started`] is called, a signal only
 /// sets the stop flag, and the run stops in order (process what was read, flush, save state).
+///
+/// SIGHUP never ends the process: it asks for a reload ([`reload`]), carried out once the run
+/// has started.
 pub struct Signals {
     stop: Arc<AtomicBool>,
     starting: Arc<AtomicBool>,
+    hup: Arc<AtomicBool>,
 }
 
 impl Signals {
@@ -73,7 +86,13 @@ impl Signals {
             )?;
             signal_hook::flag::register(signal, Arc::clone(&stop))?;
         }
-        Ok(Signals { stop, starting })
+        let hup = Arc::new(AtomicBool::new(false));
+        signal_hook::flag::register(signal_hook::consts::SIGHUP, Arc::clone(&hup))?;
+        Ok(Signals {
+            stop,
+            starting,
+            hup,
+        })
     }
 
     /// The flag a signal sets once the program runs.
@@ -89,12 +108,13 @@ impl Signals {
 
 /// Runs the pipeline described by `config` until EOF or until a signal sets the stop flag.
 /// `build` says what runs (for `egresswatch_build_info`; `build.plugin` names the state's
-/// owner).
+/// owner). On SIGHUP, `rebuild` makes the new detector from the files as they are then.
 pub fn run(
     config: &HostConfig,
     build: BuildInfo,
     engine: &mut Engine,
     signals: &Signals,
+    rebuild: &mut Rebuild<'_>,
 ) -> Result<RunReport> {
     let stop = signals.stop_flag();
     let plugin_name = build.plugin.clone();
@@ -147,7 +167,15 @@ pub fn run(
     signals.started();
     let max_line_bytes = engine.policy().batch.max_line_bytes;
     let (feed, rx) = Feed::channel();
-    let input = input::start(&config.input, &config.base_dir, feed, max_line_bytes, stop)?;
+    let input = input::start(
+        &config.input,
+        &config.base_dir,
+        feed,
+        max_line_bytes,
+        stop,
+        &deadline,
+    )?;
+    let input_stats = Arc::clone(&input.stats);
     metrics.input_bound("input", &input.address);
     tracing::info!(
         input = %input.address,
@@ -170,12 +198,18 @@ pub fn run(
         plugin_refreshed: None,
         metrics_failed: false,
         learning: Vec::new(),
+        reload: Reloader {
+            flag: Arc::clone(&signals.hup),
+            rebuild,
+            running: config.clone(),
+        },
     };
     let driven = drive::drive(
         &rx,
         engine,
         &mut outputs,
         stop,
+        &deadline,
         input.wait_for_readers,
         &mut keeper,
     );
@@ -183,7 +217,19 @@ pub fn run(
     deadline.start();
     // Stop the listener and the metrics endpoint whatever happened.
     stop.store(true, Ordering::Relaxed);
+    let not_taken = unprocessed_lines(rx, &input_stats, &deadline);
     let (statuses, undelivered) = outputs.finish();
+    let mut undelivered: Vec<String> = undelivered.iter().map(ToString::to_string).collect();
+    if not_taken > 0 {
+        undelivered.insert(
+            0,
+            format!(
+                "input {}: {not_taken} line(s) read but not delivered (shutdown_timeout_secs \
+                 passed before they were processed)",
+                input.address
+            ),
+        );
+    }
     if let Some((servers, _)) = servers {
         servers.shutdown();
     }
@@ -191,7 +237,7 @@ pub fn run(
     let state_bytes = keeper.save(engine);
     let finish = driven.context("processing the event stream");
     if !undelivered.is_empty() {
-        let list: Vec<String> = undelivered.iter().map(ToString::to_string).collect();
+        let list = undelivered;
         let err = anyhow::anyhow!(
             "not everything read was delivered:\n  - {}",
             list.join("\n  - ")
@@ -206,6 +252,25 @@ pub fn run(
         outputs: statuses,
         state_bytes,
     })
+}
+
+/// Lines the readers read that the engine never processed: those left in the channel, and
+/// those a reader could not hand over once the engine was gone (counted by the readers). The
+/// engine stops before the readers only at the deadline, where the readers end too: the channel
+/// is emptied (and counted) until they have, for at most [`READERS_END`].
+fn unprocessed_lines(rx: Receiver<Msg>, stats: &InputStats, deadline: &Deadline) -> u64 {
+    let until = Instant::now() + READERS_END;
+    let mut queued = 0;
+    loop {
+        queued += rx.try_iter().map(|msg| msg.lines()).sum::<u64>();
+        let readers_done = stats.readers.load(Ordering::Relaxed) == 0;
+        if !deadline.passed() || readers_done || Instant::now() >= until {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    drop(rx);
+    queued + stats.undelivered.load(Ordering::Relaxed)
 }
 
 /// Starts the HTTP runtime and the metrics endpoint on `address`; the bind happens (or fails)

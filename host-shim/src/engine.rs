@@ -108,19 +108,28 @@ impl Engine {
         self.policy = policy;
     }
 
-    /// Processes complete lines (without terminators) and writes each to its output, in order.
-    pub(crate) fn process(&mut self, lines: &[&[u8]], outputs: &mut Outputs) -> io::Result<()> {
+    /// Processes a block of complete lines (each ending in `\n`, except perhaps the last) and
+    /// writes each to its output, in order.
+    pub(crate) fn process(&mut self, block: &[u8], outputs: &mut Outputs) -> io::Result<()> {
+        let lines = line_spans(block);
         for chunk in lines.chunks(self.policy.batch.max_events) {
-            self.process_batch(chunk, outputs)?;
+            self.process_batch(block, chunk, outputs)?;
         }
         Ok(())
     }
 
-    fn process_batch(&mut self, lines: &[&[u8]], outputs: &mut Outputs) -> io::Result<()> {
+    /// Processes the lines `spans` of `block` (a run of consecutive lines).
+    fn process_batch(
+        &mut self,
+        block: &[u8],
+        spans: &[Span],
+        outputs: &mut Outputs,
+    ) -> io::Result<()> {
+        let lines: Vec<&[u8]> = spans.iter().map(|s| &block[s.start..s.end]).collect();
         self.counters.lines_in += lines.len() as u64;
         let mut readable: Vec<RStr<'_>> = Vec::with_capacity(lines.len());
         let mut bypass: Vec<Option<Bypass>> = Vec::with_capacity(lines.len());
-        for line in lines {
+        for &line in &lines {
             let kind = if line.len() > self.policy.batch.max_line_bytes {
                 Some(Bypass::Oversize)
             } else {
@@ -177,15 +186,37 @@ impl Engine {
             return Ok(());
         };
 
+        // Consecutive lines passed unchanged to `default` are written as one run of the block.
+        let mut run: Option<(Span, u64)> = None;
         let mut verdicts = verdicts.into_iter();
-        for (line, kind) in lines.iter().zip(bypass) {
-            match kind {
-                Some(_) => self.write_unreadable(line, outputs)?,
-                None => {
-                    let verdict = verdicts.next().unwrap_or(Verdict::PASS);
-                    self.write_verdict(line, verdict, outputs)?;
+        for ((line, span), kind) in lines.iter().zip(spans).zip(bypass) {
+            let verdict = match kind {
+                Some(_) => None,
+                None => Some(verdicts.next().unwrap_or(Verdict::PASS)),
+            };
+            let passes = verdict.as_ref().is_some_and(|v| {
+                v.status == EventStatus::OK && v.route.is_none() && v.replacement.is_none()
+            });
+            if passes {
+                match &mut run {
+                    Some((r, n)) => {
+                        r.end = span.end;
+                        *n += 1;
+                    }
+                    None => run = Some((*span, 1)),
                 }
+                continue;
             }
+            if let Some((r, n)) = run.take() {
+                outputs.write_run(DEFAULT_OUTPUT, &block[r.start..r.end], n)?;
+            }
+            match verdict {
+                None => self.write_unreadable(line, outputs)?,
+                Some(verdict) => self.write_verdict(line, verdict, outputs)?,
+            }
+        }
+        if let Some((r, n)) = run {
+            outputs.write_run(DEFAULT_OUTPUT, &block[r.start..r.end], n)?;
         }
         Ok(())
     }
@@ -292,6 +323,29 @@ impl Engine {
     }
 }
 
+/// Where a line lies in its block, without its terminator; also a run of consecutive lines.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Span {
+    start: usize,
+    end: usize,
+}
+
+/// The lines of a block (each ends in `\n`, except perhaps the last), found with memchr.
+fn line_spans(block: &[u8]) -> Vec<Span> {
+    let body = block.strip_suffix(b"\n").unwrap_or(block);
+    let mut spans = Vec::with_capacity(body.len() / 256 + 1);
+    let mut start = 0;
+    for nl in memchr::memchr_iter(b'\n', body) {
+        spans.push(Span { start, end: nl });
+        start = nl + 1;
+    }
+    spans.push(Span {
+        start,
+        end: body.len(),
+    });
+    spans
+}
+
 /// Whether a replacement would end or split a line downstream where the event did not: a `\n`
 /// anywhere, or more `\r` (a line end to readers that split on carriage returns) than the event
 /// held. JSON allows a raw `\r` only as white space, and annotation inserts text into the
@@ -372,12 +426,35 @@ mod tests {
             ("default".into(), Box::new(default.clone())),
             ("pager".into(), Box::new(pager.clone())),
         ]);
-        engine.process(lines, &mut outputs).unwrap();
+        let block: Vec<u8> = lines.join(&b'\n');
+        engine.process(&block, &mut outputs).unwrap();
         outputs.commit().unwrap();
         let (_, undelivered) = outputs.finish();
         assert!(undelivered.is_empty(), "{undelivered:?}");
         let out = |s: Sink| s.0.lock().unwrap().clone();
         (out(default), out(pager), engine.counters().clone())
+    }
+
+    #[test]
+    fn blocks_split_into_the_lines_a_slice_split_finds() {
+        for block in [
+            &b""[..],
+            b"\n",
+            b"a",
+            b"a\n",
+            b"a\nb",
+            b"a\n\nb\n",
+            b"\n\n",
+            b"a\r\nb\r\n",
+        ] {
+            let trimmed = block.strip_suffix(b"\n").unwrap_or(block);
+            let expected: Vec<&[u8]> = trimmed.split(|&b| b == b'\n').collect();
+            let found: Vec<&[u8]> = line_spans(block)
+                .iter()
+                .map(|s| &block[s.start..s.end])
+                .collect();
+            assert_eq!(found, expected, "{:?}", String::from_utf8_lossy(block));
+        }
     }
 
     #[test]

@@ -268,6 +268,16 @@ impl Outputs {
         Ok(())
     }
 
+    /// Appends `lines` consecutive lines, `\n`-separated, without the last terminator, and a
+    /// newline: one copy for a run of lines.
+    pub(crate) fn write_run(&mut self, name: &str, run: &[u8], lines: u64) -> io::Result<()> {
+        let output = self.get(name)?;
+        output.batch.extend_from_slice(run);
+        output.batch.push(b'\n');
+        output.lines += lines;
+        Ok(())
+    }
+
     /// Appends part of a line, without terminator; [`Outputs::finish_line`] ends it.
     pub(crate) fn write_partial(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
         self.get(name)?.batch.extend_from_slice(bytes);

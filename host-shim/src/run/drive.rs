@@ -70,7 +70,7 @@ pub(super) fn drive(
         };
         match msg {
             Msg::Lines(data) => {
-                engine.process(&split_lines(&data), outputs)?;
+                engine.process(&data, outputs)?;
             }
             Msg::Fragment { data, first, last } => {
                 engine.write_fragment(&data, first, last, outputs)?;
@@ -92,45 +92,4 @@ pub(super) fn drive(
     engine.close_fragment(outputs)?;
     outputs.commit()?;
     Ok(finish)
-}
-
-/// The lines of a block (each ends in `\n`, except perhaps the last), without terminators.
-fn split_lines(block: &[u8]) -> Vec<&[u8]> {
-    let block = block.strip_suffix(b"\n").unwrap_or(block);
-    let mut lines = Vec::with_capacity(block.len() / 256 + 1);
-    let mut start = 0;
-    for nl in memchr::memchr_iter(b'\n', block) {
-        lines.push(&block[start..nl]);
-        start = nl + 1;
-    }
-    lines.push(&block[start..]);
-    lines
-}
-
-#[cfg(test)]
-mod tests {
-    use super::split_lines;
-
-    #[test]
-    fn blocks_split_into_lines_as_the_slice_split_did() {
-        for block in [
-            &b""[..],
-            b"\n",
-            b"a",
-            b"a\n",
-            b"a\nb",
-            b"a\n\nb\n",
-            b"\n\n",
-            b"a\r\nb\r\n",
-        ] {
-            let trimmed = block.strip_suffix(b"\n").unwrap_or(block);
-            let expected: Vec<&[u8]> = trimmed.split(|&b| b == b'\n').collect();
-            assert_eq!(
-                split_lines(block),
-                expected,
-                "{:?}",
-                String::from_utf8_lossy(block)
-            );
-        }
-    }
 }

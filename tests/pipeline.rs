@@ -387,15 +387,17 @@ fn sigterm_mid_stream_loses_nothing_and_the_saved_state_resumes_exactly() {
 
     let mut egw = Running::start(&dir, &config);
     let mut conn = connect_when_ready(&input_address);
-    let terminated = Arc::new(AtomicBool::new(false));
+    let exited = Arc::new(AtomicBool::new(false));
     let sender = {
         let lines = lines.clone();
-        let terminated = Arc::clone(&terminated);
+        let exited = Arc::clone(&exited);
         std::thread::spawn(move || {
             for (i, chunk) in lines.chunks(100).enumerate() {
-                // However slow the machine, keep part of the stream for after the signal.
+                // However slow the machine, keep part of the stream for after the run: after
+                // the signal the connection is drained until its sender goes quiet, so the
+                // sender pauses here until the run has ended.
                 if i == 60 {
-                    wait_until(EXIT, || terminated.load(Ordering::Relaxed));
+                    wait_until(EXIT, || exited.load(Ordering::Relaxed));
                 }
                 let mut buf = Vec::new();
                 for l in chunk {
@@ -418,8 +420,9 @@ fn sigterm_mid_stream_loses_nothing_and_the_saved_state_resumes_exactly() {
         egw.stderr()
     );
     egw.terminate();
-    terminated.store(true, Ordering::Relaxed);
-    assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
+    let status = egw.wait(EXIT);
+    exited.store(true, Ordering::Relaxed);
+    assert!(status.success(), "{}", egw.stderr());
     let err = egw.stderr();
     let lines_in: usize = err
         .split("lines_in=")

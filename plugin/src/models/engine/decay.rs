@@ -1,0 +1,77 @@
+//! Exponential decay per bucket, and weights decayed lazily when read.
+
+use serde::{Deserialize, Serialize};
+
+use super::state::check_weight;
+use crate::models::ModelError;
+
+/// Exponential decay per bucket.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decay {
+    ln_factor: f64,
+}
+
+impl Decay {
+    /// Decay with the given half-life in buckets (0 or less: no decay).
+    pub fn new(half_life_buckets: f64) -> Self {
+        let ln_factor = if half_life_buckets > 0.0 {
+            -std::f64::consts::LN_2 / half_life_buckets
+        } else {
+            0.0
+        };
+        Decay { ln_factor }
+    }
+
+    /// Weight of something `age` buckets old (1 when `age <= 0`).
+    #[inline]
+    pub fn factor(&self, age: i64) -> f64 {
+        if age <= 0 {
+            1.0
+        } else {
+            (self.ln_factor * age as f64).exp()
+        }
+    }
+
+    /// Sum of the weights of one unit per bucket over an infinite history (the steady-state
+    /// decayed bucket count).
+    pub fn steady_total(&self) -> f64 {
+        if self.ln_factor == 0.0 {
+            f64::INFINITY
+        } else {
+            1.0 / (1.0 - self.ln_factor.exp())
+        }
+    }
+}
+
+/// A decayed weight valid at bucket `at`.
+///
+/// Loaded ones are checked with [`Decayed::check`].
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct Decayed {
+    /// The weight at bucket `at`.
+    pub value: f64,
+    /// The bucket the weight is valid at.
+    pub at: i32,
+}
+
+impl Decayed {
+    /// The weight at bucket `now`.
+    #[inline]
+    pub fn get(&self, now: i32, decay: &Decay) -> f64 {
+        self.value * decay.factor(i64::from(now) - i64::from(self.at))
+    }
+
+    /// Checks a loaded weight (finite, not negative).
+    pub fn check(&self, field: &'static str) -> Result<(), ModelError> {
+        check_weight(field, self.value)
+    }
+
+    /// Adds one unit that happened in `bucket`, bringing the weight to `now` (>= bucket) first.
+    #[inline]
+    pub fn add(&mut self, amount: f64, bucket: i32, now: i32, decay: &Decay) {
+        let now = now.max(self.at);
+        self.value =
+            self.get(now, decay) + amount * decay.factor(i64::from(now) - i64::from(bucket));
+        self.at = now;
+    }
+}

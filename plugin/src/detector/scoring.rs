@@ -1,0 +1,359 @@
+//! Per event, after the scan: GeoIP enrichment, every qualifying job's score, the key parts a
+//! model reads, the alert's detail, and the score records (one per job that scored an event, for
+//! replay and the quality harness).
+
+use std::borrow::Cow;
+use std::net::IpAddr;
+
+use abi_stable::std_types::RVec;
+use egresswatch_common::names::fields::{
+    DESTINATION_COUNTRY_ISO_CODE as DESTINATION_COUNTRY_ISO, DESTINATION_COUNTRY_NAME,
+};
+use egresswatch_plugin_api::{ScoreExtra, ScoreRecord};
+
+use super::ActiveRule;
+use super::{ActiveJob, FixedFields, Hit};
+use crate::alert::AlertDetail;
+use crate::catalog::{BoundJob, Function, JobDef};
+use crate::fields::{Event, FieldId};
+use crate::geo;
+use crate::geo::GeoCache;
+use crate::models::Observation;
+use crate::models::{ExtraValue, Scored};
+use crate::net::CidrSet;
+use crate::suppression::AlertRef;
+
+/// Fills `destination.geo.country_iso_code` / `country_name` when the name is missing;
+/// returns the country it added, to be written on the event if it is annotated.
+pub(super) fn enrich(
+    geo: Option<&mut GeoCache>,
+    fixed: &FixedFields,
+    event: &mut Event<'_>,
+) -> Option<geo::Country> {
+    if event.present(fixed.country_name) {
+        return None;
+    }
+    let country = match event.str(fixed.country_iso) {
+        Some(code) => geo::Country::from_iso_code(code),
+        None => geo?.country(event.ip(fixed.destination_ip)?),
+    }?;
+    event.set(fixed.country_iso, country.iso_code());
+    event.set(fixed.country_name, country.name());
+    Some(country)
+}
+
+/// What scoring an event needs besides the jobs.
+pub(super) struct Scoring<'d> {
+    pub(super) allow: &'d CidrSet,
+    pub(super) fixed: &'d FixedFields,
+    /// Score records of the batch, when the host asked for them.
+    pub(super) scores: Option<&'d mut Vec<ScoreRecord>>,
+    /// Position of the event in its batch.
+    pub(super) event_index: u32,
+    /// The host's clock.
+    pub(super) now: i64,
+}
+
+/// "the jobs expect: job (field, field), ...": what a user whose events never qualify should
+/// check.
+pub(super) fn expected_fields(jobs: &[ActiveJob]) -> String {
+    let list: Vec<String> = jobs
+        .iter()
+        .map(|job| {
+            let mut fields: Vec<&str> = job.def.filters.iter().map(|f| f.field()).collect();
+            for f in [&job.def.field_name, &job.def.by_field, &job.def.over_field]
+                .into_iter()
+                .flatten()
+            {
+                if !fields.contains(&f.as_str()) {
+                    fields.push(f);
+                }
+            }
+            format!("{} ({})", job.def.id, fields.join(", "))
+        })
+        .collect();
+    format!("the jobs expect ECS fields: {}", list.join("; "))
+}
+
+/// A warning per job that reads a `destination.geo.*` field GeoIP enrichment cannot fill (it
+/// adds the country only): such a job scores only events that carry the field themselves.
+pub(super) fn geo_warnings(jobs: &[ActiveJob], geo: Option<&GeoCache>) -> Vec<String> {
+    let source = match geo {
+        Some(cache) => format!("the GeoIP database ({})", cache.db().database_type()),
+        None => "GeoIP (turned off)".to_owned(),
+    };
+    let fillable =
+        |f: &str| geo.is_some() && (f == DESTINATION_COUNTRY_NAME || f == DESTINATION_COUNTRY_ISO);
+    let mut out = Vec::new();
+    for job in jobs {
+        let def = &job.def;
+        let fields = def.filters.iter().map(|f| f.field()).chain(
+            [
+                &def.field_name,
+                &def.by_field,
+                &def.over_field,
+                &def.partition_field,
+            ]
+            .into_iter()
+            .flatten()
+            .map(String::as_str),
+        );
+        let mut seen = Vec::new();
+        for field in fields {
+            if field.starts_with("destination.geo.") && !fillable(field) && !seen.contains(&field) {
+                seen.push(field);
+                out.push(format!(
+                    "job {} needs {field}, which {source} cannot fill: it scores only events \
+                     that carry {field} themselves",
+                    def.id
+                ));
+            }
+        }
+    }
+    out
+}
+
+/// Lets every qualifying job score the event; returns the highest-scoring rule that fired, and
+/// whether any job qualified the event.
+pub(super) fn score(
+    jobs: &mut [ActiveJob],
+    mut ctx: Scoring<'_>,
+    event: &Event<'_>,
+) -> (Option<Hit>, bool) {
+    // Event time; the models' clocks decide how far ahead of the host's clock it is believed.
+    let now = ctx.now;
+    let time_ms = crate::time::epoch_ms(event, ctx.fixed.time).unwrap_or(now);
+    let allowed = !ctx.allow.is_empty()
+        && event
+            .ip(ctx.fixed.destination_ip)
+            .is_some_and(|ip| ctx.allow.contains(ip));
+    if allowed {
+        return (None, false);
+    }
+    let mut best: Option<Hit> = None;
+    let mut qualified = false;
+    for (j, job) in jobs.iter_mut().enumerate() {
+        if !job.bound.qualifies(event) {
+            continue;
+        }
+        qualified = true;
+        let Some(obs) = Extracted::from_event(&job.bound, job.addresses, event) else {
+            continue;
+        };
+        let Some(scored) = job.model.observe(&obs.observation(time_ms, now)) else {
+            continue;
+        };
+        job.scored += 1;
+        let key = [
+            obs.by.as_deref(),
+            obs.over.as_deref(),
+            obs.partition.as_deref(),
+        ];
+        for (r, rule) in job.rules.iter_mut().enumerate() {
+            // Every rule that flags the event places it among its own alerts.
+            let alert = (!scored.learning && scored.score >= rule.threshold).then(|| {
+                let span = scored.bucket_span_ms;
+                rule.episodes
+                    .place(&key, time_ms, scored.bucket_start_ms, span)
+            });
+            if let Some(scores) = ctx.scores.as_deref_mut() {
+                scores.push(score_record(
+                    ctx.event_index,
+                    &job.def,
+                    rule,
+                    &scored,
+                    &obs,
+                    time_ms,
+                    alert,
+                ));
+            }
+            let better = best.as_ref().is_none_or(|b| scored.score > b.scored.score);
+            if let (Some(alert), true) = (alert, better) {
+                let (field, value) = obs.subject(&job.def);
+                best = Some(Hit {
+                    job: j,
+                    rule: r,
+                    scored,
+                    field,
+                    value,
+                    alert,
+                });
+            }
+        }
+    }
+    (best, qualified)
+}
+
+/// The values one job reads from an event, borrowed where the event holds strings.
+struct Extracted<'a> {
+    by: Option<Cow<'a, str>>,
+    over: Option<Cow<'a, str>>,
+    partition: Option<Cow<'a, str>>,
+    value: f64,
+}
+
+impl<'a> Extracted<'a> {
+    /// Reads the job's fields; `None` when a field the function needs is missing. A field
+    /// marked in `addresses` that holds an IPv6 address is read in its canonical form, an
+    /// IPv4-mapped one as the IPv4 address (`::FFFF:1.2.3.4` is `1.2.3.4`): the models key by
+    /// the text, and one destination must not be two entities whose sums an attacker splits.
+    /// An IPv4 address is already canonical as the address parser accepts it (no leading
+    /// zeros), so only text with a colon is looked at.
+    fn from_event(job: &BoundJob, addresses: [bool; 3], event: &'a Event<'_>) -> Option<Self> {
+        let read = |field: Option<FieldId>, address: bool| match field {
+            None => Ok(None),
+            Some(id) => key_part(event, id, address).map(Some).ok_or(()),
+        };
+        let by = read(job.by, addresses[0]).ok()?;
+        let over = read(job.over, addresses[1]).ok()?;
+        let partition = read(job.partition, addresses[2]).ok()?;
+        let value = match job.field_name {
+            Some(id) => event.number(id)?,
+            None => 1.0,
+        };
+        Some(Extracted {
+            by,
+            over,
+            partition,
+            value,
+        })
+    }
+
+    fn observation(&self, time_ms: i64, arrival_ms: i64) -> Observation<'_> {
+        Observation {
+            time_ms,
+            arrival_ms,
+            by: self.by.as_deref(),
+            over: self.over.as_deref(),
+            partition: self.partition.as_deref(),
+            value: self.value,
+        }
+    }
+
+    /// The field and value an alert's reason talks about: the `by` value for rarity, the `over`
+    /// entity for a sum.
+    fn subject(&self, def: &JobDef) -> (String, String) {
+        let pick = |field: &Option<String>, value: &Option<Cow<'a, str>>| {
+            field.clone().zip(value.as_deref().map(str::to_owned))
+        };
+        match def.function {
+            Function::Rare => {
+                pick(&def.by_field, &self.by).or_else(|| pick(&def.over_field, &self.over))
+            }
+            _ => pick(&def.over_field, &self.over).or_else(|| pick(&def.by_field, &self.by)),
+        }
+        .unwrap_or_else(|| (def.id.clone(), String::new()))
+    }
+}
+
+/// The text a model keys a field by (see [`Extracted::from_event`]); `None` when it is absent.
+#[inline]
+fn key_part<'a>(event: &'a Event<'_>, id: FieldId, address: bool) -> Option<Cow<'a, str>> {
+    let text = event.key_text(id)?;
+    // IPv6 text has a colon in its first five bytes, IPv4 text none: a short look for every
+    // address, a parse only for IPv6 ones.
+    if address && text.bytes().take(5).any(|b| b == b':') {
+        if let Some(canonical) = canonical_v6(event, id) {
+            return Some(canonical.into());
+        }
+    }
+    Some(text)
+}
+
+/// The canonical text of an IPv6 address field, the IPv4 address for an IPv4-mapped one.
+#[cold]
+#[inline(never)]
+fn canonical_v6(event: &Event<'_>, id: FieldId) -> Option<String> {
+    match event.ip(id)? {
+        IpAddr::V6(v6) => Some(match v6.to_ipv4_mapped() {
+            Some(v4) => v4.to_string(),
+            None => v6.to_string(),
+        }),
+        IpAddr::V4(_) => None,
+    }
+}
+
+/// The alert fields' content for a hit.
+pub(super) fn alert_detail(def: &JobDef, bound: &BoundJob, hit: &Hit) -> AlertDetail {
+    AlertDetail {
+        job_id: def.id.clone(),
+        function: def.function,
+        score: (hit.scored.score * 10.0).round() / 10.0,
+        bucket_start: hit.scored.bucket_start_ms.div_euclid(1000),
+        actual: Some(hit.scored.actual),
+        typical: Some(hit.scored.typical),
+        influencers: def
+            .influencers
+            .iter()
+            .cloned()
+            .zip(bound.influencers.iter().copied())
+            .collect(),
+        reason: hit.scored.reason(&hit.field, &hit.value),
+        extra: hit.scored.extra(),
+        alert: Some(hit.alert),
+    }
+}
+
+/// The score record of one rule on one scored event. The reason, the alert identity (first:
+/// [`ScoreExtra::Alert`] or [`ScoreExtra::Suppressed`]) and the model's figures are written only
+/// when the rule flags the event (`alert` is set).
+fn score_record(
+    event: u32,
+    def: &JobDef,
+    rule: &ActiveRule,
+    scored: &Scored,
+    obs: &Extracted<'_>,
+    time_ms: i64,
+    alert: Option<AlertRef>,
+) -> ScoreRecord {
+    let flagged = alert.is_some();
+    let (field, value) = obs.subject(def);
+    let (reason, extra) = if let Some(alert) = alert {
+        let identity = if alert.suppressed {
+            ScoreExtra::Suppressed {
+                alert_id: alert.id_text().into(),
+                count: alert.count,
+            }
+        } else {
+            ScoreExtra::Alert {
+                id: alert.id_text().into(),
+            }
+        };
+        let extra = std::iter::once(identity.wrap())
+            .chain(scored.extra().into_iter().map(|(name, value)| {
+                let value = match value {
+                    ExtraValue::Int(i) => i as f64,
+                    ExtraValue::Float(f) => f,
+                };
+                ScoreExtra::Figure {
+                    name: name.into(),
+                    value,
+                }
+                .wrap()
+            }))
+            .collect();
+        (scored.reason(&field, &value), extra)
+    } else {
+        (String::new(), RVec::new())
+    };
+    ScoreRecord {
+        event,
+        rule_id: rule.rule.rule_id.as_str().into(),
+        rule_name: rule.rule.name.as_str().into(),
+        job_id: def.id.as_str().into(),
+        function: def.function.as_str().into(),
+        time_ms,
+        bucket_start_ms: scored.bucket_start_ms,
+        score: scored.score,
+        threshold: rule.threshold,
+        learning: scored.learning,
+        flagged,
+        subject_field: field.into(),
+        subject_value: value.into(),
+        value: obs.value,
+        actual: scored.actual,
+        typical: scored.typical,
+        reason: reason.into(),
+        extra,
+    }
+}

@@ -1,5 +1,7 @@
-//! Machinery shared by every model: the event-time bucket clock, exponential decay, the bounded
-//! two-tier key table, keyed hashing, the score curve and human formatting.
+//! Machinery shared by every model, one unit each: keyed hashing (`hash.rs`), the event-time
+//! bucket clock (`clock.rs`), exponential decay (`decay.rs`), the bounded two-tier key table
+//! (`keys.rs`), versioned state encoding (`state.rs`), the score curve (`score.rs`) and the
+//! settings every model shares (`config.rs`). Human formatting is `egresswatch_common::human`'s.
 //!
 //! # Bucket clock
 //! `bucket = time_ms.div_euclid(bucket_span_ms)`. The newest bucket seen is the *head*. Buckets

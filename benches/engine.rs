@@ -22,7 +22,7 @@ use egresswatch_plugin::config::BuildOptions;
 use egresswatch_plugin::Detector;
 use egresswatch_plugin_api::BuildOption;
 
-use common::{inputs, workspace, Param};
+use common::{inputs, workspace, Param, SAMPLES};
 
 /// Events handed over per call, as the host does by default.
 const BATCH: usize = 1024;
@@ -83,6 +83,7 @@ fn bench(c: &mut Criterion) {
     let plugin = loader::load(&plugin_path()).expect("plugin loads");
     let base_dir = workspace();
     let mut group = c.benchmark_group("engine");
+    group.sample_size(SAMPLES);
     for param in params() {
         let lines = &param.input;
         group.throughput(Throughput::Elements(lines.len() as u64));
@@ -130,9 +131,5 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default().sample_size(10);
-    targets = bench
-}
+criterion_group!(benches, bench);
 criterion_main!(benches);

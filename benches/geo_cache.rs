@@ -15,7 +15,7 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use egresswatch_plugin::geo::{GeoCache, GeoDb, DEFAULT_CACHE_CAPACITY};
 
-use common::{inputs, Param};
+use common::{inputs, Param, SAMPLES};
 
 fn addresses(lines: &[String]) -> Vec<IpAddr> {
     lines
@@ -52,6 +52,7 @@ fn params() -> Vec<Param<Vec<IpAddr>, Option<usize>>> {
 fn bench(c: &mut Criterion) {
     let db = Arc::new(GeoDb::bundled().expect("bundled GeoIP database"));
     let mut group = c.benchmark_group("geo_cache");
+    group.sample_size(SAMPLES);
     for param in params() {
         group.throughput(Throughput::Elements(param.input.len() as u64));
         let id = BenchmarkId::from_parameter(&param.slug);
@@ -81,9 +82,5 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default().sample_size(10);
-    targets = bench
-}
+criterion_group!(benches, bench);
 criterion_main!(benches);

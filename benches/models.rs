@@ -14,7 +14,7 @@ use egresswatch_common::time::parse_rfc3339_ms;
 use egresswatch_plugin::geo::GeoDb;
 use egresswatch_plugin::models::{HighSumConfig, Model, Observation, RareConfig};
 
-use common::{inputs, Param};
+use common::{inputs, Param, SAMPLES};
 
 /// What a job reads from one event, owned.
 struct Fields {
@@ -100,6 +100,7 @@ fn params() -> Vec<Param<Vec<Fields>, Job>> {
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("models");
+    group.sample_size(SAMPLES);
     for param in params() {
         let job = param.config;
         group.throughput(Throughput::Elements(param.input.len() as u64));
@@ -123,9 +124,5 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default().sample_size(10);
-    targets = bench
-}
+criterion_group!(benches, bench);
 criterion_main!(benches);

@@ -16,7 +16,7 @@ use egresswatch_plugin::config::BuildOptions;
 use egresswatch_plugin::fields::{Scanner, SchemaBuilder};
 use egresswatch_plugin::Detector;
 
-use common::{inputs, workspace, Param};
+use common::{inputs, workspace, Param, SAMPLES};
 
 /// The scanner of the default detector (the repository's rules, the bundled GeoIP database).
 fn detector_scanner() -> Scanner {
@@ -94,6 +94,7 @@ fn params() -> Vec<Param<Vec<String>, MakeScanner>> {
 
 fn bench(c: &mut Criterion) {
     let mut group = c.benchmark_group("scan");
+    group.sample_size(SAMPLES);
     for param in params() {
         let mut scanner = (param.config)();
         group.throughput(Throughput::Elements(param.input.len() as u64));
@@ -113,9 +114,5 @@ fn bench(c: &mut Criterion) {
     group.finish();
 }
 
-criterion_group! {
-    name = benches;
-    config = Criterion::default().sample_size(10);
-    targets = bench
-}
+criterion_group!(benches, bench);
 criterion_main!(benches);

@@ -11,6 +11,10 @@
 use std::net::Ipv4Addr;
 use std::path::{Path, PathBuf};
 
+/// Samples per case: ten runs over the whole input each (criterion's default of 100 would take
+/// minutes per case on the shared 2-core machine).
+pub const SAMPLES: usize = 10;
+
 /// One bench case (Vector's shape): its name, what is fed in, how the measured part is set up.
 pub struct Param<I, C> {
     /// `input/config`, the case's name in criterion's report.

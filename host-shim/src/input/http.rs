@@ -8,13 +8,16 @@
 //!
 //! - 200 once every line reached every output it was meant for (an HTTP output: answered 2xx;
 //!   a socket, file or stdout output: written);
-//! - 429 when an output's buffer was full and its policy is `drop_newest`;
+//! - 200 too when an output whose `when_full` is `drop_newest` dropped some of them: that
+//!   output is best-effort by its policy (the drop is counted and logged, as for any input);
+//!   a 429 would make the sender resend the whole request until the route came back, so one
+//!   best-effort route that is down would stall the feed and repeat lines on the others;
 //! - 503 when the lines were not delivered by then, an output gave up, or egresswatch is
 //!   stopping; 413 for a body too large, 415 for a compressed one, 405 for anything but `POST`
 //!   (`GET` and `HEAD`, a sender's health check, are answered 200 while the input runs).
 //!
-//! Senders retry on 429 and 5xx (Vector's `http` sink does), so nothing a sender was not told
-//! 200 for is lost; what was delivered before a 503 is sent again, so lines can repeat.
+//! Senders retry on 5xx (Vector's `http` sink does), so nothing is lost that a sender was not
+//! told 200 for, beyond what a `drop_newest` output drops by its policy; what was delivered before a 503 is sent again, so lines can repeat.
 //!
 //! On a stop signal new requests are answered 503 and the feed is let go once the requests
 //! already read have been handed over; the server itself stays up (answering what waits on
@@ -39,7 +42,7 @@ use crate::tls::TlsAccept;
 /// How often the input looks at the stop flag.
 const STOP_POLL: Duration = Duration::from_millis(50);
 
-/// What the sender is told to wait before trying again, on 429 and 503.
+/// What the sender is told to wait before trying again, on 503.
 const RETRY_AFTER_SECS: &str = "1";
 
 /// The HTTP input's settings.
@@ -156,11 +159,11 @@ pub(crate) fn start(
     ))
 }
 
-/// A plain-text answer; 429 and 503 say when to try again.
+/// A plain-text answer; 503 says when to try again.
 fn reply(status: u16, text: &str) -> Response<Body> {
     let mut response = http::response(status, "text/plain; charset=utf-8", format!("{text}\n"));
     let headers = response.headers_mut();
-    if matches!(status, 429 | 503) {
+    if status == 503 {
         headers.insert(
             hyper::header::RETRY_AFTER,
             hyper::header::HeaderValue::from_static(RETRY_AFTER_SECS),
@@ -212,7 +215,10 @@ async fn answer(shared: Arc<Shared>, request: Request<Incoming>) -> Response<Bod
     };
     match tokio::time::timeout(shared.ack_timeout, deliver(feed, body)).await {
         Ok(Outcome::Delivered) => reply(200, "delivered"),
-        Ok(Outcome::Dropped) => reply(429, "an output's buffer is full (drop_newest)"),
+        Ok(Outcome::Dropped) => reply(
+            200,
+            "delivered, except where a drop_newest output dropped lines (counted)",
+        ),
         Ok(Outcome::Failed) => reply(503, "not every line was delivered"),
         Err(_) => reply(503, "not delivered within input.ack_timeout_secs"),
     }

@@ -1,0 +1,103 @@
+//! The `input` section: where events come from, and the limits every listener has.
+
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+/// Where events come from.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum InputConfig {
+    /// Standard input; the program ends at EOF.
+    #[default]
+    Stdin,
+    /// A TCP listener accepting several concurrent NDJSON connections; runs until a signal.
+    Tcp {
+        /// Address to listen on, `HOST:PORT`.
+        address: String,
+        /// Largest number of connections read at once; further ones are closed as soon as
+        /// they are accepted (logged, counted).
+        #[serde(default = "default_max_connections")]
+        max_connections: usize,
+        /// A connection that sends nothing for this long is closed.
+        #[serde(default = "default_idle_timeout")]
+        idle_timeout_secs: u64,
+    },
+    /// A Unix socket listener, like `tcp`. A stale socket file (nobody listening) is replaced;
+    /// any other file at the path is an error and is left alone, at start and at stop.
+    Unix {
+        /// Path of the socket, relative to the config file.
+        path: PathBuf,
+        /// Largest number of connections read at once; further ones are closed as soon as
+        /// they are accepted (logged, counted).
+        #[serde(default = "default_max_connections")]
+        max_connections: usize,
+        /// A connection that sends nothing for this long is closed.
+        #[serde(default = "default_idle_timeout")]
+        idle_timeout_secs: u64,
+    },
+    /// An HTTP listener taking NDJSON in `POST` bodies (Vector's `http` sink); each request is
+    /// answered 200 only once every line of it is delivered, so a sender that retries on
+    /// failure loses nothing.
+    Http {
+        /// Address to listen on, `HOST:PORT`.
+        address: String,
+        /// Largest number of connections served at once; further ones wait to be accepted.
+        #[serde(default = "default_max_connections")]
+        max_connections: usize,
+        /// Largest request body taken; a larger one is answered 413.
+        #[serde(default = "default_max_body_bytes")]
+        max_body_bytes: usize,
+        /// How long a request waits for its lines to be delivered before it is answered 503
+        /// (the sender sends it again; what was delivered meanwhile repeats).
+        #[serde(default = "default_ack_timeout")]
+        ack_timeout_secs: u64,
+        /// Serve HTTPS, optionally requiring client certificates.
+        #[serde(default)]
+        tls: Option<ServerTls>,
+    },
+}
+
+/// TLS on a listener: its certificate, and the authority whose client certificates it requires.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerTls {
+    /// The certificate chain (PEM), leaf first, relative to the config file.
+    pub cert_file: PathBuf,
+    /// Its private key (PEM: PKCS#8, PKCS#1 or SEC1).
+    pub key_file: PathBuf,
+    /// When set, a client must present a certificate this authority (PEM) signed; the others
+    /// are refused during the handshake.
+    #[serde(default)]
+    pub client_ca_file: Option<PathBuf>,
+}
+
+fn default_max_connections() -> usize {
+    64
+}
+
+fn default_max_body_bytes() -> usize {
+    10 << 20
+}
+
+fn default_ack_timeout() -> u64 {
+    30
+}
+
+fn default_idle_timeout() -> u64 {
+    300
+}
+
+/// The limits every listener has.
+pub(super) fn check_listener(
+    problems: &mut Vec<String>,
+    max_connections: usize,
+    idle_timeout_secs: u64,
+) {
+    if max_connections == 0 {
+        problems.push("input.max_connections: must be at least 1".to_owned());
+    }
+    if idle_timeout_secs == 0 {
+        problems.push("input.idle_timeout_secs: must be at least 1".to_owned());
+    }
+}

@@ -37,12 +37,13 @@ mod tests;
 
 use jobs::build_jobs;
 use scoring::{alert_detail, enrich, expected_fields, geo_warnings, score, Scoring};
+pub use state::LoadReport;
 
 /// Events read with none qualifying for any job before the detector says so, once.
 const NO_QUALIFYING_WARNING_AFTER: u64 = 10_000;
 
 /// Version of the saved-state envelope written by [`Detector::save_state`].
-pub const STATE_FORMAT_VERSION: u32 = 2;
+pub const STATE_FORMAT_VERSION: u32 = 3;
 
 /// The detector: rules, jobs with their models, enrichment, and counters.
 pub struct Detector {

@@ -3,7 +3,7 @@
 use super::*;
 
 /// 25 3h buckets in which 30 destinations receive a few kB to a few MB each.
-fn bytes_baseline(d: &mut Detector, buckets: i64) {
+pub(super) fn bytes_baseline(d: &mut Detector, buckets: i64) {
     for b in 0..buckets {
         for k in 0..30i64 {
             let ip = format!("52.95.{}.{}", 10 + k, 1 + b % 5);

@@ -16,4 +16,5 @@ mod loading;
 mod metrics;
 mod passthrough;
 mod pipeline;
+mod reload;
 mod replay;

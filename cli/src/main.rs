@@ -489,6 +489,11 @@ fn validate(config_args: &ConfigArgs, plugin: Option<&Path>) -> Result<()> {
         );
     }
     if let Some(state) = &config.state {
+        let warned = engine
+            .transform()
+            .warnings()
+            .into_result()
+            .map_or(0, |w| w.len());
         // Offered to this throw-away transform, so the plugin itself judges the state.
         let condition = egresswatch::state::describe(
             &config.resolve(&state.path),
@@ -503,6 +508,10 @@ fn validate(config_args: &ConfigArgs, plugin: Option<&Path>) -> Result<()> {
             },
         );
         println!("{condition}");
+        // What loading it would do to each job (restart a job whose definition changed, ...).
+        if let Ok(warnings) = engine.transform().warnings().into_result() {
+            warnings.iter().skip(warned).for_each(|w| println!("  {w}"));
+        }
     }
     Ok(())
 }

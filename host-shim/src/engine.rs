@@ -71,8 +71,9 @@ impl Engine {
         }
     }
 
-    /// Logs the warnings the plugin has added since the last call, once each.
-    fn log_new_warnings(&mut self) {
+    /// Logs the warnings the plugin has added since the last call, once each (such as what
+    /// loading a state did to each job).
+    pub(crate) fn log_new_warnings(&mut self) {
         if let Ok(warnings) = self.transform.warnings().into_result() {
             for warning in warnings.iter().skip(self.warned) {
                 tracing::warn!("{warning}");

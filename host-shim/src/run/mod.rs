@@ -146,6 +146,9 @@ pub fn run(
             }
             LoadOutcome::Loaded(bytes) => {
                 metrics.snapshot().state_file_bytes = bytes;
+                // The plugin says which jobs restart (their definition changed), are new or
+                // were dropped; the rest keep what they learnt.
+                engine.log_new_warnings();
                 tracing::info!(path = %path.display(), bytes, "model state loaded");
             }
             LoadOutcome::SetAside { moved_to, reason } => tracing::warn!(

@@ -4,12 +4,19 @@
 //! transform from the files as they are now (with the plugin already loaded), checks it against
 //! the running outputs, and carries the model state over (saved from the running transform,
 //! loaded into the new one) before it replaces anything; if any step fails, the running
-//! configuration goes on and the reason is logged. What a reload applies: `detector`
-//! (rules, actions, models, jobs, GeoIP), `unreadable`, `fail_closed` and `batch.max_events`.
-//! Changes to anything else (input, outputs, state, metrics, `shutdown_timeout_secs`,
-//! `batch.max_line_bytes`, `plugin`) take effect at the next start; a reload that has them
-//! says so.
+//! configuration goes on and the reason is logged. The state is carried over job by job: a job
+//! whose definition changed (function, fields, filters, bucket span) starts learning afresh and
+//! the plugin's warning says which and why; every other job keeps what it learnt.
+//!
+//! What a reload applies: `detector` (rules, actions, models, jobs, GeoIP), `unreadable`,
+//! `fail_closed` and `batch.max_events`. It does not reopen outputs, rebind the input, move the
+//! state file or the metrics endpoint: a new configuration that changes any of those (`input`,
+//! `outputs.NAME`, `state`, `metrics`, `shutdown_timeout_secs`, `batch.max_line_bytes`,
+//! `plugin`) is refused whole, naming the keys, and the running one goes on; they take a
+//! restart. Refusing, rather than applying the rest, keeps the configuration in force one that
+//! was written as a whole.
 
+use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
@@ -40,23 +47,28 @@ impl Reloader<'_> {
         }
         tracing::info!("SIGHUP: reading the configuration and rules again");
         match self.reload(engine) {
-            Ok(later) if later.is_empty() => {
-                tracing::info!("SIGHUP: configuration reloaded; model state kept")
+            Ok(()) => {
+                tracing::info!(
+                    "SIGHUP: configuration reloaded; model state carried over job by job"
+                )
             }
-            Ok(later) => tracing::warn!(
-                not_applied = %later.join(", "),
-                "SIGHUP: configuration reloaded (detector and policies; model state kept); \
-                 changes to the settings listed take effect at the next start"
-            ),
             Err(e) => tracing::error!(
                 "SIGHUP: the new configuration is refused and the running one goes on: {e:#}"
             ),
         }
     }
 
-    /// Returns the settings that changed but wait for a restart.
-    fn reload(&mut self, engine: &mut Engine) -> Result<Vec<&'static str>> {
+    fn reload(&mut self, engine: &mut Engine) -> Result<()> {
         let (config, mut transform) = (self.rebuild)()?;
+        let later = restart_only_changes(&self.running, &config);
+        if !later.is_empty() {
+            bail!(
+                "{} changed, and a reload does not reopen outputs, rebind the input, or move the \
+                 state file or the metrics endpoint; restart egresswatch to apply the new \
+                 configuration",
+                later.join(", ")
+            );
+        }
         let routes: Vec<String> = transform
             .routes()
             .into_result()
@@ -64,7 +76,6 @@ impl Reloader<'_> {
             .into_iter()
             .map(Into::into)
             .collect();
-        // Routes must name outputs that run now: outputs are not reopened.
         let missing = self.running.missing_routes(&routes);
         if !missing.is_empty() {
             bail!("{}", missing.join("; "));
@@ -74,41 +85,33 @@ impl Reloader<'_> {
             .save_state()
             .into_result()
             .map_err(|e| anyhow::anyhow!("saving the running model state: {e}"))?;
+        // Job by job: a job whose definition changed restarts (the plugin says which and why
+        // in its warnings, logged below), the others keep what they learnt.
         transform
             .load_state(state.as_slice().into())
             .into_result()
             .map_err(|e| anyhow::anyhow!("{e}"))
-            .context(
-                "the running model state does not fit the new detector configuration (a job \
-                 changed its function or bucket span?); restart to apply it",
-            )?;
+            .context("the running model state could not be carried over to the new detector")?;
         if let Ok(warnings) = transform.warnings().into_result() {
             warnings.iter().for_each(|w| tracing::warn!("{w}"));
         }
-        let later = restart_only_changes(&self.running, &config);
         let policy = EnginePolicy {
-            batch: crate::config::BatchConfig {
-                max_events: config.batch.max_events,
-                max_line_bytes: self.running.batch.max_line_bytes,
-            },
+            batch: config.batch,
             unreadable: config.unreadable,
             fail_closed: config.fail_closed,
         };
         engine.reconfigure(transform, policy);
-        self.running.batch.max_events = config.batch.max_events;
-        self.running.unreadable = config.unreadable;
-        self.running.fail_closed = config.fail_closed;
-        self.running.detector = config.detector;
-        Ok(later)
+        self.running = config;
+        Ok(())
     }
 }
 
-/// The settings that differ between `running` and `new` that a reload does not apply.
-fn restart_only_changes(running: &HostConfig, new: &HostConfig) -> Vec<&'static str> {
-    [
+/// The settings a reload does not apply that differ between `running` and `new`, each named
+/// by its key (`outputs.NAME` for an output added, removed or changed).
+fn restart_only_changes(running: &HostConfig, new: &HostConfig) -> Vec<String> {
+    let mut changed: Vec<String> = [
         ("plugin", running.plugin != new.plugin),
         ("input", running.input != new.input),
-        ("outputs", running.outputs != new.outputs),
         ("state", running.state != new.state),
         ("metrics", running.metrics != new.metrics),
         (
@@ -121,6 +124,52 @@ fn restart_only_changes(running: &HostConfig, new: &HostConfig) -> Vec<&'static 
         ),
     ]
     .into_iter()
-    .filter_map(|(name, changed)| changed.then_some(name))
-    .collect()
+    .filter(|&(_, changed)| changed)
+    .map(|(name, _)| name.to_owned())
+    .collect();
+    let names: BTreeSet<&String> = running.outputs.keys().chain(new.outputs.keys()).collect();
+    changed.extend(
+        names
+            .into_iter()
+            .filter(|name| running.outputs.get(*name) != new.outputs.get(*name))
+            .map(|name| format!("outputs.{name}")),
+    );
+    changed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(text: &str) -> HostConfig {
+        HostConfig::parse(text, false).expect("a valid configuration")
+    }
+
+    #[test]
+    fn what_a_reload_cannot_apply_is_named_key_by_key_and_the_detector_is_not() {
+        let running = config(
+            "input: { type: tcp, address: '127.0.0.1:6000' }\noutputs:\n  default: { type: \
+             file, path: a.ndjson }\n  pager: { type: file, path: p.ndjson }\n",
+        );
+        let same_but_rules = config(
+            "input: { type: tcp, address: '127.0.0.1:6000' }\noutputs:\n  default: { type: \
+             file, path: a.ndjson }\n  pager: { type: file, path: p.ndjson }\ndetector: { \
+             rules: [elsewhere] }\nbatch: { max_events: 7 }\n",
+        );
+        assert!(restart_only_changes(&running, &same_but_rules).is_empty());
+        let moved = config(
+            "input: { type: tcp, address: '127.0.0.1:6001' }\noutputs:\n  default: { type: \
+             file, path: a.ndjson }\n  siem: { type: file, path: s.ndjson }\n\
+             shutdown_timeout_secs: 5\n",
+        );
+        assert_eq!(
+            restart_only_changes(&running, &moved),
+            [
+                "input",
+                "shutdown_timeout_secs",
+                "outputs.pager",
+                "outputs.siem"
+            ]
+        );
+    }
 }

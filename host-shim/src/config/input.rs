@@ -22,6 +22,9 @@ pub enum InputConfig {
         /// A connection that sends nothing for this long is closed.
         #[serde(default = "default_idle_timeout")]
         idle_timeout_secs: u64,
+        /// Speak TLS, optionally requiring client certificates.
+        #[serde(default)]
+        tls: Option<ServerTls>,
     },
     /// A Unix socket listener, like `tcp`. A stale socket file (nobody listening) is replaced;
     /// any other file at the path is an error and is left alone, at start and at stop.
@@ -99,5 +102,20 @@ pub(super) fn check_listener(
     }
     if idle_timeout_secs == 0 {
         problems.push("input.idle_timeout_secs: must be at least 1".to_owned());
+    }
+}
+
+/// The `tls` block of an input.
+pub(super) fn check_server_tls(problems: &mut Vec<String>, tls: Option<&ServerTls>) {
+    let Some(tls) = tls else { return };
+    let paths = [
+        ("cert_file", Some(&tls.cert_file)),
+        ("key_file", Some(&tls.key_file)),
+        ("client_ca_file", tls.client_ca_file.as_ref()),
+    ];
+    for (key, path) in paths {
+        if path.is_some_and(|p| p.as_os_str().is_empty()) {
+            problems.push(format!("input.tls.{key}: must not be empty"));
+        }
     }
 }

@@ -31,8 +31,9 @@ mod output;
 pub mod positions;
 mod read;
 
-use input::check_listener;
+use input::{check_listener, check_server_tls};
 pub use input::{InputConfig, ServerTls};
+use output::check_client_tls;
 pub use output::{BufferConfig, ClientTls, OutputConfig, WhenFull};
 use positions::KeyLines;
 use read::{check_yaml_nesting, toml_error};
@@ -381,11 +382,13 @@ impl HostConfig {
                 address,
                 max_connections,
                 idle_timeout_secs,
+                tls,
             } => {
                 if let Err(e) = check_address(address) {
                     problems.push(format!("input.address: `{address}` {e}"));
                 }
                 check_listener(&mut problems, *max_connections, *idle_timeout_secs);
+                check_server_tls(&mut problems, tls.as_ref());
             }
             InputConfig::Http {
                 address,
@@ -397,18 +400,7 @@ impl HostConfig {
                 if let Err(e) = check_address(address) {
                     problems.push(format!("input.address: `{address}` {e}"));
                 }
-                if let Some(tls) = tls {
-                    let empty = [
-                        ("cert_file", Some(&tls.cert_file)),
-                        ("key_file", Some(&tls.key_file)),
-                        ("client_ca_file", tls.client_ca_file.as_ref()),
-                    ];
-                    for (key, path) in empty {
-                        if path.is_some_and(|p| p.as_os_str().is_empty()) {
-                            problems.push(format!("input.tls.{key}: must not be empty"));
-                        }
-                    }
-                }
+                check_server_tls(&mut problems, tls.as_ref());
                 if *max_connections == 0 {
                     problems.push("input.max_connections: must be at least 1".to_owned());
                 }
@@ -432,10 +424,11 @@ impl HostConfig {
         }
         for (name, output) in &self.outputs {
             match output {
-                OutputConfig::Tcp { address, .. } => {
+                OutputConfig::Tcp { address, tls, .. } => {
                     if let Err(e) = check_address(address) {
                         problems.push(format!("outputs.{name}.address: `{address}` {e}"));
                     }
+                    check_client_tls(&mut problems, name, tls.as_ref());
                 }
                 OutputConfig::Unix { path, .. } | OutputConfig::File { path, .. } => {
                     if path.as_os_str().is_empty() {
@@ -451,18 +444,12 @@ impl HostConfig {
                     if let Err(e) = check_url(url) {
                         problems.push(format!("outputs.{name}.url: `{url}` {e}"));
                     }
-                    if let Some(tls) = tls {
-                        if !url.starts_with("https://") {
-                            problems.push(format!(
-                                "outputs.{name}.tls: set, but the url is not https://"
-                            ));
-                        }
-                        if tls.cert_file.is_some() != tls.key_file.is_some() {
-                            problems.push(format!(
-                                "outputs.{name}.tls: cert_file and key_file go together"
-                            ));
-                        }
+                    if tls.is_some() && !url.starts_with("https://") {
+                        problems.push(format!(
+                            "outputs.{name}.tls: set, but the url is not https://"
+                        ));
                     }
+                    check_client_tls(&mut problems, name, tls.as_ref());
                     if *request_timeout_secs == 0 {
                         problems.push(format!(
                             "outputs.{name}.request_timeout_secs: must be at least 1"

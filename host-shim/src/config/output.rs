@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
-/// TLS of a client (an HTTP output to an `https://` URL).
+/// TLS of a client (an HTTP output to an `https://` URL, or a TCP output).
 #[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientTls {
@@ -42,6 +42,9 @@ pub enum OutputConfig {
     Tcp {
         /// Address to connect to, `HOST:PORT`; the name is resolved at each connection.
         address: String,
+        /// Speak TLS; the server's certificate must name the address's host.
+        #[serde(default)]
+        tls: Option<ClientTls>,
         /// The output's buffer.
         #[serde(default)]
         buffer: BufferConfig,
@@ -121,4 +124,24 @@ pub enum WhenFull {
     Block,
     /// The newest events are dropped, counted and logged; the other outputs carry on.
     DropNewest,
+}
+
+/// The `tls` block of output `name`.
+pub(super) fn check_client_tls(problems: &mut Vec<String>, name: &str, tls: Option<&ClientTls>) {
+    let Some(tls) = tls else { return };
+    if tls.cert_file.is_some() != tls.key_file.is_some() {
+        problems.push(format!(
+            "outputs.{name}.tls: cert_file and key_file go together"
+        ));
+    }
+    let paths = [
+        ("ca_file", &tls.ca_file),
+        ("cert_file", &tls.cert_file),
+        ("key_file", &tls.key_file),
+    ];
+    for (key, path) in paths {
+        if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
+            problems.push(format!("outputs.{name}.tls.{key}: must not be empty"));
+        }
+    }
 }

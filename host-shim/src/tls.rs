@@ -1,13 +1,18 @@
-//! TLS for the HTTP input (server side: rustls through `tokio-rustls`, an [`Accept`] of the
-//! host's HTTP stack) and the HTTP output (client side: rustls through `ureq`), with the
-//! `ring` provider on both sides.
+//! TLS for the inputs and outputs, with rustls and its `ring` provider throughout:
+//! - server side: the HTTP input (through `tokio-rustls`, an [`Accept`] of the host's HTTP
+//!   stack) and the TCP input (a [`ServerStream`] over the blocking connection its reader
+//!   thread reads);
+//! - client side: the HTTP output (through `ureq`, [`client`]) and the TCP output
+//!   ([`tcp_client`]; its stream, which keeps track of what the peer may not have, is in
+//!   `output::tls_stream`).
 //!
 //! Certificates and keys are PEM files named in the configuration, read bounded (regular files
 //! of at most [`MAX_PEM_BYTES`]); every error names the configuration key and the file. An
 //! input with `client_ca_file` requires a client certificate signed by that authority: a
 //! client without one is refused during the handshake, before any request is read.
 
-use std::io;
+use std::io::{self, Read};
+use std::net::TcpStream as StdTcpStream;
 use std::path::Path;
 use std::sync::Arc;
 
@@ -67,6 +72,16 @@ pub(crate) fn server(
     resolve: impl Fn(&Path) -> std::path::PathBuf,
     prefix: &str,
 ) -> io::Result<TlsAccept> {
+    let config = server_config(tls, resolve, prefix)?;
+    Ok(TlsAccept(tokio_rustls::TlsAcceptor::from(config)))
+}
+
+/// The rustls configuration of a listener (see [`server`]).
+pub(crate) fn server_config(
+    tls: &ServerTls,
+    resolve: impl Fn(&Path) -> std::path::PathBuf,
+    prefix: &str,
+) -> io::Result<Arc<rustls::ServerConfig>> {
     let key = |k: &str| format!("{prefix}.{k}");
     let chain = certificates(&resolve(&tls.cert_file), &key("cert_file"))?;
     let private = private_key(&resolve(&tls.key_file), &key("key_file"))?;
@@ -95,7 +110,7 @@ pub(crate) fn server(
     let config = builder
         .with_single_cert(chain, private)
         .map_err(|e| invalid(&key("key_file"), &resolve(&tls.key_file), e))?;
-    Ok(TlsAccept(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    Ok(Arc::new(config))
 }
 
 /// Accepts TLS on the host's HTTP stack.
@@ -138,4 +153,103 @@ pub(crate) fn client(
         builder = builder.client_cert(Some(ureq::tls::ClientCert::new_with_certs(&chain, private)));
     }
     Ok(builder.build())
+}
+
+/// The TLS settings of a TCP output: what [`client`] is for the HTTP output, as a rustls
+/// configuration (the public web PKI roots are webpki-roots, the ones `ureq` uses), with a
+/// description of what the server's certificate is checked against, for error messages.
+pub(crate) fn tcp_client(
+    tls: &ClientTls,
+    resolve: impl Fn(&Path) -> std::path::PathBuf,
+    prefix: &str,
+) -> io::Result<(Arc<rustls::ClientConfig>, String)> {
+    let key = |k: &str| format!("{prefix}.{k}");
+    let mut roots = rustls::RootCertStore::empty();
+    let trust = match &tls.ca_file {
+        Some(ca) => {
+            let path = resolve(ca);
+            for cert in certificates(&path, &key("ca_file"))? {
+                roots
+                    .add(cert)
+                    .map_err(|e| invalid(&key("ca_file"), &path, e))?;
+            }
+            format!("{} ({})", key("ca_file"), path.display())
+        }
+        None => {
+            roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+            format!("the public web PKI roots ({} is not set)", key("ca_file"))
+        }
+    };
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(io::Error::other)?
+        .with_root_certificates(roots);
+    let config = match (&tls.cert_file, &tls.key_file) {
+        (Some(cert), Some(private)) => {
+            let chain = certificates(&resolve(cert), &key("cert_file"))?;
+            let path = resolve(private);
+            let private = private_key(&path, &key("key_file"))?;
+            builder
+                .with_client_auth_cert(chain, private)
+                .map_err(|e| invalid(&key("key_file"), &path, e))?
+        }
+        _ => builder.with_no_client_auth(),
+    };
+    Ok((Arc::new(config), trust))
+}
+
+/// A TLS handshake that failed on an input connection (the peer is refused).
+#[derive(Debug)]
+pub(crate) struct HandshakeFailed(pub(crate) String);
+
+impl std::fmt::Display for HandshakeFailed {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "TLS handshake failed: {}", self.0)
+    }
+}
+
+impl std::error::Error for HandshakeFailed {}
+
+/// Whether `e` is a [`HandshakeFailed`].
+pub(crate) fn is_handshake_failure(e: &io::Error) -> bool {
+    e.get_ref()
+        .is_some_and(|inner| inner.is::<HandshakeFailed>())
+}
+
+/// The server side of a TLS connection over a blocking socket with a read timeout, read by a
+/// TCP input's connection reader: the handshake happens on the first reads (so a slow client
+/// holds only its own reader), read timeouts pass through as `WouldBlock`/`TimedOut` with
+/// nothing lost, a failed handshake is a [`HandshakeFailed`] error, and a peer that closes the
+/// TCP connection without TLS's `close_notify` (common among log shippers) ends the stream like
+/// an orderly close: what it sent is kept.
+pub(crate) struct ServerStream(rustls::StreamOwned<rustls::ServerConnection, StdTcpStream>);
+
+impl ServerStream {
+    /// Starts serving TLS on `sock` (the handshake happens as it is read).
+    pub(crate) fn new(config: Arc<rustls::ServerConfig>, sock: StdTcpStream) -> io::Result<Self> {
+        let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
+        Ok(ServerStream(rustls::StreamOwned::new(conn, sock)))
+    }
+}
+
+impl Read for ServerStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let handshaking = self.0.conn.is_handshaking();
+        match self.0.read(buf) {
+            Ok(n) => Ok(n),
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
+            Err(e)
+                if handshaking
+                    && !matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+            {
+                Err(io::Error::new(e.kind(), HandshakeFailed(e.to_string())))
+            }
+            Err(e) => Err(e),
+        }
+    }
 }

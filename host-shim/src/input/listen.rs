@@ -9,6 +9,12 @@
 //! logged (the first at once, then a count every 10 s) and counted. On a stop signal the
 //! listener stops accepting and each reader drains its connection (see [`super::lines`]) and
 //! hands over what it has read, including an unterminated last line.
+//!
+//! A TCP listener with `tls` serves TLS ([`crate::tls::ServerStream`]): the handshake happens in
+//! the connection's reader thread, so a slow or hostile client holds only its own connection
+//! slot (closed at `idle_timeout_secs` like a silent one); a client refused in the handshake (no
+//! certificate from `client_ca_file`, a plain-text sender) is logged and counted, and nothing
+//! it sent reaches the engine.
 
 use std::io::{self, Read};
 use std::net::{TcpListener, TcpStream};
@@ -25,6 +31,7 @@ use super::lines::{Ended, Shared};
 use super::{read_lines, Feed, HoldBudget, Mode, OVERSIZE_HOLD_BYTES};
 use crate::config::InputConfig;
 use crate::output::Deadline;
+use crate::tls::ServerStream;
 
 /// How long a connection's reader waits for data before checking the stop flag.
 const READ_TIMEOUT: Duration = Duration::from_millis(100);
@@ -44,6 +51,8 @@ pub(crate) struct InputStats {
     pub(crate) total: AtomicU64,
     /// Connections closed at once because `max_connections` were open.
     pub(crate) refused: AtomicU64,
+    /// Connections closed because their TLS handshake failed.
+    pub(crate) tls_failed: AtomicU64,
     /// Reader threads running (connections, or standard input).
     pub(crate) readers: AtomicUsize,
     /// Lines read that the engine did not take (it stopped at the shutdown deadline).
@@ -153,12 +162,14 @@ impl Listener {
         })
     }
 
-    /// Where it listens: `tcp://127.0.0.1:9000`, `unix:///run/in.sock`.
-    pub(super) fn describe(&self) -> String {
+    /// Where it listens: `tcp://127.0.0.1:9000` (`tcp+tls://` with `tls`),
+    /// `unix:///run/in.sock`.
+    pub(super) fn describe(&self, tls: bool) -> String {
+        let scheme = if tls { "tcp+tls" } else { "tcp" };
         match self {
             Listener::Tcp(l) => match l.local_addr() {
-                Ok(address) => format!("tcp://{address}"),
-                Err(_) => "tcp://?".to_owned(),
+                Ok(address) => format!("{scheme}://{address}"),
+                Err(_) => format!("{scheme}://?"),
             },
             Listener::Unix(u) => format!("unix://{}", u.path.display()),
         }
@@ -173,6 +184,8 @@ pub(super) struct Settings {
     pub(super) max_connections: usize,
     /// `input.idle_timeout_secs`.
     pub(super) idle_timeout: Duration,
+    /// `input.tls`, for TCP.
+    pub(super) tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 /// A connection just accepted.
@@ -190,13 +203,25 @@ impl Accepted {
         }
     }
 
-    /// A blocking reader with a read timeout, and who it is.
-    fn into_reader(self) -> io::Result<(Connection, String)> {
+    /// A blocking reader with a read timeout (TLS over it when `tls` is set), and who it is.
+    fn into_reader(
+        self,
+        tls: Option<&Arc<rustls::ServerConfig>>,
+    ) -> io::Result<(Connection, String)> {
         Ok(match self {
             Accepted::Tcp(s, peer) => {
                 s.set_nonblocking(false)?;
                 s.set_read_timeout(Some(READ_TIMEOUT))?;
-                (Box::new(s), peer)
+                match tls {
+                    None => (Box::new(s), peer),
+                    Some(config) => {
+                        // The handshake writes too: a client that does not read holds its
+                        // reader no longer than one that does not write.
+                        s.set_write_timeout(Some(READ_TIMEOUT))?;
+                        let stream = ServerStream::new(Arc::clone(config), s)?;
+                        (Box::new(stream), peer)
+                    }
+                }
             }
             Accepted::Unix(s) => {
                 s.set_nonblocking(false)?;
@@ -289,21 +314,24 @@ pub(super) fn spawn(
                     continue;
                 }
                 next_id += 1;
-                let started = accepted.into_reader().and_then(|(conn, peer)| {
-                    let reader = Reader {
-                        id: next_id,
-                        peer,
-                        feed: feed.clone(),
-                        max_line_bytes: settings.max_line_bytes,
-                        idle_timeout: settings.idle_timeout,
-                        stop: Arc::clone(&stop),
-                        deadline: deadline.clone(),
-                        budget: Arc::clone(&budget),
-                        stats: Arc::clone(&stats),
-                        active: Arc::clone(&active),
-                    };
-                    reader.start(conn)
-                });
+                let started =
+                    accepted
+                        .into_reader(settings.tls.as_ref())
+                        .and_then(|(conn, peer)| {
+                            let reader = Reader {
+                                id: next_id,
+                                peer,
+                                feed: feed.clone(),
+                                max_line_bytes: settings.max_line_bytes,
+                                idle_timeout: settings.idle_timeout,
+                                stop: Arc::clone(&stop),
+                                deadline: deadline.clone(),
+                                budget: Arc::clone(&budget),
+                                stats: Arc::clone(&stats),
+                                active: Arc::clone(&active),
+                            };
+                            reader.start(conn)
+                        });
                 if let Err(e) = started {
                     tracing::warn!(error = %e, "input: cannot start a connection reader");
                 }
@@ -354,7 +382,7 @@ impl Reader {
         Ok(())
     }
 
-    fn read(self, conn: Connection) {
+    fn read(self, mut conn: Connection) {
         let mode = Mode::Shared(Shared {
             stop: &self.stop,
             deadline: &self.deadline,
@@ -362,23 +390,33 @@ impl Reader {
             budget: &self.budget,
         });
         let (id, peer) = (self.id, &self.peer);
-        match read_lines(
-            conn,
+        let read = read_lines(
+            &mut conn,
             &self.feed,
             self.max_line_bytes,
             mode,
             &self.stats.undelivered,
-        ) {
+        );
+        // The slot is free before the peer sees the connection close or the end is logged:
+        // either may prompt a new connection.
+        self.stats.open.fetch_sub(1, Ordering::Relaxed);
+        self.active.fetch_sub(1, Ordering::Relaxed);
+        drop(conn);
+        match read {
             Ok(Ended::Idle) => tracing::debug!(
                 connection = id, %peer, idle_timeout_secs = self.idle_timeout.as_secs(),
                 "input connection closed: nothing received for idle_timeout_secs"
             ),
             Ok(ended) => tracing::debug!(connection = id, ?ended, "input connection closed"),
+            Err(e) if crate::tls::is_handshake_failure(&e) => {
+                self.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(connection = id, %peer, error = %e,
+                    "input connection refused: its TLS handshake failed (counted in \
+                     egresswatch_input_tls_handshake_failures_total)");
+            }
             Err(e) => tracing::warn!(connection = id, %peer, error = %e,
                 "input connection failed; what it sent before is kept"),
         }
-        self.stats.open.fetch_sub(1, Ordering::Relaxed);
-        self.active.fetch_sub(1, Ordering::Relaxed);
         self.stats.readers.fetch_sub(1, Ordering::Relaxed);
     }
 }

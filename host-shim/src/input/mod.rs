@@ -181,8 +181,18 @@ pub(crate) fn start(
             _server: Some(server),
         });
     }
-    if let InputConfig::Tcp { address, .. } = config {
-        warn_if_exposed(address, false);
+    let mut tls = None;
+    if let InputConfig::Tcp {
+        address,
+        tls: tls_config,
+        ..
+    } = config
+    {
+        warn_if_exposed(address, tls_config.is_some());
+        tls = tls_config
+            .as_ref()
+            .map(|t| crate::tls::server_config(t, |p| base_dir.join(p), "input.tls"))
+            .transpose()?;
     }
     let (wait_for_readers, address) = match (config, listen::Listener::bind(config, base_dir)?) {
         (
@@ -198,11 +208,12 @@ pub(crate) fn start(
             },
             Some(listener),
         ) => {
-            let address = listener.describe();
+            let address = listener.describe(tls.is_some());
             let settings = listen::Settings {
                 max_line_bytes,
                 max_connections: *max_connections,
                 idle_timeout: Duration::from_secs(*idle_timeout_secs),
+                tls,
             };
             listen::spawn(
                 listener,
@@ -233,7 +244,7 @@ fn warn_if_exposed(address: &str, tls: bool) {
     if !tls && !matches!(crate::config::check_address(address), Ok(true)) {
         tracing::warn!(%address,
             "input listens beyond loopback without TLS: anyone who can reach it can send events \
-             (and skew what the models learn); use the http input with tls (and \
-             client_ca_file), or listen on loopback");
+             (and skew what the models learn); set input.tls (with client_ca_file, so that only \
+             senders with a certificate from that authority are accepted), or listen on loopback");
     }
 }

@@ -7,7 +7,8 @@
 //! a down output holds only its own buffer; when that buffer is full, the output's `when_full`
 //! policy decides whether the engine waits (`block`: backpressure) or the batch is dropped
 //! (`drop_newest`: counted, logged). Sinks: standard output and files ([`worker::WriterSink`]),
-//! TCP and Unix sockets ([`socket`]), HTTP ([`http`]: acknowledged by the peer's 2xx).
+//! TCP (plain or TLS: [`tls_stream`]) and Unix sockets ([`socket`]), HTTP ([`http`]:
+//! acknowledged by the peer's 2xx).
 
 use std::collections::BTreeMap;
 use std::fs::OpenOptions;
@@ -21,6 +22,7 @@ use egresswatch_plugin_api::DEFAULT_OUTPUT;
 mod http;
 mod queue;
 mod socket;
+mod tls_stream;
 mod worker;
 
 pub use crate::metrics::OutputStatus;
@@ -166,11 +168,17 @@ impl Outputs {
                         })?;
                     Box::new(WriterSink::file(file, &path))
                 }
-                OutputConfig::Tcp { address, .. } => Box::new(SocketSink::new(
-                    name,
-                    Target::Tcp(address.clone()),
-                    stats.clone(),
-                )),
+                OutputConfig::Tcp { address, tls, .. } => {
+                    let tls = tls
+                        .as_ref()
+                        .map(|tls| tcp_tls(config, name, address, tls))
+                        .transpose()?;
+                    let target = Target::Tcp {
+                        address: address.clone(),
+                        tls,
+                    };
+                    Box::new(SocketSink::new(name, target, stats.clone()))
+                }
                 OutputConfig::Unix { path, .. } => Box::new(SocketSink::new(
                     name,
                     Target::Unix(config.resolve(path)),
@@ -371,6 +379,29 @@ impl Outputs {
         }
         (self.statuses(), undelivered)
     }
+}
+
+/// The TLS client of TCP output `name`: its certificates read now, so that a bad file is an
+/// error at start; the server name is the address's host.
+fn tcp_tls(
+    config: &HostConfig,
+    name: &str,
+    address: &str,
+    tls: &crate::config::ClientTls,
+) -> io::Result<tls_stream::TlsClient> {
+    let prefix = format!("outputs.{name}.tls");
+    let (client, trust) = crate::tls::tcp_client(tls, |p| config.resolve(p), &prefix)?;
+    let server_name = tls_stream::server_name(address).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidInput,
+            format!("outputs.{name}.address: {e}"),
+        )
+    })?;
+    Ok(tls_stream::TlsClient {
+        config: client,
+        server_name,
+        trust,
+    })
 }
 
 /// Logs drops: the first at once, then how many every [`DROP_LOG_EVERY`].

@@ -14,6 +14,11 @@
 //! reset or closed the connection): that is what a broken socket connection can lose, and the
 //! reason socket outputs are documented as unacknowledged. A few lines acknowledged just before
 //! the break may be written twice.
+//!
+//! A TCP output with `tls` speaks TLS over the same connection ([`super::tls_stream`]); the
+//! kernel's count is then of ciphertext, and the stream turns it into the plaintext from the
+//! start of the first record the peer's kernel has not acknowledged whole: a superset of what
+//! the peer lacks (it may repeat the lines of that record, never lose them).
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Write};
@@ -23,6 +28,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::queue::Deadline;
+use super::tls_stream::{TlsClient, TlsStream};
 use super::worker::{Sink, SinkError};
 use crate::metrics::OutputHealth;
 
@@ -40,96 +46,119 @@ const UNACKED_FALLBACK_BYTES: usize = 4 << 20;
 enum Conn {
     Tcp(TcpStream),
     Unix(UnixStream),
+    Tls(Box<TlsStream>),
 }
 
 impl Conn {
-    fn set_nonblocking(&self, on: bool) -> io::Result<()> {
-        match self {
-            Conn::Tcp(s) => s.set_nonblocking(on),
-            Conn::Unix(s) => s.set_nonblocking(on),
-        }
-    }
-
     /// Whether the peer has closed its side (or reset it). Anything the peer sent is discarded.
     fn peer_closed(&mut self) -> bool {
-        if self.set_nonblocking(true).is_err() {
-            return true;
+        match self {
+            Conn::Tcp(s) => plain_peer_closed(s),
+            Conn::Unix(s) => plain_peer_closed(s),
+            Conn::Tls(t) => t.peer_closed(),
         }
-        let mut buf = [0u8; 512];
-        let mut closed = false;
-        for _ in 0..64 {
-            match self.read(&mut buf) {
-                Ok(0) => {
-                    closed = true;
-                    break;
-                }
-                Ok(_) => continue,
-                Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(_) => {
-                    closed = true;
-                    break;
-                }
-            }
-        }
-        closed || self.set_nonblocking(false).is_err()
     }
 
-    /// Bytes written to this socket that the peer has not acknowledged (TCP) or not read (Unix),
-    /// when the system says.
+    /// Bytes written to this connection that the peer may not have: for TCP, what its kernel
+    /// has not acknowledged; for Unix, what the peer has not read; under TLS, the plaintext
+    /// from the first record not acknowledged in full (see [`TlsStream::unacknowledged`]);
+    /// `None` when the system does not say.
     #[cfg(target_os = "linux")]
-    fn unacknowledged(&self) -> Option<usize> {
+    fn unacknowledged(&mut self) -> Option<usize> {
         use std::os::fd::AsRawFd;
-        let fd = match self {
-            Conn::Tcp(s) => s.as_raw_fd(),
-            Conn::Unix(s) => s.as_raw_fd(),
-        };
-        let mut n: libc::c_int = 0;
-        // SAFETY: SIOCOUTQ (TIOCOUTQ) stores one int for a socket; `fd` is open for the
-        // lifetime of `self`, and `n` outlives the call.
-        let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
-        if r != 0 {
-            return None;
-        }
-        // A reset purges the send queue, so a count read just before or after one says
-        // nothing: only trust it while the connection stands (read after the count, so a reset
-        // in between is seen).
-        if let Conn::Tcp(_) = self {
-            let mut info = [0u8; 8];
-            let mut len = info.len() as libc::socklen_t;
-            // SAFETY: TCP_INFO writes at most `len` bytes into `info` and updates `len`; the
-            // first byte is `tcpi_state`.
-            let r = unsafe {
-                libc::getsockopt(
-                    fd,
-                    libc::IPPROTO_TCP,
-                    libc::TCP_INFO,
-                    info.as_mut_ptr().cast(),
-                    &mut len,
-                )
-            };
-            const TCP_ESTABLISHED: u8 = 1;
-            const TCP_CLOSE_WAIT: u8 = 8;
-            if r != 0 || len < 1 || !matches!(info[0], TCP_ESTABLISHED | TCP_CLOSE_WAIT) {
-                return None;
+        match self {
+            Conn::Tcp(s) => kernel_unacknowledged(s.as_raw_fd(), true),
+            Conn::Unix(s) => kernel_unacknowledged(s.as_raw_fd(), false),
+            Conn::Tls(t) => {
+                let queued = kernel_unacknowledged(t.socket().as_raw_fd(), true)?;
+                Some(t.unacknowledged(queued))
             }
         }
-        Some(usize::try_from(n).unwrap_or(0))
     }
 
     #[cfg(not(target_os = "linux"))]
-    fn unacknowledged(&self) -> Option<usize> {
+    fn unacknowledged(&mut self) -> Option<usize> {
         None
     }
 }
 
-impl Read for Conn {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            Conn::Tcp(s) => s.read(buf),
-            Conn::Unix(s) => s.read(buf),
+/// A TCP or Unix stream, read without blocking to see whether the peer closed it.
+trait PlainSocket: Read {
+    fn nonblocking(&self, on: bool) -> io::Result<()>;
+}
+
+impl PlainSocket for TcpStream {
+    fn nonblocking(&self, on: bool) -> io::Result<()> {
+        self.set_nonblocking(on)
+    }
+}
+
+impl PlainSocket for UnixStream {
+    fn nonblocking(&self, on: bool) -> io::Result<()> {
+        self.set_nonblocking(on)
+    }
+}
+
+/// [`Conn::peer_closed`] of a plain socket.
+fn plain_peer_closed(s: &mut impl PlainSocket) -> bool {
+    if s.nonblocking(true).is_err() {
+        return true;
+    }
+    let mut buf = [0u8; 512];
+    let mut closed = false;
+    for _ in 0..64 {
+        match s.read(&mut buf) {
+            Ok(0) => {
+                closed = true;
+                break;
+            }
+            Ok(_) => continue,
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => break,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Err(_) => {
+                closed = true;
+                break;
+            }
         }
     }
+    closed || s.nonblocking(false).is_err()
+}
+
+/// What the kernel holds of a socket's sent bytes: not acknowledged by the peer (TCP: the send
+/// queue, `SIOCOUTQ`) or not read by it (Unix).
+#[cfg(target_os = "linux")]
+fn kernel_unacknowledged(fd: std::os::fd::RawFd, tcp: bool) -> Option<usize> {
+    let mut n: libc::c_int = 0;
+    // SAFETY: SIOCOUTQ (TIOCOUTQ) stores one int for a socket; `fd` is open for the lifetime
+    // of the caller's borrow, and `n` outlives the call.
+    let r = unsafe { libc::ioctl(fd, libc::TIOCOUTQ, &mut n) };
+    if r != 0 {
+        return None;
+    }
+    // A reset purges the send queue, so a count read just before or after one says nothing:
+    // only trust it while the connection stands (read after the count, so a reset in between
+    // is seen).
+    if tcp {
+        let mut info = [0u8; 8];
+        let mut len = info.len() as libc::socklen_t;
+        // SAFETY: TCP_INFO writes at most `len` bytes into `info` and updates `len`; the first
+        // byte is `tcpi_state`.
+        let r = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_INFO,
+                info.as_mut_ptr().cast(),
+                &mut len,
+            )
+        };
+        const TCP_ESTABLISHED: u8 = 1;
+        const TCP_CLOSE_WAIT: u8 = 8;
+        if r != 0 || len < 1 || !matches!(info[0], TCP_ESTABLISHED | TCP_CLOSE_WAIT) {
+            return None;
+        }
+    }
+    Some(usize::try_from(n).unwrap_or(0))
 }
 
 impl Write for Conn {
@@ -137,19 +166,27 @@ impl Write for Conn {
         match self {
             Conn::Tcp(s) => s.write(buf),
             Conn::Unix(s) => s.write(buf),
+            Conn::Tls(t) => t.write(buf),
         }
     }
 
+    /// Plain sockets keep nothing back; TLS hands the kernel what it has encrypted.
     fn flush(&mut self) -> io::Result<()> {
-        Ok(())
+        match self {
+            Conn::Tcp(_) | Conn::Unix(_) => Ok(()),
+            Conn::Tls(t) => t.flush(),
+        }
     }
 }
 
 /// Where a socket output connects to.
 #[derive(Debug, Clone)]
 pub(crate) enum Target {
-    /// `HOST:PORT`, resolved at each connection attempt.
-    Tcp(String),
+    /// `HOST:PORT`, resolved at each connection attempt; over TLS when `tls` is set.
+    Tcp {
+        address: String,
+        tls: Option<TlsClient>,
+    },
     /// A socket path.
     Unix(PathBuf),
 }
@@ -157,7 +194,11 @@ pub(crate) enum Target {
 impl std::fmt::Display for Target {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Target::Tcp(a) => write!(f, "tcp://{a}"),
+            Target::Tcp { address, tls: None } => write!(f, "tcp://{address}"),
+            Target::Tcp {
+                address,
+                tls: Some(_),
+            } => write!(f, "tcp+tls://{address}"),
             Target::Unix(p) => write!(f, "unix://{}", p.display()),
         }
     }
@@ -166,7 +207,7 @@ impl std::fmt::Display for Target {
 impl Target {
     fn connect(&self) -> io::Result<Conn> {
         let conn = match self {
-            Target::Tcp(address) => {
+            Target::Tcp { address, tls } => {
                 let mut last = None;
                 let mut stream = None;
                 for addr in address.to_socket_addrs()? {
@@ -185,7 +226,10 @@ impl Target {
                 })?;
                 let _ = s.set_nodelay(true);
                 s.set_write_timeout(Some(WRITE_TIMEOUT))?;
-                Conn::Tcp(s)
+                match tls {
+                    None => Conn::Tcp(s),
+                    Some(tls) => Conn::Tls(Box::new(TlsStream::connect(tls, s)?)),
+                }
             }
             Target::Unix(path) => {
                 let s = UnixStream::connect(path)?;
@@ -240,7 +284,7 @@ impl SocketSink {
 
     /// Forgets the whole lines at the front of `unacked` that the peer has acknowledged.
     fn trim_acknowledged(&mut self) {
-        let keep = match self.conn.as_ref().and_then(Conn::unacknowledged) {
+        let keep = match self.conn.as_mut().and_then(Conn::unacknowledged) {
             Some(n) => n,
             #[cfg(not(target_os = "linux"))]
             None => UNACKED_FALLBACK_BYTES,
@@ -282,6 +326,9 @@ impl SocketSink {
                     ) =>
                 {
                     // The peer is slow: keep waiting (backpressure), unless time is up.
+                    // Meanwhile it acknowledges what it takes: forget that, so that less is
+                    // written twice if the connection breaks now.
+                    self.trim_acknowledged();
                     if deadline.passed() {
                         return Err(SinkError::Deadline);
                     }
@@ -289,6 +336,30 @@ impl SocketSink {
                 Err(e) => return Err(self.broken(&format!("write failed: {e}"))),
             }
         }
+        // Under TLS, what was encrypted may still wait for the kernel to take it.
+        loop {
+            let Some(conn) = self.conn.as_mut() else {
+                return Err(SinkError::Retry("not connected".into()));
+            };
+            match conn.flush() {
+                Ok(()) => break,
+                Err(e)
+                    if matches!(
+                        e.kind(),
+                        io::ErrorKind::WouldBlock
+                            | io::ErrorKind::TimedOut
+                            | io::ErrorKind::Interrupted
+                    ) =>
+                {
+                    self.trim_acknowledged();
+                    if deadline.passed() {
+                        return Err(SinkError::Deadline);
+                    }
+                }
+                Err(e) => return Err(self.broken(&format!("write failed: {e}"))),
+            }
+        }
+        self.trim_acknowledged();
         Ok(())
     }
 }
@@ -378,7 +449,14 @@ mod tests {
         drop(probe);
         let stats = crate::metrics::Metrics::new(Default::default()).output("t");
         // A host name, resolved at each attempt.
-        let mut sink = SocketSink::new("t", Target::Tcp(format!("localhost:{port}")), stats);
+        let mut sink = SocketSink::new(
+            "t",
+            Target::Tcp {
+                address: format!("localhost:{port}"),
+                tls: None,
+            },
+            stats,
+        );
         let none = Deadline::default();
         assert!(matches!(
             sink.deliver(b"one\n", &none),

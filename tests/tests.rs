@@ -18,3 +18,4 @@ mod passthrough;
 mod pipeline;
 mod reload;
 mod replay;
+mod tls;

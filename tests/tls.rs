@@ -1,0 +1,682 @@
+//! TLS on the TCP input and the TCP output (issue #11), with certificates made in the test
+//! (rcgen) and peers written here with rustls: a round trip through both, senders refused at
+//! the input (no client certificate, plain text), an output that does not trust its peer's
+//! certificate, connection limits and the shutdown drain under TLS, what the TCP output writes
+//! again when a TLS peer resets mid-stream, and the warning for an input exposed without TLS.
+//! Loopback only (the warning test binds the wildcard address), every wait bounded.
+
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+use crate::util::{
+    close_with_reset, count_lines, free_address, temp_dir, wait_until, workspace, write, Running,
+};
+
+const EXIT: Duration = Duration::from_secs(60);
+const WAIT: Duration = Duration::from_secs(60);
+
+/// PEM files made for one test: an authority, a server certificate for `localhost` and
+/// 127.0.0.1 with its key, a client certificate with its key (and `other-ca.pem`, a second,
+/// unrelated authority).
+struct Pki {
+    ca: PathBuf,
+    server_cert: PathBuf,
+    server_key: PathBuf,
+    client_cert: PathBuf,
+    client_key: PathBuf,
+}
+
+fn authority() -> (rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, String) {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let ca =
+        rcgen::CertifiedIssuer::self_signed(params, rcgen::KeyPair::generate().unwrap()).unwrap();
+    let pem = ca.pem();
+    (ca, pem)
+}
+
+fn pki(dir: &Path) -> Pki {
+    let (ca, ca_pem) = authority();
+    let (_, other_pem) = authority();
+    let leaf = |names: Vec<String>| {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .signed_by(&key, &ca)
+            .unwrap();
+        (cert.pem(), key.serialize_pem())
+    };
+    let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()]);
+    let (client_cert, client_key) = leaf(vec!["sender.example".into()]);
+    write(dir, "other-ca.pem", other_pem);
+    Pki {
+        ca: write(dir, "ca.pem", ca_pem),
+        server_cert: write(dir, "server.pem", server_cert),
+        server_key: write(dir, "server.key", server_key),
+        client_cert: write(dir, "client.pem", client_cert),
+        client_key: write(dir, "client.key", client_key),
+    }
+}
+
+fn certs(path: &Path) -> Vec<CertificateDer<'static>> {
+    CertificateDer::pem_file_iter(path)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap()
+}
+
+fn key(path: &Path) -> PrivateKeyDer<'static> {
+    PrivateKeyDer::from_pem_file(path).unwrap()
+}
+
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A sender's TLS: trusts `ca`, presents the client certificate when `cert` says.
+fn client_config(pki: &Pki, cert: bool) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(certs(&pki.ca));
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    Arc::new(if cert {
+        builder
+            .with_client_auth_cert(certs(&pki.client_cert), key(&pki.client_key))
+            .unwrap()
+    } else {
+        builder.with_no_client_auth()
+    })
+}
+
+/// A downstream's TLS: the server certificate; client certificates from `ca` required.
+fn server_config(pki: &Pki) -> Arc<rustls::ServerConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add_parsable_certificates(certs(&pki.ca));
+    let verifier =
+        rustls::server::WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .unwrap();
+    Arc::new(
+        rustls::ServerConfig::builder_with_provider(provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_client_cert_verifier(verifier)
+            .with_single_cert(certs(&pki.server_cert), key(&pki.server_key))
+            .unwrap(),
+    )
+}
+
+/// A TLS connection to egresswatch's input at `address`.
+fn tls_sender(
+    address: &str,
+    config: Arc<rustls::ClientConfig>,
+) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+    let sock = TcpStream::connect(address).unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let conn = rustls::ClientConnection::new(config, name).unwrap();
+    rustls::StreamOwned::new(conn, sock)
+}
+
+fn numbered(from: u64, to: u64) -> Vec<u8> {
+    let mut data = Vec::new();
+    for n in from..to {
+        writeln!(data, "{{\"n\":{n}}}").unwrap();
+    }
+    data
+}
+
+fn detector() -> String {
+    format!(
+        "detector:\n  rules: ['{}']\n",
+        workspace().join("rules").display()
+    )
+}
+
+/// The `n` of each complete line in `bytes`, consuming them.
+fn take_lines(partial: &mut Vec<u8>, into: &mut Vec<u64>) {
+    while let Some(nl) = partial.iter().position(|&b| b == b'\n') {
+        let line: Vec<u8> = partial.drain(..=nl).collect();
+        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
+        into.push(v["n"].as_u64().unwrap());
+    }
+}
+
+/// A TLS downstream that requires the client certificate and reads each connection until it
+/// ends; the lines of every connection, in order, are in the returned vector (shared so that
+/// the test can watch it).
+fn tls_downstream(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    received: Arc<std::sync::Mutex<Vec<u64>>>,
+    handshakes: Arc<std::sync::atomic::AtomicU64>,
+) {
+    std::thread::spawn(move || {
+        for sock in listener.incoming() {
+            let Ok(mut sock) = sock else { return };
+            let mut conn = rustls::ServerConnection::new(Arc::clone(&config)).unwrap();
+            let received = Arc::clone(&received);
+            let handshakes = Arc::clone(&handshakes);
+            std::thread::spawn(move || {
+                while conn.is_handshaking() {
+                    if conn.complete_io(&mut sock).is_err() {
+                        return;
+                    }
+                }
+                handshakes.fetch_add(1, Ordering::Relaxed);
+                let mut stream = rustls::StreamOwned::new(conn, sock);
+                let mut partial = Vec::new();
+                let mut chunk = [0u8; 8192];
+                loop {
+                    match stream.read(&mut chunk) {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => {
+                            partial.extend_from_slice(&chunk[..n]);
+                            let mut lines = Vec::new();
+                            take_lines(&mut partial, &mut lines);
+                            received.lock().unwrap().extend(lines);
+                        }
+                    }
+                }
+            });
+        }
+    });
+}
+
+/// Whether a TLS connection to the input got refused: the handshake, or the first read after
+/// it (under TLS 1.3 the server judges the client's certificate after the client has finished
+/// its side), fails or ends.
+fn refused(stream: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>) -> bool {
+    stream
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let _ = stream.write_all(b"{\"n\":999999}\n");
+    let mut buf = [0u8; 64];
+    matches!(stream.read(&mut buf), Ok(0) | Err(_))
+}
+
+#[test]
+fn tls_round_trip_through_a_tcp_input_and_a_tcp_output_with_client_certificates() {
+    let dir = temp_dir("tls-round-trip");
+    let pki = pki(&dir);
+    let downstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_port = downstream.local_addr().unwrap().port();
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handshakes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tls_downstream(
+        downstream,
+        server_config(&pki),
+        Arc::clone(&received),
+        Arc::clone(&handshakes),
+    );
+    let input = free_address();
+    let config = write(
+        &dir,
+        "c.yaml",
+        format!(
+            "input:\n  type: tcp\n  address: '{input}'\n  \
+             tls: {{ cert_file: server.pem, key_file: server.key, client_ca_file: ca.pem }}\n\
+             outputs:\n  default:\n    type: tcp\n    address: 'localhost:{down_port}'\n    \
+             tls: {{ ca_file: ca.pem, cert_file: client.pem, key_file: client.key }}\n{}",
+            detector()
+        ),
+    );
+    let mut egw = Running::start(&dir, &config);
+    assert!(
+        wait_until(WAIT, || egw.stderr().contains("egresswatch started")),
+        "{}",
+        egw.stderr()
+    );
+    assert!(egw.stderr().contains("tcp+tls://"), "{}", egw.stderr());
+
+    // A sender with its certificate: everything arrives, in order, through both TLS hops.
+    let mut good = tls_sender(&input, client_config(&pki, true));
+    good.write_all(&numbered(0, 5_000)).unwrap();
+    good.flush().unwrap();
+    assert!(
+        wait_until(WAIT, || received.lock().unwrap().len() >= 5_000),
+        "{} of 5000 lines arrived\n{}",
+        received.lock().unwrap().len(),
+        egw.stderr()
+    );
+
+    // A sender without a certificate, and one speaking plain text, are refused; nothing of
+    // theirs arrives.
+    let mut anonymous = tls_sender(&input, client_config(&pki, false));
+    assert!(
+        refused(&mut anonymous),
+        "a sender without a certificate got in"
+    );
+    let mut plain = TcpStream::connect(&input).unwrap();
+    let _ = plain.write_all(b"{\"n\":888888}\n");
+    plain
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    // Its bytes are not a TLS handshake: it gets an alert (or nothing) and the connection ends.
+    let mut buf = [0u8; 256];
+    let mut ended = false;
+    for _ in 0..4 {
+        if matches!(plain.read(&mut buf), Ok(0) | Err(_)) {
+            ended = true;
+            break;
+        }
+    }
+    assert!(ended, "the plain-text sender's connection stayed open");
+    assert!(
+        wait_until(WAIT, || egw
+            .stderr()
+            .matches("its TLS handshake failed")
+            .count()
+            >= 2),
+        "{}",
+        egw.stderr()
+    );
+
+    // The shutdown drain under TLS: what the good sender writes after SIGTERM, while it keeps
+    // sending, is still read and delivered.
+    good.write_all(&numbered(5_000, 6_000)).unwrap();
+    good.flush().unwrap();
+    egw.terminate();
+    good.write_all(&numbered(6_000, 7_000)).unwrap();
+    good.flush().unwrap();
+    good.conn.send_close_notify();
+    let _ = good.flush();
+    let status = egw.wait(EXIT);
+    let err = egw.stderr();
+    assert!(status.success(), "{err}");
+    assert!(wait_until(WAIT, || received.lock().unwrap().len() >= 7_000));
+    let received = received.lock().unwrap().clone();
+    let expected: Vec<u64> = (0..7_000).collect();
+    assert_eq!(received, expected, "every line once, in order\n{err}");
+    assert_eq!(
+        handshakes.load(Ordering::Relaxed),
+        1,
+        "one TLS connection downstream\n{err}"
+    );
+}
+
+#[test]
+fn max_connections_and_the_idle_timeout_hold_under_tls() {
+    let dir = temp_dir("tls-limits");
+    let pki = pki(&dir);
+    let input = free_address();
+    let config = write(
+        &dir,
+        "c.yaml",
+        format!(
+            "input:\n  type: tcp\n  address: '{input}'\n  max_connections: 1\n  \
+             idle_timeout_secs: 2\n  tls: {{ cert_file: server.pem, key_file: server.key }}\n\
+             outputs:\n  default: {{ type: file, path: out.ndjson }}\n{}",
+            detector()
+        ),
+    );
+    let out = dir.join("out.ndjson");
+    let mut egw = Running::start(&dir, &config);
+    assert!(wait_until(WAIT, || egw
+        .stderr()
+        .contains("egresswatch started")));
+    // The only slot, kept busy: a line every 100 ms until told to stop.
+    let first = Arc::new(std::sync::Mutex::new(tls_sender(
+        &input,
+        client_config(&pki, false),
+    )));
+    let busy = Arc::new(AtomicBool::new(true));
+    let keeper = {
+        let (first, busy) = (Arc::clone(&first), Arc::clone(&busy));
+        std::thread::spawn(move || {
+            let mut n = 0;
+            while busy.load(Ordering::Relaxed) {
+                let mut first = first.lock().unwrap();
+                first.write_all(&numbered(n, n + 1)).unwrap();
+                first.flush().unwrap();
+                n += 1;
+                drop(first);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            n
+        })
+    };
+    assert!(wait_until(WAIT, || count_lines(&out) >= 1));
+    // A second connection is reset before any handshake.
+    let mut second = tls_sender(&input, client_config(&pki, false));
+    assert!(
+        refused(&mut second),
+        "a connection beyond max_connections got in"
+    );
+    assert!(
+        wait_until(WAIT, || egw.stderr().contains("max_connections are open")),
+        "{}",
+        egw.stderr()
+    );
+    // Once the first goes quiet, it is closed at the idle timeout...
+    busy.store(false, Ordering::Relaxed);
+    let sent = keeper.join().unwrap();
+    let mut first = Arc::try_unwrap(first).ok().unwrap().into_inner().unwrap();
+    first
+        .sock
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    assert!(
+        matches!(first.read(&mut buf), Ok(0) | Err(_)),
+        "an idle TLS connection was not closed"
+    );
+    // ...and the slot serves the next sender.
+    let mut third = tls_sender(&input, client_config(&pki, false));
+    third.write_all(&numbered(sent, sent + 1)).unwrap();
+    third.flush().unwrap();
+    assert!(
+        wait_until(WAIT, || count_lines(&out) == (sent + 1) as usize),
+        "{} of {} lines\n{}",
+        count_lines(&out),
+        sent + 1,
+        egw.stderr()
+    );
+    drop(third);
+    egw.terminate();
+    let status = egw.wait(EXIT);
+    assert!(status.success(), "{}", egw.stderr());
+}
+
+#[test]
+fn a_tcp_output_refuses_a_peer_whose_certificate_its_ca_file_does_not_trust() {
+    let dir = temp_dir("tls-wrong-ca");
+    let pki = pki(&dir);
+    let downstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_port = downstream.local_addr().unwrap().port();
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let handshakes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    tls_downstream(
+        downstream,
+        server_config(&pki),
+        Arc::clone(&received),
+        Arc::clone(&handshakes),
+    );
+    let input = free_address();
+    let config = write(
+        &dir,
+        "c.yaml",
+        format!(
+            "input: {{ type: tcp, address: '{input}' }}\nshutdown_timeout_secs: 2\n\
+             outputs:\n  default:\n    type: tcp\n    address: 'localhost:{down_port}'\n    \
+             tls: {{ ca_file: other-ca.pem, cert_file: client.pem, key_file: client.key }}\n{}",
+            detector()
+        ),
+    );
+    let mut egw = Running::start(&dir, &config);
+    let mut conn = crate::util::connect_when_ready(&input);
+    conn.write_all(&numbered(0, 10)).unwrap();
+    drop(conn);
+    assert!(
+        wait_until(WAIT, || egw.stderr().contains("invalid peer certificate")),
+        "{}",
+        egw.stderr()
+    );
+    egw.terminate();
+    let status = egw.wait(EXIT);
+    let err = egw.stderr();
+    assert!(!status.success(), "{err}");
+    // The error names the output, what failed and what the certificate was checked against.
+    let named = err.lines().any(|l| {
+        l.contains("outputs.default")
+            && l.contains("TLS handshake failed: invalid peer certificate")
+            && l.contains("outputs.default.tls.ca_file")
+            && l.contains("other-ca.pem")
+    });
+    assert!(named, "{err}");
+    assert!(received.lock().unwrap().is_empty());
+    assert_eq!(handshakes.load(Ordering::Relaxed), 0);
+}
+
+/// Bytes waiting in a socket's receive queue.
+fn unread(fd: std::os::fd::RawFd) -> usize {
+    let mut n: libc::c_int = 0;
+    // SAFETY: FIONREAD stores one int for a socket; `fd` is open and `n` outlives the call.
+    let r = unsafe { libc::ioctl(fd, libc::FIONREAD, &mut n) };
+    assert_eq!(r, 0, "FIONREAD: {}", std::io::Error::last_os_error());
+    usize::try_from(n).unwrap()
+}
+
+/// Copies what is in a socket's receive queue without taking it (so the receive window does
+/// not open again).
+fn peek(fd: std::os::fd::RawFd, len: usize) -> Vec<u8> {
+    let mut buf = vec![0u8; len];
+    // SAFETY: `buf` has `len` writable bytes; `fd` is an open socket.
+    let n = unsafe { libc::recv(fd, buf.as_mut_ptr().cast(), len, libc::MSG_PEEK) };
+    assert!(n >= 0, "recv: {}", std::io::Error::last_os_error());
+    buf.truncate(usize::try_from(n).unwrap());
+    buf
+}
+
+/// A TLS downstream that, on each of its first `breaks` connections, reads `per_connection`
+/// lines, then stops reading until the sender is stuck (its receive queue full and still), then
+/// takes *everything* its kernel acknowledged (peeked, decrypted, parsed) and resets the
+/// connection. The sender has data in flight at each reset, and the peer lost nothing it had
+/// acknowledged: whatever is missing afterwards, the sender lost. The last connection is read
+/// until it ends. Returns the lines of each connection.
+fn resetting_downstream(
+    listener: TcpListener,
+    config: Arc<rustls::ServerConfig>,
+    per_connection: usize,
+    breaks: usize,
+    last: u64,
+    seen_last: Arc<AtomicBool>,
+) -> std::thread::JoinHandle<Vec<Vec<u64>>> {
+    std::thread::spawn(move || {
+        let mut connections = Vec::new();
+        for round in 0..=breaks {
+            let (mut sock, _) = listener.accept().unwrap();
+            let mut conn = rustls::ServerConnection::new(Arc::clone(&config)).unwrap();
+            while conn.is_handshaking() {
+                conn.complete_io(&mut sock).unwrap();
+            }
+            sock.set_read_timeout(Some(Duration::from_millis(200)))
+                .unwrap();
+            let mut lines = Vec::new();
+            let mut partial = Vec::new();
+            let mut plain = [0u8; 16384];
+            let breaking = round < breaks;
+            let mut quiet_since = Instant::now();
+            while !(breaking && lines.len() >= per_connection)
+                && quiet_since.elapsed() < Duration::from_secs(60)
+            {
+                match conn.read_tls(&mut sock) {
+                    Ok(0) => break,
+                    Ok(_) => {}
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => continue,
+                    Err(_) => break,
+                }
+                quiet_since = Instant::now();
+                conn.process_new_packets().unwrap();
+                while let Ok(n @ 1..) = conn.reader().read(&mut plain) {
+                    partial.extend_from_slice(&plain[..n]);
+                }
+                take_lines(&mut partial, &mut lines);
+                if lines.last() == Some(&last) {
+                    seen_last.store(true, Ordering::Relaxed);
+                }
+            }
+            if breaking {
+                // Stuck: nothing more arrives for 300 ms (the receive window is closed).
+                let fd = sock.as_raw_fd();
+                let mut queued = unread(fd);
+                let mut still_since = Instant::now();
+                while still_since.elapsed() < Duration::from_millis(300) {
+                    std::thread::sleep(Duration::from_millis(20));
+                    let now = unread(fd);
+                    if now != queued {
+                        queued = now;
+                        still_since = Instant::now();
+                    }
+                }
+                // Take all of it; a record cut at the end stays in the TLS state, lost.
+                let mut acknowledged = &peek(fd, queued)[..];
+                while !acknowledged.is_empty() {
+                    conn.read_tls(&mut acknowledged).unwrap();
+                    conn.process_new_packets().unwrap();
+                    while let Ok(n @ 1..) = conn.reader().read(&mut plain) {
+                        partial.extend_from_slice(&plain[..n]);
+                    }
+                }
+                take_lines(&mut partial, &mut lines);
+                close_with_reset(sock);
+            }
+            connections.push(lines);
+        }
+        connections
+    })
+}
+
+#[test]
+fn a_tls_tcp_output_loses_nothing_its_peer_did_not_take_when_the_peer_resets_mid_stream() {
+    let dir = temp_dir("tls-resets");
+    let pki = pki(&dir);
+    let downstream = TcpListener::bind("127.0.0.1:0").unwrap();
+    let down_port = downstream.local_addr().unwrap().port();
+    // A small receive queue: the sender is stuck soon after the peer stops reading.
+    let small: libc::c_int = 16 * 1024;
+    // SAFETY: SO_RCVBUF takes an int; the listener is open.
+    let r = unsafe {
+        libc::setsockopt(
+            downstream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::from_ref(&small).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(r, 0);
+    const TOTAL: u64 = 200_000;
+    const BREAKS: usize = 5;
+    let seen_last = Arc::new(AtomicBool::new(false));
+    let collector = resetting_downstream(
+        downstream,
+        server_config(&pki),
+        25_000,
+        BREAKS,
+        TOTAL - 1,
+        Arc::clone(&seen_last),
+    );
+    let input = free_address();
+    let config = write(
+        &dir,
+        "c.yaml",
+        format!(
+            "input: {{ type: tcp, address: '{input}' }}\n\
+             outputs:\n  default:\n    type: tcp\n    address: 'localhost:{down_port}'\n    \
+             tls: {{ ca_file: ca.pem, cert_file: client.pem, key_file: client.key }}\n{}",
+            detector()
+        ),
+    );
+    let mut egw = Running::start(&dir, &config);
+    let mut conn = crate::util::connect_when_ready(&input);
+    conn.write_all(&numbered(0, TOTAL)).unwrap();
+    drop(conn);
+    assert!(
+        wait_until(Duration::from_secs(240), || seen_last
+            .load(Ordering::Relaxed)),
+        "the last line never arrived\n{}",
+        egw.stderr()
+    );
+    egw.terminate();
+    let status = egw.wait(EXIT);
+    let connections = collector.join().unwrap();
+    let err = egw.stderr();
+    assert!(status.success(), "{err}");
+    assert_eq!(connections.len(), BREAKS + 1);
+    for (i, lines) in connections.iter().enumerate() {
+        assert!(
+            lines.windows(2).all(|w| w[0] < w[1]),
+            "connection {i}: lines out of order"
+        );
+    }
+    let all: Vec<u64> = connections.iter().flatten().copied().collect();
+    let distinct: std::collections::BTreeSet<u64> = all.iter().copied().collect();
+    let lost = TOTAL - distinct.len() as u64;
+    let repeats = all.len() - distinct.len();
+    eprintln!(
+        "tls tcp output under {BREAKS} resets mid-stream: {lost} lines lost, {repeats} repeated"
+    );
+    assert_eq!(
+        lost, 0,
+        "lines the peer never had were not written again\n{err}"
+    );
+    assert!(err.contains(&format!("reconnects={BREAKS}")), "{err}");
+}
+
+/// Starts a run whose input is `input` (YAML flow mapping), waits until it has started, stops
+/// it, and returns what it printed.
+fn started_log(dir: &Path, input: &str) -> String {
+    let config = write(
+        dir,
+        "c.yaml",
+        format!(
+            "input: {input}\noutputs:\n  default: {{ type: file, path: out.ndjson }}\n{}",
+            detector()
+        ),
+    );
+    let mut egw = Running::start(dir, &config);
+    assert!(
+        wait_until(WAIT, || egw.stderr().contains("egresswatch started")),
+        "{}",
+        egw.stderr()
+    );
+    egw.terminate();
+    let status = egw.wait(EXIT);
+    let err = egw.stderr();
+    assert!(status.success(), "{err}");
+    assert_eq!(count_lines(&dir.join("out.ndjson")), 0);
+    err
+}
+
+#[test]
+fn an_input_listening_beyond_loopback_without_tls_is_warned_about() {
+    let dir = temp_dir("tls-exposed");
+    let _pki = pki(&dir);
+    let warning = "input listens beyond loopback without TLS";
+    let port = |a: String| a.rsplit_once(':').unwrap().1.to_owned();
+    let tls = "tls: { cert_file: server.pem, key_file: server.key }";
+    let exposed = format!(
+        "{{ type: tcp, address: '0.0.0.0:{}' }}",
+        port(free_address())
+    );
+    let err = started_log(&dir, &exposed);
+    let line = err.lines().find(|l| l.contains(warning));
+    assert!(
+        line.is_some_and(|l| l.contains("WARN") && l.contains("0.0.0.0:")),
+        "{err}"
+    );
+    let http = format!(
+        "{{ type: http, address: '0.0.0.0:{}' }}",
+        port(free_address())
+    );
+    assert!(started_log(&dir, &http).contains(warning));
+    for quiet in [
+        format!(
+            "{{ type: tcp, address: '0.0.0.0:{}', {tls} }}",
+            port(free_address())
+        ),
+        format!(
+            "{{ type: http, address: '0.0.0.0:{}', {tls} }}",
+            port(free_address())
+        ),
+        format!("{{ type: tcp, address: '{}' }}", free_address()),
+        format!(
+            "{{ type: tcp, address: 'localhost:{}' }}",
+            port(free_address())
+        ),
+    ] {
+        let err = started_log(&dir, &quiet);
+        assert!(!err.contains(warning), "{quiet}\n{err}");
+    }
+}

@@ -320,6 +320,7 @@ mod tls_tests {
             max_body_bytes: 1 << 20,
             ack_timeout: Duration::from_secs(10),
             tls: Some(accept),
+            stats: Arc::default(),
         };
         let (server, address) = input::start(&settings, feed, &stop).unwrap();
         assert!(address.starts_with("https://127.0.0.1:"), "{address}");

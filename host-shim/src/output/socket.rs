@@ -28,7 +28,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::queue::Deadline;
-use super::tls_stream::{TlsClient, TlsStream};
+use super::tls_stream::{must_wait, TlsClient, TlsStream};
 use super::worker::{Sink, SinkError};
 use crate::metrics::OutputHealth;
 
@@ -306,51 +306,28 @@ impl SocketSink {
         progress: &mut usize,
         deadline: &Deadline,
     ) -> Result<(), SinkError> {
-        while *progress < buf.len() {
-            let Some(conn) = self.conn.as_mut() else {
-                return Err(SinkError::Retry("not connected".into()));
-            };
-            match conn.write(&buf[*progress..]) {
-                Ok(0) => return Err(self.broken("the connection took no data")),
-                Ok(n) => {
-                    self.unacked.extend(&buf[*progress..*progress + n]);
-                    *progress += n;
-                    self.trim_acknowledged();
-                }
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
-                    // The peer is slow: keep waiting (backpressure), unless time is up.
-                    // Meanwhile it acknowledges what it takes: forget that, so that less is
-                    // written twice if the connection breaks now.
-                    self.trim_acknowledged();
-                    if deadline.passed() {
-                        return Err(SinkError::Deadline);
-                    }
-                }
-                Err(e) => return Err(self.broken(&format!("write failed: {e}"))),
-            }
-        }
-        // Under TLS, what was encrypted may still wait for the kernel to take it.
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Err(SinkError::Retry("not connected".into()));
             };
-            match conn.flush() {
-                Ok(()) => break,
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
+            // Once everything is written, what TLS encrypted may still wait for the kernel.
+            let result = if *progress < buf.len() {
+                conn.write(&buf[*progress..]).map(Some)
+            } else {
+                conn.flush().map(|()| None)
+            };
+            match result {
+                Ok(None) => break,
+                Ok(Some(0)) => return Err(self.broken("the connection took no data")),
+                Ok(Some(n)) => {
+                    self.unacked.extend(&buf[*progress..*progress + n]);
+                    *progress += n;
+                    self.trim_acknowledged();
+                }
+                Err(e) if must_wait(&e) => {
+                    // The peer is slow: keep waiting (backpressure), unless time is up.
+                    // Meanwhile it acknowledges what it takes: forget that, so that less is
+                    // written twice if the connection breaks now.
                     self.trim_acknowledged();
                     if deadline.passed() {
                         return Err(SinkError::Deadline);

@@ -57,6 +57,14 @@ pub(crate) fn server_name(address: &str) -> Result<ServerName<'static>, String> 
         .map_err(|e| format!("`{host}` cannot be a TLS server name: {e}"))
 }
 
+/// Whether `e` only says a blocking call timed out or was interrupted: call it again.
+pub(crate) fn must_wait(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
 /// A TLS connection to a TCP output's peer.
 pub(crate) struct TlsStream {
     tls: rustls::ClientConnection,
@@ -89,14 +97,7 @@ impl TlsStream {
         while tls.is_handshaking() {
             match tls.complete_io(&mut sock) {
                 Ok(_) => {}
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-                {
+                Err(e) if must_wait(&e) => {
                     if started.elapsed() >= HANDSHAKE_TIMEOUT {
                         return Err(io::Error::new(
                             io::ErrorKind::TimedOut,
@@ -219,17 +220,18 @@ impl Write for TlsStream {
         }
         let n = buf.len().min(CHUNK_PLAINTEXT);
         let n = self.tls.writer().write(&buf[..n])?;
+        if n == 0 {
+            // rustls's buffer is full (it is emptied after each write, so this is not
+            // expected): nothing taken, try again.
+            return Err(io::ErrorKind::WouldBlock.into());
+        }
         let made = self.collect_tls()?;
         self.taken += n as u64;
         self.made += made as u64;
         self.ledger.push_back((self.taken, self.made));
         match self.push_pending() {
             Ok(()) => {}
-            Err(e)
-                if matches!(
-                    e.kind(),
-                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                ) => {}
+            Err(e) if must_wait(&e) => {}
             Err(e) => self.failed = Some(e),
         }
         Ok(n)

@@ -265,3 +265,19 @@ pub fn figure(text: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|l| l.strip_prefix(series)?.strip_prefix(' ')?.parse().ok())
 }
+
+/// What a downstream received of lines numbered `0..total`, one list per connection: asserts
+/// each connection's order (increasing) and that nothing outside the range arrived; returns
+/// how many were lost and how many arrived more than once.
+pub fn tally(connections: &[Vec<u64>], total: u64) -> (u64, usize) {
+    for (i, lines) in connections.iter().enumerate() {
+        assert!(
+            lines.windows(2).all(|w| w[0] < w[1]),
+            "connection {i}: lines out of order"
+        );
+    }
+    let all: Vec<u64> = connections.iter().flatten().copied().collect();
+    let distinct: std::collections::BTreeSet<u64> = all.iter().copied().collect();
+    assert!(distinct.iter().all(|&n| n < total), "a line out of range");
+    (total - distinct.len() as u64, all.len() - distinct.len())
+}

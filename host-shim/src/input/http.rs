@@ -19,14 +19,20 @@
 //! Senders retry on 5xx (Vector's `http` sink does), so nothing is lost that a sender was not
 //! told 200 for, beyond what a `drop_newest` output drops by its policy; what was delivered before a 503 is sent again, so lines can repeat.
 //!
+//! Its connections are counted as a listener's are (`egresswatch_input_connections_*`, a
+//! refused TLS handshake in `egresswatch_input_tls_handshake_failures_total`), and its requests
+//! by the status they were answered with (`egresswatch_input_http_requests_total`).
+//!
 //! On a stop signal new requests are answered 503 and the feed is let go once the requests
 //! already read have been handed over; the server itself stays up (answering what waits on
 //! the outputs) until the run drops the [`HttpInput`], after the outputs have finished.
 
 use std::io;
 use std::net::ToSocketAddrs;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -34,9 +40,12 @@ use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use hyper::{Method, Request, Response};
 
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use super::listen::InputStats;
 use super::{Feed, Msg};
 use crate::ack::{Ack, Outcome};
-use crate::http::{self, Body, Handler, Limits, Plain, Servers};
+use crate::http::{self, Accept, Body, Handler, Limits, Plain, Servers};
 use crate::tls::TlsAccept;
 
 /// How often the input looks at the stop flag.
@@ -57,6 +66,8 @@ pub(crate) struct Settings {
     pub(crate) ack_timeout: Duration,
     /// HTTPS, when configured.
     pub(crate) tls: Option<TlsAccept>,
+    /// Where its connections and answers are counted.
+    pub(crate) stats: Arc<InputStats>,
 }
 
 /// A running HTTP input; dropping it stops its server (after the outputs have finished, so
@@ -120,15 +131,24 @@ pub(crate) fn start(
     });
     let handler: Handler = {
         let shared = Arc::clone(&shared);
-        Arc::new(move |request| Box::pin(answer(Arc::clone(&shared), request)))
+        let stats = Arc::clone(&settings.stats);
+        Arc::new(move |request| {
+            let (shared, stats) = (Arc::clone(&shared), Arc::clone(&stats));
+            Box::pin(async move {
+                let response = answer(shared, request).await;
+                stats.answered(response.status().as_u16());
+                response
+            })
+        })
     };
     let limits = Limits {
         max_connections: settings.max_connections,
         ..Limits::default()
     };
+    let stats = Arc::clone(&settings.stats);
     let served = match &settings.tls {
-        Some(tls) => servers.serve(address, tls.clone(), handler, limits),
-        None => servers.serve(address, Plain, handler, limits),
+        Some(tls) => servers.serve(address, Counted(tls.clone(), stats), handler, limits),
+        None => servers.serve(address, Counted(Plain, stats), handler, limits),
     };
     let local = served.map_err(|e| {
         io::Error::new(
@@ -240,4 +260,80 @@ async fn deliver(feed: Feed, body: Bytes) -> Outcome {
         return Outcome::Failed;
     }
     told.await.unwrap_or(Outcome::Failed)
+}
+
+/// An [`Accept`] that counts the connections it completes (open while their stream lives) and
+/// the TLS handshakes that fail.
+struct Counted<A>(A, Arc<InputStats>);
+
+impl<A: Accept> Accept for Counted<A> {
+    type Io = CountedIo<A::Io>;
+
+    async fn accept(&self, tcp: tokio::net::TcpStream) -> io::Result<Self::Io> {
+        let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        match self.0.accept(tcp).await {
+            Ok(io) => {
+                self.1.open.fetch_add(1, Ordering::Relaxed);
+                self.1.total.fetch_add(1, Ordering::Relaxed);
+                Ok(CountedIo(io, Arc::clone(&self.1)))
+            }
+            Err(e) => {
+                // Only a TLS handshake can fail here (plain connections are taken as they are).
+                self.1.tls_failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%peer, error = %e,
+                    "input connection refused: its TLS handshake failed (counted in \
+                     egresswatch_input_tls_handshake_failures_total)");
+                Err(e)
+            }
+        }
+    }
+}
+
+/// A connection's stream, counted as open until dropped.
+struct CountedIo<I>(I, Arc<InputStats>);
+
+impl<I> Drop for CountedIo<I> {
+    fn drop(&mut self) {
+        self.1.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+impl<I: AsyncRead + Unpin> AsyncRead for CountedIo<I> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<I: AsyncWrite + Unpin> AsyncWrite for CountedIo<I> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.0.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
 }

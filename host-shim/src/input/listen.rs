@@ -16,13 +16,14 @@
 //! certificate from `client_ca_file`, a plain-text sender) is logged and counted, and nothing
 //! it sent reaches the engine.
 
+use std::collections::BTreeMap;
 use std::io::{self, Read};
 use std::net::{TcpListener, TcpStream};
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use egresswatch_plugin_api::files::describe_type;
@@ -57,6 +58,22 @@ pub(crate) struct InputStats {
     pub(crate) readers: AtomicUsize,
     /// Lines read that the engine did not take (it stopped at the shutdown deadline).
     pub(crate) undelivered: AtomicU64,
+    /// HTTP input: requests answered, by status.
+    http_answers: Mutex<BTreeMap<u16, u64>>,
+}
+
+impl InputStats {
+    /// Counts a request answered with `status` (the HTTP input).
+    pub(crate) fn answered(&self, status: u16) {
+        let mut answers = self.http_answers.lock().unwrap_or_else(|e| e.into_inner());
+        *answers.entry(status).or_default() += 1;
+    }
+
+    /// Requests answered so far, by status (the HTTP input; empty for the others).
+    pub(crate) fn answers(&self) -> Vec<(u16, u64)> {
+        let answers = self.http_answers.lock().unwrap_or_else(|e| e.into_inner());
+        answers.iter().map(|(&s, &n)| (s, n)).collect()
+    }
 }
 
 /// A bound listener.

@@ -172,6 +172,7 @@ pub(crate) fn start(
             max_body_bytes: *max_body_bytes,
             ack_timeout: std::time::Duration::from_secs(*ack_timeout_secs),
             tls,
+            stats: Arc::clone(&stats),
         };
         let (server, address) = http::start(&settings, feed, stop)?;
         return Ok(Started {

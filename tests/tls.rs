@@ -17,7 +17,8 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 
 use crate::util::{
-    close_with_reset, count_lines, free_address, temp_dir, wait_until, workspace, write, Running,
+    close_with_reset, count_lines, figure, free_address, http_get, temp_dir, wait_until, workspace,
+    write, Running,
 };
 
 const EXIT: Duration = Duration::from_secs(60);
@@ -151,21 +152,26 @@ fn take_lines(partial: &mut Vec<u8>, into: &mut Vec<u64>) {
     }
 }
 
-/// A TLS downstream that requires the client certificate and reads each connection until it
-/// ends; the lines of every connection, in order, are in the returned vector (shared so that
-/// the test can watch it).
+/// Lines received, in order, shared with the thread that receives them.
+type Received = Arc<std::sync::Mutex<Vec<u64>>>;
+
+/// A TLS downstream on a loopback port (returned) that requires the client certificate and
+/// reads each connection until it ends: the lines of every connection, in order, and the
+/// count of completed handshakes, are shared with the test as they come.
 fn tls_downstream(
-    listener: TcpListener,
     config: Arc<rustls::ServerConfig>,
-    received: Arc<std::sync::Mutex<Vec<u64>>>,
-    handshakes: Arc<std::sync::atomic::AtomicU64>,
-) {
+) -> (u16, Received, Arc<std::sync::atomic::AtomicU64>) {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let received = Received::default();
+    let handshakes = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let (shared, counted) = (Arc::clone(&received), Arc::clone(&handshakes));
     std::thread::spawn(move || {
         for sock in listener.incoming() {
             let Ok(mut sock) = sock else { return };
             let mut conn = rustls::ServerConnection::new(Arc::clone(&config)).unwrap();
-            let received = Arc::clone(&received);
-            let handshakes = Arc::clone(&handshakes);
+            let received = Arc::clone(&shared);
+            let handshakes = Arc::clone(&counted);
             std::thread::spawn(move || {
                 while conn.is_handshaking() {
                     if conn.complete_io(&mut sock).is_err() {
@@ -190,6 +196,7 @@ fn tls_downstream(
             });
         }
     });
+    (port, received, handshakes)
 }
 
 /// Whether a TLS connection to the input got refused: the handshake, or the first read after
@@ -209,22 +216,14 @@ fn refused(stream: &mut rustls::StreamOwned<rustls::ClientConnection, TcpStream>
 fn tls_round_trip_through_a_tcp_input_and_a_tcp_output_with_client_certificates() {
     let dir = temp_dir("tls-round-trip");
     let pki = pki(&dir);
-    let downstream = TcpListener::bind("127.0.0.1:0").unwrap();
-    let down_port = downstream.local_addr().unwrap().port();
-    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let handshakes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    tls_downstream(
-        downstream,
-        server_config(&pki),
-        Arc::clone(&received),
-        Arc::clone(&handshakes),
-    );
-    let input = free_address();
+    let (down_port, received, handshakes) = tls_downstream(server_config(&pki));
+    let (input, metrics) = (free_address(), free_address());
     let config = write(
         &dir,
         "c.yaml",
         format!(
-            "input:\n  type: tcp\n  address: '{input}'\n  \
+            "metrics: {{ address: '{metrics}' }}\n\
+             input:\n  type: tcp\n  address: '{input}'\n  \
              tls: {{ cert_file: server.pem, key_file: server.key, client_ca_file: ca.pem }}\n\
              outputs:\n  default:\n    type: tcp\n    address: 'localhost:{down_port}'\n    \
              tls: {{ ca_file: ca.pem, cert_file: client.pem, key_file: client.key }}\n{}",
@@ -280,6 +279,17 @@ fn tls_round_trip_through_a_tcp_input_and_a_tcp_output_with_client_certificates(
             >= 2),
         "{}",
         egw.stderr()
+    );
+    let refusals = || {
+        figure(
+            &http_get(&metrics, "/metrics"),
+            "egresswatch_input_tls_handshake_failures_total",
+        )
+    };
+    assert!(
+        wait_until(WAIT, || refusals() == Some(2.0)),
+        "{:?}",
+        refusals()
     );
 
     // The shutdown drain under TLS: what the good sender writes after SIGTERM, while it keeps
@@ -392,16 +402,7 @@ fn max_connections_and_the_idle_timeout_hold_under_tls() {
 fn a_tcp_output_refuses_a_peer_whose_certificate_its_ca_file_does_not_trust() {
     let dir = temp_dir("tls-wrong-ca");
     let pki = pki(&dir);
-    let downstream = TcpListener::bind("127.0.0.1:0").unwrap();
-    let down_port = downstream.local_addr().unwrap().port();
-    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let handshakes = Arc::new(std::sync::atomic::AtomicU64::new(0));
-    tls_downstream(
-        downstream,
-        server_config(&pki),
-        Arc::clone(&received),
-        Arc::clone(&handshakes),
-    );
+    let (down_port, received, handshakes) = tls_downstream(server_config(&pki));
     let input = free_address();
     let config = write(
         &dir,
@@ -594,16 +595,7 @@ fn a_tls_tcp_output_loses_nothing_its_peer_did_not_take_when_the_peer_resets_mid
     let err = egw.stderr();
     assert!(status.success(), "{err}");
     assert_eq!(connections.len(), BREAKS + 1);
-    for (i, lines) in connections.iter().enumerate() {
-        assert!(
-            lines.windows(2).all(|w| w[0] < w[1]),
-            "connection {i}: lines out of order"
-        );
-    }
-    let all: Vec<u64> = connections.iter().flatten().copied().collect();
-    let distinct: std::collections::BTreeSet<u64> = all.iter().copied().collect();
-    let lost = TOTAL - distinct.len() as u64;
-    let repeats = all.len() - distinct.len();
+    let (lost, repeats) = crate::util::tally(&connections, TOTAL);
     eprintln!(
         "tls tcp output under {BREAKS} resets mid-stream: {lost} lines lost, {repeats} repeated"
     );

@@ -229,3 +229,119 @@ fn fifty_concurrent_scrapes_are_answered_while_ten_connections_sit_idle() {
     egw.terminate();
     assert!(egw.wait(STARTUP).success(), "{}", egw.stderr());
 }
+
+/// Sends one HTTP/1.1 request on a kept-alive connection and returns the answer's status.
+fn status_on(conn: &mut TcpStream, head: &str, body: &[u8]) -> u16 {
+    write!(
+        conn,
+        "{head}\r\nHost: x\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    )
+    .unwrap();
+    conn.write_all(body).unwrap();
+    let mut answer = Vec::new();
+    let mut byte = [0u8; 1];
+    while !answer.ends_with(b"\r\n\r\n") {
+        assert_eq!(conn.read(&mut byte).unwrap(), 1, "the connection ended");
+        answer.push(byte[0]);
+    }
+    let answer = String::from_utf8(answer).unwrap();
+    let length: usize = answer
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length:")?
+                .trim()
+                .parse()
+                .ok()
+        })
+        .unwrap_or(0);
+    let mut rest = vec![0u8; length];
+    conn.read_exact(&mut rest).unwrap();
+    answer[9..12].parse().unwrap()
+}
+
+#[test]
+fn the_http_input_counts_its_requests_by_answer_and_its_open_connections() {
+    let dir = temp_dir("metrics-http-input");
+    let (input, metrics) = (free_address(), free_address());
+    let config = write(
+        &dir,
+        "c.yaml",
+        format!(
+            "input: {{ type: http, address: '{input}' }}\n\
+             outputs:\n  default: {{ type: file, path: out.ndjson }}\n\
+             metrics: {{ address: '{metrics}' }}\n\
+             detector:\n  rules: ['{}']\n",
+            workspace().join("rules").display()
+        ),
+    );
+    let mut egw = Running::start(&dir, &config);
+    assert!(
+        wait_until(STARTUP, || TcpStream::connect(&input).is_ok()),
+        "{}",
+        egw.stderr()
+    );
+    let scrape = || body(&request(&metrics, "GET /metrics HTTP/1.1")).to_owned();
+    let figure = |text: &str, series: &str| crate::util::figure(text, series);
+    // The probe above was a connection too; wait until it is gone.
+    assert!(wait_until(STARTUP, || figure(
+        &scrape(),
+        "egresswatch_input_connections_open"
+    ) == Some(0.0)));
+    let mut conn = TcpStream::connect(&input).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let lines = b"{\"n\":1}\n{\"n\":2}\n";
+    assert_eq!(status_on(&mut conn, "POST / HTTP/1.1", lines), 200);
+    assert_eq!(status_on(&mut conn, "POST / HTTP/1.1", lines), 200);
+    assert_eq!(status_on(&mut conn, "GET / HTTP/1.1", b""), 200);
+    assert_eq!(status_on(&mut conn, "PUT / HTTP/1.1", b""), 405);
+    assert_eq!(
+        status_on(&mut conn, "POST / HTTP/1.1\r\nContent-Encoding: gzip", b""),
+        415
+    );
+    // The figures are copied between blocks: wait for the copy that has all five.
+    let requests = |text: &str, status: u16| {
+        figure(
+            text,
+            &format!("egresswatch_input_http_requests_total{{status=\"{status}\"}}"),
+        )
+    };
+    let mut text = String::new();
+    wait_until(STARTUP, || {
+        text = scrape();
+        requests(&text, 415).is_some()
+    });
+    let requests = |status: u16| requests(&text, status);
+    assert_eq!(requests(200), Some(3.0), "{text}");
+    assert_eq!(requests(405), Some(1.0), "{text}");
+    assert_eq!(requests(415), Some(1.0), "{text}");
+    assert_eq!(requests(503), None, "{text}");
+    // The connection is still open (kept alive), and was accepted.
+    assert_eq!(
+        figure(&text, "egresswatch_input_connections_open"),
+        Some(1.0),
+        "{text}"
+    );
+    assert!(
+        figure(&text, "egresswatch_input_connections_accepted_total").is_some_and(|n| n >= 2.0),
+        "{text}"
+    );
+    drop(conn);
+    assert!(
+        wait_until(STARTUP, || figure(
+            &scrape(),
+            "egresswatch_input_connections_open"
+        ) == Some(0.0)),
+        "{}",
+        scrape()
+    );
+    egw.terminate();
+    assert!(
+        egw.wait(Duration::from_secs(60)).success(),
+        "{}",
+        egw.stderr()
+    );
+    assert_eq!(crate::util::count_lines(&dir.join("out.ndjson")), 4);
+}

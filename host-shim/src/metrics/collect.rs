@@ -166,6 +166,11 @@ impl Collector for HostCollector {
                 "Input connections closed unread at once because max_connections were open.",
                 s.connections_refused,
             ),
+            (
+                "egresswatch_input_tls_handshake_failures",
+                "Input connections refused because their TLS handshake failed.",
+                s.tls_handshake_failures,
+            ),
         ] {
             counter(&mut e, name, help, &one(n))?;
         }
@@ -174,6 +179,17 @@ impl Collector for HostCollector {
             "egresswatch_input_connections_open",
             "Input connections open.",
             &one(s.connections_open),
+        )?;
+        let answered: Vec<(Labels, f64)> = s
+            .http_requests
+            .iter()
+            .map(|&(status, n)| (vec![("status".to_owned(), status.to_string())], n as f64))
+            .collect();
+        counter(
+            &mut e,
+            "egresswatch_input_http_requests",
+            "HTTP input requests, by the status they were answered with.",
+            &answered,
         )?;
         gauge(
             &mut e,

@@ -77,6 +77,10 @@ pub(crate) struct Snapshot {
     pub(crate) connections_accepted: u64,
     /// Input connections closed at once because `max_connections` were open.
     pub(crate) connections_refused: u64,
+    /// Input connections closed because their TLS handshake failed.
+    pub(crate) tls_handshake_failures: u64,
+    /// HTTP input requests answered, by status.
+    pub(crate) http_requests: Vec<(u16, u64)>,
 }
 
 /// The health of one output, fed by whoever delivers to it, from any thread.
@@ -278,6 +282,8 @@ const HOST_FAMILIES: &[&str] = &[
     "egresswatch_input_connections_accepted",
     "egresswatch_input_connections_refused",
     "egresswatch_input_connections_open",
+    "egresswatch_input_tls_handshake_failures",
+    "egresswatch_input_http_requests",
     "egresswatch_output_reconnects",
     "egresswatch_output_dropped",
     "egresswatch_output_pending_events",

@@ -46,6 +46,8 @@ impl Keeper<'_> {
             s.connections_open = self.stats.open.load(Ordering::Relaxed);
             s.connections_accepted = self.stats.total.load(Ordering::Relaxed);
             s.connections_refused = self.stats.refused.load(Ordering::Relaxed);
+            s.tls_handshake_failures = self.stats.tls_failed.load(Ordering::Relaxed);
+            s.http_requests = self.stats.answers();
         }
         if let Some(plugin) = plugin {
             match plugin {

@@ -130,6 +130,32 @@ fn http_outputs_are_checked() {
 }
 
 #[test]
+fn tcp_tls_blocks_are_checked_like_the_http_ones() {
+    let config = HostConfig::parse(
+        "input: {type: tcp, address: '0.0.0.0:9000', tls: {cert_file: c, key_file: '', client_ca_file: ca}}\n\
+         outputs:\n  a: {type: tcp, address: 'vector:6000', tls: {key_file: k}}\n  \
+         b: {type: tcp, address: 'vector:6000', tls: {ca_file: ''}}\n  \
+         c: {type: tcp, address: 'vector:6000', tls: {ca_file: ca, cert_file: c, key_file: k}}\n",
+        false,
+    )
+    .unwrap();
+    let problems = config.problems();
+    assert_eq!(
+        problems,
+        [
+            "input.tls.key_file: must not be empty",
+            "outputs.a.tls: cert_file and key_file go together",
+            "outputs.b.tls.ca_file: must not be empty",
+        ],
+    );
+    let unknown = HostConfig::parse(
+        "input: {type: tcp, address: '127.0.0.1:9000', tls: {cert_file: c, key_file: k, verify: no}}",
+        false,
+    );
+    assert!(unknown.is_err(), "an unknown tls key is refused");
+}
+
+#[test]
 fn routes_without_outputs_are_reported() {
     let config = HostConfig::parse("outputs: {pager: {type: stdout}}", false).unwrap();
     let missing = config.missing_routes(&["pager".into(), "anomalies".into(), "default".into()]);

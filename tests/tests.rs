@@ -14,6 +14,7 @@ mod inprocess;
 mod inputs;
 mod loading;
 mod metrics;
+mod order;
 mod passthrough;
 mod pipeline;
 mod reload;

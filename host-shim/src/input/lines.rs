@@ -451,6 +451,7 @@ mod tests {
                 }
                 Msg::Failed(e) => panic!("{e}"),
                 Msg::Acked { .. } => panic!("a byte stream sends no acknowledged lines"),
+                Msg::Conn { .. } => panic!("a feed without a lane sends plain messages"),
             }
         }
         out

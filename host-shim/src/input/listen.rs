@@ -28,6 +28,7 @@ use std::time::{Duration, Instant};
 
 use egresswatch_plugin_api::files::describe_type;
 
+use super::lane::{Lane, Lanes};
 use super::lines::{Ended, Shared};
 use super::{read_lines, Feed, HoldBudget, Mode, OVERSIZE_HOLD_BYTES};
 use crate::config::InputConfig;
@@ -58,6 +59,9 @@ pub(crate) struct InputStats {
     pub(crate) readers: AtomicUsize,
     /// Lines read that the engine did not take (it stopped at the shutdown deadline).
     pub(crate) undelivered: AtomicU64,
+    /// Lines the ordering stage let go after waiting `order_window_ms` for a quiet connection
+    /// with older events.
+    pub(crate) order_early: AtomicU64,
     /// HTTP input: requests answered, by status.
     http_answers: Mutex<BTreeMap<u16, u64>>,
 }
@@ -290,7 +294,7 @@ pub(super) fn spawn(
     settings: Settings,
     stop: Arc<AtomicBool>,
     deadline: Deadline,
-    stats: Arc<InputStats>,
+    (stats, lanes): (Arc<InputStats>, Arc<Lanes>),
 ) -> io::Result<()> {
     match &listener {
         Listener::Tcp(l) => l.set_nonblocking(true)?,
@@ -335,10 +339,13 @@ pub(super) fn spawn(
                     accepted
                         .into_reader(settings.tls.as_ref())
                         .and_then(|(conn, peer)| {
+                            let lane = lanes.open(next_id);
                             let reader = Reader {
                                 id: next_id,
                                 peer,
-                                feed: feed.clone(),
+                                feed: feed.for_lane(Arc::clone(&lane)),
+                                lane,
+                                lanes: Arc::clone(&lanes),
                                 max_line_bytes: settings.max_line_bytes,
                                 idle_timeout: settings.idle_timeout,
                                 stop: Arc::clone(&stop),
@@ -369,6 +376,9 @@ struct Reader {
     id: u64,
     peer: String,
     feed: Feed,
+    /// The connection as the engine's ordering stage sees it; closed when the reader ends.
+    lane: Arc<Lane>,
+    lanes: Arc<Lanes>,
     max_line_bytes: usize,
     idle_timeout: Duration,
     stop: Arc<AtomicBool>,
@@ -387,6 +397,7 @@ impl Reader {
         self.stats.total.fetch_add(1, Ordering::Relaxed);
         tracing::debug!(connection = self.id, peer = %self.peer, "input connection opened");
         let (active, stats) = (Arc::clone(&self.active), Arc::clone(&self.stats));
+        let (lanes, lane) = (Arc::clone(&self.lanes), Arc::clone(&self.lane));
         let spawned = std::thread::Builder::new()
             .name(format!("egresswatch-conn-{}", self.id))
             .spawn(move || self.read(conn));
@@ -394,6 +405,7 @@ impl Reader {
             active.fetch_sub(1, Ordering::Relaxed);
             stats.readers.fetch_sub(1, Ordering::Relaxed);
             stats.open.fetch_sub(1, Ordering::Relaxed);
+            lanes.close(&lane);
             return Err(e);
         }
         Ok(())
@@ -414,6 +426,8 @@ impl Reader {
             mode,
             &self.stats.undelivered,
         );
+        // Everything it sent is handed over: it holds no other connection's lines back.
+        self.lanes.close(&self.lane);
         // The slot is free before the peer sees the connection close or the end is logged:
         // either may prompt a new connection.
         self.stats.open.fetch_sub(1, Ordering::Relaxed);

@@ -19,8 +19,10 @@ use std::time::Duration;
 use crate::ack::Ack;
 use crate::config::InputConfig;
 use crate::output::Deadline;
+use lane::{Lane, Lanes};
 
 pub(crate) mod http;
+pub(crate) mod lane;
 mod lines;
 pub(crate) mod listen;
 
@@ -58,6 +60,15 @@ pub(crate) enum Msg {
         /// Told when every line is delivered (or not).
         ack: Ack,
     },
+    /// A message (`Lines`, or a `Fragment` that ends its line) from one connection of a
+    /// listener: the engine orders the lines of its connections by event time while several
+    /// are open, and gives the connection its credit back once the message is processed.
+    Conn {
+        /// The connection.
+        lane: Arc<Lane>,
+        /// What it sent.
+        msg: Box<Msg>,
+    },
 }
 
 impl Msg {
@@ -69,6 +80,7 @@ impl Msg {
             Msg::Failed(_) => 0,
             // Not answered 200: the sender still holds them and sends them again.
             Msg::Acked { .. } => 0,
+            Msg::Conn { msg, .. } => msg.lines(),
         }
     }
 }
@@ -83,13 +95,24 @@ fn count_lines(data: &[u8]) -> u64 {
 #[derive(Clone)]
 pub(crate) struct Feed {
     tx: SyncSender<Msg>,
+    /// The connection this feed's messages come from (a listener's reader).
+    lane: Option<Arc<Lane>>,
 }
 
 impl Feed {
     /// A feed and the engine's receiving end.
     pub(crate) fn channel() -> (Feed, Receiver<Msg>) {
         let (tx, rx) = mpsc::sync_channel(BLOCKS_IN_FLIGHT);
-        (Feed { tx }, rx)
+        (Feed { tx, lane: None }, rx)
+    }
+
+    /// The feed of one connection: its messages carry `lane`, and each waits for the lane's
+    /// credit before it is handed over.
+    pub(crate) fn for_lane(&self, lane: Arc<Lane>) -> Feed {
+        Feed {
+            tx: self.tx.clone(),
+            lane: Some(lane),
+        }
     }
 
     /// Sends a message; false when the engine is gone.
@@ -99,7 +122,21 @@ impl Feed {
 
     /// Sends a message; gives it back when the engine is gone.
     pub(crate) fn offer(&self, msg: Msg) -> Result<(), Msg> {
-        self.tx.send(msg).map_err(|e| e.0)
+        let Some(lane) = &self.lane else {
+            return self.tx.send(msg).map_err(|e| e.0);
+        };
+        lane.take_credit();
+        let msg = Msg::Conn {
+            lane: Arc::clone(lane),
+            msg: Box::new(msg),
+        };
+        self.tx.send(msg).map_err(|e| {
+            lane.give_back();
+            match e.0 {
+                Msg::Conn { msg, .. } => *msg,
+                msg => msg,
+            }
+        })
     }
 }
 
@@ -138,6 +175,8 @@ pub(crate) struct Started {
     pub(crate) stats: Arc<InputStats>,
     /// What it reads: `stdin`, `tcp://ADDRESS`, `unix://PATH` or `http://ADDRESS`.
     pub(crate) address: String,
+    /// The connections of a `tcp` or `unix` listener, for the engine's ordering stage.
+    pub(crate) lanes: Option<Arc<Lanes>>,
     /// The HTTP input's server, kept until the run ends: dropping it stops the server.
     pub(crate) _server: Option<http::HttpInput>,
 }
@@ -179,6 +218,7 @@ pub(crate) fn start(
             wait_for_readers: true,
             stats,
             address,
+            lanes: None,
             _server: Some(server),
         });
     }
@@ -195,6 +235,7 @@ pub(crate) fn start(
             .map(|t| crate::tls::server_config(t, |p| base_dir.join(p), "input.tls"))
             .transpose()?;
     }
+    let mut lanes = None;
     let (wait_for_readers, address) = match (config, listen::Listener::bind(config, base_dir)?) {
         (
             InputConfig::Tcp {
@@ -216,14 +257,16 @@ pub(crate) fn start(
                 idle_timeout: Duration::from_secs(*idle_timeout_secs),
                 tls,
             };
+            let connections = Arc::new(Lanes::default());
             listen::spawn(
                 listener,
                 feed,
                 settings,
                 Arc::clone(stop),
                 deadline.clone(),
-                Arc::clone(&stats),
+                (Arc::clone(&stats), Arc::clone(&connections)),
             )?;
+            lanes = Some(connections);
             (true, address)
         }
         _ => {
@@ -235,6 +278,7 @@ pub(crate) fn start(
         wait_for_readers,
         stats,
         address,
+        lanes,
         _server: None,
     })
 }

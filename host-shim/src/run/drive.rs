@@ -12,6 +12,7 @@ use std::sync::mpsc::{Receiver, RecvTimeoutError};
 use std::time::{Duration, Instant};
 
 use super::housekeeping::Keeper;
+use super::order::{self, Order};
 use crate::engine::Engine;
 use crate::input::Msg;
 use crate::output::{Deadline, Outputs};
@@ -32,9 +33,13 @@ pub enum Finish {
 /// `stop` is set. After a stop it goes on processing what the readers hand over until the
 /// shutdown `deadline`: with `wait_for_readers` (socket readers, which drain their connections
 /// and end themselves) until they have all finished, otherwise (standard input, whose read
-/// cannot be interrupted) until nothing more comes for a poll interval.
+/// cannot be interrupted) until nothing more comes for a poll interval. The lines of a
+/// listener's connections pass through the ordering stage `order`, which holds what it holds
+/// only until the end.
+#[allow(clippy::too_many_arguments)]
 pub(super) fn drive(
     rx: &Receiver<Msg>,
+    order: &mut Order,
     engine: &mut Engine,
     outputs: &mut Outputs,
     stop: &AtomicBool,
@@ -48,13 +53,17 @@ pub(super) fn drive(
             tracing::warn!("shutdown_timeout_secs passed while the input was still being read");
             break Finish::Stopped;
         }
-        let msg = match rx.recv_timeout(STOP_POLL) {
+        let waiting = Instant::now();
+        let received = rx.recv_timeout(STOP_POLL);
+        order.idle(waiting.elapsed(), engine, outputs)?;
+        let msg = match received {
             Ok(msg) => msg,
             // Standard input: nothing more is coming now; its read cannot be interrupted.
             Err(RecvTimeoutError::Timeout) if stopped && !wait_for_readers => {
                 break Finish::Stopped
             }
             Err(RecvTimeoutError::Timeout) => {
+                outputs.commit()?;
                 housekeeping.idle(engine);
                 continue;
             }
@@ -62,33 +71,22 @@ pub(super) fn drive(
             Err(RecvTimeoutError::Disconnected) => break Finish::Eof,
         };
         let started = Instant::now();
-        // Lines whose sender waits for their delivery are processed as any others; then each
-        // output holding some of them carries the acknowledgement with its batch.
-        let (msg, ack) = match msg {
-            Msg::Acked { data, ack } => (Msg::Lines(data), Some(ack)),
-            msg => (msg, None),
-        };
         match msg {
-            Msg::Lines(data) => {
-                engine.process(&data, outputs)?;
-            }
-            Msg::Fragment { data, first, last } => {
-                engine.write_fragment(&data, first, last, outputs)?;
-            }
+            Msg::Conn { lane, msg } => order.push(lane, *msg, engine, outputs)?,
             Msg::Failed(e) => {
+                order.finish(engine, outputs)?;
                 engine.close_fragment(outputs)?;
                 outputs.commit()?;
                 return Err(e);
             }
-            Msg::Acked { .. } => unreachable!("turned into lines above"),
-        }
-        if let Some(ack) = ack {
-            outputs.attach(&ack);
-            ack.delivered();
+            // Lines whose sender waits for their delivery are processed as any others; then
+            // each output holding some of them carries the acknowledgement with its batch.
+            msg => order::process(msg, engine, outputs)?,
         }
         outputs.commit()?;
         housekeeping.after_block(engine, started.elapsed());
     };
+    order.finish(engine, outputs)?;
     engine.close_fragment(outputs)?;
     outputs.commit()?;
     Ok(finish)

@@ -8,6 +8,7 @@
 
 mod drive;
 mod housekeeping;
+mod order;
 mod reload;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -57,6 +58,10 @@ pub struct RunReport {
 /// How long, once the shutdown deadline has passed, the readers are given to end and count
 /// what they could not hand over.
 const READERS_END: Duration = Duration::from_secs(1);
+
+/// How long the ordering stage holds a connection's lines for a quiet connection with older
+/// events.
+const ORDER_WINDOW: Duration = Duration::from_secs(2);
 
 /// SIGINT and SIGTERM. While the program starts (loading state, opening outputs, starting the
 /// metrics endpoint), any of which can block, e.g. a file output that is a FIFO waits for its reader, a
@@ -179,6 +184,17 @@ pub fn run(
         &deadline,
     )?;
     let input_stats = Arc::clone(&input.stats);
+    let time_field = config
+        .detector
+        .get("time_field")
+        .and_then(|f| f.as_str())
+        .unwrap_or(egresswatch_common::names::fields::TIMESTAMP);
+    let mut order = order::Order::new(
+        input.lanes.clone(),
+        ORDER_WINDOW,
+        time_field,
+        Arc::clone(&input.stats),
+    );
     metrics.input_bound("input", &input.address);
     tracing::info!(
         input = %input.address,
@@ -209,6 +225,7 @@ pub fn run(
     };
     let driven = drive::drive(
         &rx,
+        &mut order,
         engine,
         &mut outputs,
         stop,
@@ -216,6 +233,8 @@ pub fn run(
         input.wait_for_readers,
         &mut keeper,
     );
+    // Readers waiting for the engine's credit go on (and count what they could not hand over).
+    drop(order);
     // The outputs have until the deadline to deliver what they hold.
     deadline.start();
     // Stop the listener and the metrics endpoint whatever happened.

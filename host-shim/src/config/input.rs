@@ -25,6 +25,11 @@ pub enum InputConfig {
         /// Speak TLS, optionally requiring client certificates.
         #[serde(default)]
         tls: Option<ServerTls>,
+        /// While several connections are open their lines go to the detector in event-time
+        /// order; a connection with nothing to send holds the others at most this long (ms of
+        /// the engine's idle time). 0 turns the ordering off.
+        #[serde(default = "default_order_window_ms")]
+        order_window_ms: u64,
     },
     /// A Unix socket listener, like `tcp`. A stale socket file (nobody listening) is replaced;
     /// any other file at the path is an error and is left alone, at start and at stop.
@@ -38,6 +43,11 @@ pub enum InputConfig {
         /// A connection that sends nothing for this long is closed.
         #[serde(default = "default_idle_timeout")]
         idle_timeout_secs: u64,
+        /// While several connections are open their lines go to the detector in event-time
+        /// order; a connection with nothing to send holds the others at most this long (ms of
+        /// the engine's idle time). 0 turns the ordering off.
+        #[serde(default = "default_order_window_ms")]
+        order_window_ms: u64,
     },
     /// An HTTP listener taking NDJSON in `POST` bodies (Vector's `http` sink); each request is
     /// answered 200 only once every line of it is delivered, so a sender that retries on
@@ -89,6 +99,25 @@ fn default_ack_timeout() -> u64 {
 
 fn default_idle_timeout() -> u64 {
     300
+}
+
+fn default_order_window_ms() -> u64 {
+    2000
+}
+
+impl InputConfig {
+    /// `order_window_ms` of a `tcp` or `unix` input; zero (no ordering) for the others.
+    pub fn order_window(&self) -> std::time::Duration {
+        match self {
+            InputConfig::Tcp {
+                order_window_ms, ..
+            }
+            | InputConfig::Unix {
+                order_window_ms, ..
+            } => std::time::Duration::from_millis(*order_window_ms),
+            InputConfig::Stdin | InputConfig::Http { .. } => std::time::Duration::ZERO,
+        }
+    }
 }
 
 /// The limits every listener has.

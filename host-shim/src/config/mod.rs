@@ -383,6 +383,7 @@ impl HostConfig {
                 max_connections,
                 idle_timeout_secs,
                 tls,
+                ..
             } => {
                 if let Err(e) = check_address(address) {
                     problems.push(format!("input.address: `{address}` {e}"));
@@ -415,6 +416,7 @@ impl HostConfig {
                 path,
                 max_connections,
                 idle_timeout_secs,
+                ..
             } => {
                 if path.as_os_str().is_empty() {
                     problems.push("input.path: must not be empty".to_owned());

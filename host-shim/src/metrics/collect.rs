@@ -171,6 +171,11 @@ impl Collector for HostCollector {
                 "Input connections refused because their TLS handshake failed.",
                 s.tls_handshake_failures,
             ),
+            (
+                "egresswatch_input_order_released_early",
+                "Lines of a connection passed to the detector after waiting order_window_ms for a quiet connection with older events.",
+                s.order_released_early,
+            ),
         ] {
             counter(&mut e, name, help, &one(n))?;
         }

@@ -81,6 +81,8 @@ pub(crate) struct Snapshot {
     pub(crate) tls_handshake_failures: u64,
     /// HTTP input requests answered, by status.
     pub(crate) http_requests: Vec<(u16, u64)>,
+    /// Lines the ordering stage let go without waiting for a quiet connection.
+    pub(crate) order_released_early: u64,
 }
 
 /// The health of one output, fed by whoever delivers to it, from any thread.
@@ -284,6 +286,7 @@ const HOST_FAMILIES: &[&str] = &[
     "egresswatch_input_connections_open",
     "egresswatch_input_tls_handshake_failures",
     "egresswatch_input_http_requests",
+    "egresswatch_input_order_released_early",
     "egresswatch_output_reconnects",
     "egresswatch_output_dropped",
     "egresswatch_output_pending_events",

@@ -48,6 +48,7 @@ impl Keeper<'_> {
             s.connections_refused = self.stats.refused.load(Ordering::Relaxed);
             s.tls_handshake_failures = self.stats.tls_failed.load(Ordering::Relaxed);
             s.http_requests = self.stats.answers();
+            s.order_released_early = self.stats.order_early.load(Ordering::Relaxed);
         }
         if let Some(plugin) = plugin {
             match plugin {

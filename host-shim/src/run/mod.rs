@@ -59,10 +59,6 @@ pub struct RunReport {
 /// what they could not hand over.
 const READERS_END: Duration = Duration::from_secs(1);
 
-/// How long the ordering stage holds a connection's lines for a quiet connection with older
-/// events.
-const ORDER_WINDOW: Duration = Duration::from_secs(2);
-
 /// SIGINT and SIGTERM. While the program starts (loading state, opening outputs, starting the
 /// metrics endpoint), any of which can block, e.g. a file output that is a FIFO waits for its reader, a
 /// signal ends the process at once, with exit status 130 (SIGINT) or 143 (SIGTERM): nothing
@@ -191,7 +187,7 @@ pub fn run(
         .unwrap_or(egresswatch_common::names::fields::TIMESTAMP);
     let mut order = order::Order::new(
         input.lanes.clone(),
-        ORDER_WINDOW,
+        config.input.order_window(),
         time_field,
         Arc::clone(&input.stats),
     );

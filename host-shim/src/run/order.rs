@@ -199,7 +199,10 @@ impl Order {
         outputs: &mut Outputs,
     ) -> io::Result<()> {
         self.sync();
-        if self.window.is_zero() || (!self.holding() && self.lanes.open_count() <= 1) {
+        // Alone: no other connection is open (this one may have ended since it sent this).
+        let open = self.lanes.open_count();
+        let alone = open == 0 || (open == 1 && !lane.ended());
+        if self.window.is_zero() || (alone && !self.holding()) {
             let done = process(msg, engine, outputs);
             lane.give_back();
             return done;
@@ -282,16 +285,13 @@ impl Order {
     /// send older ones.
     fn release(&mut self, engine: &mut Engine, outputs: &mut Outputs, all: bool) -> io::Result<()> {
         self.held = None;
-        loop {
-            let Some((c, head)) = self
-                .queues
-                .iter()
-                .enumerate()
-                .filter_map(|(i, q)| q.head_time().map(|t| (i, t)))
-                .min_by_key(|&(i, t)| (t, i))
-            else {
-                break;
-            };
+        while let Some((c, head)) = self
+            .queues
+            .iter()
+            .enumerate()
+            .filter_map(|(i, q)| q.head_time().map(|t| (i, t)))
+            .min_by_key(|&(i, t)| (t, i))
+        {
             let waits = !all
                 && head != UNKNOWN
                 && self

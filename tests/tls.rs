@@ -404,11 +404,13 @@ fn a_tcp_output_refuses_a_peer_whose_certificate_its_ca_file_does_not_trust() {
     let pki = pki(&dir);
     let (down_port, received, handshakes) = tls_downstream(server_config(&pki));
     let input = free_address();
+    let metrics = free_address();
     let config = write(
         &dir,
         "c.yaml",
         format!(
             "input: {{ type: tcp, address: '{input}' }}\nshutdown_timeout_secs: 2\n\
+             metrics: {{ address: '{metrics}' }}\n\
              outputs:\n  default:\n    type: tcp\n    address: 'localhost:{down_port}'\n    \
              tls: {{ ca_file: other-ca.pem, cert_file: client.pem, key_file: client.key }}\n{}",
             detector()
@@ -422,6 +424,14 @@ fn a_tcp_output_refuses_a_peer_whose_certificate_its_ca_file_does_not_trust() {
         wait_until(WAIT, || egw.stderr().contains("invalid peer certificate")),
         "{}",
         egw.stderr()
+    );
+    // The lines are read before the stop (a stop before the connection is accepted resets it).
+    assert!(
+        wait_until(WAIT, || figure(
+            &http_get(&metrics, "/metrics"),
+            "egresswatch_events_in_total"
+        ) == Some(10.0)),
+        "the 10 lines were not read"
     );
     egw.terminate();
     let status = egw.wait(EXIT);

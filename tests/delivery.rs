@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use crate::util::{
     connect_when_ready, count_lines, figure, free_address, http_get, run, stderr, temp_dir,
-    wait_until, workspace, write, Running,
+    timed_out, wait_until, workspace, write, Running,
 };
 
 const STARTUP: Duration = Duration::from_secs(30);
@@ -297,14 +297,7 @@ fn flaky_downstream(
                 let n = match conn.read(&mut chunk) {
                     Ok(0) => break,
                     Ok(n) => n,
-                    Err(e)
-                        if matches!(
-                            e.kind(),
-                            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
-                        ) =>
-                    {
-                        continue
-                    }
+                    Err(e) if timed_out(&e) => continue,
                     Err(_) => break,
                 };
                 quiet_since = std::time::Instant::now();

@@ -141,6 +141,15 @@ pub fn close_with_reset(conn: std::net::TcpStream) {
     drop(conn);
 }
 
+/// Whether a read failed only because its timeout passed (`WouldBlock` or `TimedOut`, as the
+/// platform reports it): the caller reads again.
+pub fn timed_out(e: &std::io::Error) -> bool {
+    matches!(
+        e.kind(),
+        std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+    )
+}
+
 /// Polls `cond` every 10 ms until it holds or `timeout` passes; returns whether it held.
 pub fn wait_until(timeout: std::time::Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + timeout;

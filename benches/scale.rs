@@ -1,0 +1,386 @@
+//! The detector at scale: per-event instructions, state bytes per tracked destination, the cost
+//! of one bucket close, and the memory a state save adds, at 1k to 10M distinct destinations.
+//! Run with `cargo bench -p egresswatch-plugin --bench scale` (`-- --sizes 1000,100000` for
+//! fewer sizes; `--events N` measured events per size, default 20,000).
+//!
+//! For each size N the binary drives itself in two processes:
+//! 1. `--case prepare` (native): the detector as the bench input configures it (both rules,
+//!    GeoIP; learning over after one bucket so that every event is scored; flagged events
+//!    counted, not annotated, so that the figures are the detection's), with `max_entities` 4N so that every destination can be tracked (a quarter of the
+//!    cap is the probation tier new destinations enter), is fed three 3h buckets in which each
+//!    of N destinations (distinct public addresses) receives one upload, in time order. The
+//!    first bucket closes when the third starts, so N destinations are tracked and two buckets
+//!    hold N open sums each. It reports the heap that state takes (a counting allocator:
+//!    bytes live after the warm-up minus before), the tracked destinations (the job's
+//!    `tracked_entities`), the peak heap of `save_state` over the running heap, and the wall
+//!    time of the event that closes the next bucket (N sums), on a copy of the prepared state
+//!    (load stated with the figures; never asserted). It writes the state file.
+//! 2. `--case measure` under `valgrind --tool=callgrind --collect-atstart=no
+//!    --toggle-collect=*scale_measured_window*`: loads that state (not counted), makes the
+//!    measured events (not counted: destinations picked at random among the N, in the open
+//!    head bucket), then counts only `scale_measured_window`, which hands them to
+//!    `Detector::process` in batches of 1024. Ir/event = that count / events. The `close`
+//!    case counts the one event that closes the bucket of N open sums instead.
+//!
+//! Instruction counts do not see cache misses, which grow with the state: the wall-clock
+//! close time is given beside its Ir for that reason.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::net::Ipv4Addr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Instant;
+
+use egresswatch_common::time::format_rfc3339_ms;
+use egresswatch_plugin::config::BuildOptions;
+use egresswatch_plugin::Detector;
+
+/// Heap bytes live and the peak since the last [`reset_peak`], for the state-size figures.
+struct Counting;
+
+static LIVE: AtomicUsize = AtomicUsize::new(0);
+static PEAK: AtomicUsize = AtomicUsize::new(0);
+
+fn grew(bytes: usize) {
+    let live = LIVE.fetch_add(bytes, Ordering::Relaxed) + bytes;
+    PEAK.fetch_max(live, Ordering::Relaxed);
+}
+
+// SAFETY: every call is forwarded to the system allocator unchanged; only counters are added.
+unsafe impl GlobalAlloc for Counting {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        let p = unsafe { System.alloc(layout) };
+        if !p.is_null() {
+            grew(layout.size());
+        }
+        p
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) };
+        LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        let p = unsafe { System.realloc(ptr, layout, new_size) };
+        if !p.is_null() {
+            LIVE.fetch_sub(layout.size(), Ordering::Relaxed);
+            grew(new_size);
+        }
+        p
+    }
+}
+
+#[global_allocator]
+static ALLOCATOR: Counting = Counting;
+
+fn live() -> usize {
+    LIVE.load(Ordering::Relaxed)
+}
+
+fn reset_peak() {
+    PEAK.store(live(), Ordering::Relaxed);
+}
+
+const SIZES: [usize; 4] = [1_000, 100_000, 1_000_000, 10_000_000];
+/// Events per call, as the host hands them over by default.
+const BATCH: usize = 1024;
+const BUCKET_MS: i64 = 3 * 3600 * 1000;
+/// Start of the first bucket: 2026-11-02T00:00:00Z (3h-aligned).
+const START_MS: i64 = 1_793_577_600_000;
+/// Buckets of the warm-up: the first two close as the third and fourth start (a destination
+/// seen in two closed buckets leaves probation).
+const PASSES: i64 = 4;
+
+fn workspace() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn detector(size: usize) -> Detector {
+    let config = serde_json::json!({
+        "rules": ["rules"],
+        "geoip": { "database": "data/geo/geo-whois-asn-country.mmdb" },
+        "models": { "max_entities": (4 * size).max(1_000_000) },
+        "actions": { "default": { "annotate": false } },
+    })
+    .to_string();
+    let options = BuildOptions {
+        base_dir: Some(workspace()),
+        learning_buckets: Some(1),
+        ..BuildOptions::default()
+    };
+    Detector::build(&config, options).expect("detector builds")
+}
+
+/// Destination `i` of a run: distinct for every `i` below 2^29, all in 11.0.0.0-43.255.255.255
+/// (public, no reserved range), scattered so that neighbours are not in one network.
+fn destination(i: usize) -> Ipv4Addr {
+    let i = u32::try_from(i).expect("fewer than 2^29 destinations");
+    Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(11, 0, 0, 0)) + (i.wrapping_mul(2_654_435_761) & ((1 << 29) - 1)),
+    )
+}
+
+/// An outbound ECS network event from a private host to `dst` at `time_ms`.
+fn event(time_ms: i64, dst: Ipv4Addr, bytes: u64) -> String {
+    format!(
+        "{{\"@timestamp\":\"{}\",\"event\":{{\"kind\":\"event\",\"category\":[\"network\"],\"type\":[\"connection\",\"end\"]}},\"source\":{{\"ip\":\"10.10.{}.{}\",\"port\":54310,\"bytes\":{bytes}}},\"destination\":{{\"ip\":\"{dst}\",\"port\":443,\"bytes\":2514}},\"network\":{{\"transport\":\"tcp\",\"direction\":\"outbound\"}},\"host\":{{\"name\":\"ws-01\"}}}}",
+        format_rfc3339_ms(time_ms),
+        bytes % 7,
+        1 + bytes % 200,
+    )
+}
+
+/// A deterministic byte count for destination `i` in pass `pass` (1 kB to ~1 MB).
+fn bytes_of(i: usize, pass: i64) -> u64 {
+    let h = (i as u64 ^ (pass as u64) << 40).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    1_000 + (h >> 44)
+}
+
+/// Hands `lines` to the detector in batches; returns the verdicts' count.
+fn feed(detector: &mut Detector, lines: &[String], now_ms: i64) -> usize {
+    let mut verdicts = 0;
+    for chunk in lines.chunks(BATCH) {
+        verdicts += detector
+            .process(chunk.iter().map(String::as_str), now_ms)
+            .len();
+    }
+    verdicts
+}
+
+/// The job's tracked and probationary destinations, from the detector's metrics.
+fn tracked(detector: &Detector) -> (f64, f64) {
+    let job = "ded_high_sent_bytes_destination_ip_ea";
+    let get = |name: &str| {
+        detector
+            .metrics()
+            .iter()
+            .filter(|m| m.name.as_str() == name)
+            .find(|m| m.labels.iter().any(|l| l.value.as_str() == job))
+            .map_or(0.0, |m| m.value)
+    };
+    (
+        get("egresswatch_job_tracked_entities"),
+        get("egresswatch_job_probationary_entities"),
+    )
+}
+
+fn state_path(size: usize) -> PathBuf {
+    std::env::temp_dir().join(format!(
+        "egresswatch-scale-{}-{size}.state",
+        std::process::id()
+    ))
+}
+
+/// Time of the last pass's event `i`: the passes' events in time order, a bucket each.
+fn time_of(size: usize, pass: i64, i: usize) -> i64 {
+    START_MS + pass * BUCKET_MS + (i as i64 * (BUCKET_MS - 1000)) / size as i64
+}
+
+fn prepare(size: usize, state: &Path) {
+    let before = live();
+    let mut detector = detector(size);
+    let built = live();
+    let started = Instant::now();
+    for pass in 0..PASSES {
+        let mut i = 0;
+        while i < size {
+            let end = (i + 64 * BATCH).min(size);
+            let lines: Vec<String> = (i..end)
+                .map(|j| event(time_of(size, pass, j), destination(j), bytes_of(j, pass)))
+                .collect();
+            let now = time_of(size, pass, end - 1) + 1000;
+            feed(&mut detector, &lines, now);
+            i = end;
+        }
+    }
+    let warm = started.elapsed().as_secs_f64();
+    let running = live();
+    let (established, probation) = tracked(&detector);
+    let entities = established + probation;
+    reset_peak();
+    let saved = detector.save_state().expect("state saves");
+    let save_peak = PEAK.load(Ordering::Relaxed) - running;
+    std::fs::write(state, &saved).expect("writing the state");
+    let file = saved.len();
+    drop(saved);
+    // The close of a bucket of N open sums, on this process's detector (it is not used again).
+    let close_line = vec![event(
+        START_MS + PASSES * BUCKET_MS + 60_000,
+        destination(0),
+        1_000,
+    )];
+    let t = Instant::now();
+    feed(
+        &mut detector,
+        &close_line,
+        START_MS + PASSES * BUCKET_MS + 61_000,
+    );
+    let close_ms = t.elapsed().as_secs_f64() * 1000.0;
+    println!(
+        "prepared {size}: warm-up {warm:.1} s; detector built {} B; state {} B on the heap for {entities:.0} tracked ({probation:.0} on probation) = {:.1} B per tracked destination; state file {file} B; save peak +{save_peak} B = {:.1}% of the running heap ({} B); close of the next bucket {close_ms:.2} ms wall",
+        built - before,
+        running - built,
+        (running - built) as f64 / entities.max(1.0),
+        save_peak as f64 * 100.0 / running as f64,
+        running,
+    );
+    println!(
+        "PREPARED {size} {entities} {} {file} {save_peak} {running} {close_ms:.3}",
+        running - built
+    );
+}
+
+/// Where the counted instructions of a `measure` run go: its only caller is the toggle.
+#[inline(never)]
+fn scale_measured_window(detector: &mut Detector, lines: &[String], now_ms: i64) -> usize {
+    feed(detector, lines, now_ms)
+}
+
+fn measure(size: usize, state: &Path, events: usize, close: bool) {
+    let mut detector = detector(size);
+    let bytes = std::fs::read(state).expect("reading the state");
+    detector.load_state(&bytes).expect("state loads");
+    drop(bytes);
+    let (lines, now) = if close {
+        let at = START_MS + PASSES * BUCKET_MS + 60_000;
+        (vec![event(at, destination(0), 1_000)], at + 1000)
+    } else {
+        // Destinations at random among the N (a fixed LCG), in the head bucket's last minute.
+        let at = START_MS + PASSES * BUCKET_MS - 60_000;
+        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+        let lines = (0..events)
+            .map(|k| {
+                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                let i = ((x >> 33) as usize) % size;
+                event(
+                    at + (k as i64 * 50_000) / events as i64,
+                    destination(i),
+                    bytes_of(i, 9),
+                )
+            })
+            .collect::<Vec<_>>();
+        (lines, at + 60_000)
+    };
+    std::hint::black_box(scale_measured_window(&mut detector, &lines, now));
+}
+
+fn option(args: &[String], name: &str) -> Option<String> {
+    args.iter()
+        .position(|a| a == name)
+        .and_then(|i| args.get(i + 1).cloned())
+}
+
+fn callgrind(size: usize, state: &Path, events: usize, case: &str) -> u64 {
+    let out = std::env::temp_dir().join(format!(
+        "egresswatch-scale-{}-{size}-{case}.out",
+        std::process::id()
+    ));
+    let output = Command::new("valgrind")
+        .args([
+            "--tool=callgrind",
+            "--collect-atstart=no",
+            "--toggle-collect=*scale_measured_window*",
+        ])
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(std::env::current_exe().expect("own path"))
+        .args([
+            "--case",
+            case,
+            "--size",
+            &size.to_string(),
+            "--events",
+            &events.to_string(),
+        ])
+        .arg("--state")
+        .arg(state)
+        .output()
+        .expect("valgrind must be installed (apt-get install valgrind)");
+    assert!(
+        output.status.success(),
+        "callgrind run of {case} at {size} failed:\n{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let text = std::fs::read_to_string(&out).expect("callgrind output");
+    let _ = std::fs::remove_file(&out);
+    let ir = text
+        .lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("callgrind output has a total");
+    assert!(ir > 0, "nothing counted: the toggle function was not found");
+    ir
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let events: usize =
+        option(&args, "--events").map_or(20_000, |n| n.parse().expect("--events N"));
+    if let Some(case) = option(&args, "--case") {
+        let size: usize = option(&args, "--size")
+            .expect("--size N")
+            .parse()
+            .expect("--size N");
+        let state = PathBuf::from(option(&args, "--state").expect("--state FILE"));
+        match case.as_str() {
+            "prepare" => prepare(size, &state),
+            "measure" => measure(size, &state, events, false),
+            "close" => measure(size, &state, events, true),
+            other => panic!("unknown case {other}"),
+        }
+        return;
+    }
+    let sizes: Vec<usize> = option(&args, "--sizes").map_or(SIZES.to_vec(), |s| {
+        s.split(',')
+            .map(|n| n.trim().parse().expect("--sizes N,N,..."))
+            .collect()
+    });
+    let mut rows = Vec::new();
+    for &size in &sizes {
+        let state = state_path(size);
+        let out = Command::new(std::env::current_exe().expect("own path"))
+            .args(["--case", "prepare", "--size", &size.to_string(), "--state"])
+            .arg(&state)
+            .output()
+            .expect("running the prepare case");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        assert!(
+            out.status.success(),
+            "prepare {size} failed:\n{stdout}\n{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let fields: Vec<String> = stdout
+            .lines()
+            .find_map(|l| l.strip_prefix("PREPARED "))
+            .expect("prepare reports")
+            .split(' ')
+            .map(str::to_owned)
+            .collect();
+        eprintln!("{}", stdout.lines().next().unwrap_or_default());
+        let per_event = callgrind(size, &state, events, "measure") as f64 / events as f64;
+        let close = callgrind(size, &state, events, "close");
+        let _ = std::fs::remove_file(&state);
+        rows.push((size, fields, per_event, close));
+    }
+    let min = rows.iter().map(|r| r.2).fold(f64::INFINITY, f64::min);
+    println!("scale: {events} measured events per size (detector in-process, both rules, GeoIP)\n");
+    println!("| destinations | tracked | Ir/event | vs lowest | state B/tracked | state file B | save peak over running | close Ir | close wall ms |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for (size, f, per_event, close) in rows {
+        let tracked: f64 = f[1].parse().unwrap_or(0.0);
+        let state: f64 = f[2].parse().unwrap_or(0.0);
+        let peak: f64 = f[4].parse().unwrap_or(0.0);
+        let running: f64 = f[5].parse().unwrap_or(1.0);
+        println!(
+            "| {size} | {tracked:.0} | {per_event:.0} | {:.2}x | {:.1} | {} | {:.1}% | {close} | {} |",
+            per_event / min,
+            state / tracked.max(1.0),
+            f[3],
+            peak * 100.0 / running,
+            f[6],
+        );
+    }
+}

@@ -138,3 +138,46 @@ fn normal_tail() {
     let b = normal_neg_log10_sf(5.001);
     assert!((a - b).abs() < 0.02, "{a} {b}");
 }
+
+/// An entry with a fixed weight, for the key table's tests.
+#[derive(Debug, Clone, Copy)]
+struct Fixed(f64);
+
+impl Tracked for Fixed {
+    fn weight(&self, _now: i32, _decay: &Decay) -> f64 {
+        self.0
+    }
+    fn last_bucket(&self) -> i32 {
+        0
+    }
+    fn promotable(&self) -> bool {
+        self.0 >= 1.5
+    }
+}
+
+#[test]
+fn promotion_gives_back_the_memory_of_an_emptied_probation_tier() {
+    let decay = Decay::new(56.0);
+    let mut table = KeyTable::new(40_000);
+    for key in 0..8_000u64 {
+        table.entry(key, 0, &decay, || Fixed(2.0));
+    }
+    assert_eq!(table.probation_len(), 8_000);
+    let before = table.approx_bytes();
+    table.maintain(1, &decay);
+    assert_eq!((table.established_len(), table.probation_len()), (8_000, 0));
+    // The keys now live in the established tier only: without giving back probation's
+    // memory the table would hold about twice `before`.
+    let after = table.approx_bytes();
+    assert!(
+        after < before * 3 / 2,
+        "{after} bytes after promotion, {before} before"
+    );
+    // A small tier keeps its room (no shrinking below 256 keys' worth).
+    for key in 10_000..10_100u64 {
+        table.entry(key, 1, &decay, || Fixed(1.0));
+    }
+    let small = table.approx_bytes();
+    table.maintain(2, &decay);
+    assert_eq!(table.approx_bytes(), small);
+}

@@ -338,7 +338,11 @@ fn main() {
             .map(|n| n.trim().parse().expect("--sizes N,N,..."))
             .collect()
     });
-    let mut rows = Vec::new();
+    // Each row is printed as soon as its size is measured (a 10M size takes a while).
+    println!("scale: {events} measured events per size (detector in-process, both rules, GeoIP)\n");
+    println!("| destinations | tracked | Ir/event | vs the first size | state B/tracked | state file B | save peak over running | close Ir | close wall ms |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let mut first = None;
     for &size in &sizes {
         let state = state_path(size);
         let out = Command::new(std::env::current_exe().expect("own path"))
@@ -352,34 +356,26 @@ fn main() {
             "prepare {size} failed:\n{stdout}\n{}",
             String::from_utf8_lossy(&out.stderr)
         );
-        let fields: Vec<String> = stdout
+        let f: Vec<f64> = stdout
             .lines()
             .find_map(|l| l.strip_prefix("PREPARED "))
             .expect("prepare reports")
             .split(' ')
-            .map(str::to_owned)
+            .map(|v| v.parse().expect("a figure"))
             .collect();
         eprintln!("{}", stdout.lines().next().unwrap_or_default());
         let per_event = callgrind(size, &state, events, "measure") as f64 / events as f64;
         let close = callgrind(size, &state, events, "close");
         let _ = std::fs::remove_file(&state);
-        rows.push((size, fields, per_event, close));
-    }
-    let min = rows.iter().map(|r| r.2).fold(f64::INFINITY, f64::min);
-    println!("scale: {events} measured events per size (detector in-process, both rules, GeoIP)\n");
-    println!("| destinations | tracked | Ir/event | vs lowest | state B/tracked | state file B | save peak over running | close Ir | close wall ms |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for (size, f, per_event, close) in rows {
-        let tracked: f64 = f[1].parse().unwrap_or(0.0);
-        let state: f64 = f[2].parse().unwrap_or(0.0);
-        let peak: f64 = f[4].parse().unwrap_or(0.0);
-        let running: f64 = f[5].parse().unwrap_or(1.0);
+        let first = *first.get_or_insert(per_event);
+        // PREPARED size tracked state_bytes file_bytes save_peak running close_ms
         println!(
-            "| {size} | {tracked:.0} | {per_event:.0} | {:.2}x | {:.1} | {} | {:.1}% | {close} | {} |",
-            per_event / min,
-            state / tracked.max(1.0),
+            "| {size} | {:.0} | {per_event:.0} | {:.2}x | {:.1} | {:.0} | {:.1}% | {close} | {:.2} |",
+            f[1],
+            per_event / first,
+            f[2] / f[1].max(1.0),
             f[3],
-            peak * 100.0 / running,
+            f[4] * 100.0 / f[5].max(1.0),
             f[6],
         );
     }

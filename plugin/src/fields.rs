@@ -19,9 +19,13 @@
 //!   any JSON reader downstream would decode them.
 //! - **Everything else is skipped, and still validated.** Values under keys that lead nowhere
 //!   are skipped by a non-recursive walk that checks the full JSON grammar (a line that is not
-//!   exactly one JSON object is unreadable, see [`ScanError`]); string contents are skimmed
-//!   eight bytes at a time (SWAR) for the three bytes that matter: `"`, `\` and control
-//!   characters. UTF-8 is not checked again: the host hands over `&str`, already validated.
+//!   exactly one JSON object is unreadable, see [`ScanError`]). Strings are not read byte by
+//!   byte: once per line, a bit mask of the three bytes that matter in a string (`"`, `\` and
+//!   control characters) is built sixteen bytes at a time (SSE2), and a string without escapes
+//!   ends at its first marked byte (a shift and a count of trailing zeros); an escaped string
+//!   is checked eight bytes at a time (SWAR). Validation costs little: skipping unwanted
+//!   numbers, literals and strings without checking them measured 1% fewer instructions.
+//!   UTF-8 is not checked again: the host hands over `&str`, already validated.
 //! - **Values stay where they are.** A wanted value is recorded as a span of the line (strings
 //!   without escapes are borrowed; the rare escaped one is decoded into a buffer the scanner
 //!   reuses), numbers are converted once, and IP addresses are parsed once, on first use, for

@@ -2,7 +2,7 @@
 
 use std::net::IpAddr;
 
-use super::grammar::{skip_value, skip_ws, string_end, string_stops, word};
+use super::grammar::{skip_value, skip_ws, string_end, string_stops, word, Swar};
 use super::parser::decode;
 use super::schema::{Schema, ROOT};
 use super::slot::{IpMemo, Kind, NodeSeen, Slot};
@@ -435,7 +435,7 @@ fn array_contains(raw: &str, needle: &str) -> bool {
                 pos = end;
             }
             Some(b']') => return false,
-            _ => match skip_value(b, pos, 1) {
+            _ => match skip_value(b, Swar, pos, 1) {
                 Ok(end) => pos = end,
                 Err(_) => return false,
             },

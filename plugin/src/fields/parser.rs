@@ -2,7 +2,7 @@
 //! wanted path, records wanted values in their slots and skips everything else.
 
 use super::grammar::{
-    colon, fail, literal, number_end, skip_nested, skip_value, skip_ws, string_end,
+    colon, fail, literal, number_end, skip_nested, skip_value, skip_ws, Indexed, Strings,
 };
 use super::schema::{Schema, Target, NONE, ROOT};
 use super::slot::{IpMemo, Kind, NodeSeen, Slot};
@@ -26,6 +26,8 @@ pub(super) struct Parser<'a, 'x> {
     pub(super) scratch: &'x mut String,
     pub(super) key: &'x mut String,
     pub(super) superseded: &'x mut Vec<u32>,
+    /// Where the line's strings end.
+    pub(super) strings: Indexed<'x>,
     /// The second, exact pass: keys in `superseded` are skipped.
     pub(super) exact: bool,
     pub(super) flags: PassFlags,
@@ -111,7 +113,7 @@ impl Parser<'_, '_> {
                     frame.empty = false;
                     let key_at = pos;
                     let start = pos + 1;
-                    let (after, escaped) = string_end(b, start)?;
+                    let (after, escaped) = self.strings.end(b, start)?;
                     pos = colon(b, after)?;
                     let depth = open as u32 + 1;
                     let target = match table.lookup(b, start, after - 1) {
@@ -159,10 +161,10 @@ impl Parser<'_, '_> {
                             pos = if t.field != NONE {
                                 self.value(pos, t.field, frame.rank, depth)?
                             } else {
-                                skip_value(b, pos, depth)?
+                                skip_value(b, self.strings, pos, depth)?
                             };
                         }
-                        None => pos = skip_value(b, pos, depth)?,
+                        None => pos = skip_value(b, self.strings, pos, depth)?,
                     }
                 }
                 // After a member's value: the next member, or the end of the object.
@@ -222,7 +224,7 @@ impl Parser<'_, '_> {
             if b.get(pos) != Some(&b'"') {
                 return Err(fail(ScanErrorKind::Syntax, pos));
             }
-            let (after, escaped) = string_end(b, pos + 1)?;
+            let (after, escaped) = self.strings.end(b, pos + 1)?;
             let raw = &self.text[pos + 1..after - 1];
             let mut name = String::new();
             if escaped {
@@ -231,7 +233,7 @@ impl Parser<'_, '_> {
                 name.push_str(raw);
             }
             keys.push((name, pos as u32));
-            pos = skip_ws(b, skip_value(b, colon(b, after)?, depth)?);
+            pos = skip_ws(b, skip_value(b, self.strings, colon(b, after)?, depth)?);
             match b.get(pos) {
                 Some(b',') => pos = skip_ws(b, pos + 1),
                 Some(b'}') => break,
@@ -289,7 +291,7 @@ impl Parser<'_, '_> {
         let b = self.text.as_bytes();
         let (end, kind) = match b.get(pos) {
             Some(b'"') => {
-                let (end, escaped) = string_end(b, pos + 1)?;
+                let (end, escaped) = self.strings.end(b, pos + 1)?;
                 self.record_string(field, rank, pos + 1, end - 1, escaped);
                 return Ok(end);
             }
@@ -301,8 +303,8 @@ impl Parser<'_, '_> {
             Some(b't') => (literal(b, pos, b"true")?, Kind::True),
             Some(b'f') => (literal(b, pos, b"false")?, Kind::False),
             Some(b'n') => (literal(b, pos, b"null")?, Kind::Null),
-            Some(b'[') => (skip_nested(b, pos, depth)?, Kind::Array),
-            Some(b'{') => (skip_nested(b, pos, depth)?, Kind::Object),
+            Some(b'[') => (skip_nested(b, self.strings, pos, depth)?, Kind::Array),
+            Some(b'{') => (skip_nested(b, self.strings, pos, depth)?, Kind::Object),
             _ => return Err(fail(ScanErrorKind::Syntax, pos)),
         };
         self.record(field, kind, rank, pos, end);

@@ -4,7 +4,7 @@
 use std::sync::Arc;
 
 use super::event::Event;
-use super::grammar::{fail, skip_ws};
+use super::grammar::{fail, index_stops, skip_ws, Indexed};
 use super::parser::{Parser, PassFlags};
 use super::schema::Schema;
 use super::slot::{Kind, NodeSeen, Slot};
@@ -22,6 +22,8 @@ pub struct Scanner {
     scratch: String,
     /// The current key, when it had escapes.
     key: String,
+    /// The line's string stops ([`index_stops`]).
+    stops: Vec<u64>,
 }
 
 impl Scanner {
@@ -34,6 +36,7 @@ impl Scanner {
             schema,
             scratch: String::new(),
             key: String::new(),
+            stops: Vec::new(),
         }
     }
 
@@ -48,6 +51,7 @@ impl Scanner {
             return Err(fail(ScanErrorKind::TooLong, 0));
         }
         self.superseded.clear();
+        index_stops(line.as_bytes(), &mut self.stops);
         let flags = self.pass(line, false)?;
         let flags = if flags.duplicates {
             // A wanted key repeated in one object: read again, skipping what is replaced.
@@ -82,6 +86,7 @@ impl Scanner {
             scratch: &mut self.scratch,
             key: &mut self.key,
             superseded: &mut self.superseded,
+            strings: Indexed(&self.stops),
             exact,
             flags: PassFlags::default(),
         };

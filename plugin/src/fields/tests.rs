@@ -409,3 +409,100 @@ fn a_field_that_is_also_a_prefix() {
     let e = s.scan(r#"{"rules":1,"x":{"rule":1}}"#).unwrap();
     assert_eq!(e.writable(rule), Ok(()));
 }
+
+/// A small deterministic generator for the property tests below (no crate needed).
+struct Bytes(u64);
+
+impl Bytes {
+    fn next(&mut self) -> u64 {
+        self.0 = self
+            .0
+            .wrapping_mul(6_364_136_223_846_793_005)
+            .wrapping_add(1_442_695_040_888_963_407);
+        self.0 >> 33
+    }
+
+    /// Mostly plain ASCII, with the bytes strings stop at (`"`, `\`, controls), escapes and
+    /// multi-byte characters mixed in.
+    fn text(&mut self, len: usize) -> String {
+        let mut s = String::new();
+        while s.len() < len {
+            match self.next() % 16 {
+                0 => s.push('"'),
+                1 => s.push('\\'),
+                2 => s.push_str(
+                    ["\\n", "\\u00e9", "\\\"", "\\\\", "\\x", "\\u12"][self.next() as usize % 6],
+                ),
+                3 => s.push(char::from(u8::try_from(self.next() % 0x20).unwrap_or(0))),
+                4 => s.push(['é', '€', '\u{7f}', '𝄞'][self.next() as usize % 4]),
+                _ => s.push(char::from(
+                    b' ' + u8::try_from(self.next() % 95).unwrap_or(0),
+                )),
+            }
+        }
+        s
+    }
+}
+
+#[test]
+fn string_stop_index_marks_exactly_the_stop_bytes() {
+    let mut rng = Bytes(1);
+    let mut mask = Vec::new();
+    for len in 0..300 {
+        let text = rng.text(len);
+        let b = text.as_bytes();
+        grammar::index_stops(b, &mut mask);
+        assert_eq!(mask.len(), b.len().div_ceil(64), "{text:?}");
+        for (i, &c) in b.iter().enumerate() {
+            let stop = c == b'"' || c == b'\\' || c < 0x20;
+            assert_eq!(
+                mask[i / 64] >> (i % 64) & 1 == 1,
+                stop,
+                "byte {i} of {text:?}"
+            );
+        }
+        // Nothing is marked past the line; the portable version agrees word for word.
+        for (w, chunk) in mask.iter().zip(b.chunks(64)) {
+            let mut pad = [b' '; 64];
+            pad[..chunk.len()].copy_from_slice(chunk);
+            assert_eq!(*w, grammar::stops64_bytes(&pad), "{text:?}");
+            if chunk.len() < 64 {
+                assert_eq!(*w >> chunk.len(), 0, "{text:?}");
+            }
+        }
+    }
+    // Every byte value, at every position of a word.
+    let all: Vec<u8> = (0..=255u8).cycle().take(64 * 9).collect();
+    for start in 0..64 {
+        let b = &all[start..];
+        grammar::index_stops(b, &mut mask);
+        for (i, &c) in b.iter().enumerate() {
+            let stop = c == b'"' || c == b'\\' || c < 0x20;
+            assert_eq!(
+                mask[i / 64] >> (i % 64) & 1 == 1,
+                stop,
+                "byte {c:#x} at {i}"
+            );
+        }
+    }
+}
+
+#[test]
+fn string_ends_found_through_the_index_match_the_byte_scan() {
+    use grammar::{Indexed, Strings, Swar};
+    let mut rng = Bytes(2);
+    let mut mask = Vec::new();
+    for len in 0..400 {
+        let text = rng.text(len);
+        let b = text.as_bytes();
+        grammar::index_stops(b, &mut mask);
+        // From every position: the same end, escapes flag and error (kind and offset).
+        for pos in 0..=b.len() {
+            assert_eq!(
+                Indexed(&mask).end(b, pos),
+                Swar.end(b, pos),
+                "from {pos} in {text:?}"
+            );
+        }
+    }
+}

@@ -18,6 +18,7 @@ use std::sync::{Mutex, MutexGuard, OnceLock};
 use egresswatch::config::positions::KeyLines;
 use egresswatch::config::HostConfig;
 use egresswatch_plugin::config::BuildOptions;
+use egresswatch_plugin::fields::{FieldId, Scanner, SchemaBuilder};
 use egresswatch_plugin::geo::{GeoCache, GeoDb};
 use egresswatch_plugin::{Detector, DetectorConfig};
 use egresswatch_tools::replay::presets::{Converter, Format, Line, Preset};
@@ -35,6 +36,7 @@ pub const TARGETS: &[(&str, Target)] = &[
     ("host_config", host_config),
     ("replay_lines", replay_lines),
     ("mmdb", mmdb),
+    ("scanner_vs_serde", scanner_vs_serde),
 ];
 
 /// 2026-11-01T00:00:00Z, the start of the bundled sample, in epoch milliseconds.
@@ -365,5 +367,63 @@ pub fn mmdb(data: &[u8]) {
                 "cache and database differ on {ip}"
             );
         }
+    }
+}
+
+/// Paths [`scanner_vs_serde`] reads: prefixes of one another, a segment over sixteen bytes,
+/// and the detector's own.
+const SCANNED_PATHS: &[&str] = &[
+    "a",
+    "a.b",
+    "a.b.c",
+    "b",
+    "ab.c",
+    "a.segment_over_sixteen_bytes",
+    "destination.ip",
+    "destination.geo.country_name",
+    "event.category",
+    "source.bytes",
+];
+
+/// The field scanner against serde_json on one line (the bytes up to the first `\n`): what
+/// serde_json refuses as JSON the scanner refuses; what serde_json reads as an object the
+/// scanner reads, and every wanted field holds what `egresswatch_common::path::get` finds in
+/// serde_json's tree (the same lookup order: last of a repeated key, most nested form), as
+/// JSON text that serde_json reads back to the same value.
+pub fn scanner_vs_serde(data: &[u8]) {
+    static SCANNER: OnceLock<Mutex<(Scanner, Vec<FieldId>)>> = OnceLock::new();
+    let data = data.split(|&b| b == b'\n').next().unwrap_or_default();
+    let Ok(line) = std::str::from_utf8(data) else {
+        return;
+    };
+    let shared = SCANNER.get_or_init(|| {
+        let mut schema = SchemaBuilder::new();
+        let ids = SCANNED_PATHS.iter().map(|p| schema.field(p)).collect();
+        let schema = schema.build().expect("the paths are valid");
+        Mutex::new((Scanner::new(std::sync::Arc::new(schema)), ids))
+    });
+    let mut guard = shared.lock().unwrap_or_else(|e| e.into_inner());
+    let (scanner, ids) = &mut *guard;
+    let ours = scanner.scan(line);
+    if serde_json::from_str::<serde::de::IgnoredAny>(line).is_err() {
+        assert!(
+            ours.is_err(),
+            "serde_json refuses what the scanner reads: {line:?}"
+        );
+        return;
+    }
+    // serde_json's tree also refuses numbers out of f64's range, which are JSON.
+    let Ok(tree @ Value::Object(_)) = serde_json::from_str::<Value>(line) else {
+        return;
+    };
+    let event = ours.unwrap_or_else(|e| panic!("scanner refuses a JSON object ({e}): {line:?}"));
+    for (path, id) in SCANNED_PATHS.iter().zip(ids.iter()) {
+        let expected = egresswatch_common::path::get(&tree, path);
+        let found = event.raw(*id).map(|raw| {
+            serde_json::from_str::<Value>(&raw).unwrap_or_else(|e| {
+                panic!("{path}: the scanner's text {raw:?} is not JSON ({e}): {line:?}")
+            })
+        });
+        assert_eq!(found.as_ref(), expected, "{path} in {line:?}");
     }
 }

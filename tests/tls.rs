@@ -237,6 +237,8 @@ fn tls_round_trip_through_a_tcp_input_and_a_tcp_output_with_client_certificates(
         egw.stderr()
     );
     assert!(egw.stderr().contains("tcp+tls://"), "{}", egw.stderr());
+    // A client that connects and never starts its handshake holds only its own slot.
+    let stalled = TcpStream::connect(&input).unwrap();
 
     // A sender with its certificate: everything arrives, in order, through both TLS hops.
     let mut good = tls_sender(&input, client_config(&pki, true));
@@ -302,6 +304,7 @@ fn tls_round_trip_through_a_tcp_input_and_a_tcp_output_with_client_certificates(
     good.conn.send_close_notify();
     let _ = good.flush();
     let status = egw.wait(EXIT);
+    drop(stalled);
     let err = egw.stderr();
     assert!(status.success(), "{err}");
     assert!(wait_until(WAIT, || received.lock().unwrap().len() >= 7_000));

@@ -65,21 +65,53 @@ pub(crate) fn must_wait(e: &io::Error) -> bool {
     )
 }
 
+/// Where each chunk of plaintext taken ends, in plaintext and in ciphertext (cumulative), for
+/// the chunks not yet known to be with the peer's kernel whole.
+#[derive(Debug, Default)]
+struct Ledger {
+    /// Plaintext taken so far.
+    taken: u64,
+    /// Ciphertext made so far.
+    made: u64,
+    /// Plaintext known to be whole in the peer's kernel: the end of the last chunk whose
+    /// ciphertext it acknowledged in full.
+    acknowledged: u64,
+    /// `(plaintext end, ciphertext end)` of each chunk after that.
+    chunks: VecDeque<(u64, u64)>,
+}
+
+impl Ledger {
+    /// Notes a chunk: `plain` bytes taken, encrypted into `cipher` bytes.
+    fn record(&mut self, plain: usize, cipher: usize) {
+        self.taken += plain as u64;
+        self.made += cipher as u64;
+        self.chunks.push_back((self.taken, self.made));
+    }
+
+    /// Plaintext the peer may not have, when `in_kernel` bytes of the ciphertext made have
+    /// been handed to the kernel and it holds `queued` of them unacknowledged: everything from
+    /// the start of the first chunk whose ciphertext is not acknowledged whole.
+    fn unacknowledged(&mut self, in_kernel: u64, queued: u64) -> u64 {
+        let acked = in_kernel.saturating_sub(queued);
+        while let Some(&(plain, cipher)) = self.chunks.front() {
+            if cipher > acked {
+                break;
+            }
+            self.acknowledged = plain;
+            self.chunks.pop_front();
+        }
+        self.taken - self.acknowledged
+    }
+}
+
 /// A TLS connection to a TCP output's peer.
 pub(crate) struct TlsStream {
     tls: rustls::ClientConnection,
     sock: TcpStream,
     /// Ciphertext made and not yet taken by the kernel.
     pending: VecDeque<u8>,
-    /// Ciphertext made so far (taken by the kernel, or in `pending`).
-    made: u64,
-    /// Plaintext taken so far.
-    taken: u64,
-    /// Plaintext known to be whole in the peer's kernel: the end of the last chunk whose
-    /// ciphertext it acknowledged in full.
-    acknowledged: u64,
-    /// `(plaintext end, ciphertext end)` of each chunk not yet known to be acknowledged.
-    ledger: VecDeque<(u64, u64)>,
+    /// Where each chunk taken ends, in plaintext and in ciphertext.
+    ledger: Ledger,
     /// A write error met after the plaintext of a write was taken, for the next call.
     failed: Option<io::Error>,
 }
@@ -113,10 +145,7 @@ impl TlsStream {
             tls,
             sock,
             pending: VecDeque::new(),
-            made: 0,
-            taken: 0,
-            acknowledged: 0,
-            ledger: VecDeque::new(),
+            ledger: Ledger::default(),
             failed: None,
         })
     }
@@ -157,16 +186,9 @@ impl TlsStream {
     /// ciphertext the peer's kernel has not acknowledged in full, given `queued`, the bytes
     /// the kernel says are sent and not acknowledged (or not sent yet).
     pub(crate) fn unacknowledged(&mut self, queued: usize) -> usize {
-        let in_kernel = self.made - self.pending.len() as u64;
-        let acked = in_kernel.saturating_sub(queued as u64);
-        while let Some(&(plain, cipher)) = self.ledger.front() {
-            if cipher > acked {
-                break;
-            }
-            self.acknowledged = plain;
-            self.ledger.pop_front();
-        }
-        usize::try_from(self.taken - self.acknowledged).unwrap_or(usize::MAX)
+        let in_kernel = self.ledger.made - self.pending.len() as u64;
+        let unacked = self.ledger.unacknowledged(in_kernel, queued as u64);
+        usize::try_from(unacked).unwrap_or(usize::MAX)
     }
 
     /// Whether the peer has closed the connection (`close_notify`, end of stream, a reset or a
@@ -226,9 +248,7 @@ impl Write for TlsStream {
             return Err(io::ErrorKind::WouldBlock.into());
         }
         let made = self.collect_tls()?;
-        self.taken += n as u64;
-        self.made += made as u64;
-        self.ledger.push_back((self.taken, self.made));
+        self.ledger.record(n, made);
         match self.push_pending() {
             Ok(()) => {}
             Err(e) if must_wait(&e) => {}
@@ -286,6 +306,38 @@ fn handshake_error(e: io::Error, client: &TlsClient) -> io::Error {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_record_partly_acknowledged_is_unacknowledged_whole() {
+        let mut ledger = Ledger::default();
+        // Three records: 100 bytes of plaintext in 130 of ciphertext, twice, then 50 in 72.
+        ledger.record(100, 130);
+        ledger.record(100, 130);
+        ledger.record(50, 72);
+        // All 332 bytes in the kernel, 200 of them unacknowledged: only the first record
+        // (ending at 130 <= 132) is with the peer; the second is not, whole, although most of
+        // it was acknowledged.
+        assert_eq!(ledger.unacknowledged(332, 200), 150);
+        assert_eq!(ledger.unacknowledged(332, 100), 150);
+        // 10 unacknowledged: the last record is not whole with the peer, so its 50 bytes are
+        // (counting ciphertext bytes as plaintext would keep 10 and lose 40).
+        assert_eq!(ledger.unacknowledged(332, 10), 50);
+        assert_eq!(ledger.unacknowledged(332, 0), 0);
+    }
+
+    #[test]
+    fn ciphertext_not_yet_in_the_kernel_or_untracked_is_never_counted_acknowledged() {
+        let mut ledger = Ledger::default();
+        ledger.record(100, 130);
+        ledger.record(100, 130);
+        // 60 bytes of the second record still wait in the stream's own buffer.
+        assert_eq!(ledger.unacknowledged(200, 0), 100);
+        // The kernel holds more than the ledger ever handed it (handshake bytes not
+        // acknowledged yet): nothing counts as acknowledged.
+        let mut fresh = Ledger::default();
+        fresh.record(100, 130);
+        assert_eq!(fresh.unacknowledged(130, 200), 100);
+    }
 
     #[test]
     fn server_names_come_from_the_address_host() {

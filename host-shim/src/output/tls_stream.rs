@@ -108,8 +108,10 @@ impl Ledger {
 pub(crate) struct TlsStream {
     tls: rustls::ClientConnection,
     sock: TcpStream,
-    /// Ciphertext made and not yet taken by the kernel.
-    pending: VecDeque<u8>,
+    /// Ciphertext made; the kernel has taken `pending[sent..]` not yet.
+    pending: Vec<u8>,
+    /// How much of `pending` the kernel has taken.
+    sent: usize,
     /// Where each chunk taken ends, in plaintext and in ciphertext.
     ledger: Ledger,
     /// A write error met after the plaintext of a write was taken, for the next call.
@@ -144,7 +146,8 @@ impl TlsStream {
         Ok(TlsStream {
             tls,
             sock,
-            pending: VecDeque::new(),
+            pending: Vec::new(),
+            sent: 0,
             ledger: Ledger::default(),
             failed: None,
         })
@@ -158,35 +161,38 @@ impl TlsStream {
     /// Hands ciphertext made to the kernel until it is all taken or a write blocks (returned
     /// as `WouldBlock`/`TimedOut`).
     fn push_pending(&mut self) -> io::Result<()> {
-        while !self.pending.is_empty() {
-            let (front, _) = self.pending.as_slices();
-            match self.sock.write(front) {
+        while self.sent < self.pending.len() {
+            match self.sock.write(&self.pending[self.sent..]) {
                 Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-                Ok(n) => {
-                    self.pending.drain(..n);
-                }
+                Ok(n) => self.sent += n,
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(e),
             }
         }
+        self.pending.clear();
+        self.sent = 0;
         Ok(())
     }
 
-    /// Moves what rustls has to send into `pending`; returns how many bytes.
+    /// Ciphertext made that the kernel has not taken yet.
+    fn unsent(&self) -> usize {
+        self.pending.len() - self.sent
+    }
+
+    /// Moves what rustls has to send to the end of `pending`; returns how many bytes.
     fn collect_tls(&mut self) -> io::Result<usize> {
-        let mut made = Vec::new();
+        let before = self.pending.len();
         while self.tls.wants_write() {
-            self.tls.write_tls(&mut made)?;
+            self.tls.write_tls(&mut self.pending)?;
         }
-        self.pending.extend(&made);
-        Ok(made.len())
+        Ok(self.pending.len() - before)
     }
 
     /// Plaintext taken that the peer may not have: from the start of the first chunk whose
     /// ciphertext the peer's kernel has not acknowledged in full, given `queued`, the bytes
     /// the kernel says are sent and not acknowledged (or not sent yet).
     pub(crate) fn unacknowledged(&mut self, queued: usize) -> usize {
-        let in_kernel = self.ledger.made - self.pending.len() as u64;
+        let in_kernel = self.ledger.made - self.unsent() as u64;
         let unacked = self.ledger.unacknowledged(in_kernel, queued as u64);
         usize::try_from(unacked).unwrap_or(usize::MAX)
     }

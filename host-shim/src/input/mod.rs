@@ -200,7 +200,7 @@ pub(crate) fn start(
         tls,
     } = config
     {
-        warn_if_exposed(address, tls.is_some());
+        warn_if_exposed(address, tls.as_ref());
         let tls = tls
             .as_ref()
             .map(|tls| crate::tls::server(tls, |p| base_dir.join(p), "input.tls"))
@@ -229,7 +229,7 @@ pub(crate) fn start(
         ..
     } = config
     {
-        warn_if_exposed(address, tls_config.is_some());
+        warn_if_exposed(address, tls_config.as_ref());
         tls = tls_config
             .as_ref()
             .map(|t| crate::tls::server_config(t, |p| base_dir.join(p), "input.tls"))
@@ -283,13 +283,16 @@ pub(crate) fn start(
     })
 }
 
-/// Warns when an input listens beyond loopback without TLS: anyone who can reach it can send
-/// events, and so poison what the models learn.
-fn warn_if_exposed(address: &str, tls: bool) {
-    if !tls && !matches!(crate::config::check_address(address), Ok(true)) {
-        tracing::warn!(%address,
-            "input listens beyond loopback without TLS: anyone who can reach it can send events \
-             (and skew what the models learn); set input.tls (with client_ca_file, so that only \
-             senders with a certificate from that authority are accepted), or listen on loopback");
+/// Warns when an input listens beyond loopback without client certificates: anyone who can
+/// reach it can send events, and so poison what the models learn. (TLS without
+/// `client_ca_file` encrypts, but authenticates no sender.)
+fn warn_if_exposed(address: &str, tls: Option<&crate::config::ServerTls>) {
+    let authenticated = tls.is_some_and(|t| t.client_ca_file.is_some());
+    if !authenticated && !matches!(crate::config::check_address(address), Ok(true)) {
+        tracing::warn!(%address, tls = tls.is_some(),
+            "input listens beyond loopback without client certificates: anyone who can reach \
+             it can send events (and skew what the models learn); set input.tls with \
+             client_ca_file, so that only senders with a certificate from that authority are \
+             accepted, or listen on loopback");
     }
 }

@@ -645,12 +645,13 @@ fn started_log(dir: &Path, input: &str) -> String {
 }
 
 #[test]
-fn an_input_listening_beyond_loopback_without_tls_is_warned_about() {
+fn an_input_listening_beyond_loopback_without_client_certificates_is_warned_about() {
     let dir = temp_dir("tls-exposed");
     let _pki = pki(&dir);
-    let warning = "input listens beyond loopback without TLS";
+    let warning = "input listens beyond loopback without client certificates";
     let port = |a: String| a.rsplit_once(':').unwrap().1.to_owned();
     let tls = "tls: { cert_file: server.pem, key_file: server.key }";
+    let mutual = "tls: { cert_file: server.pem, key_file: server.key, client_ca_file: ca.pem }";
     let exposed = format!(
         "{{ type: tcp, address: '0.0.0.0:{}' }}",
         port(free_address())
@@ -661,18 +662,31 @@ fn an_input_listening_beyond_loopback_without_tls_is_warned_about() {
         line.is_some_and(|l| l.contains("WARN") && l.contains("0.0.0.0:")),
         "{err}"
     );
-    let http = format!(
-        "{{ type: http, address: '0.0.0.0:{}' }}",
-        port(free_address())
-    );
-    assert!(started_log(&dir, &http).contains(warning));
-    for quiet in [
+    // TLS alone encrypts but authenticates nobody: still warned.
+    for warned in [
+        format!(
+            "{{ type: http, address: '0.0.0.0:{}' }}",
+            port(free_address())
+        ),
         format!(
             "{{ type: tcp, address: '0.0.0.0:{}', {tls} }}",
             port(free_address())
         ),
         format!(
             "{{ type: http, address: '0.0.0.0:{}', {tls} }}",
+            port(free_address())
+        ),
+    ] {
+        let err = started_log(&dir, &warned);
+        assert!(err.contains(warning), "{warned}\n{err}");
+    }
+    for quiet in [
+        format!(
+            "{{ type: tcp, address: '0.0.0.0:{}', {mutual} }}",
+            port(free_address())
+        ),
+        format!(
+            "{{ type: http, address: '0.0.0.0:{}', {mutual} }}",
             port(free_address())
         ),
         format!("{{ type: tcp, address: '{}' }}", free_address()),
@@ -684,4 +698,68 @@ fn an_input_listening_beyond_loopback_without_tls_is_warned_about() {
         let err = started_log(&dir, &quiet);
         assert!(!err.contains(warning), "{quiet}\n{err}");
     }
+}
+
+#[test]
+fn a_client_dribbling_its_handshake_is_refused_at_the_handshake_limit() {
+    let dir = temp_dir("tls-dribble");
+    let pki = pki(&dir);
+    let (input, metrics) = (free_address(), free_address());
+    let config = write(
+        &dir,
+        "c.yaml",
+        format!(
+            "metrics: {{ address: '{metrics}' }}\n\
+             input:\n  type: tcp\n  address: '{input}'\n  \
+             tls: {{ cert_file: server.pem, key_file: server.key }}\n\
+             outputs:\n  default: {{ type: file, path: out.ndjson }}\n{}",
+            detector()
+        ),
+    );
+    let mut egw = Running::start(&dir, &config);
+    assert!(wait_until(WAIT, || egw
+        .stderr()
+        .contains("egresswatch started")));
+    // A real ClientHello, sent one byte every 60 ms: always within the 100 ms a read waits,
+    // never finished within the handshake's 10 s limit (at most 167 bytes by then).
+    let mut hello = Vec::new();
+    let name = ServerName::try_from("localhost").unwrap();
+    rustls::ClientConnection::new(client_config(&pki, false), name)
+        .unwrap()
+        .write_tls(&mut hello)
+        .unwrap();
+    assert!(hello.len() > 200, "{} bytes", hello.len());
+    let mut sock = TcpStream::connect(&input).unwrap();
+    let mut sent = 0;
+    for byte in &hello {
+        if sock.write_all(&[*byte]).is_err() {
+            break;
+        }
+        sent += 1;
+        std::thread::sleep(Duration::from_millis(60));
+    }
+    assert!(
+        sent < hello.len(),
+        "the input waited for all {} bytes of a dribbled ClientHello",
+        hello.len()
+    );
+    let refusals = || {
+        figure(
+            &http_get(&metrics, "/metrics"),
+            "egresswatch_input_tls_handshake_failures_total",
+        )
+    };
+    assert!(
+        wait_until(WAIT, || refusals() == Some(1.0)),
+        "{:?}",
+        refusals()
+    );
+    assert!(
+        egw.stderr()
+            .contains("TLS handshake failed: not finished in time"),
+        "{}",
+        egw.stderr()
+    );
+    egw.terminate();
+    assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
 }

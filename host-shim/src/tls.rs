@@ -15,6 +15,7 @@ use std::io::{self, Read};
 use std::net::TcpStream as StdTcpStream;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use egresswatch_plugin_api::files;
 use rustls::pki_types::pem::PemObject;
@@ -216,40 +217,107 @@ pub(crate) fn is_handshake_failure(e: &io::Error) -> bool {
         .is_some_and(|inner| inner.is::<HandshakeFailed>())
 }
 
+/// Longest a TCP input's TLS handshake may take; it is then refused and counted. (A shorter
+/// `idle_timeout_secs` closes the connection first, as idle.)
+pub(crate) const HANDSHAKE_LIMIT: Duration = Duration::from_secs(10);
+
+/// Whether `e` only says a blocking call timed out or was interrupted.
+fn must_wait(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut | io::ErrorKind::Interrupted
+    )
+}
+
 /// The server side of a TLS connection over a blocking socket with a read timeout, read by a
-/// TCP input's connection reader: the handshake happens on the first reads (so a slow client
-/// holds only its own reader), read timeouts pass through as `WouldBlock`/`TimedOut` with
-/// nothing lost, a failed handshake is a [`HandshakeFailed`] error, and a peer that closes the
-/// TCP connection without TLS's `close_notify` (common among log shippers) ends the stream like
-/// an orderly close: what it sent is kept.
-pub(crate) struct ServerStream(rustls::StreamOwned<rustls::ServerConnection, StdTcpStream>);
+/// TCP input's connection reader. Each `read` does at most one read of the socket (so the
+/// reader sees its stop signal, deadline and idle timeout between them, however the client
+/// dribbles its bytes); while nothing decrypted is there it answers `WouldBlock`. The handshake
+/// happens in these reads (a slow client holds only its own reader) and must finish within
+/// its limit; a failed or late handshake is a [`HandshakeFailed`] error. A peer that closes the
+/// TCP connection without TLS's `close_notify` (common among log shippers) ends the stream
+/// like an orderly close: what it sent is kept.
+pub(crate) struct ServerStream {
+    conn: rustls::ServerConnection,
+    sock: StdTcpStream,
+    /// When the handshake must be over.
+    handshake_by: Instant,
+}
 
 impl ServerStream {
-    /// Starts serving TLS on `sock` (the handshake happens as it is read).
-    pub(crate) fn new(config: Arc<rustls::ServerConfig>, sock: StdTcpStream) -> io::Result<Self> {
+    /// Starts serving TLS on `sock` (the handshake happens as it is read, within `limit`).
+    pub(crate) fn new(
+        config: Arc<rustls::ServerConfig>,
+        sock: StdTcpStream,
+        limit: Duration,
+    ) -> io::Result<Self> {
         let conn = rustls::ServerConnection::new(config).map_err(io::Error::other)?;
-        Ok(ServerStream(rustls::StreamOwned::new(conn, sock)))
+        Ok(ServerStream {
+            conn,
+            sock,
+            handshake_by: Instant::now() + limit,
+        })
+    }
+
+    /// An error of the connection: a handshake failure while handshaking.
+    fn failed(&self, e: impl std::fmt::Display, kind: io::ErrorKind) -> io::Error {
+        if self.conn.is_handshaking() {
+            io::Error::new(kind, HandshakeFailed(e.to_string()))
+        } else {
+            io::Error::new(kind, e.to_string())
+        }
+    }
+
+    /// Sends what rustls has to send (handshake messages, alerts) as far as the socket takes it
+    /// now; the rest goes at the next call.
+    fn send(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            match self.conn.write_tls(&mut self.sock) {
+                Ok(_) => {}
+                Err(e) if must_wait(&e) => return Ok(()),
+                Err(e) => return Err(self.failed(e, io::ErrorKind::BrokenPipe)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Decrypted bytes into `buf`: `None` when there are none yet.
+    fn plaintext(&mut self, buf: &mut [u8]) -> Option<io::Result<usize>> {
+        match self.conn.reader().read(buf) {
+            Err(e) if e.kind() == io::ErrorKind::WouldBlock => None,
+            // The peer closed without `close_notify`: an end like any other.
+            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Some(Ok(0)),
+            other => Some(other),
+        }
     }
 }
 
 impl Read for ServerStream {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        let handshaking = self.0.conn.is_handshaking();
-        match self.0.read(buf) {
-            Ok(n) => Ok(n),
-            Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => Ok(0),
-            Err(e)
-                if handshaking
-                    && !matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock
-                            | io::ErrorKind::TimedOut
-                            | io::ErrorKind::Interrupted
-                    ) =>
-            {
-                Err(io::Error::new(e.kind(), HandshakeFailed(e.to_string())))
-            }
-            Err(e) => Err(e),
+        if let Some(done) = self.plaintext(buf) {
+            return done;
         }
+        if self.conn.is_handshaking() && Instant::now() >= self.handshake_by {
+            // (Not `TimedOut`: the reader takes that for a read timeout and waits on.)
+            return Err(io::Error::new(
+                io::ErrorKind::ConnectionAborted,
+                HandshakeFailed("not finished in time".to_owned()),
+            ));
+        }
+        self.send()?;
+        match self.conn.read_tls(&mut self.sock) {
+            // End of stream: said by `plaintext` below.
+            Ok(_) => {}
+            Err(e) if must_wait(&e) => return Err(e),
+            Err(e) => return Err(self.failed(e, io::ErrorKind::ConnectionReset)),
+        }
+        if let Err(e) = self.conn.process_new_packets() {
+            // The alert that says why, if the socket takes it.
+            let _ = self.send();
+            return Err(self.failed(e, io::ErrorKind::InvalidData));
+        }
+        self.send()?;
+        self.plaintext(buf)
+            .unwrap_or_else(|| Err(io::ErrorKind::WouldBlock.into()))
     }
 }

@@ -49,7 +49,8 @@ pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(2);
 pub trait Accept: Send + Sync + 'static {
     /// The stream HTTP is spoken on.
     type Io: AsyncRead + AsyncWrite + Unpin + Send + 'static;
-    /// Completes the connection (a TLS handshake, say); an error drops this connection only.
+    /// Completes the connection (a TLS handshake, say); an error drops this connection only,
+    /// and so does taking longer than [`Limits::header_read_timeout`] (the future is dropped).
     fn accept(&self, tcp: TcpStream) -> impl Future<Output = io::Result<Self::Io>> + Send;
 }
 
@@ -231,9 +232,15 @@ async fn accept_loop<A: Accept>(
         let counted = OpenGuard::new(&open);
         tokio::spawn(async move {
             let _held = (permit, counted);
-            match accept.accept(tcp).await {
-                Ok(io) => serve_connection(io, handler, limits, stop).await,
-                Err(e) => tracing::debug!(error = %e, "HTTP server: connection refused"),
+            // A handshake (TLS) gets the time a request's headers get: a client that never
+            // finishes it holds its slot no longer than one that never sends a request.
+            match tokio::time::timeout(limits.header_read_timeout, accept.accept(tcp)).await {
+                Ok(Ok(io)) => serve_connection(io, handler, limits, stop).await,
+                Ok(Err(e)) => tracing::debug!(error = %e, "HTTP server: connection refused"),
+                Err(_) => tracing::debug!(
+                    timeout = ?limits.header_read_timeout,
+                    "HTTP server: connection refused: its handshake did not finish in time"
+                ),
             }
         });
     }

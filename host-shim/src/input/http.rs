@@ -271,20 +271,44 @@ impl<A: Accept> Accept for Counted<A> {
 
     async fn accept(&self, tcp: tokio::net::TcpStream) -> io::Result<Self::Io> {
         let peer = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+        // Counts the handshake as failed unless it ends: the server drops this future when
+        // the handshake takes too long.
+        let mut unfinished = Unfinished {
+            stats: &self.1,
+            peer: &peer,
+            error: Some("not finished in time".to_owned()),
+        };
         match self.0.accept(tcp).await {
             Ok(io) => {
+                unfinished.error = None;
                 self.1.open.fetch_add(1, Ordering::Relaxed);
                 self.1.total.fetch_add(1, Ordering::Relaxed);
                 Ok(CountedIo(io, Arc::clone(&self.1)))
             }
             Err(e) => {
                 // Only a TLS handshake can fail here (plain connections are taken as they are).
-                self.1.tls_failed.fetch_add(1, Ordering::Relaxed);
-                tracing::warn!(%peer, error = %e,
-                    "input connection refused: its TLS handshake failed (counted in \
-                     egresswatch_input_tls_handshake_failures_total)");
+                unfinished.error = Some(e.to_string());
                 Err(e)
             }
+        }
+    }
+}
+
+/// A handshake under way: when dropped with an error (failed, or never finished), the
+/// connection is counted and logged as refused.
+struct Unfinished<'a> {
+    stats: &'a InputStats,
+    peer: &'a str,
+    error: Option<String>,
+}
+
+impl Drop for Unfinished<'_> {
+    fn drop(&mut self) {
+        if let Some(error) = self.error.take() {
+            self.stats.tls_failed.fetch_add(1, Ordering::Relaxed);
+            tracing::warn!(peer = %self.peer, %error,
+                "input connection refused: its TLS handshake failed (counted in \
+                 egresswatch_input_tls_handshake_failures_total)");
         }
     }
 }

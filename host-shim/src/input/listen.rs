@@ -33,7 +33,7 @@ use super::lines::{Ended, Shared};
 use super::{read_lines, Feed, HoldBudget, Mode, OVERSIZE_HOLD_BYTES};
 use crate::config::InputConfig;
 use crate::output::Deadline;
-use crate::tls::ServerStream;
+use crate::tls::{ServerStream, HANDSHAKE_LIMIT};
 
 /// How long a connection's reader waits for data before checking the stop flag.
 const READ_TIMEOUT: Duration = Duration::from_millis(100);
@@ -224,7 +224,9 @@ impl Accepted {
         }
     }
 
-    /// A blocking reader with a read timeout (TLS over it when `tls` is set), and who it is.
+    /// A blocking reader with a read timeout (TLS over it when `tls` is set, its handshake
+    /// limited to [`HANDSHAKE_LIMIT`]; a shorter `idle_timeout_secs` closes it first), and who
+    /// it is.
     fn into_reader(
         self,
         tls: Option<&Arc<rustls::ServerConfig>>,
@@ -239,7 +241,7 @@ impl Accepted {
                         // The handshake writes too: a client that does not read holds its
                         // reader no longer than one that does not write.
                         s.set_write_timeout(Some(READ_TIMEOUT))?;
-                        let stream = ServerStream::new(Arc::clone(config), s)?;
+                        let stream = ServerStream::new(Arc::clone(config), s, HANDSHAKE_LIMIT)?;
                         (Box::new(stream), peer)
                     }
                 }

@@ -305,3 +305,58 @@ fn sighup_changing_an_output_or_the_input_is_refused_and_the_running_ones_go_on(
     assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
     assert!(!dir.join("elsewhere.ndjson").exists());
 }
+
+#[test]
+fn sighup_reopens_a_file_output_that_log_rotation_renamed() {
+    let dir = temp_dir("reload-rotate");
+    let input = free_address();
+    let config = write(
+        &dir,
+        "c.yaml",
+        format!(
+            "input: {{ type: tcp, address: '{input}' }}\noutputs: {{ default: {{ type: file, \
+             path: out.ndjson }} }}\n{}",
+            detector_as_shipped()
+        ),
+    );
+    let mut egw = Running::start(&dir, &config);
+    let mut conn = connect_when_ready(&input);
+    let (lines, _) = sample();
+    let output = dir.join("out.ndjson");
+    let rotated = dir.join("out.ndjson.1");
+    conn.write_all(&lines[..100].concat()).unwrap();
+    assert!(wait_until(EXIT, || count_lines(&output) == 100));
+    // What logrotate does in its default `create` mode: rename, then SIGHUP from postrotate.
+    std::fs::rename(&output, &rotated).unwrap();
+    egw.signal("HUP");
+    assert!(
+        wait_until(EXIT, || egw.stderr().contains("configuration reloaded")),
+        "{}",
+        egw.stderr()
+    );
+    conn.write_all(&lines[100..250].concat()).unwrap();
+    drop(conn);
+    assert!(
+        wait_until(EXIT, || count_lines(&output) == 150),
+        "{} of 150 lines in the new file, {} in the renamed one\n{}",
+        count_lines(&output),
+        count_lines(&rotated),
+        egw.stderr()
+    );
+    egw.terminate();
+    assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
+    assert!(
+        egw.stderr().contains("reopened (SIGHUP)"),
+        "{}",
+        egw.stderr()
+    );
+    // Nothing lost, nothing twice: the renamed file keeps the first 100 lines, the new one the
+    // next 150, each in order (lines pass through unchanged when not flagged).
+    let (old, new) = (lines_of(&rotated), lines_of(&output));
+    assert_eq!(old.len(), 100);
+    for (got, sent) in old.iter().chain(new.iter()).zip(&lines[..250]) {
+        if rule_of(got).is_none() {
+            assert_eq!(got.trim_ascii_end(), sent.trim_ascii_end());
+        }
+    }
+}

@@ -11,7 +11,6 @@
 //! acknowledged by the peer's 2xx).
 
 use std::collections::BTreeMap;
-use std::fs::OpenOptions;
 use std::io;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -33,7 +32,8 @@ use crate::config::{BufferConfig, HostConfig, OutputConfig, WhenFull};
 use crate::metrics::{Metrics, OutputHealth};
 use queue::{Batch, Pushed, Queue, Refused};
 use socket::{SocketSink, Target};
-use worker::{Outcome, Sink, WriterSink};
+pub(crate) use worker::reopen_files;
+use worker::{open_append, Outcome, Sink, WriterSink};
 
 /// Initial capacity of an output's batch buffer.
 const BATCH_CAPACITY: usize = 64 * 1024;
@@ -156,16 +156,12 @@ impl Outputs {
                 OutputConfig::Stdout { .. } => Box::new(WriterSink::stdout()),
                 OutputConfig::File { path, .. } => {
                     let path = config.resolve(path);
-                    let file = OpenOptions::new()
-                        .create(true)
-                        .append(true)
-                        .open(&path)
-                        .map_err(|e| {
-                            io::Error::new(
-                                e.kind(),
-                                format!("output {name}: cannot open {}: {e}", path.display()),
-                            )
-                        })?;
+                    let file = open_append(&path).map_err(|e| {
+                        io::Error::new(
+                            e.kind(),
+                            format!("output {name}: cannot open {}: {e}", path.display()),
+                        )
+                    })?;
                     Box::new(WriterSink::file(file, &path))
                 }
                 OutputConfig::Tcp { address, tls, .. } => {

@@ -3,7 +3,10 @@
 //! until it is delivered or the delivery deadline passes. A down output therefore holds only
 //! its own buffer; whether the engine waits for it is the buffer's `when_full` policy.
 
+use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -249,6 +252,22 @@ impl Jitter {
     }
 }
 
+/// How many times file outputs were asked to reopen their path (one per SIGHUP). Process-wide:
+/// a process runs one set of outputs.
+static REOPEN_FILES: AtomicU64 = AtomicU64::new(0);
+
+/// Asks every file output to reopen its path before its next batch (SIGHUP): after a log
+/// rotation renamed the file (logrotate's default `create` mode, then `kill -HUP`), what follows
+/// goes to a new file at the configured path, not on into the renamed one.
+pub(crate) fn reopen_files() {
+    REOPEN_FILES.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Opens `path` for appending, creating it if needed.
+pub(crate) fn open_append(path: &Path) -> io::Result<File> {
+    OpenOptions::new().create(true).append(true).open(path)
+}
+
 /// Standard output or a file: written and flushed per batch. A write error on standard output
 /// is fatal (the reader is gone); on a file it is retried (a full disk may be cleared).
 pub(crate) struct WriterSink {
@@ -257,6 +276,8 @@ pub(crate) struct WriterSink {
     fatal: bool,
     /// Bytes of the current batch already written.
     offset: usize,
+    /// A file's path and the reopen request it last honoured ([`reopen_files`]).
+    reopen: Option<(PathBuf, u64)>,
 }
 
 impl WriterSink {
@@ -267,16 +288,19 @@ impl WriterSink {
             what: "stdout".into(),
             fatal: true,
             offset: 0,
+            reopen: None,
         }
     }
 
-    /// A file opened for appending.
-    pub(crate) fn file(file: std::fs::File, path: &std::path::Path) -> Self {
+    /// A file opened for appending at `path` (with [`open_append`]); reopened at `path` before
+    /// the first batch after each [`reopen_files`].
+    pub(crate) fn file(file: File, path: &Path) -> Self {
         WriterSink {
             writer: Box::new(file),
             what: path.display().to_string(),
             fatal: false,
             offset: 0,
+            reopen: Some((path.to_path_buf(), REOPEN_FILES.load(Ordering::Relaxed))),
         }
     }
 
@@ -288,12 +312,35 @@ impl WriterSink {
             what: "test".into(),
             fatal: true,
             offset: 0,
+            reopen: None,
         }
+    }
+
+    /// Reopens the file if [`reopen_files`] was called since it was opened. Only between
+    /// batches: the previous batch is written and flushed whole to the old file. A file that
+    /// cannot be opened is a retried failure; the batch stays queued and the old file is kept
+    /// until the path opens.
+    fn reopen_if_asked(&mut self) -> Result<(), SinkError> {
+        let Some((path, honoured)) = &mut self.reopen else {
+            return Ok(());
+        };
+        let asked = REOPEN_FILES.load(Ordering::Relaxed);
+        if self.offset != 0 || asked == *honoured {
+            return Ok(());
+        }
+        let file = open_append(path).map_err(|e| {
+            SinkError::Retry(format!("reopening {} after SIGHUP: {e}", path.display()))
+        })?;
+        self.writer = Box::new(file);
+        *honoured = asked;
+        tracing::info!("output file {} reopened (SIGHUP)", path.display());
+        Ok(())
     }
 }
 
 impl Sink for WriterSink {
     fn deliver(&mut self, data: &[u8], _deadline: &Deadline) -> Result<(), SinkError> {
+        self.reopen_if_asked()?;
         let fail = |fatal: bool, e: io::Error| {
             if fatal {
                 SinkError::Fatal(e.to_string())

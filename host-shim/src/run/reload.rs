@@ -9,7 +9,9 @@
 //! the plugin's warning says which and why; every other job keeps what it learnt.
 //!
 //! What a reload applies: `detector` (rules, actions, models, jobs, GeoIP), `unreadable`,
-//! `fail_closed` and `batch.max_events`. It does not reopen outputs, rebind the input, move the
+//! `fail_closed` and `batch.max_events`. Whether or not the reload is taken, every file output
+//! reopens its path before its next batch (log rotation: logrotate renames the file, then sends
+//! SIGHUP). It does not reconfigure outputs, rebind the input, move the
 //! state file or the metrics endpoint: a new configuration that changes any of those (`input`,
 //! `outputs.NAME`, `state`, `metrics`, `shutdown_timeout_secs`, `batch.max_line_bytes`,
 //! `plugin`) is refused whole, naming the keys, and the running one goes on; they take a
@@ -45,6 +47,8 @@ impl Reloader<'_> {
         if !self.flag.swap(false, Ordering::Relaxed) {
             return;
         }
+        // Whatever becomes of the reload, file outputs reopen their paths (log rotation).
+        crate::output::reopen_files();
         tracing::info!("SIGHUP: reading the configuration and rules again");
         match self.reload(engine) {
             Ok(()) => {

@@ -34,7 +34,7 @@ mod read;
 use input::{check_listener, check_server_tls};
 pub use input::{InputConfig, ServerTls};
 use output::check_client_tls;
-pub use output::{BufferConfig, ClientTls, OutputConfig, WhenFull};
+pub use output::{BufferConfig, BufferKind, ClientTls, OutputConfig, WhenFull};
 use positions::KeyLines;
 use read::{check_yaml_nesting, toml_error};
 pub use read::{read_text, MAX_CONFIG_BYTES, MAX_NESTING};
@@ -460,9 +460,24 @@ impl HostConfig {
                 }
                 OutputConfig::Stdout { .. } => {}
             }
-            if output.buffer().max_bytes < 1024 {
+            output::check_buffer(&mut problems, name, output.buffer());
+        }
+        // Two disk buffers in one folder would replay each other's lines.
+        let mut folders: BTreeMap<PathBuf, &str> = BTreeMap::new();
+        for (name, output) in &self.outputs {
+            let Some(path) = output
+                .buffer()
+                .path
+                .as_ref()
+                .filter(|p| !p.as_os_str().is_empty())
+            else {
+                continue;
+            };
+            if let Some(first) = folders.insert(self.resolve(path), name) {
                 problems.push(format!(
-                    "outputs.{name}.buffer.max_bytes: must be at least 1024"
+                    "outputs.{name}.buffer.path: `{}` is also outputs.{first}.buffer.path; each \
+                     disk buffer needs its own folder",
+                    path.display()
                 ));
             }
         }

@@ -91,16 +91,38 @@ impl OutputConfig {
 }
 
 /// An output's buffer between the engine and its delivery thread.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct BufferConfig {
-    /// Bytes the buffer holds before `when_full` applies.
+    /// In memory (the default) or on disk.
+    #[serde(default, rename = "type")]
+    pub kind: BufferKind,
+    /// A disk buffer's folder (created if absent), relative to the config file.
+    #[serde(default)]
+    pub path: Option<PathBuf>,
+    /// Bytes the buffer holds before `when_full` applies (undelivered lines).
     #[serde(default = "default_buffer_bytes")]
     pub max_bytes: u64,
     /// What happens when the buffer is full.
     #[serde(default)]
     pub when_full: WhenFull,
 }
+
+/// Where an output's buffer keeps its lines, as Vector's `buffer.type`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BufferKind {
+    /// In memory: lost if the process dies.
+    #[default]
+    Memory,
+    /// In segment files under `path`: kept across restarts and crashes, replayed first at the
+    /// next start.
+    Disk,
+}
+
+/// The smallest `max_bytes` of a disk buffer: a few input blocks (one block's lines for an
+/// output can be 256 KiB).
+const DISK_BUFFER_MIN_BYTES: u64 = 1 << 20;
 
 fn default_buffer_bytes() -> u64 {
     8 << 20
@@ -109,8 +131,46 @@ fn default_buffer_bytes() -> u64 {
 impl Default for BufferConfig {
     fn default() -> Self {
         BufferConfig {
+            kind: BufferKind::default(),
+            path: None,
             max_bytes: default_buffer_bytes(),
             when_full: WhenFull::default(),
+        }
+    }
+}
+
+/// The `buffer` block of output `name`: a disk buffer has a path and room for a few blocks;
+/// a memory buffer has no path.
+pub(super) fn check_buffer(problems: &mut Vec<String>, name: &str, buffer: &BufferConfig) {
+    match buffer.kind {
+        BufferKind::Memory => {
+            if buffer.path.is_some() {
+                problems.push(format!(
+                    "outputs.{name}.buffer.path: only a disk buffer has a path (add type: disk)"
+                ));
+            }
+            if buffer.max_bytes < 1024 {
+                problems.push(format!(
+                    "outputs.{name}.buffer.max_bytes: must be at least 1024"
+                ));
+            }
+        }
+        BufferKind::Disk => {
+            match &buffer.path {
+                None => problems.push(format!(
+                    "outputs.{name}.buffer.path: a disk buffer needs a folder to keep its files in"
+                )),
+                Some(p) if p.as_os_str().is_empty() => {
+                    problems.push(format!("outputs.{name}.buffer.path: must not be empty"));
+                }
+                Some(_) => {}
+            }
+            if buffer.max_bytes < DISK_BUFFER_MIN_BYTES {
+                problems.push(format!(
+                    "outputs.{name}.buffer.max_bytes: must be at least {DISK_BUFFER_MIN_BYTES} \
+                     (1 MiB) for a disk buffer"
+                ));
+            }
         }
     }
 }

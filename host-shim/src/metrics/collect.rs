@@ -244,6 +244,24 @@ impl Collector for HostCollector {
             "Bytes held for the output, not yet delivered.",
             &column(&|v| v.pending_bytes as f64),
         )?;
+        gauge(
+            &mut e,
+            "egresswatch_output_buffer_disk_bytes",
+            "Size of the output's disk buffer files (0 for a memory buffer).",
+            &column(&|v| v.disk_bytes as f64),
+        )?;
+        counter(
+            &mut e,
+            "egresswatch_output_buffer_replayed_events",
+            "Lines found in the output's disk buffer at start (left by an earlier run), delivered before new lines.",
+            &column(&|v| v.replayed as f64),
+        )?;
+        counter(
+            &mut e,
+            "egresswatch_output_buffer_corrupt_records",
+            "Records of the output's disk buffer that failed their checksum at start (a torn or damaged write), set aside.",
+            &column(&|v| v.corrupt as f64),
+        )?;
         counter(
             &mut e,
             "egresswatch_output_errors",

@@ -12,7 +12,8 @@
 //!   left out; a label Prometheus reserves for the target (`job`, `instance`) is renamed
 //!   `exported_job` / `exported_instance`, as Prometheus itself would.
 //! - Per output: delivered, dropped, pending bytes and lines, up, blocked (the engine waiting
-//!   for room in its buffer), reconnects, errors and the time of the last error
+//!   for room in its buffer), reconnects, errors and the time of the last error, and for a disk
+//!   buffer its size on disk, the lines it replayed and the corrupt records it found at start
 //!   ([`OutputHealth`]), fed by the output's buffer and delivery thread, read at scrape time so
 //!   that a stalled engine cannot freeze them.
 //! - Build information (`egresswatch_build_info`) and the standard `process_*` metrics
@@ -107,6 +108,12 @@ struct OutputValues {
     blocked: bool,
     blocked_seconds: f64,
     reconnects: u64,
+    /// Size of its disk buffer's files.
+    disk_bytes: u64,
+    /// Lines found in its disk buffer at start.
+    replayed: u64,
+    /// Corrupt records found in its disk buffer at start.
+    corrupt: u64,
 }
 
 /// One output's figures at one moment (for the exit summary and the run report).
@@ -183,6 +190,19 @@ impl OutputHealth {
     /// The engine waited `seconds` for room in the output's buffer.
     pub(crate) fn waited(&self, seconds: f64) {
         self.lock().blocked_seconds += seconds;
+    }
+
+    /// Its disk buffer's files now take `bytes`.
+    pub(crate) fn set_disk_bytes(&self, bytes: u64) {
+        self.lock().disk_bytes = bytes;
+    }
+
+    /// Its disk buffer held `lines` from an earlier run, delivered before new ones, and
+    /// `corrupt` records that were set aside.
+    pub(crate) fn found_at_start(&self, lines: u64, corrupt: u64) {
+        let mut v = self.lock();
+        v.replayed += lines;
+        v.corrupt += corrupt;
     }
 
     /// The output connected again after a failure.

@@ -6,7 +6,8 @@
 //! ([`queue`]). Each output has its own delivery thread ([`worker`]) with its own retry loop, so
 //! a down output holds only its own buffer; when that buffer is full, the output's `when_full`
 //! policy decides whether the engine waits (`block`: backpressure) or the batch is dropped
-//! (`drop_newest`: counted, logged). Sinks: standard output and files ([`worker::WriterSink`]),
+//! (`drop_newest`: counted, logged). The buffer is in memory, or on disk ([`disk`]: kept across
+//! restarts and crashes, delivered first at the next start). Sinks: standard output and files ([`worker::WriterSink`]),
 //! TCP (plain or TLS: [`tls_stream`]) and Unix sockets ([`socket`]), HTTP ([`http`]:
 //! acknowledged by the peer's 2xx).
 
@@ -18,6 +19,7 @@ use std::time::{Duration, Instant};
 
 use egresswatch_plugin_api::DEFAULT_OUTPUT;
 
+mod disk;
 mod http;
 mod queue;
 mod socket;
@@ -28,7 +30,7 @@ pub use crate::metrics::OutputStatus;
 pub(crate) use queue::Deadline;
 
 use crate::ack::Ack;
-use crate::config::{BufferConfig, HostConfig, OutputConfig, WhenFull};
+use crate::config::{BufferConfig, BufferKind, HostConfig, OutputConfig, WhenFull};
 use crate::metrics::{Metrics, OutputHealth};
 use queue::{Batch, Pushed, Queue, Refused};
 use socket::{SocketSink, Target};
@@ -74,6 +76,7 @@ impl Output {
             data: std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_CAPACITY)),
             lines,
             acks: std::mem::take(&mut self.acks),
+            end: None,
         };
         match self.queue.push(batch, self.when_full, deadline) {
             Ok(Pushed::Queued) => Ok(()),
@@ -205,7 +208,10 @@ impl Outputs {
                     ))
                 }
             };
-            outputs.start(name, sink, output.buffer(), stats)?;
+            // (A disk buffer's folder, relative to the config file.)
+            let mut buffer = output.buffer().clone();
+            buffer.path = buffer.path.map(|p| config.resolve(&p));
+            outputs.start(name, sink, &buffer, stats)?;
         }
         Ok(outputs)
     }
@@ -230,6 +236,8 @@ impl Outputs {
         outputs
     }
 
+    /// Starts output `name`: its buffer (a disk buffer's `path` resolved already) and its
+    /// delivery thread.
     fn start(
         &mut self,
         name: &str,
@@ -237,7 +245,7 @@ impl Outputs {
         buffer: &BufferConfig,
         stats: OutputHealth,
     ) -> io::Result<()> {
-        let queue = Arc::new(Queue::new(buffer.max_bytes, stats.clone()));
+        let queue = Arc::new(queue(name, buffer, &stats)?);
         let worker = worker::spawn(
             name,
             sink,
@@ -362,6 +370,14 @@ impl Outputs {
                     "its buffer was still full at the delivery deadline".to_owned()
                 });
             }
+            if let (Some((kept, bytes)), Some(dir)) = (output.queue.kept(), output.queue.disk_dir())
+            {
+                if kept > 0 {
+                    tracing::warn!(output = %name, lines = kept, bytes, path = %dir.display(),
+                        "not delivered by the deadline: kept in the output's disk buffer, \
+                         delivered first at the next start");
+                }
+            }
             if let Some((_, n)) = output.drops.take().filter(|(_, n)| *n > 0) {
                 tracing::warn!(output = %name, dropped = n, "output buffer full: lines dropped (drop_newest)");
             }
@@ -375,6 +391,22 @@ impl Outputs {
         }
         (self.statuses(), undelivered)
     }
+}
+
+/// The buffer of output `name`: in memory, or its disk buffer opened (what an earlier run left
+/// in it is delivered first). A disk buffer's folder is locked while its queue lives: a second
+/// queue on it (another process, or a rebuilt output whose old queue is still alive) fails.
+fn queue(name: &str, buffer: &BufferConfig, stats: &OutputHealth) -> io::Result<Queue> {
+    let (BufferKind::Disk, Some(dir)) = (buffer.kind, &buffer.path) else {
+        return Ok(Queue::new(buffer.max_bytes, stats.clone()));
+    };
+    let (log, found) = disk::DiskLog::open(name, dir, buffer.max_bytes, stats.clone())?;
+    if found.lines > 0 || found.corrupt > 0 {
+        tracing::info!(output = %name, path = %dir.display(), lines = found.lines,
+            bytes = found.bytes, corrupt = found.corrupt,
+            "disk buffer: lines left by an earlier run are delivered first");
+    }
+    Ok(Queue::on_disk(log, found, buffer.max_bytes, stats.clone()))
 }
 
 /// The TLS client of TCP output `name`: its certificates read now, so that a bad file is an

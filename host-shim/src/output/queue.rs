@@ -6,12 +6,18 @@
 //! engine wait (backpressure on every input), `drop_newest` drops the batch (counted by the
 //! caller). One batch larger than the bound is taken when the buffer is empty, so that any line
 //! can pass.
+//!
+//! With a disk buffer ([`super::disk`]) the batches are not held in memory: a push appends the
+//! batch to the buffer's files, the delivery thread reads them back in order, and a batch leaves
+//! the buffer (making room) only once it is delivered. Its acknowledgements are told when it is
+//! on disk, not when delivered: the disk holds it from then on.
 
 use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
+use super::disk::{DiskLog, Found, Position};
 use crate::ack::Ack;
 use crate::config::WhenFull;
 use crate::metrics::OutputHealth;
@@ -29,6 +35,8 @@ pub(crate) struct Batch {
     /// The acknowledgements of the requests these lines came from (HTTP input), told when the
     /// batch is delivered; dropping them unsaid fails those requests.
     pub(crate) acks: Vec<Ack>,
+    /// Read from a disk buffer: where its record ends.
+    pub(crate) end: Option<Position>,
 }
 
 /// When delivery must end: `timeout` after a stop signal (noticed by whichever thread looks
@@ -108,19 +116,35 @@ pub(crate) enum Refused {
 #[derive(Debug, Default)]
 struct Inner {
     items: VecDeque<Batch>,
+    /// Bytes held: in memory, those not yet taken by the delivery thread; on disk, those not
+    /// yet delivered.
     bytes: u64,
     closed: bool,
     failed: Option<String>,
+    /// On disk: records not yet taken by the delivery thread, and lines not yet delivered.
+    waiting: u64,
+    lines: u64,
+    /// On disk: whether an append failed since the last one that worked (logged once).
+    append_failing: bool,
 }
 
 /// A bounded FIFO of batches, one per output.
-#[derive(Debug)]
 pub(crate) struct Queue {
     inner: Mutex<Inner>,
     not_empty: Condvar,
     not_full: Condvar,
     max_bytes: u64,
     stats: OutputHealth,
+    disk: Option<DiskLog>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue")
+            .field("max_bytes", &self.max_bytes)
+            .field("disk", &self.disk.as_ref().map(DiskLog::dir))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Queue {
@@ -132,6 +156,32 @@ impl Queue {
             not_full: Condvar::new(),
             max_bytes,
             stats,
+            disk: None,
+        }
+    }
+
+    /// A queue over a disk buffer of at most `max_bytes` of undelivered lines, holding what
+    /// the buffer held at start (`found`), which is delivered first.
+    pub(crate) fn on_disk(
+        disk: DiskLog,
+        found: Found,
+        max_bytes: u64,
+        stats: OutputHealth,
+    ) -> Self {
+        stats.pending(true, found.bytes, found.lines);
+        stats.found_at_start(found.lines, found.corrupt);
+        Queue {
+            inner: Mutex::new(Inner {
+                bytes: found.bytes,
+                waiting: found.records,
+                lines: found.lines,
+                ..Inner::default()
+            }),
+            not_empty: Condvar::new(),
+            not_full: Condvar::new(),
+            max_bytes,
+            stats,
+            disk: Some(disk),
         }
     }
 
@@ -143,7 +193,7 @@ impl Queue {
     /// there is room, the output fails, or `deadline` passes.
     pub(crate) fn push(
         &self,
-        batch: Batch,
+        mut batch: Batch,
         when_full: WhenFull,
         deadline: &Deadline,
     ) -> Result<Pushed, Refused> {
@@ -151,15 +201,47 @@ impl Queue {
         let mut inner = self.lock();
         let mut blocked = false;
         let result = loop {
+            let room = inner.bytes == 0 || inner.bytes + size <= self.max_bytes;
             if let Some(reason) = &inner.failed {
-                break Err(Refused::Failed(reason.clone()));
+                // A disk buffer still takes what fits: it is kept for the next start. Nothing
+                // makes room any more.
+                if self.disk.is_none() || !room {
+                    break Err(Refused::Failed(reason.clone()));
+                }
             }
-            if inner.items.is_empty() || inner.bytes + size <= self.max_bytes {
+            if room && self.disk.is_none() {
                 inner.bytes += size;
                 self.stats.pending(true, size, batch.lines);
                 inner.items.push_back(batch);
                 self.not_empty.notify_one();
                 break Ok(Pushed::Queued);
+            }
+            if let (true, Some(disk)) = (room, &self.disk) {
+                let acks = std::mem::take(&mut batch.acks);
+                match disk.append(&batch.data, batch.lines, acks) {
+                    Ok(()) => {
+                        if std::mem::take(&mut inner.append_failing) {
+                            tracing::info!(output = %self.stats.name(), "disk buffer: writes again");
+                        }
+                        inner.bytes += size;
+                        inner.lines += batch.lines;
+                        inner.waiting += 1;
+                        self.stats.pending(true, size, batch.lines);
+                        self.not_empty.notify_one();
+                        break Ok(Pushed::Queued);
+                    }
+                    // A disk that cannot take it (full, failing) is a full buffer.
+                    Err((e, acks)) => {
+                        batch.acks = acks;
+                        self.stats
+                            .error(format!("disk buffer {}: {e}", disk.dir().display()));
+                        if !std::mem::replace(&mut inner.append_failing, true) {
+                            tracing::error!(output = %self.stats.name(), error = %e,
+                                path = %disk.dir().display(),
+                                "disk buffer: cannot write; the buffer counts as full until it can");
+                        }
+                    }
+                }
             }
             if when_full == WhenFull::DropNewest {
                 break Ok(Pushed::Dropped(batch));
@@ -191,6 +273,29 @@ impl Queue {
         let until = Instant::now() + wait;
         let mut inner = self.lock();
         loop {
+            if let (true, Some(disk)) = (inner.waiting > 0, &self.disk) {
+                inner.waiting -= 1;
+                drop(inner);
+                return match disk.read_next() {
+                    Ok(record) => Popped::Batch(Batch {
+                        data: record.data,
+                        lines: record.lines,
+                        acks: Vec::new(),
+                        end: Some(record.end),
+                    }),
+                    Err(e) => {
+                        // Kept for the next start, which checks every record again.
+                        let reason =
+                            format!("disk buffer {}: cannot read: {e}", disk.dir().display());
+                        tracing::error!(output = %self.stats.name(), error = %reason,
+                            "output stops delivering; its disk buffer is kept for the next start");
+                        self.stats.failed(reason.clone());
+                        self.lock().failed = Some(reason);
+                        self.not_full.notify_all();
+                        Popped::Closed
+                    }
+                };
+            }
             if let Some(batch) = inner.items.pop_front() {
                 inner.bytes -= batch.data.len() as u64;
                 self.not_full.notify_all();
@@ -211,24 +316,63 @@ impl Queue {
         }
     }
 
-    /// A batch from [`Queue::pop`] was delivered (or given up on): it is no longer pending.
+    /// A batch from [`Queue::pop_timeout`] was delivered (or given up on): it is no longer
+    /// pending. A disk buffer's batch leaves the buffer only if delivered: the delivery thread
+    /// gives up through [`Queue::fail`] before it settles the batch in hand, which stays on disk.
     pub(crate) fn settled(&self, batch: &Batch) {
+        if let (Some(disk), Some(end)) = (&self.disk, batch.end) {
+            let mut inner = self.lock();
+            if inner.failed.is_some() {
+                return;
+            }
+            if let Err(e) = disk.delivered(end) {
+                // Only the cursor is behind: these lines may be delivered again after a restart.
+                tracing::warn!(output = %self.stats.name(), error = %e,
+                    "disk buffer: cannot move its cursor past delivered lines");
+            }
+            let size = batch.data.len() as u64;
+            inner.bytes = inner.bytes.saturating_sub(size);
+            inner.lines = inner.lines.saturating_sub(batch.lines);
+            self.not_full.notify_all();
+        }
         self.stats
             .pending(false, batch.data.len() as u64, batch.lines);
     }
 
-    /// No more batches will come: the delivery thread ends when the queue is empty.
+    /// What a disk buffer still holds, undelivered: lines and bytes (kept for the next start).
+    pub(crate) fn kept(&self) -> Option<(u64, u64)> {
+        self.disk.as_ref()?;
+        let inner = self.lock();
+        Some((inner.lines, inner.bytes))
+    }
+
+    /// The disk buffer's folder.
+    pub(crate) fn disk_dir(&self) -> Option<&std::path::Path> {
+        self.disk.as_ref().map(DiskLog::dir)
+    }
+
+    /// No more batches will come: the delivery thread ends when the queue is empty. A disk
+    /// buffer syncs what it took, and tells its acknowledgements, before this returns.
     pub(crate) fn close(&self) {
         self.lock().closed = true;
         self.not_empty.notify_all();
+        if let Some(disk) = &self.disk {
+            disk.close();
+        }
     }
 
-    /// The output failed for good: further pushes are refused with `reason`. Returns the lines
-    /// still queued, which will never be delivered.
-    pub(crate) fn fail(&self, reason: String) -> u64 {
+    /// The output failed for good, with `in_hand` lines taken and not delivered: further pushes
+    /// are refused with `reason` (a disk buffer takes them while it has room). Returns the lines
+    /// that will never be delivered: those in hand and queued, none for a disk buffer (it keeps
+    /// them for the next start).
+    pub(crate) fn fail(&self, reason: String, in_hand: u64) -> u64 {
         let mut inner = self.lock();
         inner.failed = Some(reason);
-        let lines = inner.items.iter().map(|b| b.lines).sum();
+        if self.disk.is_some() {
+            self.not_full.notify_all();
+            return 0;
+        }
+        let lines = in_hand + inner.items.iter().map(|b| b.lines).sum::<u64>();
         for batch in std::mem::take(&mut inner.items) {
             self.settled(&batch);
         }
@@ -247,6 +391,7 @@ mod tests {
             data: vec![b'x'; n],
             lines: 1,
             acks: Vec::new(),
+            end: None,
         }
     }
 
@@ -289,7 +434,7 @@ mod tests {
         ));
         assert_eq!(taker.join().unwrap(), 25);
         assert!(stats.status().blocked_seconds > 0.0);
-        assert_eq!(q.fail("gone".into()), 1);
+        assert_eq!(q.fail("gone".into(), 2), 3);
         assert!(matches!(
             q.push(batch(1), WhenFull::Block, &none),
             Err(Refused::Failed(r)) if r == "gone"
@@ -301,5 +446,38 @@ mod tests {
         ));
         q.close();
         assert!(matches!(q.pop_timeout(Duration::ZERO), Popped::Closed));
+    }
+
+    #[test]
+    fn a_disk_queue_keeps_what_it_did_not_deliver_when_its_output_gives_up() {
+        let dir = std::env::temp_dir().join(format!("egresswatch-queue-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+        let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats.clone()).unwrap();
+        let q = Queue::on_disk(log, found, 1 << 20, stats.clone());
+        let none = Deadline::default();
+        for _ in 0..3 {
+            assert!(matches!(
+                q.push(batch(10), WhenFull::Block, &none),
+                Ok(Pushed::Queued)
+            ));
+        }
+        let Popped::Batch(first) = q.pop_timeout(Duration::ZERO) else {
+            panic!("a batch was pushed");
+        };
+        q.settled(&first);
+        let Popped::Batch(in_hand) = q.pop_timeout(Duration::ZERO) else {
+            panic!("a batch was pushed");
+        };
+        // Given up on with one batch in hand: nothing is lost, two lines are kept.
+        assert_eq!(q.fail("gone".into(), in_hand.lines), 0);
+        q.settled(&in_hand);
+        assert_eq!(q.kept(), Some((2, 20)));
+        assert_eq!(stats.status().pending_lines, 2);
+        q.close();
+        drop(q);
+        let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats).unwrap();
+        assert_eq!((found.records, found.lines), (2, 2));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

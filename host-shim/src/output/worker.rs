@@ -175,7 +175,7 @@ impl Worker {
 
     /// Runs `op` until it succeeds, retrying failures with backoff and jitter; gives up on a
     /// fatal error or once the deadline has passed, failing the queue: `lines` (those of the
-    /// batch in hand) and everything queued are then undelivered.
+    /// batch in hand) and everything queued are then undelivered (kept, with a disk buffer).
     fn with_retries(
         &mut self,
         lines: u64,
@@ -202,7 +202,7 @@ impl Worker {
                     if matches!(e, SinkError::Fatal(_)) || self.deadline.passed() {
                         let reason = format!("{}: {}", self.sink.describe(), e.message());
                         let undelivered =
-                            lines + self.queue.fail(reason.clone()) + self.sink.outstanding_lines();
+                            self.queue.fail(reason.clone(), lines) + self.sink.outstanding_lines();
                         tracing::error!(output = %self.name, undelivered, error = %reason,
                             "output gave up");
                         return Err(Outcome {

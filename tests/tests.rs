@@ -5,6 +5,7 @@ mod util;
 mod cli;
 mod config;
 mod delivery;
+mod disk_buffer;
 mod dist;
 mod golden;
 mod hardening;

@@ -9,7 +9,7 @@ use std::net::{TcpListener, TcpStream};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-mod peers;
+pub(crate) mod peers;
 
 use peers::{numbered, numbers, restarting_downstream, Break, Downstream, Sender};
 

@@ -13,7 +13,7 @@ use crate::util::{close_with_reset, timed_out};
 
 /// One HTTP/1.1 message read from `reader`: the first line, and the body (by
 /// `content-length`). `None` at a clean end of the connection or on an error.
-pub(super) fn read_message(reader: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
+pub(crate) fn read_message(reader: &mut BufReader<TcpStream>) -> Option<(String, Vec<u8>)> {
     let mut first = String::new();
     loop {
         match reader.read_line(&mut first) {
@@ -59,7 +59,7 @@ pub(super) fn read_message(reader: &mut BufReader<TcpStream>) -> Option<(String,
 }
 
 /// The numbers `{"n":N}` of an NDJSON body.
-pub(super) fn numbers(body: &[u8]) -> Vec<u64> {
+pub(crate) fn numbers(body: &[u8]) -> Vec<u64> {
     body.split(|&b| b == b'\n')
         .filter(|l| !l.is_empty())
         .map(|l| {
@@ -71,7 +71,7 @@ pub(super) fn numbers(body: &[u8]) -> Vec<u64> {
 
 /// How the downstream breaks a connection, after reading a request and before answering it.
 #[derive(Debug, Clone, Copy)]
-pub(super) enum Break {
+pub(crate) enum Break {
     /// Sends RST.
     Reset,
     /// Closes the connection.
@@ -82,33 +82,33 @@ pub(super) enum Break {
 
 /// What the downstream has seen.
 #[derive(Default)]
-pub(super) struct Seen {
+pub(crate) struct Seen {
     /// The lines of the requests it answered 200, per connection, in arrival order.
-    pub(super) connections: Vec<Vec<u64>>,
+    pub(crate) connections: Vec<Vec<u64>>,
     /// Requests read so far, answered or not.
     requests: u64,
     /// Requests read and then left unanswered (the connection broken instead).
-    pub(super) broken: u64,
+    pub(crate) broken: u64,
     /// The lines of those requests: received, but the sender was not told so.
-    pub(super) unanswered: Vec<u64>,
+    pub(crate) unanswered: Vec<u64>,
 }
 
 /// A small HTTP server standing in for Vector's `http_server` source with acknowledgements:
 /// it answers 200 to each POST once it has its lines, except that request number `at` of each
 /// `(at, Break)` is read and then its connection broken instead.
-pub(super) struct Downstream {
-    pub(super) address: String,
-    pub(super) seen: Arc<Mutex<Seen>>,
+pub(crate) struct Downstream {
+    pub(crate) address: String,
+    pub(crate) seen: Arc<Mutex<Seen>>,
     stop: Arc<AtomicBool>,
     acceptor: Option<std::thread::JoinHandle<()>>,
 }
 
 impl Downstream {
-    pub(super) fn start(breaks: Vec<(u64, Break)>) -> Downstream {
+    pub(crate) fn start(breaks: Vec<(u64, Break)>) -> Downstream {
         Downstream::start_on("127.0.0.1:0", breaks)
     }
 
-    pub(super) fn start_on(address: &str, breaks: Vec<(u64, Break)>) -> Downstream {
+    pub(crate) fn start_on(address: &str, breaks: Vec<(u64, Break)>) -> Downstream {
         let listener = TcpListener::bind(address).unwrap();
         let address = listener.local_addr().unwrap().to_string();
         let seen = Arc::new(Mutex::new(Seen::default()));
@@ -157,7 +157,7 @@ impl Downstream {
         }
     }
 
-    pub(super) fn stop(&mut self) {
+    pub(crate) fn stop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
         if let Some(a) = self.acceptor.take() {
             a.join().unwrap();
@@ -233,14 +233,14 @@ fn serve(
 /// A sender that behaves like Vector's `http` sink: POSTs each batch, and sends it again
 /// (after a short pause, on a new connection when the old one failed) until answered 200.
 /// Returns how many attempts were not answered 200.
-pub(super) struct Sender {
+pub(crate) struct Sender {
     address: String,
     conn: Option<BufReader<TcpStream>>,
-    pub(super) failures: u64,
+    pub(crate) failures: u64,
 }
 
 impl Sender {
-    pub(super) fn new(address: &str) -> Sender {
+    pub(crate) fn new(address: &str) -> Sender {
         Sender {
             address: address.to_owned(),
             conn: None,
@@ -249,7 +249,7 @@ impl Sender {
     }
 
     /// One attempt: the status, or `None` when the connection failed.
-    pub(super) fn post(&mut self, body: &[u8]) -> Option<u16> {
+    pub(crate) fn post(&mut self, body: &[u8]) -> Option<u16> {
         if self.conn.is_none() {
             let conn = TcpStream::connect(&self.address).ok()?;
             conn.set_read_timeout(Some(Duration::from_secs(60))).ok()?;
@@ -275,7 +275,7 @@ impl Sender {
     }
 
     /// Sends `body` until it is answered 200, for at most `limit`.
-    pub(super) fn deliver(&mut self, body: &[u8], limit: Duration) {
+    pub(crate) fn deliver(&mut self, body: &[u8], limit: Duration) {
         let until = Instant::now() + limit;
         loop {
             if self.post(body) == Some(200) {
@@ -291,7 +291,7 @@ impl Sender {
     }
 }
 
-pub(super) fn numbered(range: std::ops::Range<u64>) -> Vec<u8> {
+pub(crate) fn numbered(range: std::ops::Range<u64>) -> Vec<u8> {
     let mut data = Vec::new();
     for n in range {
         writeln!(data, "{{\"n\":{n}}}").unwrap();
@@ -305,7 +305,7 @@ pub(super) fn numbered(range: std::ops::Range<u64>) -> Vec<u8> {
 /// gets no answer); then it closes everything, is down briefly, and comes back working. Speaks
 /// NDJSON over TCP, or HTTP (answering 200 to what it keeps). Returns the lines it kept, once
 /// line `last` arrived or nothing came for 20 s.
-pub(super) fn restarting_downstream(
+pub(crate) fn restarting_downstream(
     listener: TcpListener,
     http: bool,
     pause_after: usize,

@@ -1,0 +1,380 @@
+//! Disk buffers (issue #11): an output's `buffer: { type: disk }` keeps what it has not
+//! delivered across a stop and a crash, and delivers it first, in order, at the next start; a
+//! damaged record is found by its checksum; a full buffer blocks or drops as configured; bad
+//! settings are named. HTTP input (a 200 says the lines are in the buffer) and HTTP output, over
+//! loopback, every wait bounded.
+
+use std::collections::BTreeSet;
+use std::net::TcpStream;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use crate::http_delivery::peers::{numbered, Break, Downstream, Sender};
+use crate::util::{
+    figure, free_address, http_get, run, stderr, temp_dir, wait_until, workspace, write, Running,
+};
+
+const STARTUP: Duration = Duration::from_secs(30);
+const EXIT: Duration = Duration::from_secs(60);
+const PER_REQUEST: u64 = 2_000;
+
+/// One run: an HTTP input, `default` an HTTP output to `downstream` with a disk buffer in
+/// `dir/buf` (`buffer` adds settings), metrics on. Returns it once it listens, with its input
+/// and metrics addresses.
+fn start(dir: &Path, downstream: &str, buffer: &str) -> (Running, String, String) {
+    let (input, metrics) = (free_address(), free_address());
+    let config = write(
+        dir,
+        "c.yaml",
+        format!(
+            "shutdown_timeout_secs: 2\n\
+             input: {{ type: http, address: '{input}' }}\n\
+             outputs:\n  default: {{ type: http, url: 'http://{downstream}/in', \
+             buffer: {{ type: disk, path: buf{buffer} }} }}\n\
+             metrics: {{ address: '{metrics}' }}\n\
+             detector:\n  rules: ['{}']\n",
+            workspace().join("rules").display()
+        ),
+    );
+    let egw = Running::start(dir, &config);
+    assert!(
+        wait_until(STARTUP, || TcpStream::connect(&input).is_ok()),
+        "egresswatch did not listen on {input}:\n{}",
+        egw.stderr()
+    );
+    (egw, input, metrics)
+}
+
+/// The figure `name{output="default"}` on the metrics page, once `ready` holds for it.
+fn default_figure(metrics: &str, name: &str, ready: impl Fn(f64) -> bool) -> f64 {
+    let series = format!("{name}{{output=\"default\"}}");
+    let mut last = None;
+    let held = wait_until(STARTUP, || {
+        last = figure(&http_get(metrics, "/metrics"), &series);
+        last.is_some_and(&ready)
+    });
+    assert!(held, "{series} is {last:?}");
+    last.unwrap()
+}
+
+/// Every line the downstream took (answered 200), in arrival order.
+fn received(downstream: &Downstream) -> Vec<u64> {
+    let seen = downstream.seen.lock().unwrap();
+    seen.connections.iter().flatten().copied().collect()
+}
+
+/// Waits until the downstream has every line of `expected` (at least once).
+fn wait_for_all(downstream: &Downstream, expected: &BTreeSet<u64>, egw: &Running) {
+    let arrived = wait_until(EXIT, || {
+        let got: BTreeSet<u64> = received(downstream).into_iter().collect();
+        expected.is_subset(&got)
+    });
+    assert!(
+        arrived,
+        "the downstream got {} of {} lines\n{}",
+        received(downstream).len(),
+        expected.len(),
+        egw.stderr()
+    );
+}
+
+/// Sends `requests` requests of [`PER_REQUEST`] numbered lines, each until answered 200.
+fn send(input: &str, requests: u64) {
+    let mut sender = Sender::new(input);
+    for first in (0..requests * PER_REQUEST).step_by(PER_REQUEST as usize) {
+        sender.deliver(
+            &numbered(first..first + PER_REQUEST),
+            Duration::from_secs(60),
+        );
+    }
+}
+
+/// The run's segment files, oldest first.
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(dir.join("buf"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .collect();
+    files.sort();
+    files
+}
+
+/// A first run whose output is down throughout: `requests` requests are answered 200 (they are
+/// on disk), and at SIGTERM the run ends 0 saying it kept them. Returns the downstream's
+/// address (nobody listens there yet).
+fn first_run_with_the_output_down(dir: &Path, requests: u64) -> String {
+    let down = free_address();
+    let (mut egw, input, metrics) = start(dir, &down, "");
+    send(&input, requests);
+    let total = (requests * PER_REQUEST) as f64;
+    default_figure(&metrics, "egresswatch_output_pending_events", |n| {
+        n == total
+    });
+    default_figure(&metrics, "egresswatch_output_buffer_disk_bytes", |n| {
+        n > total * 10.0
+    });
+    egw.terminate();
+    let status = egw.wait(EXIT);
+    let err = egw.stderr();
+    assert!(
+        status.success(),
+        "nothing was lost, so the stop is clean\n{err}"
+    );
+    assert!(
+        err.contains("kept in the output's disk buffer") && err.contains(&format!("lines={total}")),
+        "the stop says what the buffer keeps\n{err}"
+    );
+    down
+}
+
+#[test]
+fn lines_held_for_a_down_output_are_delivered_in_order_after_a_restart() {
+    const REQUESTS: u64 = 10;
+    let dir = temp_dir("disk-buffer-restart");
+    let down = first_run_with_the_output_down(&dir, REQUESTS);
+
+    let downstream = Downstream::start_on(&down, Vec::new());
+    let (mut egw, _input, metrics) = start(&dir, &down, "");
+    let total = REQUESTS * PER_REQUEST;
+    wait_for_all(&downstream, &(0..total).collect(), &egw);
+    let replayed = default_figure(
+        &metrics,
+        "egresswatch_output_buffer_replayed_events_total",
+        |_| true,
+    );
+    assert_eq!(replayed, total as f64);
+    default_figure(&metrics, "egresswatch_output_pending_events", |n| n == 0.0);
+    egw.terminate();
+    let status = egw.wait(EXIT);
+    assert!(status.success(), "{}", egw.stderr());
+    // Each once, in the order they came in.
+    assert_eq!(received(&downstream), (0..total).collect::<Vec<_>>());
+    // Delivered segments are deleted: only the newest (empty) one is left.
+    assert!(segments(&dir).len() <= 2, "{:?}", segments(&dir));
+}
+
+#[test]
+fn a_kill_loses_nothing_the_buffer_took() {
+    let dir = temp_dir("disk-buffer-kill");
+    let down = free_address();
+    // The downstream takes a few requests, then goes away for 5 s: the buffer fills meanwhile.
+    let downstream = Downstream::start_on(&down, vec![(4, Break::Down(Duration::from_secs(5)))]);
+    let (mut egw, input, _metrics) = start(&dir, &down, "");
+    let acked: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = {
+        let (acked, stop) = (Arc::clone(&acked), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut sender = Sender::new(&input);
+            let mut first = 0;
+            while !stop.load(Ordering::Relaxed) {
+                let range = first..first + PER_REQUEST;
+                if sender.post(&numbered(range.clone())) == Some(200) {
+                    acked.lock().unwrap().extend(range);
+                    first += PER_REQUEST;
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        })
+    };
+    // Killed while the downstream is away and the sender is still sending.
+    let away = wait_until(EXIT, || downstream.seen.lock().unwrap().broken == 1);
+    assert!(away, "the downstream never broke\n{}", egw.stderr());
+    let before = acked.lock().unwrap().len();
+    let more = wait_until(EXIT, || {
+        acked.lock().unwrap().len() >= before + 10 * PER_REQUEST as usize
+    });
+    assert!(more, "the input stopped answering 200\n{}", egw.stderr());
+    egw.child.kill().unwrap();
+    egw.child.wait().unwrap();
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let acked = acked.lock().unwrap().clone();
+    let held = acked.len() - received(&downstream).len().min(acked.len());
+    assert!(held > 0, "the kill came when the buffer was empty");
+
+    let (mut egw, _input, _metrics) = start(&dir, &down, "");
+    wait_for_all(&downstream, &acked, &egw);
+    egw.terminate();
+    let status = egw.wait(EXIT);
+    assert!(status.success(), "{}", egw.stderr());
+    let all = received(&downstream);
+    let distinct: BTreeSet<u64> = all.iter().copied().collect();
+    let repeats = all.len() - distinct.len();
+    eprintln!(
+        "disk buffer, SIGKILL while the downstream was away: {} lines acknowledged, 0 lost, \
+         {repeats} repeated",
+        acked.len()
+    );
+    assert!(acked.is_subset(&distinct));
+}
+
+#[test]
+fn a_damaged_record_is_found_by_its_checksum_counted_and_those_before_it_delivered() {
+    const REQUESTS: u64 = 10;
+    let dir = temp_dir("disk-buffer-corrupt");
+    let down = first_run_with_the_output_down(&dir, REQUESTS);
+    // The last byte of the newest record (a line's newline) is changed.
+    let newest = segments(&dir)
+        .into_iter()
+        .rev()
+        .find(|p| std::fs::metadata(p).unwrap().len() > 8)
+        .expect("a segment with records");
+    let mut bytes = std::fs::read(&newest).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x55;
+    std::fs::write(&newest, bytes).unwrap();
+
+    let downstream = Downstream::start_on(&down, Vec::new());
+    let (mut egw, _input, metrics) = start(&dir, &down, "");
+    let corrupt = default_figure(
+        &metrics,
+        "egresswatch_output_buffer_corrupt_records_total",
+        |_| true,
+    );
+    assert_eq!(corrupt, 1.0);
+    let replayed = default_figure(
+        &metrics,
+        "egresswatch_output_buffer_replayed_events_total",
+        |_| true,
+    ) as u64;
+    let total = REQUESTS * PER_REQUEST;
+    assert!(replayed > 0 && replayed < total, "{replayed}");
+    wait_for_all(&downstream, &(0..replayed).collect(), &egw);
+    egw.terminate();
+    let status = egw.wait(EXIT);
+    let err = egw.stderr();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("fails its checksum"), "{err}");
+    // What came before the damaged record, each once, in order.
+    assert_eq!(received(&downstream), (0..replayed).collect::<Vec<_>>());
+}
+
+/// Sends requests of numbered lines from a thread until `stop`, without retrying; counts the
+/// lines of those answered 200.
+fn keep_sending(input: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle<u64> {
+    std::thread::spawn(move || {
+        let mut sender = Sender::new(&input);
+        let (mut first, mut acked) = (0, 0);
+        while !stop.load(Ordering::Relaxed) {
+            if sender.post(&numbered(first..first + PER_REQUEST)) == Some(200) {
+                acked += PER_REQUEST;
+            }
+            first += PER_REQUEST;
+        }
+        acked
+    })
+}
+
+#[test]
+fn a_full_disk_buffer_blocks_visibly_and_is_named_at_exit() {
+    let dir = temp_dir("disk-buffer-full-block");
+    let (mut egw, input, metrics) = start(&dir, &free_address(), ", max_bytes: 1048576");
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = keep_sending(input, Arc::clone(&stop));
+    default_figure(&metrics, "egresswatch_output_blocked", |n| n == 1.0);
+    let pending = default_figure(&metrics, "egresswatch_output_pending_bytes", |_| true);
+    // At most the bound plus one batch (one request's lines here).
+    assert!(
+        pending <= (1_048_576 + 20 * PER_REQUEST) as f64,
+        "{pending}"
+    );
+    egw.terminate();
+    let status = egw.wait(EXIT);
+    stop.store(true, Ordering::Relaxed);
+    sender.join().unwrap();
+    let err = egw.stderr();
+    assert!(!status.success(), "{err}");
+    assert!(
+        err.contains("outputs.default") && err.contains("still full at the delivery deadline"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_full_disk_buffer_with_drop_newest_counts_what_it_drops() {
+    let dir = temp_dir("disk-buffer-full-drop");
+    let (mut egw, input, metrics) = start(
+        &dir,
+        &free_address(),
+        ", max_bytes: 1048576, when_full: drop_newest",
+    );
+    let stop = Arc::new(AtomicBool::new(false));
+    let sender = keep_sending(input, Arc::clone(&stop));
+    default_figure(&metrics, "egresswatch_output_dropped_total", |n| n > 0.0);
+    stop.store(true, Ordering::Relaxed);
+    let acked = sender.join().unwrap();
+    let dropped = default_figure(&metrics, "egresswatch_output_dropped_total", |_| true);
+    let held = default_figure(&metrics, "egresswatch_output_pending_events", |_| true);
+    // Every request was answered 200: its lines are in the buffer or counted as dropped.
+    assert_eq!(held + dropped, acked as f64);
+    egw.terminate();
+    let status = egw.wait(EXIT);
+    let err = egw.stderr();
+    assert!(status.success(), "{err}");
+    assert!(err.contains("drop_newest"), "{err}");
+    assert!(err.contains(&format!("lines={held}")), "{err}");
+}
+
+#[test]
+fn disk_buffer_settings_that_cannot_work_are_named() {
+    let dir = temp_dir("disk-buffer-config");
+    let rules = workspace().join("rules");
+    let detector = format!("detector: {{ rules: ['{}'] }}\n", rules.display());
+    let config = write(
+        &dir,
+        "c.yaml",
+        "outputs:\n\
+         \x20 a: { type: file, path: a.out, buffer: { type: disk } }\n\
+         \x20 b: { type: file, path: b.out, buffer: { type: disk, path: q, max_bytes: 65536 } }\n\
+         \x20 c: { type: file, path: c.out, buffer: { type: disk, path: ./q } }\n\
+         \x20 d: { type: file, path: d.out, buffer: { path: m } }\n"
+            .to_owned()
+            + &detector,
+    );
+    let out = run(&["validate", "--config", config.to_str().unwrap()], b"");
+    let err = stderr(&out);
+    assert_eq!(out.status.code(), Some(78), "{err}");
+    for key in [
+        "outputs.a.buffer.path: a disk buffer needs a folder",
+        "outputs.b.buffer.max_bytes: must be at least 1048576",
+        "outputs.c.buffer.path: `./q` is also outputs.b.buffer.path",
+        "outputs.d.buffer.path: only a disk buffer has a path",
+    ] {
+        assert!(err.contains(key), "no `{key}` in\n{err}");
+    }
+
+    // A folder that cannot be made (its parent is a file), and one another process holds.
+    write(&dir, "file", "x");
+    let config = write(
+        &dir,
+        "bad.yaml",
+        "outputs:\n  default: { type: stdout, buffer: { type: disk, path: file/buf } }\n"
+            .to_owned()
+            + &detector,
+    );
+    let out = run(&["run", "--config", config.to_str().unwrap()], b"");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("outputs.default.buffer.path: cannot create the folder"),
+        "{err}"
+    );
+    let (_held, _, _) = start(&dir, &free_address(), "");
+    let config = write(
+        &dir,
+        "second.yaml",
+        "outputs:\n  default: { type: stdout, buffer: { type: disk, path: buf } }\n".to_owned()
+            + &detector,
+    );
+    let out = run(&["run", "--config", config.to_str().unwrap()], b"");
+    let err = stderr(&out);
+    assert!(!out.status.success(), "{err}");
+    assert!(
+        err.contains("outputs.default.buffer.path") && err.contains("in use by another process"),
+        "{err}"
+    );
+}

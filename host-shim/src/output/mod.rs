@@ -245,7 +245,7 @@ impl Outputs {
         buffer: &BufferConfig,
         stats: OutputHealth,
     ) -> io::Result<()> {
-        let queue = Arc::new(queue(name, buffer, &stats)?);
+        let queue = Arc::new(open_buffer(name, buffer, &stats)?);
         let worker = worker::spawn(
             name,
             sink,
@@ -396,7 +396,7 @@ impl Outputs {
 /// The buffer of output `name`: in memory, or its disk buffer opened (what an earlier run left
 /// in it is delivered first). A disk buffer's folder is locked while its queue lives: a second
 /// queue on it (another process, or a rebuilt output whose old queue is still alive) fails.
-fn queue(name: &str, buffer: &BufferConfig, stats: &OutputHealth) -> io::Result<Queue> {
+fn open_buffer(name: &str, buffer: &BufferConfig, stats: &OutputHealth) -> io::Result<Queue> {
     let (BufferKind::Disk, Some(dir)) = (buffer.kind, &buffer.path) else {
         return Ok(Queue::new(buffer.max_bytes, stats.clone()));
     };

@@ -102,6 +102,12 @@ impl Engine {
         &mut self.transform
     }
 
+    /// Whether a line is being streamed to an output in pieces (an oversize line from standard
+    /// input, between its first and last fragment).
+    pub(crate) fn streaming_a_line(&self) -> bool {
+        self.open_fragment.is_some()
+    }
+
     /// Puts a new transform and policy in place (a reload), keeping the counters.
     pub(crate) fn reconfigure(&mut self, transform: Transform, policy: EnginePolicy) {
         self.warned = transform.warnings().into_result().map_or(0, |w| w.len());

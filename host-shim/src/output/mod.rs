@@ -47,6 +47,8 @@ const DROP_LOG_EVERY: Duration = Duration::from_secs(10);
 pub(crate) struct Outputs {
     outputs: BTreeMap<String, Output>,
     deadline: Deadline,
+    /// Outputs a reload removed, finishing what they hold (until their own deadline).
+    retired: Vec<(String, Output)>,
 }
 
 struct Output {
@@ -59,6 +61,9 @@ struct Output {
     when_full: WhenFull,
     stats: OutputHealth,
     worker: Option<JoinHandle<Outcome>>,
+    /// When its delivery thread gives up: the run's deadline, or earlier once a reload
+    /// replaced or removed it.
+    deadline: Deadline,
     /// When drops were last logged, and how many since.
     drops: Option<(Instant, u64)>,
     /// Lines its buffer refused (the output had failed, or the deadline passed).
@@ -136,6 +141,7 @@ impl Outputs {
         let mut outputs = Outputs {
             outputs: BTreeMap::new(),
             deadline: deadline.clone(),
+            retired: Vec::new(),
         };
         if !config.outputs.contains_key(DEFAULT_OUTPUT) {
             metrics.output(DEFAULT_OUTPUT).set_up(true);
@@ -148,66 +154,7 @@ impl Outputs {
         }
         for (name, output) in &config.outputs {
             let stats = metrics.output(name);
-            // Standard output and files are up once open; a socket or HTTP output once it connects.
-            if matches!(
-                output,
-                OutputConfig::Stdout { .. } | OutputConfig::File { .. }
-            ) {
-                stats.set_up(true);
-            }
-            let sink: Box<dyn Sink> = match output {
-                OutputConfig::Stdout { .. } => Box::new(WriterSink::stdout()),
-                OutputConfig::File { path, .. } => {
-                    let path = config.resolve(path);
-                    let file = open_append(&path).map_err(|e| {
-                        io::Error::new(
-                            e.kind(),
-                            format!("output {name}: cannot open {}: {e}", path.display()),
-                        )
-                    })?;
-                    Box::new(WriterSink::file(file, &path))
-                }
-                OutputConfig::Tcp { address, tls, .. } => {
-                    let tls = tls
-                        .as_ref()
-                        .map(|tls| tcp_tls(config, name, address, tls))
-                        .transpose()?;
-                    let target = Target::Tcp {
-                        address: address.clone(),
-                        tls,
-                    };
-                    Box::new(SocketSink::new(name, target, stats.clone()))
-                }
-                OutputConfig::Unix { path, .. } => Box::new(SocketSink::new(
-                    name,
-                    Target::Unix(config.resolve(path)),
-                    stats.clone(),
-                )),
-                OutputConfig::Http {
-                    url,
-                    request_timeout_secs,
-                    tls,
-                    ..
-                } => {
-                    let tls = tls
-                        .as_ref()
-                        .map(|tls| {
-                            crate::tls::client(
-                                tls,
-                                |p| config.resolve(p),
-                                &format!("outputs.{name}.tls"),
-                            )
-                        })
-                        .transpose()?;
-                    Box::new(http::HttpSink::new(
-                        name,
-                        url,
-                        Duration::from_secs(*request_timeout_secs),
-                        tls,
-                        stats.clone(),
-                    ))
-                }
-            };
+            let sink = sink(config, name, output, &stats)?;
             // (A disk buffer's folder, relative to the config file.)
             let mut buffer = output.buffer().clone();
             buffer.path = buffer.path.map(|p| config.resolve(&p));
@@ -222,6 +169,7 @@ impl Outputs {
         let mut outputs = Outputs {
             outputs: BTreeMap::new(),
             deadline: Deadline::default(),
+            retired: Vec::new(),
         };
         for (name, writer) in writers {
             outputs
@@ -245,14 +193,26 @@ impl Outputs {
         buffer: &BufferConfig,
         stats: OutputHealth,
     ) -> io::Result<()> {
+        self.start_after(name, sink, buffer, stats, None)
+    }
+
+    /// [`Outputs::start`], delivering only once `after` (the thread of the output it replaces)
+    /// has ended.
+    fn start_after(
+        &mut self,
+        name: &str,
+        sink: Box<dyn Sink>,
+        buffer: &BufferConfig,
+        stats: OutputHealth,
+        after: Option<JoinHandle<Outcome>>,
+    ) -> io::Result<()> {
         let queue = Arc::new(open_buffer(name, buffer, &stats)?);
-        let worker = worker::spawn(
-            name,
-            sink,
-            Arc::clone(&queue),
-            stats.clone(),
-            self.deadline.clone(),
-        )?;
+        let deadline = self.deadline.child();
+        let (shared, health) = (Arc::clone(&queue), stats.clone());
+        let worker = match after {
+            None => worker::spawn(name, sink, shared, health, deadline.clone()),
+            Some(after) => worker::spawn_after(name, sink, shared, health, deadline.clone(), after),
+        }?;
         self.outputs.insert(
             name.to_owned(),
             Output {
@@ -263,6 +223,7 @@ impl Outputs {
                 when_full: buffer.when_full,
                 stats,
                 worker: Some(worker),
+                deadline,
                 drops: None,
                 refused: 0,
             },
@@ -356,7 +317,13 @@ impl Outputs {
             }
             output.queue.close();
         }
-        for (name, output) in &mut self.outputs {
+        let mut retired = std::mem::take(&mut self.retired);
+        let current = self.outputs.iter_mut().map(|(n, o)| (n.as_str(), o));
+        for (name, output) in retired
+            .iter_mut()
+            .map(|(n, o)| (n.as_str(), o))
+            .chain(current)
+        {
             let outcome = output
                 .worker
                 .take()
@@ -383,7 +350,7 @@ impl Outputs {
             }
             if lines > 0 {
                 undelivered.push(Undelivered {
-                    name: name.clone(),
+                    name: name.to_owned(),
                     lines,
                     reason: reason.unwrap_or_else(|| "unknown".to_owned()),
                 });
@@ -407,6 +374,147 @@ fn open_buffer(name: &str, buffer: &BufferConfig, stats: &OutputHealth) -> io::R
             "disk buffer: lines left by an earlier run are delivered first");
     }
     Ok(Queue::on_disk(log, found, buffer.max_bytes, stats.clone()))
+}
+
+/// What a reload changes in the outputs: for each output added or changed, its new sink
+/// (built, files opened and certificates read, not yet started); for each one removed, `None`.
+pub(crate) struct Changes(Vec<(String, Option<(Box<dyn Sink>, BufferConfig)>)>);
+
+impl Outputs {
+    /// Builds the outputs `names` as `config` describes them (a reload's new configuration),
+    /// without touching the running ones: an output that cannot be built (a file that cannot
+    /// be opened, a certificate that cannot be read) is an error naming it, and the reload is
+    /// refused. A name `config` no longer has is a removal (`default`, unless configured, is
+    /// standard output).
+    pub(crate) fn prepare(
+        config: &HostConfig,
+        names: &[String],
+        metrics: &Metrics,
+    ) -> io::Result<Changes> {
+        let stdout = OutputConfig::Stdout {
+            buffer: BufferConfig::default(),
+        };
+        let mut changes = Vec::new();
+        for name in names {
+            let output = match config.outputs.get(name) {
+                Some(output) => output,
+                None if name == DEFAULT_OUTPUT => &stdout,
+                None => {
+                    changes.push((name.clone(), None));
+                    continue;
+                }
+            };
+            let built = sink(config, name, output, &metrics.output(name))?;
+            let mut buffer = output.buffer().clone();
+            buffer.path = buffer.path.map(|p| config.resolve(&p));
+            changes.push((name.clone(), Some((built, buffer))));
+        }
+        Ok(Changes(changes))
+    }
+
+    /// Puts `changes` in place (a reload, between blocks): each changed output's buffer is
+    /// closed, and its delivery thread goes on delivering what it holds until its own
+    /// deadline (`shutdown_timeout_secs` from now), as at a stop; the new output takes the lines
+    /// from now on and delivers them once the old one has finished, so that nothing is lost
+    /// between them and each output's order is kept. A removed output finishes the same way.
+    /// What a replaced or removed output could not deliver is logged by it and reported at the
+    /// end of the run.
+    pub(crate) fn apply(&mut self, changes: Changes, metrics: &Metrics) -> io::Result<()> {
+        let committed = self.commit();
+        for (name, change) in changes.0 {
+            let mut after = None;
+            let mut carried = 0;
+            if let Some(mut old) = self.outputs.remove(&name) {
+                old.queue.close();
+                old.deadline.start();
+                if change.is_some() {
+                    after = old.worker.take();
+                    carried = old.refused;
+                } else {
+                    self.retired.push((name.clone(), old));
+                }
+            }
+            let Some((sink, buffer)) = change else {
+                tracing::info!(output = %name, "output removed by the reload; it finishes delivering what it holds");
+                continue;
+            };
+            let stats = metrics.output(&name);
+            tracing::info!(output = %name, target = %sink.describe(),
+                "output rebuilt by the reload; it delivers once the one it replaces has \
+                 finished what it holds");
+            self.start_after(&name, sink, &buffer, stats, after)?;
+            if let Some(output) = self.outputs.get_mut(&name) {
+                output.refused = carried;
+            }
+        }
+        committed
+    }
+}
+
+/// The sink of output `name` as `config` describes it: a file opened, a TLS client's
+/// certificates read; a socket or HTTP output connects later, on its own thread.
+fn sink(
+    config: &HostConfig,
+    name: &str,
+    output: &OutputConfig,
+    stats: &OutputHealth,
+) -> io::Result<Box<dyn Sink>> {
+    // Standard output and files are up once open; a socket or HTTP output once it connects.
+    if matches!(
+        output,
+        OutputConfig::Stdout { .. } | OutputConfig::File { .. }
+    ) {
+        stats.set_up(true);
+    }
+    Ok(match output {
+        OutputConfig::Stdout { .. } => Box::new(WriterSink::stdout()),
+        OutputConfig::File { path, .. } => {
+            let path = config.resolve(path);
+            let file = open_append(&path).map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("output {name}: cannot open {}: {e}", path.display()),
+                )
+            })?;
+            Box::new(WriterSink::file(file, &path))
+        }
+        OutputConfig::Tcp { address, tls, .. } => {
+            let tls = tls
+                .as_ref()
+                .map(|tls| tcp_tls(config, name, address, tls))
+                .transpose()?;
+            let target = Target::Tcp {
+                address: address.clone(),
+                tls,
+            };
+            Box::new(SocketSink::new(name, target, stats.clone()))
+        }
+        OutputConfig::Unix { path, .. } => Box::new(SocketSink::new(
+            name,
+            Target::Unix(config.resolve(path)),
+            stats.clone(),
+        )),
+        OutputConfig::Http {
+            url,
+            request_timeout_secs,
+            tls,
+            ..
+        } => {
+            let tls = tls
+                .as_ref()
+                .map(|tls| {
+                    crate::tls::client(tls, |p| config.resolve(p), &format!("outputs.{name}.tls"))
+                })
+                .transpose()?;
+            Box::new(http::HttpSink::new(
+                name,
+                url,
+                Duration::from_secs(*request_timeout_secs),
+                tls,
+                stats.clone(),
+            ))
+        }
+    })
 }
 
 /// The TLS client of TCP output `name`: its certificates read now, so that a bad file is an

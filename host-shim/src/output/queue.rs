@@ -50,6 +50,8 @@ struct DeadlineInner {
     at: OnceLock<Instant>,
     stop: Option<Arc<AtomicBool>>,
     timeout: Duration,
+    /// A child's deadline is also its parent's, when that comes first.
+    parent: Option<Deadline>,
 }
 
 impl Deadline {
@@ -59,6 +61,19 @@ impl Deadline {
             at: OnceLock::new(),
             stop: Some(Arc::clone(stop)),
             timeout,
+            parent: None,
+        }))
+    }
+
+    /// A deadline of the same timeout that passes when this one does, or earlier: `timeout`
+    /// after its own [`Deadline::start`] (what a reload gives an output or input it replaces to
+    /// finish what it holds).
+    pub(crate) fn child(&self) -> Self {
+        Deadline(Arc::new(DeadlineInner {
+            at: OnceLock::new(),
+            stop: None,
+            timeout: self.0.timeout,
+            parent: Some(self.clone()),
         }))
     }
 
@@ -69,6 +84,15 @@ impl Deadline {
 
     /// When delivery ends, once the countdown has started.
     pub(crate) fn at(&self) -> Option<Instant> {
+        let own = self.own();
+        match (own, self.0.parent.as_ref().and_then(Deadline::at)) {
+            (Some(own), Some(parent)) => Some(own.min(parent)),
+            (own, parent) => own.or(parent),
+        }
+    }
+
+    /// Its own countdown's end, once started (not its parent's).
+    fn own(&self) -> Option<Instant> {
         if let Some(at) = self.0.at.get() {
             return Some(*at);
         }

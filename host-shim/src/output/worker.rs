@@ -8,6 +8,7 @@ use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::queue::{Deadline, Popped, Queue};
@@ -81,6 +82,21 @@ pub(crate) struct Outcome {
     pub(crate) error: Option<String>,
 }
 
+impl Outcome {
+    /// This outcome (an output replaced by a reload) followed by `later`'s (its successor).
+    fn and(self, later: Outcome) -> Outcome {
+        let error = match (self.error, later.error) {
+            (Some(a), Some(b)) => Some(format!("{a}; then {b}")),
+            (Some(a), None) => Some(format!("before a reload replaced it: {a}")),
+            (None, b) => b,
+        };
+        Outcome {
+            undelivered: self.undelivered + later.undelivered,
+            error,
+        }
+    }
+}
+
 /// How long the delivery thread waits for a batch before it checks on what it already wrote.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
@@ -93,11 +109,38 @@ pub(crate) fn spawn(
     queue: Arc<Queue>,
     stats: OutputHealth,
     deadline: Deadline,
-) -> io::Result<std::thread::JoinHandle<Outcome>> {
+) -> io::Result<JoinHandle<Outcome>> {
+    spawn_thread(name, sink, queue, stats, deadline, None)
+}
+
+/// [`spawn`], for an output that replaces another of the same name (a reload): it delivers
+/// nothing before the thread `after` (the replaced output's, its queue closed) has ended, so
+/// that the output's lines keep their order across the switch. What `after` did not deliver
+/// is added to what this one reports.
+pub(crate) fn spawn_after(
+    name: &str,
+    sink: Box<dyn Sink>,
+    queue: Arc<Queue>,
+    stats: OutputHealth,
+    deadline: Deadline,
+    after: JoinHandle<Outcome>,
+) -> io::Result<JoinHandle<Outcome>> {
+    spawn_thread(name, sink, queue, stats, deadline, Some(after))
+}
+
+fn spawn_thread(
+    name: &str,
+    sink: Box<dyn Sink>,
+    queue: Arc<Queue>,
+    stats: OutputHealth,
+    deadline: Deadline,
+    after: Option<JoinHandle<Outcome>>,
+) -> io::Result<JoinHandle<Outcome>> {
     let name = name.to_owned();
     std::thread::Builder::new()
         .name(format!("egresswatch-out-{name}"))
         .spawn(move || {
+            let before = after.map(|h| h.join().unwrap_or_default());
             let mut worker = Worker {
                 name,
                 sink,
@@ -106,7 +149,11 @@ pub(crate) fn spawn(
                 deadline,
                 jitter: Jitter::new(),
             };
-            worker.run()
+            let outcome = worker.run();
+            match before {
+                Some(before) => before.and(outcome),
+                None => outcome,
+            }
         })
 }
 

@@ -7,10 +7,11 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use super::reload::Reloader;
+use super::reload::{Live, Reloader};
 use crate::engine::Engine;
 use crate::input::listen::InputStats;
 use crate::metrics::{self, Metrics};
+use crate::output::Outputs;
 use crate::state;
 
 /// How often the plugin's metrics are copied for the endpoint.
@@ -130,17 +131,33 @@ impl Keeper<'_> {
 
 impl Keeper<'_> {
     /// After a block was processed and flushed; `took` is the time that took.
-    pub(super) fn after_block(&mut self, engine: &mut Engine, took: Duration) {
+    pub(super) fn after_block(
+        &mut self,
+        engine: &mut Engine,
+        outputs: &mut Outputs,
+        took: Duration,
+    ) {
         self.metrics.observe_batch(took.as_secs_f64());
-        self.reload.check(engine);
+        self.reload(engine, outputs);
         self.refresh(engine);
         self.maybe_save(engine);
     }
 
     /// While the input is quiet, every poll interval.
-    pub(super) fn idle(&mut self, engine: &mut Engine) {
-        self.reload.check(engine);
+    pub(super) fn idle(&mut self, engine: &mut Engine, outputs: &mut Outputs) {
+        self.reload(engine, outputs);
         self.refresh(engine);
         self.maybe_save(engine);
+    }
+
+    /// Reloads if SIGHUP arrived.
+    fn reload(&mut self, engine: &mut Engine, outputs: &mut Outputs) {
+        let live = Live {
+            outputs,
+            metrics: &self.metrics,
+            state: self.state.as_mut(),
+            state_max: &mut self.state_max,
+        };
+        self.reload.check(engine, live);
     }
 }

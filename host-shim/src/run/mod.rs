@@ -161,6 +161,8 @@ pub fn run(
     }
 
     let deadline = Deadline::new(stop, Duration::from_secs(config.shutdown_timeout_secs));
+    // Read as the outputs are built: a reload rebuilds an output whose files changed since.
+    let tls_files = reload::output_tls_files(config);
     let mut outputs = Outputs::open(config, &deadline, &metrics).context("opening outputs")?;
     let servers = match &config.metrics {
         Some(m) => Some(serve_metrics(&m.address, &metrics)?),
@@ -217,6 +219,7 @@ pub fn run(
             flag: Arc::clone(&signals.hup),
             rebuild,
             running: config.clone(),
+            tls_files,
         },
     };
     let driven = drive::drive(

@@ -1,32 +1,43 @@
 //! SIGHUP: the configuration files and rules read again while the run goes on.
 //!
 //! The engine thread checks for SIGHUP between blocks and while idle. A reload builds a new
-//! transform from the files as they are now (with the plugin already loaded), checks it against
-//! the running outputs, and carries the model state over (saved from the running transform,
-//! loaded into the new one) before it replaces anything; if any step fails, the running
-//! configuration goes on and the reason is logged. The state is carried over job by job: a job
-//! whose definition changed (function, fields, filters, bucket span) starts learning afresh and
-//! the plugin's warning says which and why; every other job keeps what it learnt.
+//! transform from the files as they are now (with the plugin already loaded), checks its routes
+//! against the new outputs, carries the model state over (saved from the running transform,
+//! loaded into the new one), and builds every output the new configuration changes, all before
+//! it replaces anything; if any step fails, the running configuration goes on whole and the
+//! reason is logged. The state is carried over job by job: a job whose definition changed
+//! (function, fields, filters, bucket span) starts learning afresh and the plugin's warning says
+//! which and why; every other job keeps what it learnt.
 //!
 //! What a reload applies: `detector` (rules, actions, models, jobs, GeoIP), `unreadable`,
-//! `fail_closed` and `batch.max_events`. Whether or not the reload is taken, every file output
-//! reopens its path before its next batch (log rotation: logrotate renames the file, then sends
-//! SIGHUP). It does not reconfigure outputs, rebind the input, move the
-//! state file or the metrics endpoint: a new configuration that changes any of those (`input`,
-//! `outputs.NAME`, `state`, `metrics`, `shutdown_timeout_secs`, `batch.max_line_bytes`,
-//! `plugin`) is refused whole, naming the keys, and the running one goes on; they take a
-//! restart. Refusing, rather than applying the rest, keeps the configuration in force one that
-//! was written as a whole.
+//! `fail_closed`, `batch.max_events`, `state.interval_secs` and `state.max_bytes`, and
+//! `outputs`: an output added, changed or removed, or one whose TLS files (`ca_file`,
+//! `cert_file`, `key_file`) changed content (a renewed certificate), is rebuilt: the new one is
+//! built first (a file that cannot be opened or a certificate that cannot be read refuses the
+//! reload), then the old one's buffer is closed and it delivers what it holds until its own
+//! deadline (`shutdown_timeout_secs`), while the new one takes the lines from then on and
+//! delivers them once the old one has finished, so nothing is lost between them and each
+//! output's order is kept ([`Outputs::apply`]). Whether or not the reload is taken, every file
+//! output reopens its path before its next batch (log rotation: logrotate renames the file,
+//! then sends SIGHUP).
+//!
+//! What a reload refuses, naming the key and why (the running configuration goes on; a restart
+//! applies it): `plugin` (a loaded library cannot be unloaded safely), `state.path` (the running
+//! models would be written over whatever is at the new path, never loaded), `metrics`,
+//! `shutdown_timeout_secs`, `batch.max_line_bytes` and `input` (see [`refused`]).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::HostConfig;
+use crate::config::{HostConfig, OutputConfig};
 use crate::engine::{Engine, EnginePolicy};
 use crate::loader::Transform;
+use crate::metrics::Metrics;
+use crate::output::Outputs;
 
 /// Builds a transform from the configuration files as they are now: what `run` does at start,
 /// with the plugin already loaded.
@@ -39,18 +50,31 @@ pub(super) struct Reloader<'a> {
     pub(super) rebuild: &'a mut Rebuild<'a>,
     /// The configuration in force.
     pub(super) running: HostConfig,
+    /// The content of each running output's TLS files, as they were read when it was built.
+    pub(super) tls_files: BTreeMap<String, Vec<u8>>,
+}
+
+/// What the engine thread's housekeeping hands a reload to change.
+pub(super) struct Live<'a> {
+    pub(super) outputs: &'a mut Outputs,
+    pub(super) metrics: &'a Metrics,
+    /// State file save interval and size limit, applied live.
+    pub(super) state: Option<&'a mut (PathBuf, std::time::Duration, std::time::Instant)>,
+    pub(super) state_max: &'a mut u64,
 }
 
 impl Reloader<'_> {
-    /// Reloads if SIGHUP arrived since the last call.
-    pub(super) fn check(&mut self, engine: &mut Engine) {
-        if !self.flag.swap(false, Ordering::Relaxed) {
+    /// Reloads if SIGHUP arrived since the last call. A line being streamed to an output in
+    /// pieces (an oversize line from standard input) is finished first: the reload waits for
+    /// its last piece.
+    pub(super) fn check(&mut self, engine: &mut Engine, live: Live<'_>) {
+        if engine.streaming_a_line() || !self.flag.swap(false, Ordering::Relaxed) {
             return;
         }
         // Whatever becomes of the reload, file outputs reopen their paths (log rotation).
         crate::output::reopen_files();
         tracing::info!("SIGHUP: reading the configuration and rules again");
-        match self.reload(engine) {
+        match self.reload(engine, live) {
             Ok(()) => {
                 tracing::info!(
                     "SIGHUP: configuration reloaded; model state carried over job by job"
@@ -62,15 +86,13 @@ impl Reloader<'_> {
         }
     }
 
-    fn reload(&mut self, engine: &mut Engine) -> Result<()> {
+    fn reload(&mut self, engine: &mut Engine, live: Live<'_>) -> Result<()> {
         let (config, mut transform) = (self.rebuild)()?;
-        let later = restart_only_changes(&self.running, &config);
-        if !later.is_empty() {
+        let refused = refused(&self.running, &config);
+        if !refused.is_empty() {
             bail!(
-                "{} changed, and a reload does not reopen outputs, rebind the input, or move the \
-                 state file or the metrics endpoint; restart egresswatch to apply the new \
-                 configuration",
-                later.join(", ")
+                "{}; restart egresswatch to apply the new configuration",
+                refused.join("; ")
             );
         }
         let routes: Vec<String> = transform
@@ -80,7 +102,7 @@ impl Reloader<'_> {
             .into_iter()
             .map(Into::into)
             .collect();
-        let missing = self.running.missing_routes(&routes);
+        let missing = config.missing_routes(&routes);
         if !missing.is_empty() {
             bail!("{}", missing.join("; "));
         }
@@ -96,8 +118,21 @@ impl Reloader<'_> {
             .into_result()
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("the running model state could not be carried over to the new detector")?;
+        // The outputs to rebuild, built now: one that cannot be built refuses the reload.
+        let tls_files = output_tls_files(&config);
+        let changed = changed_outputs(&self.running, &config, &self.tls_files, &tls_files);
+        let changes = Outputs::prepare(&config, &changed, live.metrics)
+            .context("a changed output could not be built")?;
+        // From here on nothing is refused.
         if let Ok(warnings) = transform.warnings().into_result() {
             warnings.iter().for_each(|w| tracing::warn!("{w}"));
+        }
+        if let Err(e) = live.outputs.apply(changes, live.metrics) {
+            tracing::error!("SIGHUP: {e}");
+        }
+        if let (Some(state), Some(new)) = (live.state, &config.state) {
+            state.1 = std::time::Duration::from_secs(new.interval_secs);
+            *live.state_max = new.max_bytes;
         }
         let policy = EnginePolicy {
             batch: config.batch,
@@ -106,39 +141,90 @@ impl Reloader<'_> {
         };
         engine.reconfigure(transform, policy);
         self.running = config;
+        self.tls_files = tls_files;
         Ok(())
     }
 }
 
-/// The settings a reload does not apply that differ between `running` and `new`, each named
-/// by its key (`outputs.NAME` for an output added, removed or changed).
-fn restart_only_changes(running: &HostConfig, new: &HostConfig) -> Vec<String> {
-    let mut changed: Vec<String> = [
-        ("plugin", running.plugin != new.plugin),
-        ("input", running.input != new.input),
-        ("state", running.state != new.state),
-        ("metrics", running.metrics != new.metrics),
+/// The changes between `running` and `new` that a reload refuses, each naming its key and why.
+fn refused(running: &HostConfig, new: &HostConfig) -> Vec<String> {
+    let state_path = |c: &HostConfig| c.state.as_ref().map(|s| s.path.clone());
+    [
         (
-            "shutdown_timeout_secs",
-            running.shutdown_timeout_secs != new.shutdown_timeout_secs,
+            running.plugin != new.plugin,
+            "plugin changed: a loaded plugin library cannot be unloaded safely",
         ),
         (
-            "batch.max_line_bytes",
+            state_path(running) != state_path(new),
+            "state.path changed: the running models would be saved over whatever is at the \
+             new path, which was never loaded",
+        ),
+        (
+            running.input != new.input,
+            "input changed: a reload does not rebind the input",
+        ),
+        (
+            running.metrics != new.metrics,
+            "metrics changed: a reload does not move the metrics endpoint",
+        ),
+        (
+            running.shutdown_timeout_secs != new.shutdown_timeout_secs,
+            "shutdown_timeout_secs changed: the delivery deadline is set at start",
+        ),
+        (
             running.batch.max_line_bytes != new.batch.max_line_bytes,
+            "batch.max_line_bytes changed: the input's readers keep the limit they started with",
         ),
     ]
     .into_iter()
-    .filter(|&(_, changed)| changed)
-    .map(|(name, _)| name.to_owned())
-    .collect();
+    .filter(|&(changed, _)| changed)
+    .map(|(_, why)| why.to_owned())
+    .collect()
+}
+
+/// The outputs to rebuild: added, removed or changed between `running` and `new`, or whose TLS
+/// files read differently now (`then`: as read when the running ones were built).
+fn changed_outputs(
+    running: &HostConfig,
+    new: &HostConfig,
+    then: &BTreeMap<String, Vec<u8>>,
+    now: &BTreeMap<String, Vec<u8>>,
+) -> Vec<String> {
     let names: BTreeSet<&String> = running.outputs.keys().chain(new.outputs.keys()).collect();
-    changed.extend(
-        names
-            .into_iter()
-            .filter(|name| running.outputs.get(*name) != new.outputs.get(*name))
-            .map(|name| format!("outputs.{name}")),
-    );
-    changed
+    names
+        .into_iter()
+        .filter(|name| {
+            running.outputs.get(*name) != new.outputs.get(*name)
+                || then.get(*name) != now.get(*name)
+        })
+        .cloned()
+        .collect()
+}
+
+/// The content of each output's TLS files (`ca_file`, `cert_file`, `key_file`, each prefixed by
+/// its length; a file that cannot be read counts as its error text), by output name: a renewed
+/// certificate is a change of its output.
+pub(super) fn output_tls_files(config: &HostConfig) -> BTreeMap<String, Vec<u8>> {
+    let mut files = BTreeMap::new();
+    for (name, output) in &config.outputs {
+        let tls = match output {
+            OutputConfig::Tcp { tls, .. } | OutputConfig::Http { tls, .. } => tls.as_ref(),
+            _ => None,
+        };
+        let Some(tls) = tls else { continue };
+        let mut content = Vec::new();
+        for path in [&tls.ca_file, &tls.cert_file, &tls.key_file] {
+            let bytes = match path {
+                Some(path) => std::fs::read(config.resolve(path))
+                    .unwrap_or_else(|e| format!("unreadable: {e}").into_bytes()),
+                None => Vec::new(),
+            };
+            content.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
+            content.extend_from_slice(&bytes);
+        }
+        files.insert(name.clone(), content);
+    }
+    files
 }
 
 #[cfg(test)]
@@ -150,7 +236,7 @@ mod tests {
     }
 
     #[test]
-    fn what_a_reload_cannot_apply_is_named_key_by_key_and_the_detector_is_not() {
+    fn what_a_reload_refuses_is_named_with_why_and_changed_outputs_are_rebuilt() {
         let running = config(
             "input: { type: tcp, address: '127.0.0.1:6000' }\noutputs:\n  default: { type: \
              file, path: a.ndjson }\n  pager: { type: file, path: p.ndjson }\n",
@@ -160,20 +246,30 @@ mod tests {
              file, path: a.ndjson }\n  pager: { type: file, path: p.ndjson }\ndetector: { \
              rules: [elsewhere] }\nbatch: { max_events: 7 }\n",
         );
-        assert!(restart_only_changes(&running, &same_but_rules).is_empty());
+        assert!(refused(&running, &same_but_rules).is_empty());
+        let none = BTreeMap::new();
+        assert!(changed_outputs(&running, &same_but_rules, &none, &none).is_empty());
         let moved = config(
-            "input: { type: tcp, address: '127.0.0.1:6001' }\noutputs:\n  default: { type: \
-             file, path: a.ndjson }\n  siem: { type: file, path: s.ndjson }\n\
+            "input: { type: tcp, address: '127.0.0.1:6000' }\noutputs:\n  default: { type: \
+             file, path: b.ndjson }\n  siem: { type: file, path: s.ndjson }\n\
              shutdown_timeout_secs: 5\n",
         );
+        let why = refused(&running, &moved);
+        assert_eq!(why.len(), 1, "{why:?}");
+        assert!(
+            why[0].starts_with("shutdown_timeout_secs changed"),
+            "{why:?}"
+        );
         assert_eq!(
-            restart_only_changes(&running, &moved),
-            [
-                "input",
-                "shutdown_timeout_secs",
-                "outputs.pager",
-                "outputs.siem"
-            ]
+            changed_outputs(&running, &moved, &none, &none),
+            ["default", "pager", "siem"]
+        );
+        // The same configuration with a certificate file whose content changed.
+        let renewed = BTreeMap::from([("pager".to_owned(), b"new".to_vec())]);
+        let before = BTreeMap::from([("pager".to_owned(), b"old".to_vec())]);
+        assert_eq!(
+            changed_outputs(&running, &running, &before, &renewed),
+            ["pager"]
         );
     }
 }

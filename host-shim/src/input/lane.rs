@@ -102,9 +102,16 @@ pub(crate) struct Lanes {
     open: AtomicUsize,
     /// Every lane registered, so that the engine can release their readers when it ends.
     all: Mutex<Vec<std::sync::Weak<Lane>>>,
+    /// The last connection number given (the listeners a reload starts share the lanes).
+    last_id: std::sync::atomic::AtomicU64,
 }
 
 impl Lanes {
+    /// A number for a new connection, unique among the lanes' listeners.
+    pub(crate) fn next_id(&self) -> u64 {
+        self.last_id.fetch_add(1, Ordering::Relaxed) + 1
+    }
+
     /// Registers a new connection's lane.
     pub(crate) fn open(&self, id: u64) -> Arc<Lane> {
         let lane = Arc::new(Lane::new(id));

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use egresswatch_plugin_api::files::describe_type;
 
 use super::lane::{Lane, Lanes};
-use super::lines::{Ended, Shared};
+use super::lines::{Ended, Shared, Stop};
 use super::{read_lines, Feed, HoldBudget, Mode, OVERSIZE_HOLD_BYTES};
 use crate::config::InputConfig;
 use crate::output::Deadline;
@@ -81,7 +81,7 @@ impl InputStats {
 }
 
 /// A bound listener.
-pub(super) enum Listener {
+pub(crate) enum Listener {
     Tcp(TcpListener),
     Unix(UnixInput),
 }
@@ -288,28 +288,63 @@ impl Refusals {
     }
 }
 
+/// A running listener thread, as a reload sees it.
+pub(crate) struct Handle {
+    /// Stops its accepting and has its connections drain.
+    retired: Arc<AtomicBool>,
+    /// Whether its socket goes to the listener that replaces it (the same address or path).
+    hand_over: Arc<AtomicBool>,
+    /// Its connections' deadline: the run's, or `shutdown_timeout_secs` after it is retired.
+    deadline: Deadline,
+    thread: std::thread::JoinHandle<Option<(Option<Listener>, Feed)>>,
+}
+
+impl Handle {
+    /// Retires the listener (a reload replaced it): it stops accepting, and its open
+    /// connections drain as at a stop signal, until `shutdown_timeout_secs` from now at the
+    /// latest. Returns its socket when `hand_over` (the new listener takes it over: connections
+    /// waiting to be accepted are kept) and the engine's feed, once its thread has ended; `None`
+    /// when a stop signal came first.
+    pub(crate) fn retire(self, hand_over: bool) -> Option<(Option<Listener>, Feed)> {
+        self.hand_over.store(hand_over, Ordering::Relaxed);
+        self.deadline.start();
+        self.retired.store(true, Ordering::Relaxed);
+        self.thread.join().ok().flatten()
+    }
+}
+
 /// Starts the listener thread; a Unix socket file is removed at stop if it is still the one
-/// bound.
+/// bound (and not handed to a listener that replaces this one).
 pub(super) fn spawn(
     listener: Listener,
     feed: Feed,
     settings: Settings,
-    stop: Arc<AtomicBool>,
-    deadline: Deadline,
+    signal: Arc<AtomicBool>,
+    deadline: &Deadline,
     (stats, lanes): (Arc<InputStats>, Arc<Lanes>),
-) -> io::Result<()> {
+) -> io::Result<Handle> {
     match &listener {
         Listener::Tcp(l) => l.set_nonblocking(true)?,
         Listener::Unix(u) => u.listener.set_nonblocking(true)?,
     }
+    let stop = Stop {
+        signal,
+        retired: Arc::new(AtomicBool::new(false)),
+    };
+    let hand_over = Arc::new(AtomicBool::new(false));
+    let deadline = deadline.child();
+    let handle_flags = (
+        Arc::clone(&stop.retired),
+        Arc::clone(&hand_over),
+        deadline.clone(),
+    );
     let active = Arc::new(AtomicUsize::new(0));
     let budget = Arc::new(HoldBudget::new(OVERSIZE_HOLD_BYTES));
-    std::thread::Builder::new()
+    let thread = std::thread::Builder::new()
         .name("egresswatch-listener".into())
         .spawn(move || {
-            let mut next_id: u64 = 0;
             let mut refusals = Refusals { logged: None };
-            while !stop.load(Ordering::Relaxed) {
+            while !stop.is_set() {
                 let accepted = match &listener {
                     Listener::Tcp(l) => l
                         .accept()
@@ -336,21 +371,21 @@ pub(super) fn spawn(
                     refusals.note(&stats, settings.max_connections);
                     continue;
                 }
-                next_id += 1;
+                let id = lanes.next_id();
                 let started =
                     accepted
                         .into_reader(settings.tls.as_ref())
                         .and_then(|(conn, peer)| {
-                            let lane = lanes.open(next_id);
+                            let lane = lanes.open(id);
                             let reader = Reader {
-                                id: next_id,
+                                id,
                                 peer,
                                 feed: feed.for_lane(Arc::clone(&lane)),
                                 lane,
                                 lanes: Arc::clone(&lanes),
                                 max_line_bytes: settings.max_line_bytes,
                                 idle_timeout: settings.idle_timeout,
-                                stop: Arc::clone(&stop),
+                                stop: stop.clone(),
                                 deadline: deadline.clone(),
                                 budget: Arc::clone(&budget),
                                 stats: Arc::clone(&stats),
@@ -362,12 +397,23 @@ pub(super) fn spawn(
                     tracing::warn!(error = %e, "input: cannot start a connection reader");
                 }
             }
-            if let Listener::Unix(input) = &listener {
+            // Replaced by a reload (not stopped): the feed goes to the new listener, and the
+            // socket too when it listens at the same place.
+            let replaced = !stop.signal.load(Ordering::Relaxed);
+            let hand_over = replaced && hand_over.load(Ordering::Relaxed);
+            if let (Listener::Unix(input), false) = (&listener, hand_over) {
                 input.remove_socket_file();
             }
-            tracing::debug!("input listener stopped");
+            tracing::debug!(replaced, "input listener stopped");
+            replaced.then(|| (hand_over.then_some(listener), feed))
         })?;
-    Ok(())
+    let (retired, hand_over, deadline) = handle_flags;
+    Ok(Handle {
+        retired,
+        hand_over,
+        deadline,
+        thread,
+    })
 }
 
 /// An accepted connection, blocking with a read timeout.
@@ -383,7 +429,7 @@ struct Reader {
     lanes: Arc<Lanes>,
     max_line_bytes: usize,
     idle_timeout: Duration,
-    stop: Arc<AtomicBool>,
+    stop: Stop,
     deadline: Deadline,
     budget: Arc<HoldBudget>,
     stats: Arc<InputStats>,

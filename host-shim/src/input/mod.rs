@@ -179,6 +179,8 @@ pub(crate) struct Started {
     pub(crate) lanes: Option<Arc<Lanes>>,
     /// The HTTP input's server, kept until the run ends: dropping it stops the server.
     pub(crate) _server: Option<http::HttpInput>,
+    /// The `tcp` or `unix` listener's thread, for a reload that replaces it.
+    pub(crate) listener: Option<listen::Handle>,
 }
 
 /// Starts the input `config` describes, feeding `feed`; relative paths are resolved against
@@ -220,6 +222,7 @@ pub(crate) fn start(
             address,
             lanes: None,
             _server: Some(server),
+            listener: None,
         });
     }
     let mut tls = None;
@@ -236,6 +239,7 @@ pub(crate) fn start(
             .transpose()?;
     }
     let mut lanes = None;
+    let mut handle = None;
     let (wait_for_readers, address) = match (config, listen::Listener::bind(config, base_dir)?) {
         (
             InputConfig::Tcp {
@@ -258,14 +262,14 @@ pub(crate) fn start(
                 tls,
             };
             let connections = Arc::new(Lanes::default());
-            listen::spawn(
+            handle = Some(listen::spawn(
                 listener,
                 feed,
                 settings,
                 Arc::clone(stop),
-                deadline.clone(),
+                deadline,
                 (Arc::clone(&stats), Arc::clone(&connections)),
-            )?;
+            )?);
             lanes = Some(connections);
             (true, address)
         }
@@ -280,7 +284,104 @@ pub(crate) fn start(
         address,
         lanes,
         _server: None,
+        listener: handle,
     })
+}
+
+/// A reload's replacement for the running `tcp` or `unix` listener, made before anything
+/// changes: bound when it listens somewhere else (a bind error refuses the reload, the running
+/// listener untouched), or to take over the running one's socket when it listens at the same
+/// address or path; its TLS certificates read.
+pub(crate) struct Rebind {
+    /// `None`: take over the running listener's socket.
+    listener: Option<listen::Listener>,
+    settings: listen::Settings,
+}
+
+/// Prepares the listener `new` describes to replace the running `running` one (both `tcp` or
+/// `unix`; the caller refuses other changes).
+pub(crate) fn prepare_rebind(
+    running: &InputConfig,
+    new: &InputConfig,
+    base_dir: &Path,
+    max_line_bytes: usize,
+) -> io::Result<Rebind> {
+    let (max_connections, idle_timeout_secs, tls) = match new {
+        InputConfig::Tcp {
+            max_connections,
+            idle_timeout_secs,
+            tls,
+            address,
+            ..
+        } => {
+            warn_if_exposed(address, tls.as_ref());
+            (*max_connections, *idle_timeout_secs, tls.as_ref())
+        }
+        InputConfig::Unix {
+            max_connections,
+            idle_timeout_secs,
+            ..
+        } => (*max_connections, *idle_timeout_secs, None),
+        InputConfig::Stdin | InputConfig::Http { .. } => {
+            return Err(io::Error::other("only a tcp or unix input is rebound"))
+        }
+    };
+    let tls = tls
+        .map(|t| crate::tls::server_config(t, |p| base_dir.join(p), "input.tls"))
+        .transpose()?;
+    let same_place = match (running, new) {
+        (InputConfig::Tcp { address: a, .. }, InputConfig::Tcp { address: b, .. }) => a == b,
+        (InputConfig::Unix { path: a, .. }, InputConfig::Unix { path: b, .. }) => a == b,
+        _ => false,
+    };
+    let listener = if same_place {
+        None
+    } else {
+        listen::Listener::bind(new, base_dir)?
+    };
+    Ok(Rebind {
+        listener,
+        settings: listen::Settings {
+            max_line_bytes,
+            max_connections,
+            idle_timeout: Duration::from_secs(idle_timeout_secs),
+            tls,
+        },
+    })
+}
+
+/// Puts a prepared listener in place of the running one: the running one stops accepting and
+/// its open connections drain as at a stop signal (until `shutdown_timeout_secs` from now at the
+/// latest); the new one feeds the same engine, its connections ordered with theirs. Nothing
+/// happens if a stop signal came first.
+pub(crate) fn rebind(
+    started: &mut Started,
+    rebind: Rebind,
+    stop: &Arc<AtomicBool>,
+    deadline: &Deadline,
+) -> io::Result<()> {
+    let Some(running) = started.listener.take() else {
+        return Err(io::Error::other("the input has no listener to replace"));
+    };
+    let Some((taken_over, feed)) = running.retire(rebind.listener.is_none()) else {
+        return Ok(());
+    };
+    let Some(listener) = rebind.listener.or(taken_over) else {
+        return Err(io::Error::other(
+            "the running listener's socket was not handed over",
+        ));
+    };
+    let lanes = started.lanes.clone().unwrap_or_default();
+    started.address = listener.describe(rebind.settings.tls.is_some());
+    started.listener = Some(listen::spawn(
+        listener,
+        feed,
+        rebind.settings,
+        Arc::clone(stop),
+        deadline,
+        (Arc::clone(&started.stats), lanes),
+    )?);
+    Ok(())
 }
 
 /// Warns when an input listens beyond loopback without client certificates: anyone who can

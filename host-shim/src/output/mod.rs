@@ -378,7 +378,10 @@ fn open_buffer(name: &str, buffer: &BufferConfig, stats: &OutputHealth) -> io::R
 
 /// What a reload changes in the outputs: for each output added or changed, its new sink
 /// (built, files opened and certificates read, not yet started); for each one removed, `None`.
-pub(crate) struct Changes(Vec<(String, Option<(Box<dyn Sink>, BufferConfig)>)>);
+pub(crate) struct Changes(Vec<(String, Option<Built>)>);
+
+/// An output built for a reload: its sink and its buffer's settings.
+type Built = (Box<dyn Sink>, BufferConfig);
 
 impl Outputs {
     /// Builds the outputs `names` as `config` describes them (a reload's new configuration),

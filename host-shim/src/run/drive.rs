@@ -64,7 +64,7 @@ pub(super) fn drive(
             }
             Err(RecvTimeoutError::Timeout) => {
                 outputs.commit()?;
-                housekeeping.idle(engine, outputs);
+                housekeeping.idle(engine, outputs, order);
                 continue;
             }
             Err(RecvTimeoutError::Disconnected) if stopped => break Finish::Stopped,
@@ -84,7 +84,7 @@ pub(super) fn drive(
             msg => order::process(msg, engine, outputs)?,
         }
         outputs.commit()?;
-        housekeeping.after_block(engine, outputs, started.elapsed());
+        housekeeping.after_block(engine, (outputs, order), started.elapsed());
     };
     order.finish(engine, outputs)?;
     engine.close_fragment(outputs)?;

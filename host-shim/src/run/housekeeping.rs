@@ -7,6 +7,7 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use super::order::Order;
 use super::reload::{Live, Reloader};
 use crate::engine::Engine;
 use crate::input::listen::InputStats;
@@ -134,26 +135,27 @@ impl Keeper<'_> {
     pub(super) fn after_block(
         &mut self,
         engine: &mut Engine,
-        outputs: &mut Outputs,
+        (outputs, order): (&mut Outputs, &mut Order),
         took: Duration,
     ) {
         self.metrics.observe_batch(took.as_secs_f64());
-        self.reload(engine, outputs);
+        self.reload(engine, outputs, order);
         self.refresh(engine);
         self.maybe_save(engine);
     }
 
     /// While the input is quiet, every poll interval.
-    pub(super) fn idle(&mut self, engine: &mut Engine, outputs: &mut Outputs) {
-        self.reload(engine, outputs);
+    pub(super) fn idle(&mut self, engine: &mut Engine, outputs: &mut Outputs, order: &mut Order) {
+        self.reload(engine, outputs, order);
         self.refresh(engine);
         self.maybe_save(engine);
     }
 
     /// Reloads if SIGHUP arrived.
-    fn reload(&mut self, engine: &mut Engine, outputs: &mut Outputs) {
+    fn reload(&mut self, engine: &mut Engine, outputs: &mut Outputs, order: &mut Order) {
         let live = Live {
             outputs,
+            order,
             metrics: &self.metrics,
             state: self.state.as_mut(),
             state_max: &mut self.state_max,

@@ -161,8 +161,8 @@ pub fn run(
     }
 
     let deadline = Deadline::new(stop, Duration::from_secs(config.shutdown_timeout_secs));
-    // Read as the outputs are built: a reload rebuilds an output whose files changed since.
-    let tls_files = reload::output_tls_files(config);
+    // Read as the outputs and input are built: a reload rebuilds one whose files changed since.
+    let tls_files = reload::tls_files(config);
     let mut outputs = Outputs::open(config, &deadline, &metrics).context("opening outputs")?;
     let servers = match &config.metrics {
         Some(m) => Some(serve_metrics(&m.address, &metrics)?),
@@ -182,6 +182,7 @@ pub fn run(
         &deadline,
     )?;
     let input_stats = Arc::clone(&input.stats);
+    let wait_for_readers = input.wait_for_readers;
     let time_field = config
         .detector
         .get("time_field")
@@ -202,7 +203,7 @@ pub fn run(
 
     let mut keeper = Keeper {
         metrics,
-        stats: input.stats,
+        stats: Arc::clone(&input.stats),
         plugin_name: plugin_name.to_owned(),
         state: config.state.as_ref().zip(state_path).map(|(s, path)| {
             (
@@ -220,6 +221,9 @@ pub fn run(
             rebuild,
             running: config.clone(),
             tls_files,
+            input,
+            stop: Arc::clone(stop),
+            deadline: deadline.clone(),
         },
     };
     let driven = drive::drive(
@@ -229,7 +233,7 @@ pub fn run(
         &mut outputs,
         stop,
         &deadline,
-        input.wait_for_readers,
+        wait_for_readers,
         &mut keeper,
     );
     // Readers waiting for the engine's credit go on (and count what they could not hand over).
@@ -247,7 +251,7 @@ pub fn run(
             format!(
                 "input {}: {not_taken} line(s) read but not delivered (shutdown_timeout_secs \
                  passed before they were processed)",
-                input.address
+                keeper.reload.input.address
             ),
         );
     }

@@ -165,6 +165,11 @@ impl Order {
         }
     }
 
+    /// A reload's new `input.order_window_ms`.
+    pub(super) fn set_window(&mut self, window: Duration) {
+        self.window = window;
+    }
+
     /// Takes the lanes of new connections; forgets finished ones with nothing queued.
     fn sync(&mut self) {
         for lane in self.lanes.take_new() {

@@ -33,11 +33,13 @@ use std::sync::Arc;
 
 use anyhow::{bail, Context, Result};
 
-use crate::config::{HostConfig, OutputConfig};
+use super::order::Order;
+use crate::config::{ClientTls, HostConfig, InputConfig, OutputConfig};
 use crate::engine::{Engine, EnginePolicy};
+use crate::input::{self, Started};
 use crate::loader::Transform;
 use crate::metrics::Metrics;
-use crate::output::Outputs;
+use crate::output::{Deadline, Outputs};
 
 /// Builds a transform from the configuration files as they are now: what `run` does at start,
 /// with the plugin already loaded.
@@ -50,13 +52,20 @@ pub(super) struct Reloader<'a> {
     pub(super) rebuild: &'a mut Rebuild<'a>,
     /// The configuration in force.
     pub(super) running: HostConfig,
-    /// The content of each running output's TLS files, as they were read when it was built.
+    /// The content of the running input's and each output's TLS files, as they were read
+    /// when it was built ([`tls_files`]).
     pub(super) tls_files: BTreeMap<String, Vec<u8>>,
+    /// The running input.
+    pub(super) input: Started,
+    /// The run's stop flag and delivery deadline, for a new listener.
+    pub(super) stop: Arc<AtomicBool>,
+    pub(super) deadline: Deadline,
 }
 
 /// What the engine thread's housekeeping hands a reload to change.
 pub(super) struct Live<'a> {
     pub(super) outputs: &'a mut Outputs,
+    pub(super) order: &'a mut Order,
     pub(super) metrics: &'a Metrics,
     /// State file save interval and size limit, applied live.
     pub(super) state: Option<&'a mut (PathBuf, std::time::Duration, std::time::Instant)>,
@@ -118,8 +127,22 @@ impl Reloader<'_> {
             .into_result()
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("the running model state could not be carried over to the new detector")?;
-        // The outputs to rebuild, built now: one that cannot be built refuses the reload.
-        let tls_files = output_tls_files(&config);
+        // The outputs to rebuild and the listener to replace, built now: one that cannot be
+        // built (a file that cannot be opened, an address that cannot be bound) refuses the
+        // reload, and nothing running has changed.
+        let tls_files = tls_files(&config);
+        let rebind = if rebinds(&self.running, &config, &self.tls_files, &tls_files) {
+            let prepared = input::prepare_rebind(
+                &self.running.input,
+                &config.input,
+                &config.base_dir,
+                config.batch.max_line_bytes,
+            )
+            .context("the changed input could not be set up")?;
+            Some(prepared)
+        } else {
+            None
+        };
         let changed = changed_outputs(&self.running, &config, &self.tls_files, &tls_files);
         let changes = Outputs::prepare(&config, &changed, live.metrics)
             .context("a changed output could not be built")?;
@@ -130,6 +153,22 @@ impl Reloader<'_> {
         if let Err(e) = live.outputs.apply(changes, live.metrics) {
             tracing::error!("SIGHUP: {e}");
         }
+        if let Some(prepared) = rebind {
+            let before = self.input.address.clone();
+            match input::rebind(&mut self.input, prepared, &self.stop, &self.deadline) {
+                Ok(()) => {
+                    live.metrics.input_bound("input", &self.input.address);
+                    tracing::info!(from = %before, to = %self.input.address,
+                        "input replaced by the reload: the old listener's open connections \
+                         drain as at a stop, new ones go to the new listener");
+                }
+                Err(e) => tracing::error!(
+                    "SIGHUP: the input could not be replaced: {e}; no new connections are \
+                     accepted until a restart"
+                ),
+            }
+        }
+        live.order.set_window(config.input.order_window());
         if let (Some(state), Some(new)) = (live.state, &config.state) {
             state.1 = std::time::Duration::from_secs(new.interval_secs);
             *live.state_max = new.max_bytes;
@@ -146,9 +185,30 @@ impl Reloader<'_> {
     }
 }
 
+/// Whether `input` is a `tcp` or `unix` listener, which a reload can replace.
+fn is_listener(input: &InputConfig) -> bool {
+    matches!(input, InputConfig::Tcp { .. } | InputConfig::Unix { .. })
+}
+
+/// Whether a reload from `running` to `new` replaces the listener: it changed, its TLS files
+/// read differently now, or `batch.max_line_bytes` (which its readers apply) changed.
+fn rebinds(
+    running: &HostConfig,
+    new: &HostConfig,
+    then: &BTreeMap<String, Vec<u8>>,
+    now: &BTreeMap<String, Vec<u8>>,
+) -> bool {
+    is_listener(&running.input)
+        && is_listener(&new.input)
+        && (running.input != new.input
+            || then.get("input") != now.get("input")
+            || running.batch.max_line_bytes != new.batch.max_line_bytes)
+}
+
 /// The changes between `running` and `new` that a reload refuses, each naming its key and why.
 fn refused(running: &HostConfig, new: &HostConfig) -> Vec<String> {
     let state_path = |c: &HostConfig| c.state.as_ref().map(|s| s.path.clone());
+    let stdin = |c: &HostConfig| matches!(c.input, InputConfig::Stdin);
     [
         (
             running.plugin != new.plugin,
@@ -160,8 +220,14 @@ fn refused(running: &HostConfig, new: &HostConfig) -> Vec<String> {
              new path, which was never loaded",
         ),
         (
-            running.input != new.input,
-            "input changed: a reload does not rebind the input",
+            running.input != new.input && !(is_listener(&running.input) && is_listener(&new.input)),
+            "input changed: a reload replaces a tcp or unix listener with another, but does not \
+             reopen standard input or move the HTTP input's server",
+        ),
+        (
+            running.batch.max_line_bytes != new.batch.max_line_bytes && stdin(running),
+            "batch.max_line_bytes changed: standard input's reader keeps the limit it started \
+             with",
         ),
         (
             running.metrics != new.metrics,
@@ -170,10 +236,6 @@ fn refused(running: &HostConfig, new: &HostConfig) -> Vec<String> {
         (
             running.shutdown_timeout_secs != new.shutdown_timeout_secs,
             "shutdown_timeout_secs changed: the delivery deadline is set at start",
-        ),
-        (
-            running.batch.max_line_bytes != new.batch.max_line_bytes,
-            "batch.max_line_bytes changed: the input's readers keep the limit they started with",
         ),
     ]
     .into_iter()
@@ -194,26 +256,21 @@ fn changed_outputs(
     names
         .into_iter()
         .filter(|name| {
-            running.outputs.get(*name) != new.outputs.get(*name)
-                || then.get(*name) != now.get(*name)
+            let key = format!("outputs.{name}");
+            running.outputs.get(*name) != new.outputs.get(*name) || then.get(&key) != now.get(&key)
         })
         .cloned()
         .collect()
 }
 
-/// The content of each output's TLS files (`ca_file`, `cert_file`, `key_file`, each prefixed by
-/// its length; a file that cannot be read counts as its error text), by output name: a renewed
-/// certificate is a change of its output.
-pub(super) fn output_tls_files(config: &HostConfig) -> BTreeMap<String, Vec<u8>> {
-    let mut files = BTreeMap::new();
-    for (name, output) in &config.outputs {
-        let tls = match output {
-            OutputConfig::Tcp { tls, .. } | OutputConfig::Http { tls, .. } => tls.as_ref(),
-            _ => None,
-        };
-        let Some(tls) = tls else { continue };
+/// The content of the TLS files of the input (`input`: `cert_file`, `key_file`,
+/// `client_ca_file`) and of each output (`outputs.NAME`: `ca_file`, `cert_file`, `key_file`),
+/// each file prefixed by its length (one that cannot be read counts as its error text): a
+/// renewed certificate is a change of its input or output.
+pub(super) fn tls_files(config: &HostConfig) -> BTreeMap<String, Vec<u8>> {
+    let read = |paths: &[Option<&PathBuf>]| {
         let mut content = Vec::new();
-        for path in [&tls.ca_file, &tls.cert_file, &tls.key_file] {
+        for path in paths {
             let bytes = match path {
                 Some(path) => std::fs::read(config.resolve(path))
                     .unwrap_or_else(|e| format!("unreadable: {e}").into_bytes()),
@@ -222,7 +279,29 @@ pub(super) fn output_tls_files(config: &HostConfig) -> BTreeMap<String, Vec<u8>>
             content.extend_from_slice(&(bytes.len() as u64).to_le_bytes());
             content.extend_from_slice(&bytes);
         }
-        files.insert(name.clone(), content);
+        content
+    };
+    let mut files = BTreeMap::new();
+    if let InputConfig::Tcp { tls: Some(tls), .. } = &config.input {
+        let paths = [
+            Some(&tls.cert_file),
+            Some(&tls.key_file),
+            tls.client_ca_file.as_ref(),
+        ];
+        files.insert("input".to_owned(), read(&paths));
+    }
+    for (name, output) in &config.outputs {
+        let tls: Option<&ClientTls> = match output {
+            OutputConfig::Tcp { tls, .. } | OutputConfig::Http { tls, .. } => tls.as_ref(),
+            _ => None,
+        };
+        let Some(tls) = tls else { continue };
+        let paths = [
+            tls.ca_file.as_ref(),
+            tls.cert_file.as_ref(),
+            tls.key_file.as_ref(),
+        ];
+        files.insert(format!("outputs.{name}"), read(&paths));
     }
     files
 }
@@ -265,8 +344,8 @@ mod tests {
             ["default", "pager", "siem"]
         );
         // The same configuration with a certificate file whose content changed.
-        let renewed = BTreeMap::from([("pager".to_owned(), b"new".to_vec())]);
-        let before = BTreeMap::from([("pager".to_owned(), b"old".to_vec())]);
+        let renewed = BTreeMap::from([("outputs.pager".to_owned(), b"new".to_vec())]);
+        let before = BTreeMap::from([("outputs.pager".to_owned(), b"old".to_vec())]);
         assert_eq!(
             changed_outputs(&running, &running, &before, &renewed),
             ["pager"]

@@ -20,6 +20,7 @@ use crate::util::{
 };
 
 mod peers;
+mod rotate;
 
 use peers::{
     client_config, detector, handshake_failures, numbered, pki, refused, resetting_downstream,

@@ -135,7 +135,7 @@ pub(super) fn detector() -> String {
 }
 
 /// The `n` of each complete line in `bytes`, consuming them.
-fn take_lines(partial: &mut Vec<u8>, into: &mut Vec<u64>) {
+pub(super) fn take_lines(partial: &mut Vec<u8>, into: &mut Vec<u64>) {
     while let Some(nl) = partial.iter().position(|&b| b == b'\n') {
         let line: Vec<u8> = partial.drain(..=nl).collect();
         let v: serde_json::Value = serde_json::from_slice(&line).unwrap();

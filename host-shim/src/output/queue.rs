@@ -13,7 +13,7 @@
 //! on disk, not when delivered: the disk holds it from then on.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -49,7 +49,8 @@ pub(crate) struct Deadline(Arc<DeadlineInner>);
 struct DeadlineInner {
     at: OnceLock<Instant>,
     stop: Option<Arc<AtomicBool>>,
-    timeout: Duration,
+    /// Milliseconds from the start of the countdown (a child uses its parent's).
+    timeout_ms: AtomicU64,
     /// A child's deadline is also its parent's, when that comes first.
     parent: Option<Deadline>,
 }
@@ -60,26 +61,44 @@ impl Deadline {
         Deadline(Arc::new(DeadlineInner {
             at: OnceLock::new(),
             stop: Some(Arc::clone(stop)),
-            timeout,
+            timeout_ms: AtomicU64::new(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
             parent: None,
         }))
     }
 
-    /// A deadline of the same timeout that passes when this one does, or earlier: `timeout`
+    /// A deadline of the same timeout that passes when this one does, or earlier: the timeout
     /// after its own [`Deadline::start`] (what a reload gives an output or input it replaces to
     /// finish what it holds).
     pub(crate) fn child(&self) -> Self {
         Deadline(Arc::new(DeadlineInner {
             at: OnceLock::new(),
             stop: None,
-            timeout: self.0.timeout,
+            timeout_ms: AtomicU64::new(0),
             parent: Some(self.clone()),
         }))
     }
 
+    /// A new timeout for a countdown not yet started (a reload's `shutdown_timeout_secs`).
+    pub(crate) fn set_timeout(&self, timeout: Duration) {
+        let ms = u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX);
+        self.0.timeout_ms.store(ms, Ordering::Relaxed);
+    }
+
+    /// The time from the start of the countdown to the deadline.
+    fn timeout(&self) -> Duration {
+        match &self.0.parent {
+            Some(parent) => parent.timeout(),
+            None => Duration::from_millis(self.0.timeout_ms.load(Ordering::Relaxed)),
+        }
+    }
+
     /// Starts the countdown now, unless it has started.
     pub(crate) fn start(&self) {
-        let _ = self.0.at.get_or_init(|| Instant::now() + self.0.timeout);
+        let _ = self.0.at.get_or_init(|| {
+            Instant::now()
+                .checked_add(self.timeout())
+                .unwrap_or_else(far_future)
+        });
     }
 
     /// When delivery ends, once the countdown has started.
@@ -106,6 +125,11 @@ impl Deadline {
     pub(crate) fn passed(&self) -> bool {
         self.at().is_some_and(|at| Instant::now() >= at)
     }
+}
+
+/// An instant no deadline reaches (a timeout too large to add).
+fn far_future() -> Instant {
+    Instant::now() + Duration::from_secs(100 * 365 * 24 * 3600)
 }
 
 /// What [`Queue::push`] did with a batch.

@@ -169,6 +169,8 @@ impl Reloader<'_> {
             }
         }
         live.order.set_window(config.input.order_window());
+        self.deadline
+            .set_timeout(std::time::Duration::from_secs(config.shutdown_timeout_secs));
         if let (Some(state), Some(new)) = (live.state, &config.state) {
             state.1 = std::time::Duration::from_secs(new.interval_secs);
             *live.state_max = new.max_bytes;
@@ -232,10 +234,6 @@ fn refused(running: &HostConfig, new: &HostConfig) -> Vec<String> {
         (
             running.metrics != new.metrics,
             "metrics changed: a reload does not move the metrics endpoint",
-        ),
-        (
-            running.shutdown_timeout_secs != new.shutdown_timeout_secs,
-            "shutdown_timeout_secs changed: the delivery deadline is set at start",
         ),
     ]
     .into_iter()
@@ -333,12 +331,16 @@ mod tests {
              file, path: b.ndjson }\n  siem: { type: file, path: s.ndjson }\n\
              shutdown_timeout_secs: 5\n",
         );
-        let why = refused(&running, &moved);
-        assert_eq!(why.len(), 1, "{why:?}");
-        assert!(
-            why[0].starts_with("shutdown_timeout_secs changed"),
-            "{why:?}"
+        assert!(refused(&running, &moved).is_empty());
+        let elsewhere = config(
+            "input: { type: stdin }\noutputs:\n  default: { type: file, path: a.ndjson }\n\
+             metrics: { address: '127.0.0.1:9' }\nplugin: other.so\n",
         );
+        let why = refused(&running, &elsewhere);
+        assert_eq!(why.len(), 3, "{why:?}");
+        for (why, key) in why.iter().zip(["plugin", "input", "metrics"]) {
+            assert!(why.starts_with(&format!("{key} changed: ")), "{why}");
+        }
         assert_eq!(
             changed_outputs(&running, &moved, &none, &none),
             ["default", "pager", "siem"]

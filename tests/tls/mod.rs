@@ -472,3 +472,59 @@ fn a_client_dribbling_its_handshake_is_refused_at_the_handshake_limit() {
     egw.terminate();
     assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
 }
+
+#[test]
+fn a_tcp_output_checks_the_peer_certificate_against_tls_server_name() {
+    let dir = temp_dir("tls-server-name");
+    // The peer's certificate names only `siem.example`; it is reached at 127.0.0.1.
+    let pki = peers::pki_for(&dir, &["siem.example"]);
+    let (down_port, received, handshakes) = tls_downstream(server_config(&pki));
+    let input = free_address();
+    let settings = |server_name: &str| {
+        format!(
+            "input: {{ type: tcp, address: '{input}' }}\nshutdown_timeout_secs: 1\n\
+             outputs:\n  default:\n    type: tcp\n    address: '127.0.0.1:{down_port}'\n    \
+             tls: {{ ca_file: ca.pem, cert_file: client.pem, key_file: client.key{server_name} \
+             }}\n{}",
+            detector()
+        )
+    };
+    // Without `server_name` the certificate is checked against the address's host, and refused.
+    let config = write(&dir, "c.yaml", settings(""));
+    let mut egw = Running::start(&dir, &config);
+    let mut conn = crate::util::connect_when_ready(&input);
+    conn.write_all(&numbered(0, 10)).unwrap();
+    drop(conn);
+    assert!(
+        wait_until(WAIT, || egw.stderr().contains("invalid peer certificate")),
+        "{}",
+        egw.stderr()
+    );
+    assert!(egw.stderr().contains("for `127.0.0.1`"), "{}", egw.stderr());
+    egw.terminate();
+    assert!(!egw.wait(EXIT).success(), "{}", egw.stderr());
+    assert_eq!(handshakes.load(Ordering::Relaxed), 0);
+    // With it, the same peer is accepted.
+    let config = write(&dir, "c.yaml", settings(", server_name: siem.example"));
+    let mut egw = Running::start(&dir, &config);
+    let mut conn = crate::util::connect_when_ready(&input);
+    conn.write_all(&numbered(0, 100)).unwrap();
+    drop(conn);
+    assert!(
+        wait_until(WAIT, || received.lock().unwrap().len() == 100),
+        "{}",
+        egw.stderr()
+    );
+    egw.terminate();
+    assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
+    assert_eq!(handshakes.load(Ordering::Relaxed), 1);
+    // A name that cannot be one is refused when the configuration is checked.
+    let bad = write(&dir, "bad.yaml", settings(", server_name: 'not a name!'"));
+    let checked = crate::util::run(&["validate", "--config", bad.to_str().unwrap()], b"");
+    assert!(!checked.status.success());
+    assert!(
+        crate::util::stderr(&checked).contains("outputs.default.tls.server_name: `not a name!`"),
+        "{}",
+        crate::util::stderr(&checked)
+    );
+}

@@ -36,6 +36,11 @@ fn authority() -> (rcgen::CertifiedIssuer<'static, rcgen::KeyPair>, String) {
 }
 
 pub(super) fn pki(dir: &Path) -> Pki {
+    pki_for(dir, &["localhost", "127.0.0.1"])
+}
+
+/// [`pki`] with a server certificate for `server_names` only.
+pub(super) fn pki_for(dir: &Path, server_names: &[&str]) -> Pki {
     let (ca, ca_pem) = authority();
     let (_, other_pem) = authority();
     let leaf = |names: Vec<String>| {
@@ -46,7 +51,7 @@ pub(super) fn pki(dir: &Path) -> Pki {
             .unwrap();
         (cert.pem(), key.serialize_pem())
     };
-    let (server_cert, server_key) = leaf(vec!["localhost".into(), "127.0.0.1".into()]);
+    let (server_cert, server_key) = leaf(server_names.iter().map(|&n| n.to_owned()).collect());
     let (client_cert, client_key) = leaf(vec!["sender.example".into()]);
     write(dir, "other-ca.pem", other_pem);
     Pki {

@@ -451,6 +451,13 @@ impl HostConfig {
                             "outputs.{name}.tls: set, but the url is not https://"
                         ));
                     }
+                    if tls.as_ref().is_some_and(|t| t.server_name.is_some()) {
+                        problems.push(format!(
+                            "outputs.{name}.tls.server_name: not supported on an http output: \
+                             its certificate is checked against the url's host, so write the \
+                             name the certificate carries in the url"
+                        ));
+                    }
                     check_client_tls(&mut problems, name, tls.as_ref());
                     if *request_timeout_secs == 0 {
                         problems.push(format!(

@@ -18,6 +18,11 @@ pub struct ClientTls {
     /// The client certificate's private key (PEM).
     #[serde(default)]
     pub key_file: Option<PathBuf>,
+    /// The name the server's certificate must carry, and the one sent in SNI, when it is not
+    /// the address's host (an IP address, or another name); Vector's `tls.server_name`. TCP
+    /// outputs only: an HTTP output checks the URL's host.
+    #[serde(default)]
+    pub server_name: Option<String>,
 }
 
 /// One named output.
@@ -202,6 +207,13 @@ pub(super) fn check_client_tls(problems: &mut Vec<String>, name: &str, tls: Opti
     for (key, path) in paths {
         if path.as_ref().is_some_and(|p| p.as_os_str().is_empty()) {
             problems.push(format!("outputs.{name}.tls.{key}: must not be empty"));
+        }
+    }
+    if let Some(server_name) = &tls.server_name {
+        if let Err(e) = rustls::pki_types::ServerName::try_from(server_name.as_str()) {
+            problems.push(format!(
+                "outputs.{name}.tls.server_name: `{server_name}` cannot be a TLS server name: {e}"
+            ));
         }
     }
 }

@@ -135,18 +135,25 @@ fn tcp_tls_blocks_are_checked_like_the_http_ones() {
         "input: {type: tcp, address: '0.0.0.0:9000', tls: {cert_file: c, key_file: '', client_ca_file: ca}}\n\
          outputs:\n  a: {type: tcp, address: 'vector:6000', tls: {key_file: k}}\n  \
          b: {type: tcp, address: 'vector:6000', tls: {ca_file: ''}}\n  \
-         c: {type: tcp, address: 'vector:6000', tls: {ca_file: ca, cert_file: c, key_file: k}}\n",
+         c: {type: tcp, address: 'vector:6000', tls: {ca_file: ca, cert_file: c, key_file: k}}\n  \
+         d: {type: tcp, address: '10.0.0.9:6000', tls: {server_name: siem.example}}\n  \
+         e: {type: http, url: 'https://10.0.0.9/', tls: {server_name: siem.example}}\n",
         false,
     )
     .unwrap();
     let problems = config.problems();
+    assert_eq!(problems.len(), 4, "{problems:?}");
     assert_eq!(
-        problems,
+        problems[..3],
         [
             "input.tls.key_file: must not be empty",
             "outputs.a.tls: cert_file and key_file go together",
             "outputs.b.tls.ca_file: must not be empty",
         ],
+    );
+    assert!(
+        problems[3].starts_with("outputs.e.tls.server_name: not supported on an http output"),
+        "{problems:?}"
     );
     let unknown = HostConfig::parse(
         "input: {type: tcp, address: '127.0.0.1:9000', tls: {cert_file: c, key_file: k, verify: no}}",

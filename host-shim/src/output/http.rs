@@ -332,6 +332,7 @@ mod tls_tests {
                 ca_file: Some(ca.clone()),
                 cert_file: cert.then(|| client_cert.clone()),
                 key_file: cert.then(|| client_key.clone()),
+                server_name: None,
             };
             let tls = crate::tls::client(&tls, Path::to_owned, "outputs.t.tls").unwrap();
             HttpSink::new("t", &url, Duration::from_secs(10), Some(tls), stats.clone())

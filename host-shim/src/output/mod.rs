@@ -521,7 +521,7 @@ fn sink(
 }
 
 /// The TLS client of TCP output `name`: its certificates read now, so that a bad file is an
-/// error at start; the server name is the address's host.
+/// error at start; the server name is `tls.server_name`, else the address's host.
 fn tcp_tls(
     config: &HostConfig,
     name: &str,
@@ -530,12 +530,14 @@ fn tcp_tls(
 ) -> io::Result<tls_stream::TlsClient> {
     let prefix = format!("outputs.{name}.tls");
     let (client, trust) = crate::tls::tcp_client(tls, |p| config.resolve(p), &prefix)?;
-    let server_name = tls_stream::server_name(address).map_err(|e| {
-        io::Error::new(
-            io::ErrorKind::InvalidInput,
-            format!("outputs.{name}.address: {e}"),
-        )
-    })?;
+    let server_name = match &tls.server_name {
+        Some(server_name) => rustls::pki_types::ServerName::try_from(server_name.clone())
+            .map_err(|e| format!("{prefix}.server_name: `{server_name}` {e}")),
+        None => {
+            tls_stream::server_name(address).map_err(|e| format!("outputs.{name}.address: {e}"))
+        }
+    }
+    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
     Ok(tls_stream::TlsClient {
         config: client,
         server_name,

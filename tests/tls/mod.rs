@@ -528,3 +528,55 @@ fn a_tcp_output_checks_the_peer_certificate_against_tls_server_name() {
         crate::util::stderr(&checked)
     );
 }
+
+#[test]
+fn a_tcp_output_handshake_with_a_peer_that_never_answers_ends_at_the_shutdown_deadline() {
+    let dir = temp_dir("tls-silent-peer");
+    pki(&dir);
+    // A peer that accepts connections and never says anything (kept open until the test ends).
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = silent.local_addr().unwrap().port();
+    let held = std::thread::spawn(move || {
+        let mut open = Vec::new();
+        for sock in silent.incoming().take(4) {
+            open.push(sock);
+        }
+        open
+    });
+    let (input, metrics) = (free_address(), free_address());
+    let config = write(
+        &dir,
+        "c.yaml",
+        format!(
+            "input: {{ type: tcp, address: '{input}' }}\nshutdown_timeout_secs: 1\n\
+             metrics: {{ address: '{metrics}' }}\n\
+             outputs:\n  default:\n    type: tcp\n    address: 'localhost:{port}'\n    \
+             tls: {{ ca_file: ca.pem }}\n{}",
+            detector()
+        ),
+    );
+    let mut egw = Running::start(&dir, &config);
+    let mut conn = crate::util::connect_when_ready(&input);
+    conn.write_all(&numbered(0, 10)).unwrap();
+    drop(conn);
+    // The lines are read before the stop (a stop before the connection is accepted resets it).
+    assert!(
+        wait_until(WAIT, || figure(
+            &http_get(&metrics, "/metrics"),
+            "egresswatch_events_in_total"
+        ) == Some(10.0)),
+        "the 10 lines were not read"
+    );
+    egw.terminate();
+    let status = egw.wait(EXIT);
+    let err = egw.stderr();
+    assert!(!status.success(), "{err}");
+    // It gave up because the deadline passed during the handshake, not at the handshake's own
+    // 10 s limit.
+    assert!(
+        err.contains("TLS handshake: the delivery deadline passed before the server answered"),
+        "{err}"
+    );
+    assert!(!err.contains("no answer from the server"), "{err}");
+    drop(held);
+}

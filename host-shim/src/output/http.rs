@@ -118,7 +118,7 @@ impl Sink for HttpSink {
         Ok(())
     }
 
-    fn probe(&mut self) {
+    fn probe(&mut self, _deadline: &Deadline) {
         // Whether the peer listens, before the first batch (a request would need a batch).
         let Some(address) = authority(&self.url) else {
             return;

@@ -205,7 +205,8 @@ impl std::fmt::Display for Target {
 }
 
 impl Target {
-    fn connect(&self) -> io::Result<Conn> {
+    /// Connects; a TLS handshake gives up when `deadline` passes.
+    fn connect(&self, deadline: &Deadline) -> io::Result<Conn> {
         let conn = match self {
             Target::Tcp { address, tls } => {
                 let mut last = None;
@@ -228,7 +229,7 @@ impl Target {
                 s.set_write_timeout(Some(WRITE_TIMEOUT))?;
                 match tls {
                     None => Conn::Tcp(s),
-                    Some(tls) => Conn::Tls(Box::new(TlsStream::connect(tls, s)?)),
+                    Some(tls) => Conn::Tls(Box::new(TlsStream::connect(tls, s, deadline)?)),
                 }
             }
             Target::Unix(path) => {
@@ -351,7 +352,7 @@ impl Sink for SocketSink {
         if self.conn.is_none() {
             let conn = self
                 .target
-                .connect()
+                .connect(deadline)
                 .map_err(|e| SinkError::Retry(format!("connecting to {}: {e}", self.target)))?;
             if self.ever_connected {
                 self.stats.reconnected();
@@ -376,8 +377,8 @@ impl Sink for SocketSink {
         written
     }
 
-    fn probe(&mut self) {
-        match self.target.connect() {
+    fn probe(&mut self, deadline: &Deadline) {
+        match self.target.connect(deadline) {
             Ok(conn) => {
                 self.ever_connected = true;
                 self.conn = Some(conn);

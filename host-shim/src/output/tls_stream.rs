@@ -21,6 +21,8 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 
+use super::queue::Deadline;
+
 /// Plaintext encrypted at a time: one TLS record's worth (rustls's largest fragment).
 const CHUNK_PLAINTEXT: usize = 16 * 1024;
 
@@ -119,9 +121,14 @@ pub(crate) struct TlsStream {
 }
 
 impl TlsStream {
-    /// Completes a TLS handshake on `sock` (which has its write timeout set). A failure says
+    /// Completes a TLS handshake on `sock` (which has its write timeout set), giving up after
+    /// [`HANDSHAKE_TIMEOUT`] or when `deadline` passes, whichever comes first. A failure says
     /// what the certificate was checked against.
-    pub(crate) fn connect(client: &TlsClient, sock: TcpStream) -> io::Result<TlsStream> {
+    pub(crate) fn connect(
+        client: &TlsClient,
+        sock: TcpStream,
+        deadline: &Deadline,
+    ) -> io::Result<TlsStream> {
         let mut tls =
             rustls::ClientConnection::new(Arc::clone(&client.config), client.server_name.clone())
                 .map_err(io::Error::other)?;
@@ -132,6 +139,13 @@ impl TlsStream {
             match tls.complete_io(&mut sock) {
                 Ok(_) => {}
                 Err(e) if must_wait(&e) => {
+                    if deadline.passed() {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            "TLS handshake: the delivery deadline passed before the server \
+                             answered",
+                        ));
+                    }
                     if started.elapsed() >= HANDSHAKE_TIMEOUT {
                         return Err(io::Error::new(
                             io::ErrorKind::TimedOut,

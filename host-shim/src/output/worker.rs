@@ -61,8 +61,9 @@ pub(crate) trait Sink: Send {
     }
 
     /// Called once when the output starts, so that its health is known before the first
-    /// event (a socket output tries to connect). Sinks that need nothing are up.
-    fn probe(&mut self) {}
+    /// event (a socket output tries to connect, giving up at `deadline`). Sinks that need
+    /// nothing are up.
+    fn probe(&mut self, _deadline: &Deadline) {}
 
     /// Lines written but not known to have reached the peer, lost if the output gives up now.
     fn outstanding_lines(&self) -> u64 {
@@ -169,7 +170,7 @@ struct Worker {
 
 impl Worker {
     fn run(&mut self) -> Outcome {
-        self.sink.probe();
+        self.sink.probe(&self.deadline);
         loop {
             match self.queue.pop_timeout(IDLE_POLL) {
                 Popped::Batch(mut batch) => {

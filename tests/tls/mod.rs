@@ -580,3 +580,60 @@ fn a_tcp_output_handshake_with_a_peer_that_never_answers_ends_at_the_shutdown_de
     assert!(!err.contains("no answer from the server"), "{err}");
     drop(held);
 }
+
+#[test]
+fn an_https_client_that_never_finishes_its_handshake_is_closed_at_idle_timeout_secs() {
+    let dir = temp_dir("tls-https-stalled");
+    let pki = pki(&dir);
+    let (input, metrics) = (free_address(), free_address());
+    let config = write(
+        &dir,
+        "c.yaml",
+        format!(
+            "metrics: {{ address: '{metrics}' }}\n\
+             input:\n  type: http\n  address: '{input}'\n  idle_timeout_secs: 1\n  \
+             tls: {{ cert_file: server.pem, key_file: server.key }}\n\
+             outputs: {{ default: {{ type: file, path: out.ndjson }} }}\n{}",
+            detector()
+        ),
+    );
+    let mut egw = Running::start(&dir, &config);
+    let mut stalled = crate::util::connect_when_ready(&input);
+    // Half a ClientHello's worth of nothing: the client connects and never finishes.
+    stalled.write_all(&[0x16, 0x03, 0x01]).unwrap();
+    // Closed at 1 s; the 30 s default would keep it open past this read's 20 s timeout.
+    stalled
+        .set_read_timeout(Some(Duration::from_secs(20)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    let closed = match stalled.read(&mut buf) {
+        Ok(0) => true,
+        Ok(_) => false,
+        Err(e) => !crate::util::timed_out(&e),
+    };
+    assert!(
+        closed,
+        "the stalled handshake was not ended\n{}",
+        egw.stderr()
+    );
+    assert!(
+        wait_until(WAIT, || handshake_failures(&metrics) == Some(1.0)),
+        "{:?}\n{}",
+        handshake_failures(&metrics),
+        egw.stderr()
+    );
+    // A client that completes its handshake is served meanwhile.
+    let mut good = tls_sender(&input, client_config(&pki, false));
+    good.write_all(
+        b"POST / HTTP/1.1\r\nHost: x\r\nContent-Type: application/x-ndjson\r\n\
+          Content-Length: 8\r\nConnection: close\r\n\r\n{\"n\":1}\n",
+    )
+    .unwrap();
+    good.flush().unwrap();
+    let mut answer = String::new();
+    let _ = good.read_to_string(&mut answer);
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    egw.terminate();
+    assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
+    assert_eq!(count_lines(&dir.join("out.ndjson")), 1);
+}

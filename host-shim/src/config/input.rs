@@ -65,6 +65,11 @@ pub enum InputConfig {
         /// (the sender sends it again; what was delivered meanwhile repeats).
         #[serde(default = "default_ack_timeout")]
         ack_timeout_secs: u64,
+        /// A connection that sends nothing for this long is closed: the time a client has to
+        /// finish its TLS handshake and send a request's headers, and how long a kept-alive
+        /// connection may sit idle.
+        #[serde(default = "default_http_idle_timeout")]
+        idle_timeout_secs: u64,
         /// Serve HTTPS, optionally requiring client certificates.
         #[serde(default)]
         tls: Option<ServerTls>,
@@ -99,6 +104,10 @@ fn default_ack_timeout() -> u64 {
 
 fn default_idle_timeout() -> u64 {
     300
+}
+
+fn default_http_idle_timeout() -> u64 {
+    30
 }
 
 fn default_order_window_ms() -> u64 {

@@ -396,12 +396,16 @@ impl HostConfig {
                 max_connections,
                 max_body_bytes,
                 ack_timeout_secs,
+                idle_timeout_secs,
                 tls,
             } => {
                 if let Err(e) = check_address(address) {
                     problems.push(format!("input.address: `{address}` {e}"));
                 }
                 check_server_tls(&mut problems, tls.as_ref());
+                if *idle_timeout_secs == 0 {
+                    problems.push("input.idle_timeout_secs: must be at least 1".to_owned());
+                }
                 if *max_connections == 0 {
                     problems.push("input.max_connections: must be at least 1".to_owned());
                 }

@@ -64,6 +64,8 @@ pub(crate) struct Settings {
     pub(crate) max_body_bytes: usize,
     /// How long a request waits for its lines to be delivered.
     pub(crate) ack_timeout: Duration,
+    /// `idle_timeout_secs`: the time to finish the TLS handshake and send a request's headers.
+    pub(crate) idle_timeout: Duration,
     /// HTTPS, when configured.
     pub(crate) tls: Option<TlsAccept>,
     /// Where its connections and answers are counted.
@@ -143,7 +145,7 @@ pub(crate) fn start(
     };
     let limits = Limits {
         max_connections: settings.max_connections,
-        ..Limits::default()
+        header_read_timeout: settings.idle_timeout,
     };
     let stats = Arc::clone(&settings.stats);
     let served = match &settings.tls {

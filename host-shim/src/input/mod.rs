@@ -199,6 +199,7 @@ pub(crate) fn start(
         max_connections,
         max_body_bytes,
         ack_timeout_secs,
+        idle_timeout_secs,
         tls,
     } = config
     {
@@ -212,6 +213,7 @@ pub(crate) fn start(
             max_connections: *max_connections,
             max_body_bytes: *max_body_bytes,
             ack_timeout: std::time::Duration::from_secs(*ack_timeout_secs),
+            idle_timeout: std::time::Duration::from_secs(*idle_timeout_secs),
             tls,
             stats: Arc::clone(&stats),
         };

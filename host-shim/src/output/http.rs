@@ -319,6 +319,7 @@ mod tls_tests {
             max_connections: 4,
             max_body_bytes: 1 << 20,
             ack_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(30),
             tls: Some(accept),
             stats: Arc::default(),
         };

@@ -578,3 +578,58 @@ fn sighup_with_an_output_that_cannot_be_built_is_refused_and_the_old_one_goes_on
     egw.terminate();
     assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
 }
+
+#[test]
+fn sighup_replacing_a_down_output_hands_what_it_held_to_the_new_one() {
+    let dir = temp_dir("reload-output-down");
+    // Nobody listens at the first address: the output holds its lines and retries.
+    let down = free_address();
+    let (up, received) = downstream();
+    let (input, metrics) = (free_address(), free_address());
+    let settings = |peer: &str| {
+        format!(
+            "input: {{ type: tcp, address: '{input}' }}\nmetrics: {{ address: '{metrics}' }}\n\
+             outputs: {{ default: {{ type: tcp, address: '{peer}' }} }}\n{}",
+            detector_as_shipped()
+        )
+    };
+    let config = write(&dir, "c.yaml", settings(&down));
+    let mut egw = Running::start(&dir, &config);
+    let mut conn = connect_when_ready(&input);
+    conn.write_all(&numbered(0, 1000)).unwrap();
+    assert!(
+        wait_until(EXIT, || figure(
+            &http_get(&metrics, "/metrics"),
+            "egresswatch_events_in_total"
+        ) == Some(1000.0)),
+        "{}",
+        egw.stderr()
+    );
+    write(&dir, "c.yaml", settings(&up));
+    egw.signal("HUP");
+    assert!(
+        wait_until(EXIT, || egw.stderr().contains("configuration reloaded")),
+        "{}",
+        egw.stderr()
+    );
+    conn.write_all(&numbered(1000, 2000)).unwrap();
+    drop(conn);
+    assert!(
+        wait_until(EXIT, || all_of(&received).len() == 2000),
+        "{} of 2000 lines arrived\n{}",
+        all_of(&received).len(),
+        egw.stderr()
+    );
+    egw.terminate();
+    assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
+    assert!(
+        all_of(&received).into_iter().eq(0..2000),
+        "lines lost, repeated or out of order"
+    );
+    // The batch the old output was retrying went to the new one.
+    assert!(
+        egw.stderr().contains("its replacement delivers them first"),
+        "{}",
+        egw.stderr()
+    );
+}

@@ -427,13 +427,17 @@ impl Outputs {
         for (name, change) in changes.0 {
             let mut after = None;
             let mut carried = 0;
+            let mut held = Vec::new();
             if let Some(mut old) = self.outputs.remove(&name) {
-                old.queue.close();
                 old.deadline.start();
                 if change.is_some() {
+                    // What it has not started goes to the replacement; what it fails to
+                    // deliver from now on too.
+                    held = old.queue.retire();
                     after = old.worker.take();
                     carried = old.refused;
                 } else {
+                    old.queue.close();
                     self.retired.push((name.clone(), old));
                 }
             }
@@ -448,6 +452,7 @@ impl Outputs {
             self.start_after(&name, sink, &buffer, stats, after)?;
             if let Some(output) = self.outputs.get_mut(&name) {
                 output.refused = carried;
+                output.queue.put_front(held);
             }
         }
         committed

@@ -174,6 +174,9 @@ struct Inner {
     lines: u64,
     /// On disk: whether an append failed since the last one that worked (logged once).
     append_failing: bool,
+    /// A reload replaced the output: its delivery thread hands what it cannot deliver to the
+    /// replacement instead of retrying.
+    retired: bool,
 }
 
 /// A bounded FIFO of batches, one per output.
@@ -407,6 +410,46 @@ impl Queue {
         if let Some(disk) = &self.disk {
             disk.close();
         }
+    }
+
+    /// A reload replaces the output: takes the batches its delivery thread has not started
+    /// (they go to the replacement, first), and closes the queue; from now on the thread hands
+    /// a batch it fails to deliver to the replacement ([`Queue::retired`]).
+    /// (A disk buffer is only closed: a reload does not replace an output that has one.)
+    pub(crate) fn retire(&self) -> Vec<Batch> {
+        if self.disk.is_some() {
+            self.close();
+            return Vec::new();
+        }
+        let mut inner = self.lock();
+        inner.closed = true;
+        inner.retired = true;
+        inner.bytes = 0;
+        let taken: Vec<Batch> = inner.items.drain(..).collect();
+        for batch in &taken {
+            self.settled(batch);
+        }
+        self.not_empty.notify_all();
+        self.not_full.notify_all();
+        taken
+    }
+
+    /// Whether a reload replaced the output.
+    pub(crate) fn retired(&self) -> bool {
+        self.lock().retired
+    }
+
+    /// Puts `batches` before everything queued, whatever the bound: what the output this one
+    /// replaces held.
+    pub(crate) fn put_front(&self, batches: Vec<Batch>) {
+        let mut inner = self.lock();
+        for batch in batches.into_iter().rev() {
+            inner.bytes += batch.data.len() as u64;
+            self.stats
+                .pending(true, batch.data.len() as u64, batch.lines);
+            inner.items.push_front(batch);
+        }
+        self.not_empty.notify_all();
     }
 
     /// The output failed for good, with `in_hand` lines taken and not delivered: further pushes

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::queue::{Deadline, Popped, Queue};
+use super::queue::{Batch, Deadline, Popped, Queue};
 use crate::ack::Ack;
 use crate::metrics::OutputHealth;
 
@@ -81,6 +81,8 @@ pub(crate) struct Outcome {
     pub(crate) undelivered: u64,
     /// Why, when some were not delivered.
     pub(crate) error: Option<String>,
+    /// Replaced by a reload: the batch it could not deliver, for its replacement to deliver.
+    handed_over: Vec<Batch>,
 }
 
 impl Outcome {
@@ -94,6 +96,7 @@ impl Outcome {
         Outcome {
             undelivered: self.undelivered + later.undelivered,
             error,
+            handed_over: later.handed_over,
         }
     }
 }
@@ -141,7 +144,16 @@ fn spawn_thread(
     std::thread::Builder::new()
         .name(format!("egresswatch-out-{name}"))
         .spawn(move || {
-            let before = after.map(|h| h.join().unwrap_or_default());
+            let mut before = after.map(|h| h.join().unwrap_or_default());
+            if let Some(held) = before.as_mut().map(|b| std::mem::take(&mut b.handed_over)) {
+                if !held.is_empty() {
+                    let lines: u64 = held.iter().map(|b| b.lines).sum();
+                    tracing::info!(output = %name, lines,
+                        "the output the reload replaced could not deliver these lines; its \
+                         replacement delivers them first");
+                    queue.put_front(held);
+                }
+            }
             let mut worker = Worker {
                 name,
                 sink,
@@ -182,7 +194,10 @@ impl Worker {
                         batch.acks.drain(..).for_each(Ack::delivered);
                     }
                     self.queue.settled(&batch);
-                    if let Err(outcome) = delivered {
+                    if let Err(mut outcome) = delivered {
+                        if self.queue.retired() {
+                            outcome.handed_over.push(batch);
+                        }
                         return outcome;
                     }
                 }
@@ -213,6 +228,7 @@ impl Worker {
                                 "{}: not acknowledged by the peer by the delivery deadline",
                                 self.sink.describe()
                             )),
+                            handed_over: Vec::new(),
                         },
                         Err(outcome) => outcome,
                     };
@@ -247,6 +263,21 @@ impl Worker {
                 Err(e) => {
                     failures += 1;
                     self.stats.failed(e.message());
+                    if self.queue.retired() {
+                        // Replaced by a reload: what it cannot deliver goes to the replacement
+                        // (the batch in hand, by the caller); what it wrote and the peer may
+                        // not have is lost.
+                        let reason = format!("{}: {}", self.sink.describe(), e.message());
+                        let undelivered = self.sink.outstanding_lines();
+                        tracing::warn!(output = %self.name, error = %reason,
+                            "output replaced by a reload and failing: it stops, and its \
+                             replacement delivers what it held");
+                        return Err(Outcome {
+                            undelivered,
+                            error: (undelivered > 0).then_some(reason),
+                            handed_over: Vec::new(),
+                        });
+                    }
                     if matches!(e, SinkError::Fatal(_)) || self.deadline.passed() {
                         let reason = format!("{}: {}", self.sink.describe(), e.message());
                         let undelivered =
@@ -256,6 +287,7 @@ impl Worker {
                         return Err(Outcome {
                             undelivered,
                             error: Some(reason),
+                            handed_over: Vec::new(),
                         });
                     }
                     if failures == 1 {

@@ -479,10 +479,11 @@ fn a_tcp_output_checks_the_peer_certificate_against_tls_server_name() {
     // The peer's certificate names only `siem.example`; it is reached at 127.0.0.1.
     let pki = peers::pki_for(&dir, &["siem.example"]);
     let (down_port, received, handshakes) = tls_downstream(server_config(&pki));
-    let input = free_address();
+    let (input, metrics) = (free_address(), free_address());
     let settings = |server_name: &str| {
         format!(
             "input: {{ type: tcp, address: '{input}' }}\nshutdown_timeout_secs: 1\n\
+             metrics: {{ address: '{metrics}' }}\n\
              outputs:\n  default:\n    type: tcp\n    address: '127.0.0.1:{down_port}'\n    \
              tls: {{ ca_file: ca.pem, cert_file: client.pem, key_file: client.key{server_name} \
              }}\n{}",
@@ -501,6 +502,14 @@ fn a_tcp_output_checks_the_peer_certificate_against_tls_server_name() {
         egw.stderr()
     );
     assert!(egw.stderr().contains("for `127.0.0.1`"), "{}", egw.stderr());
+    // The lines are read before the stop (a stop before the connection is accepted resets it).
+    assert!(
+        wait_until(WAIT, || figure(
+            &http_get(&metrics, "/metrics"),
+            "egresswatch_events_in_total"
+        ) == Some(10.0)),
+        "the 10 lines were not read"
+    );
     egw.terminate();
     assert!(!egw.wait(EXIT).success(), "{}", egw.stderr());
     assert_eq!(handshakes.load(Ordering::Relaxed), 0);

@@ -34,7 +34,7 @@ use std::sync::Arc;
 use anyhow::{bail, Context, Result};
 
 use super::order::Order;
-use crate::config::{ClientTls, HostConfig, InputConfig, OutputConfig};
+use crate::config::{BufferKind, ClientTls, HostConfig, InputConfig, OutputConfig};
 use crate::engine::{Engine, EnginePolicy};
 use crate::input::{self, Started};
 use crate::loader::Transform;
@@ -131,6 +131,16 @@ impl Reloader<'_> {
         // built (a file that cannot be opened, an address that cannot be bound) refuses the
         // reload, and nothing running has changed.
         let tls_files = tls_files(&config);
+        let changed = changed_outputs(&self.running, &config, &self.tls_files, &tls_files);
+        let on_disk = on_disk(&self.running, &config, &changed);
+        if !on_disk.is_empty() {
+            bail!(
+                "{} changed: an output with a disk buffer is not replaced by a reload (its \
+                 folder stays locked by the running output until it has finished); restart \
+                 egresswatch to apply the new configuration",
+                on_disk.join(", ")
+            );
+        }
         let rebind = if rebinds(&self.running, &config, &self.tls_files, &tls_files) {
             let prepared = input::prepare_rebind(
                 &self.running.input,
@@ -143,7 +153,6 @@ impl Reloader<'_> {
         } else {
             None
         };
-        let changed = changed_outputs(&self.running, &config, &self.tls_files, &tls_files);
         let changes = Outputs::prepare(&config, &changed, live.metrics)
             .context("a changed output could not be built")?;
         // From here on nothing is refused.
@@ -185,6 +194,20 @@ impl Reloader<'_> {
         self.tls_files = tls_files;
         Ok(())
     }
+}
+
+/// The outputs among `changed` with a disk buffer before or after, as `outputs.NAME`.
+fn on_disk(running: &HostConfig, new: &HostConfig, changed: &[String]) -> Vec<String> {
+    changed
+        .iter()
+        .filter(|name| {
+            [running.outputs.get(*name), new.outputs.get(*name)]
+                .into_iter()
+                .flatten()
+                .any(|o| o.buffer().kind == BufferKind::Disk)
+        })
+        .map(|name| format!("outputs.{name}"))
+        .collect()
 }
 
 /// Whether `input` is a `tcp` or `unix` listener, which a reload can replace.
@@ -345,6 +368,15 @@ mod tests {
             changed_outputs(&running, &moved, &none, &none),
             ["default", "pager", "siem"]
         );
+        // An output with a disk buffer, before or after, is not replaced live.
+        let disk = config(
+            "input: { type: tcp, address: '127.0.0.1:6000' }\noutputs:\n  default: { type: \
+             file, path: a.ndjson, buffer: { type: disk, path: buf } }\n  pager: { type: \
+             file, path: p.ndjson }\n",
+        );
+        let changed = changed_outputs(&running, &disk, &none, &none);
+        assert_eq!(on_disk(&running, &disk, &changed), ["outputs.default"]);
+        assert!(on_disk(&running, &moved, &["pager".to_owned()]).is_empty());
         // The same configuration with a certificate file whose content changed.
         let renewed = BTreeMap::from([("outputs.pager".to_owned(), b"new".to_vec())]);
         let before = BTreeMap::from([("outputs.pager".to_owned(), b"old".to_vec())]);

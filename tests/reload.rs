@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use crate::util::{
     connect_when_ready, count_lines, figure, free_address, http_get, run, stderr, temp_dir,
-    wait_until, workspace, write, Running,
+    wait_until, wait_until_read, workspace, write, Running,
 };
 
 const EXIT: Duration = Duration::from_secs(60);
@@ -169,12 +169,7 @@ fn sighup_changing_one_jobs_definition_restarts_that_job_and_the_other_keeps_its
         "c.yaml",
         format!("{settings}{}", detector_country_job_changed()),
     );
-    egw.signal("HUP");
-    assert!(
-        wait_until(EXIT, || egw.stderr().contains("configuration reloaded")),
-        "{}",
-        egw.stderr()
-    );
+    reload(&egw, "configuration reloaded");
     assert!(egw.stderr().contains(COUNTRY_RESTARTS), "{}", egw.stderr());
     assert!(
         !egw.stderr()
@@ -273,12 +268,7 @@ fn sighup_moving_the_input_binds_the_new_address_and_drains_the_old_connections(
     conn.write_all(&numbered(0, 100)).unwrap();
     assert!(wait_until(EXIT, || count_lines(&output) == 100));
     write(&dir, "c.yaml", settings(&new_address));
-    egw.signal("HUP");
-    assert!(
-        wait_until(EXIT, || egw.stderr().contains("configuration reloaded")),
-        "{}",
-        egw.stderr()
-    );
+    reload(&egw, "configuration reloaded");
     assert!(
         egw.stderr().contains("input replaced by the reload"),
         "{}",
@@ -336,15 +326,7 @@ fn sighup_moving_the_input_to_an_address_in_use_is_refused_and_the_old_one_goes_
     assert!(wait_until(EXIT, || count_lines(&output) == 100));
     // Another output too: the reload is refused whole, that one is not started either.
     write(&dir, "c.yaml", settings(&taken_address, "elsewhere.ndjson"));
-    egw.signal("HUP");
-    assert!(
-        wait_until(EXIT, || egw
-            .stderr()
-            .contains("the new configuration is refused")),
-        "{}",
-        egw.stderr()
-    );
-    let log = egw.stderr();
+    let log = reload(&egw, "the new configuration is refused");
     assert!(
         log.contains("the changed input could not be set up: input.address: cannot listen on"),
         "{log}"
@@ -388,12 +370,7 @@ fn sighup_reopens_a_file_output_that_log_rotation_renamed() {
     assert!(wait_until(EXIT, || count_lines(&output) == 100));
     // What logrotate does in its default `create` mode: rename, then SIGHUP from postrotate.
     std::fs::rename(&output, &rotated).unwrap();
-    egw.signal("HUP");
-    assert!(
-        wait_until(EXIT, || egw.stderr().contains("configuration reloaded")),
-        "{}",
-        egw.stderr()
-    );
+    reload(&egw, "configuration reloaded");
     conn.write_all(&lines[100..250].concat()).unwrap();
     drop(conn);
     assert!(
@@ -419,6 +396,18 @@ fn sighup_reopens_a_file_output_that_log_rotation_renamed() {
             assert_eq!(got.trim_ascii_end(), sent.trim_ascii_end());
         }
     }
+}
+
+/// Sends SIGHUP and waits until the log says `said` (`configuration reloaded`, `the new
+/// configuration is refused`); returns the log.
+fn reload(egw: &Running, said: &str) -> String {
+    egw.signal("HUP");
+    assert!(
+        wait_until(EXIT, || egw.stderr().contains(said)),
+        "{}",
+        egw.stderr()
+    );
+    egw.stderr()
 }
 
 /// Lines `{"n":N}` for N in `from..to`.
@@ -553,15 +542,7 @@ fn sighup_with_an_output_that_cannot_be_built_is_refused_and_the_old_one_goes_on
     assert!(wait_until(EXIT, || count_lines(&output) == 100));
     // A folder that does not exist: the file cannot be opened.
     write(&dir, "c.yaml", settings("missing/out.ndjson"));
-    egw.signal("HUP");
-    assert!(
-        wait_until(EXIT, || egw
-            .stderr()
-            .contains("the new configuration is refused")),
-        "{}",
-        egw.stderr()
-    );
-    let log = egw.stderr();
+    let log = reload(&egw, "the new configuration is refused");
     assert!(
         log.contains("a changed output could not be built: output default: cannot open"),
         "{log}"
@@ -597,21 +578,9 @@ fn sighup_replacing_a_down_output_hands_what_it_held_to_the_new_one() {
     let mut egw = Running::start(&dir, &config);
     let mut conn = connect_when_ready(&input);
     conn.write_all(&numbered(0, 1000)).unwrap();
-    assert!(
-        wait_until(EXIT, || figure(
-            &http_get(&metrics, "/metrics"),
-            "egresswatch_events_in_total"
-        ) == Some(1000.0)),
-        "{}",
-        egw.stderr()
-    );
+    assert!(wait_until_read(&metrics, 1000), "{}", egw.stderr());
     write(&dir, "c.yaml", settings(&up));
-    egw.signal("HUP");
-    assert!(
-        wait_until(EXIT, || egw.stderr().contains("configuration reloaded")),
-        "{}",
-        egw.stderr()
-    );
+    reload(&egw, "configuration reloaded");
     conn.write_all(&numbered(1000, 2000)).unwrap();
     drop(conn);
     assert!(

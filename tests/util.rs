@@ -290,3 +290,15 @@ pub fn tally(connections: &[Vec<u64>], total: u64) -> (u64, usize) {
     assert!(distinct.iter().all(|&n| n < total), "a line out of range");
     (total - distinct.len() as u64, all.len() - distinct.len())
 }
+
+/// Waits (up to 60 s) until the engine behind the metrics endpoint at `metrics` has read
+/// `lines` lines (`egresswatch_events_in_total`); whether it did. A stop signal sent before
+/// the input accepted a connection resets it, so tests that stop early wait for this first.
+pub fn wait_until_read(metrics: &str, lines: u64) -> bool {
+    wait_until(std::time::Duration::from_secs(60), || {
+        figure(
+            &http_get(metrics, "/metrics"),
+            "egresswatch_events_in_total",
+        ) == Some(lines as f64)
+    })
+}

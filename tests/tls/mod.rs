@@ -16,7 +16,7 @@ use std::time::Duration;
 use rustls::pki_types::ServerName;
 
 use crate::util::{
-    count_lines, figure, free_address, http_get, temp_dir, wait_until, write, Running,
+    count_lines, free_address, temp_dir, wait_until, wait_until_read, write, Running,
 };
 
 mod peers;
@@ -242,13 +242,7 @@ fn a_tcp_output_refuses_a_peer_whose_certificate_its_ca_file_does_not_trust() {
         egw.stderr()
     );
     // The lines are read before the stop (a stop before the connection is accepted resets it).
-    assert!(
-        wait_until(WAIT, || figure(
-            &http_get(&metrics, "/metrics"),
-            "egresswatch_events_in_total"
-        ) == Some(10.0)),
-        "the 10 lines were not read"
-    );
+    assert!(wait_until_read(&metrics, 10), "the 10 lines were not read");
     egw.terminate();
     let status = egw.wait(EXIT);
     let err = egw.stderr();
@@ -503,13 +497,7 @@ fn a_tcp_output_checks_the_peer_certificate_against_tls_server_name() {
     );
     assert!(egw.stderr().contains("for `127.0.0.1`"), "{}", egw.stderr());
     // The lines are read before the stop (a stop before the connection is accepted resets it).
-    assert!(
-        wait_until(WAIT, || figure(
-            &http_get(&metrics, "/metrics"),
-            "egresswatch_events_in_total"
-        ) == Some(10.0)),
-        "the 10 lines were not read"
-    );
+    assert!(wait_until_read(&metrics, 10), "the 10 lines were not read");
     egw.terminate();
     assert!(!egw.wait(EXIT).success(), "{}", egw.stderr());
     assert_eq!(handshakes.load(Ordering::Relaxed), 0);
@@ -569,13 +557,7 @@ fn a_tcp_output_handshake_with_a_peer_that_never_answers_ends_at_the_shutdown_de
     conn.write_all(&numbered(0, 10)).unwrap();
     drop(conn);
     // The lines are read before the stop (a stop before the connection is accepted resets it).
-    assert!(
-        wait_until(WAIT, || figure(
-            &http_get(&metrics, "/metrics"),
-            "egresswatch_events_in_total"
-        ) == Some(10.0)),
-        "the 10 lines were not read"
-    );
+    assert!(wait_until_read(&metrics, 10), "the 10 lines were not read");
     egw.terminate();
     let status = egw.wait(EXIT);
     let err = egw.stderr();

@@ -602,3 +602,34 @@ fn sighup_replacing_a_down_output_hands_what_it_held_to_the_new_one() {
         egw.stderr()
     );
 }
+
+#[test]
+fn sighup_moving_the_metrics_endpoint_serves_it_at_the_new_address() {
+    let dir = temp_dir("reload-metrics");
+    let input = free_address();
+    let (old, new) = (free_address(), free_address());
+    let settings = |metrics: &str| {
+        format!(
+            "input: {{ type: tcp, address: '{input}' }}\nmetrics: {{ address: '{metrics}' }}\n\
+             outputs: {{ default: {{ type: file, path: out.ndjson }} }}\n{}",
+            detector_as_shipped()
+        )
+    };
+    let config = write(&dir, "c.yaml", settings(&old));
+    let mut egw = Running::start(&dir, &config);
+    let mut conn = connect_when_ready(&input);
+    conn.write_all(&numbered(0, 10)).unwrap();
+    assert!(wait_until_read(&old, 10), "{}", egw.stderr());
+    write(&dir, "c.yaml", settings(&new));
+    reload(&egw, "configuration reloaded");
+    // The same counters, at the new address; the old one is gone.
+    conn.write_all(&numbered(10, 20)).unwrap();
+    drop(conn);
+    assert!(wait_until_read(&new, 20), "{}", egw.stderr());
+    assert!(
+        wait_until(EXIT, || http_get(&old, "/metrics").is_empty()),
+        "the old endpoint still answers"
+    );
+    egw.terminate();
+    assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
+}

@@ -224,6 +224,7 @@ pub fn run(
             input,
             stop: Arc::clone(stop),
             deadline: deadline.clone(),
+            metrics_server: servers,
         },
     };
     let driven = drive::drive(
@@ -255,7 +256,7 @@ pub fn run(
             ),
         );
     }
-    if let Some((servers, _)) = servers {
+    if let Some((servers, _)) = keeper.reload.metrics_server.take() {
         servers.shutdown();
     }
     // Save what was learned even when delivery failed: processing is done either way.
@@ -300,7 +301,7 @@ fn unprocessed_lines(rx: Receiver<Msg>, stats: &InputStats, deadline: &Deadline)
 
 /// Starts the HTTP runtime and the metrics endpoint on `address`; the bind happens (or fails)
 /// before this returns. Returns the servers and the endpoint's URL.
-fn serve_metrics(address: &str, metrics: &Metrics) -> Result<(Servers, String)> {
+pub(super) fn serve_metrics(address: &str, metrics: &Metrics) -> Result<(Servers, String)> {
     let servers = Servers::start().context("starting the HTTP runtime")?;
     // A host name is resolved here, once.
     let parsed = std::net::ToSocketAddrs::to_socket_addrs(address)

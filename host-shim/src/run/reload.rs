@@ -17,14 +17,16 @@
 //! reload), then the old one's buffer is closed and it delivers what it holds until its own
 //! deadline (`shutdown_timeout_secs`), while the new one takes the lines from then on and
 //! delivers them once the old one has finished, so nothing is lost between them and each
-//! output's order is kept ([`Outputs::apply`]). Whether or not the reload is taken, every file
+//! output's order is kept ([`Outputs::apply`]). A `tcp` or `unix` listener that changed (or
+//! whose TLS files did) is replaced ([`input::rebind`]), and a metrics endpoint at a new address
+//! is bound before the old one stops. Whether or not the reload is taken, every file
 //! output reopens its path before its next batch (log rotation: logrotate renames the file,
 //! then sends SIGHUP).
 //!
 //! What a reload refuses, naming the key and why (the running configuration goes on; a restart
 //! applies it): `plugin` (a loaded library cannot be unloaded safely), `state.path` (the running
-//! models would be written over whatever is at the new path, never loaded), `metrics`,
-//! `shutdown_timeout_secs`, `batch.max_line_bytes` and `input` (see [`refused`]).
+//! models would be written over whatever is at the new path, never loaded), standard input or
+//! the HTTP input, and outputs with a disk buffer (see [`refused`]).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -36,6 +38,7 @@ use anyhow::{bail, Context, Result};
 use super::order::Order;
 use crate::config::{BufferKind, ClientTls, HostConfig, InputConfig, OutputConfig};
 use crate::engine::{Engine, EnginePolicy};
+use crate::http::Servers;
 use crate::input::{self, Started};
 use crate::loader::Transform;
 use crate::metrics::Metrics;
@@ -60,6 +63,8 @@ pub(super) struct Reloader<'a> {
     /// The run's stop flag and delivery deadline, for a new listener.
     pub(super) stop: Arc<AtomicBool>,
     pub(super) deadline: Deadline,
+    /// The metrics endpoint and its URL, when configured.
+    pub(super) metrics_server: Option<(Servers, String)>,
 }
 
 /// What the engine thread's housekeeping hands a reload to change.
@@ -155,6 +160,16 @@ impl Reloader<'_> {
         };
         let changes = Outputs::prepare(&config, &changed, live.metrics)
             .context("a changed output could not be built")?;
+        // A metrics endpoint at a new address is bound now too.
+        let address = |c: &HostConfig| c.metrics.as_ref().map(|m| m.address.clone());
+        let moved_metrics = address(&self.running) != address(&config);
+        let new_metrics = match (&config.metrics, moved_metrics) {
+            (Some(m), true) => Some(
+                super::serve_metrics(&m.address, live.metrics)
+                    .context("the new metrics endpoint could not be started")?,
+            ),
+            _ => None,
+        };
         // From here on nothing is refused.
         if let Ok(warnings) = transform.warnings().into_result() {
             warnings.iter().for_each(|w| tracing::warn!("{w}"));
@@ -175,6 +190,20 @@ impl Reloader<'_> {
                     "SIGHUP: the input could not be replaced: {e}; no new connections are \
                      accepted until a restart"
                 ),
+            }
+        }
+        if moved_metrics {
+            let old = std::mem::replace(&mut self.metrics_server, new_metrics);
+            let now = self
+                .metrics_server
+                .as_ref()
+                .map_or("off", |(_, url)| url.as_str());
+            tracing::info!(metrics = %now, "metrics endpoint moved by the reload");
+            // The old endpoint answers what it is serving, then stops, off the engine thread.
+            if let Some((servers, _)) = old {
+                let _ = std::thread::Builder::new()
+                    .name("egresswatch-metrics-stop".into())
+                    .spawn(move || servers.shutdown());
             }
         }
         live.order.set_window(config.input.order_window());
@@ -253,10 +282,6 @@ fn refused(running: &HostConfig, new: &HostConfig) -> Vec<String> {
             running.batch.max_line_bytes != new.batch.max_line_bytes && stdin(running),
             "batch.max_line_bytes changed: standard input's reader keeps the limit it started \
              with",
-        ),
-        (
-            running.metrics != new.metrics,
-            "metrics changed: a reload does not move the metrics endpoint",
         ),
     ]
     .into_iter()
@@ -360,8 +385,8 @@ mod tests {
              metrics: { address: '127.0.0.1:9' }\nplugin: other.so\n",
         );
         let why = refused(&running, &elsewhere);
-        assert_eq!(why.len(), 3, "{why:?}");
-        for (why, key) in why.iter().zip(["plugin", "input", "metrics"]) {
+        assert_eq!(why.len(), 2, "{why:?}");
+        for (why, key) in why.iter().zip(["plugin", "input"]) {
             assert!(why.starts_with(&format!("{key} changed: ")), "{why}");
         }
         assert_eq!(

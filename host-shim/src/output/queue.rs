@@ -487,6 +487,42 @@ mod tests {
     }
 
     #[test]
+    fn a_retired_queue_gives_up_what_was_not_started_and_its_replacement_puts_it_first() {
+        let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+        let (old, new) = (
+            Queue::new(100, stats.clone()),
+            Queue::new(10, stats.clone()),
+        );
+        let none = Deadline::default();
+        for n in [1, 2, 3] {
+            old.push(batch(n), WhenFull::Block, &none).unwrap();
+        }
+        // The delivery thread has the first in hand.
+        let Popped::Batch(in_hand) = old.pop_timeout(Duration::ZERO) else {
+            panic!("queued")
+        };
+        assert!(!old.retired());
+        let held = old.retire();
+        assert!(old.retired());
+        assert_eq!(
+            held.iter().map(|b| b.data.len()).collect::<Vec<_>>(),
+            [2, 3]
+        );
+        assert!(matches!(old.pop_timeout(Duration::ZERO), Popped::Closed));
+        // Lines pushed since the reload are behind what the old queue held, then what the old
+        // thread hands back goes before both, whatever the bound (10 bytes here).
+        new.push(batch(4), WhenFull::Block, &none).unwrap();
+        new.put_front(held);
+        new.put_front(vec![in_hand]);
+        let order: Vec<usize> = std::iter::from_fn(|| match new.pop_timeout(Duration::ZERO) {
+            Popped::Batch(b) => Some(b.data.len()),
+            _ => None,
+        })
+        .collect();
+        assert_eq!(order, [1, 2, 3, 4]);
+    }
+
+    #[test]
     fn full_buffers_block_or_drop_by_policy_and_an_oversize_batch_passes_alone() {
         let stats = crate::metrics::Metrics::new(Default::default()).output("t");
         let q = Queue::new(10, stats.clone());

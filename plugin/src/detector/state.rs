@@ -120,7 +120,8 @@ impl Detector {
     pub fn save_state(&self) -> Result<Vec<u8>, PluginError> {
         let mut jobs = Vec::with_capacity(self.jobs.len());
         for job in &self.jobs {
-            let model = job.model.save().map_err(|e| {
+            let mut model = Vec::new();
+            job.model.save(&mut model).map_err(|e| {
                 PluginError::new(ErrorKind::State, format!("saving job {}: {e}", job.def.id))
             })?;
             jobs.push(SavedJob {

@@ -632,8 +632,8 @@ impl Model for HighSum {
         }
     }
 
-    fn save(&self) -> Result<Vec<u8>, ModelError> {
-        encode_state(Kind::HighSum, &self.state)
+    fn save(&self, out: &mut dyn std::io::Write) -> Result<(), ModelError> {
+        encode_state(Kind::HighSum, &self.state, out)
     }
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), ModelError> {

@@ -301,8 +301,11 @@ pub trait Model: Send {
     fn observe(&mut self, obs: &Observation<'_>) -> Option<Scored>;
     /// Learning progress, sizes and counters.
     fn status(&self) -> ModelStatus;
-    /// The full state as bytes (postcard), to persist or ship.
-    fn save(&self) -> Result<Vec<u8>, ModelError>;
+    /// Writes the full state (postcard) into `out`, to persist or ship, without building it
+    /// in memory first: a save adds a buffer's worth to the heap, not the state's size. What is
+    /// written is what [`Model::load`] reads back. A failing `out` ends the save with an error;
+    /// what was written before it is then incomplete.
+    fn save(&self, out: &mut dyn std::io::Write) -> Result<(), ModelError>;
     /// Replaces the state with saved bytes. On error the current state is kept.
     fn load(&mut self, bytes: &[u8]) -> Result<(), ModelError>;
 }

@@ -534,8 +534,8 @@ impl Model for Rare {
         }
     }
 
-    fn save(&self) -> Result<Vec<u8>, ModelError> {
-        encode_state(Kind::Rare, &self.state)
+    fn save(&self, out: &mut dyn std::io::Write) -> Result<(), ModelError> {
+        encode_state(Kind::Rare, &self.state, out)
     }
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), ModelError> {

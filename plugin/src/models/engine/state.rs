@@ -1,5 +1,7 @@
 //! Versioned state encoding (postcard), and the checks of a loaded state's values.
 
+use std::io::{BufWriter, Write};
+
 use serde::{Deserialize, Serialize};
 
 use super::hash::KeyMap;
@@ -31,11 +33,18 @@ pub enum Kind {
     HighSum = 2,
 }
 
-/// Encodes a state behind a `(version, kind)` header.
-pub fn encode_state<T: Serialize>(kind: Kind, state: &T) -> Result<Vec<u8>, ModelError> {
-    let mut out = postcard::to_allocvec(&(STATE_VERSION, kind as u8))?;
-    out.extend_from_slice(&postcard::to_allocvec(state)?);
-    Ok(out)
+/// Encodes a state behind a `(version, kind)` header into `out`, through a 64 KiB buffer (postcard
+/// writes a byte at a time; the buffer turns that into few calls of `out`).
+pub fn encode_state<T: Serialize>(
+    kind: Kind,
+    state: &T,
+    out: &mut dyn Write,
+) -> Result<(), ModelError> {
+    let mut out = BufWriter::with_capacity(1 << 16, out);
+    postcard::to_io(&(STATE_VERSION, kind as u8), &mut out)?;
+    postcard::to_io(state, &mut out)?;
+    // postcard flushes at the end of each value; a failure there is its `SerializeBufferFull`.
+    Ok(())
 }
 
 /// Decodes a state written by [`encode_state`], checking the header first.

@@ -200,7 +200,8 @@ fn save_load_round_trip_gives_identical_scores() {
     let mut m = HighSumConfig::default().build().unwrap();
     let mut rng = Lcg(3);
     baseline(&mut m, &mut rng, 0..22);
-    let bytes = m.save().unwrap();
+    let mut bytes = Vec::new();
+    m.save(&mut bytes).unwrap();
     let mut restored = HighSumConfig::default().build().unwrap();
     restored.load(&bytes).unwrap();
     for (b, d, v) in [
@@ -298,7 +299,8 @@ fn a_crafted_state_is_refused_field_by_field() {
     with_newcomers(&mut m, &mut rng, 0..22);
     let good = m.state.clone();
     let refused = |field: &str, state: HighSumState| {
-        let bytes = encode_state(Kind::HighSum, &state).unwrap();
+        let mut bytes = Vec::new();
+        encode_state(Kind::HighSum, &state, &mut bytes).unwrap();
         let mut fresh = HighSumConfig::default().build().unwrap();
         let err = fresh.load(&bytes).expect_err(field);
         assert!(err.to_string().contains(field), "{field}: {err}");

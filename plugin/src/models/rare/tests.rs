@@ -296,7 +296,8 @@ fn save_load_round_trip_gives_identical_scores() {
     let mut m = RareConfig::default().build().unwrap();
     baseline(&mut m, 0..2 * DAY);
     see(&mut m, 2 * DAY - 1, "Chile");
-    let bytes = m.save().unwrap();
+    let mut bytes = Vec::new();
+    m.save(&mut bytes).unwrap();
     let mut restored = RareConfig::default().build().unwrap();
     restored.load(&bytes).unwrap();
     for (b, v) in [
@@ -392,7 +393,8 @@ fn a_crafted_state_is_refused_field_by_field() {
     baseline(&mut m, 0..30);
     let good: RareState = m.state.clone();
     let refused = |field: &str, state: RareState| {
-        let bytes = encode_state(Kind::Rare, &state).unwrap();
+        let mut bytes = Vec::new();
+        encode_state(Kind::Rare, &state, &mut bytes).unwrap();
         let mut fresh = RareConfig::default().build().unwrap();
         let err = fresh.load(&bytes).expect_err(field);
         assert!(err.to_string().contains(field), "{field}: {err}");

@@ -30,6 +30,7 @@ use egresswatch_common::names::fields::{
 
 mod jobs;
 mod metrics;
+mod saved;
 mod scoring;
 mod state;
 #[cfg(test)]
@@ -42,8 +43,10 @@ pub use state::LoadReport;
 /// Events read with none qualifying for any job before the detector says so, once.
 const NO_QUALIFYING_WARNING_AFTER: u64 = 10_000;
 
-/// Version of the saved-state envelope written by [`Detector::save_state`].
-pub const STATE_FORMAT_VERSION: u32 = 3;
+/// Version of the saved-state layout written by [`Detector::save_state_to`] (4: the models
+/// first, their sizes in an index at the end, so that a save streams; a state of version 3 is
+/// refused and the models relearn).
+pub const STATE_FORMAT_VERSION: u32 = 4;
 
 /// The detector: rules, jobs with their models, enrichment, and counters.
 pub struct Detector {

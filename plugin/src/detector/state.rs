@@ -8,35 +8,20 @@
 //! each job is returned ([`LoadReport`]) and said in the detector's warnings, so the host logs
 //! which job restarted and why. A state that cannot be read (another format, a damaged model of
 //! a job whose definition matches) is refused whole and nothing changes.
+//!
+//! Saving streams: each model writes its bytes into the output as they are encoded (the layout
+//! is [`super::saved`]'s), so a save never holds the state in memory.
+
+use std::io::Write;
 
 use egresswatch_plugin_api::{ErrorKind, PluginError};
-use serde::{Deserialize, Serialize};
 
 use super::jobs::build_model;
+use super::saved::{self, JobToSave, SavedAlerts};
 use super::{ActiveJob, Detector, STATE_FORMAT_VERSION};
 use crate::catalog::{format_bucket_span, JobDef};
 use crate::models::Model;
 use crate::suppression::{Episodes, SavedEpisodes};
-
-/// Saved state: one opaque model per job, keyed by job id and saved with the job's definition
-/// so that a changed rule set keeps what still applies; and each rule's open alert episodes,
-/// keyed by job and rule id, so that a restart does not raise a second alert for an episode
-/// already alerted.
-#[derive(Serialize, Deserialize)]
-pub(super) struct SavedState {
-    pub(super) format: u32,
-    pub(super) jobs: Vec<SavedJob>,
-    pub(super) alerts: Vec<(String, String, SavedEpisodes)>,
-}
-
-/// One job's model as saved.
-#[derive(Serialize, Deserialize)]
-pub(super) struct SavedJob {
-    pub(super) id: String,
-    /// The job's [`definition`] when the model was saved.
-    pub(super) definition: Vec<(String, String)>,
-    pub(super) model: Vec<u8>,
-}
 
 /// What loading a state did, job by job (`new` in the order of the configured jobs, the other
 /// lists in the order of the saved state).
@@ -116,21 +101,38 @@ pub(super) fn changes(saved: &[(String, String)], now: &[(String, String)]) -> S
 }
 
 impl Detector {
-    /// Serialises every job's model state and definition, with a format version.
+    /// Every job's model state and definition, with a format version, in memory (see
+    /// [`Detector::save_state_to`], which writes the same bytes without holding them).
     pub fn save_state(&self) -> Result<Vec<u8>, PluginError> {
-        let mut jobs = Vec::with_capacity(self.jobs.len());
-        for job in &self.jobs {
-            let mut model = Vec::new();
-            job.model.save(&mut model).map_err(|e| {
-                PluginError::new(ErrorKind::State, format!("saving job {}: {e}", job.def.id))
-            })?;
-            jobs.push(SavedJob {
-                id: job.def.id.clone(),
+        let mut out = Vec::new();
+        self.save_state_to(&mut out)?;
+        Ok(out)
+    }
+
+    /// Writes every job's model state and definition, with a format version, into `out` as it
+    /// is encoded (the layout: [`super::saved`]): the save adds a model's 64 KiB buffer
+    /// and the index (ids, definitions, open episodes) to the heap, not the state's size. An
+    /// error of `out` ends the save, with its message.
+    pub fn save_state_to(&self, out: &mut dyn Write) -> Result<(), PluginError> {
+        let models: Vec<_> = self
+            .jobs
+            .iter()
+            .map(|job| {
+                let model = &*job.model;
+                move |out: &mut dyn Write| model.save(out)
+            })
+            .collect();
+        let jobs: Vec<JobToSave<'_>> = self
+            .jobs
+            .iter()
+            .zip(&models)
+            .map(|(job, model)| JobToSave {
+                id: &job.def.id,
                 definition: definition(&job.def),
                 model,
-            });
-        }
-        let alerts = self
+            })
+            .collect();
+        let alerts: SavedAlerts = self
             .jobs
             .iter()
             .flat_map(|job| {
@@ -140,12 +142,7 @@ impl Detector {
                 })
             })
             .collect();
-        postcard::to_allocvec(&SavedState {
-            format: STATE_FORMAT_VERSION,
-            jobs,
-            alerts,
-        })
-        .map_err(|e| PluginError::new(ErrorKind::State, format!("encoding state: {e}")))
+        saved::write(out, STATE_FORMAT_VERSION, &jobs, &alerts)
     }
 
     /// Replaces the model state with one saved by [`Detector::save_state`], job by job (see
@@ -182,17 +179,7 @@ impl Detector {
     /// loaded is unreadable.
     pub fn restore_state(&mut self, state: &[u8]) -> Result<LoadReport, PluginError> {
         let refuse = |message: String| PluginError::new(ErrorKind::State, message);
-        // The version first, so that another format is named as such, not as garbage.
-        let (format, _) = postcard::take_from_bytes::<u32>(state)
-            .map_err(|e| refuse(format!("decoding state: {e}")))?;
-        if format != STATE_FORMAT_VERSION {
-            return Err(refuse(format!(
-                "state format {format} is not supported (this plugin reads \
-                 {STATE_FORMAT_VERSION})"
-            )));
-        }
-        let saved: SavedState =
-            postcard::from_bytes(state).map_err(|e| refuse(format!("decoding state: {e}")))?;
+        let saved = saved::read(state).map_err(refuse)?;
         let mut report = LoadReport::default();
         // Decode everything first into fresh models, so that a bad part changes nothing.
         let mut models: Vec<Option<Box<dyn Model>>> = (0..self.jobs.len()).map(|_| None).collect();
@@ -209,7 +196,7 @@ impl Detector {
             let mut model = self.fresh_model(active)?;
             if job.definition == now {
                 model
-                    .load(&job.model)
+                    .load(job.model)
                     .map_err(|e| refuse(format!("job {}: {e}", job.id)))?;
                 report.kept.push(job.id);
             } else {

@@ -4,7 +4,8 @@
 use super::bytes::bytes_baseline;
 use super::*;
 use crate::catalog::JobCatalog;
-use crate::detector::state::{changes, definition, SavedState};
+use crate::detector::saved::{read, rewrite};
+use crate::detector::state::{changes, definition};
 
 const COUNTRY_JOB: &str = "rare_destination_country";
 const BYTES_JOB: &str = "ded_high_sent_bytes_destination_ip_ea";
@@ -167,20 +168,19 @@ fn jobs_no_rule_uses_are_dropped_and_jobs_new_to_the_state_start_learning() {
 fn a_damaged_model_or_another_format_is_refused_and_changes_nothing() {
     let mut d = trained();
     let saved = d.save_state().unwrap();
-    let mut state: SavedState = postcard::from_bytes(&saved).unwrap();
+    let mut state = read(&saved).unwrap();
     let bytes_job = state.jobs.iter_mut().find(|j| j.id == BYTES_JOB).unwrap();
-    bytes_job.model.truncate(bytes_job.model.len() / 2);
-    let damaged = postcard::to_allocvec(&state).unwrap();
+    bytes_job.model = &bytes_job.model[..bytes_job.model.len() / 2];
+    let damaged = rewrite(&state, STATE_FORMAT_VERSION);
     let err = d.load_state(&damaged).unwrap_err();
     assert_eq!(err.kind(), Some(ErrorKind::State));
     assert!(err.message.contains(BYTES_JOB), "{}", err.message);
 
-    state.format = 2;
-    let older = postcard::to_allocvec(&state).unwrap();
+    let older = rewrite(&state, 3);
     let err = d.load_state(&older).unwrap_err();
     assert!(
         err.message
-            .contains("state format 2 is not supported (this plugin reads 3)"),
+            .contains("state format 3 is not supported (this plugin reads 4)"),
         "{}",
         err.message
     );
@@ -218,4 +218,54 @@ fn a_change_is_described_key_by_key() {
         "by_field_name a -> (none); new (absent) -> y; old x -> (absent)"
     );
     assert_eq!(changes(&now, &now), "");
+}
+
+/// A writer that takes `left` bytes, then fails as a full disk would.
+struct FailsAfter {
+    left: usize,
+    taken: Vec<u8>,
+}
+
+impl std::io::Write for FailsAfter {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.left == 0 {
+            return Err(std::io::Error::other("disk full (test)"));
+        }
+        let n = buf.len().min(self.left);
+        self.taken.extend_from_slice(&buf[..n]);
+        self.left -= n;
+        Ok(n)
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_save_into_a_writer_that_fails_midway_reports_the_writers_error_and_changes_nothing() {
+    let d = trained();
+    let whole = d.save_state().unwrap();
+    // Streaming writes what the in-memory save returns, byte for byte.
+    let mut streamed = FailsAfter {
+        left: usize::MAX,
+        taken: Vec::new(),
+    };
+    d.save_state_to(&mut streamed).unwrap();
+    assert_eq!(streamed.taken, whole);
+    for left in [0, 1, 7, whole.len() / 2, whole.len() - 1] {
+        let mut out = FailsAfter {
+            left,
+            taken: Vec::new(),
+        };
+        let err = d.save_state_to(&mut out).unwrap_err();
+        assert_eq!(err.kind(), Some(ErrorKind::State));
+        assert!(
+            err.message.contains("disk full (test)"),
+            "after {left} bytes: {}",
+            err.message
+        );
+        assert_eq!(out.taken, whole[..left], "after {left} bytes");
+    }
+    // The detector saves as before after the failures.
+    assert_eq!(d.save_state().unwrap(), whole);
 }

@@ -519,3 +519,64 @@ fn the_geoip_cache_is_allocated_as_it_fills() {
     // Before, 16M entries of 40 bytes were allocated and written at start: 670 MB.
     assert_rss_near(&baseline, &out, "cache_entries at its maximum");
 }
+
+/// `n` outbound uploads, each to its own public address, one every second from `start`.
+fn uploads(start: u32, n: u32) -> Vec<u8> {
+    let mut lines = String::new();
+    for i in 0..n {
+        let t = start + i;
+        lines.push_str(&format!(
+            "{{\"@timestamp\":\"2026-11-02T{:02}:{:02}:{:02}Z\",\"event\":{{\"kind\":\"event\",\"category\":[\"network\"],\"type\":[\"connection\",\"end\"]}},\"source\":{{\"ip\":\"10.0.0.5\",\"port\":54310,\"bytes\":{}}},\"destination\":{{\"ip\":\"{}.{}.{}.7\",\"port\":443}},\"network\":{{\"transport\":\"tcp\",\"direction\":\"outbound\"}}}}\n",
+            t / 3600,
+            t / 60 % 60,
+            t % 60,
+            1000 + i,
+            20 + i / 65_536,
+            i / 256 % 256,
+            i % 256,
+        ));
+    }
+    lines.into_bytes()
+}
+
+#[test]
+fn a_state_save_that_fails_midway_keeps_the_previous_file_and_says_why() {
+    let dir = temp_dir("hardening-state-full");
+    let state = dir.join("state.bin");
+    let config = state_config(&dir, &state, "");
+    let config = config.to_str().unwrap();
+    let first = run(&["run", "--config", config], &uploads(0, 10_000));
+    assert!(first.status.success(), "{}", stderr(&first));
+    let previous = std::fs::read(&state).unwrap();
+    // Bigger than the 64 KiB buffers of the save: the next save fails while the plugin streams.
+    assert!(previous.len() > 2 << 16, "{} bytes", previous.len());
+    // The save writes `<path>.tmp`; pointed at /dev/full, every write to it fails.
+    let full = Path::new("/dev/full");
+    assert!(full.exists(), "this test needs /dev/full (Linux)");
+    std::os::unix::fs::symlink(full, dir.join("state.bin.tmp")).unwrap();
+    let events = uploads(10_000, 2_000);
+    let second = run(&["run", "--config", config], &events);
+    let err = stderr(&second);
+    assert!(err.contains("saving the model state failed"), "{err}");
+    assert!(
+        err.contains(&format!(
+            "writing {}: No space left on device",
+            state.display()
+        )),
+        "{err}"
+    );
+    assert_eq!(second.stdout, events, "every event passed");
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        previous,
+        "the old state is kept"
+    );
+    assert!(
+        !dir.join("state.bin.tmp").exists(),
+        "the failed save is cleaned up"
+    );
+    // And the next save, with the disk writable again, replaces it.
+    let third = run(&["run", "--config", config], &uploads(12_000, 10));
+    assert!(third.status.success(), "{}", stderr(&third));
+    assert_ne!(std::fs::read(&state).unwrap(), previous);
+}

@@ -106,6 +106,21 @@ fn an_older_plugin_with_fewer_prefix_fields_loads_and_the_host_degrades_graceful
     let out = run(&["run", "--config", config, "--plugin", plugin], events);
     assert!(out.status.success(), "{}", stderr(&out));
     assert_eq!(out.stdout, events);
+    // The state is saved though the plugin cannot stream it: whole, in the same file format.
+    let state = dir.join("state.bin");
+    let with_state = write(
+        &dir,
+        "state.yaml",
+        format!("detector: {{}}\nstate: {{ path: '{}' }}\n", state.display()),
+    );
+    let with_state = with_state.to_str().unwrap();
+    let out = run(&["run", "--config", with_state, "--plugin", plugin], events);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let file = std::fs::read(&state).expect("the state file is written");
+    assert_eq!(
+        egresswatch_plugin_api::state_file::decode("older-test-plugin", &file).unwrap(),
+        b"older-test-plugin state"
+    );
     // rules check: a clear refusal naming what is missing.
     let out = run(&["rules", "check", "--plugin", plugin, "rules"], b"");
     assert!(!out.status.success());

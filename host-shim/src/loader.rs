@@ -9,20 +9,33 @@
 //! against the full layout first and, when that fails, against
 //! [`egresswatch_plugin_api::baseline`] (the prefix fields only). A plugin that passes
 //! only the second check is loaded as such, and the host works without what it lacks
-//! ([`Transform`] answers for it: no warnings, no metrics, no score records, no rule check).
+//! ([`Transform`] answers for it: no warnings, no metrics, no score records, no rule check, a
+//! state save written in one piece).
 
+use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModuleError};
 use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use egresswatch_plugin_api::{
     baseline, BuildOption, BuildOption_NE, ConfigProblem, ErrorKind, Metric, PluginError,
-    PluginModRef, RulesReport, ScoreRecord, TransformBox, Verdict, ABI_VERSION,
+    PluginModRef, RulesReport, ScoreRecord, TransformBox, Verdict, WriteSink, ABI_VERSION,
 };
 use thiserror::Error;
 
 /// Base name of the plugin library, without the platform's prefix and suffix.
 pub(crate) const PLUGIN_BASE_NAME: &str = "egresswatch_plugin";
+
+/// Why a streamed state save failed.
+#[derive(Debug, Error)]
+pub(crate) enum SaveError {
+    /// Writing the bytes failed (the file: a full disk, an I/O error).
+    #[error("{0}")]
+    Write(io::Error),
+    /// The plugin could not produce them.
+    #[error("{0}")]
+    Plugin(PluginError),
+}
 
 /// Why a plugin could not be loaded.
 #[derive(Debug, Error)]
@@ -294,6 +307,27 @@ impl Transform {
         match self {
             Transform::Full(t) => t.save_state(),
             Transform::Baseline(t) => t.save_state(),
+        }
+    }
+
+    /// Streams the model state into `out` as the plugin encodes it (see
+    /// [`egresswatch_plugin_api::Transform::save_state_to`]); a baseline plugin, which cannot,
+    /// saves it whole and it is written in one piece.
+    pub(crate) fn save_state_to(&self, out: &mut dyn Write) -> Result<(), SaveError> {
+        match self {
+            Transform::Full(t) => {
+                let mut sink = WriteSink::new(out);
+                let saved = t.save_state_to(sink.as_sink()).into_result();
+                match (saved, sink.into_error()) {
+                    (Ok(()), _) => Ok(()),
+                    (Err(_), Some(e)) => Err(SaveError::Write(e)),
+                    (Err(e), None) => Err(SaveError::Plugin(e)),
+                }
+            }
+            Transform::Baseline(t) => {
+                let state = t.save_state().into_result().map_err(SaveError::Plugin)?;
+                out.write_all(&state).map_err(SaveError::Write)
+            }
         }
     }
 

@@ -2,8 +2,11 @@
 //! (`egresswatch_plugin_api::state_file`, shared with the plugin's C face), written atomically
 //! and checked when read back.
 //!
-//! Saving writes `<path>.tmp`, fsyncs it, renames it over `<path>` and fsyncs the directory, so
-//! a crash leaves either the old file or the new one. Loading a file that is damaged, of another
+//! Saving streams: the plugin writes its bytes through the ABI into `<path>.tmp` as it encodes
+//! them (neither side holds the state whole); the file is then fsynced, renamed over `<path>`
+//! and the directory fsynced, so a crash or a failed save leaves either the old file or the new
+//! one, and a failed save removes `<path>.tmp`. Loading reads the file whole (bounded by
+//! `state.max_bytes`) and hands it to the plugin in one piece. Loading a file that is damaged, of another
 //! format, from another plugin, over `state.max_bytes`, or refused by the plugin's `load_state`
 //! renames it aside to `<path>.corrupt-<unix time>` (with `-1`, `-2`, ... if that name is taken)
 //! and lets the models start learning afresh: it is never silently loaded, and never silently
@@ -11,15 +14,17 @@
 //! on), and a file whose first bytes are not the magic is refused without reading the rest.
 
 use std::fs;
-use std::io::{self, Read};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use egresswatch_plugin_api::files::{self, FileError};
 pub use egresswatch_plugin_api::state_file::encode;
 pub(crate) use egresswatch_plugin_api::state_file::{
-    decode, sibling, write_atomically, EnvelopeError, MAGIC,
+    decode, sibling, EnvelopeError, StateFile, MAGIC,
 };
+
+use crate::loader::SaveError;
 
 /// Largest state file read unless `state.max_bytes` says otherwise: 1 GiB.
 pub(crate) const DEFAULT_MAX_BYTES: u64 = 1 << 30;
@@ -129,6 +134,26 @@ pub(crate) fn load_file(
     Ok(LoadOutcome::SetAside { moved_to, reason })
 }
 
+/// Saves a state to `path`: `save` writes the plugin's bytes (the plugin's
+/// `save_state_to`) into the file as a stream, which is put in place only when complete. Returns
+/// the file's size; an error names the path, and leaves the file at `path` as it was.
+pub(crate) fn save(
+    path: &Path,
+    plugin_name: &str,
+    save: impl FnOnce(&mut dyn Write) -> Result<(), SaveError>,
+) -> Result<u64, String> {
+    let writing = |e: &dyn std::fmt::Display| format!("writing {}: {e}", path.display());
+    let mut file = StateFile::create(path, plugin_name).map_err(|e| writing(&e))?;
+    match save(&mut file) {
+        Ok(()) => file.commit().map_err(|e| writing(&e)),
+        Err(SaveError::Write(e)) => Err(writing(&e)),
+        Err(e @ SaveError::Plugin(_)) => Err(format!(
+            "saving to {}: the plugin failed: {e}",
+            path.display()
+        )),
+    }
+}
+
 /// Renames `path` to a name no other file has: `<path>.corrupt-<unix time>`, or with `-1`,
 /// `-2`, ... appended when that exists. The new name is claimed with a hard link, which fails
 /// rather than replace an existing file, so no earlier set-aside file is ever overwritten, even
@@ -194,6 +219,173 @@ pub fn describe(
 mod tests {
     use super::*;
 
+    use abi_stable::sabi_trait::TD_Opaque;
+    use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
+    use egresswatch_plugin_api::{
+        baseline, PluginError, SinkWriter, StateSinkMut, Transform_TO, Verdict,
+    };
+
+    use crate::loader::Transform;
+
+    /// The state of [`Streams`]: 300 kB of a pattern.
+    fn pattern() -> Vec<u8> {
+        (0..300_000u32).map(|i| (i % 241) as u8).collect()
+    }
+
+    /// A plugin transform whose state is [`pattern`], streamed in pieces of 10 kB (or, in the
+    /// baseline layout, only ever returned whole).
+    struct Streams;
+
+    impl egresswatch_plugin_api::Transform for Streams {
+        fn process(
+            &mut self,
+            events: RSlice<'_, RStr<'_>>,
+            _: i64,
+        ) -> RResult<RVec<Verdict>, PluginError> {
+            RResult::ROk(events.iter().map(|_| Verdict::PASS).collect())
+        }
+        fn routes(&self) -> RResult<RVec<RString>, PluginError> {
+            RResult::ROk(RVec::new())
+        }
+        fn save_state(&self) -> RResult<RVec<u8>, PluginError> {
+            RResult::ROk(pattern().into())
+        }
+        fn load_state(&mut self, _: RSlice<'_, u8>) -> RResult<(), PluginError> {
+            RResult::ROk(())
+        }
+        fn save_state_to(&self, sink: StateSinkMut<'_>) -> RResult<(), PluginError> {
+            let mut out = SinkWriter::new(sink);
+            for piece in pattern().chunks(10_000) {
+                if out.write_all(piece).is_err() {
+                    let e = out.into_error().expect("the sink's error");
+                    return RResult::RErr(e);
+                }
+            }
+            RResult::ROk(())
+        }
+    }
+
+    impl baseline::Transform for Streams {
+        fn process(
+            &mut self,
+            events: RSlice<'_, RStr<'_>>,
+            now_ms: i64,
+        ) -> RResult<RVec<Verdict>, PluginError> {
+            egresswatch_plugin_api::Transform::process(self, events, now_ms)
+        }
+        fn routes(&self) -> RResult<RVec<RString>, PluginError> {
+            RResult::ROk(RVec::new())
+        }
+        fn save_state(&self) -> RResult<RVec<u8>, PluginError> {
+            RResult::ROk(pattern().into())
+        }
+        fn load_state(&mut self, _: RSlice<'_, u8>) -> RResult<(), PluginError> {
+            RResult::ROk(())
+        }
+    }
+
+    /// Passes `left` bytes on to `out`, then fails as a full disk does.
+    struct FailsAfter<'w> {
+        out: &'w mut dyn Write,
+        left: usize,
+    }
+
+    impl Write for FailsAfter<'_> {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            if self.left == 0 {
+                return Err(io::Error::new(
+                    io::ErrorKind::StorageFull,
+                    "no space left (test)",
+                ));
+            }
+            let n = self.out.write(&buf[..buf.len().min(self.left)])?;
+            self.left -= n;
+            Ok(n)
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            self.out.flush()
+        }
+    }
+
+    fn temp(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!("egw-{name}-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        dir
+    }
+
+    #[test]
+    fn a_streamed_save_round_trips_and_one_failing_midway_keeps_the_previous_file() {
+        let dir = temp("state-stream");
+        let path = dir.join("s.bin");
+        let full = Transform::Full(Transform_TO::from_value(Streams, TD_Opaque));
+        let size = save(&path, "p", |out| full.save_state_to(out)).unwrap();
+        let previous = fs::read(&path).unwrap();
+        assert_eq!(size, previous.len() as u64);
+        assert_eq!(decode("p", &previous).unwrap(), pattern().as_slice());
+        for left in [0, 25_000, 299_999] {
+            let err = save(&path, "p", |out| {
+                full.save_state_to(&mut FailsAfter { out, left })
+            })
+            .unwrap_err();
+            assert!(
+                err.contains(&format!("writing {}: no space left (test)", path.display())),
+                "after {left} bytes: {err}"
+            );
+            assert_eq!(fs::read(&path).unwrap(), previous, "after {left} bytes");
+            assert!(!sibling(&path, ".tmp").exists(), "after {left} bytes");
+        }
+        // A plugin that fails on its own is named as such, with the path.
+        let err = save(&path, "p", |_| {
+            Err(SaveError::Plugin(PluginError::new(
+                egresswatch_plugin_api::ErrorKind::State,
+                "model broken (test)",
+            )))
+        })
+        .unwrap_err();
+        assert!(err.contains(&path.display().to_string()), "{err}");
+        assert!(err.contains("the plugin failed") && err.contains("model broken (test)"));
+        assert_eq!(fs::read(&path).unwrap(), previous);
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn an_older_plugin_without_the_streamed_save_still_saves() {
+        let dir = temp("state-baseline");
+        let path = dir.join("s.bin");
+        let older = Transform::Baseline(baseline::Transform_TO::from_value(Streams, TD_Opaque));
+        save(&path, "p", |out| older.save_state_to(out)).unwrap();
+        assert_eq!(
+            decode("p", &fs::read(&path).unwrap()).unwrap(),
+            pattern().as_slice()
+        );
+        // A plugin of the full layout that does not override the method gets the ABI's default:
+        // saved whole, written in one piece.
+        struct Whole;
+        impl egresswatch_plugin_api::Transform for Whole {
+            fn process(
+                &mut self,
+                _: RSlice<'_, RStr<'_>>,
+                _: i64,
+            ) -> RResult<RVec<Verdict>, PluginError> {
+                RResult::ROk(RVec::new())
+            }
+            fn routes(&self) -> RResult<RVec<RString>, PluginError> {
+                RResult::ROk(RVec::new())
+            }
+            fn save_state(&self) -> RResult<RVec<u8>, PluginError> {
+                RResult::ROk(RVec::from(&b"whole"[..]))
+            }
+            fn load_state(&mut self, _: RSlice<'_, u8>) -> RResult<(), PluginError> {
+                RResult::ROk(())
+            }
+        }
+        let whole = Transform::Full(Transform_TO::from_value(Whole, TD_Opaque));
+        save(&path, "p", |out| whole.save_state_to(out)).unwrap();
+        assert_eq!(decode("p", &fs::read(&path).unwrap()).unwrap(), b"whole");
+        let _ = fs::remove_dir_all(&dir);
+    }
+
     #[test]
     fn unusable_files_are_set_aside() {
         let dir = std::env::temp_dir().join(format!("egw-state-{}", std::process::id()));
@@ -203,7 +395,7 @@ mod tests {
             load_file(&path, "p", DEFAULT_MAX_BYTES, |_| Ok(())).unwrap(),
             LoadOutcome::Missing
         ));
-        write_atomically(&path, &encode("p", b"x")).unwrap();
+        fs::write(&path, encode("p", b"x")).unwrap();
         assert!(matches!(
             load_file(&path, "p", DEFAULT_MAX_BYTES, |b| if b == b"x" {
                 Ok(())

@@ -31,8 +31,8 @@
 //!   host sees them as `None`. New fields are only ever appended.
 //! - [`Transform`] is a `#[sabi_trait]`: methods after `load_state` may be absent in an older
 //!   plugin; each has a default body here, which is what the host gets then (no warnings, no
-//!   metrics, an [`ErrorKind::Unsupported`] error for score records). New methods are appended,
-//!   each with a default.
+//!   metrics, an [`ErrorKind::Unsupported`] error for score records, a state save written in
+//!   one piece). New methods are appended, each with a default.
 //! - Enums that can grow are either abi_stable `NonExhaustive` enums ([`ErrorKind`],
 //!   [`BuildOption`], [`ScoreExtra`]: a value of a variant the reader does not know is seen as
 //!   unknown, not misread) or, where a plain byte per event matters, a `u8` newtype with
@@ -69,7 +69,10 @@ use abi_stable::{
 };
 
 pub mod baseline;
+pub mod sink;
 pub mod state_file;
+
+pub use sink::{SinkWriter, StateSink, StateSinkMut, StateSink_TO, WriteSink};
 
 /// Name of the output that receives every event not routed elsewhere.
 pub const DEFAULT_OUTPUT: &str = "default";
@@ -172,6 +175,18 @@ pub trait Transform: Send {
             ErrorKind::Unsupported,
             "this plugin does not provide score records (Transform::take_scores)",
         ))
+    }
+
+    /// Writes the model state, the bytes [`Transform::save_state`] returns, into `sink` as it
+    /// is encoded, so that neither side holds it whole. A [`StateSink::write`] error ends the
+    /// save with an error. The default, which a plugin without this method gets, saves the state
+    /// whole and writes it in one piece.
+    fn save_state_to(&self, sink: StateSinkMut<'_>) -> RResult<(), PluginError> {
+        let mut sink = sink;
+        match self.save_state() {
+            RResult::ROk(state) => sink.write(state.as_slice().into()),
+            RResult::RErr(e) => RResult::RErr(e),
+        }
     }
 }
 

@@ -2,29 +2,35 @@
 //! `egresswatch` host, the C face): one format, so that a file saved by one is loaded by the
 //! other.
 //!
-//! Layout (all integers little-endian):
+//! Layout (all integers little-endian), version 2:
 //!
 //! | bytes | field |
 //! | --- | --- |
 //! | 8 | magic `EGWSTATE` |
 //! | 4 | host format version ([`FORMAT_VERSION`]) |
 //! | 2 + n | plugin name length, then the name (UTF-8) |
-//! | 8 + m | plugin state length, then the plugin's bytes (its own format, with its own version) |
+//! | m | the plugin's bytes (its own format, with its own version) |
+//! | 8 | m, the length of the plugin's bytes |
 //! | 8 | FNV-1a 64 checksum of everything before it |
 //!
-//! [`write_atomically`] writes `<path>.tmp`, fsyncs it, renames it over `<path>` and fsyncs the
-//! directory, so a crash leaves either the old file or the new one.
+//! The length and the checksum come after the plugin's bytes so that a file can be written as
+//! the plugin produces them, never held whole ([`StateFile`]). Version 1 had the length in
+//! front of the plugin's bytes (`8 + m` where version 2 has `m + 8`); such files are still read.
+//!
+//! [`StateFile`] writes `<path>.tmp`, fsyncs it, renames it over `<path>` and fsyncs the
+//! directory, so a crash or a failed save leaves either the old file or the new one.
 
 use std::fs::{self, File};
-use std::io::{self, Write};
+use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 /// First bytes of every state file.
 pub const MAGIC: &[u8; 8] = b"EGWSTATE";
 
-/// Version of the host envelope.
-pub const FORMAT_VERSION: u32 = 1;
+/// Version of the host envelope this build writes (2: length and checksum after the plugin's
+/// bytes). Files of version 1 are read too.
+pub const FORMAT_VERSION: u32 = 2;
 
 /// Why a state file could not be used.
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -34,7 +40,7 @@ pub enum EnvelopeError {
     BadMagic,
     /// Another envelope version.
     #[error(
-        "state file format {found} is not supported (this egresswatch reads {FORMAT_VERSION})"
+        "state file format {found} is not supported (this egresswatch reads 1 and {FORMAT_VERSION})"
     )]
     Version {
         /// The file's version.
@@ -56,43 +62,107 @@ pub enum EnvelopeError {
     },
 }
 
-/// Wraps the plugin's state bytes in the host envelope.
-pub fn encode(plugin_name: &str, plugin_state: &[u8]) -> Vec<u8> {
-    let name = plugin_name.as_bytes();
-    let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
-    let name = &name[..usize::from(name_len)];
-    let mut out = Vec::with_capacity(8 + 4 + 2 + name.len() + 8 + plugin_state.len() + 8);
-    out.extend_from_slice(MAGIC);
-    out.extend_from_slice(&FORMAT_VERSION.to_le_bytes());
-    out.extend_from_slice(&name_len.to_le_bytes());
-    out.extend_from_slice(name);
-    out.extend_from_slice(&(plugin_state.len() as u64).to_le_bytes());
-    out.extend_from_slice(plugin_state);
-    let sum = fnv1a(&out);
-    out.extend_from_slice(&sum.to_le_bytes());
-    out
+/// The envelope around plugin bytes written through it: [`Envelope::begin`] writes the header,
+/// every write is the plugin's bytes (counted and hashed on the way), [`Envelope::finish`]
+/// writes the length and the checksum.
+pub struct Envelope<W: Write> {
+    out: W,
+    hash: Fnv1a,
+    len: u64,
 }
 
-/// Checks the envelope and returns the plugin's bytes.
+impl<W: Write> Envelope<W> {
+    /// Writes the header (magic, version, plugin name) into `out`.
+    pub fn begin(out: W, plugin_name: &str) -> io::Result<Self> {
+        let name = plugin_name.as_bytes();
+        let name_len = u16::try_from(name.len()).unwrap_or(u16::MAX);
+        let mut envelope = Envelope {
+            out,
+            hash: Fnv1a::new(),
+            len: 0,
+        };
+        envelope.put(MAGIC)?;
+        envelope.put(&FORMAT_VERSION.to_le_bytes())?;
+        envelope.put(&name_len.to_le_bytes())?;
+        envelope.put(&name[..usize::from(name_len)])?;
+        Ok(envelope)
+    }
+
+    /// Writes envelope bytes (not the plugin's: not counted in its length).
+    fn put(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.out.write_all(bytes)?;
+        self.hash.update(bytes);
+        Ok(())
+    }
+
+    /// Bytes of the plugin's written so far.
+    pub fn plugin_bytes(&self) -> u64 {
+        self.len
+    }
+
+    /// Writes the trailer (length, checksum) and returns the output.
+    pub fn finish(mut self) -> io::Result<W> {
+        self.put(&self.len.to_le_bytes())?;
+        let sum = self.hash.value();
+        self.out.write_all(&sum.to_le_bytes())?;
+        Ok(self.out)
+    }
+}
+
+impl<W: Write> Write for Envelope<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.out.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.len += n as u64;
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        self.out.flush()
+    }
+}
+
+/// Wraps the plugin's state bytes in the host envelope, in memory.
+pub fn encode(plugin_name: &str, plugin_state: &[u8]) -> Vec<u8> {
+    let envelope = || -> io::Result<Vec<u8>> {
+        let mut out = Envelope::begin(Vec::with_capacity(plugin_state.len() + 64), plugin_name)?;
+        out.write_all(plugin_state)?;
+        out.finish()
+    };
+    envelope().expect("a Vec takes every byte")
+}
+
+/// Checks the envelope (version 1 or 2) and returns the plugin's bytes.
 pub fn decode<'a>(plugin_name: &str, file: &'a [u8]) -> Result<&'a [u8], EnvelopeError> {
     if file.len() < MAGIC.len() || &file[..MAGIC.len()] != MAGIC {
         return Err(EnvelopeError::BadMagic);
     }
     let mut rest = &file[MAGIC.len()..];
     let version = u32::from_le_bytes(take::<4>(&mut rest)?);
-    if version != FORMAT_VERSION {
+    if version != 1 && version != FORMAT_VERSION {
         return Err(EnvelopeError::Version { found: version });
     }
     let name_len = usize::from(u16::from_le_bytes(take::<2>(&mut rest)?));
     let name = take_slice(&mut rest, name_len)?;
-    let state_len = usize::try_from(u64::from_le_bytes(take::<8>(&mut rest)?))
-        .map_err(|_| EnvelopeError::Truncated)?;
-    let state = take_slice(&mut rest, state_len)?;
+    let state = if version == 1 {
+        let state_len = usize::try_from(u64::from_le_bytes(take::<8>(&mut rest)?))
+            .map_err(|_| EnvelopeError::Truncated)?;
+        take_slice(&mut rest, state_len)?
+    } else {
+        let state_len = rest.len().checked_sub(16).ok_or(EnvelopeError::Truncated)?;
+        let state = take_slice(&mut rest, state_len)?;
+        if u64::from_le_bytes(take::<8>(&mut rest)?) != state_len as u64 {
+            return Err(EnvelopeError::Truncated);
+        }
+        state
+    };
     let sum = u64::from_le_bytes(take::<8>(&mut rest)?);
     if !rest.is_empty() {
         return Err(EnvelopeError::Truncated);
     }
-    if fnv1a(&file[..file.len() - 8]) != sum {
+    let mut hash = Fnv1a::new();
+    hash.update(&file[..file.len() - 8]);
+    if hash.value() != sum {
         return Err(EnvelopeError::Checksum);
     }
     let name = String::from_utf8_lossy(name);
@@ -121,33 +191,143 @@ fn take_slice<'a>(rest: &mut &'a [u8], n: usize) -> Result<&'a [u8], EnvelopeErr
     Ok(head)
 }
 
-fn fnv1a(bytes: &[u8]) -> u64 {
-    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
-    for &b in bytes {
-        hash ^= u64::from(b);
-        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+/// FNV-1a 64, fed piece by piece.
+struct Fnv1a(u64);
+
+impl Fnv1a {
+    fn new() -> Self {
+        Fnv1a(0xcbf2_9ce4_8422_2325)
     }
-    hash
+
+    fn update(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 ^= u64::from(b);
+            self.0 = self.0.wrapping_mul(0x0000_0100_0000_01b3);
+        }
+    }
+
+    fn value(&self) -> u64 {
+        self.0
+    }
 }
 
-/// Writes `bytes` to `path` atomically: `<path>.tmp`, fsync, rename, fsync of the directory.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = sibling(path, ".tmp");
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
+/// A state file being written as a stream: the plugin's bytes go through it (it is a
+/// [`Write`]) into `<path>.tmp`, inside the envelope; [`StateFile::commit`] ends the envelope,
+/// fsyncs, renames the file over `<path>` and fsyncs the directory. Dropped without a commit (a
+/// failed save), it removes `<path>.tmp`: the file at `<path>` is not touched until the new one
+/// is complete on disk.
+pub struct StateFile {
+    path: PathBuf,
+    tmp: PathBuf,
+    envelope: Option<Envelope<BufWriter<File>>>,
+    /// The first write error, kept for [`StateFile::take_error`].
+    error: Option<io::Error>,
+}
+
+impl StateFile {
+    /// Creates `<path>.tmp` (replacing a stale one) and writes the envelope's header.
+    pub fn create(path: &Path, plugin_name: &str) -> io::Result<Self> {
+        let tmp = sibling(path, ".tmp");
+        let file = File::create(&tmp)?;
+        let mut state = StateFile {
+            path: path.to_owned(),
+            tmp,
+            envelope: None,
+            error: None,
+        };
+        let envelope = Envelope::begin(BufWriter::with_capacity(1 << 16, file), plugin_name);
+        match envelope {
+            Ok(envelope) => state.envelope = Some(envelope),
+            Err(e) => {
+                let _ = fs::remove_file(&state.tmp);
+                return Err(e);
+            }
+        }
+        Ok(state)
     }
-    fs::rename(&tmp, path)?;
-    let dir = path
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
-    // Make the rename itself durable; not every platform can open a directory for this.
-    if let Ok(dir) = File::open(dir) {
-        let _ = dir.sync_all();
+
+    fn envelope(&mut self) -> io::Result<&mut Envelope<BufWriter<File>>> {
+        self.envelope
+            .as_mut()
+            .ok_or_else(|| io::Error::other("the state file is already committed"))
     }
-    Ok(())
+
+    /// Bytes of the plugin's written so far.
+    pub fn plugin_bytes(&self) -> u64 {
+        self.envelope.as_ref().map_or(0, Envelope::plugin_bytes)
+    }
+
+    /// The first error a write gave, if any: what to report when a save through this file
+    /// failed, rather than what the writer's caller made of it.
+    pub fn take_error(&mut self) -> Option<io::Error> {
+        self.error.take()
+    }
+
+    fn keep<T>(&mut self, result: io::Result<T>) -> io::Result<T> {
+        if let Err(e) = &result {
+            if self.error.is_none() {
+                self.error = Some(io::Error::new(e.kind(), e.to_string()));
+            }
+        }
+        result
+    }
+
+    /// Completes the file and puts it in place; returns its size in bytes.
+    pub fn commit(mut self) -> io::Result<u64> {
+        let envelope = self
+            .envelope
+            .take()
+            .ok_or_else(|| io::Error::other("the state file is already committed"))?;
+        let result = (|| {
+            let file = envelope
+                .finish()?
+                .into_inner()
+                .map_err(io::IntoInnerError::into_error)?;
+            file.sync_all()?;
+            let size = file.metadata()?.len();
+            drop(file);
+            fs::rename(&self.tmp, &self.path)?;
+            Ok(size)
+        })();
+        let size = match result {
+            Ok(size) => size,
+            Err(e) => {
+                let _ = fs::remove_file(&self.tmp);
+                return Err(e);
+            }
+        };
+        let dir = self
+            .path
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        // Make the rename itself durable; not every platform can open a directory for this.
+        if let Ok(dir) = File::open(dir) {
+            let _ = dir.sync_all();
+        }
+        Ok(size)
+    }
+}
+
+impl Write for StateFile {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let result = self.envelope().and_then(|e| e.write(buf));
+        self.keep(result)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        let result = self.envelope().and_then(Write::flush);
+        self.keep(result)
+    }
+}
+
+impl Drop for StateFile {
+    fn drop(&mut self) {
+        // A commit took the envelope; anything else is an abandoned save.
+        if self.envelope.take().is_some() {
+            let _ = fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 /// `<path><suffix>`, e.g. `state.bin.tmp`.
@@ -164,7 +344,55 @@ mod tests {
     #[test]
     fn round_trip() {
         let file = encode("p", b"model bytes");
+        assert_eq!(&file[8..12], &2u32.to_le_bytes(), "written as version 2");
         assert_eq!(decode("p", &file).unwrap(), b"model bytes");
+        assert_eq!(decode("p", &encode("p", b"")).unwrap(), b"");
+    }
+
+    #[test]
+    fn a_version_1_file_is_still_read() {
+        // Version 1, laid out by hand: the length in front of the plugin's bytes.
+        let mut file = MAGIC.to_vec();
+        file.extend_from_slice(&1u32.to_le_bytes());
+        file.extend_from_slice(&1u16.to_le_bytes());
+        file.push(b'p');
+        file.extend_from_slice(&11u64.to_le_bytes());
+        file.extend_from_slice(b"model bytes");
+        let mut hash = Fnv1a::new();
+        hash.update(&file);
+        file.extend_from_slice(&hash.value().to_le_bytes());
+        assert_eq!(decode("p", &file).unwrap(), b"model bytes");
+        file[25] ^= 1; // inside the plugin bytes
+        assert_eq!(decode("p", &file), Err(EnvelopeError::Checksum));
+    }
+
+    #[test]
+    fn a_state_file_is_written_as_a_stream_and_only_a_commit_replaces_the_old_one() {
+        let dir = std::env::temp_dir().join(format!("egw-state-file-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("s.bin");
+        let tmp = sibling(&path, ".tmp");
+        let plugin: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        let mut file = StateFile::create(&path, "p").unwrap();
+        for piece in plugin.chunks(7_000) {
+            file.write_all(piece).unwrap();
+        }
+        assert_eq!(file.plugin_bytes(), plugin.len() as u64);
+        assert!(!path.exists(), "nothing at the path before the commit");
+        let size = file.commit().unwrap();
+        let written = fs::read(&path).unwrap();
+        assert_eq!(size, written.len() as u64);
+        assert_eq!(decode("p", &written).unwrap(), plugin.as_slice());
+        assert!(!tmp.exists());
+        // A save abandoned midway (dropped without a commit) leaves the old file as it was.
+        let mut abandoned = StateFile::create(&path, "p").unwrap();
+        abandoned.write_all(&plugin[..100_000]).unwrap();
+        assert!(tmp.exists());
+        drop(abandoned);
+        assert!(!tmp.exists(), "the abandoned temporary file is removed");
+        assert_eq!(fs::read(&path).unwrap(), written);
+        let _ = fs::remove_dir_all(&dir);
     }
 
     #[test]

@@ -37,7 +37,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use egresswatch_plugin_api::state_file;
+use egresswatch_plugin_api::state_file::{self, StateFile};
 use serde_json::Value;
 
 use crate::config::BuildOptions;
@@ -423,7 +423,10 @@ pub unsafe extern "C" fn ew_evaluate(
 }
 
 /// Saves the models' state to the file at `path`, atomically, in the state file format of
-/// `egresswatch run` (a file saved here is loaded there, and the other way round).
+/// `egresswatch run` (a file saved here is loaded there, and the other way round). The state
+/// is streamed into `<path>.tmp` as it is encoded, never held whole, and renamed over `path`
+/// when complete: a save that fails ([`EW_ERR_IO`] naming the path, e.g. a full disk) leaves the
+/// previous file as it was.
 ///
 /// # Safety
 /// `d` a live handle or null; `path` null or valid for `path_len` bytes.
@@ -437,13 +440,18 @@ pub unsafe extern "C" fn ew_save_state(
     unsafe {
         with_handle(d, "saving state", |inner| {
             let path = state_path(path, path_len)?;
-            let bytes = inner
-                .detector
-                .save_state()
-                .map_err(|e| Failure::new(EW_ERR_STATE, e.message.to_string()))?;
-            let file = state_file::encode(env!("CARGO_PKG_NAME"), &bytes);
-            state_file::write_atomically(&path, &file)
-                .map_err(|e| Failure::new(EW_ERR_IO, format!("writing {}: {e}", path.display())))
+            let io = |e: std::io::Error| {
+                Failure::new(EW_ERR_IO, format!("writing {}: {e}", path.display()))
+            };
+            // Streamed into the file as it is encoded: the state is never held whole.
+            let mut file = StateFile::create(&path, env!("CARGO_PKG_NAME")).map_err(io)?;
+            if let Err(e) = inner.detector.save_state_to(&mut file) {
+                return Err(match file.take_error() {
+                    Some(written) => io(written),
+                    None => Failure::new(EW_ERR_STATE, e.message.to_string()),
+                });
+            }
+            file.commit().map(drop).map_err(io)
         })
     }
 }

@@ -12,7 +12,8 @@ use abi_stable::{
 };
 use egresswatch_plugin_api::{
     catch_panic, BuildOption, BuildOption_NE, ErrorKind, Metric, PluginError, PluginMod,
-    PluginModRef, RulesReport, ScoreRecord, Transform, TransformBox, Transform_TO, Verdict,
+    PluginModRef, RulesReport, ScoreRecord, SinkWriter, StateSinkMut, Transform, TransformBox,
+    Transform_TO, Verdict,
 };
 
 use crate::config::{BuildOptions, DetectorConfig};
@@ -125,6 +126,19 @@ impl Transform for Detector {
     fn load_state(&mut self, state: RSlice<'_, u8>) -> RResult<(), PluginError> {
         catch_panic("loading state", || {
             Detector::load_state(self, state.as_slice())
+        })
+    }
+
+    fn save_state_to(&self, sink: StateSinkMut<'_>) -> RResult<(), PluginError> {
+        catch_panic("saving state", || {
+            let mut out = SinkWriter::new(sink);
+            let saved = Detector::save_state_to(self, &mut out);
+            // The host's own error, when its sink failed, over what the detector made of it.
+            match (saved, out.into_error()) {
+                (Ok(()), _) => Ok(()),
+                (Err(_), Some(sink)) => Err(sink),
+                (Err(e), None) => Err(e),
+            }
         })
     }
 

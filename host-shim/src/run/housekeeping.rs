@@ -97,17 +97,9 @@ impl Keeper<'_> {
     pub(super) fn save(&mut self, engine: &Engine) -> Option<u64> {
         let (path, _, last) = self.state.as_mut()?;
         *last = Instant::now();
-        let result = engine
-            .transform()
-            .save_state()
-            .into_result()
-            .map_err(|e| e.to_string())
-            .and_then(|bytes| {
-                let file = state::encode(&self.plugin_name, &bytes);
-                state::write_atomically(path, &file)
-                    .map(|()| file.len() as u64)
-                    .map_err(|e| format!("writing {}: {e}", path.display()))
-            });
+        let result = state::save(path, &self.plugin_name, |out| {
+            engine.transform().save_state_to(out)
+        });
         let mut s = self.metrics.snapshot();
         match result {
             Ok(bytes) => {

@@ -63,8 +63,10 @@ impl Transform for PassAll {
         RResult::ROk(RVec::new())
     }
 
+    /// A fixed state, so that the host's save of an older plugin (whole, not streamed) can be
+    /// checked byte for byte.
     fn save_state(&self) -> RResult<RVec<u8>, PluginError> {
-        RResult::ROk(RVec::new())
+        RResult::ROk(RVec::from(&b"older-test-plugin state"[..]))
     }
 
     fn load_state(&mut self, _state: RSlice<'_, u8>) -> RResult<(), PluginError> {

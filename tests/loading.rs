@@ -132,6 +132,45 @@ fn an_older_plugin_with_fewer_prefix_fields_loads_and_the_host_degrades_graceful
 }
 
 #[test]
+fn a_plugin_built_before_the_streamed_save_keeps_everything_else_and_its_state_is_saved_whole() {
+    let lib = library("egresswatch_test_unstreamed");
+    let plugin = lib.to_str().unwrap();
+    let dir = temp_dir("loading-unstreamed");
+    let state = dir.join("state.bin");
+    let config = write(
+        &dir,
+        "config.yaml",
+        format!("detector: {{}}\nstate: {{ path: '{}' }}\n", state.display()),
+    );
+    let config = config.to_str().unwrap();
+    // Without its own layout the loader took it for a baseline plugin: no rule check, no
+    // warnings, no metrics.
+    let out = run(&["validate", "--config", config, "--plugin", plugin], b"");
+    assert!(out.status.success(), "{}", stderr(&out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(stdout.contains("it saves its state whole"), "{stdout}");
+    assert!(!stdout.contains("cannot check rules"), "{stdout}");
+    let out = run(&["rules", "check", "--plugin", plugin, "rules"], b"");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+    assert!(
+        text.contains("unstreamed-test-plugin checked the rules"),
+        "{text}"
+    );
+    let events = b"{\"a\":1}\n";
+    let out = run(&["run", "--config", config, "--plugin", plugin], events);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(out.stdout, events);
+    let err = stderr(&out);
+    assert!(err.contains("unstreamed-test-plugin says hello"), "{err}");
+    assert!(!err.contains("metrics are unavailable"), "{err}");
+    let file = std::fs::read(&state).expect("the state file is written");
+    assert_eq!(
+        egresswatch_plugin_api::state_file::decode("unstreamed-test-plugin", &file).unwrap(),
+        b"unstreamed-test-plugin state"
+    );
+}
+
+#[test]
 fn a_panic_while_checking_rules_is_reported_not_an_abort() {
     let lib = library("egresswatch_test_faulty");
     let out = run(

@@ -42,6 +42,8 @@ pub fn build_plugins() {
             "-p",
             "egresswatch-test-older",
             "-p",
+            "egresswatch-test-unstreamed",
+            "-p",
             "egresswatch-test-faulty",
             "-p",
             "egresswatch-test-no-root",

@@ -488,6 +488,13 @@ fn validate(config_args: &ConfigArgs, plugin: Option<&Path>) -> Result<()> {
             loader::host_abi_version()
         );
     }
+    if plugin.is_unstreamed() {
+        println!(
+            "note: the plugin was built against an older {} release: it saves its state whole, \
+             so a save needs memory for the whole state beside the models",
+            loader::host_abi_version()
+        );
+    }
     if let Some(state) = &config.state {
         let warned = engine
             .transform()

@@ -6,11 +6,12 @@
 //! abi_stable's layout check accepts a library whose prefix types have *more* fields than the
 //! host's, never fewer (abi_stable issue #118): a host that declares an optional field would
 //! refuse every plugin built before that field existed. So the loader checks the root module
-//! against the full layout first and, when that fails, against
-//! [`egresswatch_plugin_api::baseline`] (the prefix fields only). A plugin that passes
-//! only the second check is loaded as such, and the host works without what it lacks
-//! ([`Transform`] answers for it: no warnings, no metrics, no score records, no rule check, a
-//! state save written in one piece).
+//! against the full layout first and, when that fails, against each older layout of this ABI
+//! version, newest first: [`egresswatch_plugin_api::unstreamed`] (everything but the streamed
+//! state save) and [`egresswatch_plugin_api::baseline`] (the prefix fields only). A plugin is
+//! loaded in the first layout it passes, and the host works without what it lacks
+//! ([`Transform`] answers for it: its state saved whole; for a baseline plugin also no warnings,
+//! no metrics, no score records, no rule check).
 
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
@@ -18,8 +19,9 @@ use std::path::{Path, PathBuf};
 use abi_stable::library::{lib_header_from_path, LibraryError, RootModuleError};
 use abi_stable::std_types::{RResult, RSlice, RStr, RString, RVec};
 use egresswatch_plugin_api::{
-    baseline, BuildOption, BuildOption_NE, ConfigProblem, ErrorKind, Metric, PluginError,
-    PluginModRef, RulesReport, ScoreRecord, TransformBox, Verdict, WriteSink, ABI_VERSION,
+    baseline, unstreamed, BuildOption, BuildOption_NE, ConfigProblem, ErrorKind, Metric,
+    PluginError, PluginModRef, RulesReport, ScoreRecord, TransformBox, Verdict, WriteSink,
+    ABI_VERSION,
 };
 use thiserror::Error;
 
@@ -128,6 +130,8 @@ pub struct Plugin {
 enum Module {
     /// Every field this host knows.
     Full(PluginModRef),
+    /// A build from before the streamed state save.
+    Unstreamed(unstreamed::PluginModRef),
     /// An older build: the prefix fields only.
     Baseline(baseline::PluginModRef),
 }
@@ -137,6 +141,7 @@ impl Plugin {
     pub fn name(&self) -> &'static str {
         match self.module {
             Module::Full(m) => (m.name())().as_str(),
+            Module::Unstreamed(m) => (m.name())().as_str(),
             Module::Baseline(m) => (m.name())().as_str(),
         }
     }
@@ -145,6 +150,7 @@ impl Plugin {
     pub fn version(&self) -> &'static str {
         match self.module {
             Module::Full(m) => (m.version())().as_str(),
+            Module::Unstreamed(m) => (m.version())().as_str(),
             Module::Baseline(m) => (m.version())().as_str(),
         }
     }
@@ -152,6 +158,11 @@ impl Plugin {
     /// Whether the plugin has only the baseline layout (an older build of this ABI version).
     pub fn is_baseline(&self) -> bool {
         matches!(self.module, Module::Baseline(_))
+    }
+
+    /// Whether the plugin was built before the streamed state save (it has everything else).
+    pub fn is_unstreamed(&self) -> bool {
+        matches!(self.module, Module::Unstreamed(_))
     }
 
     /// The version of `egresswatch-plugin-api` the plugin was built against.
@@ -168,6 +179,7 @@ impl Plugin {
     ) -> Result<RulesReport, LoadError> {
         let full = match self.module {
             Module::Full(m) => m.check_rules(),
+            Module::Unstreamed(m) => m.check_rules(),
             Module::Baseline(_) => None,
         };
         let check = full.ok_or_else(|| LoadError::Unsupported {
@@ -194,6 +206,9 @@ impl Plugin {
             Module::Full(m) => (m.new())(config, options)
                 .into_result()
                 .map(Transform::Full),
+            Module::Unstreamed(m) => (m.new())(config, options)
+                .into_result()
+                .map(Transform::Unstreamed),
             Module::Baseline(m) => (m.new())(config, options)
                 .into_result()
                 .map(Transform::Baseline),
@@ -258,9 +273,12 @@ pub fn load(path: &Path) -> Result<Plugin, LoadError> {
     let module = match header.init_root_module::<PluginModRef>() {
         Ok(module) => Module::Full(module),
         Err(full @ LibraryError::AbiInstability(_)) => {
-            match header.init_root_module::<baseline::PluginModRef>() {
-                Ok(module) => Module::Baseline(module),
-                Err(_) => return Err(classify(full)),
+            match header.init_root_module::<unstreamed::PluginModRef>() {
+                Ok(module) => Module::Unstreamed(module),
+                Err(_) => match header.init_root_module::<baseline::PluginModRef>() {
+                    Ok(module) => Module::Baseline(module),
+                    Err(_) => return Err(classify(full)),
+                },
             }
         }
         Err(e) => return Err(classify(e)),
@@ -277,6 +295,8 @@ pub fn load(path: &Path) -> Result<Plugin, LoadError> {
 pub enum Transform {
     /// From a plugin with every field this host knows.
     Full(TransformBox),
+    /// From a build before the streamed state save.
+    Unstreamed(unstreamed::TransformBox),
     /// From an older build (prefix methods only).
     Baseline(baseline::TransformBox),
 }
@@ -290,6 +310,7 @@ impl Transform {
     ) -> RResult<RVec<Verdict>, PluginError> {
         match self {
             Transform::Full(t) => t.process(events, now_ms),
+            Transform::Unstreamed(t) => t.process(events, now_ms),
             Transform::Baseline(t) => t.process(events, now_ms),
         }
     }
@@ -298,6 +319,7 @@ impl Transform {
     pub fn routes(&self) -> RResult<RVec<RString>, PluginError> {
         match self {
             Transform::Full(t) => t.routes(),
+            Transform::Unstreamed(t) => t.routes(),
             Transform::Baseline(t) => t.routes(),
         }
     }
@@ -306,12 +328,13 @@ impl Transform {
     pub(crate) fn save_state(&self) -> RResult<RVec<u8>, PluginError> {
         match self {
             Transform::Full(t) => t.save_state(),
+            Transform::Unstreamed(t) => t.save_state(),
             Transform::Baseline(t) => t.save_state(),
         }
     }
 
     /// Streams the model state into `out` as the plugin encodes it (see
-    /// [`egresswatch_plugin_api::Transform::save_state_to`]); a baseline plugin, which cannot,
+    /// [`egresswatch_plugin_api::Transform::save_state_to`]); an older plugin, which cannot,
     /// saves it whole and it is written in one piece.
     pub(crate) fn save_state_to(&self, out: &mut dyn Write) -> Result<(), SaveError> {
         match self {
@@ -324,8 +347,8 @@ impl Transform {
                     (Err(e), None) => Err(SaveError::Plugin(e)),
                 }
             }
-            Transform::Baseline(t) => {
-                let state = t.save_state().into_result().map_err(SaveError::Plugin)?;
+            Transform::Unstreamed(_) | Transform::Baseline(_) => {
+                let state = self.save_state().into_result().map_err(SaveError::Plugin)?;
                 out.write_all(&state).map_err(SaveError::Write)
             }
         }
@@ -335,6 +358,7 @@ impl Transform {
     pub fn load_state(&mut self, state: RSlice<'_, u8>) -> RResult<(), PluginError> {
         match self {
             Transform::Full(t) => t.load_state(state),
+            Transform::Unstreamed(t) => t.load_state(state),
             Transform::Baseline(t) => t.load_state(state),
         }
     }
@@ -343,6 +367,7 @@ impl Transform {
     pub fn warnings(&self) -> RResult<RVec<RString>, PluginError> {
         match self {
             Transform::Full(t) => t.warnings(),
+            Transform::Unstreamed(t) => t.warnings(),
             Transform::Baseline(_) => RResult::ROk(RVec::new()),
         }
     }
@@ -351,6 +376,7 @@ impl Transform {
     pub fn metrics(&self) -> RResult<RVec<Metric>, PluginError> {
         match self {
             Transform::Full(t) => t.metrics(),
+            Transform::Unstreamed(t) => t.metrics(),
             Transform::Baseline(_) => RResult::ROk(RVec::new()),
         }
     }
@@ -360,6 +386,7 @@ impl Transform {
     pub fn take_scores(&mut self) -> RResult<RVec<ScoreRecord>, PluginError> {
         match self {
             Transform::Full(t) => t.take_scores(),
+            Transform::Unstreamed(t) => t.take_scores(),
             Transform::Baseline(_) => RResult::RErr(PluginError::new(
                 ErrorKind::Unsupported,
                 "this plugin was built against an older plugin ABI without score records",

@@ -71,6 +71,7 @@ use abi_stable::{
 pub mod baseline;
 pub mod sink;
 pub mod state_file;
+pub mod unstreamed;
 
 pub use sink::{SinkWriter, StateSink, StateSinkMut, StateSink_TO, WriteSink};
 

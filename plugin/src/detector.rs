@@ -44,8 +44,8 @@ pub use state::LoadReport;
 const NO_QUALIFYING_WARNING_AFTER: u64 = 10_000;
 
 /// Version of the saved-state layout written by [`Detector::save_state_to`] (4: the models
-/// first, their sizes in an index at the end, so that a save streams; a state of version 3 is
-/// refused and the models relearn).
+/// first, their sizes in an index at the end, so that a save streams). States of version 3 are
+/// still read; older ones are refused and the models relearn.
 pub const STATE_FORMAT_VERSION: u32 = 4;
 
 /// The detector: rules, jobs with their models, enrichment, and counters.

@@ -14,6 +14,10 @@
 //! The version comes first so that a state of another format is named as such. Reading takes
 //! the index from the end and borrows each model's bytes where they lie: loading copies no model.
 //!
+//! Format 3, which the release before wrote (one postcard value: the version, then each job's
+//! id, definition and model bytes, then the episodes), is still read, so that an upgrade keeps
+//! what the models learnt.
+//!
 //! [`Model::save`]: crate::models::Model::save
 
 use std::io::{self, Write};
@@ -133,14 +137,18 @@ impl Write for Counted<'_> {
     }
 }
 
-/// Reads a state written by [`write`]: the version first, then the index from the end; nothing
-/// may lie between the models and the index.
+/// Reads a state written by [`write`] (the version first, then the index from the end; nothing
+/// may lie between the models and the index), or one of format 3.
 pub(super) fn read(state: &[u8]) -> Result<SavedState<'_>, String> {
     let decoding = |e: postcard::Error| format!("decoding state: {e}");
     let (format, rest) = postcard::take_from_bytes::<u32>(state).map_err(decoding)?;
+    if format == 3 {
+        return read_format_3(state);
+    }
     if format != STATE_FORMAT_VERSION {
         return Err(format!(
-            "state format {format} is not supported (this plugin reads {STATE_FORMAT_VERSION})"
+            "state format {format} is not supported (this plugin reads 3 and \
+             {STATE_FORMAT_VERSION})"
         ));
     }
     let truncated = || format!("decoding state: truncated ({} bytes)", state.len());
@@ -186,6 +194,25 @@ pub(super) fn read(state: &[u8]) -> Result<SavedState<'_>, String> {
         jobs: saved,
         alerts,
     })
+}
+
+/// A job as format 3 saved it: id, definition, the model's bytes.
+type JobFormat3<'a> = (String, Vec<(String, String)>, &'a [u8]);
+
+/// Reads a state of format 3: `(version, jobs, episodes)` as one postcard value, each model's
+/// bytes borrowed where they lie.
+fn read_format_3(state: &[u8]) -> Result<SavedState<'_>, String> {
+    let (_, jobs, alerts): (u32, Vec<JobFormat3<'_>>, SavedAlerts) =
+        postcard::from_bytes(state).map_err(|e| format!("decoding state (format 3): {e}"))?;
+    let jobs = jobs
+        .into_iter()
+        .map(|(id, definition, model)| SavedJob {
+            id,
+            definition,
+            model,
+        })
+        .collect();
+    Ok(SavedState { jobs, alerts })
 }
 
 /// Writes `state` back with format version `format` (for tests that alter a saved state).

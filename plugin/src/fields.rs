@@ -76,7 +76,7 @@ mod slot;
 mod tests;
 
 pub use event::{push_json_str, Add, Collision, Event};
-pub use scanner::Scanner;
+pub use scanner::{Scanned, Scanner};
 pub use schema::{Schema, SchemaBuilder};
 
 /// Most levels of arrays and objects an event may nest, counting the event itself: serde_json's

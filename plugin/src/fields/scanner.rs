@@ -1,5 +1,6 @@
 //! [`Scanner`]: one or two passes of the [`Parser`](super::parser) over a line, and the buffers
-//! kept between events.
+//! kept between events; [`Scanned`]: what one scan records, kept apart from the scanner so that
+//! one thread may scan events for another to read.
 
 use std::sync::Arc;
 
@@ -14,27 +15,70 @@ use super::{ScanError, ScanErrorKind};
 #[derive(Debug)]
 pub struct Scanner {
     schema: Arc<Schema>,
-    slots: Vec<Slot>,
-    pub(super) nodes: Vec<NodeSeen>,
+    /// What [`Scanner::scan`] records.
+    out: Scanned,
     /// Offsets of keys a later occurrence of the same key replaces (second, exact pass only).
     superseded: Vec<u32>,
-    /// Decoded escaped strings of the current event.
-    scratch: String,
     /// The current key, when it had escapes.
     key: String,
     /// The line's string stops ([`index_stops`]).
     stops: Vec<u64>,
 }
 
+/// What scanning one line recorded: the wanted fields' values as spans of the line (or of its
+/// own buffer, for decoded strings), and where the wanted objects are. It borrows nothing:
+/// [`Scanned::event`] reads it back with the line it was scanned from. Buffers are kept, so a
+/// record reused for one event after another stops allocating.
+#[derive(Debug, Clone)]
+pub struct Scanned {
+    pub(super) slots: Vec<Slot>,
+    pub(super) nodes: Vec<NodeSeen>,
+    /// Decoded escaped strings of the event.
+    scratch: String,
+    conflicting: bool,
+    /// Whether the last scan read the line.
+    outcome: Result<(), ScanError>,
+}
+
+impl Scanned {
+    /// An empty record for the fields of `schema`.
+    pub fn new(schema: &Schema) -> Self {
+        Scanned {
+            slots: vec![Slot::absent(); schema.len()],
+            nodes: vec![NodeSeen::default(); schema.nodes.len()],
+            scratch: String::new(),
+            conflicting: false,
+            outcome: Err(fail(ScanErrorKind::NotAnObject, 0)),
+        }
+    }
+
+    /// The event scanned into this record, read with `line`, the line it was scanned from
+    /// (another line gives wrong values, never undefined behaviour), and the schema it was
+    /// scanned for; or why the line could not be read.
+    pub fn event<'s>(
+        &'s mut self,
+        line: &'s str,
+        schema: &'s Schema,
+    ) -> Result<Event<'s>, ScanError> {
+        self.outcome?;
+        Ok(Event {
+            line,
+            schema,
+            slots: &mut self.slots,
+            nodes: &self.nodes,
+            scratch: &self.scratch,
+            conflicting: self.conflicting,
+        })
+    }
+}
+
 impl Scanner {
     /// A scanner for `schema`.
     pub fn new(schema: Arc<Schema>) -> Self {
         Scanner {
-            slots: vec![Slot::absent(); schema.len()],
-            nodes: vec![NodeSeen::default(); schema.nodes.len()],
+            out: Scanned::new(&schema),
             superseded: Vec::new(),
             schema,
-            scratch: String::new(),
             key: String::new(),
             stops: Vec::new(),
         }
@@ -47,46 +91,90 @@ impl Scanner {
 
     /// Scans one line (without its terminator). Fails when it is not exactly one JSON object.
     pub fn scan<'s>(&'s mut self, line: &'s str) -> Result<Event<'s>, ScanError> {
-        if u32::try_from(line.len()).is_err() {
-            return Err(fail(ScanErrorKind::TooLong, 0));
-        }
-        self.superseded.clear();
-        index_stops(line.as_bytes(), &mut self.stops);
-        let flags = self.pass(line, false)?;
-        let flags = if flags.duplicates {
-            // A wanted key repeated in one object: read again, skipping what is replaced.
-            self.pass(line, true)?
-        } else {
-            flags
-        };
+        let flags = Self::run(
+            &self.schema,
+            &mut self.out,
+            &mut self.superseded,
+            &mut self.key,
+            &mut self.stops,
+            line,
+        )?;
         Ok(Event {
             line,
             schema: &self.schema,
-            slots: &mut self.slots,
-            nodes: &self.nodes,
-            scratch: &self.scratch,
+            slots: &mut self.out.slots,
+            nodes: &self.out.nodes,
+            scratch: &self.out.scratch,
             conflicting: flags.conflicting,
         })
     }
 
-    fn pass(&mut self, line: &str, exact: bool) -> Result<PassFlags, ScanError> {
-        for slot in &mut self.slots {
+    /// Scans one line into `out`, a record made for this scanner's schema; read it back with
+    /// [`Scanned::event`].
+    pub fn scan_into(&mut self, line: &str, out: &mut Scanned) {
+        debug_assert_eq!(out.slots.len(), self.schema.len(), "record of another schema");
+        let flags = Self::run(
+            &self.schema,
+            out,
+            &mut self.superseded,
+            &mut self.key,
+            &mut self.stops,
+            line,
+        );
+        out.conflicting = flags.is_ok_and(|f| f.conflicting);
+        out.outcome = flags.map(|_| ());
+    }
+
+    /// The scan: one pass, and a second, exact one when a wanted key is repeated.
+    #[inline]
+    fn run(
+        schema: &Schema,
+        out: &mut Scanned,
+        superseded: &mut Vec<u32>,
+        key: &mut String,
+        stops: &mut Vec<u64>,
+        line: &str,
+    ) -> Result<PassFlags, ScanError> {
+        if u32::try_from(line.len()).is_err() {
+            return Err(fail(ScanErrorKind::TooLong, 0));
+        }
+        superseded.clear();
+        index_stops(line.as_bytes(), stops);
+        let flags = Self::pass(schema, out, superseded, key, stops, line, false)?;
+        if flags.duplicates {
+            // A wanted key repeated in one object: read again, skipping what is replaced.
+            Self::pass(schema, out, superseded, key, stops, line, true)
+        } else {
+            Ok(flags)
+        }
+    }
+
+    fn pass(
+        schema: &Schema,
+        out: &mut Scanned,
+        superseded: &mut Vec<u32>,
+        key: &mut String,
+        stops: &[u64],
+        line: &str,
+        exact: bool,
+    ) -> Result<PassFlags, ScanError> {
+        for slot in &mut out.slots {
             slot.kind = Kind::Absent;
         }
-        for node in &mut self.nodes {
+        for node in &mut out.nodes {
             *node = NodeSeen::default();
         }
-        self.scratch.clear();
+        out.scratch.clear();
         let b = line.as_bytes();
         let mut p = Parser {
             text: line,
-            schema: &self.schema,
-            slots: &mut self.slots,
-            nodes: &mut self.nodes,
-            scratch: &mut self.scratch,
-            key: &mut self.key,
-            superseded: &mut self.superseded,
-            strings: Indexed(&self.stops),
+            schema,
+            slots: &mut out.slots,
+            nodes: &mut out.nodes,
+            scratch: &mut out.scratch,
+            key,
+            superseded,
+            strings: Indexed(stops),
             exact,
             flags: PassFlags::default(),
         };

@@ -17,6 +17,7 @@
 //!     lateness_buckets: 1
 //!   allow_destinations: [198.51.100.0/24]
 //!   jobs: []                        # extra or overriding job definitions
+//!   threads: auto                   # 1, 2, ... or auto (see [`Threads`])
 //! ```
 
 use std::collections::BTreeMap;
@@ -96,6 +97,9 @@ pub struct DetectorConfig {
     /// The event-time field; events without a readable one use the host's clock.
     #[serde(default = "default_time_field")]
     pub time_field: String,
+    /// Threads a batch of events is evaluated on.
+    #[serde(default)]
+    pub threads: Threads,
 }
 
 fn default_rules() -> Vec<PathBuf> {
@@ -117,7 +121,73 @@ impl Default for DetectorConfig {
             models: ModelSettings::default(),
             allow_destinations: Vec::new(),
             time_field: default_time_field(),
+            threads: Threads::default(),
         }
+    }
+}
+
+/// `threads:`, the threads a batch of events is evaluated on: the calling thread, which runs
+/// the filters and models in event order, and `n - 1` helpers that scan events ahead of it
+/// (the scan is stateless; verdicts are the same whatever the number). The calling thread
+/// scans too whenever no scanned event is waiting, so the work balances itself.
+///
+/// `auto` (the default) is 2 when the machine has two cores or more, 1 otherwise: the models'
+/// part runs on the calling thread alone, so beyond one helper there is little to gain. A
+/// number from 1 ([`Threads::MAX`] at most) sets it; 1 runs everything on the calling thread,
+/// and no helper is ever started. Helpers are started on the first batch large enough to share
+/// ([`crate::Detector::process`]); one event at a time (the C face) never starts one.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Threads {
+    /// As many as help on this machine.
+    #[default]
+    Auto,
+    /// This many (at least 1).
+    Count(u16),
+}
+
+impl Threads {
+    /// The most threads `threads:` accepts.
+    pub const MAX: u16 = 64;
+
+    /// The number of threads to use on this machine.
+    pub fn resolve(self) -> usize {
+        match self {
+            Threads::Count(n) => usize::from(n),
+            Threads::Auto => std::thread::available_parallelism()
+                .map_or(1, |n| n.get())
+                .min(2),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for Threads {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Setting;
+        impl serde::de::Visitor<'_> for Setting {
+            type Value = Threads;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                write!(f, "`auto` or a number of threads from 1 to {}", Threads::MAX)
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Threads, E> {
+                match v {
+                    "auto" => Ok(Threads::Auto),
+                    other => Err(E::invalid_value(serde::de::Unexpected::Str(other), &self)),
+                }
+            }
+            fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Threads, E> {
+                match u16::try_from(v) {
+                    Ok(n @ 1..=Threads::MAX) => Ok(Threads::Count(n)),
+                    _ => Err(E::invalid_value(serde::de::Unexpected::Unsigned(v), &self)),
+                }
+            }
+            fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Threads, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::invalid_value(serde::de::Unexpected::Signed(v), &self)),
+                }
+            }
+        }
+        d.deserialize_any(Setting)
     }
 }
 
@@ -353,6 +423,23 @@ mod tests {
             ["geoip.databse", "models.jobs.a.learning_bucket", "typo"]
         );
         assert_eq!(config.jobs.len(), 1);
+    }
+
+    #[test]
+    fn threads_is_auto_by_default_a_number_from_one_or_auto_and_nothing_else() {
+        let threads = |text: &str| DetectorConfig::parse(text).map(|(c, _)| c.threads);
+        assert_eq!(threads("{}").unwrap(), Threads::Auto);
+        assert_eq!(threads(r#"{"threads": "auto"}"#).unwrap(), Threads::Auto);
+        assert_eq!(threads(r#"{"threads": 1}"#).unwrap(), Threads::Count(1));
+        assert_eq!(threads(r#"{"threads": 64}"#).unwrap(), Threads::Count(64));
+        assert_eq!(Threads::Count(3).resolve(), 3);
+        let auto = Threads::Auto.resolve();
+        assert!((1..=2).contains(&auto), "auto resolved to {auto}");
+        for bad in ["0", "65", "-1", "1.5", r#""two""#, "true"] {
+            let problems = threads(&format!(r#"{{"threads": {bad}}}"#)).unwrap_err();
+            assert_eq!(problems[0].0, "threads", "{bad}: {problems:?}");
+            assert!(problems[0].1.contains("`auto` or a number"), "{bad}: {problems:?}");
+        }
     }
 
     #[test]

@@ -16,7 +16,7 @@ use crate::alert::{self, AlertFields, RuleTexts};
 use crate::catalog::{BoundJob, JobDef};
 use crate::check::RuleSet;
 use crate::config::{Action, BuildOptions, DetectorConfig, Problem};
-use crate::fields::{Collision, FieldId, Scanner, SchemaBuilder};
+use crate::fields::{Collision, Event, FieldId, ScanError, Scanner, Schema, SchemaBuilder};
 use crate::geo::{GeoCache, GeoDb};
 use crate::models::{Model, Scored};
 use crate::net::{self, CidrSet};
@@ -35,10 +35,12 @@ mod scoring;
 mod state;
 #[cfg(test)]
 mod tests;
+mod threads;
 
 use jobs::build_jobs;
 use scoring::{alert_detail, enrich, expected_fields, geo_warnings, score, Scoring};
 pub use state::LoadReport;
+use threads::{Helpers, MIN_SHARED};
 
 /// Events read with none qualifying for any job before the detector says so, once.
 const NO_QUALIFYING_WARNING_AFTER: u64 = 10_000;
@@ -55,8 +57,13 @@ pub struct Detector {
     jobs: Vec<ActiveJob>,
     geo: Option<GeoCache>,
     allow: CidrSet,
-    /// Reads the fields the jobs need from every event.
-    scanner: Scanner,
+    /// The fields the jobs and the detector read from every event.
+    schema: Arc<Schema>,
+    /// The scan stage: taken out while a batch is evaluated (so that it can lend its records
+    /// while the rest of the detector judges them), built again if a panic lost it.
+    stage: Option<Box<Stage>>,
+    /// Threads a batch is evaluated on ([`crate::config::Threads`], resolved).
+    threads: usize,
     /// The fields the detector itself reads.
     fixed: FixedFields,
     /// The fields alerts write.
@@ -68,6 +75,22 @@ pub struct Detector {
     scores: Option<Vec<ScoreRecord>>,
     /// Index in its batch of the event being evaluated, for its score records.
     event_index: u32,
+}
+
+/// Reads the wanted fields from events: on the calling thread, and with helpers once a batch
+/// large enough to share them has been seen ([`threads`]).
+struct Stage {
+    scanner: Scanner,
+    helpers: Option<Helpers>,
+}
+
+impl Stage {
+    fn new(schema: &Arc<Schema>) -> Box<Self> {
+        Box::new(Stage {
+            scanner: Scanner::new(Arc::clone(schema)),
+            helpers: None,
+        })
+    }
 }
 
 /// The fields the detector reads besides the jobs' own.
@@ -203,8 +226,11 @@ impl Detector {
         let schema = schema
             .build()
             .map_err(|e| PluginError::new(ErrorKind::Config, format!("detector: {e}")))?;
+        let schema = Arc::new(schema);
         Ok(Detector {
-            scanner: Scanner::new(Arc::new(schema)),
+            stage: Some(Stage::new(&schema)),
+            schema,
+            threads: config.threads.resolve(),
             fixed,
             alert_fields,
             config,
@@ -221,7 +247,7 @@ impl Detector {
 
     /// A scanner for the fields this detector reads (for measuring the scanner alone).
     pub fn scanner(&self) -> Scanner {
-        Scanner::new(Arc::clone(self.scanner.schema()))
+        Scanner::new(Arc::clone(&self.schema))
     }
 
     /// The configuration this detector was built from.
@@ -232,6 +258,10 @@ impl Detector {
     /// Evaluates a batch of events at the host's clock time `now_ms`: one verdict per event,
     /// in order. With [`BuildOptions::score_records`], the batch's score records are kept for
     /// [`Detector::take_scores`].
+    ///
+    /// With more than one thread configured (`threads`), a batch of at least [`MIN_SHARED`]
+    /// events is scanned by helper threads ahead of the calling thread, which judges the
+    /// events in order ([`threads`]): the verdicts, scores and state are those of one thread.
     pub fn process<'a>(
         &mut self,
         events: impl IntoIterator<Item = &'a str>,
@@ -240,13 +270,52 @@ impl Detector {
         if let Some(scores) = &mut self.scores {
             scores.clear();
         }
+        let mut stage = self.take_stage();
         let events = events.into_iter();
         let mut verdicts = Vec::with_capacity(events.size_hint().0);
-        for (i, line) in events.enumerate() {
-            self.event_index = u32::try_from(i).unwrap_or(u32::MAX);
-            verdicts.push(self.evaluate(line, now_ms));
+        if self.threads > 1 && events.size_hint().0 >= MIN_SHARED {
+            let lines: Vec<&str> = events.collect();
+            if stage.helpers.is_none() {
+                match Helpers::start(self.threads - 1, &self.schema) {
+                    Ok(helpers) => stage.helpers = Some(helpers),
+                    Err(e) => {
+                        // Evaluated on this thread alone from now on; said once.
+                        self.warnings.push(format!("{e}; evaluating on one thread"));
+                        self.threads = 1;
+                    }
+                }
+            }
+            let Stage { scanner, helpers } = &mut *stage;
+            let schema = Arc::clone(&self.schema);
+            match helpers {
+                Some(helpers) => helpers.run(scanner, &lines, |i, line, record| {
+                    self.event_index = u32::try_from(i).unwrap_or(u32::MAX);
+                    let event = record.event(line, &schema);
+                    verdicts.push(self.decide(line, event, now_ms, None).0);
+                }),
+                None => {
+                    for (i, line) in lines.into_iter().enumerate() {
+                        self.event_index = u32::try_from(i).unwrap_or(u32::MAX);
+                        let event = scanner.scan(line);
+                        verdicts.push(self.decide(line, event, now_ms, None).0);
+                    }
+                }
+            }
+        } else {
+            for (i, line) in events.enumerate() {
+                self.event_index = u32::try_from(i).unwrap_or(u32::MAX);
+                let event = stage.scanner.scan(line);
+                verdicts.push(self.decide(line, event, now_ms, None).0);
+            }
         }
+        self.stage = Some(stage);
         verdicts
+    }
+
+    /// The scan stage, taken out of the detector until put back; a new one when a panic lost
+    /// the last (its helpers, if it had any, are gone with it).
+    fn take_stage(&mut self) -> Box<Stage> {
+        self.stage.take().unwrap_or_else(|| Stage::new(&self.schema))
     }
 
     /// The score records of the last [`Detector::process`] call (empty unless built with
@@ -285,8 +354,23 @@ impl Detector {
         now_ms: i64,
         set: Option<&mut Vec<(&'static str, String)>>,
     ) -> (Verdict, bool) {
+        let mut stage = self.take_stage();
+        let event = stage.scanner.scan(line);
+        let judged = self.decide(line, event, now_ms, set);
+        self.stage = Some(stage);
+        judged
+    }
+
+    /// Judges one scanned event (`event`, from `line`): enrichment, scores, the verdict.
+    fn decide(
+        &mut self,
+        line: &str,
+        event: Result<Event<'_>, ScanError>,
+        now_ms: i64,
+        set: Option<&mut Vec<(&'static str, String)>>,
+    ) -> (Verdict, bool) {
         self.metrics.events += 1;
-        let Ok(mut event) = self.scanner.scan(line) else {
+        let Ok(mut event) = event else {
             self.metrics.unreadable += 1;
             return (Verdict::UNREADABLE, false);
         };

@@ -8,6 +8,7 @@ use crate::geo::mmdb_writer::{MmdbWriter, Value as Mmdb};
 mod bytes;
 mod lifecycle;
 mod state;
+mod threads;
 
 const RARE_RULE: &str = "35f86980-1fb1-4dff-b311-3be941549c8d";
 const EXFIL_RULE: &str = "cc653d77-ddd2-45b1-9197-c75ad19df66c";

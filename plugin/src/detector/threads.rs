@@ -1,0 +1,274 @@
+//! A batch on several threads: helpers scan events ahead while the calling thread runs the
+//! filters and models on them, in event order.
+//!
+//! The scan (reading the wanted fields out of a line) is stateless and more than half of what
+//! the detector spends per event; everything after it (GeoIP's cache, the models, alert
+//! episodes, counters) is state that must see events in their order. So the batch is cut into
+//! chunks of [`CHUNK`] events. Helpers, and the calling thread whenever the next chunk it needs
+//! is not scanned yet, claim the next unclaimed chunk and scan its events into [`Scanned`]
+//! records; the calling thread judges the records chunk after chunk, in order. The verdicts,
+//! scores and model state are those of one thread by construction: only the scan moves, and a
+//! record holds exactly what a scan on the calling thread would have returned.
+//!
+//! Records live in a ring of [`RING`] chunks: a chunk is claimed only once the chunk that held
+//! its place before has been judged, so memory stays bounded whatever the batch size, and no
+//! thread ever holds a claim it cannot work on. Each chunk sits behind its own mutex, taken by
+//! one thread at a time by this protocol (never waited on): the atomics say whose turn it is,
+//! the mutex lets safe code hand the records over.
+//!
+//! The helpers are the threads of a private rayon pool, started on the first batch that is
+//! worth sharing ([`MIN_SHARED`]) and kept for the detector's life. A batch is handed to them
+//! with [`rayon::ThreadPool::in_place_scope`], which lets them borrow the batch's lines and
+//! returns only when they are done. A helper that panics marks the batch failed, so nobody
+//! waits on a chunk it will never finish; rayon then resumes its panic on the calling thread,
+//! where the plugin's boundary turns it into an error for the batch
+//! ([`egresswatch_plugin_api::catch_panic`]); the next batch starts a new pool.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use crate::fields::{Scanned, Scanner, Schema};
+
+/// Events per chunk: what a thread claims at once. Small enough that the calling thread,
+/// judging, rarely waits for a helper to finish one; large enough that claiming costs little.
+pub(super) const CHUNK: usize = 16;
+
+/// Chunks in the ring of records: how far the scan may run ahead of the judging.
+const RING: usize = 16;
+
+/// Batches smaller than this are evaluated on the calling thread alone: handing a batch to a
+/// helper and waiting for it costs about what scanning a few events does.
+pub(super) const MIN_SHARED: usize = 2 * CHUNK;
+
+/// No chunk: what a ring slot's `ready` holds before its chunk is scanned.
+const NONE: usize = usize::MAX;
+
+/// Spins before a waiting thread yields its core.
+const SPINS: u32 = 64;
+
+/// The helpers and the ring of records, kept between batches.
+pub(super) struct Helpers {
+    pool: rayon::ThreadPool,
+    /// One scanner per helper (its buffers), locked by that helper for a batch.
+    scanners: Vec<Mutex<Scanner>>,
+    ring: Vec<Slot>,
+    /// Index of the next chunk to claim.
+    next: AtomicUsize,
+    /// Chunks judged so far.
+    judged: AtomicUsize,
+    /// A helper panicked, or the calling thread stopped judging: the batch is over.
+    stop: AtomicBool,
+    /// Test hook: helpers panic as they start on a batch.
+    #[cfg(test)]
+    pub(super) panic: bool,
+}
+
+/// One ring slot: the records of the chunk in it, and which chunk is scanned in them.
+struct Slot {
+    records: Mutex<Vec<Scanned>>,
+    /// The index of the chunk whose scan is in `records`, or [`NONE`].
+    ready: AtomicUsize,
+}
+
+/// One batch: its lines and how many chunks they make.
+#[derive(Clone, Copy)]
+struct Batch<'b, 'l> {
+    lines: &'b [&'l str],
+    chunks: usize,
+}
+
+impl<'l> Batch<'_, 'l> {
+    /// The lines of chunk `c`.
+    fn chunk(&self, c: usize) -> &[&'l str] {
+        let start = c * CHUNK;
+        &self.lines[start..(start + CHUNK).min(self.lines.len())]
+    }
+}
+
+impl Helpers {
+    /// `count` helper threads (at least one) scanning for `schema`.
+    pub(super) fn start(count: usize, schema: &Arc<Schema>) -> Result<Self, String> {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(count.max(1))
+            .thread_name(|i| format!("egresswatch-scan-{i}"))
+            .build()
+            .map_err(|e| format!("starting the detector's scan threads: {e}"))?;
+        Ok(Helpers {
+            pool,
+            scanners: (0..count.max(1))
+                .map(|_| Mutex::new(Scanner::new(Arc::clone(schema))))
+                .collect(),
+            ring: (0..RING)
+                .map(|_| Slot {
+                    records: Mutex::new(vec![Scanned::new(schema); CHUNK]),
+                    ready: AtomicUsize::new(NONE),
+                })
+                .collect(),
+            next: AtomicUsize::new(0),
+            judged: AtomicUsize::new(0),
+            stop: AtomicBool::new(false),
+            #[cfg(test)]
+            panic: false,
+        })
+    }
+
+    /// Scans `lines` on the helpers and the calling thread, and calls `judge` on the calling
+    /// thread for every line, in order, with its record. `scanner` is the calling thread's.
+    pub(super) fn run<'l>(
+        &self,
+        scanner: &mut Scanner,
+        lines: &[&'l str],
+        mut judge: impl FnMut(usize, &'l str, &mut Scanned),
+    ) {
+        let batch = Batch {
+            lines,
+            chunks: lines.len().div_ceil(CHUNK),
+        };
+        for slot in &self.ring {
+            slot.ready.store(NONE, Ordering::Relaxed);
+        }
+        self.next.store(0, Ordering::Relaxed);
+        self.judged.store(0, Ordering::Relaxed);
+        self.stop.store(false, Ordering::Relaxed);
+        // Published to the helpers by the pool's hand-over (a release/acquire pair).
+        self.pool.in_place_scope(|scope| {
+            for scanner in &self.scanners {
+                scope.spawn(move |_| self.help(scanner, batch));
+            }
+            // Whatever way the calling thread leaves (a model panicking too), the helpers must
+            // not wait for judging that will not come.
+            let _stop = Stop(&self.stop);
+            for c in 0..batch.chunks {
+                let Some(mut records) = self.wait_for(c, scanner, batch) else {
+                    return; // a helper failed; its panic is resumed when the scope ends
+                };
+                let start = c * CHUNK;
+                for (i, (line, record)) in batch.chunk(c).iter().zip(records.iter_mut()).enumerate()
+                {
+                    judge(start + i, line, record);
+                }
+                drop(records);
+                self.judged.store(c + 1, Ordering::Release);
+            }
+        });
+    }
+
+    /// A helper's part of a batch: scans chunks until none is left to claim.
+    fn help(&self, scanner: &Mutex<Scanner>, batch: Batch<'_, '_>) {
+        let _stop = OnPanic(&self.stop);
+        #[cfg(test)]
+        assert!(!self.panic, "test hook: a helper panics");
+        let mut scanner = scanner.lock().unwrap_or_else(|e| e.into_inner());
+        let mut spins = 0;
+        while !self.stop.load(Ordering::Relaxed) {
+            match self.claim(batch) {
+                Claim::Chunk(c) => {
+                    self.scan(c, &mut scanner, batch);
+                    spins = 0;
+                }
+                Claim::Done => return,
+                Claim::Full => pause(&mut spins),
+            }
+        }
+    }
+
+    /// The records of chunk `c` once scanned (by the calling thread itself when it can claim a
+    /// chunk while it waits); `None` when a helper failed.
+    fn wait_for(
+        &self,
+        c: usize,
+        scanner: &mut Scanner,
+        batch: Batch<'_, '_>,
+    ) -> Option<MutexGuard<'_, Vec<Scanned>>> {
+        let slot = &self.ring[c % RING];
+        let mut spins = 0;
+        while slot.ready.load(Ordering::Acquire) != c {
+            if self.stop.load(Ordering::Relaxed) {
+                return None;
+            }
+            match self.claim(batch) {
+                Claim::Chunk(k) => {
+                    self.scan(k, scanner, batch);
+                    spins = 0;
+                }
+                Claim::Done | Claim::Full => pause(&mut spins),
+            }
+        }
+        // Never contended: whoever scanned the chunk has let go of it before saying so.
+        Some(slot.records.lock().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Claims the next chunk, if its ring slot has been judged.
+    fn claim(&self, batch: Batch<'_, '_>) -> Claim {
+        let mut next = self.next.load(Ordering::Relaxed);
+        loop {
+            if next >= batch.chunks {
+                return Claim::Done;
+            }
+            if next >= self.judged.load(Ordering::Acquire) + RING {
+                return Claim::Full;
+            }
+            match self.next.compare_exchange_weak(
+                next,
+                next + 1,
+                Ordering::Relaxed,
+                Ordering::Relaxed,
+            ) {
+                Ok(_) => return Claim::Chunk(next),
+                Err(now) => next = now,
+            }
+        }
+    }
+
+    /// Scans chunk `c` into its ring slot and says it is ready.
+    fn scan(&self, c: usize, scanner: &mut Scanner, batch: Batch<'_, '_>) {
+        let slot = &self.ring[c % RING];
+        {
+            let mut records = slot.records.lock().unwrap_or_else(|e| e.into_inner());
+            for (line, record) in batch.chunk(c).iter().zip(records.iter_mut()) {
+                scanner.scan_into(line, record);
+            }
+        }
+        slot.ready.store(c, Ordering::Release);
+    }
+}
+
+/// What [`Helpers::claim`] found.
+enum Claim {
+    Chunk(usize),
+    /// Every chunk is claimed.
+    Done,
+    /// The next chunk's ring slot is still to be judged.
+    Full,
+}
+
+/// Waits a little: spins first, then gives the core away (the machine may have fewer free
+/// cores than threads).
+fn pause(spins: &mut u32) {
+    if *spins < SPINS {
+        *spins += 1;
+        std::hint::spin_loop();
+    } else {
+        std::thread::yield_now();
+    }
+}
+
+/// Sets the flag when dropped: the calling thread has stopped judging.
+struct Stop<'a>(&'a AtomicBool);
+
+impl Drop for Stop<'_> {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Sets the flag when dropped while panicking: a helper failed.
+struct OnPanic<'a>(&'a AtomicBool);
+
+impl Drop for OnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::Relaxed);
+        }
+    }
+}

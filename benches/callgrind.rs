@@ -12,6 +12,7 @@
 //! | `scanner` | the detector's field scanner alone, with the fields the detector reads |
 //! | `detector` | `Detector::process` in-process: scan, GeoIP, filters, models, verdict, alerts |
 //! | `detector_no_alerts` | the same with `annotate: false`: flagged events are counted, not written |
+//! | `detector_2_threads` | `detector` with `threads: 2`: the instructions of both threads together (the others run with `threads: 1`) |
 //! | `end_to_end` | `egresswatch run` (the release binary and plugin beside this bench), stdin from a file, stdout to `/dev/null` |
 //!
 //! Annotation costs `(detector - detector_no_alerts) / flagged` per flagged event (the flagged
@@ -32,11 +33,12 @@ use egresswatch_plugin::config::BuildOptions;
 use egresswatch_plugin::Detector;
 use serde::de::IgnoredAny;
 
-const CASES: [&str; 5] = [
+const CASES: [&str; 6] = [
     "serde_parse_only",
     "scanner",
     "detector",
     "detector_no_alerts",
+    "detector_2_threads",
     "end_to_end",
 ];
 
@@ -50,8 +52,10 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
-fn detector(annotate: bool) -> Detector {
+/// The bench's detector: both rules, GeoIP, on `threads` threads.
+fn detector(annotate: bool, threads: u16) -> Detector {
     let config = serde_json::json!({
+        "threads": threads,
         "rules": ["rules"],
         "geoip": { "database": "data/geo/geo-whois-asn-country.mmdb" },
         "actions": { "default": { "annotate": annotate } },
@@ -109,13 +113,14 @@ fn run_case(case: &str, input: &Path, limit: Option<usize>, events: usize) {
             }
         }
         "scanner" => {
-            let mut scanner = detector(true).scanner();
+            let mut scanner = detector(true, 1).scanner();
             for line in lines {
                 std::hint::black_box(scanner.scan(line).is_ok());
             }
         }
-        "detector" | "detector_no_alerts" => {
-            let mut detector = detector(case == "detector");
+        "detector" | "detector_no_alerts" | "detector_2_threads" => {
+            let threads = if case == "detector_2_threads" { 2 } else { 1 };
+            let mut detector = detector(case != "detector_no_alerts", threads);
             for chunk in lines.chunks(BATCH) {
                 let batch = chunk.iter().map(String::as_str);
                 std::hint::black_box(detector.process(batch, NOW_MS));
@@ -202,13 +207,14 @@ fn program() -> Option<PathBuf> {
 }
 
 /// The configuration of the `end_to_end` case: the bench input's rules and GeoIP database
-/// (as the `detector` case reads them), every event to stdout, flagged ones annotated.
+/// (as the `detector` case reads them), every event to stdout, flagged ones annotated, one
+/// thread.
 fn end_to_end_config() -> PathBuf {
     let ws = workspace().canonicalize().expect("workspace");
     let path =
         std::env::temp_dir().join(format!("egresswatch-callgrind-{}.yaml", std::process::id()));
     let yaml = format!(
-        "unreadable: pass\noutputs:\n  default: {{ type: stdout }}\ndetector:\n  rules: [{rules:?}]\n  geoip:\n    database: {geo:?}\n  actions:\n    default: {{ annotate: true }}\n",
+        "unreadable: pass\noutputs:\n  default: {{ type: stdout }}\ndetector:\n  threads: 1\n  rules: [{rules:?}]\n  geoip:\n    database: {geo:?}\n  actions:\n    default: {{ annotate: true }}\n",
         rules = ws.join("rules").display().to_string(),
         geo = ws
             .join("data/geo/geo-whois-asn-country.mmdb")
@@ -222,7 +228,7 @@ fn end_to_end_config() -> PathBuf {
 /// Events the detector flags in `input` (run once, natively).
 fn flagged(input: &Path, lines: Option<usize>) -> usize {
     let lines = read_lines(input, lines);
-    let mut detector = detector(true);
+    let mut detector = detector(true, 1);
     lines
         .chunks(BATCH)
         .map(|chunk| {

@@ -166,7 +166,11 @@ impl<'de> Deserialize<'de> for Threads {
         impl serde::de::Visitor<'_> for Setting {
             type Value = Threads;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-                write!(f, "`auto` or a number of threads from 1 to {}", Threads::MAX)
+                write!(
+                    f,
+                    "`auto` or a number of threads from 1 to {}",
+                    Threads::MAX
+                )
             }
             fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Threads, E> {
                 match v {
@@ -438,7 +442,10 @@ mod tests {
         for bad in ["0", "65", "-1", "1.5", r#""two""#, "true"] {
             let problems = threads(&format!(r#"{{"threads": {bad}}}"#)).unwrap_err();
             assert_eq!(problems[0].0, "threads", "{bad}: {problems:?}");
-            assert!(problems[0].1.contains("`auto` or a number"), "{bad}: {problems:?}");
+            assert!(
+                problems[0].1.contains("`auto` or a number"),
+                "{bad}: {problems:?}"
+            );
         }
     }
 

@@ -53,7 +53,7 @@ impl Scanned {
     }
 
     /// The event scanned into this record, read with `line`, the line it was scanned from
-    /// (another line gives wrong values, never undefined behaviour), and the schema it was
+    /// (another line gives wrong values or a panic, never undefined behaviour), and the schema it was
     /// scanned for; or why the line could not be read.
     pub fn event<'s>(
         &'s mut self,
@@ -91,14 +91,7 @@ impl Scanner {
 
     /// Scans one line (without its terminator). Fails when it is not exactly one JSON object.
     pub fn scan<'s>(&'s mut self, line: &'s str) -> Result<Event<'s>, ScanError> {
-        let flags = Self::run(
-            &self.schema,
-            &mut self.out,
-            &mut self.superseded,
-            &mut self.key,
-            &mut self.stops,
-            line,
-        )?;
+        let flags = self.run(line)?;
         Ok(Event {
             line,
             schema: &self.schema,
@@ -110,54 +103,40 @@ impl Scanner {
     }
 
     /// Scans one line into `out`, a record made for this scanner's schema; read it back with
-    /// [`Scanned::event`].
+    /// [`Scanned::event`]. (The record takes the place of the scanner's own for the scan: two
+    /// swaps of a few words, and [`Scanner::scan`]'s code is left exactly as it is.)
     pub fn scan_into(&mut self, line: &str, out: &mut Scanned) {
-        debug_assert_eq!(out.slots.len(), self.schema.len(), "record of another schema");
-        let flags = Self::run(
-            &self.schema,
-            out,
-            &mut self.superseded,
-            &mut self.key,
-            &mut self.stops,
-            line,
+        debug_assert_eq!(
+            out.slots.len(),
+            self.schema.len(),
+            "record of another schema"
         );
+        std::mem::swap(&mut self.out, out);
+        let flags = self.run(line);
+        std::mem::swap(&mut self.out, out);
         out.conflicting = flags.is_ok_and(|f| f.conflicting);
         out.outcome = flags.map(|_| ());
     }
 
-    /// The scan: one pass, and a second, exact one when a wanted key is repeated.
-    #[inline]
-    fn run(
-        schema: &Schema,
-        out: &mut Scanned,
-        superseded: &mut Vec<u32>,
-        key: &mut String,
-        stops: &mut Vec<u64>,
-        line: &str,
-    ) -> Result<PassFlags, ScanError> {
+    /// The scan into the scanner's own record: one pass, and a second, exact one when a wanted
+    /// key is repeated.
+    fn run(&mut self, line: &str) -> Result<PassFlags, ScanError> {
         if u32::try_from(line.len()).is_err() {
             return Err(fail(ScanErrorKind::TooLong, 0));
         }
-        superseded.clear();
-        index_stops(line.as_bytes(), stops);
-        let flags = Self::pass(schema, out, superseded, key, stops, line, false)?;
+        self.superseded.clear();
+        index_stops(line.as_bytes(), &mut self.stops);
+        let flags = self.pass(line, false)?;
         if flags.duplicates {
             // A wanted key repeated in one object: read again, skipping what is replaced.
-            Self::pass(schema, out, superseded, key, stops, line, true)
+            self.pass(line, true)
         } else {
             Ok(flags)
         }
     }
 
-    fn pass(
-        schema: &Schema,
-        out: &mut Scanned,
-        superseded: &mut Vec<u32>,
-        key: &mut String,
-        stops: &[u64],
-        line: &str,
-        exact: bool,
-    ) -> Result<PassFlags, ScanError> {
+    fn pass(&mut self, line: &str, exact: bool) -> Result<PassFlags, ScanError> {
+        let out = &mut self.out;
         for slot in &mut out.slots {
             slot.kind = Kind::Absent;
         }
@@ -168,13 +147,13 @@ impl Scanner {
         let b = line.as_bytes();
         let mut p = Parser {
             text: line,
-            schema,
+            schema: &self.schema,
             slots: &mut out.slots,
             nodes: &mut out.nodes,
             scratch: &mut out.scratch,
-            key,
-            superseded,
-            strings: Indexed(stops),
+            key: &mut self.key,
+            superseded: &mut self.superseded,
+            strings: Indexed(&self.stops),
             exact,
             flags: PassFlags::default(),
         };

@@ -43,7 +43,11 @@ fn same_on_one_and_two_threads(lines: &[String], batches: &[usize]) -> usize {
         }
         assert_eq!(a.len(), b.len());
         flagged += a.iter().filter(|v| v.route.is_some()).count();
-        assert_eq!(one.take_scores(), two.take_scores(), "scores of lines {at}..");
+        assert_eq!(
+            one.take_scores(),
+            two.take_scores(),
+            "scores of lines {at}.."
+        );
     }
     assert!(
         two.stage.as_ref().is_some_and(|s| s.helpers.is_some()),
@@ -73,7 +77,10 @@ fn the_sample_gives_the_same_verdicts_and_scores_on_one_and_two_threads() {
     .unwrap();
     let lines: Vec<String> = text.lines().map(str::to_owned).collect();
     let flagged = same_on_one_and_two_threads(&lines, &BATCHES);
-    assert!(flagged > 10, "only {flagged} events flagged: the comparison says little");
+    assert!(
+        flagged > 10,
+        "only {flagged} events flagged: the comparison says little"
+    );
 }
 
 /// Events to many destinations, with what makes a scan go out of its way: escaped strings and
@@ -132,7 +139,10 @@ fn many_destinations(count: usize) -> Vec<String> {
 fn many_destinations_give_the_same_verdicts_and_scores_on_one_and_two_threads() {
     let lines = many_destinations(30_000);
     let flagged = same_on_one_and_two_threads(&lines, &BATCHES);
-    assert!(flagged > 10, "only {flagged} events flagged: the comparison says little");
+    assert!(
+        flagged > 10,
+        "only {flagged} events flagged: the comparison says little"
+    );
 }
 
 #[test]

@@ -27,10 +27,14 @@
 //! is the reference of the ratio column.
 
 use std::path::{Path, PathBuf};
+
+#[path = "common/program.rs"]
+mod program;
 use std::process::Command;
 
 use egresswatch_plugin::config::BuildOptions;
 use egresswatch_plugin::Detector;
+use program::{program, workspace};
 use serde::de::IgnoredAny;
 
 const CASES: [&str; 6] = [
@@ -47,10 +51,6 @@ const BATCH: usize = 1024;
 
 /// The host's clock for every batch (after the sample's events, as in a live run).
 const NOW_MS: i64 = 1_800_000_000_000;
-
-fn workspace() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
-}
 
 /// The bench's detector: both rules, GeoIP, on `threads` threads.
 fn detector(annotate: bool, threads: u16) -> Detector {
@@ -191,19 +191,6 @@ fn callgrind_ir(case: &str, input: &Path, lines: Option<usize>, events: usize) -
         .and_then(|v| v.split_whitespace().next())
         .and_then(|v| v.parse().ok())
         .expect("callgrind output has a total")
-}
-
-/// The release `egresswatch` program, when it has been built with its plugin beside it (this
-/// bench is `target/release/deps/callgrind-*`; they are in `target/release`).
-fn program() -> Option<PathBuf> {
-    let dir = std::env::current_exe().ok()?.parent()?.parent()?.to_owned();
-    let exe = dir.join("egresswatch");
-    let plugin = dir.join(format!(
-        "{}egresswatch_plugin{}",
-        std::env::consts::DLL_PREFIX,
-        std::env::consts::DLL_SUFFIX
-    ));
-    (exe.is_file() && plugin.is_file()).then_some(exe)
 }
 
 /// The configuration of the `end_to_end` case: the bench input's rules and GeoIP database

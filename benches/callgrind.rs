@@ -27,15 +27,13 @@
 //! is the reference of the ratio column.
 
 use std::path::{Path, PathBuf};
-
-#[path = "common/program.rs"]
-mod program;
 use std::process::Command;
 
-use egresswatch_plugin::config::BuildOptions;
-use egresswatch_plugin::Detector;
-use program::{program, workspace};
 use serde::de::IgnoredAny;
+use setup::{detector, option, program, workspace, write_run_config, NOW_MS};
+
+#[path = "common/setup.rs"]
+mod setup;
 
 const CASES: [&str; 6] = [
     "serde_parse_only",
@@ -48,31 +46,6 @@ const CASES: [&str; 6] = [
 
 /// Events handed over per call, as the host does by default.
 const BATCH: usize = 1024;
-
-/// The host's clock for every batch (after the sample's events, as in a live run).
-const NOW_MS: i64 = 1_800_000_000_000;
-
-/// The bench's detector: both rules, GeoIP, on `threads` threads.
-fn detector(annotate: bool, threads: u16) -> Detector {
-    let config = serde_json::json!({
-        "threads": threads,
-        "rules": ["rules"],
-        "geoip": { "database": "data/geo/geo-whois-asn-country.mmdb" },
-        "actions": { "default": { "annotate": annotate } },
-    })
-    .to_string();
-    let options = BuildOptions {
-        base_dir: Some(workspace()),
-        ..BuildOptions::default()
-    };
-    Detector::build(&config, options).expect("detector builds")
-}
-
-fn option(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -193,22 +166,12 @@ fn callgrind_ir(case: &str, input: &Path, lines: Option<usize>, events: usize) -
         .expect("callgrind output has a total")
 }
 
-/// The configuration of the `end_to_end` case: the bench input's rules and GeoIP database
-/// (as the `detector` case reads them), every event to stdout, flagged ones annotated, one
-/// thread.
+/// The configuration of the `end_to_end` case: the `detector` case's detector, on one thread,
+/// every event to stdout, flagged ones annotated.
 fn end_to_end_config() -> PathBuf {
-    let ws = workspace().canonicalize().expect("workspace");
     let path =
         std::env::temp_dir().join(format!("egresswatch-callgrind-{}.yaml", std::process::id()));
-    let yaml = format!(
-        "unreadable: pass\noutputs:\n  default: {{ type: stdout }}\ndetector:\n  threads: 1\n  rules: [{rules:?}]\n  geoip:\n    database: {geo:?}\n  actions:\n    default: {{ annotate: true }}\n",
-        rules = ws.join("rules").display().to_string(),
-        geo = ws
-            .join("data/geo/geo-whois-asn-country.mmdb")
-            .display()
-            .to_string(),
-    );
-    std::fs::write(&path, yaml).expect("writing the end-to-end configuration");
+    write_run_config(&path, 1);
     path
 }
 

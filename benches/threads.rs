@@ -27,27 +27,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use egresswatch_plugin::config::BuildOptions;
-use egresswatch_plugin::Detector;
-use program::{program, workspace};
+use setup::{detector, option, program, workspace, write_run_config, NOW_MS};
 
-#[path = "common/program.rs"]
-mod program;
+#[path = "common/setup.rs"]
+mod setup;
 
 /// Thread counts compared.
 const THREADS: [u16; 2] = [1, 2];
 
 /// Batch sizes of the `batches` part.
 const BATCHES: [usize; 5] = [16, 32, 64, 256, 1024];
-
-/// The host's clock for every batch (after the sample's events, as in a live run).
-const NOW_MS: i64 = 1_800_000_000_000;
-
-fn option(args: &[String], name: &str) -> Option<String> {
-    args.iter()
-        .position(|a| a == name)
-        .and_then(|i| args.get(i + 1).cloned())
-}
 
 fn main() {
     let args: Vec<String> = std::env::args().collect();
@@ -110,7 +99,14 @@ fn end_to_end(exe: &Path, input: Option<PathBuf>, rounds: usize) {
         .count();
     let empty = tmp.join("empty.ndjson");
     File::create(&empty).expect("empty input");
-    let configs: Vec<PathBuf> = THREADS.iter().map(|&t| config(&tmp, t)).collect();
+    let configs: Vec<PathBuf> = THREADS
+        .iter()
+        .map(|&t| {
+            let path = tmp.join(format!("threads-{t}.yaml"));
+            write_run_config(&path, t);
+            path
+        })
+        .collect();
     let run = |config: &Path, input: &Path| {
         let started = Instant::now();
         let status = Command::new(exe)
@@ -159,45 +155,13 @@ fn end_to_end(exe: &Path, input: Option<PathBuf>, rounds: usize) {
     let _ = std::fs::remove_dir_all(&tmp);
 }
 
-/// The `end_to_end` configuration with `threads` threads: both rules and the GeoIP database the
-/// callgrind bench reads, every event to stdout, flagged ones annotated.
-fn config(dir: &Path, threads: u16) -> PathBuf {
-    let ws = workspace().canonicalize().expect("workspace");
-    let path = dir.join(format!("threads-{threads}.yaml"));
-    let yaml = format!(
-        "unreadable: pass\noutputs:\n  default: {{ type: stdout }}\ndetector:\n  threads: {threads}\n  rules: [{rules:?}]\n  geoip:\n    database: {geo:?}\n  actions:\n    default: {{ annotate: true }}\n",
-        rules = ws.join("rules").display().to_string(),
-        geo = ws
-            .join("data/geo/geo-whois-asn-country.mmdb")
-            .display()
-            .to_string(),
-    );
-    std::fs::write(&path, yaml).expect("writing a configuration");
-    path
-}
-
-/// A detector on `threads` threads: both rules, GeoIP, flagged events annotated.
-fn detector(threads: u16) -> Detector {
-    let config = serde_json::json!({
-        "threads": threads,
-        "rules": ["rules"],
-        "geoip": { "database": "data/geo/geo-whois-asn-country.mmdb" },
-    })
-    .to_string();
-    let options = BuildOptions {
-        base_dir: Some(workspace()),
-        ..BuildOptions::default()
-    };
-    Detector::build(&config, options).expect("detector builds")
-}
-
 /// The `batches` part.
 fn batches(rounds: usize) {
     let path = workspace().join("examples/data/sample.ndjson");
     let text = std::fs::read_to_string(&path).expect("reading the sample");
     let lines: Vec<&str> = text.lines().collect();
     let pass = |threads: u16, batch: usize| {
-        let mut detector = detector(threads);
+        let mut detector = detector(true, threads);
         let started = Instant::now();
         for chunk in lines.chunks(batch) {
             std::hint::black_box(detector.process(chunk.iter().copied(), NOW_MS));

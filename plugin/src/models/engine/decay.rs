@@ -5,10 +5,18 @@ use serde::{Deserialize, Serialize};
 use super::state::check_weight;
 use crate::models::ModelError;
 
+/// Ages whose factor [`Decay`] keeps in a table: the ages a bucket close and an event's own
+/// history usually see (an entity seen in the last few buckets).
+const TABLED_AGES: usize = 16;
+
 /// Exponential decay per bucket.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decay {
     ln_factor: f64,
+    /// `factor(age)` for ages below [`TABLED_AGES`], computed by the same expression: a table
+    /// read gives the same bits as the `exp` it saves (~20 Ir against ~60, three per sum a
+    /// close folds).
+    table: [f64; TABLED_AGES],
 }
 
 impl Decay {
@@ -19,7 +27,15 @@ impl Decay {
         } else {
             0.0
         };
-        Decay { ln_factor }
+        let mut table = [1.0; TABLED_AGES];
+        for (age, f) in table.iter_mut().enumerate().skip(1) {
+            *f = Self::computed(ln_factor, age as i64);
+        }
+        Decay { ln_factor, table }
+    }
+
+    fn computed(ln_factor: f64, age: i64) -> f64 {
+        (ln_factor * age as f64).exp()
     }
 
     /// Weight of something `age` buckets old (1 when `age <= 0`).
@@ -27,8 +43,10 @@ impl Decay {
     pub fn factor(&self, age: i64) -> f64 {
         if age <= 0 {
             1.0
+        } else if let Some(&f) = usize::try_from(age).ok().and_then(|a| self.table.get(a)) {
+            f
         } else {
-            (self.ln_factor * age as f64).exp()
+            Self::computed(self.ln_factor, age)
         }
     }
 

@@ -181,3 +181,27 @@ fn promotion_gives_back_the_memory_of_an_emptied_probation_tier() {
     table.maintain(2, &decay);
     assert_eq!(table.approx_bytes(), small);
 }
+
+#[test]
+fn tabled_decay_factors_are_the_computed_ones_bit_for_bit() {
+    for half_life in [56.0, 2880.0, 2880.0 / 96.0, 0.5, 0.0] {
+        let decay = Decay::new(half_life);
+        let ln_factor = if half_life > 0.0 {
+            -std::f64::consts::LN_2 / half_life
+        } else {
+            0.0
+        };
+        for age in -2..40i64 {
+            let computed = if age <= 0 {
+                1.0
+            } else {
+                (ln_factor * age as f64).exp()
+            };
+            assert_eq!(
+                decay.factor(age).to_bits(),
+                computed.to_bits(),
+                "half-life {half_life}, age {age}"
+            );
+        }
+    }
+}

@@ -5,7 +5,9 @@
 //! entity's own history, so a backup server that receives gigabytes every bucket is not an anomaly.
 //!
 //! # What it learns
-//! - The running sum of each entity in each open bucket (exact, in a per-bucket map).
+//! - The running sum of each entity in each open bucket (exact; `open.rs`). When a bucket
+//!   closes, its sums are folded into what follows over the next events, [`FOLD_PER_EVENT`] an
+//!   event (`close.rs`: what an event sees meanwhile, and why no score depends on the order).
 //! - Per partition, two decayed log-scale histograms of *completed* bucket sums (16 bins per
 //!   power of two from 1 to 2^56, 897 bins): `all` entities, and `newcomers` (entities with fewer
 //!   than 3 decayed buckets of history when the bucket closed, after learning). Also how many
@@ -63,22 +65,28 @@
 //! ```
 //!
 //! # Memory
-//! Per tracked entity: a 24-byte slot in the entity table plus a 16-byte slot in the open bucket
-//! map while it is active; hash tables at their real capacity make it about 40-75 bytes
-//! (measured by `million_destinations_fit_the_cap`). Per partition: ~29 kB of histograms.
+//! Per tracked entity: a 24-byte slot in the entity table, plus, per open bucket it has a sum
+//! in, a 16-byte entry and a 5-byte index slot; hash tables and vectors at their real capacity
+//! make it about 60-110 bytes with two open buckets (measured by
+//! `million_destinations_fit_the_cap` and `benches/scale.rs`). Per partition: ~29 kB of
+//! histograms, and 7 kB of tally while a closed bucket is being folded.
 
 use serde::{Deserialize, Serialize};
 
 use super::engine::{
-    check_weight, decode_state, encode_state, floor_probability, invalid, map_bytes,
-    normal_neg_log10_sf, score_from_log10_p, Clock, Decay, KeyHasher, KeyMap, KeyTable, Kind,
-    ModelConfig, Slot, Tracked,
+    check_weight, decode_state, encode_state, floor_probability, invalid, normal_neg_log10_sf,
+    score_from_log10_p, Clock, Decay, KeyHasher, KeyMap, KeyTable, Kind, ModelConfig, Slot,
+    Tracked,
 };
 use super::{Detail, Model, ModelError, ModelStatus, Observation, Scored};
 
+mod close;
 mod histogram;
+mod open;
 
+use close::FOLD_PER_EVENT;
 use histogram::Histogram;
+use open::{Closing, OpenSums};
 
 /// Histogram bins per power of two.
 const BINS_PER_OCTAVE: f64 = 16.0;
@@ -148,6 +156,7 @@ impl HighSumConfig {
         Ok(HighSum {
             decay: Decay::new(self.model.half_life_buckets),
             floor_p: floor_probability(self.model.score_floor),
+            fold_per_event: FOLD_PER_EVENT,
             state: HighSumState::new(self),
             config: self.clone(),
         })
@@ -201,12 +210,6 @@ impl Tracked for Entity {
     fn promotable(&self) -> bool {
         self.weight >= 1.5
     }
-}
-
-#[derive(Debug, Clone, Default, Serialize, Deserialize)]
-struct OpenSums {
-    bucket: i32,
-    sums: KeyMap<f64>,
 }
 
 /// Sums counted in one closed bucket: every entity, and the newcomers.
@@ -298,12 +301,7 @@ impl Partition {
         if self.open.len() > 17 {
             return Err(invalid("partition.open", self.open.len()));
         }
-        for o in &self.open {
-            o.sums
-                .values()
-                .try_for_each(|&v| check_weight("partition.open.sum", v))?;
-        }
-        Ok(())
+        self.open.iter().try_for_each(OpenSums::check)
     }
 }
 
@@ -320,6 +318,8 @@ struct HighSumState {
     far_late: u64,
     unscored: u64,
     open_evictions: u64,
+    /// Closed buckets whose sums are being folded, oldest first (see `close.rs`).
+    closing: Vec<Closing>,
 }
 
 impl HighSumState {
@@ -335,6 +335,7 @@ impl HighSumState {
             far_late: 0,
             unscored: 0,
             open_evictions: 0,
+            closing: Vec::new(),
         }
     }
 }
@@ -352,7 +353,7 @@ impl HighSumState {
             .partitions
             .values()
             .flat_map(|p| p.open.iter())
-            .map(|o| o.sums.len())
+            .map(OpenSums::len)
             .sum();
         if open != self.open_keys {
             return Err(invalid("open_keys", self.open_keys));
@@ -361,6 +362,21 @@ impl HighSumState {
             if c > h.saturating_add(1) {
                 return Err(invalid("closed_below", c));
             }
+        }
+        for c in &self.closing {
+            c.check()?;
+            if !self.partitions.contains_key(&c.partition) {
+                return Err(invalid("closing.partition", c.partition));
+            }
+            if Some(c.now) != self.clock.head() {
+                return Err(invalid("closing.now", c.now));
+            }
+            if self.closed_below.is_none_or(|b| c.bucket >= b) {
+                return Err(invalid("closing.bucket", c.bucket));
+            }
+        }
+        if self.closing.len() > self.partitions.len() * 17 {
+            return Err(invalid("closing", self.closing.len()));
         }
         self.entities.check(Entity::check)
     }
@@ -373,6 +389,8 @@ pub struct HighSum {
     decay: Decay,
     /// [`floor_probability`] of the configured score floor.
     floor_p: Option<f64>,
+    /// Sums of closed buckets folded per event ([`FOLD_PER_EVENT`]; tests change it).
+    fold_per_event: usize,
     state: HighSumState,
 }
 
@@ -380,69 +398,6 @@ impl HighSum {
     /// The configuration the model was built from.
     pub fn config(&self) -> &HighSumConfig {
         &self.config
-    }
-
-    /// Folds every open bucket older than `oldest_open` into history.
-    fn close_before(&mut self, oldest_open: i32) {
-        let decay = self.decay;
-        let floor_p = self.floor_p;
-        let learning_buckets = u64::from(self.config.model.learning_buckets);
-        let st = &mut self.state;
-        st.closed_below = Some(st.closed_below.map_or(oldest_open, |c| c.max(oldest_open)));
-        let Some(now) = st.clock.head() else {
-            return;
-        };
-        for part in st.partitions.values_mut() {
-            let mut closing: Vec<OpenSums> = Vec::new();
-            part.open.retain_mut(|o| {
-                if o.bucket < oldest_open {
-                    closing.push(std::mem::take(o));
-                    false
-                } else {
-                    true
-                }
-            });
-            if closing.is_empty() {
-                continue;
-            }
-            closing.sort_by_key(|o| o.bucket);
-            for o in closing {
-                let b = o.bucket;
-                let age_w = decay.factor(i64::from(now) - i64::from(b));
-                let mut count = BucketCount::default();
-                st.open_keys = st.open_keys.saturating_sub(o.sums.len());
-                for (key, sum) in o.sums {
-                    let x = sum.max(1.0).ln();
-                    let is_new = st
-                        .entities
-                        .get(key)
-                        .is_none_or(|e| e.weight_at(now, &decay) < MIN_SELF_BUCKETS);
-                    part.all.add(sum, age_w, now, &decay);
-                    if is_new && part.buckets >= learning_buckets {
-                        part.newcomers.add(sum, age_w, now, &decay);
-                        count.newcomers += 1;
-                    }
-                    count.entities += 1;
-                    st.entities
-                        .entry(key, now, &decay, || Entity {
-                            weight: 0.0,
-                            mean: x as f32,
-                            var: 0.0,
-                            at: b,
-                        })
-                        .update(x, b, now, &decay);
-                }
-                if part.recent.len() >= RECENT_BUCKETS {
-                    part.recent.remove(0);
-                }
-                part.recent.push(count);
-                part.buckets += 1;
-            }
-            part.all.refresh();
-            part.newcomers.refresh();
-            part.recount(floor_p);
-        }
-        st.entities.maintain(now, &decay);
     }
 
     fn evict_small_open_sums(st: &mut HighSumState, part_key: u64, bucket: i32) {
@@ -453,15 +408,7 @@ impl HighSum {
         else {
             return;
         };
-        let mut ranked: Vec<(f64, u64)> = open.sums.iter().map(|(k, v)| (*v, *k)).collect();
-        let cut = ranked.len() / 2;
-        if cut == 0 {
-            return;
-        }
-        ranked.select_nth_unstable_by(cut, |a, b| a.0.total_cmp(&b.0));
-        for (_, k) in &ranked[..cut] {
-            open.sums.remove(k);
-        }
+        let cut = open.evict_smaller_half();
         st.open_keys = st.open_keys.saturating_sub(cut);
         st.open_evictions += cut as u64;
     }
@@ -481,7 +428,7 @@ impl Model for HighSum {
         if let Some(oldest_open) = close {
             self.close_before(oldest_open);
         }
-        let decay = self.decay;
+        self.fold_some(self.fold_per_event);
         let cap = self.config.model.max_entities;
         let learning_buckets = u64::from(self.config.model.learning_buckets);
         let st = &mut self.state;
@@ -507,7 +454,7 @@ impl Model for HighSum {
                     st.partitions
                         .get(&part_key)
                         .and_then(|p| p.open.iter().find(|o| o.bucket == b))
-                        .is_some_and(|o| o.sums.contains_key(&key))
+                        .is_some_and(|o| o.contains(key))
                 };
                 if st.open_keys >= cap && !has_key(st) {
                     // Memory pressure: fold older open buckets early, then drop small sums.
@@ -527,23 +474,19 @@ impl Model for HighSum {
                 let idx = match part.open.iter().position(|o| o.bucket == b) {
                     Some(i) => i,
                     None => {
-                        part.open.push(OpenSums {
-                            bucket: b,
-                            sums: KeyMap::default(),
-                        });
+                        part.open.push(OpenSums::new(b));
                         part.open.len() - 1
                     }
                 };
-                let sums = &mut part.open[idx].sums;
-                if st.open_keys < cap || sums.contains_key(&key) {
-                    let e = sums.entry(key).or_insert_with(|| {
+                let sums = &mut part.open[idx];
+                match sums.add(key, obs.value) {
+                    Some(sum) => (b, sum),
+                    None if st.open_keys < cap => {
+                        sums.insert(key, obs.value);
                         st.open_keys += 1;
-                        0.0
-                    });
-                    *e += obs.value;
-                    (b, *e)
-                } else {
-                    (b, obs.value)
+                        (b, obs.value)
+                    }
+                    None => (b, obs.value),
                 }
             }
             Slot::FarLate(b) => {
@@ -551,11 +494,15 @@ impl Model for HighSum {
                 (b, obs.value)
             }
         };
+        // The destination's history must hold its sums of the buckets still being folded.
+        if !self.state.closing.is_empty() {
+            self.fold_key(part_key, key);
+        }
         let st = &mut self.state;
 
         let part = st.partitions.get(&part_key)?;
         let entity = st.entities.get(key).copied();
-        let ent_w = entity.map_or(0.0, |e| e.weight_at(now, &decay));
+        let ent_w = entity.map_or(0.0, |e| e.weight_at(now, &self.decay));
         let established = ent_w >= MIN_SELF_BUCKETS;
         // The population an entity is compared with: all destinations for an established one,
         // the sums new destinations get otherwise (all while too few have been seen).
@@ -613,7 +560,8 @@ impl Model for HighSum {
             .partitions
             .values()
             .flat_map(|p| p.open.iter())
-            .map(|o| map_bytes(&o.sums))
+            .map(OpenSums::bytes)
+            .chain(st.closing.iter().map(Closing::bytes))
             .sum();
         ModelStatus {
             learning: buckets_seen < u64::from(self.config.model.learning_buckets),
@@ -637,7 +585,8 @@ impl Model for HighSum {
     }
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), ModelError> {
-        let mut state: HighSumState = decode_state(Kind::HighSum, bytes)?;
+        // Version 3 had no `closing` (an empty one is one byte: its length).
+        let mut state: HighSumState = decode_state(Kind::HighSum, bytes, &[0])?;
         state.check(&self.config)?;
         for p in state.partitions.values_mut() {
             p.all.refresh();

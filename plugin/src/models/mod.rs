@@ -58,8 +58,13 @@ pub fn registration(function: Function) -> Option<&'static Registration> {
 }
 
 /// Version written at the front of every saved state; bumped on any layout change (3: keys are
-/// rapidhash, no longer SipHash-1-3, so a state of version 2 is refused and the models relearn).
-pub const STATE_VERSION: u32 = 3;
+/// rapidhash, no longer SipHash-1-3, so a state of version 2 is refused and the models relearn;
+/// 4: `high_sum` saves the closed buckets it is still folding, after everything else).
+pub const STATE_VERSION: u32 = 4;
+
+/// The previous version, still read: [`engine::decode_state`] takes the bytes that make a state
+/// of that version one of this version.
+pub const PREVIOUS_STATE_VERSION: u32 = 3;
 
 /// One event as a model sees it: the fields the job extracted from it.
 #[derive(Debug, Clone, Copy, PartialEq)]

@@ -302,7 +302,7 @@ impl Model for Rare {
             Slot::Open(b) | Slot::FarLate(b) => b,
         };
         let today = self.day_of(bucket);
-        let (decay, day_decay) = (self.decay, self.day_decay);
+        let (decay, day_decay) = (&self.decay, &self.day_decay);
         let learning_buckets = u64::from(self.config.model.learning_buckets);
         let cap = self.config.model.max_entities;
         let gap = self.config.session_gap_buckets;
@@ -328,7 +328,7 @@ impl Model for Rare {
         let part = st.partitions.get_mut(&part_key)?;
         let open_idx = match slot {
             Slot::Open(b) => {
-                part.roll_to(today, &day_decay);
+                part.roll_to(today, day_decay);
                 let idx = match part.open.iter().position(|o| o.bucket == b) {
                     Some(i) => i,
                     None => {
@@ -362,11 +362,11 @@ impl Model for Rare {
         // History, excluding this bucket's own contribution. Saturating: a loaded state whose
         // counts disagree with its open buckets' seen sets (a corrupt but parseable file) must
         // score, not panic.
-        let t_hist = (part.total.get(now, &decay) - if total_seen { age_w } else { 0.0 }).max(0.0);
+        let t_hist = (part.total.get(now, decay) - if total_seen { age_w } else { 0.0 }).max(0.0);
         let raw_total_hist = part.raw_total.saturating_sub(u64::from(total_seen));
         let buckets_hist = part.buckets.saturating_sub(u64::from(bucket_seen));
         let c_hist = entry.map_or(0.0, |e| {
-            (e.decayed(now, &decay) - if unit_seen { age_w } else { 0.0 }).max(0.0)
+            (e.decayed(now, decay) - if unit_seen { age_w } else { 0.0 }).max(0.0)
         });
         let raw_hist = entry.map_or(0, |e| u64::from(e.raw).saturating_sub(u64::from(unit_seen)));
         let learning = buckets_hist < learning_buckets;
@@ -374,8 +374,8 @@ impl Model for Rare {
         let never = raw_hist == 0;
 
         // Rarity and persistence.
-        let days_total = part.days.get(today, &day_decay);
-        let days_with = entry.map_or(0.0, |e| e.days_before(today, &day_decay));
+        let days_total = part.days.get(today, day_decay);
+        let days_with = entry.map_or(0.0, |e| e.days_before(today, day_decay));
         let pi = ((days_with + 0.5) / (days_total + 1.0)).min(1.0);
         let (session, new_session) = session_at(entry.as_ref(), bucket, gap);
         let longest = entry.map_or(1, |e| e.longest.max(1));
@@ -411,7 +411,7 @@ impl Model for Rare {
             bucket_span_ms: st.clock.span_ms(),
             actual: if t_hist > 0.0 { c_hist / t_hist } else { 0.0 },
             typical: if t_hist > 0.0 {
-                (part.top.get(now, &decay) / t_hist).min(1.0)
+                (part.top.get(now, decay) / t_hist).min(1.0)
             } else {
                 0.0
             },
@@ -444,12 +444,12 @@ impl Model for Rare {
                 }
             }
             if total_key == bucket_key {
-                part.total.add(1.0, bucket, now, &decay);
+                part.total.add(1.0, bucket, now, decay);
                 part.raw_total += 1;
             }
         }
         if total_key != bucket_key && !total_seen && mark(open, &mut st.open_keys, cap, total_key) {
-            part.total.add(1.0, bucket, now, &decay);
+            part.total.add(1.0, bucket, now, decay);
             part.raw_total += 1;
         }
         let crossed = !learning && score >= alert_score;
@@ -461,7 +461,7 @@ impl Model for Rare {
                 }
                 part.novel_bucket = bucket;
             }
-            let e = st.values.entry(value_key, now, &decay, || ValueEntry {
+            let e = st.values.entry(value_key, now, decay, || ValueEntry {
                 count: 0.0,
                 at: now,
                 raw: 0,
@@ -473,7 +473,7 @@ impl Model for Rare {
                 longest: 0,
                 reported: NEVER,
             });
-            let c = e.decayed(now, &decay) + age_w;
+            let c = e.decayed(now, decay) + age_w;
             e.count = c as f32;
             e.at = now;
             e.raw = e.raw.saturating_add(1);
@@ -497,7 +497,7 @@ impl Model for Rare {
             if crossed && e.reported == NEVER {
                 e.reported = bucket;
             }
-            if c > part.top.get(now, &decay) {
+            if c > part.top.get(now, decay) {
                 part.top = Decayed { value: c, at: now };
             }
         } else if crossed {
@@ -539,7 +539,7 @@ impl Model for Rare {
     }
 
     fn load(&mut self, bytes: &[u8]) -> Result<(), ModelError> {
-        let mut state: RareState = decode_state(Kind::Rare, bytes)?;
+        let mut state: RareState = decode_state(Kind::Rare, bytes, &[])?;
         state.check(&self.config)?;
         state.values.set_cap(self.config.model.max_entities);
         if let Some(h) = state.clock.head() {

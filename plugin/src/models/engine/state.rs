@@ -5,7 +5,7 @@ use std::io::{BufWriter, Write};
 use serde::{Deserialize, Serialize};
 
 use super::hash::KeyMap;
-use crate::models::{ModelError, STATE_VERSION};
+use crate::models::{ModelError, PREVIOUS_STATE_VERSION, STATE_VERSION};
 
 /// The error for a loaded state value out of range.
 pub fn invalid(field: &'static str, value: impl std::fmt::Display) -> ModelError {
@@ -47,13 +47,17 @@ pub fn encode_state<T: Serialize>(
     Ok(())
 }
 
-/// Decodes a state written by [`encode_state`], checking the header first.
+/// Decodes a state written by [`encode_state`], checking the header first. A state of
+/// [`PREVIOUS_STATE_VERSION`] is read too: followed by `upgrade`, its bytes are those of the same
+/// state in this version (fields added at the end, with their empty value); an empty `upgrade`
+/// reads it as it is, without a copy.
 pub fn decode_state<T: for<'de> Deserialize<'de>>(
     kind: Kind,
     bytes: &[u8],
+    upgrade: &[u8],
 ) -> Result<T, ModelError> {
     let ((version, found), rest): ((u32, u8), &[u8]) = postcard::take_from_bytes(bytes)?;
-    if version != STATE_VERSION {
+    if version != STATE_VERSION && version != PREVIOUS_STATE_VERSION {
         return Err(ModelError::Version {
             found: version,
             expected: STATE_VERSION,
@@ -65,6 +69,9 @@ pub fn decode_state<T: for<'de> Deserialize<'de>>(
             state: found.to_string(),
             config: (kind as u8).to_string(),
         });
+    }
+    if version == PREVIOUS_STATE_VERSION && !upgrade.is_empty() {
+        return Ok(postcard::from_bytes(&[rest, upgrade].concat())?);
     }
     Ok(postcard::from_bytes(rest)?)
 }

@@ -7,8 +7,9 @@ use super::{BINS_PER_OCTAVE, NBINS, TAIL_INDEX};
 use crate::models::engine::{check_weight, invalid, Decay};
 use crate::models::ModelError;
 
+/// The bin of a sum.
 #[inline]
-fn bin_of(x: f64) -> usize {
+pub(super) fn bin_of(x: f64) -> usize {
     if x < 1.0 {
         0
     } else {
@@ -63,7 +64,8 @@ impl Histogram {
         }
     }
 
-    pub(super) fn add(&mut self, x: f64, weight: f64, now: i32, decay: &Decay) {
+    /// Brings the bins to bucket `now`.
+    fn decay_to(&mut self, now: i32, decay: &Decay) {
         if self.at != now {
             if self.at != i32::MIN {
                 let f = decay.factor(i64::from(now) - i64::from(self.at));
@@ -74,8 +76,20 @@ impl Histogram {
             }
             self.at = now;
         }
-        self.bins[bin_of(x)] += weight;
-        self.total += weight;
+    }
+
+    /// Adds `counts[b]` sums of weight `weight` to each bin `b`, at bucket `now`: one closed
+    /// bucket's sums, all of the same age.
+    pub(super) fn add_counts(&mut self, counts: &[u32], weight: f64, now: i32, decay: &Decay) {
+        self.decay_to(now, decay);
+        let mut n = 0u64;
+        for (b, &c) in self.bins.iter_mut().zip(counts) {
+            if c > 0 {
+                *b += f64::from(c) * weight;
+                n += u64::from(c);
+            }
+        }
+        self.total += n as f64 * weight;
     }
 
     /// Smallest sum `x` with at most `tail_weight` of the sums at or above it, from the bins

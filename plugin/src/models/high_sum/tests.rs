@@ -342,3 +342,244 @@ fn a_crafted_state_is_refused_field_by_field() {
     s.entities.for_each_mut(|e| e.mean = f32::NAN);
     refused("entity.mean", s);
 }
+
+/// A stream of `dests` destinations a bucket for `buckets` buckets, each destination's sum in
+/// a few events scattered over the bucket (so events of a bucket follow its close), plus now
+/// and then a big upload to a new destination. Events as (bucket, destination, bytes).
+fn scattered_stream(dests: u32, buckets: i64, seed: u64) -> Vec<(i64, String, f64)> {
+    let mut rng = Lcg(seed);
+    let mut out = Vec::new();
+    for b in 0..buckets {
+        let mut bucket: Vec<(i64, String, f64)> = Vec::new();
+        for d in 0..dests {
+            let total = 1e3 * (5e3f64).powf(rng.unit());
+            let parts = 1 + (rng.unit() * 3.0) as u32;
+            for _ in 0..parts {
+                bucket.push((b, format!("198.51.{}.{}", d / 200, d % 200), total / 3.0));
+            }
+        }
+        if b % 3 == 2 {
+            bucket.push((b, format!("203.0.113.{b}"), 4e8 * (1.0 + rng.unit())));
+        }
+        // Shuffle within the bucket (Fisher-Yates with the same generator).
+        for i in (1..bucket.len()).rev() {
+            let j = (rng.unit() * (i + 1) as f64) as usize;
+            bucket.swap(i, j.min(i));
+        }
+        out.extend(bucket);
+    }
+    out
+}
+
+fn spread(fold_per_event: usize) -> HighSum {
+    let mut m = HighSumConfig::default().build().unwrap();
+    m.fold_per_event = fold_per_event;
+    m
+}
+
+/// What an event is scored against while a close's sums are still being folded: `eager` (every
+/// sum folded at once), closed by this event if it closes a bucket, with the population
+/// (histograms, counts, tail) of `before`, the model before that close.
+fn probe_of(eager: &HighSum, before: &HighSum, bucket: i64) -> HighSum {
+    let mut probe = eager.clone();
+    let t = T0 + bucket * SPAN + 60_000;
+    if let Some((_, Some(oldest_open))) = probe.state.clock.place(t, t) {
+        probe.close_before(oldest_open);
+        probe.fold_all();
+    }
+    for (key, p) in probe.state.partitions.iter_mut() {
+        let Some(old) = before.state.partitions.get(key) else {
+            continue;
+        };
+        p.all = old.all.clone();
+        p.newcomers = old.newcomers.clone();
+        p.recent = old.recent.clone();
+        p.sums_per_bucket = old.sums_per_bucket;
+        p.reach = old.reach;
+    }
+    probe
+}
+
+#[test]
+fn a_spread_close_scores_as_an_eager_fold() {
+    // 150 destinations a bucket, 5 sums folded per event: a close's sums take ~30 events.
+    let stream = scattered_stream(150, 26, 11);
+    let mut lazy = spread(5);
+    let mut eager = spread(usize::MAX);
+    let mut before_close = eager.clone();
+    let (mut in_window, mut after_window, mut flagged) = (0, 0, 0);
+    for (b, dest, bytes) in &stream {
+        if eager
+            .state
+            .clock
+            .head()
+            .is_some_and(|h| i64::from(h) < T0 / SPAN + b)
+        {
+            before_close = eager.clone();
+        }
+        let mut probe = probe_of(&eager, &before_close, *b);
+        let e = send(&mut eager, *b, dest, *bytes);
+        let l = send(&mut lazy, *b, dest, *bytes);
+        if lazy.state.closing.is_empty() {
+            assert_eq!(l, e, "{b} {dest} {bytes}");
+            after_window += 1;
+        } else {
+            // Still folding after this event: the population is the previous close's, the
+            // destination's own history complete.
+            let p = send(&mut probe, *b, dest, *bytes);
+            assert_eq!(l, p, "in the fold window: {b} {dest} {bytes}");
+            in_window += 1;
+        }
+        flagged += usize::from(e.score >= 75.0);
+    }
+    println!("{in_window} events in a fold window, {after_window} after; {flagged} flagged");
+    assert!(
+        in_window > 500 && after_window > 5_000,
+        "{in_window} {after_window}"
+    );
+    assert!(flagged > 0);
+    lazy.fold_all();
+    let (a, b) = (lazy.status(), eager.status());
+    assert_eq!(
+        (a.tracked_entities, a.probationary_entities, a.buckets_seen),
+        (b.tracked_entities, b.probationary_entities, b.buckets_seen)
+    );
+}
+
+#[test]
+fn a_close_moves_its_sums_out_and_folds_a_bounded_number_per_event() {
+    let mut m = HighSumConfig::default().build().unwrap();
+    for d in 0..1000 {
+        send(&mut m, 0, &format!("198.51.100.{d}"), 1e4);
+    }
+    // Bucket 2 closes bucket 0 (lateness 1): one event folds 256 sums, then its own.
+    send(&mut m, 2, "198.51.100.999", 1e4);
+    assert_eq!(m.state.closing.len(), 1);
+    let tally = &m.state.closing[0].tally.count;
+    assert_eq!(tally.entities, 1 + FOLD_PER_EVENT as u32);
+    assert_eq!(m.status().probationary_entities, 1 + FOLD_PER_EVENT);
+    assert_eq!(m.state.partitions.values().next().unwrap().recent.len(), 0);
+    for _ in 0..3 {
+        send(&mut m, 2, "198.51.100.999", 1e4);
+    }
+    // 1 + 4 x 256 > 1000: the bucket is folded and counted.
+    assert!(m.state.closing.is_empty());
+    assert_eq!(m.status().probationary_entities, 1000);
+    let recent = &m.state.partitions.values().next().unwrap().recent;
+    assert_eq!(recent.last().map(|c| c.entities), Some(1000));
+}
+
+#[test]
+fn a_partly_folded_close_saves_and_loads() {
+    let stream = scattered_stream(120, 24, 5);
+    let mut m = spread(4);
+    let mut cut = None;
+    for (i, (b, dest, bytes)) in stream.iter().enumerate() {
+        send(&mut m, *b, dest, *bytes);
+        if *b == 22
+            && m.state
+                .closing
+                .first()
+                .is_some_and(|c| c.tally.count.entities > 20)
+        {
+            cut = Some(i + 1);
+            break;
+        }
+    }
+    let cut = cut.expect("the stream reaches a partly folded close");
+    // Bucket 20 (121 sums) is partly folded, some of the rest on touch: those are not saved.
+    let c = &m.state.closing[0];
+    assert_eq!(c.bucket, i32::try_from(T0 / SPAN + 20).unwrap());
+    assert!(c.touched() > 0);
+    assert_eq!(c.left() + c.tally.count.entities as usize, 121);
+    let bytes = m.save().unwrap();
+    let mut restored = spread(4);
+    restored.load(&bytes).unwrap();
+    assert_eq!(restored.save().unwrap().len(), bytes.len(), "a re-save");
+    for (b, dest, v) in &stream[cut..] {
+        assert_eq!(
+            send(&mut m, *b, dest, *v),
+            send(&mut restored, *b, dest, *v)
+        );
+    }
+    for (b, d, v) in [(24, "203.0.113.50", 6e8), (24, "198.51.0.3", 2e4)] {
+        assert_eq!(send(&mut m, b, d, v), send(&mut restored, b, d, v));
+    }
+    let (a, b) = (m.status(), restored.status());
+    assert_eq!(
+        (a.tracked_entities, a.probationary_entities, a.buckets_seen),
+        (b.tracked_entities, b.probationary_entities, b.buckets_seen)
+    );
+}
+
+#[test]
+fn a_crafted_closing_bucket_is_refused() {
+    let mut m = spread(4);
+    for (b, dest, bytes) in scattered_stream(40, 3, 9) {
+        send(&mut m, b, &dest, bytes);
+        if m.state
+            .closing
+            .first()
+            .is_some_and(|c| c.tally.count.entities > 8)
+        {
+            break;
+        }
+    }
+    assert!(!m.state.closing.is_empty(), "bucket 0 is being folded");
+    let good = m.state.clone();
+    let refused = |field: &str, state: HighSumState| {
+        let bytes = encode_state(Kind::HighSum, &state).unwrap();
+        let err = spread(4).load(&bytes).expect_err(field);
+        assert!(err.to_string().contains(field), "{field}: {err}");
+    };
+    let mut s = good.clone();
+    s.closing[0].partition ^= 1;
+    refused("closing.partition", s);
+    let mut s = good.clone();
+    s.closing[0].now -= 1;
+    refused("closing.now", s);
+    let mut s = good.clone();
+    s.closing[0].bucket += 2;
+    refused("closing.bucket", s);
+    let mut s = good.clone();
+    s.closing[0].tally.all[5] += 1;
+    refused("closing.tally", s);
+    // The same key twice in the sums left to fold.
+    let mut bytes = encode_state(Kind::HighSum, &good).unwrap();
+    let saved = postcard::to_allocvec(&good.closing[0]).unwrap();
+    let at = bytes
+        .windows(saved.len())
+        .position(|w| w == saved.as_slice())
+        .expect("the closing bucket in the state");
+    let mut twice = good.closing[0].clone();
+    twice.duplicate_first_for_test();
+    let crafted = postcard::to_allocvec(&twice).unwrap();
+    bytes.splice(at..at + saved.len(), crafted);
+    let err = spread(4).load(&bytes).expect_err("a key twice");
+    assert!(err.to_string().contains("closing.sum"), "{err}");
+    // And the good one loads.
+    spread(4)
+        .load(&encode_state(Kind::HighSum, &good).unwrap())
+        .unwrap();
+}
+
+#[test]
+fn a_state_of_the_previous_version_loads() {
+    let mut m = HighSumConfig::default().build().unwrap();
+    let mut rng = Lcg(3);
+    baseline(&mut m, &mut rng, 0..22);
+    m.fold_all();
+    let bytes = m.save().unwrap();
+    // Version 3 is version 4 without the closing buckets (an empty list: one zero byte, last).
+    assert_eq!((bytes[0], bytes.last()), (4, Some(&0)));
+    let mut previous = bytes[..bytes.len() - 1].to_vec();
+    previous[0] = 3;
+    let mut upgraded = HighSumConfig::default().build().unwrap();
+    upgraded.load(&previous).unwrap();
+    for (b, d, v) in [(21, "198.51.100.1", 5e5), (22, "203.0.113.9", 3e8)] {
+        assert_eq!(send(&mut m, b, d, v), send(&mut upgraded, b, d, v));
+    }
+    // Read as version 4, the same bytes are one short.
+    previous[0] = 4;
+    assert!(upgraded.load(&previous).is_err());
+}

@@ -316,6 +316,23 @@ fn save_load_round_trip_gives_identical_scores() {
         Err(ModelError::Mismatch { .. })
     ));
     assert!(restored.load(&bytes[..bytes.len() / 2]).is_err());
+    // A state of the previous version (the same bytes for `rare`) still loads; an older not.
+    assert_eq!(bytes[0], 4, "the version is the first byte");
+    let mut previous = bytes.clone();
+    previous[0] = 3;
+    let mut upgraded = RareConfig::default().build().unwrap();
+    upgraded.load(&previous).unwrap();
+    let mut current = RareConfig::default().build().unwrap();
+    current.load(&bytes).unwrap();
+    assert_eq!(
+        see(&mut upgraded, 2 * DAY, "Peru"),
+        see(&mut current, 2 * DAY, "Peru")
+    );
+    previous[0] = 2;
+    assert!(matches!(
+        upgraded.load(&previous),
+        Err(ModelError::Version { found: 2, .. })
+    ));
 }
 
 #[test]

@@ -1,8 +1,7 @@
 //! The detector at scale: per-event instructions, state bytes per tracked destination, the cost
 //! of one bucket close, and the memory a state save adds, at 1k to 10M distinct destinations.
 //! Run with `cargo bench -p egresswatch-plugin --bench scale` (`-- --sizes 1000,100000` for
-//! fewer sizes; `--events N` measured events per size, default 20,000; `--memory-only` for the
-//! memory and close-time columns without the callgrind runs).
+//! fewer sizes; `--events N` measured events per size, default 20,000).
 //!
 //! For each size N the binary drives itself in two processes:
 //! 1. `--case prepare` (native): the detector as the bench input configures it (both rules,
@@ -13,21 +12,24 @@
 //!    first bucket closes when the third starts, so N destinations are tracked and two buckets
 //!    hold N open sums each. It reports the heap that state takes (a counting allocator:
 //!    bytes live after the warm-up minus before), the tracked destinations (the job's
-//!    `tracked_entities`), the peak heap of the state save over the running heap (the save as
-//!    the host does it: streamed into a state file, envelope included), and the wall time of
-//!    the event that closes the next bucket (N sums), on a copy of the prepared state (load
-//!    stated with the figures; never asserted). Then, the detector dropped, the peak heap of
-//!    loading that file into a new detector (read whole, then `load_state`) over the heap the
-//!    loaded detector takes.
+//!    `tracked_entities`), the peak heap of `save_state` over the running heap, and the wall
+//!    time of the event that closes the next bucket (N sums), on a copy of the prepared state
+//!    (load stated with the figures; never asserted). It writes the state file.
 //! 2. `--case measure` under `valgrind --tool=callgrind --collect-atstart=no
 //!    --toggle-collect=*scale_measured_window*`: loads that state (not counted), makes the
 //!    measured events (not counted: destinations picked at random among the N, in the open
 //!    head bucket), then counts only `scale_measured_window`, which hands them to
 //!    `Detector::process` in batches of 1024. Ir/event = that count / events. The `close`
-//!    case counts the one event that closes the bucket of N open sums instead.
+//!    case hands over, one event per call, the event that closes the bucket of N open sums and
+//!    the [`after_close`] events that follow it (a close's sums are folded a bounded number per
+//!    event: these see the whole fold through), with `--dump-after=scale::scale_measured_window`:
+//!    one callgrind dump per event, so the bench reports the closing event's Ir and the worst
+//!    single event's. That case runs for sizes up to [`WORST_EVENT_MAX_SIZE`] (a dump per
+//!    event; 10M would need ~80,000).
 //!
-//! Instruction counts do not see cache misses, which grow with the state: the wall-clock
-//! close time is given beside its Ir for that reason.
+//! Instruction counts do not see cache misses, which grow with the state: the prepare case
+//! times the same events natively (the closing one, and the slowest of it and those after),
+//! given beside the Ir for that reason.
 
 use std::alloc::{GlobalAlloc, Layout, System};
 use std::net::Ipv4Addr;
@@ -39,10 +41,6 @@ use std::time::Instant;
 use egresswatch_common::time::format_rfc3339_ms;
 use egresswatch_plugin::config::BuildOptions;
 use egresswatch_plugin::Detector;
-use egresswatch_plugin_api::state_file::{self, StateFile};
-
-/// The plugin's name in the state file's envelope.
-const PLUGIN: &str = "egresswatch-plugin";
 
 /// Heap bytes live and the peak since the last [`reset_peak`], for the state-size figures.
 struct Counting;
@@ -98,6 +96,15 @@ const START_MS: i64 = 1_793_577_600_000;
 /// Buckets of the warm-up: the first two close as the third and fourth start (a destination
 /// seen in two closed buckets leaves probation).
 const PASSES: i64 = 4;
+/// Largest size whose worst event around a close is counted by callgrind.
+const WORST_EVENT_MAX_SIZE: usize = 1_000_000;
+
+/// Events handed over after the one that closes a bucket of `size` sums: what the fold needs
+/// at 256 sums an event (`models::high_sum`) and a few more, so the last folding event is among
+/// them.
+fn after_close(size: usize) -> usize {
+    size / 256 + 64
+}
 
 fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
@@ -206,52 +213,46 @@ fn prepare(size: usize, state: &Path) {
     let (established, probation) = tracked(&detector);
     let entities = established + probation;
     reset_peak();
-    let mut out = StateFile::create(state, PLUGIN).expect("creating the state file");
-    detector.save_state_to(&mut out).expect("state saves");
-    let file = out.commit().expect("writing the state");
+    let saved = detector.save_state().expect("state saves");
     let save_peak = PEAK.load(Ordering::Relaxed) - running;
+    std::fs::write(state, &saved).expect("writing the state");
+    let file = saved.len();
+    drop(saved);
     // The close of a bucket of N open sums, on this process's detector (it is not used again).
-    let close_line = vec![event(
-        START_MS + PASSES * BUCKET_MS + 60_000,
-        destination(0),
-        1_000,
-    )];
-    let t = Instant::now();
-    feed(
-        &mut detector,
-        &close_line,
-        START_MS + PASSES * BUCKET_MS + 61_000,
-    );
-    let close_ms = t.elapsed().as_secs_f64() * 1000.0;
-    drop(detector);
-    let (load_peak, loaded) = load_peak(size, state);
+    // Then the events after it, one call each, timed one by one.
+    let (lines, now) = close_and_after(size);
+    let times: Vec<f64> = lines
+        .iter()
+        .map(|line| {
+            let t = Instant::now();
+            feed(&mut detector, std::slice::from_ref(line), now);
+            t.elapsed().as_secs_f64() * 1000.0
+        })
+        .collect();
+    let close_ms = times[0];
+    let (slowest, worst_ms) = times
+        .iter()
+        .copied()
+        .enumerate()
+        .fold((0, 0.0), |a, (k, ms)| if ms > a.1 { (k, ms) } else { a });
+    let mut sorted = times.clone();
+    sorted.sort_unstable_by(f64::total_cmp);
+    let median_ms = sorted[sorted.len() / 2];
+    let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
+    let load = load.split(' ').next().unwrap_or("?");
     println!(
-        "prepared {size}: warm-up {warm:.1} s; detector built {} B; state {} B on the heap for {entities:.0} tracked ({probation:.0} on probation) = {:.1} B per tracked destination; state file {file} B; save peak +{save_peak} B = {:.1}% of the running heap ({} B); close of the next bucket {close_ms:.2} ms wall; load peak +{load_peak} B = {:.1}% of the loaded heap ({loaded} B)",
+        "prepared {size}: warm-up {warm:.1} s; detector built {} B; state {} B on the heap for {entities:.0} tracked ({probation:.0} on probation) = {:.1} B per tracked destination; state file {file} B; save peak +{save_peak} B = {:.1}% of the running heap ({} B); close of the next bucket {close_ms:.3} ms wall, slowest of it and the {} events after {worst_ms:.3} ms (event {slowest}; median {median_ms:.3} ms; load average {load})",
         built - before,
         running - built,
         (running - built) as f64 / entities.max(1.0),
         save_peak as f64 * 100.0 / running as f64,
         running,
-        load_peak as f64 * 100.0 / loaded as f64,
+        lines.len() - 1,
     );
     println!(
-        "PREPARED {size} {entities} {} {file} {save_peak} {running} {close_ms:.3} {load_peak} {loaded}",
+        "PREPARED {size} {entities} {} {file} {save_peak} {running} {close_ms:.3} {worst_ms:.3}",
         running - built
     );
-}
-
-/// Loads the state file into a new detector as the host does (the file read whole, its
-/// envelope checked, the plugin's bytes handed to `load_state`); returns the peak heap of that
-/// over the heap the loaded detector then takes, and that heap.
-fn load_peak(size: usize, state: &Path) -> (usize, usize) {
-    let mut detector = detector(size);
-    reset_peak();
-    let bytes = std::fs::read(state).expect("reading the state");
-    let plugin = state_file::decode(PLUGIN, &bytes).expect("a state file");
-    detector.load_state(plugin).expect("state loads");
-    drop(bytes);
-    let loaded = live();
-    (PEAK.load(Ordering::Relaxed) - loaded, loaded)
 }
 
 /// Where the counted instructions of a `measure` run go: its only caller is the toggle.
@@ -260,33 +261,53 @@ fn scale_measured_window(detector: &mut Detector, lines: &[String], now_ms: i64)
     feed(detector, lines, now_ms)
 }
 
+/// `events` events from `at` on, 50 s apart in all, to destinations at random among the N (a
+/// fixed LCG).
+fn random_events(size: usize, events: usize, at: i64) -> Vec<String> {
+    let mut x: u64 = 0x2545_f491_4f6c_dd1d;
+    (0..events)
+        .map(|k| {
+            x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+            let i = ((x >> 33) as usize) % size;
+            event(
+                at + (k as i64 * 50_000) / events as i64,
+                destination(i),
+                bytes_of(i, 9),
+            )
+        })
+        .collect()
+}
+
+/// The event that closes the bucket of N open sums (the next bucket starts), then
+/// [`after_close`] events in that next bucket; and the host clock to hand them over with.
+fn close_and_after(size: usize) -> (Vec<String>, i64) {
+    let at = START_MS + PASSES * BUCKET_MS + 60_000;
+    let mut lines = vec![event(at, destination(0), 1_000)];
+    lines.extend(random_events(size, after_close(size), at + 1000));
+    (lines, at + 60_000)
+}
+
 fn measure(size: usize, state: &Path, events: usize, close: bool) {
     let mut detector = detector(size);
     let bytes = std::fs::read(state).expect("reading the state");
-    let plugin = state_file::decode(PLUGIN, &bytes).expect("a state file");
-    detector.load_state(plugin).expect("state loads");
+    detector.load_state(&bytes).expect("state loads");
     drop(bytes);
-    let (lines, now) = if close {
-        let at = START_MS + PASSES * BUCKET_MS + 60_000;
-        (vec![event(at, destination(0), 1_000)], at + 1000)
+    if close {
+        // One call per event: callgrind dumps after each.
+        let (lines, now) = close_and_after(size);
+        for line in &lines {
+            std::hint::black_box(scale_measured_window(
+                &mut detector,
+                std::slice::from_ref(line),
+                now,
+            ));
+        }
     } else {
-        // Destinations at random among the N (a fixed LCG), in the head bucket's last minute.
+        // In the head bucket's last minute.
         let at = START_MS + PASSES * BUCKET_MS - 60_000;
-        let mut x: u64 = 0x2545_f491_4f6c_dd1d;
-        let lines = (0..events)
-            .map(|k| {
-                x = x.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
-                let i = ((x >> 33) as usize) % size;
-                event(
-                    at + (k as i64 * 50_000) / events as i64,
-                    destination(i),
-                    bytes_of(i, 9),
-                )
-            })
-            .collect::<Vec<_>>();
-        (lines, at + 60_000)
-    };
-    std::hint::black_box(scale_measured_window(&mut detector, &lines, now));
+        let lines = random_events(size, events, at);
+        std::hint::black_box(scale_measured_window(&mut detector, &lines, at + 60_000));
+    }
 }
 
 fn option(args: &[String], name: &str) -> Option<String> {
@@ -295,17 +316,38 @@ fn option(args: &[String], name: &str) -> Option<String> {
         .and_then(|i| args.get(i + 1).cloned())
 }
 
-fn callgrind(size: usize, state: &Path, events: usize, case: &str) -> u64 {
-    let out = std::env::temp_dir().join(format!(
-        "egresswatch-scale-{}-{size}-{case}.out",
+/// The Ir of a callgrind output file (its `totals:` or `summary:` line).
+fn total_ir(text: &str) -> u64 {
+    text.lines()
+        .find_map(|l| {
+            l.strip_prefix("totals:")
+                .or_else(|| l.strip_prefix("summary:"))
+        })
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse().ok())
+        .expect("callgrind output has a total")
+}
+
+/// Runs `case` under callgrind; returns the Ir counted, one figure per dump (one in all for
+/// `measure`; one per event for `close`, which dumps after each).
+fn callgrind(size: usize, state: &Path, events: usize, case: &str) -> Vec<u64> {
+    let dir = std::env::temp_dir().join(format!(
+        "egresswatch-scale-{}-{size}-{case}",
         std::process::id()
     ));
-    let output = Command::new("valgrind")
-        .args([
-            "--tool=callgrind",
-            "--collect-atstart=no",
-            "--toggle-collect=*scale_measured_window*",
-        ])
+    std::fs::create_dir_all(&dir).expect("a temp dir for callgrind's output");
+    let out = dir.join("callgrind.out");
+    let mut valgrind = Command::new("valgrind");
+    valgrind.args([
+        "--tool=callgrind",
+        "--collect-atstart=no",
+        "--toggle-collect=*scale_measured_window*",
+    ]);
+    if case == "close" {
+        // A dump option takes the exact name (no wildcard, unlike --toggle-collect).
+        valgrind.arg("--dump-after=scale::scale_measured_window");
+    }
+    let output = valgrind
         .arg(format!("--callgrind-out-file={}", out.display()))
         .arg(std::env::current_exe().expect("own path"))
         .args([
@@ -325,19 +367,33 @@ fn callgrind(size: usize, state: &Path, events: usize, case: &str) -> u64 {
         "callgrind run of {case} at {size} failed:\n{}",
         String::from_utf8_lossy(&output.stderr)
     );
-    let text = std::fs::read_to_string(&out).expect("callgrind output");
-    let _ = std::fs::remove_file(&out);
-    let ir = text
-        .lines()
-        .find_map(|l| {
-            l.strip_prefix("totals:")
-                .or_else(|| l.strip_prefix("summary:"))
+    // Dumps are `callgrind.out.N` in order, then `callgrind.out` with what is left (nothing
+    // counted, for `close`).
+    let mut dumps: Vec<(u64, u64)> = std::fs::read_dir(&dir)
+        .expect("callgrind output")
+        .filter_map(|e| {
+            let path = e.ok()?.path();
+            let n = match path.extension().and_then(|x| x.to_str()) {
+                Some("out") => u64::MAX,
+                Some(n) => n.parse().ok()?,
+                None => return None,
+            };
+            let text = std::fs::read_to_string(&path).ok()?;
+            Some((n, total_ir(&text)))
         })
-        .and_then(|v| v.split_whitespace().next())
-        .and_then(|v| v.parse().ok())
-        .expect("callgrind output has a total");
-    assert!(ir > 0, "nothing counted: the toggle function was not found");
-    ir
+        .collect();
+    let _ = std::fs::remove_dir_all(&dir);
+    dumps.sort_unstable();
+    let irs: Vec<u64> = dumps
+        .into_iter()
+        .filter(|&(n, ir)| n != u64::MAX || ir > 0)
+        .map(|(_, ir)| ir)
+        .collect();
+    assert!(
+        irs.iter().any(|&ir| ir > 0),
+        "nothing counted: the toggle function was not found"
+    );
+    irs
 }
 
 fn main() {
@@ -365,9 +421,8 @@ fn main() {
     });
     // Each row is printed as soon as its size is measured (a 10M size takes a while).
     println!("scale: {events} measured events per size (detector in-process, both rules, GeoIP)\n");
-    let memory_only = args.iter().any(|a| a == "--memory-only");
-    println!("| destinations | tracked | Ir/event | vs the first size | state B/tracked | state file B | save peak over running | close Ir | close wall ms | load peak over loaded |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| destinations | tracked | Ir/event | vs the first size | state B/tracked | state file B | save peak over running | closing event Ir | worst event Ir around the close | closing event wall ms | worst event wall ms |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut first = None;
     for &size in &sizes {
         let state = state_path(size);
@@ -390,29 +445,32 @@ fn main() {
             .map(|v| v.parse().expect("a figure"))
             .collect();
         eprintln!("{}", stdout.lines().next().unwrap_or_default());
-        let (per_event, vs_first, close) = if memory_only {
-            ("-".to_owned(), "-".to_owned(), "-".to_owned())
+        let per_event = callgrind(size, &state, events, "measure")[0] as f64 / events as f64;
+        let (close, worst) = if size <= WORST_EVENT_MAX_SIZE {
+            let irs = callgrind(size, &state, events, "close");
+            let worst = irs.iter().copied().max().unwrap_or(0);
+            eprintln!(
+                "close at {size}: {} events counted; closing event {} Ir, worst {worst} Ir (event {})",
+                irs.len(),
+                irs[0],
+                irs.iter().position(|&ir| ir == worst).unwrap_or(0),
+            );
+            (irs[0].to_string(), worst.to_string())
         } else {
-            let per_event = callgrind(size, &state, events, "measure") as f64 / events as f64;
-            let close = callgrind(size, &state, events, "close");
-            let first = *first.get_or_insert(per_event);
-            (
-                format!("{per_event:.0}"),
-                format!("{:.2}x", per_event / first),
-                close.to_string(),
-            )
+            ("-".to_string(), "-".to_string())
         };
         let _ = std::fs::remove_file(&state);
-        // PREPARED size tracked state_bytes file_bytes save_peak running close_ms load_peak
-        // loaded
+        let first = *first.get_or_insert(per_event);
+        // PREPARED size tracked state_bytes file_bytes save_peak running close_ms worst_ms
         println!(
-            "| {size} | {:.0} | {per_event} | {vs_first} | {:.1} | {:.0} | {:.1}% | {close} | {:.2} | {:.1}% |",
+            "| {size} | {:.0} | {per_event:.0} | {:.2}x | {:.1} | {:.0} | {:.1}% | {close} | {worst} | {:.3} | {:.3} |",
             f[1],
+            per_event / first,
             f[2] / f[1].max(1.0),
             f[3],
             f[4] * 100.0 / f[5].max(1.0),
             f[6],
-            f[7] * 100.0 / f[8].max(1.0),
+            f[7],
         );
     }
 }

@@ -27,6 +27,17 @@ pub struct KeyTable<V> {
     cap_established: usize,
     cap_probation: usize,
     evictions: u64,
+    /// Whether a probationary key may have become promotable since the last promotion: set
+    /// when a caller changed one through [`KeyTable::entry`] (the table cannot tell what it did)
+    /// or when a promotion found no room for every candidate. [`KeyTable::maintain`] walks the
+    /// probation tier only then: at 1M keys the walk alone is milliseconds.
+    #[serde(skip, default = "unknown")]
+    promotion_pending: bool,
+}
+
+/// A loaded table may hold promotable keys.
+fn unknown() -> bool {
+    true
 }
 
 impl<V: Tracked> KeyTable<V> {
@@ -40,6 +51,7 @@ impl<V: Tracked> KeyTable<V> {
             cap_established: max - cap_probation,
             cap_probation,
             evictions: 0,
+            promotion_pending: false,
         }
     }
 
@@ -58,13 +70,50 @@ impl<V: Tracked> KeyTable<V> {
             // Two lookups keep the borrow checker happy; the key is hot in cache.
             return self.established.entry(key).or_insert_with(make);
         }
+        self.make_room(key, now, decay);
+        self.promotion_pending = true;
+        self.probation.entry(key).or_insert_with(make)
+    }
+
+    /// Changes the entry of a key with `change`, inserting it into probation with `make` first
+    /// when absent (as [`KeyTable::entry`]); a probationary key that `change` made promotable
+    /// moves to the established tier at once when it has free room (as the next
+    /// [`KeyTable::maintain`] would have moved it), so that the promotion's cost is spread over
+    /// the changes instead of falling on one bucket close.
+    pub fn change(
+        &mut self,
+        key: u64,
+        now: i32,
+        decay: &Decay,
+        make: impl FnOnce() -> V,
+        change: impl FnOnce(&mut V),
+    ) {
+        if let Some(v) = self.established.get_mut(&key) {
+            change(v);
+            return;
+        }
+        self.make_room(key, now, decay);
+        let v = self.probation.entry(key).or_insert_with(make);
+        change(v);
+        if v.promotable() {
+            if self.established.len() < self.cap_established {
+                if let Some(v) = self.probation.remove(&key) {
+                    self.established.insert(key, v);
+                }
+            } else {
+                self.promotion_pending = true;
+            }
+        }
+    }
+
+    /// Before a key that may be new enters probation: room for it when probation is full.
+    fn make_room(&mut self, key: u64, now: i32, decay: &Decay) {
         if !self.probation.contains_key(&key) && self.probation.len() >= self.cap_probation {
             self.promote_ready();
             if self.probation.len() >= self.cap_probation {
                 self.shed_probation_half(now, decay);
             }
         }
-        self.probation.entry(key).or_insert_with(make)
     }
 
     /// Moves promotable probationary keys into free established room (no displacement).
@@ -122,7 +171,9 @@ impl<V: Tracked> KeyTable<V> {
     /// tracked destination). It keeps room for twice what is left, so that an ordinary bucket's
     /// new keys do not make it grow again.
     pub fn maintain(&mut self, now: i32, decay: &Decay) {
-        self.promote(now, decay);
+        if self.promotion_pending {
+            self.promote(now, decay);
+        }
         let len = self.probation.len();
         if self.probation.capacity() > 4 * len.max(256) {
             self.probation.shrink_to(2 * len);
@@ -131,6 +182,7 @@ impl<V: Tracked> KeyTable<V> {
 
     /// Promotes probationary keys with enough evidence (see [`KeyTable::maintain`]).
     fn promote(&mut self, now: i32, decay: &Decay) {
+        self.promotion_pending = false;
         let mut candidates: Vec<(f64, u64)> = self
             .probation
             .iter()
@@ -164,6 +216,7 @@ impl<V: Tracked> KeyTable<V> {
             self.evictions += weak.len() as u64;
         }
         let room = self.cap_established.saturating_sub(self.established.len());
+        self.promotion_pending = candidates.len() > room;
         for (_, k) in candidates.into_iter().take(room) {
             if let Some(v) = self.probation.remove(&k) {
                 self.established.insert(k, v);

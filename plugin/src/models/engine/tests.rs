@@ -205,3 +205,24 @@ fn tabled_decay_factors_are_the_computed_ones_bit_for_bit() {
         }
     }
 }
+
+#[test]
+fn a_change_that_makes_a_key_promotable_promotes_it_when_there_is_room() {
+    let decay = Decay::new(56.0);
+    let mut table = KeyTable::new(8); // 6 established, 2 on probation
+    for key in 0..6u64 {
+        table.change(key, 0, &decay, || Fixed(1.0), |v| v.0 = 2.0);
+        // At once, not at the next maintenance.
+        assert_eq!(table.established_len(), key as usize + 1);
+    }
+    assert_eq!(table.probation_len(), 0);
+    // The established tier is full: the next one waits on probation for the maintenance, which
+    // ranks it against the established keys (all as heavy: it stays).
+    table.change(6, 0, &decay, || Fixed(1.0), |v| v.0 = 2.0);
+    assert_eq!((table.established_len(), table.probation_len()), (6, 1));
+    table.change(7, 0, &decay, || Fixed(1.0), |_| ());
+    assert_eq!((table.established_len(), table.probation_len()), (6, 2));
+    table.maintain(1, &decay);
+    assert_eq!((table.established_len(), table.probation_len()), (6, 2));
+    assert_eq!(table.get(6).map(|v| v.0), Some(2.0));
+}

@@ -474,7 +474,11 @@ impl Model for HighSum {
                 let idx = match part.open.iter().position(|o| o.bucket == b) {
                     Some(i) => i,
                     None => {
-                        part.open.push(OpenSums::new(b));
+                        // Room for as many sums as the fullest open bucket has: buckets are
+                        // alike, so the new one neither doubles (a rehash of every key in one
+                        // event) nor ends with a doubling's slack.
+                        let expected = part.open.iter().map(OpenSums::len).max().unwrap_or(0);
+                        part.open.push(OpenSums::with_capacity(b, expected));
                         part.open.len() - 1
                     }
                 };

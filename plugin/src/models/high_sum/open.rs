@@ -107,10 +107,14 @@ impl Serialize for OpenSums {
 }
 
 impl OpenSums {
-    pub(super) fn new(bucket: i32) -> Self {
+    /// An empty bucket with room for `expected` sums.
+    pub(super) fn with_capacity(bucket: i32, expected: usize) -> Self {
         OpenSums {
             bucket,
-            sums: Entries::default(),
+            sums: Entries {
+                entries: Vec::with_capacity(expected),
+                index: HashTable::with_capacity(expected),
+            },
         }
     }
 

@@ -343,6 +343,16 @@ fn a_crafted_state_is_refused_field_by_field() {
     refused("entity.mean", s);
 }
 
+/// The model's saved state.
+fn saved(m: &HighSum) -> Vec<u8> {
+    m.save().unwrap()
+}
+
+/// A state as a model saves it.
+fn encoded(state: &HighSumState) -> Vec<u8> {
+    encode_state(Kind::HighSum, state).unwrap()
+}
+
 /// A stream of `dests` destinations a bucket for `buckets` buckets, each destination's sum in
 /// a few events scattered over the bucket (so events of a bucket follow its close), plus now
 /// and then a big upload to a new destination. Events as (bucket, destination, bytes).
@@ -492,10 +502,10 @@ fn a_partly_folded_close_saves_and_loads() {
     assert_eq!(c.bucket, i32::try_from(T0 / SPAN + 20).unwrap());
     assert!(c.touched() > 0);
     assert_eq!(c.left() + c.tally.count.entities as usize, 121);
-    let bytes = m.save().unwrap();
+    let bytes = saved(&m);
     let mut restored = spread(4);
     restored.load(&bytes).unwrap();
-    assert_eq!(restored.save().unwrap().len(), bytes.len(), "a re-save");
+    assert_eq!(saved(&restored).len(), bytes.len(), "a re-save");
     for (b, dest, v) in &stream[cut..] {
         assert_eq!(
             send(&mut m, *b, dest, *v),
@@ -528,7 +538,7 @@ fn a_crafted_closing_bucket_is_refused() {
     assert!(!m.state.closing.is_empty(), "bucket 0 is being folded");
     let good = m.state.clone();
     let refused = |field: &str, state: HighSumState| {
-        let bytes = encode_state(Kind::HighSum, &state).unwrap();
+        let bytes = encoded(&state);
         let err = spread(4).load(&bytes).expect_err(field);
         assert!(err.to_string().contains(field), "{field}: {err}");
     };
@@ -545,7 +555,7 @@ fn a_crafted_closing_bucket_is_refused() {
     s.closing[0].tally.all[5] += 1;
     refused("closing.tally", s);
     // The same key twice in the sums left to fold.
-    let mut bytes = encode_state(Kind::HighSum, &good).unwrap();
+    let mut bytes = encoded(&good);
     let saved = postcard::to_allocvec(&good.closing[0]).unwrap();
     let at = bytes
         .windows(saved.len())
@@ -558,9 +568,7 @@ fn a_crafted_closing_bucket_is_refused() {
     let err = spread(4).load(&bytes).expect_err("a key twice");
     assert!(err.to_string().contains("closing.sum"), "{err}");
     // And the good one loads.
-    spread(4)
-        .load(&encode_state(Kind::HighSum, &good).unwrap())
-        .unwrap();
+    spread(4).load(&encoded(&good)).unwrap();
 }
 
 #[test]
@@ -569,7 +577,7 @@ fn a_state_of_the_previous_version_loads() {
     let mut rng = Lcg(3);
     baseline(&mut m, &mut rng, 0..22);
     m.fold_all();
-    let bytes = m.save().unwrap();
+    let bytes = saved(&m);
     // Version 3 is version 4 without the closing buckets (an empty list: one zero byte, last).
     assert_eq!((bytes[0], bytes.last()), (4, Some(&0)));
     let mut previous = bytes[..bytes.len() - 1].to_vec();

@@ -2,6 +2,9 @@
 
 use super::*;
 use egresswatch_common::human::bytes as format_bytes;
+use std::sync::mpsc;
+
+use close::{free_elsewhere, FREEING_THREAD, FREE_ELSEWHERE_BYTES};
 
 const SPAN: i64 = 10_800_000;
 const T0: i64 = 1_700_000_000_000 / SPAN * SPAN;
@@ -590,4 +593,42 @@ fn a_state_of_the_previous_version_loads() {
     // Read as version 4, the same bytes are one short.
     previous[0] = 4;
     assert!(upgraded.load(&previous).is_err());
+}
+
+/// Reports the thread it is dropped on.
+struct Tell(mpsc::Sender<Option<String>>);
+impl Drop for Tell {
+    fn drop(&mut self) {
+        let _ = self.0.send(std::thread::current().name().map(String::from));
+    }
+}
+
+#[test]
+fn a_large_folded_bucket_is_freed_on_another_thread_a_small_one_here() {
+    let (tx, rx) = mpsc::channel();
+    free_elsewhere(Tell(tx.clone()), FREE_ELSEWHERE_BYTES);
+    assert_eq!(rx.recv().unwrap().as_deref(), Some(FREEING_THREAD));
+    free_elsewhere(Tell(tx), FREE_ELSEWHERE_BYTES - 1);
+    assert_eq!(
+        rx.recv().unwrap(),
+        std::thread::current().name().map(String::from)
+    );
+}
+
+#[test]
+fn an_open_bucket_spreads_its_keys_over_the_index_tables_and_finds_each() {
+    let hasher = KeyHasher::new(7);
+    let mut open = OpenSums::with_capacity(0, 0);
+    let keys: Vec<u64> = (0..64_000)
+        .map(|i| hasher.key(&[None, None, Some(&format!("10.0.{}.{}", i / 256, i % 256))]))
+        .collect();
+    for &k in &keys {
+        assert_eq!(open.add(k, 1.0), None);
+        open.insert(k, 1.0);
+    }
+    assert!(keys.iter().all(|&k| open.add(k, 1.0) == Some(2.0)));
+    assert_eq!(open.len(), 64_000);
+    // 1,000 a table on average: a table that doubles moves ~1/64 of the bucket.
+    let largest = open.largest_shard();
+    assert!(largest < 1_200, "{largest}");
 }

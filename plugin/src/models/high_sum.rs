@@ -475,8 +475,8 @@ impl Model for HighSum {
                     Some(i) => i,
                     None => {
                         // Room for as many sums as the fullest open bucket has: buckets are
-                        // alike, so the new one's entries neither move as they double nor end
-                        // with a doubling's slack.
+                        // alike, so the new one neither doubles (a rehash of every key in one
+                        // event) nor ends with a doubling's slack.
                         let expected = part.open.iter().map(OpenSums::len).max().unwrap_or(0);
                         part.open.push(OpenSums::with_capacity(b, expected));
                         part.open.len() - 1

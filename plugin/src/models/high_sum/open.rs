@@ -4,11 +4,7 @@
 //! Both keep their `(key, sum)` entries in a `Vec`, in arrival order, beside an index of
 //! positions by key (hashbrown's `HashTable<u32>`: 5 bytes a slot, where a map of sums took 17):
 //! a close moves the entries out whole instead of walking a hash table, and the fold goes
-//! through them in order. The index is [`SHARDS`] tables, by the key's top bits: a hash table
-//! that doubles moves every entry in one insert, and one table of a 1M-sum bucket did that with
-//! ~900k entries (milliseconds in one event); a shard moves 1/64 of them. A new bucket gets room
-//! in its `Vec` only (untouched memory costs nothing until used): sizing an index up front
-//! writes every control byte, 2 MB at 1M sums, in the event that starts the bucket.
+//! through them in order.
 
 use hashbrown::HashTable;
 use serde::ser::{SerializeSeq, SerializeStruct};
@@ -21,56 +17,25 @@ use crate::models::ModelError;
 /// What a folded entry's sum is set to (sums are never negative).
 const FOLDED: f64 = -1.0;
 
-/// Index tables of a bucket (a power of two).
-pub(super) const SHARDS: usize = 64;
-
-/// The shard of a key: its top bits (keys are keyed hashes, uniform).
-#[inline]
-fn shard(key: u64) -> usize {
-    (key >> (64 - SHARDS.trailing_zeros())) as usize
-}
-
-/// The hash a shard files a key under: the key turned so that the bits the shard fixes are not
-/// where hashbrown takes its slot (low bits) and control byte (top 7 bits) from.
-#[inline]
-fn hash(key: u64) -> u64 {
-    key.rotate_left(32)
-}
-
 /// Entries and their index by key.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Default)]
 struct Entries {
     entries: Vec<(u64, f64)>,
-    index: Vec<HashTable<u32>>,
-}
-
-impl Default for Entries {
-    fn default() -> Self {
-        Entries::with_capacity(0)
-    }
+    index: HashTable<u32>,
 }
 
 impl Entries {
-    /// No entries, room for `expected` in the `Vec`.
-    fn with_capacity(expected: usize) -> Self {
-        Entries {
-            entries: Vec::with_capacity(expected),
-            index: (0..SHARDS).map(|_| HashTable::new()).collect(),
-        }
-    }
-
     /// Entries as saved, indexed; a key there twice is indexed once, which [`Entries::check`]
     /// refuses.
     fn indexed(mut entries: Vec<(u64, f64)>) -> Self {
         entries.truncate(u32::MAX as usize);
-        let mut index: Vec<HashTable<u32>> = (0..SHARDS).map(|_| HashTable::new()).collect();
+        let mut index = HashTable::with_capacity(entries.len());
         for (i, &(key, _)) in entries.iter().enumerate() {
-            let table = &mut index[shard(key)];
-            if table
-                .find(hash(key), |&j| entries[j as usize].0 == key)
+            if index
+                .find(key, |&j: &u32| entries[j as usize].0 == key)
                 .is_none()
             {
-                table.insert_unique(hash(key), i as u32, |&j| hash(entries[j as usize].0));
+                index.insert_unique(key, i as u32, |&j: &u32| entries[j as usize].0);
             }
         }
         Entries { entries, index }
@@ -79,7 +44,7 @@ impl Entries {
     /// Checks loaded entries: every key once, every sum a weight (none folded: only the
     /// unfolded ones are saved).
     fn check(&self, field: &'static str) -> Result<(), ModelError> {
-        if self.index.iter().map(HashTable::len).sum::<usize>() != self.entries.len() {
+        if self.index.len() != self.entries.len() {
             return Err(invalid(field, "a key twice"));
         }
         self.entries
@@ -90,33 +55,21 @@ impl Entries {
     #[inline]
     fn position(&self, key: u64) -> Option<usize> {
         let entries = &self.entries;
-        self.index[shard(key)]
-            .find(hash(key), |&i| entries[i as usize].0 == key)
+        self.index
+            .find(key, |&i| entries[i as usize].0 == key)
             .map(|&i| i as usize)
     }
 
-    /// Adds an entry for a key not there.
-    fn push(&mut self, key: u64, sum: f64) {
-        let Entries { entries, index } = self;
-        let i = u32::try_from(entries.len()).expect("fewer than 2^32 sums a bucket");
-        entries.push((key, sum));
-        index[shard(key)].insert_unique(hash(key), i, |&j| hash(entries[j as usize].0));
-    }
-
-    /// Heap bytes at capacity (each index table as hashbrown sizes it: slots a power of two at
-    /// most 7/8 full, one control byte each).
+    /// Heap bytes at capacity (the index as hashbrown sizes it: slots a power of two at most
+    /// 7/8 full, one control byte each).
     fn bytes(&self) -> usize {
-        let index: usize = self
-            .index
-            .iter()
-            .map(|t| match t.capacity() {
-                0 => 0,
-                cap => (cap * 8 / 7).next_power_of_two() * (4 + 1),
-            })
-            .sum();
-        self.entries.capacity() * std::mem::size_of::<(u64, f64)>()
-            + self.index.capacity() * std::mem::size_of::<HashTable<u32>>()
-            + index
+        let cap = self.index.capacity();
+        let slots = if cap == 0 {
+            0
+        } else {
+            (cap * 8 / 7).next_power_of_two()
+        };
+        self.entries.capacity() * std::mem::size_of::<(u64, f64)>() + slots * (4 + 1)
     }
 }
 
@@ -158,7 +111,10 @@ impl OpenSums {
     pub(super) fn with_capacity(bucket: i32, expected: usize) -> Self {
         OpenSums {
             bucket,
-            sums: Entries::with_capacity(expected),
+            sums: Entries {
+                entries: Vec::with_capacity(expected),
+                index: HashTable::with_capacity(expected),
+            },
         }
     }
 
@@ -182,23 +138,15 @@ impl OpenSums {
 
     /// Starts the sum of a key not in the bucket (see [`OpenSums::add`]).
     pub(super) fn insert(&mut self, key: u64, value: f64) {
-        self.sums.push(key, 0.0 + value);
+        let Entries { entries, index } = &mut self.sums;
+        let i = u32::try_from(entries.len()).expect("fewer than 2^32 sums a bucket");
+        entries.push((key, 0.0 + value));
+        index.insert_unique(key, i, |&j| entries[j as usize].0);
     }
 
     /// Checks a loaded bucket.
     pub(super) fn check(&self) -> Result<(), ModelError> {
         self.sums.check("partition.open.sum")
-    }
-
-    /// The most keys one index table holds.
-    #[cfg(test)]
-    pub(super) fn largest_shard(&self) -> usize {
-        self.sums
-            .index
-            .iter()
-            .map(HashTable::len)
-            .max()
-            .unwrap_or(0)
     }
 
     /// Drops the smaller half of the sums (memory pressure); returns how many went.

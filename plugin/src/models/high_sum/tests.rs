@@ -614,21 +614,3 @@ fn a_large_folded_bucket_is_freed_on_another_thread_a_small_one_here() {
         std::thread::current().name().map(String::from)
     );
 }
-
-#[test]
-fn an_open_bucket_spreads_its_keys_over_the_index_tables_and_finds_each() {
-    let hasher = KeyHasher::new(7);
-    let mut open = OpenSums::with_capacity(0, 0);
-    let keys: Vec<u64> = (0..64_000)
-        .map(|i| hasher.key(&[None, None, Some(&format!("10.0.{}.{}", i / 256, i % 256))]))
-        .collect();
-    for &k in &keys {
-        assert_eq!(open.add(k, 1.0), None);
-        open.insert(k, 1.0);
-    }
-    assert!(keys.iter().all(|&k| open.add(k, 1.0) == Some(2.0)));
-    assert_eq!(open.len(), 64_000);
-    // 1,000 a table on average: a table that doubles moves ~1/64 of the bucket.
-    let largest = open.largest_shard();
-    assert!(largest < 1_200, "{largest}");
-}

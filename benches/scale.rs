@@ -1,7 +1,8 @@
 //! The detector at scale: per-event instructions, state bytes per tracked destination, the cost
 //! of one bucket close, and the memory a state save adds, at 1k to 10M distinct destinations.
 //! Run with `cargo bench -p egresswatch-plugin --bench scale` (`-- --sizes 1000,100000` for
-//! fewer sizes; `--events N` measured events per size, default 20,000).
+//! fewer sizes; `--events N` measured events per size, default 20,000; `--memory-only` for the
+//! memory and close-time columns without the callgrind runs).
 //!
 //! For each size N the binary drives itself in two processes:
 //! 1. `--case prepare` (native): the detector as the bench input configures it (both rules,
@@ -12,9 +13,12 @@
 //!    first bucket closes when the third starts, so N destinations are tracked and two buckets
 //!    hold N open sums each. It reports the heap that state takes (a counting allocator:
 //!    bytes live after the warm-up minus before), the tracked destinations (the job's
-//!    `tracked_entities`), the peak heap of `save_state` over the running heap, and the wall
-//!    time of the event that closes the next bucket (N sums), on a copy of the prepared state
-//!    (load stated with the figures; never asserted). It writes the state file.
+//!    `tracked_entities`), the peak heap of the state save over the running heap (the save as
+//!    the host does it: streamed into a state file, envelope included), and the wall and CPU
+//!    time of the event that closes the next bucket (N sums) and of the events after it (see
+//!    below), on the prepared detector (load stated with the figures; never asserted). Then,
+//!    the detector dropped, the peak heap of loading that file into a new detector (read whole,
+//!    then `load_state`) over the heap the loaded detector takes.
 //! 2. `--case measure` under `valgrind --tool=callgrind --collect-atstart=no
 //!    --toggle-collect=*scale_measured_window*`: loads that state (not counted), makes the
 //!    measured events (not counted: destinations picked at random among the N, in the open
@@ -43,6 +47,10 @@ use std::time::Instant;
 use egresswatch_common::time::format_rfc3339_ms;
 use egresswatch_plugin::config::BuildOptions;
 use egresswatch_plugin::Detector;
+use egresswatch_plugin_api::state_file::{self, StateFile};
+
+/// The plugin's name in the state file's envelope.
+const PLUGIN: &str = "egresswatch-plugin";
 
 /// Heap bytes live and the peak since the last [`reset_peak`], for the state-size figures.
 struct Counting;
@@ -226,11 +234,10 @@ fn prepare(size: usize, state: &Path) {
     let (established, probation) = tracked(&detector);
     let entities = established + probation;
     reset_peak();
-    let saved = detector.save_state().expect("state saves");
+    let mut out = StateFile::create(state, PLUGIN).expect("creating the state file");
+    detector.save_state_to(&mut out).expect("state saves");
+    let file = out.commit().expect("writing the state");
     let save_peak = PEAK.load(Ordering::Relaxed) - running;
-    std::fs::write(state, &saved).expect("writing the state");
-    let file = saved.len();
-    drop(saved);
     // The close of a bucket of N open sums, on this process's detector (it is not used again).
     // Then the events after it, one call each, timed one by one.
     let (lines, now) = close_and_after(size);
@@ -250,10 +257,12 @@ fn prepare(size: usize, state: &Path) {
     let mut sorted = wall.clone();
     sorted.sort_unstable_by(f64::total_cmp);
     let median_ms = sorted[sorted.len() / 2];
+    drop(detector);
+    let (load_peak, loaded) = load_peak(size, state);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load = load.split(' ').next().unwrap_or("?");
     println!(
-        "prepared {size}: warm-up {warm:.1} s, slowest event {:.3} ms CPU (bucket {}, event {}); detector built {} B; state {} B on the heap for {entities:.0} tracked ({probation:.0} on probation) = {:.1} B per tracked destination; state file {file} B; save peak +{save_peak} B = {:.1}% of the running heap ({} B); close of the next bucket {close_ms:.3} ms wall ({:.3} ms CPU), slowest of it and the {} events after {worst_ms:.3} ms wall (event {slowest}; median {median_ms:.3} ms; load average {load}), {worst_cpu_ms:.3} ms CPU (event {slowest_cpu})",
+        "prepared {size}: warm-up {warm:.1} s, slowest event {:.3} ms CPU (bucket {}, event {}); detector built {} B; state {} B on the heap for {entities:.0} tracked ({probation:.0} on probation) = {:.1} B per tracked destination; state file {file} B; save peak +{save_peak} B = {:.1}% of the running heap ({} B); close of the next bucket {close_ms:.3} ms wall ({:.3} ms CPU), slowest of it and the {} events after {worst_ms:.3} ms wall (event {slowest}; median {median_ms:.3} ms; load average {load}), {worst_cpu_ms:.3} ms CPU (event {slowest_cpu}); load peak +{load_peak} B = {:.1}% of the loaded heap ({loaded} B)",
         warm_worst.0,
         warm_worst.1,
         warm_worst.2,
@@ -264,11 +273,26 @@ fn prepare(size: usize, state: &Path) {
         running,
         cpu[0],
         lines.len() - 1,
+        load_peak as f64 * 100.0 / loaded as f64,
     );
     println!(
-        "PREPARED {size} {entities} {} {file} {save_peak} {running} {close_ms:.3} {worst_ms:.3} {worst_cpu_ms:.3}",
+        "PREPARED {size} {entities} {} {file} {save_peak} {running} {close_ms:.3} {worst_ms:.3} {worst_cpu_ms:.3} {load_peak} {loaded}",
         running - built
     );
+}
+
+/// Loads the state file into a new detector as the host does (the file read whole, its
+/// envelope checked, the plugin's bytes handed to `load_state`); returns the peak heap of that
+/// over the heap the loaded detector then takes, and that heap.
+fn load_peak(size: usize, state: &Path) -> (usize, usize) {
+    let mut detector = detector(size);
+    reset_peak();
+    let bytes = std::fs::read(state).expect("reading the state");
+    let plugin = state_file::decode(PLUGIN, &bytes).expect("a state file");
+    detector.load_state(plugin).expect("state loads");
+    drop(bytes);
+    let loaded = live();
+    (PEAK.load(Ordering::Relaxed) - loaded, loaded)
 }
 
 /// This thread's CPU time in ms.
@@ -327,7 +351,8 @@ fn close_and_after(size: usize) -> (Vec<String>, i64) {
 fn measure(size: usize, state: &Path, events: usize, close: bool) {
     let mut detector = detector(size);
     let bytes = std::fs::read(state).expect("reading the state");
-    detector.load_state(&bytes).expect("state loads");
+    let plugin = state_file::decode(PLUGIN, &bytes).expect("a state file");
+    detector.load_state(plugin).expect("state loads");
     drop(bytes);
     if close {
         // One call per event: callgrind dumps after each.
@@ -458,8 +483,9 @@ fn main() {
     });
     // Each row is printed as soon as its size is measured (a 10M size takes a while).
     println!("scale: {events} measured events per size (detector in-process, both rules, GeoIP)\n");
-    println!("| destinations | tracked | Ir/event | vs the first size | state B/tracked | state file B | save peak over running | closing event Ir | worst event Ir around the close | closing event wall ms | worst event wall ms | worst event CPU ms |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    let memory_only = args.iter().any(|a| a == "--memory-only");
+    println!("| destinations | tracked | Ir/event | vs the first size | state B/tracked | state file B | save peak over running | load peak over loaded | closing event Ir | worst event Ir around the close | closing event wall ms | worst event wall ms | worst event CPU ms |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut first = None;
     for &size in &sizes {
         let state = state_path(size);
@@ -482,8 +508,17 @@ fn main() {
             .map(|v| v.parse().expect("a figure"))
             .collect();
         eprintln!("{}", stdout.lines().next().unwrap_or_default());
-        let per_event = callgrind(size, &state, events, "measure")[0] as f64 / events as f64;
-        let (close, worst) = if size <= WORST_EVENT_MAX_SIZE {
+        let (per_event, vs_first) = if memory_only {
+            ("-".to_owned(), "-".to_owned())
+        } else {
+            let per_event = callgrind(size, &state, events, "measure")[0] as f64 / events as f64;
+            let first = *first.get_or_insert(per_event);
+            (
+                format!("{per_event:.0}"),
+                format!("{:.2}x", per_event / first),
+            )
+        };
+        let (close, worst) = if !memory_only && size <= WORST_EVENT_MAX_SIZE {
             let irs = callgrind(size, &state, events, "close");
             let worst = irs.iter().copied().max().unwrap_or(0);
             eprintln!(
@@ -497,16 +532,15 @@ fn main() {
             ("-".to_string(), "-".to_string())
         };
         let _ = std::fs::remove_file(&state);
-        let first = *first.get_or_insert(per_event);
         // PREPARED size tracked state_bytes file_bytes save_peak running close_ms worst_ms
-        // worst_cpu_ms
+        // worst_cpu_ms load_peak loaded
         println!(
-            "| {size} | {:.0} | {per_event:.0} | {:.2}x | {:.1} | {:.0} | {:.1}% | {close} | {worst} | {:.3} | {:.3} | {:.3} |",
+            "| {size} | {:.0} | {per_event} | {vs_first} | {:.1} | {:.0} | {:.1}% | {:.1}% | {close} | {worst} | {:.3} | {:.3} | {:.3} |",
             f[1],
-            per_event / first,
             f[2] / f[1].max(1.0),
             f[3],
             f[4] * 100.0 / f[5].max(1.0),
+            f[9] * 100.0 / f[10].max(1.0),
             f[6],
             f[7],
             f[8],

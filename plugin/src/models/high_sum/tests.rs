@@ -348,12 +348,16 @@ fn a_crafted_state_is_refused_field_by_field() {
 
 /// The model's saved state.
 fn saved(m: &HighSum) -> Vec<u8> {
-    m.save().unwrap()
+    let mut bytes = Vec::new();
+    m.save(&mut bytes).unwrap();
+    bytes
 }
 
 /// A state as a model saves it.
 fn encoded(state: &HighSumState) -> Vec<u8> {
-    encode_state(Kind::HighSum, state).unwrap()
+    let mut bytes = Vec::new();
+    encode_state(Kind::HighSum, state, &mut bytes).unwrap();
+    bytes
 }
 
 /// A stream of `dests` destinations a bucket for `buckets` buckets, each destination's sum in

@@ -122,6 +122,9 @@ fn workspace() -> PathBuf {
 
 fn detector(size: usize) -> Detector {
     let config = serde_json::json!({
+        // One thread, so that the Ir and CPU times are the detection's, comparable over time
+        // (callgrind would count a scan thread's hand-off too).
+        "threads": 1,
         "rules": ["rules"],
         "geoip": { "database": "data/geo/geo-whois-asn-country.mmdb" },
         "models": { "max_entities": (4 * size).max(1_000_000) },

@@ -22,7 +22,9 @@
 //! - Everything else the host reads is typed: [`Metric`]s (which the host renders for Prometheus
 //!   without knowing any name), warnings, the [`RulesReport`], per-event [`ScoreRecord`]s for
 //!   tools that need every score, and [`PluginError`]s whose configuration problems carry the
-//!   key path at fault ([`ConfigProblem`]). Model state is opaque bytes.
+//!   key path at fault ([`ConfigProblem`]). Model state is opaque bytes, which the plugin
+//!   writes into a [`StateSink`] the host lends it ([`Transform::save_state_to`]), so that a
+//!   save streams.
 //!
 //! # Growing the interface (library evolution)
 //!
@@ -30,9 +32,12 @@
 //!   `last_prefix_field`) may be absent in a plugin built against an older 0.2 release, and the
 //!   host sees them as `None`. New fields are only ever appended.
 //! - [`Transform`] is a `#[sabi_trait]`: methods after `load_state` may be absent in an older
-//!   plugin; each has a default body here, which is what the host gets then (no warnings, no
-//!   metrics, an [`ErrorKind::Unsupported`] error for score records, a state save written in
-//!   one piece). New methods are appended, each with a default.
+//!   plugin; each has a default body here (no warnings, no metrics, an
+//!   [`ErrorKind::Unsupported`] error for score records, a state save written in one piece).
+//!   New methods are appended, each with a default. abi_stable's layout check refuses a
+//!   library with fewer methods than the host's (its issue #118), so the host also keeps each
+//!   earlier layout ([`baseline`], [`unstreamed`]) and answers for what such a plugin lacks as
+//!   these defaults do.
 //! - Enums that can grow are either abi_stable `NonExhaustive` enums ([`ErrorKind`],
 //!   [`BuildOption`], [`ScoreExtra`]: a value of a variant the reader does not know is seen as
 //!   unknown, not misread) or, where a plain byte per event matters, a `u8` newtype with
@@ -41,8 +46,9 @@
 //! - Records are frozen `repr(C)` structs; a [`ScoreRecord`] grows through its list of
 //!   [`ScoreExtra`] values, to which new variants can be added.
 //!
-//! [`baseline`] keeps the smallest layout a 0.2 plugin may have (prefix fields only), so that a
-//! test plugin can prove that such a plugin still loads and the host degrades gracefully.
+//! [`baseline`] keeps the smallest layout a 0.2 plugin may have (prefix fields only), and
+//! [`unstreamed`] the full layout from before [`Transform::save_state_to`], so that test plugins
+//! can prove that such plugins still load and the host degrades gracefully.
 //!
 //! # Panics
 //!

@@ -88,10 +88,16 @@ pub fn run(args: &[&str], stdin: &[u8]) -> Output {
 
 /// Like [`run`], with extra environment variables.
 pub fn run_env(args: &[&str], stdin: &[u8], env: &[(&str, &str)]) -> Output {
+    let mut command = Command::new(bin());
+    command.args(args).envs(env.iter().copied());
+    run_command(command, stdin)
+}
+
+/// Runs `command` (an `egresswatch` command line) as [`run`] does: plugins built, `stdin` fed,
+/// output collected.
+pub fn run_command(mut command: Command, stdin: &[u8]) -> Output {
     build_plugins();
-    let mut child = Command::new(bin())
-        .args(args)
-        .envs(env.iter().copied())
+    let mut child = command
         .env("RUST_BACKTRACE", "0")
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())

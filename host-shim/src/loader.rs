@@ -341,9 +341,10 @@ impl Transform {
             Transform::Full(t) => {
                 let mut sink = WriteSink::new(out);
                 let saved = t.save_state_to(sink.as_sink()).into_result();
+                // A write that failed fails the save, even when the plugin went on regardless.
                 match (saved, sink.into_error()) {
-                    (Ok(()), _) => Ok(()),
-                    (Err(_), Some(e)) => Err(SaveError::Write(e)),
+                    (_, Some(e)) => Err(SaveError::Write(e)),
+                    (Ok(()), None) => Ok(()),
                     (Err(e), None) => Err(SaveError::Plugin(e)),
                 }
             }

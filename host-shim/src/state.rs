@@ -2,10 +2,11 @@
 //! (`egresswatch_plugin_api::state_file`, shared with the plugin's C face), written atomically
 //! and checked when read back.
 //!
-//! Saving streams: the plugin writes its bytes through the ABI into `<path>.tmp` as it encodes
-//! them (neither side holds the state whole); the file is then fsynced, renamed over `<path>`
-//! and the directory fsynced, so a crash or a failed save leaves either the old file or the new
-//! one, and a failed save removes `<path>.tmp`. Loading reads the file whole (bounded by
+//! Saving streams: the plugin writes its bytes through the ABI into a temporary file beside
+//! `<path>` (`<path>.tmp.<pid>.<n>`) as it encodes them (neither side holds the state whole);
+//! the file is then fsynced, renamed over `<path>` and the directory fsynced, so a crash or a
+//! failed save leaves either the old file or the new one, and a failed save removes its
+//! temporary file. Loading reads the file whole (bounded by
 //! `state.max_bytes`) and hands it to the plugin in one piece. Loading a file that is damaged, of another
 //! format, from another plugin, over `state.max_bytes`, or refused by the plugin's `load_state`
 //! renames it aside to `<path>.corrupt-<unix time>` (with `-1`, `-2`, ... if that name is taken)
@@ -233,8 +234,11 @@ mod tests {
     }
 
     /// A plugin transform whose state is [`pattern`], streamed in pieces of 10 kB (or, in the
-    /// baseline layout, only ever returned whole).
-    struct Streams;
+    /// baseline layout, only ever returned whole); with `ignore_errors`, it writes every piece
+    /// whatever the sink answers and reports success.
+    struct Streams {
+        ignore_errors: bool,
+    }
 
     impl egresswatch_plugin_api::Transform for Streams {
         fn process(
@@ -256,7 +260,7 @@ mod tests {
         fn save_state_to(&self, sink: StateSinkMut<'_>) -> RResult<(), PluginError> {
             let mut out = SinkWriter::new(sink);
             for piece in pattern().chunks(10_000) {
-                if out.write_all(piece).is_err() {
+                if out.write_all(piece).is_err() && !self.ignore_errors {
                     let e = out.into_error().expect("the sink's error");
                     return RResult::RErr(e);
                 }
@@ -318,7 +322,12 @@ mod tests {
     fn a_streamed_save_round_trips_and_one_failing_midway_keeps_the_previous_file() {
         let dir = temp("state-stream");
         let path = dir.join("s.bin");
-        let full = Transform::Full(Transform_TO::from_value(Streams, TD_Opaque));
+        let full = Transform::Full(Transform_TO::from_value(
+            Streams {
+                ignore_errors: false,
+            },
+            TD_Opaque,
+        ));
         let size = save(&path, "p", |out| full.save_state_to(out)).unwrap();
         let previous = fs::read(&path).unwrap();
         assert_eq!(size, previous.len() as u64);
@@ -333,8 +342,25 @@ mod tests {
                 "after {left} bytes: {err}"
             );
             assert_eq!(fs::read(&path).unwrap(), previous, "after {left} bytes");
-            assert!(!sibling(&path, ".tmp").exists(), "after {left} bytes");
+            assert_eq!(
+                fs::read_dir(&dir).unwrap().count(),
+                1,
+                "a temporary file left"
+            );
         }
+        // A plugin that writes on after the sink failed and says all went well: refused too.
+        let careless = Transform::Full(Transform_TO::from_value(
+            Streams {
+                ignore_errors: true,
+            },
+            TD_Opaque,
+        ));
+        let err = save(&path, "p", |out| {
+            careless.save_state_to(&mut FailsAfter { out, left: 25_000 })
+        })
+        .unwrap_err();
+        assert!(err.contains("no space left (test)"), "{err}");
+        assert_eq!(fs::read(&path).unwrap(), previous);
         // A plugin that fails on its own is named as such, with the path.
         let err = save(&path, "p", |_| {
             Err(SaveError::Plugin(PluginError::new(
@@ -353,7 +379,12 @@ mod tests {
     fn an_older_plugin_without_the_streamed_save_still_saves() {
         let dir = temp("state-baseline");
         let path = dir.join("s.bin");
-        let older = Transform::Baseline(baseline::Transform_TO::from_value(Streams, TD_Opaque));
+        let older = Transform::Baseline(baseline::Transform_TO::from_value(
+            Streams {
+                ignore_errors: false,
+            },
+            TD_Opaque,
+        ));
         save(&path, "p", |out| older.save_state_to(out)).unwrap();
         assert_eq!(
             decode("p", &fs::read(&path).unwrap()).unwrap(),

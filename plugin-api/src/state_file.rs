@@ -17,12 +17,14 @@
 //! the plugin produces them, never held whole ([`StateFile`]). Version 1 had the length in
 //! front of the plugin's bytes (`8 + m` where version 2 has `m + 8`); such files are still read.
 //!
-//! [`StateFile`] writes `<path>.tmp`, fsyncs it, renames it over `<path>` and fsyncs the
-//! directory, so a crash or a failed save leaves either the old file or the new one.
+//! [`StateFile`] writes `<path>.tmp.<pid>.<n>` (a name of its own, created new), fsyncs it,
+//! renames it over `<path>` and fsyncs the directory, so a crash or a failed save leaves either
+//! the old file or the new one, and two savers on one path never write into the same file.
 
-use std::fs::{self, File};
+use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufWriter, Write};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use thiserror::Error;
 
 /// First bytes of every state file.
@@ -212,10 +214,12 @@ impl Fnv1a {
 }
 
 /// A state file being written as a stream: the plugin's bytes go through it (it is a
-/// [`Write`]) into `<path>.tmp`, inside the envelope; [`StateFile::commit`] ends the envelope,
-/// fsyncs, renames the file over `<path>` and fsyncs the directory. Dropped without a commit (a
-/// failed save), it removes `<path>.tmp`: the file at `<path>` is not touched until the new one
-/// is complete on disk.
+/// [`Write`]) into a temporary file beside `<path>`, `<path>.tmp.<pid>.<n>`, inside the
+/// envelope; [`StateFile::commit`] ends the envelope, fsyncs, renames the file over `<path>` and
+/// fsyncs the directory. Dropped without a commit (a failed save), it removes its temporary
+/// file: the file at `<path>` is not touched until the new one is complete on disk. A commit
+/// after any write failed is refused, whatever the writer's caller made of the error. A crash
+/// during a save can leave a temporary file behind; nothing reads it.
 pub struct StateFile {
     path: PathBuf,
     tmp: PathBuf,
@@ -225,10 +229,13 @@ pub struct StateFile {
 }
 
 impl StateFile {
-    /// Creates `<path>.tmp` (replacing a stale one) and writes the envelope's header.
+    /// Creates the temporary file (a new one: never an existing file or what a symbolic link
+    /// points at) and writes the envelope's header.
     pub fn create(path: &Path, plugin_name: &str) -> io::Result<Self> {
-        let tmp = sibling(path, ".tmp");
-        let file = File::create(&tmp)?;
+        static SAVES: AtomicU64 = AtomicU64::new(0);
+        let n = SAVES.fetch_add(1, Ordering::Relaxed);
+        let tmp = sibling(path, &format!(".tmp.{}.{n}", std::process::id()));
+        let file = OpenOptions::new().write(true).create_new(true).open(&tmp)?;
         let mut state = StateFile {
             path: path.to_owned(),
             tmp,
@@ -259,8 +266,13 @@ impl StateFile {
 
     /// The first error a write gave, if any: what to report when a save through this file
     /// failed, rather than what the writer's caller made of it.
-    pub fn take_error(&mut self) -> Option<io::Error> {
-        self.error.take()
+    pub fn error(&self) -> Option<&io::Error> {
+        self.error.as_ref()
+    }
+
+    /// Where the bytes go until the commit.
+    pub fn temporary_path(&self) -> &Path {
+        &self.tmp
     }
 
     fn keep<T>(&mut self, result: io::Result<T>) -> io::Result<T> {
@@ -274,6 +286,10 @@ impl StateFile {
 
     /// Completes the file and puts it in place; returns its size in bytes.
     pub fn commit(mut self) -> io::Result<u64> {
+        if let Some(e) = &self.error {
+            // Dropping `self` removes the temporary file.
+            return Err(io::Error::new(e.kind(), e.to_string()));
+        }
         let envelope = self
             .envelope
             .take()
@@ -372,9 +388,9 @@ mod tests {
         let _ = fs::remove_dir_all(&dir);
         fs::create_dir_all(&dir).unwrap();
         let path = dir.join("s.bin");
-        let tmp = sibling(&path, ".tmp");
         let plugin: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
         let mut file = StateFile::create(&path, "p").unwrap();
+        let tmp = file.temporary_path().to_owned();
         for piece in plugin.chunks(7_000) {
             file.write_all(piece).unwrap();
         }
@@ -387,11 +403,23 @@ mod tests {
         assert!(!tmp.exists());
         // A save abandoned midway (dropped without a commit) leaves the old file as it was.
         let mut abandoned = StateFile::create(&path, "p").unwrap();
+        // Two saves at once write into files of their own.
+        let mut other = StateFile::create(&path, "p").unwrap();
+        assert_ne!(abandoned.temporary_path(), other.temporary_path());
         abandoned.write_all(&plugin[..100_000]).unwrap();
+        other.write_all(b"other").unwrap();
+        let tmp = abandoned.temporary_path().to_owned();
         assert!(tmp.exists());
         drop(abandoned);
         assert!(!tmp.exists(), "the abandoned temporary file is removed");
         assert_eq!(fs::read(&path).unwrap(), written);
+        other.commit().unwrap();
+        assert_eq!(decode("p", &fs::read(&path).unwrap()).unwrap(), b"other");
+        assert_eq!(
+            fs::read_dir(&dir).unwrap().count(),
+            1,
+            "no temporary file left"
+        );
         let _ = fs::remove_dir_all(&dir);
     }
 

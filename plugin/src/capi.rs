@@ -424,7 +424,7 @@ pub unsafe extern "C" fn ew_evaluate(
 
 /// Saves the models' state to the file at `path`, atomically, in the state file format of
 /// `egresswatch run` (a file saved here is loaded there, and the other way round). The state
-/// is streamed into `<path>.tmp` as it is encoded, never held whole, and renamed over `path`
+/// is streamed into a temporary file beside `path` as it is encoded, never held whole, and renamed over `path`
 /// when complete: a save that fails ([`EW_ERR_IO`] naming the path, e.g. a full disk) leaves the
 /// previous file as it was.
 ///
@@ -440,18 +440,19 @@ pub unsafe extern "C" fn ew_save_state(
     unsafe {
         with_handle(d, "saving state", |inner| {
             let path = state_path(path, path_len)?;
-            let io = |e: std::io::Error| {
+            let io = |e: &std::io::Error| {
                 Failure::new(EW_ERR_IO, format!("writing {}: {e}", path.display()))
             };
             // Streamed into the file as it is encoded: the state is never held whole.
-            let mut file = StateFile::create(&path, env!("CARGO_PKG_NAME")).map_err(io)?;
+            let mut file = StateFile::create(&path, env!("CARGO_PKG_NAME")).map_err(|e| io(&e))?;
             if let Err(e) = inner.detector.save_state_to(&mut file) {
-                return Err(match file.take_error() {
+                return Err(match file.error() {
                     Some(written) => io(written),
                     None => Failure::new(EW_ERR_STATE, e.message.to_string()),
                 });
             }
-            file.commit().map(drop).map_err(io)
+            // Refused when a write failed, whatever the detector made of it.
+            file.commit().map(drop).map_err(|e| io(&e))
         })
     }
 }

@@ -210,8 +210,10 @@ fn baseline_events() -> Vec<String> {
 /// The first byte chooses how the input is read. Even: the rest is the plugin's state bytes as
 /// they are. Odd: the rest patches a valid state (one saved after [`baseline_events`]) in place,
 /// as `(offset: u16 LE, byte)` triples, so that a state whose framing and checksums are right
-/// but whose values are hostile (a zero span, a huge count) is reached at once. The host's
-/// envelope decoder also reads the raw input.
+/// but whose values are hostile (a zero span, a huge count) is reached at once; the offsets
+/// count from the start when the first byte is 1 modulo 4, from the end when it is 3 (where the
+/// index of model sizes and its length lie). The host's envelope decoder also reads the raw
+/// input.
 pub fn state(data: &[u8]) {
     static SHARED: OnceLock<(Shared, Vec<u8>)> = OnceLock::new();
     let (shared, valid) = SHARED.get_or_init(|| {
@@ -233,9 +235,15 @@ pub fn state(data: &[u8]) {
         rest.to_vec()
     } else {
         let mut patched = valid.clone();
+        let len = patched.len();
         for patch in rest.chunks_exact(3) {
-            let offset = usize::from(u16::from_le_bytes([patch[0], patch[1]])) % patched.len();
-            patched[offset] = patch[2];
+            let offset = usize::from(u16::from_le_bytes([patch[0], patch[1]])) % len;
+            let at = if mode % 4 == 3 {
+                len - 1 - offset
+            } else {
+                offset
+            };
+            patched[at] = patch[2];
         }
         patched
     };

@@ -16,7 +16,7 @@ use crate::alert::{self, AlertFields, RuleTexts};
 use crate::catalog::{BoundJob, JobDef};
 use crate::check::RuleSet;
 use crate::config::{Action, BuildOptions, DetectorConfig, Problem};
-use crate::fields::{Collision, Event, FieldId, ScanError, Scanner, Schema, SchemaBuilder};
+use crate::fields::{Collision, Event, FieldId, Scanner, Schema, SchemaBuilder};
 use crate::geo::{GeoCache, GeoDb};
 use crate::models::{Model, Scored};
 use crate::net::{self, CidrSet};
@@ -291,22 +291,22 @@ impl Detector {
             match helpers {
                 Some(helpers) => helpers.run(scanner, &lines, |i, line, record| {
                     self.event_index = u32::try_from(i).unwrap_or(u32::MAX);
-                    verdicts.push(
-                        self.decide(line, record.event(line, schema), now_ms, None)
-                            .0,
-                    );
+                    let mut event = record.event(line, schema);
+                    verdicts.push(self.decide(line, event.as_mut().ok(), now_ms, None).0);
                 }),
                 None => {
                     for (i, line) in lines.into_iter().enumerate() {
                         self.event_index = u32::try_from(i).unwrap_or(u32::MAX);
-                        verdicts.push(self.decide(line, scanner.scan(line), now_ms, None).0);
+                        let mut event = scanner.scan(line);
+                        verdicts.push(self.decide(line, event.as_mut().ok(), now_ms, None).0);
                     }
                 }
             }
         } else {
             for (i, line) in events.enumerate() {
                 self.event_index = u32::try_from(i).unwrap_or(u32::MAX);
-                verdicts.push(self.decide(line, stage.scanner.scan(line), now_ms, None).0);
+                let mut event = stage.scanner.scan(line);
+                verdicts.push(self.decide(line, event.as_mut().ok(), now_ms, None).0);
             }
         }
         self.stage = Some(stage);
@@ -358,31 +358,33 @@ impl Detector {
         set: Option<&mut Vec<(&'static str, String)>>,
     ) -> (Verdict, bool) {
         let mut stage = self.take_stage();
-        let judged = self.decide(line, stage.scanner.scan(line), now_ms, set);
+        let mut event = stage.scanner.scan(line);
+        let judged = self.decide(line, event.as_mut().ok(), now_ms, set);
         self.stage = Some(stage);
         judged
     }
 
-    /// Judges one scanned event of `line`: enrichment, scores, the verdict.
+    /// Judges one scanned event of `line` (`None`: the line is unreadable): enrichment,
+    /// scores, the verdict.
     ///
-    /// `#[inline(never)]`, and one copy for every caller: inlined into the loops of
-    /// [`Detector::process`], or made generic over how the event is scanned, the scoring it
-    /// calls was no longer inlined into it (instructions per event: 50 to 90 more, callgrind
-    /// bench).
+    /// `#[inline(never)]`, one copy for every caller, and the event by reference: inlined into
+    /// the loops of [`Detector::process`], or made generic over how the event is scanned, the
+    /// scoring it calls was no longer inlined into it (instructions per event: 50 to 90 more,
+    /// callgrind bench).
     #[inline(never)]
     fn decide(
         &mut self,
         line: &str,
-        event: Result<Event<'_>, ScanError>,
+        event: Option<&mut Event<'_>>,
         now_ms: i64,
         set: Option<&mut Vec<(&'static str, String)>>,
     ) -> (Verdict, bool) {
         self.metrics.events += 1;
-        let Ok(mut event) = event else {
+        let Some(event) = event else {
             self.metrics.unreadable += 1;
             return (Verdict::UNREADABLE, false);
         };
-        let country = enrich(self.geo.as_mut(), &self.fixed, &mut event);
+        let country = enrich(self.geo.as_mut(), &self.fixed, event);
         if country.is_some() {
             self.metrics.enriched += 1;
         }
@@ -393,7 +395,7 @@ impl Detector {
             event_index: self.event_index,
             now: now_ms,
         };
-        let (hit, qualified) = score(&mut self.jobs, scoring, &event);
+        let (hit, qualified) = score(&mut self.jobs, scoring, event);
         if qualified {
             self.metrics.qualified += 1;
         } else if self.metrics.qualified == 0 && self.metrics.events == NO_QUALIFYING_WARNING_AFTER
@@ -420,7 +422,7 @@ impl Detector {
             let mut text = String::new();
             let failures = match set {
                 Some(set) => alert::fields(
-                    &event,
+                    event,
                     &self.alert_fields,
                     &active.texts,
                     &detail,
@@ -428,7 +430,7 @@ impl Detector {
                     set,
                 ),
                 None => alert::annotate(
-                    &event,
+                    event,
                     &self.alert_fields,
                     &active.texts,
                     &detail,

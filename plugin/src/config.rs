@@ -160,6 +160,22 @@ impl Threads {
     }
 }
 
+impl Threads {
+    /// A warning when more threads are set than the machine has cores: they would take turns
+    /// on the cores, and each batch would wait for a helper that is not running.
+    pub fn oversubscribed(self) -> Option<String> {
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        match self {
+            Threads::Count(n) if usize::from(n) > cores => Some(format!(
+                "threads: {n}, but this machine has {cores} core(s): more threads than cores \
+                 only make the batch wait for helpers that are not running (`auto` uses what \
+                 there is)"
+            )),
+            _ => None,
+        }
+    }
+}
+
 impl<'de> Deserialize<'de> for Threads {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Setting;
@@ -437,6 +453,12 @@ mod tests {
         assert_eq!(threads(r#"{"threads": 1}"#).unwrap(), Threads::Count(1));
         assert_eq!(threads(r#"{"threads": 64}"#).unwrap(), Threads::Count(64));
         assert_eq!(Threads::Count(3).resolve(), 3);
+        assert_eq!(Threads::Auto.oversubscribed(), None);
+        assert_eq!(Threads::Count(1).oversubscribed(), None);
+        let warning = Threads::Count(64)
+            .oversubscribed()
+            .expect("64 threads on this machine");
+        assert!(warning.contains("threads: 64"), "{warning}");
         let auto = Threads::Auto.resolve();
         assert!((1..=2).contains(&auto), "auto resolved to {auto}");
         for bad in ["0", "65", "-1", "1.5", r#""two""#, "true"] {

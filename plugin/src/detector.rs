@@ -227,6 +227,7 @@ impl Detector {
             .build()
             .map_err(|e| PluginError::new(ErrorKind::Config, format!("detector: {e}")))?;
         let schema = Arc::new(schema);
+        let threads_warning = config.threads.oversubscribed();
         Ok(Detector {
             stage: Some(Stage::new(&schema)),
             schema,
@@ -240,7 +241,12 @@ impl Detector {
             geo,
             allow,
             metrics: Metrics::default(),
-            warnings: set.warnings.into_iter().chain(geo_warnings).collect(),
+            warnings: set
+                .warnings
+                .into_iter()
+                .chain(geo_warnings)
+                .chain(threads_warning)
+                .collect(),
             event_index: 0,
         })
     }

@@ -26,6 +26,8 @@
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::Thread;
+use std::time::Duration;
 
 use crate::fields::{Scanned, Scanner, Schema};
 
@@ -43,8 +45,15 @@ pub(super) const MIN_SHARED: usize = 2 * CHUNK;
 /// No chunk: what a ring slot's `ready` holds before its chunk is scanned.
 const NONE: usize = usize::MAX;
 
-/// Spins before a waiting thread yields its core.
+/// Spins before a waiting thread yields its core, then yields before it sleeps (so that a
+/// wait longer than a chunk's scan costs no CPU time, under a CPU quota too).
 const SPINS: u32 = 64;
+const YIELDS: u32 = 16;
+
+/// Longest sleep of a waiting thread before it looks again: the calling thread is woken as
+/// soon as its chunk is ready (this is only a safety net); a helper waiting for the ring to
+/// have room is ahead anyway.
+const NAP: Duration = Duration::from_micros(200);
 
 /// The helpers and the ring of records, kept between batches.
 pub(super) struct Helpers {
@@ -58,9 +67,17 @@ pub(super) struct Helpers {
     judged: AtomicUsize,
     /// A helper panicked, or the calling thread stopped judging: the batch is over.
     stop: AtomicBool,
+    /// The calling thread sleeps until a chunk is ready: whoever makes one ready wakes it.
+    caller_asleep: AtomicBool,
     /// Test hook: helpers panic as they start on a batch.
     #[cfg(test)]
     pub(super) panic: bool,
+    /// Test hook: the calling thread never scans (helpers scan every chunk).
+    #[cfg(test)]
+    pub(super) caller_scans: bool,
+    /// Test count of the chunks helpers scanned.
+    #[cfg(test)]
+    pub(super) helped: AtomicUsize,
 }
 
 /// One ring slot: the records of the chunk in it, and which chunk is scanned in them.
@@ -70,11 +87,12 @@ struct Slot {
     ready: AtomicUsize,
 }
 
-/// One batch: its lines and how many chunks they make.
+/// One batch: its lines, how many chunks they make, and the thread that judges them.
 #[derive(Clone, Copy)]
 struct Batch<'b, 'l> {
     lines: &'b [&'l str],
     chunks: usize,
+    caller: &'b Thread,
 }
 
 impl<'l> Batch<'_, 'l> {
@@ -107,8 +125,13 @@ impl Helpers {
             next: AtomicUsize::new(0),
             judged: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
+            caller_asleep: AtomicBool::new(false),
             #[cfg(test)]
             panic: false,
+            #[cfg(test)]
+            caller_scans: true,
+            #[cfg(test)]
+            helped: AtomicUsize::new(0),
         })
     }
 
@@ -120,9 +143,11 @@ impl Helpers {
         lines: &[&'l str],
         mut judge: impl FnMut(usize, &'l str, &mut Scanned),
     ) {
+        let caller = std::thread::current();
         let batch = Batch {
             lines,
             chunks: lines.len().div_ceil(CHUNK),
+            caller: &caller,
         };
         for slot in &self.ring {
             slot.ready.store(NONE, Ordering::Relaxed);
@@ -164,9 +189,13 @@ impl Helpers {
             match self.claim(batch) {
                 Claim::Chunk(c) => {
                     self.scan(c, &mut scanner, batch);
+                    #[cfg(test)]
+                    self.helped.fetch_add(1, Ordering::Relaxed);
                     spins = 0;
                 }
                 Claim::Done => return,
+                // The calling thread is a ring behind: it will be a while.
+                Claim::Full if spins >= SPINS + YIELDS => std::thread::park_timeout(NAP),
                 Claim::Full => pause(&mut spins),
             }
         }
@@ -186,10 +215,27 @@ impl Helpers {
             if self.stop.load(Ordering::Relaxed) {
                 return None;
             }
-            match self.claim(batch) {
+            #[cfg(test)]
+            let claim = if self.caller_scans {
+                self.claim(batch)
+            } else {
+                Claim::Done
+            };
+            #[cfg(not(test))]
+            let claim = self.claim(batch);
+            match claim {
                 Claim::Chunk(k) => {
                     self.scan(k, scanner, batch);
                     spins = 0;
+                }
+                Claim::Done | Claim::Full if spins >= SPINS + YIELDS => {
+                    // Asleep until the chunk's scanner wakes it: said before the last look,
+                    // so that a chunk made ready in between is seen or wakes it.
+                    self.caller_asleep.store(true, Ordering::SeqCst);
+                    if slot.ready.load(Ordering::SeqCst) != c && !self.stop.load(Ordering::SeqCst) {
+                        std::thread::park_timeout(NAP);
+                    }
+                    self.caller_asleep.store(false, Ordering::SeqCst);
                 }
                 Claim::Done | Claim::Full => pause(&mut spins),
             }
@@ -229,7 +275,10 @@ impl Helpers {
                 scanner.scan_into(line, record);
             }
         }
-        slot.ready.store(c, Ordering::Release);
+        slot.ready.store(c, Ordering::SeqCst);
+        if self.caller_asleep.load(Ordering::SeqCst) {
+            batch.caller.unpark();
+        }
     }
 }
 
@@ -243,10 +292,10 @@ enum Claim {
 }
 
 /// Waits a little: spins first, then gives the core away (the machine may have fewer free
-/// cores than threads).
+/// cores than threads); the callers sleep once both are done.
 fn pause(spins: &mut u32) {
-    if *spins < SPINS {
-        *spins += 1;
+    *spins += 1;
+    if *spins <= SPINS {
         std::hint::spin_loop();
     } else {
         std::thread::yield_now();

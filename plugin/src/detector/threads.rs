@@ -45,10 +45,12 @@ pub(super) const MIN_SHARED: usize = 2 * CHUNK;
 /// No chunk: what a ring slot's `ready` holds before its chunk is scanned.
 const NONE: usize = usize::MAX;
 
-/// Spins before a waiting thread yields its core, then yields before it sleeps (so that a
-/// wait longer than a chunk's scan costs no CPU time, under a CPU quota too).
+/// Spins before a waiting thread yields its core, then yields before it sleeps: about a
+/// chunk's scan (16 events, some tens of microseconds) in all, so that the usual wait, for
+/// the chunk a helper is finishing, ends awake, and a longer one costs no CPU time (under a
+/// CPU quota too).
 const SPINS: u32 = 64;
-const YIELDS: u32 = 16;
+const YIELDS: u32 = 64;
 
 /// Longest sleep of a waiting thread before it looks again: the calling thread is woken as
 /// soon as its chunk is ready (this is only a safety net); a helper waiting for the ring to

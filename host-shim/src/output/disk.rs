@@ -18,7 +18,7 @@
 //! segment (`fdatasync`) every [`SYNC_EVERY`] (and at each new segment and at the end); a power
 //! loss or kernel crash can lose what was written since the last sync. The acknowledgements of a
 //! batch (the HTTP input's 200) are told only once the sync after it returned, so a 200 means
-//! the lines are on disk. The cursor is not synced: after a power loss it may be behind, and
+//! the lines are on disk; a batch that carries some is synced at once, not at the next tick. The cursor is not synced: after a power loss it may be behind, and
 //! lines delivered just before repeat (never lost).
 //!
 //! At start the folder is read from the cursor on: every record is checked (a torn write, or a
@@ -349,7 +349,11 @@ impl DiskLog {
         {
             let mut state = lock(&self.sync.state);
             state.dirty = true;
-            state.acks.extend(acks);
+            if !acks.is_empty() {
+                // A sender waits for these: sync now rather than at the next tick.
+                state.acks.extend(acks);
+                self.sync.wake.notify_one();
+            }
         }
         self.report_size();
         Ok(())
@@ -555,13 +559,15 @@ fn scan_segment(name: &str, dir: &Path, id: u64, from: u64, found: &mut Found) -
     }
 }
 
-/// The sync thread: every [`SYNC_EVERY`] syncs the newest segment if it was written to, then
-/// tells the acknowledgements of what that covered; on close, a last sync.
+/// The sync thread: syncs the newest segment if it was written to, every [`SYNC_EVERY`] or at
+/// once when a batch with acknowledgements is waiting (then the batches that arrive during one
+/// sync share the next: a sender waits one or two syncs, not a tick), and tells the
+/// acknowledgements of what that covered; on close, a last sync.
 fn sync_loop(sync: &SyncShared, name: &str) {
     loop {
         let (file, acks, closed) = {
             let mut state = lock(&sync.state);
-            if !state.closed {
+            if !state.closed && state.acks.is_empty() {
                 state = sync
                     .wake
                     .wait_timeout(state, SYNC_EVERY)

@@ -24,6 +24,12 @@ const PER_REQUEST: u64 = 2_000;
 /// `dir/buf` (`buffer` adds settings), metrics on. Returns it once it listens, with its input
 /// and metrics addresses.
 fn start(dir: &Path, downstream: &str, buffer: &str) -> (Running, String, String) {
+    let output = format!("type: http, url: 'http://{downstream}/in'");
+    start_with(dir, &output, buffer)
+}
+
+/// [`start`] with `default` given as `output` (its keys before `buffer`).
+fn start_with(dir: &Path, output: &str, buffer: &str) -> (Running, String, String) {
     let (input, metrics) = (free_address(), free_address());
     let config = write(
         dir,
@@ -31,8 +37,7 @@ fn start(dir: &Path, downstream: &str, buffer: &str) -> (Running, String, String
         format!(
             "shutdown_timeout_secs: 2\n\
              input: {{ type: http, address: '{input}' }}\n\
-             outputs:\n  default: {{ type: http, url: 'http://{downstream}/in', \
-             buffer: {{ type: disk, path: buf{buffer} }} }}\n\
+             outputs:\n  default: {{ {output}, buffer: {{ type: disk, path: buf{buffer} }} }}\n\
              metrics: {{ address: '{metrics}' }}\n\
              detector:\n  rules: ['{}']\n",
             workspace().join("rules").display()
@@ -154,6 +159,42 @@ fn lines_held_for_a_down_output_are_delivered_in_order_after_a_restart() {
     assert_eq!(received(&downstream), (0..total).collect::<Vec<_>>());
     // Delivered segments are deleted: only the newest (empty) one is left.
     assert!(segments(&dir).len() <= 2, "{:?}", segments(&dir));
+}
+
+#[test]
+fn a_tcp_output_delivers_what_its_disk_buffer_kept_in_order_after_a_restart() {
+    use std::io::BufRead;
+    const REQUESTS: u64 = 5;
+    let dir = temp_dir("disk-buffer-tcp");
+    let down = free_address();
+    let output = format!("type: tcp, address: '{down}'");
+    let (mut egw, input, metrics) = start_with(&dir, &output, "");
+    send(&input, REQUESTS);
+    let total = REQUESTS * PER_REQUEST;
+    default_figure(&metrics, "egresswatch_output_pending_events", |n| {
+        n == total as f64
+    });
+    egw.terminate();
+    let status = egw.wait(EXIT);
+    assert!(status.success(), "{}", egw.stderr());
+
+    let listener = std::net::TcpListener::bind(&down).unwrap();
+    let (mut egw, _input, metrics) = start_with(&dir, &output, "");
+    let (conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(EXIT)).unwrap();
+    let mut lines = std::io::BufReader::new(conn).lines();
+    let got: Vec<u64> = (0..total)
+        .map(|_| {
+            let line = lines.next().expect("a line").expect("read");
+            let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+            v["n"].as_u64().unwrap()
+        })
+        .collect();
+    assert_eq!(got, (0..total).collect::<Vec<_>>());
+    default_figure(&metrics, "egresswatch_output_pending_events", |n| n == 0.0);
+    egw.terminate();
+    let status = egw.wait(EXIT);
+    assert!(status.success(), "{}", egw.stderr());
 }
 
 #[test]

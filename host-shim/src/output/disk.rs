@@ -28,7 +28,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
@@ -158,8 +158,14 @@ fn read_record(file: &File, offset: u64, size: u64) -> io::Result<Option<(Vec<u8
     if len > size - offset - RECORD_HEADER {
         return Err(bad("a record cut short"));
     }
-    let mut data = vec![0u8; len as usize];
-    file.read_exact_at(&mut data, offset + RECORD_HEADER)?;
+    // Read into spare capacity: zeroing the buffer first cost as much as the checksum.
+    let mut data = Vec::with_capacity(len as usize);
+    let mut at = file;
+    at.seek(SeekFrom::Start(offset + RECORD_HEADER))?;
+    at.take(len).read_to_end(&mut data)?;
+    if data.len() as u64 != len {
+        return Err(io::ErrorKind::UnexpectedEof.into());
+    }
     if checksum(len, lines, &data) != crc {
         return Err(bad("a record that fails its checksum"));
     }

@@ -112,7 +112,8 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 /// address (nobody listens there yet).
 fn first_run_with_the_output_down(dir: &Path, requests: u64) -> String {
     let down = free_address();
-    let (mut egw, input, metrics) = start(dir, &down, "");
+    // 1 MiB: 128 KiB segments, so that the lines span several.
+    let (mut egw, input, metrics) = start(dir, &down, ", max_bytes: 1048576");
     send(&input, requests);
     let total = (requests * PER_REQUEST) as f64;
     default_figure(&metrics, "egresswatch_output_pending_events", |n| {
@@ -121,6 +122,7 @@ fn first_run_with_the_output_down(dir: &Path, requests: u64) -> String {
     default_figure(&metrics, "egresswatch_output_buffer_disk_bytes", |n| {
         n > total * 10.0
     });
+    assert!(segments(dir).len() >= 2, "{:?}", segments(dir));
     egw.terminate();
     let status = egw.wait(EXIT);
     let err = egw.stderr();
@@ -142,7 +144,7 @@ fn lines_held_for_a_down_output_are_delivered_in_order_after_a_restart() {
     let down = first_run_with_the_output_down(&dir, REQUESTS);
 
     let downstream = Downstream::start_on(&down, Vec::new());
-    let (mut egw, _input, metrics) = start(&dir, &down, "");
+    let (mut egw, _input, metrics) = start(&dir, &down, ", max_bytes: 1048576");
     let total = REQUESTS * PER_REQUEST;
     wait_for_all(&downstream, &(0..total).collect(), &egw);
     let replayed = default_figure(
@@ -157,8 +159,8 @@ fn lines_held_for_a_down_output_are_delivered_in_order_after_a_restart() {
     assert!(status.success(), "{}", egw.stderr());
     // Each once, in the order they came in.
     assert_eq!(received(&downstream), (0..total).collect::<Vec<_>>());
-    // Delivered segments are deleted: only the newest (empty) one is left.
-    assert!(segments(&dir).len() <= 2, "{:?}", segments(&dir));
+    // Delivered segments are deleted: only the one the cursor is in is left.
+    assert_eq!(segments(&dir).len(), 1, "{:?}", segments(&dir));
 }
 
 #[test]
@@ -201,8 +203,8 @@ fn a_tcp_output_delivers_what_its_disk_buffer_kept_in_order_after_a_restart() {
 fn a_kill_loses_nothing_the_buffer_took() {
     let dir = temp_dir("disk-buffer-kill");
     let down = free_address();
-    // The downstream takes a few requests, then goes away for 5 s: the buffer fills meanwhile.
-    let downstream = Downstream::start_on(&down, vec![(4, Break::Down(Duration::from_secs(5)))]);
+    // The downstream takes a few requests, then goes away for 10 s: the buffer fills meanwhile.
+    let downstream = Downstream::start_on(&down, vec![(4, Break::Down(Duration::from_secs(10)))]);
     let (mut egw, input, _metrics) = start(&dir, &down, "");
     let acked: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -227,7 +229,7 @@ fn a_kill_loses_nothing_the_buffer_took() {
     assert!(away, "the downstream never broke\n{}", egw.stderr());
     let before = acked.lock().unwrap().len();
     let more = wait_until(EXIT, || {
-        acked.lock().unwrap().len() >= before + 10 * PER_REQUEST as usize
+        acked.lock().unwrap().len() >= before + 3 * PER_REQUEST as usize
     });
     assert!(more, "the input stopped answering 200\n{}", egw.stderr());
     egw.child.kill().unwrap();
@@ -235,6 +237,8 @@ fn a_kill_loses_nothing_the_buffer_took() {
     stop.store(true, Ordering::Relaxed);
     sender.join().unwrap();
     let acked = acked.lock().unwrap().clone();
+    // What the buffer held at the kill: acknowledged, not yet downstream (the downstream is
+    // still away, unless this machine took 10 s for 3 requests).
     let held = acked.len() - received(&downstream).len().min(acked.len());
     assert!(held > 0, "the kill came when the buffer was empty");
 
@@ -270,7 +274,7 @@ fn a_damaged_record_is_found_by_its_checksum_counted_and_those_before_it_deliver
     std::fs::write(&newest, bytes).unwrap();
 
     let downstream = Downstream::start_on(&down, Vec::new());
-    let (mut egw, _input, metrics) = start(&dir, &down, "");
+    let (mut egw, _input, metrics) = start(&dir, &down, ", max_bytes: 1048576");
     let corrupt = default_figure(
         &metrics,
         "egresswatch_output_buffer_corrupt_records_total",
@@ -420,7 +424,7 @@ fn disk_buffer_settings_that_cannot_work_are_named() {
     let err = stderr(&out);
     assert!(!out.status.success(), "{err}");
     assert!(
-        err.contains("outputs.default.buffer.path") && err.contains("in use by another process"),
+        err.contains("outputs.default.buffer.path") && err.contains("is in use"),
         "{err}"
     );
 }

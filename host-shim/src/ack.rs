@@ -6,8 +6,8 @@
 //! ([`crate::output`]), and each output's delivery thread says [`Ack::delivered`] once its
 //! batch is delivered (an HTTP output: answered 2xx; a socket, file or stdout output: written,
 //! as such outputs count delivery; an output with a disk buffer: synced into that buffer), or
-//! [`Ack::dropped`] when a full `drop_newest` buffer dropped it. A copy dropped without saying either (a batch given up on at the deadline, an
-//! engine error) marks the request failed.
+//! [`Ack::dropped`] when a full `drop_newest` buffer dropped it. A copy dropped without saying
+//! either (a batch given up on at the deadline, an engine error) marks the request failed.
 //! When the last copy is gone, the input is told [`Outcome::Delivered`] or why not: it never
 //! has to count anything, and a copy cannot be forgotten without failing the request.
 

@@ -259,7 +259,7 @@ impl Collector for HostCollector {
         counter(
             &mut e,
             "egresswatch_output_buffer_corrupt_records",
-            "Records of the output's disk buffer that failed their checksum at start (a torn or damaged write), set aside.",
+            "Records of the output's disk buffer that failed their checksum (a write torn by a crash, or damaged on disk), skipped with the rest of their segment.",
             &column(&|v| v.corrupt as f64),
         )?;
         counter(

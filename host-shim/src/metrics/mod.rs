@@ -112,7 +112,7 @@ struct OutputValues {
     disk_bytes: u64,
     /// Lines found in its disk buffer at start.
     replayed: u64,
-    /// Corrupt records found in its disk buffer at start.
+    /// Corrupt records found in its disk buffer.
     corrupt: u64,
 }
 
@@ -197,9 +197,9 @@ impl OutputHealth {
         self.lock().disk_bytes = bytes;
     }
 
-    /// Its disk buffer held `lines` from an earlier run, delivered before new ones, and
-    /// `corrupt` records that were set aside.
-    pub(crate) fn found_at_start(&self, lines: u64, corrupt: u64) {
+    /// Its disk buffer held `lines` from an earlier run (at start), delivered before new ones,
+    /// and `corrupt` records that fail their checksum (at start, or when read), skipped.
+    pub(crate) fn disk_buffer_found(&self, lines: u64, corrupt: u64) {
         let mut v = self.lock();
         v.replayed += lines;
         v.corrupt += corrupt;

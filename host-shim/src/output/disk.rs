@@ -6,31 +6,35 @@
 //! - `NNNNNNNNNNNNNNNNNNNN.seg`: segment files (a 20-digit number, rising), each a header
 //!   ([`SEGMENT_MAGIC`]) then records appended one per batch: the data's length and the batch's
 //!   line count (both `u64`, little-endian), a CRC-32 of those and of the data, then the data
-//!   (whole lines). The engine thread appends to the newest segment and starts a new one once it
-//!   passes an eighth of `max_bytes`; old segments are never written again.
+//!   (whole lines), written with one `writev`. The engine thread appends to the newest segment
+//!   (made on the first append, so that a start on a full disk can still deliver) and starts a
+//!   new one once it passes an eighth of `max_bytes`; old segments are never written again.
 //! - `cursor`: where delivery has got to (a segment and an offset in it, with their CRC-32),
 //!   overwritten in place after each delivered batch. Segments before it are deleted.
 //! - `lock`: held (`flock`) while a process uses the folder, so that two processes (or two
 //!   outputs) never share one buffer.
 //!
-//! Durability: a batch is written with `write(2)` as it is pushed, so a crash of the process
+//! Durability: a batch is written with `writev(2)` as it is pushed, so a crash of the process
 //! (SIGKILL, a panic, the OOM killer) loses nothing the buffer took. A thread syncs the newest
-//! segment (`fdatasync`) every [`SYNC_EVERY`] (and at each new segment and at the end); a power
-//! loss or kernel crash can lose what was written since the last sync. The acknowledgements of a
-//! batch (the HTTP input's 200) are told only once the sync after it returned, so a 200 means
-//! the lines are on disk; a batch that carries some is synced at once, not at the next tick. The cursor is not synced: after a power loss it may be behind, and
-//! lines delivered just before repeat (never lost).
+//! segment (`fdatasync`) every [`SYNC_EVERY`], at once when a batch carries acknowledgements,
+//! at each new segment and at the end; a power loss or kernel crash can lose what was written
+//! since the last sync. The acknowledgements of a batch (the HTTP input's 200) are told only
+//! once a sync after it returned, so a 200 means the lines are on disk; after a failed sync
+//! they fail (the senders send again) and the next batch starts a new segment. The cursor is
+//! not synced: after a power loss it may be behind, and lines delivered just before repeat.
 //!
-//! At start the folder is read from the cursor on: every record is checked (a torn write, or a
-//! damaged one, fails its checksum); the first bad record of a segment and what follows it in
-//! that segment are cut off, counted and logged, and the run starts with the records before it.
-//! A cursor that fails its checksum replays the whole buffer (repeats, never loss).
+//! At start every record past the cursor is checked, writing nothing: the first record of a
+//! segment that is torn (a crash mid-write) or fails its checksum ends what is read of that
+//! segment; it and what follows stay in the file, unread, counted and logged, until the
+//! segment is deleted. A record found damaged when read back while running is skipped the same
+//! way. A cursor that fails its checksum replays the whole buffer (repeats, never loss).
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
@@ -40,6 +44,9 @@ use crate::metrics::OutputHealth;
 
 /// The first bytes of every segment file.
 const SEGMENT_MAGIC: &[u8; 8] = b"EGWBUF1\n";
+
+/// Where a segment's records start.
+const FIRST_RECORD: u64 = SEGMENT_MAGIC.len() as u64;
 
 /// A record's header: data length (u64), lines (u64), CRC-32 (u32).
 const RECORD_HEADER: u64 = 20;
@@ -64,17 +71,60 @@ pub(crate) struct Record {
     pub(crate) end: Position,
 }
 
-/// What the buffer held at start, past the cursor.
-#[derive(Debug, Default, Clone, Copy)]
-pub(crate) struct Found {
+/// What [`DiskLog::read_next`] found.
+pub(crate) enum Next {
+    /// The next record.
+    Record(Record),
+    /// A record that fails its checksum now (damaged on disk since it was written): it and the
+    /// rest of its segment are skipped; these were in them.
+    Skipped(Counts),
+}
+
+/// Records, lines and bytes of lines.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Counts {
     /// Batches.
     pub(crate) records: u64,
     /// Lines.
     pub(crate) lines: u64,
-    /// Bytes of lines.
+    /// Bytes of lines (record headers not counted).
     pub(crate) bytes: u64,
-    /// Records that failed their checksum (each cut off with what followed it in its segment).
+}
+
+impl Counts {
+    fn add(&mut self, lines: u64, bytes: u64) {
+        self.records += 1;
+        self.lines += lines;
+        self.bytes += bytes;
+    }
+
+    fn minus(self, other: Counts) -> Counts {
+        Counts {
+            records: self.records.saturating_sub(other.records),
+            lines: self.lines.saturating_sub(other.lines),
+            bytes: self.bytes.saturating_sub(other.bytes),
+        }
+    }
+}
+
+/// What the buffer held at start, past the cursor.
+#[derive(Debug, Default, Clone, Copy)]
+pub(crate) struct Found {
+    /// Readable records past the cursor.
+    pub(crate) held: Counts,
+    /// Records that failed their checksum (each skipped with what followed it in its segment).
     pub(crate) corrupt: u64,
+}
+
+/// What is known of one segment file.
+#[derive(Debug, Default, Clone, Copy)]
+struct Segment {
+    /// Its size on disk.
+    size: u64,
+    /// Where its readable records end: its size, or the first bad record.
+    end: u64,
+    /// What it holds from where reading starts in it (the cursor, in the first one).
+    held: Counts,
 }
 
 /// An output's disk buffer. The engine thread appends ([`DiskLog::append`]); the output's
@@ -89,34 +139,45 @@ pub(crate) struct DiskLog {
     writer: Mutex<Writer>,
     reader: Mutex<Reader>,
     cursor: Mutex<File>,
-    /// Every segment file and its size.
-    segments: Mutex<BTreeMap<u64, u64>>,
+    /// Every segment file.
+    segments: Mutex<BTreeMap<u64, Segment>>,
     sync: Arc<SyncShared>,
     syncer: Mutex<Option<JoinHandle<()>>>,
     stats: OutputHealth,
 }
 
+/// The segment being written (made on the first append, so that a start on a full disk can
+/// still deliver what the buffer holds).
 struct Writer {
+    current: Option<Current>,
+    next_id: u64,
+}
+
+struct Current {
     id: u64,
-    file: File,
+    file: Arc<File>,
     len: u64,
 }
 
 struct Reader {
     position: Position,
     file: Option<File>,
+    /// What it has read of its segment.
+    consumed: Counts,
 }
 
 #[derive(Default)]
 struct SyncShared {
     state: Mutex<SyncState>,
     wake: Condvar,
+    /// A sync failed: what follows goes to a new segment (the failed one may have lost pages).
+    roll: AtomicBool,
 }
 
 #[derive(Default)]
 struct SyncState {
-    /// The newest segment (another handle to it).
-    file: Option<File>,
+    /// The newest segment.
+    file: Option<Arc<File>>,
     /// Written to since the last sync.
     dirty: bool,
     /// Told once the next sync returns.
@@ -140,14 +201,14 @@ fn checksum(len: u64, lines: u64, data: &[u8]) -> u32 {
     h.finalize()
 }
 
-/// Reads a record at `offset` of `file` (`size` bytes long). `Ok(None)`: the segment ends
+/// Reads a record at `offset` of `file`, whose records end at `end`. `Ok(None)`: no record
 /// there. An `InvalidData` error: a torn or damaged record.
-fn read_record(file: &File, offset: u64, size: u64) -> io::Result<Option<(Vec<u8>, u64, u64)>> {
-    if offset >= size {
+fn read_record(file: &File, offset: u64, end: u64) -> io::Result<Option<(Vec<u8>, u64, u64)>> {
+    if offset >= end {
         return Ok(None);
     }
     let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    if size - offset < RECORD_HEADER {
+    if end - offset < RECORD_HEADER {
         return Err(bad("a record header cut short"));
     }
     let mut head = [0u8; RECORD_HEADER as usize];
@@ -155,7 +216,7 @@ fn read_record(file: &File, offset: u64, size: u64) -> io::Result<Option<(Vec<u8
     let len = u64::from_le_bytes(head[0..8].try_into().expect("8 bytes"));
     let lines = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
     let crc = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes"));
-    if len > size - offset - RECORD_HEADER {
+    if len > end - offset - RECORD_HEADER {
         return Err(bad("a record cut short"));
     }
     // Read into spare capacity: zeroing the buffer first cost as much as the checksum.
@@ -164,7 +225,7 @@ fn read_record(file: &File, offset: u64, size: u64) -> io::Result<Option<(Vec<u8
     at.seek(SeekFrom::Start(offset + RECORD_HEADER))?;
     at.take(len).read_to_end(&mut data)?;
     if data.len() as u64 != len {
-        return Err(io::ErrorKind::UnexpectedEof.into());
+        return Err(bad("a record cut short"));
     }
     if checksum(len, lines, &data) != crc {
         return Err(bad("a record that fails its checksum"));
@@ -175,7 +236,8 @@ fn read_record(file: &File, offset: u64, size: u64) -> io::Result<Option<(Vec<u8
 impl DiskLog {
     /// Opens (creating it if needed) the disk buffer of output `name` in `dir`, holding at most
     /// `max_bytes` of undelivered lines; checks what an earlier run left past the cursor and
-    /// returns it. Errors name the output's `buffer.path`.
+    /// returns it. Writes nothing but the lock and cursor files (if absent), so that a full disk
+    /// still starts and delivers. Errors name the output's `buffer.path`.
     pub(crate) fn open(
         name: &str,
         dir: &Path,
@@ -186,7 +248,13 @@ impl DiskLog {
         let at = |what: &str, e: io::Error| {
             io::Error::new(e.kind(), format!("{key}: {what} {}: {e}", dir.display()))
         };
-        std::fs::create_dir_all(dir).map_err(|e| at("cannot create the folder", e))?;
+        if !dir.is_dir() {
+            std::fs::create_dir_all(dir).map_err(|e| at("cannot create the folder", e))?;
+            // So that the folder's name survives a power loss.
+            if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
+                sync_dir(parent).map_err(|e| at("cannot sync the parent of", e))?;
+            }
+        }
         let lock_file = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -198,28 +266,28 @@ impl DiskLog {
                 return Err(io::Error::new(
                     io::ErrorKind::AddrInUse,
                     format!(
-                        "{key}: {} is in use by another process (its lock file is held)",
+                        "{key}: {} is in use (its lock is held by another process, or by another \
+                         output of this one under another path)",
                         dir.display()
                     ),
                 ));
             }
             return Err(at("cannot lock", e));
         }
-        let mut segments = BTreeMap::new();
+        let mut ids = Vec::new();
         for entry in std::fs::read_dir(dir).map_err(|e| at("cannot list", e))? {
             let entry = entry.map_err(|e| at("cannot list", e))?;
             let file_name = entry.file_name();
-            let Some(id) = file_name
+            if let Some(id) = file_name
                 .to_str()
                 .and_then(|n| n.strip_suffix(".seg"))
                 .filter(|n| n.len() == 20)
                 .and_then(|n| n.parse::<u64>().ok())
-            else {
-                continue;
-            };
-            let size = entry.metadata().map_err(|e| at("cannot read", e))?.len();
-            segments.insert(id, size);
+            {
+                ids.push(id);
+            }
         }
+        ids.sort_unstable();
         let cursor = OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -228,63 +296,59 @@ impl DiskLog {
             .open(dir.join("cursor"))
             .map_err(|e| at("cannot write in", e))?;
         let saved = read_cursor(&cursor, name, dir);
-        // Delivery starts at the cursor's segment, or the first one after it (those before
-        // were delivered; a crash may have left them undeleted).
+        // Delivery starts at the cursor in its segment, or at the first segment after it
+        // (those before were delivered; a crash may have left them undeleted).
         let start = match saved {
-            Some(c) if segments.contains_key(&c.segment) => c,
+            Some(c) if ids.contains(&c.segment) => Position {
+                segment: c.segment,
+                offset: c.offset.max(FIRST_RECORD),
+            },
             Some(c) => Position {
-                segment: segments
-                    .range(c.segment..)
-                    .next()
-                    .map_or(c.segment, |(id, _)| *id),
-                offset: SEGMENT_MAGIC.len() as u64,
+                segment: ids
+                    .iter()
+                    .copied()
+                    .find(|&id| id > c.segment)
+                    .unwrap_or(u64::MAX),
+                offset: FIRST_RECORD,
             },
             None => Position {
-                segment: segments.keys().next().copied().unwrap_or(0),
-                offset: SEGMENT_MAGIC.len() as u64,
+                segment: ids.first().copied().unwrap_or(u64::MAX),
+                offset: FIRST_RECORD,
             },
         };
-        let delivered: Vec<u64> = segments.range(..start.segment).map(|(id, _)| *id).collect();
-        for id in delivered {
-            segments.remove(&id);
-            let _ = std::fs::remove_file(segment_path(dir, id));
-        }
+        let mut segments = BTreeMap::new();
         let mut found = Found::default();
-        let ids: Vec<u64> = segments.keys().copied().collect();
         for id in ids {
+            let path = segment_path(dir, id);
+            if id < start.segment {
+                // Best effort: delivered already; a later start tries again.
+                let _ = std::fs::remove_file(&path);
+                continue;
+            }
             let from = if id == start.segment {
                 start.offset
             } else {
-                SEGMENT_MAGIC.len() as u64
+                FIRST_RECORD
             };
-            let size = scan_segment(name, dir, id, from, &mut found)
-                .map_err(|e| at(&format!("cannot read {:020}.seg in", id), e))?;
-            segments.insert(id, size);
+            let segment = scan_segment(name, &path, from, &mut found)
+                .map_err(|e| at(&format!("cannot read {}", path.display()), e))?;
+            segments.insert(id, segment);
         }
         // New batches go to a new segment, after every existing one and the cursor's.
-        let next = segments
+        let next_id = segments
             .keys()
             .next_back()
             .map_or(0, |id| id + 1)
             .max(saved.map_or(0, |c| c.segment + 1));
-        let writer = Writer::create(dir, next).map_err(|e| at("cannot write in", e))?;
-        // The reader starts at the cursor when its segment is still there, else at the first
-        // segment after it (the new one when nothing is left).
         let start = if segments.contains_key(&start.segment) {
-            Position {
-                segment: start.segment,
-                offset: start.offset.max(SEGMENT_MAGIC.len() as u64),
-            }
+            start
         } else {
             Position {
-                segment: next,
-                offset: SEGMENT_MAGIC.len() as u64,
+                segment: next_id,
+                offset: FIRST_RECORD,
             }
         };
-        segments.insert(next, writer.len);
-        sync_dir(dir).map_err(|e| at("cannot sync", e))?;
         let sync = Arc::new(SyncShared::default());
-        lock(&sync.state).file = Some(writer.file.try_clone()?);
         let syncer = {
             let (sync, name) = (Arc::clone(&sync), name.to_owned());
             std::thread::Builder::new()
@@ -295,10 +359,14 @@ impl DiskLog {
             dir: dir.to_owned(),
             _lock: lock_file,
             segment_bytes: (max_bytes / 8).clamp(64 << 10, 128 << 20),
-            writer: Mutex::new(writer),
+            writer: Mutex::new(Writer {
+                current: None,
+                next_id,
+            }),
             reader: Mutex::new(Reader {
                 position: start,
                 file: None,
+                consumed: Counts::default(),
             }),
             cursor: Mutex::new(cursor),
             segments: Mutex::new(segments),
@@ -316,12 +384,12 @@ impl DiskLog {
     }
 
     fn report_size(&self) {
-        let bytes = lock(&self.segments).values().sum();
+        let bytes = lock(&self.segments).values().map(|s| s.size).sum();
         self.stats.set_disk_bytes(bytes);
     }
 
     /// Appends a batch of `lines` lines; `acks` are told delivered once it is synced to disk.
-    /// On an error nothing of it stays in the buffer, and `acks` are handed back.
+    /// On an error nothing of it stays readable in the buffer, and `acks` are handed back.
     pub(crate) fn append(
         &self,
         data: &[u8],
@@ -329,28 +397,43 @@ impl DiskLog {
         acks: Vec<Ack>,
     ) -> Result<(), (io::Error, Vec<Ack>)> {
         let mut writer = lock(&self.writer);
-        if writer.len >= self.segment_bytes {
+        let roll = self.sync.roll.swap(false, Ordering::Relaxed);
+        let full = writer
+            .current
+            .as_ref()
+            .is_none_or(|c| c.len >= self.segment_bytes);
+        if roll || full {
             if let Err(e) = self.next_segment(&mut writer) {
+                if roll {
+                    self.sync.roll.store(true, Ordering::Relaxed);
+                }
                 return Err((e, acks));
             }
         }
-        let start = writer.len;
+        let current = writer.current.as_mut().expect("made above");
+        let start = current.len;
         let len = data.len() as u64;
-        let mut head = Vec::with_capacity(RECORD_HEADER as usize);
-        head.extend_from_slice(&len.to_le_bytes());
-        head.extend_from_slice(&lines.to_le_bytes());
-        head.extend_from_slice(&checksum(len, lines, data).to_le_bytes());
-        let written = writer
-            .file
-            .write_all(&head)
-            .and_then(|()| writer.file.write_all(data));
-        if let Err(e) = written {
-            // Leave no part of it behind (a later record must follow a whole one).
-            let _ = writer.file.set_len(start);
+        let mut head = [0u8; RECORD_HEADER as usize];
+        head[0..8].copy_from_slice(&len.to_le_bytes());
+        head[8..16].copy_from_slice(&lines.to_le_bytes());
+        head[16..20].copy_from_slice(&checksum(len, lines, data).to_le_bytes());
+        if let Err(e) = write_both(&current.file, &head, data) {
+            // Leave no part of it behind (a later record must follow a whole one); if even
+            // that fails, the next batch goes to a new segment.
+            if current.file.set_len(start).is_err() {
+                self.sync.roll.store(true, Ordering::Relaxed);
+            }
             return Err((e, acks));
         }
-        writer.len = start + RECORD_HEADER + len;
-        lock(&self.segments).insert(writer.id, writer.len);
+        current.len = start + RECORD_HEADER + len;
+        let (id, size) = (current.id, current.len);
+        {
+            let mut segments = lock(&self.segments);
+            let segment = segments.entry(id).or_default();
+            segment.size = size;
+            segment.end = size;
+            segment.held.add(lines, len);
+        }
         drop(writer);
         {
             let mut state = lock(&self.sync.state);
@@ -365,48 +448,116 @@ impl DiskLog {
         Ok(())
     }
 
-    /// Closes the newest segment (synced, so that what its acknowledgements promise holds) and
-    /// starts the next.
+    /// Starts a new segment, after syncing the one being written (so that what its
+    /// acknowledgements promise holds). On an error nothing changes, and no file is left.
     fn next_segment(&self, writer: &mut Writer) -> io::Result<()> {
-        writer.file.sync_data()?;
-        let next = Writer::create(&self.dir, writer.id + 1)?;
-        sync_dir(&self.dir)?;
-        let handle = next.file.try_clone()?;
-        lock(&self.segments).insert(next.id, next.len);
-        *writer = next;
-        lock(&self.sync.state).file = Some(handle);
+        if let Some(current) = &writer.current {
+            current.file.sync_data()?;
+        }
+        let id = writer.next_id;
+        let path = segment_path(&self.dir, id);
+        let made = OpenOptions::new().create_new(true).append(true).open(&path);
+        let file = match made {
+            Ok(file) => file,
+            Err(e) => {
+                if e.kind() == io::ErrorKind::AlreadyExists {
+                    // Not ours (left by hand, or a removal that failed): use the next number.
+                    writer.next_id += 1;
+                }
+                return Err(e);
+            }
+        };
+        if let Err(e) = (&file)
+            .write_all(SEGMENT_MAGIC)
+            .and_then(|()| sync_dir(&self.dir))
+        {
+            let _ = std::fs::remove_file(&path);
+            return Err(e);
+        }
+        let file = Arc::new(file);
+        lock(&self.segments).insert(
+            id,
+            Segment {
+                size: FIRST_RECORD,
+                end: FIRST_RECORD,
+                held: Counts::default(),
+            },
+        );
+        lock(&self.sync.state).file = Some(Arc::clone(&file));
+        writer.next_id = id + 1;
+        writer.current = Some(Current {
+            id,
+            file,
+            len: FIRST_RECORD,
+        });
         Ok(())
     }
 
-    /// The next record, in order. Only called when the queue counts one waiting.
-    pub(crate) fn read_next(&self) -> io::Result<Record> {
+    /// The next record, in order. Only called when the queue counts one waiting. An I/O error
+    /// changes nothing (the caller tries again later).
+    pub(crate) fn read_next(&self) -> io::Result<Next> {
         let mut reader = lock(&self.reader);
         loop {
             let Position { segment, offset } = reader.position;
+            let end = lock(&self.segments).get(&segment).map_or(0, |s| s.end);
+            if offset >= end {
+                // This segment is done: the next one holds the record.
+                let next = lock(&self.segments)
+                    .range(segment + 1..)
+                    .next()
+                    .map(|(id, _)| *id)
+                    .ok_or_else(|| {
+                        io::Error::other("a record is counted but no segment holds it")
+                    })?;
+                *reader = Reader {
+                    position: Position {
+                        segment: next,
+                        offset: FIRST_RECORD,
+                    },
+                    file: None,
+                    consumed: Counts::default(),
+                };
+                continue;
+            }
             if reader.file.is_none() {
                 reader.file = Some(File::open(segment_path(&self.dir, segment))?);
             }
             let file = reader.file.as_ref().expect("opened above");
-            let size = file.metadata()?.len();
-            if let Some((data, lines, end)) = read_record(file, offset, size)? {
-                reader.position.offset = end;
-                return Ok(Record {
-                    data,
-                    lines,
-                    end: reader.position,
-                });
+            match read_record(file, offset, end) {
+                Ok(Some((data, lines, after))) => {
+                    reader.consumed.add(lines, data.len() as u64);
+                    reader.position.offset = after;
+                    return Ok(Next::Record(Record {
+                        data,
+                        lines,
+                        end: reader.position,
+                    }));
+                }
+                Ok(None) => reader.position.offset = end,
+                Err(e) if e.kind() == io::ErrorKind::InvalidData => {
+                    // Damaged since it was written: skip it and the rest of its segment, as at
+                    // start; nothing more is written to that segment.
+                    let skipped = {
+                        let mut writer = lock(&self.writer);
+                        if writer.current.as_ref().is_some_and(|c| c.id == segment) {
+                            writer.current = None;
+                        }
+                        let mut segments = lock(&self.segments);
+                        let s = segments.get_mut(&segment).expect("read above");
+                        s.end = offset;
+                        s.held.minus(reader.consumed)
+                    };
+                    tracing::error!(output = %self.stats.name(),
+                        segment = %segment_path(&self.dir, segment).display(), offset,
+                        records = skipped.records, lines = skipped.lines,
+                        "disk buffer: {e}, damaged on disk since it was written; it and the rest \
+                         of its segment are skipped, counted in \
+                         egresswatch_output_buffer_corrupt_records_total");
+                    reader.position.offset = offset;
+                    return Ok(Next::Skipped(skipped));
+                }
+                Err(e) => return Err(e),
             }
-            // This segment is done: the next one holds the record.
-            let next = lock(&self.segments)
-                .range(segment + 1..)
-                .next()
-                .map(|(id, _)| *id)
-                .ok_or_else(|| io::Error::other("a record is counted but no segment holds it"))?;
-            reader.position = Position {
-                segment: next,
-                offset: SEGMENT_MAGIC.len() as u64,
-            };
-            reader.file = None;
         }
     }
 
@@ -454,20 +605,21 @@ impl Drop for DiskLog {
     }
 }
 
-impl Writer {
-    /// A new, empty segment `id` (its header written).
-    fn create(dir: &Path, id: u64) -> io::Result<Writer> {
-        let mut file = OpenOptions::new()
-            .create_new(true)
-            .append(true)
-            .open(segment_path(dir, id))?;
-        file.write_all(SEGMENT_MAGIC)?;
-        Ok(Writer {
-            id,
-            file,
-            len: SEGMENT_MAGIC.len() as u64,
-        })
+/// Writes a record's header and data with as few system calls as the kernel allows (one,
+/// normally), so that a crash rarely leaves a header without its data.
+fn write_both(file: &File, head: &[u8], data: &[u8]) -> io::Result<()> {
+    let mut bufs = [IoSlice::new(head), IoSlice::new(data)];
+    let mut slices: &mut [IoSlice<'_>] = &mut bufs;
+    while !slices.is_empty() {
+        let mut out = file;
+        match out.write_vectored(slices) {
+            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
+            Ok(n) => IoSlice::advance_slices(&mut slices, n),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
     }
+    Ok(())
 }
 
 /// Takes an exclusive `flock` on `file` without waiting (`WouldBlock` when another holds it); it
@@ -483,7 +635,7 @@ fn try_lock(file: &File) -> io::Result<()> {
     }
 }
 
-/// Syncs the folder itself, so that a new segment's name survives a power loss.
+/// Syncs a folder itself, so that a new entry's name survives a power loss.
 fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
@@ -511,28 +663,27 @@ fn read_cursor(file: &File, name: &str, dir: &Path) -> Option<Position> {
     })
 }
 
-/// Checks the records of segment `id` from `from` on, adding them to `found`; cuts off the
-/// first bad one and what follows it (counted, logged). Returns the segment's size after.
-fn scan_segment(name: &str, dir: &Path, id: u64, from: u64, found: &mut Found) -> io::Result<u64> {
-    let path = segment_path(dir, id);
-    let file = OpenOptions::new().read(true).write(true).open(&path)?;
+/// Checks the records of the segment at `path` from `from` on, adding them to `found`. The
+/// first bad one ends its readable part: it and what follows stay in the file, unread (counted,
+/// logged), until the segment is deleted. Writes nothing.
+fn scan_segment(name: &str, path: &Path, from: u64, found: &mut Found) -> io::Result<Segment> {
+    let file = File::open(path)?;
     let size = file.metadata()?.len();
     let mut magic = [0u8; 8];
-    let header_ok = size >= SEGMENT_MAGIC.len() as u64
+    let header_ok = size >= FIRST_RECORD
         && file.read_exact_at(&mut magic, 0).is_ok()
         && &magic == SEGMENT_MAGIC;
-    let mut offset = if header_ok {
-        from.max(SEGMENT_MAGIC.len() as u64)
-    } else {
-        0
+    let mut segment = Segment {
+        size,
+        end: size,
+        held: Counts::default(),
     };
+    let mut offset = from.max(FIRST_RECORD);
     let mut problem = (!header_ok).then(|| "a segment header that is not egresswatch's".to_owned());
     while problem.is_none() {
         match read_record(&file, offset, size) {
             Ok(Some((data, lines, end))) => {
-                found.records += 1;
-                found.lines += lines;
-                found.bytes += data.len() as u64;
+                segment.held.add(lines, data.len() as u64);
                 offset = end;
             }
             Ok(None) => break,
@@ -540,35 +691,28 @@ fn scan_segment(name: &str, dir: &Path, id: u64, from: u64, found: &mut Found) -
             Err(e) => return Err(e),
         }
     }
-    let Some(problem) = problem else {
-        return Ok(size);
-    };
-    found.corrupt += 1;
-    let cut = size - offset;
-    tracing::error!(output = %name, segment = %path.display(), offset, bytes_cut = cut,
-        "disk buffer: {problem} (a write torn by a crash, or a damaged file); it and the rest \
-         of its segment are set aside, counted in \
-         egresswatch_output_buffer_corrupt_records_total; the records before it are delivered");
-    if header_ok {
-        file.set_len(offset)?;
-        file.sync_all()?;
-        Ok(offset)
-    } else {
-        // Not ours to cut: kept under another name, out of the buffer.
-        let aside = path.with_extension("seg.corrupt");
-        std::fs::rename(&path, &aside)?;
-        // An empty segment in its place keeps the numbering whole.
-        let mut empty = File::create(&path)?;
-        empty.write_all(SEGMENT_MAGIC)?;
-        empty.sync_all()?;
-        Ok(SEGMENT_MAGIC.len() as u64)
+    found.held.records += segment.held.records;
+    found.held.lines += segment.held.lines;
+    found.held.bytes += segment.held.bytes;
+    if let Some(problem) = problem {
+        let offset = if header_ok { offset } else { 0 };
+        segment.end = offset;
+        found.corrupt += 1;
+        tracing::error!(output = %name, segment = %path.display(), offset,
+            bytes_skipped = size - offset,
+            "disk buffer: {problem} (a write torn by a crash, or a damaged file); it and the rest \
+             of its segment are skipped (left in the file until the segment is deleted), counted \
+             in egresswatch_output_buffer_corrupt_records_total; the records before it are \
+             delivered");
     }
+    Ok(segment)
 }
 
 /// The sync thread: syncs the newest segment if it was written to, every [`SYNC_EVERY`] or at
 /// once when a batch with acknowledgements is waiting (then the batches that arrive during one
 /// sync share the next: a sender waits one or two syncs, not a tick), and tells the
-/// acknowledgements of what that covered; on close, a last sync.
+/// acknowledgements of what that covered; on close, a last sync. After a failed sync the
+/// acknowledgements fail (their senders send again) and the next batch starts a new segment.
 fn sync_loop(sync: &SyncShared, name: &str) {
     loop {
         let (file, acks, closed) = {
@@ -581,7 +725,7 @@ fn sync_loop(sync: &SyncShared, name: &str) {
                     .0;
             }
             let file = if std::mem::take(&mut state.dirty) {
-                state.file.as_ref().and_then(|f| f.try_clone().ok())
+                state.file.clone()
             } else {
                 None
             };
@@ -591,9 +735,10 @@ fn sync_loop(sync: &SyncShared, name: &str) {
         match synced {
             Ok(()) => acks.into_iter().for_each(Ack::delivered),
             Err(e) => {
-                // The requests fail (their senders send them again); the lines stay in the
-                // buffer and are delivered as usual.
-                tracing::error!(output = %name, error = %e, "disk buffer: sync failed");
+                tracing::error!(output = %name, error = %e,
+                    "disk buffer: sync failed; the requests waiting on it fail (their senders \
+                     send again) and the next lines go to a new segment");
+                sync.roll.store(true, Ordering::Relaxed);
                 drop(acks);
             }
         }
@@ -622,78 +767,138 @@ mod tests {
         format!("{{\"n\":{n}}}\n").into_bytes()
     }
 
+    fn append(log: &DiskLog, data: &[u8]) {
+        log.append(data, 1, Vec::new()).map_err(|(e, _)| e).unwrap();
+    }
+
+    fn record(log: &DiskLog) -> Record {
+        match log.read_next().unwrap() {
+            Next::Record(r) => r,
+            Next::Skipped(c) => panic!("skipped {c:?}"),
+        }
+    }
+
+    fn held(found: &Found) -> (u64, u64) {
+        (found.held.records, found.corrupt)
+    }
+
     #[test]
     fn delivered_records_are_not_replayed_and_the_rest_are_in_order_after_a_reopen() {
         let dir = dir("replay");
         let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        assert_eq!(found.records, 0);
+        assert_eq!(held(&found), (0, 0));
         for n in 0..5 {
-            log.append(&batch(n), 1, Vec::new())
-                .map_err(|(e, _)| e)
-                .unwrap();
+            append(&log, &batch(n));
         }
-        let first = log.read_next().unwrap();
+        let first = record(&log);
         assert_eq!(first.data, batch(0));
         log.delivered(first.end).unwrap();
-        assert_eq!(log.read_next().unwrap().data, batch(1)); // read, not delivered
-                                                             // A second user of the folder is refused while it is open.
+        // Read, not delivered.
+        assert_eq!(record(&log).data, batch(1));
+        // A second user of the folder is refused while it is open.
         let err = DiskLog::open("u", &dir, 1 << 20, stats()).err().unwrap();
         assert!(err.to_string().contains("outputs.u.buffer.path"), "{err}");
         assert!(err.to_string().contains("in use"), "{err}");
         drop(log);
 
         let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        assert_eq!((found.records, found.lines, found.corrupt), (4, 4, 0));
+        assert_eq!(held(&found), (4, 0));
         for n in 1..5 {
-            let r = log.read_next().unwrap();
+            let r = record(&log);
             assert_eq!(r.data, batch(n));
             log.delivered(r.end).unwrap();
         }
         drop(log);
         let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        assert_eq!(found.records, 0);
+        assert_eq!(held(&found), (0, 0));
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
-    fn a_torn_last_record_is_cut_off_and_counted_and_those_before_it_are_kept() {
+    fn a_torn_last_record_is_skipped_and_counted_and_those_before_it_are_kept() {
         let dir = dir("torn");
         let (log, _) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
         for n in 0..3 {
-            log.append(&batch(n), 1, Vec::new())
-                .map_err(|(e, _)| e)
-                .unwrap();
+            append(&log, &batch(n));
         }
         drop(log);
         let segment = segment_path(&dir, 0);
         let len = std::fs::metadata(&segment).unwrap().len();
-        OpenOptions::new()
-            .write(true)
-            .open(&segment)
-            .unwrap()
-            .set_len(len - 3)
-            .unwrap();
+        let file = OpenOptions::new().write(true).open(&segment).unwrap();
+        file.set_len(len - 3).unwrap();
         let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        assert_eq!((found.records, found.corrupt), (2, 1));
-        assert_eq!(log.read_next().unwrap().data, batch(0));
-        assert_eq!(log.read_next().unwrap().data, batch(1));
+        assert_eq!(held(&found), (2, 1));
+        assert_eq!(record(&log).data, batch(0));
+        assert_eq!(record(&log).data, batch(1));
         // What is appended now follows, in a new segment.
-        log.append(&batch(9), 1, Vec::new())
-            .map_err(|(e, _)| e)
-            .unwrap();
-        assert_eq!(log.read_next().unwrap().data, batch(9));
+        append(&log, &batch(9));
+        assert_eq!(record(&log).data, batch(9));
         drop(log);
         let _ = std::fs::remove_dir_all(&dir);
     }
 
     #[test]
-    fn segments_roll_over_and_delivered_ones_are_deleted() {
+    fn a_damaged_record_mid_segment_is_skipped_with_what_follows_and_nothing_is_cut() {
+        let dir = dir("mid");
+        let (log, _) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+        for n in 0..3 {
+            append(&log, &batch(n));
+        }
+        drop(log);
+        // The second record's data: after the magic, record 0 (header + data), its header.
+        let segment = segment_path(&dir, 0);
+        let at = FIRST_RECORD + RECORD_HEADER + batch(0).len() as u64 + RECORD_HEADER;
+        let file = OpenOptions::new().write(true).open(&segment).unwrap();
+        file.write_all_at(b"X", at).unwrap();
+        let size = std::fs::metadata(&segment).unwrap().len();
+        let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+        assert_eq!(held(&found), (1, 1));
+        assert_eq!(
+            std::fs::metadata(&segment).unwrap().len(),
+            size,
+            "nothing cut"
+        );
+        assert_eq!(record(&log).data, batch(0));
+        append(&log, &batch(7));
+        assert_eq!(record(&log).data, batch(7));
+        drop(log);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_record_damaged_while_running_is_skipped_with_the_rest_of_its_segment_and_counted() {
+        let dir = dir("running");
+        let (log, _) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+        for n in 0..3 {
+            append(&log, &batch(n));
+        }
+        assert_eq!(record(&log).data, batch(0));
+        let segment = segment_path(&dir, 0);
+        let at = FIRST_RECORD + RECORD_HEADER + batch(0).len() as u64 + RECORD_HEADER;
+        let file = OpenOptions::new().write(true).open(&segment).unwrap();
+        file.write_all_at(b"X", at).unwrap();
+        let Next::Skipped(skipped) = log.read_next().unwrap() else {
+            panic!("the damaged record was read");
+        };
+        assert_eq!(
+            skipped,
+            Counts {
+                records: 2,
+                lines: 2,
+                bytes: 2 * batch(1).len() as u64
+            }
+        );
+        // The segment is not written to again: what follows is read.
+        append(&log, &batch(5));
+        assert_eq!(record(&log).data, batch(5));
+        drop(log);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn segments_roll_over_and_delivered_ones_are_deleted_and_a_start_writes_none() {
         let dir = dir("segments");
         let (log, _) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        let big = vec![b'x'; 130 << 10];
-        for _ in 0..4 {
-            log.append(&big, 1, Vec::new()).map_err(|(e, _)| e).unwrap();
-        }
         let segments = || {
             std::fs::read_dir(&dir)
                 .unwrap()
@@ -706,14 +911,34 @@ mod tests {
                 })
                 .count()
         };
+        assert_eq!(segments(), 0, "made on the first append");
+        let big = vec![b'x'; 130 << 10];
+        for _ in 0..4 {
+            append(&log, &big);
+        }
         // 128 KiB segments (an eighth of 1 MiB): one 130 KiB record each.
         assert_eq!(segments(), 4);
         for _ in 0..4 {
-            let r = log.read_next().unwrap();
+            let r = record(&log);
             log.delivered(r.end).unwrap();
         }
         // Only the one the cursor is in is left.
         assert_eq!(segments(), 1);
+        drop(log);
+        let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+        assert_eq!(held(&found), (0, 0));
+        assert_eq!(segments(), 1);
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_segment_name_taken_by_something_else_is_passed_over() {
+        let dir = dir("taken");
+        let (log, _) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+        std::fs::create_dir(segment_path(&dir, 0)).unwrap();
+        assert!(log.append(&batch(0), 1, Vec::new()).is_err());
+        append(&log, &batch(1));
+        assert_eq!(record(&log).data, batch(1));
         drop(log);
         let _ = std::fs::remove_dir_all(&dir);
     }

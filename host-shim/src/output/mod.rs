@@ -7,9 +7,9 @@
 //! a down output holds only its own buffer; when that buffer is full, the output's `when_full`
 //! policy decides whether the engine waits (`block`: backpressure) or the batch is dropped
 //! (`drop_newest`: counted, logged). The buffer is in memory, or on disk ([`disk`]: kept across
-//! restarts and crashes, delivered first at the next start). Sinks: standard output and files ([`worker::WriterSink`]),
-//! TCP (plain or TLS: [`tls_stream`]) and Unix sockets ([`socket`]), HTTP ([`http`]:
-//! acknowledged by the peer's 2xx).
+//! restarts and crashes, delivered first at the next start). Sinks: standard output and files
+//! ([`worker::WriterSink`]), TCP (plain or TLS: [`tls_stream`]) and Unix sockets ([`socket`]),
+//! HTTP ([`http`]: acknowledged by the peer's 2xx).
 
 use std::collections::BTreeMap;
 use std::io;
@@ -368,9 +368,9 @@ fn open_buffer(name: &str, buffer: &BufferConfig, stats: &OutputHealth) -> io::R
         return Ok(Queue::new(buffer.max_bytes, stats.clone()));
     };
     let (log, found) = disk::DiskLog::open(name, dir, buffer.max_bytes, stats.clone())?;
-    if found.lines > 0 || found.corrupt > 0 {
-        tracing::info!(output = %name, path = %dir.display(), lines = found.lines,
-            bytes = found.bytes, corrupt = found.corrupt,
+    if found.held.lines > 0 || found.corrupt > 0 {
+        tracing::info!(output = %name, path = %dir.display(), lines = found.held.lines,
+            bytes = found.held.bytes, corrupt = found.corrupt,
             "disk buffer: lines left by an earlier run are delivered first");
     }
     Ok(Queue::on_disk(log, found, buffer.max_bytes, stats.clone()))

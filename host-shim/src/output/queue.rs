@@ -17,13 +17,16 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::disk::{DiskLog, Found, Position};
+use super::disk::{DiskLog, Found, Next, Position};
 use crate::ack::Ack;
 use crate::config::WhenFull;
 use crate::metrics::OutputHealth;
 
 /// How often a blocked push looks at the deadline.
 const BLOCKED_POLL: Duration = Duration::from_millis(100);
+
+/// How long the delivery thread waits before it reads a disk buffer again after an error.
+const READ_RETRY: Duration = Duration::from_millis(200);
 
 /// Lines on their way to one output.
 #[derive(Debug)]
@@ -177,6 +180,8 @@ struct Inner {
     /// A reload replaced the output: its delivery thread hands what it cannot deliver to the
     /// replacement instead of retrying.
     retired: bool,
+    /// On disk: whether a read failed since the last one that worked (logged once).
+    read_failing: bool,
 }
 
 /// A bounded FIFO of batches, one per output.
@@ -219,13 +224,13 @@ impl Queue {
         max_bytes: u64,
         stats: OutputHealth,
     ) -> Self {
-        stats.pending(true, found.bytes, found.lines);
-        stats.found_at_start(found.lines, found.corrupt);
+        stats.pending(true, found.held.bytes, found.held.lines);
+        stats.disk_buffer_found(found.held.lines, found.corrupt);
         Queue {
             inner: Mutex::new(Inner {
-                bytes: found.bytes,
-                waiting: found.records,
-                lines: found.lines,
+                bytes: found.held.bytes,
+                waiting: found.held.records,
+                lines: found.held.lines,
                 ..Inner::default()
             }),
             not_empty: Condvar::new(),
@@ -254,9 +259,9 @@ impl Queue {
         let result = loop {
             let room = inner.bytes == 0 || inner.bytes + size <= self.max_bytes;
             if let Some(reason) = &inner.failed {
-                // A disk buffer still takes what fits: it is kept for the next start. Nothing
-                // makes room any more.
-                if self.disk.is_none() || !room {
+                // A disk buffer still takes what fits (kept for the next start) and drops by
+                // its policy; nothing will make room any more for a blocked batch.
+                if self.disk.is_none() || (!room && when_full == WhenFull::Block) {
                     break Err(Refused::Failed(reason.clone()));
                 }
             }
@@ -272,7 +277,8 @@ impl Queue {
                 match disk.append(&batch.data, batch.lines, acks) {
                     Ok(()) => {
                         if std::mem::take(&mut inner.append_failing) {
-                            tracing::info!(output = %self.stats.name(), "disk buffer: writes again");
+                            tracing::info!(output = %self.stats.name(),
+                                "disk buffer: writes again");
                         }
                         inner.bytes += size;
                         inner.lines += batch.lines;
@@ -289,7 +295,8 @@ impl Queue {
                         if !std::mem::replace(&mut inner.append_failing, true) {
                             tracing::error!(output = %self.stats.name(), error = %e,
                                 path = %disk.dir().display(),
-                                "disk buffer: cannot write; the buffer counts as full until it can");
+                                "disk buffer: cannot write; the buffer counts as full until it \
+                                 can");
                         }
                     }
                 }
@@ -327,25 +334,48 @@ impl Queue {
             if let (true, Some(disk)) = (inner.waiting > 0, &self.disk) {
                 inner.waiting -= 1;
                 drop(inner);
-                return match disk.read_next() {
-                    Ok(record) => Popped::Batch(Batch {
-                        data: record.data,
-                        lines: record.lines,
-                        acks: Vec::new(),
-                        end: Some(record.end),
-                    }),
+                match disk.read_next() {
+                    Ok(Next::Record(record)) => {
+                        if std::mem::take(&mut self.lock().read_failing) {
+                            tracing::info!(output = %self.stats.name(), "disk buffer: reads again");
+                        }
+                        return Popped::Batch(Batch {
+                            data: record.data,
+                            lines: record.lines,
+                            acks: Vec::new(),
+                            end: Some(record.end),
+                        });
+                    }
+                    Ok(Next::Skipped(skipped)) => {
+                        inner = self.lock();
+                        // (One of them was counted off above.)
+                        inner.waiting = inner
+                            .waiting
+                            .saturating_sub(skipped.records.saturating_sub(1));
+                        inner.bytes = inner.bytes.saturating_sub(skipped.bytes);
+                        inner.lines = inner.lines.saturating_sub(skipped.lines);
+                        self.stats.pending(false, skipped.bytes, skipped.lines);
+                        self.stats.disk_buffer_found(0, 1);
+                        self.not_full.notify_all();
+                        continue;
+                    }
                     Err(e) => {
-                        // Kept for the next start, which checks every record again.
+                        // Nothing was taken: tried again after a pause (a file-descriptor
+                        // shortage, a disk error that may clear).
                         let reason =
                             format!("disk buffer {}: cannot read: {e}", disk.dir().display());
-                        tracing::error!(output = %self.stats.name(), error = %reason,
-                            "output stops delivering; its disk buffer is kept for the next start");
-                        self.stats.failed(reason.clone());
-                        self.lock().failed = Some(reason);
-                        self.not_full.notify_all();
-                        Popped::Closed
+                        self.stats.error(reason.clone());
+                        inner = self.lock();
+                        inner.waiting += 1;
+                        if !std::mem::replace(&mut inner.read_failing, true) {
+                            tracing::error!(output = %self.stats.name(), error = %reason,
+                                "disk buffer: cannot read; trying again");
+                        }
+                        drop(inner);
+                        std::thread::sleep(wait.min(READ_RETRY));
+                        return Popped::Empty;
                     }
-                };
+                }
             }
             if let Some(batch) = inner.items.pop_front() {
                 inner.bytes -= batch.data.len() as u64;
@@ -604,7 +634,7 @@ mod tests {
         q.close();
         drop(q);
         let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats).unwrap();
-        assert_eq!((found.records, found.lines), (2, 2));
+        assert_eq!((found.held.records, found.held.lines), (2, 2));
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

@@ -182,6 +182,10 @@ struct Inner {
     retired: bool,
     /// On disk: whether a read failed since the last one that worked (logged once).
     read_failing: bool,
+    /// On disk: batches delivered whose last lines the peer may not have yet (a socket
+    /// output's unacknowledged tail), oldest first: where each ends, and its lines. The cursor
+    /// stays before them until the sink says the peer has them.
+    unconfirmed: VecDeque<(Position, u64)>,
 }
 
 /// A bounded FIFO of batches, one per output.
@@ -398,33 +402,69 @@ impl Queue {
     }
 
     /// A batch from [`Queue::pop_timeout`] was delivered (or given up on): it is no longer
-    /// pending. A disk buffer's batch leaves the buffer only if delivered: the delivery thread
-    /// gives up through [`Queue::fail`] before it settles the batch in hand, which stays on disk.
-    pub(crate) fn settled(&self, batch: &Batch) {
+    /// pending. A disk buffer's batch leaves the buffer only if delivered (the delivery thread
+    /// gives up through [`Queue::fail`] before it settles the batch in hand, which stays on
+    /// disk), and its cursor moves past it only once the sink's `outstanding` lines (written,
+    /// not yet acknowledged by the peer: the last ones written) are all after it.
+    pub(crate) fn settled(&self, batch: &Batch, outstanding: u64) {
         if let (Some(disk), Some(end)) = (&self.disk, batch.end) {
             let mut inner = self.lock();
             if inner.failed.is_some() {
                 return;
             }
-            if let Err(e) = disk.delivered(end) {
-                // Only the cursor is behind: these lines may be delivered again after a restart.
-                tracing::warn!(output = %self.stats.name(), error = %e,
-                    "disk buffer: cannot move its cursor past delivered lines");
-            }
             let size = batch.data.len() as u64;
             inner.bytes = inner.bytes.saturating_sub(size);
             inner.lines = inner.lines.saturating_sub(batch.lines);
+            inner.unconfirmed.push_back((end, batch.lines));
+            self.move_cursor(disk, &mut inner, outstanding);
             self.not_full.notify_all();
         }
         self.stats
             .pending(false, batch.data.len() as u64, batch.lines);
     }
 
+    /// The sink says `outstanding` of the lines it wrote are not acknowledged yet: a disk
+    /// buffer's cursor moves past the batches wholly before them.
+    pub(crate) fn confirm(&self, outstanding: u64) {
+        if let Some(disk) = &self.disk {
+            let mut inner = self.lock();
+            if inner.failed.is_none() {
+                self.move_cursor(disk, &mut inner, outstanding);
+            }
+        }
+    }
+
+    fn move_cursor(&self, disk: &DiskLog, inner: &mut Inner, outstanding: u64) {
+        let mut after: u64 = inner.unconfirmed.iter().map(|(_, lines)| lines).sum();
+        let mut to = None;
+        while let Some(&(end, lines)) = inner.unconfirmed.front() {
+            if after - lines < outstanding {
+                break;
+            }
+            after -= lines;
+            to = Some(end);
+            inner.unconfirmed.pop_front();
+        }
+        if let Some(end) = to {
+            if let Err(e) = disk.delivered(end) {
+                // Only the cursor is behind: these lines may be delivered again after a restart.
+                tracing::warn!(output = %self.stats.name(), error = %e,
+                    "disk buffer: cannot move its cursor past delivered lines");
+            }
+        }
+    }
+
+    /// Whether this is a disk buffer.
+    pub(crate) fn is_on_disk(&self) -> bool {
+        self.disk.is_some()
+    }
+
     /// What a disk buffer still holds, undelivered: lines and bytes (kept for the next start).
     pub(crate) fn kept(&self) -> Option<(u64, u64)> {
         self.disk.as_ref()?;
         let inner = self.lock();
-        Some((inner.lines, inner.bytes))
+        let unconfirmed: u64 = inner.unconfirmed.iter().map(|(_, lines)| lines).sum();
+        Some((inner.lines + unconfirmed, inner.bytes))
     }
 
     /// The disk buffer's folder.
@@ -457,7 +497,7 @@ impl Queue {
         inner.bytes = 0;
         let taken: Vec<Batch> = inner.items.drain(..).collect();
         for batch in &taken {
-            self.settled(batch);
+            self.settled(batch, 0);
         }
         self.not_empty.notify_all();
         self.not_full.notify_all();
@@ -495,7 +535,7 @@ impl Queue {
         }
         let lines = in_hand + inner.items.iter().map(|b| b.lines).sum::<u64>();
         for batch in std::mem::take(&mut inner.items) {
-            self.settled(&batch);
+            self.settled(&batch, 0);
         }
         inner.bytes = 0;
         self.not_full.notify_all();
@@ -581,7 +621,7 @@ mod tests {
                 let Popped::Batch(b) = q.pop_timeout(Duration::from_secs(10)) else {
                     panic!("a batch was queued");
                 };
-                q.settled(&b);
+                q.settled(&b, 0);
                 b.data.len()
             })
         };
@@ -622,19 +662,53 @@ mod tests {
         let Popped::Batch(first) = q.pop_timeout(Duration::ZERO) else {
             panic!("a batch was pushed");
         };
-        q.settled(&first);
+        q.settled(&first, 0);
         let Popped::Batch(in_hand) = q.pop_timeout(Duration::ZERO) else {
             panic!("a batch was pushed");
         };
         // Given up on with one batch in hand: nothing is lost, two lines are kept.
         assert_eq!(q.fail("gone".into(), in_hand.lines), 0);
-        q.settled(&in_hand);
+        q.settled(&in_hand, 0);
         assert_eq!(q.kept(), Some((2, 20)));
         assert_eq!(stats.status().pending_lines, 2);
         q.close();
         drop(q);
         let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats).unwrap();
         assert_eq!((found.held.records, found.held.lines), (2, 2));
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_disk_queue_keeps_its_cursor_before_what_the_peer_has_not_acknowledged() {
+        let dir = std::env::temp_dir().join(format!("egresswatch-unacked-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+        let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats.clone()).unwrap();
+        let q = Queue::on_disk(log, found, 1 << 20, stats.clone());
+        let none = Deadline::default();
+        for _ in 0..4 {
+            assert!(matches!(
+                q.push(batch(10), WhenFull::Block, &none),
+                Ok(Pushed::Queued)
+            ));
+        }
+        let pop = || match q.pop_timeout(Duration::ZERO) {
+            Popped::Batch(b) => b,
+            _ => panic!("a batch was pushed"),
+        };
+        let (a, b, c) = (pop(), pop(), pop());
+        q.settled(&a, 0);
+        // Written to a socket whose peer has acknowledged none of it.
+        q.settled(&b, 1);
+        q.settled(&c, 2);
+        // The peer acknowledged b's line, not c's.
+        q.confirm(1);
+        assert_eq!(q.kept(), Some((2, 10)), "c unacknowledged, d not taken");
+        assert_eq!(q.fail("gone".into(), 1), 0);
+        q.close();
+        drop(q);
+        let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats).unwrap();
+        assert_eq!(found.held.records, 2, "c and d are delivered again");
         let _ = std::fs::remove_dir_all(&dir);
     }
 }

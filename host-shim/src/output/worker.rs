@@ -193,7 +193,13 @@ impl Worker {
                         self.stats.delivered(batch.lines);
                         batch.acks.drain(..).for_each(Ack::delivered);
                     }
-                    self.queue.settled(&batch);
+                    // (A disk buffer keeps what the peer has not acknowledged yet.)
+                    let outstanding = if self.queue.is_on_disk() && delivered.is_ok() {
+                        self.sink.outstanding_lines()
+                    } else {
+                        0
+                    };
+                    self.queue.settled(&batch, outstanding);
                     if let Err(mut outcome) = delivered {
                         if self.queue.retired() {
                             outcome.handed_over.push(batch);
@@ -204,10 +210,9 @@ impl Worker {
                 // Quiet: see whether what was written earlier still needs writing again (a
                 // connection that broke after the last batch).
                 Popped::Empty => {
-                    if let Err(outcome) =
-                        self.with_retries(0, |sink, deadline| sink.settle(deadline).map(|_| 0))
-                    {
-                        return outcome;
+                    match self.with_retries(0, |sink, deadline| sink.settle(deadline)) {
+                        Ok(outstanding) => self.queue.confirm(outstanding),
+                        Err(outcome) => return outcome,
                     }
                 }
                 // The end: wait until the peer has everything, or the deadline.
@@ -220,8 +225,13 @@ impl Worker {
                         }
                         Ok(outstanding)
                     });
+                    if let Ok(outstanding) = settled {
+                        self.queue.confirm(outstanding);
+                    }
                     return match settled {
+                        // (A disk buffer keeps what is not acknowledged for the next start.)
                         Ok(0) => Outcome::default(),
+                        Ok(_) if self.queue.is_on_disk() => Outcome::default(),
                         Ok(lines) => Outcome {
                             undelivered: lines,
                             error: Some(format!(
@@ -280,8 +290,9 @@ impl Worker {
                     }
                     if matches!(e, SinkError::Fatal(_)) || self.deadline.passed() {
                         let reason = format!("{}: {}", self.sink.describe(), e.message());
-                        let undelivered =
-                            self.queue.fail(reason.clone(), lines) + self.sink.outstanding_lines();
+                        let undelivered = self
+                            .queue
+                            .fail(reason.clone(), lines + self.sink.outstanding_lines());
                         tracing::error!(output = %self.name, undelivered, error = %reason,
                             "output gave up");
                         return Err(Outcome {

@@ -31,7 +31,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
+use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -41,6 +41,12 @@ use std::time::Duration;
 
 use crate::ack::Ack;
 use crate::metrics::OutputHealth;
+
+mod files;
+
+use files::{
+    checksum, read_cursor, read_record, scan_segment, segment_path, sync_dir, try_lock, write_both,
+};
 
 /// The first bytes of every segment file.
 const SEGMENT_MAGIC: &[u8; 8] = b"EGWBUF1\n";
@@ -187,50 +193,6 @@ struct SyncState {
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn segment_path(dir: &Path, id: u64) -> PathBuf {
-    dir.join(format!("{id:020}.seg"))
-}
-
-fn checksum(len: u64, lines: u64, data: &[u8]) -> u32 {
-    let mut h = crc32fast::Hasher::new();
-    h.update(&len.to_le_bytes());
-    h.update(&lines.to_le_bytes());
-    h.update(data);
-    h.finalize()
-}
-
-/// Reads a record at `offset` of `file`, whose records end at `end`. `Ok(None)`: no record
-/// there. An `InvalidData` error: a torn or damaged record.
-fn read_record(file: &File, offset: u64, end: u64) -> io::Result<Option<(Vec<u8>, u64, u64)>> {
-    if offset >= end {
-        return Ok(None);
-    }
-    let bad = |what: &str| io::Error::new(io::ErrorKind::InvalidData, what.to_owned());
-    if end - offset < RECORD_HEADER {
-        return Err(bad("a record header cut short"));
-    }
-    let mut head = [0u8; RECORD_HEADER as usize];
-    file.read_exact_at(&mut head, offset)?;
-    let len = u64::from_le_bytes(head[0..8].try_into().expect("8 bytes"));
-    let lines = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
-    let crc = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes"));
-    if len > end - offset - RECORD_HEADER {
-        return Err(bad("a record cut short"));
-    }
-    // Read into spare capacity: zeroing the buffer first cost as much as the checksum.
-    let mut data = Vec::with_capacity(len as usize);
-    let mut at = file;
-    at.seek(SeekFrom::Start(offset + RECORD_HEADER))?;
-    at.take(len).read_to_end(&mut data)?;
-    if data.len() as u64 != len {
-        return Err(bad("a record cut short"));
-    }
-    if checksum(len, lines, &data) != crc {
-        return Err(bad("a record that fails its checksum"));
-    }
-    Ok(Some((data, lines, offset + RECORD_HEADER + len)))
 }
 
 impl DiskLog {
@@ -605,109 +567,6 @@ impl Drop for DiskLog {
     }
 }
 
-/// Writes a record's header and data with as few system calls as the kernel allows (one,
-/// normally), so that a crash rarely leaves a header without its data.
-fn write_both(file: &File, head: &[u8], data: &[u8]) -> io::Result<()> {
-    let mut bufs = [IoSlice::new(head), IoSlice::new(data)];
-    let mut slices: &mut [IoSlice<'_>] = &mut bufs;
-    while !slices.is_empty() {
-        let mut out = file;
-        match out.write_vectored(slices) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
-}
-
-/// Takes an exclusive `flock` on `file` without waiting (`WouldBlock` when another holds it); it
-/// lasts until the file is closed, or the process ends however it ends.
-fn try_lock(file: &File) -> io::Result<()> {
-    use std::os::fd::AsRawFd;
-    // SAFETY: flock takes an open descriptor and flags; `file` is open for the call.
-    let r = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-    if r == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
-/// Syncs a folder itself, so that a new entry's name survives a power loss.
-fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
-}
-
-/// The saved cursor; `None` when there is none yet, or it is damaged (then logged: everything
-/// is delivered again).
-fn read_cursor(file: &File, name: &str, dir: &Path) -> Option<Position> {
-    let mut bytes = [0u8; 20];
-    let len = file.metadata().map(|m| m.len()).unwrap_or(0);
-    if len == 0 {
-        return None;
-    }
-    let good = len >= 20
-        && file.read_exact_at(&mut bytes, 0).is_ok()
-        && crc32fast::hash(&bytes[0..16]).to_le_bytes() == bytes[16..20];
-    if !good {
-        tracing::warn!(output = %name, path = %dir.display(),
-            "disk buffer: its cursor is damaged; every line in the buffer is delivered again \
-             (some may repeat)");
-        return None;
-    }
-    Some(Position {
-        segment: u64::from_le_bytes(bytes[0..8].try_into().expect("8 bytes")),
-        offset: u64::from_le_bytes(bytes[8..16].try_into().expect("8 bytes")),
-    })
-}
-
-/// Checks the records of the segment at `path` from `from` on, adding them to `found`. The
-/// first bad one ends its readable part: it and what follows stay in the file, unread (counted,
-/// logged), until the segment is deleted. Writes nothing.
-fn scan_segment(name: &str, path: &Path, from: u64, found: &mut Found) -> io::Result<Segment> {
-    let file = File::open(path)?;
-    let size = file.metadata()?.len();
-    let mut magic = [0u8; 8];
-    let header_ok = size >= FIRST_RECORD
-        && file.read_exact_at(&mut magic, 0).is_ok()
-        && &magic == SEGMENT_MAGIC;
-    let mut segment = Segment {
-        size,
-        end: size,
-        held: Counts::default(),
-    };
-    let mut offset = from.max(FIRST_RECORD);
-    let mut problem = (!header_ok).then(|| "a segment header that is not egresswatch's".to_owned());
-    while problem.is_none() {
-        match read_record(&file, offset, size) {
-            Ok(Some((data, lines, end))) => {
-                segment.held.add(lines, data.len() as u64);
-                offset = end;
-            }
-            Ok(None) => break,
-            Err(e) if e.kind() == io::ErrorKind::InvalidData => problem = Some(e.to_string()),
-            Err(e) => return Err(e),
-        }
-    }
-    found.held.records += segment.held.records;
-    found.held.lines += segment.held.lines;
-    found.held.bytes += segment.held.bytes;
-    if let Some(problem) = problem {
-        let offset = if header_ok { offset } else { 0 };
-        segment.end = offset;
-        found.corrupt += 1;
-        tracing::error!(output = %name, segment = %path.display(), offset,
-            bytes_skipped = size - offset,
-            "disk buffer: {problem} (a write torn by a crash, or a damaged file); it and the rest \
-             of its segment are skipped (left in the file until the segment is deleted), counted \
-             in egresswatch_output_buffer_corrupt_records_total; the records before it are \
-             delivered");
-    }
-    Ok(segment)
-}
-
 /// The sync thread: syncs the newest segment if it was written to, every [`SYNC_EVERY`] or at
 /// once when a batch with acknowledgements is waiting (then the batches that arrive during one
 /// sync share the next: a sender waits one or two syncs, not a tick), and tells the
@@ -749,197 +608,4 @@ fn sync_loop(sync: &SyncShared, name: &str) {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn stats() -> OutputHealth {
-        crate::metrics::Metrics::new(Default::default()).output("t")
-    }
-
-    fn dir(test: &str) -> PathBuf {
-        let dir =
-            std::env::temp_dir().join(format!("egresswatch-disk-{test}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        dir
-    }
-
-    fn batch(n: u64) -> Vec<u8> {
-        format!("{{\"n\":{n}}}\n").into_bytes()
-    }
-
-    fn append(log: &DiskLog, data: &[u8]) {
-        log.append(data, 1, Vec::new()).map_err(|(e, _)| e).unwrap();
-    }
-
-    fn record(log: &DiskLog) -> Record {
-        match log.read_next().unwrap() {
-            Next::Record(r) => r,
-            Next::Skipped(c) => panic!("skipped {c:?}"),
-        }
-    }
-
-    fn held(found: &Found) -> (u64, u64) {
-        (found.held.records, found.corrupt)
-    }
-
-    #[test]
-    fn delivered_records_are_not_replayed_and_the_rest_are_in_order_after_a_reopen() {
-        let dir = dir("replay");
-        let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        assert_eq!(held(&found), (0, 0));
-        for n in 0..5 {
-            append(&log, &batch(n));
-        }
-        let first = record(&log);
-        assert_eq!(first.data, batch(0));
-        log.delivered(first.end).unwrap();
-        // Read, not delivered.
-        assert_eq!(record(&log).data, batch(1));
-        // A second user of the folder is refused while it is open.
-        let err = DiskLog::open("u", &dir, 1 << 20, stats()).err().unwrap();
-        assert!(err.to_string().contains("outputs.u.buffer.path"), "{err}");
-        assert!(err.to_string().contains("in use"), "{err}");
-        drop(log);
-
-        let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        assert_eq!(held(&found), (4, 0));
-        for n in 1..5 {
-            let r = record(&log);
-            assert_eq!(r.data, batch(n));
-            log.delivered(r.end).unwrap();
-        }
-        drop(log);
-        let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        assert_eq!(held(&found), (0, 0));
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_torn_last_record_is_skipped_and_counted_and_those_before_it_are_kept() {
-        let dir = dir("torn");
-        let (log, _) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        for n in 0..3 {
-            append(&log, &batch(n));
-        }
-        drop(log);
-        let segment = segment_path(&dir, 0);
-        let len = std::fs::metadata(&segment).unwrap().len();
-        let file = OpenOptions::new().write(true).open(&segment).unwrap();
-        file.set_len(len - 3).unwrap();
-        let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        assert_eq!(held(&found), (2, 1));
-        assert_eq!(record(&log).data, batch(0));
-        assert_eq!(record(&log).data, batch(1));
-        // What is appended now follows, in a new segment.
-        append(&log, &batch(9));
-        assert_eq!(record(&log).data, batch(9));
-        drop(log);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_damaged_record_mid_segment_is_skipped_with_what_follows_and_nothing_is_cut() {
-        let dir = dir("mid");
-        let (log, _) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        for n in 0..3 {
-            append(&log, &batch(n));
-        }
-        drop(log);
-        // The second record's data: after the magic, record 0 (header + data), its header.
-        let segment = segment_path(&dir, 0);
-        let at = FIRST_RECORD + RECORD_HEADER + batch(0).len() as u64 + RECORD_HEADER;
-        let file = OpenOptions::new().write(true).open(&segment).unwrap();
-        file.write_all_at(b"X", at).unwrap();
-        let size = std::fs::metadata(&segment).unwrap().len();
-        let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        assert_eq!(held(&found), (1, 1));
-        assert_eq!(
-            std::fs::metadata(&segment).unwrap().len(),
-            size,
-            "nothing cut"
-        );
-        assert_eq!(record(&log).data, batch(0));
-        append(&log, &batch(7));
-        assert_eq!(record(&log).data, batch(7));
-        drop(log);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_record_damaged_while_running_is_skipped_with_the_rest_of_its_segment_and_counted() {
-        let dir = dir("running");
-        let (log, _) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        for n in 0..3 {
-            append(&log, &batch(n));
-        }
-        assert_eq!(record(&log).data, batch(0));
-        let segment = segment_path(&dir, 0);
-        let at = FIRST_RECORD + RECORD_HEADER + batch(0).len() as u64 + RECORD_HEADER;
-        let file = OpenOptions::new().write(true).open(&segment).unwrap();
-        file.write_all_at(b"X", at).unwrap();
-        let Next::Skipped(skipped) = log.read_next().unwrap() else {
-            panic!("the damaged record was read");
-        };
-        assert_eq!(
-            skipped,
-            Counts {
-                records: 2,
-                lines: 2,
-                bytes: 2 * batch(1).len() as u64
-            }
-        );
-        // The segment is not written to again: what follows is read.
-        append(&log, &batch(5));
-        assert_eq!(record(&log).data, batch(5));
-        drop(log);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn segments_roll_over_and_delivered_ones_are_deleted_and_a_start_writes_none() {
-        let dir = dir("segments");
-        let (log, _) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        let segments = || {
-            std::fs::read_dir(&dir)
-                .unwrap()
-                .filter(|e| {
-                    e.as_ref()
-                        .unwrap()
-                        .path()
-                        .extension()
-                        .is_some_and(|x| x == "seg")
-                })
-                .count()
-        };
-        assert_eq!(segments(), 0, "made on the first append");
-        let big = vec![b'x'; 130 << 10];
-        for _ in 0..4 {
-            append(&log, &big);
-        }
-        // 128 KiB segments (an eighth of 1 MiB): one 130 KiB record each.
-        assert_eq!(segments(), 4);
-        for _ in 0..4 {
-            let r = record(&log);
-            log.delivered(r.end).unwrap();
-        }
-        // Only the one the cursor is in is left.
-        assert_eq!(segments(), 1);
-        drop(log);
-        let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        assert_eq!(held(&found), (0, 0));
-        assert_eq!(segments(), 1);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_segment_name_taken_by_something_else_is_passed_over() {
-        let dir = dir("taken");
-        let (log, _) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-        std::fs::create_dir(segment_path(&dir, 0)).unwrap();
-        assert!(log.append(&batch(0), 1, Vec::new()).is_err());
-        append(&log, &batch(1));
-        assert_eq!(record(&log).data, batch(1));
-        drop(log);
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-}
+mod tests;

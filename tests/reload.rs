@@ -633,3 +633,90 @@ fn sighup_moving_the_metrics_endpoint_serves_it_at_the_new_address() {
     egw.terminate();
     assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
 }
+
+#[test]
+fn sighup_replacing_an_output_whose_peer_stopped_reading_hands_over_what_it_did_not_take() {
+    use std::io::Read;
+    let dir = temp_dir("reload-output-stuck");
+    // A peer that accepts and never reads: the output fills its socket and blocks.
+    let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let stuck_address = stuck.local_addr().unwrap().to_string();
+    // A small receive buffer (inherited by the accepted connection): blocked sooner.
+    let size: libc::c_int = 4096;
+    // SAFETY: SO_RCVBUF takes an int of this size; the socket is open until `stuck` drops.
+    let set = unsafe {
+        libc::setsockopt(
+            std::os::fd::AsRawFd::as_raw_fd(&stuck),
+            libc::SOL_SOCKET,
+            libc::SO_RCVBUF,
+            std::ptr::from_ref(&size).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    assert_eq!(set, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+    let (up, received) = downstream();
+    let (input, metrics) = (free_address(), free_address());
+    let settings = |peer: &str| {
+        format!(
+            "input: {{ type: tcp, address: '{input}' }}\nmetrics: {{ address: '{metrics}' }}\n\
+             shutdown_timeout_secs: 2\n\
+             outputs: {{ default: {{ type: tcp, address: '{peer}', buffer: {{ max_bytes: 65536 \
+             }} }} }}\n{}",
+            detector_as_shipped()
+        )
+    };
+    let total = 500_000;
+    let config = write(&dir, "c.yaml", settings(&stuck_address));
+    let mut egw = Running::start(&dir, &config);
+    let (mut old_peer, _) = stuck.accept().unwrap();
+    let mut conn = connect_when_ready(&input);
+    let sender = std::thread::spawn(move || {
+        conn.write_all(&numbered(0, total)).unwrap();
+        conn
+    });
+    // The output is stuck: it stopped taking lines well before the end.
+    assert!(
+        wait_until(EXIT, || egw.stderr().contains("egresswatch started")
+            && figure(
+                &http_get(&metrics, "/metrics"),
+                "egresswatch_output_blocked{output=\"default\"}"
+            ) == Some(1.0)),
+        "{}",
+        egw.stderr()
+    );
+    write(&dir, "c.yaml", settings(&up));
+    reload(&egw, "configuration reloaded");
+    let conn = sender.join().unwrap();
+    drop(conn);
+    assert!(
+        wait_until(EXIT, || all_of(&received).last() == Some(&(total - 1))),
+        "{} lines at the new peer\n{}",
+        all_of(&received).len(),
+        egw.stderr()
+    );
+    egw.terminate();
+    assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
+    // What the old peer's kernel took, read now.
+    old_peer
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let mut taken = Vec::new();
+    let _ = old_peer.read_to_end(&mut taken);
+    let old: Vec<u64> = taken
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|l| l.ends_with(b"\n"))
+        .map(|l| {
+            serde_json::from_slice::<serde_json::Value>(l).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    let new = all_of(&received);
+    let (lost, repeated) = crate::util::tally(&[old.clone(), new.clone()], total);
+    println!(
+        "old peer took {}, new peer got {}: {lost} lost, {repeated} repeated",
+        old.len(),
+        new.len()
+    );
+    assert_eq!(lost, 0, "{}", egw.stderr());
+}

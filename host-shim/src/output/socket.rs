@@ -50,6 +50,19 @@ enum Conn {
 }
 
 impl Conn {
+    /// Closes a TCP connection with a reset, so that what its kernel still holds is never sent
+    /// (it was handed to another output). A Unix peer keeps what it has not read.
+    fn reset(self) {
+        let tcp = match &self {
+            Conn::Tcp(s) => Some(s),
+            Conn::Tls(t) => Some(t.socket()),
+            Conn::Unix(_) => None,
+        };
+        if let Some(s) = tcp {
+            let _ = socket2::SockRef::from(s).set_linger(Some(std::time::Duration::ZERO));
+        }
+    }
+
     /// Whether the peer has closed its side (or reset it). Anything the peer sent is discarded.
     fn peer_closed(&mut self) -> bool {
         match self {
@@ -402,6 +415,27 @@ impl Sink for SocketSink {
         self.deliver(&[], deadline)?;
         self.trim_acknowledged();
         Ok(self.outstanding_lines())
+    }
+
+    fn take_unconfirmed(&mut self) -> Vec<u8> {
+        self.trim_acknowledged();
+        // Measured now: what the peer's kernel acknowledged stays with it. `resend` is older
+        // than `unacked` (a broken connection's tail, written first on the next one). Their
+        // last `offset` bytes are the batch in hand, which the caller hands
+        // over whole: only what came before it, whole lines, is taken here.
+        let mut data = std::mem::take(&mut self.resend);
+        data.extend(self.unacked.drain(..));
+        data.truncate(data.len().saturating_sub(std::mem::take(&mut self.offset)));
+        let whole = data
+            .iter()
+            .rposition(|&b| b == b'\n')
+            .map_or(0, |nl| nl + 1);
+        data.truncate(whole);
+        // The connection's kernel must not send it too, later.
+        if let Some(conn) = self.conn.take() {
+            conn.reset();
+        }
+        data
     }
 
     fn outstanding_lines(&self) -> u64 {

@@ -65,6 +65,13 @@ pub(crate) trait Sink: Send {
     /// nothing are up.
     fn probe(&mut self, _deadline: &Deadline) {}
 
+    /// Takes what was written and is not known to have reached the peer, whole lines only, and
+    /// forgets it: a reload replaced the output, and its replacement writes it again (what the
+    /// peer had after all then repeats). Empty for sinks whose writes are final.
+    fn take_unconfirmed(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+
     /// Lines written but not known to have reached the peer, lost if the output gives up now.
     fn outstanding_lines(&self) -> u64 {
         0
@@ -232,6 +239,11 @@ impl Worker {
                         // (A disk buffer keeps what is not acknowledged for the next start.)
                         Ok(0) => Outcome::default(),
                         Ok(_) if self.queue.is_on_disk() => Outcome::default(),
+                        // Replaced by a reload: the replacement writes it again.
+                        Ok(_) if self.queue.retired() => Outcome {
+                            handed_over: self.unconfirmed().into_iter().collect(),
+                            ..Outcome::default()
+                        },
                         Ok(lines) => Outcome {
                             undelivered: lines,
                             error: Some(format!(
@@ -245,6 +257,19 @@ impl Worker {
                 }
             }
         }
+    }
+
+    /// What the sink wrote that its peer may not have, as a batch for the output that replaces
+    /// this one (a reload).
+    fn unconfirmed(&mut self) -> Option<Batch> {
+        let data = self.sink.take_unconfirmed();
+        let lines = memchr::memchr_iter(b'\n', &data).count() as u64;
+        (lines > 0).then_some(Batch {
+            data,
+            lines,
+            acks: Vec::new(),
+            end: None,
+        })
     }
 
     /// Runs `op` until it succeeds, retrying failures with backoff and jitter; gives up on a
@@ -278,14 +303,12 @@ impl Worker {
                         // (the batch in hand, by the caller); what it wrote and the peer may
                         // not have is lost.
                         let reason = format!("{}: {}", self.sink.describe(), e.message());
-                        let undelivered = self.sink.outstanding_lines();
                         tracing::warn!(output = %self.name, error = %reason,
                             "output replaced by a reload and failing: it stops, and its \
                              replacement delivers what it held");
                         return Err(Outcome {
-                            undelivered,
-                            error: (undelivered > 0).then_some(reason),
-                            handed_over: Vec::new(),
+                            handed_over: self.unconfirmed().into_iter().collect(),
+                            ..Outcome::default()
                         });
                     }
                     if matches!(e, SinkError::Fatal(_)) || self.deadline.passed() {

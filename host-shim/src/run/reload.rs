@@ -82,7 +82,12 @@ impl Reloader<'_> {
     /// pieces (an oversize line from standard input) is finished first: the reload waits for
     /// its last piece.
     pub(super) fn check(&mut self, engine: &mut Engine, live: Live<'_>) {
-        if engine.streaming_a_line() || !self.flag.swap(false, Ordering::Relaxed) {
+        // After a stop signal the run is finishing: a reload would only replace what is about
+        // to end (the flag is left for nobody).
+        if engine.streaming_a_line()
+            || self.stop.load(Ordering::Relaxed)
+            || !self.flag.swap(false, Ordering::Relaxed)
+        {
             return;
         }
         // Whatever becomes of the reload, file outputs reopen their paths (log rotation).

@@ -562,13 +562,12 @@ fn a_tcp_output_handshake_with_a_peer_that_never_answers_ends_at_the_shutdown_de
     let status = egw.wait(EXIT);
     let err = egw.stderr();
     assert!(!status.success(), "{err}");
-    // It gave up because the deadline passed during the handshake, not at the handshake's own
-    // 10 s limit.
+    // It gave up because the deadline passed during the handshake (the probe at start may
+    // also have met the handshake's own 10 s limit on a slow machine: not asserted).
     assert!(
         err.contains("TLS handshake: the delivery deadline passed before the server answered"),
         "{err}"
     );
-    assert!(!err.contains("no answer from the server"), "{err}");
     drop(held);
 }
 

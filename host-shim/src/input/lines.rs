@@ -16,7 +16,6 @@
 
 use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use super::{count_lines, Feed, Msg, READ_BLOCK_BYTES};
@@ -60,28 +59,11 @@ impl HoldBudget {
     }
 }
 
-/// What ends a connection's reading of new data (it then drains its connection): a stop
-/// signal, or a reload that replaced its listener.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Stop {
-    /// Set by a stop signal.
-    pub(crate) signal: Arc<AtomicBool>,
-    /// Set when a reload replaced the listener.
-    pub(crate) retired: Arc<AtomicBool>,
-}
-
-impl Stop {
-    /// Whether either is set.
-    pub(crate) fn is_set(&self) -> bool {
-        self.signal.load(Ordering::Relaxed) || self.retired.load(Ordering::Relaxed)
-    }
-}
-
 /// What a connection's reader obeys besides its peer.
 #[derive(Clone, Copy)]
 pub(crate) struct Shared<'a> {
-    /// Set by a stop signal or a reload: from then on the reader drains its connection.
-    pub(crate) stop: &'a Stop,
+    /// Set by a stop signal: from then on the reader drains its connection.
+    pub(crate) stop: &'a AtomicBool,
     /// The shutdown deadline: reading ends there at the latest.
     pub(crate) deadline: &'a Deadline,
     /// A connection that sends nothing for this long is closed.
@@ -132,7 +114,7 @@ pub(crate) fn read_lines<R: Read>(
     loop {
         if let Mode::Shared(rules) = mode {
             let quiet = last_data.elapsed();
-            if rules.stop.is_set() {
+            if rules.stop.load(Ordering::Relaxed) {
                 if quiet >= DRAIN_QUIET || rules.deadline.passed() {
                     return framer.finish(None).map(|()| Ended::Drained);
                 }
@@ -383,7 +365,7 @@ mod tests {
         let (feed, rx) = Feed::channel();
         let input = input.to_vec();
         let t = std::thread::spawn(move || {
-            let stop = Stop::default();
+            let stop = AtomicBool::new(false);
             let deadline = Deadline::default();
             let budget = budget.map(HoldBudget::new);
             let mode = match &budget {
@@ -424,9 +406,8 @@ mod tests {
 
     fn shared_end(stopped: bool, idle: Duration) -> Ended {
         let (feed, _rx) = Feed::channel();
-        let stop = Stop::default();
-        stop.signal.store(stopped, Ordering::Relaxed);
-        let deadline = Deadline::new(&stop.signal, Duration::ZERO);
+        let stop = std::sync::Arc::new(AtomicBool::new(stopped));
+        let deadline = Deadline::new(&stop, Duration::ZERO);
         let budget = HoldBudget::new(0);
         let mode = Mode::Shared(Shared {
             stop: &stop,

@@ -29,7 +29,7 @@ use std::time::{Duration, Instant};
 use egresswatch_plugin_api::files::describe_type;
 
 use super::lane::{Lane, Lanes};
-use super::lines::{Ended, Shared, Stop};
+use super::lines::{Ended, Shared};
 use super::{read_lines, Feed, HoldBudget, Mode, OVERSIZE_HOLD_BYTES};
 use crate::config::InputConfig;
 use crate::output::Deadline;
@@ -290,24 +290,22 @@ impl Refusals {
 
 /// A running listener thread, as a reload sees it.
 pub(crate) struct Handle {
-    /// Stops its accepting and has its connections drain.
+    /// Stops its accepting.
     retired: Arc<AtomicBool>,
     /// Whether its socket goes to the listener that replaces it (the same address or path).
     hand_over: Arc<AtomicBool>,
-    /// Its connections' deadline: the run's, or `shutdown_timeout_secs` after it is retired.
-    deadline: Deadline,
     thread: std::thread::JoinHandle<Option<(Option<Listener>, Feed)>>,
 }
 
 impl Handle {
-    /// Retires the listener (a reload replaced it): it stops accepting, and its open
-    /// connections drain as at a stop signal, until `shutdown_timeout_secs` from now at the
-    /// latest. Returns its socket when `hand_over` (the new listener takes it over: connections
-    /// waiting to be accepted are kept) and the engine's feed, once its thread has ended; `None`
-    /// when a stop signal came first.
+    /// Retires the listener (a reload replaced it): it stops accepting; the connections it
+    /// accepted go on being read as before (their settings unchanged) until their senders close
+    /// them, they go idle, or a stop signal: nothing a sender writes is cut off by a reload.
+    /// Returns its socket when `hand_over` (the new listener takes it over: connections waiting
+    /// to be accepted are kept) and the engine's feed, once its thread has ended; `None` when a
+    /// stop signal came first.
     pub(crate) fn retire(self, hand_over: bool) -> Option<(Option<Listener>, Feed)> {
         self.hand_over.store(hand_over, Ordering::Relaxed);
-        self.deadline.start();
         self.retired.store(true, Ordering::Relaxed);
         self.thread.join().ok().flatten()
     }
@@ -319,7 +317,7 @@ pub(super) fn spawn(
     listener: Listener,
     feed: Feed,
     settings: Settings,
-    signal: Arc<AtomicBool>,
+    stop: Arc<AtomicBool>,
     deadline: &Deadline,
     (stats, lanes): (Arc<InputStats>, Arc<Lanes>),
 ) -> io::Result<Handle> {
@@ -327,24 +325,17 @@ pub(super) fn spawn(
         Listener::Tcp(l) => l.set_nonblocking(true)?,
         Listener::Unix(u) => u.listener.set_nonblocking(true)?,
     }
-    let stop = Stop {
-        signal,
-        retired: Arc::new(AtomicBool::new(false)),
-    };
+    let retired = Arc::new(AtomicBool::new(false));
     let hand_over = Arc::new(AtomicBool::new(false));
-    let deadline = deadline.child();
-    let handle_flags = (
-        Arc::clone(&stop.retired),
-        Arc::clone(&hand_over),
-        deadline.clone(),
-    );
+    let handle_flags = (Arc::clone(&retired), Arc::clone(&hand_over));
+    let deadline = deadline.clone();
     let active = Arc::new(AtomicUsize::new(0));
     let budget = Arc::new(HoldBudget::new(OVERSIZE_HOLD_BYTES));
     let thread = std::thread::Builder::new()
         .name("egresswatch-listener".into())
         .spawn(move || {
             let mut refusals = Refusals { logged: None };
-            while !stop.is_set() {
+            while !stop.load(Ordering::Relaxed) && !retired.load(Ordering::Relaxed) {
                 let accepted = match &listener {
                     Listener::Tcp(l) => l
                         .accept()
@@ -385,7 +376,7 @@ pub(super) fn spawn(
                                 lanes: Arc::clone(&lanes),
                                 max_line_bytes: settings.max_line_bytes,
                                 idle_timeout: settings.idle_timeout,
-                                stop: stop.clone(),
+                                stop: Arc::clone(&stop),
                                 deadline: deadline.clone(),
                                 budget: Arc::clone(&budget),
                                 stats: Arc::clone(&stats),
@@ -399,7 +390,7 @@ pub(super) fn spawn(
             }
             // Replaced by a reload (not stopped): the feed goes to the new listener, and the
             // socket too when it listens at the same place.
-            let replaced = !stop.signal.load(Ordering::Relaxed);
+            let replaced = !stop.load(Ordering::Relaxed);
             let hand_over = replaced && hand_over.load(Ordering::Relaxed);
             if let (Listener::Unix(input), false) = (&listener, hand_over) {
                 input.remove_socket_file();
@@ -407,11 +398,10 @@ pub(super) fn spawn(
             tracing::debug!(replaced, "input listener stopped");
             replaced.then(|| (hand_over.then_some(listener), feed))
         })?;
-    let (retired, hand_over, deadline) = handle_flags;
+    let (retired, hand_over) = handle_flags;
     Ok(Handle {
         retired,
         hand_over,
-        deadline,
         thread,
     })
 }
@@ -429,7 +419,7 @@ struct Reader {
     lanes: Arc<Lanes>,
     max_line_bytes: usize,
     idle_timeout: Duration,
-    stop: Stop,
+    stop: Arc<AtomicBool>,
     deadline: Deadline,
     budget: Arc<HoldBudget>,
     stats: Arc<InputStats>,

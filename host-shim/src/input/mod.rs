@@ -352,10 +352,10 @@ pub(crate) fn prepare_rebind(
     })
 }
 
-/// Puts a prepared listener in place of the running one: the running one stops accepting and
-/// its open connections drain as at a stop signal (until `shutdown_timeout_secs` from now at the
-/// latest); the new one feeds the same engine, its connections ordered with theirs. Nothing
-/// happens if a stop signal came first.
+/// Puts a prepared listener in place of the running one: the running one stops accepting, and
+/// the connections it accepted go on being read as they were until their senders close them
+/// (or they go idle, or a stop signal); the new one feeds the same engine, its connections
+/// ordered with theirs. Nothing happens if a stop signal came first.
 pub(crate) fn rebind(
     started: &mut Started,
     rebind: Rebind,

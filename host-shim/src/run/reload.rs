@@ -244,6 +244,22 @@ fn on_disk(running: &HostConfig, new: &HostConfig, changed: &[String]) -> Vec<St
         .collect()
 }
 
+/// `input` with `order_window_ms` left out: the ordering stage applies it live, it is no reason
+/// to replace the listener.
+fn without_window(input: &InputConfig) -> InputConfig {
+    let mut input = input.clone();
+    if let InputConfig::Tcp {
+        order_window_ms, ..
+    }
+    | InputConfig::Unix {
+        order_window_ms, ..
+    } = &mut input
+    {
+        *order_window_ms = 0;
+    }
+    input
+}
+
 /// Whether `input` is a `tcp` or `unix` listener, which a reload can replace.
 fn is_listener(input: &InputConfig) -> bool {
     matches!(input, InputConfig::Tcp { .. } | InputConfig::Unix { .. })
@@ -259,7 +275,7 @@ fn rebinds(
 ) -> bool {
     is_listener(&running.input)
         && is_listener(&new.input)
-        && (running.input != new.input
+        && (without_window(&running.input) != without_window(&new.input)
             || then.get("input") != now.get("input")
             || running.batch.max_line_bytes != new.batch.max_line_bytes)
 }
@@ -365,6 +381,13 @@ mod tests {
         HostConfig::parse(text, false).expect("a valid configuration")
     }
 
+    fn moved_input() -> HostConfig {
+        config(
+            "input: { type: tcp, address: '127.0.0.1:6001' }\noutputs:\n  default: { type: \
+             file, path: a.ndjson }\n  pager: { type: file, path: p.ndjson }\n",
+        )
+    }
+
     #[test]
     fn what_a_reload_refuses_is_named_with_why_and_changed_outputs_are_rebuilt() {
         let running = config(
@@ -389,6 +412,13 @@ mod tests {
             "input: { type: stdin }\noutputs:\n  default: { type: file, path: a.ndjson }\n\
              metrics: { address: '127.0.0.1:9' }\nplugin: other.so\n",
         );
+        // A new order window alone is applied live, without a new listener.
+        let window = config(
+            "input: { type: tcp, address: '127.0.0.1:6000', order_window_ms: 10 }\noutputs:\n  \
+             default: { type: file, path: a.ndjson }\n  pager: { type: file, path: p.ndjson }\n",
+        );
+        assert!(!rebinds(&running, &window, &none, &none));
+        assert!(rebinds(&running, &moved_input(), &none, &none));
         let why = refused(&running, &elsewhere);
         assert_eq!(why.len(), 2, "{why:?}");
         for (why, key) in why.iter().zip(["plugin", "input"]) {

@@ -722,3 +722,41 @@ fn sighup_replacing_an_output_whose_peer_stopped_reading_hands_over_what_it_did_
     );
     assert_eq!(lost, 0, "{}", egw.stderr());
 }
+
+#[test]
+fn sighup_removing_a_down_output_takes_it_out_of_health() {
+    let dir = temp_dir("reload-output-removed");
+    let (input, metrics, down) = (free_address(), free_address(), free_address());
+    let settings = |pager: &str| {
+        format!(
+            "input: {{ type: tcp, address: '{input}' }}\nmetrics: {{ address: '{metrics}' }}\n\
+             shutdown_timeout_secs: 1\noutputs:\n  default: {{ type: file, path: out.ndjson \
+             }}\n{pager}{}",
+            detector_as_shipped()
+        )
+    };
+    let config = write(
+        &dir,
+        "c.yaml",
+        settings(&format!("  pager: {{ type: tcp, address: '{down}' }}\n")),
+    );
+    let mut egw = Running::start(&dir, &config);
+    // The pager's peer is down: /health says so.
+    assert!(
+        wait_until(EXIT, || http_get(&metrics, "/health")
+            .starts_with("HTTP/1.1 503")),
+        "{}",
+        http_get(&metrics, "/health")
+    );
+    write(&dir, "c.yaml", settings(""));
+    reload(&egw, "configuration reloaded");
+    assert!(
+        wait_until(EXIT, || http_get(&metrics, "/health")
+            .starts_with("HTTP/1.1 200")),
+        "{}",
+        http_get(&metrics, "/health")
+    );
+    assert!(!http_get(&metrics, "/metrics").contains("output=\"pager\""));
+    egw.terminate();
+    assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
+}

@@ -373,6 +373,12 @@ impl Metrics {
         health
     }
 
+    /// Forgets output `name` (a reload removed it, or never started it): it leaves `/health`
+    /// and `/metrics`.
+    pub fn forget_output(&self, name: &str) {
+        lock(&self.state.outputs).retain(|o| o.name() != name);
+    }
+
     /// Declares an input (not bound yet): `/health` is unavailable until it is bound.
     pub fn input_declared(&self, name: &str) {
         let mut inputs = lock(&self.state.inputs);

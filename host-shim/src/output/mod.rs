@@ -155,6 +155,7 @@ impl Outputs {
         for (name, output) in &config.outputs {
             let stats = metrics.output(name);
             let sink = sink(config, name, output, &stats)?;
+            set_up_if_open(output, &stats);
             // (A disk buffer's folder, relative to the config file.)
             let mut buffer = output.buffer().clone();
             buffer.path = buffer.path.map(|p| config.resolve(&p));
@@ -380,8 +381,8 @@ fn open_buffer(name: &str, buffer: &BufferConfig, stats: &OutputHealth) -> io::R
 /// (built, files opened and certificates read, not yet started); for each one removed, `None`.
 pub(crate) struct Changes(Vec<(String, Option<Built>)>);
 
-/// An output built for a reload: its sink and its buffer's settings.
-type Built = (Box<dyn Sink>, BufferConfig);
+/// An output built for a reload: its sink, its buffer's settings, and its configuration.
+type Built = (Box<dyn Sink>, BufferConfig, OutputConfig);
 
 impl Outputs {
     /// Builds the outputs `names` as `config` describes them (a reload's new configuration),
@@ -410,7 +411,7 @@ impl Outputs {
             let built = sink(config, name, output, &metrics.output(name))?;
             let mut buffer = output.buffer().clone();
             buffer.path = buffer.path.map(|p| config.resolve(&p));
-            changes.push((name.clone(), Some((built, buffer))));
+            changes.push((name.clone(), Some((built, buffer, output.clone()))));
         }
         Ok(Changes(changes))
     }
@@ -441,11 +442,13 @@ impl Outputs {
                     self.retired.push((name.clone(), old));
                 }
             }
-            let Some((sink, buffer)) = change else {
+            let Some((sink, buffer, output)) = change else {
+                metrics.forget_output(&name);
                 tracing::info!(output = %name, "output removed by the reload; it finishes delivering what it holds");
                 continue;
             };
             let stats = metrics.output(&name);
+            set_up_if_open(&output, &stats);
             tracing::info!(output = %name, target = %sink.describe(),
                 "output rebuilt by the reload; it delivers once the one it replaces has \
                  finished what it holds");
@@ -459,6 +462,16 @@ impl Outputs {
     }
 }
 
+/// Standard output and files are up once open; a socket or HTTP output once it connects.
+fn set_up_if_open(output: &OutputConfig, stats: &OutputHealth) {
+    if matches!(
+        output,
+        OutputConfig::Stdout { .. } | OutputConfig::File { .. }
+    ) {
+        stats.set_up(true);
+    }
+}
+
 /// The sink of output `name` as `config` describes it: a file opened, a TLS client's
 /// certificates read; a socket or HTTP output connects later, on its own thread.
 fn sink(
@@ -467,13 +480,6 @@ fn sink(
     output: &OutputConfig,
     stats: &OutputHealth,
 ) -> io::Result<Box<dyn Sink>> {
-    // Standard output and files are up once open; a socket or HTTP output once it connects.
-    if matches!(
-        output,
-        OutputConfig::Stdout { .. } | OutputConfig::File { .. }
-    ) {
-        stats.set_up(true);
-    }
     Ok(match output {
         OutputConfig::Stdout { .. } => Box::new(WriterSink::stdout()),
         OutputConfig::File { path, .. } => {

@@ -163,8 +163,6 @@ impl Reloader<'_> {
         } else {
             None
         };
-        let changes = Outputs::prepare(&config, &changed, live.metrics)
-            .context("a changed output could not be built")?;
         // A metrics endpoint at a new address is bound now too.
         let address = |c: &HostConfig| c.metrics.as_ref().map(|m| m.address.clone());
         let moved_metrics = address(&self.running) != address(&config);
@@ -174,6 +172,22 @@ impl Reloader<'_> {
                     .context("the new metrics endpoint could not be started")?,
             ),
             _ => None,
+        };
+        // Last, as it registers the new outputs' health: one that cannot be built refuses the
+        // reload, and what it registered is forgotten.
+        let changes = match Outputs::prepare(&config, &changed, live.metrics) {
+            Ok(changes) => changes,
+            Err(e) => {
+                for name in changed
+                    .iter()
+                    .filter(|n| !self.running.outputs.contains_key(*n))
+                {
+                    if name != egresswatch_plugin_api::DEFAULT_OUTPUT {
+                        live.metrics.forget_output(name);
+                    }
+                }
+                return Err(e).context("a changed output could not be built");
+            }
         };
         // From here on nothing is refused.
         if let Ok(warnings) = transform.warnings().into_result() {
@@ -188,8 +202,8 @@ impl Reloader<'_> {
                 Ok(()) => {
                     live.metrics.input_bound("input", &self.input.address);
                     tracing::info!(from = %before, to = %self.input.address,
-                        "input replaced by the reload: the old listener's open connections \
-                         drain as at a stop, new ones go to the new listener");
+                        "input replaced by the reload: the old listener's open connections are \
+                         read on until their senders close them, new ones go to the new listener");
                 }
                 Err(e) => tracing::error!(
                     "SIGHUP: the input could not be replaced: {e}; no new connections are \

@@ -120,7 +120,9 @@ impl Parser<'_, '_> {
                         Ok(None) if !escaped => None,
                         Ok(Some((target, slot))) if !escaped => {
                             let bit = 1u64 << (slot % 64);
-                            self.flags.duplicates |= frame.matched & bit != 0;
+                            // A plain key repeated, or one that an escaped or dotted key of
+                            // this object may spell the same: the exact pass decides.
+                            self.flags.duplicates |= frame.matched & bit != 0 || frame.complex;
                             frame.matched |= bit;
                             Some(target)
                         }
@@ -128,7 +130,8 @@ impl Parser<'_, '_> {
                         _ => {
                             let target = self.resolve(frame.node, start, after - 1, escaped);
                             if target.is_some() {
-                                self.flags.duplicates |= frame.complex;
+                                // `destin\u0061tion` after `destination` is the same key.
+                                self.flags.duplicates |= frame.complex || frame.matched != 0;
                                 frame.complex = true;
                             }
                             target

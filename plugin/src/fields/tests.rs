@@ -117,6 +117,13 @@ fn a_repeated_key_is_read_as_its_last_occurrence_with_all_below_it() {
         .scan(r#"{"destination":{"ip":"1.1.1.1"},"destin\u0061tion":{"ip":"3.3.3.3"}}"#)
         .unwrap();
     assert_eq!(e.str(f[1]), Some("3.3.3.3"));
+    // ... and replaces all below the plain one, which its escape alone did not reveal as a
+    // repeat (found by the scanner_vs_serde fuzz target).
+    let e = s
+        .scan(r#"{"destination":{"geo":{"country_name":"Chile"}},"destin\u0061tion":{"ip":"3.3.3.3"}}"#)
+        .unwrap();
+    assert!(!e.present(f[0]));
+    assert_eq!(e.str(f[1]), Some("3.3.3.3"));
     // Agrees with serde_json, which keeps the last value of a repeated key.
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(v["destination"]["ip"], "1.1.1.1");

@@ -504,6 +504,11 @@ impl Queue {
         taken
     }
 
+    /// Whether [`Queue::close`] was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.lock().closed
+    }
+
     /// Whether a reload replaced the output.
     pub(crate) fn retired(&self) -> bool {
         self.lock().retired

@@ -191,7 +191,12 @@ impl Worker {
     fn run(&mut self) -> Outcome {
         self.sink.probe(&self.deadline);
         loop {
-            match self.queue.pop_timeout(IDLE_POLL) {
+            let popped = match self.queue.pop_timeout(IDLE_POLL) {
+                // A disk buffer it cannot read back, at the end: it keeps what it holds.
+                Popped::Empty if self.queue.is_closed() && self.deadline.passed() => Popped::Closed,
+                popped => popped,
+            };
+            match popped {
                 Popped::Batch(mut batch) => {
                     let delivered = self.with_retries(batch.lines, |sink, deadline| {
                         sink.deliver(&batch.data, deadline).map(|()| 0)

@@ -2,10 +2,11 @@
 //! a segment at start.
 
 use std::fs::File;
-use std::io::{self, IoSlice, Read, Seek, SeekFrom, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
+use super::storage::Storage;
 use super::{Counts, Found, Position, Segment, FIRST_RECORD, RECORD_HEADER, SEGMENT_MAGIC};
 
 pub(super) fn segment_path(dir: &Path, id: u64) -> PathBuf {
@@ -21,8 +22,9 @@ pub(super) fn checksum(len: u64, lines: u64, data: &[u8]) -> u32 {
 }
 
 /// Reads a record at `offset` of `file`, whose records end at `end`. `Ok(None)`: no record
-/// there. An `InvalidData` error: a torn or damaged record.
+/// there. An `InvalidData` error: a torn or damaged record; any other, a read that failed.
 pub(super) fn read_record(
+    storage: &dyn Storage,
     file: &File,
     offset: u64,
     end: u64,
@@ -35,18 +37,15 @@ pub(super) fn read_record(
         return Err(bad("a record header cut short"));
     }
     let mut head = [0u8; RECORD_HEADER as usize];
-    file.read_exact_at(&mut head, offset)?;
+    storage.read_exact_at(file, &mut head, offset)?;
     let len = u64::from_le_bytes(head[0..8].try_into().expect("8 bytes"));
     let lines = u64::from_le_bytes(head[8..16].try_into().expect("8 bytes"));
     let crc = u32::from_le_bytes(head[16..20].try_into().expect("4 bytes"));
     if len > end - offset - RECORD_HEADER {
         return Err(bad("a record cut short"));
     }
-    // Read into spare capacity: zeroing the buffer first cost as much as the checksum.
     let mut data = Vec::with_capacity(len as usize);
-    let mut at = file;
-    at.seek(SeekFrom::Start(offset + RECORD_HEADER))?;
-    at.take(len).read_to_end(&mut data)?;
+    storage.read_onto(file, offset + RECORD_HEADER, len, &mut data)?;
     if data.len() as u64 != len {
         return Err(bad("a record cut short"));
     }
@@ -54,23 +53,6 @@ pub(super) fn read_record(
         return Err(bad("a record that fails its checksum"));
     }
     Ok(Some((data, lines, offset + RECORD_HEADER + len)))
-}
-
-/// Writes a record's header and data with as few system calls as the kernel allows (one,
-/// normally), so that a crash rarely leaves a header without its data.
-pub(super) fn write_both(file: &File, head: &[u8], data: &[u8]) -> io::Result<()> {
-    let mut bufs = [IoSlice::new(head), IoSlice::new(data)];
-    let mut slices: &mut [IoSlice<'_>] = &mut bufs;
-    while !slices.is_empty() {
-        let mut out = file;
-        match out.write_vectored(slices) {
-            Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(n) => IoSlice::advance_slices(&mut slices, n),
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-            Err(e) => return Err(e),
-        }
-    }
-    Ok(())
 }
 
 /// Takes an exclusive `flock` on `file` without waiting (`WouldBlock` when another holds it); it
@@ -84,11 +66,6 @@ pub(super) fn try_lock(file: &File) -> io::Result<()> {
     } else {
         Err(io::Error::last_os_error())
     }
-}
-
-/// Syncs a folder itself, so that a new entry's name survives a power loss.
-pub(super) fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
 }
 
 /// The saved cursor; `None` when there is none yet, or it is damaged (then logged: everything
@@ -118,17 +95,20 @@ pub(super) fn read_cursor(file: &File, name: &str, dir: &Path) -> Option<Positio
 /// first bad one ends its readable part: it and what follows stay in the file, unread (counted,
 /// logged), until the segment is deleted. Writes nothing.
 pub(super) fn scan_segment(
+    storage: &dyn Storage,
     name: &str,
     path: &Path,
     from: u64,
     found: &mut Found,
 ) -> io::Result<Segment> {
-    let file = File::open(path)?;
+    let file = storage.open(path)?;
     let size = file.metadata()?.len();
     let mut magic = [0u8; 8];
-    let header_ok = size >= FIRST_RECORD
-        && file.read_exact_at(&mut magic, 0).is_ok()
-        && &magic == SEGMENT_MAGIC;
+    // (A read that fails is an error, not a bad header: the segment is not skipped for it.)
+    if size >= FIRST_RECORD {
+        storage.read_exact_at(&file, &mut magic, 0)?;
+    }
+    let header_ok = size >= FIRST_RECORD && &magic == SEGMENT_MAGIC;
     let mut segment = Segment {
         size,
         end: size,
@@ -137,7 +117,7 @@ pub(super) fn scan_segment(
     let mut offset = from.max(FIRST_RECORD);
     let mut problem = (!header_ok).then(|| "a segment header that is not egresswatch's".to_owned());
     while problem.is_none() {
-        match read_record(&file, offset, size) {
+        match read_record(storage, &file, offset, size) {
             Ok(Some((data, lines, end))) => {
                 segment.held.add(lines, data.len() as u64);
                 offset = end;

@@ -19,9 +19,12 @@
 //! segment (`fdatasync`) every [`SYNC_EVERY`], at once when a batch carries acknowledgements,
 //! at each new segment and at the end; a power loss or kernel crash can lose what was written
 //! since the last sync. The acknowledgements of a batch (the HTTP input's 200) are told only
-//! once a sync after it returned, so a 200 means the lines are on disk; after a failed sync
-//! they fail (the senders send again) and the next batch starts a new segment. The cursor is
-//! not synced: after a power loss it may be behind, and lines delivered just before repeat.
+//! once a sync after it returned, so a 200 means the lines are on disk. After a failed sync
+//! they fail (the senders send again), and so do those of every batch written to that segment
+//! before the next batch starts a new one: Linux reports a failed write-back once and may drop
+//! those pages, so a later sync of the same file that succeeds vouches for nothing before it.
+//! The cursor is not synced: after a power loss it may be behind, and lines delivered just
+//! before repeat.
 //!
 //! At start every record past the cursor is checked, writing nothing: the first record of a
 //! segment that is torn (a crash mid-write) or fails its checksum ends what is read of that
@@ -31,7 +34,7 @@
 
 use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
-use std::io::{self, Write};
+use std::io;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -43,10 +46,10 @@ use crate::ack::Ack;
 use crate::metrics::OutputHealth;
 
 mod files;
+mod storage;
 
-use files::{
-    checksum, read_cursor, read_record, scan_segment, segment_path, sync_dir, try_lock, write_both,
-};
+use files::{checksum, read_cursor, read_record, scan_segment, segment_path, try_lock};
+use storage::{Files, Storage};
 
 /// The first bytes of every segment file.
 const SEGMENT_MAGIC: &[u8; 8] = b"EGWBUF1\n";
@@ -139,6 +142,7 @@ struct Segment {
 /// records and keeps those two from crossing.
 pub(crate) struct DiskLog {
     dir: PathBuf,
+    storage: Arc<dyn Storage>,
     /// Held for the buffer's lifetime: the folder's `lock`, locked.
     _lock: File,
     segment_bytes: u64,
@@ -161,8 +165,30 @@ struct Writer {
 
 struct Current {
     id: u64,
-    file: Arc<File>,
+    file: Arc<Written>,
     len: u64,
+}
+
+/// A segment being written, shared with the sync thread.
+struct Written {
+    file: File,
+    /// Whether a sync of it failed: then no later sync of it vouches for what it holds (Linux
+    /// reports a failed write-back once, and may have dropped those pages).
+    failed: Mutex<bool>,
+}
+
+impl Written {
+    /// Syncs it; fails for good once a sync has failed. Syncs of one segment take turns, so
+    /// that the one told of a failure is never overtaken by one that is not.
+    fn sync(&self, storage: &dyn Storage) -> io::Result<()> {
+        let mut failed = lock(&self.failed);
+        if *failed {
+            return Err(io::Error::other(
+                "an earlier sync of this segment failed (what it held may not be on disk)",
+            ));
+        }
+        storage.sync(&self.file).inspect_err(|_| *failed = true)
+    }
 }
 
 struct Reader {
@@ -183,7 +209,7 @@ struct SyncShared {
 #[derive(Default)]
 struct SyncState {
     /// The newest segment.
-    file: Option<Arc<File>>,
+    file: Option<Arc<Written>>,
     /// Written to since the last sync.
     dirty: bool,
     /// Told once the next sync returns.
@@ -206,6 +232,17 @@ impl DiskLog {
         max_bytes: u64,
         stats: OutputHealth,
     ) -> io::Result<(DiskLog, Found)> {
+        Self::open_with(name, dir, max_bytes, stats, Arc::new(Files))
+    }
+
+    /// [`DiskLog::open`] over `storage`'s file operations.
+    fn open_with(
+        name: &str,
+        dir: &Path,
+        max_bytes: u64,
+        stats: OutputHealth,
+        storage: Arc<dyn Storage>,
+    ) -> io::Result<(DiskLog, Found)> {
         let key = format!("outputs.{name}.buffer.path");
         let at = |what: &str, e: io::Error| {
             io::Error::new(e.kind(), format!("{key}: {what} {}: {e}", dir.display()))
@@ -214,7 +251,9 @@ impl DiskLog {
             std::fs::create_dir_all(dir).map_err(|e| at("cannot create the folder", e))?;
             // So that the folder's name survives a power loss.
             if let Some(parent) = dir.parent().filter(|p| !p.as_os_str().is_empty()) {
-                sync_dir(parent).map_err(|e| at("cannot sync the parent of", e))?;
+                storage
+                    .sync_dir(parent)
+                    .map_err(|e| at("cannot sync the parent of", e))?;
             }
         }
         let lock_file = OpenOptions::new()
@@ -292,7 +331,7 @@ impl DiskLog {
             } else {
                 FIRST_RECORD
             };
-            let segment = scan_segment(name, &path, from, &mut found)
+            let segment = scan_segment(storage.as_ref(), name, &path, from, &mut found)
                 .map_err(|e| at(&format!("cannot read {}", path.display()), e))?;
             segments.insert(id, segment);
         }
@@ -312,13 +351,14 @@ impl DiskLog {
         };
         let sync = Arc::new(SyncShared::default());
         let syncer = {
-            let (sync, name) = (Arc::clone(&sync), name.to_owned());
+            let (sync, name, storage) = (Arc::clone(&sync), name.to_owned(), Arc::clone(&storage));
             std::thread::Builder::new()
                 .name(format!("egresswatch-sync-{name}"))
-                .spawn(move || sync_loop(&sync, &name))?
+                .spawn(move || sync_loop(&sync, &name, storage.as_ref()))?
         };
         let log = DiskLog {
             dir: dir.to_owned(),
+            storage,
             _lock: lock_file,
             segment_bytes: (max_bytes / 8).clamp(64 << 10, 128 << 20),
             writer: Mutex::new(Writer {
@@ -379,10 +419,10 @@ impl DiskLog {
         head[0..8].copy_from_slice(&len.to_le_bytes());
         head[8..16].copy_from_slice(&lines.to_le_bytes());
         head[16..20].copy_from_slice(&checksum(len, lines, data).to_le_bytes());
-        if let Err(e) = write_both(&current.file, &head, data) {
+        if let Err(e) = self.storage.append(&current.file.file, &[&head, data]) {
             // Leave no part of it behind (a later record must follow a whole one); if even
             // that fails, the next batch goes to a new segment.
-            if current.file.set_len(start).is_err() {
+            if self.storage.truncate(&current.file.file, start).is_err() {
                 self.sync.roll.store(true, Ordering::Relaxed);
             }
             return Err((e, acks));
@@ -396,8 +436,9 @@ impl DiskLog {
             segment.end = size;
             segment.held.add(lines, len);
         }
-        drop(writer);
         {
+            // (Still holding the writer: a new segment cannot come between this batch and its
+            // acknowledgements, see `next_segment`.)
             let mut state = lock(&self.sync.state);
             state.dirty = true;
             if !acks.is_empty() {
@@ -406,20 +447,28 @@ impl DiskLog {
                 self.sync.wake.notify_one();
             }
         }
+        drop(writer);
         self.report_size();
         Ok(())
     }
 
-    /// Starts a new segment, after syncing the one being written (so that what its
-    /// acknowledgements promise holds). On an error nothing changes, and no file is left.
+    /// Starts a new segment, after syncing the one being written: the acknowledgements waiting
+    /// (all of batches written before this, the writer being held) are then told after a sync
+    /// of the new one, so that one must vouch for the old one's too; if it cannot, they fail
+    /// now. On an error nothing else changes, and no file is left.
     fn next_segment(&self, writer: &mut Writer) -> io::Result<()> {
         if let Some(current) = &writer.current {
-            current.file.sync_data()?;
+            if let Err(e) = current.file.sync(self.storage.as_ref()) {
+                let failed = std::mem::take(&mut lock(&self.sync.state).acks);
+                tracing::error!(output = %self.stats.name(), error = %e, requests = failed.len(),
+                    "disk buffer: sync failed; the requests waiting on it fail (their senders \
+                     send again) and the next lines go to a new segment");
+                drop(failed);
+            }
         }
         let id = writer.next_id;
         let path = segment_path(&self.dir, id);
-        let made = OpenOptions::new().create_new(true).append(true).open(&path);
-        let file = match made {
+        let file = match self.storage.create(&path) {
             Ok(file) => file,
             Err(e) => {
                 if e.kind() == io::ErrorKind::AlreadyExists {
@@ -429,14 +478,18 @@ impl DiskLog {
                 return Err(e);
             }
         };
-        if let Err(e) = (&file)
-            .write_all(SEGMENT_MAGIC)
-            .and_then(|()| sync_dir(&self.dir))
+        if let Err(e) = self
+            .storage
+            .append(&file, &[SEGMENT_MAGIC])
+            .and_then(|()| self.storage.sync_dir(&self.dir))
         {
             let _ = std::fs::remove_file(&path);
             return Err(e);
         }
-        let file = Arc::new(file);
+        let file = Arc::new(Written {
+            file,
+            failed: Mutex::new(false),
+        });
         lock(&self.segments).insert(
             id,
             Segment {
@@ -482,10 +535,10 @@ impl DiskLog {
                 continue;
             }
             if reader.file.is_none() {
-                reader.file = Some(File::open(segment_path(&self.dir, segment))?);
+                reader.file = Some(self.storage.open(&segment_path(&self.dir, segment))?);
             }
             let file = reader.file.as_ref().expect("opened above");
-            match read_record(file, offset, end) {
+            match read_record(self.storage.as_ref(), file, offset, end) {
                 Ok(Some((data, lines, after))) => {
                     reader.consumed.add(lines, data.len() as u64);
                     reader.position.offset = after;
@@ -571,8 +624,9 @@ impl Drop for DiskLog {
 /// once when a batch with acknowledgements is waiting (then the batches that arrive during one
 /// sync share the next: a sender waits one or two syncs, not a tick), and tells the
 /// acknowledgements of what that covered; on close, a last sync. After a failed sync the
-/// acknowledgements fail (their senders send again) and the next batch starts a new segment.
-fn sync_loop(sync: &SyncShared, name: &str) {
+/// acknowledgements fail (their senders send again), and so do those waiting on that segment
+/// until the next batch has started a new one ([`Written::sync`]).
+fn sync_loop(sync: &SyncShared, name: &str, storage: &dyn Storage) {
     loop {
         let (file, acks, closed) = {
             let mut state = lock(&sync.state);
@@ -590,7 +644,7 @@ fn sync_loop(sync: &SyncShared, name: &str) {
             };
             (file, std::mem::take(&mut state.acks), state.closed)
         };
-        let synced = file.map_or(Ok(()), |f| f.sync_data());
+        let synced = file.map_or(Ok(()), |f| f.sync(storage));
         match synced {
             Ok(()) => acks.into_iter().for_each(Ack::delivered),
             Err(e) => {
@@ -607,5 +661,7 @@ fn sync_loop(sync: &SyncShared, name: &str) {
     }
 }
 
+#[cfg(test)]
+mod faults;
 #[cfg(test)]
 mod tests;

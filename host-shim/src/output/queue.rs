@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::disk::{DiskLog, Found, Next, Position};
+use super::disk::{Counts, DiskLog, Found, Next, Position};
 use crate::ack::Ack;
 use crate::config::WhenFull;
 use crate::metrics::OutputHealth;
@@ -167,8 +167,8 @@ pub(crate) enum Refused {
 #[derive(Debug, Default)]
 struct Inner {
     items: VecDeque<Batch>,
-    /// Bytes held: in memory, those not yet taken by the delivery thread; on disk, those not
-    /// yet delivered.
+    /// Bytes held: in memory, those not yet taken by the delivery thread; on disk, those of
+    /// the records not yet delivered, their headers included.
     bytes: u64,
     closed: bool,
     failed: Option<String>,
@@ -232,7 +232,7 @@ impl Queue {
         stats.disk_buffer_found(found.held.lines, found.corrupt);
         Queue {
             inner: Mutex::new(Inner {
-                bytes: found.held.bytes,
+                bytes: found.held.record_bytes(),
                 waiting: found.held.records,
                 lines: found.held.lines,
                 ..Inner::default()
@@ -258,10 +258,16 @@ impl Queue {
         deadline: &Deadline,
     ) -> Result<Pushed, Refused> {
         let size = batch.data.len() as u64;
+        // (On disk, with its record's header.)
+        let held = if self.disk.is_some() {
+            Counts::one_record(size)
+        } else {
+            size
+        };
         let mut inner = self.lock();
         let mut blocked = false;
         let result = loop {
-            let room = inner.bytes == 0 || inner.bytes + size <= self.max_bytes;
+            let room = inner.bytes == 0 || inner.bytes + held <= self.max_bytes;
             if let Some(reason) = &inner.failed {
                 // A disk buffer still takes what fits (kept for the next start) and drops by
                 // its policy; nothing will make room any more for a blocked batch.
@@ -284,7 +290,7 @@ impl Queue {
                             tracing::info!(output = %self.stats.name(),
                                 "disk buffer: writes again");
                         }
-                        inner.bytes += size;
+                        inner.bytes += held;
                         inner.lines += batch.lines;
                         inner.waiting += 1;
                         self.stats.pending(true, size, batch.lines);
@@ -356,7 +362,7 @@ impl Queue {
                         inner.waiting = inner
                             .waiting
                             .saturating_sub(skipped.records.saturating_sub(1));
-                        inner.bytes = inner.bytes.saturating_sub(skipped.bytes);
+                        inner.bytes = inner.bytes.saturating_sub(skipped.record_bytes());
                         inner.lines = inner.lines.saturating_sub(skipped.lines);
                         self.stats.pending(false, skipped.bytes, skipped.lines);
                         self.stats.disk_buffer_found(0, 1);
@@ -412,7 +418,7 @@ impl Queue {
             if inner.failed.is_some() {
                 return;
             }
-            let size = batch.data.len() as u64;
+            let size = Counts::one_record(batch.data.len() as u64);
             inner.bytes = inner.bytes.saturating_sub(size);
             inner.lines = inner.lines.saturating_sub(batch.lines);
             inner.unconfirmed.push_back((end, batch.lines));
@@ -459,7 +465,8 @@ impl Queue {
         self.disk.is_some()
     }
 
-    /// What a disk buffer still holds, undelivered: lines and bytes (kept for the next start).
+    /// What a disk buffer still holds, undelivered: lines, and bytes of records with their
+    /// headers (kept for the next start).
     pub(crate) fn kept(&self) -> Option<(u64, u64)> {
         self.disk.as_ref()?;
         let inner = self.lock();
@@ -674,7 +681,7 @@ mod tests {
         // Given up on with one batch in hand: nothing is lost, two lines are kept.
         assert_eq!(q.fail("gone".into(), in_hand.lines), 0);
         q.settled(&in_hand, 0);
-        assert_eq!(q.kept(), Some((2, 20)));
+        assert_eq!(q.kept(), Some((2, 60)), "two records of 10 + 20 bytes");
         assert_eq!(stats.status().pending_lines, 2);
         q.close();
         drop(q);
@@ -708,7 +715,8 @@ mod tests {
         q.settled(&c, 2);
         // The peer acknowledged b's line, not c's.
         q.confirm(1);
-        assert_eq!(q.kept(), Some((2, 10)), "c unacknowledged, d not taken");
+        // (Bytes on disk: 10 of lines and a 20-byte header.)
+        assert_eq!(q.kept(), Some((2, 30)), "c unacknowledged, d not taken");
         assert_eq!(q.fail("gone".into(), 1), 0);
         q.close();
         drop(q);

@@ -96,7 +96,7 @@ pub(crate) struct Counts {
     pub(crate) records: u64,
     /// Lines.
     pub(crate) lines: u64,
-    /// Bytes of lines (record headers not counted).
+    /// Bytes of lines (record headers not counted: [`Counts::record_bytes`] adds them).
     pub(crate) bytes: u64,
 }
 
@@ -105,6 +105,16 @@ impl Counts {
         self.records += 1;
         self.lines += lines;
         self.bytes += bytes;
+    }
+
+    /// The bytes of these records on disk, headers included: what `max_bytes` bounds.
+    pub(crate) fn record_bytes(&self) -> u64 {
+        self.bytes + self.records * RECORD_HEADER
+    }
+
+    /// The bytes on disk of one record of `data` bytes.
+    pub(crate) fn one_record(data: u64) -> u64 {
+        data + RECORD_HEADER
     }
 
     fn minus(self, other: Counts) -> Counts {

@@ -191,3 +191,41 @@ fn a_segment_name_taken_by_something_else_is_passed_over() {
     drop(log);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn max_bytes_counts_each_record_with_its_header_also_for_what_a_start_finds() {
+    use crate::config::WhenFull;
+    use crate::output::queue::{Batch, Deadline, Popped, Pushed, Queue};
+    let dir = dir("bound");
+    let thirty = || Batch {
+        data: vec![b'x'; 30],
+        lines: 1,
+        acks: Vec::new(),
+        end: None,
+    };
+    let pushed = |q: &Queue| match q.push(thirty(), WhenFull::DropNewest, &Deadline::default()) {
+        Ok(Pushed::Queued) => true,
+        Ok(Pushed::Dropped(_)) => false,
+        Err(e) => panic!("{e:?}"),
+    };
+    // Records of 30 bytes of lines and a 20-byte header: two fill 100 bytes.
+    let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let queue = Queue::on_disk(log, found, 100, stats());
+    assert!(pushed(&queue) && pushed(&queue));
+    assert!(!pushed(&queue), "a third would hold 150 bytes");
+    drop(queue);
+    // What a start finds counts the same way.
+    let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    assert_eq!(found.held.record_bytes(), 100);
+    let queue = Queue::on_disk(log, found, 100, stats());
+    assert!(!pushed(&queue));
+    // A delivered record makes room for one.
+    let Popped::Batch(first) = queue.pop_timeout(Duration::ZERO) else {
+        panic!("a record was found");
+    };
+    queue.settled(&first, 0);
+    assert!(pushed(&queue));
+    assert!(!pushed(&queue));
+    drop(queue);
+    let _ = std::fs::remove_dir_all(&dir);
+}

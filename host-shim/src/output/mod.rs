@@ -20,6 +20,8 @@ use std::time::{Duration, Instant};
 use egresswatch_plugin_api::DEFAULT_OUTPUT;
 
 mod disk;
+#[cfg(test)]
+mod disk_queue;
 mod http;
 mod queue;
 mod socket;

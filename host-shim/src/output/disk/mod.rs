@@ -46,7 +46,7 @@ use crate::ack::Ack;
 use crate::metrics::OutputHealth;
 
 mod files;
-mod storage;
+pub(crate) mod storage;
 
 use files::{checksum, read_cursor, read_record, scan_segment, segment_path, try_lock};
 use storage::{Files, Storage};
@@ -246,7 +246,7 @@ impl DiskLog {
     }
 
     /// [`DiskLog::open`] over `storage`'s file operations.
-    fn open_with(
+    pub(crate) fn open_with(
         name: &str,
         dir: &Path,
         max_bytes: u64,
@@ -671,7 +671,5 @@ fn sync_loop(sync: &SyncShared, name: &str, storage: &dyn Storage) {
     }
 }
 
-#[cfg(test)]
-mod faults;
 #[cfg(test)]
 mod tests;

@@ -1,6 +1,6 @@
 //! The file operations of the disk buffer that can fail while it runs (making, writing, cutting
 //! and syncing segments; opening and reading them), behind one trait: [`Files`] does them on
-//! the real files, and the fault-injection tests (`faults.rs`) fail chosen calls, as a full or
+//! the real files, and the fault-injection tests (`output/disk_queue.rs`) fail chosen calls, as a full or
 //! failing disk would, around the same real files.
 
 use std::fs::{File, OpenOptions};

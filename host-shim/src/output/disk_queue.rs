@@ -1,20 +1,30 @@
+//! Tests of the disk buffer under its queue and delivery thread.
+//!
 //! Fault injection: the disk buffer over the real files with chosen calls failing ([`Faulty`]),
 //! as a full or failing disk would: a write cut short by a full disk leaves nothing behind and
 //! counts as a full buffer (`when_full` applies); a half-made segment is removed; a failed
 //! sync fails the requests waiting on it and on its segment; a read error is retried and never
-//! ends the output, but does not keep it past its deadline either.
+//! ends the output, but does not keep it past its deadline either. Also: `max_bytes` counts
+//! the record headers.
 
 use std::collections::HashMap;
-use std::io::Write;
-use std::sync::mpsc;
-use std::time::Instant;
+use std::fs::File;
+use std::io::{self, Write};
+use std::path::{Path, PathBuf};
+use std::sync::{mpsc, Arc, Mutex, MutexGuard};
+use std::time::{Duration, Instant};
 
-use super::storage::{Files, Storage};
-use super::*;
-use crate::ack::Outcome as Told;
+use super::disk::storage::{Files, Storage};
+use super::disk::{DiskLog, Found, Next};
+use super::queue::{Batch, Deadline, Popped, Pushed, Queue, Refused};
+use super::worker::{self, WriterSink};
+use crate::ack::{Ack, Outcome as Told};
 use crate::config::WhenFull;
-use crate::output::queue::{Batch, Deadline, Popped, Pushed, Queue, Refused};
-use crate::output::worker::{self, WriterSink};
+use crate::metrics::OutputHealth;
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    m.lock().unwrap()
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 enum Op {
@@ -129,7 +139,7 @@ fn stats() -> OutputHealth {
 }
 
 fn dir(test: &str) -> PathBuf {
-    let dir = std::env::temp_dir().join(format!("egresswatch-fault-{test}-{}", std::process::id()));
+    let dir = std::env::temp_dir().join(format!("egresswatch-diskq-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
@@ -462,5 +472,41 @@ fn read_errors_never_end_an_output_but_do_not_keep_it_past_its_deadline() {
     drop(queue);
     let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats.clone()).unwrap();
     assert_eq!(found.held.lines, 2);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn max_bytes_counts_each_record_with_its_header_also_for_what_a_start_finds() {
+    let dir = dir("bound");
+    let thirty = || Batch {
+        data: vec![b'x'; 30],
+        lines: 1,
+        acks: Vec::new(),
+        end: None,
+    };
+    let pushed = |q: &Queue| match q.push(thirty(), WhenFull::DropNewest, &Deadline::default()) {
+        Ok(Pushed::Queued) => true,
+        Ok(Pushed::Dropped(_)) => false,
+        Err(e) => panic!("{e:?}"),
+    };
+    // Records of 30 bytes of lines and a 20-byte header: two fill 100 bytes.
+    let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let queue = Queue::on_disk(log, found, 100, stats());
+    assert!(pushed(&queue) && pushed(&queue));
+    assert!(!pushed(&queue), "a third would hold 150 bytes");
+    drop(queue);
+    // What a start finds counts the same way.
+    let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    assert_eq!(found.held.record_bytes(), 100);
+    let queue = Queue::on_disk(log, found, 100, stats());
+    assert!(!pushed(&queue));
+    // A delivered record makes room for one.
+    let Popped::Batch(first) = queue.pop_timeout(Duration::ZERO) else {
+        panic!("a record was found");
+    };
+    queue.settled(&first, 0);
+    assert!(pushed(&queue));
+    assert!(!pushed(&queue));
+    drop(queue);
     let _ = std::fs::remove_dir_all(&dir);
 }

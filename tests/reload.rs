@@ -401,11 +401,12 @@ fn sighup_reopens_a_file_output_that_log_rotation_renamed() {
 }
 
 /// Sends SIGHUP and waits until the log says `said` (`configuration reloaded`, `the new
-/// configuration is refused`); returns the log.
+/// configuration is refused`) once more than before; returns the log.
 fn reload(egw: &Running, said: &str) -> String {
+    let before = egw.stderr().matches(said).count();
     egw.signal("HUP");
     assert!(
-        wait_until(EXIT, || egw.stderr().contains(said)),
+        wait_until(EXIT, || egw.stderr().matches(said).count() > before),
         "{}",
         egw.stderr()
     );
@@ -752,4 +753,101 @@ fn sighup_removing_a_down_output_takes_it_out_of_health() {
     assert!(!http_get(&metrics, "/metrics").contains("output=\"pager\""));
     egw.terminate();
     assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
+}
+
+/// Makes a named pipe at `path`.
+fn mkfifo(path: &Path) {
+    let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
+    // SAFETY: `c` is a NUL-terminated path that outlives the call.
+    let made = unsafe { libc::mkfifo(c.as_ptr(), 0o600) };
+    assert_eq!(made, 0, "mkfifo: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn sighup_removing_then_re_adding_a_file_output_still_writing_keeps_its_lines_whole_and_in_order() {
+    use std::io::Read;
+    let dir = temp_dir("reload-output-readded");
+    // The `errors` output writes into a pipe that is read only once everything is set up: its
+    // writes block once the pipe is full, and its lines wait in its buffer meanwhile.
+    let pipe = dir.join("errors.pipe");
+    mkfifo(&pipe);
+    let (release, released) = std::sync::mpsc::channel::<()>();
+    let read = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let reader = {
+        let (pipe, read) = (pipe.clone(), std::sync::Arc::clone(&read));
+        std::thread::spawn(move || {
+            // (Opened as egresswatch opens its end; kept open, so that its writes never fail.)
+            let mut end = std::fs::File::open(&pipe).unwrap();
+            let _ = released.recv();
+            // (In small reads: each wakes one blocked writer, in turn.)
+            let mut chunk = [0u8; 1024];
+            while let Ok(n @ 1..) = end.read(&mut chunk) {
+                read.lock().unwrap().extend_from_slice(&chunk[..n]);
+            }
+        })
+    };
+    let (input, metrics) = (free_address(), free_address());
+    let settings = |errors: bool| {
+        let (unreadable, output) = if errors {
+            ("errors", "\n  errors: { type: file, path: errors.pipe }")
+        } else {
+            ("pass", "")
+        };
+        format!(
+            "input: {{ type: tcp, address: '{input}' }}\nmetrics: {{ address: '{metrics}' }}\n\
+             shutdown_timeout_secs: 60\nunreadable: {unreadable}\noutputs:\n  default: {{ \
+             type: file, path: out.ndjson }}{output}\n{}",
+            detector_as_shipped()
+        )
+    };
+    // Lines that are not JSON: `unreadable: errors` sends them to `errors`.
+    let lines = |from: u64, to: u64| -> Vec<u8> {
+        (from..to)
+            .flat_map(|n| format!("u{n}\n").into_bytes())
+            .collect()
+    };
+    let config = write(&dir, "c.yaml", settings(true));
+    let mut egw = Running::start(&dir, &config);
+    let mut conn = connect_when_ready(&input);
+    // In many blocks: the output holds many batches, each a write of its own.
+    for from in (0..100_000).step_by(1000) {
+        conn.write_all(&lines(from, from + 1000)).unwrap();
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    assert!(wait_until_read(&metrics, 100_000), "{}", egw.stderr());
+    // Removed while it still holds most of its lines ...
+    write(&dir, "c.yaml", settings(false));
+    reload(&egw, "configuration reloaded");
+    conn.write_all(&lines(100_000, 101_000)).unwrap();
+    let out = dir.join("out.ndjson");
+    assert!(
+        wait_until(EXIT, || count_lines(&out) == 1000),
+        "{}",
+        egw.stderr()
+    );
+    // ... and added again, at the same path, while the removed one still writes there.
+    write(&dir, "c.yaml", settings(true));
+    reload(&egw, "configuration reloaded");
+    conn.write_all(&lines(101_000, 102_000)).unwrap();
+    drop(conn);
+    release.send(()).unwrap();
+    let arrived = || read.lock().unwrap().iter().filter(|&&b| b == b'\n').count();
+    assert!(
+        wait_until(EXIT, || arrived() == 101_000),
+        "{} of 101000 lines came through the pipe\n{}",
+        arrived(),
+        egw.stderr()
+    );
+    egw.terminate();
+    assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
+    reader.join().unwrap();
+    // Whole lines, each once, in order: the old output's, then the new one's.
+    let expected = [lines(0, 100_000), lines(101_000, 102_000)].concat();
+    let read = read.lock().unwrap();
+    assert!(
+        *read == expected,
+        "the two outputs' lines were mixed: {} bytes, first difference at byte {:?}",
+        read.len(),
+        read.iter().zip(&expected).position(|(a, b)| a != b)
+    );
 }

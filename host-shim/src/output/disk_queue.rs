@@ -421,6 +421,11 @@ fn deliver(
         Arc::clone(queue),
         stats.clone(),
         deadline.clone(),
+        worker::Turn {
+            after: None,
+            wait_for: Vec::new(),
+            ended: Arc::default(),
+        },
     )
     .unwrap();
     let (tell, told) = mpsc::channel();

@@ -37,7 +37,7 @@ use crate::metrics::{Metrics, OutputHealth};
 use queue::{Batch, Pushed, Queue, Refused};
 use socket::{SocketSink, Target};
 pub(crate) use worker::reopen_files;
-use worker::{open_append, Outcome, Sink, WriterSink};
+use worker::{open_append, Ended, Outcome, Sink, Turn, WriterSink};
 
 /// Initial capacity of an output's batch buffer.
 const BATCH_CAPACITY: usize = 64 * 1024;
@@ -51,6 +51,16 @@ pub(crate) struct Outputs {
     deadline: Deadline,
     /// Outputs a reload removed, finishing what they hold (until their own deadline).
     retired: Vec<(String, Output)>,
+    /// Outputs a reload removed or replaced whose thread may still run: a new output of the
+    /// same name or target waits for them.
+    ending: Vec<Ending>,
+}
+
+/// An output a reload removed or replaced, as a new one sees it.
+struct Ending {
+    name: String,
+    target: String,
+    ended: Arc<Ended>,
 }
 
 struct Output {
@@ -63,6 +73,10 @@ struct Output {
     when_full: WhenFull,
     stats: OutputHealth,
     worker: Option<JoinHandle<Outcome>>,
+    /// Where it writes ([`Sink::target`]).
+    target: String,
+    /// Set when its delivery thread has ended.
+    ended: Arc<Ended>,
     /// When its delivery thread gives up: the run's deadline, or earlier once a reload
     /// replaced or removed it.
     deadline: Deadline,
@@ -144,6 +158,7 @@ impl Outputs {
             outputs: BTreeMap::new(),
             deadline: deadline.clone(),
             retired: Vec::new(),
+            ending: Vec::new(),
         };
         if !config.outputs.contains_key(DEFAULT_OUTPUT) {
             metrics.output(DEFAULT_OUTPUT).set_up(true);
@@ -173,6 +188,7 @@ impl Outputs {
             outputs: BTreeMap::new(),
             deadline: Deadline::default(),
             retired: Vec::new(),
+            ending: Vec::new(),
         };
         for (name, writer) in writers {
             outputs
@@ -200,7 +216,8 @@ impl Outputs {
     }
 
     /// [`Outputs::start`], delivering only once `after` (the thread of the output it replaces)
-    /// has ended.
+    /// and every other output still finishing that had its name or writes where it writes
+    /// have ended.
     fn start_after(
         &mut self,
         name: &str,
@@ -211,11 +228,22 @@ impl Outputs {
     ) -> io::Result<()> {
         let queue = Arc::new(open_buffer(name, buffer, &stats)?);
         let deadline = self.deadline.child();
+        let target = sink.target();
+        self.ending.retain(|e| !e.ended.is_set());
+        let wait_for = self
+            .ending
+            .iter()
+            .filter(|e| e.name == name || e.target == target)
+            .map(|e| Arc::clone(&e.ended))
+            .collect();
+        let ended = Arc::new(Ended::default());
+        let turn = Turn {
+            after,
+            wait_for,
+            ended: Arc::clone(&ended),
+        };
         let (shared, health) = (Arc::clone(&queue), stats.clone());
-        let worker = match after {
-            None => worker::spawn(name, sink, shared, health, deadline.clone()),
-            Some(after) => worker::spawn_after(name, sink, shared, health, deadline.clone(), after),
-        }?;
+        let worker = worker::spawn(name, sink, shared, health, deadline.clone(), turn)?;
         self.outputs.insert(
             name.to_owned(),
             Output {
@@ -226,6 +254,8 @@ impl Outputs {
                 when_full: buffer.when_full,
                 stats,
                 worker: Some(worker),
+                target,
+                ended,
                 deadline,
                 drops: None,
                 refused: 0,
@@ -422,38 +452,50 @@ impl Outputs {
     /// closed, and its delivery thread goes on delivering what it holds until its own
     /// deadline (`shutdown_timeout_secs` from now), as at a stop; the new output takes the lines
     /// from now on and delivers them once the old one has finished, so that nothing is lost
-    /// between them and each output's order is kept. A removed output finishes the same way.
+    /// between them and each output's order is kept; it also waits for any other output still
+    /// finishing that had its name or writes to the same place (removed by an earlier reload, or
+    /// renamed), so that no two threads write to one file or peer. A removed output finishes the
+    /// same way.
     /// What a replaced or removed output could not deliver is logged by it and reported at the
     /// end of the run.
     pub(crate) fn apply(&mut self, changes: Changes, metrics: &Metrics) -> io::Result<()> {
         let committed = self.commit();
-        for (name, change) in changes.0 {
-            let mut after = None;
-            let mut carried = 0;
-            let mut held = Vec::new();
-            if let Some(mut old) = self.outputs.remove(&name) {
-                old.deadline.start();
-                if change.is_some() {
-                    // What it has not started goes to the replacement; what it fails to
-                    // deliver from now on too.
-                    held = old.queue.retire();
-                    after = old.worker.take();
-                    carried = old.refused;
-                } else {
-                    old.queue.close();
-                    self.retired.push((name.clone(), old));
-                }
+        // Every old one first: a new output waits for any old one of its name or target, even
+        // one listed after it (a rename).
+        let mut replaced = BTreeMap::new();
+        for (name, change) in &changes.0 {
+            let Some(mut old) = self.outputs.remove(name) else {
+                continue;
+            };
+            old.deadline.start();
+            self.ending.push(Ending {
+                name: name.clone(),
+                target: old.target.clone(),
+                ended: Arc::clone(&old.ended),
+            });
+            if change.is_some() {
+                // What it has not started goes to the replacement; what it fails to deliver
+                // from now on too.
+                let held = old.queue.retire();
+                replaced.insert(name.clone(), (old.worker.take(), old.refused, held));
+            } else {
+                old.queue.close();
+                self.retired.push((name.clone(), old));
             }
+        }
+        for (name, change) in changes.0 {
             let Some((sink, buffer, output)) = change else {
                 metrics.forget_output(&name);
                 tracing::info!(output = %name, "output removed by the reload; it finishes delivering what it holds");
                 continue;
             };
+            let (after, carried, held) = replaced.remove(&name).unwrap_or_default();
             let stats = metrics.output(&name);
             set_up_if_open(&output, &stats);
             tracing::info!(output = %name, target = %sink.describe(),
-                "output rebuilt by the reload; it delivers once the one it replaces has \
-                 finished what it holds");
+                "output rebuilt by the reload; it delivers once the one it replaces, and any \
+                 other still finishing that writes to the same place, has finished what it \
+                 holds");
             self.start_after(&name, sink, &buffer, stats, after)?;
             if let Some(output) = self.outputs.get_mut(&name) {
                 output.refused = carried;

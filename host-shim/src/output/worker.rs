@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -79,6 +79,12 @@ pub(crate) trait Sink: Send {
 
     /// Where the output goes, for messages (`tcp://host:port`, a file path, `stdout`).
     fn describe(&self) -> String;
+
+    /// What the output writes to, as a key: two outputs with the same key write to the same
+    /// place (a file by its canonical path), so one must not start before the other has ended.
+    fn target(&self) -> String {
+        self.describe()
+    }
 }
 
 /// How an output's thread ended.
@@ -111,47 +117,79 @@ impl Outcome {
 /// How long the delivery thread waits for a batch before it checks on what it already wrote.
 const IDLE_POLL: Duration = Duration::from_millis(200);
 
+/// Set once an output's delivery thread has ended (however it ended): an output that writes to
+/// the same place waits for it.
+#[derive(Debug, Default)]
+pub(crate) struct Ended {
+    ended: Mutex<bool>,
+    cv: Condvar,
+}
+
+impl Ended {
+    /// Whether the thread has ended.
+    pub(crate) fn is_set(&self) -> bool {
+        *self.ended.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn set(&self) {
+        *self.ended.lock().unwrap_or_else(|e| e.into_inner()) = true;
+        self.cv.notify_all();
+    }
+
+    fn wait(&self) {
+        let mut ended = self.ended.lock().unwrap_or_else(|e| e.into_inner());
+        while !*ended {
+            ended = self.cv.wait(ended).unwrap_or_else(|e| e.into_inner());
+        }
+    }
+}
+
+/// Sets [`Ended`] when dropped: at the end of the delivery thread, even one that panicked.
+struct SetOnDrop(Arc<Ended>);
+
+impl Drop for SetOnDrop {
+    fn drop(&mut self) {
+        self.0.set();
+    }
+}
+
+/// What a new output's delivery thread waits for before it delivers anything, and what it
+/// tells when it ends.
+pub(crate) struct Turn {
+    /// The thread of the output it replaces (same name, its queue retired): joined, and what
+    /// it could not deliver is delivered first.
+    pub(crate) after: Option<JoinHandle<Outcome>>,
+    /// Other outputs still finishing that write to the same place (or had the same name): a
+    /// removed output, a replaced one of another name. Waited for, so that no two threads
+    /// write to one file or peer at once and the lines keep their order.
+    pub(crate) wait_for: Vec<Arc<Ended>>,
+    /// Set when this output's thread ends.
+    pub(crate) ended: Arc<Ended>,
+}
+
 /// Runs an output's delivery loop on a new thread until its queue is closed and empty and
 /// everything written is settled, or it gives up (a fatal error, or an error after the
-/// deadline).
+/// deadline). It delivers nothing before its [`Turn`]: the threads it waits for have ended, so
+/// that an output replacing another (a reload) keeps its lines' order and never writes to the
+/// same file or peer at the same time. What the thread it replaces did not deliver is added to
+/// what this one reports.
 pub(crate) fn spawn(
     name: &str,
     sink: Box<dyn Sink>,
     queue: Arc<Queue>,
     stats: OutputHealth,
     deadline: Deadline,
-) -> io::Result<JoinHandle<Outcome>> {
-    spawn_thread(name, sink, queue, stats, deadline, None)
-}
-
-/// [`spawn`], for an output that replaces another of the same name (a reload): it delivers
-/// nothing before the thread `after` (the replaced output's, its queue closed) has ended, so
-/// that the output's lines keep their order across the switch. What `after` did not deliver
-/// is added to what this one reports.
-pub(crate) fn spawn_after(
-    name: &str,
-    sink: Box<dyn Sink>,
-    queue: Arc<Queue>,
-    stats: OutputHealth,
-    deadline: Deadline,
-    after: JoinHandle<Outcome>,
-) -> io::Result<JoinHandle<Outcome>> {
-    spawn_thread(name, sink, queue, stats, deadline, Some(after))
-}
-
-fn spawn_thread(
-    name: &str,
-    sink: Box<dyn Sink>,
-    queue: Arc<Queue>,
-    stats: OutputHealth,
-    deadline: Deadline,
-    after: Option<JoinHandle<Outcome>>,
+    turn: Turn,
 ) -> io::Result<JoinHandle<Outcome>> {
     let name = name.to_owned();
     std::thread::Builder::new()
         .name(format!("egresswatch-out-{name}"))
         .spawn(move || {
-            let mut before = after.map(|h| h.join().unwrap_or_default());
+            let _ended = SetOnDrop(turn.ended);
+            let mut before = turn.after.map(|h| h.join().unwrap_or_default());
+            for other in &turn.wait_for {
+                other.wait();
+            }
             if let Some(held) = before.as_mut().map(|b| std::mem::take(&mut b.handed_over)) {
                 if !held.is_empty() {
                     let lines: u64 = held.iter().map(|b| b.lines).sum();
@@ -392,6 +430,8 @@ pub(crate) fn open_append(path: &Path) -> io::Result<File> {
 pub(crate) struct WriterSink {
     writer: Box<dyn Write + Send>,
     what: String,
+    /// [`Sink::target`]: a file's canonical path.
+    target: String,
     fatal: bool,
     /// Bytes of the current batch already written.
     offset: usize,
@@ -405,6 +445,7 @@ impl WriterSink {
         WriterSink {
             writer: Box::new(io::stdout()),
             what: "stdout".into(),
+            target: "stdout".into(),
             fatal: true,
             offset: 0,
             reopen: None,
@@ -417,6 +458,11 @@ impl WriterSink {
         WriterSink {
             writer: Box::new(file),
             what: path.display().to_string(),
+            // (Open, so it exists: `./out` and `out`, or a symbolic link, are one file.)
+            target: std::fs::canonicalize(path)
+                .unwrap_or_else(|_| path.to_path_buf())
+                .display()
+                .to_string(),
             fatal: false,
             offset: 0,
             reopen: Some((path.to_path_buf(), REOPEN_FILES.load(Ordering::Relaxed))),
@@ -429,6 +475,7 @@ impl WriterSink {
         WriterSink {
             writer,
             what: "test".into(),
+            target: "test".into(),
             fatal: true,
             offset: 0,
             reopen: None,
@@ -482,5 +529,9 @@ impl Sink for WriterSink {
 
     fn describe(&self) -> String {
         self.what.clone()
+    }
+
+    fn target(&self) -> String {
+        self.target.clone()
     }
 }

@@ -72,6 +72,18 @@ pub(crate) trait Sink: Send {
         Vec::new()
     }
 
+    /// Takes how much of the batch in hand is written for good (a file's bytes) and forgets it:
+    /// a reload replaced the output as it failed partway through the batch, and its replacement
+    /// must not write that again. 0 for sinks whose replacement writes the batch again whole.
+    fn take_written(&mut self) -> usize {
+        0
+    }
+
+    /// The first batch this sink delivers begins with `written` bytes already written where it
+    /// writes, by the output it replaces, which stopped partway through that line: it writes
+    /// only the rest of them.
+    fn resume(&mut self, _written: usize) {}
+
     /// Lines written but not known to have reached the peer, lost if the output gives up now.
     fn outstanding_lines(&self) -> u64 {
         0
@@ -96,6 +108,18 @@ pub(crate) struct Outcome {
     pub(crate) error: Option<String>,
     /// Replaced by a reload: the batch it could not deliver, for its replacement to deliver.
     handed_over: Vec<Batch>,
+    /// Replaced as it failed partway through a line of a file: where, and how much of that
+    /// line (the first of `handed_over`) is written.
+    torn: Option<Torn>,
+}
+
+/// A line an output replaced by a reload wrote only the beginning of.
+#[derive(Debug)]
+struct Torn {
+    /// Where ([`Sink::target`]).
+    target: String,
+    /// Bytes written.
+    written: usize,
 }
 
 impl Outcome {
@@ -110,6 +134,7 @@ impl Outcome {
             undelivered: self.undelivered + later.undelivered,
             error,
             handed_over: later.handed_over,
+            torn: later.torn,
         }
     }
 }
@@ -190,13 +215,25 @@ pub(crate) fn spawn(
             for other in &turn.wait_for {
                 other.wait();
             }
-            if let Some(held) = before.as_mut().map(|b| std::mem::take(&mut b.handed_over)) {
+            let mut sink = sink;
+            if let Some(before) = before.as_mut() {
+                let held = std::mem::take(&mut before.handed_over);
                 if !held.is_empty() {
                     let lines: u64 = held.iter().map(|b| b.lines).sum();
                     tracing::info!(output = %name, lines,
                         "the output the reload replaced could not deliver these lines; its \
                          replacement delivers them first");
                     queue.put_front(held);
+                }
+                match before.torn.take() {
+                    // The same file: what it wrote of the line is finished, not written twice.
+                    Some(torn) if torn.target == sink.target() => sink.resume(torn.written),
+                    Some(torn) => tracing::warn!(output = %name, path = %torn.target,
+                        bytes = torn.written,
+                        "the output the reload replaced stopped partway through a line: its \
+                         beginning is left at the end of that file, and the line is written \
+                         whole to the new one"),
+                    None => {}
                 }
             }
             let mut worker = Worker {
@@ -252,7 +289,7 @@ impl Worker {
                     self.queue.settled(&batch, outstanding);
                     if let Err(mut outcome) = delivered {
                         if self.queue.retired() {
-                            outcome.handed_over.push(batch);
+                            self.hand_over(batch, &mut outcome);
                         }
                         return outcome;
                     }
@@ -294,12 +331,39 @@ impl Worker {
                                 self.sink.describe()
                             )),
                             handed_over: Vec::new(),
+                            torn: None,
                         },
                         Err(outcome) => outcome,
                     };
                 }
             }
         }
+    }
+
+    /// Hands the batch in hand, which it failed to deliver, to the output that replaces this one
+    /// (a reload): for a sink whose writes are final (a file), only what it did not write, from
+    /// the start of the line it stopped in ([`Outcome::torn`] says how much of that is
+    /// written), so that nothing is written twice and no line is left torn.
+    fn hand_over(&mut self, mut batch: Batch, outcome: &mut Outcome) {
+        let written = self.sink.take_written().min(batch.data.len());
+        let line = memchr::memrchr(b'\n', &batch.data[..written]).map_or(0, |nl| nl + 1);
+        if line > 0 {
+            let done = memchr::memchr_iter(b'\n', &batch.data[..line]).count() as u64;
+            self.stats.delivered(done);
+            batch.data.drain(..line);
+            batch.lines -= done;
+        }
+        if batch.data.is_empty() {
+            batch.acks.drain(..).for_each(Ack::delivered);
+            return;
+        }
+        if written > line && outcome.handed_over.is_empty() {
+            outcome.torn = Some(Torn {
+                target: self.sink.target(),
+                written: written - line,
+            });
+        }
+        outcome.handed_over.push(batch);
     }
 
     /// What the sink wrote that its peer may not have, as a batch for the output that replaces
@@ -365,6 +429,7 @@ impl Worker {
                             undelivered,
                             error: Some(reason),
                             handed_over: Vec::new(),
+                            torn: None,
                         });
                     }
                     if failures == 1 {
@@ -533,5 +598,116 @@ impl Sink for WriterSink {
 
     fn target(&self) -> String {
         self.target.clone()
+    }
+
+    fn take_written(&mut self) -> usize {
+        std::mem::take(&mut self.offset)
+    }
+
+    fn resume(&mut self, written: usize) {
+        self.offset = written;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::WhenFull;
+
+    /// A file on a disk that has room for `room` bytes (shared, as one file is), then fails.
+    struct SmallDisk {
+        file: Arc<Mutex<Vec<u8>>>,
+        room: usize,
+    }
+
+    impl Write for SmallDisk {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let mut file = self.file.lock().unwrap();
+            let n = buf.len().min(self.room.saturating_sub(file.len()));
+            if n == 0 {
+                return Err(io::Error::from(io::ErrorKind::StorageFull));
+            }
+            file.extend_from_slice(&buf[..n]);
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn file_sink(file: &Arc<Mutex<Vec<u8>>>, room: usize) -> Box<dyn Sink> {
+        let writer = SmallDisk {
+            file: Arc::clone(file),
+            room,
+        };
+        // (A file's write errors are retried.)
+        Box::new(WriterSink {
+            fatal: false,
+            ..WriterSink::writer(Box::new(writer))
+        })
+    }
+
+    fn turn(after: Option<JoinHandle<Outcome>>) -> Turn {
+        Turn {
+            after,
+            wait_for: Vec::new(),
+            ended: Arc::default(),
+        }
+    }
+
+    #[test]
+    fn a_file_output_replaced_partway_through_a_line_leaves_it_whole_and_writes_nothing_twice() {
+        let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+        let file = Arc::new(Mutex::new(Vec::new()));
+        let none = Deadline::default();
+        let old_queue = Arc::new(Queue::new(1 << 20, stats.clone()));
+        let batch = |data: &[u8]| Batch {
+            data: data.to_vec(),
+            lines: memchr::memchr_iter(b'\n', data).count() as u64,
+            acks: Vec::new(),
+            end: None,
+        };
+        old_queue
+            .push(batch(b"one\ntwo\nthree\n"), WhenFull::Block, &none)
+            .unwrap();
+        // The disk fills up 6 bytes in, partway through `two`: the output retries.
+        let old = spawn(
+            "t",
+            file_sink(&file, 6),
+            Arc::clone(&old_queue),
+            stats.clone(),
+            none.clone(),
+            turn(None),
+        )
+        .unwrap();
+        let waited = std::time::Instant::now();
+        while file.lock().unwrap().len() < 6 {
+            assert!(waited.elapsed() < Duration::from_secs(30), "never wrote");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // A reload replaces it with an output to the same file (room made meanwhile).
+        assert!(old_queue.retire().is_empty(), "the batch is in hand");
+        let new_queue = Arc::new(Queue::new(1 << 20, stats.clone()));
+        new_queue
+            .push(batch(b"four\n"), WhenFull::Block, &none)
+            .unwrap();
+        new_queue.close();
+        let new = spawn(
+            "t",
+            file_sink(&file, usize::MAX),
+            new_queue,
+            stats.clone(),
+            none,
+            turn(Some(old)),
+        )
+        .unwrap();
+        let outcome = new.join().unwrap();
+        assert_eq!(outcome.undelivered, 0, "{:?}", outcome.error);
+        assert_eq!(
+            String::from_utf8_lossy(&file.lock().unwrap()),
+            "one\ntwo\nthree\nfour\n"
+        );
+        assert_eq!(stats.status().delivered, 4);
     }
 }

@@ -415,19 +415,16 @@ fn deliver(
     deadline: &Deadline,
 ) -> mpsc::Receiver<worker::Outcome> {
     let sink = Box::new(WriterSink::writer(Box::new(out.clone())));
-    let thread = worker::spawn(
+    let (thread, gate) = worker::spawn(
         "t",
         sink,
         Arc::clone(queue),
         stats.clone(),
         deadline.clone(),
-        worker::Turn {
-            after: None,
-            wait_for: Vec::new(),
-            ended: Arc::default(),
-        },
+        Arc::default(),
     )
     .unwrap();
+    assert!(gate.open(worker::Turn::default()).is_ok());
     let (tell, told) = mpsc::channel();
     std::thread::spawn(move || tell.send(thread.join().unwrap()));
     told

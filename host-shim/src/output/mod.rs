@@ -37,7 +37,7 @@ use crate::metrics::{Metrics, OutputHealth};
 use queue::{Batch, Pushed, Queue, Refused};
 use socket::{SocketSink, Target};
 pub(crate) use worker::reopen_files;
-use worker::{open_append, Ended, Outcome, Sink, Turn, WriterSink};
+use worker::{open_append, Ended, Gate, Outcome, Sink, Turn, WriterSink};
 
 /// Initial capacity of an output's batch buffer.
 const BATCH_CAPACITY: usize = 64 * 1024;
@@ -87,18 +87,25 @@ struct Output {
 }
 
 impl Output {
-    /// Hands the batch to the buffer, applying the `when_full` policy.
-    fn commit(&mut self, name: &str, deadline: &Deadline) -> io::Result<()> {
+    /// The lines written since the last commit, taken.
+    fn take_batch(&mut self) -> Option<Batch> {
         if self.batch.is_empty() {
-            return Ok(());
+            return None;
         }
-        let lines = std::mem::take(&mut self.lines);
-        let batch = Batch {
+        Some(Batch {
             data: std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_CAPACITY)),
-            lines,
+            lines: std::mem::take(&mut self.lines),
             acks: std::mem::take(&mut self.acks),
             end: None,
+        })
+    }
+
+    /// Hands the batch to the buffer, applying the `when_full` policy.
+    fn commit(&mut self, name: &str, deadline: &Deadline) -> io::Result<()> {
+        let Some(batch) = self.take_batch() else {
+            return Ok(());
         };
+        let lines = batch.lines;
         match self.queue.push(batch, self.when_full, deadline) {
             Ok(Pushed::Queued) => Ok(()),
             Ok(Pushed::Dropped(batch)) => {
@@ -212,56 +219,93 @@ impl Outputs {
         buffer: &BufferConfig,
         stats: OutputHealth,
     ) -> io::Result<()> {
-        self.start_after(name, sink, buffer, stats, None)
+        let ready = self.ready(name, sink, buffer, stats)?;
+        self.put_in_place(name, ready, None, None);
+        Ok(())
     }
 
-    /// [`Outputs::start`], delivering only once `after` (the thread of the output it replaces)
-    /// and every other output still finishing that had its name or writes where it writes
-    /// have ended.
-    fn start_after(
-        &mut self,
+    /// Output `name` made: its buffer, and its delivery thread started, waiting at its gate.
+    /// Dropped, the thread ends having done nothing.
+    fn ready(
+        &self,
         name: &str,
         sink: Box<dyn Sink>,
         buffer: &BufferConfig,
         stats: OutputHealth,
-        after: Option<JoinHandle<Outcome>>,
-    ) -> io::Result<()> {
+    ) -> io::Result<Ready> {
         let queue = Arc::new(open_buffer(name, buffer, &stats)?);
         let deadline = self.deadline.child();
-        let target = sink.target();
+        let (target, describe) = (sink.target(), sink.describe());
+        let ended = Arc::new(Ended::default());
+        let (shared, health) = (Arc::clone(&queue), stats.clone());
+        let (worker, gate) = worker::spawn(
+            name,
+            sink,
+            shared,
+            health,
+            deadline.clone(),
+            Arc::clone(&ended),
+        )?;
+        Ok(Ready {
+            queue,
+            when_full: buffer.when_full,
+            stats,
+            worker,
+            gate,
+            target,
+            describe,
+            ended,
+            deadline,
+        })
+    }
+
+    /// Puts `ready` in place as output `name`, holding `pending` (lines not yet handed to a
+    /// buffer), and lets its thread go: it delivers once `after` (the thread of the output it
+    /// replaces) and every other output still finishing that had its name or writes where it
+    /// writes have ended. Cannot fail.
+    fn put_in_place(
+        &mut self,
+        name: &str,
+        ready: Ready,
+        after: Option<JoinHandle<Outcome>>,
+        pending: Option<Batch>,
+    ) {
         self.ending.retain(|e| !e.ended.is_set());
         let wait_for = self
             .ending
             .iter()
-            .filter(|e| e.name == name || e.target == target)
+            .filter(|e| e.name == name || e.target == ready.target)
             .map(|e| Arc::clone(&e.ended))
             .collect();
-        let ended = Arc::new(Ended::default());
-        let turn = Turn {
-            after,
-            wait_for,
-            ended: Arc::clone(&ended),
-        };
-        let (shared, health) = (Arc::clone(&queue), stats.clone());
-        let worker = worker::spawn(name, sink, shared, health, deadline.clone(), turn)?;
+        let mut worker = Some(ready.worker);
+        if let Err(turn) = ready.gate.open(Turn { after, wait_for }) {
+            // (Its thread ended before it was let go: only a panic does that. What the one it
+            // replaces reports is collected at the end instead.)
+            tracing::error!(output = %name, "the output's delivery thread ended before it started; \
+                its lines are held until the end of the run");
+            worker = turn.after.or(worker);
+        }
+        let (batch, lines, acks) = pending.map_or_else(
+            || (Vec::with_capacity(BATCH_CAPACITY), 0, Vec::new()),
+            |b| (b.data, b.lines, b.acks),
+        );
         self.outputs.insert(
             name.to_owned(),
             Output {
-                batch: Vec::with_capacity(BATCH_CAPACITY),
-                lines: 0,
-                acks: Vec::new(),
-                queue,
-                when_full: buffer.when_full,
-                stats,
-                worker: Some(worker),
-                target,
-                ended,
-                deadline,
+                batch,
+                lines,
+                acks,
+                queue: ready.queue,
+                when_full: ready.when_full,
+                stats: ready.stats,
+                worker,
+                target: ready.target,
+                ended: ready.ended,
+                deadline: ready.deadline,
                 drops: None,
                 refused: 0,
             },
         );
-        Ok(())
     }
 
     /// Appends one line (without terminator) and a newline to the named output's batch, or to
@@ -409,20 +453,33 @@ fn open_buffer(name: &str, buffer: &BufferConfig, stats: &OutputHealth) -> io::R
     Ok(Queue::on_disk(log, found, buffer.max_bytes, stats.clone()))
 }
 
-/// What a reload changes in the outputs: for each output added or changed, its new sink
-/// (built, files opened and certificates read, not yet started); for each one removed, `None`.
-pub(crate) struct Changes(Vec<(String, Option<Built>)>);
+/// What a reload changes in the outputs: for each output added or changed, the new one, built
+/// (files opened, certificates read, its delivery thread started, waiting at its gate); for
+/// each one removed, `None`. Dropped (the reload refused), the new threads end having done
+/// nothing.
+pub(crate) struct Changes(Vec<(String, Option<(Ready, OutputConfig)>)>);
 
-/// An output built for a reload: its sink, its buffer's settings, and its configuration.
-type Built = (Box<dyn Sink>, BufferConfig, OutputConfig);
+/// An output made and its delivery thread started, not yet in place ([`Outputs::ready`]).
+pub(crate) struct Ready {
+    queue: Arc<Queue>,
+    when_full: WhenFull,
+    stats: OutputHealth,
+    worker: JoinHandle<Outcome>,
+    gate: Gate,
+    target: String,
+    describe: String,
+    ended: Arc<Ended>,
+    deadline: Deadline,
+}
 
 impl Outputs {
     /// Builds the outputs `names` as `config` describes them (a reload's new configuration),
     /// without touching the running ones: an output that cannot be built (a file that cannot
-    /// be opened, a certificate that cannot be read) is an error naming it, and the reload is
-    /// refused. A name `config` no longer has is a removal (`default`, unless configured, is
-    /// standard output).
+    /// be opened, a certificate that cannot be read, a thread that cannot be started) is an
+    /// error naming it, and the reload is refused. A name `config` no longer has is a removal
+    /// (`default`, unless configured, is standard output).
     pub(crate) fn prepare(
+        &self,
         config: &HostConfig,
         names: &[String],
         metrics: &Metrics,
@@ -440,26 +497,29 @@ impl Outputs {
                     continue;
                 }
             };
-            let built = sink(config, name, output, &metrics.output(name))?;
+            let stats = metrics.output(name);
+            let built = sink(config, name, output, &stats)?;
             let mut buffer = output.buffer().clone();
             buffer.path = buffer.path.map(|p| config.resolve(&p));
-            changes.push((name.clone(), Some((built, buffer, output.clone()))));
+            let ready = self.ready(name, built, &buffer, stats).map_err(|e| {
+                io::Error::new(e.kind(), format!("output {name}: cannot be started: {e}"))
+            })?;
+            changes.push((name.clone(), Some((ready, output.clone()))));
         }
         Ok(Changes(changes))
     }
 
-    /// Puts `changes` in place (a reload, between blocks): each changed output's buffer is
-    /// closed, and its delivery thread goes on delivering what it holds until its own
-    /// deadline (`shutdown_timeout_secs` from now), as at a stop; the new output takes the lines
-    /// from now on and delivers them once the old one has finished, so that nothing is lost
-    /// between them and each output's order is kept; it also waits for any other output still
-    /// finishing that had its name or writes to the same place (removed by an earlier reload, or
-    /// renamed), so that no two threads write to one file or peer. A removed output finishes the
-    /// same way.
-    /// What a replaced or removed output could not deliver is logged by it and reported at the
-    /// end of the run.
-    pub(crate) fn apply(&mut self, changes: Changes, metrics: &Metrics) -> io::Result<()> {
-        let committed = self.commit();
+    /// Puts `changes` in place (a reload, between blocks); it cannot fail. Each changed
+    /// output's buffer is closed, and its delivery thread goes on delivering what it holds
+    /// until its own deadline (`shutdown_timeout_secs` from now), as at a stop; the new output
+    /// takes the lines from now on (and those written since the last commit) and delivers them
+    /// once the old one has finished, so that nothing is lost between them and each output's
+    /// order is kept; it also waits for any other output still finishing that had its name or
+    /// writes to the same place (removed by an earlier reload, or renamed), so that no two
+    /// threads write to one file or peer. A removed output finishes the same way, with the
+    /// lines written to it since the last commit. What a replaced or removed output could not
+    /// deliver is logged by it and reported at the end of the run.
+    pub(crate) fn apply(&mut self, changes: Changes, metrics: &Metrics) {
         // Every old one first: a new output waits for any old one of its name or target, even
         // one listed after it (a rename).
         let mut replaced = BTreeMap::new();
@@ -473,36 +533,40 @@ impl Outputs {
                 target: old.target.clone(),
                 ended: Arc::clone(&old.ended),
             });
+            let pending = old.take_batch();
             if change.is_some() {
                 // What it has not started goes to the replacement; what it fails to deliver
                 // from now on too.
                 let held = old.queue.retire();
-                replaced.insert(name.clone(), (old.worker.take(), old.refused, held));
+                let worker = old.worker.take();
+                replaced.insert(name.clone(), (worker, old.refused, held, pending));
             } else {
+                if let Some(batch) = pending {
+                    old.queue.put_back(batch);
+                }
                 old.queue.close();
                 self.retired.push((name.clone(), old));
             }
         }
         for (name, change) in changes.0 {
-            let Some((sink, buffer, output)) = change else {
+            let Some((ready, output)) = change else {
                 metrics.forget_output(&name);
                 tracing::info!(output = %name, "output removed by the reload; it finishes delivering what it holds");
                 continue;
             };
-            let (after, carried, held) = replaced.remove(&name).unwrap_or_default();
-            let stats = metrics.output(&name);
-            set_up_if_open(&output, &stats);
-            tracing::info!(output = %name, target = %sink.describe(),
+            let (after, carried, held, pending) = replaced.remove(&name).unwrap_or_default();
+            set_up_if_open(&output, &ready.stats);
+            tracing::info!(output = %name, target = %ready.describe,
                 "output rebuilt by the reload; it delivers once the one it replaces, and any \
                  other still finishing that writes to the same place, has finished what it \
                  holds");
-            self.start_after(&name, sink, &buffer, stats, after)?;
+            // (Before its thread goes: what the old thread hands back goes before these.)
+            ready.queue.put_front(held);
+            self.put_in_place(&name, ready, after, pending);
             if let Some(output) = self.outputs.get_mut(&name) {
                 output.refused = carried;
-                output.queue.put_front(held);
             }
         }
-        committed
     }
 }
 
@@ -617,5 +681,46 @@ fn log_drops(name: &str, drops: &mut Option<(Instant, u64)>, lines: u64) {
                 *drops = Some((Instant::now(), 0));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_reload_whose_output_thread_cannot_start_loses_nothing_and_keeps_the_output() {
+        let dir = std::env::temp_dir().join(format!("egresswatch-apply-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let config = |file: &str| {
+            let path = dir.join(file);
+            let text = format!(
+                "outputs:\n  default: {{ type: file, path: '{}' }}\n",
+                path.display()
+            );
+            HostConfig::parse(&text, false).unwrap()
+        };
+        let (a, b) = (config("a.ndjson"), config("b.ndjson"));
+        let metrics = Metrics::new(Default::default());
+        let mut outputs = Outputs::open(&a, &Deadline::default(), &metrics).unwrap();
+        outputs.write_line(DEFAULT_OUTPUT, b"one").unwrap();
+        outputs.commit().unwrap();
+        // The system has no thread left for the new output.
+        worker::fail_next_spawn();
+        let changes = outputs.prepare(&b, &[DEFAULT_OUTPUT.to_owned()], &metrics);
+        let refused = changes.err().expect("refused").to_string();
+        assert!(
+            refused.contains("output default: cannot be started"),
+            "{refused}"
+        );
+        // The old output goes on: nothing lost.
+        outputs.write_line(DEFAULT_OUTPUT, b"two").unwrap();
+        outputs.commit().unwrap();
+        let (_, undelivered) = outputs.finish();
+        assert!(undelivered.is_empty(), "{undelivered:?}");
+        let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+        assert_eq!(read("a.ndjson") + &read("b.ndjson"), "one\ntwo\n");
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

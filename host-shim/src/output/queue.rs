@@ -534,6 +534,17 @@ impl Queue {
         self.not_empty.notify_all();
     }
 
+    /// Adds `batch` after everything queued, whatever the bound: the last lines of an output a
+    /// reload removed, which it delivers before it ends.
+    pub(crate) fn put_back(&self, batch: Batch) {
+        let mut inner = self.lock();
+        inner.bytes += batch.data.len() as u64;
+        self.stats
+            .pending(true, batch.data.len() as u64, batch.lines);
+        inner.items.push_back(batch);
+        self.not_empty.notify_all();
+    }
+
     /// The output failed for good, with `in_hand` lines taken and not delivered: further pushes
     /// are refused with `reason` (a disk buffer takes them while it has room). Returns the lines
     /// that will never be delivered: those in hand and queued, none for a disk buffer (it keeps

@@ -7,7 +7,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Condvar, Mutex};
+use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -178,8 +178,8 @@ impl Drop for SetOnDrop {
     }
 }
 
-/// What a new output's delivery thread waits for before it delivers anything, and what it
-/// tells when it ends.
+/// What a new output's delivery thread waits for before it delivers anything.
+#[derive(Default)]
 pub(crate) struct Turn {
     /// The thread of the output it replaces (same name, its queue retired): joined, and what
     /// it could not deliver is delivered first.
@@ -188,29 +188,49 @@ pub(crate) struct Turn {
     /// removed output, a replaced one of another name. Waited for, so that no two threads
     /// write to one file or peer at once and the lines keep their order.
     pub(crate) wait_for: Vec<Arc<Ended>>,
-    /// Set when this output's thread ends.
-    pub(crate) ended: Arc<Ended>,
 }
 
-/// Runs an output's delivery loop on a new thread until its queue is closed and empty and
-/// everything written is settled, or it gives up (a fatal error, or an error after the
-/// deadline). It delivers nothing before its [`Turn`]: the threads it waits for have ended, so
-/// that an output replacing another (a reload) keeps its lines' order and never writes to the
-/// same file or peer at the same time. What the thread it replaces did not deliver is added to
-/// what this one reports.
+/// Lets a delivery thread started by [`spawn`] go. Dropped unopened (a reload refused after
+/// the thread was started), the thread ends at once, having done nothing.
+pub(crate) struct Gate(mpsc::Sender<Turn>);
+
+impl Gate {
+    /// Lets the thread go, once `turn`'s threads have ended. Gives `turn` back if the thread is
+    /// gone (it does nothing before this, so only a panic could end it).
+    pub(crate) fn open(self, turn: Turn) -> Result<(), Turn> {
+        self.0.send(turn).map_err(|e| e.0)
+    }
+}
+
+/// Starts an output's delivery thread, which waits at its [`Gate`] until it is let go, then for
+/// its [`Turn`] (the threads it waits for have ended, so that an output replacing another, a
+/// reload, keeps its lines' order and never writes to the same file or peer at the same time),
+/// then runs the delivery loop until its queue is closed and empty and everything written is
+/// settled, or it gives up (a fatal error, or an error after the deadline). What the thread it
+/// replaces did not deliver is added to what this one reports. `ended` is set when the thread
+/// ends. Started before it is needed, so that a reload that cannot start it is refused before
+/// anything running changes.
 pub(crate) fn spawn(
     name: &str,
     sink: Box<dyn Sink>,
     queue: Arc<Queue>,
     stats: OutputHealth,
     deadline: Deadline,
-    turn: Turn,
-) -> io::Result<JoinHandle<Outcome>> {
+    ended: Arc<Ended>,
+) -> io::Result<(JoinHandle<Outcome>, Gate)> {
+    #[cfg(test)]
+    if FAIL_NEXT_SPAWN.with(|fail| fail.take()) {
+        return Err(io::Error::other("cannot start a thread (test)"));
+    }
     let name = name.to_owned();
-    std::thread::Builder::new()
+    let (gate, turn) = mpsc::channel::<Turn>();
+    let handle = std::thread::Builder::new()
         .name(format!("egresswatch-out-{name}"))
         .spawn(move || {
-            let _ended = SetOnDrop(turn.ended);
+            let _ended = SetOnDrop(ended);
+            let Ok(turn) = turn.recv() else {
+                return Outcome::default();
+            };
             let mut before = turn.after.map(|h| h.join().unwrap_or_default());
             for other in &turn.wait_for {
                 other.wait();
@@ -249,7 +269,20 @@ pub(crate) fn spawn(
                 Some(before) => before.and(outcome),
                 None => outcome,
             }
-        })
+        })?;
+    Ok((handle, Gate(gate)))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Makes this thread's next [`spawn`] fail, as when the system has no threads left.
+    static FAIL_NEXT_SPAWN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes this thread's next [`spawn`] fail (tests).
+#[cfg(test)]
+pub(crate) fn fail_next_spawn() {
+    FAIL_NEXT_SPAWN.with(|fail| fail.set(true));
 }
 
 /// One output's delivery thread.
@@ -648,12 +681,23 @@ mod tests {
         })
     }
 
-    fn turn(after: Option<JoinHandle<Outcome>>) -> Turn {
-        Turn {
+    /// Starts a delivery thread and lets it go at once, after `after`.
+    fn start(
+        sink: Box<dyn Sink>,
+        queue: &Arc<Queue>,
+        stats: &OutputHealth,
+        after: Option<JoinHandle<Outcome>>,
+    ) -> JoinHandle<Outcome> {
+        let ended = Arc::default();
+        let none = Deadline::default();
+        let (thread, gate) =
+            spawn("t", sink, Arc::clone(queue), stats.clone(), none, ended).unwrap();
+        let turn = Turn {
             after,
             wait_for: Vec::new(),
-            ended: Arc::default(),
-        }
+        };
+        assert!(gate.open(turn).is_ok());
+        thread
     }
 
     #[test]
@@ -672,15 +716,7 @@ mod tests {
             .push(batch(b"one\ntwo\nthree\n"), WhenFull::Block, &none)
             .unwrap();
         // The disk fills up 6 bytes in, partway through `two`: the output retries.
-        let old = spawn(
-            "t",
-            file_sink(&file, 6),
-            Arc::clone(&old_queue),
-            stats.clone(),
-            none.clone(),
-            turn(None),
-        )
-        .unwrap();
+        let old = start(file_sink(&file, 6), &old_queue, &stats, None);
         let waited = std::time::Instant::now();
         while file.lock().unwrap().len() < 6 {
             assert!(waited.elapsed() < Duration::from_secs(30), "never wrote");
@@ -693,15 +729,7 @@ mod tests {
             .push(batch(b"four\n"), WhenFull::Block, &none)
             .unwrap();
         new_queue.close();
-        let new = spawn(
-            "t",
-            file_sink(&file, usize::MAX),
-            new_queue,
-            stats.clone(),
-            none,
-            turn(Some(old)),
-        )
-        .unwrap();
+        let new = start(file_sink(&file, usize::MAX), &new_queue, &stats, Some(old));
         let outcome = new.join().unwrap();
         assert_eq!(outcome.undelivered, 0, "{:?}", outcome.error);
         assert_eq!(

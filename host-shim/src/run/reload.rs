@@ -175,7 +175,7 @@ impl Reloader<'_> {
         };
         // Last, as it registers the new outputs' health: one that cannot be built refuses the
         // reload, and what it registered is forgotten.
-        let changes = match Outputs::prepare(&config, &changed, live.metrics) {
+        let changes = match live.outputs.prepare(&config, &changed, live.metrics) {
             Ok(changes) => changes,
             Err(e) => {
                 for name in changed
@@ -193,9 +193,7 @@ impl Reloader<'_> {
         if let Ok(warnings) = transform.warnings().into_result() {
             warnings.iter().for_each(|w| tracing::warn!("{w}"));
         }
-        if let Err(e) = live.outputs.apply(changes, live.metrics) {
-            tracing::error!("SIGHUP: {e}");
-        }
+        live.outputs.apply(changes, live.metrics);
         if let Some(prepared) = rebind {
             let before = self.input.address.clone();
             match input::rebind(&mut self.input, prepared, &self.stop, &self.deadline) {

@@ -513,3 +513,69 @@ fn string_ends_found_through_the_index_match_the_byte_scan() {
         }
     }
 }
+
+/// Strings whose quotes, escapes or backslash runs sit on either side of a 64-byte block edge
+/// of the stop index, from every offset: each string ends where the byte scan says, and every
+/// line is accepted or refused as serde_json accepts or refuses it.
+#[test]
+fn strings_escapes_and_backslash_runs_across_the_block_edge() {
+    use grammar::{Indexed, Strings, Swar};
+    let (mut s, _) = schema(&PATHS);
+    let mut mask = Vec::new();
+    let mut pieces: Vec<String> = vec![
+        r#""plain string of some length""#.into(),
+        r#""a\"b""#.into(),
+        r#""\u00e9\u12aB""#.into(),
+        r#""\u12g4""#.into(),
+        r#""\x""#.into(),
+        "\"tab\there\"".into(),
+        r#""open"#.into(),
+    ];
+    // Runs of 1 to 70 backslashes before a quote: an odd run escapes it, an even one does not.
+    for run in 1..=70 {
+        pieces.push(format!("\"{}\"", "\\".repeat(run)));
+        pieces.push(format!("\"{}n\"", "\\".repeat(run)));
+    }
+    for piece in &pieces {
+        for pad in 0..=130 {
+            let line = format!(r#"{{"pad":"{}","k":{piece}}}"#, "p".repeat(pad));
+            let b = line.as_bytes();
+            grammar::index_stops(b, &mut mask);
+            let start = line.len() - piece.len();
+            assert_eq!(Indexed(&mask).end(b, start), Swar.end(b, start), "{line}");
+            let serde = serde_json::from_str::<serde::de::IgnoredAny>(&line).is_ok();
+            assert_eq!(s.scan(&line).is_ok(), serde, "{line}");
+        }
+    }
+}
+
+/// Wanted values (strings with escapes, arrays, numbers) on either side of a block edge, from
+/// every offset, read as serde_json reads them.
+#[test]
+fn values_across_the_block_edge_read_as_serde_json_reads_them() {
+    let (mut s, f) = schema(&PATHS);
+    let values = [
+        r#""10.1.2.3""#,
+        r#""a\"b\\\\""#,
+        r#""\u0041\ud83d\ude00 x""#,
+        r#"["network","x\\"]"#,
+        "-12.5e3",
+    ];
+    for value in values {
+        for pad in 0..=130 {
+            let line = format!(
+                r#"{{"pad":"{}","destination":{{"ip":{value}}},"event" : {{ "category" :{value} }} }}"#,
+                "p".repeat(pad)
+            );
+            let tree: serde_json::Value = serde_json::from_str(&line).unwrap();
+            let e = s
+                .scan(&line)
+                .unwrap_or_else(|err| panic!("{err} in {line}"));
+            for (id, path) in [(f[1], "/destination/ip"), (f[2], "/event/category")] {
+                let read: serde_json::Value =
+                    serde_json::from_str(&e.raw(id).expect(path)).unwrap();
+                assert_eq!(Some(&read), tree.pointer(path), "{path} in {line}");
+            }
+        }
+    }
+}

@@ -1,6 +1,7 @@
 //! Machinery shared by every model, one unit each: keyed hashing (`hash.rs`), the event-time
 //! bucket clock (`clock.rs`), exponential decay (`decay.rs`), the bounded two-tier key table
-//! (`keys.rs`), versioned state encoding (`state.rs`), the score curve (`score.rs`) and the
+//! (`keys.rs`), the dense map it and `high_sum`'s open buckets keep their entries in
+//! (`dense.rs`), versioned state encoding (`state.rs`), the score curve (`score.rs`) and the
 //! settings every model shares (`config.rs`). Human formatting is `egresswatch_common::human`'s.
 //!
 //! # Bucket clock
@@ -34,6 +35,7 @@
 mod clock;
 mod config;
 mod decay;
+mod dense;
 mod hash;
 mod keys;
 mod score;
@@ -42,6 +44,7 @@ mod state;
 pub use clock::{Clock, Slot, CLOCK_QUORUM, FUTURE_SKEW_MS};
 pub use config::ModelConfig;
 pub use decay::{Decay, Decayed};
+pub use dense::{free_elsewhere, DenseMap, FREE_ELSEWHERE_BYTES, HELPER_THREAD};
 pub use hash::{mix, KeyHasher, KeyMap, PassThrough};
 pub use keys::{KeyTable, Tracked};
 pub use score::{floor_probability, normal_neg_log10_sf, score_from_log10_p};

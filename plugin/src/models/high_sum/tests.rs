@@ -4,7 +4,7 @@ use super::*;
 use egresswatch_common::human::bytes as format_bytes;
 use std::sync::mpsc;
 
-use close::{free_elsewhere, FREEING_THREAD, FREE_ELSEWHERE_BYTES};
+use crate::models::engine::{free_elsewhere, FREE_ELSEWHERE_BYTES, HELPER_THREAD};
 
 const SPAN: i64 = 10_800_000;
 const T0: i64 = 1_700_000_000_000 / SPAN * SPAN;
@@ -568,9 +568,7 @@ fn a_crafted_closing_bucket_is_refused() {
         .windows(saved.len())
         .position(|w| w == saved.as_slice())
         .expect("the closing bucket in the state");
-    let mut twice = good.closing[0].clone();
-    twice.duplicate_first_for_test();
-    let crafted = postcard::to_allocvec(&twice).unwrap();
+    let crafted = good.closing[0].saved_with_first_twice();
     bytes.splice(at..at + saved.len(), crafted);
     let err = spread(4).load(&bytes).expect_err("a key twice");
     assert!(err.to_string().contains("closing.sum"), "{err}");
@@ -611,7 +609,7 @@ impl Drop for Tell {
 fn a_large_folded_bucket_is_freed_on_another_thread_a_small_one_here() {
     let (tx, rx) = mpsc::channel();
     free_elsewhere(Tell(tx.clone()), FREE_ELSEWHERE_BYTES);
-    assert_eq!(rx.recv().unwrap().as_deref(), Some(FREEING_THREAD));
+    assert_eq!(rx.recv().unwrap().as_deref(), Some(HELPER_THREAD));
     free_elsewhere(Tell(tx), FREE_ELSEWHERE_BYTES - 1);
     assert_eq!(
         rx.recv().unwrap(),

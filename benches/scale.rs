@@ -2,7 +2,9 @@
 //! of one bucket close, and the memory a state save adds, at 1k to 10M distinct destinations.
 //! Run with `cargo bench -p egresswatch-plugin --bench scale` (`-- --sizes 1000,100000` for
 //! fewer sizes; `--events N` measured events per size, default 20,000; `--memory-only` for the
-//! memory and close-time columns without the callgrind runs).
+//! memory and close-time columns without the callgrind runs). Besides the state's bytes per
+//! tracked destination, the table gives its growth from the previous size per destination added:
+//! the fixed part (histograms per partition, the other model, caches) weighs on small sizes.
 //!
 //! For each size N the binary drives itself in two processes:
 //! 1. `--case prepare` (native): the detector as the bench input configures it (both rules,
@@ -487,9 +489,12 @@ fn main() {
     // Each row is printed as soon as its size is measured (a 10M size takes a while).
     println!("scale: {events} measured events per size (detector in-process, both rules, GeoIP)\n");
     let memory_only = args.iter().any(|a| a == "--memory-only");
-    println!("| destinations | tracked | Ir/event | vs the first size | state B/tracked | state file B | save peak over running | load peak over loaded | closing event Ir | worst event Ir around the close | closing event wall ms | worst event wall ms | worst event CPU ms |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| destinations | tracked | Ir/event | vs the first size | state B/tracked | B/tracked over the previous size | state file B | save peak over running | load peak over loaded | closing event Ir | worst event Ir around the close | closing event wall ms | worst event wall ms | worst event CPU ms |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut first = None;
+    // The state's growth from the previous size: what a destination costs without the fixed
+    // part (per-partition histograms, the other model, caches), which dominates small sizes.
+    let mut previous: Option<(f64, f64)> = None;
     for &size in &sizes {
         let state = state_path(size);
         let out = Command::new(std::env::current_exe().expect("own path"))
@@ -535,10 +540,17 @@ fn main() {
             ("-".to_string(), "-".to_string())
         };
         let _ = std::fs::remove_file(&state);
+        let marginal = match previous {
+            Some((tracked, bytes)) if f[1] > tracked => {
+                format!("{:.1}", (f[2] - bytes) / (f[1] - tracked))
+            }
+            _ => "-".to_owned(),
+        };
+        previous = Some((f[1], f[2]));
         // PREPARED size tracked state_bytes file_bytes save_peak running close_ms worst_ms
         // worst_cpu_ms load_peak loaded
         println!(
-            "| {size} | {:.0} | {per_event} | {vs_first} | {:.1} | {:.0} | {:.1}% | {:.1}% | {close} | {worst} | {:.3} | {:.3} | {:.3} |",
+            "| {size} | {:.0} | {per_event} | {vs_first} | {:.1} | {marginal} | {:.0} | {:.1}% | {:.1}% | {close} | {worst} | {:.3} | {:.3} | {:.3} |",
             f[1],
             f[2] / f[1].max(1.0),
             f[3],

@@ -65,10 +65,9 @@
 //! ```
 //!
 //! # Memory
-//! Per tracked entity: a 24-byte slot in the entity table, plus, per open bucket it has a sum
-//! in, a 16-byte entry and a 5-byte index slot; hash tables and vectors at their real capacity
-//! make it about 60-110 bytes with two open buckets (measured by
-//! `million_destinations_fit_the_cap` and `benches/scale.rs`). Per partition: ~29 kB of
+//! Per tracked entity: a 24-byte entry in the entity table and a 5-byte index slot, plus, per
+//! open bucket it has a sum in, a 16-byte entry and a 5-byte index slot; at 1.1-2.3 index slots
+//! a key, about 70-90 bytes with two open buckets (89 at 1M in `benches/scale.rs`). Per partition: ~29 kB of
 //! histograms, and 7 kB of tally while a closed bucket is being folded.
 
 use serde::{Deserialize, Serialize};

@@ -42,6 +42,13 @@ fn unknown() -> bool {
     true
 }
 
+/// Eviction order: lighter first, then the one seen longest ago, then by key. The entries of a
+/// [`DenseMap`] are in arrival order, which a sender can arrange; the last tie-break makes the
+/// choice independent of it (keys are secret-keyed hashes, so their order cannot be aimed at).
+fn lightest_first(a: &(f64, i32, u64), b: &(f64, i32, u64)) -> std::cmp::Ordering {
+    a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)).then(a.2.cmp(&b.2))
+}
+
 impl<V: Tracked> KeyTable<V> {
     /// A table holding at most `max_entities` keys (at least 4).
     pub fn new(max_entities: usize) -> Self {
@@ -123,13 +130,18 @@ impl<V: Tracked> KeyTable<V> {
         if room == 0 {
             return;
         }
-        let ready: Vec<u64> = self
+        let mut ready: Vec<u64> = self
             .probation
             .iter()
             .filter(|(_, v)| v.promotable())
             .map(|(k, _)| k)
-            .take(room)
             .collect();
+        if ready.len() > room {
+            // Which ones go first must not depend on arrival order, which a sender can arrange:
+            // the keys are secret-keyed hashes, so their order is one a sender cannot predict.
+            ready.select_nth_unstable(room);
+            ready.truncate(room);
+        }
         for k in ready {
             if let Some(v) = self.probation.remove(k) {
                 self.established.insert(k, v);
@@ -149,7 +161,7 @@ impl<V: Tracked> KeyTable<V> {
         if cut == 0 {
             return;
         }
-        ranked.select_nth_unstable_by(cut, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        ranked.select_nth_unstable_by(cut, lightest_first);
         let room = self.cap_established.saturating_sub(self.established.len());
         if room >= ranked.len() - cut {
             for &(_, _, k) in &ranked[cut..] {
@@ -193,7 +205,7 @@ impl<V: Tracked> KeyTable<V> {
         if candidates.is_empty() {
             return;
         }
-        candidates.sort_unstable_by(|a, b| b.0.total_cmp(&a.0));
+        candidates.sort_unstable_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
         let room = self.cap_established.saturating_sub(self.established.len());
         if room < candidates.len() {
             // Displace at most 1/16 of the tier, and only keys weaker than the median candidate.
@@ -208,7 +220,7 @@ impl<V: Tracked> KeyTable<V> {
                 .filter(|(w, _, _)| *w < bar)
                 .collect();
             if weak.len() > limit {
-                weak.select_nth_unstable_by(limit, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+                weak.select_nth_unstable_by(limit, lightest_first);
                 weak.truncate(limit);
             }
             for &(_, _, k) in &weak {
@@ -273,12 +285,18 @@ impl<V: Tracked> KeyTable<V> {
                 .map(|(k, v)| (v.weight(now, decay), v.last_bucket(), k))
                 .collect();
             let cut = map.len() - cap;
-            ranked.select_nth_unstable_by(cut, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+            ranked.select_nth_unstable_by(cut, lightest_first);
             for &(_, _, k) in &ranked[..cut] {
                 map.remove(k);
             }
             self.evictions += cut as u64;
         }
+    }
+
+    /// Whether a key is in the established tier.
+    #[cfg(test)]
+    pub fn is_established(&self, key: u64) -> bool {
+        self.established.get(key).is_some()
     }
 
     /// Applies `f` to every entry (tests build crafted states with it).

@@ -226,3 +226,46 @@ fn a_change_that_makes_a_key_promotable_promotes_it_when_there_is_room() {
     assert_eq!((table.established_len(), table.probation_len()), (6, 2));
     assert_eq!(table.get(6).map(|v| v.0), Some(2.0));
 }
+
+#[test]
+fn which_keys_a_full_table_keeps_does_not_depend_on_their_arrival_order() {
+    // Keys of equal weight (as in a spray): shedding a full probation tier and promoting into
+    // too little room both break ties. A sender controls the arrival order, so it must not
+    // decide which keys stay or move up.
+    let decay = Decay::new(56.0);
+    let keys: Vec<u64> = (1..=16u64)
+        .map(|i| i.wrapping_mul(0x9e37_79b9_7f4a_7c15))
+        .collect();
+    let orders: [Vec<u64>; 3] = [
+        keys.clone(),
+        keys.iter().rev().copied().collect(),
+        keys.iter()
+            .step_by(2)
+            .chain(keys.iter().skip(1).step_by(2))
+            .copied()
+            .collect(),
+    ];
+    let outcome = |order: &[u64], weight: f64| {
+        let mut table = KeyTable::new(64); // 48 established, 16 on probation
+        for key in 100..140u64 {
+            table.change(key, 0, &decay, || Fixed(2.0), |_| ()); // promoted at once: room 8
+        }
+        for &key in order {
+            table.entry(key, 0, &decay, || Fixed(weight));
+        }
+        table.entry(7, 0, &decay, || Fixed(weight)); // probation full: make room
+        let state = |k: &u64| (table.get(*k).is_some(), table.is_established(*k));
+        keys.iter().map(state).collect::<Vec<_>>()
+    };
+    // Weight 1: nothing promotable, so the full tier's heavier half (8 of 16, all tied) moves
+    // into the 8 free established places. Weight 2: all promotable, 8 of them fit. Either way
+    // every key stays and the tie-break picks which 8 move up.
+    for weight in [1.0, 2.0] {
+        let first = outcome(&orders[0], weight);
+        assert!(first.iter().all(|(present, _)| *present));
+        assert_eq!(first.iter().filter(|(_, up)| *up).count(), 8);
+        for order in &orders[1..] {
+            assert_eq!(outcome(order, weight), first, "weight {weight}");
+        }
+    }
+}

@@ -5,7 +5,7 @@
 //! counts as a full buffer (`when_full` applies); a half-made segment is removed; a failed
 //! sync fails the requests waiting on it and on its segment; a read error is retried and never
 //! ends the output, but does not keep it past its deadline either. Also: `max_bytes` counts
-//! the record headers.
+//! the record headers, and opening reads nothing of what the buffer holds.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -144,9 +144,9 @@ fn dir(test: &str) -> PathBuf {
     dir
 }
 
-fn faulty(dir: &Path) -> (DiskLog, Found, Arc<Faulty>) {
+fn faulty(dir: &Path) -> (DiskLog, Arc<Faulty>) {
     let storage = Arc::new(Faulty::default());
-    let (log, found) = DiskLog::open_with(
+    let log = DiskLog::open_with(
         "t",
         dir,
         1 << 20,
@@ -154,7 +154,7 @@ fn faulty(dir: &Path) -> (DiskLog, Found, Arc<Faulty>) {
         Arc::clone(&storage) as Arc<dyn Storage>,
     )
     .unwrap();
-    (log, found, storage)
+    (log, storage)
 }
 
 fn line(n: u64) -> Vec<u8> {
@@ -193,7 +193,7 @@ fn told(told: &mut tokio::sync::oneshot::Receiver<Told>) -> Told {
 #[test]
 fn a_write_cut_short_by_a_full_disk_leaves_nothing_of_it_and_the_next_batch_follows() {
     let dir = dir("short-write");
-    let (log, _, faults) = faulty(&dir);
+    let (log, faults) = faulty(&dir);
     log.append(&line(0), 1, Vec::new())
         .map_err(|(e, _)| e)
         .unwrap();
@@ -213,7 +213,7 @@ fn a_write_cut_short_by_a_full_disk_leaves_nothing_of_it_and_the_next_batch_foll
     assert_eq!(record(&log), line(0));
     assert_eq!(record(&log), line(2));
     drop(log);
-    let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let (_log, found) = checked(DiskLog::open("t", &dir, 1 << 20, stats()).unwrap());
     assert_eq!((found.held.records, found.corrupt), (2, 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -221,7 +221,7 @@ fn a_write_cut_short_by_a_full_disk_leaves_nothing_of_it_and_the_next_batch_foll
 #[test]
 fn a_segment_half_made_on_a_full_disk_is_removed_and_the_next_batch_makes_it_again() {
     let dir = dir("half-made");
-    let (log, _, faults) = faulty(&dir);
+    let (log, faults) = faulty(&dir);
     // The folder cannot be synced after the new file's name, then its header is cut short.
     faults.fail(Op::SyncDir, 1, EIO);
     assert!(log.append(&line(0), 1, Vec::new()).is_err());
@@ -236,7 +236,7 @@ fn a_segment_half_made_on_a_full_disk_is_removed_and_the_next_batch_makes_it_aga
     assert_eq!(segment_files(&dir), [format!("{:020}.seg", 0)]);
     assert_eq!(record(&log), line(2));
     drop(log);
-    let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let (_log, found) = checked(DiskLog::open("t", &dir, 1 << 20, stats()).unwrap());
     assert_eq!((found.held.records, found.corrupt), (1, 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -252,7 +252,7 @@ fn batch(n: u64) -> Batch {
 
 fn faulty_queue(dir: &Path, stats: &OutputHealth) -> (Arc<Queue>, Arc<Faulty>) {
     let storage = Arc::new(Faulty::default());
-    let (log, found) = DiskLog::open_with(
+    let log = DiskLog::open_with(
         "t",
         dir,
         1 << 20,
@@ -261,7 +261,7 @@ fn faulty_queue(dir: &Path, stats: &OutputHealth) -> (Arc<Queue>, Arc<Faulty>) {
     )
     .unwrap();
     (
-        Arc::new(Queue::on_disk(log, found, 1 << 20, stats.clone())),
+        Arc::new(Queue::on_disk(log, 1 << 20, stats.clone())),
         storage,
     )
 }
@@ -335,7 +335,7 @@ fn a_disk_that_cannot_take_a_batch_is_a_full_buffer_block_waits_until_it_can() {
 #[test]
 fn a_failed_sync_fails_the_requests_waiting_and_those_written_to_its_segment_after_it() {
     let dir = dir("sync");
-    let (log, _, faults) = faulty(&dir);
+    let (log, faults) = faulty(&dir);
     let (mut told_0, mut told_1, mut told_2) = (None, None, None);
     let append = |n: u64, told: &mut Option<_>| {
         let (ack, on) = Ack::new();
@@ -456,6 +456,7 @@ fn read_errors_never_end_an_output_but_do_not_keep_it_past_its_deadline() {
 
     // A disk that stays unreadable: at the deadline the output ends, and what it could not
     // read stays in the buffer for the next start.
+    let dir = self::dir("read-worker-2");
     let (queue, faults) = faulty_queue(&dir, &stats);
     for n in 3..5 {
         queue.push(batch(n), WhenFull::Block, &none).unwrap();
@@ -472,7 +473,7 @@ fn read_errors_never_end_an_output_but_do_not_keep_it_past_its_deadline() {
     assert_eq!(queue.kept().map(|(lines, _)| lines), Some(2));
     assert!(lock(&out.0).is_empty());
     drop(queue);
-    let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats.clone()).unwrap();
+    let (_log, found) = checked(DiskLog::open("t", &dir, 1 << 20, stats.clone()).unwrap());
     assert_eq!(found.held.lines, 2);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -492,15 +493,16 @@ fn max_bytes_counts_each_record_with_its_header_also_for_what_a_start_finds() {
         Err(e) => panic!("{e:?}"),
     };
     // Records of 30 bytes of lines and a 20-byte header: two fill 100 bytes.
-    let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-    let queue = Queue::on_disk(log, found, 100, stats());
+    let log = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let queue = Queue::on_disk(log, 100, stats());
     assert!(pushed(&queue) && pushed(&queue));
     assert!(!pushed(&queue), "a third would hold 150 bytes");
     drop(queue);
     // What a start finds counts the same way.
-    let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let (log, found) = checked(DiskLog::open("t", &dir, 1 << 20, stats()).unwrap());
     assert_eq!(found.held.record_bytes(), 100);
-    let queue = Queue::on_disk(log, found, 100, stats());
+    let queue = Queue::on_disk(log, 100, stats());
+    queue.check_backlog(&Deadline::default()).unwrap();
     assert!(!pushed(&queue));
     // A delivered record makes room for one.
     let Popped::Batch(first) = queue.pop_timeout(Duration::ZERO) else {
@@ -511,4 +513,52 @@ fn max_bytes_counts_each_record_with_its_header_also_for_what_a_start_finds() {
     assert!(!pushed(&queue));
     drop(queue);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn opening_a_disk_buffer_reads_none_of_it_and_what_it_holds_goes_first_once_checked() {
+    let dir = dir("lazy");
+    let log = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    for n in 0..3 {
+        log.append(&line(n), 1, Vec::new())
+            .map_err(|(e, _)| e)
+            .unwrap();
+    }
+    drop(log);
+    let none = Deadline::default();
+    let (log, faults) = faulty(&dir);
+    // Opening (what happens before the input listens) reads nothing of the segments.
+    assert_eq!((faults.calls(Op::Open), faults.calls(Op::Read)), (0, 0));
+    // Until checked, their bytes count as held: a buffer they fill takes nothing more.
+    let full = log.backlog_bytes();
+    assert_eq!(full, 3 * (20 + line(0).len() as u64));
+    let queue = Queue::on_disk(log, full, stats());
+    assert!(matches!(
+        queue.push(batch(3), WhenFull::DropNewest, &none),
+        Ok(Pushed::Dropped(_))
+    ));
+    drop(queue);
+    let stats = stats();
+    let (log, faults) = faulty(&dir);
+    let queue = Queue::on_disk(log, 1 << 20, stats.clone());
+    // Lines are taken before the check, and go after what the buffer held.
+    queue.push(batch(3), WhenFull::Block, &none).unwrap();
+    assert_eq!(stats.status().pending_lines, 1);
+    assert_eq!(faults.calls(Op::Read), 0);
+    queue.check_backlog(&none).unwrap();
+    assert!(faults.calls(Op::Read) > 0);
+    assert_eq!(stats.status().pending_lines, 4);
+    for n in 0..4 {
+        let b = popped(&queue);
+        assert_eq!(b.data, line(n));
+        queue.settled(&b, 0);
+    }
+    assert_eq!(queue.kept(), Some((0, 0)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An opened disk buffer and what it held, checked.
+fn checked(log: DiskLog) -> (DiskLog, Found) {
+    let found = log.check().unwrap();
+    (log, found)
 }

@@ -444,13 +444,8 @@ fn open_buffer(name: &str, buffer: &BufferConfig, stats: &OutputHealth) -> io::R
     let (BufferKind::Disk, Some(dir)) = (buffer.kind, &buffer.path) else {
         return Ok(Queue::new(buffer.max_bytes, stats.clone()));
     };
-    let (log, found) = disk::DiskLog::open(name, dir, buffer.max_bytes, stats.clone())?;
-    if found.held.lines > 0 || found.corrupt > 0 {
-        tracing::info!(output = %name, path = %dir.display(), lines = found.held.lines,
-            bytes = found.held.bytes, corrupt = found.corrupt,
-            "disk buffer: lines left by an earlier run are delivered first");
-    }
-    Ok(Queue::on_disk(log, found, buffer.max_bytes, stats.clone()))
+    let log = disk::DiskLog::open(name, dir, buffer.max_bytes, stats.clone())?;
+    Ok(Queue::on_disk(log, buffer.max_bytes, stats.clone()))
 }
 
 /// What a reload changes in the outputs: for each output added or changed, the new one, built

@@ -17,7 +17,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, OnceLock};
 use std::time::{Duration, Instant};
 
-use super::disk::{Counts, DiskLog, Found, Next, Position};
+use super::disk::{Counts, DiskLog, Next, Position};
 use crate::ack::Ack;
 use crate::config::WhenFull;
 use crate::metrics::OutputHealth;
@@ -186,6 +186,9 @@ struct Inner {
     /// output's unacknowledged tail), oldest first: where each ends, and its lines. The cursor
     /// stays before them until the sink says the peer has them.
     unconfirmed: VecDeque<(Position, u64)>,
+    /// On disk: what it held at open is not checked yet ([`Queue::check_backlog`]); the
+    /// bytes counted for it meanwhile (more than it holds, never less).
+    unchecked: Option<u64>,
 }
 
 /// A bounded FIFO of batches, one per output.
@@ -220,21 +223,14 @@ impl Queue {
         }
     }
 
-    /// A queue over a disk buffer of at most `max_bytes` of undelivered lines, holding what
-    /// the buffer held at start (`found`), which is delivered first.
-    pub(crate) fn on_disk(
-        disk: DiskLog,
-        found: Found,
-        max_bytes: u64,
-        stats: OutputHealth,
-    ) -> Self {
-        stats.pending(true, found.held.bytes, found.held.lines);
-        stats.disk_buffer_found(found.held.lines, found.corrupt);
+    /// A queue over a disk buffer of at most `max_bytes` of undelivered lines. What it held at
+    /// open is delivered first, once [`Queue::check_backlog`] has checked it (until then its
+    /// bytes count as held).
+    pub(crate) fn on_disk(disk: DiskLog, max_bytes: u64, stats: OutputHealth) -> Self {
         Queue {
             inner: Mutex::new(Inner {
-                bytes: found.held.record_bytes(),
-                waiting: found.held.records,
-                lines: found.held.lines,
+                bytes: disk.backlog_bytes(),
+                unchecked: Some(disk.backlog_bytes()),
                 ..Inner::default()
             }),
             not_empty: Condvar::new(),
@@ -243,6 +239,53 @@ impl Queue {
             stats,
             disk: Some(disk),
         }
+    }
+
+    /// Checks what a disk buffer held at open ([`DiskLog::check`], left by an earlier run) and
+    /// counts it, to be delivered first: called by the output's own thread before it delivers
+    /// anything, so that the input listens meanwhile. A check that fails is tried again every
+    /// [`READ_RETRY`] until `deadline`; then the reason. Nothing to do for a memory queue.
+    pub(crate) fn check_backlog(&self, deadline: &Deadline) -> Result<(), String> {
+        let Some(disk) = &self.disk else {
+            return Ok(());
+        };
+        if self.lock().unchecked.is_none() {
+            return Ok(());
+        }
+        let mut logged = false;
+        let found = loop {
+            match disk.check() {
+                Ok(found) => break found,
+                Err(e) => {
+                    let reason = format!("disk buffer {}: cannot read: {e}", disk.dir().display());
+                    if deadline.passed() {
+                        return Err(reason);
+                    }
+                    self.stats.error(reason.clone());
+                    if !std::mem::replace(&mut logged, true) {
+                        tracing::error!(output = %self.stats.name(), error = %reason,
+                            "disk buffer: cannot check what it holds; trying again");
+                    }
+                    std::thread::sleep(READ_RETRY);
+                }
+            }
+        };
+        let mut inner = self.lock();
+        let estimate = inner.unchecked.take().unwrap_or(0);
+        inner.waiting += found.held.records;
+        inner.lines += found.held.lines;
+        inner.bytes = inner.bytes.saturating_sub(estimate) + found.held.record_bytes();
+        self.stats.pending(true, found.held.bytes, found.held.lines);
+        self.stats
+            .disk_buffer_found(found.held.lines, found.corrupt);
+        if found.held.lines > 0 || found.corrupt > 0 {
+            tracing::info!(output = %self.stats.name(), path = %disk.dir().display(),
+                lines = found.held.lines, bytes = found.held.bytes, corrupt = found.corrupt,
+                "disk buffer: lines left by an earlier run are delivered first");
+        }
+        self.not_empty.notify_all();
+        self.not_full.notify_all();
+        Ok(())
     }
 
     fn lock(&self) -> MutexGuard<'_, Inner> {
@@ -673,8 +716,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("egresswatch-queue-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let stats = crate::metrics::Metrics::new(Default::default()).output("t");
-        let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats.clone()).unwrap();
-        let q = Queue::on_disk(log, found, 1 << 20, stats.clone());
+        let log = DiskLog::open("t", &dir, 1 << 20, stats.clone()).unwrap();
+        let q = Queue::on_disk(log, 1 << 20, stats.clone());
         let none = Deadline::default();
         for _ in 0..3 {
             assert!(matches!(
@@ -696,7 +739,9 @@ mod tests {
         assert_eq!(stats.status().pending_lines, 2);
         q.close();
         drop(q);
-        let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats).unwrap();
+        let found = DiskLog::open("t", &dir, 1 << 20, stats)
+            .and_then(|log| log.check())
+            .unwrap();
         assert_eq!((found.held.records, found.held.lines), (2, 2));
         let _ = std::fs::remove_dir_all(&dir);
     }
@@ -706,8 +751,8 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("egresswatch-unacked-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         let stats = crate::metrics::Metrics::new(Default::default()).output("t");
-        let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats.clone()).unwrap();
-        let q = Queue::on_disk(log, found, 1 << 20, stats.clone());
+        let log = DiskLog::open("t", &dir, 1 << 20, stats.clone()).unwrap();
+        let q = Queue::on_disk(log, 1 << 20, stats.clone());
         let none = Deadline::default();
         for _ in 0..4 {
             assert!(matches!(
@@ -731,7 +776,9 @@ mod tests {
         assert_eq!(q.fail("gone".into(), 1), 0);
         q.close();
         drop(q);
-        let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats).unwrap();
+        let found = DiskLog::open("t", &dir, 1 << 20, stats)
+            .and_then(|log| log.check())
+            .unwrap();
         assert_eq!(found.held.records, 2, "c and d are delivered again");
         let _ = std::fs::remove_dir_all(&dir);
     }

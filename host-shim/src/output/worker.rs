@@ -256,6 +256,21 @@ pub(crate) fn spawn(
                     None => {}
                 }
             }
+            // What a disk buffer held at open is checked now, the input listening meanwhile.
+            if let Err(reason) = queue.check_backlog(&deadline) {
+                let reason = format!("its disk buffer could not be read: {reason}");
+                let undelivered = queue.fail(reason.clone(), 0);
+                tracing::error!(output = %name, undelivered, error = %reason, "output gave up");
+                let outcome = Outcome {
+                    undelivered,
+                    error: Some(reason),
+                    ..Outcome::default()
+                };
+                return match before {
+                    Some(before) => before.and(outcome),
+                    None => outcome,
+                };
+            }
             let mut worker = Worker {
                 name,
                 sink,

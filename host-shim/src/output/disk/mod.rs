@@ -26,10 +26,12 @@
 //! The cursor is not synced: after a power loss it may be behind, and lines delivered just
 //! before repeat.
 //!
-//! At start every record past the cursor is checked, writing nothing: the first record of a
-//! segment that is torn (a crash mid-write) or fails its checksum ends what is read of that
-//! segment; it and what follows stay in the file, unread, counted and logged, until the
-//! segment is deleted. A record found damaged when read back while running is skipped the same
+//! Before the output delivers, every record past the cursor is checked ([`DiskLog::check`], on
+//! the output's own thread, so that the input listens meanwhile), writing nothing: the first
+//! record of a segment that is torn (a crash mid-write) or fails its checksum ends what is read
+//! of that segment; it and what follows stay in the file, unread, counted and logged, until the
+//! segment is deleted. Until then the queue counts those segments' bytes as held (an upper
+//! bound of what the check finds), so `max_bytes` holds meanwhile. A record found damaged when read back while running is skipped the same
 //! way. A cursor that fails its checksum replays the whole buffer (repeats, never loss).
 
 use std::collections::BTreeMap;
@@ -135,6 +137,15 @@ pub(crate) struct Found {
     pub(crate) corrupt: u64,
 }
 
+/// The segments past the cursor at open, not yet checked ([`DiskLog::check`]).
+#[derive(Default)]
+struct Unchecked {
+    /// Each one's id and where reading starts in it, oldest first.
+    segments: Vec<(u64, u64)>,
+    /// What those checked so far hold.
+    found: Found,
+}
+
 /// What is known of one segment file.
 #[derive(Debug, Default, Clone, Copy)]
 struct Segment {
@@ -164,6 +175,9 @@ pub(crate) struct DiskLog {
     sync: Arc<SyncShared>,
     syncer: Mutex<Option<JoinHandle<()>>>,
     stats: OutputHealth,
+    unchecked: Mutex<Unchecked>,
+    /// The bytes past the cursor at open, records or not: at least what the check finds.
+    backlog_bytes: u64,
 }
 
 /// The segment being written (made on the first append, so that a start on a full disk can
@@ -233,15 +247,16 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 
 impl DiskLog {
     /// Opens (creating it if needed) the disk buffer of output `name` in `dir`, holding at most
-    /// `max_bytes` of undelivered lines; checks what an earlier run left past the cursor and
-    /// returns it. Writes nothing but the lock and cursor files (if absent), so that a full disk
-    /// still starts and delivers. Errors name the output's `buffer.path`.
+    /// `max_bytes` of undelivered lines. What an earlier run left past the cursor is not read
+    /// yet: [`DiskLog::check`] does that. Writes nothing but the lock and cursor files (if
+    /// absent), so that a full disk still starts and delivers. Errors name the output's
+    /// `buffer.path`.
     pub(crate) fn open(
         name: &str,
         dir: &Path,
         max_bytes: u64,
         stats: OutputHealth,
-    ) -> io::Result<(DiskLog, Found)> {
+    ) -> io::Result<DiskLog> {
         Self::open_with(name, dir, max_bytes, stats, Arc::new(Files))
     }
 
@@ -252,7 +267,7 @@ impl DiskLog {
         max_bytes: u64,
         stats: OutputHealth,
         storage: Arc<dyn Storage>,
-    ) -> io::Result<(DiskLog, Found)> {
+    ) -> io::Result<DiskLog> {
         let key = format!("outputs.{name}.buffer.path");
         let at = |what: &str, e: io::Error| {
             io::Error::new(e.kind(), format!("{key}: {what} {}: {e}", dir.display()))
@@ -328,7 +343,8 @@ impl DiskLog {
             },
         };
         let mut segments = BTreeMap::new();
-        let mut found = Found::default();
+        let mut unchecked = Unchecked::default();
+        let mut backlog_bytes = 0;
         for id in ids {
             let path = segment_path(dir, id);
             if id < start.segment {
@@ -341,9 +357,20 @@ impl DiskLog {
             } else {
                 FIRST_RECORD
             };
-            let segment = scan_segment(storage.as_ref(), name, &path, from, &mut found)
-                .map_err(|e| at(&format!("cannot read {}", path.display()), e))?;
-            segments.insert(id, segment);
+            let size = std::fs::metadata(&path)
+                .map_err(|e| at(&format!("cannot read {}", path.display()), e))?
+                .len();
+            backlog_bytes += size.saturating_sub(from);
+            unchecked.segments.push((id, from));
+            segments.insert(
+                id,
+                Segment {
+                    size,
+                    // (Until checked nothing is read from it.)
+                    end: size,
+                    held: Counts::default(),
+                },
+            );
         }
         // New batches go to a new segment, after every existing one and the cursor's.
         let next_id = segments
@@ -385,9 +412,45 @@ impl DiskLog {
             sync,
             syncer: Mutex::new(Some(syncer)),
             stats,
+            unchecked: Mutex::new(unchecked),
+            backlog_bytes,
         };
         log.report_size();
-        Ok((log, found))
+        Ok(log)
+    }
+
+    /// The bytes past the cursor at open: at least the bytes of the records [`DiskLog::check`]
+    /// finds, headers included.
+    pub(crate) fn backlog_bytes(&self) -> u64 {
+        self.backlog_bytes
+    }
+
+    /// Checks every record past the cursor at open (what an earlier run left) and returns
+    /// what they hold: the first bad record of a segment ends what is read of it (logged,
+    /// counted). Reads each record once: after an error it
+    /// goes on from the segment that failed, and once done it only returns what it found.
+    /// Must return before the first [`DiskLog::read_next`].
+    pub(crate) fn check(&self) -> io::Result<Found> {
+        let mut unchecked = lock(&self.unchecked);
+        while let Some(&(id, from)) = unchecked.segments.first() {
+            let path = segment_path(&self.dir, id);
+            let mut found = unchecked.found;
+            let segment = scan_segment(
+                self.storage.as_ref(),
+                self.stats.name(),
+                &path,
+                from,
+                &mut found,
+            )
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+            unchecked.found = found;
+            if let Some(known) = lock(&self.segments).get_mut(&id) {
+                known.end = segment.end;
+                known.held = segment.held;
+            }
+            unchecked.segments.remove(0);
+        }
+        Ok(unchecked.found)
     }
 
     /// The folder, for messages.

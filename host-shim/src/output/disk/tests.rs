@@ -34,7 +34,7 @@ fn held(found: &Found) -> (u64, u64) {
 #[test]
 fn delivered_records_are_not_replayed_and_the_rest_are_in_order_after_a_reopen() {
     let dir = dir("replay");
-    let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let (log, found) = checked(DiskLog::open("t", &dir, 1 << 20, stats()).unwrap());
     assert_eq!(held(&found), (0, 0));
     for n in 0..5 {
         append(&log, &batch(n));
@@ -50,7 +50,7 @@ fn delivered_records_are_not_replayed_and_the_rest_are_in_order_after_a_reopen()
     assert!(err.to_string().contains("in use"), "{err}");
     drop(log);
 
-    let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let (log, found) = checked(DiskLog::open("t", &dir, 1 << 20, stats()).unwrap());
     assert_eq!(held(&found), (4, 0));
     for n in 1..5 {
         let r = record(&log);
@@ -58,7 +58,7 @@ fn delivered_records_are_not_replayed_and_the_rest_are_in_order_after_a_reopen()
         log.delivered(r.end).unwrap();
     }
     drop(log);
-    let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let (_log, found) = checked(DiskLog::open("t", &dir, 1 << 20, stats()).unwrap());
     assert_eq!(held(&found), (0, 0));
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -66,7 +66,7 @@ fn delivered_records_are_not_replayed_and_the_rest_are_in_order_after_a_reopen()
 #[test]
 fn a_torn_last_record_is_skipped_and_counted_and_those_before_it_are_kept() {
     let dir = dir("torn");
-    let (log, _) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let log = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
     for n in 0..3 {
         append(&log, &batch(n));
     }
@@ -75,7 +75,7 @@ fn a_torn_last_record_is_skipped_and_counted_and_those_before_it_are_kept() {
     let len = std::fs::metadata(&segment).unwrap().len();
     let file = OpenOptions::new().write(true).open(&segment).unwrap();
     file.set_len(len - 3).unwrap();
-    let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let (log, found) = checked(DiskLog::open("t", &dir, 1 << 20, stats()).unwrap());
     assert_eq!(held(&found), (2, 1));
     assert_eq!(record(&log).data, batch(0));
     assert_eq!(record(&log).data, batch(1));
@@ -89,7 +89,7 @@ fn a_torn_last_record_is_skipped_and_counted_and_those_before_it_are_kept() {
 #[test]
 fn a_damaged_record_mid_segment_is_skipped_with_what_follows_and_nothing_is_cut() {
     let dir = dir("mid");
-    let (log, _) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let log = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
     for n in 0..3 {
         append(&log, &batch(n));
     }
@@ -100,7 +100,7 @@ fn a_damaged_record_mid_segment_is_skipped_with_what_follows_and_nothing_is_cut(
     let file = OpenOptions::new().write(true).open(&segment).unwrap();
     file.write_all_at(b"X", at).unwrap();
     let size = std::fs::metadata(&segment).unwrap().len();
-    let (log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let (log, found) = checked(DiskLog::open("t", &dir, 1 << 20, stats()).unwrap());
     assert_eq!(held(&found), (1, 1));
     assert_eq!(
         std::fs::metadata(&segment).unwrap().len(),
@@ -117,7 +117,7 @@ fn a_damaged_record_mid_segment_is_skipped_with_what_follows_and_nothing_is_cut(
 #[test]
 fn a_record_damaged_while_running_is_skipped_with_the_rest_of_its_segment_and_counted() {
     let dir = dir("running");
-    let (log, _) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let log = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
     for n in 0..3 {
         append(&log, &batch(n));
     }
@@ -147,7 +147,7 @@ fn a_record_damaged_while_running_is_skipped_with_the_rest_of_its_segment_and_co
 #[test]
 fn segments_roll_over_and_delivered_ones_are_deleted_and_a_start_writes_none() {
     let dir = dir("segments");
-    let (log, _) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let log = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
     let segments = || {
         std::fs::read_dir(&dir)
             .unwrap()
@@ -174,7 +174,7 @@ fn segments_roll_over_and_delivered_ones_are_deleted_and_a_start_writes_none() {
     // Only the one the cursor is in is left.
     assert_eq!(segments(), 1);
     drop(log);
-    let (_log, found) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let (_log, found) = checked(DiskLog::open("t", &dir, 1 << 20, stats()).unwrap());
     assert_eq!(held(&found), (0, 0));
     assert_eq!(segments(), 1);
     let _ = std::fs::remove_dir_all(&dir);
@@ -183,11 +183,17 @@ fn segments_roll_over_and_delivered_ones_are_deleted_and_a_start_writes_none() {
 #[test]
 fn a_segment_name_taken_by_something_else_is_passed_over() {
     let dir = dir("taken");
-    let (log, _) = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let log = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
     std::fs::create_dir(segment_path(&dir, 0)).unwrap();
     assert!(log.append(&batch(0), 1, Vec::new()).is_err());
     append(&log, &batch(1));
     assert_eq!(record(&log).data, batch(1));
     drop(log);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// An opened disk buffer and what it held, checked.
+fn checked(log: DiskLog) -> (DiskLog, Found) {
+    let found = log.check().unwrap();
+    (log, found)
 }

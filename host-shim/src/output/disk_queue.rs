@@ -515,20 +515,24 @@ fn max_bytes_counts_each_record_with_its_header_also_for_what_a_start_finds() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn opening_a_disk_buffer_reads_none_of_it_and_what_it_holds_goes_first_once_checked() {
-    let dir = dir("lazy");
-    let log = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
-    for n in 0..3 {
+/// A disk buffer in `dir` holding lines 0 to `lines - 1`, one per record, as a run left it.
+fn left_by_an_earlier_run(dir: &Path, lines: u64) {
+    let log = DiskLog::open("t", dir, 1 << 20, stats()).unwrap();
+    for n in 0..lines {
         log.append(&line(n), 1, Vec::new())
             .map_err(|(e, _)| e)
             .unwrap();
     }
-    drop(log);
+}
+
+#[test]
+fn opening_a_disk_buffer_reads_only_its_headers_and_what_it_holds_goes_first_once_checked() {
+    let dir = dir("lazy");
+    left_by_an_earlier_run(&dir, 3);
     let none = Deadline::default();
     let (log, faults) = faulty(&dir);
-    // Opening (what happens before the input listens) reads nothing of the segments.
-    assert_eq!((faults.calls(Op::Open), faults.calls(Op::Read)), (0, 0));
+    // Opening (what happens before the input listens) reads each segment's header only.
+    assert_eq!((faults.calls(Op::Open), faults.calls(Op::Read)), (1, 1));
     // Until checked, their bytes count as held: a buffer they fill takes nothing more.
     let full = log.backlog_bytes();
     assert_eq!(full, 3 * (20 + line(0).len() as u64));
@@ -544,9 +548,9 @@ fn opening_a_disk_buffer_reads_none_of_it_and_what_it_holds_goes_first_once_chec
     // Lines are taken before the check, and go after what the buffer held.
     queue.push(batch(3), WhenFull::Block, &none).unwrap();
     assert_eq!(stats.status().pending_lines, 1);
-    assert_eq!(faults.calls(Op::Read), 0);
+    assert_eq!(faults.calls(Op::Read), 1);
     queue.check_backlog(&none).unwrap();
-    assert!(faults.calls(Op::Read) > 0);
+    assert!(faults.calls(Op::Read) > 1);
     assert_eq!(stats.status().pending_lines, 4);
     for n in 0..4 {
         let b = popped(&queue);
@@ -559,6 +563,42 @@ fn opening_a_disk_buffer_reads_none_of_it_and_what_it_holds_goes_first_once_chec
 
 /// An opened disk buffer and what it held, checked.
 fn checked(log: DiskLog) -> (DiskLog, Found) {
-    let found = log.check().unwrap();
+    let found = log.check(&|| false).unwrap();
     (log, found)
+}
+
+#[test]
+fn a_segment_that_cannot_be_read_at_all_fails_the_start_naming_the_folder() {
+    let dir = dir("unreadable");
+    let log = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    log.append(&line(0), 1, Vec::new())
+        .map_err(|(e, _)| e)
+        .unwrap();
+    drop(log);
+    // Not a file: its header cannot be read.
+    std::fs::create_dir(dir.join(format!("{:020}.seg", 7))).unwrap();
+    let err = DiskLog::open("t", &dir, 1 << 20, stats())
+        .err()
+        .expect("refused");
+    assert!(err.to_string().contains("outputs.t.buffer.path"), "{err}");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_stop_before_the_check_keeps_the_unchecked_backlog_and_counts_its_bytes() {
+    let dir = dir("stopped");
+    left_by_an_earlier_run(&dir, 3);
+    let log = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();
+    let backlog = log.backlog_bytes();
+    let queue = Queue::on_disk(log, 1 << 20, stats());
+    let passed = Deadline::default();
+    passed.start();
+    // The stop came first: the check does not read the backlog through, and what the buffer
+    // keeps (reported at the end) counts its bytes.
+    assert!(queue.check_backlog(&passed).is_err());
+    assert_eq!(queue.kept(), Some((0, backlog)));
+    drop(queue);
+    let (_log, found) = checked(DiskLog::open("t", &dir, 1 << 20, stats()).unwrap());
+    assert_eq!(found.held.records, 3);
+    let _ = std::fs::remove_dir_all(&dir);
 }

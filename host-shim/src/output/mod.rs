@@ -416,7 +416,7 @@ impl Outputs {
             }
             if let (Some((kept, bytes)), Some(dir)) = (output.queue.kept(), output.queue.disk_dir())
             {
-                if kept > 0 {
+                if kept > 0 || bytes > 0 {
                     tracing::warn!(output = %name, lines = kept, bytes, path = %dir.display(),
                         "not delivered by the deadline: kept in the output's disk buffer, \
                          delivered first at the next start");

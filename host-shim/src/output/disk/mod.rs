@@ -357,9 +357,18 @@ impl DiskLog {
             } else {
                 FIRST_RECORD
             };
-            let size = std::fs::metadata(&path)
-                .map_err(|e| at(&format!("cannot read {}", path.display()), e))?
-                .len();
+            // Each segment is opened and its header read now (a few per buffer), so that one
+            // that cannot be read at all (no permission, not a file, gone) fails the start,
+            // naming the folder; its records are checked later.
+            let cannot = |e| at(&format!("cannot read {}", path.display()), e);
+            let file = storage.open(&path).map_err(cannot)?;
+            let size = file.metadata().map_err(cannot)?.len();
+            if size >= FIRST_RECORD {
+                let mut magic = [0u8; FIRST_RECORD as usize];
+                storage
+                    .read_exact_at(&file, &mut magic, 0)
+                    .map_err(cannot)?;
+            }
             backlog_bytes += size.saturating_sub(from);
             unchecked.segments.push((id, from));
             segments.insert(
@@ -430,9 +439,17 @@ impl DiskLog {
     /// counted). Reads each record once: after an error it
     /// goes on from the segment that failed, and once done it only returns what it found.
     /// Must return before the first [`DiskLog::read_next`].
-    pub(crate) fn check(&self) -> io::Result<Found> {
+    /// Between two segments it stops if `stop` says so (`Interrupted`; it goes on from there
+    /// when called again).
+    pub(crate) fn check(&self, stop: &dyn Fn() -> bool) -> io::Result<Found> {
         let mut unchecked = lock(&self.unchecked);
         while let Some(&(id, from)) = unchecked.segments.first() {
+            if stop() {
+                return Err(io::Error::new(
+                    io::ErrorKind::Interrupted,
+                    "stopped before it was checked",
+                ));
+            }
             let path = segment_path(&self.dir, id);
             let mut found = unchecked.found;
             let segment = scan_segment(

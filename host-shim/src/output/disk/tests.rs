@@ -194,6 +194,6 @@ fn a_segment_name_taken_by_something_else_is_passed_over() {
 
 /// An opened disk buffer and what it held, checked.
 fn checked(log: DiskLog) -> (DiskLog, Found) {
-    let found = log.check().unwrap();
+    let found = log.check(&|| false).unwrap();
     (log, found)
 }

@@ -22,6 +22,7 @@ use crate::models::{Model, Scored};
 use crate::net::{self, CidrSet};
 use crate::rules::Rule;
 use crate::suppression::{AlertRef, Episodes};
+use crate::time::TimeMemo;
 
 use egresswatch_common::names::fields::{
     DESTINATION_COUNTRY_ISO_CODE as DESTINATION_COUNTRY_ISO, DESTINATION_COUNTRY_NAME,
@@ -75,6 +76,8 @@ pub struct Detector {
     scores: Option<Vec<ScoreRecord>>,
     /// Index in its batch of the event being evaluated, for its score records.
     event_index: u32,
+    /// The hour of the last event time read ([`crate::time`]).
+    time: TimeMemo,
 }
 
 /// Reads the wanted fields from events: on the calling thread, and with helpers once a batch
@@ -248,6 +251,7 @@ impl Detector {
                 .chain(threads_warning)
                 .collect(),
             event_index: 0,
+            time: TimeMemo::default(),
         })
     }
 
@@ -400,6 +404,7 @@ impl Detector {
             scores: self.scores.as_mut(),
             event_index: self.event_index,
             now: now_ms,
+            time: &mut self.time,
         };
         let (hit, qualified) = score(&mut self.jobs, scoring, event);
         if qualified {

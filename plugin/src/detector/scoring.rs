@@ -22,6 +22,7 @@ use crate::models::Observation;
 use crate::models::{ExtraValue, Scored};
 use crate::net::CidrSet;
 use crate::suppression::AlertRef;
+use crate::time::TimeMemo;
 
 /// Fills `destination.geo.country_iso_code` / `country_name` when the name is missing;
 /// returns the country it added, to be written on the event if it is annotated.
@@ -52,6 +53,8 @@ pub(super) struct Scoring<'d> {
     pub(super) event_index: u32,
     /// The host's clock.
     pub(super) now: i64,
+    /// The hour of the last event time read.
+    pub(super) time: &'d mut TimeMemo,
 }
 
 /// "the jobs expect: job (field, field), ...": what a user whose events never qualify should
@@ -122,7 +125,7 @@ pub(super) fn score(
 ) -> (Option<Hit>, bool) {
     // Event time; the models' clocks decide how far ahead of the host's clock it is believed.
     let now = ctx.now;
-    let time_ms = crate::time::epoch_ms(event, ctx.fixed.time).unwrap_or(now);
+    let time_ms = crate::time::epoch_ms(event, ctx.fixed.time, ctx.time).unwrap_or(now);
     let allowed = !ctx.allow.is_empty()
         && event
             .ip(ctx.fixed.destination_ip)

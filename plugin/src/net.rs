@@ -62,10 +62,16 @@ pub fn parse_ip(text: &str) -> Option<IpAddr> {
 /// A dotted-quad IPv4 address with nothing around it, as [`Ipv4Addr`]'s parser accepts it
 /// (four decimal octets up to 255, no leading zeros); `None` for anything else, which
 /// [`parse_ip`] then gives to the general parser.
+///
+/// Each octet is read as one, two or three digits in straight-line code (no loop per byte):
+/// under callgrind about half the instructions of a byte-at-a-time loop.
+#[inline]
 fn parse_ipv4(text: &[u8]) -> Option<Ipv4Addr> {
     if !(7..=15).contains(&text.len()) {
         return None;
     }
+    // The digit at `i`, or 10 and more for anything else (the end of the text too).
+    let digit = |i: usize| text.get(i).map_or(u8::MAX, |c| c.wrapping_sub(b'0'));
     let mut octets = [0u8; 4];
     let mut i = 0;
     for (n, octet) in octets.iter_mut().enumerate() {
@@ -75,20 +81,28 @@ fn parse_ipv4(text: &[u8]) -> Option<Ipv4Addr> {
             }
             i += 1;
         }
-        let start = i;
-        let mut value: u32 = 0;
-        while let Some(&c) = text.get(i).filter(|c| c.is_ascii_digit()) {
-            value = value * 10 + u32::from(c - b'0');
-            i += 1;
-            if i - start > 3 {
-                return None;
-            }
-        }
-        let digits = i - start;
-        if digits == 0 || (digits > 1 && text[start] == b'0') {
+        let first = digit(i);
+        if first > 9 {
             return None;
         }
-        *octet = u8::try_from(value).ok()?;
+        let second = digit(i + 1);
+        *octet = if second > 9 {
+            i += 1;
+            first
+        } else if first == 0 {
+            // A leading zero.
+            return None;
+        } else {
+            let third = digit(i + 2);
+            if third > 9 {
+                i += 2;
+                first * 10 + second
+            } else {
+                i += 3;
+                let value = u16::from(first) * 100 + u16::from(second) * 10 + u16::from(third);
+                u8::try_from(value).ok()?
+            }
+        };
     }
     (i == text.len()).then_some(Ipv4Addr::from(octets))
 }
@@ -437,6 +451,35 @@ mod tests {
             // The fast path may decline (the general parser then decides) but never disagree.
             assert!(fast.is_none() || fast == standard, "{text}");
             assert_eq!(fast.is_some(), standard.is_some(), "{text}");
+        }
+        // And on every short text of digits and dots, and random longer ones.
+        let alphabet = b"0123456789.";
+        let mut seed = 0x9e37_79b9_7f4a_7c15_u64;
+        for i in 0..300_000u64 {
+            let mut text = Vec::new();
+            if i < 11 * 11 * 11 * 11 {
+                let mut n = i;
+                while n > 0 {
+                    text.push(alphabet[(n % 11) as usize]);
+                    n /= 11;
+                }
+            } else {
+                seed = seed
+                    .wrapping_mul(6_364_136_223_846_793_005)
+                    .wrapping_add(1_442_695_040_888_963_407);
+                let len = 7 + (seed >> 60) as usize;
+                for k in 0..len {
+                    let pick = (seed >> (4 * (k % 14))) as usize;
+                    text.push(match pick % 16 {
+                        11..=13 => b'.',
+                        14 => b"0a /:"[(pick >> 4) % 5],
+                        d => alphabet[d % 10],
+                    });
+                }
+            }
+            let text = String::from_utf8(text).unwrap();
+            let standard = text.parse::<Ipv4Addr>().ok();
+            assert_eq!(parse_ipv4(text.as_bytes()), standard, "{text}");
         }
     }
 

@@ -132,6 +132,49 @@ fn shipping_agents() {
     assert!(!is_shipping_agent(".exe"));
     assert!(!is_shipping_agent("é.exe"));
     assert!(!is_shipping_agent("chrome.exe"));
+    // White space around the name is trimmed, Unicode white space too.
+    assert!(is_shipping_agent(" filebeat"));
+    assert!(is_shipping_agent("Winlogbeat.EXE\t"));
+    assert!(is_shipping_agent("\u{a0}elastic-agent\u{2003}"));
+    assert!(!is_shipping_agent(" filebeat x"));
+    assert!(!is_shipping_agent("filebeat.ex"));
+}
+
+#[test]
+fn the_category_is_read_in_every_form() {
+    let job = &JobCatalog::builtin()
+        .get("rare_destination_country")
+        .unwrap()
+        .clone();
+    let mut ev = exfil_event();
+    ev["destination"]["geo"] = json!({"country_name": "Chile"});
+    assert!(qualifies(job, &ev));
+    for (category, expected) in [
+        (json!(["network"]), true),
+        (json!("network"), true),
+        (json!(["host", "network"]), true),
+        (json!([["network"]]), false),
+        (json!(["networks"]), false),
+        (json!("Network"), false),
+        (json!([]), false),
+        (json!(null), false),
+    ] {
+        ev["event"]["category"] = category.clone();
+        assert_eq!(qualifies(job, &ev), expected, "{category}");
+    }
+    // Written with white space or escapes, `["network"]` is still the one value.
+    let line = ev
+        .to_string()
+        .replace("\"category\":null", "\"category\":[ \"network\" ]");
+    let mut schema = SchemaBuilder::new();
+    let bound = job.bind(&mut schema);
+    let mut scanner = Scanner::new(Arc::new(schema.build().unwrap()));
+    assert!(bound.qualifies(&scanner.scan(&line).unwrap()), "{line}");
+    let escaped = line.replace("[ \"network\" ]", "[\"netw\\u006frk\"]");
+    assert!(
+        bound.qualifies(&scanner.scan(&escaped).unwrap()),
+        "{escaped}"
+    );
 }
 
 #[test]

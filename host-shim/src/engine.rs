@@ -11,11 +11,12 @@
 
 use std::io;
 
-use abi_stable::std_types::{ROption, RStr};
+use abi_stable::std_types::{ROption, RStr, RVec};
 use egresswatch_plugin_api::{EventStatus, Verdict, DEFAULT_OUTPUT, ERRORS_OUTPUT};
 
 use crate::config::{BatchConfig, UnreadablePolicy};
 use crate::counters::HostCounters;
+use crate::input::{line_spans, Block, Span};
 use crate::loader::Transform;
 use crate::output::Outputs;
 
@@ -118,46 +119,83 @@ impl Engine {
     /// Processes a block of complete lines (each ending in `\n`, except perhaps the last) and
     /// writes each to its output, in order.
     pub(crate) fn process(&mut self, block: &[u8], outputs: &mut Outputs) -> io::Result<()> {
-        let lines = line_spans(block);
-        for chunk in lines.chunks(self.policy.batch.max_events) {
-            self.process_batch(block, chunk, outputs)?;
-        }
-        Ok(())
+        let run = self.process_lines(block, None, &line_spans(block), outputs)?;
+        write_run(block, run, outputs)
     }
 
-    /// Processes the lines `spans` of `block` (a run of consecutive lines).
+    /// [`Engine::process`] for a block a reader has already cut and checked: its lines go to
+    /// the detector as the reader found them, when they are UTF-8, without being checked again;
+    /// and when every line of it passes unchanged, the block itself becomes the output's batch
+    /// (no copy: usually nothing is flagged).
+    pub(crate) fn process_block(&mut self, block: Block, outputs: &mut Outputs) -> io::Result<()> {
+        let run = self.process_lines(&block, block.text(), block.spans(), outputs)?;
+        match run {
+            Some((_, lines)) if lines == block.spans().len() as u64 => {
+                let mut data = block.into_bytes();
+                if data.last() != Some(&b'\n') {
+                    data.push(b'\n');
+                }
+                outputs.write_owned(DEFAULT_OUTPUT, data, lines)
+            }
+            run => write_run(&block, run, outputs),
+        }
+    }
+
+    /// Processes the lines `spans` of `block`, which is `text` when given. Returns the run of
+    /// lines at the end that pass unchanged to `default`, not written yet.
+    fn process_lines(
+        &mut self,
+        block: &[u8],
+        text: Option<&str>,
+        spans: &[Span],
+        outputs: &mut Outputs,
+    ) -> io::Result<Option<Run>> {
+        let mut run = None;
+        for chunk in spans.chunks(self.policy.batch.max_events) {
+            self.process_batch(block, text, chunk, &mut run, outputs)?;
+        }
+        Ok(run)
+    }
+
+    /// Processes the lines `spans` of `block` (a run of consecutive lines); `text` is the
+    /// block when it is all UTF-8. Consecutive lines passed unchanged to `default` are written
+    /// as one run of the block: `run` is the one still open (from the batch before, and for
+    /// the batch after).
     fn process_batch(
         &mut self,
         block: &[u8],
+        text: Option<&str>,
         spans: &[Span],
+        run: &mut Option<Run>,
         outputs: &mut Outputs,
     ) -> io::Result<()> {
-        let lines: Vec<&[u8]> = spans.iter().map(|s| &block[s.start..s.end]).collect();
-        self.counters.lines_in += lines.len() as u64;
-        let mut readable: Vec<RStr<'_>> = Vec::with_capacity(lines.len());
-        let mut bypass: Vec<Option<Bypass>> = Vec::with_capacity(lines.len());
-        for &line in &lines {
-            let kind = if line.len() > self.policy.batch.max_line_bytes {
-                Some(Bypass::Oversize)
+        self.counters.lines_in += spans.len() as u64;
+        let max_line_bytes = self.policy.batch.max_line_bytes;
+        let mut readable: Vec<RStr<'_>> = Vec::with_capacity(spans.len());
+        // The lines that bypass the detector (by index in `spans`) and why: few or none.
+        let mut bypass: Vec<(usize, Bypass)> = Vec::new();
+        for (i, span) in spans.iter().enumerate() {
+            let line = if span.end - span.start > max_line_bytes {
+                self.counters.oversize += 1;
+                Err(Bypass::Oversize)
             } else {
-                match std::str::from_utf8(line) {
-                    Ok(text) => {
-                        readable.push(RStr::from_str(text));
-                        None
-                    }
-                    Err(_) => Some(Bypass::NotUtf8),
+                match text {
+                    // Cut at newlines, so at character boundaries.
+                    Some(text) => Ok(&text[span.start..span.end]),
+                    None => std::str::from_utf8(&block[span.start..span.end]).map_err(|_| {
+                        self.counters.not_utf8 += 1;
+                        Bypass::NotUtf8
+                    }),
                 }
             };
-            match kind {
-                Some(Bypass::Oversize) => self.counters.oversize += 1,
-                Some(Bypass::NotUtf8) => self.counters.not_utf8 += 1,
-                None => {}
+            match line {
+                Ok(line) => readable.push(RStr::from_str(line)),
+                Err(why) => bypass.push((i, why)),
             }
-            bypass.push(kind);
         }
 
         let verdicts = if readable.is_empty() {
-            Some(Vec::new())
+            Some(RVec::new())
         } else {
             match self
                 .transform
@@ -165,7 +203,7 @@ impl Engine {
                 .into_result()
                 .inspect(|_| self.log_new_warnings())
             {
-                Ok(v) if v.len() == readable.len() => Some(v.into_vec()),
+                Ok(v) if v.len() == readable.len() => Some(v),
                 Ok(v) => {
                     tracing::error!(
                         expected = readable.len(),
@@ -180,50 +218,49 @@ impl Engine {
                 }
             }
         };
+        drop(readable);
         let Some(verdicts) = verdicts else {
+            write_run(block, run.take(), outputs)?;
             self.counters.plugin_errors += 1;
             let target = if self.policy.fail_closed {
                 ERRORS_OUTPUT
             } else {
                 DEFAULT_OUTPUT
             };
-            for line in lines {
-                outputs.write_line(target, line)?;
+            for span in spans {
+                outputs.write_line(target, &block[span.start..span.end])?;
             }
             return Ok(());
         };
 
-        // Consecutive lines passed unchanged to `default` are written as one run of the block.
-        let mut run: Option<(Span, u64)> = None;
-        let mut verdicts = verdicts.into_iter();
-        for ((line, span), kind) in lines.iter().zip(spans).zip(bypass) {
-            let verdict = match kind {
+        // For an event the plugin gave no verdict for (never: their number is checked).
+        let pass = Verdict::PASS;
+        let mut verdicts = verdicts.iter();
+        let mut bypass = bypass.into_iter().peekable();
+        for (i, span) in spans.iter().enumerate() {
+            let verdict = match bypass.next_if(|b| b.0 == i) {
                 Some(_) => None,
-                None => Some(verdicts.next().unwrap_or(Verdict::PASS)),
+                None => Some(verdicts.next().unwrap_or(&pass)),
             };
-            let passes = verdict.as_ref().is_some_and(|v| {
+            let passes = verdict.is_some_and(|v| {
                 v.status == EventStatus::OK && v.route.is_none() && v.replacement.is_none()
             });
             if passes {
-                match &mut run {
+                match run {
                     Some((r, n)) => {
                         r.end = span.end;
                         *n += 1;
                     }
-                    None => run = Some((*span, 1)),
+                    None => *run = Some((*span, 1)),
                 }
                 continue;
             }
-            if let Some((r, n)) = run.take() {
-                outputs.write_run(DEFAULT_OUTPUT, &block[r.start..r.end], n)?;
-            }
+            write_run(block, run.take(), outputs)?;
+            let line = &block[span.start..span.end];
             match verdict {
                 None => self.write_unreadable(line, outputs)?,
                 Some(verdict) => self.write_verdict(line, verdict, outputs)?,
             }
-        }
-        if let Some((r, n)) = run {
-            outputs.write_run(DEFAULT_OUTPUT, &block[r.start..r.end], n)?;
         }
         Ok(())
     }
@@ -231,7 +268,7 @@ impl Engine {
     fn write_verdict(
         &mut self,
         line: &[u8],
-        verdict: Verdict,
+        verdict: &Verdict,
         outputs: &mut Outputs,
     ) -> io::Result<()> {
         if verdict.status != EventStatus::OK {
@@ -330,27 +367,15 @@ impl Engine {
     }
 }
 
-/// Where a line lies in its block, without its terminator; also a run of consecutive lines.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Span {
-    start: usize,
-    end: usize,
-}
+/// Consecutive lines of a block passed unchanged to `default`: where they lie, and how many.
+type Run = (Span, u64);
 
-/// The lines of a block (each ends in `\n`, except perhaps the last), found with memchr.
-fn line_spans(block: &[u8]) -> Vec<Span> {
-    let body = block.strip_suffix(b"\n").unwrap_or(block);
-    let mut spans = Vec::with_capacity(body.len() / 256 + 1);
-    let mut start = 0;
-    for nl in memchr::memchr_iter(b'\n', body) {
-        spans.push(Span { start, end: nl });
-        start = nl + 1;
+/// Writes `run`, if any, of `block` to `default`.
+fn write_run(block: &[u8], run: Option<Run>, outputs: &mut Outputs) -> io::Result<()> {
+    match run {
+        Some((r, lines)) => outputs.write_run(DEFAULT_OUTPUT, &block[r.start..r.end], lines),
+        None => Ok(()),
     }
-    spans.push(Span {
-        start,
-        end: body.len(),
-    });
-    spans
 }
 
 /// Whether a replacement would end or split a line downstream where the event did not: a `\n`
@@ -358,9 +383,16 @@ fn line_spans(block: &[u8]) -> Vec<Span> {
 /// held. JSON allows a raw `\r` only as white space, and annotation inserts text into the
 /// original bytes, so an event that came with one (CRLF endings, or between tokens) keeps it:
 /// refusing those would let any sender switch annotation off with one byte.
+///
+/// Every annotated event is looked at (an alert is a few kilobytes), so the bytes are searched
+/// with memchr, and a replacement with neither byte, the usual one, is searched once.
 fn splits_line(replacement: &[u8], original: &[u8]) -> bool {
-    let carriage_returns = |text: &[u8]| text.iter().filter(|&&b| b == b'\r').count();
-    replacement.contains(&b'\n') || carriage_returns(replacement) > carriage_returns(original)
+    if memchr::memchr2(b'\n', b'\r', replacement).is_none() {
+        return false;
+    }
+    let carriage_returns = |text: &[u8]| memchr::memchr_iter(b'\r', text).count();
+    memchr::memchr(b'\n', replacement).is_some()
+        || carriage_returns(replacement) > carriage_returns(original)
 }
 
 #[cfg(test)]
@@ -442,26 +474,117 @@ mod tests {
         (out(default), out(pager), engine.counters().clone())
     }
 
-    #[test]
-    fn blocks_split_into_the_lines_a_slice_split_finds() {
-        for block in [
-            &b""[..],
-            b"\n",
-            b"a",
-            b"a\n",
-            b"a\nb",
-            b"a\n\nb\n",
-            b"\n\n",
-            b"a\r\nb\r\n",
-        ] {
-            let trimmed = block.strip_suffix(b"\n").unwrap_or(block);
-            let expected: Vec<&[u8]> = trimmed.split(|&b| b == b'\n').collect();
-            let found: Vec<&[u8]> = line_spans(block)
-                .iter()
-                .map(|s| &block[s.start..s.end])
-                .collect();
-            assert_eq!(found, expected, "{:?}", String::from_utf8_lossy(block));
+    /// A plugin whose verdict depends on the event: `flag` in it annotates it, `page` routes it
+    /// to `pager`, `junk` makes it unreadable, `fail` fails the batch; anything else passes.
+    struct Picks;
+
+    impl Transform for Picks {
+        fn process(
+            &mut self,
+            events: RSlice<'_, RStr<'_>>,
+            _now_ms: i64,
+        ) -> RResult<RVec<Verdict>, PluginError> {
+            if events.iter().any(|e| e.as_str().contains("fail")) {
+                return RResult::RErr(PluginError::new(
+                    egresswatch_plugin_api::ErrorKind::Internal,
+                    "failed",
+                ));
+            }
+            let verdict = |event: &str| {
+                let mut verdict = Verdict::PASS;
+                if event.contains("junk") {
+                    verdict = Verdict::UNREADABLE;
+                }
+                if event.contains("flag") {
+                    verdict.replacement = ROption::RSome(format!("{event},flagged").into());
+                }
+                if event.contains("page") {
+                    verdict.route = ROption::RSome("pager".into());
+                }
+                verdict
+            };
+            RResult::ROk(events.iter().map(|e| verdict(e.as_str())).collect())
         }
+        fn routes(&self) -> RResult<RVec<RString>, PluginError> {
+            RResult::ROk(RVec::new())
+        }
+        fn save_state(&self) -> RResult<RVec<u8>, PluginError> {
+            RResult::ROk(RVec::new())
+        }
+        fn load_state(&mut self, _: RSlice<'_, u8>) -> RResult<(), PluginError> {
+            RResult::ROk(())
+        }
+    }
+
+    /// Runs `block` through [`Picks`] in batches of `max_events`, as bytes
+    /// ([`Engine::process`]) or as a reader's [`Block`] ([`Engine::process_block`]); returns
+    /// what `default` and `pager` received, and the counters.
+    fn picked(block: &[u8], max_events: usize, as_block: bool) -> (Vec<u8>, Vec<u8>, HostCounters) {
+        let transform = crate::loader::Transform::Full(Transform_TO::from_value(Picks, TD_Opaque));
+        let mut engine = Engine::new(
+            transform,
+            EnginePolicy {
+                batch: BatchConfig {
+                    max_events,
+                    max_line_bytes: 12,
+                },
+                unreadable: UnreadablePolicy::Errors,
+                fail_closed: false,
+            },
+        );
+        let (default, pager) = (Sink::default(), Sink::default());
+        let mut outputs = Outputs::from_writers(vec![
+            ("default".into(), Box::new(default.clone())),
+            ("pager".into(), Box::new(pager.clone())),
+        ]);
+        if as_block {
+            engine
+                .process_block(Block::new(block.to_vec()), &mut outputs)
+                .unwrap();
+        } else {
+            engine.process(block, &mut outputs).unwrap();
+        }
+        outputs.commit().unwrap();
+        let (_, undelivered) = outputs.finish();
+        assert!(undelivered.is_empty(), "{undelivered:?}");
+        let out = |s: Sink| s.0.lock().unwrap().clone();
+        (out(default), out(pager), engine.counters().clone())
+    }
+
+    #[test]
+    fn a_block_cut_by_its_reader_is_written_as_the_same_lines_are() {
+        let blocks: [&[u8]; 10] = [
+            b"a\nb\nc\n",
+            b"a\nb\nc",
+            b"a\n\nb\n",
+            b"a\nflag\nc\nd\n",
+            b"page\nb\nflag page\n",
+            b"a\njunk\nc\n",
+            b"a\n\xff\xfe\nc\n",
+            b"a\nmuch too long a line\nc\n",
+            b"a\nb\nfail\nd\ne\n",
+            b"flag\n",
+        ];
+        for block in blocks {
+            for max_events in [1, 2, 1024] {
+                let bytes = picked(block, max_events, false);
+                let cut = picked(block, max_events, true);
+                assert_eq!(
+                    bytes,
+                    cut,
+                    "{:?} in batches of {max_events}",
+                    String::from_utf8_lossy(block)
+                );
+            }
+        }
+        // What they both wrote, for two of them.
+        let (default, pager, counters) = picked(b"a\nflag\nc\nd", 1024, true);
+        assert_eq!(default, b"a\nflag,flagged\nc\nd\n");
+        assert!(pager.is_empty());
+        assert_eq!((counters.lines_in, counters.annotated), (4, 1));
+        let (default, _, counters) = picked(b"a\nb\nfail\nd\ne\n", 2, true);
+        assert_eq!(default, b"a\nb\nfail\nd\ne\n");
+        assert_eq!(counters.plugin_errors, 1);
     }
 
     #[test]

@@ -18,7 +18,7 @@ use std::io::{self, Read};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use super::{count_lines, Feed, Msg, READ_BLOCK_BYTES};
+use super::{count_lines, Block, Feed, Msg, READ_BLOCK_BYTES};
 use crate::output::Deadline;
 
 /// After a stop signal, a connection whose sender has sent nothing for this long is done: what
@@ -231,7 +231,7 @@ impl<'a> Framer<'a> {
             next.extend_from_slice(&self.pending[end..]);
             self.pending.truncate(end);
             let block = std::mem::replace(&mut self.pending, next);
-            self.send(Msg::Lines(block))?;
+            self.send(Msg::Lines(Block::new(block)))?;
             self.release();
         }
         self.over_limit()
@@ -305,7 +305,7 @@ impl<'a> Framer<'a> {
                 last: true,
             })
         } else if !data.is_empty() {
-            self.send(Msg::Lines(data))
+            self.send(Msg::Lines(Block::new(data)))
         } else {
             Ok(())
         };
@@ -442,7 +442,7 @@ mod tests {
         let mut out = Vec::new();
         for msg in msgs {
             match msg {
-                Msg::Lines(data) => out.extend(data),
+                Msg::Lines(block) => out.extend(block.into_bytes()),
                 Msg::Fragment { data, last, .. } => {
                     out.extend(data);
                     if last {

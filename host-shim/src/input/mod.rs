@@ -21,11 +21,13 @@ use crate::config::InputConfig;
 use crate::output::Deadline;
 use lane::{Lane, Lanes};
 
+mod block;
 pub(crate) mod http;
 pub(crate) mod lane;
 mod lines;
 pub(crate) mod listen;
 
+pub(crate) use block::{line_spans, Block, Span};
 pub(crate) use lines::{read_lines, HoldBudget, Mode, OVERSIZE_HOLD_BYTES};
 use listen::InputStats;
 
@@ -38,8 +40,9 @@ const BLOCKS_IN_FLIGHT: usize = 4;
 /// What a reader hands to the engine.
 #[derive(Debug)]
 pub(crate) enum Msg {
-    /// Complete lines, each ending in `\n` except possibly the last one at EOF.
-    Lines(Vec<u8>),
+    /// Complete lines, each ending in `\n` except possibly the last one at EOF, cut and
+    /// checked by the reader.
+    Lines(Block),
     /// A piece of a line too long to hold; `last` ends the line (without its `\n`). Pieces
     /// with `last: false` come only from the feed's only reader (standard input).
     Fragment {

@@ -328,6 +328,19 @@ impl Outputs {
         Ok(())
     }
 
+    /// Appends `lines` lines, each ending in `\n`, that `data` holds: taken as the batch when
+    /// nothing was written to the output since the last commit (no copy), appended otherwise.
+    pub(crate) fn write_owned(&mut self, name: &str, data: Vec<u8>, lines: u64) -> io::Result<()> {
+        let output = self.get(name)?;
+        if output.batch.is_empty() {
+            output.batch = data;
+        } else {
+            output.batch.extend_from_slice(&data);
+        }
+        output.lines += lines;
+        Ok(())
+    }
+
     /// Appends part of a line, without terminator; [`Outputs::finish_line`] ends it.
     pub(crate) fn write_partial(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
         self.get(name)?.batch.extend_from_slice(bytes);

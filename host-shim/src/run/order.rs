@@ -220,7 +220,8 @@ impl Order {
         };
         let queue = &mut self.queues[q];
         let item = match msg {
-            Msg::Lines(data) => {
+            Msg::Lines(block) => {
+                let data = block.into_bytes();
                 let lines = timed_lines(&data, &self.key, &mut queue.seen);
                 Item::Lines {
                     data,
@@ -398,7 +399,7 @@ impl Drop for Order {
 /// Processes a message as it comes.
 pub(super) fn process(msg: Msg, engine: &mut Engine, outputs: &mut Outputs) -> io::Result<()> {
     match msg {
-        Msg::Lines(data) => engine.process(&data, outputs),
+        Msg::Lines(block) => engine.process_block(block, outputs),
         Msg::Fragment { data, first, last } => engine.write_fragment(&data, first, last, outputs),
         Msg::Conn { msg, .. } => process(*msg, engine, outputs),
         Msg::Failed(e) => Err(e),

@@ -332,7 +332,10 @@ impl Outputs {
     /// nothing was written to the output since the last commit (no copy), appended otherwise.
     pub(crate) fn write_owned(&mut self, name: &str, data: Vec<u8>, lines: u64) -> io::Result<()> {
         let output = self.get(name)?;
-        if output.batch.is_empty() {
+        // A buffer far larger than its lines is copied, not kept: the queue bounds the bytes
+        // of its batches, not their capacity, and a reader's block (256 KiB or more) holding
+        // one small event would otherwise be held whole while an output is down.
+        if output.batch.is_empty() && data.capacity() <= (2 * data.len()).max(KEEP_WHOLE) {
             output.batch = data;
         } else {
             output.batch.extend_from_slice(&data);
@@ -692,6 +695,10 @@ fn log_drops(name: &str, drops: &mut Option<(Instant, u64)>, lines: u64) {
     }
 }
 
+/// The largest spare room a batch taken whole by [`Outputs::write_owned`] may keep (a batch as
+/// large as the usual read block).
+const KEEP_WHOLE: usize = 64 * 1024;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -730,5 +737,26 @@ mod tests {
         let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
         assert_eq!(read("a.ndjson") + &read("b.ndjson"), "one\ntwo\n");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_block_far_larger_than_its_lines_is_not_kept_as_the_batch() {
+        let mut outputs = Outputs::from_writers(vec![(
+            DEFAULT_OUTPUT.to_owned(),
+            Box::new(io::sink()) as Box<dyn io::Write + Send>,
+        )]);
+        let batch = |outputs: &Outputs| outputs.outputs[DEFAULT_OUTPUT].batch.clone();
+        let mut small = Vec::with_capacity(1 << 20);
+        small.extend_from_slice(b"one\n");
+        outputs.write_owned(DEFAULT_OUTPUT, small, 1).unwrap();
+        assert_eq!(batch(&outputs), b"one\n");
+        assert!(outputs.outputs[DEFAULT_OUTPUT].batch.capacity() < 1 << 20);
+        outputs.commit().unwrap();
+        // A full block is taken as it is (no copy).
+        let full = vec![b'x'; 100_000];
+        let at = full.as_ptr();
+        outputs.write_owned(DEFAULT_OUTPUT, full, 1).unwrap();
+        assert_eq!(outputs.outputs[DEFAULT_OUTPUT].batch.as_ptr(), at);
+        outputs.commit().unwrap();
     }
 }

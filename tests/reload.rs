@@ -659,10 +659,11 @@ fn sighup_replacing_an_output_whose_peer_stopped_reading_hands_over_what_it_did_
     assert_eq!(set, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
     let (up, received) = downstream();
     let (input, metrics) = (free_address(), free_address());
+    // The old output's deadline is far off: it hands over because its peer takes nothing.
     let settings = |peer: &str| {
         format!(
             "input: {{ type: tcp, address: '{input}' }}\nmetrics: {{ address: '{metrics}' }}\n\
-             shutdown_timeout_secs: 2\n\
+             shutdown_timeout_secs: 600\n\
              outputs: {{ default: {{ type: tcp, address: '{peer}' }} }}\n{}",
             detector_as_shipped()
         )

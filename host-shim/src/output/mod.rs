@@ -549,6 +549,7 @@ impl Outputs {
                 // What it has not started goes to the replacement; what it fails to deliver
                 // from now on too.
                 let held = old.queue.retire();
+                old.deadline.set_replaced();
                 let worker = old.worker.take();
                 replaced.insert(name.clone(), (worker, old.refused, held, pending));
             } else {

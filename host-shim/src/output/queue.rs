@@ -56,7 +56,13 @@ struct DeadlineInner {
     timeout_ms: AtomicU64,
     /// A child's deadline is also its parent's, when that comes first.
     parent: Option<Deadline>,
+    /// A reload replaced the output (its own, not inherited).
+    replaced: AtomicBool,
 }
+
+/// How long a replaced output's sink waits on a peer that takes nothing before it counts as a
+/// failure, so that the output's replacement gets what it holds.
+pub(crate) const STALL_GRACE: Duration = Duration::from_secs(2);
 
 impl Deadline {
     /// A deadline `timeout` after `stop` is set or [`Deadline::start`] is called.
@@ -66,6 +72,7 @@ impl Deadline {
             stop: Some(Arc::clone(stop)),
             timeout_ms: AtomicU64::new(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
             parent: None,
+            replaced: AtomicBool::new(false),
         }))
     }
 
@@ -78,6 +85,7 @@ impl Deadline {
             stop: None,
             timeout_ms: AtomicU64::new(0),
             parent: Some(self.clone()),
+            replaced: AtomicBool::new(false),
         }))
     }
 
@@ -93,6 +101,24 @@ impl Deadline {
             Some(parent) => parent.timeout(),
             None => Duration::from_millis(self.0.timeout_ms.load(Ordering::Relaxed)),
         }
+    }
+
+    /// A reload replaced the output this deadline is for (and started its countdown): a retry's
+    /// wait ends at once, and a sink waiting on a peer that takes nothing gives up after
+    /// [`STALL_GRACE`] instead of at the deadline ([`Deadline::gives_up_stalled`]).
+    pub(crate) fn set_replaced(&self) {
+        self.0.replaced.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether a reload replaced the output.
+    pub(crate) fn replaced(&self) -> bool {
+        self.0.replaced.load(Ordering::Relaxed)
+    }
+
+    /// Whether a sink whose peer has taken nothing since `stalled` stops waiting: the output
+    /// was replaced and the grace is over.
+    pub(crate) fn gives_up_stalled(&self, stalled: Instant) -> bool {
+        self.replaced() && stalled.elapsed() >= STALL_GRACE
     }
 
     /// Starts the countdown now, unless it has started.

@@ -25,7 +25,7 @@ use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use super::queue::Deadline;
 use super::tls_stream::{must_wait, TlsClient, TlsStream};
@@ -320,6 +320,8 @@ impl SocketSink {
         progress: &mut usize,
         deadline: &Deadline,
     ) -> Result<(), SinkError> {
+        // Since when the peer has taken nothing.
+        let mut stalled = None;
         loop {
             let Some(conn) = self.conn.as_mut() else {
                 return Err(SinkError::Retry("not connected".into()));
@@ -337,6 +339,7 @@ impl SocketSink {
                     self.unacked.extend(&buf[*progress..*progress + n]);
                     *progress += n;
                     self.trim_acknowledged();
+                    stalled = None;
                 }
                 Err(e) if must_wait(&e) => {
                     // The peer is slow: keep waiting (backpressure), unless time is up.
@@ -345,6 +348,13 @@ impl SocketSink {
                     self.trim_acknowledged();
                     if deadline.passed() {
                         return Err(SinkError::Deadline);
+                    }
+                    // Replaced by a reload: the replacement takes over what this one holds.
+                    if deadline.gives_up_stalled(*stalled.get_or_insert_with(Instant::now)) {
+                        return Err(SinkError::Retry(format!(
+                            "the peer took nothing for {} s after a reload replaced the output",
+                            super::queue::STALL_GRACE.as_secs()
+                        )));
                     }
                 }
                 Err(e) => return Err(self.broken(&format!("write failed: {e}"))),

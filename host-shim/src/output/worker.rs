@@ -350,11 +350,17 @@ impl Worker {
                         Err(outcome) => return outcome,
                     }
                 }
-                // The end: wait until the peer has everything, or the deadline.
+                // The end: wait until the peer has everything, or the deadline (replaced by a
+                // reload: until the peer has taken nothing for a moment).
                 Popped::Closed => {
+                    let mut acknowledged = (u64::MAX, Instant::now());
                     let settled = self.with_retries(0, |sink, deadline| {
                         let outstanding = sink.settle(deadline)?;
-                        if outstanding > 0 && !deadline.passed() {
+                        if outstanding != acknowledged.0 {
+                            acknowledged = (outstanding, Instant::now());
+                        }
+                        let stalled = deadline.gives_up_stalled(acknowledged.1);
+                        if outstanding > 0 && !deadline.passed() && !stalled {
                             sleep_until(Instant::now() + Duration::from_millis(20), deadline);
                             return Err(SinkError::Pending);
                         }
@@ -496,9 +502,11 @@ impl Worker {
     }
 }
 
-/// Sleeps until `until` in short steps, waking early when the deadline passes.
+/// Sleeps until `until` in short steps, waking early when the deadline passes or a reload
+/// replaces the output (a retry's wait, so that its replacement gets what it holds at once).
 fn sleep_until(until: Instant, deadline: &Deadline) {
-    while Instant::now() < until && !deadline.passed() {
+    let replaced = deadline.replaced();
+    while Instant::now() < until && !deadline.passed() && deadline.replaced() == replaced {
         std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
     }
 }

@@ -637,14 +637,11 @@ fn sighup_moving_the_metrics_endpoint_serves_it_at_the_new_address() {
     assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
 }
 
-#[test]
-fn sighup_replacing_an_output_whose_peer_stopped_reading_hands_over_what_it_did_not_take() {
-    use std::io::Read;
-    let dir = temp_dir("reload-output-stuck");
-    // A peer that accepts and never reads: the output fills its socket and blocks.
+/// A peer that accepts and never reads, with a small receive buffer (inherited by the accepted
+/// connection), so that an output to it blocks soon; and its address.
+fn stuck_peer() -> (std::net::TcpListener, String) {
     let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let stuck_address = stuck.local_addr().unwrap().to_string();
-    // A small receive buffer (inherited by the accepted connection): blocked sooner.
+    let address = stuck.local_addr().unwrap().to_string();
     let size: libc::c_int = 4096;
     // SAFETY: SO_RCVBUF takes an int of this size; the socket is open until `stuck` drops.
     let set = unsafe {
@@ -657,31 +654,62 @@ fn sighup_replacing_an_output_whose_peer_stopped_reading_hands_over_what_it_did_
         )
     };
     assert_eq!(set, 0, "SO_RCVBUF: {}", std::io::Error::last_os_error());
+    (stuck, address)
+}
+
+/// The numbers of the whole lines a stuck peer's kernel took (read now, after the output
+/// reset the connection).
+fn taken_by(mut peer: std::net::TcpStream) -> Vec<u64> {
+    use std::io::Read;
+    peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut taken = Vec::new();
+    let _ = peer.read_to_end(&mut taken);
+    taken
+        .split_inclusive(|&b| b == b'\n')
+        .filter(|l| l.ends_with(b"\n"))
+        .map(|l| {
+            serde_json::from_slice::<serde_json::Value>(l).unwrap()["n"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect()
+}
+
+/// Settings with a TCP input, a metrics endpoint, a far shutdown deadline (a hand-over never
+/// waits for it) and `default` a TCP output to `peer` with `buffer` (YAML, may be empty).
+fn stuck_settings(input: &str, metrics: &str, peer: &str, buffer: &str) -> String {
+    format!(
+        "input: {{ type: tcp, address: '{input}' }}\nmetrics: {{ address: '{metrics}' }}\n\
+         shutdown_timeout_secs: 600\n\
+         outputs: {{ default: {{ type: tcp, address: '{peer}'{buffer} }} }}\n{}",
+        detector_as_shipped()
+    )
+}
+
+#[test]
+fn sighup_replacing_an_output_whose_peer_stopped_reading_hands_over_what_it_did_not_take() {
+    let dir = temp_dir("reload-output-stuck");
+    let (stuck, stuck_address) = stuck_peer();
     let (up, received) = downstream();
     let (input, metrics) = (free_address(), free_address());
-    // The old output's deadline is far off: it hands over because its peer takes nothing.
-    let settings = |peer: &str| {
-        format!(
-            "input: {{ type: tcp, address: '{input}' }}\nmetrics: {{ address: '{metrics}' }}\n\
-             shutdown_timeout_secs: 600\n\
-             outputs: {{ default: {{ type: tcp, address: '{peer}' }} }}\n{}",
-            detector_as_shipped()
-        )
-    };
     let total = 500_000;
-    let config = write(&dir, "c.yaml", settings(&stuck_address));
+    // The old output's deadline is far off: it hands over because its peer takes nothing.
+    let config = write(
+        &dir,
+        "c.yaml",
+        stuck_settings(&input, &metrics, &stuck_address, ""),
+    );
     let mut egw = Running::start(&dir, &config);
-    let (mut old_peer, _) = stuck.accept().unwrap();
+    let (old_peer, _) = stuck.accept().unwrap();
     let mut conn = connect_when_ready(&input);
     let sender = std::thread::spawn(move || {
         conn.write_all(&numbered(0, total)).unwrap();
         conn
     });
     // Everything is read: what the stuck socket does not take waits in the output's buffer
-    // (8 MiB, not full: a reload is taken between blocks, so a full `block` buffer would hold
-    // it up).
+    // (8 MiB, not full).
     assert!(wait_until_read(&metrics, total), "{}", egw.stderr());
-    write(&dir, "c.yaml", settings(&up));
+    write(&dir, "c.yaml", stuck_settings(&input, &metrics, &up, ""));
     reload(&egw, "configuration reloaded");
     let conn = sender.join().unwrap();
     drop(conn);
@@ -693,21 +721,7 @@ fn sighup_replacing_an_output_whose_peer_stopped_reading_hands_over_what_it_did_
     );
     egw.terminate();
     assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
-    // What the old peer's kernel took, read now.
-    old_peer
-        .set_read_timeout(Some(Duration::from_secs(5)))
-        .unwrap();
-    let mut taken = Vec::new();
-    let _ = old_peer.read_to_end(&mut taken);
-    let old: Vec<u64> = taken
-        .split_inclusive(|&b| b == b'\n')
-        .filter(|l| l.ends_with(b"\n"))
-        .map(|l| {
-            serde_json::from_slice::<serde_json::Value>(l).unwrap()["n"]
-                .as_u64()
-                .unwrap()
-        })
-        .collect();
+    let old = taken_by(old_peer);
     let new = all_of(&received);
     let (lost, repeated) = crate::util::tally(&[old.clone(), new.clone()], total);
     println!(
@@ -716,6 +730,67 @@ fn sighup_replacing_an_output_whose_peer_stopped_reading_hands_over_what_it_did_
         new.len()
     );
     assert_eq!(lost, 0, "{}", egw.stderr());
+}
+
+#[test]
+fn sighup_moves_an_output_whose_full_block_buffer_stalls_the_feed() {
+    let dir = temp_dir("reload-output-blocked");
+    let (stuck, stuck_address) = stuck_peer();
+    let (up, received) = downstream();
+    let (input, metrics) = (free_address(), free_address());
+    // A small buffer that blocks: once the stuck socket and the buffer are full, the engine
+    // waits for room, and the feed stalls.
+    let buffer = ", buffer: { max_bytes: 65536, when_full: block }";
+    // (More than the output's socket buffer takes, up to 4 MiB.)
+    let total = 1_000_000;
+    let config = write(
+        &dir,
+        "c.yaml",
+        stuck_settings(&input, &metrics, &stuck_address, buffer),
+    );
+    let mut egw = Running::start(&dir, &config);
+    let (old_peer, _) = stuck.accept().unwrap();
+    let mut conn = connect_when_ready(&input);
+    let sender = std::thread::spawn(move || {
+        conn.write_all(&numbered(0, total)).unwrap();
+        conn
+    });
+    // The feed stalls: the engine waits on the full buffer, and has read nothing for a second.
+    let blocked = "egresswatch_output_blocked{output=\"default\"} 1";
+    let mut read = (None, std::time::Instant::now());
+    let stalled = wait_until(EXIT, || {
+        let text = http_get(&metrics, "/metrics");
+        let now = figure(&text, "egresswatch_events_in_total");
+        if now != read.0 {
+            read = (now, std::time::Instant::now());
+        }
+        text.contains(blocked) && read.1.elapsed() >= Duration::from_secs(1)
+    });
+    assert!(stalled, "{}", egw.stderr());
+    // The operator moves the output to a peer that reads.
+    write(
+        &dir,
+        "c.yaml",
+        stuck_settings(&input, &metrics, &up, buffer),
+    );
+    reload(&egw, "configuration reloaded");
+    let conn = sender.join().unwrap();
+    drop(conn);
+    assert!(
+        wait_until(EXIT, || all_of(&received).last() == Some(&(total - 1))),
+        "{} lines at the new peer\n{}",
+        all_of(&received).len(),
+        egw.stderr()
+    );
+    egw.terminate();
+    assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
+    let (old, new) = (taken_by(old_peer), all_of(&received));
+    assert!(
+        old.iter().chain(&new).copied().eq(0..total),
+        "lines lost, repeated or out of order: the old peer took {}, the new one got {}",
+        old.len(),
+        new.len()
+    );
 }
 
 #[test]

@@ -490,7 +490,7 @@ fn max_bytes_counts_each_record_with_its_header_also_for_what_a_start_finds() {
     let pushed = |q: &Queue| match q.push(thirty(), WhenFull::DropNewest, &Deadline::default()) {
         Ok(Pushed::Queued) => true,
         Ok(Pushed::Dropped(_)) => false,
-        Err(e) => panic!("{e:?}"),
+        other => panic!("{other:?}"),
     };
     // Records of 30 bytes of lines and a 20-byte header: two fill 100 bytes.
     let log = DiskLog::open("t", &dir, 1 << 20, stats()).unwrap();

@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -100,19 +101,34 @@ impl Output {
         })
     }
 
-    /// Hands the batch to the buffer, applying the `when_full` policy.
-    fn commit(&mut self, name: &str, deadline: &Deadline) -> io::Result<()> {
+    /// Hands the batch to the buffer, applying the `when_full` policy. Returns whether it was
+    /// taken (or dropped by the policy): a push blocked on a full buffer stops waiting once
+    /// `wake` is set, and the output keeps the batch.
+    fn commit(
+        &mut self,
+        name: &str,
+        deadline: &Deadline,
+        wake: Option<&AtomicBool>,
+    ) -> io::Result<bool> {
         let Some(batch) = self.take_batch() else {
-            return Ok(());
+            return Ok(true);
         };
         let lines = batch.lines;
-        match self.queue.push(batch, self.when_full, deadline) {
-            Ok(Pushed::Queued) => Ok(()),
+        match self
+            .queue
+            .push_or_hold(batch, self.when_full, deadline, wake)
+        {
+            Ok(Pushed::Queued) => Ok(true),
             Ok(Pushed::Dropped(batch)) => {
                 self.stats.dropped(batch.lines);
                 batch.acks.into_iter().for_each(Ack::dropped);
                 log_drops(name, &mut self.drops, batch.lines);
-                Ok(())
+                Ok(true)
+            }
+            Ok(Pushed::Held(batch)) => {
+                // (Nothing was written since it was taken.)
+                (self.batch, self.lines, self.acks) = (batch.data, batch.lines, batch.acks);
+                Ok(false)
             }
             Err(Refused::Failed(reason)) => {
                 self.refused += lines;
@@ -382,13 +398,29 @@ impl Outputs {
     /// Hands every output's batch to its buffer, applying its `when_full` policy. Errs when an
     /// output has failed for good, or its buffer stayed full past the delivery deadline.
     pub(crate) fn commit(&mut self) -> io::Result<()> {
+        self.commit_or_hold(None).map(|_| ())
+    }
+
+    /// [`Outputs::commit`], but an output whose full `block` buffer holds the engine up stops
+    /// waiting once `wake` is set (SIGHUP) and keeps its batch, so that the engine thread can
+    /// take the reload (which may move that output) and commit again. Returns whether every
+    /// batch was handed over.
+    pub(crate) fn commit_or_hold(&mut self, wake: Option<&AtomicBool>) -> io::Result<bool> {
         // Every output gets its batch even when one fails: a failed route must not cost
         // `default` the block.
-        let mut first = Ok(());
+        let mut first = Ok(true);
         for (name, output) in &mut self.outputs {
-            if let Err(e) = output.commit(name, &self.deadline) {
-                if first.is_ok() {
-                    first = Err(e);
+            match output.commit(name, &self.deadline, wake) {
+                Ok(true) => {}
+                Ok(false) => {
+                    if first.is_ok() {
+                        first = Ok(false);
+                    }
+                }
+                Err(e) => {
+                    if first.is_ok() {
+                        first = Err(e);
+                    }
                 }
             }
         }
@@ -405,7 +437,7 @@ impl Outputs {
     pub(crate) fn finish(&mut self) -> (Vec<OutputStatus>, Vec<Undelivered>) {
         let mut undelivered = Vec::new();
         for (name, output) in &mut self.outputs {
-            if let Err(e) = output.commit(name, &self.deadline) {
+            if let Err(e) = output.commit(name, &self.deadline, None) {
                 tracing::debug!(error = %e, "last commit at shutdown");
             }
             output.queue.close();

@@ -168,6 +168,9 @@ pub(crate) enum Pushed {
     Queued,
     /// The buffer was full and the policy is `drop_newest`: the batch was not taken.
     Dropped(Batch),
+    /// The buffer was full (`block`) and the push was woken ([`Queue::push_or_hold`]): the
+    /// batch was not taken; the caller keeps it.
+    Held(Batch),
 }
 
 /// What [`Queue::pop_timeout`] found.
@@ -320,12 +323,27 @@ impl Queue {
     }
 
     /// Adds a batch, applying `when_full` when there is no room. A blocked push waits until
-    /// there is room, the output fails, or `deadline` passes.
+    /// there is room, the output fails, or `deadline` passes. (The engine uses
+    /// [`Queue::push_or_hold`].)
+    #[cfg(test)]
     pub(crate) fn push(
+        &self,
+        batch: Batch,
+        when_full: WhenFull,
+        deadline: &Deadline,
+    ) -> Result<Pushed, Refused> {
+        self.push_or_hold(batch, when_full, deadline, None)
+    }
+
+    /// [`Queue::push`], but a push blocked on a full buffer gives the batch back
+    /// ([`Pushed::Held`]) once `wake` is set (SIGHUP: the engine thread takes the reload, which
+    /// may move this output, then pushes again).
+    pub(crate) fn push_or_hold(
         &self,
         mut batch: Batch,
         when_full: WhenFull,
         deadline: &Deadline,
+        wake: Option<&AtomicBool>,
     ) -> Result<Pushed, Refused> {
         let size = batch.data.len() as u64;
         // (On disk, with its record's header.)
@@ -386,6 +404,9 @@ impl Queue {
             }
             if deadline.passed() {
                 break Err(Refused::Deadline);
+            }
+            if wake.is_some_and(|wake| wake.load(Ordering::Relaxed)) {
+                break Ok(Pushed::Held(batch));
             }
             if !blocked {
                 blocked = true;

@@ -63,7 +63,7 @@ pub(super) fn drive(
                 break Finish::Stopped
             }
             Err(RecvTimeoutError::Timeout) => {
-                outputs.commit()?;
+                commit(engine, outputs, order, housekeeping)?;
                 housekeeping.idle(engine, outputs, order);
                 continue;
             }
@@ -83,11 +83,29 @@ pub(super) fn drive(
             // each output holding some of them carries the acknowledgement with its batch.
             msg => order::process(msg, engine, outputs)?,
         }
-        outputs.commit()?;
+        commit(engine, outputs, order, housekeeping)?;
         housekeeping.after_block(engine, (outputs, order), started.elapsed());
     };
     order.finish(engine, outputs)?;
     engine.close_fragment(outputs)?;
     outputs.commit()?;
     Ok(finish)
+}
+
+/// Hands each output its batch. While one waits on a full `block` buffer, a SIGHUP is taken:
+/// the wait stops, the reload runs (it may move the output whose full buffer stalls the feed),
+/// and the batches are handed over again (to the new outputs, for those it replaced).
+fn commit(
+    engine: &mut Engine,
+    outputs: &mut Outputs,
+    order: &mut Order,
+    housekeeping: &mut Keeper<'_>,
+) -> io::Result<()> {
+    loop {
+        let wake = housekeeping.reload.wake(engine);
+        if outputs.commit_or_hold(wake.as_deref())? {
+            return Ok(());
+        }
+        housekeeping.reload(engine, outputs, order);
+    }
 }

@@ -144,7 +144,7 @@ impl Keeper<'_> {
     }
 
     /// Reloads if SIGHUP arrived.
-    fn reload(&mut self, engine: &mut Engine, outputs: &mut Outputs, order: &mut Order) {
+    pub(super) fn reload(&mut self, engine: &mut Engine, outputs: &mut Outputs, order: &mut Order) {
         let live = Live {
             outputs,
             order,

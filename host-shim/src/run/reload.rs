@@ -1,6 +1,7 @@
 //! SIGHUP: the configuration files and rules read again while the run goes on.
 //!
-//! The engine thread checks for SIGHUP between blocks and while idle. A reload builds a new
+//! The engine thread checks for SIGHUP between blocks, while idle, and while it waits on an
+//! output's full `block` buffer ([`Reloader::wake`]). A reload builds a new
 //! transform from the files as they are now (with the plugin already loaded), checks its routes
 //! against the new outputs, carries the model state over (saved from the running transform,
 //! loaded into the new one), and builds every output the new configuration changes, all before
@@ -82,12 +83,7 @@ impl Reloader<'_> {
     /// pieces (an oversize line from standard input) is finished first: the reload waits for
     /// its last piece.
     pub(super) fn check(&mut self, engine: &mut Engine, live: Live<'_>) {
-        // After a stop signal the run is finishing: a reload would only replace what is about
-        // to end (the flag is left for nobody).
-        if engine.streaming_a_line()
-            || self.stop.load(Ordering::Relaxed)
-            || !self.flag.swap(false, Ordering::Relaxed)
-        {
+        if self.wake(engine).is_none() || !self.flag.swap(false, Ordering::Relaxed) {
             return;
         }
         // Whatever becomes of the reload, file outputs reopen their paths (log rotation).
@@ -103,6 +99,16 @@ impl Reloader<'_> {
                 "SIGHUP: the new configuration is refused and the running one goes on: {e:#}"
             ),
         }
+    }
+
+    /// The flag SIGHUP sets, when a reload could be taken now: an engine waiting on a full
+    /// `block` buffer stops waiting when it is set ([`Outputs::commit_or_hold`]), takes the
+    /// reload, and commits again. None while a line is streamed in pieces (the reload waits for
+    /// its end) and after a stop signal (the run is finishing: a reload would only replace
+    /// what is about to end; the flag is left for nobody).
+    pub(super) fn wake(&self, engine: &Engine) -> Option<Arc<AtomicBool>> {
+        (!engine.streaming_a_line() && !self.stop.load(Ordering::Relaxed))
+            .then(|| Arc::clone(&self.flag))
     }
 
     fn reload(&mut self, engine: &mut Engine, live: Live<'_>) -> Result<()> {

@@ -426,6 +426,14 @@ type Received = std::sync::Arc<std::sync::Mutex<Vec<Vec<u64>>>>;
 /// A TCP downstream on a loopback port (returned): reads every connection to its end and keeps
 /// the `n` of each line it receives, per connection.
 fn downstream() -> (String, Received) {
+    downstream_of(|line| {
+        let v: serde_json::Value = serde_json::from_slice(line).unwrap();
+        v["n"].as_u64().unwrap()
+    })
+}
+
+/// [`downstream`], reading each line's number with `number`.
+fn downstream_of(number: fn(&[u8]) -> u64) -> (String, Received) {
     use std::io::Read;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();
@@ -446,8 +454,7 @@ fn downstream() -> (String, Received) {
                     partial.extend_from_slice(&chunk[..n]);
                     while let Some(nl) = partial.iter().position(|&b| b == b'\n') {
                         let line: Vec<u8> = partial.drain(..=nl).collect();
-                        let v: serde_json::Value = serde_json::from_slice(&line).unwrap();
-                        received.lock().unwrap()[index].push(v["n"].as_u64().unwrap());
+                        received.lock().unwrap()[index].push(number(&line));
                     }
                 }
             });
@@ -925,5 +932,72 @@ fn sighup_removing_then_re_adding_a_file_output_still_writing_keeps_its_lines_wh
         "the two outputs' lines were mixed: {} bytes, first difference at byte {:?}",
         read.len(),
         read.iter().zip(&expected).position(|(a, b)| a != b)
+    );
+}
+
+#[test]
+fn sighup_adding_back_a_removed_output_that_is_still_failing_takes_over_what_it_holds() {
+    let dir = temp_dir("reload-output-readded-down");
+    // `errors` goes to a peer that is down; it is removed, then added back toward a live one.
+    let down = free_address();
+    let (up, received) = downstream_of(|line| {
+        let text = std::str::from_utf8(line).unwrap();
+        text.trim_end().trim_start_matches('u').parse().unwrap()
+    });
+    let (input, metrics) = (free_address(), free_address());
+    let settings = |errors: Option<&str>| {
+        let (unreadable, output) = match errors {
+            Some(peer) => (
+                "errors",
+                format!("\n  errors: {{ type: tcp, address: '{peer}' }}"),
+            ),
+            None => ("pass", String::new()),
+        };
+        // (Its deadline far off: it hands over because it is replaced, not because time is up.)
+        format!(
+            "input: {{ type: tcp, address: '{input}' }}\nmetrics: {{ address: '{metrics}' }}\n\
+             shutdown_timeout_secs: 600\nunreadable: {unreadable}\noutputs:\n  default: {{ \
+             type: file, path: out.ndjson }}{output}\n{}",
+            detector_as_shipped()
+        )
+    };
+    // Lines that are not JSON: `unreadable: errors` sends them to `errors`.
+    let lines = |from: u64, to: u64| -> Vec<u8> {
+        (from..to)
+            .flat_map(|n| format!("u{n}\n").into_bytes())
+            .collect()
+    };
+    let config = write(&dir, "c.yaml", settings(Some(&down)));
+    let mut egw = Running::start(&dir, &config);
+    let mut conn = connect_when_ready(&input);
+    conn.write_all(&lines(0, 1000)).unwrap();
+    assert!(wait_until_read(&metrics, 1000), "{}", egw.stderr());
+    write(&dir, "c.yaml", settings(None));
+    reload(&egw, "configuration reloaded");
+    conn.write_all(&lines(1000, 1100)).unwrap();
+    let out = dir.join("out.ndjson");
+    assert!(
+        wait_until(EXIT, || count_lines(&out) == 100),
+        "{}",
+        egw.stderr()
+    );
+    write(&dir, "c.yaml", settings(Some(&up)));
+    reload(&egw, "configuration reloaded");
+    conn.write_all(&lines(1100, 2100)).unwrap();
+    drop(conn);
+    let expected: Vec<u64> = (0..1000).chain(1100..2100).collect();
+    assert!(
+        wait_until(EXIT, || all_of(&received).len() == expected.len()),
+        "{} of {} lines arrived\n{}",
+        all_of(&received).len(),
+        expected.len(),
+        egw.stderr()
+    );
+    egw.terminate();
+    assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
+    assert_eq!(
+        all_of(&received),
+        expected,
+        "lost, repeated or out of order"
     );
 }

@@ -598,7 +598,22 @@ impl Outputs {
                 tracing::info!(output = %name, "output removed by the reload; it finishes delivering what it holds");
                 continue;
             };
-            let (after, carried, held, pending) = replaced.remove(&name).unwrap_or_default();
+            let (mut after, mut carried, mut held, pending) =
+                replaced.remove(&name).unwrap_or_default();
+            // An output an earlier reload removed, still finishing, with its name or target (added
+            // back, or renamed): replaced by this one as if it had never been removed, so that it
+            // stops retrying and hands over what it holds instead of holding this one up.
+            if after.is_none() {
+                if let Some((old_name, mut old)) = self.take_retired(&name, &ready.target) {
+                    held = old.queue.retire();
+                    old.deadline.set_replaced();
+                    after = old.worker.take();
+                    carried = old.refused;
+                    tracing::info!(output = %name, removed = %old_name,
+                        "an output removed by an earlier reload is still finishing where this \
+                         one writes: it hands what it has not delivered to this one");
+                }
+            }
             set_up_if_open(&output, &ready.stats);
             tracing::info!(output = %name, target = %ready.describe,
                 "output rebuilt by the reload; it delivers once the one it replaces, and any \
@@ -611,6 +626,17 @@ impl Outputs {
                 output.refused = carried;
             }
         }
+    }
+}
+
+impl Outputs {
+    /// Takes the last output a reload removed that is still finishing and had `name` or writes
+    /// to `target`.
+    fn take_retired(&mut self, name: &str, target: &str) -> Option<(String, Output)> {
+        let at = self.retired.iter().rposition(|(n, o)| {
+            (n == name || o.target == target) && o.worker.is_some() && !o.ended.is_set()
+        })?;
+        Some(self.retired.remove(at))
     }
 }
 

@@ -97,6 +97,13 @@ pub(crate) trait Sink: Send {
     fn target(&self) -> String {
         self.describe()
     }
+
+    /// What it writes into now, as a key: for a file, the open file itself (device and inode),
+    /// which a path no longer names once the file was renamed or deleted. A line torn by the
+    /// output a reload replaced is finished only in the same file.
+    fn written_to(&self) -> String {
+        self.target()
+    }
 }
 
 /// How an output's thread ended.
@@ -116,8 +123,10 @@ pub(crate) struct Outcome {
 /// A line an output replaced by a reload wrote only the beginning of.
 #[derive(Debug)]
 struct Torn {
-    /// Where ([`Sink::target`]).
-    target: String,
+    /// Where ([`Sink::target`]), for messages.
+    path: String,
+    /// The file ([`Sink::written_to`]).
+    file: String,
     /// Bytes written.
     written: usize,
 }
@@ -247,8 +256,8 @@ pub(crate) fn spawn(
                 }
                 match before.torn.take() {
                     // The same file: what it wrote of the line is finished, not written twice.
-                    Some(torn) if torn.target == sink.target() => sink.resume(torn.written),
-                    Some(torn) => tracing::warn!(output = %name, path = %torn.target,
+                    Some(torn) if torn.file == sink.written_to() => sink.resume(torn.written),
+                    Some(torn) => tracing::warn!(output = %name, path = %torn.path,
                         bytes = torn.written,
                         "the output the reload replaced stopped partway through a line: its \
                          beginning is left at the end of that file, and the line is written \
@@ -413,7 +422,8 @@ impl Worker {
         }
         if written > line && outcome.handed_over.is_empty() {
             outcome.torn = Some(Torn {
-                target: self.sink.target(),
+                path: self.sink.target(),
+                file: self.sink.written_to(),
                 written: written - line,
             });
         }
@@ -541,6 +551,12 @@ pub(crate) fn reopen_files() {
     REOPEN_FILES.fetch_add(1, Ordering::Relaxed);
 }
 
+/// An open file's device and inode.
+fn file_id(file: &File) -> Option<(u64, u64)> {
+    use std::os::unix::fs::MetadataExt;
+    file.metadata().ok().map(|m| (m.dev(), m.ino()))
+}
+
 /// Opens `path` for appending, creating it if needed.
 pub(crate) fn open_append(path: &Path) -> io::Result<File> {
     OpenOptions::new().create(true).append(true).open(path)
@@ -553,6 +569,8 @@ pub(crate) struct WriterSink {
     what: String,
     /// [`Sink::target`]: a file's canonical path.
     target: String,
+    /// The open file's device and inode ([`Sink::written_to`]).
+    file_id: Option<(u64, u64)>,
     fatal: bool,
     /// Bytes of the current batch already written.
     offset: usize,
@@ -567,6 +585,7 @@ impl WriterSink {
             writer: Box::new(io::stdout()),
             what: "stdout".into(),
             target: "stdout".into(),
+            file_id: None,
             fatal: true,
             offset: 0,
             reopen: None,
@@ -577,6 +596,7 @@ impl WriterSink {
     /// the first batch after each [`reopen_files`].
     pub(crate) fn file(file: File, path: &Path) -> Self {
         WriterSink {
+            file_id: file_id(&file),
             writer: Box::new(file),
             what: path.display().to_string(),
             // (Open, so it exists: `./out` and `out`, or a symbolic link, are one file.)
@@ -597,6 +617,7 @@ impl WriterSink {
             writer,
             what: "test".into(),
             target: "test".into(),
+            file_id: None,
             fatal: true,
             offset: 0,
             reopen: None,
@@ -618,6 +639,7 @@ impl WriterSink {
         let file = open_append(path).map_err(|e| {
             SinkError::Retry(format!("reopening {} after SIGHUP: {e}", path.display()))
         })?;
+        self.file_id = file_id(&file);
         self.writer = Box::new(file);
         *honoured = asked;
         tracing::info!("output file {} reopened (SIGHUP)", path.display());
@@ -656,6 +678,13 @@ impl Sink for WriterSink {
         self.target.clone()
     }
 
+    fn written_to(&self) -> String {
+        match self.file_id {
+            Some((dev, ino)) => format!("{dev}:{ino}"),
+            None => self.target(),
+        }
+    }
+
     fn take_written(&mut self) -> usize {
         std::mem::take(&mut self.offset)
     }
@@ -692,7 +721,8 @@ mod tests {
         }
     }
 
-    fn file_sink(file: &Arc<Mutex<Vec<u8>>>, room: usize) -> Box<dyn Sink> {
+    /// A sink writing into `file`, which has the inode `inode`.
+    fn file_sink(file: &Arc<Mutex<Vec<u8>>>, room: usize, inode: u64) -> Box<dyn Sink> {
         let writer = SmallDisk {
             file: Arc::clone(file),
             room,
@@ -700,6 +730,7 @@ mod tests {
         // (A file's write errors are retried.)
         Box::new(WriterSink {
             fatal: false,
+            file_id: Some((1, inode)),
             ..WriterSink::writer(Box::new(writer))
         })
     }
@@ -739,7 +770,7 @@ mod tests {
             .push(batch(b"one\ntwo\nthree\n"), WhenFull::Block, &none)
             .unwrap();
         // The disk fills up 6 bytes in, partway through `two`: the output retries.
-        let old = start(file_sink(&file, 6), &old_queue, &stats, None);
+        let old = start(file_sink(&file, 6, 7), &old_queue, &stats, None);
         let waited = std::time::Instant::now();
         while file.lock().unwrap().len() < 6 {
             assert!(waited.elapsed() < Duration::from_secs(30), "never wrote");
@@ -752,7 +783,12 @@ mod tests {
             .push(batch(b"four\n"), WhenFull::Block, &none)
             .unwrap();
         new_queue.close();
-        let new = start(file_sink(&file, usize::MAX), &new_queue, &stats, Some(old));
+        let new = start(
+            file_sink(&file, usize::MAX, 7),
+            &new_queue,
+            &stats,
+            Some(old),
+        );
         let outcome = new.join().unwrap();
         assert_eq!(outcome.undelivered, 0, "{:?}", outcome.error);
         assert_eq!(
@@ -760,5 +796,39 @@ mod tests {
             "one\ntwo\nthree\nfour\n"
         );
         assert_eq!(stats.status().delivered, 4);
+    }
+
+    #[test]
+    fn a_line_torn_in_a_file_since_renamed_is_written_whole_to_the_new_file_at_its_path() {
+        let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+        let (renamed, new_file) = (Arc::default(), Arc::default());
+        let none = Deadline::default();
+        let old_queue = Arc::new(Queue::new(1 << 20, stats.clone()));
+        let batch = Batch {
+            data: b"one\ntwo\nthree\n".to_vec(),
+            lines: 3,
+            acks: Vec::new(),
+            end: None,
+        };
+        old_queue.push(batch, WhenFull::Block, &none).unwrap();
+        let old = start(file_sink(&renamed, 6, 7), &old_queue, &stats, None);
+        let waited = std::time::Instant::now();
+        while renamed.lock().unwrap().len() < 6 {
+            assert!(waited.elapsed() < Duration::from_secs(30), "never wrote");
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        // Its file was renamed (log rotation): the replacement opens a new file at the same
+        // path, another inode.
+        assert!(old_queue.retire().is_empty(), "the batch is in hand");
+        let new_queue = Arc::new(Queue::new(1 << 20, stats.clone()));
+        new_queue.close();
+        let sink = file_sink(&new_file, usize::MAX, 8);
+        let outcome = start(sink, &new_queue, &stats, Some(old)).join().unwrap();
+        assert_eq!(outcome.undelivered, 0, "{:?}", outcome.error);
+        assert_eq!(&*renamed.lock().unwrap(), b"one\ntw");
+        assert_eq!(
+            String::from_utf8_lossy(&new_file.lock().unwrap()),
+            "two\nthree\n"
+        );
     }
 }

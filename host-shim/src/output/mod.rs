@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use egresswatch_plugin_api::DEFAULT_OUTPUT;
 
+mod deadline;
 mod disk;
 #[cfg(test)]
 mod disk_queue;

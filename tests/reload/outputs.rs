@@ -400,6 +400,29 @@ fn sighup_removing_a_down_output_takes_it_out_of_health() {
     assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
 }
 
+/// Settings whose unreadable lines go to `errors` (`output`, YAML) when there is one, and are
+/// passed to `default` (a file) otherwise. The shutdown deadline is far off: a hand-over never
+/// waits for it.
+fn errors_settings(input: &str, metrics: &str, output: Option<&str>) -> String {
+    let (unreadable, errors) = match output {
+        Some(output) => ("errors", format!("\n  errors: {output}")),
+        None => ("pass", String::new()),
+    };
+    format!(
+        "input: {{ type: tcp, address: '{input}' }}\nmetrics: {{ address: '{metrics}' }}\n\
+         shutdown_timeout_secs: 600\nunreadable: {unreadable}\noutputs:\n  default: {{ type: \
+         file, path: out.ndjson }}{errors}\n{}",
+        detector_as_shipped()
+    )
+}
+
+/// Lines `uN` for N in `from..to`: not JSON, so `unreadable: errors` sends them to `errors`.
+fn unreadable_lines(from: u64, to: u64) -> Vec<u8> {
+    (from..to)
+        .flat_map(|n| format!("u{n}\n").into_bytes())
+        .collect()
+}
+
 /// Makes a named pipe at `path`.
 fn mkfifo(path: &Path) {
     let c = std::ffi::CString::new(path.as_os_str().as_encoded_bytes()).unwrap();
@@ -433,24 +456,10 @@ fn sighup_removing_then_re_adding_a_file_output_still_writing_keeps_its_lines_wh
     };
     let (input, metrics) = (free_address(), free_address());
     let settings = |errors: bool| {
-        let (unreadable, output) = if errors {
-            ("errors", "\n  errors: { type: file, path: errors.pipe }")
-        } else {
-            ("pass", "")
-        };
-        format!(
-            "input: {{ type: tcp, address: '{input}' }}\nmetrics: {{ address: '{metrics}' }}\n\
-             shutdown_timeout_secs: 60\nunreadable: {unreadable}\noutputs:\n  default: {{ \
-             type: file, path: out.ndjson }}{output}\n{}",
-            detector_as_shipped()
-        )
+        let output = errors.then_some("{ type: file, path: errors.pipe }");
+        errors_settings(&input, &metrics, output)
     };
-    // Lines that are not JSON: `unreadable: errors` sends them to `errors`.
-    let lines = |from: u64, to: u64| -> Vec<u8> {
-        (from..to)
-            .flat_map(|n| format!("u{n}\n").into_bytes())
-            .collect()
-    };
+    let lines = unreadable_lines;
     let config = write(&dir, "c.yaml", settings(true));
     let mut egw = Running::start(&dir, &config);
     let mut conn = connect_when_ready(&input);
@@ -508,27 +517,10 @@ fn sighup_adding_back_a_removed_output_that_is_still_failing_takes_over_what_it_
     });
     let (input, metrics) = (free_address(), free_address());
     let settings = |errors: Option<&str>| {
-        let (unreadable, output) = match errors {
-            Some(peer) => (
-                "errors",
-                format!("\n  errors: {{ type: tcp, address: '{peer}' }}"),
-            ),
-            None => ("pass", String::new()),
-        };
-        // (Its deadline far off: it hands over because it is replaced, not because time is up.)
-        format!(
-            "input: {{ type: tcp, address: '{input}' }}\nmetrics: {{ address: '{metrics}' }}\n\
-             shutdown_timeout_secs: 600\nunreadable: {unreadable}\noutputs:\n  default: {{ \
-             type: file, path: out.ndjson }}{output}\n{}",
-            detector_as_shipped()
-        )
+        let output = errors.map(|peer| format!("{{ type: tcp, address: '{peer}' }}"));
+        errors_settings(&input, &metrics, output.as_deref())
     };
-    // Lines that are not JSON: `unreadable: errors` sends them to `errors`.
-    let lines = |from: u64, to: u64| -> Vec<u8> {
-        (from..to)
-            .flat_map(|n| format!("u{n}\n").into_bytes())
-            .collect()
-    };
+    let lines = unreadable_lines;
     let config = write(&dir, "c.yaml", settings(Some(&down)));
     let mut egw = Running::start(&dir, &config);
     let mut conn = connect_when_ready(&input);

@@ -429,12 +429,14 @@ impl Sink for SocketSink {
 
     fn take_unconfirmed(&mut self) -> Vec<u8> {
         self.trim_acknowledged();
-        // Measured now: what the peer's kernel acknowledged stays with it. `resend` is older
-        // than `unacked` (a broken connection's tail, written first on the next one). Their
-        // last `offset` bytes are the batch in hand, which the caller hands
-        // over whole: only what came before it, whole lines, is taken here.
-        let mut data = std::mem::take(&mut self.resend);
-        data.extend(self.unacked.drain(..));
+        // Measured now: what the peer's kernel acknowledged stays with it. When both hold
+        // bytes, `unacked` is the older: a broken connection's tail moves from `resend` into
+        // `unacked` as it is written again, so `resend` keeps only the part not yet written
+        // when that write stopped short (the peer stalled, or the deadline). Their last
+        // `offset` bytes are the batch in hand, which the caller hands over whole: only what
+        // came before it, whole lines, is taken here.
+        let mut data: Vec<u8> = self.unacked.drain(..).collect();
+        data.extend_from_slice(&std::mem::take(&mut self.resend));
         data.truncate(data.len().saturating_sub(std::mem::take(&mut self.offset)));
         let whole = data
             .iter()
@@ -505,5 +507,23 @@ mod tests {
         line.clear();
         reader.read_line(&mut line).unwrap();
         assert_eq!(line, "three\n");
+    }
+
+    #[test]
+    fn what_a_stalled_resend_leaves_is_handed_over_in_the_order_it_was_written() {
+        // A broken connection's tail "a b c d" is being written again on the next connection
+        // when the peer stalls: "a b" went out (now unacknowledged), "c d" did not; "d" is the
+        // batch in hand (handed over whole by the caller).
+        let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+        let target = Target::Tcp {
+            address: "127.0.0.1:9".to_owned(),
+            tls: None,
+        };
+        let mut sink = SocketSink::new("t", target, stats);
+        sink.unacked.extend(b"a\nb\n");
+        sink.resend = b"c\nd\n".to_vec();
+        sink.offset = 2;
+        assert_eq!(sink.take_unconfirmed(), b"a\nb\nc\n");
+        assert_eq!(sink.outstanding_lines(), 0);
     }
 }

@@ -162,6 +162,11 @@ impl HighSumConfig {
     }
 }
 
+/// `x` as an f32, the largest finite one of its sign where it is beyond f32's range.
+fn within_f32(x: f64) -> f32 {
+    (x as f32).clamp(f32::MIN, f32::MAX)
+}
+
 /// Per-entity history of `ln(bucket sum)`.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize)]
 struct Entity {
@@ -192,9 +197,12 @@ impl Entity {
         let mean_old = f64::from(self.mean);
         let mean_new = mean_old + a * (x - mean_old) / w_new;
         let s = f64::from(self.var) * w_old + a * (x - mean_old) * (x - mean_new);
-        self.weight = w_new as f32;
-        self.mean = mean_new as f32;
-        self.var = (s / w_new).max(0.0) as f32;
+        // Kept within f32's range: a loaded state may hold values near its edge (the load
+        // checks them finite), and one that became infinite here would be saved and then
+        // refused at the next load, losing every model's learning.
+        self.weight = within_f32(w_new);
+        self.mean = within_f32(mean_new);
+        self.var = within_f32((s / w_new).max(0.0));
         self.at = now.max(self.at);
     }
 }

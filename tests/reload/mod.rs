@@ -2,13 +2,15 @@
 //! restarts that job and leaves the other judging exactly as without the reload; a start with a
 //! state file saved before the same change does the same. The input and the metrics endpoint
 //! move, a file output reopens its path (log rotation), a reload that cannot be set up is
-//! refused and the running configuration goes on. Reloads that rebuild outputs: `outputs.rs`.
+//! refused and the running configuration goes on. Reloads that rebuild outputs: `outputs.rs`;
+//! those of outputs with a disk buffer: `disk.rs`.
 //! Loopback only, every wait bounded.
 
 use std::io::Write;
 use std::path::Path;
 use std::time::Duration;
 
+mod disk;
 mod outputs;
 
 use crate::util::{

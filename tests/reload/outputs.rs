@@ -14,11 +14,11 @@ use crate::util::{
 };
 
 /// The numbers received by a plain TCP downstream, per connection, in order.
-type Received = std::sync::Arc<std::sync::Mutex<Vec<Vec<u64>>>>;
+pub(super) type Received = std::sync::Arc<std::sync::Mutex<Vec<Vec<u64>>>>;
 
 /// A TCP downstream on a loopback port (returned): reads every connection to its end and keeps
 /// the `n` of each line it receives, per connection.
-fn downstream() -> (String, Received) {
+pub(super) fn downstream() -> (String, Received) {
     downstream_of(|line| {
         let v: serde_json::Value = serde_json::from_slice(line).unwrap();
         v["n"].as_u64().unwrap()
@@ -57,7 +57,7 @@ fn downstream_of(number: fn(&[u8]) -> u64) -> (String, Received) {
 }
 
 /// Every number a downstream received, connections in the order they were accepted.
-fn all_of(received: &Received) -> Vec<u64> {
+pub(super) fn all_of(received: &Received) -> Vec<u64> {
     received.lock().unwrap().concat()
 }
 
@@ -208,7 +208,7 @@ fn sighup_replacing_a_down_output_hands_what_it_held_to_the_new_one() {
 
 /// A peer that accepts and never reads, with a small receive buffer (inherited by the accepted
 /// connection), so that an output to it blocks soon; and its address.
-fn stuck_peer() -> (std::net::TcpListener, String) {
+pub(super) fn stuck_peer() -> (std::net::TcpListener, String) {
     let stuck = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = stuck.local_addr().unwrap().to_string();
     let size: libc::c_int = 4096;

@@ -22,12 +22,12 @@ use crate::ack::{Ack, Outcome as Told};
 use crate::config::WhenFull;
 use crate::metrics::OutputHealth;
 
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+pub(super) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     m.lock().unwrap()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-enum Op {
+pub(super) enum Op {
     Create,
     Append,
     Sync,
@@ -38,7 +38,7 @@ enum Op {
 
 /// The real files ([`Files`]), with the next calls of an operation failing on demand.
 #[derive(Default)]
-struct Faulty {
+pub(super) struct Faulty {
     /// Per operation: how many of its next calls fail, and with which `errno`.
     failing: Mutex<HashMap<Op, (u64, i32)>>,
     /// Calls made, per operation.
@@ -48,11 +48,11 @@ struct Faulty {
 }
 
 impl Faulty {
-    fn fail(&self, op: Op, times: u64, errno: i32) {
+    pub(super) fn fail(&self, op: Op, times: u64, errno: i32) {
         lock(&self.failing).insert(op, (times, errno));
     }
 
-    fn calls(&self, op: Op) -> u64 {
+    pub(super) fn calls(&self, op: Op) -> u64 {
         lock(&self.calls).get(&op).copied().unwrap_or(0)
     }
 
@@ -69,7 +69,7 @@ impl Faulty {
     }
 
     /// Holds the next sync: returns where it says it started, and what lets it go.
-    fn hold_next_sync(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
+    pub(super) fn hold_next_sync(&self) -> (mpsc::Receiver<()>, mpsc::Sender<()>) {
         let (started, on_start) = mpsc::channel();
         let (go, on_go) = mpsc::channel();
         *lock(&self.hold_sync) = Some((started, on_go));
@@ -132,19 +132,19 @@ impl Storage for Faulty {
 }
 
 const ENOSPC: i32 = libc::ENOSPC;
-const EIO: i32 = libc::EIO;
+pub(super) const EIO: i32 = libc::EIO;
 
-fn stats() -> OutputHealth {
+pub(super) fn stats() -> OutputHealth {
     crate::metrics::Metrics::new(Default::default()).output("t")
 }
 
-fn dir(test: &str) -> PathBuf {
+pub(super) fn dir(test: &str) -> PathBuf {
     let dir = std::env::temp_dir().join(format!("egresswatch-diskq-{test}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
     dir
 }
 
-fn faulty(dir: &Path) -> (DiskLog, Arc<Faulty>) {
+pub(super) fn faulty(dir: &Path) -> (DiskLog, Arc<Faulty>) {
     let storage = Arc::new(Faulty::default());
     let log = DiskLog::open_with(
         "t",
@@ -157,7 +157,7 @@ fn faulty(dir: &Path) -> (DiskLog, Arc<Faulty>) {
     (log, storage)
 }
 
-fn line(n: u64) -> Vec<u8> {
+pub(super) fn line(n: u64) -> Vec<u8> {
     format!("{{\"n\":{n}}}\n").into_bytes()
 }
 
@@ -241,7 +241,7 @@ fn a_segment_half_made_on_a_full_disk_is_removed_and_the_next_batch_makes_it_aga
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-fn batch(n: u64) -> Batch {
+pub(super) fn batch(n: u64) -> Batch {
     Batch {
         data: line(n),
         lines: 1,
@@ -250,7 +250,7 @@ fn batch(n: u64) -> Batch {
     }
 }
 
-fn faulty_queue(dir: &Path, stats: &OutputHealth) -> (Arc<Queue>, Arc<Faulty>) {
+pub(super) fn faulty_queue(dir: &Path, stats: &OutputHealth) -> (Arc<Queue>, Arc<Faulty>) {
     let storage = Arc::new(Faulty::default());
     let log = DiskLog::open_with(
         "t",
@@ -266,7 +266,7 @@ fn faulty_queue(dir: &Path, stats: &OutputHealth) -> (Arc<Queue>, Arc<Faulty>) {
     )
 }
 
-fn popped(queue: &Queue) -> Batch {
+pub(super) fn popped(queue: &Queue) -> Batch {
     match queue.pop_timeout(Duration::ZERO) {
         Popped::Batch(b) => b,
         other => panic!("no batch: {other:?}"),
@@ -394,7 +394,7 @@ fn a_read_error_is_tried_again_and_loses_nothing() {
 
 /// A writer the test can read.
 #[derive(Clone, Default)]
-struct Collected(Arc<Mutex<Vec<u8>>>);
+pub(super) struct Collected(pub(super) Arc<Mutex<Vec<u8>>>);
 
 impl Write for Collected {
     fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -408,7 +408,7 @@ impl Write for Collected {
 }
 
 /// Runs a delivery thread over `queue` into `out`; its outcome arrives on the receiver.
-fn deliver(
+pub(super) fn deliver(
     queue: &Arc<Queue>,
     out: &Collected,
     stats: &OutputHealth,
@@ -516,7 +516,7 @@ fn max_bytes_counts_each_record_with_its_header_also_for_what_a_start_finds() {
 }
 
 /// A disk buffer in `dir` holding lines 0 to `lines - 1`, one per record, as a run left it.
-fn left_by_an_earlier_run(dir: &Path, lines: u64) {
+pub(super) fn left_by_an_earlier_run(dir: &Path, lines: u64) {
     let log = DiskLog::open("t", dir, 1 << 20, stats()).unwrap();
     for n in 0..lines {
         log.append(&line(n), 1, Vec::new())
@@ -562,7 +562,7 @@ fn opening_a_disk_buffer_reads_only_its_headers_and_what_it_holds_goes_first_onc
 }
 
 /// An opened disk buffer and what it held, checked.
-fn checked(log: DiskLog) -> (DiskLog, Found) {
+pub(super) fn checked(log: DiskLog) -> (DiskLog, Found) {
     let found = log.check(&|| false).unwrap();
     (log, found)
 }

@@ -24,6 +24,8 @@ mod deadline;
 mod disk;
 #[cfg(test)]
 mod disk_queue;
+#[cfg(test)]
+mod disk_reload;
 mod http;
 mod queue;
 mod socket;
@@ -236,21 +238,26 @@ impl Outputs {
         buffer: &BufferConfig,
         stats: OutputHealth,
     ) -> io::Result<()> {
-        let ready = self.ready(name, sink, buffer, stats)?;
+        let ready = self.ready(name, sink, buffer, stats, None)?;
         self.put_in_place(name, ready, None, None);
         Ok(())
     }
 
-    /// Output `name` made: its buffer, and its delivery thread started, waiting at its gate.
-    /// Dropped, the thread ends having done nothing.
+    /// Output `name` made: its buffer (`kept`: the running one's, a disk buffer a reload keeps),
+    /// and its delivery thread started, waiting at its gate. Dropped, the thread ends having
+    /// done nothing.
     fn ready(
         &self,
         name: &str,
         sink: Box<dyn Sink>,
         buffer: &BufferConfig,
         stats: OutputHealth,
+        kept: Option<Arc<Queue>>,
     ) -> io::Result<Ready> {
-        let queue = Arc::new(open_buffer(name, buffer, &stats)?);
+        let queue = match kept {
+            Some(queue) => queue,
+            None => Arc::new(open_buffer(name, buffer, &stats)?),
+        };
         let deadline = self.deadline.child();
         let (target, describe) = (sink.target(), sink.describe());
         let ended = Arc::new(Ended::default());
@@ -265,6 +272,7 @@ impl Outputs {
         )?;
         Ok(Ready {
             queue,
+            max_bytes: buffer.max_bytes,
             when_full: buffer.when_full,
             stats,
             worker,
@@ -497,6 +505,16 @@ fn open_buffer(name: &str, buffer: &BufferConfig, stats: &OutputHealth) -> io::R
     Ok(Queue::on_disk(log, buffer.max_bytes, stats.clone()))
 }
 
+/// Whether `a` and `b` name the same folder (links resolved, when it exists; `./` ignored).
+pub(crate) fn same_folder(a: &std::path::Path, b: &std::path::Path) -> bool {
+    use std::path::{Component, PathBuf};
+    let resolved = |p: &std::path::Path| -> PathBuf {
+        std::fs::canonicalize(p)
+            .unwrap_or_else(|_| p.components().filter(|c| *c != Component::CurDir).collect())
+    };
+    resolved(a) == resolved(b)
+}
+
 /// What a reload changes in the outputs: for each output added or changed, the new one, built
 /// (files opened, certificates read, its delivery thread started, waiting at its gate); for
 /// each one removed, `None`. Dropped (the reload refused), the new threads end having done
@@ -506,6 +524,8 @@ pub(crate) struct Changes(Vec<(String, Option<(Ready, OutputConfig)>)>);
 /// An output made and its delivery thread started, not yet in place ([`Outputs::ready`]).
 pub(crate) struct Ready {
     queue: Arc<Queue>,
+    /// Its buffer's bound (set on a kept disk buffer when put in place).
+    max_bytes: u64,
     when_full: WhenFull,
     stats: OutputHealth,
     worker: JoinHandle<Outcome>,
@@ -545,7 +565,8 @@ impl Outputs {
             let built = sink(config, name, output, &stats)?;
             let mut buffer = output.buffer().clone();
             buffer.path = buffer.path.map(|p| config.resolve(&p));
-            let ready = self.ready(name, built, &buffer, stats).map_err(|e| {
+            let kept = self.kept_buffer(name, &buffer);
+            let ready = self.ready(name, built, &buffer, stats, kept).map_err(|e| {
                 io::Error::new(e.kind(), format!("output {name}: cannot be started: {e}"))
             })?;
             changes.push((name.clone(), Some((ready, output.clone()))));
@@ -578,10 +599,16 @@ impl Outputs {
                 ended: Arc::clone(&old.ended),
             });
             let pending = old.take_batch();
-            if change.is_some() {
+            if let Some((ready, _)) = change {
                 // What it has not started goes to the replacement; what it fails to deliver
-                // from now on too.
-                let held = old.queue.retire();
+                // from now on too. A disk buffer the replacement keeps stays open: the old
+                // thread stops between batches, and the new one reads on from the cursor.
+                let held = if Arc::ptr_eq(&ready.queue, &old.queue) {
+                    ready.queue.set_max_bytes(ready.max_bytes);
+                    Vec::new()
+                } else {
+                    old.queue.retire()
+                };
                 old.deadline.set_replaced();
                 let worker = old.worker.take();
                 replaced.insert(name.clone(), (worker, old.refused, held, pending));
@@ -631,6 +658,19 @@ impl Outputs {
 }
 
 impl Outputs {
+    /// The running output `name`'s buffer, when `buffer` (a reload's new settings, `path`
+    /// resolved) keeps it: a disk buffer in the same folder. The new output then takes the same
+    /// queue with a new delivery thread, instead of opening the folder again (locked while the
+    /// queue lives).
+    fn kept_buffer(&self, name: &str, buffer: &BufferConfig) -> Option<Arc<Queue>> {
+        let (BufferKind::Disk, Some(dir)) = (buffer.kind, &buffer.path) else {
+            return None;
+        };
+        let output = self.outputs.get(name)?;
+        let running = output.queue.disk_dir()?;
+        same_folder(running, dir).then(|| Arc::clone(&output.queue))
+    }
+
     /// Takes the last output a reload removed that is still finishing and had `name` or writes
     /// to `target`.
     fn take_retired(&mut self, name: &str, target: &str) -> Option<(String, Output)> {

@@ -13,7 +13,7 @@
 //! on disk, not when delivered: the disk holds it from then on.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -94,20 +94,27 @@ struct Inner {
     /// On disk: whether a read failed since the last one that worked (logged once).
     read_failing: bool,
     /// On disk: batches delivered whose last lines the peer may not have yet (a socket
-    /// output's unacknowledged tail), oldest first: where each ends, and its lines. The cursor
-    /// stays before them until the sink says the peer has them.
-    unconfirmed: VecDeque<(Position, u64)>,
+    /// output's unacknowledged tail), oldest first ([`Taken`]). The cursor stays before them
+    /// until the sink says the peer has them.
+    unconfirmed: VecDeque<Taken>,
+    /// On disk: the batch the delivery thread has read and not yet settled.
+    in_flight: Option<Taken>,
     /// On disk: what it held at open is not checked yet ([`Queue::check_backlog`]); the
     /// bytes counted for it meanwhile (more than it holds, never less).
     unchecked: Option<u64>,
 }
+
+/// A batch read from a disk buffer and not yet past its cursor: where its record ends, its
+/// lines, and its bytes of lines.
+type Taken = (Position, u64, u64);
 
 /// A bounded FIFO of batches, one per output.
 pub(crate) struct Queue {
     inner: Mutex<Inner>,
     not_empty: Condvar,
     not_full: Condvar,
-    max_bytes: u64,
+    /// The bound; a reload that keeps a disk buffer may change it.
+    max_bytes: AtomicU64,
     stats: OutputHealth,
     disk: Option<DiskLog>,
 }
@@ -115,7 +122,7 @@ pub(crate) struct Queue {
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue")
-            .field("max_bytes", &self.max_bytes)
+            .field("max_bytes", &self.max_bytes())
             .field("disk", &self.disk.as_ref().map(DiskLog::dir))
             .finish_non_exhaustive()
     }
@@ -128,7 +135,7 @@ impl Queue {
             inner: Mutex::new(Inner::default()),
             not_empty: Condvar::new(),
             not_full: Condvar::new(),
-            max_bytes,
+            max_bytes: AtomicU64::new(max_bytes),
             stats,
             disk: None,
         }
@@ -146,16 +153,28 @@ impl Queue {
             }),
             not_empty: Condvar::new(),
             not_full: Condvar::new(),
-            max_bytes,
+            max_bytes: AtomicU64::new(max_bytes),
             stats,
             disk: Some(disk),
         }
     }
 
+    fn max_bytes(&self) -> u64 {
+        self.max_bytes.load(Ordering::Relaxed)
+    }
+
+    /// A reload kept this disk buffer with a new `max_bytes` (its segments keep their size).
+    pub(crate) fn set_max_bytes(&self, max_bytes: u64) {
+        self.max_bytes.store(max_bytes, Ordering::Relaxed);
+        self.not_full.notify_all();
+    }
+
     /// Checks what a disk buffer held at open ([`DiskLog::check`], left by an earlier run) and
     /// counts it, to be delivered first: called by the output's own thread before it delivers
     /// anything, so that the input listens meanwhile. A check that fails is tried again every
-    /// [`READ_RETRY`] until `deadline`; then the reason. Nothing to do for a memory queue.
+    /// [`READ_RETRY`] until `deadline`, or until a reload replaces the output (its replacement,
+    /// which keeps this queue, checks on from where this one stopped); then the reason.
+    /// Nothing to do for a memory queue.
     pub(crate) fn check_backlog(&self, deadline: &Deadline) -> Result<(), String> {
         let Some(disk) = &self.disk else {
             return Ok(());
@@ -164,12 +183,13 @@ impl Queue {
             return Ok(());
         }
         let mut logged = false;
+        let stop = || deadline.passed() || deadline.replaced();
         let found = loop {
-            match disk.check(&|| deadline.passed()) {
+            match disk.check(&stop) {
                 Ok(found) => break found,
                 Err(e) => {
                     let reason = format!("disk buffer {}: cannot read: {e}", disk.dir().display());
-                    if deadline.passed() {
+                    if stop() {
                         return Err(reason);
                     }
                     // (Down on /metrics while it cannot read what it holds.)
@@ -237,7 +257,7 @@ impl Queue {
         let mut inner = self.lock();
         let mut blocked = false;
         let result = loop {
-            let room = inner.bytes == 0 || inner.bytes + held <= self.max_bytes;
+            let room = inner.bytes == 0 || inner.bytes + held <= self.max_bytes();
             if let Some(reason) = &inner.failed {
                 // A disk buffer still takes what fits (kept for the next start) and drops by
                 // its policy; nothing will make room any more for a blocked batch.
@@ -319,7 +339,10 @@ impl Queue {
                 drop(inner);
                 match disk.read_next() {
                     Ok(Next::Record(record)) => {
-                        if std::mem::take(&mut self.lock().read_failing) {
+                        let mut inner = self.lock();
+                        inner.in_flight =
+                            Some((record.end, record.lines, record.data.len() as u64));
+                        if std::mem::take(&mut inner.read_failing) {
                             tracing::info!(output = %self.stats.name(), "disk buffer: reads again");
                         }
                         return Popped::Batch(Batch {
@@ -381,20 +404,23 @@ impl Queue {
     }
 
     /// A batch from [`Queue::pop_timeout`] was delivered (or given up on): it is no longer
-    /// pending. A disk buffer's batch leaves the buffer only if delivered (the delivery thread
-    /// gives up through [`Queue::fail`] before it settles the batch in hand, which stays on
-    /// disk), and its cursor moves past it only once the sink's `outstanding` lines (written,
-    /// not yet acknowledged by the peer: the last ones written) are all after it.
+    /// pending. A disk buffer's batch is settled only once delivered (a batch given up on stays
+    /// on disk: the delivery thread gives up through [`Queue::fail`], or hands over to a
+    /// reload's replacement, without settling it), and its cursor moves past it only once the
+    /// sink's `outstanding` lines (written, not yet acknowledged by the peer: the last ones
+    /// written) are all after it.
     pub(crate) fn settled(&self, batch: &Batch, outstanding: u64) {
         if let (Some(disk), Some(end)) = (&self.disk, batch.end) {
             let mut inner = self.lock();
             if inner.failed.is_some() {
                 return;
             }
+            inner.in_flight = None;
             let size = Counts::one_record(batch.data.len() as u64);
             inner.bytes = inner.bytes.saturating_sub(size);
             inner.lines = inner.lines.saturating_sub(batch.lines);
-            inner.unconfirmed.push_back((end, batch.lines));
+            let taken = (end, batch.lines, batch.data.len() as u64);
+            inner.unconfirmed.push_back(taken);
             self.move_cursor(disk, &mut inner, outstanding);
             self.not_full.notify_all();
         }
@@ -414,9 +440,9 @@ impl Queue {
     }
 
     fn move_cursor(&self, disk: &DiskLog, inner: &mut Inner, outstanding: u64) {
-        let mut after: u64 = inner.unconfirmed.iter().map(|(_, lines)| lines).sum();
+        let mut after: u64 = inner.unconfirmed.iter().map(|(_, lines, _)| lines).sum();
         let mut to = None;
-        while let Some(&(end, lines)) = inner.unconfirmed.front() {
+        while let Some(&(end, lines, _)) = inner.unconfirmed.front() {
             if after - lines < outstanding {
                 break;
             }
@@ -443,7 +469,7 @@ impl Queue {
     pub(crate) fn kept(&self) -> Option<(u64, u64)> {
         self.disk.as_ref()?;
         let inner = self.lock();
-        let unconfirmed: u64 = inner.unconfirmed.iter().map(|(_, lines)| lines).sum();
+        let unconfirmed: u64 = inner.unconfirmed.iter().map(|(_, lines, _)| lines).sum();
         // (Bytes include what it held at open and never checked, whose lines are not known.)
         Some((inner.lines + unconfirmed, inner.bytes))
     }
@@ -465,8 +491,9 @@ impl Queue {
 
     /// A reload replaces the output: takes the batches its delivery thread has not started
     /// (they go to the replacement, first), and closes the queue; from now on the thread hands
-    /// a batch it fails to deliver to the replacement ([`Queue::retired`]).
-    /// (A disk buffer is only closed: a reload does not replace an output that has one.)
+    /// a batch it fails to deliver to the replacement ([`Queue::retired`]). (A disk buffer is
+    /// only closed: a reload that keeps one keeps its queue, see [`Queue::rewind`], and does
+    /// not retire it.)
     pub(crate) fn retire(&self) -> Vec<Batch> {
         if self.disk.is_some() {
             self.close();
@@ -493,6 +520,31 @@ impl Queue {
     /// Whether a reload replaced the output.
     pub(crate) fn retired(&self) -> bool {
         self.lock().retired
+    }
+
+    /// A reload gave this disk-buffered queue's output a new sink, and the delivery thread of
+    /// the old one has ended: what that thread read and its peer may not have (the batch it
+    /// had in hand, those whose lines the peer had not acknowledged) is read again from the
+    /// cursor by the new thread, in order, so that nothing is lost across the switch (what the
+    /// old peer had after all repeats). A failure of the old sink ([`Queue::fail`]) is
+    /// forgotten: the new one has its own chance. Nothing to do for a memory queue.
+    pub(crate) fn rewind(&self) {
+        let Some(disk) = &self.disk else {
+            return;
+        };
+        let mut inner = self.lock();
+        let mut taken: Vec<Taken> = inner.unconfirmed.drain(..).collect();
+        for &(_, lines, bytes) in &taken {
+            // (Counted off when they were settled.)
+            inner.bytes += Counts::one_record(bytes);
+            inner.lines += lines;
+            self.stats.pending(true, bytes, lines);
+        }
+        taken.extend(inner.in_flight.take());
+        inner.waiting += taken.len() as u64;
+        inner.failed = None;
+        disk.rewind(&taken);
+        self.not_empty.notify_all();
     }
 
     /// Puts `batches` before everything queued, whatever the bound: what the output this one

@@ -244,42 +244,6 @@ pub(crate) fn spawn(
             for other in &turn.wait_for {
                 other.wait();
             }
-            let mut sink = sink;
-            if let Some(before) = before.as_mut() {
-                let held = std::mem::take(&mut before.handed_over);
-                if !held.is_empty() {
-                    let lines: u64 = held.iter().map(|b| b.lines).sum();
-                    tracing::info!(output = %name, lines,
-                        "the output the reload replaced could not deliver these lines; its \
-                         replacement delivers them first");
-                    queue.put_front(held);
-                }
-                match before.torn.take() {
-                    // The same file: what it wrote of the line is finished, not written twice.
-                    Some(torn) if torn.file == sink.written_to() => sink.resume(torn.written),
-                    Some(torn) => tracing::warn!(output = %name, path = %torn.path,
-                        bytes = torn.written,
-                        "the output the reload replaced stopped partway through a line: its \
-                         beginning is left at the end of that file, and the line is written \
-                         whole to the new one"),
-                    None => {}
-                }
-            }
-            // What a disk buffer held at open is checked now, the input listening meanwhile.
-            if let Err(reason) = queue.check_backlog(&deadline) {
-                let reason = format!("its disk buffer could not be read: {reason}");
-                let undelivered = queue.fail(reason.clone(), 0);
-                tracing::error!(output = %name, undelivered, error = %reason, "output gave up");
-                let outcome = Outcome {
-                    undelivered,
-                    error: Some(reason),
-                    ..Outcome::default()
-                };
-                return match before {
-                    Some(before) => before.and(outcome),
-                    None => outcome,
-                };
-            }
             let mut worker = Worker {
                 name,
                 sink,
@@ -288,7 +252,10 @@ pub(crate) fn spawn(
                 deadline,
                 jitter: Jitter::new(),
             };
-            let outcome = worker.run();
+            if let Some(before) = before.as_mut() {
+                worker.take_over(before);
+            }
+            let outcome = worker.start();
             match before {
                 Some(before) => before.and(outcome),
                 None => outcome,
@@ -320,9 +287,67 @@ struct Worker {
 }
 
 impl Worker {
+    /// Takes over from the output a reload replaced, whose thread has ended (`before`): a disk
+    /// buffer kept by the reload is read again from its cursor ([`Queue::rewind`]); what a
+    /// memory buffer's thread could not deliver goes first; a line of a file it stopped partway
+    /// through is finished in the same file.
+    fn take_over(&mut self, before: &mut Outcome) {
+        self.queue.rewind();
+        let name = &self.name;
+        let held = std::mem::take(&mut before.handed_over);
+        if !held.is_empty() {
+            let lines: u64 = held.iter().map(|b| b.lines).sum();
+            tracing::info!(output = %name, lines,
+                "the output the reload replaced could not deliver these lines; its \
+                 replacement delivers them first");
+            self.queue.put_front(held);
+        }
+        match before.torn.take() {
+            // The same file: what it wrote of the line is finished, not written twice.
+            Some(torn) if torn.file == self.sink.written_to() => self.sink.resume(torn.written),
+            Some(torn) => tracing::warn!(output = %name, path = %torn.path,
+                bytes = torn.written,
+                "the output the reload replaced stopped partway through a line: its \
+                 beginning is left at the end of that file, and the line is written \
+                 whole to the new one"),
+            None => {}
+        }
+    }
+
+    /// Checks what a disk buffer held at open (the input listening meanwhile), then delivers.
+    fn start(&mut self) -> Outcome {
+        if let Err(reason) = self.queue.check_backlog(&self.deadline) {
+            if self.replaced() && !self.deadline.passed() {
+                // Its replacement keeps the buffer and checks on.
+                return self.hand_back();
+            }
+            let reason = format!("its disk buffer could not be read: {reason}");
+            let undelivered = self.queue.fail(reason.clone(), 0);
+            tracing::error!(output = %self.name, undelivered, error = %reason, "output gave up");
+            return Outcome {
+                undelivered,
+                error: Some(reason),
+                ..Outcome::default()
+            };
+        }
+        self.run()
+    }
+
+    /// Whether a reload replaced the output: its queue retired (a memory buffer), or its
+    /// deadline marked (a disk buffer, whose queue the replacement keeps).
+    fn replaced(&self) -> bool {
+        self.queue.retired() || self.deadline.replaced()
+    }
+
     fn run(&mut self) -> Outcome {
-        self.sink.probe(&self.deadline);
+        if !self.replaced() {
+            self.sink.probe(&self.deadline);
+        }
         loop {
+            // Replaced by a reload that keeps the disk buffer: it stops here, between batches.
+            if self.queue.is_on_disk() && self.deadline.replaced() {
+                return self.end_replaced();
+            }
             let popped = match self.queue.pop_timeout(IDLE_POLL) {
                 // A disk buffer it cannot read back, at the end: it keeps what it holds.
                 Popped::Empty if self.queue.is_closed() && self.deadline.passed() => Popped::Closed,
@@ -337,13 +362,14 @@ impl Worker {
                         self.stats.delivered(batch.lines);
                         batch.acks.drain(..).for_each(Ack::delivered);
                     }
-                    // (A disk buffer keeps what the peer has not acknowledged yet.)
-                    let outstanding = if self.queue.is_on_disk() && delivered.is_ok() {
-                        self.sink.outstanding_lines()
-                    } else {
-                        0
-                    };
-                    self.queue.settled(&batch, outstanding);
+                    // (A disk buffer keeps what the peer has not acknowledged yet, and a batch
+                    // not delivered: it stays past the cursor.)
+                    if !self.queue.is_on_disk() {
+                        self.queue.settled(&batch, 0);
+                    } else if delivered.is_ok() {
+                        let outstanding = self.sink.outstanding_lines();
+                        self.queue.settled(&batch, outstanding);
+                    }
                     if let Err(mut outcome) = delivered {
                         if self.queue.retired() {
                             self.hand_over(batch, &mut outcome);
@@ -362,19 +388,7 @@ impl Worker {
                 // The end: wait until the peer has everything, or the deadline (replaced by a
                 // reload: until the peer has taken nothing for a moment).
                 Popped::Closed => {
-                    let mut acknowledged = (u64::MAX, Instant::now());
-                    let settled = self.with_retries(0, |sink, deadline| {
-                        let outstanding = sink.settle(deadline)?;
-                        if outstanding != acknowledged.0 {
-                            acknowledged = (outstanding, Instant::now());
-                        }
-                        let stalled = deadline.gives_up_stalled(acknowledged.1);
-                        if outstanding > 0 && !deadline.passed() && !stalled {
-                            sleep_until(Instant::now() + Duration::from_millis(20), deadline);
-                            return Err(SinkError::Pending);
-                        }
-                        Ok(outstanding)
-                    });
+                    let settled = self.settle_all();
                     if let Ok(outstanding) = settled {
                         self.queue.confirm(outstanding);
                     }
@@ -400,6 +414,67 @@ impl Worker {
                     };
                 }
             }
+        }
+    }
+
+    /// Waits until the peer has acknowledged everything written, or the deadline (replaced by a
+    /// reload: until the peer has taken nothing for a moment); returns how many lines it has
+    /// not.
+    fn settle_all(&mut self) -> Result<u64, Outcome> {
+        let mut acknowledged = (u64::MAX, Instant::now());
+        self.with_retries(0, |sink, deadline| {
+            let outstanding = sink.settle(deadline)?;
+            if outstanding != acknowledged.0 {
+                acknowledged = (outstanding, Instant::now());
+            }
+            let stalled = deadline.gives_up_stalled(acknowledged.1);
+            if outstanding > 0 && !deadline.passed() && !stalled {
+                sleep_until(Instant::now() + Duration::from_millis(20), deadline);
+                return Err(SinkError::Pending);
+            }
+            Ok(outstanding)
+        })
+    }
+
+    /// Replaced by a reload that keeps the disk buffer, between batches: waits for the peer to
+    /// acknowledge what it wrote (as at the end, [`Worker::settle_all`]) so that less repeats,
+    /// moves the cursor past what it has, and stops; its replacement reads the rest again.
+    fn end_replaced(&mut self) -> Outcome {
+        match self.settle_all() {
+            Ok(outstanding) => {
+                self.queue.confirm(outstanding);
+                tracing::info!(output = %self.name, unacknowledged_lines = outstanding,
+                    "output replaced by a reload: it stops, and its replacement delivers on \
+                     from the disk buffer's cursor");
+                self.hand_back()
+            }
+            Err(outcome) => outcome,
+        }
+    }
+
+    /// Replaced by a reload, it stops: what it wrote that the peer may not have goes to the
+    /// replacement. With a memory buffer, as a batch (the batch in hand is added by the caller,
+    /// [`Worker::hand_over`]), and a TCP connection is reset so that its kernel does not send
+    /// that too. A disk buffer still holds it past its cursor, and the replacement reads it
+    /// again from there ([`Queue::rewind`]): the connection is closed, not reset, when the
+    /// thread ends (what the peer's kernel acknowledged and the peer has not read yet stays
+    /// readable; what it had not may then arrive twice), and a file's bytes of the batch it
+    /// stopped in are named ([`Outcome::torn`]) so that they are not written twice.
+    fn hand_back(&mut self) -> Outcome {
+        if !self.queue.is_on_disk() {
+            return Outcome {
+                handed_over: self.unconfirmed().into_iter().collect(),
+                ..Outcome::default()
+            };
+        }
+        let written = self.sink.take_written();
+        Outcome {
+            torn: (written > 0).then(|| Torn {
+                path: self.sink.target(),
+                file: self.sink.written_to(),
+                written,
+            }),
+            ..Outcome::default()
         }
     }
 
@@ -469,18 +544,14 @@ impl Worker {
                 Err(e) => {
                     failures += 1;
                     self.stats.failed(e.message());
-                    if self.queue.retired() {
+                    if self.replaced() {
                         // Replaced by a reload: what it cannot deliver goes to the replacement
-                        // (the batch in hand, by the caller); what it wrote and the peer may
-                        // not have is lost.
+                        // (the batch in hand, by the caller, or left on disk).
                         let reason = format!("{}: {}", self.sink.describe(), e.message());
                         tracing::warn!(output = %self.name, error = %reason,
                             "output replaced by a reload and failing: it stops, and its \
                              replacement delivers what it held");
-                        return Err(Outcome {
-                            handed_over: self.unconfirmed().into_iter().collect(),
-                            ..Outcome::default()
-                        });
+                        return Err(self.hand_back());
                     }
                     if matches!(e, SinkError::Fatal(_)) || self.deadline.passed() {
                         let reason = format!("{}: {}", self.sink.describe(), e.message());

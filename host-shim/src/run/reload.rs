@@ -27,7 +27,10 @@
 //! What a reload refuses, naming the key and why (the running configuration goes on; a restart
 //! applies it): `plugin` (a loaded library cannot be unloaded safely), `state.path` (the running
 //! models would be written over whatever is at the new path, never loaded), standard input or
-//! the HTTP input, and outputs with a disk buffer (see [`refused`]).
+//! the HTTP input, and an output whose disk buffer would not stay in its folder (added,
+//! removed, moved, turned to or from memory: see [`disk_moved`]). An output that keeps its disk
+//! buffer in the same folder is rebuilt around the same buffer: the old delivery thread stops
+//! between batches and the new one reads on from the buffer's cursor.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
@@ -43,7 +46,7 @@ use crate::http::Servers;
 use crate::input::{self, Started};
 use crate::loader::Transform;
 use crate::metrics::Metrics;
-use crate::output::{Deadline, Outputs};
+use crate::output::{same_folder, Deadline, Outputs};
 
 /// Builds a transform from the configuration files as they are now: what `run` does at start,
 /// with the plugin already loaded.
@@ -148,13 +151,15 @@ impl Reloader<'_> {
         // reload, and nothing running has changed.
         let tls_files = tls_files(&config);
         let changed = changed_outputs(&self.running, &config, &self.tls_files, &tls_files);
-        let on_disk = on_disk(&self.running, &config, &changed);
-        if !on_disk.is_empty() {
+        let moved = disk_moved(&self.running, &config, &changed);
+        if !moved.is_empty() {
             bail!(
-                "{} changed: an output with a disk buffer is not replaced by a reload (its \
-                 folder stays locked by the running output until it has finished); restart \
-                 egresswatch to apply the new configuration",
-                on_disk.join(", ")
+                "{} changed: a reload replaces an output with a disk buffer only when the buffer \
+                 stays in the same folder (a disk buffer added, removed, moved to another \
+                 folder or turned to or from memory, or an output with one added or removed, \
+                 would leave lines in a folder no output reads, or need one locked by the \
+                 running output); restart egresswatch to apply the new configuration",
+                moved.join(", ")
             );
         }
         let rebind = if rebinds(&self.running, &config, &self.tls_files, &tls_files) {
@@ -248,15 +253,30 @@ impl Reloader<'_> {
     }
 }
 
-/// The outputs among `changed` with a disk buffer before or after, as `outputs.NAME`.
-fn on_disk(running: &HostConfig, new: &HostConfig, changed: &[String]) -> Vec<String> {
+/// The outputs among `changed` with a disk buffer before or after that a reload cannot keep in
+/// place (it keeps one only when the output has a disk buffer in the same folder before and
+/// after), as `outputs.NAME`.
+fn disk_moved(running: &HostConfig, new: &HostConfig, changed: &[String]) -> Vec<String> {
+    let folder = |config: &HostConfig, name: &str| {
+        let buffer = config.outputs.get(name)?.buffer();
+        let path = buffer
+            .path
+            .as_ref()
+            .filter(|_| buffer.kind == BufferKind::Disk)?;
+        Some(config.resolve(path))
+    };
+    let on_disk =
+        |config: &HostConfig, name: &str| config.outputs.get(name).map(|o| o.buffer().kind);
     changed
         .iter()
         .filter(|name| {
-            [running.outputs.get(*name), new.outputs.get(*name)]
-                .into_iter()
-                .flatten()
-                .any(|o| o.buffer().kind == BufferKind::Disk)
+            let disk =
+                [on_disk(running, name), on_disk(new, name)].contains(&Some(BufferKind::Disk));
+            let kept = match (folder(running, name), folder(new, name)) {
+                (Some(before), Some(after)) => same_folder(&before, &after),
+                _ => false,
+            };
+            disk && !kept
         })
         .map(|name| format!("outputs.{name}"))
         .collect()
@@ -446,15 +466,33 @@ mod tests {
             changed_outputs(&running, &moved, &none, &none),
             ["default", "pager", "siem"]
         );
-        // An output with a disk buffer, before or after, is not replaced live.
-        let disk = config(
-            "input: { type: tcp, address: '127.0.0.1:6000' }\noutputs:\n  default: { type: \
-             file, path: a.ndjson, buffer: { type: disk, path: buf } }\n  pager: { type: \
-             file, path: p.ndjson }\n",
+        // An output with a disk buffer is replaced live only when the buffer stays in its
+        // folder: one turned from memory to disk, or moved, is not.
+        let disk = |output: &str| {
+            config(&format!(
+                "input: {{ type: tcp, address: '127.0.0.1:6000' }}\noutputs:\n  default: \
+                 {{ {output} }}\n  pager: {{ type: file, path: p.ndjson }}\n"
+            ))
+        };
+        let on_disk = disk("type: file, path: a.ndjson, buffer: { type: disk, path: buf }");
+        let changed = changed_outputs(&running, &on_disk, &none, &none);
+        assert_eq!(changed, ["default"]);
+        assert_eq!(
+            disk_moved(&running, &on_disk, &changed),
+            ["outputs.default"]
         );
-        let changed = changed_outputs(&running, &disk, &none, &none);
-        assert_eq!(on_disk(&running, &disk, &changed), ["outputs.default"]);
-        assert!(on_disk(&running, &moved, &["pager".to_owned()]).is_empty());
+        assert_eq!(
+            disk_moved(&on_disk, &running, &changed),
+            ["outputs.default"]
+        );
+        let elsewhere = disk("type: tcp, address: 'x:1', buffer: { type: disk, path: other }");
+        assert_eq!(
+            disk_moved(&on_disk, &elsewhere, &changed),
+            ["outputs.default"]
+        );
+        let kept = disk("type: tcp, address: 'x:1', buffer: { type: disk, path: ./buf }");
+        assert!(disk_moved(&on_disk, &kept, &changed).is_empty());
+        assert!(disk_moved(&running, &moved, &["pager".to_owned()]).is_empty());
         // The same configuration with a certificate file whose content changed.
         let renewed = BTreeMap::from([("outputs.pager".to_owned(), b"new".to_vec())]);
         let before = BTreeMap::from([("outputs.pager".to_owned(), b"old".to_vec())]);

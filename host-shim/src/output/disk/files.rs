@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::storage::Storage;
-use super::{Counts, Found, Position, Segment, FIRST_RECORD, RECORD_HEADER, SEGMENT_MAGIC};
+use super::{Found, Position, Segment, FIRST_RECORD, RECORD_HEADER, SEGMENT_MAGIC};
 
 pub(super) fn segment_path(dir: &Path, id: u64) -> PathBuf {
     dir.join(format!("{id:020}.seg"))
@@ -112,7 +112,7 @@ pub(super) fn scan_segment(
     let mut segment = Segment {
         size,
         end: size,
-        held: Counts::default(),
+        ..Segment::default()
     };
     let mut offset = from.max(FIRST_RECORD);
     let mut problem = (!header_ok).then(|| "a segment header that is not egresswatch's".to_owned());

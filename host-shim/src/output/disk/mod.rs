@@ -155,6 +155,8 @@ struct Segment {
     end: u64,
     /// What it holds from where reading starts in it (the cursor, in the first one).
     held: Counts,
+    /// What the reader has taken of `held` (less what a rewind gave back).
+    read: Counts,
 }
 
 /// An output's disk buffer. The engine thread appends ([`DiskLog::append`]); the output's
@@ -170,6 +172,9 @@ pub(crate) struct DiskLog {
     writer: Mutex<Writer>,
     reader: Mutex<Reader>,
     cursor: Mutex<File>,
+    /// Where delivery has got to (what the cursor file says, unless writing it failed): a
+    /// rewind goes back there.
+    confirmed: Mutex<Position>,
     /// Every segment file.
     segments: Mutex<BTreeMap<u64, Segment>>,
     sync: Arc<SyncShared>,
@@ -218,8 +223,6 @@ impl Written {
 struct Reader {
     position: Position,
     file: Option<File>,
-    /// What it has read of its segment.
-    consumed: Counts,
 }
 
 #[derive(Default)]
@@ -377,7 +380,7 @@ impl DiskLog {
                     size,
                     // (Until checked nothing is read from it.)
                     end: size,
-                    held: Counts::default(),
+                    ..Segment::default()
                 },
             );
         }
@@ -414,9 +417,9 @@ impl DiskLog {
             reader: Mutex::new(Reader {
                 position: start,
                 file: None,
-                consumed: Counts::default(),
             }),
             cursor: Mutex::new(cursor),
+            confirmed: Mutex::new(start),
             segments: Mutex::new(segments),
             sync,
             syncer: Mutex::new(Some(syncer)),
@@ -585,7 +588,7 @@ impl DiskLog {
             Segment {
                 size: FIRST_RECORD,
                 end: FIRST_RECORD,
-                held: Counts::default(),
+                ..Segment::default()
             },
         );
         lock(&self.sync.state).file = Some(Arc::clone(&file));
@@ -620,7 +623,6 @@ impl DiskLog {
                         offset: FIRST_RECORD,
                     },
                     file: None,
-                    consumed: Counts::default(),
                 };
                 continue;
             }
@@ -630,7 +632,9 @@ impl DiskLog {
             let file = reader.file.as_ref().expect("opened above");
             match read_record(self.storage.as_ref(), file, offset, end) {
                 Ok(Some((data, lines, after))) => {
-                    reader.consumed.add(lines, data.len() as u64);
+                    if let Some(s) = lock(&self.segments).get_mut(&segment) {
+                        s.read.add(lines, data.len() as u64);
+                    }
                     reader.position.offset = after;
                     return Ok(Next::Record(Record {
                         data,
@@ -650,7 +654,7 @@ impl DiskLog {
                         let mut segments = lock(&self.segments);
                         let s = segments.get_mut(&segment).expect("read above");
                         s.end = offset;
-                        s.held.minus(reader.consumed)
+                        s.held.minus(s.read)
                     };
                     tracing::error!(output = %self.stats.name(),
                         segment = %segment_path(&self.dir, segment).display(), offset,
@@ -669,6 +673,8 @@ impl DiskLog {
     /// Everything up to `end` was delivered: the cursor moves there, and segments before it are
     /// deleted.
     pub(crate) fn delivered(&self, end: Position) -> io::Result<()> {
+        // (The peer has them, whether or not the cursor file can say so.)
+        *lock(&self.confirmed) = end;
         let mut bytes = [0u8; 20];
         bytes[0..8].copy_from_slice(&end.segment.to_le_bytes());
         bytes[8..16].copy_from_slice(&end.offset.to_le_bytes());
@@ -691,6 +697,29 @@ impl DiskLog {
             self.report_size();
         }
         Ok(())
+    }
+
+    /// The delivery thread that read `taken` (each record's end, lines and bytes of lines: those
+    /// read since the cursor last moved, which its peer may not have) has ended, and another
+    /// takes over (a reload gave the output a new sink): the next [`DiskLog::read_next`] starts
+    /// again at the cursor, so those records are read again, in order.
+    pub(crate) fn rewind(&self, taken: &[(Position, u64, u64)]) {
+        let mut reader = lock(&self.reader);
+        let mut segments = lock(&self.segments);
+        for &(end, lines, bytes) in taken {
+            if let Some(s) = segments.get_mut(&end.segment) {
+                let record = Counts {
+                    records: 1,
+                    lines,
+                    bytes,
+                };
+                s.read = s.read.minus(record);
+            }
+        }
+        *reader = Reader {
+            position: *lock(&self.confirmed),
+            file: None,
+        };
     }
 
     /// No more appends: the last ones are synced (and their acknowledgements told) before this

@@ -1,0 +1,181 @@
+//! Tests of a reload that keeps an output's disk buffer: the queue and its files stay, the
+//! delivery thread is replaced, and the new one reads again from the cursor what the old one
+//! had read and its peer may not have (at least once, in order), also when a second reload
+//! replaces the new one before it ran.
+
+use std::sync::{mpsc, Arc};
+use std::time::Duration;
+
+use super::disk_queue::{batch, deliver, dir, faulty_queue, line, lock, popped, stats, Collected};
+use super::queue::{Deadline, Popped};
+use super::worker::{self, Sink, SinkError, Turn, WriterSink};
+use crate::config::WhenFull;
+
+#[test]
+fn a_rewind_reads_again_from_the_cursor_what_was_read_and_not_confirmed_and_counts_it_again() {
+    let dir = dir("rewind");
+    let stats = stats();
+    let (queue, _) = faulty_queue(&dir, &stats);
+    let none = Deadline::default();
+    for n in 0..5 {
+        queue.push(batch(n), WhenFull::Block, &none).unwrap();
+    }
+    let record = 20 + line(0).len() as u64;
+    // The old thread: 0 delivered and acknowledged, 1 delivered but its line not acknowledged
+    // by the peer yet, 2 in hand.
+    let first = popped(&queue);
+    queue.settled(&first, 0);
+    let unacknowledged = popped(&queue);
+    queue.settled(&unacknowledged, 1);
+    let _in_hand = popped(&queue);
+    assert_eq!(
+        queue.kept(),
+        Some((4, 3 * record)),
+        "1 is off the bytes once settled"
+    );
+    // It ended; the new thread reads on from the cursor: 1 and 2 again, then 3 and 4.
+    queue.rewind();
+    assert_eq!(queue.kept(), Some((4, 4 * record)));
+    assert_eq!(stats.status().pending_lines, 4);
+    for n in 1..5 {
+        let b = popped(&queue);
+        assert_eq!(b.data, line(n), "in order from the cursor");
+        queue.settled(&b, 0);
+    }
+    assert!(matches!(queue.pop_timeout(Duration::ZERO), Popped::Empty));
+    assert_eq!(queue.kept(), Some((0, 0)));
+    assert_eq!(stats.status().pending_lines, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// A sink whose peer takes nothing: each delivery says it started, waits until let go, then
+/// fails.
+struct Stuck {
+    started: mpsc::Sender<()>,
+    go: mpsc::Receiver<()>,
+}
+
+impl Sink for Stuck {
+    fn deliver(&mut self, _data: &[u8], _deadline: &Deadline) -> Result<(), SinkError> {
+        let _ = self.started.send(());
+        let _ = self.go.recv();
+        Err(SinkError::Retry("the peer took nothing".into()))
+    }
+
+    fn describe(&self) -> String {
+        "stuck".into()
+    }
+}
+
+/// Starts a delivery thread over `queue` into `out` that delivers once `after` has ended.
+fn replacement(
+    queue: &Arc<super::queue::Queue>,
+    out: &Collected,
+    deadline: &Deadline,
+    after: std::thread::JoinHandle<worker::Outcome>,
+) -> std::thread::JoinHandle<worker::Outcome> {
+    let sink = Box::new(WriterSink::writer(Box::new(out.clone())));
+    let (thread, gate) = worker::spawn(
+        "t",
+        sink,
+        Arc::clone(queue),
+        stats(),
+        deadline.clone(),
+        Arc::default(),
+    )
+    .unwrap();
+    let turn = Turn {
+        after: Some(after),
+        wait_for: Vec::new(),
+    };
+    assert!(gate.open(turn).is_ok());
+    thread
+}
+
+#[test]
+fn two_reloads_during_one_hand_over_lose_nothing_of_a_disk_buffer() {
+    let dir = dir("two-reloads");
+    let stats = stats();
+    let (queue, _) = faulty_queue(&dir, &stats);
+    let none = Deadline::default();
+    for n in 0..4 {
+        queue.push(batch(n), WhenFull::Block, &none).unwrap();
+    }
+    // The running output's peer takes nothing: it holds line 0 in hand.
+    let (started, on_start) = mpsc::channel();
+    let (go, on_go) = mpsc::channel();
+    let old_deadline = Deadline::default();
+    let (old, gate) = worker::spawn(
+        "t",
+        Box::new(Stuck { started, go: on_go }),
+        Arc::clone(&queue),
+        stats.clone(),
+        old_deadline.clone(),
+        Arc::default(),
+    )
+    .unwrap();
+    assert!(gate.open(Turn::default()).is_ok());
+    on_start.recv_timeout(Duration::from_secs(30)).unwrap();
+    // A reload gives the output a new peer; a second replaces that before the old one ends.
+    old_deadline.set_replaced();
+    let (first, second) = (Collected::default(), Collected::default());
+    let first_deadline = Deadline::default();
+    let first_thread = replacement(&queue, &first, &first_deadline, old);
+    first_deadline.set_replaced();
+    let second_thread = replacement(&queue, &second, &Deadline::default(), first_thread);
+    queue.push(batch(4), WhenFull::Block, &none).unwrap();
+    // The old output's delivery fails: it stops and leaves its batch on disk.
+    go.send(()).unwrap();
+    queue.close();
+    let outcome = second_thread.join().unwrap();
+    assert_eq!((outcome.undelivered, outcome.error), (0, None));
+    assert!(lock(&first.0).is_empty(), "replaced before it ran");
+    let all: Vec<u8> = (0..5).flat_map(line).collect();
+    assert_eq!(*lock(&second.0), all, "every line once, in order");
+    assert_eq!(queue.kept(), Some((0, 0)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_reload_keeping_the_disk_buffer_delivers_what_the_old_thread_delivered_no_more_than_once() {
+    // A peer that took everything (a file): nothing is read again after the switch.
+    let dir = dir("switch-live");
+    let stats = stats();
+    let (queue, _) = faulty_queue(&dir, &stats);
+    let none = Deadline::default();
+    for n in 0..3 {
+        queue.push(batch(n), WhenFull::Block, &none).unwrap();
+    }
+    let (old_out, new_out) = (Collected::default(), Collected::default());
+    let old_deadline = Deadline::default();
+    let old = deliver(&queue, &old_out, &stats, &old_deadline);
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while lock(&old_out.0).len() < 3 * line(0).len() && std::time::Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    old_deadline.set_replaced();
+    let old = old.recv_timeout(Duration::from_secs(30)).expect("it stops");
+    assert_eq!(old.undelivered, 0);
+    queue.push(batch(3), WhenFull::Block, &none).unwrap();
+    // (Its thread has ended: an empty turn.)
+    let (thread, gate) = worker::spawn(
+        "t",
+        Box::new(WriterSink::writer(Box::new(new_out.clone()))),
+        Arc::clone(&queue),
+        stats.clone(),
+        none.clone(),
+        Arc::default(),
+    )
+    .unwrap();
+    let turn = Turn {
+        after: Some(std::thread::spawn(worker::Outcome::default)),
+        wait_for: Vec::new(),
+    };
+    assert!(gate.open(turn).is_ok());
+    queue.close();
+    assert_eq!(thread.join().unwrap().undelivered, 0);
+    let before: Vec<u8> = (0..3).flat_map(line).collect();
+    assert_eq!(*lock(&old_out.0), before);
+    assert_eq!(*lock(&new_out.0), line(3));
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -39,8 +39,9 @@ pub(super) enum Op {
 /// The real files ([`Files`]), with the next calls of an operation failing on demand.
 #[derive(Default)]
 pub(super) struct Faulty {
-    /// Per operation: how many of its next calls fail, and with which `errno`.
-    failing: Mutex<HashMap<Op, (u64, i32)>>,
+    /// Per operation: how many of its next calls pass first, how many then fail, and with
+    /// which `errno`.
+    failing: Mutex<HashMap<Op, (u64, u64, i32)>>,
     /// Calls made, per operation.
     calls: Mutex<HashMap<Op, u64>>,
     /// When set, the next sync says it started, then waits to be let go.
@@ -49,7 +50,12 @@ pub(super) struct Faulty {
 
 impl Faulty {
     pub(super) fn fail(&self, op: Op, times: u64, errno: i32) {
-        lock(&self.failing).insert(op, (times, errno));
+        self.fail_after(op, 0, times, errno);
+    }
+
+    /// Lets the next `pass` calls of `op` through, then fails `times` of them.
+    pub(super) fn fail_after(&self, op: Op, pass: u64, times: u64, errno: i32) {
+        lock(&self.failing).insert(op, (pass, times, errno));
     }
 
     pub(super) fn calls(&self, op: Op) -> u64 {
@@ -60,7 +66,11 @@ impl Faulty {
     fn call(&self, op: Op) -> io::Result<()> {
         *lock(&self.calls).entry(op).or_default() += 1;
         match lock(&self.failing).get_mut(&op) {
-            Some((times, errno)) if *times > 0 => {
+            Some((pass, _, _)) if *pass > 0 => {
+                *pass -= 1;
+                Ok(())
+            }
+            Some((_, times, errno)) if *times > 0 => {
                 *times -= 1;
                 Err(io::Error::from_raw_os_error(*errno))
             }
@@ -161,14 +171,14 @@ pub(super) fn line(n: u64) -> Vec<u8> {
     format!("{{\"n\":{n}}}\n").into_bytes()
 }
 
-fn record(log: &DiskLog) -> Vec<u8> {
+pub(super) fn record(log: &DiskLog) -> Vec<u8> {
     match log.read_next().unwrap() {
         Next::Record(r) => r.data,
         Next::Skipped(c) => panic!("skipped {c:?}"),
     }
 }
 
-fn segment_files(dir: &Path) -> Vec<String> {
+pub(super) fn segment_files(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
@@ -179,7 +189,7 @@ fn segment_files(dir: &Path) -> Vec<String> {
 }
 
 /// What became of a request, once told (at most 30 s).
-fn told(told: &mut tokio::sync::oneshot::Receiver<Told>) -> Told {
+pub(super) fn told(told: &mut tokio::sync::oneshot::Receiver<Told>) -> Told {
     let until = Instant::now() + Duration::from_secs(30);
     loop {
         match told.try_recv() {

@@ -23,6 +23,8 @@ use egresswatch_plugin_api::DEFAULT_OUTPUT;
 mod deadline;
 mod disk;
 #[cfg(test)]
+mod disk_checks;
+#[cfg(test)]
 mod disk_queue;
 #[cfg(test)]
 mod disk_reload;

@@ -179,3 +179,89 @@ fn a_reload_keeping_the_disk_buffer_delivers_what_the_old_thread_delivered_no_mo
     assert_eq!(*lock(&new_out.0), line(3));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A writer into `out` that takes `room` bytes, then, on its next write, says it started, waits
+/// until let go, and fails (the disk under a file filled up).
+struct Halting {
+    out: Collected,
+    room: usize,
+    started: mpsc::Sender<()>,
+    go: mpsc::Receiver<()>,
+}
+
+impl std::io::Write for Halting {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if self.room == 0 {
+            let _ = self.started.send(());
+            let _ = self.go.recv();
+            return Err(std::io::ErrorKind::StorageFull.into());
+        }
+        let n = buf.len().min(self.room);
+        self.room -= n;
+        lock(&self.out.0).extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[test]
+fn a_file_output_replaced_partway_through_a_disk_batch_writes_nothing_twice() {
+    let dir = dir("switch-torn");
+    let stats = stats();
+    let (queue, _) = faulty_queue(&dir, &stats);
+    let none = Deadline::default();
+    let three: Vec<u8> = (0..3).flat_map(line).collect();
+    queue
+        .push(
+            super::queue::Batch {
+                data: three.clone(),
+                lines: 3,
+                acks: Vec::new(),
+                end: None,
+            },
+            WhenFull::Block,
+            &none,
+        )
+        .unwrap();
+    // The old output writes line 0 and part of line 1 of the batch, then its file fails.
+    let file = Collected::default();
+    let (started, on_start) = mpsc::channel();
+    let (go, on_go) = mpsc::channel();
+    let room = line(0).len() + 3;
+    let halting = Halting {
+        out: file.clone(),
+        room,
+        started,
+        go: on_go,
+    };
+    let old_deadline = Deadline::default();
+    let (old, gate) = worker::spawn(
+        "t",
+        Box::new(WriterSink::writer(Box::new(halting))),
+        Arc::clone(&queue),
+        stats.clone(),
+        old_deadline.clone(),
+        Arc::default(),
+    )
+    .unwrap();
+    assert!(gate.open(Turn::default()).is_ok());
+    on_start.recv_timeout(Duration::from_secs(30)).unwrap();
+    // Replaced by an output to the same file, which reads the batch again from the cursor and
+    // writes only what was not written.
+    old_deadline.set_replaced();
+    let new = replacement(&queue, &file, &none, old);
+    go.send(()).unwrap();
+    queue.push(batch(3), WhenFull::Block, &none).unwrap();
+    queue.close();
+    let outcome = new.join().unwrap();
+    assert_eq!((outcome.undelivered, outcome.error), (0, None));
+    let all: Vec<u8> = (0..4).flat_map(line).collect();
+    assert_eq!(
+        String::from_utf8_lossy(&lock(&file.0)),
+        String::from_utf8_lossy(&all)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -67,29 +67,35 @@ impl Sink for Stuck {
     }
 }
 
-/// Starts a delivery thread over `queue` into `out` that delivers once `after` has ended.
-fn replacement(
+/// Starts a delivery thread over `queue` through `sink`, which delivers once `after` (the
+/// thread of the output it replaces) has ended.
+fn start(
+    sink: Box<dyn Sink>,
     queue: &Arc<super::queue::Queue>,
-    out: &Collected,
     deadline: &Deadline,
-    after: std::thread::JoinHandle<worker::Outcome>,
+    after: Option<std::thread::JoinHandle<worker::Outcome>>,
 ) -> std::thread::JoinHandle<worker::Outcome> {
-    let sink = Box::new(WriterSink::writer(Box::new(out.clone())));
+    let stats = stats();
     let (thread, gate) = worker::spawn(
         "t",
         sink,
         Arc::clone(queue),
-        stats(),
+        stats,
         deadline.clone(),
         Arc::default(),
     )
     .unwrap();
     let turn = Turn {
-        after: Some(after),
+        after,
         wait_for: Vec::new(),
     };
     assert!(gate.open(turn).is_ok());
     thread
+}
+
+/// A sink writing into `out`.
+fn into(out: &Collected) -> Box<dyn Sink> {
+    Box::new(WriterSink::writer(Box::new(out.clone())))
 }
 
 #[test]
@@ -105,24 +111,16 @@ fn two_reloads_during_one_hand_over_lose_nothing_of_a_disk_buffer() {
     let (started, on_start) = mpsc::channel();
     let (go, on_go) = mpsc::channel();
     let old_deadline = Deadline::default();
-    let (old, gate) = worker::spawn(
-        "t",
-        Box::new(Stuck { started, go: on_go }),
-        Arc::clone(&queue),
-        stats.clone(),
-        old_deadline.clone(),
-        Arc::default(),
-    )
-    .unwrap();
-    assert!(gate.open(Turn::default()).is_ok());
+    let stuck = Box::new(Stuck { started, go: on_go });
+    let old = start(stuck, &queue, &old_deadline, None);
     on_start.recv_timeout(Duration::from_secs(30)).unwrap();
     // A reload gives the output a new peer; a second replaces that before the old one ends.
     old_deadline.set_replaced();
     let (first, second) = (Collected::default(), Collected::default());
     let first_deadline = Deadline::default();
-    let first_thread = replacement(&queue, &first, &first_deadline, old);
+    let first_thread = start(into(&first), &queue, &first_deadline, Some(old));
     first_deadline.set_replaced();
-    let second_thread = replacement(&queue, &second, &Deadline::default(), first_thread);
+    let second_thread = start(into(&second), &queue, &none, Some(first_thread));
     queue.push(batch(4), WhenFull::Block, &none).unwrap();
     // The old output's delivery fails: it stops and leaves its batch on disk.
     go.send(()).unwrap();
@@ -157,21 +155,9 @@ fn a_reload_keeping_the_disk_buffer_delivers_what_the_old_thread_delivered_no_mo
     let old = old.recv_timeout(Duration::from_secs(30)).expect("it stops");
     assert_eq!(old.undelivered, 0);
     queue.push(batch(3), WhenFull::Block, &none).unwrap();
-    // (Its thread has ended: an empty turn.)
-    let (thread, gate) = worker::spawn(
-        "t",
-        Box::new(WriterSink::writer(Box::new(new_out.clone()))),
-        Arc::clone(&queue),
-        stats.clone(),
-        none.clone(),
-        Arc::default(),
-    )
-    .unwrap();
-    let turn = Turn {
-        after: Some(std::thread::spawn(worker::Outcome::default)),
-        wait_for: Vec::new(),
-    };
-    assert!(gate.open(turn).is_ok());
+    // (Its thread has ended: what it reports is given back as another thread's.)
+    let ended = std::thread::spawn(worker::Outcome::default);
+    let thread = start(into(&new_out), &queue, &none, Some(ended));
     queue.close();
     assert_eq!(thread.join().unwrap().undelivered, 0);
     let before: Vec<u8> = (0..3).flat_map(line).collect();
@@ -238,21 +224,17 @@ fn a_file_output_replaced_partway_through_a_disk_batch_writes_nothing_twice() {
         go: on_go,
     };
     let old_deadline = Deadline::default();
-    let (old, gate) = worker::spawn(
-        "t",
+    let old = start(
         Box::new(WriterSink::writer(Box::new(halting))),
-        Arc::clone(&queue),
-        stats.clone(),
-        old_deadline.clone(),
-        Arc::default(),
-    )
-    .unwrap();
-    assert!(gate.open(Turn::default()).is_ok());
+        &queue,
+        &old_deadline,
+        None,
+    );
     on_start.recv_timeout(Duration::from_secs(30)).unwrap();
     // Replaced by an output to the same file, which reads the batch again from the cursor and
     // writes only what was not written.
     old_deadline.set_replaced();
-    let new = replacement(&queue, &file, &none, old);
+    let new = start(into(&file), &queue, &none, Some(old));
     go.send(()).unwrap();
     queue.push(batch(3), WhenFull::Block, &none).unwrap();
     queue.close();

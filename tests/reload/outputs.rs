@@ -288,17 +288,31 @@ fn sighup_replacing_an_output_whose_peer_stopped_reading_hands_over_what_it_did_
         all_of(&received).len(),
         egw.stderr()
     );
+    // The old output's unacknowledged tail, written again by the new one (its last line
+    // arrived after them), counts as resent.
+    let resent = figure(
+        &http_get(&metrics, "/metrics"),
+        "egresswatch_output_resent_total{output=\"default\"}",
+    );
     egw.terminate();
     assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
     let old = taken_by(old_peer);
     let new = all_of(&received);
     let (lost, repeated) = crate::util::tally(&[old.clone(), new.clone()], total);
     println!(
-        "old peer took {}, new peer got {}: {lost} lost, {repeated} repeated",
+        "old peer took {}, new peer got {}: {lost} lost, {repeated} repeated, {resent:?} resent",
         old.len(),
         new.len()
     );
     assert_eq!(lost, 0, "{}", egw.stderr());
+    // Each line counted once in events_out, however often it was written.
+    let summary = egw.stderr();
+    let counted = summary.lines().find(|l| l.contains("output default: "));
+    assert!(
+        summary.contains(&format!("output default: {total} events")),
+        "{counted:?}"
+    );
+    assert!(resent.is_some_and(|n| n > 0.0), "{resent:?}");
 }
 
 #[test]

@@ -210,6 +210,12 @@ impl Collector for HostCollector {
         )?;
         counter(
             &mut e,
+            "egresswatch_output_resent",
+            "Lines written again because the peer may not have had them (a broken connection's unacknowledged tail, or what the output a reload replaced handed over), per output: counted once in events_out; the peer may have some twice.",
+            &column(&|v| v.resent as f64),
+        )?;
+        counter(
+            &mut e,
             "egresswatch_output_dropped",
             "Lines dropped because the output's buffer was full (when_full: drop_newest).",
             &column(&|v| v.dropped as f64),

@@ -11,8 +11,9 @@
 //!   names. A family whose name is not a valid Prometheus name, or is one of the host's, is
 //!   left out; a label Prometheus reserves for the target (`job`, `instance`) is renamed
 //!   `exported_job` / `exported_instance`, as Prometheus itself would.
-//! - Per output: delivered, dropped, pending bytes and lines, up, blocked (the engine waiting
-//!   for room in its buffer), reconnects, errors and the time of the last error, and for a disk
+//! - Per output: delivered, resent (written again: counted once, in delivered), dropped,
+//!   pending bytes and lines, up, blocked (the engine waiting for room in its buffer),
+//!   reconnects, errors and the time of the last error, and for a disk
 //!   buffer its size on disk, the lines it replayed and the corrupt records it found at start
 //!   ([`OutputHealth`]), fed by the output's buffer and delivery thread, read at scrape time so
 //!   that a stalled engine cannot freeze them.
@@ -103,6 +104,7 @@ struct OutputValues {
     errors: u64,
     last_error: Option<(f64, String)>,
     delivered: u64,
+    resent: u64,
     dropped: u64,
     pending_lines: u64,
     blocked: bool,
@@ -125,6 +127,10 @@ pub struct OutputStatus {
     pub up: bool,
     /// Lines delivered (taken by the peer as far as its transport tells).
     pub delivered: u64,
+    /// Lines written again because the peer may not have had them (after a broken connection,
+    /// or by the output a reload put in its place): counted in `delivered` once, when first
+    /// written; the peer may have some of them twice.
+    pub resent: u64,
     /// Lines dropped by `when_full: drop_newest`.
     pub dropped: u64,
     /// Bytes not yet delivered.
@@ -177,6 +183,14 @@ impl OutputHealth {
         v.delivered += lines;
     }
 
+    /// `lines` were written again, delivered and counted once before (see
+    /// [`OutputStatus::resent`]): the output is up.
+    pub(crate) fn resent(&self, lines: u64) {
+        let mut v = self.lock();
+        v.up = true;
+        v.resent += lines;
+    }
+
     /// `lines` were dropped because the buffer was full (`when_full: drop_newest`).
     pub(crate) fn dropped(&self, lines: u64) {
         self.lock().dropped += lines;
@@ -223,6 +237,7 @@ impl OutputHealth {
             name: self.name().to_owned(),
             up: v.up,
             delivered: v.delivered,
+            resent: v.resent,
             dropped: v.dropped,
             pending_bytes: v.pending_bytes,
             pending_lines: v.pending_lines,
@@ -308,6 +323,7 @@ const HOST_FAMILIES: &[&str] = &[
     "egresswatch_input_http_requests",
     "egresswatch_input_order_released_early",
     "egresswatch_output_reconnects",
+    "egresswatch_output_resent",
     "egresswatch_output_dropped",
     "egresswatch_output_pending_events",
     "egresswatch_output_blocked",

@@ -257,6 +257,7 @@ pub(super) fn batch(n: u64) -> Batch {
         lines: 1,
         acks: Vec::new(),
         end: None,
+        resent: false,
     }
 }
 
@@ -496,6 +497,7 @@ fn max_bytes_counts_each_record_with_its_header_also_for_what_a_start_finds() {
         lines: 1,
         acks: Vec::new(),
         end: None,
+        resent: false,
     };
     let pushed = |q: &Queue| match q.push(thirty(), WhenFull::DropNewest, &Deadline::default()) {
         Ok(Pushed::Queued) => true,

@@ -207,6 +207,7 @@ fn a_file_output_replaced_partway_through_a_disk_batch_writes_nothing_twice() {
                 lines: 3,
                 acks: Vec::new(),
                 end: None,
+                resent: false,
             },
             WhenFull::Block,
             &none,

@@ -103,6 +103,7 @@ impl Output {
             lines: std::mem::take(&mut self.lines),
             acks: std::mem::take(&mut self.acks),
             end: None,
+            resent: false,
         })
     }
 

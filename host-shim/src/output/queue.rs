@@ -41,6 +41,10 @@ pub(crate) struct Batch {
     pub(crate) acks: Vec<Ack>,
     /// Read from a disk buffer: where its record ends.
     pub(crate) end: Option<Position>,
+    /// Written before by the output a reload replaced, which cannot tell whether the peer has
+    /// them (a socket's unacknowledged tail): counted in `events_out` then, so counted as
+    /// resent, not delivered, now.
+    pub(crate) resent: bool,
 }
 
 /// What [`Queue::push`] did with a batch.
@@ -350,6 +354,7 @@ impl Queue {
                             lines: record.lines,
                             acks: Vec::new(),
                             end: Some(record.end),
+                            resent: false,
                         });
                     }
                     Ok(Next::Skipped(skipped)) => {
@@ -603,6 +608,7 @@ mod tests {
             lines: 1,
             acks: Vec::new(),
             end: None,
+            resent: false,
         }
     }
 

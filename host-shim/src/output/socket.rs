@@ -393,6 +393,9 @@ impl Sink for SocketSink {
                 self.resend.extend_from_slice(&resend[progress..]);
                 return Err(e);
             }
+            // (Counted once in `events_out` already, when first written.)
+            self.stats
+                .resent(memchr::memchr_iter(b'\n', &resend).count() as u64);
         }
         let mut progress = self.offset;
         let written = self.write_tracked(data, &mut progress, deadline);

@@ -359,7 +359,7 @@ impl Worker {
                         sink.deliver(&batch.data, deadline).map(|()| 0)
                     });
                     if delivered.is_ok() {
-                        self.stats.delivered(batch.lines);
+                        self.count(&batch, batch.lines);
                         batch.acks.drain(..).for_each(Ack::delivered);
                     }
                     // (A disk buffer keeps what the peer has not acknowledged yet, and a batch
@@ -487,7 +487,7 @@ impl Worker {
         let line = memchr::memrchr(b'\n', &batch.data[..written]).map_or(0, |nl| nl + 1);
         if line > 0 {
             let done = memchr::memchr_iter(b'\n', &batch.data[..line]).count() as u64;
-            self.stats.delivered(done);
+            self.count(&batch, done);
             batch.data.drain(..line);
             batch.lines -= done;
         }
@@ -505,6 +505,16 @@ impl Worker {
         outcome.handed_over.push(batch);
     }
 
+    /// Counts `lines` of `batch` as delivered, or as resent when the output this one replaced
+    /// wrote (and counted) them before.
+    fn count(&self, batch: &Batch, lines: u64) {
+        if batch.resent {
+            self.stats.resent(lines);
+        } else {
+            self.stats.delivered(lines);
+        }
+    }
+
     /// What the sink wrote that its peer may not have, as a batch for the output that replaces
     /// this one (a reload).
     fn unconfirmed(&mut self) -> Option<Batch> {
@@ -515,6 +525,7 @@ impl Worker {
             lines,
             acks: Vec::new(),
             end: None,
+            resent: true,
         })
     }
 
@@ -836,6 +847,7 @@ mod tests {
             lines: memchr::memchr_iter(b'\n', data).count() as u64,
             acks: Vec::new(),
             end: None,
+            resent: false,
         };
         old_queue
             .push(batch(b"one\ntwo\nthree\n"), WhenFull::Block, &none)
@@ -880,6 +892,7 @@ mod tests {
             lines: 3,
             acks: Vec::new(),
             end: None,
+            resent: false,
         };
         old_queue.push(batch, WhenFull::Block, &none).unwrap();
         let old = start(file_sink(&renamed, 6, 7), &old_queue, &stats, None);

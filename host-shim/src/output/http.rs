@@ -9,11 +9,20 @@
 //! The client is `ureq` (blocking, so it runs on the output's own delivery thread with no
 //! runtime of its own); its host name is resolved at each new connection, and a connection
 //! is kept alive between batches.
+//!
+//! Once a reload replaced the output, a request that has gone [`STALL_GRACE`] without an
+//! answer (counted from the replacement, or from its start if later) is cut by a watcher thread
+//! (`ureq`'s `Agent::shutdown`, which interrupts a blocked read, write or TLS handshake): it
+//! fails, and the replacement posts the batch again, as after a lost answer. So a peer that
+//! stopped answering holds the hand-over about as long as a stalled socket output's, not
+//! `request_timeout_secs`. A connection attempt takes at most [`CONNECT_TIMEOUT`] (a
+//! shutdown does not interrupt one).
 
 use std::io;
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
-use super::queue::Deadline;
+use super::queue::{Deadline, STALL_GRACE};
 use super::worker::{Sink, SinkError};
 use crate::metrics::OutputHealth;
 
@@ -22,6 +31,12 @@ const ANSWER_BYTES: u64 = 64 * 1024;
 
 /// The shortest time left for a request once the delivery deadline nears.
 const MIN_REQUEST_TIME: Duration = Duration::from_millis(200);
+
+/// How long a connection attempt may take (as a socket output's).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How often the watcher looks at a request in flight.
+const WATCH_POLL: Duration = Duration::from_millis(50);
 
 /// An HTTP output's client.
 pub(crate) struct HttpSink {
@@ -32,6 +47,90 @@ pub(crate) struct HttpSink {
     stats: OutputHealth,
     /// The last attempt failed before any answer came (the peer was unreachable).
     unreachable: bool,
+    /// Cuts a request a replaced output waits on too long; started with the first request.
+    watch: Option<Arc<Watch>>,
+}
+
+/// The request in flight, as the watcher thread sees it.
+#[derive(Default)]
+struct Watch {
+    state: Mutex<Watched>,
+    changed: Condvar,
+}
+
+#[derive(Default)]
+struct Watched {
+    /// The output's deadline and when the request started, while one is in flight.
+    request: Option<(Deadline, Instant)>,
+    /// The watcher cut the request in flight.
+    cut: bool,
+    /// The sink is gone: the watcher ends.
+    closed: bool,
+}
+
+impl Watch {
+    fn lock(&self) -> MutexGuard<'_, Watched> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Starts the watcher thread of `agent`'s requests.
+    fn start(agent: ureq::Agent) -> io::Result<Arc<Watch>> {
+        let watch = Arc::new(Watch::default());
+        let watched = Arc::clone(&watch);
+        std::thread::Builder::new()
+            .name("egresswatch-http-watch".into())
+            .spawn(move || watched.run(agent))?;
+        Ok(watch)
+    }
+
+    /// Waits while no request is in flight; while one is, cuts it once the output was replaced
+    /// and neither the request nor the replacement is younger than [`STALL_GRACE`].
+    fn run(&self, agent: ureq::Agent) {
+        let mut state = self.lock();
+        // When the watcher first saw the output replaced.
+        let mut replaced: Option<Instant> = None;
+        loop {
+            if state.closed {
+                return;
+            }
+            let Some((deadline, started)) = state.request.clone() else {
+                state = self.changed.wait(state).unwrap_or_else(|e| e.into_inner());
+                continue;
+            };
+            if deadline.replaced() {
+                let since = (*replaced.get_or_insert_with(Instant::now)).max(started);
+                if deadline.gives_up_stalled(since) {
+                    state.cut = true;
+                    state.request = None;
+                    drop(state);
+                    agent.shutdown();
+                    return;
+                }
+            }
+            state = self
+                .changed
+                .wait_timeout(state, WATCH_POLL)
+                .unwrap_or_else(|e| e.into_inner())
+                .0;
+        }
+    }
+
+    /// A request starts (`Some`) or ends; returns whether the watcher cut the last one.
+    fn request(&self, request: Option<(Deadline, Instant)>) -> bool {
+        let mut state = self.lock();
+        state.request = request;
+        self.changed.notify_all();
+        state.cut
+    }
+}
+
+impl Drop for HttpSink {
+    fn drop(&mut self) {
+        if let Some(watch) = &self.watch {
+            watch.lock().closed = true;
+            watch.changed.notify_all();
+        }
+    }
 }
 
 impl HttpSink {
@@ -51,6 +150,7 @@ impl HttpSink {
             // A redirect is not followed: a POST must not turn into something else.
             .max_redirects(0)
             .timeout_global(Some(request_timeout))
+            .timeout_connect(Some(CONNECT_TIMEOUT))
             .build()
             .new_agent();
         HttpSink {
@@ -60,7 +160,32 @@ impl HttpSink {
             request_timeout,
             stats,
             unreachable: false,
+            watch: None,
         }
+    }
+
+    /// POSTs `data`; returns the answer's status and (the start of) its body, read so that
+    /// the connection can carry the next batch.
+    fn post(
+        &self,
+        data: &[u8],
+        deadline: &Deadline,
+    ) -> Result<(ureq::http::StatusCode, Vec<u8>), ureq::Error> {
+        let mut answer = self
+            .agent
+            .post(&self.url)
+            .header("content-type", "application/x-ndjson")
+            .config()
+            .timeout_global(Some(self.time_allowed(deadline)))
+            .build()
+            .send(data)?;
+        let body = answer
+            .body_mut()
+            .with_config()
+            .limit(ANSWER_BYTES)
+            .read_to_vec()
+            .unwrap_or_default();
+        Ok((answer.status(), body))
     }
 
     /// How long the next request may take: the configured timeout, cut short by the deadline.
@@ -76,29 +201,34 @@ impl HttpSink {
 
 impl Sink for HttpSink {
     fn deliver(&mut self, data: &[u8], deadline: &Deadline) -> Result<(), SinkError> {
-        let sent = self
-            .agent
-            .post(&self.url)
-            .header("content-type", "application/x-ndjson")
-            .config()
-            .timeout_global(Some(self.time_allowed(deadline)))
-            .build()
-            .send(data);
-        let mut answer = match sent {
+        if self.watch.is_none() {
+            match Watch::start(self.agent.clone()) {
+                Ok(watch) => self.watch = Some(watch),
+                Err(e) => tracing::warn!(output = %self.name, error = %e,
+                    "cannot start the thread that cuts a request once a reload replaced the \
+                     output; such a request may hold the hand-over up to request_timeout_secs"),
+            }
+        }
+        if let Some(watch) = &self.watch {
+            watch.request(Some((deadline.clone(), Instant::now())));
+        }
+        let answered = self.post(data, deadline);
+        let cut = self.watch.as_ref().is_some_and(|w| w.request(None));
+        let (status, body) = match answered {
             Ok(answer) => answer,
+            Err(_) if cut => {
+                return Err(SinkError::Retry(format!(
+                    "POST {}: no answer {} s after a reload replaced the output; the request \
+                     was cut, and its replacement posts the batch again",
+                    self.url,
+                    STALL_GRACE.as_secs()
+                )))
+            }
             Err(e) => {
                 self.unreachable = true;
                 return Err(SinkError::Retry(format!("POST {}: {e}", self.url)));
             }
         };
-        let status = answer.status();
-        // Read the answer so that the connection can carry the next batch.
-        let body = answer
-            .body_mut()
-            .with_config()
-            .limit(ANSWER_BYTES)
-            .read_to_vec()
-            .unwrap_or_default();
         if !status.is_success() {
             let text: String = String::from_utf8_lossy(&body)
                 .trim()
@@ -236,6 +366,40 @@ mod tests {
         sink.deliver(b"c\n", &none).unwrap();
         assert_eq!(server.join().unwrap(), b"c\n");
         assert_eq!(stats.status().reconnects, 1);
+    }
+
+    #[test]
+    fn a_replaced_outputs_request_that_the_peer_never_answers_is_cut_after_the_grace() {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}/in", listener.local_addr().unwrap());
+        let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+        // Its own timeout is far off: only the reload may cut the request.
+        let mut sink = HttpSink::new("t", &url, Duration::from_secs(60), None, stats);
+        let (arrived, request_arrived) = std::sync::mpsc::channel();
+        // The peer reads the request and never answers.
+        let server = std::thread::spawn(move || {
+            let (conn, _) = listener.accept().unwrap();
+            let mut reader = BufReader::new(conn);
+            let mut line = String::new();
+            while reader.read_line(&mut line).unwrap() > 0 && line != "\r\n" {
+                line.clear();
+            }
+            arrived.send(()).unwrap();
+            reader
+        });
+        let deadline = Deadline::default();
+        let replaced = deadline.clone();
+        let client = std::thread::spawn(move || sink.deliver(b"a\n", &deadline));
+        request_arrived.recv().unwrap();
+        // A reload replaces the output while its request is in flight.
+        replaced.set_replaced();
+        match client.join().unwrap() {
+            Err(SinkError::Retry(m)) => {
+                assert!(m.contains("a reload replaced the output"), "{m}")
+            }
+            other => panic!("{other:?}"),
+        }
+        drop(server.join().unwrap());
     }
 
     #[test]

@@ -21,7 +21,7 @@ use std::time::{Duration, Instant};
 
 use rustls::pki_types::ServerName;
 
-use super::queue::Deadline;
+use super::queue::{Deadline, STALL_GRACE};
 
 /// Plaintext encrypted at a time: one TLS record's worth (rustls's largest fragment).
 const CHUNK_PLAINTEXT: usize = 16 * 1024;
@@ -122,8 +122,10 @@ pub(crate) struct TlsStream {
 
 impl TlsStream {
     /// Completes a TLS handshake on `sock` (which has its write timeout set), giving up after
-    /// [`HANDSHAKE_TIMEOUT`] or when `deadline` passes, whichever comes first. A failure says
-    /// what the certificate was checked against.
+    /// [`HANDSHAKE_TIMEOUT`] or when `deadline` passes, whichever comes first, or once a reload
+    /// replaced the output and the handshake has gone on for [`STALL_GRACE`] (so that the
+    /// replacement gets what the output holds in about that time, as a stalled write gives it).
+    /// A failure says what the certificate was checked against.
     pub(crate) fn connect(
         client: &TlsClient,
         sock: TcpStream,
@@ -144,6 +146,16 @@ impl TlsStream {
                             io::ErrorKind::TimedOut,
                             "TLS handshake: the delivery deadline passed before the server \
                              answered",
+                        ));
+                    }
+                    if deadline.gives_up_stalled(started) {
+                        return Err(io::Error::new(
+                            io::ErrorKind::TimedOut,
+                            format!(
+                                "TLS handshake: no answer from the server within {} s, and a \
+                                 reload replaced the output",
+                                STALL_GRACE.as_secs()
+                            ),
                         ));
                     }
                     if started.elapsed() >= HANDSHAKE_TIMEOUT {
@@ -374,5 +386,36 @@ mod tests {
             ServerName::IpAddress(_)
         ));
         assert!(server_name("bad_name!:1").is_err());
+    }
+
+    #[test]
+    fn a_replaced_outputs_handshake_with_a_server_that_never_answers_gives_up_after_the_grace() {
+        let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = silent.local_addr().unwrap().to_string();
+        let sock = TcpStream::connect(&address).unwrap();
+        // Accepted, never read from or answered.
+        let (_held, _) = silent.accept().unwrap();
+        let tls = crate::config::ClientTls {
+            ca_file: None,
+            cert_file: None,
+            key_file: None,
+            server_name: None,
+        };
+        let (config, trust) =
+            crate::tls::tcp_client(&tls, std::path::Path::to_owned, "outputs.t.tls").unwrap();
+        let client = TlsClient {
+            config,
+            server_name: server_name(&address).unwrap(),
+            trust,
+        };
+        // (Its own deadline is far off: only the reload makes it give up.)
+        let deadline = Deadline::default();
+        deadline.set_replaced();
+        let failed = TlsStream::connect(&client, sock, &deadline).err();
+        let message = failed.expect("no handshake").to_string();
+        assert!(
+            message.contains("a reload replaced the output"),
+            "{message}"
+        );
     }
 }

@@ -429,7 +429,8 @@ impl Worker {
             }
             let stalled = deadline.gives_up_stalled(acknowledged.1);
             if outstanding > 0 && !deadline.passed() && !stalled {
-                sleep_until(Instant::now() + Duration::from_millis(20), deadline);
+                let (until, replaced) = (Instant::now(), deadline.replaced());
+                sleep_until(until + Duration::from_millis(20), deadline, replaced);
                 return Err(SinkError::Pending);
             }
             Ok(outstanding)
@@ -555,6 +556,8 @@ impl Worker {
                 Err(e) => {
                     failures += 1;
                     self.stats.failed(e.message());
+                    // (Read before the queue: a reload retires it, then marks the deadline.)
+                    let replaced = self.deadline.replaced();
                     if self.replaced() {
                         // Replaced by a reload: what it cannot deliver goes to the replacement
                         // (the batch in hand, by the caller, or left on disk).
@@ -586,7 +589,8 @@ impl Worker {
                         tracing::debug!(output = %self.name, error = %e.message(), ?backoff,
                             "output retry failed");
                     }
-                    sleep_until(Instant::now() + self.jitter.spread(backoff), &self.deadline);
+                    let until = Instant::now() + self.jitter.spread(backoff);
+                    sleep_until(until, &self.deadline, replaced);
                     backoff = (backoff * 2).min(BACKOFF_MAX);
                 }
             }
@@ -595,9 +599,10 @@ impl Worker {
 }
 
 /// Sleeps until `until` in short steps, waking early when the deadline passes or a reload
-/// replaces the output (a retry's wait, so that its replacement gets what it holds at once).
-fn sleep_until(until: Instant, deadline: &Deadline) {
-    let replaced = deadline.replaced();
+/// replaces the output (a retry's wait, so that its replacement gets what it holds at once):
+/// when [`Deadline::replaced`] is no longer `replaced` (as read before the caller last looked
+/// at the queue).
+fn sleep_until(until: Instant, deadline: &Deadline, replaced: bool) {
     while Instant::now() < until && !deadline.passed() && deadline.replaced() == replaced {
         std::thread::sleep(Duration::from_millis(20).min(until - Instant::now()));
     }
@@ -879,6 +884,22 @@ mod tests {
             "one\ntwo\nthree\nfour\n"
         );
         assert_eq!(stats.status().delivered, 4);
+    }
+
+    #[test]
+    fn a_retry_wait_ends_once_a_reload_replaces_the_output() {
+        let deadline = Deadline::default();
+        let sleeping = deadline.clone();
+        let (woke, woken) = mpsc::channel();
+        std::thread::spawn(move || {
+            // Far longer than any test: only the reload can end it. (`false`: not replaced
+            // when the worker last looked at its queue.)
+            sleep_until(Instant::now() + Duration::from_secs(3600), &sleeping, false);
+            let _ = woke.send(());
+        });
+        deadline.set_replaced();
+        let ended = woken.recv_timeout(Duration::from_secs(60));
+        assert!(ended.is_ok(), "the retry's wait went on after the reload");
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{mpsc, Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use egresswatch_plugin_api::files::describe_type;
@@ -311,20 +311,64 @@ impl Handle {
     }
 }
 
-/// Starts the listener thread; a Unix socket file is removed at stop if it is still the one
-/// bound (and not handed to a listener that replaces this one).
+/// Lets a listener thread started by [`spawn_gated`] go, with the socket it accepts on and the
+/// engine's feed. Dropped unopened (a reload refused after the thread was started), the thread
+/// ends at once, having done nothing.
+pub(crate) struct Gate(mpsc::Sender<(Listener, Feed)>);
+
+impl Gate {
+    /// Lets the thread go. Gives the socket and the feed back if the thread is gone (it does
+    /// nothing before this, so only a panic could end it).
+    pub(super) fn open(self, listener: Listener, feed: Feed) -> Result<(), (Listener, Feed)> {
+        self.0.send((listener, feed)).map_err(|e| e.0)
+    }
+}
+
+impl Listener {
+    /// Makes its `accept` return at once when nobody is waiting (the thread polls).
+    pub(super) fn nonblocking(&self) -> io::Result<()> {
+        match self {
+            Listener::Tcp(l) => l.set_nonblocking(true),
+            Listener::Unix(u) => u.listener.set_nonblocking(true),
+        }
+    }
+}
+
+/// Starts the listener thread on `listener` (made non-blocking first) at once.
 pub(super) fn spawn(
     listener: Listener,
     feed: Feed,
     settings: Settings,
     stop: Arc<AtomicBool>,
     deadline: &Deadline,
-    (stats, lanes): (Arc<InputStats>, Arc<Lanes>),
+    counted: (Arc<InputStats>, Arc<Lanes>),
 ) -> io::Result<Handle> {
-    match &listener {
-        Listener::Tcp(l) => l.set_nonblocking(true)?,
-        Listener::Unix(u) => u.listener.set_nonblocking(true)?,
+    listener.nonblocking()?;
+    let (handle, gate) = spawn_gated(settings, stop, deadline, counted)?;
+    if gate.open(listener, feed).is_err() {
+        return Err(io::Error::other(
+            "the input listener's thread ended before it started",
+        ));
     }
+    Ok(handle)
+}
+
+/// Starts a listener thread that waits at its [`Gate`] until it is given a socket (made
+/// non-blocking) and the feed: a reload starts the new listener's thread before anything
+/// running changes, so that one that cannot be started refuses the reload. A Unix socket file
+/// is removed at stop if it is still the one bound (and not handed to a listener that replaces
+/// this one).
+pub(super) fn spawn_gated(
+    settings: Settings,
+    stop: Arc<AtomicBool>,
+    deadline: &Deadline,
+    (stats, lanes): (Arc<InputStats>, Arc<Lanes>),
+) -> io::Result<(Handle, Gate)> {
+    #[cfg(test)]
+    if FAIL_NEXT_SPAWN.with(|fail| fail.take()) {
+        return Err(io::Error::other("cannot start a thread (test)"));
+    }
+    let (gate, opened) = mpsc::channel::<(Listener, Feed)>();
     let retired = Arc::new(AtomicBool::new(false));
     let hand_over = Arc::new(AtomicBool::new(false));
     let handle_flags = (Arc::clone(&retired), Arc::clone(&hand_over));
@@ -334,6 +378,9 @@ pub(super) fn spawn(
     let thread = std::thread::Builder::new()
         .name("egresswatch-listener".into())
         .spawn(move || {
+            let Ok((listener, feed)) = opened.recv() else {
+                return None;
+            };
             let mut refusals = Refusals { logged: None };
             while !stop.load(Ordering::Relaxed) && !retired.load(Ordering::Relaxed) {
                 let accepted = match &listener {
@@ -399,11 +446,24 @@ pub(super) fn spawn(
             replaced.then(|| (hand_over.then_some(listener), feed))
         })?;
     let (retired, hand_over) = handle_flags;
-    Ok(Handle {
+    let handle = Handle {
         retired,
         hand_over,
         thread,
-    })
+    };
+    Ok((handle, Gate(gate)))
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Makes this thread's next [`spawn_gated`] fail, as when the system has no threads left.
+    static FAIL_NEXT_SPAWN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes this thread's next listener thread fail to start (tests).
+#[cfg(test)]
+pub(super) fn fail_next_spawn() {
+    FAIL_NEXT_SPAWN.with(|fail| fail.set(true));
 }
 
 /// An accepted connection, blocking with a read timeout.

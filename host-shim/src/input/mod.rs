@@ -296,20 +296,26 @@ pub(crate) fn start(
 /// A reload's replacement for the running `tcp` or `unix` listener, made before anything
 /// changes: bound when it listens somewhere else (a bind error refuses the reload, the running
 /// listener untouched), or to take over the running one's socket when it listens at the same
-/// address or path; its TLS certificates read.
+/// address or path; its TLS certificates read; its thread started, waiting at its gate (a
+/// thread that cannot be started refuses the reload too). Dropped (the reload refused), the
+/// thread ends having done nothing.
 pub(crate) struct Rebind {
     /// `None`: take over the running listener's socket.
     listener: Option<listen::Listener>,
-    settings: listen::Settings,
+    tls: bool,
+    handle: listen::Handle,
+    gate: listen::Gate,
 }
 
-/// Prepares the listener `new` describes to replace the running `running` one (both `tcp` or
-/// `unix`; the caller refuses other changes).
+/// Prepares the listener `new` describes to replace the running one, `running` as `started`
+/// (both `tcp` or `unix`; the caller refuses other changes). Its connections are drained after
+/// `stop` is set, until `deadline` at the latest.
 pub(crate) fn prepare_rebind(
-    running: &InputConfig,
+    (running, started): (&InputConfig, &Started),
     new: &InputConfig,
     base_dir: &Path,
     max_line_bytes: usize,
+    (stop, deadline): (&Arc<AtomicBool>, &Deadline),
 ) -> io::Result<Rebind> {
     let (max_connections, idle_timeout_secs, tls) = match new {
         InputConfig::Tcp {
@@ -331,6 +337,9 @@ pub(crate) fn prepare_rebind(
             return Err(io::Error::other("only a tcp or unix input is rebound"))
         }
     };
+    if started.listener.is_none() {
+        return Err(io::Error::other("the input has no listener to replace"));
+    }
     let tls = tls
         .map(|t| crate::tls::server_config(t, |p| base_dir.join(p), "input.tls"))
         .transpose()?;
@@ -342,51 +351,62 @@ pub(crate) fn prepare_rebind(
     let listener = if same_place {
         None
     } else {
-        listen::Listener::bind(new, base_dir)?
+        let listener = listen::Listener::bind(new, base_dir)?;
+        if let Some(listener) = &listener {
+            listener.nonblocking()?;
+        }
+        listener
     };
+    let settings = listen::Settings {
+        max_line_bytes,
+        max_connections,
+        idle_timeout: Duration::from_secs(idle_timeout_secs),
+        tls,
+    };
+    let tls = settings.tls.is_some();
+    let lanes = started.lanes.clone().unwrap_or_default();
+    let counted = (Arc::clone(&started.stats), lanes);
+    let (handle, gate) = listen::spawn_gated(settings, Arc::clone(stop), deadline, counted)
+        .map_err(|e| io::Error::new(e.kind(), format!("input: cannot start a listener: {e}")))?;
     Ok(Rebind {
         listener,
-        settings: listen::Settings {
-            max_line_bytes,
-            max_connections,
-            idle_timeout: Duration::from_secs(idle_timeout_secs),
-            tls,
-        },
+        tls,
+        handle,
+        gate,
     })
 }
 
 /// Puts a prepared listener in place of the running one: the running one stops accepting, and
 /// the connections it accepted go on being read as they were until their senders close them
 /// (or they go idle, or a stop signal); the new one feeds the same engine, its connections
-/// ordered with theirs. Nothing happens if a stop signal came first.
-pub(crate) fn rebind(
-    started: &mut Started,
-    rebind: Rebind,
-    stop: &Arc<AtomicBool>,
-    deadline: &Deadline,
-) -> io::Result<()> {
+/// ordered with theirs. Nothing happens if a stop signal came first (returns false). It cannot
+/// fail: what could is done by [`prepare_rebind`] (only a panic of a listener thread would
+/// leave no listener, and says so).
+pub(crate) fn rebind(started: &mut Started, rebind: Rebind) -> bool {
     let Some(running) = started.listener.take() else {
-        return Err(io::Error::other("the input has no listener to replace"));
+        return false;
     };
     let Some((taken_over, feed)) = running.retire(rebind.listener.is_none()) else {
-        return Ok(());
+        return false;
     };
     let Some(listener) = rebind.listener.or(taken_over) else {
-        return Err(io::Error::other(
-            "the running listener's socket was not handed over",
-        ));
+        tracing::error!(
+            "the running input listener's socket was not handed over; no new \
+            connections are accepted until a restart"
+        );
+        return false;
     };
-    let lanes = started.lanes.clone().unwrap_or_default();
-    started.address = listener.describe(rebind.settings.tls.is_some());
-    started.listener = Some(listen::spawn(
-        listener,
-        feed,
-        rebind.settings,
-        Arc::clone(stop),
-        deadline,
-        (Arc::clone(&started.stats), lanes),
-    )?);
-    Ok(())
+    let address = listener.describe(rebind.tls);
+    if rebind.gate.open(listener, feed).is_err() {
+        tracing::error!(
+            "the new input listener's thread ended before it started; no new \
+            connections are accepted until a restart"
+        );
+        return false;
+    }
+    started.address = address;
+    started.listener = Some(rebind.handle);
+    true
 }
 
 /// Warns when an input listens beyond loopback without client certificates: anyone who can
@@ -400,5 +420,60 @@ fn warn_if_exposed(address: &str, tls: Option<&crate::config::ServerTls>) {
              it can send events (and skew what the models learn); set input.tls with \
              client_ca_file, so that only senders with a certificate from that authority are \
              accepted, or listen on loopback");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::HostConfig;
+    use std::io::Write;
+
+    #[test]
+    fn a_reload_whose_new_listener_cannot_start_is_refused_and_the_old_one_goes_on() {
+        let input = |address: &str| {
+            let text = format!("input: {{ type: tcp, address: '{address}' }}\n");
+            HostConfig::parse(&text, false).unwrap().input
+        };
+        let (running, moved) = (input("127.0.0.1:0"), input("127.0.0.2:0"));
+        let (feed, rx) = Feed::channel();
+        let stop = Arc::new(AtomicBool::new(false));
+        let deadline = Deadline::default();
+        let base = Path::new(".");
+        let mut started = start(&running, base, feed, 1 << 20, &stop, &deadline).unwrap();
+        // The system has no thread left for the new listener: the reload is refused before
+        // anything changes.
+        listen::fail_next_spawn();
+        let prepared = prepare_rebind(
+            (&running, &started),
+            &moved,
+            base,
+            1 << 20,
+            (&stop, &deadline),
+        );
+        let refused = prepared.err().expect("refused").to_string();
+        assert!(refused.contains("cannot start a listener"), "{refused}");
+        // The old listener goes on accepting.
+        let address = started.address.strip_prefix("tcp://").unwrap().to_owned();
+        let mut conn = std::net::TcpStream::connect(address).unwrap();
+        conn.write_all(b"{\"n\":1}\n").unwrap();
+        drop(conn);
+        let msg = rx.recv_timeout(Duration::from_secs(60));
+        assert_eq!(msg.map(|m| m.lines()).ok(), Some(1));
+        // A reload that can start it moves the input.
+        let prepared = prepare_rebind(
+            (&running, &started),
+            &moved,
+            base,
+            1 << 20,
+            (&stop, &deadline),
+        );
+        assert!(rebind(&mut started, prepared.unwrap()));
+        assert!(
+            started.address.starts_with("tcp://127.0.0.2:"),
+            "{}",
+            started.address
+        );
+        stop.store(true, Ordering::Relaxed);
     }
 }

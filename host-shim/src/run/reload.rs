@@ -146,9 +146,10 @@ impl Reloader<'_> {
             .into_result()
             .map_err(|e| anyhow::anyhow!("{e}"))
             .context("the running model state could not be carried over to the new detector")?;
-        // The outputs to rebuild and the listener to replace, built now: one that cannot be
-        // built (a file that cannot be opened, an address that cannot be bound) refuses the
-        // reload, and nothing running has changed.
+        // The outputs to rebuild and the listener to replace, built now (their threads started,
+        // waiting): one that cannot be built (a file that cannot be opened, an address that
+        // cannot be bound, a thread that cannot be started) refuses the reload, and nothing
+        // running has changed.
         let tls_files = tls_files(&config);
         let changed = changed_outputs(&self.running, &config, &self.tls_files, &tls_files);
         let moved = disk_moved(&self.running, &config, &changed);
@@ -164,10 +165,11 @@ impl Reloader<'_> {
         }
         let rebind = if rebinds(&self.running, &config, &self.tls_files, &tls_files) {
             let prepared = input::prepare_rebind(
-                &self.running.input,
+                (&self.running.input, &self.input),
                 &config.input,
                 &config.base_dir,
                 config.batch.max_line_bytes,
+                (&self.stop, &self.deadline),
             )
             .context("the changed input could not be set up")?;
             Some(prepared)
@@ -207,17 +209,11 @@ impl Reloader<'_> {
         live.outputs.apply(changes, live.metrics);
         if let Some(prepared) = rebind {
             let before = self.input.address.clone();
-            match input::rebind(&mut self.input, prepared, &self.stop, &self.deadline) {
-                Ok(()) => {
-                    live.metrics.input_bound("input", &self.input.address);
-                    tracing::info!(from = %before, to = %self.input.address,
-                        "input replaced by the reload: the old listener's open connections are \
-                         read on until their senders close them, new ones go to the new listener");
-                }
-                Err(e) => tracing::error!(
-                    "SIGHUP: the input could not be replaced: {e}; no new connections are \
-                     accepted until a restart"
-                ),
+            if input::rebind(&mut self.input, prepared) {
+                live.metrics.input_bound("input", &self.input.address);
+                tracing::info!(from = %before, to = %self.input.address,
+                    "input replaced by the reload: the old listener's open connections are \
+                     read on until their senders close them, new ones go to the new listener");
             }
         }
         if moved_metrics {

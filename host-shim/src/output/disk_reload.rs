@@ -86,7 +86,7 @@ fn start(
     )
     .unwrap();
     let turn = Turn {
-        after,
+        after: after.into_iter().collect(),
         wait_for: Vec::new(),
     };
     assert!(gate.open(turn).is_ok());

@@ -242,7 +242,7 @@ impl Outputs {
         stats: OutputHealth,
     ) -> io::Result<()> {
         let ready = self.ready(name, sink, buffer, stats, None)?;
-        self.put_in_place(name, ready, None, None);
+        self.put_in_place(name, ready, Vec::new(), None);
         Ok(())
     }
 
@@ -288,14 +288,14 @@ impl Outputs {
     }
 
     /// Puts `ready` in place as output `name`, holding `pending` (lines not yet handed to a
-    /// buffer), and lets its thread go: it delivers once `after` (the thread of the output it
-    /// replaces) and every other output still finishing that had its name or writes where it
-    /// writes have ended. Cannot fail.
+    /// buffer), and lets its thread go: it delivers once `after` (the threads of the outputs
+    /// it replaces, joined in order) and every other output still finishing that had its name
+    /// or writes where it writes have ended. Cannot fail.
     fn put_in_place(
         &mut self,
         name: &str,
         ready: Ready,
-        after: Option<JoinHandle<Outcome>>,
+        after: Vec<JoinHandle<Outcome>>,
         pending: Option<Batch>,
     ) {
         self.ending.retain(|e| !e.ended.is_set());
@@ -307,11 +307,12 @@ impl Outputs {
             .collect();
         let mut worker = Some(ready.worker);
         if let Err(turn) = ready.gate.open(Turn { after, wait_for }) {
-            // (Its thread ended before it was let go: only a panic does that. What the one it
-            // replaces reports is collected at the end instead.)
-            tracing::error!(output = %name, "the output's delivery thread ended before it started; \
-                its lines are held until the end of the run");
-            worker = turn.after.or(worker);
+            // (Its thread ended before it was let go: only a panic does that. What the first one
+            // it replaces reports is collected at the end instead.)
+            tracing::error!(output = %name, replaced = turn.after.len(),
+                "the output's delivery thread ended before it started; its lines are held until \
+                 the end of the run");
+            worker = turn.after.into_iter().next().or(worker);
         }
         let (batch, lines, acks) = pending.map_or_else(
             || (Vec::with_capacity(BATCH_CAPACITY), 0, Vec::new()),
@@ -629,29 +630,31 @@ impl Outputs {
                 tracing::info!(output = %name, "output removed by the reload; it finishes delivering what it holds");
                 continue;
             };
-            let (mut after, mut carried, mut held, pending) =
+            let (replaced_one, mut carried, held, pending) =
                 replaced.remove(&name).unwrap_or_default();
-            // An output an earlier reload removed, still finishing, with its name or target (added
-            // back, or renamed): replaced by this one as if it had never been removed, so that it
-            // stops retrying and hands over what it holds instead of holding this one up.
-            if after.is_none() {
-                if let Some((old_name, mut old)) = self.take_retired(&name, &ready.target) {
-                    held = old.queue.retire();
-                    old.deadline.set_replaced();
-                    after = old.worker.take();
-                    carried = old.refused;
-                    tracing::info!(output = %name, removed = %old_name,
-                        "an output removed by an earlier reload is still finishing where this \
-                         one writes: it hands what it has not delivered to this one");
-                }
+            // Each output an earlier reload removed, still finishing, with its name or target
+            // (added back, or renamed): replaced by this one as if it had never been removed, so
+            // that it stops retrying and hands over what it holds instead of holding this one
+            // up; removed before, so before the one of its name this reload replaced.
+            let (mut after, mut handed) = (Vec::new(), Vec::new());
+            for (old_name, mut old) in self.take_retired(&name, &ready.target) {
+                handed.extend(old.queue.retire());
+                old.deadline.set_replaced();
+                after.extend(old.worker.take());
+                carried += old.refused;
+                tracing::info!(output = %name, removed = %old_name,
+                    "an output removed by an earlier reload is still finishing where this \
+                     one writes: it hands what it has not delivered to this one");
             }
+            after.extend(replaced_one);
+            handed.extend(held);
             set_up_if_open(&output, &ready.stats);
             tracing::info!(output = %name, target = %ready.describe,
                 "output rebuilt by the reload; it delivers once the one it replaces, and any \
                  other still finishing that writes to the same place, has finished what it \
                  holds");
             // (Before its thread goes: what the old thread hands back goes before these.)
-            ready.queue.put_front(held);
+            ready.queue.put_front(handed);
             self.put_in_place(&name, ready, after, pending);
             if let Some(output) = self.outputs.get_mut(&name) {
                 output.refused = carried;
@@ -674,13 +677,16 @@ impl Outputs {
         same_folder(running, dir).then(|| Arc::clone(&output.queue))
     }
 
-    /// Takes the last output a reload removed that is still finishing and had `name` or writes
-    /// to `target`.
-    fn take_retired(&mut self, name: &str, target: &str) -> Option<(String, Output)> {
-        let at = self.retired.iter().rposition(|(n, o)| {
-            (n == name || o.target == target) && o.worker.is_some() && !o.ended.is_set()
-        })?;
-        Some(self.retired.remove(at))
+    /// Takes every output a reload removed that is still finishing and had `name` or writes to
+    /// `target`, in the order they were removed.
+    fn take_retired(&mut self, name: &str, target: &str) -> Vec<(String, Output)> {
+        let (taken, kept) = std::mem::take(&mut self.retired)
+            .into_iter()
+            .partition(|(n, o)| {
+                (n == name || o.target == target) && o.worker.is_some() && !o.ended.is_set()
+            });
+        self.retired = kept;
+        taken
     }
 }
 
@@ -840,6 +846,66 @@ mod tests {
         let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
         assert_eq!(read("a.ndjson") + &read("b.ndjson"), "one\ntwo\n");
         let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_new_output_takes_over_every_removed_output_still_failing_where_it_writes() {
+        // A peer that is down: its address, free for now.
+        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = probe.local_addr().unwrap().to_string();
+        drop(probe);
+        let config = |names: &[&str]| {
+            let outputs: Vec<String> = names
+                .iter()
+                .map(|name| format!("{name}: {{ type: tcp, address: '{address}' }}"))
+                .collect();
+            let text = format!("outputs: {{ {} }}\n", outputs.join(", "));
+            HostConfig::parse(&text, false).unwrap()
+        };
+        let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+        let metrics = Metrics::new(Default::default());
+        // (Far off: only a reload makes them hand over.)
+        let deadline = Deadline::new(&Arc::default(), Duration::from_secs(600));
+        let mut outputs = Outputs::open(&config(&["a", "b"]), &deadline, &metrics).unwrap();
+        outputs.write_line("a", b"one").unwrap();
+        outputs.write_line("b", b"two").unwrap();
+        outputs.commit().unwrap();
+        // A reload removes both while they fail: they go on retrying.
+        let removed = outputs.prepare(&config(&[]), &names(&["a", "b"]), &metrics);
+        outputs.apply(removed.unwrap(), &metrics);
+        // The next one adds an output to the same peer: it takes over both, not just the last.
+        let added = outputs.prepare(&config(&["c"]), &names(&["c"]), &metrics);
+        outputs.apply(added.unwrap(), &metrics);
+        let waited_for: Vec<&String> = outputs.retired.iter().map(|(n, _)| n).collect();
+        assert!(waited_for.is_empty(), "only waited for: {waited_for:?}");
+        // The peer comes up: every line arrives, none is left undelivered.
+        let peer = std::net::TcpListener::bind(&address).unwrap();
+        let received = Arc::new(std::sync::Mutex::new(String::new()));
+        let shared = Arc::clone(&received);
+        std::thread::spawn(move || {
+            for conn in peer.incoming() {
+                let Ok(mut conn) = conn else { return };
+                let shared = Arc::clone(&shared);
+                std::thread::spawn(move || {
+                    let mut text = String::new();
+                    let _ = io::Read::read_to_string(&mut conn, &mut text);
+                    shared.lock().unwrap().push_str(&text);
+                });
+            }
+        });
+        let (_, undelivered) = outputs.finish();
+        assert!(undelivered.is_empty(), "{undelivered:?}");
+        let waited = Instant::now();
+        while received.lock().unwrap().len() < "one\ntwo\n".len() {
+            assert!(
+                waited.elapsed() < Duration::from_secs(60),
+                "lines never arrived"
+            );
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        let mut lines: Vec<String> = received.lock().unwrap().lines().map(Into::into).collect();
+        lines.sort();
+        assert_eq!(lines, ["one", "two"]);
     }
 
     #[test]

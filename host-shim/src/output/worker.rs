@@ -132,6 +132,24 @@ struct Torn {
 }
 
 impl Outcome {
+    /// Two outputs a reload replaced with one, this one first: what both could not deliver,
+    /// in that order (a line only the second one tore is written whole).
+    fn then(mut self, next: Outcome) -> Outcome {
+        if self.handed_over.is_empty() {
+            self.torn = next.torn;
+        }
+        self.handed_over.extend(next.handed_over);
+        Outcome {
+            undelivered: self.undelivered + next.undelivered,
+            error: match (self.error, next.error) {
+                (Some(a), Some(b)) => Some(format!("{a}; {b}")),
+                (a, b) => a.or(b),
+            },
+            handed_over: self.handed_over,
+            torn: self.torn,
+        }
+    }
+
     /// This outcome (an output replaced by a reload) followed by `later`'s (its successor).
     fn and(self, later: Outcome) -> Outcome {
         let error = match (self.error, later.error) {
@@ -190,9 +208,10 @@ impl Drop for SetOnDrop {
 /// What a new output's delivery thread waits for before it delivers anything.
 #[derive(Default)]
 pub(crate) struct Turn {
-    /// The thread of the output it replaces (same name, its queue retired): joined, and what
-    /// it could not deliver is delivered first.
-    pub(crate) after: Option<JoinHandle<Outcome>>,
+    /// The threads of the outputs it replaces (its queue retired: the one of its name, and
+    /// those an earlier reload removed that write where it writes): joined in order, and what
+    /// they could not deliver is delivered first, in that order.
+    pub(crate) after: Vec<JoinHandle<Outcome>>,
     /// Other outputs still finishing that write to the same place (or had the same name): a
     /// removed output, a replaced one of another name. Waited for, so that no two threads
     /// write to one file or peer at once and the lines keep their order.
@@ -240,7 +259,8 @@ pub(crate) fn spawn(
             let Ok(turn) = turn.recv() else {
                 return Outcome::default();
             };
-            let mut before = turn.after.map(|h| h.join().unwrap_or_default());
+            let joined = turn.after.into_iter().map(|h| h.join().unwrap_or_default());
+            let mut before = joined.reduce(Outcome::then);
             for other in &turn.wait_for {
                 other.wait();
             }
@@ -834,7 +854,7 @@ mod tests {
         let (thread, gate) =
             spawn("t", sink, Arc::clone(queue), stats.clone(), none, ended).unwrap();
         let turn = Turn {
-            after,
+            after: after.into_iter().collect(),
             wait_for: Vec::new(),
         };
         assert!(gate.open(turn).is_ok());

@@ -441,17 +441,20 @@ mod tests {
         let deadline = Deadline::default();
         let base = Path::new(".");
         let mut started = start(&running, base, feed, 1 << 20, &stop, &deadline).unwrap();
+        let max_line = 1 << 20;
+        let prepare = |started: &Started| {
+            prepare_rebind(
+                (&running, started),
+                &moved,
+                base,
+                max_line,
+                (&stop, &deadline),
+            )
+        };
         // The system has no thread left for the new listener: the reload is refused before
         // anything changes.
         listen::fail_next_spawn();
-        let prepared = prepare_rebind(
-            (&running, &started),
-            &moved,
-            base,
-            1 << 20,
-            (&stop, &deadline),
-        );
-        let refused = prepared.err().expect("refused").to_string();
+        let refused = prepare(&started).err().expect("refused").to_string();
         assert!(refused.contains("cannot start a listener"), "{refused}");
         // The old listener goes on accepting.
         let address = started.address.strip_prefix("tcp://").unwrap().to_owned();
@@ -461,14 +464,8 @@ mod tests {
         let msg = rx.recv_timeout(Duration::from_secs(60));
         assert_eq!(msg.map(|m| m.lines()).ok(), Some(1));
         // A reload that can start it moves the input.
-        let prepared = prepare_rebind(
-            (&running, &started),
-            &moved,
-            base,
-            1 << 20,
-            (&stop, &deadline),
-        );
-        assert!(rebind(&mut started, prepared.unwrap()));
+        let prepared = prepare(&started).unwrap();
+        assert!(rebind(&mut started, prepared));
         assert!(
             started.address.starts_with("tcp://127.0.0.2:"),
             "{}",

@@ -40,6 +40,8 @@ fn a_rewind_reads_again_from_the_cursor_what_was_read_and_not_confirmed_and_coun
     for n in 1..5 {
         let b = popped(&queue);
         assert_eq!(b.data, line(n), "in order from the cursor");
+        // 1 was counted in events_out when delivered: counted as resent now.
+        assert_eq!(b.resent, n == 1, "{n}");
         queue.settled(&b, 0);
     }
     assert!(matches!(queue.pop_timeout(Duration::ZERO), Popped::Empty));

@@ -103,6 +103,9 @@ struct Inner {
     unconfirmed: VecDeque<Taken>,
     /// On disk: the batch the delivery thread has read and not yet settled.
     in_flight: Option<Taken>,
+    /// On disk: records the next reads give again that the thread before counted in
+    /// `events_out` (read again after [`Queue::rewind`]): marked resent.
+    recount: u64,
     /// On disk: what it held at open is not checked yet ([`Queue::check_backlog`]); the
     /// bytes counted for it meanwhile (more than it holds, never less).
     unchecked: Option<u64>,
@@ -346,6 +349,8 @@ impl Queue {
                         let mut inner = self.lock();
                         inner.in_flight =
                             Some((record.end, record.lines, record.data.len() as u64));
+                        let resent = inner.recount > 0;
+                        inner.recount = inner.recount.saturating_sub(1);
                         if std::mem::take(&mut inner.read_failing) {
                             tracing::info!(output = %self.stats.name(), "disk buffer: reads again");
                         }
@@ -354,7 +359,7 @@ impl Queue {
                             lines: record.lines,
                             acks: Vec::new(),
                             end: Some(record.end),
-                            resent: false,
+                            resent,
                         });
                     }
                     Ok(Next::Skipped(skipped)) => {
@@ -365,6 +370,7 @@ impl Queue {
                             .saturating_sub(skipped.records.saturating_sub(1));
                         inner.bytes = inner.bytes.saturating_sub(skipped.record_bytes());
                         inner.lines = inner.lines.saturating_sub(skipped.lines);
+                        inner.recount = inner.recount.saturating_sub(skipped.records);
                         self.stats.pending(false, skipped.bytes, skipped.lines);
                         self.stats.disk_buffer_found(0, 1);
                         self.not_full.notify_all();
@@ -539,6 +545,8 @@ impl Queue {
         };
         let mut inner = self.lock();
         let mut taken: Vec<Taken> = inner.unconfirmed.drain(..).collect();
+        // (Delivered, so counted; the batch in flight was not.)
+        inner.recount = taken.len() as u64;
         for &(_, lines, bytes) in &taken {
             // (Counted off when they were settled.)
             inner.bytes += Counts::one_record(bytes);

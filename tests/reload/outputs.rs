@@ -316,6 +316,56 @@ fn sighup_replacing_an_output_whose_peer_stopped_reading_hands_over_what_it_did_
 }
 
 #[test]
+fn sighup_replacing_an_http_output_whose_peer_never_answers_hands_its_lines_over() {
+    let dir = temp_dir("reload-output-http-silent");
+    // A peer that takes requests and never answers them.
+    let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let silent_url = format!("http://{}/", silent.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let mut held = Vec::new();
+        for conn in silent.incoming() {
+            let Ok(conn) = conn else { return };
+            held.push(conn);
+        }
+    });
+    let up = crate::http_delivery::peers::Downstream::start(Vec::new());
+    let (input, metrics) = (free_address(), free_address());
+    // Its own timeouts are far off: only the reload may make it hand over.
+    let settings = |url: &str| {
+        format!(
+            "input: {{ type: tcp, address: '{input}' }}\nmetrics: {{ address: '{metrics}' }}\n\
+             shutdown_timeout_secs: 600\noutputs: {{ default: {{ type: http, url: '{url}', \
+             request_timeout_secs: 600 }} }}\n{}",
+            detector_as_shipped()
+        )
+    };
+    let config = write(&dir, "c.yaml", settings(&silent_url));
+    let mut egw = Running::start(&dir, &config);
+    let mut conn = connect_when_ready(&input);
+    conn.write_all(&numbered(0, 1000)).unwrap();
+    drop(conn);
+    assert!(wait_until_read(&metrics, 1000), "{}", egw.stderr());
+    write(&dir, "c.yaml", settings(&format!("http://{}/", up.address)));
+    reload(&egw, "configuration reloaded");
+    let got = || up.seen.lock().unwrap().connections.concat();
+    assert!(
+        wait_until(EXIT, || got().len() >= 1000),
+        "{} lines at the new peer\n{}",
+        got().len(),
+        egw.stderr()
+    );
+    egw.terminate();
+    assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
+    // The old peer never answered: each line reaches the new one once, in order.
+    assert!(got().into_iter().eq(0..1000), "{:?}", got());
+    assert!(
+        egw.stderr().contains("a reload replaced the output"),
+        "{}",
+        egw.stderr()
+    );
+}
+
+#[test]
 fn sighup_moves_an_output_whose_full_block_buffer_stalls_the_feed() {
     let dir = temp_dir("reload-output-blocked");
     let (stuck, stuck_address) = stuck_peer();

@@ -50,6 +50,36 @@ fn a_rewind_reads_again_from_the_cursor_what_was_read_and_not_confirmed_and_coun
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn lines_counted_before_a_rewind_still_count_as_resent_after_a_second_one() {
+    let dir = dir("rewind-twice");
+    let stats = stats();
+    let (queue, _) = faulty_queue(&dir, &stats);
+    let none = Deadline::default();
+    for n in 0..3 {
+        queue.push(batch(n), WhenFull::Block, &none).unwrap();
+    }
+    // The old thread delivered 0 and 1 (counted), the peer acknowledged neither.
+    for outstanding in [1, 2] {
+        let b = popped(&queue);
+        queue.settled(&b, outstanding);
+    }
+    queue.rewind();
+    // Its replacement is replaced before it read anything, and the next one after it read 0
+    // again, in hand: 0 and 1 were still counted once, by the first thread.
+    queue.rewind();
+    assert_eq!(popped(&queue).data, line(0));
+    queue.rewind();
+    for n in 0..3 {
+        let b = popped(&queue);
+        assert_eq!(b.data, line(n));
+        assert_eq!(b.resent, n < 2, "{n}");
+        queue.settled(&b, 0);
+    }
+    assert_eq!(queue.kept(), Some((0, 0)));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A sink whose peer takes nothing: each delivery says it started, waits until let go, then
 /// fails.
 struct Stuck {

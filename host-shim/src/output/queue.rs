@@ -106,6 +106,8 @@ struct Inner {
     /// On disk: records the next reads give again that the thread before counted in
     /// `events_out` (read again after [`Queue::rewind`]): marked resent.
     recount: u64,
+    /// On disk: whether the batch in flight is one of those ([`Inner::recount`]).
+    in_flight_resent: bool,
     /// On disk: what it held at open is not checked yet ([`Queue::check_backlog`]); the
     /// bytes counted for it meanwhile (more than it holds, never less).
     unchecked: Option<u64>,
@@ -351,6 +353,7 @@ impl Queue {
                             Some((record.end, record.lines, record.data.len() as u64));
                         let resent = inner.recount > 0;
                         inner.recount = inner.recount.saturating_sub(1);
+                        inner.in_flight_resent = resent;
                         if std::mem::take(&mut inner.read_failing) {
                             tracing::info!(output = %self.stats.name(), "disk buffer: reads again");
                         }
@@ -545,8 +548,11 @@ impl Queue {
         };
         let mut inner = self.lock();
         let mut taken: Vec<Taken> = inner.unconfirmed.drain(..).collect();
-        // (Delivered, so counted; the batch in flight was not.)
-        inner.recount = taken.len() as u64;
+        // Delivered, so counted; the batch in flight only if the thread before it counted it
+        // (a second reload before the first replacement delivered it again), and so are those
+        // of the first rewind not read again yet, which follow it.
+        let in_flight_counted = inner.in_flight.is_some() && inner.in_flight_resent;
+        inner.recount += taken.len() as u64 + u64::from(in_flight_counted);
         for &(_, lines, bytes) in &taken {
             // (Counted off when they were settled.)
             inner.bytes += Counts::one_record(bytes);

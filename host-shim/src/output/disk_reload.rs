@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use super::disk_queue::{batch, deliver, dir, faulty_queue, line, lock, popped, stats, Collected};
 use super::queue::{Deadline, Popped};
-use super::worker::{self, Sink, SinkError, Turn, WriterSink};
+use super::sink::{Sink, SinkError, WriterSink};
+use super::worker::{self, Turn};
 use crate::config::WhenFull;
 
 #[test]

@@ -8,7 +8,7 @@
 //! policy decides whether the engine waits (`block`: backpressure) or the batch is dropped
 //! (`drop_newest`: counted, logged). The buffer is in memory, or on disk ([`disk`]: kept across
 //! restarts and crashes, delivered first at the next start). Sinks: standard output and files
-//! ([`worker::WriterSink`]), TCP (plain or TLS: [`tls_stream`]) and Unix sockets ([`socket`]),
+//! ([`sink::WriterSink`]), TCP (plain or TLS: [`tls_stream`]) and Unix sockets ([`socket`]),
 //! HTTP ([`http`]: acknowledged by the peer's 2xx).
 
 use std::collections::BTreeMap;
@@ -20,6 +20,7 @@ use std::time::{Duration, Instant};
 
 use egresswatch_plugin_api::DEFAULT_OUTPUT;
 
+mod build;
 mod deadline;
 mod disk;
 #[cfg(test)]
@@ -30,6 +31,7 @@ mod disk_queue;
 mod disk_reload;
 mod http;
 mod queue;
+mod sink;
 mod socket;
 mod tls_stream;
 mod worker;
@@ -40,10 +42,12 @@ pub(crate) use queue::Deadline;
 use crate::ack::Ack;
 use crate::config::{BufferConfig, BufferKind, HostConfig, OutputConfig, WhenFull};
 use crate::metrics::{Metrics, OutputHealth};
+pub(crate) use build::same_folder;
+use build::{open_buffer, set_up_if_open, sink};
 use queue::{Batch, Pushed, Queue, Refused};
-use socket::{SocketSink, Target};
-pub(crate) use worker::reopen_files;
-use worker::{open_append, Ended, Gate, Outcome, Sink, Turn, WriterSink};
+pub(crate) use sink::reopen_files;
+use sink::{Sink, WriterSink};
+use worker::{Ended, Gate, Outcome, Turn};
 
 /// Initial capacity of an output's batch buffer.
 const BATCH_CAPACITY: usize = 64 * 1024;
@@ -498,27 +502,6 @@ impl Outputs {
     }
 }
 
-/// The buffer of output `name`: in memory, or its disk buffer opened (what an earlier run left
-/// in it is delivered first). A disk buffer's folder is locked while its queue lives: a second
-/// queue on it (another process, or a rebuilt output whose old queue is still alive) fails.
-fn open_buffer(name: &str, buffer: &BufferConfig, stats: &OutputHealth) -> io::Result<Queue> {
-    let (BufferKind::Disk, Some(dir)) = (buffer.kind, &buffer.path) else {
-        return Ok(Queue::new(buffer.max_bytes, stats.clone()));
-    };
-    let log = disk::DiskLog::open(name, dir, buffer.max_bytes, stats.clone())?;
-    Ok(Queue::on_disk(log, buffer.max_bytes, stats.clone()))
-}
-
-/// Whether `a` and `b` name the same folder (links resolved, when it exists; `./` ignored).
-pub(crate) fn same_folder(a: &std::path::Path, b: &std::path::Path) -> bool {
-    use std::path::{Component, PathBuf};
-    let resolved = |p: &std::path::Path| -> PathBuf {
-        std::fs::canonicalize(p)
-            .unwrap_or_else(|_| p.components().filter(|c| *c != Component::CurDir).collect())
-    };
-    resolved(a) == resolved(b)
-}
-
 /// What a reload changes in the outputs: for each output added or changed, the new one, built
 /// (files opened, certificates read, its delivery thread started, waiting at its gate); for
 /// each one removed, `None`. Dropped (the reload refused), the new threads end having done
@@ -690,100 +673,6 @@ impl Outputs {
     }
 }
 
-/// Standard output and files are up once open; a socket or HTTP output once it connects.
-fn set_up_if_open(output: &OutputConfig, stats: &OutputHealth) {
-    if matches!(
-        output,
-        OutputConfig::Stdout { .. } | OutputConfig::File { .. }
-    ) {
-        stats.set_up(true);
-    }
-}
-
-/// The sink of output `name` as `config` describes it: a file opened, a TLS client's
-/// certificates read; a socket or HTTP output connects later, on its own thread.
-fn sink(
-    config: &HostConfig,
-    name: &str,
-    output: &OutputConfig,
-    stats: &OutputHealth,
-) -> io::Result<Box<dyn Sink>> {
-    Ok(match output {
-        OutputConfig::Stdout { .. } => Box::new(WriterSink::stdout()),
-        OutputConfig::File { path, .. } => {
-            let path = config.resolve(path);
-            let file = open_append(&path).map_err(|e| {
-                io::Error::new(
-                    e.kind(),
-                    format!("output {name}: cannot open {}: {e}", path.display()),
-                )
-            })?;
-            Box::new(WriterSink::file(file, &path))
-        }
-        OutputConfig::Tcp { address, tls, .. } => {
-            let tls = tls
-                .as_ref()
-                .map(|tls| tcp_tls(config, name, address, tls))
-                .transpose()?;
-            let target = Target::Tcp {
-                address: address.clone(),
-                tls,
-            };
-            Box::new(SocketSink::new(name, target, stats.clone()))
-        }
-        OutputConfig::Unix { path, .. } => Box::new(SocketSink::new(
-            name,
-            Target::Unix(config.resolve(path)),
-            stats.clone(),
-        )),
-        OutputConfig::Http {
-            url,
-            request_timeout_secs,
-            tls,
-            ..
-        } => {
-            let tls = tls
-                .as_ref()
-                .map(|tls| {
-                    crate::tls::client(tls, |p| config.resolve(p), &format!("outputs.{name}.tls"))
-                })
-                .transpose()?;
-            Box::new(http::HttpSink::new(
-                name,
-                url,
-                Duration::from_secs(*request_timeout_secs),
-                tls,
-                stats.clone(),
-            ))
-        }
-    })
-}
-
-/// The TLS client of TCP output `name`: its certificates read now, so that a bad file is an
-/// error at start; the server name is `tls.server_name`, else the address's host.
-fn tcp_tls(
-    config: &HostConfig,
-    name: &str,
-    address: &str,
-    tls: &crate::config::ClientTls,
-) -> io::Result<tls_stream::TlsClient> {
-    let prefix = format!("outputs.{name}.tls");
-    let (client, trust) = crate::tls::tcp_client(tls, |p| config.resolve(p), &prefix)?;
-    let server_name = match &tls.server_name {
-        Some(server_name) => rustls::pki_types::ServerName::try_from(server_name.clone())
-            .map_err(|e| format!("{prefix}.server_name: `{server_name}` {e}")),
-        None => {
-            tls_stream::server_name(address).map_err(|e| format!("outputs.{name}.address: {e}"))
-        }
-    }
-    .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-    Ok(tls_stream::TlsClient {
-        config: client,
-        server_name,
-        trust,
-    })
-}
-
 /// Logs drops: the first at once, then how many every [`DROP_LOG_EVERY`].
 fn log_drops(name: &str, drops: &mut Option<(Instant, u64)>, lines: u64) {
     match drops {
@@ -809,123 +698,4 @@ fn log_drops(name: &str, drops: &mut Option<(Instant, u64)>, lines: u64) {
 const KEEP_WHOLE: usize = 64 * 1024;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn a_reload_whose_output_thread_cannot_start_loses_nothing_and_keeps_the_output() {
-        let dir = std::env::temp_dir().join(format!("egresswatch-apply-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&dir);
-        std::fs::create_dir_all(&dir).unwrap();
-        let config = |file: &str| {
-            let path = dir.join(file);
-            let text = format!(
-                "outputs:\n  default: {{ type: file, path: '{}' }}\n",
-                path.display()
-            );
-            HostConfig::parse(&text, false).unwrap()
-        };
-        let (a, b) = (config("a.ndjson"), config("b.ndjson"));
-        let metrics = Metrics::new(Default::default());
-        let mut outputs = Outputs::open(&a, &Deadline::default(), &metrics).unwrap();
-        outputs.write_line(DEFAULT_OUTPUT, b"one").unwrap();
-        outputs.commit().unwrap();
-        // The system has no thread left for the new output.
-        worker::fail_next_spawn();
-        let changes = outputs.prepare(&b, &[DEFAULT_OUTPUT.to_owned()], &metrics);
-        let refused = changes.err().expect("refused").to_string();
-        assert!(
-            refused.contains("output default: cannot be started"),
-            "{refused}"
-        );
-        // The old output goes on: nothing lost.
-        outputs.write_line(DEFAULT_OUTPUT, b"two").unwrap();
-        outputs.commit().unwrap();
-        let (_, undelivered) = outputs.finish();
-        assert!(undelivered.is_empty(), "{undelivered:?}");
-        let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
-        assert_eq!(read("a.ndjson") + &read("b.ndjson"), "one\ntwo\n");
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-
-    #[test]
-    fn a_new_output_takes_over_every_removed_output_still_failing_where_it_writes() {
-        // A peer that is down: its address, free for now.
-        let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let address = probe.local_addr().unwrap().to_string();
-        drop(probe);
-        let config = |names: &[&str]| {
-            let outputs: Vec<String> = names
-                .iter()
-                .map(|name| format!("{name}: {{ type: tcp, address: '{address}' }}"))
-                .collect();
-            let text = format!("outputs: {{ {} }}\n", outputs.join(", "));
-            HostConfig::parse(&text, false).unwrap()
-        };
-        let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-        let metrics = Metrics::new(Default::default());
-        // (Far off: only a reload makes them hand over.)
-        let deadline = Deadline::new(&Arc::default(), Duration::from_secs(600));
-        let mut outputs = Outputs::open(&config(&["a", "b"]), &deadline, &metrics).unwrap();
-        outputs.write_line("a", b"one").unwrap();
-        outputs.write_line("b", b"two").unwrap();
-        outputs.commit().unwrap();
-        // A reload removes both while they fail: they go on retrying.
-        let removed = outputs.prepare(&config(&[]), &names(&["a", "b"]), &metrics);
-        outputs.apply(removed.unwrap(), &metrics);
-        // The next one adds an output to the same peer: it takes over both, not just the last.
-        let added = outputs.prepare(&config(&["c"]), &names(&["c"]), &metrics);
-        outputs.apply(added.unwrap(), &metrics);
-        let waited_for: Vec<&String> = outputs.retired.iter().map(|(n, _)| n).collect();
-        assert!(waited_for.is_empty(), "only waited for: {waited_for:?}");
-        // The peer comes up: every line arrives, none is left undelivered.
-        let peer = std::net::TcpListener::bind(&address).unwrap();
-        let received = Arc::new(std::sync::Mutex::new(String::new()));
-        let shared = Arc::clone(&received);
-        std::thread::spawn(move || {
-            for conn in peer.incoming() {
-                let Ok(mut conn) = conn else { return };
-                let shared = Arc::clone(&shared);
-                std::thread::spawn(move || {
-                    let mut text = String::new();
-                    let _ = io::Read::read_to_string(&mut conn, &mut text);
-                    shared.lock().unwrap().push_str(&text);
-                });
-            }
-        });
-        let (_, undelivered) = outputs.finish();
-        assert!(undelivered.is_empty(), "{undelivered:?}");
-        let waited = Instant::now();
-        while received.lock().unwrap().len() < "one\ntwo\n".len() {
-            assert!(
-                waited.elapsed() < Duration::from_secs(60),
-                "lines never arrived"
-            );
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        let mut lines: Vec<String> = received.lock().unwrap().lines().map(Into::into).collect();
-        lines.sort();
-        assert_eq!(lines, ["one", "two"]);
-    }
-
-    #[test]
-    fn a_block_far_larger_than_its_lines_is_not_kept_as_the_batch() {
-        let mut outputs = Outputs::from_writers(vec![(
-            DEFAULT_OUTPUT.to_owned(),
-            Box::new(io::sink()) as Box<dyn io::Write + Send>,
-        )]);
-        let batch = |outputs: &Outputs| outputs.outputs[DEFAULT_OUTPUT].batch.clone();
-        let mut small = Vec::with_capacity(1 << 20);
-        small.extend_from_slice(b"one\n");
-        outputs.write_owned(DEFAULT_OUTPUT, small, 1).unwrap();
-        assert_eq!(batch(&outputs), b"one\n");
-        assert!(outputs.outputs[DEFAULT_OUTPUT].batch.capacity() < 1 << 20);
-        outputs.commit().unwrap();
-        // A full block is taken as it is (no copy).
-        let full = vec![b'x'; 100_000];
-        let at = full.as_ptr();
-        outputs.write_owned(DEFAULT_OUTPUT, full, 1).unwrap();
-        assert_eq!(outputs.outputs[DEFAULT_OUTPUT].batch.as_ptr(), at);
-        outputs.commit().unwrap();
-    }
-}
+mod tests;

@@ -1,0 +1,121 @@
+//! Tests of the outputs as the engine thread drives them: a reload whose new output cannot
+//! start, removed outputs taken over, and a batch taken whole or copied.
+
+use super::*;
+
+#[test]
+fn a_reload_whose_output_thread_cannot_start_loses_nothing_and_keeps_the_output() {
+    let dir = std::env::temp_dir().join(format!("egresswatch-apply-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = |file: &str| {
+        let path = dir.join(file);
+        let text = format!(
+            "outputs:\n  default: {{ type: file, path: '{}' }}\n",
+            path.display()
+        );
+        HostConfig::parse(&text, false).unwrap()
+    };
+    let (a, b) = (config("a.ndjson"), config("b.ndjson"));
+    let metrics = Metrics::new(Default::default());
+    let mut outputs = Outputs::open(&a, &Deadline::default(), &metrics).unwrap();
+    outputs.write_line(DEFAULT_OUTPUT, b"one").unwrap();
+    outputs.commit().unwrap();
+    // The system has no thread left for the new output.
+    worker::fail_next_spawn();
+    let changes = outputs.prepare(&b, &[DEFAULT_OUTPUT.to_owned()], &metrics);
+    let refused = changes.err().expect("refused").to_string();
+    assert!(
+        refused.contains("output default: cannot be started"),
+        "{refused}"
+    );
+    // The old output goes on: nothing lost.
+    outputs.write_line(DEFAULT_OUTPUT, b"two").unwrap();
+    outputs.commit().unwrap();
+    let (_, undelivered) = outputs.finish();
+    assert!(undelivered.is_empty(), "{undelivered:?}");
+    let read = |file: &str| std::fs::read_to_string(dir.join(file)).unwrap_or_default();
+    assert_eq!(read("a.ndjson") + &read("b.ndjson"), "one\ntwo\n");
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_new_output_takes_over_every_removed_output_still_failing_where_it_writes() {
+    // A peer that is down: its address, free for now.
+    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = probe.local_addr().unwrap().to_string();
+    drop(probe);
+    let config = |names: &[&str]| {
+        let outputs: Vec<String> = names
+            .iter()
+            .map(|name| format!("{name}: {{ type: tcp, address: '{address}' }}"))
+            .collect();
+        let text = format!("outputs: {{ {} }}\n", outputs.join(", "));
+        HostConfig::parse(&text, false).unwrap()
+    };
+    let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
+    let metrics = Metrics::new(Default::default());
+    // (Far off: only a reload makes them hand over.)
+    let deadline = Deadline::new(&Arc::default(), Duration::from_secs(600));
+    let mut outputs = Outputs::open(&config(&["a", "b"]), &deadline, &metrics).unwrap();
+    outputs.write_line("a", b"one").unwrap();
+    outputs.write_line("b", b"two").unwrap();
+    outputs.commit().unwrap();
+    // A reload removes both while they fail: they go on retrying.
+    let removed = outputs.prepare(&config(&[]), &names(&["a", "b"]), &metrics);
+    outputs.apply(removed.unwrap(), &metrics);
+    // The next one adds an output to the same peer: it takes over both, not just the last.
+    let added = outputs.prepare(&config(&["c"]), &names(&["c"]), &metrics);
+    outputs.apply(added.unwrap(), &metrics);
+    let waited_for: Vec<&String> = outputs.retired.iter().map(|(n, _)| n).collect();
+    assert!(waited_for.is_empty(), "only waited for: {waited_for:?}");
+    // The peer comes up: every line arrives, none is left undelivered.
+    let peer = std::net::TcpListener::bind(&address).unwrap();
+    let received = Arc::new(std::sync::Mutex::new(String::new()));
+    let shared = Arc::clone(&received);
+    std::thread::spawn(move || {
+        for conn in peer.incoming() {
+            let Ok(mut conn) = conn else { return };
+            let shared = Arc::clone(&shared);
+            std::thread::spawn(move || {
+                let mut text = String::new();
+                let _ = io::Read::read_to_string(&mut conn, &mut text);
+                shared.lock().unwrap().push_str(&text);
+            });
+        }
+    });
+    let (_, undelivered) = outputs.finish();
+    assert!(undelivered.is_empty(), "{undelivered:?}");
+    let waited = Instant::now();
+    while received.lock().unwrap().len() < "one\ntwo\n".len() {
+        assert!(
+            waited.elapsed() < Duration::from_secs(60),
+            "lines never arrived"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let mut lines: Vec<String> = received.lock().unwrap().lines().map(Into::into).collect();
+    lines.sort();
+    assert_eq!(lines, ["one", "two"]);
+}
+
+#[test]
+fn a_block_far_larger_than_its_lines_is_not_kept_as_the_batch() {
+    let mut outputs = Outputs::from_writers(vec![(
+        DEFAULT_OUTPUT.to_owned(),
+        Box::new(io::sink()) as Box<dyn io::Write + Send>,
+    )]);
+    let batch = |outputs: &Outputs| outputs.outputs[DEFAULT_OUTPUT].batch.clone();
+    let mut small = Vec::with_capacity(1 << 20);
+    small.extend_from_slice(b"one\n");
+    outputs.write_owned(DEFAULT_OUTPUT, small, 1).unwrap();
+    assert_eq!(batch(&outputs), b"one\n");
+    assert!(outputs.outputs[DEFAULT_OUTPUT].batch.capacity() < 1 << 20);
+    outputs.commit().unwrap();
+    // A full block is taken as it is (no copy).
+    let full = vec![b'x'; 100_000];
+    let at = full.as_ptr();
+    outputs.write_owned(DEFAULT_OUTPUT, full, 1).unwrap();
+    assert_eq!(outputs.outputs[DEFAULT_OUTPUT].batch.as_ptr(), at);
+    outputs.commit().unwrap();
+}

@@ -1,0 +1,153 @@
+//! Tests of the delivery thread: a file output replaced partway through a line (the same file,
+//! or one renamed since), and a retry's wait ended by a reload.
+
+use super::*;
+use crate::config::WhenFull;
+use crate::output::sink::WriterSink;
+use std::io::Write;
+
+/// A file on a disk that has room for `room` bytes (shared, as one file is), then fails.
+struct SmallDisk {
+    file: Arc<Mutex<Vec<u8>>>,
+    room: usize,
+}
+
+impl Write for SmallDisk {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let mut file = self.file.lock().unwrap();
+        let n = buf.len().min(self.room.saturating_sub(file.len()));
+        if n == 0 {
+            return Err(io::Error::from(io::ErrorKind::StorageFull));
+        }
+        file.extend_from_slice(&buf[..n]);
+        Ok(n)
+    }
+
+    fn flush(&mut self) -> io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A sink writing into `file`, which has the inode `inode`.
+fn file_sink(file: &Arc<Mutex<Vec<u8>>>, room: usize, inode: u64) -> Box<dyn Sink> {
+    let writer = SmallDisk {
+        file: Arc::clone(file),
+        room,
+    };
+    // (A file's write errors are retried.)
+    Box::new(WriterSink::retried(Box::new(writer), inode))
+}
+
+/// Starts a delivery thread and lets it go at once, after `after`.
+fn start(
+    sink: Box<dyn Sink>,
+    queue: &Arc<Queue>,
+    stats: &OutputHealth,
+    after: Option<JoinHandle<Outcome>>,
+) -> JoinHandle<Outcome> {
+    let ended = Arc::default();
+    let none = Deadline::default();
+    let (thread, gate) = spawn("t", sink, Arc::clone(queue), stats.clone(), none, ended).unwrap();
+    let turn = Turn {
+        after: after.into_iter().collect(),
+        wait_for: Vec::new(),
+    };
+    assert!(gate.open(turn).is_ok());
+    thread
+}
+
+#[test]
+fn a_file_output_replaced_partway_through_a_line_leaves_it_whole_and_writes_nothing_twice() {
+    let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+    let file = Arc::new(Mutex::new(Vec::new()));
+    let none = Deadline::default();
+    let old_queue = Arc::new(Queue::new(1 << 20, stats.clone()));
+    let batch = |data: &[u8]| Batch {
+        data: data.to_vec(),
+        lines: memchr::memchr_iter(b'\n', data).count() as u64,
+        acks: Vec::new(),
+        end: None,
+        resent: false,
+    };
+    old_queue
+        .push(batch(b"one\ntwo\nthree\n"), WhenFull::Block, &none)
+        .unwrap();
+    // The disk fills up 6 bytes in, partway through `two`: the output retries.
+    let old = start(file_sink(&file, 6, 7), &old_queue, &stats, None);
+    let waited = std::time::Instant::now();
+    while file.lock().unwrap().len() < 6 {
+        assert!(waited.elapsed() < Duration::from_secs(30), "never wrote");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // A reload replaces it with an output to the same file (room made meanwhile).
+    assert!(old_queue.retire().is_empty(), "the batch is in hand");
+    let new_queue = Arc::new(Queue::new(1 << 20, stats.clone()));
+    new_queue
+        .push(batch(b"four\n"), WhenFull::Block, &none)
+        .unwrap();
+    new_queue.close();
+    let new = start(
+        file_sink(&file, usize::MAX, 7),
+        &new_queue,
+        &stats,
+        Some(old),
+    );
+    let outcome = new.join().unwrap();
+    assert_eq!(outcome.undelivered, 0, "{:?}", outcome.error);
+    assert_eq!(
+        String::from_utf8_lossy(&file.lock().unwrap()),
+        "one\ntwo\nthree\nfour\n"
+    );
+    assert_eq!(stats.status().delivered, 4);
+}
+
+#[test]
+fn a_retry_wait_ends_once_a_reload_replaces_the_output() {
+    let deadline = Deadline::default();
+    let sleeping = deadline.clone();
+    let (woke, woken) = mpsc::channel();
+    std::thread::spawn(move || {
+        // Far longer than any test: only the reload can end it. (`false`: not replaced
+        // when the worker last looked at its queue.)
+        sleep_until(Instant::now() + Duration::from_secs(3600), &sleeping, false);
+        let _ = woke.send(());
+    });
+    deadline.set_replaced();
+    let ended = woken.recv_timeout(Duration::from_secs(60));
+    assert!(ended.is_ok(), "the retry's wait went on after the reload");
+}
+
+#[test]
+fn a_line_torn_in_a_file_since_renamed_is_written_whole_to_the_new_file_at_its_path() {
+    let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+    let (renamed, new_file) = (Arc::default(), Arc::default());
+    let none = Deadline::default();
+    let old_queue = Arc::new(Queue::new(1 << 20, stats.clone()));
+    let batch = Batch {
+        data: b"one\ntwo\nthree\n".to_vec(),
+        lines: 3,
+        acks: Vec::new(),
+        end: None,
+        resent: false,
+    };
+    old_queue.push(batch, WhenFull::Block, &none).unwrap();
+    let old = start(file_sink(&renamed, 6, 7), &old_queue, &stats, None);
+    let waited = std::time::Instant::now();
+    while renamed.lock().unwrap().len() < 6 {
+        assert!(waited.elapsed() < Duration::from_secs(30), "never wrote");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    // Its file was renamed (log rotation): the replacement opens a new file at the same
+    // path, another inode.
+    assert!(old_queue.retire().is_empty(), "the batch is in hand");
+    let new_queue = Arc::new(Queue::new(1 << 20, stats.clone()));
+    new_queue.close();
+    let sink = file_sink(&new_file, usize::MAX, 8);
+    let outcome = start(sink, &new_queue, &stats, Some(old)).join().unwrap();
+    assert_eq!(outcome.undelivered, 0, "{:?}", outcome.error);
+    assert_eq!(&*renamed.lock().unwrap(), b"one\ntw");
+    assert_eq!(
+        String::from_utf8_lossy(&new_file.lock().unwrap()),
+        "two\nthree\n"
+    );
+}

@@ -11,11 +11,9 @@ use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::Duration;
 
-use super::outputs::{all_of, downstream, stuck_peer};
+use super::outputs::{all_of, downstream_of, stuck_peer, Received};
 use super::{detector_as_shipped, numbered, reload, EXIT};
-use crate::util::{
-    connect_when_ready, free_address, temp_dir, wait_until, wait_until_read, write, Running,
-};
+use crate::util::{free_address, temp_dir, wait_until, wait_until_read, write, Running};
 
 /// Settings with a TCP input, a metrics endpoint, `extra` (YAML lines, may be empty) and
 /// `default` a TCP output to `peer` with a disk buffer in `folder`.
@@ -23,9 +21,39 @@ fn settings(input: &str, metrics: &str, peer: &str, folder: &str, extra: &str) -
     format!(
         "input: {{ type: tcp, address: '{input}' }}\nmetrics: {{ address: '{metrics}' }}\n\
          {extra}outputs: {{ default: {{ type: tcp, address: '{peer}', buffer: {{ type: disk, \
-         path: {folder} }} }} }}\n{}",
+         path: {folder}, max_bytes: 268435456 }} }} }}\n{}",
         detector_as_shipped()
     )
+}
+
+/// The `N` of a line `{"n":N}` (passed through unchanged), without a JSON parser: a million
+/// lines are read in these tests.
+fn number(line: &[u8]) -> u64 {
+    let digits = line.iter().filter(|b| b.is_ascii_digit());
+    digits.fold(0, |n, d| n * 10 + u64::from(d - b'0'))
+}
+
+/// A TCP downstream keeping the number of each line it receives, per connection.
+fn downstream() -> (String, Received) {
+    downstream_of(number)
+}
+
+/// Connects to `address` once `egw` listens there (30 s at most); if it does not, says why: its
+/// exit status and standard error (a port taken meanwhile, a start that failed).
+fn connect(egw: &mut Running, address: &str) -> std::net::TcpStream {
+    let mut conn = None;
+    let listening = wait_until(Duration::from_secs(30), || {
+        conn = std::net::TcpStream::connect(address).ok();
+        conn.is_some()
+    });
+    if !listening {
+        let status = egw.child.try_wait().ok().flatten();
+        panic!(
+            "egresswatch did not listen on {address} (exit status: {status:?}):\n{}",
+            egw.stderr()
+        );
+    }
+    conn.unwrap()
 }
 
 /// Whether `numbers` run on from `first` without a gap or a repeat.
@@ -67,7 +95,7 @@ fn sighup_moving_a_disk_buffered_output_while_lines_stream_delivers_each_line_in
         settings(&input, &metrics, &first, "buf", ""),
     );
     let mut egw = Running::start(&dir, &config);
-    let mut conn = connect_when_ready(&input);
+    let mut conn = connect(&mut egw, &input);
     let sender = std::thread::spawn(move || {
         for from in (0..total).step_by(500) {
             conn.write_all(&numbered(from, from + 500)).unwrap();
@@ -138,14 +166,19 @@ fn slow_peer() -> (String, Arc<AtomicBool>, JoinHandle<Vec<u64>>) {
         taken
             .split_inclusive(|&b| b == b'\n')
             .filter(|l| l.ends_with(b"\n"))
-            .map(|l| {
-                serde_json::from_slice::<serde_json::Value>(l).unwrap()["n"]
-                    .as_u64()
-                    .unwrap()
-            })
+            .map(number)
             .collect()
     });
     (address, fast, reader)
+}
+
+/// Lines `{"n":N,"pad":"xx..."}` for N in `0..total`, 250 bytes each: 100,000 of them are more
+/// than the kernel's socket buffers hold, so an output to a slow peer is still writing a batch.
+fn padded(total: u64) -> Vec<u8> {
+    let pad = "x".repeat(220);
+    (0..total)
+        .flat_map(|n| format!("{{\"n\":{n},\"pad\":\"{pad}\"}}\n").into_bytes())
+        .collect()
 }
 
 /// Starts a run whose output, to a slow peer, has read `total` lines into its disk buffer and
@@ -159,9 +192,9 @@ fn delivering_slowly(
 ) -> (Running, Arc<AtomicBool>, JoinHandle<Vec<u64>>) {
     let (slow, fast, old_peer) = slow_peer();
     let config = write(dir, "c.yaml", settings(input, metrics, &slow, "buf", extra));
-    let egw = Running::start(dir, &config);
-    let mut conn = connect_when_ready(input);
-    conn.write_all(&numbered(0, total)).unwrap();
+    let mut egw = Running::start(dir, &config);
+    let mut conn = connect(&mut egw, input);
+    conn.write_all(&padded(total)).unwrap();
     drop(conn);
     assert!(wait_until_read(metrics, total), "{}", egw.stderr());
     (egw, fast, old_peer)
@@ -186,14 +219,13 @@ fn two_sighups_during_one_hand_over_of_a_disk_buffered_output_lose_nothing() {
         !err.contains("it stops"),
         "the first hand-over ended before the second reload: {err}"
     );
-    // (The old output may have written all it had into its connection: these can only go to
-    // the last peer.)
-    let mut conn = connect_when_ready(&input);
-    conn.write_all(&numbered(total, 2 * total)).unwrap();
+    // (Written after the reloads: these can only go to the last peer.)
+    let mut conn = connect(&mut egw, &input);
+    conn.write_all(&numbered(total, total + 1000)).unwrap();
     drop(conn);
     fast.store(true, Ordering::Relaxed);
     assert!(
-        wait_until(EXIT, || all_of(&at_up).last() == Some(&(2 * total - 1))),
+        wait_until(EXIT, || all_of(&at_up).last() == Some(&(total + 999))),
         "{} lines at the new peer\n{}",
         all_of(&at_up).len(),
         egw.stderr()
@@ -201,7 +233,7 @@ fn two_sighups_during_one_hand_over_of_a_disk_buffered_output_lose_nothing() {
     egw.terminate();
     assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
     let (old, new) = (old_peer.join().unwrap(), all_of(&at_up));
-    let repeated = at_least_once_in_order(&old, &new, 2 * total);
+    let repeated = at_least_once_in_order(&old, &new, total + 1000);
     println!(
         "old peer {} lines, new peer {} lines, {repeated} repeated",
         old.len(),
@@ -274,7 +306,7 @@ fn sighup_moving_a_disk_buffer_to_another_folder_is_refused_and_the_output_goes_
     let (input, metrics) = (free_address(), free_address());
     let config = write(&dir, "c.yaml", settings(&input, &metrics, &peer, "buf", ""));
     let mut egw = Running::start(&dir, &config);
-    let mut conn = connect_when_ready(&input);
+    let mut conn = connect(&mut egw, &input);
     conn.write_all(&numbered(0, 1000)).unwrap();
     write(
         &dir,

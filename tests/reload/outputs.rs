@@ -26,7 +26,7 @@ pub(super) fn downstream() -> (String, Received) {
 }
 
 /// [`downstream`], reading each line's number with `number`.
-fn downstream_of(number: fn(&[u8]) -> u64) -> (String, Received) {
+pub(super) fn downstream_of(number: fn(&[u8]) -> u64) -> (String, Received) {
     use std::io::Read;
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = listener.local_addr().unwrap().to_string();

@@ -21,6 +21,8 @@ struct DeadlineInner {
     parent: Option<Deadline>,
     /// A reload replaced the output (its own, not inherited).
     replaced: AtomicBool,
+    /// ... by an output that writes to the same place ([`Deadline::set_same_target`]).
+    same_target: AtomicBool,
 }
 
 /// How long a replaced output's sink waits on a peer that takes nothing before it counts as a
@@ -36,6 +38,7 @@ impl Deadline {
             timeout_ms: AtomicU64::new(u64::try_from(timeout.as_millis()).unwrap_or(u64::MAX)),
             parent: None,
             replaced: AtomicBool::new(false),
+            same_target: AtomicBool::new(false),
         }))
     }
 
@@ -49,6 +52,7 @@ impl Deadline {
             timeout_ms: AtomicU64::new(0),
             parent: Some(self.clone()),
             replaced: AtomicBool::new(false),
+            same_target: AtomicBool::new(false),
         }))
     }
 
@@ -70,12 +74,24 @@ impl Deadline {
     /// wait ends at once, and a sink waiting on a peer that takes nothing gives up after
     /// [`STALL_GRACE`] instead of at the deadline ([`Deadline::gives_up_stalled`]).
     pub(crate) fn set_replaced(&self) {
-        self.0.replaced.store(true, Ordering::Relaxed);
+        // (Release: what was set before, the same target, is seen with it.)
+        self.0.replaced.store(true, Ordering::Release);
     }
 
     /// Whether a reload replaced the output.
     pub(crate) fn replaced(&self) -> bool {
-        self.0.replaced.load(Ordering::Relaxed)
+        self.0.replaced.load(Ordering::Acquire)
+    }
+
+    /// The output that replaces this one (before [`Deadline::set_replaced`]) writes to the same
+    /// file or peer: a connection this one leaves must not deliver after the new one's.
+    pub(crate) fn set_same_target(&self) {
+        self.0.same_target.store(true, Ordering::Relaxed);
+    }
+
+    /// Whether [`Deadline::set_same_target`] was called.
+    pub(crate) fn same_target(&self) -> bool {
+        self.0.same_target.load(Ordering::Relaxed)
     }
 
     /// Whether a sink whose peer has taken nothing since `stalled` stops waiting: the output

@@ -281,3 +281,161 @@ fn a_file_output_replaced_partway_through_a_disk_batch_writes_nothing_twice() {
     );
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A socket-like sink whose peer acknowledges nothing: every line it delivered stays
+/// outstanding. Once its output is replaced, its check of the peer fails (`fails`) or keeps
+/// making a little progress without ever ending (otherwise). Says whether its unconfirmed tail
+/// was taken (a TCP connection reset).
+struct Unacknowledged {
+    written: u64,
+    fails: bool,
+    taken: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Sink for Unacknowledged {
+    fn deliver(&mut self, data: &[u8], _deadline: &Deadline) -> Result<(), SinkError> {
+        self.written += memchr::memchr_iter(b'\n', data).count() as u64;
+        Ok(())
+    }
+
+    fn settle(&mut self, deadline: &Deadline) -> Result<u64, SinkError> {
+        if !deadline.replaced() {
+            return Ok(self.written);
+        }
+        if self.fails {
+            return Err(SinkError::Retry("the peer went away".into()));
+        }
+        // (A slow peer: one more byte acknowledged each time, never all.)
+        self.written += 1;
+        Ok(self.written)
+    }
+
+    fn take_unconfirmed(&mut self) -> Vec<u8> {
+        self.taken.store(true, std::sync::atomic::Ordering::Relaxed);
+        Vec::new()
+    }
+
+    fn outstanding_lines(&self) -> u64 {
+        self.written
+    }
+
+    fn describe(&self) -> String {
+        "unacknowledged".into()
+    }
+}
+
+/// Delivers line 0 through an [`Unacknowledged`] sink, replaces the output (by one writing to
+/// the same peer when `same_target`), and returns whether the sink's tail was taken once its
+/// thread ended.
+fn replaced_unacknowledged(test: &str, fails: bool, same_target: bool) -> bool {
+    let dir = dir(test);
+    let (queue, _) = faulty_queue(&dir, &stats());
+    queue
+        .push(batch(0), WhenFull::Block, &Deadline::default())
+        .unwrap();
+    let taken = Arc::default();
+    let sink = Unacknowledged {
+        written: 0,
+        fails,
+        taken: Arc::clone(&taken),
+    };
+    let deadline = Deadline::default();
+    let old = start(Box::new(sink), &queue, &deadline, None);
+    let until = std::time::Instant::now() + Duration::from_secs(30);
+    while queue.kept() != Some((1, 0)) {
+        assert!(std::time::Instant::now() < until, "never delivered");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if same_target {
+        deadline.set_same_target();
+    }
+    deadline.set_replaced();
+    // Bounded: a peer that keeps acknowledging a little does not hold the switch.
+    let (tell, told) = mpsc::channel();
+    std::thread::spawn(move || tell.send(old.join().unwrap()));
+    let outcome = told
+        .recv_timeout(Duration::from_secs(30))
+        .expect("the old output stops");
+    assert_eq!(outcome.undelivered, 0);
+    assert_eq!(queue.kept(), Some((1, 0)), "line 0 stays, unconfirmed");
+    let _ = std::fs::remove_dir_all(&dir);
+    taken.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+#[test]
+fn an_old_connection_to_the_same_peer_is_reset_and_its_wait_for_acknowledgements_is_bounded() {
+    // The same peer: its old connection must not deliver after the new one.
+    assert!(replaced_unacknowledged("same-peer", true, true));
+    // Another peer: closed, not reset (what it acknowledged stays readable).
+    assert!(!replaced_unacknowledged("other-peer", true, false));
+    // A slow peer that keeps acknowledging a little: the wait ends after STALL_GRACE.
+    assert!(replaced_unacknowledged("slow-peer", false, true));
+}
+
+#[test]
+fn an_output_replaced_while_it_waited_for_a_batch_leaves_it_to_its_replacement() {
+    let dir = dir("idle-replaced");
+    let stats = stats();
+    let (queue, _) = faulty_queue(&dir, &stats);
+    let (old_out, new_out) = (Collected::default(), Collected::default());
+    let deadline = Deadline::default();
+    let old = start(into(&old_out), &queue, &deadline, None);
+    // (Idle, waiting for a batch.)
+    std::thread::sleep(Duration::from_millis(50));
+    deadline.set_replaced();
+    let none = Deadline::default();
+    queue.push(batch(0), WhenFull::Block, &none).unwrap();
+    let new = start(into(&new_out), &queue, &none, Some(old));
+    queue.close();
+    assert_eq!(new.join().unwrap().undelivered, 0);
+    assert!(
+        lock(&old_out.0).is_empty(),
+        "the old output took a new line"
+    );
+    assert_eq!(*lock(&new_out.0), line(0));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_line_torn_in_a_file_is_finished_there_by_an_output_two_reloads_later() {
+    let dir = dir("torn-a-b-a");
+    let stats = stats();
+    let (queue, _) = faulty_queue(&dir, &stats);
+    let none = Deadline::default();
+    for n in 0..2 {
+        queue.push(batch(n), WhenFull::Block, &none).unwrap();
+    }
+    // The old output tears line 0 in file A (inode 7)...
+    let (a, b) = (Collected::default(), Collected::default());
+    let (started, on_start) = mpsc::channel();
+    let (go, on_go) = mpsc::channel();
+    let halting = Halting {
+        out: a.clone(),
+        room: 3,
+        started,
+        go: on_go,
+    };
+    let old_deadline = Deadline::default();
+    let sink = Box::new(WriterSink::retried(Box::new(halting), 7));
+    let old = start(sink, &queue, &old_deadline, None);
+    on_start.recv_timeout(Duration::from_secs(30)).unwrap();
+    // ... a reload moves it to file B (inode 8), the next back to A before B wrote anything.
+    old_deadline.set_replaced();
+    let b_deadline = Deadline::default();
+    let to_b = WriterSink::retried(Box::new(b.clone()), 8);
+    let first = start(Box::new(to_b), &queue, &b_deadline, Some(old));
+    b_deadline.set_replaced();
+    let to_a = WriterSink::retried(Box::new(a.clone()), 7);
+    let second = start(Box::new(to_a), &queue, &none, Some(first));
+    go.send(()).unwrap();
+    queue.close();
+    assert_eq!(second.join().unwrap().undelivered, 0);
+    assert!(lock(&b.0).is_empty());
+    let all: Vec<u8> = (0..2).flat_map(line).collect();
+    assert_eq!(
+        String::from_utf8_lossy(&lock(&a.0)),
+        String::from_utf8_lossy(&all),
+        "line 0 finished, not written again after its beginning"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}

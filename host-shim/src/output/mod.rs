@@ -592,6 +592,9 @@ impl Outputs {
                 // thread stops between batches, and the new one reads on from the cursor.
                 let held = if Arc::ptr_eq(&ready.queue, &old.queue) {
                     ready.queue.set_max_bytes(ready.max_bytes);
+                    if ready.target == old.target {
+                        old.deadline.set_same_target();
+                    }
                     Vec::new()
                 } else {
                     old.queue.retire()

@@ -103,11 +103,10 @@ struct Inner {
     unconfirmed: VecDeque<Taken>,
     /// On disk: the batch the delivery thread has read and not yet settled.
     in_flight: Option<Taken>,
-    /// On disk: records the next reads give again that the thread before counted in
-    /// `events_out` (read again after [`Queue::rewind`]): marked resent.
-    recount: u64,
-    /// On disk: whether the batch in flight is one of those ([`Inner::recount`]).
-    in_flight_resent: bool,
+    /// On disk: where the furthest record counted in `events_out` ends (delivered by this
+    /// thread or one before it): a record read again up to there, after [`Queue::rewind`], is
+    /// marked resent.
+    counted_to: Option<Position>,
     /// On disk: what it held at open is not checked yet ([`Queue::check_backlog`]); the
     /// bytes counted for it meanwhile (more than it holds, never less).
     unchecked: Option<u64>,
@@ -351,9 +350,7 @@ impl Queue {
                         let mut inner = self.lock();
                         inner.in_flight =
                             Some((record.end, record.lines, record.data.len() as u64));
-                        let resent = inner.recount > 0;
-                        inner.recount = inner.recount.saturating_sub(1);
-                        inner.in_flight_resent = resent;
+                        let resent = inner.counted_to.is_some_and(|to| record.end <= to);
                         if std::mem::take(&mut inner.read_failing) {
                             tracing::info!(output = %self.stats.name(), "disk buffer: reads again");
                         }
@@ -373,7 +370,6 @@ impl Queue {
                             .saturating_sub(skipped.records.saturating_sub(1));
                         inner.bytes = inner.bytes.saturating_sub(skipped.record_bytes());
                         inner.lines = inner.lines.saturating_sub(skipped.lines);
-                        inner.recount = inner.recount.saturating_sub(skipped.records);
                         self.stats.pending(false, skipped.bytes, skipped.lines);
                         self.stats.disk_buffer_found(0, 1);
                         self.not_full.notify_all();
@@ -430,6 +426,8 @@ impl Queue {
                 return;
             }
             inner.in_flight = None;
+            // (Counted in events_out by the caller, as delivered or as resent.)
+            inner.counted_to = inner.counted_to.max(Some(end));
             let size = Counts::one_record(batch.data.len() as u64);
             inner.bytes = inner.bytes.saturating_sub(size);
             inner.lines = inner.lines.saturating_sub(batch.lines);
@@ -548,11 +546,6 @@ impl Queue {
         };
         let mut inner = self.lock();
         let mut taken: Vec<Taken> = inner.unconfirmed.drain(..).collect();
-        // Delivered, so counted; the batch in flight only if the thread before it counted it
-        // (a second reload before the first replacement delivered it again), and so are those
-        // of the first rewind not read again yet, which follow it.
-        let in_flight_counted = inner.in_flight.is_some() && inner.in_flight_resent;
-        inner.recount += taken.len() as u64 + u64::from(in_flight_counted);
         for &(_, lines, bytes) in &taken {
             // (Counted off when they were settled.)
             inner.bytes += Counts::one_record(bytes);

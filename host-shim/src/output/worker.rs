@@ -8,7 +8,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use super::queue::{Batch, Deadline, Popped, Queue};
+use super::queue::{Batch, Deadline, Popped, Queue, STALL_GRACE};
 pub(crate) use super::sink::{Sink, SinkError};
 use crate::ack::Ack;
 use crate::metrics::OutputHealth;
@@ -184,11 +184,16 @@ pub(crate) fn spawn(
                 stats,
                 deadline,
                 jitter: Jitter::new(),
+                torn_elsewhere: None,
             };
             if let Some(before) = before.as_mut() {
                 worker.take_over(before);
             }
-            let outcome = worker.start();
+            let mut outcome = worker.start();
+            // (Replaced before it wrote anything: a line torn in another file is still torn.)
+            if outcome.torn.is_none() {
+                outcome.torn = worker.torn_elsewhere.take();
+            }
             match before {
                 Some(before) => before.and(outcome),
                 None => outcome,
@@ -217,6 +222,10 @@ struct Worker {
     stats: OutputHealth,
     deadline: Deadline,
     jitter: Jitter,
+    /// A line the output it replaced tore in another file than this one writes to, until this
+    /// one delivers its first batch (which writes that line whole): passed on if this one is
+    /// replaced before, so that an output writing to that file again finishes it.
+    torn_elsewhere: Option<Torn>,
 }
 
 impl Worker {
@@ -238,11 +247,13 @@ impl Worker {
         match before.torn.take() {
             // The same file: what it wrote of the line is finished, not written twice.
             Some(torn) if torn.file == self.sink.written_to() => self.sink.resume(torn.written),
-            Some(torn) => tracing::warn!(output = %name, path = %torn.path,
-                bytes = torn.written,
-                "the output the reload replaced stopped partway through a line: its \
-                 beginning is left at the end of that file, and the line is written \
-                 whole to the new one"),
+            Some(torn) => {
+                tracing::warn!(output = %name, path = %torn.path, bytes = torn.written,
+                    "the output the reload replaced stopped partway through a line: its \
+                     beginning is left at the end of that file, and the line is written \
+                     whole to the new one");
+                self.torn_elsewhere = Some(torn);
+            }
             None => {}
         }
     }
@@ -288,10 +299,17 @@ impl Worker {
             };
             match popped {
                 Popped::Batch(mut batch) => {
+                    // Replaced while it waited for this batch (a reload that keeps the disk
+                    // buffer): not delivered here; it stays in flight, read again by the
+                    // replacement.
+                    if self.queue.is_on_disk() && self.deadline.replaced() {
+                        return self.end_replaced();
+                    }
                     let delivered = self.with_retries(batch.lines, |sink, deadline| {
                         sink.deliver(&batch.data, deadline).map(|()| 0)
                     });
                     if delivered.is_ok() {
+                        self.torn_elsewhere = None;
                         self.count(&batch, batch.lines);
                         batch.acks.drain(..).for_each(Ack::delivered);
                     }
@@ -321,7 +339,7 @@ impl Worker {
                 // The end: wait until the peer has everything, or the deadline (replaced by a
                 // reload: until the peer has taken nothing for a moment).
                 Popped::Closed => {
-                    let settled = self.settle_all();
+                    let settled = self.settle_all(None);
                     if let Ok(outstanding) = settled {
                         self.queue.confirm(outstanding);
                     }
@@ -351,16 +369,17 @@ impl Worker {
     }
 
     /// Waits until the peer has acknowledged everything written, or the deadline (replaced by a
-    /// reload: until the peer has taken nothing for a moment); returns how many lines it has
-    /// not.
-    fn settle_all(&mut self) -> Result<u64, Outcome> {
+    /// reload: until the peer has taken nothing for a moment), or `until`; returns how many
+    /// lines it has not.
+    fn settle_all(&mut self, until: Option<Instant>) -> Result<u64, Outcome> {
         let mut acknowledged = (u64::MAX, Instant::now());
         self.with_retries(0, |sink, deadline| {
             let outstanding = sink.settle(deadline)?;
             if outstanding != acknowledged.0 {
                 acknowledged = (outstanding, Instant::now());
             }
-            let stalled = deadline.gives_up_stalled(acknowledged.1);
+            let stalled = deadline.gives_up_stalled(acknowledged.1)
+                || until.is_some_and(|until| Instant::now() >= until);
             if outstanding > 0 && !deadline.passed() && !stalled {
                 let (until, replaced) = (Instant::now(), deadline.replaced());
                 sleep_until(until + Duration::from_millis(20), deadline, replaced);
@@ -371,10 +390,11 @@ impl Worker {
     }
 
     /// Replaced by a reload that keeps the disk buffer, between batches: waits for the peer to
-    /// acknowledge what it wrote (as at the end, [`Worker::settle_all`]) so that less repeats,
-    /// moves the cursor past what it has, and stops; its replacement reads the rest again.
+    /// acknowledge what it wrote (as at the end, [`Worker::settle_all`], but [`STALL_GRACE`] at
+    /// most: it only spares repeats, the disk holds the rest) so that less repeats, moves the
+    /// cursor past what it has, and stops; its replacement reads the rest again.
     fn end_replaced(&mut self) -> Outcome {
-        match self.settle_all() {
+        match self.settle_all(Some(Instant::now() + STALL_GRACE)) {
             Ok(outstanding) => {
                 self.queue.confirm(outstanding);
                 tracing::info!(output = %self.name, unacknowledged_lines = outstanding,
@@ -390,16 +410,21 @@ impl Worker {
     /// replacement. With a memory buffer, as a batch (the batch in hand is added by the caller,
     /// [`Worker::hand_over`]), and a TCP connection is reset so that its kernel does not send
     /// that too. A disk buffer still holds it past its cursor, and the replacement reads it
-    /// again from there ([`Queue::rewind`]): the connection is closed, not reset, when the
-    /// thread ends (what the peer's kernel acknowledged and the peer has not read yet stays
-    /// readable; what it had not may then arrive twice), and a file's bytes of the batch it
-    /// stopped in are named ([`Outcome::torn`]) so that they are not written twice.
+    /// again from there ([`Queue::rewind`]). A connection to another peer is closed, not reset,
+    /// when the thread ends (what that peer's kernel acknowledged and the peer has not read yet
+    /// stays readable; what it had not may then arrive twice); one to the peer the replacement
+    /// writes to is reset, so that its old lines never arrive after the replacement's. A file's
+    /// bytes of the batch it stopped in are named ([`Outcome::torn`]) so that they are not
+    /// written twice.
     fn hand_back(&mut self) -> Outcome {
         if !self.queue.is_on_disk() {
             return Outcome {
                 handed_over: self.unconfirmed().into_iter().collect(),
                 ..Outcome::default()
             };
+        }
+        if self.deadline.same_target() {
+            drop(self.sink.take_unconfirmed());
         }
         let written = self.sink.take_written();
         Outcome {

@@ -49,6 +49,8 @@ pub(crate) struct HttpSink {
     unreachable: bool,
     /// Cuts a request a replaced output waits on too long; started with the first request.
     watch: Option<Arc<Watch>>,
+    /// Whether starting the watcher was tried (once: a failure is logged once).
+    watch_tried: bool,
 }
 
 /// The request in flight, as the watcher thread sees it.
@@ -161,6 +163,7 @@ impl HttpSink {
             stats,
             unreachable: false,
             watch: None,
+            watch_tried: false,
         }
     }
 
@@ -201,7 +204,7 @@ impl HttpSink {
 
 impl Sink for HttpSink {
     fn deliver(&mut self, data: &[u8], deadline: &Deadline) -> Result<(), SinkError> {
-        if self.watch.is_none() {
+        if !std::mem::replace(&mut self.watch_tried, true) {
             match Watch::start(self.agent.clone()) {
                 Ok(watch) => self.watch = Some(watch),
                 Err(e) => tracing::warn!(output = %self.name, error = %e,

@@ -318,14 +318,21 @@ fn sighup_replacing_an_output_whose_peer_stopped_reading_hands_over_what_it_did_
 #[test]
 fn sighup_replacing_an_http_output_whose_peer_never_answers_hands_its_lines_over() {
     let dir = temp_dir("reload-output-http-silent");
-    // A peer that takes requests and never answers them.
+    // A peer that reads requests and never answers them; it counts those it has read.
     let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let silent_url = format!("http://{}/", silent.local_addr().unwrap());
+    let requests = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let counted = std::sync::Arc::clone(&requests);
     std::thread::spawn(move || {
-        let mut held = Vec::new();
         for conn in silent.incoming() {
             let Ok(conn) = conn else { return };
-            held.push(conn);
+            let counted = std::sync::Arc::clone(&counted);
+            std::thread::spawn(move || {
+                let mut reader = std::io::BufReader::new(conn);
+                while crate::http_delivery::peers::read_message(&mut reader).is_some() {
+                    counted.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                }
+            });
         }
     });
     let up = crate::http_delivery::peers::Downstream::start(Vec::new());
@@ -345,6 +352,9 @@ fn sighup_replacing_an_http_output_whose_peer_never_answers_hands_its_lines_over
     conn.write_all(&numbered(0, 1000)).unwrap();
     drop(conn);
     assert!(wait_until_read(&metrics, 1000), "{}", egw.stderr());
+    // The old output has a request in flight, which its peer will never answer.
+    let in_flight = || requests.load(std::sync::atomic::Ordering::Relaxed) > 0;
+    assert!(wait_until(EXIT, in_flight), "{}", egw.stderr());
     write(&dir, "c.yaml", settings(&format!("http://{}/", up.address)));
     reload(&egw, "configuration reloaded");
     let got = || up.seen.lock().unwrap().connections.concat();

@@ -53,8 +53,10 @@ const SPINS: u32 = 64;
 const YIELDS: u32 = 64;
 
 /// Longest sleep of a waiting thread before it looks again: the calling thread is woken as
-/// soon as its chunk is ready (this is only a safety net); a helper waiting for the ring to
-/// have room is ahead anyway.
+/// soon as its chunk is ready, and a helper waiting for the ring to have room as soon as a
+/// chunk is judged (this is only a safety net). A helper left asleep for the whole nap would
+/// lose its lead: the calling thread judges a ring of chunks in about 110 us (16 x 16 events
+/// at about 0.43 us each), then would have to scan the next chunks itself.
 const NAP: Duration = Duration::from_micros(200);
 
 /// The helpers and the ring of records, kept between batches.
@@ -71,6 +73,12 @@ pub(super) struct Helpers {
     stop: AtomicBool,
     /// The calling thread sleeps until a chunk is ready: whoever makes one ready wakes it.
     caller_asleep: AtomicBool,
+    /// Helpers asleep until a chunk is judged (the ring was full): the calling thread wakes
+    /// them as it judges one. Entries of helpers that woke on their own are woken for nothing
+    /// (their next sleep returns at once, and they look again).
+    helpers_asleep: Mutex<Vec<Thread>>,
+    /// How many entries `helpers_asleep` holds, read without its lock after every chunk.
+    helpers_asleep_count: AtomicUsize,
     /// Test hook: helpers panic as they start on a batch.
     #[cfg(test)]
     pub(super) panic: bool,
@@ -80,6 +88,13 @@ pub(super) struct Helpers {
     /// Test count of the chunks helpers scanned.
     #[cfg(test)]
     pub(super) helped: AtomicUsize,
+    /// Test hook: a helper finding the ring full sleeps at once (no spins or yields first,
+    /// which on a loaded machine can last longer than a test's batch).
+    #[cfg(test)]
+    pub(super) sleep_at_once: bool,
+    /// Test count of the times the calling thread woke sleeping helpers.
+    #[cfg(test)]
+    pub(super) woke_helpers: AtomicUsize,
 }
 
 /// One ring slot: the records of the chunk in it, and which chunk is scanned in them.
@@ -128,12 +143,18 @@ impl Helpers {
             judged: AtomicUsize::new(0),
             stop: AtomicBool::new(false),
             caller_asleep: AtomicBool::new(false),
+            helpers_asleep: Mutex::new(Vec::new()),
+            helpers_asleep_count: AtomicUsize::new(0),
             #[cfg(test)]
             panic: false,
             #[cfg(test)]
             caller_scans: true,
             #[cfg(test)]
             helped: AtomicUsize::new(0),
+            #[cfg(test)]
+            sleep_at_once: false,
+            #[cfg(test)]
+            woke_helpers: AtomicUsize::new(0),
         })
     }
 
@@ -175,7 +196,12 @@ impl Helpers {
                     judge(start + i, line, record);
                 }
                 drop(records);
-                self.judged.store(c + 1, Ordering::Release);
+                // Said before the look at the sleepers, as they say they sleep before their
+                // last look at it: a helper going to sleep sees this chunk judged, or is woken.
+                self.judged.store(c + 1, Ordering::SeqCst);
+                if self.helpers_asleep_count.load(Ordering::SeqCst) > 0 {
+                    self.wake_helpers();
+                }
             }
         });
     }
@@ -188,6 +214,10 @@ impl Helpers {
         let mut scanner = scanner.lock().unwrap_or_else(|e| e.into_inner());
         let mut spins = 0;
         while !self.stop.load(Ordering::Relaxed) {
+            #[cfg(test)]
+            if self.sleep_at_once {
+                spins = spins.max(SPINS + YIELDS);
+            }
             match self.claim(batch) {
                 Claim::Chunk(c) => {
                     self.scan(c, &mut scanner, batch);
@@ -196,11 +226,46 @@ impl Helpers {
                     spins = 0;
                 }
                 Claim::Done => return,
-                // The calling thread is a ring behind: it will be a while.
-                Claim::Full if spins >= SPINS + YIELDS => std::thread::park_timeout(NAP),
+                // The calling thread is a ring behind: asleep until it judges a chunk.
+                Claim::Full if spins >= SPINS + YIELDS => self.sleep_until_judged(),
                 Claim::Full => pause(&mut spins),
             }
         }
+    }
+
+    /// A helper's sleep while the ring is full: until the calling thread judges a chunk (or
+    /// the batch stops, or the nap ends).
+    fn sleep_until_judged(&self) {
+        let judged = self.judged.load(Ordering::SeqCst);
+        {
+            let mut asleep = self
+                .helpers_asleep
+                .lock()
+                .unwrap_or_else(|e| e.into_inner());
+            asleep.push(std::thread::current());
+            self.helpers_asleep_count
+                .store(asleep.len(), Ordering::SeqCst);
+        }
+        // The last look, after saying it sleeps: a chunk judged since is seen here (the ring
+        // has room again), or its judging wakes this thread.
+        if self.judged.load(Ordering::SeqCst) == judged && !self.stop.load(Ordering::SeqCst) {
+            std::thread::park_timeout(NAP);
+        }
+    }
+
+    /// Wakes the helpers asleep until a chunk is judged.
+    #[cold]
+    fn wake_helpers(&self) {
+        let mut asleep = self
+            .helpers_asleep
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        for helper in asleep.drain(..) {
+            helper.unpark();
+        }
+        self.helpers_asleep_count.store(0, Ordering::SeqCst);
+        #[cfg(test)]
+        self.woke_helpers.fetch_add(1, Ordering::Relaxed);
     }
 
     /// The records of chunk `c` once scanned (by the calling thread itself when it can claim a

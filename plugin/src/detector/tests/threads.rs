@@ -170,3 +170,39 @@ fn a_helper_that_panics_fails_its_batch_with_an_error_and_the_next_batch_is_eval
     let helpers = d.stage.as_ref().and_then(|s| s.helpers.as_ref()).unwrap();
     assert!(!helpers.panic, "the helpers of the failed batch are gone");
 }
+
+#[test]
+fn a_helper_a_ring_ahead_sleeps_until_a_chunk_is_judged_and_is_woken_then() {
+    let d = detector_with(2);
+    let helpers = {
+        let mut helpers = Helpers::start(1, &d.schema).unwrap();
+        helpers.caller_scans = false;
+        helpers.sleep_at_once = true;
+        helpers
+    };
+    let mut scanner = Scanner::new(Arc::clone(&d.schema));
+    let text = many_destinations(40 * crate::detector::threads::CHUNK);
+    let lines: Vec<&str> = text.iter().map(String::as_str).collect();
+    // Judging is slow (a sleep per event): the helper fills the ring, finds no room, sleeps.
+    let mut judged = Vec::new();
+    let mut check = d.scanner();
+    helpers.run(&mut scanner, &lines, |i, line, record| {
+        let (scanned, here) = (record.event(line, &d.schema), check.scan(line));
+        assert_eq!(scanned.is_ok(), here.is_ok(), "line {i} scanned");
+        judged.push(i);
+        std::thread::sleep(std::time::Duration::from_micros(50));
+    });
+    assert_eq!(judged, (0..lines.len()).collect::<Vec<_>>());
+    assert_eq!(
+        helpers.helped.load(std::sync::atomic::Ordering::Relaxed),
+        40,
+        "the helper scanned every chunk"
+    );
+    assert!(
+        helpers
+            .woke_helpers
+            .load(std::sync::atomic::Ordering::Relaxed)
+            > 0,
+        "the calling thread never woke the helper waiting for room"
+    );
+}

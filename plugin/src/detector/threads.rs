@@ -53,11 +53,15 @@ const SPINS: u32 = 64;
 const YIELDS: u32 = 64;
 
 /// Longest sleep of a waiting thread before it looks again: the calling thread is woken as
-/// soon as its chunk is ready, and a helper waiting for the ring to have room as soon as a
-/// chunk is judged (this is only a safety net). A helper left asleep for the whole nap would
-/// lose its lead: the calling thread judges a ring of chunks in about 110 us (16 x 16 events
-/// at about 0.43 us each), then would have to scan the next chunks itself.
+/// soon as its chunk is ready, and a helper waiting for the ring to have room as soon as half
+/// of it has (this is only a safety net). A helper left asleep for the whole nap would lose
+/// its lead: the calling thread judges a ring of chunks in about 110 us (16 x 16 events at
+/// about 0.43 us each), then would have to scan the next chunks itself.
 const NAP: Duration = Duration::from_micros(200);
+
+/// Chunks judged that wake a helper asleep on a full ring: half the ring, so that it wakes to
+/// a run of chunks to scan rather than going back to sleep after each.
+const WAKE_AFTER: usize = RING / 2;
 
 /// The helpers and the ring of records, kept between batches.
 pub(super) struct Helpers {
@@ -73,12 +77,13 @@ pub(super) struct Helpers {
     stop: AtomicBool,
     /// The calling thread sleeps until a chunk is ready: whoever makes one ready wakes it.
     caller_asleep: AtomicBool,
-    /// Helpers asleep until a chunk is judged (the ring was full): the calling thread wakes
-    /// them as it judges one. Entries of helpers that woke on their own are woken for nothing
+    /// Helpers asleep on a full ring: the calling thread wakes them once it has judged
+    /// `wake_at` chunks. Entries of helpers that woke on their own are woken for nothing
     /// (their next sleep returns at once, and they look again).
     helpers_asleep: Mutex<Vec<Thread>>,
-    /// How many entries `helpers_asleep` holds, read without its lock after every chunk.
-    helpers_asleep_count: AtomicUsize,
+    /// Chunks judged at which the helpers asleep are woken ([`NONE`]: none asleep); read
+    /// without the lock after every chunk.
+    wake_at: AtomicUsize,
     /// Test hook: helpers panic as they start on a batch.
     #[cfg(test)]
     pub(super) panic: bool,
@@ -88,8 +93,7 @@ pub(super) struct Helpers {
     /// Test count of the chunks helpers scanned.
     #[cfg(test)]
     pub(super) helped: AtomicUsize,
-    /// Test hook: a helper finding the ring full sleeps at once (no spins or yields first,
-    /// which on a loaded machine can last longer than a test's batch).
+    /// Test hook: a helper finding the ring full sleeps at once (no spins first).
     #[cfg(test)]
     pub(super) sleep_at_once: bool,
     /// Test count of the times the calling thread woke sleeping helpers.
@@ -144,7 +148,7 @@ impl Helpers {
             stop: AtomicBool::new(false),
             caller_asleep: AtomicBool::new(false),
             helpers_asleep: Mutex::new(Vec::new()),
-            helpers_asleep_count: AtomicUsize::new(0),
+            wake_at: AtomicUsize::new(NONE),
             #[cfg(test)]
             panic: false,
             #[cfg(test)]
@@ -178,6 +182,8 @@ impl Helpers {
         self.next.store(0, Ordering::Relaxed);
         self.judged.store(0, Ordering::Relaxed);
         self.stop.store(false, Ordering::Relaxed);
+        // Nobody sleeps between batches (a helper's nap ended with its last one).
+        self.wake_at.store(NONE, Ordering::Relaxed);
         // Published to the helpers by the pool's hand-over (a release/acquire pair).
         self.pool.in_place_scope(|scope| {
             for scanner in &self.scanners {
@@ -199,7 +205,7 @@ impl Helpers {
                 // Said before the look at the sleepers, as they say they sleep before their
                 // last look at it: a helper going to sleep sees this chunk judged, or is woken.
                 self.judged.store(c + 1, Ordering::SeqCst);
-                if self.helpers_asleep_count.load(Ordering::SeqCst) > 0 {
+                if c + 1 >= self.wake_at.load(Ordering::SeqCst) {
                     self.wake_helpers();
                 }
             }
@@ -216,7 +222,7 @@ impl Helpers {
         while !self.stop.load(Ordering::Relaxed) {
             #[cfg(test)]
             if self.sleep_at_once {
-                spins = spins.max(SPINS + YIELDS);
+                spins = spins.max(SPINS);
             }
             match self.claim(batch) {
                 Claim::Chunk(c) => {
@@ -226,29 +232,29 @@ impl Helpers {
                     spins = 0;
                 }
                 Claim::Done => return,
-                // The calling thread is a ring behind: asleep until it judges a chunk.
-                Claim::Full if spins >= SPINS + YIELDS => self.sleep_until_judged(),
+                // The calling thread is a ring behind: asleep until it has judged half of it
+                // (no yields first: the wait is at least a chunk's judging).
+                Claim::Full if spins >= SPINS => self.sleep_until_judged(),
                 Claim::Full => pause(&mut spins),
             }
         }
     }
 
-    /// A helper's sleep while the ring is full: until the calling thread judges a chunk (or
-    /// the batch stops, or the nap ends).
+    /// A helper's sleep while the ring is full: until the calling thread has judged
+    /// [`WAKE_AFTER`] more chunks (or the batch stops, or the nap ends).
     fn sleep_until_judged(&self) {
-        let judged = self.judged.load(Ordering::SeqCst);
+        let wake_at = self.judged.load(Ordering::SeqCst) + WAKE_AFTER;
         {
             let mut asleep = self
                 .helpers_asleep
                 .lock()
                 .unwrap_or_else(|e| e.into_inner());
             asleep.push(std::thread::current());
-            self.helpers_asleep_count
-                .store(asleep.len(), Ordering::SeqCst);
+            self.wake_at.fetch_min(wake_at, Ordering::SeqCst);
         }
-        // The last look, after saying it sleeps: a chunk judged since is seen here (the ring
-        // has room again), or its judging wakes this thread.
-        if self.judged.load(Ordering::SeqCst) == judged && !self.stop.load(Ordering::SeqCst) {
+        // The last look, after saying when to be woken: chunks judged since are seen here, or
+        // their judging wakes this thread.
+        if self.judged.load(Ordering::SeqCst) < wake_at && !self.stop.load(Ordering::SeqCst) {
             std::thread::park_timeout(NAP);
         }
     }
@@ -263,7 +269,7 @@ impl Helpers {
         for helper in asleep.drain(..) {
             helper.unpark();
         }
-        self.helpers_asleep_count.store(0, Ordering::SeqCst);
+        self.wake_at.store(NONE, Ordering::SeqCst);
         #[cfg(test)]
         self.woke_helpers.fetch_add(1, Ordering::Relaxed);
     }

@@ -278,7 +278,8 @@ pub struct GeoIpConfig {
     /// Without one, the database bundled with egresswatch (countries) is used.
     #[serde(default)]
     pub database: Option<PathBuf>,
-    /// Entries in the lookup cache (rounded up to a power of two).
+    /// Entries in the lookup cache, for IPv4 addresses and as many for IPv6 (rounded up to a
+    /// power of two).
     #[serde(default = "default_cache_entries")]
     pub cache_entries: usize,
 }

@@ -4,21 +4,11 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::hash::{BuildHasher, RandomState};
-use std::net::IpAddr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use super::db::GeoDb;
 use super::{Country, INITIAL_CACHE_SLOTS, MAX_CACHE_CAPACITY};
-
-/// The cache key of an address: the canonical address as an IPv6 number (IPv4 as
-/// `::ffff:a.b.c.d`), split into its high and low halves.
-pub(super) fn cache_key(ip: IpAddr) -> (u64, u64) {
-    let key = match ip.to_canonical() {
-        IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
-        IpAddr::V6(v6) => u128::from(v6),
-    };
-    ((key >> 64) as u64, key as u64)
-}
 
 /// Hit and miss counts of a [`GeoCache`].
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -35,102 +25,90 @@ const CACHED_SOME: u8 = 2;
 pub(super) const STATE_MASK: u8 = 0x03;
 const RECENT: u8 = 0x80;
 
-/// One cache entry: 40 bytes. `key_hi`/`key_lo` are the canonical address as an IPv6 number
-/// (IPv4 as `::ffff:a.b.c.d`), split so the slot needs only 8-byte alignment.
+/// One cache entry: the address, its country as an index into the cache's list of the
+/// countries it has seen, and its state. An IPv4 entry (a `u32` key) takes 8 bytes, an IPv6
+/// one (`[u32; 4]`) 20, where one slot for both took 40 (a 128-bit key and a whole
+/// [`Country`]).
 #[derive(Clone, Copy)]
-pub(super) struct Slot {
-    pub(super) key_hi: u64,
-    pub(super) key_lo: u64,
-    name: &'static str,
-    iso_code: [u8; 2],
+pub(super) struct Slot<K> {
+    pub(super) key: K,
+    country: u16,
     pub(super) state: u8,
 }
 
-const EMPTY_SLOT: Slot = Slot {
-    key_hi: 0,
-    key_lo: 0,
-    name: "",
-    iso_code: [0; 2],
-    state: EMPTY,
-};
+/// An address family's key in its table.
+pub(super) trait Key: Copy + Eq + Default {
+    /// The key as the canonical address's IPv6 number (IPv4 as `::ffff:a.b.c.d`), which the
+    /// set hash takes.
+    fn wide(self) -> u128;
+}
 
-/// A bounded, per-thread lookup cache in front of a shared [`GeoDb`].
-///
-/// 2-way set-associative with least-recently-used replacement inside each set; the capacity is
-/// a power of two fixed at construction, allocated as the cache fills. See the module
-/// documentation.
-pub struct GeoCache {
-    db: Arc<GeoDb>,
-    /// A power of two entries, doubled as they fill, up to `capacity`.
-    pub(super) slots: Vec<Slot>,
-    /// The most entries `slots` may grow to.
-    capacity: usize,
+impl Key for u32 {
+    #[inline]
+    fn wide(self) -> u128 {
+        u128::from(Ipv4Addr::from(self).to_ipv6_mapped())
+    }
+}
+
+impl Key for [u32; 4] {
+    #[inline]
+    fn wide(self) -> u128 {
+        self.iter().fold(0, |w, &p| (w << 32) | u128::from(p))
+    }
+}
+
+/// One address family's slots: a power of two of them, two ways a set, doubled when half are
+/// in use, up to the cache's capacity.
+pub(super) struct Ways<K> {
+    pub(super) slots: Vec<Slot<K>>,
     /// Entries in use.
     pub(super) filled: usize,
     set_bits: u32,
-    mul_lo: u64,
-    mul_hi: u64,
-    memo: HashMap<usize, Option<Country>>,
-    stats: CacheStats,
 }
 
-impl fmt::Debug for GeoCache {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GeoCache")
-            .field("db", &self.db.path())
-            .field("capacity", &self.capacity)
-            .field("allocated", &self.slots.len())
-            .field("stats", &self.stats)
-            .finish_non_exhaustive()
-    }
-}
-
-impl GeoCache {
-    /// A cache of at least `capacity` entries (rounded up to a power of two, at least 2,
-    /// at most [`MAX_CACHE_CAPACITY`]) in front of `db`. It allocates at most
-    /// [`INITIAL_CACHE_SLOTS`] entries now and doubles when half are in use.
-    pub fn new(db: Arc<GeoDb>, capacity: usize) -> GeoCache {
-        let capacity = capacity.clamp(2, MAX_CACHE_CAPACITY).next_power_of_two();
-        let allocated = capacity.min(INITIAL_CACHE_SLOTS);
-        let state = RandomState::new();
-        GeoCache {
-            db,
-            slots: vec![EMPTY_SLOT; allocated],
-            capacity,
+impl<K: Key> Ways<K> {
+    fn new(allocated: usize) -> Self {
+        let empty = Slot {
+            key: K::default(),
+            country: 0,
+            state: EMPTY,
+        };
+        Ways {
+            slots: vec![empty; allocated],
             filled: 0,
-            set_bits: (allocated / 2).trailing_zeros(),
-            mul_lo: state.hash_one(0x6765_6f5f_6c6f_u64) | 1,
-            mul_hi: state.hash_one(0x6765_6f5f_6869_u64) | 1,
-            memo: HashMap::new(),
-            stats: CacheStats::default(),
+            set_bits: (allocated / 2).max(1).trailing_zeros(),
         }
     }
 
-    /// The country of `ip`, from the cache or the database; same answers as
-    /// [`GeoDb::country`].
+    /// The country of `ip`, whose key is `key`, from these slots or from `r`.
     #[inline]
-    pub fn country(&mut self, ip: IpAddr) -> Option<Country> {
-        let (key_hi, key_lo) = cache_key(ip);
-        let base = self.set_of(key_hi, key_lo) * 2;
+    fn country(&mut self, key: K, ip: IpAddr, r: &mut Resolver) -> Option<Country> {
+        let base = r.set_of(key.wide(), self.set_bits) * 2;
         let Some(ways) = self.slots.get_mut(base..base + 2) else {
-            return self.db.country(ip);
+            return r.db.country(ip);
         };
         for way in 0..2 {
             let slot = ways[way];
-            if slot.state & STATE_MASK != EMPTY && slot.key_lo == key_lo && slot.key_hi == key_hi {
+            if slot.state & STATE_MASK != EMPTY && slot.key == key {
                 if slot.state & RECENT == 0 {
                     ways[way].state |= RECENT;
                     ways[1 - way].state &= !RECENT;
                 }
-                self.stats.hits += 1;
-                return (slot.state & STATE_MASK == CACHED_SOME).then_some(Country {
-                    iso_code: slot.iso_code,
-                    name: slot.name,
-                });
+                r.stats.hits += 1;
+                return (slot.state & STATE_MASK == CACHED_SOME)
+                    .then(|| r.countries[usize::from(slot.country)]);
             }
         }
-        self.stats.misses += 1;
-        let country = self.db.resolve(ip, Some(&mut self.memo));
+        r.stats.misses += 1;
+        let country = r.db.resolve(ip, Some(&mut r.memo));
+        let (state, index) = match country {
+            None => (CACHED_NONE, 0),
+            Some(c) => match r.index_of(c) {
+                Some(i) => (CACHED_SOME, i),
+                // More distinct countries than an index holds: not cached.
+                None => return country,
+            },
+        };
         // Victim: an empty way, else the one not used most recently.
         let empty = |w: usize| ways[w].state & STATE_MASK == EMPTY;
         let victim = if empty(0) {
@@ -142,42 +120,32 @@ impl GeoCache {
         };
         let fills_empty = ways[victim].state & STATE_MASK == EMPTY;
         ways[1 - victim].state &= !RECENT;
-        ways[victim] = match country {
-            Some(c) => Slot {
-                key_hi,
-                key_lo,
-                name: c.name,
-                iso_code: c.iso_code,
-                state: CACHED_SOME | RECENT,
-            },
-            None => Slot {
-                key_hi,
-                key_lo,
-                state: CACHED_NONE | RECENT,
-                ..EMPTY_SLOT
-            },
+        ways[victim] = Slot {
+            key,
+            country: index,
+            state: state | RECENT,
         };
         if fills_empty {
             self.filled += 1;
-            if self.filled * 2 > self.slots.len() && self.slots.len() < self.capacity {
-                self.grow();
+            if self.filled * 2 > self.slots.len() && self.slots.len() < r.capacity {
+                self.grow(r);
             }
         }
         country
     }
 
-    /// Doubles the table (when half of it is in use) and moves every entry to its set in it. Set `k` of the old table
-    /// becomes sets `2k` and `2k + 1` (one more bit of the same hash), so its two entries
-    /// always find a free way.
-    fn grow(&mut self) {
-        let doubled = vec![EMPTY_SLOT; self.slots.len() * 2];
-        let old = std::mem::replace(&mut self.slots, doubled);
-        self.set_bits += 1;
-        for slot in old {
+    /// Doubles the table (when half of it is in use) and moves every entry to its set in it.
+    /// Set `k` of the old table becomes sets `2k` and `2k + 1` (one more bit of the same hash),
+    /// so its two entries always find a free way.
+    fn grow(&mut self, r: &Resolver) {
+        let doubled = Ways::new(self.slots.len() * 2);
+        let old = std::mem::replace(self, doubled);
+        self.filled = old.filled;
+        for slot in old.slots {
             if slot.state & STATE_MASK == EMPTY {
                 continue;
             }
-            let base = self.set_of(slot.key_hi, slot.key_lo) * 2;
+            let base = r.set_of(slot.key.wide(), self.set_bits) * 2;
             if let Some(way) = self.slots[base..base + 2]
                 .iter_mut()
                 .find(|w| w.state & STATE_MASK == EMPTY)
@@ -187,40 +155,141 @@ impl GeoCache {
         }
     }
 
-    /// Seeded multiply-shift hash of the 128-bit key to a set index.
+    fn clear(&mut self) {
+        self.slots.iter_mut().for_each(|s| s.state = EMPTY);
+        self.filled = 0;
+    }
+}
+
+/// What both tables share: the database, the countries their entries refer to, the set hash.
+struct Resolver {
+    db: Arc<GeoDb>,
+    /// The most entries a table may grow to.
+    capacity: usize,
+    /// The countries cached entries refer to, by index: every country of a database at most,
+    /// each with the name it has there (a few hundred).
+    countries: Vec<Country>,
+    country_index: HashMap<Country, u16>,
+    mul_lo: u64,
+    mul_hi: u64,
+    memo: HashMap<usize, Option<Country>>,
+    stats: CacheStats,
+}
+
+impl Resolver {
+    /// Seeded multiply-shift hash of the 128-bit key to one of `2^set_bits` sets.
     #[inline]
-    fn set_of(&self, key_hi: u64, key_lo: u64) -> usize {
-        let h = key_lo.wrapping_mul(self.mul_lo) ^ key_hi.wrapping_mul(self.mul_hi);
+    fn set_of(&self, key: u128, set_bits: u32) -> usize {
+        let h = (key as u64).wrapping_mul(self.mul_lo) ^ ((key >> 64) as u64).wrapping_mul(self.mul_hi);
         let h = h ^ (h >> 29);
         let h = h.wrapping_mul(self.mul_lo);
-        h.checked_shr(64 - self.set_bits).unwrap_or(0) as usize
+        h.checked_shr(64 - set_bits).unwrap_or(0) as usize
     }
 
-    /// The number of entries the cache holds at most.
+    /// The index of `country` in `countries`, added when new (`None` once 65,536 are known).
+    fn index_of(&mut self, country: Country) -> Option<u16> {
+        if let Some(&i) = self.country_index.get(&country) {
+            return Some(i);
+        }
+        let i = u16::try_from(self.countries.len()).ok()?;
+        self.countries.push(country);
+        self.country_index.insert(country, i);
+        Some(i)
+    }
+}
+
+/// A bounded, per-thread lookup cache in front of a shared [`GeoDb`].
+///
+/// 2-way set-associative with least-recently-used replacement inside each set, a table for
+/// IPv4 addresses and one for IPv6; each holds at most the capacity fixed at construction (a
+/// power of two), allocated as it fills. See the module documentation.
+pub struct GeoCache {
+    pub(super) v4: Ways<u32>,
+    pub(super) v6: Ways<[u32; 4]>,
+    r: Resolver,
+}
+
+impl fmt::Debug for GeoCache {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GeoCache")
+            .field("db", &self.r.db.path())
+            .field("capacity", &self.r.capacity)
+            .field("allocated", &self.allocated())
+            .field("stats", &self.r.stats)
+            .finish_non_exhaustive()
+    }
+}
+
+impl GeoCache {
+    /// A cache of at least `capacity` entries an address family (rounded up to a power of
+    /// two, at least 2, at most [`MAX_CACHE_CAPACITY`]) in front of `db`. It allocates at most
+    /// [`INITIAL_CACHE_SLOTS`] IPv4 entries now, as many IPv6 ones at the first IPv6 address,
+    /// and doubles a table when half of it is in use.
+    pub fn new(db: Arc<GeoDb>, capacity: usize) -> GeoCache {
+        let capacity = capacity.clamp(2, MAX_CACHE_CAPACITY).next_power_of_two();
+        let state = RandomState::new();
+        GeoCache {
+            v4: Ways::new(capacity.min(INITIAL_CACHE_SLOTS)),
+            v6: Ways::new(0),
+            r: Resolver {
+                db,
+                capacity,
+                countries: Vec::new(),
+                country_index: HashMap::new(),
+                mul_lo: state.hash_one(0x6765_6f5f_6c6f_u64) | 1,
+                mul_hi: state.hash_one(0x6765_6f5f_6869_u64) | 1,
+                memo: HashMap::new(),
+                stats: CacheStats::default(),
+            },
+        }
+    }
+
+    /// The country of `ip`, from the cache or the database; same answers as
+    /// [`GeoDb::country`].
+    #[inline]
+    pub fn country(&mut self, ip: IpAddr) -> Option<Country> {
+        match ip.to_canonical() {
+            IpAddr::V4(v4) => self.v4.country(u32::from(v4), ip, &mut self.r),
+            IpAddr::V6(v6) => {
+                if self.v6.slots.is_empty() {
+                    self.v6 = Ways::new(self.r.capacity.min(INITIAL_CACHE_SLOTS));
+                }
+                let s = v6.segments();
+                let part = |i: usize| (u32::from(s[i]) << 16) | u32::from(s[i + 1]);
+                let key = [part(0), part(2), part(4), part(6)];
+                self.v6.country(key, ip, &mut self.r)
+            }
+        }
+    }
+
+    /// The number of entries an address family's table holds at most.
     pub fn capacity(&self) -> usize {
-        self.capacity
+        self.r.capacity
     }
 
-    /// The number of entries allocated so far (at most [`GeoCache::capacity`]).
+    /// The number of entries allocated so far, both tables (each at most
+    /// [`GeoCache::capacity`]).
     pub fn allocated(&self) -> usize {
-        self.slots.len()
+        self.v4.slots.len() + self.v6.slots.len()
     }
 
     /// Hit and miss counts since construction or the last [`GeoCache::clear`].
     pub fn stats(&self) -> CacheStats {
-        self.stats
+        self.r.stats
     }
 
     /// Empties the cache and resets its statistics (e.g. after swapping databases).
     pub fn clear(&mut self) {
-        self.slots.fill(EMPTY_SLOT);
-        self.filled = 0;
-        self.memo.clear();
-        self.stats = CacheStats::default();
+        self.v4.clear();
+        self.v6.clear();
+        self.r.countries.clear();
+        self.r.country_index.clear();
+        self.r.memo.clear();
+        self.r.stats = CacheStats::default();
     }
 
     /// The database behind the cache.
     pub fn db(&self) -> &Arc<GeoDb> {
-        &self.db
+        &self.r.db
     }
 }

@@ -44,7 +44,7 @@ mod state;
 pub use clock::{Clock, Slot, CLOCK_QUORUM, FUTURE_SKEW_MS};
 pub use config::ModelConfig;
 pub use decay::{Decay, Decayed};
-pub use dense::{free_elsewhere, DenseMap, FREE_ELSEWHERE_BYTES, HELPER_THREAD};
+pub use dense::{free_elsewhere, DenseMap, Pairs, FREE_ELSEWHERE_BYTES, HELPER_THREAD};
 pub use hash::{mix, KeyHasher, KeyMap, PassThrough};
 pub use keys::{KeyTable, Tracked};
 pub use score::{floor_probability, normal_neg_log10_sf, score_from_log10_p};

@@ -257,9 +257,12 @@ impl<V> DenseMap<V> {
         self.entries.get(i)
     }
 
-    /// The value at position `i` (below [`DenseMap::len`]), to change it.
+    /// The value at position `i` (below [`DenseMap::len`]), to change it. A growing index
+    /// moves a few more keys (positions stay): a map whose values change while its keys do
+    /// not still ends its growth, instead of keeping two tables.
     #[inline]
     pub fn value_at_mut(&mut self, i: usize) -> &mut V {
+        self.step();
         &mut self.entries.get_mut(i).1
     }
 
@@ -269,9 +272,11 @@ impl<V> DenseMap<V> {
         self.position(key).map(|i| &self.entries.get(i).1)
     }
 
-    /// The value of `key`, to change it.
+    /// The value of `key`, to change it (a growing index moves a few more keys, as
+    /// [`DenseMap::value_at_mut`]).
     #[inline]
     pub fn get_mut(&mut self, key: u64) -> Option<&mut V> {
+        self.step();
         self.position(key).map(|i| &mut self.entries.get_mut(i).1)
     }
 
@@ -437,6 +442,12 @@ impl<V> DenseMap<V> {
         }
     }
 
+    /// Moves the keys of `slots` more slots of the old index, if the index is growing (at a
+    /// bucket close: a map read but not changed for a while still ends its growth).
+    pub fn advance_growth(&mut self, slots: usize) {
+        self.move_slots(slots);
+    }
+
     /// Moves the keys of the next [`MOVES_PER_CHANGE`] slots of the old index, if the index
     /// is growing; drops the old one when it is empty.
     #[inline]
@@ -514,15 +525,23 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for DenseMap<V> {
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("a sequence of (key, value)")
             }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                // Sized from the count in the input only as far as it is plausible: a crafted
-                // count must not allocate gigabytes before the entries run out.
-                let expected = seq.size_hint().unwrap_or(0).min(1 << 20);
-                let mut m = DenseMap::with_capacity(expected);
-                m.index.table = HashTable::with_capacity(expected);
-                while let Some((key, value)) = seq.next_element::<(u64, V)>()? {
-                    if m.insert(key, value).is_some() {
-                        m.repeated += 1;
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                // The entries first, then an index sized to what was read.
+                let read = read_chunks(seq)?;
+                let mut m = DenseMap {
+                    entries: Chunks::with_capacity(read.len),
+                    index: Index {
+                        table: HashTable::with_capacity(read.len),
+                        ..Index::default()
+                    },
+                    ..DenseMap::default()
+                };
+                // Each chunk read is freed once its entries moved: one chunk more at most.
+                for chunk in read.chunks {
+                    for (key, value) in chunk {
+                        if m.insert(key, value).is_some() {
+                            m.repeated += 1;
+                        }
                     }
                 }
                 m.finish_growth();
@@ -531,6 +550,48 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for DenseMap<V> {
         }
         deserializer.deserialize_seq(Pairs(std::marker::PhantomData))
     }
+}
+
+/// A sequence of `(key, value)` as read, in chunks (no index): what a [`DenseMap`] or a
+/// `Vec` of pairs saved, to be moved elsewhere entry by entry, each chunk freed once moved.
+#[derive(Debug)]
+pub struct Pairs<V>(Chunks<(u64, V)>);
+
+impl<V> IntoIterator for Pairs<V> {
+    type Item = (u64, V);
+    type IntoIter = std::iter::Flatten<std::vec::IntoIter<Vec<(u64, V)>>>;
+    fn into_iter(self) -> Self::IntoIter {
+        self.0.chunks.into_iter().flatten()
+    }
+}
+
+impl<'de, V: Deserialize<'de>> Deserialize<'de> for Pairs<V> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Read<V>(std::marker::PhantomData<V>);
+        impl<'de, V: Deserialize<'de>> Visitor<'de> for Read<V> {
+            type Value = Pairs<V>;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("a sequence of (key, value)")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, seq: A) -> Result<Self::Value, A::Error> {
+                read_chunks(seq).map(Pairs)
+            }
+        }
+        deserializer.deserialize_seq(Read(std::marker::PhantomData))
+    }
+}
+
+/// The entries of a sequence, in chunks allocated as they are read: nothing is sized from the
+/// count the input declares (a crafted count of billions allocated an index before the entries
+/// ran out).
+fn read_chunks<'de, V: Deserialize<'de>, A: SeqAccess<'de>>(
+    mut seq: A,
+) -> Result<Chunks<(u64, V)>, A::Error> {
+    let mut read: Chunks<(u64, V)> = Chunks::default();
+    while let Some(entry) = seq.next_element::<(u64, V)>()? {
+        read.push(entry);
+    }
+    Ok(read)
 }
 
 #[cfg(test)]
@@ -644,6 +705,59 @@ mod tests {
             (back.len(), back.repeated(), back.get(1)),
             (2, 1, Some(&3.0))
         );
+    }
+
+    /// Pairs whose declared count is `claimed`, however many there are.
+    struct Claiming(std::vec::IntoIter<Vec<u64>>, usize);
+
+    impl Iterator for Claiming {
+        type Item = Vec<u64>;
+        fn next(&mut self) -> Option<Vec<u64>> {
+            self.0.next()
+        }
+        fn size_hint(&self) -> (usize, Option<usize>) {
+            (self.1, Some(self.1))
+        }
+    }
+
+    #[test]
+    fn a_crafted_count_allocates_no_index_beyond_the_entries_read() {
+        use serde::de::value::{Error, SeqDeserializer};
+        let pairs = vec![vec![key(1), 10], vec![key(2), 20], vec![key(1), 30]];
+        let claimed = SeqDeserializer::<_, Error>::new(Claiming(pairs.into_iter(), 1 << 30));
+        let m = DenseMap::<u64>::deserialize(claimed).unwrap();
+        assert_eq!((m.len(), m.repeated(), m.get(key(1))), (2, 1, Some(&30)));
+        // Sized from the three entries, not the 2^30 declared (the index was sized from the
+        // count, up to 2^20 keys).
+        assert!(m.capacity() < 64, "{}", m.capacity());
+        assert!(m.entries.capacity() < 64, "{}", m.entries.capacity());
+    }
+
+    #[test]
+    fn a_growth_ends_when_values_change_but_keys_do_not() {
+        for by_close in [false, true] {
+            let mut m = DenseMap::default();
+            let mut i = 0;
+            while !m.growing() {
+                m.push_new(key(i), i);
+                i += 1;
+            }
+            // No key added or removed from here on: values changed, or bucket closes.
+            let mut changes = 0;
+            while m.growing() && changes < 1_000_000 {
+                if by_close {
+                    m.advance_growth(4096);
+                } else {
+                    *m.get_mut(key(changes % i)).unwrap() += 1;
+                    *m.value_at_mut((changes % i) as usize) += 1;
+                }
+                changes += 1;
+            }
+            assert!(!m.growing(), "still two tables after {changes} changes");
+            for j in 0..i {
+                assert!(m.get(key(j)).is_some(), "{j}");
+            }
+        }
     }
 
     #[test]

@@ -180,7 +180,8 @@ impl Resolver {
     /// Seeded multiply-shift hash of the 128-bit key to one of `2^set_bits` sets.
     #[inline]
     fn set_of(&self, key: u128, set_bits: u32) -> usize {
-        let h = (key as u64).wrapping_mul(self.mul_lo) ^ ((key >> 64) as u64).wrapping_mul(self.mul_hi);
+        let h =
+            (key as u64).wrapping_mul(self.mul_lo) ^ ((key >> 64) as u64).wrapping_mul(self.mul_hi);
         let h = h ^ (h >> 29);
         let h = h.wrapping_mul(self.mul_lo);
         h.checked_shr(64 - set_bits).unwrap_or(0) as usize

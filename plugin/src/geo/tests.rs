@@ -317,7 +317,13 @@ fn ipv6_addresses_have_a_table_of_their_own_allocated_at_the_first_one() {
         let db = Arc::new(GeoDb::from_bytes(bytes, "mem.mmdb").unwrap());
         let mut cache = GeoCache::new(Arc::clone(&db), MAX_CACHE_CAPACITY);
         // IPv4, and IPv4 written as IPv6, use the IPv4 table only.
-        for p in ["8.8.8.8", "::ffff:8.8.4.4", "78.1.2.3", "1.1.1.1", "9.9.9.9"] {
+        for p in [
+            "8.8.8.8",
+            "::ffff:8.8.4.4",
+            "78.1.2.3",
+            "1.1.1.1",
+            "9.9.9.9",
+        ] {
             assert_eq!(cache.country(ip(p)), db.country(ip(p)), "{p}");
         }
         assert_eq!(cache.allocated(), INITIAL_CACHE_SLOTS);

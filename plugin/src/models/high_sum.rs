@@ -5,9 +5,10 @@
 //! entity's own history, so a backup server that receives gigabytes every bucket is not an anomaly.
 //!
 //! # What it learns
-//! - The running sum of each entity in each open bucket (exact; `open.rs`). When a bucket
-//!   closes, its sums are folded into what follows over the next events, [`FOLD_PER_EVENT`] an
-//!   event (`close.rs`: what an event sees meanwhile, and why no score depends on the order).
+//! - The running sum of each entity in each open bucket (exact; `open.rs`: one record per
+//!   destination for its sums in all open buckets). When a bucket closes, its sums are folded
+//!   into what follows over the next events, [`FOLD_PER_EVENT`] an event (`close.rs`: what an
+//!   event sees meanwhile, and why no score depends on the order).
 //! - Per partition, two decayed log-scale histograms of *completed* bucket sums (16 bins per
 //!   power of two from 1 to 2^56, 897 bins): `all` entities, and `newcomers` (entities with fewer
 //!   than 3 decayed buckets of history when the bucket closed, after learning). Also how many
@@ -65,10 +66,13 @@
 //! ```
 //!
 //! # Memory
-//! Per tracked entity: a 24-byte entry in the entity table and a 5-byte index slot, plus, per
-//! open bucket it has a sum in, a 16-byte entry and a 5-byte index slot; at 1.1-2.3 index slots
-//! a key, about 70-90 bytes with two open buckets (89 at 1M in `benches/scale.rs`). Per partition: ~29 kB of
-//! histograms, and 7 kB of tally while a closed bucket is being folded.
+//! Per tracked entity: a 24-byte entry in the entity table and a 5-byte index slot (1.1-2.3
+//! slots a key). Per destination with a sum in an open bucket: one record of 32 bytes (its key
+//! and two (bucket, sum) places, `open.rs`) and its index slot, whatever the number of open
+//! buckets it has a sum in up to two; a third sum at once (lateness above one bucket) takes a
+//! 32-byte entry beside it. About 78 bytes a destination with two open buckets (1M in
+//! `benches/scale.rs`). Per partition: ~29 kB of histograms, and 7 kB of tally while a closed
+//! bucket is being folded.
 
 use serde::{Deserialize, Serialize};
 
@@ -85,7 +89,7 @@ mod open;
 
 use close::FOLD_PER_EVENT;
 use histogram::Histogram;
-use open::{Closing, OpenSums};
+use open::{BucketSums, Closing, SavedClosing, SavedClosingOf};
 
 /// Histogram bins per power of two.
 const BINS_PER_OCTAVE: f64 = 16.0;
@@ -233,7 +237,10 @@ struct Partition {
     /// The last [`RECENT_BUCKETS`] closed buckets' counts, oldest first.
     recent: Vec<BucketCount>,
     buckets: u64,
-    open: Vec<OpenSums>,
+    /// The sums of the open buckets (and of closed ones being folded): saved as the list of
+    /// open buckets it replaced, the closing ones' with their [`Closing`].
+    #[serde(rename = "open")]
+    sums: BucketSums,
     /// [`Partition::per_bucket`] of all entities and of newcomers, as of the last close: it
     /// only changes when `recent` does, and sorting the counts on every event cost ~500 Ir.
     #[serde(skip)]
@@ -251,7 +258,7 @@ impl Partition {
             newcomers: Histogram::new(),
             recent: Vec::new(),
             buckets: 0,
-            open: Vec::new(),
+            sums: BucketSums::default(),
             sums_per_bucket: [1.0; 2],
             reach: [f64::INFINITY; 2],
         }
@@ -305,14 +312,16 @@ impl Partition {
         if self.recent.len() > RECENT_BUCKETS {
             return Err(invalid("partition.recent", self.recent.len()));
         }
-        if self.open.len() > 17 {
-            return Err(invalid("partition.open", self.open.len()));
+        let open = self.sums.open_buckets().len();
+        if open > 17 {
+            return Err(invalid("partition.open", open));
         }
-        self.open.iter().try_for_each(OpenSums::check)
+        self.sums.check()
     }
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "SavedState")]
 struct HighSumState {
     bucket_span_ms: i64,
     hasher: KeyHasher,
@@ -327,6 +336,89 @@ struct HighSumState {
     open_evictions: u64,
     /// Closed buckets whose sums are being folded, oldest first (see `close.rs`).
     closing: Vec<Closing>,
+}
+
+/// The state as saved: the closing buckets with their sums, which the running state keeps in
+/// their partitions' [`BucketSums`].
+#[derive(Deserialize)]
+struct SavedState {
+    bucket_span_ms: i64,
+    hasher: KeyHasher,
+    clock: Clock,
+    partitions: KeyMap<Partition>,
+    entities: KeyTable<Entity>,
+    open_keys: usize,
+    closed_below: Option<i32>,
+    far_late: u64,
+    unscored: u64,
+    open_evictions: u64,
+    closing: Vec<SavedClosing>,
+}
+
+impl From<SavedState> for HighSumState {
+    fn from(s: SavedState) -> Self {
+        let mut partitions = s.partitions;
+        let closing = s
+            .closing
+            .into_iter()
+            .map(|saved| {
+                let (c, sums) = saved.split();
+                // A closing bucket of an unknown partition is refused by the check.
+                if let Some(p) = partitions.get_mut(&c.partition) {
+                    p.sums.load_closing(c.bucket, sums);
+                }
+                c
+            })
+            .collect();
+        HighSumState {
+            bucket_span_ms: s.bucket_span_ms,
+            hasher: s.hasher,
+            clock: s.clock,
+            partitions,
+            entities: s.entities,
+            open_keys: s.open_keys,
+            closed_below: s.closed_below,
+            far_late: s.far_late,
+            unscored: s.unscored,
+            open_evictions: s.open_evictions,
+            closing,
+        }
+    }
+}
+
+/// Written field by field as the state was before the sums of a destination shared a record:
+/// the same format (version 4).
+impl Serialize for HighSumState {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::{SerializeSeq, SerializeStruct};
+        struct ClosingList<'a>(&'a HighSumState);
+        impl Serialize for ClosingList<'_> {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let st = self.0;
+                let mut seq = serializer.serialize_seq(Some(st.closing.len()))?;
+                for c in &st.closing {
+                    seq.serialize_element(&SavedClosingOf {
+                        closing: c,
+                        sums: st.partitions.get(&c.partition).map(|p| &p.sums),
+                    })?;
+                }
+                seq.end()
+            }
+        }
+        let mut s = serializer.serialize_struct("HighSumState", 11)?;
+        s.serialize_field("bucket_span_ms", &self.bucket_span_ms)?;
+        s.serialize_field("hasher", &self.hasher)?;
+        s.serialize_field("clock", &self.clock)?;
+        s.serialize_field("partitions", &self.partitions)?;
+        s.serialize_field("entities", &self.entities)?;
+        s.serialize_field("open_keys", &self.open_keys)?;
+        s.serialize_field("closed_below", &self.closed_below)?;
+        s.serialize_field("far_late", &self.far_late)?;
+        s.serialize_field("unscored", &self.unscored)?;
+        s.serialize_field("open_evictions", &self.open_evictions)?;
+        s.serialize_field("closing", &ClosingList(self))?;
+        s.end()
+    }
 }
 
 impl HighSumState {
@@ -355,25 +447,22 @@ impl HighSumState {
         if self.partitions.len() > config.model.max_partitions {
             return Err(invalid("partitions", self.partitions.len()));
         }
-        self.partitions.values().try_for_each(Partition::check)?;
-        let open: usize = self
-            .partitions
-            .values()
-            .flat_map(|p| p.open.iter())
-            .map(OpenSums::len)
-            .sum();
-        if open != self.open_keys {
-            return Err(invalid("open_keys", self.open_keys));
+        if self.closing.len() > self.partitions.len() * 17 {
+            return Err(invalid("closing", self.closing.len()));
         }
-        if let (Some(c), Some(h)) = (self.closed_below, self.clock.head()) {
-            if c > h.saturating_add(1) {
-                return Err(invalid("closed_below", c));
-            }
-        }
-        for c in &self.closing {
+        // The closing buckets first: a bad one makes their partition's sums look wrong too.
+        for (i, c) in self.closing.iter().enumerate() {
             c.check()?;
-            if !self.partitions.contains_key(&c.partition) {
+            let Some(p) = self.partitions.get(&c.partition) else {
                 return Err(invalid("closing.partition", c.partition));
+            };
+            // Its sums share the partition's records with the open buckets' (and with other
+            // closing buckets'): one bucket closing twice, or open, would mix them.
+            let twice = self.closing[..i]
+                .iter()
+                .any(|o| (o.partition, o.bucket) == (c.partition, c.bucket));
+            if twice || p.sums.is_open(c.bucket) {
+                return Err(invalid("closing.bucket", c.bucket));
             }
             if Some(c.now) != self.clock.head() {
                 return Err(invalid("closing.now", c.now));
@@ -382,8 +471,15 @@ impl HighSumState {
                 return Err(invalid("closing.bucket", c.bucket));
             }
         }
-        if self.closing.len() > self.partitions.len() * 17 {
-            return Err(invalid("closing", self.closing.len()));
+        self.partitions.values().try_for_each(Partition::check)?;
+        let open: usize = self.partitions.values().map(|p| p.sums.open_len()).sum();
+        if open != self.open_keys {
+            return Err(invalid("open_keys", self.open_keys));
+        }
+        if let (Some(c), Some(h)) = (self.closed_below, self.clock.head()) {
+            if c > h.saturating_add(1) {
+                return Err(invalid("closed_below", c));
+            }
         }
         self.entities.check(Entity::check)
     }
@@ -408,14 +504,14 @@ impl HighSum {
     }
 
     fn evict_small_open_sums(st: &mut HighSumState, part_key: u64, bucket: i32) {
-        let Some(open) = st
+        let Some(p) = st
             .partitions
             .get_mut(&part_key)
-            .and_then(|p| p.open.iter_mut().find(|o| o.bucket == bucket))
+            .filter(|p| p.sums.is_open(bucket))
         else {
             return;
         };
-        let cut = open.evict_smaller_half();
+        let cut = p.sums.evict_smaller_half(bucket);
         st.open_keys = st.open_keys.saturating_sub(cut);
         st.open_evictions += cut as u64;
     }
@@ -460,15 +556,14 @@ impl Model for HighSum {
                 let has_key = |st: &HighSumState| {
                     st.partitions
                         .get(&part_key)
-                        .and_then(|p| p.open.iter().find(|o| o.bucket == b))
-                        .is_some_and(|o| o.contains(key))
+                        .is_some_and(|p| p.sums.contains(key, b))
                 };
                 if st.open_keys >= cap && !has_key(st) {
                     // Memory pressure: fold older open buckets early, then drop small sums.
                     let older_open = st
                         .partitions
                         .values()
-                        .any(|p| p.open.iter().any(|o| o.bucket < b));
+                        .any(|p| p.sums.open_buckets().iter().any(|&o| o < b));
                     if older_open {
                         self.close_before(b);
                     }
@@ -477,38 +572,38 @@ impl Model for HighSum {
                 if st.open_keys >= cap && !has_key(st) {
                     Self::evict_small_open_sums(st, part_key, b);
                 }
+                // The destination's history must hold its sums of the buckets still being
+                // folded (it is read below); taking them also frees their places in its record.
+                if !st.closing.is_empty() {
+                    self.fold_key(part_key, key);
+                }
+                let st = &mut self.state;
                 let part = st.partitions.get_mut(&part_key)?;
-                let idx = match part.open.iter().position(|o| o.bucket == b) {
-                    Some(i) => i,
-                    None => {
-                        // Room for as many sums as the fullest open bucket has, as far as a
-                        // small index goes: a larger one grows as sums come, a few keys moved
-                        // per event (allocating 16M slots at once took 9.2 ms in one event).
-                        let expected = part.open.iter().map(OpenSums::len).max().unwrap_or(0);
-                        part.open.push(OpenSums::with_capacity(b, expected));
-                        part.open.len() - 1
-                    }
-                };
-                let sums = &mut part.open[idx];
-                match sums.add(key, obs.value) {
+                part.sums.open(b);
+                match part.sums.add(key, b, obs.value) {
                     Some(sum) => (b, sum),
                     None if st.open_keys < cap => {
-                        sums.insert(key, obs.value);
+                        part.sums.insert(key, b, obs.value);
                         st.open_keys += 1;
                         (b, obs.value)
                     }
-                    None => (b, obs.value),
+                    None => {
+                        part.sums.drop_if_empty(key);
+                        (b, obs.value)
+                    }
                 }
             }
             Slot::FarLate(b) => {
+                if !self.state.closing.is_empty() {
+                    self.fold_key(part_key, key);
+                    if let Some(p) = self.state.partitions.get_mut(&part_key) {
+                        p.sums.drop_if_empty(key);
+                    }
+                }
                 self.state.far_late += 1;
                 (b, obs.value)
             }
         };
-        // The destination's history must hold its sums of the buckets still being folded.
-        if !self.state.closing.is_empty() {
-            self.fold_key(part_key, key);
-        }
         let st = &mut self.state;
 
         let part = st.partitions.get(&part_key)?;
@@ -570,8 +665,7 @@ impl Model for HighSum {
         let open_bytes: usize = st
             .partitions
             .values()
-            .flat_map(|p| p.open.iter())
-            .map(OpenSums::bytes)
+            .map(|p| p.sums.bytes())
             .chain(st.closing.iter().map(Closing::bytes))
             .sum();
         ModelStatus {

@@ -1,7 +1,8 @@
 //! Bucket closes, spread over the events that follow them.
 //!
-//! A close moves each closing bucket's sums out whole ([`Closing`]); the events after it fold
-//! [`FOLD_PER_EVENT`] of them each into the entities' histories and a per-bin tally. When a
+//! A close leaves each closing bucket's sums in its partition's records ([`Closing`],
+//! [`BucketSums`]); the events after it fold [`FOLD_PER_EVENT`] of them each into the entities'
+//! histories and a per-bin tally, walking the records ([`VISITS_PER_SUM`] a sum at most). When a
 //! bucket's last sum is folded, the tally goes into its partition's histograms at once and the
 //! partition's tail and counts are recomputed; when the last closing bucket is done, the entity
 //! table's maintenance runs. A destination that its sum makes promotable moves to the
@@ -14,8 +15,9 @@
 //! - its own destination's history is complete: the destination's sum in a closing bucket is
 //!   folded before the event is scored;
 //! - the population (histograms, sums per bucket, the knee) is as of the previous close until
-//!   the bucket's last sum is folded: at most `sums / FOLD_PER_EVENT` events later (4,000 events
-//!   at 1M destinations);
+//!   the bucket's last sum is folded: `sums / FOLD_PER_EVENT` events later when most records
+//!   hold a sum of it (4,000 events at 1M destinations), at most `records / (VISITS_PER_SUM *
+//!   FOLD_PER_EVENT)` (about twice the records) otherwise;
 //! - `learning` and the bucket counts are already the new ones.
 //!
 //! The order sums are folded in cannot change a score: each sum updates its own entity, and the
@@ -25,13 +27,20 @@
 //! take the free room; the maintenance ranks the rest as before).
 
 use super::histogram::bin_of;
-use super::open::{Closing, OpenSums};
+#[cfg(doc)]
+use super::open::BucketSums;
+use super::open::Closing;
 use super::{Entity, HighSum, HighSumState, MIN_SELF_BUCKETS};
-use crate::models::engine::{free_elsewhere, Decay, KeyTable};
+use crate::models::engine::{Decay, KeyTable};
 
 /// Sums folded per event: ~300 Ir each, so ~80k Ir (tens of microseconds) an event, and a
 /// bucket of 1M sums folded within 4,000 events.
 pub(super) const FOLD_PER_EVENT: usize = 256;
+
+/// Records the fold looks at per sum it may fold: records without a sum of the closing bucket
+/// cost a look each (about 10 Ir), so a bucket of few sums among many destinations is folded
+/// over more events rather than in one.
+const VISITS_PER_SUM: usize = 8;
 
 /// Folds one closing sum into its entity's history and the bucket's tally.
 #[inline]
@@ -64,21 +73,11 @@ impl HighSum {
             return;
         };
         for (&key, part) in st.partitions.iter_mut() {
-            let mut closing: Vec<OpenSums> = Vec::new();
-            part.open.retain_mut(|o| {
-                if o.bucket < oldest_open {
-                    closing.push(std::mem::take(o));
-                    false
-                } else {
-                    true
-                }
-            });
-            closing.sort_by_key(|o| o.bucket);
-            for o in closing {
-                st.open_keys = st.open_keys.saturating_sub(o.len());
+            for bucket in part.sums.close_before(oldest_open) {
+                st.open_keys = st.open_keys.saturating_sub(part.sums.len(bucket));
                 let counted = part.buckets >= learning_buckets;
                 part.buckets += 1;
-                st.closing.push(Closing::new(key, o, now, counted));
+                st.closing.push(Closing::new(key, bucket, now, counted));
             }
         }
         if st.closing.is_empty() {
@@ -91,7 +90,8 @@ impl HighSum {
         self.fold_some(usize::MAX);
     }
 
-    /// Folds sums of the closing buckets, looking at `budget` of them at most.
+    /// Folds `budget` sums of the closing buckets at most (looking at [`VISITS_PER_SUM`]
+    /// records a sum at most).
     pub(super) fn fold_some(&mut self, mut budget: usize) {
         let decay = &self.decay;
         let floor_p = self.floor_p;
@@ -104,12 +104,22 @@ impl HighSum {
         let Some(now) = closing.first().map(|c| c.now) else {
             return;
         };
+        let mut visits = budget.saturating_mul(VISITS_PER_SUM);
         while let Some(c) = closing.first_mut() {
-            while let Some((key, sum)) = c.next_sum(&mut budget) {
-                fold_one(entities, decay, c, key, sum);
-            }
-            if !c.done() {
-                return;
+            if let Some(part) = partitions.get_mut(&c.partition) {
+                while budget > 0 {
+                    let Some((key, sum)) = part.sums.next_of(c.bucket, &mut c.next, &mut visits)
+                    else {
+                        break;
+                    };
+                    budget -= 1;
+                    fold_one(entities, decay, c, key, sum);
+                }
+                if part.sums.len(c.bucket) > 0 {
+                    return;
+                }
+                part.sums.forget(c.bucket);
+                part.sums.shrink();
             }
             let c = closing.remove(0);
             let Some(part) = partitions.get_mut(&c.partition) else {
@@ -132,8 +142,6 @@ impl HighSum {
                 part.newcomers.refresh();
                 part.recount(floor_p);
             }
-            let bytes = c.bytes();
-            free_elsewhere(c, bytes);
         }
         entities.maintain(now, decay);
     }
@@ -143,10 +151,20 @@ impl HighSum {
     #[inline]
     pub(super) fn fold_key(&mut self, partition: u64, key: u64) {
         let HighSumState {
-            closing, entities, ..
+            closing,
+            entities,
+            partitions,
+            ..
         } = &mut self.state;
+        let Some(part) = partitions.get_mut(&partition) else {
+            return;
+        };
         for c in closing.iter_mut().filter(|c| c.partition == partition) {
-            if let Some(sum) = c.take(key) {
+            if let Some(sum) = part.sums.take(key, c.bucket) {
+                #[cfg(test)]
+                {
+                    c.touched += 1;
+                }
                 fold_one(entities, &self.decay, c, key, sum);
             }
         }

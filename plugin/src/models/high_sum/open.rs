@@ -1,138 +1,452 @@
-//! The running sums of an open bucket, and a closed bucket's sums while they are folded into
-//! history a bounded number per event.
+//! The running sums of a partition's open buckets, and of its closed buckets while they are
+//! folded into history a bounded number per event.
 //!
-//! Both keep their `(key, sum)` entries in a [`DenseMap`], in arrival order (no sum is removed
-//! but by [`OpenSums::evict_smaller_half`], which keeps the order): a close moves the entries
-//! out whole instead of walking a hash table, and the fold goes through them in order. No
-//! event waits for a bucket's growth, however many destinations it gets (see [`DenseMap`]).
+//! One record per destination holds its sums in two buckets ([`BucketSums`]), behind one
+//! index: where a map per open bucket took a key and an index slot for each of a destination's
+//! sums (about 53 bytes for two buckets at 1M destinations, `benches/scale.rs`), a record takes
+//! one key, one index slot and two (bucket, sum) places (about 42). A sum that finds both
+//! places of its record taken (a third bucket at once: lateness above one bucket, or a loaded
+//! state whose closing bucket was not folded yet) goes to a small side map instead.
+//!
+//! A close leaves the closing bucket's sums where they are; the events after it fold them by
+//! walking the records ([`BucketSums::next_of`]), a bounded number of records per event.
 
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::{BucketCount, NBINS};
-use crate::models::engine::{check_weight, invalid, DenseMap};
+use crate::models::engine::{check_weight, invalid, mix, DenseMap, Pairs};
 use crate::models::ModelError;
 
-/// What a folded entry's sum is set to (sums are never negative).
-const FOLDED: f64 = -1.0;
+/// The bucket of an unused place in a record.
+const NONE: i32 = i32::MIN;
 
-/// Entries in arrival order and their index by key.
-#[derive(Debug, Clone, Default)]
-struct Entries(DenseMap<f64>);
+/// A destination's sums in up to two buckets (open, or closed and not folded yet).
+#[derive(Debug, Clone, Copy)]
+struct Record {
+    buckets: [i32; 2],
+    sums: [f64; 2],
+}
 
-impl Entries {
-    /// Checks loaded entries: every key once, every sum a weight (none folded: only the
-    /// unfolded ones are saved).
-    fn check(&self, field: &'static str) -> Result<(), ModelError> {
-        if self.0.repeated() > 0 {
-            return Err(invalid(field, "a key twice"));
-        }
-        self.0
-            .values()
-            .try_for_each(|&sum| check_weight(field, sum))
+impl Record {
+    fn is_empty(&self) -> bool {
+        self.buckets == [NONE; 2]
     }
 
-    /// The sums from position `from` on.
-    #[cfg(test)]
-    fn sums_from(&self, from: usize) -> impl Iterator<Item = f64> + '_ {
-        (from..self.0.len()).map(|i| self.0.at(i).1)
+    fn place(&self, bucket: i32) -> Option<usize> {
+        self.buckets.iter().position(|&b| b == bucket)
     }
 }
 
-/// One open bucket's running sums.
-#[derive(Debug, Clone, Default, Deserialize)]
-#[serde(from = "SavedOpen")]
-pub(super) struct OpenSums {
-    pub(super) bucket: i32,
-    sums: Entries,
-}
-
-/// An open bucket as saved: the same bytes as the map of sums it replaced.
-#[derive(Deserialize)]
-struct SavedOpen {
+/// A sum kept beside its record (see the module documentation).
+#[derive(Debug, Clone, Copy)]
+struct Spilled {
+    key: u64,
     bucket: i32,
-    sums: DenseMap<f64>,
+    sum: f64,
 }
 
-impl From<SavedOpen> for OpenSums {
-    fn from(saved: SavedOpen) -> Self {
-        OpenSums {
-            bucket: saved.bucket,
-            sums: Entries(saved.sums),
+/// Every sum of a partition's open and closing buckets (see the module documentation).
+#[derive(Debug, Clone, Default)]
+pub(super) struct BucketSums {
+    records: DenseMap<Record>,
+    /// Sums whose record had no free place, by [`spill_key`].
+    spill: DenseMap<Spilled>,
+    /// The sums of each bucket that is open or has sums left to fold, in the order they opened.
+    counts: Vec<(i32, usize)>,
+    /// The open buckets, in the order they opened.
+    open: Vec<i32>,
+    /// A loaded state held a key twice in one bucket: the field that refuses it.
+    repeated: Option<&'static str>,
+}
+
+/// Where the spilled sum of `key` in `bucket` is looked for first; the next keys after it when
+/// taken by another (key, bucket).
+fn spill_key(key: u64, bucket: i32) -> u64 {
+    mix(key, u64::from(bucket as u32))
+}
+
+impl BucketSums {
+    /// The open buckets, in the order they opened.
+    pub(super) fn open_buckets(&self) -> &[i32] {
+        &self.open
+    }
+
+    /// Whether `bucket` is open.
+    pub(super) fn is_open(&self, bucket: i32) -> bool {
+        self.open.contains(&bucket)
+    }
+
+    /// Opens `bucket` (no sum yet).
+    pub(super) fn open(&mut self, bucket: i32) {
+        if !self.is_open(bucket) {
+            self.open.push(bucket);
+            self.count_mut(bucket);
         }
     }
-}
 
-impl Serialize for OpenSums {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut s = serializer.serialize_struct("OpenSums", 2)?;
-        s.serialize_field("bucket", &self.bucket)?;
-        s.serialize_field("sums", &self.sums.0)?;
-        s.end()
+    /// Closes the open buckets older than `oldest_open`, oldest first: their sums stay, to be
+    /// folded.
+    pub(super) fn close_before(&mut self, oldest_open: i32) -> Vec<i32> {
+        let mut closed: Vec<i32> = self
+            .open
+            .iter()
+            .copied()
+            .filter(|&b| b < oldest_open)
+            .collect();
+        self.open.retain(|&b| b >= oldest_open);
+        closed.sort_unstable();
+        closed
     }
-}
 
-impl OpenSums {
-    /// An empty bucket with room for `expected` sums (as far as [`DenseMap::with_capacity`]
-    /// reserves room).
-    pub(super) fn with_capacity(bucket: i32, expected: usize) -> Self {
-        OpenSums {
-            bucket,
-            sums: Entries(DenseMap::with_capacity(expected)),
+    /// Sums in `bucket`.
+    pub(super) fn len(&self, bucket: i32) -> usize {
+        self.counts
+            .iter()
+            .find(|c| c.0 == bucket)
+            .map_or(0, |c| c.1)
+    }
+
+    /// Sums in the open buckets.
+    pub(super) fn open_len(&self) -> usize {
+        self.open.iter().map(|&b| self.len(b)).sum()
+    }
+
+    fn count_mut(&mut self, bucket: i32) -> &mut usize {
+        let i = match self.counts.iter().position(|c| c.0 == bucket) {
+            Some(i) => i,
+            None => {
+                self.counts.push((bucket, 0));
+                self.counts.len() - 1
+            }
+        };
+        &mut self.counts[i].1
+    }
+
+    /// Forgets a bucket that is neither open nor has sums left (its close is folded).
+    pub(super) fn forget(&mut self, bucket: i32) {
+        if !self.is_open(bucket) {
+            self.counts.retain(|c| c.0 != bucket || c.1 > 0);
         }
     }
 
-    /// Sums in the bucket.
-    pub(super) fn len(&self) -> usize {
-        self.sums.0.len()
+    /// The spill key that holds `key`'s sum in `bucket`, if any.
+    fn spilled(&self, key: u64, bucket: i32) -> Option<u64> {
+        if self.spill.is_empty() {
+            return None;
+        }
+        let mut k = spill_key(key, bucket);
+        loop {
+            let s = self.spill.get(k)?;
+            if s.key == key && s.bucket == bucket {
+                return Some(k);
+            }
+            k = k.wrapping_add(1);
+        }
     }
 
-    pub(super) fn contains(&self, key: u64) -> bool {
-        self.sums.0.contains_key(key)
+    /// Whether `key` has a sum in `bucket`.
+    pub(super) fn contains(&self, key: u64, bucket: i32) -> bool {
+        self.records
+            .get(key)
+            .is_some_and(|r| r.place(bucket).is_some())
+            || self.spilled(key, bucket).is_some()
     }
 
-    /// Adds `value` to the sum of a key already in the bucket: the new sum, `None` when absent.
+    /// Adds `value` to the sum of `key` in `bucket`: the new sum, `None` when it has none.
     #[inline]
-    pub(super) fn add(&mut self, key: u64, value: f64) -> Option<f64> {
-        let sum = self.sums.0.get_mut(key)?;
-        *sum += value;
-        Some(*sum)
+    pub(super) fn add(&mut self, key: u64, bucket: i32, value: f64) -> Option<f64> {
+        if let Some(i) = self.records.position(key) {
+            let r = self.records.value_at_mut(i);
+            if let Some(j) = r.place(bucket) {
+                r.sums[j] += value;
+                return Some(r.sums[j]);
+            }
+        }
+        let k = self.spilled(key, bucket)?;
+        let s = self.spill.get_mut(k)?;
+        s.sum += value;
+        Some(s.sum)
     }
 
-    /// Starts the sum of a key not in the bucket (see [`OpenSums::add`]).
-    pub(super) fn insert(&mut self, key: u64, value: f64) {
-        self.sums.0.push_new(key, 0.0 + value);
+    /// Starts the sum of `key` in `bucket`, which has none (see [`BucketSums::add`]).
+    pub(super) fn insert(&mut self, key: u64, bucket: i32, value: f64) {
+        *self.count_mut(bucket) += 1;
+        let sum = 0.0 + value;
+        match self.records.position(key) {
+            None => {
+                self.records.push_new(
+                    key,
+                    Record {
+                        buckets: [bucket, NONE],
+                        sums: [sum, 0.0],
+                    },
+                );
+            }
+            Some(i) => {
+                let r = self.records.value_at_mut(i);
+                match r.place(NONE) {
+                    Some(j) => {
+                        r.buckets[j] = bucket;
+                        r.sums[j] = sum;
+                    }
+                    None => {
+                        let mut k = spill_key(key, bucket);
+                        while self.spill.contains_key(k) {
+                            k = k.wrapping_add(1);
+                        }
+                        self.spill.push_new(k, Spilled { key, bucket, sum });
+                    }
+                }
+            }
+        }
     }
 
-    /// Checks a loaded bucket.
-    pub(super) fn check(&self) -> Result<(), ModelError> {
-        self.sums.check("partition.open.sum")
+    /// Takes the sum of `key` in `bucket` out (the record stays, even empty: the caller
+    /// usually adds a sum to it next; see [`BucketSums::drop_if_empty`]).
+    #[inline]
+    pub(super) fn take(&mut self, key: u64, bucket: i32) -> Option<f64> {
+        let sum = match self.records.position(key) {
+            Some(i) if self.records.at(i).1.place(bucket).is_some() => {
+                let r = self.records.value_at_mut(i);
+                let j = r.place(bucket)?;
+                r.buckets[j] = NONE;
+                r.sums[j]
+            }
+            _ => {
+                let k = self.spilled(key, bucket)?;
+                self.spill.remove(k)?.sum
+            }
+        };
+        *self.count_mut(bucket) -= 1;
+        Some(sum)
     }
 
-    /// Drops the smaller half of the sums (memory pressure); returns how many went.
-    pub(super) fn evict_smaller_half(&mut self) -> usize {
-        let entries = &self.sums.0;
-        let cut = entries.len() / 2;
+    /// Removes the record of `key` if it holds no sum.
+    pub(super) fn drop_if_empty(&mut self, key: u64) {
+        if self.records.get(key).is_some_and(Record::is_empty) {
+            self.records.remove(key);
+        }
+    }
+
+    /// The next sum of the closed `bucket` to fold, taken out: from the record at `*at` on
+    /// (records left empty are removed on the way), then from the side map; at most `*visits`
+    /// records looked at (decreased). `None` when the bucket has no sum left or the visits ran
+    /// out. A record that a removal moved behind `*at` is found on a second pass.
+    pub(super) fn next_of(
+        &mut self,
+        bucket: i32,
+        at: &mut usize,
+        visits: &mut usize,
+    ) -> Option<(u64, f64)> {
+        let mut wrapped = false;
+        while self.len(bucket) > 0 && *visits > 0 {
+            *visits -= 1;
+            if *at >= self.records.len() {
+                // Past the records: a spilled sum, else a second pass.
+                let spilled = self
+                    .spill
+                    .iter()
+                    .find(|(_, s)| s.bucket == bucket)
+                    .map(|(k, _)| k);
+                if let Some(k) = spilled {
+                    let s = self.spill.remove(k)?;
+                    *self.count_mut(bucket) -= 1;
+                    return Some((s.key, s.sum));
+                }
+                // A whole pass in this call found none: the count is wrong (a bug), and
+                // must not make the fold loop.
+                debug_assert!(!wrapped, "bucket {bucket}: sums counted, none found");
+                if wrapped {
+                    *self.count_mut(bucket) = 0;
+                    return None;
+                }
+                wrapped = true;
+                *at = 0;
+                continue;
+            }
+            let (key, r) = *self.records.at(*at);
+            let found = r.place(bucket).map(|j| {
+                let r = self.records.value_at_mut(*at);
+                r.buckets[j] = NONE;
+                r.sums[j]
+            });
+            if self.records.at(*at).1.is_empty() {
+                // The last record takes its place: looked at next.
+                self.records.remove(key);
+            } else {
+                *at += 1;
+            }
+            if let Some(sum) = found {
+                *self.count_mut(bucket) -= 1;
+                return Some((key, sum));
+            }
+        }
+        None
+    }
+
+    /// Drops the smaller half of `bucket`'s sums (memory pressure); returns how many went.
+    pub(super) fn evict_smaller_half(&mut self, bucket: i32) -> usize {
+        let cut = self.len(bucket) / 2;
         if cut == 0 {
             return 0;
         }
-        let mut ranked: Vec<(f64, usize)> = entries.values().copied().zip(0..).collect();
-        ranked.select_nth_unstable_by(cut, |a, b| a.0.total_cmp(&b.0));
-        let mut gone = vec![false; entries.len()];
-        for &(_, i) in &ranked[..cut] {
-            gone[i] = true;
+        let mut ranked: Vec<(f64, u64)> = self.iter(bucket).map(|(k, s)| (s, k)).collect();
+        ranked.select_nth_unstable_by(cut, |a, b| a.0.total_cmp(&b.0).then(a.1.cmp(&b.1)));
+        for &(_, key) in &ranked[..cut] {
+            self.take(key, bucket);
+            self.drop_if_empty(key);
         }
-        let mut kept = DenseMap::with_capacity(entries.len() - cut);
-        for ((key, &sum), _) in entries.iter().zip(&gone).filter(|(_, &g)| !g) {
-            kept.push_new(key, sum);
-        }
-        self.sums = Entries(kept);
         cut
+    }
+
+    /// The sums of `bucket`: records in order, then the side map.
+    fn iter(&self, bucket: i32) -> impl Iterator<Item = (u64, f64)> + '_ {
+        let in_records = self
+            .records
+            .iter()
+            .filter_map(move |(k, r)| r.place(bucket).map(|j| (k, r.sums[j])));
+        let spilled = self
+            .spill
+            .values()
+            .filter(move |s| s.bucket == bucket)
+            .map(|s| (s.key, s.sum));
+        in_records.chain(spilled)
+    }
+
+    /// Adds the sums of a loaded bucket; a key twice is noted under `field`.
+    fn load(&mut self, bucket: i32, sums: Pairs<f64>, field: &'static str) {
+        self.count_mut(bucket);
+        for (key, sum) in sums {
+            if self.contains(key, bucket) {
+                self.repeated = Some(field);
+            } else {
+                self.insert(key, bucket, sum);
+            }
+        }
+    }
+
+    /// Adds the sums of a loaded closing bucket.
+    pub(super) fn load_closing(&mut self, bucket: i32, sums: Pairs<f64>) {
+        self.load(bucket, sums, "closing.sum");
+    }
+
+    /// Checks loaded sums: every key once in a bucket, every sum a weight.
+    pub(super) fn check(&self) -> Result<(), ModelError> {
+        if let Some(field) = self.repeated {
+            return Err(invalid(field, "a key twice"));
+        }
+        let field = |b: i32| {
+            if self.is_open(b) {
+                "partition.open.sum"
+            } else {
+                "closing.sum"
+            }
+        };
+        for (_, r) in self.records.iter() {
+            for j in 0..2 {
+                if r.buckets[j] != NONE {
+                    check_weight(field(r.buckets[j]), r.sums[j])?;
+                }
+            }
+        }
+        self.spill
+            .values()
+            .try_for_each(|s| check_weight(field(s.bucket), s.sum))
+    }
+
+    /// After a close's fold: gives back the index room of records that burst and were folded
+    /// (a bucket's map used to be dropped whole), keeping room for twice what is left. Rehashes
+    /// the records left in this event: only when they are under a quarter of the room.
+    pub(super) fn shrink(&mut self) {
+        let len = self.records.len();
+        if self.records.capacity() > 4 * len.max(256) {
+            self.records.shrink_to(2 * len);
+        }
     }
 
     /// Heap bytes at capacity.
     pub(super) fn bytes(&self) -> usize {
-        self.sums.0.bytes()
+        self.records.bytes() + self.spill.bytes()
+    }
+
+    /// The sums of `bucket` as saved: a sequence of `(key, sum)`, the same bytes as the map
+    /// of one bucket's sums they replaced.
+    pub(super) fn saved(&self, bucket: i32) -> SavedSums<'_> {
+        SavedSums(self, bucket)
+    }
+
+    /// Records (destinations with a sum in some bucket).
+    #[cfg(test)]
+    pub(super) fn records(&self) -> usize {
+        self.records.len()
+    }
+
+    /// Sums kept beside their record.
+    #[cfg(test)]
+    pub(super) fn spilled_len(&self) -> usize {
+        self.spill.len()
+    }
+
+    /// The sums of `bucket`, in the order they are saved.
+    #[cfg(test)]
+    pub(super) fn pairs(&self, bucket: i32) -> Vec<(u64, f64)> {
+        self.iter(bucket).collect()
+    }
+}
+
+/// One bucket's sums, written as a sequence without copying them.
+pub(super) struct SavedSums<'a>(&'a BucketSums, i32);
+
+impl Serialize for SavedSums<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut seq = serializer.serialize_seq(Some(self.0.len(self.1)))?;
+        self.0
+            .iter(self.1)
+            .try_for_each(|e| seq.serialize_element(&e))?;
+        seq.end()
+    }
+}
+
+/// The open buckets written as the list of `{bucket, sums}` that a map per bucket was.
+impl Serialize for BucketSums {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        struct Open<'a>(&'a BucketSums, i32);
+        impl Serialize for Open<'_> {
+            fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                let mut s = serializer.serialize_struct("OpenSums", 2)?;
+                s.serialize_field("bucket", &self.1)?;
+                s.serialize_field("sums", &self.0.saved(self.1))?;
+                s.end()
+            }
+        }
+        let mut seq = serializer.serialize_seq(Some(self.open.len()))?;
+        self.open
+            .iter()
+            .try_for_each(|&b| seq.serialize_element(&Open(self, b)))?;
+        seq.end()
+    }
+}
+
+/// An open bucket as saved.
+#[derive(Deserialize)]
+struct SavedOpen {
+    bucket: i32,
+    sums: Pairs<f64>,
+}
+
+impl<'de> Deserialize<'de> for BucketSums {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let saved: Vec<SavedOpen> = Vec::deserialize(deserializer)?;
+        let mut sums = BucketSums::default();
+        for o in saved {
+            if sums.is_open(o.bucket) {
+                sums.repeated = Some("partition.open");
+            }
+            sums.open(o.bucket);
+            sums.load(o.bucket, o.sums, "partition.open.sum");
+        }
+        Ok(sums)
     }
 }
 
@@ -180,9 +494,9 @@ impl Tally {
     }
 }
 
-/// A closed bucket of one partition whose sums are being folded into history.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(from = "SavedClosing")]
+/// A closed bucket of one partition whose sums (in the partition's [`BucketSums`]) are being
+/// folded into history.
+#[derive(Debug, Clone)]
 pub(super) struct Closing {
     pub(super) partition: u64,
     pub(super) bucket: i32,
@@ -191,164 +505,91 @@ pub(super) struct Closing {
     /// Whether its new entities count into the newcomers histogram (learning was over).
     pub(super) newcomers_counted: bool,
     pub(super) tally: Tally,
-    sums: Entries,
-    /// Entries before it are folded.
-    next: usize,
+    /// The record the fold looks at next.
+    pub(super) next: usize,
+    /// Sums folded ahead of the walk, for an event of their key (tests check that a save
+    /// covers them).
+    #[cfg(test)]
+    pub(super) touched: usize,
 }
 
-/// A closing bucket as saved: only the sums not folded yet.
+/// A closing bucket as saved: its sums not folded yet with it (see [`Closing::saved`]).
 #[derive(Deserialize)]
-struct SavedClosing {
-    partition: u64,
-    bucket: i32,
+pub(super) struct SavedClosing {
+    pub(super) partition: u64,
+    pub(super) bucket: i32,
     now: i32,
     newcomers_counted: bool,
     tally: Tally,
-    sums: DenseMap<f64>,
+    pub(super) sums: Pairs<f64>,
 }
 
-impl From<SavedClosing> for Closing {
-    fn from(s: SavedClosing) -> Self {
-        Closing {
-            partition: s.partition,
-            bucket: s.bucket,
-            now: s.now,
-            newcomers_counted: s.newcomers_counted,
-            tally: s.tally,
-            sums: Entries(s.sums),
+impl SavedClosing {
+    /// The closing bucket, its sums handed to the partition's [`BucketSums`] apart.
+    pub(super) fn split(self) -> (Closing, Pairs<f64>) {
+        let c = Closing {
+            partition: self.partition,
+            bucket: self.bucket,
+            now: self.now,
+            newcomers_counted: self.newcomers_counted,
+            tally: self.tally,
             next: 0,
-        }
-    }
-}
-
-/// The sums of a closing bucket not folded yet, written as a sequence without copying them.
-struct Unfolded<'a>(&'a Closing);
-
-impl Serialize for Unfolded<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let map = &self.0.sums.0;
-        let left = || {
-            (self.0.next..map.len())
-                .map(|i| map.at(i))
-                .filter(|e| e.1 != FOLDED)
+            #[cfg(test)]
+            touched: 0,
         };
-        let mut seq = serializer.serialize_seq(Some(left().count()))?;
-        left().try_for_each(|e| seq.serialize_element(e))?;
-        seq.end()
+        (c, self.sums)
     }
 }
 
-impl Serialize for Closing {
+/// A closing bucket written with its sums not folded yet (`sums`, from its partition's
+/// [`BucketSums`]; none when the partition is unknown, which the load refuses).
+pub(super) struct SavedClosingOf<'a> {
+    pub(super) closing: &'a Closing,
+    pub(super) sums: Option<&'a BucketSums>,
+}
+
+impl Serialize for SavedClosingOf<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let c = self.closing;
         let mut s = serializer.serialize_struct("Closing", 6)?;
-        s.serialize_field("partition", &self.partition)?;
-        s.serialize_field("bucket", &self.bucket)?;
-        s.serialize_field("now", &self.now)?;
-        s.serialize_field("newcomers_counted", &self.newcomers_counted)?;
-        s.serialize_field("tally", &self.tally)?;
-        s.serialize_field("sums", &Unfolded(self))?;
+        s.serialize_field("partition", &c.partition)?;
+        s.serialize_field("bucket", &c.bucket)?;
+        s.serialize_field("now", &c.now)?;
+        s.serialize_field("newcomers_counted", &c.newcomers_counted)?;
+        s.serialize_field("tally", &c.tally)?;
+        match self.sums {
+            Some(sums) => s.serialize_field("sums", &sums.saved(c.bucket))?,
+            None => {
+                let none: &[(u64, f64)] = &[];
+                s.serialize_field("sums", none)?;
+            }
+        }
         s.end()
     }
 }
 
 impl Closing {
-    /// The sums of a bucket that closed at head `now`, none folded yet.
-    pub(super) fn new(partition: u64, open: OpenSums, now: i32, newcomers_counted: bool) -> Self {
+    /// A bucket that closed at head `now`, none of its sums folded yet.
+    pub(super) fn new(partition: u64, bucket: i32, now: i32, newcomers_counted: bool) -> Self {
         Closing {
             partition,
-            bucket: open.bucket,
+            bucket,
             now,
             newcomers_counted,
             tally: Tally::new(),
-            sums: open.sums,
             next: 0,
+            #[cfg(test)]
+            touched: 0,
         }
-    }
-
-    /// The next sum to fold, in order, when `budget` allows one more (it is decreased). The
-    /// sums folded ahead of their turn are passed over without counting: they were paid for
-    /// by the event of their key, and a model loaded from a save (which leaves them out) then
-    /// folds the same sums per event as the one saved.
-    #[inline]
-    pub(super) fn next_sum(&mut self, budget: &mut usize) -> Option<(u64, f64)> {
-        let map = &self.sums.0;
-        while self.next < map.len() {
-            let e = *map.at(self.next);
-            if e.1 != FOLDED {
-                if *budget == 0 {
-                    return None;
-                }
-                *budget -= 1;
-                self.next += 1;
-                return Some(e);
-            }
-            self.next += 1;
-        }
-        None
-    }
-
-    /// The sum of `key` when it is still to fold, marked folded (an event for that key is
-    /// about to read its history).
-    #[inline]
-    pub(super) fn take(&mut self, key: u64) -> Option<f64> {
-        let map = &mut self.sums.0;
-        let i = map.position(key).filter(|&i| i >= self.next)?;
-        let sum = std::mem::replace(map.value_at_mut(i), FOLDED);
-        (sum != FOLDED).then_some(sum)
-    }
-
-    /// Every sum folded.
-    pub(super) fn done(&self) -> bool {
-        self.next >= self.sums.0.len()
-    }
-
-    /// Sums still to fold.
-    #[cfg(test)]
-    pub(super) fn left(&self) -> usize {
-        self.sums
-            .sums_from(self.next)
-            .filter(|&s| s != FOLDED)
-            .count()
-    }
-
-    /// Sums folded ahead of the others, for an event of their key.
-    #[cfg(test)]
-    pub(super) fn touched(&self) -> usize {
-        self.sums
-            .sums_from(self.next)
-            .filter(|&s| s == FOLDED)
-            .count()
-    }
-
-    /// This bucket as saved, with the first sum left to fold written twice (a crafted state).
-    #[cfg(test)]
-    pub(super) fn saved_with_first_twice(&self) -> Vec<u8> {
-        let map = &self.sums.0;
-        let mut sums: Vec<(u64, f64)> = (self.next..map.len())
-            .map(|i| *map.at(i))
-            .filter(|e| e.1 != FOLDED)
-            .collect();
-        sums.push(sums[0]);
-        // A struct is saved as its fields in order: a tuple of them is the same bytes.
-        let fields = (
-            self.partition,
-            self.bucket,
-            self.now,
-            self.newcomers_counted,
-            &self.tally,
-            sums,
-        );
-        postcard::to_allocvec(&fields).expect("encodes")
     }
 
     /// Checks a loaded closing bucket (its place in the model is checked by the model).
     pub(super) fn check(&self) -> Result<(), ModelError> {
-        self.tally.check()?;
-        self.sums.check("closing.sum")
+        self.tally.check()
     }
 
-    /// Heap bytes at capacity.
+    /// Heap bytes (its sums are its partition's).
     pub(super) fn bytes(&self) -> usize {
-        self.sums.0.bytes() + 2 * NBINS * 4
+        2 * NBINS * 4
     }
 }

@@ -4,7 +4,7 @@ use super::*;
 use egresswatch_common::human::bytes as format_bytes;
 use std::sync::mpsc;
 
-use crate::models::engine::{free_elsewhere, FREE_ELSEWHERE_BYTES, HELPER_THREAD};
+use crate::models::engine::{free_elsewhere, mix, FREE_ELSEWHERE_BYTES, HELPER_THREAD};
 
 const SPAN: i64 = 10_800_000;
 const T0: i64 = 1_700_000_000_000 / SPAN * SPAN;
@@ -469,15 +469,16 @@ fn a_close_moves_its_sums_out_and_folds_a_bounded_number_per_event() {
     for d in 0..1000 {
         send(&mut m, 0, &format!("198.51.100.{d}"), 1e4);
     }
-    // Bucket 2 closes bucket 0 (lateness 1): one event folds 256 sums, then its own.
-    send(&mut m, 2, "198.51.100.999", 1e4);
+    // Bucket 2 closes bucket 0 (lateness 1): one event folds 256 sums, then its own (the
+    // walk takes the first record, then the last ones moved into its place: not this one).
+    send(&mut m, 2, "198.51.100.500", 1e4);
     assert_eq!(m.state.closing.len(), 1);
     let tally = &m.state.closing[0].tally.count;
     assert_eq!(tally.entities, 1 + FOLD_PER_EVENT as u32);
     assert_eq!(m.status().probationary_entities, 1 + FOLD_PER_EVENT);
     assert_eq!(m.state.partitions.values().next().unwrap().recent.len(), 0);
     for _ in 0..3 {
-        send(&mut m, 2, "198.51.100.999", 1e4);
+        send(&mut m, 2, "198.51.100.500", 1e4);
     }
     // 1 + 4 x 256 > 1000: the bucket is folded and counted.
     assert!(m.state.closing.is_empty());
@@ -507,8 +508,9 @@ fn a_partly_folded_close_saves_and_loads() {
     // Bucket 20 (121 sums) is partly folded, some of the rest on touch: those are not saved.
     let c = &m.state.closing[0];
     assert_eq!(c.bucket, i32::try_from(T0 / SPAN + 20).unwrap());
-    assert!(c.touched() > 0);
-    assert_eq!(c.left() + c.tally.count.entities as usize, 121);
+    assert!(c.touched > 0);
+    let left = m.state.partitions[&c.partition].sums.len(c.bucket);
+    assert_eq!(left + c.tally.count.entities as usize, 121);
     let bytes = saved(&m);
     let mut restored = spread(4);
     restored.load(&bytes).unwrap();
@@ -563,12 +565,29 @@ fn a_crafted_closing_bucket_is_refused() {
     refused("closing.tally", s);
     // The same key twice in the sums left to fold.
     let mut bytes = encoded(&good);
-    let saved = postcard::to_allocvec(&good.closing[0]).unwrap();
+    let c = &good.closing[0];
+    let sums = &good.partitions[&c.partition].sums;
+    let saved = postcard::to_allocvec(&SavedClosingOf {
+        closing: c,
+        sums: Some(sums),
+    })
+    .unwrap();
     let at = bytes
         .windows(saved.len())
         .position(|w| w == saved.as_slice())
         .expect("the closing bucket in the state");
-    let crafted = good.closing[0].saved_with_first_twice();
+    let mut twice = sums.pairs(c.bucket);
+    twice.push(twice[0]);
+    // A struct is saved as its fields in order: a tuple of them is the same bytes.
+    let fields = (
+        c.partition,
+        c.bucket,
+        c.now,
+        c.newcomers_counted,
+        &c.tally,
+        twice,
+    );
+    let crafted = postcard::to_allocvec(&fields).unwrap();
     bytes.splice(at..at + saved.len(), crafted);
     let err = spread(4).load(&bytes).expect_err("a key twice");
     assert!(err.to_string().contains("closing.sum"), "{err}");
@@ -615,4 +634,145 @@ fn a_large_folded_bucket_is_freed_on_another_thread_a_small_one_here() {
         rx.recv().unwrap(),
         std::thread::current().name().map(String::from)
     );
+}
+
+/// An event `minutes` into `bucket`.
+fn send_at(m: &mut HighSum, bucket: i64, minutes: i64, dest: &str, bytes: f64) -> Scored {
+    let t = T0 + bucket * SPAN + minutes * 60_000;
+    let obs = Observation {
+        time_ms: t,
+        arrival_ms: t,
+        by: None,
+        over: Some(dest),
+        partition: None,
+        value: bytes,
+    };
+    m.observe(&obs).expect("scored")
+}
+
+#[test]
+fn a_destination_s_sums_in_the_open_buckets_share_one_record() {
+    let mut m = HighSumConfig::default().build().unwrap();
+    for b in 0..2 {
+        for d in 0..500 {
+            send(&mut m, b, &format!("198.51.{}.{}", d / 200, d % 200), 1e4);
+        }
+    }
+    let sums = &m.state.partitions.values().next().unwrap().sums;
+    // Two open buckets of 500 sums: 500 records (a map per bucket held 1,000 keys), no sum
+    // beside its record.
+    assert_eq!(sums.open_buckets().len(), 2);
+    assert_eq!(
+        (sums.open_len(), sums.records(), sums.spilled_len()),
+        (1000, 500, 0)
+    );
+    // Running sums per bucket, as before.
+    assert_eq!(send(&mut m, 1, "198.51.0.7", 5e3).actual, 1.5e4);
+    assert_eq!(send(&mut m, 0, "198.51.0.7", 5e3).actual, 1.5e4);
+    // Once bucket 0 is folded (bucket 2 closes it), its places are free: still 500 records.
+    for d in 0..500 {
+        send(&mut m, 2, &format!("198.51.{}.{}", d / 200, d % 200), 1e4);
+    }
+    m.fold_all();
+    let sums = &m.state.partitions.values().next().unwrap().sums;
+    assert_eq!(
+        (sums.open_len(), sums.records(), sums.spilled_len()),
+        (1000, 500, 0)
+    );
+    assert_eq!(m.status().probationary_entities, 500);
+}
+
+#[test]
+fn a_third_open_bucket_s_sum_goes_beside_the_record_and_back() {
+    let mut config = HighSumConfig::default();
+    config.model.lateness_buckets = 2;
+    let mut m = config.build().unwrap();
+    let dests: Vec<String> = (0..40).map(|d| format!("198.51.100.{d}")).collect();
+    // Buckets 0, 1, 2 open at once (lateness 2): every destination in each, late events
+    // interleaved, so each record holds two sums and a third goes beside it.
+    let mut expected = std::collections::HashMap::new();
+    for round in 0..3 {
+        for b in (0..3).rev() {
+            for (i, d) in dests.iter().enumerate() {
+                let v = 1e3 * (1 + i + round) as f64;
+                let got = send_at(&mut m, b, 10 + round as i64, d, v).actual;
+                let want = expected.entry((b, i)).or_insert(0.0);
+                *want += v;
+                assert_eq!(got, *want, "bucket {b} {d} round {round}");
+            }
+        }
+    }
+    let sums = &m.state.partitions.values().next().unwrap().sums;
+    assert_eq!(
+        (sums.open_len(), sums.records(), sums.spilled_len()),
+        (120, 40, 40)
+    );
+    // Saved and loaded: the same sums; then closes fold every one of them.
+    let bytes = saved(&m);
+    let mut restored = config.build().unwrap();
+    restored.load(&bytes).unwrap();
+    assert_eq!(saved(&restored), bytes);
+    for b in 3..6 {
+        for d in &dests {
+            let a = send_at(&mut restored, b, 10, d, 2e3);
+            assert_eq!(a, send_at(&mut m, b, 10, d, 2e3));
+        }
+    }
+    m.fold_all();
+    let p = m.state.partitions.values().next().unwrap();
+    // Buckets 0-2 closed and folded, each with its 40 sums; 3-5 open.
+    assert_eq!(
+        p.recent.iter().map(|c| c.entities).collect::<Vec<_>>(),
+        [40; 3]
+    );
+    assert_eq!((p.sums.open_len(), p.sums.records()), (120, 40));
+}
+
+#[test]
+fn a_fold_walk_finds_every_sum_once_whatever_moves_records() {
+    // Records removed at the walk's place, behind it (a sum taken ahead of its turn empties
+    // its record) and ahead of it: each sum of the closed bucket comes out exactly once.
+    let key = |i: u64| mix(i, 0x5eed);
+    for visits_per_call in [1, 3, 64, usize::MAX] {
+        let mut s = BucketSums::default();
+        s.open(7);
+        s.open(8);
+        for i in 0..3000u64 {
+            s.insert(key(i), 7, i as f64);
+            if i % 3 == 0 {
+                s.insert(key(i), 8, 1.0);
+            }
+        }
+        assert_eq!(s.close_before(8), [7]);
+        let mut at = 0;
+        let mut seen = std::collections::HashSet::new();
+        let mut taken = 0;
+        let mut calls = 0u64;
+        while s.len(7) > 0 {
+            calls += 1;
+            // Now and then a destination's own event takes its sum first.
+            if calls.is_multiple_of(5) {
+                let i = (calls * 7919) % 3000;
+                if let Some(sum) = s.take(key(i), 7) {
+                    assert_eq!(sum, i as f64);
+                    assert!(seen.insert(i), "{i} twice");
+                    s.drop_if_empty(key(i));
+                    taken += 1;
+                }
+            }
+            let mut visits = visits_per_call;
+            while let Some((k, sum)) = s.next_of(7, &mut at, &mut visits) {
+                let i = sum as u64;
+                assert_eq!(k, key(i));
+                assert!(seen.insert(i), "{i} twice");
+            }
+            assert!(calls < 1_000_000);
+        }
+        assert_eq!(seen.len(), 3000, "{visits_per_call}");
+        assert!(taken > 0 || visits_per_call == usize::MAX);
+        // Bucket 8's sums are untouched; the records of bucket 7 alone are gone (but those
+        // taken behind the walk, removed by their own event).
+        s.forget(7);
+        assert_eq!((s.len(8), s.records()), (1000, 1000));
+    }
 }

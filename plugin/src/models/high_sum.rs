@@ -89,7 +89,7 @@ mod open;
 
 use close::FOLD_PER_EVENT;
 use histogram::Histogram;
-use open::{BucketSums, Closing, SavedClosing, SavedClosingOf};
+use open::{BucketSums, Closing, SavedClosingOf};
 
 /// Histogram bins per power of two.
 const BINS_PER_OCTAVE: f64 = 16.0;
@@ -321,7 +321,6 @@ impl Partition {
 }
 
 #[derive(Debug, Clone, Deserialize)]
-#[serde(from = "SavedState")]
 struct HighSumState {
     bucket_span_ms: i64,
     hasher: KeyHasher,
@@ -336,54 +335,6 @@ struct HighSumState {
     open_evictions: u64,
     /// Closed buckets whose sums are being folded, oldest first (see `close.rs`).
     closing: Vec<Closing>,
-}
-
-/// The state as saved: the closing buckets with their sums, which the running state keeps in
-/// their partitions' [`BucketSums`].
-#[derive(Deserialize)]
-struct SavedState {
-    bucket_span_ms: i64,
-    hasher: KeyHasher,
-    clock: Clock,
-    partitions: KeyMap<Partition>,
-    entities: KeyTable<Entity>,
-    open_keys: usize,
-    closed_below: Option<i32>,
-    far_late: u64,
-    unscored: u64,
-    open_evictions: u64,
-    closing: Vec<SavedClosing>,
-}
-
-impl From<SavedState> for HighSumState {
-    fn from(s: SavedState) -> Self {
-        let mut partitions = s.partitions;
-        let closing = s
-            .closing
-            .into_iter()
-            .map(|saved| {
-                let (c, sums) = saved.split();
-                // A closing bucket of an unknown partition is refused by the check.
-                if let Some(p) = partitions.get_mut(&c.partition) {
-                    p.sums.load_closing(c.bucket, sums);
-                }
-                c
-            })
-            .collect();
-        HighSumState {
-            bucket_span_ms: s.bucket_span_ms,
-            hasher: s.hasher,
-            clock: s.clock,
-            partitions,
-            entities: s.entities,
-            open_keys: s.open_keys,
-            closed_below: s.closed_below,
-            far_late: s.far_late,
-            unscored: s.unscored,
-            open_evictions: s.open_evictions,
-            closing,
-        }
-    }
 }
 
 /// Written field by field as the state was before the sums of a destination shared a record:
@@ -440,6 +391,18 @@ impl HighSumState {
 }
 
 impl HighSumState {
+    /// Puts the sums of loaded closing buckets in their partitions' records (those of an
+    /// unknown partition are dropped: the check refuses the state).
+    fn place_read_sums(&mut self) {
+        for c in &mut self.closing {
+            if let (Some(sums), Some(p)) =
+                (c.take_read_sums(), self.partitions.get_mut(&c.partition))
+            {
+                p.sums.load_closing(c.bucket, sums);
+            }
+        }
+    }
+
     /// Every field in range for this configuration, before the state may replace a running one.
     fn check(&self, config: &HighSumConfig) -> Result<(), ModelError> {
         config.model.check_saved_span(self.bucket_span_ms)?;
@@ -692,6 +655,7 @@ impl Model for HighSum {
     fn load(&mut self, bytes: &[u8]) -> Result<(), ModelError> {
         // Version 3 had no `closing` (an empty one is one byte: its length).
         let mut state: HighSumState = decode_state(Kind::HighSum, bytes, &[0])?;
+        state.place_read_sums();
         state.check(&self.config)?;
         for p in state.partitions.values_mut() {
             p.all.refresh();

@@ -94,8 +94,12 @@ impl Clock {
         self.future
     }
 
+    /// The bucket of `time_ms`; `None` beyond `i32`, and for `i32::MIN`, which `high_sum`'s
+    /// records of sums take for "no bucket" (some 2,000 years BC with 60 s buckets).
     fn bucket(&self, time_ms: i64) -> Option<i32> {
-        i32::try_from(time_ms.div_euclid(self.span_ms)).ok()
+        i32::try_from(time_ms.div_euclid(self.span_ms))
+            .ok()
+            .filter(|&b| b != i32::MIN)
     }
 
     /// Places an event of time `time_ms` that the host received at `arrival_ms` (its clock).

@@ -554,7 +554,7 @@ impl<'de, V: Deserialize<'de>> Deserialize<'de> for DenseMap<V> {
 
 /// A sequence of `(key, value)` as read, in chunks (no index): what a [`DenseMap`] or a
 /// `Vec` of pairs saved, to be moved elsewhere entry by entry, each chunk freed once moved.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct Pairs<V>(Chunks<(u64, V)>);
 
 impl<V> IntoIterator for Pairs<V> {

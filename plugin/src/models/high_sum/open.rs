@@ -18,7 +18,8 @@ use super::{BucketCount, NBINS};
 use crate::models::engine::{check_weight, invalid, mix, DenseMap, Pairs};
 use crate::models::ModelError;
 
-/// The bucket of an unused place in a record.
+/// The bucket of an unused place in a record: no bucket is `i32::MIN` (the clock does not
+/// place an event there, and a loaded state with it is refused).
 const NONE: i32 = i32::MIN;
 
 /// A destination's sums in up to two buckets (open, or closed and not folded yet).
@@ -56,8 +57,8 @@ pub(super) struct BucketSums {
     counts: Vec<(i32, usize)>,
     /// The open buckets, in the order they opened.
     open: Vec<i32>,
-    /// A loaded state held a key twice in one bucket: the field that refuses it.
-    repeated: Option<&'static str>,
+    /// What is wrong with a loaded state: the field that refuses it, and why.
+    refused: Option<(&'static str, &'static str)>,
 }
 
 /// Where the spilled sum of `key` in `bucket` is looked for first; the next keys after it when
@@ -316,10 +317,14 @@ impl BucketSums {
 
     /// Adds the sums of a loaded bucket; a key twice is noted under `field`.
     fn load(&mut self, bucket: i32, sums: Pairs<f64>, field: &'static str) {
+        if bucket == NONE {
+            self.refused = Some((field, "in bucket i32::MIN"));
+            return;
+        }
         self.count_mut(bucket);
         for (key, sum) in sums {
             if self.contains(key, bucket) {
-                self.repeated = Some(field);
+                self.refused = Some((field, "a key twice"));
             } else {
                 self.insert(key, bucket, sum);
             }
@@ -333,8 +338,8 @@ impl BucketSums {
 
     /// Checks loaded sums: every key once in a bucket, every sum a weight.
     pub(super) fn check(&self) -> Result<(), ModelError> {
-        if let Some(field) = self.repeated {
-            return Err(invalid(field, "a key twice"));
+        if let Some((field, why)) = self.refused {
+            return Err(invalid(field, why));
         }
         let field = |b: i32| {
             if self.is_open(b) {
@@ -441,7 +446,7 @@ impl<'de> Deserialize<'de> for BucketSums {
         let mut sums = BucketSums::default();
         for o in saved {
             if sums.is_open(o.bucket) {
-                sums.repeated = Some("partition.open");
+                sums.refused = Some(("partition.open", "a bucket twice"));
             }
             sums.open(o.bucket);
             sums.load(o.bucket, o.sums, "partition.open.sum");
@@ -496,7 +501,8 @@ impl Tally {
 
 /// A closed bucket of one partition whose sums (in the partition's [`BucketSums`]) are being
 /// folded into history.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, Deserialize)]
+#[serde(from = "SavedClosing")]
 pub(super) struct Closing {
     pub(super) partition: u64,
     pub(super) bucket: i32,
@@ -507,37 +513,33 @@ pub(super) struct Closing {
     pub(super) tally: Tally,
     /// The record the fold looks at next.
     pub(super) next: usize,
+    /// Its sums as read from a saved state, until the model puts them in its partition's
+    /// records ([`Closing::take_read_sums`]).
+    read_sums: Option<Pairs<f64>>,
     /// Sums folded ahead of the walk, for an event of their key (tests check that a save
     /// covers them).
     #[cfg(test)]
     pub(super) touched: usize,
 }
 
-/// A closing bucket as saved: its sums not folded yet with it (see [`Closing::saved`]).
+/// A closing bucket as saved: its sums not folded yet with it (see [`SavedClosingOf`]).
 #[derive(Deserialize)]
-pub(super) struct SavedClosing {
-    pub(super) partition: u64,
-    pub(super) bucket: i32,
+struct SavedClosing {
+    partition: u64,
+    bucket: i32,
     now: i32,
     newcomers_counted: bool,
     tally: Tally,
-    pub(super) sums: Pairs<f64>,
+    sums: Pairs<f64>,
 }
 
-impl SavedClosing {
-    /// The closing bucket, its sums handed to the partition's [`BucketSums`] apart.
-    pub(super) fn split(self) -> (Closing, Pairs<f64>) {
-        let c = Closing {
-            partition: self.partition,
-            bucket: self.bucket,
-            now: self.now,
-            newcomers_counted: self.newcomers_counted,
-            tally: self.tally,
-            next: 0,
-            #[cfg(test)]
-            touched: 0,
-        };
-        (c, self.sums)
+impl From<SavedClosing> for Closing {
+    fn from(s: SavedClosing) -> Self {
+        Closing {
+            read_sums: Some(s.sums),
+            tally: s.tally,
+            ..Closing::new(s.partition, s.bucket, s.now, s.newcomers_counted)
+        }
     }
 }
 
@@ -578,9 +580,16 @@ impl Closing {
             newcomers_counted,
             tally: Tally::new(),
             next: 0,
+            read_sums: None,
             #[cfg(test)]
             touched: 0,
         }
+    }
+
+    /// Its sums as read from a saved state, once (the model puts them in its partition's
+    /// records).
+    pub(super) fn take_read_sums(&mut self) -> Option<Pairs<f64>> {
+        self.read_sums.take()
     }
 
     /// Checks a loaded closing bucket (its place in the model is checked by the model).

@@ -4,7 +4,7 @@ use super::*;
 use egresswatch_common::human::bytes as format_bytes;
 use std::sync::mpsc;
 
-use crate::models::engine::{free_elsewhere, mix, FREE_ELSEWHERE_BYTES, HELPER_THREAD};
+use crate::models::engine::{free_elsewhere, mix, Pairs, FREE_ELSEWHERE_BYTES, HELPER_THREAD};
 
 const SPAN: i64 = 10_800_000;
 const T0: i64 = 1_700_000_000_000 / SPAN * SPAN;
@@ -775,4 +775,42 @@ fn a_fold_walk_finds_every_sum_once_whatever_moves_records() {
         s.forget(7);
         assert_eq!((s.len(8), s.records()), (1000, 1000));
     }
+}
+
+#[test]
+fn a_loaded_bucket_numbered_as_an_unused_place_is_refused() {
+    // A record's unused place has bucket i32::MIN: a loaded bucket of that number would look
+    // like no sum at all (and its count never reach zero).
+    let none = i32::MIN;
+    let saved: Vec<(i32, Vec<(u64, f64)>)> = vec![(5, vec![(1, 2.0)]), (none, vec![(2, 3.0)])];
+    let bytes = postcard::to_allocvec(&saved).unwrap();
+    let sums: BucketSums = postcard::from_bytes(&bytes).unwrap();
+    let err = sums.check().unwrap_err().to_string();
+    assert!(
+        err.contains("partition.open.sum") && err.contains("i32::MIN"),
+        "{err}"
+    );
+    let mut closing = BucketSums::default();
+    let pairs: Pairs<f64> =
+        postcard::from_bytes(&postcard::to_allocvec(&vec![(3u64, 1.0f64)]).unwrap()).unwrap();
+    closing.load_closing(none, pairs);
+    assert!(closing
+        .check()
+        .unwrap_err()
+        .to_string()
+        .contains("closing.sum"));
+    // And the clock places no event in it (with 60 s buckets: some 2,000 years BC).
+    let mut config = HighSumConfig::default();
+    config.model.bucket_span_secs = 60;
+    let mut m = config.build().unwrap();
+    let t = i64::from(none) * 60_000 + 1;
+    let obs = Observation {
+        time_ms: t,
+        arrival_ms: t,
+        by: None,
+        over: Some("198.51.100.1"),
+        partition: None,
+        value: 1.0,
+    };
+    assert!(m.observe(&obs).is_none());
 }

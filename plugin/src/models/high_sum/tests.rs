@@ -464,7 +464,7 @@ fn a_spread_close_scores_as_an_eager_fold() {
 }
 
 #[test]
-fn a_close_moves_its_sums_out_and_folds_a_bounded_number_per_event() {
+fn a_close_folds_a_bounded_number_of_its_sums_per_event() {
     let mut m = HighSumConfig::default().build().unwrap();
     for d in 0..1000 {
         send(&mut m, 0, &format!("198.51.100.{d}"), 1e4);

@@ -397,6 +397,30 @@ fn an_output_replaced_while_it_waited_for_a_batch_leaves_it_to_its_replacement()
 }
 
 #[test]
+fn a_memory_batch_a_replaced_output_took_from_its_disk_queue_goes_to_its_replacement() {
+    // What a removed output left at the same target is put in the kept disk queue as batches
+    // held in memory; the old thread, replaced while idle, wakes to one of them.
+    let dir = dir("idle-replaced-memory");
+    let stats = stats();
+    let (queue, _) = faulty_queue(&dir, &stats);
+    let (old_out, new_out) = (Collected::default(), Collected::default());
+    let deadline = Deadline::default();
+    let old = start(into(&old_out), &queue, &deadline, None);
+    // (Idle, waiting for a batch.)
+    std::thread::sleep(Duration::from_millis(50));
+    deadline.set_replaced();
+    queue.put_back(batch(0));
+    let none = Deadline::default();
+    let new = start(into(&new_out), &queue, &none, Some(old));
+    queue.close();
+    assert_eq!(new.join().unwrap().undelivered, 0);
+    assert!(lock(&old_out.0).is_empty(), "the old output took it");
+    assert_eq!(*lock(&new_out.0), line(0), "the batch lost");
+    assert_eq!(stats.status().pending_lines, 0);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
 fn a_line_torn_in_a_file_is_finished_there_by_an_output_two_reloads_later() {
     let dir = dir("torn-a-b-a");
     let stats = stats();

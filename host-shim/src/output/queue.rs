@@ -572,6 +572,16 @@ impl Queue {
         self.not_empty.notify_all();
     }
 
+    /// Puts back, first, a batch held in memory that [`Queue::pop_timeout`] gave and nobody
+    /// delivered (its pending count was never taken off): a replaced delivery thread leaves it to
+    /// its replacement.
+    pub(crate) fn unpop(&self, batch: Batch) {
+        let mut inner = self.lock();
+        inner.bytes += batch.data.len() as u64;
+        inner.items.push_front(batch);
+        self.not_empty.notify_all();
+    }
+
     /// Adds `batch` after everything queued, whatever the bound: the last lines of an output a
     /// reload removed, which it delivers before it ends.
     pub(crate) fn put_back(&self, batch: Batch) {

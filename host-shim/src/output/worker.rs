@@ -300,9 +300,13 @@ impl Worker {
             match popped {
                 Popped::Batch(mut batch) => {
                     // Replaced while it waited for this batch (a reload that keeps the disk
-                    // buffer): not delivered here; it stays in flight, read again by the
-                    // replacement.
+                    // buffer): not delivered here. A record read from disk stays in flight, read
+                    // again by the replacement; a batch held in memory (what a removed output
+                    // left, put in this queue) goes back to the front for the replacement.
                     if self.queue.is_on_disk() && self.deadline.replaced() {
+                        if batch.end.is_none() {
+                            self.queue.unpop(batch);
+                        }
                         return self.end_replaced();
                     }
                     let delivered = self.with_retries(batch.lines, |sink, deadline| {

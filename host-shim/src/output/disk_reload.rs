@@ -372,9 +372,10 @@ fn an_old_connection_to_the_same_peer_is_reset_and_its_wait_for_acknowledgements
     assert!(replaced_unacknowledged("slow-peer", false, true));
 }
 
-#[test]
-fn an_output_replaced_while_it_waited_for_a_batch_leaves_it_to_its_replacement() {
-    let dir = dir("idle-replaced");
+/// An output replaced while idle (waiting for a batch) wakes to the batch `add` puts in its
+/// kept disk queue: it leaves the batch to its replacement, which delivers it.
+fn replaced_while_idle_leaves_the_batch(test: &str, add: impl FnOnce(&super::queue::Queue)) {
+    let dir = dir(test);
     let stats = stats();
     let (queue, _) = faulty_queue(&dir, &stats);
     let (old_out, new_out) = (Collected::default(), Collected::default());
@@ -383,8 +384,8 @@ fn an_output_replaced_while_it_waited_for_a_batch_leaves_it_to_its_replacement()
     // (Idle, waiting for a batch.)
     std::thread::sleep(Duration::from_millis(50));
     deadline.set_replaced();
+    add(&queue);
     let none = Deadline::default();
-    queue.push(batch(0), WhenFull::Block, &none).unwrap();
     let new = start(into(&new_out), &queue, &none, Some(old));
     queue.close();
     assert_eq!(new.join().unwrap().undelivered, 0);
@@ -392,32 +393,24 @@ fn an_output_replaced_while_it_waited_for_a_batch_leaves_it_to_its_replacement()
         lock(&old_out.0).is_empty(),
         "the old output took a new line"
     );
-    assert_eq!(*lock(&new_out.0), line(0));
+    assert_eq!(*lock(&new_out.0), line(0), "the batch lost");
+    assert_eq!(stats.status().pending_lines, 0);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn an_output_replaced_while_it_waited_for_a_batch_leaves_it_to_its_replacement() {
+    replaced_while_idle_leaves_the_batch("idle-replaced", |queue| {
+        let none = Deadline::default();
+        queue.push(batch(0), WhenFull::Block, &none).unwrap();
+    });
 }
 
 #[test]
 fn a_memory_batch_a_replaced_output_took_from_its_disk_queue_goes_to_its_replacement() {
     // What a removed output left at the same target is put in the kept disk queue as batches
-    // held in memory; the old thread, replaced while idle, wakes to one of them.
-    let dir = dir("idle-replaced-memory");
-    let stats = stats();
-    let (queue, _) = faulty_queue(&dir, &stats);
-    let (old_out, new_out) = (Collected::default(), Collected::default());
-    let deadline = Deadline::default();
-    let old = start(into(&old_out), &queue, &deadline, None);
-    // (Idle, waiting for a batch.)
-    std::thread::sleep(Duration::from_millis(50));
-    deadline.set_replaced();
-    queue.put_back(batch(0));
-    let none = Deadline::default();
-    let new = start(into(&new_out), &queue, &none, Some(old));
-    queue.close();
-    assert_eq!(new.join().unwrap().undelivered, 0);
-    assert!(lock(&old_out.0).is_empty(), "the old output took it");
-    assert_eq!(*lock(&new_out.0), line(0), "the batch lost");
-    assert_eq!(stats.status().pending_lines, 0);
-    let _ = std::fs::remove_dir_all(&dir);
+    // held in memory.
+    replaced_while_idle_leaves_the_batch("idle-replaced-memory", |queue| queue.put_back(batch(0)));
 }
 
 #[test]

@@ -202,7 +202,7 @@ impl<'a> Framer<'a> {
             feed,
             max_line_bytes,
             mode,
-            pending: Vec::with_capacity(READ_BLOCK_BYTES),
+            pending: Vec::new(),
             continued: false,
             taken: 0,
             cut_logged: false,
@@ -257,9 +257,14 @@ impl<'a> Framer<'a> {
     fn push_complete(&mut self, from: usize) -> io::Result<()> {
         if let Some(nl) = memchr::memrchr(b'\n', &self.pending[from..]) {
             let end = from + nl + 1;
-            let tail = self.pending.len() - end;
-            let mut next = Vec::with_capacity(tail + READ_BLOCK_BYTES);
-            next.extend_from_slice(&self.pending[end..]);
+            // Only the unfinished line is kept, in a buffer of its size: the next read makes
+            // room for itself, so the block it completes keeps little room to spare (a pipe
+            // gives 64 KiB a read at most). Room made for a whole read (256 KiB) in advance
+            // made the output copy each such block on the engine's thread rather than take it
+            // as its batch: it copies a buffer far larger than its lines, not to hold memory its
+            // queue does not count. (Giving the room back after the read instead cost a fresh
+            // mapping, page faults and all, for every block.)
+            let next = self.pending[end..].to_vec();
             self.pending.truncate(end);
             let block = std::mem::replace(&mut self.pending, next);
             self.send(Msg::Lines(Block::new(block)))?;
@@ -387,6 +392,61 @@ mod tests {
             assert_eq!(buf.len(), READ_BLOCK_BYTES);
             assert_eq!(buf.as_ptr() as usize % READ_ALIGN, 0, "read buffer {i}");
             kept.push((space, vec![0u8; 100 * i + 1]));
+        }
+    }
+
+    /// Reads `data` in reads of the `chunks` sizes in turn.
+    struct Uneven<'a> {
+        data: &'a [u8],
+        chunks: [usize; 2],
+        reads: usize,
+    }
+
+    impl Read for Uneven<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let chunk = self.chunks[self.reads % 2];
+            self.reads += 1;
+            let n = chunk.min(buf.len()).min(self.data.len());
+            buf[..n].copy_from_slice(&self.data[..n]);
+            self.data = &self.data[n..];
+            Ok(n)
+        }
+    }
+
+    #[test]
+    fn a_block_from_a_short_read_keeps_little_room() {
+        // 2,000 lines of 50 bytes read 60,000 then 1,000 bytes at a time (a pipe gives at most
+        // 64 KiB a read): every block, however short its read, must not keep much more room than
+        // it holds, or the output copies it rather than take it as its batch.
+        let input = format!("{}\n", "x".repeat(49)).repeat(2_000).into_bytes();
+        let (feed, rx) = Feed::channel();
+        let blocks: Vec<Vec<u8>> = std::thread::scope(|s| {
+            let reader = Uneven {
+                data: &input,
+                chunks: [60_000, 1_000],
+                reads: 0,
+            };
+            let undelivered = AtomicU64::new(0);
+            let read = s.spawn(move || read_lines(reader, &feed, 100, Mode::Sole, &undelivered));
+            let blocks = rx
+                .iter()
+                .map(|msg| match msg {
+                    Msg::Lines(block) => block.into_bytes(),
+                    _ => panic!("only whole lines here"),
+                })
+                .collect();
+            assert_eq!(read.join().unwrap().unwrap(), Ended::Eof);
+            blocks
+        });
+        assert!(blocks.len() >= 3, "{}", blocks.len());
+        assert_eq!(blocks.concat(), input);
+        for (i, block) in blocks.iter().enumerate() {
+            assert!(
+                block.capacity() <= 2 * block.len(),
+                "block {i}: {} bytes in {}",
+                block.len(),
+                block.capacity()
+            );
         }
     }
 

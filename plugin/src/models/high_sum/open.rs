@@ -6,7 +6,8 @@
 //! sums (about 53 bytes for two buckets at 1M destinations, `benches/scale.rs`), a record takes
 //! one key, one index slot and two (bucket, sum) places (about 42). A sum that finds both
 //! places of its record taken (a third bucket at once: lateness above one bucket, or a loaded
-//! state whose closing bucket was not folded yet) goes to a small side map instead.
+//! state whose closing bucket was not folded yet) goes to a side map of its bucket instead
+//! (one map per bucket, so the fold takes a bucket's spilled sums one look each).
 //!
 //! A close leaves the closing bucket's sums where they are; the events after it fold them by
 //! walking the records ([`BucketSums::next_of`]), a bounded number of records per event.
@@ -15,7 +16,7 @@ use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::{BucketCount, NBINS};
-use crate::models::engine::{check_weight, invalid, mix, DenseMap, Pairs};
+use crate::models::engine::{check_weight, invalid, DenseMap, Pairs};
 use crate::models::ModelError;
 
 /// The bucket of an unused place in a record: no bucket is `i32::MIN` (the clock does not
@@ -39,32 +40,31 @@ impl Record {
     }
 }
 
-/// A sum kept beside its record (see the module documentation).
-#[derive(Debug, Clone, Copy)]
-struct Spilled {
-    key: u64,
+/// The sums of one bucket kept beside their records (see the module documentation).
+#[derive(Debug, Clone)]
+struct Spill {
     bucket: i32,
-    sum: f64,
+    sums: DenseMap<f64>,
 }
 
 /// Every sum of a partition's open and closing buckets (see the module documentation).
 #[derive(Debug, Clone, Default)]
 pub(super) struct BucketSums {
     records: DenseMap<Record>,
-    /// Sums whose record had no free place, by [`spill_key`].
-    spill: DenseMap<Spilled>,
+    /// Sums whose record had no free place: a map per bucket (dropped when it empties), by
+    /// destination. One map for all buckets made the fold of a bucket's spilled sums scan the
+    /// others' for each (review-dense80 MED 1).
+    spill: Vec<Spill>,
     /// The sums of each bucket that is open or has sums left to fold, in the order they opened.
     counts: Vec<(i32, usize)>,
     /// The open buckets, in the order they opened.
     open: Vec<i32>,
     /// What is wrong with a loaded state: the field that refuses it, and why.
     refused: Option<(&'static str, &'static str)>,
-}
-
-/// Where the spilled sum of `key` in `bucket` is looked for first; the next keys after it when
-/// taken by another (key, bucket).
-fn spill_key(key: u64, bucket: i32) -> u64 {
-    mix(key, u64::from(bucket as u32))
+    /// Spilled sums looked at by the fold (tests check that each fold looks at a bounded
+    /// number).
+    #[cfg(test)]
+    pub(super) spill_looked: usize,
 }
 
 impl BucketSums {
@@ -131,19 +131,27 @@ impl BucketSums {
         }
     }
 
-    /// The spill key that holds `key`'s sum in `bucket`, if any.
-    fn spilled(&self, key: u64, bucket: i32) -> Option<u64> {
-        if self.spill.is_empty() {
-            return None;
+    /// The side map of `bucket`'s sums, if it has one.
+    fn spill_of(&self, bucket: i32) -> Option<&DenseMap<f64>> {
+        self.spill
+            .iter()
+            .find(|s| s.bucket == bucket)
+            .map(|s| &s.sums)
+    }
+
+    /// The place of `bucket`'s side map in `spill`, if it has one.
+    fn spill_at(&self, bucket: i32) -> Option<usize> {
+        self.spill.iter().position(|s| s.bucket == bucket)
+    }
+
+    /// Takes `key`'s sum out of the side map at `i` (of its bucket), and drops the map when
+    /// it empties (its index would keep the room of a burst of lateness otherwise).
+    fn take_spilled(&mut self, i: usize, key: u64) -> Option<f64> {
+        let sum = self.spill[i].sums.remove(key)?;
+        if self.spill[i].sums.is_empty() {
+            self.spill.swap_remove(i);
         }
-        let mut k = spill_key(key, bucket);
-        loop {
-            let s = self.spill.get(k)?;
-            if s.key == key && s.bucket == bucket {
-                return Some(k);
-            }
-            k = k.wrapping_add(1);
-        }
+        Some(sum)
     }
 
     /// Whether `key` has a sum in `bucket`.
@@ -151,7 +159,9 @@ impl BucketSums {
         self.records
             .get(key)
             .is_some_and(|r| r.place(bucket).is_some())
-            || self.spilled(key, bucket).is_some()
+            || self
+                .spill_of(bucket)
+                .is_some_and(|m| m.contains_key(key))
     }
 
     /// Adds `value` to the sum of `key` in `bucket`: the new sum, `None` when it has none.
@@ -164,10 +174,10 @@ impl BucketSums {
                 return Some(r.sums[j]);
             }
         }
-        let k = self.spilled(key, bucket)?;
-        let s = self.spill.get_mut(k)?;
-        s.sum += value;
-        Some(s.sum)
+        let i = self.spill_at(bucket)?;
+        let s = self.spill[i].sums.get_mut(key)?;
+        *s += value;
+        Some(*s)
     }
 
     /// Starts the sum of `key` in `bucket`, which has none (see [`BucketSums::add`]).
@@ -192,11 +202,14 @@ impl BucketSums {
                         r.sums[j] = sum;
                     }
                     None => {
-                        let mut k = spill_key(key, bucket);
-                        while self.spill.contains_key(k) {
-                            k = k.wrapping_add(1);
-                        }
-                        self.spill.push_new(k, Spilled { key, bucket, sum });
+                        let i = self.spill_at(bucket).unwrap_or_else(|| {
+                            self.spill.push(Spill {
+                                bucket,
+                                sums: DenseMap::default(),
+                            });
+                            self.spill.len() - 1
+                        });
+                        self.spill[i].sums.push_new(key, sum);
                     }
                 }
             }
@@ -215,8 +228,8 @@ impl BucketSums {
                 r.sums[j]
             }
             _ => {
-                let k = self.spilled(key, bucket)?;
-                self.spill.remove(k)?.sum
+                let i = self.spill_at(bucket)?;
+                self.take_spilled(i, key)?
             }
         };
         *self.count_mut(bucket) -= 1;
@@ -244,16 +257,18 @@ impl BucketSums {
         while self.len(bucket) > 0 && *visits > 0 {
             *visits -= 1;
             if *at >= self.records.len() {
-                // Past the records: a spilled sum, else a second pass.
-                let spilled = self
-                    .spill
-                    .iter()
-                    .find(|(_, s)| s.bucket == bucket)
-                    .map(|(k, _)| k);
-                if let Some(k) = spilled {
-                    let s = self.spill.remove(k)?;
+                // Past the records: the last spilled sum of the bucket (taken without moving
+                // another), else a second pass.
+                if let Some(i) = self.spill_at(bucket) {
+                    #[cfg(test)]
+                    {
+                        self.spill_looked += 1;
+                    }
+                    let sums = &self.spill[i].sums;
+                    let key = sums.at(sums.len() - 1).0;
+                    let sum = self.take_spilled(i, key)?;
                     *self.count_mut(bucket) -= 1;
-                    return Some((s.key, s.sum));
+                    return Some((key, sum));
                 }
                 // A whole pass in this call found none: the count is wrong (a bug), and
                 // must not make the fold loop.
@@ -308,10 +323,9 @@ impl BucketSums {
             .iter()
             .filter_map(move |(k, r)| r.place(bucket).map(|j| (k, r.sums[j])));
         let spilled = self
-            .spill
-            .values()
-            .filter(move |s| s.bucket == bucket)
-            .map(|s| (s.key, s.sum));
+            .spill_of(bucket)
+            .into_iter()
+            .flat_map(|m| m.iter().map(|(k, &s)| (k, s)));
         in_records.chain(spilled)
     }
 
@@ -355,9 +369,11 @@ impl BucketSums {
                 }
             }
         }
-        self.spill
-            .values()
-            .try_for_each(|s| check_weight(field(s.bucket), s.sum))
+        self.spill.iter().try_for_each(|s| {
+            s.sums
+                .values()
+                .try_for_each(|&sum| check_weight(field(s.bucket), sum))
+        })
     }
 
     /// After a close's fold: gives back the index room of records that burst and were folded
@@ -372,7 +388,9 @@ impl BucketSums {
 
     /// Heap bytes at capacity.
     pub(super) fn bytes(&self) -> usize {
-        self.records.bytes() + self.spill.bytes()
+        self.records.bytes()
+            + self.spill.capacity() * std::mem::size_of::<Spill>()
+            + self.spill.iter().map(|s| s.sums.bytes()).sum::<usize>()
     }
 
     /// The sums of `bucket` as saved: a sequence of `(key, sum)`, the same bytes as the map
@@ -390,7 +408,7 @@ impl BucketSums {
     /// Sums kept beside their record.
     #[cfg(test)]
     pub(super) fn spilled_len(&self) -> usize {
-        self.spill.len()
+        self.spill.iter().map(|s| s.sums.len()).sum()
     }
 
     /// The sums of `bucket`, in the order they are saved.

@@ -814,3 +814,38 @@ fn a_loaded_bucket_numbered_as_an_unused_place_is_refused() {
     };
     assert!(m.observe(&obs).is_none());
 }
+
+#[test]
+fn a_fold_from_the_side_map_looks_at_one_spilled_sum_per_sum_folded() {
+    // Lateness above one bucket: destinations with sums in three buckets at once, the third
+    // beside their record; the side map also holds another bucket's sums, added first. The
+    // fold of the closed bucket's spilled sums must not scan the others for each sum (it did:
+    // m^2 looks for m sums, up to 256 x m an event).
+    let key = |i: u64| mix(i, 0x5eed);
+    let m = 2000u64;
+    let mut s = BucketSums::default();
+    for b in 7..11 {
+        s.open(b);
+    }
+    for i in m..2 * m {
+        for b in [8, 9, 10] {
+            s.insert(key(i), b, 1.0);
+        }
+    }
+    for i in 0..m {
+        for b in [8, 9, 7] {
+            s.insert(key(i), b, i as f64);
+        }
+    }
+    assert_eq!((s.len(7), s.spilled_len()), (m as usize, 2 * m as usize));
+    assert_eq!(s.close_before(8), [7]);
+    let (mut at, mut visits) = (0, usize::MAX);
+    let mut seen = std::collections::HashSet::new();
+    while let Some((k, sum)) = s.next_of(7, &mut at, &mut visits) {
+        assert_eq!(k, key(sum as u64));
+        assert!(seen.insert(sum as u64));
+    }
+    assert_eq!(seen.len(), m as usize);
+    assert_eq!(s.spill_looked, m as usize, "spilled sums looked at");
+    assert_eq!((s.len(10), s.spilled_len()), (m as usize, m as usize));
+}

@@ -70,9 +70,11 @@
 //! slots a key). Per destination with a sum in an open bucket: one record of 32 bytes (its key
 //! and two (bucket, sum) places, `open.rs`) and its index slot, whatever the number of open
 //! buckets it has a sum in up to two; a third sum at once (lateness above one bucket) takes a
-//! 32-byte entry beside it. About 78 bytes a destination with two open buckets (1M in
-//! `benches/scale.rs`). Per partition: ~29 kB of histograms, and 7 kB of tally while a closed
-//! bucket is being folded.
+//! 16-byte entry and an index slot in a map of its bucket beside the records. About 78 bytes a
+//! destination with two open buckets (1M in `benches/scale.rs`). Per partition: two
+//! histograms of the bins from the lowest sum's to the highest's with their survival tables
+//! (16 bytes a bin: 2.7 kB each for sums over three decades, 14.4 kB at most;
+//! `histogram.rs`), and 7 kB of tally while a closed bucket is being folded.
 
 use serde::{Deserialize, Serialize};
 
@@ -624,11 +626,15 @@ impl Model for HighSum {
     fn status(&self) -> ModelStatus {
         let st = &self.state;
         let buckets_seen = st.partitions.values().map(|p| p.buckets).max().unwrap_or(0);
-        let per_partition = 2 * (NBINS * 8 + (NBINS + 1) * 8) + std::mem::size_of::<Partition>();
         let open_bytes: usize = st
             .partitions
             .values()
-            .map(|p| p.sums.bytes())
+            .map(|p| {
+                p.sums.bytes()
+                    + p.all.bytes()
+                    + p.newcomers.bytes()
+                    + std::mem::size_of::<Partition>()
+            })
             .chain(st.closing.iter().map(Closing::bytes))
             .sum();
         ModelStatus {
@@ -638,9 +644,7 @@ impl Model for HighSum {
             partitions: st.partitions.len(),
             tracked_entities: st.entities.established_len(),
             probationary_entities: st.entities.probation_len(),
-            approx_bytes: st.entities.approx_bytes()
-                + open_bytes
-                + st.partitions.len() * per_partition,
+            approx_bytes: st.entities.approx_bytes() + open_bytes,
             evictions: st.entities.evictions() + st.open_evictions,
             far_late_events: st.far_late,
             future_events: st.clock.future_events(),
@@ -658,6 +662,8 @@ impl Model for HighSum {
         state.place_read_sums();
         state.check(&self.config)?;
         for p in state.partitions.values_mut() {
+            p.all.trim();
+            p.newcomers.trim();
             p.all.refresh();
             p.newcomers.refresh();
             p.recount(self.floor_p);

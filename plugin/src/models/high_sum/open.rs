@@ -159,9 +159,7 @@ impl BucketSums {
         self.records
             .get(key)
             .is_some_and(|r| r.place(bucket).is_some())
-            || self
-                .spill_of(bucket)
-                .is_some_and(|m| m.contains_key(key))
+            || self.spill_of(bucket).is_some_and(|m| m.contains_key(key))
     }
 
     /// Adds `value` to the sum of `key` in `bucket`: the new sum, `None` when it has none.

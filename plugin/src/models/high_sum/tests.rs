@@ -322,12 +322,13 @@ fn a_crafted_state_is_refused_field_by_field() {
     refused("bucket_span_secs", s);
     let mut s = good.clone();
     for p in s.partitions.values_mut() {
-        p.all.bins.pop();
+        // One bin beyond the last (a histogram is saved with every bin).
+        p.all.bins.resize(NBINS + 1 - p.all.lo, 0.0);
     }
     refused("partition.all", s);
     let mut s = good.clone();
     for p in s.partitions.values_mut() {
-        p.newcomers.bins[3] = f64::INFINITY;
+        (p.newcomers.lo, p.newcomers.bins) = (3, vec![f64::INFINITY]);
     }
     refused("partition.newcomers", s);
     let mut s = good.clone();
@@ -848,4 +849,89 @@ fn a_fold_from_the_side_map_looks_at_one_spilled_sum_per_sum_folded() {
     assert_eq!(seen.len(), m as usize);
     assert_eq!(s.spill_looked, m as usize, "spilled sums looked at");
     assert_eq!((s.len(10), s.spilled_len()), (m as usize, m as usize));
+}
+
+#[test]
+fn a_histogram_of_the_bins_in_use_reads_as_one_of_every_bin() {
+    // The same closes into a histogram kept whole (as loaded: every bin) and into one that
+    // keeps the bins in use: every figure read from them is the same, bit for bit, and so are
+    // their saved bytes; the second holds only the bins from the lowest to the highest sum.
+    let decay = Decay::new(56.0);
+    let whole = |h: &Histogram| -> Histogram {
+        postcard::from_bytes(&postcard::to_allocvec(h).unwrap()).unwrap()
+    };
+    let mut rng = Lcg(11);
+    for round in 0..20 {
+        let mut kept = Histogram::new();
+        let mut full = whole(&kept);
+        assert_eq!((full.lo, full.bins.len()), (0, NBINS));
+        // Sums within a few octaves somewhere on the scale, a few far below or above now and
+        // then: the kept bins grow down and up.
+        let centre = (rng.unit() * (NBINS - 200) as f64) as usize + 100;
+        let (mut lowest, mut highest) = (usize::MAX, 0);
+        for close in 0..(1 + round % 7) {
+            let mut counts = vec![0u32; NBINS];
+            for _ in 0..(1 + (rng.unit() * 300.0) as usize) {
+                let spread = if rng.unit() < 0.1 { 90.0 } else { 30.0 };
+                let b = (centre as f64 + (rng.unit() - 0.5) * 2.0 * spread) as usize;
+                let b = if rng.unit() < 0.02 {
+                    0
+                } else {
+                    b.min(NBINS - 1)
+                };
+                counts[b] += 1 + (rng.unit() * 5.0) as u32;
+                (lowest, highest) = (lowest.min(b), highest.max(b));
+            }
+            let weight = 0.5 + rng.unit();
+            let now = 100 + close * (1 + round % 3);
+            kept.add_counts(&counts, weight, now, &decay);
+            full.add_counts(&counts, weight, now, &decay);
+            kept.refresh();
+            full.refresh();
+            assert_eq!(kept.total.to_bits(), full.total.to_bits());
+            let figures = |h: &Histogram| -> Vec<u64> {
+                let mut f = vec![h.cache.p99_9.to_bits(), h.cache.median.to_bits()];
+                let mut s = 0.25;
+                while s < 1e18 {
+                    f.push(h.p_at_least(s).to_bits());
+                    s *= 1.0 + rng_free_step(s);
+                }
+                for per_bucket in [1.0, 37.0, 5e4] {
+                    for floor_p in [1e-3, 1e-6, 1e-9] {
+                        f.push(h.reach(per_bucket, floor_p).to_bits());
+                    }
+                }
+                f
+            };
+            assert_eq!(
+                figures(&kept),
+                figures(&full),
+                "round {round} close {close}"
+            );
+            assert_eq!(
+                postcard::to_allocvec(&kept).unwrap(),
+                postcard::to_allocvec(&full).unwrap()
+            );
+            assert_eq!(
+                (kept.lo, kept.bins.len()),
+                (lowest, highest + 1 - lowest),
+                "round {round}: the bins from the lowest sum's to the highest's"
+            );
+        }
+        // A loaded histogram (every bin) trimmed reads the same too.
+        let mut loaded = whole(&kept);
+        loaded.trim();
+        loaded.refresh();
+        assert_eq!((loaded.lo, loaded.bins.len()), (kept.lo, kept.bins.len()));
+        assert_eq!(
+            loaded.p_at_least(1e4).to_bits(),
+            full.p_at_least(1e4).to_bits()
+        );
+    }
+}
+
+/// Steps of the sums `a_histogram_of_the_bins_in_use...` reads at: finer than a bin (1/16 of
+/// an octave) and varying, so every bin is read at several places.
+fn rng_free_step(s: f64) -> f64 {
+    0.01 + (s.ln().sin().abs() * 0.03)
 }

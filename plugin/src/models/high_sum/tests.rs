@@ -935,3 +935,20 @@ fn a_histogram_of_the_bins_in_use_reads_as_one_of_every_bin() {
 fn rng_free_step(s: f64) -> f64 {
     0.01 + (s.ln().sin().abs() * 0.03)
 }
+
+#[test]
+fn opening_a_bucket_twice_keeps_it_once_whether_or_not_it_was_opened_last() {
+    let mut s = BucketSums::default();
+    for (b, open) in [
+        (5, vec![5]),
+        (5, vec![5]),
+        (6, vec![5, 6]),
+        (5, vec![5, 6]),
+        (6, vec![5, 6]),
+        (4, vec![5, 6, 4]),
+        (5, vec![5, 6, 4]),
+    ] {
+        s.open(b);
+        assert_eq!(s.open_buckets(), open, "after opening {b}");
+    }
+}

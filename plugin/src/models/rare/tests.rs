@@ -441,3 +441,28 @@ fn a_crafted_state_is_refused_field_by_field() {
     s.values.for_each_mut(|v| v.count = -1.0);
     refused("value.count", s);
 }
+
+#[test]
+fn a_new_partition_beyond_max_partitions_is_unscored_a_known_one_still_scored() {
+    let mut config = RareConfig::default();
+    config.model.max_partitions = 2;
+    let mut m = config.build().unwrap();
+    let t = at(0, 1000);
+    let mut observe = |partition: &str| {
+        let obs = Observation {
+            time_ms: t,
+            arrival_ms: t,
+            by: Some("France"),
+            over: None,
+            partition: Some(partition),
+            value: 0.0,
+        };
+        m.observe(&obs).is_some()
+    };
+    let seen: Vec<bool> = ["a", "b", "c", "a", "b", "c", "d"]
+        .into_iter()
+        .map(&mut observe)
+        .collect();
+    assert_eq!(seen, [true, true, false, true, true, false, false]);
+    assert_eq!((m.status().partitions, m.status().unscored_events), (2, 3));
+}

@@ -16,7 +16,7 @@ use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
 use super::{BucketCount, NBINS};
-use crate::models::engine::{check_weight, invalid, DenseMap, Pairs};
+use crate::models::engine::{check_weight, free_elsewhere, invalid, DenseMap, Pairs};
 use crate::models::ModelError;
 
 /// The bucket of an unused place in a record: no bucket is `i32::MIN` (the clock does not
@@ -61,10 +61,10 @@ pub(super) struct BucketSums {
     open: Vec<i32>,
     /// What is wrong with a loaded state: the field that refuses it, and why.
     refused: Option<(&'static str, &'static str)>,
-    /// Spilled sums looked at by the fold (tests check that each fold looks at a bounded
-    /// number).
+    /// Side maps compared with a bucket and spilled sums read to pick one (tests check that
+    /// a fold from the side map costs a bounded number of them).
     #[cfg(test)]
-    pub(super) spill_looked: usize,
+    pub(super) spill_looked: std::cell::Cell<usize>,
 }
 
 impl BucketSums {
@@ -133,23 +133,36 @@ impl BucketSums {
 
     /// The side map of `bucket`'s sums, if it has one.
     fn spill_of(&self, bucket: i32) -> Option<&DenseMap<f64>> {
-        self.spill
-            .iter()
-            .find(|s| s.bucket == bucket)
-            .map(|s| &s.sums)
+        self.spill_at(bucket).map(|i| &self.spill[i].sums)
     }
 
     /// The place of `bucket`'s side map in `spill`, if it has one.
     fn spill_at(&self, bucket: i32) -> Option<usize> {
-        self.spill.iter().position(|s| s.bucket == bucket)
+        let at = self.spill.iter().position(|s| s.bucket == bucket);
+        #[cfg(test)]
+        self.spill_looked
+            .set(self.spill_looked.get() + at.map_or(self.spill.len(), |i| i + 1));
+        at
+    }
+
+    /// The last spilled sum of the side map at `i` (a map is never empty).
+    fn last_spilled(&self, i: usize) -> (u64, f64) {
+        #[cfg(test)]
+        self.spill_looked.set(self.spill_looked.get() + 1);
+        let sums = &self.spill[i].sums;
+        let &(key, sum) = sums.at(sums.len() - 1);
+        (key, sum)
     }
 
     /// Takes `key`'s sum out of the side map at `i` (of its bucket), and drops the map when
-    /// it empties (its index would keep the room of a burst of lateness otherwise).
+    /// it empties (its index would keep the room of a burst of lateness otherwise; a large one
+    /// is freed on another thread, as a grown index is).
     fn take_spilled(&mut self, i: usize, key: u64) -> Option<f64> {
         let sum = self.spill[i].sums.remove(key)?;
         if self.spill[i].sums.is_empty() {
-            self.spill.swap_remove(i);
+            let emptied = self.spill.swap_remove(i);
+            let bytes = emptied.sums.bytes();
+            free_elsewhere(emptied, bytes);
         }
         Some(sum)
     }
@@ -258,12 +271,7 @@ impl BucketSums {
                 // Past the records: the last spilled sum of the bucket (taken without moving
                 // another), else a second pass.
                 if let Some(i) = self.spill_at(bucket) {
-                    #[cfg(test)]
-                    {
-                        self.spill_looked += 1;
-                    }
-                    let sums = &self.spill[i].sums;
-                    let key = sums.at(sums.len() - 1).0;
+                    let (key, _) = self.last_spilled(i);
                     let sum = self.take_spilled(i, key)?;
                     *self.count_mut(bucket) -= 1;
                     return Some((key, sum));

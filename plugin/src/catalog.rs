@@ -267,6 +267,7 @@ pub struct BoundJob {
 
 impl BoundJob {
     /// True when the event meets every filter of the job.
+    #[inline]
     pub fn qualifies(&self, event: &Event<'_>) -> bool {
         self.filters.iter().all(|f| f.matches(event))
     }

@@ -97,15 +97,17 @@ pub struct BoundFilter {
 
 impl BoundFilter {
     /// True when `event` meets the condition. Inlined into [`super::BoundJob::qualifies`]'s
-    /// loop: out of line, each of the eight filters an event meets cost a call.
-    #[inline]
+    /// loop: out of line, each of the eight filters an event meets cost a call (~19
+    /// instructions each with the dispatch; `#[inline]` alone was not taken).
+    #[inline(always)]
     pub fn matches(&self, event: &Event<'_>) -> bool {
         let field = self.field;
         match &self.filter {
             Filter::CategoryContains(value) => {
+                // Only an array's text begins with `[`: no other kind can be `only`.
                 self.only
                     .as_deref()
-                    .is_some_and(|only| event.raw(field).as_deref() == Some(only))
+                    .is_some_and(|only| event.array_text(field) == Some(only))
                     || event.contains(field, value)
             }
             Filter::FieldExists(_) => event.present(field),

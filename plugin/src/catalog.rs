@@ -56,8 +56,8 @@ mod filter;
 mod tests;
 
 pub use filter::{
-    is_shipping_agent, BoundFilter, Filter, FIELD_EVENT_CATEGORY, FIELD_NETWORK_DIRECTION,
-    FIELD_PROCESS_NAME, SHIPPING_AGENTS,
+    is_shipping_agent, BoundFilter, Check, Filter, SharedFilters, FIELD_EVENT_CATEGORY,
+    FIELD_NETWORK_DIRECTION, FIELD_PROCESS_NAME, SHIPPING_AGENTS,
 };
 
 /// The detector function of a job (Elastic's names).
@@ -188,7 +188,11 @@ impl JobDef {
             by: field(&self.by_field),
             over: field(&self.over_field),
             partition: field(&self.partition_field),
-            filters: self.filters.iter().map(|f| f.bind(schema)).collect(),
+            filters: self
+                .filters
+                .iter()
+                .map(|f| Check::Own(f.bind(schema)))
+                .collect(),
             influencers: self.influencers.iter().map(|p| schema.field(p)).collect(),
         }
     }
@@ -251,8 +255,9 @@ impl JobDef {
 /// A [`JobDef`]'s fields as [`FieldId`]s: what the detector reads per event.
 #[derive(Debug, Clone)]
 pub struct BoundJob {
-    /// The filters, in order.
-    pub filters: Vec<BoundFilter>,
+    /// The filters, in order: the job's own until [`SharedFilters::share`] moves those other
+    /// jobs have too.
+    pub filters: Vec<Check>,
     /// The analysed field, when the function needs one.
     pub field_name: Option<FieldId>,
     /// `by_field_name`.
@@ -266,10 +271,11 @@ pub struct BoundJob {
 }
 
 impl BoundJob {
-    /// True when the event meets every filter of the job.
+    /// True when the event meets every filter of the job (`shared`: the filters
+    /// [`SharedFilters::share`] took from it, empty if it was not called).
     #[inline]
-    pub fn qualifies(&self, event: &Event<'_>) -> bool {
-        self.filters.iter().all(|f| f.matches(event))
+    pub fn qualifies(&self, event: &Event<'_>, shared: &SharedFilters) -> bool {
+        self.filters.iter().all(|f| f.matches(event, shared))
     }
 }
 

@@ -13,7 +13,7 @@ use std::sync::Arc;
 use egresswatch_plugin_api::{ErrorKind, PluginError, ScoreRecord, Verdict};
 
 use crate::alert::{self, AlertFields, RuleTexts};
-use crate::catalog::{BoundJob, JobDef};
+use crate::catalog::{BoundJob, JobDef, SharedFilters};
 use crate::check::RuleSet;
 use crate::config::{Action, BuildOptions, DetectorConfig, Problem};
 use crate::fields::{Collision, Event, FieldId, Scanner, Schema, SchemaBuilder};
@@ -56,6 +56,8 @@ pub struct Detector {
     config: DetectorConfig,
     options: BuildOptions,
     jobs: Vec<ActiveJob>,
+    /// The filters several jobs have, checked once per event.
+    shared_filters: SharedFilters,
     geo: Option<GeoCache>,
     allow: CidrSet,
     /// The fields the jobs and the detector read from every event.
@@ -216,7 +218,8 @@ impl Detector {
             return Err(PluginError::config(problems));
         }
         let mut schema = SchemaBuilder::new();
-        let jobs = build_jobs(&config, &options, &set, &mut schema)?;
+        let mut jobs = build_jobs(&config, &options, &set, &mut schema)?;
+        let shared_filters = SharedFilters::share(jobs.iter_mut().map(|j| &mut j.bound.filters));
         let fixed = FixedFields {
             time: schema.field(&config.time_field),
             destination_ip: schema.field(DESTINATION_IP),
@@ -241,6 +244,7 @@ impl Detector {
             scores: options.score_records.then(Vec::new),
             options,
             jobs,
+            shared_filters,
             geo,
             allow,
             metrics: Metrics::default(),
@@ -400,6 +404,7 @@ impl Detector {
         }
         let scoring = Scoring {
             allow: &self.allow,
+            shared_filters: &self.shared_filters,
             fixed: &self.fixed,
             scores: self.scores.as_mut(),
             event_index: self.event_index,

@@ -1,6 +1,8 @@
 //! [`Filter`]: the conditions an event must meet to be counted by a job, as configured and as
 //! bound to the scanner's fields ([`BoundFilter`]).
 
+use std::cell::Cell;
+
 use serde::{Deserialize, Serialize};
 
 use crate::fields::{Event, FieldId, SchemaBuilder};
@@ -96,6 +98,11 @@ pub struct BoundFilter {
 }
 
 impl BoundFilter {
+    /// True when both are the same condition on the same field.
+    fn same_as(&self, other: &BoundFilter) -> bool {
+        self.field == other.field && self.filter == other.filter
+    }
+
     /// True when `event` meets the condition. Inlined into [`super::BoundJob::qualifies`]'s
     /// loop: out of line, each of the eight filters an event meets cost a call (~19
     /// instructions each with the dispatch; `#[inline]` alone was not taken).
@@ -118,6 +125,102 @@ impl BoundFilter {
                 .is_none_or(|dir| !values.iter().any(|v| v.eq_ignore_ascii_case(dir))),
             Filter::PrivateSource(_) => event.ip(field).is_some_and(net::is_private_source),
             Filter::PublicDestination(_) => event.ip(field).is_some_and(net::is_public_destination),
+        }
+    }
+}
+
+/// One of a job's filters as the detector checks it: the job's own, or one that several jobs
+/// have, checked once per event in [`SharedFilters`].
+#[derive(Debug, Clone)]
+pub enum Check {
+    /// A filter no other job has.
+    Own(BoundFilter),
+    /// The index of the filter in the [`SharedFilters`].
+    Shared(usize),
+}
+
+impl Check {
+    /// True when `event` meets the filter; a shared filter is checked at most once per event.
+    #[inline(always)]
+    pub fn matches(&self, event: &Event<'_>, shared: &SharedFilters) -> bool {
+        match self {
+            Check::Own(filter) => filter.matches(event),
+            Check::Shared(index) => shared.matches(*index, event),
+        }
+    }
+}
+
+/// The filters more than one job has, with their verdicts on the current event: Elastic's four
+/// data-exfiltration jobs (`ded_high_sent_bytes_*`) have the same five filters, so with their
+/// rules loaded together each of the five is checked once per event instead of four times.
+#[derive(Debug, Default)]
+pub struct SharedFilters {
+    filters: Vec<BoundFilter>,
+    /// Each filter's verdict on the current event: [`UNCHECKED`], [`MET`] or [`NOT_MET`].
+    verdicts: Vec<Cell<u8>>,
+}
+
+const UNCHECKED: u8 = 0;
+const MET: u8 = 1;
+const NOT_MET: u8 = 2;
+
+impl SharedFilters {
+    /// Moves every filter that two or more of the checks of `jobs` have (the same condition
+    /// on the same field) into the shared set, leaving [`Check::Shared`] in their place.
+    pub fn share<'j>(jobs: impl IntoIterator<Item = &'j mut Vec<Check>>) -> Self {
+        let mut jobs: Vec<&mut Vec<Check>> = jobs.into_iter().collect();
+        let own = |check: &Check| match check {
+            Check::Own(filter) => Some(filter.clone()),
+            Check::Shared(_) => None,
+        };
+        let all: Vec<BoundFilter> = jobs.iter().flat_map(|c| c.iter().filter_map(own)).collect();
+        let mut shared = SharedFilters::default();
+        for (i, filter) in all.iter().enumerate() {
+            let repeated = all.iter().skip(i + 1).any(|other| other.same_as(filter));
+            if repeated && !shared.filters.iter().any(|f| f.same_as(filter)) {
+                shared.filters.push(filter.clone());
+                shared.verdicts.push(Cell::new(UNCHECKED));
+            }
+        }
+        for check in jobs.iter_mut().flat_map(|checks| checks.iter_mut()) {
+            if let Check::Own(filter) = check {
+                if let Some(index) = shared.filters.iter().position(|f| f.same_as(filter)) {
+                    *check = Check::Shared(index);
+                }
+            }
+        }
+        shared
+    }
+
+    /// Forgets the verdicts: called before the jobs check a new event.
+    #[inline]
+    pub fn next_event(&self) {
+        for verdict in &self.verdicts {
+            verdict.set(UNCHECKED);
+        }
+    }
+
+    /// How many filters are shared.
+    pub fn len(&self) -> usize {
+        self.filters.len()
+    }
+
+    /// True when no filter is shared.
+    pub fn is_empty(&self) -> bool {
+        self.filters.is_empty()
+    }
+
+    #[inline]
+    fn matches(&self, index: usize, event: &Event<'_>) -> bool {
+        let verdict = &self.verdicts[index];
+        match verdict.get() {
+            MET => true,
+            NOT_MET => false,
+            _ => {
+                let met = self.filters[index].matches(event);
+                verdict.set(if met { MET } else { NOT_MET });
+                met
+            }
         }
     }
 }

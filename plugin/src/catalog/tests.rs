@@ -18,7 +18,7 @@ fn qualifies(job: &JobDef, event: &Value) -> bool {
     let mut scanner = Scanner::new(Arc::new(schema.build().unwrap()));
     let line = event.to_string();
     let scanned = scanner.scan(&line).unwrap();
-    bound.qualifies(&scanned)
+    bound.qualifies(&scanned, &SharedFilters::default())
 }
 
 fn exfil_event() -> Value {
@@ -169,10 +169,13 @@ fn the_category_is_read_in_every_form() {
     let mut schema = SchemaBuilder::new();
     let bound = job.bind(&mut schema);
     let mut scanner = Scanner::new(Arc::new(schema.build().unwrap()));
-    assert!(bound.qualifies(&scanner.scan(&line).unwrap()), "{line}");
+    assert!(
+        bound.qualifies(&scanner.scan(&line).unwrap(), &SharedFilters::default()),
+        "{line}"
+    );
     let escaped = line.replace("[ \"network\" ]", "[\"netw\\u006frk\"]");
     assert!(
-        bound.qualifies(&scanner.scan(&escaped).unwrap()),
+        bound.qualifies(&scanner.scan(&escaped).unwrap(), &SharedFilters::default()),
         "{escaped}"
     );
 }
@@ -278,4 +281,79 @@ fn with_overrides_collects_all_problems() {
     assert!(errs
         .iter()
         .any(|e| matches!(e, CatalogError::Duplicate { job_id } if job_id == "c")));
+}
+
+/// Elastic's four data-exfiltration jobs and the country job bound together: the five filters
+/// the four share are checked once per event, and every job qualifies each event exactly as it
+/// does alone (events in turn that meet and fail shared and own filters: a verdict kept from the
+/// event before would show).
+#[test]
+fn filters_several_jobs_have_are_shared_and_judge_each_event_as_alone() {
+    let catalog = JobCatalog::builtin();
+    let ids = [
+        "ded_high_sent_bytes_destination_ip_ea",
+        "ded_high_sent_bytes_destination_geo_country_iso_code_ea",
+        "ded_high_sent_bytes_destination_port_ea",
+        "ded_high_sent_bytes_destination_region_name_ea",
+        "rare_destination_country",
+    ];
+    let mut schema = SchemaBuilder::new();
+    let mut together: Vec<BoundJob> = ids
+        .iter()
+        .map(|id| catalog.get(id).unwrap().bind(&mut schema))
+        .collect();
+    let alone = together.clone();
+    let shared = SharedFilters::share(together.iter_mut().map(|job| &mut job.filters));
+    assert_eq!(shared.len(), 5);
+    let own = |job: &BoundJob| {
+        job.filters
+            .iter()
+            .filter(|c| matches!(c, Check::Own(_)))
+            .count()
+    };
+    let owns: Vec<usize> = together.iter().map(own).collect();
+    assert_eq!(owns, [0, 1, 0, 1, 3]);
+
+    let mut scanner = Scanner::new(Arc::new(schema.build().unwrap()));
+    let mut events = Vec::new();
+    for (field, value) in [
+        ("source.bytes", json!(1)),
+        ("source.bytes", json!(0)),
+        ("source.ip", json!("10.9.9.9")),
+        ("network.direction", json!("inbound")),
+        ("destination.ip", json!("8.8.4.4")),
+        ("destination.ip", json!("192.168.1.1")),
+        ("source.ip", json!("8.8.4.4")),
+        ("destination.port", Value::Null),
+    ] {
+        for geo in [
+            json!({"country_iso_code": "US", "region_name": "California"}),
+            json!({}),
+        ] {
+            let mut ev = exfil_event();
+            set(&mut ev, field, value.clone());
+            ev["destination"]["geo"] = geo.clone();
+            events.push(ev.clone());
+            ev["destination"]["geo"]["country_name"] = json!("Chile");
+            events.push(ev);
+        }
+    }
+    let mut met = [0; 5];
+    for ev in &events {
+        let line = ev.to_string();
+        let scanned = scanner.scan(&line).unwrap();
+        shared.next_event();
+        for (j, (job, single)) in together.iter().zip(&alone).enumerate() {
+            let expected = single.qualifies(&scanned, &SharedFilters::default());
+            assert_eq!(
+                job.qualifies(&scanned, &shared),
+                expected,
+                "{} {line}",
+                ids[j]
+            );
+            met[j] += usize::from(expected);
+        }
+    }
+    // Each job met some events and missed others.
+    assert!(met.iter().all(|&n| n > 0 && n < events.len()), "{met:?}");
 }

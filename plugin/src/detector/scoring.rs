@@ -14,7 +14,7 @@ use egresswatch_plugin_api::{ScoreExtra, ScoreRecord};
 use super::ActiveRule;
 use super::{ActiveJob, FixedFields, Hit};
 use crate::alert::AlertDetail;
-use crate::catalog::{BoundJob, Function, JobDef};
+use crate::catalog::{BoundJob, Function, JobDef, SharedFilters};
 use crate::fields::{Event, FieldId};
 use crate::geo;
 use crate::geo::GeoCache;
@@ -46,6 +46,8 @@ pub(super) fn enrich(
 /// What scoring an event needs besides the jobs.
 pub(super) struct Scoring<'d> {
     pub(super) allow: &'d CidrSet,
+    /// The filters several jobs have.
+    pub(super) shared_filters: &'d SharedFilters,
     pub(super) fixed: &'d FixedFields,
     /// Score records of the batch, when the host asked for them.
     pub(super) scores: Option<&'d mut Vec<ScoreRecord>>,
@@ -136,8 +138,10 @@ pub(super) fn score(
     }
     let mut best: Option<Box<Hit>> = None;
     let mut qualified = false;
+    let shared = ctx.shared_filters;
+    shared.next_event();
     for (j, job) in jobs.iter_mut().enumerate() {
-        if !job.bound.qualifies(event) {
+        if !job.bound.qualifies(event, shared) {
             continue;
         }
         qualified = true;

@@ -448,3 +448,26 @@ fn a_missing_database_is_an_error_naming_the_path() {
     assert_eq!(err.problems[0].path.as_str(), "geoip.database");
     assert!(err.message.contains("/nope/x.mmdb"), "{}", err.message);
 }
+
+/// Two jobs with filters in common (the country job redefined with two of the bytes job's):
+/// the common filters are checked once per event, and each event is judged afresh (a verdict
+/// kept from the event before would have both jobs score the events without bytes).
+#[test]
+fn filters_two_jobs_share_are_judged_afresh_for_each_event() {
+    let mut d = detector(json!({
+        "jobs": [{"id": "rare_destination_country", "function": "rare",
+                  "by_field_name": "destination.geo.country_name", "bucket_span": "15m",
+                  "filters": [{"field_positive": "source.bytes"},
+                              {"private_source": "source.ip"}]}]
+    }));
+    assert_eq!(d.shared_filters.len(), 2);
+    let mut with_bytes = 0;
+    for i in 0..40 {
+        let bytes = (i % 3 == 0).then(|| json!(1000 + i));
+        with_bytes += u64::from(bytes.is_some());
+        d.at(&event(T0 + i * 60_000, "8.8.8.8", Some("Chile"), bytes));
+    }
+    assert_eq!(d.metrics.qualified, with_bytes);
+    let scored: Vec<u64> = d.jobs.iter().map(|j| j.scored).collect();
+    assert_eq!(scored, [with_bytes, with_bytes]);
+}

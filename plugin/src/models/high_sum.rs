@@ -93,6 +93,9 @@ use close::FOLD_PER_EVENT;
 use histogram::Histogram;
 use open::{BucketSums, Closing, SavedClosingOf};
 
+/// Open buckets a partition may have at once: the head and `lateness_buckets` (at most 16)
+/// before it; and closing buckets per partition in a saved state.
+const MAX_OPEN_BUCKETS: usize = 17;
 /// Histogram bins per power of two.
 const BINS_PER_OCTAVE: f64 = 16.0;
 /// Bins: one for sums below 1, then 56 octaves.
@@ -314,10 +317,7 @@ impl Partition {
         if self.recent.len() > RECENT_BUCKETS {
             return Err(invalid("partition.recent", self.recent.len()));
         }
-        let open = self.sums.open_buckets().len();
-        if open > 17 {
-            return Err(invalid("partition.open", open));
-        }
+        // More than MAX_OPEN_BUCKETS open buckets: refused by the sums' own load.
         self.sums.check()
     }
 }
@@ -411,9 +411,6 @@ impl HighSumState {
         self.clock.check(&config.model)?;
         if self.partitions.len() > config.model.max_partitions {
             return Err(invalid("partitions", self.partitions.len()));
-        }
-        if self.closing.len() > self.partitions.len() * 17 {
-            return Err(invalid("closing", self.closing.len()));
         }
         // The closing buckets first: a bad one makes their partition's sums look wrong too.
         for (i, c) in self.closing.iter().enumerate() {
@@ -659,6 +656,11 @@ impl Model for HighSum {
     fn load(&mut self, bytes: &[u8]) -> Result<(), ModelError> {
         // Version 3 had no `closing` (an empty one is one byte: its length).
         let mut state: HighSumState = decode_state(Kind::HighSum, bytes, &[0])?;
+        // Counted before their sums are placed: each placement searches its partition's
+        // buckets, so a crafted list of many closing buckets would cost their square.
+        if state.closing.len() > state.partitions.len() * MAX_OPEN_BUCKETS {
+            return Err(invalid("closing", state.closing.len()));
+        }
         state.place_read_sums();
         state.check(&self.config)?;
         for p in state.partitions.values_mut() {

@@ -15,7 +15,7 @@
 use serde::ser::{SerializeSeq, SerializeStruct};
 use serde::{Deserialize, Serialize, Serializer};
 
-use super::{BucketCount, NBINS};
+use super::{BucketCount, MAX_OPEN_BUCKETS, NBINS};
 use crate::models::engine::{check_weight, free_elsewhere, invalid, DenseMap, Pairs};
 use crate::models::ModelError;
 
@@ -469,6 +469,12 @@ impl<'de> Deserialize<'de> for BucketSums {
         let saved: Vec<SavedOpen> = Vec::deserialize(deserializer)?;
         let mut sums = BucketSums::default();
         for o in saved {
+            // Refused before its sums are placed (each placement searches the buckets: a
+            // crafted list of many would cost their square).
+            if sums.open.len() >= MAX_OPEN_BUCKETS {
+                sums.refused = Some(("partition.open", "more than 17 buckets"));
+                break;
+            }
             if sums.is_open(o.bucket) {
                 sums.refused = Some(("partition.open", "a bucket twice"));
             }

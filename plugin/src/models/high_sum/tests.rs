@@ -592,6 +592,34 @@ fn a_crafted_closing_bucket_is_refused() {
     bytes.splice(at..at + saved.len(), crafted);
     let err = spread(4).load(&bytes).expect_err("a key twice");
     assert!(err.to_string().contains("closing.sum"), "{err}");
+    // More closing buckets than a partition may have, or open ones: refused before any sum
+    // is placed (placing them costs the square of their number).
+    let mut s = good.clone();
+    s.closing = vec![good.closing[0].clone(); MAX_OPEN_BUCKETS + 1];
+    let err = spread(4)
+        .load(&encoded(&s))
+        .expect_err("18 closing buckets");
+    assert!(
+        matches!(
+            err,
+            ModelError::Invalid {
+                field: "closing",
+                ..
+            }
+        ),
+        "{err}"
+    );
+    let mut s = good.clone();
+    for p in s.partitions.values_mut() {
+        for b in 100..100 + MAX_OPEN_BUCKETS as i32 {
+            p.sums.open(b);
+        }
+    }
+    let err = spread(4).load(&encoded(&s)).expect_err("19 open buckets");
+    assert!(
+        matches!(err, ModelError::Invalid { field: "partition.open", ref value } if value.contains("more than 17")),
+        "{err}"
+    );
     // And the good one loads.
     spread(4).load(&encoded(&good)).unwrap();
 }

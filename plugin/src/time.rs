@@ -88,7 +88,7 @@ fn ecs_tail_ms(tail: &[u8; ECS_TAIL]) -> Option<i64> {
         return None;
     }
     let millis = (values >> 56) * 100 + u64::from(tens) * 10 + u64::from(ones);
-    // At most 3,660,999: the conversion cannot fail.
+    // At most 3,600,999: the conversion cannot fail.
     i64::try_from((minute * 60 + second) * 1000 + millis).ok()
 }
 

@@ -357,3 +357,38 @@ fn filters_several_jobs_have_are_shared_and_judge_each_event_as_alone() {
     // Each job met some events and missed others.
     assert!(met.iter().all(|&n| n > 0 && n < events.len()), "{met:?}");
 }
+
+/// Two jobs with different conditions on the same field (`field_exists` and `field_positive`
+/// on `source.bytes`) share neither; the condition they both have (`private_source`) is
+/// shared. An event with no bytes sent meets the first job's condition, not the second's.
+#[test]
+fn different_conditions_on_one_field_are_not_shared() {
+    let ded = JobCatalog::builtin()
+        .get("ded_high_sent_bytes_destination_ip")
+        .unwrap()
+        .clone();
+    let with = |first: Filter| JobDef {
+        filters: vec![first, Filter::PrivateSource("source.ip".into())],
+        ..ded.clone()
+    };
+    let mut schema = SchemaBuilder::new();
+    let mut jobs = [
+        with(Filter::FieldExists("source.bytes".into())).bind(&mut schema),
+        with(Filter::FieldPositive("source.bytes".into())).bind(&mut schema),
+    ];
+    let shared = SharedFilters::share(jobs.iter_mut().map(|job| &mut job.filters));
+    assert_eq!(shared.len(), 1);
+    let mut scanner = Scanner::new(Arc::new(schema.build().unwrap()));
+    for (bytes, expected) in [(json!(0), [true, false]), (json!(10), [true, true])] {
+        let mut ev = exfil_event();
+        set(&mut ev, "source.bytes", bytes);
+        let line = ev.to_string();
+        let scanned = scanner.scan(&line).unwrap();
+        shared.next_event();
+        let got = [
+            jobs[0].qualifies(&scanned, &shared),
+            jobs[1].qualifies(&scanned, &shared),
+        ];
+        assert_eq!(got, expected, "{line}");
+    }
+}

@@ -449,25 +449,55 @@ fn a_missing_database_is_an_error_naming_the_path() {
     assert!(err.message.contains("/nope/x.mmdb"), "{}", err.message);
 }
 
-/// Two jobs with filters in common (the country job redefined with two of the bytes job's):
-/// the common filters are checked once per event, and each event is judged afresh (a verdict
-/// kept from the event before would have both jobs score the events without bytes).
-#[test]
-fn filters_two_jobs_share_are_judged_afresh_for_each_event() {
-    let mut d = detector(json!({
+/// A detector whose country job is redefined with two of the bytes job's filters (the two jobs
+/// share them), with `threads` threads.
+fn sharing_detector(threads: u16) -> Detector {
+    detector(json!({
+        "threads": threads,
         "jobs": [{"id": "rare_destination_country", "function": "rare",
                   "by_field_name": "destination.geo.country_name", "bucket_span": "15m",
                   "filters": [{"field_positive": "source.bytes"},
                               {"private_source": "source.ip"}]}]
-    }));
+    }))
+}
+
+/// Events to a public address with a country, one in three with bytes sent; and how many.
+fn some_with_bytes(n: i64) -> (Vec<String>, u64) {
+    let lines: Vec<String> = (0..n)
+        .map(|i| {
+            let bytes = (i % 3 == 0).then(|| json!(1000 + i));
+            event(T0 + i * 60_000, "8.8.8.8", Some("Chile"), bytes)
+        })
+        .collect();
+    (lines, (n as u64).div_ceil(3))
+}
+
+/// Two jobs with filters in common: the common filters are checked once per event, and each
+/// event is judged afresh. A verdict kept from the event before would have the events without
+/// bytes qualify (all 40 counted as qualified, and the country job scoring them).
+#[test]
+fn filters_two_jobs_share_are_judged_afresh_for_each_event() {
+    let mut d = sharing_detector(1);
     assert_eq!(d.shared_filters.len(), 2);
-    let mut with_bytes = 0;
-    for i in 0..40 {
-        let bytes = (i % 3 == 0).then(|| json!(1000 + i));
-        with_bytes += u64::from(bytes.is_some());
-        d.at(&event(T0 + i * 60_000, "8.8.8.8", Some("Chile"), bytes));
+    let (lines, with_bytes) = some_with_bytes(40);
+    for line in &lines {
+        d.at(line);
     }
     assert_eq!(d.metrics.qualified, with_bytes);
     let scored: Vec<u64> = d.jobs.iter().map(|j| j.scored).collect();
     assert_eq!(scored, [with_bytes, with_bytes]);
+}
+
+/// The same through `process`, the host's path, one batch on one thread and on two (where a
+/// helper scans ahead): each event of the batch is judged afresh.
+#[test]
+fn filters_two_jobs_share_are_judged_afresh_in_a_batch_on_one_thread_or_two() {
+    let (lines, with_bytes) = some_with_bytes(4 * MIN_SHARED as i64);
+    for threads in [1, 2] {
+        let mut d = sharing_detector(threads);
+        d.process(lines.iter().map(String::as_str), NOW);
+        assert_eq!(d.metrics.qualified, with_bytes, "threads: {threads}");
+        let scored: Vec<u64> = d.jobs.iter().map(|j| j.scored).collect();
+        assert_eq!(scored, [with_bytes, with_bytes], "threads: {threads}");
+    }
 }

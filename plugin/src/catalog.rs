@@ -271,8 +271,9 @@ pub struct BoundJob {
 }
 
 impl BoundJob {
-    /// True when the event meets every filter of the job (`shared`: the filters
-    /// [`SharedFilters::share`] took from it, empty if it was not called).
+    /// True when the event meets every filter of the job (`shared`: the set
+    /// [`SharedFilters::share`] moved some of them to, the one it returned; any set, an empty
+    /// one too, when it was not called for this job).
     #[inline]
     pub fn qualifies(&self, event: &Event<'_>, shared: &SharedFilters) -> bool {
         self.filters.iter().all(|f| f.matches(event, shared))

@@ -165,8 +165,10 @@ const MET: u8 = 1;
 const NOT_MET: u8 = 2;
 
 impl SharedFilters {
-    /// Moves every filter that two or more of the checks of `jobs` have (the same condition
-    /// on the same field) into the shared set, leaving [`Check::Shared`] in their place.
+    /// Moves every filter that appears twice or more among the checks of `jobs` (the same
+    /// condition on the same field, in two jobs or twice in one) into the shared set, leaving
+    /// [`Check::Shared`] in their place. Those checks must then be judged against this set: an
+    /// index into another set is out of its range.
     pub fn share<'j>(jobs: impl IntoIterator<Item = &'j mut Vec<Check>>) -> Self {
         let mut jobs: Vec<&mut Vec<Check>> = jobs.into_iter().collect();
         let own = |check: &Check| match check {

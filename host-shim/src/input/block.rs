@@ -130,14 +130,21 @@ mod tests {
         // every place of it in turn (in the check's 64-byte steps and in the tail after them).
         let line = format!("{}é€😀{}\n", "x".repeat(40), "y".repeat(49));
         let base = line.repeat(3).into_bytes();
-        let inserted: [&[u8]; 8] = [
+        // Good characters, then bad sequences: a byte never in UTF-8, truncated 2-, 3- and
+        // 4-byte characters, overlong 2-, 3- and 4-byte ones, a surrogate, past U+10FFFF (by
+        // value and by lead byte), a lone continuation byte.
+        let inserted: [&[u8]; 12] = [
             "é€😀".as_bytes(),
             b"\xff",
             b"\xc3",
             b"\xe2\x82",
+            b"\xf0\x9f\x98",
             b"\xc0\xaf",
+            b"\xe0\x80\xaf",
+            b"\xf0\x80\x80\x80",
             b"\xed\xa0\x80",
             b"\xf4\x90\x80\x80",
+            b"\xf5\x80\x80\x80",
             b"\x80",
         ];
         let mut text = 0;

@@ -396,15 +396,25 @@ mod tests {
     }
 
     /// Reads `data` in reads of the `chunks` sizes in turn.
-    struct Uneven<'a> {
+    struct Chunked<'a> {
         data: &'a [u8],
-        chunks: [usize; 2],
+        chunks: &'a [usize],
         reads: usize,
     }
 
-    impl Read for Uneven<'_> {
+    impl<'a> Chunked<'a> {
+        fn new(data: &'a [u8], chunks: &'a [usize]) -> Self {
+            Chunked {
+                data,
+                chunks,
+                reads: 0,
+            }
+        }
+    }
+
+    impl Read for Chunked<'_> {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let chunk = self.chunks[self.reads % 2];
+            let chunk = self.chunks[self.reads % self.chunks.len()];
             self.reads += 1;
             let n = chunk.min(buf.len()).min(self.data.len());
             buf[..n].copy_from_slice(&self.data[..n]);
@@ -415,17 +425,14 @@ mod tests {
 
     #[test]
     fn a_block_from_a_short_read_keeps_little_room() {
-        // 2,000 lines of 50 bytes read 60,000 then 1,000 bytes at a time (a pipe gives at most
-        // 64 KiB a read): every block, however short its read, must not keep much more room than
-        // it holds, or the output copies it rather than take it as its batch.
+        // 2,000 lines of 50 bytes read 60,001 then 999 bytes at a time (a pipe gives at most
+        // 64 KiB a read), so that each read ends within a line: every block, however short its
+        // read, must not keep much more room than it holds, or the output copies it rather than
+        // take it as its batch.
         let input = format!("{}\n", "x".repeat(49)).repeat(2_000).into_bytes();
         let (feed, rx) = Feed::channel();
         let blocks: Vec<Vec<u8>> = std::thread::scope(|s| {
-            let reader = Uneven {
-                data: &input,
-                chunks: [60_000, 1_000],
-                reads: 0,
-            };
+            let reader = Chunked::new(&input, &[60_001, 999]);
             let undelivered = AtomicU64::new(0);
             let read = s.spawn(move || read_lines(reader, &feed, 100, Mode::Sole, &undelivered));
             let blocks = rx
@@ -450,21 +457,6 @@ mod tests {
         }
     }
 
-    /// Reads `input` in `chunk`-byte reads.
-    struct Chunked<'a> {
-        data: &'a [u8],
-        chunk: usize,
-    }
-
-    impl Read for Chunked<'_> {
-        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-            let n = self.chunk.min(buf.len()).min(self.data.len());
-            buf[..n].copy_from_slice(&self.data[..n]);
-            self.data = &self.data[n..];
-            Ok(n)
-        }
-    }
-
     fn collect(input: &[u8], max: usize, budget: Option<usize>) -> Vec<Msg> {
         let (feed, rx) = Feed::channel();
         let input = input.to_vec();
@@ -481,10 +473,7 @@ mod tests {
                     budget,
                 }),
             };
-            let reader = Chunked {
-                data: &input,
-                chunk: 10_000,
-            };
+            let reader = Chunked::new(&input, &[10_000]);
             let undelivered = AtomicU64::new(0);
             let result = read_lines(reader, &feed, max, mode, &undelivered);
             assert_eq!(undelivered.load(Ordering::Relaxed), 0);
@@ -533,10 +522,7 @@ mod tests {
         let (feed, rx) = Feed::channel();
         drop(rx);
         let undelivered = AtomicU64::new(0);
-        let reader = Chunked {
-            data: b"a\nb\nc",
-            chunk: 10,
-        };
+        let reader = Chunked::new(b"a\nb\nc", &[10]);
         assert!(read_lines(reader, &feed, 100, Mode::Sole, &undelivered).is_err());
         assert_eq!(undelivered.load(Ordering::Relaxed), 3);
     }

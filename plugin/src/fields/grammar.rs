@@ -8,10 +8,9 @@ use super::{ScanError, ScanErrorKind, MAX_DEPTH};
 /// a line shorter than 4 GiB, so `at + 8` cannot overflow.)
 #[inline(always)]
 pub(super) fn word(bytes: &[u8], at: usize) -> Option<u64> {
-    if at + 8 > bytes.len() {
-        return None;
-    }
-    let chunk: &[u8; 8] = bytes.get(at..at + 8)?.try_into().ok()?;
+    // Two comparisons (`at` within the slice, eight bytes left), where `at + 8 <= len` needs an
+    // overflow check besides.
+    let chunk = bytes.get(at..)?.first_chunk::<8>()?;
     Some(u64::from_le_bytes(*chunk))
 }
 
@@ -53,6 +52,25 @@ pub(super) fn skip_ws(b: &[u8], pos: usize) -> usize {
         Some(&c) if c > b' ' => pos,
         _ => skip_ws_run(b, pos),
     }
+}
+
+/// The position of the first byte at or after `pos` that is not white space, and that byte
+/// (0 at the end of the line: no JSON token starts with it, so it fails every check a real
+/// byte would). The scan walks from token to token with it: each token's first byte is
+/// loaded and bounds-checked once, where skipping white space and then matching on the byte
+/// read it twice.
+#[inline(always)]
+pub(super) fn peek(b: &[u8], pos: usize) -> (usize, u8) {
+    match b.get(pos) {
+        Some(&c) if c > b' ' => (pos, c),
+        _ => peek_run(b, pos),
+    }
+}
+
+#[inline(never)]
+fn peek_run(b: &[u8], pos: usize) -> (usize, u8) {
+    let pos = skip_ws_run(b, pos);
+    (pos, b.get(pos).copied().unwrap_or(0))
 }
 
 #[inline(never)]
@@ -133,11 +151,19 @@ pub(super) fn index_stops(b: &[u8], out: &mut Vec<u64>) {
         let chunk: &[u8; 64] = chunk.try_into().unwrap_or(&[b' '; 64]);
         out.push(stops64(chunk));
     }
-    let rest = chunks.remainder();
-    if !rest.is_empty() {
-        // Spaces are not stops: no bit is set past the line.
+    let rest = chunks.remainder().len();
+    if rest == 0 {
+        return;
+    }
+    // The last 64 bytes of the line, shifted so that only the remainder's bits are left: no
+    // copy into a padded block (a `memset` and a `memcpy` per line, more than a block's work).
+    if let Some(last) = b.len().checked_sub(64).and_then(|at| b.get(at..)) {
+        let last: &[u8; 64] = last.try_into().unwrap_or(&[b' '; 64]);
+        out.push(stops64(last) >> (64 - rest));
+    } else {
+        // A line shorter than a block. Spaces are not stops: no bit is set past the line.
         let mut pad = [b' '; 64];
-        pad[..rest.len()].copy_from_slice(rest);
+        pad[..rest].copy_from_slice(b);
         out.push(stops64(&pad));
     }
 }
@@ -237,12 +263,33 @@ fn escape(b: &[u8], pos: usize) -> Result<usize, ScanError> {
     }
 }
 
+/// The position after the run of ASCII digits at `pos`: eight bytes at a time
+/// ([`non_digits`]), byte by byte in the last seven bytes of the line.
 #[inline(always)]
 fn digits(b: &[u8], mut pos: usize) -> usize {
+    while let Some(w) = word(b, pos) {
+        let stops = non_digits(w);
+        if stops != 0 {
+            return pos + (stops.trailing_zeros() / 8) as usize;
+        }
+        pos += 8;
+    }
     while b.get(pos).is_some_and(u8::is_ascii_digit) {
         pos += 1;
     }
     pos
+}
+
+/// High bit set in exactly the bytes of `w` that are not ASCII digits. A digit is a byte whose
+/// high nibble is 3 and whose low nibble plus 6 stays below 0x10; neither sum carries into the
+/// next byte, and the final test of each byte for zero is the exact form (no borrow).
+#[inline(always)]
+pub(super) fn non_digits(w: u64) -> u64 {
+    const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
+    let high = (w & (ONES * 0xf0)) ^ (ONES * 0x30);
+    let low = ((w & (ONES * 0x0f)) + ONES * 0x06) & (ONES * 0x10);
+    let t = high | low;
+    (((t & LOW7) + LOW7) | t) & HIGHS
 }
 
 /// Checks a number starting at `pos`; returns the position after it and whether it is an
@@ -303,11 +350,58 @@ pub(super) fn skip_value<S: Strings>(
     pos: usize,
     depth: u32,
 ) -> Result<usize, ScanError> {
-    match b.get(pos) {
-        Some(b'"') => strings.end(b, pos + 1).map(|(end, _)| end),
-        Some(b'-' | b'0'..=b'9') => number_end(b, pos).map(|(end, _)| end),
+    skip_value_at(b, strings, pos, b.get(pos).copied().unwrap_or(0), depth)
+}
+
+/// [`skip_value`] of the value at `pos`, whose first byte `c` the caller has read ([`peek`]).
+#[inline(always)]
+pub(super) fn skip_value_at<S: Strings>(
+    b: &[u8],
+    strings: S,
+    pos: usize,
+    c: u8,
+    depth: u32,
+) -> Result<usize, ScanError> {
+    match c {
+        b'"' => strings.end(b, pos + 1).map(|(end, _)| end),
+        b'-' | b'0'..=b'9' => number_end(b, pos).map(|(end, _)| end),
+        b'[' => skip_array(b, strings, pos, depth),
         _ => skip_nested(b, strings, pos, depth),
     }
+}
+
+/// Skips the array at `pos` (its `[`) when all its elements are strings, as ECS arrays are
+/// (`event.category`, `event.type`, `tags`): string to string, without [`skip_nested`]'s
+/// stack of open containers (about 150 instructions for a one-string array, this path some
+/// 35). Anything else (another kind of element, bad JSON, the depth limit) is handed to
+/// [`skip_nested`] from the `[`, which reads what was read here again the same way: the
+/// result and any error are [`skip_nested`]'s own.
+#[inline(always)]
+pub(super) fn skip_array<S: Strings>(
+    b: &[u8],
+    strings: S,
+    pos: usize,
+    depth: u32,
+) -> Result<usize, ScanError> {
+    if depth < MAX_DEPTH {
+        let mut at = pos + 1;
+        loop {
+            let (p, c) = peek(b, at);
+            if c != b'"' {
+                break;
+            }
+            let Ok((end, _)) = strings.end(b, p + 1) else {
+                break;
+            };
+            let (p, c) = peek(b, end);
+            match c {
+                b',' => at = p + 1,
+                b']' => return Ok(p + 1),
+                _ => break,
+            }
+        }
+    }
+    skip_nested(b, strings, pos, depth)
 }
 
 /// [`skip_value`] for any value, containers included, without recursion: open containers are
@@ -382,6 +476,21 @@ fn member_key<S: Strings>(b: &[u8], strings: S, pos: usize) -> Result<usize, Sca
     }
     let (pos, _) = strings.end(b, pos + 1)?;
     colon(b, pos)
+}
+
+/// [`colon`], and the value's first byte ([`peek`]).
+#[inline(always)]
+pub(super) fn colon_peek(b: &[u8], pos: usize) -> Result<(usize, u8), ScanError> {
+    let pos = if b.get(pos) == Some(&b':') {
+        pos + 1
+    } else {
+        let pos = skip_ws(b, pos);
+        if b.get(pos) != Some(&b':') {
+            return Err(fail(ScanErrorKind::Syntax, pos));
+        }
+        pos + 1
+    };
+    Ok(peek(b, pos))
 }
 
 /// At the colon after a key (maybe after whitespace); returns the position of the value.

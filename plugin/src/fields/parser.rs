@@ -2,9 +2,10 @@
 //! wanted path, records wanted values in their slots and skips everything else.
 
 use super::grammar::{
-    colon, fail, literal, number_end, skip_nested, skip_value, skip_ws, Indexed, Strings,
+    colon, colon_peek, fail, literal, number_end, peek, skip_array, skip_nested, skip_value,
+    skip_value_at, skip_ws, Indexed, Strings,
 };
-use super::schema::{Schema, Target, NONE, ROOT};
+use super::schema::{has_dot, Schema, Target, NONE, ROOT};
 use super::slot::{IpMemo, Kind, NodeSeen, Slot};
 use super::{ScanError, ScanErrorKind, MAX_DEPTH, MAX_SEGMENTS};
 
@@ -90,8 +91,10 @@ impl Parser<'_, '_> {
             if self.exact {
                 self.supersede(pos, open as u32 + 1)?;
             }
-            pos = skip_ws(b, pos);
-            let mut closed = b.get(pos) == Some(&b'}');
+            // `c` is the byte at `pos` ([`peek`]) while `closed` is false.
+            let (at, mut c) = peek(b, pos);
+            pos = at;
+            let mut closed = c == b'}';
             if closed {
                 pos += 1;
             }
@@ -107,27 +110,35 @@ impl Parser<'_, '_> {
                     table = &schema.nodes[usize::from(frame.node)];
                 } else {
                     // A member: its key, then its value.
-                    if b.get(pos) != Some(&b'"') {
+                    if c != b'"' {
                         return Err(fail(ScanErrorKind::Syntax, pos));
                     }
                     frame.empty = false;
                     let key_at = pos;
                     let start = pos + 1;
                     let (after, escaped) = self.strings.end(b, start)?;
-                    pos = colon(b, after)?;
+                    let (at, v) = colon_peek(b, after)?;
+                    pos = at;
                     let depth = open as u32 + 1;
-                    let target = match table.lookup(b, start, after - 1) {
-                        Ok(None) if !escaped => None,
-                        Ok(Some((target, slot))) if !escaped => {
-                            let bit = 1u64 << (slot % 64);
+                    let found = if escaped {
+                        None
+                    } else {
+                        table.find(b, start, after - 1)
+                    };
+                    let target = match found {
+                        Some(entry) => {
+                            let bit = 1u64 << entry.bit;
                             // A plain key repeated, or one that an escaped or dotted key of
                             // this object may spell the same: the exact pass decides.
-                            self.flags.duplicates |= frame.matched & bit != 0 || frame.complex;
+                            if frame.matched & bit != 0 || frame.complex {
+                                self.flags.duplicates = true;
+                            }
                             frame.matched |= bit;
-                            Some(target)
+                            Some(entry.target)
                         }
+                        None if !escaped && !has_dot(b, start, after - 1) => None,
                         // Dotted or escaped: walk the segments.
-                        _ => {
+                        None => {
                             let target = self.resolve(frame.node, start, after - 1, escaped);
                             if target.is_some() {
                                 // `destin\u0061tion` after `destination` is the same key.
@@ -142,7 +153,7 @@ impl Parser<'_, '_> {
                         t => t,
                     };
                     match target {
-                        Some(t) if t.child != NONE && b.get(pos) == Some(&b'{') => {
+                        Some(t) if t.child != NONE && v == b'{' => {
                             if depth >= MAX_DEPTH {
                                 return Err(fail(ScanErrorKind::TooDeep, pos));
                             }
@@ -162,28 +173,26 @@ impl Parser<'_, '_> {
                                 self.nodes[usize::from(t.child)].blocked = true;
                             }
                             pos = if t.field != NONE {
-                                self.value(pos, t.field, frame.rank, depth)?
+                                self.value(pos, v, t.field, frame.rank, depth)?
                             } else {
-                                skip_value(b, self.strings, pos, depth)?
+                                skip_value_at(b, self.strings, pos, v, depth)?
                             };
                         }
-                        None => pos = skip_value(b, self.strings, pos, depth)?,
+                        None => pos = skip_value_at(b, self.strings, pos, v, depth)?,
                     }
                 }
                 // After a member's value: the next member, or the end of the object.
-                if b.get(pos) != Some(&b',') {
-                    pos = skip_ws(b, pos);
-                }
-                match b.get(pos) {
-                    Some(b',') => {
-                        pos = skip_ws(b, pos + 1);
+                let (at, d) = peek(b, pos);
+                match d {
+                    b',' => {
+                        (pos, c) = peek(b, at + 1);
                         closed = false;
                     }
-                    Some(b'}') => {
-                        pos += 1;
+                    b'}' => {
+                        pos = at + 1;
                         closed = true;
                     }
-                    _ => return Err(fail(ScanErrorKind::Syntax, pos)),
+                    _ => return Err(fail(ScanErrorKind::Syntax, at)),
                 }
             }
         }
@@ -272,10 +281,7 @@ impl Parser<'_, '_> {
             if e == s {
                 return None;
             }
-            let (target, _) = schema.nodes[usize::from(node)]
-                .lookup(key, s, e)
-                .ok()
-                .flatten()?;
+            let target = schema.nodes[usize::from(node)].target(key, s, e)?;
             if e == end || (target.group && target.child == NONE) {
                 return Some(target);
             }
@@ -290,24 +296,31 @@ impl Parser<'_, '_> {
     /// The value at `pos` of wanted field `field`, read in form `rank`; returns the position
     /// after it.
     #[inline]
-    fn value(&mut self, pos: usize, field: u16, rank: u16, depth: u32) -> Result<usize, ScanError> {
+    fn value(
+        &mut self,
+        pos: usize,
+        c: u8,
+        field: u16,
+        rank: u16,
+        depth: u32,
+    ) -> Result<usize, ScanError> {
         let b = self.text.as_bytes();
-        let (end, kind) = match b.get(pos) {
-            Some(b'"') => {
+        let (end, kind) = match c {
+            b'"' => {
                 let (end, escaped) = self.strings.end(b, pos + 1)?;
                 self.record_string(field, rank, pos + 1, end - 1, escaped);
                 return Ok(end);
             }
-            Some(b'-' | b'0'..=b'9') => {
+            b'-' | b'0'..=b'9' => {
                 let (end, int) = number_end(b, pos)?;
                 self.record_number(field, rank, pos, end, int);
                 return Ok(end);
             }
-            Some(b't') => (literal(b, pos, b"true")?, Kind::True),
-            Some(b'f') => (literal(b, pos, b"false")?, Kind::False),
-            Some(b'n') => (literal(b, pos, b"null")?, Kind::Null),
-            Some(b'[') => (skip_nested(b, self.strings, pos, depth)?, Kind::Array),
-            Some(b'{') => (skip_nested(b, self.strings, pos, depth)?, Kind::Object),
+            b't' => (literal(b, pos, b"true")?, Kind::True),
+            b'f' => (literal(b, pos, b"false")?, Kind::False),
+            b'n' => (literal(b, pos, b"null")?, Kind::Null),
+            b'[' => (skip_array(b, self.strings, pos, depth)?, Kind::Array),
+            b'{' => (skip_nested(b, self.strings, pos, depth)?, Kind::Object),
             _ => return Err(fail(ScanErrorKind::Syntax, pos)),
         };
         self.record(field, kind, rank, pos, end);

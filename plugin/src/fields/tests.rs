@@ -579,3 +579,180 @@ fn values_across_the_block_edge_read_as_serde_json_reads_them() {
         }
     }
 }
+
+/// The string-array fast path ends every array where the general skip does and fails exactly
+/// as it does (kind and offset), from every offset around a block edge of the stop index:
+/// arrays of strings (its case), and everything it must hand over.
+#[test]
+fn string_arrays_are_skipped_as_the_general_skip_skips_them() {
+    use grammar::{skip_array, skip_nested, Indexed};
+    let arrays = [
+        r#"["network"]"#,
+        r#"["connection","end"]"#,
+        r#"[ "a" , "b\"c" ,"\u00e9"]"#,
+        "[\"a\",\n\t\"b\"\r]",
+        r#"[]"#,
+        r#"[ ]"#,
+        r#"["a",]"#,
+        r#"["a" "b"]"#,
+        r#"["a",1,"b"]"#,
+        r#"["a",["b"],{"c":"d"}]"#,
+        r#"[1,2]"#,
+        r#"["a"}"#,
+        r#"["a""#,
+        r#"["a"#,
+        r#"["\x"]"#,
+        "[\"tab\there\"]",
+        r#"["a",,"b"]"#,
+        r#"["a",null]"#,
+    ];
+    let mut mask = Vec::new();
+    for array in arrays {
+        for pad in 0..=70 {
+            let line = format!(r#"{{"pad":"{}","k":{array}}}"#, "p".repeat(pad));
+            let b = line.as_bytes();
+            grammar::index_stops(b, &mut mask);
+            let at = line.len() - array.len() - 1;
+            for depth in [1, MAX_DEPTH - 1, MAX_DEPTH] {
+                assert_eq!(
+                    skip_array(b, Indexed(&mask), at, depth),
+                    skip_nested(b, Indexed(&mask), at, depth),
+                    "depth {depth}: {line}"
+                );
+            }
+            // Unterminated at the very end of the line as well.
+            let cut = &b[..line.len() - 1];
+            grammar::index_stops(cut, &mut mask);
+            assert_eq!(
+                skip_array(cut, Indexed(&mask), at, 1),
+                skip_nested(cut, Indexed(&mask), at, 1),
+                "{line} without its last byte"
+            );
+        }
+    }
+    // Wanted (`event.category`) and unwanted arrays read as serde_json reads them.
+    let (mut s, f) = schema(&PATHS);
+    for array in arrays {
+        let line = format!(r#"{{"event":{{"type":{array},"category":{array}}}}}"#);
+        let tree = serde_json::from_str::<serde_json::Value>(&line).ok();
+        match (s.scan(&line), tree) {
+            (Ok(e), Some(tree)) => {
+                let read: serde_json::Value =
+                    serde_json::from_str(&e.raw(f[2]).expect("category")).unwrap();
+                assert_eq!(Some(&read), tree.pointer("/event/category"), "{line}");
+            }
+            (Err(_), None) => {}
+            (ours, serde) => panic!("{line}: scanner {:?}, serde_json {serde:?}", ours.err()),
+        }
+    }
+}
+
+/// The eight-at-a-time digit test marks exactly the bytes that are not ASCII digits: every
+/// byte value at every place of a word, and runs of digits of every length ending at every
+/// place of the line (the last seven bytes are read one at a time).
+#[test]
+fn digit_runs_are_found_eight_bytes_at_a_time() {
+    for v in 0..=255u8 {
+        for i in 0..8 {
+            let mut bytes = *b"01234567";
+            bytes[i] = v;
+            let marks = grammar::non_digits(u64::from_le_bytes(bytes));
+            let expected = bytes.iter().enumerate().fold(0u64, |m, (j, c)| {
+                m | (u64::from(!c.is_ascii_digit()) << (8 * j + 7))
+            });
+            assert_eq!(marks, expected, "byte {v:#x} at {i}");
+        }
+    }
+    let (mut s, f) = schema(&["n"]);
+    for len in 1..=30 {
+        let digits: String = (0..len).map(|i| char::from(b'1' + (i % 9) as u8)).collect();
+        for (before, after) in [("", ""), ("-", ""), ("", ".5"), ("", "e7"), ("-", ".25E-3")] {
+            for pad in 0..=9 {
+                let text = format!("{before}{digits}{after}");
+                let line = format!("{{\"n\":{text}{}}}", " ".repeat(pad));
+                let e = s.scan(&line).unwrap_or_else(|err| panic!("{err}: {line}"));
+                assert_eq!(e.raw(f[0]).as_deref(), Some(text.as_str()), "{line}");
+                let expected: f64 = text.parse().unwrap();
+                assert_eq!(e.number(f[0]), Some(expected), "{line}");
+            }
+        }
+    }
+}
+
+/// White space (or a stray byte) at every token boundary of an event: read as serde_json reads
+/// it, or refused as serde_json refuses it.
+#[test]
+fn white_space_and_stray_bytes_at_every_token_boundary() {
+    let (mut s, f) = schema(&PATHS);
+    let tokens = [
+        "{",
+        r#""event""#,
+        ":",
+        "{",
+        r#""category""#,
+        ":",
+        "[",
+        r#""network""#,
+        ",",
+        r#""web""#,
+        "]",
+        ",",
+        r#""kind""#,
+        ":",
+        r#""event""#,
+        "}",
+        ",",
+        r#""source""#,
+        ":",
+        "{",
+        r#""bytes""#,
+        ":",
+        "120",
+        "}",
+        ",",
+        r#""destination""#,
+        ":",
+        "{",
+        r#""ip""#,
+        ":",
+        r#""1.2.3.4""#,
+        ",",
+        r#""port""#,
+        ":",
+        "443",
+        "}",
+        "}",
+    ];
+    for gap in 0..=tokens.len() {
+        for filler in [" ", "\t", "\r\n", "  \n ", "\u{0}", "x", ",", "\u{1f}"] {
+            let mut line = String::new();
+            for (i, t) in tokens.iter().enumerate() {
+                if i == gap {
+                    line.push_str(filler);
+                }
+                line.push_str(t);
+            }
+            if gap == tokens.len() {
+                line.push_str(filler);
+            }
+            let tree = serde_json::from_str::<serde_json::Value>(&line).ok();
+            match (s.scan(&line), tree) {
+                (Ok(e), Some(tree)) => {
+                    for (id, path) in [
+                        (f[1], "/destination/ip"),
+                        (f[2], "/event/category"),
+                        (f[3], "/source/bytes"),
+                    ] {
+                        let read: serde_json::Value =
+                            serde_json::from_str(&e.raw(id).expect(path)).unwrap();
+                        assert_eq!(Some(&read), tree.pointer(path), "{path} in {line:?}");
+                    }
+                }
+                (Err(_), None) => {}
+                (ours, serde) => {
+                    panic!("{line:?}: scanner {:?}, serde_json {serde:?}", ours.err())
+                }
+            }
+        }
+    }
+}

@@ -481,29 +481,24 @@ fn member_key<S: Strings>(b: &[u8], strings: S, pos: usize) -> Result<usize, Sca
 /// [`colon`], and the value's first byte ([`peek`]).
 #[inline(always)]
 pub(super) fn colon_peek(b: &[u8], pos: usize) -> Result<(usize, u8), ScanError> {
-    let pos = if b.get(pos) == Some(&b':') {
-        pos + 1
-    } else {
-        let pos = skip_ws(b, pos);
-        if b.get(pos) != Some(&b':') {
-            return Err(fail(ScanErrorKind::Syntax, pos));
-        }
-        pos + 1
-    };
-    Ok(peek(b, pos))
+    Ok(peek(b, past_colon(b, pos)?))
 }
 
 /// At the colon after a key (maybe after whitespace); returns the position of the value.
 #[inline(always)]
 pub(super) fn colon(b: &[u8], pos: usize) -> Result<usize, ScanError> {
-    let pos = if b.get(pos) == Some(&b':') {
-        pos + 1
-    } else {
-        let pos = skip_ws(b, pos);
-        if b.get(pos) != Some(&b':') {
-            return Err(fail(ScanErrorKind::Syntax, pos));
-        }
-        pos + 1
-    };
-    Ok(skip_ws(b, pos))
+    Ok(skip_ws(b, past_colon(b, pos)?))
+}
+
+/// At the colon after a key (maybe after whitespace); returns the position after it.
+#[inline(always)]
+fn past_colon(b: &[u8], pos: usize) -> Result<usize, ScanError> {
+    if b.get(pos) == Some(&b':') {
+        return Ok(pos + 1);
+    }
+    let pos = skip_ws(b, pos);
+    if b.get(pos) != Some(&b':') {
+        return Err(fail(ScanErrorKind::Syntax, pos));
+    }
+    Ok(pos + 1)
 }

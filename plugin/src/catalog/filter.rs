@@ -87,7 +87,7 @@ impl Filter {
 }
 
 /// A [`Filter`] whose field is resolved; what the detector checks per event.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct BoundFilter {
     filter: Filter,
     field: FieldId,
@@ -98,11 +98,6 @@ pub struct BoundFilter {
 }
 
 impl BoundFilter {
-    /// True when both are the same condition on the same field.
-    fn same_as(&self, other: &BoundFilter) -> bool {
-        self.field == other.field && self.filter == other.filter
-    }
-
     /// True when `event` meets the condition. Inlined into [`super::BoundJob::qualifies`]'s
     /// loop: out of line, each of the eight filters an event meets cost a call (~19
     /// instructions each with the dispatch; `#[inline]` alone was not taken).
@@ -156,13 +151,9 @@ impl Check {
 #[derive(Debug, Default)]
 pub struct SharedFilters {
     filters: Vec<BoundFilter>,
-    /// Each filter's verdict on the current event: [`UNCHECKED`], [`MET`] or [`NOT_MET`].
-    verdicts: Vec<Cell<u8>>,
+    /// Each filter's verdict on the current event, `None` until it is checked.
+    verdicts: Vec<Cell<Option<bool>>>,
 }
-
-const UNCHECKED: u8 = 0;
-const MET: u8 = 1;
-const NOT_MET: u8 = 2;
 
 impl SharedFilters {
     /// Moves every filter that appears twice or more among the checks of `jobs` (the same
@@ -178,15 +169,15 @@ impl SharedFilters {
         let all: Vec<BoundFilter> = jobs.iter().flat_map(|c| c.iter().filter_map(own)).collect();
         let mut shared = SharedFilters::default();
         for (i, filter) in all.iter().enumerate() {
-            let repeated = all.iter().skip(i + 1).any(|other| other.same_as(filter));
-            if repeated && !shared.filters.iter().any(|f| f.same_as(filter)) {
+            let repeated = all.iter().skip(i + 1).any(|other| other == filter);
+            if repeated && !shared.filters.iter().any(|f| f == filter) {
                 shared.filters.push(filter.clone());
-                shared.verdicts.push(Cell::new(UNCHECKED));
+                shared.verdicts.push(Cell::new(None));
             }
         }
         for check in jobs.iter_mut().flat_map(|checks| checks.iter_mut()) {
             if let Check::Own(filter) = check {
-                if let Some(index) = shared.filters.iter().position(|f| f.same_as(filter)) {
+                if let Some(index) = shared.filters.iter().position(|f| f == filter) {
                     *check = Check::Shared(index);
                 }
             }
@@ -198,32 +189,24 @@ impl SharedFilters {
     #[inline]
     pub fn next_event(&self) {
         for verdict in &self.verdicts {
-            verdict.set(UNCHECKED);
+            verdict.set(None);
         }
     }
 
     /// How many filters are shared.
-    pub fn len(&self) -> usize {
+    #[cfg(test)]
+    pub(crate) fn len(&self) -> usize {
         self.filters.len()
-    }
-
-    /// True when no filter is shared.
-    pub fn is_empty(&self) -> bool {
-        self.filters.is_empty()
     }
 
     #[inline]
     fn matches(&self, index: usize, event: &Event<'_>) -> bool {
         let verdict = &self.verdicts[index];
-        match verdict.get() {
-            MET => true,
-            NOT_MET => false,
-            _ => {
-                let met = self.filters[index].matches(event);
-                verdict.set(if met { MET } else { NOT_MET });
-                met
-            }
-        }
+        verdict.get().unwrap_or_else(|| {
+            let met = self.filters[index].matches(event);
+            verdict.set(Some(met));
+            met
+        })
     }
 }
 

@@ -67,7 +67,7 @@
 use std::fmt;
 
 mod event;
-mod grammar;
+pub(crate) mod grammar;
 mod parser;
 mod scanner;
 mod schema;

@@ -12,6 +12,7 @@
 
 use egresswatch_common::time;
 
+use crate::fields::grammar::{non_digits, ONES};
 use crate::fields::{Event, FieldId};
 
 /// Bytes of `YYYY-MM-DDTHH`: what two timestamps of one hour share.
@@ -55,11 +56,10 @@ const ECS_TAIL: usize = 11;
 /// `:MM:SS.mmmZ` (or `,` for `.`, `z` for `Z`) read as its milliseconds after the hour with a
 /// few word operations; `None` for any other text, which [`within_hour_general`] then reads.
 /// Its first eight bytes are one word: the separators are checked under one mask, the five
-/// digits at once (a byte is a digit when its xor with `0` is under 10), and each two-digit
+/// digits at once (with the scanner's [`non_digits`]), and each two-digit
 /// number is made in one multiply (a byte times ten plus the byte after it).
 #[inline]
 fn ecs_tail_ms(tail: &[u8; ECS_TAIL]) -> Option<i64> {
-    const ONES: u64 = 0x0101_0101_0101_0101;
     // Bytes 1, 2, 4, 5 and 7 are digits; 0 and 3 colons; 6 a dot or a comma (0x2e, 0x2c:
     // the same under 0xfd).
     const DIGITS: u64 = 0xff00_ffff_00ff_ff00;
@@ -70,12 +70,11 @@ fn ecs_tail_ms(tail: &[u8; ECS_TAIL]) -> Option<i64> {
     if word & SEPARATORS != SEPARATOR_VALUES {
         return None;
     }
-    // Digits become their values; a byte of 10 or more has its top bit set below (its low
-    // seven bits plus 0x76 reach 0x80, or it had the top bit already).
-    let values = (word ^ (ONES * 0x30)) & DIGITS;
-    if (((values & (ONES * 0x7f)) + (ONES * 0x76)) | values) & DIGITS & (ONES * 0x80) != 0 {
+    if non_digits(word) & DIGITS != 0 {
         return None;
     }
+    // The digits become their values.
+    let values = (word ^ (ONES * 0x30)) & DIGITS;
     // Byte i of `pairs`: digit i times ten plus digit i + 1 (at most 99: no carry between
     // bytes), so the minute is byte 1 and the second byte 4.
     let pairs = values * 10 + (values >> 8);

@@ -14,7 +14,7 @@ pub(super) fn word(bytes: &[u8], at: usize) -> Option<u64> {
     Some(u64::from_le_bytes(*chunk))
 }
 
-pub(super) const ONES: u64 = 0x0101_0101_0101_0101;
+pub(crate) const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 
 /// High bit set in each byte of `x` that is zero (exact for the lowest such byte; bytes above
@@ -284,7 +284,7 @@ fn digits(b: &[u8], mut pos: usize) -> usize {
 /// high nibble is 3 and whose low nibble plus 6 stays below 0x10; neither sum carries into the
 /// next byte, and the final test of each byte for zero is the exact form (no borrow).
 #[inline(always)]
-pub(super) fn non_digits(w: u64) -> u64 {
+pub(crate) fn non_digits(w: u64) -> u64 {
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;
     let high = (w & (ONES * 0xf0)) ^ (ONES * 0x30);
     let low = ((w & (ONES * 0x0f)) + ONES * 0x06) & (ONES * 0x10);

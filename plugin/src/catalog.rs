@@ -56,7 +56,7 @@ mod filter;
 mod tests;
 
 pub use filter::{
-    is_shipping_agent, BoundFilter, Check, Filter, SharedFilters, FIELD_EVENT_CATEGORY,
+    is_shipping_agent, BoundFilter, Filter, SharedFilters, Verdicts, FIELD_EVENT_CATEGORY,
     FIELD_NETWORK_DIRECTION, FIELD_PROCESS_NAME, SHIPPING_AGENTS,
 };
 
@@ -188,11 +188,8 @@ impl JobDef {
             by: field(&self.by_field),
             over: field(&self.over_field),
             partition: field(&self.partition_field),
-            filters: self
-                .filters
-                .iter()
-                .map(|f| Check::Own(f.bind(schema)))
-                .collect(),
+            filters: self.filters.iter().map(|f| f.bind(schema)).collect(),
+            shared: Vec::new(),
             influencers: self.influencers.iter().map(|p| schema.field(p)).collect(),
         }
     }
@@ -255,9 +252,12 @@ impl JobDef {
 /// A [`JobDef`]'s fields as [`FieldId`]s: what the detector reads per event.
 #[derive(Debug, Clone)]
 pub struct BoundJob {
-    /// The filters, in order: the job's own until [`SharedFilters::share`] moves those other
-    /// jobs have too.
-    pub filters: Vec<Check>,
+    /// The job's own filters, in order: all of them until [`SharedFilters::share`] moves those
+    /// other jobs have too.
+    pub filters: Vec<BoundFilter>,
+    /// The indices of the job's filters that [`SharedFilters::share`] moved to the set it
+    /// returned: checked after the job's own.
+    pub shared: Vec<usize>,
     /// The analysed field, when the function needs one.
     pub field_name: Option<FieldId>,
     /// `by_field_name`.
@@ -271,12 +271,12 @@ pub struct BoundJob {
 }
 
 impl BoundJob {
-    /// True when the event meets every filter of the job (`shared`: the set
-    /// [`SharedFilters::share`] moved some of them to, the one it returned; any set, an empty
-    /// one too, when it was not called for this job).
+    /// True when the event meets the job's own filters: every filter of the job unless
+    /// [`SharedFilters::share`] moved some to its set, which then judges those
+    /// ([`SharedFilters::qualify`] with [`BoundJob::shared`]).
     #[inline]
-    pub fn qualifies(&self, event: &Event<'_>, shared: &SharedFilters) -> bool {
-        self.filters.iter().all(|f| f.matches(event, shared))
+    pub fn qualifies(&self, event: &Event<'_>) -> bool {
+        self.filters.iter().all(|f| f.matches(event))
     }
 }
 

@@ -219,7 +219,7 @@ impl Detector {
         }
         let mut schema = SchemaBuilder::new();
         let mut jobs = build_jobs(&config, &options, &set, &mut schema)?;
-        let shared_filters = SharedFilters::share(jobs.iter_mut().map(|j| &mut j.bound.filters));
+        let shared_filters = SharedFilters::share(jobs.iter_mut().map(|j| &mut j.bound));
         let fixed = FixedFields {
             time: schema.field(&config.time_field),
             destination_ip: schema.field(DESTINATION_IP),

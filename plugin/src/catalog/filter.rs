@@ -1,8 +1,6 @@
 //! [`Filter`]: the conditions an event must meet to be counted by a job, as configured and as
 //! bound to the scanner's fields ([`BoundFilter`]).
 
-use std::cell::Cell;
-
 use serde::{Deserialize, Serialize};
 
 use crate::fields::{Event, FieldId, SchemaBuilder};
@@ -98,8 +96,8 @@ pub struct BoundFilter {
 }
 
 impl BoundFilter {
-    /// True when `event` meets the condition. Inlined into [`super::BoundJob::qualifies`]'s
-    /// loop: out of line, each of the eight filters an event meets cost a call (~19
+    /// True when `event` meets the condition. Inlined into the loops of
+    /// [`super::BoundJob::qualifies`] and [`SharedFilters::qualify`]: out of line, each of the eight filters an event meets cost a call (~19
     /// instructions each with the dispatch; `#[inline]` alone was not taken).
     #[inline(always)]
     pub fn matches(&self, event: &Event<'_>) -> bool {
@@ -124,73 +122,48 @@ impl BoundFilter {
     }
 }
 
-/// One of a job's filters as the detector checks it: the job's own, or one that several jobs
-/// have, checked once per event in [`SharedFilters`].
-#[derive(Debug, Clone)]
-pub enum Check {
-    /// A filter no other job has.
-    Own(BoundFilter),
-    /// The index of the filter in the [`SharedFilters`].
-    Shared(usize),
-}
-
-impl Check {
-    /// True when `event` meets the filter; a shared filter is checked at most once per event.
-    #[inline(always)]
-    pub fn matches(&self, event: &Event<'_>, shared: &SharedFilters) -> bool {
-        match self {
-            Check::Own(filter) => filter.matches(event),
-            Check::Shared(index) => shared.matches(*index, event),
-        }
-    }
-}
-
-/// The filters more than one job has, with their verdicts on the current event: Elastic's four
-/// data-exfiltration jobs (`ded_high_sent_bytes_*`) have the same five filters, so with their
-/// rules loaded together each of the five is checked once per event instead of four times.
+/// The filters more than one job has: Elastic's four data-exfiltration jobs
+/// (`ded_high_sent_bytes_*`) have the same five filters, so with their rules loaded together each
+/// of the five is checked once per event instead of four times. A job holds the indices of its
+/// shared filters ([`super::BoundJob::shared`]); its other filters stay its own.
 #[derive(Debug, Default)]
 pub struct SharedFilters {
     filters: Vec<BoundFilter>,
-    /// Each filter's verdict on the current event, `None` until it is checked.
-    verdicts: Vec<Cell<Option<bool>>>,
+}
+
+/// Which shared filters the current event has been checked against, and which of those it met:
+/// one bit per filter, for the first 64 (a filter past them is checked each time a job asks). A
+/// new event starts from the default, nothing checked.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Verdicts {
+    checked: u64,
+    met: u64,
 }
 
 impl SharedFilters {
-    /// Moves every filter that appears twice or more among the checks of `jobs` (the same
-    /// condition on the same field, in two jobs or twice in one) into the shared set, leaving
-    /// [`Check::Shared`] in their place. Those checks must then be judged against this set: an
-    /// index into another set is out of its range.
-    pub fn share<'j>(jobs: impl IntoIterator<Item = &'j mut Vec<Check>>) -> Self {
-        let mut jobs: Vec<&mut Vec<Check>> = jobs.into_iter().collect();
-        let own = |check: &Check| match check {
-            Check::Own(filter) => Some(filter.clone()),
-            Check::Shared(_) => None,
-        };
-        let all: Vec<BoundFilter> = jobs.iter().flat_map(|c| c.iter().filter_map(own)).collect();
+    /// Moves every filter that appears twice or more among the `jobs`' own filters (the same
+    /// condition on the same field, in two jobs or twice in one) into the shared set, each job
+    /// keeping its index in [`super::BoundJob::shared`]. Those indices are into this set only.
+    pub fn share<'j>(jobs: impl IntoIterator<Item = &'j mut super::BoundJob>) -> Self {
+        let mut jobs: Vec<&mut super::BoundJob> = jobs.into_iter().collect();
+        let all: Vec<&BoundFilter> = jobs.iter().flat_map(|j| &j.filters).collect();
         let mut shared = SharedFilters::default();
         for (i, filter) in all.iter().enumerate() {
-            let repeated = all.iter().skip(i + 1).any(|other| other == filter);
-            if repeated && !shared.filters.iter().any(|f| f == filter) {
-                shared.filters.push(filter.clone());
-                shared.verdicts.push(Cell::new(None));
+            let repeated = all[i + 1..].contains(filter);
+            if repeated && !shared.filters.contains(filter) {
+                shared.filters.push((*filter).clone());
             }
         }
-        for check in jobs.iter_mut().flat_map(|checks| checks.iter_mut()) {
-            if let Check::Own(filter) = check {
-                if let Some(index) = shared.filters.iter().position(|f| f == filter) {
-                    *check = Check::Shared(index);
+        for job in &mut jobs {
+            let own = std::mem::take(&mut job.filters);
+            for filter in own {
+                match shared.filters.iter().position(|f| *f == filter) {
+                    Some(index) => job.shared.push(index),
+                    None => job.filters.push(filter),
                 }
             }
         }
         shared
-    }
-
-    /// Forgets the verdicts: called before the jobs check a new event.
-    #[inline]
-    pub fn next_event(&self) {
-        for verdict in &self.verdicts {
-            verdict.set(None);
-        }
     }
 
     /// How many filters are shared.
@@ -199,12 +172,20 @@ impl SharedFilters {
         self.filters.len()
     }
 
+    /// True when `event` meets every shared filter at `indices`, checked in order up to the
+    /// first it fails; `verdicts` are the event's, kept for the next job that asks.
     #[inline]
-    fn matches(&self, index: usize, event: &Event<'_>) -> bool {
-        let verdict = &self.verdicts[index];
-        verdict.get().unwrap_or_else(|| {
+    pub fn qualify(&self, indices: &[usize], event: &Event<'_>, verdicts: &mut Verdicts) -> bool {
+        indices.iter().all(|&index| {
+            let bit = 1u64.checked_shl(index as u32).unwrap_or(0);
+            if verdicts.checked & bit != 0 {
+                return verdicts.met & bit != 0;
+            }
             let met = self.filters[index].matches(event);
-            verdict.set(Some(met));
+            verdicts.checked |= bit;
+            if met {
+                verdicts.met |= bit;
+            }
             met
         })
     }

@@ -18,7 +18,7 @@ fn qualifies(job: &JobDef, event: &Value) -> bool {
     let mut scanner = Scanner::new(Arc::new(schema.build().unwrap()));
     let line = event.to_string();
     let scanned = scanner.scan(&line).unwrap();
-    bound.qualifies(&scanned, &SharedFilters::default())
+    bound.qualifies(&scanned)
 }
 
 fn exfil_event() -> Value {
@@ -169,13 +169,10 @@ fn the_category_is_read_in_every_form() {
     let mut schema = SchemaBuilder::new();
     let bound = job.bind(&mut schema);
     let mut scanner = Scanner::new(Arc::new(schema.build().unwrap()));
-    assert!(
-        bound.qualifies(&scanner.scan(&line).unwrap(), &SharedFilters::default()),
-        "{line}"
-    );
+    assert!(bound.qualifies(&scanner.scan(&line).unwrap()), "{line}");
     let escaped = line.replace("[ \"network\" ]", "[\"netw\\u006frk\"]");
     assert!(
-        bound.qualifies(&scanner.scan(&escaped).unwrap(), &SharedFilters::default()),
+        bound.qualifies(&scanner.scan(&escaped).unwrap()),
         "{escaped}"
     );
 }
@@ -303,16 +300,12 @@ fn filters_several_jobs_have_are_shared_and_judge_each_event_as_alone() {
         .map(|id| catalog.get(id).unwrap().bind(&mut schema))
         .collect();
     let alone = together.clone();
-    let shared = SharedFilters::share(together.iter_mut().map(|job| &mut job.filters));
+    let shared = SharedFilters::share(&mut together);
     assert_eq!(shared.len(), 5);
-    let own = |job: &BoundJob| {
-        job.filters
-            .iter()
-            .filter(|c| matches!(c, Check::Own(_)))
-            .count()
-    };
-    let owns: Vec<usize> = together.iter().map(own).collect();
+    let owns: Vec<usize> = together.iter().map(|job| job.filters.len()).collect();
     assert_eq!(owns, [0, 1, 0, 1, 3]);
+    let shares: Vec<usize> = together.iter().map(|job| job.shared.len()).collect();
+    assert_eq!(shares, [5, 5, 5, 5, 0]);
 
     let mut scanner = Scanner::new(Arc::new(schema.build().unwrap()));
     let mut events = Vec::new();
@@ -342,11 +335,11 @@ fn filters_several_jobs_have_are_shared_and_judge_each_event_as_alone() {
     for ev in &events {
         let line = ev.to_string();
         let scanned = scanner.scan(&line).unwrap();
-        shared.next_event();
+        let mut verdicts = Verdicts::default();
         for (j, (job, single)) in together.iter().zip(&alone).enumerate() {
-            let expected = single.qualifies(&scanned, &SharedFilters::default());
+            let expected = single.qualifies(&scanned);
             assert_eq!(
-                job.qualifies(&scanned, &shared),
+                job.qualifies(&scanned) && shared.qualify(&job.shared, &scanned, &mut verdicts),
                 expected,
                 "{} {line}",
                 ids[j]
@@ -376,7 +369,7 @@ fn different_conditions_on_one_field_are_not_shared() {
         with(Filter::FieldExists("source.bytes".into())).bind(&mut schema),
         with(Filter::FieldPositive("source.bytes".into())).bind(&mut schema),
     ];
-    let shared = SharedFilters::share(jobs.iter_mut().map(|job| &mut job.filters));
+    let shared = SharedFilters::share(&mut jobs);
     assert_eq!(shared.len(), 1);
     let mut scanner = Scanner::new(Arc::new(schema.build().unwrap()));
     for (bytes, expected) in [(json!(0), [true, false]), (json!(10), [true, true])] {
@@ -384,11 +377,50 @@ fn different_conditions_on_one_field_are_not_shared() {
         set(&mut ev, "source.bytes", bytes);
         let line = ev.to_string();
         let scanned = scanner.scan(&line).unwrap();
-        shared.next_event();
-        let got = [
-            jobs[0].qualifies(&scanned, &shared),
-            jobs[1].qualifies(&scanned, &shared),
-        ];
+        let mut verdicts = Verdicts::default();
+        let got = jobs.each_ref().map(|job| {
+            job.qualifies(&scanned) && shared.qualify(&job.shared, &scanned, &mut verdicts)
+        });
         assert_eq!(got, expected, "{line}");
+    }
+}
+
+/// More shared filters than the verdicts' 64 bits: those past them are checked each time a job
+/// asks, and both jobs still judge every event by all 70 (an event missing any one field, the
+/// first or the last, qualifies for neither).
+#[test]
+fn shared_filters_past_sixty_four_are_checked_each_time() {
+    let ded = JobCatalog::builtin()
+        .get("ded_high_sent_bytes_destination_ip")
+        .unwrap()
+        .clone();
+    let fields: Vec<String> = (0..70).map(|i| format!("f{i}")).collect();
+    let job = JobDef {
+        filters: fields
+            .iter()
+            .map(|f| Filter::FieldExists(f.clone()))
+            .collect(),
+        ..ded
+    };
+    let mut schema = SchemaBuilder::new();
+    let mut jobs = [job.bind(&mut schema), job.bind(&mut schema)];
+    let shared = SharedFilters::share(&mut jobs);
+    assert_eq!(shared.len(), 70);
+    let mut scanner = Scanner::new(Arc::new(schema.build().unwrap()));
+    for missing in [None, Some(0), Some(63), Some(64), Some(69)] {
+        let event: serde_json::Map<String, Value> = fields
+            .iter()
+            .enumerate()
+            .filter(|&(i, _)| Some(i) != missing)
+            .map(|(_, f)| (f.clone(), json!(1)))
+            .collect();
+        let line = Value::Object(event).to_string();
+        let scanned = scanner.scan(&line).unwrap();
+        let mut verdicts = Verdicts::default();
+        for job in &jobs {
+            assert!(job.qualifies(&scanned));
+            let met = shared.qualify(&job.shared, &scanned, &mut verdicts);
+            assert_eq!(met, missing.is_none(), "missing {missing:?}");
+        }
     }
 }

@@ -14,7 +14,7 @@ use egresswatch_plugin_api::{ScoreExtra, ScoreRecord};
 use super::ActiveRule;
 use super::{ActiveJob, FixedFields, Hit};
 use crate::alert::AlertDetail;
-use crate::catalog::{BoundJob, Function, JobDef, SharedFilters};
+use crate::catalog::{BoundJob, Function, JobDef, SharedFilters, Verdicts};
 use crate::fields::{Event, FieldId};
 use crate::geo;
 use crate::geo::GeoCache;
@@ -139,9 +139,10 @@ pub(super) fn score(
     let mut best: Option<Box<Hit>> = None;
     let mut qualified = false;
     let shared = ctx.shared_filters;
-    shared.next_event();
+    let mut verdicts = Verdicts::default();
     for (j, job) in jobs.iter_mut().enumerate() {
-        if !job.bound.qualifies(event, shared) {
+        if !(job.bound.qualifies(event) && shared.qualify(&job.bound.shared, event, &mut verdicts))
+        {
             continue;
         }
         qualified = true;

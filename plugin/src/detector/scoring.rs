@@ -146,10 +146,12 @@ pub(super) fn score(
             continue;
         }
         qualified = true;
-        let Some(obs) = Extracted::from_event(&job.bound, job.addresses, event) else {
+        let mut owned = Owned::default();
+        let Some(obs) = observation(&job.bound, job.addresses, event, &mut owned, time_ms, now)
+        else {
             continue;
         };
-        let Some(scored) = job.model.observe(&obs.observation(time_ms, now)) else {
+        let Some(scored) = job.model.observe(&obs) else {
             continue;
         };
         job.scored += 1;
@@ -157,11 +159,7 @@ pub(super) fn score(
             // Every rule that flags the event places it among its own alerts.
             let alert = (!scored.learning && scored.score >= rule.threshold).then(|| {
                 let span = scored.bucket_span_ms;
-                let key = [
-                    obs.by.as_deref(),
-                    obs.over.as_deref(),
-                    obs.partition.as_deref(),
-                ];
+                let key = [obs.by, obs.over, obs.partition];
                 rule.episodes
                     .place(&key, time_ms, scored.bucket_start_ms, span)
             });
@@ -172,13 +170,12 @@ pub(super) fn score(
                     rule,
                     &scored,
                     &obs,
-                    time_ms,
                     alert,
                 ));
             }
             let better = best.as_ref().is_none_or(|b| scored.score > b.scored.score);
             if let (Some(alert), true) = (alert, better) {
-                let (field, value) = obs.subject(&job.def);
+                let (field, value) = subject(&obs, &job.def);
                 best = Some(Box::new(Hit {
                     job: j,
                     rule: r,
@@ -193,93 +190,94 @@ pub(super) fn score(
     (best, qualified)
 }
 
-/// The values one job reads from an event, borrowed where the event holds strings.
-struct Extracted<'a> {
-    by: Option<Cow<'a, str>>,
-    over: Option<Cow<'a, str>>,
-    partition: Option<Cow<'a, str>>,
-    value: f64,
+/// The key texts of one job's observation that the event does not hold as they are (a
+/// canonical IPv6 address, a number that is not an integer as written): by, over, partition.
+type Owned = [Option<String>; 3];
+
+/// The observation one job makes of an event, its texts borrowed from the event or from
+/// `owned`; `None` when a field the function needs is missing. A field marked in `addresses`
+/// that holds an IPv6 address is read in its canonical form, an IPv4-mapped one as the IPv4
+/// address (`::FFFF:1.2.3.4` is `1.2.3.4`): the models key by the text, and one destination
+/// must not be two entities whose sums an attacker splits. An IPv4 address is already
+/// canonical as the address parser accepts it (no leading zeros), so only text with a colon is
+/// looked at.
+#[inline]
+fn observation<'a>(
+    job: &BoundJob,
+    addresses: [bool; 3],
+    event: &'a Event<'_>,
+    owned: &'a mut Owned,
+    time_ms: i64,
+    arrival_ms: i64,
+) -> Option<Observation<'a>> {
+    let [by, over, partition] = owned;
+    let by = optional_part(event, job.by, addresses[0], by)?;
+    let over = optional_part(event, job.over, addresses[1], over)?;
+    let partition = optional_part(event, job.partition, addresses[2], partition)?;
+    let value = match job.field_name {
+        Some(id) => event.number(id)?,
+        None => 1.0,
+    };
+    Some(Observation {
+        time_ms,
+        arrival_ms,
+        by,
+        over,
+        partition,
+        value,
+    })
 }
 
-impl<'a> Extracted<'a> {
-    /// Reads the job's fields; `None` when a field the function needs is missing. A field
-    /// marked in `addresses` that holds an IPv6 address is read in its canonical form, an
-    /// IPv4-mapped one as the IPv4 address (`::FFFF:1.2.3.4` is `1.2.3.4`): the models key by
-    /// the text, and one destination must not be two entities whose sums an attacker splits.
-    /// An IPv4 address is already canonical as the address parser accepts it (no leading
-    /// zeros), so only text with a colon is looked at.
-    #[inline]
-    fn from_event(job: &BoundJob, addresses: [bool; 3], event: &'a Event<'_>) -> Option<Self> {
-        let by = optional_part(event, job.by, addresses[0])?;
-        let over = optional_part(event, job.over, addresses[1])?;
-        let partition = optional_part(event, job.partition, addresses[2])?;
-        let value = match job.field_name {
-            Some(id) => event.number(id)?,
-            None => 1.0,
-        };
-        Some(Extracted {
-            by,
-            over,
-            partition,
-            value,
-        })
+/// The field and value an alert's reason talks about: the `by` value for rarity, the `over`
+/// entity for a sum.
+fn subject(obs: &Observation<'_>, def: &JobDef) -> (String, String) {
+    let pick =
+        |field: &Option<String>, value: Option<&str>| field.clone().zip(value.map(str::to_owned));
+    match def.function {
+        Function::Rare => pick(&def.by_field, obs.by).or_else(|| pick(&def.over_field, obs.over)),
+        _ => pick(&def.over_field, obs.over).or_else(|| pick(&def.by_field, obs.by)),
     }
-
-    fn observation(&self, time_ms: i64, arrival_ms: i64) -> Observation<'_> {
-        Observation {
-            time_ms,
-            arrival_ms,
-            by: self.by.as_deref(),
-            over: self.over.as_deref(),
-            partition: self.partition.as_deref(),
-            value: self.value,
-        }
-    }
-
-    /// The field and value an alert's reason talks about: the `by` value for rarity, the `over`
-    /// entity for a sum.
-    fn subject(&self, def: &JobDef) -> (String, String) {
-        let pick = |field: &Option<String>, value: &Option<Cow<'a, str>>| {
-            field.clone().zip(value.as_deref().map(str::to_owned))
-        };
-        match def.function {
-            Function::Rare => {
-                pick(&def.by_field, &self.by).or_else(|| pick(&def.over_field, &self.over))
-            }
-            _ => pick(&def.over_field, &self.over).or_else(|| pick(&def.by_field, &self.by)),
-        }
-        .unwrap_or_else(|| (def.id.clone(), String::new()))
-    }
+    .unwrap_or_else(|| (def.id.clone(), String::new()))
 }
 
 /// A key part the job may not have: `Some(None)` when it has no such field, `None` when the
-/// event lacks the field. Inlined into [`Extracted::from_event`] (as a closure it was called
-/// three times per job and event, also for the fields a job does not have: ~9 instructions
-/// each before reading anything).
+/// event lacks the field. Inlined into [`observation`] (as a closure it was called three times
+/// per job and event, also for the fields a job does not have: ~9 instructions each before
+/// reading anything).
 #[inline(always)]
 fn optional_part<'a>(
     event: &'a Event<'_>,
     field: Option<FieldId>,
     address: bool,
-) -> Option<Option<Cow<'a, str>>> {
+    owned: &'a mut Option<String>,
+) -> Option<Option<&'a str>> {
     match field {
         None => Some(None),
-        Some(id) => key_part(event, id, address).map(Some),
+        Some(id) => key_part(event, id, address, owned).map(Some),
     }
 }
 
-/// The text a model keys a field by (see [`Extracted::from_event`]); `None` when it is absent.
+/// The text a model keys a field by (see [`observation`]), kept in `owned` when the event does
+/// not hold it as it is; `None` when it is absent.
 #[inline(always)]
-fn key_part<'a>(event: &'a Event<'_>, id: FieldId, address: bool) -> Option<Cow<'a, str>> {
+fn key_part<'a>(
+    event: &'a Event<'_>,
+    id: FieldId,
+    address: bool,
+    owned: &'a mut Option<String>,
+) -> Option<&'a str> {
     let text = event.key_text(id)?;
     // IPv6 text has a colon in its first five bytes, IPv4 text none: a short look for every
     // address, a parse only for IPv6 ones.
     if address && colon_in_head(text.as_bytes()) {
         if let Some(canonical) = canonical_v6(event, id) {
-            return Some(canonical.into());
+            return Some(owned.insert(canonical));
         }
     }
-    Some(text)
+    Some(match text {
+        Cow::Borrowed(text) => text,
+        Cow::Owned(text) => owned.insert(text),
+    })
 }
 
 /// Whether one of the first five bytes of `text` is a colon: four of them in one word (a
@@ -337,12 +335,11 @@ fn score_record(
     def: &JobDef,
     rule: &ActiveRule,
     scored: &Scored,
-    obs: &Extracted<'_>,
-    time_ms: i64,
+    obs: &Observation<'_>,
     alert: Option<AlertRef>,
 ) -> ScoreRecord {
     let flagged = alert.is_some();
-    let (field, value) = obs.subject(def);
+    let (field, value) = subject(obs, def);
     let (reason, extra) = if let Some(alert) = alert {
         let identity = if alert.suppressed {
             ScoreExtra::Suppressed {
@@ -377,7 +374,7 @@ fn score_record(
         rule_name: rule.rule.name.as_str().into(),
         job_id: def.id.as_str().into(),
         function: def.function.as_str().into(),
-        time_ms,
+        time_ms: obs.time_ms,
         bucket_start_ms: scored.bucket_start_ms,
         score: scored.score,
         threshold: rule.threshold,

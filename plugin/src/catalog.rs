@@ -56,9 +56,10 @@ mod filter;
 mod tests;
 
 pub use filter::{
-    is_shipping_agent, BoundFilter, Filter, SharedFilters, Verdicts, FIELD_EVENT_CATEGORY,
-    FIELD_NETWORK_DIRECTION, FIELD_PROCESS_NAME, SHIPPING_AGENTS,
+    is_shipping_agent, BoundFilter, Filter, FIELD_EVENT_CATEGORY, FIELD_NETWORK_DIRECTION,
+    FIELD_PROCESS_NAME, SHIPPING_AGENTS,
 };
+pub(crate) use filter::{SharedFilters, Verdicts};
 
 /// The detector function of a job (Elastic's names).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -254,10 +255,10 @@ impl JobDef {
 pub struct BoundJob {
     /// The job's own filters, in order: all of them until [`SharedFilters::share`] moves those
     /// other jobs have too.
-    pub filters: Vec<BoundFilter>,
+    pub(crate) filters: Vec<BoundFilter>,
     /// The indices of the job's filters that [`SharedFilters::share`] moved to the set it
     /// returned: checked after the job's own.
-    pub shared: Vec<usize>,
+    pub(crate) shared: Vec<usize>,
     /// The analysed field, when the function needs one.
     pub field_name: Option<FieldId>,
     /// `by_field_name`.
@@ -271,12 +272,21 @@ pub struct BoundJob {
 }
 
 impl BoundJob {
-    /// True when the event meets the job's own filters: every filter of the job unless
-    /// [`SharedFilters::share`] moved some to its set, which then judges those
-    /// ([`SharedFilters::qualify`] with [`BoundJob::shared`]).
-    #[inline]
-    pub fn qualifies(&self, event: &Event<'_>) -> bool {
+    /// True when the event meets every filter of the job: its own, then those
+    /// [`SharedFilters::share`] moved to `shared` (the set it returned; an empty set for a job
+    /// bound alone). `verdicts` are the event's: what the shared filters answered, kept for the
+    /// next job that asks; a new event starts from [`Verdicts::default`]. The one place the
+    /// whole condition is written, for the scoring loop and the tests; `inline(always)` keeps
+    /// it as cheap as the two checks written in the loop.
+    #[inline(always)]
+    pub(crate) fn qualifies(
+        &self,
+        event: &Event<'_>,
+        shared: &SharedFilters,
+        verdicts: &mut Verdicts,
+    ) -> bool {
         self.filters.iter().all(|f| f.matches(event))
+            && shared.qualify(&self.shared, event, verdicts)
     }
 }
 

@@ -97,8 +97,9 @@ pub struct BoundFilter {
 
 impl BoundFilter {
     /// True when `event` meets the condition. Inlined into the loops of
-    /// [`super::BoundJob::qualifies`] and [`SharedFilters::qualify`]: out of line, each of the eight filters an event meets cost a call (~19
-    /// instructions each with the dispatch; `#[inline]` alone was not taken).
+    /// [`super::BoundJob::qualifies`] and [`SharedFilters::qualify`]: out of line, each of the
+    /// eight filters an event meets cost a call (~19 instructions each with the dispatch;
+    /// `#[inline]` alone was not taken).
     #[inline(always)]
     pub fn matches(&self, event: &Event<'_>) -> bool {
         let field = self.field;
@@ -127,7 +128,7 @@ impl BoundFilter {
 /// of the five is checked once per event instead of four times. A job holds the indices of its
 /// shared filters ([`super::BoundJob::shared`]); its other filters stay its own.
 #[derive(Debug, Default)]
-pub struct SharedFilters {
+pub(crate) struct SharedFilters {
     filters: Vec<BoundFilter>,
 }
 
@@ -135,7 +136,7 @@ pub struct SharedFilters {
 /// one bit per filter, for the first 64 (a filter past them is checked each time a job asks). A
 /// new event starts from the default, nothing checked.
 #[derive(Debug, Default, Clone, Copy)]
-pub struct Verdicts {
+pub(crate) struct Verdicts {
     checked: u64,
     met: u64,
 }
@@ -143,9 +144,14 @@ pub struct Verdicts {
 impl SharedFilters {
     /// Moves every filter that appears twice or more among the `jobs`' own filters (the same
     /// condition on the same field, in two jobs or twice in one) into the shared set, each job
-    /// keeping its index in [`super::BoundJob::shared`]. Those indices are into this set only.
-    pub fn share<'j>(jobs: impl IntoIterator<Item = &'j mut super::BoundJob>) -> Self {
+    /// keeping its index in [`super::BoundJob::shared`]. Those indices are into this set only:
+    /// called once on a set of jobs bound together, never on jobs that already share.
+    pub(crate) fn share<'j>(jobs: impl IntoIterator<Item = &'j mut super::BoundJob>) -> Self {
         let mut jobs: Vec<&mut super::BoundJob> = jobs.into_iter().collect();
+        debug_assert!(
+            jobs.iter().all(|j| j.shared.is_empty()),
+            "the jobs share filters already"
+        );
         let all: Vec<&BoundFilter> = jobs.iter().flat_map(|j| &j.filters).collect();
         let mut shared = SharedFilters::default();
         for (i, filter) in all.iter().enumerate() {
@@ -173,11 +179,17 @@ impl SharedFilters {
     }
 
     /// True when `event` meets every shared filter at `indices`, checked in order up to the
-    /// first it fails; `verdicts` are the event's, kept for the next job that asks.
+    /// first it fails; `verdicts` are the event's, kept for the next job that asks. Part of
+    /// [`super::BoundJob::qualifies`], which the scoring loop calls.
     #[inline]
-    pub fn qualify(&self, indices: &[usize], event: &Event<'_>, verdicts: &mut Verdicts) -> bool {
+    pub(super) fn qualify(
+        &self,
+        indices: &[usize],
+        event: &Event<'_>,
+        verdicts: &mut Verdicts,
+    ) -> bool {
         indices.iter().all(|&index| {
-            let bit = 1u64.checked_shl(index as u32).unwrap_or(0);
+            let bit = if index < 64 { 1u64 << index } else { 0 };
             if verdicts.checked & bit != 0 {
                 return verdicts.met & bit != 0;
             }

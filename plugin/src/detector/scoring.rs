@@ -141,8 +141,7 @@ pub(super) fn score(
     let shared = ctx.shared_filters;
     let mut verdicts = Verdicts::default();
     for (j, job) in jobs.iter_mut().enumerate() {
-        if !(job.bound.qualifies(event) && shared.qualify(&job.bound.shared, event, &mut verdicts))
-        {
+        if !job.bound.qualifies(event, shared, &mut verdicts) {
             continue;
         }
         qualified = true;

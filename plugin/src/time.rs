@@ -56,8 +56,10 @@ const ECS_TAIL: usize = 11;
 /// `:MM:SS.mmmZ` (or `,` for `.`, `z` for `Z`) read as its milliseconds after the hour with a
 /// few word operations; `None` for any other text, which [`within_hour_general`] then reads.
 /// Its first eight bytes are one word: the separators are checked under one mask, the five
-/// digits at once (with the scanner's [`non_digits`]), and each two-digit
-/// number is made in one multiply (a byte times ten plus the byte after it).
+/// digits at once, and each two-digit number is made in one multiply (a byte times ten plus
+/// the byte after it). The digits are checked with the scanner's [`non_digits`], which must
+/// stay exact in every byte, not only the lowest (its neighbours `zero_bytes` and
+/// `bytes_below` are not): this module's tests check every byte value in each digit place.
 #[inline]
 fn ecs_tail_ms(tail: &[u8; ECS_TAIL]) -> Option<i64> {
     // Bytes 1, 2, 4, 5 and 7 are digits; 0 and 3 colons; 6 a dot or a comma (0x2e, 0x2c:

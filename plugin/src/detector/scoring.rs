@@ -391,7 +391,64 @@ fn score_record(
 
 #[cfg(test)]
 mod tests {
-    use super::colon_in_head;
+    use std::sync::Arc;
+
+    use super::{colon_in_head, observation, Owned};
+    use crate::catalog::{JobCatalog, JobDef};
+    use crate::fields::{Scanner, SchemaBuilder};
+
+    /// A job's key texts as the model sees them: borrowed as the event writes them, or the
+    /// owned text (an address in canonical form, a number without a needless fraction) when
+    /// the event does not hold it so; no observation when a key field is missing.
+    #[test]
+    fn the_observation_keys_by_text_the_event_holds_or_the_canonical_one() {
+        let def = JobDef {
+            field_name: None,
+            by_field: Some("n".into()),
+            over_field: Some("destination.ip".into()),
+            partition_field: Some("p".into()),
+            filters: Vec::new(),
+            ..JobCatalog::builtin()
+                .get("rare_destination_country")
+                .unwrap()
+                .clone()
+        };
+        let mut schema = SchemaBuilder::new();
+        let job = def.bind(&mut schema);
+        let mut scanner = Scanner::new(Arc::new(schema.build().unwrap()));
+        for (n, ip, p, expected) in [
+            ("7", "1.2.3.4", "\"x\"", Some(["7", "1.2.3.4", "x"])),
+            (
+                "2.50",
+                "::FFFF:1.2.3.4",
+                "3.0",
+                Some(["2.5", "1.2.3.4", "3"]),
+            ),
+            (
+                "1e2",
+                "2001:DB8::0:1",
+                "-0.25",
+                Some(["100", "2001:db8::1", "-0.25"]),
+            ),
+            (
+                "\"a:b\"",
+                "::ffff:zz",
+                "\"q\"",
+                Some(["a:b", "::ffff:zz", "q"]),
+            ),
+            ("1", "1.2.3.4", "null", None),
+        ] {
+            let line = format!(r#"{{"n":{n},"destination":{{"ip":"{ip}"}},"p":{p}}}"#);
+            let event = scanner.scan(&line).unwrap();
+            let mut owned = Owned::default();
+            let obs = observation(&job, [false, true, false], &event, &mut owned, 5, 6);
+            let got = obs.map(|o| {
+                assert_eq!((o.time_ms, o.arrival_ms, o.value), (5, 6, 1.0));
+                [o.by, o.over, o.partition].map(Option::unwrap)
+            });
+            assert_eq!(got, expected, "{line}");
+        }
+    }
 
     #[test]
     fn a_colon_is_found_in_the_first_five_bytes_only() {

@@ -34,34 +34,29 @@ pub(super) struct Parser<'a, 'x> {
     pub(super) flags: PassFlags,
 }
 
-/// An open object on a wanted path.
+/// An open object on a wanted path: two words, saved and restored whole when a wanted object
+/// opens or closes. (The field the object is, [`Node::field`](super::schema::Node), and
+/// whether it had a member, read from the line at its close, are not kept here: with them a
+/// frame took three words, each saved, restored and kept up to date.)
 #[derive(Clone, Copy)]
 struct Frame {
+    /// Table slots of the plain keys matched in it so far (bit `slot % 64`); every bit once a
+    /// dotted or escaped key was matched in it, since such a key may spell any other.
+    matched: u64,
     node: u16,
     /// Its form (see [`rank_bit`]).
     rank: u16,
-    /// The field the object itself is, or [`NONE`].
-    field: u16,
     /// Offset of its `{`.
     start: u32,
-    /// Table slots of the plain keys matched in it so far (bit `slot % 64`).
-    matched: u64,
-    /// A dotted or escaped key was matched in it.
-    complex: bool,
-    /// It had no member.
-    empty: bool,
 }
 
 impl Frame {
-    fn new(node: u16, rank: u16, field: u16, start: usize) -> Frame {
+    fn new(node: u16, rank: u16, start: usize) -> Frame {
         Frame {
+            matched: 0,
             node,
             rank,
-            field,
             start: start as u32,
-            matched: 0,
-            complex: false,
-            empty: true,
         }
     }
 }
@@ -82,9 +77,9 @@ impl Parser<'_, '_> {
     pub(super) fn walk(&mut self, mut pos: usize) -> Result<usize, ScanError> {
         let b = self.text.as_bytes();
         let schema = self.schema;
-        let mut stack = [Frame::new(ROOT, 0, NONE, 0); MAX_SEGMENTS + 1];
+        let mut stack = [Frame::new(ROOT, 0, 0); MAX_SEGMENTS + 1];
         let mut open = 0;
-        let mut frame = Frame::new(ROOT, 0, NONE, pos - 1);
+        let mut frame = Frame::new(ROOT, 0, pos - 1);
         let mut table = &schema.nodes[usize::from(ROOT)];
         'objects: loop {
             // `pos` is just after an object's `{`.
@@ -101,7 +96,7 @@ impl Parser<'_, '_> {
             loop {
                 if closed {
                     // `pos` is just after the object's `}`.
-                    self.close(&frame, pos - 1);
+                    self.close(&frame, table.field, pos - 1);
                     if open == 0 {
                         return Ok(pos);
                     }
@@ -113,7 +108,6 @@ impl Parser<'_, '_> {
                     if c != b'"' {
                         return Err(fail(ScanErrorKind::Syntax, pos));
                     }
-                    frame.empty = false;
                     let key_at = pos;
                     let start = pos + 1;
                     let (after, escaped) = self.strings.end(b, start)?;
@@ -130,7 +124,7 @@ impl Parser<'_, '_> {
                             let bit = 1u64 << entry.bit;
                             // A plain key repeated, or one that an escaped or dotted key of
                             // this object may spell the same: the exact pass decides.
-                            if frame.matched & bit != 0 || frame.complex {
+                            if frame.matched & bit != 0 {
                                 self.flags.duplicates = true;
                             }
                             frame.matched |= bit;
@@ -142,8 +136,8 @@ impl Parser<'_, '_> {
                             let target = self.resolve(frame.node, start, after - 1, escaped);
                             if target.is_some() {
                                 // `destin\u0061tion` after `destination` is the same key.
-                                self.flags.duplicates |= frame.complex || frame.matched != 0;
-                                frame.complex = true;
+                                self.flags.duplicates |= frame.matched != 0;
+                                frame.matched = u64::MAX;
                             }
                             target
                         }
@@ -163,7 +157,7 @@ impl Parser<'_, '_> {
                             *slot = frame;
                             open += 1;
                             table = &schema.nodes[usize::from(t.child)];
-                            frame = Frame::new(t.child, frame.rank | table.bit, t.field, pos);
+                            frame = Frame::new(t.child, frame.rank | table.bit, pos);
                             pos += 1;
                             continue 'objects;
                         }
@@ -198,22 +192,24 @@ impl Parser<'_, '_> {
         }
     }
 
-    /// Records a wanted object that just closed at `close` (its `}`).
+    /// Records a wanted object that just closed at `close` (its `}`); `field` is the field the
+    /// object itself is, or [`NONE`].
     #[inline]
-    fn close(&mut self, frame: &Frame, close: usize) {
+    fn close(&mut self, frame: &Frame, field: u16, close: usize) {
         let seen = &mut self.nodes[usize::from(frame.node)];
         if !seen.present || frame.rank >= seen.rank {
             *seen = NodeSeen {
                 present: true,
-                empty: frame.empty,
+                // The line is valid up to here: after the `{`, a key or the `}`.
+                empty: peek(self.text.as_bytes(), frame.start as usize + 1).1 == b'}',
                 rank: frame.rank,
                 close: close as u32,
                 blocked: seen.blocked,
             };
         }
-        if frame.field != NONE {
+        if field != NONE {
             self.record(
-                frame.field,
+                field,
                 Kind::Object,
                 frame.rank,
                 frame.start as usize,

@@ -94,7 +94,14 @@ impl SchemaBuilder {
         if trie.len() >= usize::from(NONE) {
             return Err(SchemaError::TooMany(trie.len()));
         }
-        let nodes = trie.iter().map(Node::build).collect();
+        let mut nodes: Vec<Node> = trie.iter().map(Node::build).collect();
+        for node in &trie {
+            for (_, entry) in &node.keys {
+                if let Some(child) = entry.child {
+                    nodes[child].field = narrow(entry.field);
+                }
+            }
+        }
         Ok(Schema {
             paths: self.paths,
             groups: self.groups,
@@ -124,6 +131,11 @@ struct TrieEntry {
 pub(super) struct Chain {
     pub(super) segments: Vec<Box<str>>,
     pub(super) nodes: Vec<u16>,
+}
+
+/// A trie index as a `u16` ([`NONE`] past it: `build` refuses that many).
+fn narrow(i: Option<usize>) -> u16 {
+    i.map_or(NONE, |i| u16::try_from(i).unwrap_or(NONE))
 }
 
 /// "No field" / "no child node" in a [`Target`].
@@ -174,6 +186,8 @@ const EMPTY: Entry = Entry {
 pub(super) struct Node {
     /// The weight of this level's break in a value's rank (see [`rank_bit`]).
     pub(super) bit: u16,
+    /// The field whose path leads to this node (an object there is that field), or [`NONE`].
+    pub(super) field: u16,
     mask: usize,
     entries: Box<[Entry]>,
     /// Segments over sixteen bytes, compared in full after their words matched.
@@ -196,7 +210,6 @@ impl Node {
             } else {
                 0
             };
-            let narrow = |i: Option<usize>| i.map_or(NONE, |i| u16::try_from(i).unwrap_or(NONE));
             let mut slot = hash(a, b, bytes.len()) & mask;
             while entries[slot].len != 0 {
                 slot = (slot + 1) & mask;
@@ -216,6 +229,7 @@ impl Node {
         }
         Node {
             bit: rank_bit(node.depth),
+            field: NONE,
             mask,
             entries,
             long_keys,

@@ -5,7 +5,7 @@ use super::grammar::{
     colon, colon_peek, fail, literal, number_end, peek, skip_array, skip_nested, skip_value,
     skip_value_at, skip_ws, Indexed, Strings,
 };
-use super::schema::{has_dot, Schema, Target, NONE, ROOT};
+use super::schema::{has_dot, Schema, Target, MISS, NONE, ROOT};
 use super::slot::{IpMemo, Kind, NodeSeen, Slot};
 use super::{ScanError, ScanErrorKind, MAX_DEPTH, MAX_SEGMENTS};
 
@@ -119,7 +119,10 @@ impl Parser<'_, '_> {
                     } else {
                         table.find(b, start, after - 1)
                     };
-                    let target = match found {
+                    // A key that leads nowhere is [`MISS`], not `None`: wanted or not, a
+                    // member takes the same three tests below, where an `Option` cost a test
+                    // of its own and the target's fields moved between registers.
+                    let mut target = match found {
                         Some(entry) => {
                             let bit = 1u64 << entry.bit;
                             // A plain key repeated, or one that an escaped or dotted key of
@@ -128,26 +131,25 @@ impl Parser<'_, '_> {
                                 self.flags.duplicates = true;
                             }
                             frame.matched |= bit;
-                            Some(entry.target)
+                            entry.target
                         }
-                        None if !escaped && !has_dot(b, start, after - 1) => None,
+                        None if !escaped && !has_dot(b, start, after - 1) => MISS,
                         // Dotted or escaped: walk the segments.
-                        None => {
-                            let target = self.resolve(frame.node, start, after - 1, escaped);
-                            if target.is_some() {
+                        None => match self.resolve(frame.node, start, after - 1, escaped) {
+                            Some(target) => {
                                 // `destin\u0061tion` after `destination` is the same key.
                                 self.flags.duplicates |= frame.matched != 0;
                                 frame.matched = u64::MAX;
+                                target
                             }
-                            target
-                        }
+                            None => MISS,
+                        },
                     };
-                    let target = match target {
-                        Some(_) if self.exact && self.superseded.contains(&(key_at as u32)) => None,
-                        t => t,
-                    };
-                    match target {
-                        Some(t) if t.child != NONE && v == b'{' => {
+                    if self.exact && self.superseded.contains(&(key_at as u32)) {
+                        target = MISS;
+                    }
+                    if target.child != NONE {
+                        if v == b'{' {
                             if depth >= MAX_DEPTH {
                                 return Err(fail(ScanErrorKind::TooDeep, pos));
                             }
@@ -156,24 +158,19 @@ impl Parser<'_, '_> {
                             };
                             *slot = frame;
                             open += 1;
-                            table = &schema.nodes[usize::from(t.child)];
-                            frame = Frame::new(t.child, frame.rank | table.bit, pos);
+                            table = &schema.nodes[usize::from(target.child)];
+                            frame = Frame::new(target.child, frame.rank | table.bit, pos);
                             pos += 1;
                             continue 'objects;
                         }
-                        Some(t) => {
-                            if t.child != NONE {
-                                // Not an object where one belongs: nothing can go below it.
-                                self.nodes[usize::from(t.child)].blocked = true;
-                            }
-                            pos = if t.field != NONE {
-                                self.value(pos, v, t.field, frame.rank, depth)?
-                            } else {
-                                skip_value_at(b, self.strings, pos, v, depth)?
-                            };
-                        }
-                        None => pos = skip_value_at(b, self.strings, pos, v, depth)?,
+                        // Not an object where one belongs: nothing can go below it.
+                        self.nodes[usize::from(target.child)].blocked = true;
                     }
+                    pos = if target.field != NONE {
+                        self.value(pos, v, target.field, frame.rank, depth)?
+                    } else {
+                        skip_value_at(b, self.strings, pos, v, depth)?
+                    };
                 }
                 // After a member's value: the next member, or the end of the object.
                 let (at, d) = peek(b, pos);

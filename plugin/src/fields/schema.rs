@@ -168,17 +168,20 @@ pub(super) struct Entry {
     pub(super) bit: u8,
 }
 
+/// Where a key that leads nowhere leads.
+pub(super) const MISS: Target = Target {
+    field: NONE,
+    child: NONE,
+    group: false,
+};
+
 const EMPTY: Entry = Entry {
     a: 0,
     b: 0,
     len: 0,
     long: 0,
     bit: 0,
-    target: Target {
-        field: NONE,
-        child: NONE,
-        group: false,
-    },
+    target: MISS,
 };
 
 /// One nesting level: the key segments that lead on from it, in an open-addressed table.

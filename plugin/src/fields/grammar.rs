@@ -146,12 +146,10 @@ fn string_end_checked(b: &[u8], pos: usize) -> Result<(usize, bool), ScanError> 
 /// some thirty instructions per string, most strings of an event being shorter than sixteen.
 pub(super) fn index_stops(b: &[u8], out: &mut Vec<u64>) {
     out.clear();
-    let mut chunks = b.chunks_exact(64);
-    for chunk in &mut chunks {
-        let chunk: &[u8; 64] = chunk.try_into().unwrap_or(&[b' '; 64]);
-        out.push(stops64(chunk));
-    }
+    // `extend` over an exact-size iterator reserves once: no capacity test per block.
+    let chunks = b.chunks_exact(64);
     let rest = chunks.remainder().len();
+    out.extend(chunks.map(|chunk| stops64(chunk.try_into().unwrap_or(&[b' '; 64]))));
     if rest == 0 {
         return;
     }
@@ -182,20 +180,22 @@ fn stops64(chunk: &[u8; 64]) -> u64 {
 fn stops64_sse2(chunk: &[u8; 64]) -> u64 {
     use std::arch::x86_64::{
         _mm_cmpeq_epi8, _mm_min_epu8, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8,
-        _mm_set_epi64x,
+        _mm_set_epi64x, _mm_xor_si128,
     };
-    let quote = _mm_set1_epi8(b'"' as i8);
+    let two = _mm_set1_epi8(0x02);
     let backslash = _mm_set1_epi8(b'\\' as i8);
-    let control = _mm_set1_epi8(0x1f);
+    let space = _mm_set1_epi8(0x20);
     let mut mask = 0;
     for (i, half) in chunk.chunks_exact(16).enumerate() {
         let lo = word(half, 0).unwrap_or(0);
         let hi = word(half, 8).unwrap_or(0);
         let v = _mm_set_epi64x(hi as i64, lo as i64);
+        // As in `string_stops`: `"` (0x22) xor 2 is 0x20 and the controls stay below it, so
+        // min(v ^ 2, 0x20) == v ^ 2 marks both with one comparison.
+        let x = _mm_xor_si128(v, two);
         let stops = _mm_or_si128(
-            _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, backslash)),
-            // min(v, 0x1f) == v: v is at most 0x1f, a control character.
-            _mm_cmpeq_epi8(_mm_min_epu8(v, control), v),
+            _mm_cmpeq_epi8(_mm_min_epu8(x, space), x),
+            _mm_cmpeq_epi8(v, backslash),
         );
         mask |= u64::from(_mm_movemask_epi8(stops) as u16) << (16 * i);
     }

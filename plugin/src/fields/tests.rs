@@ -452,6 +452,24 @@ impl Bytes {
 }
 
 #[test]
+fn string_stop_index_marks_every_byte_value_as_the_portable_version_does() {
+    // All 256 byte values, in four blocks (the SSE2 comparisons are of signed and unsigned
+    // bytes, xor'ed: the values around 0x20, 0x22 and 0x80 are where they could go wrong).
+    let bytes: Vec<u8> = (0..=255u8).collect();
+    let mut mask = Vec::new();
+    grammar::index_stops(&bytes, &mut mask);
+    for (w, chunk) in mask.iter().zip(bytes.chunks_exact(64)) {
+        let block: &[u8; 64] = chunk.try_into().unwrap_or(&[b' '; 64]);
+        assert_eq!(*w, grammar::stops64_bytes(block), "block from {}", chunk[0]);
+    }
+    let marked: Vec<usize> = (0..256)
+        .filter(|i| mask[i / 64] >> (i % 64) & 1 == 1)
+        .collect();
+    let expected: Vec<usize> = (0..0x20).chain([0x22, 0x5c]).collect();
+    assert_eq!(marked, expected);
+}
+
+#[test]
 fn string_stop_index_marks_exactly_the_stop_bytes() {
     let mut rng = Bytes(1);
     let mut mask = Vec::new();

@@ -107,28 +107,29 @@ impl Strings for Swar {
 #[derive(Clone, Copy)]
 pub(super) struct Indexed<'a>(pub(super) &'a [u64]);
 
+impl Indexed<'_> {
+    /// The position after the closing quote of the string whose contents start at `pos`, when
+    /// it has no escape and nothing wrong in it; `None` hands it to [`string_end_checked`].
+    #[inline(always)]
+    pub(super) fn plain_end(self, b: &[u8], pos: usize) -> Option<usize> {
+        let mut i = pos / 64;
+        let mut stops = self.0.get(i)? & (u64::MAX << (pos % 64));
+        while stops == 0 {
+            i += 1;
+            stops = *self.0.get(i)?;
+        }
+        let at = i * 64 + stops.trailing_zeros() as usize;
+        (b.get(at) == Some(&b'"')).then_some(at + 1)
+    }
+}
+
 impl Strings for Indexed<'_> {
     #[inline(always)]
     fn end(self, b: &[u8], pos: usize) -> Result<(usize, bool), ScanError> {
-        let mut i = pos / 64;
-        if let Some(&first) = self.0.get(i) {
-            let mut stops = first & (u64::MAX << (pos % 64));
-            loop {
-                if stops != 0 {
-                    let at = i * 64 + stops.trailing_zeros() as usize;
-                    if b.get(at) == Some(&b'"') {
-                        return Ok((at + 1, false));
-                    }
-                    break;
-                }
-                i += 1;
-                match self.0.get(i) {
-                    Some(&next) => stops = next,
-                    None => break,
-                }
-            }
+        match self.plain_end(b, pos) {
+            Some(end) => Ok((end, false)),
+            None => string_end_checked(b, pos),
         }
-        string_end_checked(b, pos)
     }
 }
 
@@ -136,7 +137,7 @@ impl Strings for Indexed<'_> {
 /// short): kept out of the scan's loop, whose registers it would otherwise take.
 #[cold]
 #[inline(never)]
-fn string_end_checked(b: &[u8], pos: usize) -> Result<(usize, bool), ScanError> {
+pub(super) fn string_end_checked(b: &[u8], pos: usize) -> Result<(usize, bool), ScanError> {
     string_end(b, pos)
 }
 

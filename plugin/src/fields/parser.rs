@@ -3,7 +3,7 @@
 
 use super::grammar::{
     colon, colon_peek, fail, literal, number_end, peek, skip_array, skip_nested, skip_value,
-    skip_value_at, skip_ws, Indexed, Strings,
+    skip_value_at, skip_ws, string_end_checked, Indexed, Strings,
 };
 use super::schema::{has_dot, Schema, Target, MISS, NONE, ROOT};
 use super::slot::{IpMemo, Kind, NodeSeen, Slot};
@@ -110,40 +110,43 @@ impl Parser<'_, '_> {
                     }
                     let key_at = pos;
                     let start = pos + 1;
-                    let (after, escaped) = self.strings.end(b, start)?;
-                    let (at, v) = colon_peek(b, after)?;
-                    pos = at;
                     let depth = open as u32 + 1;
-                    let found = if escaped {
-                        None
-                    } else {
-                        table.find(b, start, after - 1)
-                    };
                     // A key that leads nowhere is [`MISS`], not `None`: wanted or not, a
                     // member takes the same three tests below, where an `Option` cost a test
                     // of its own and the target's fields moved between registers.
-                    let mut target = match found {
-                        Some(entry) => {
-                            let bit = 1u64 << entry.bit;
-                            // A plain key repeated, or one that an escaped or dotted key of
-                            // this object may spell the same: the exact pass decides.
-                            if frame.matched & bit != 0 {
-                                self.flags.duplicates = true;
+                    let v;
+                    let mut target = match self.strings.plain_end(b, start) {
+                        // A key without escapes (nearly all): looked up as it is.
+                        Some(after) => {
+                            (pos, v) = colon_peek(b, after)?;
+                            match table.find(b, start, after - 1) {
+                                Some(entry) => {
+                                    let bit = 1u64 << entry.bit;
+                                    // A plain key repeated, or one that an escaped or dotted
+                                    // key of this object may spell the same: the exact pass
+                                    // decides.
+                                    if frame.matched & bit != 0 {
+                                        self.flags.duplicates = true;
+                                    }
+                                    frame.matched |= bit;
+                                    entry.target
+                                }
+                                None if !has_dot(b, start, after - 1) => MISS,
+                                None => self.complex_key(
+                                    &mut frame.matched,
+                                    frame.node,
+                                    start,
+                                    after,
+                                    false,
+                                ),
                             }
-                            frame.matched |= bit;
-                            entry.target
                         }
-                        None if !escaped && !has_dot(b, start, after - 1) => MISS,
-                        // Dotted or escaped: walk the segments.
-                        None => match self.resolve(frame.node, start, after - 1, escaped) {
-                            Some(target) => {
-                                // `destin\u0061tion` after `destination` is the same key.
-                                self.flags.duplicates |= frame.matched != 0;
-                                frame.matched = u64::MAX;
-                                target
-                            }
-                            None => MISS,
-                        },
+                        // Escaped (or bad): checked, then decoded and walked.
+                        None => {
+                            let (after, escaped) = string_end_checked(b, start)?;
+                            (pos, v) = colon_peek(b, after)?;
+                            self.complex_key(&mut frame.matched, frame.node, start, after, escaped)
+                        }
                     };
                     if self.exact && self.superseded.contains(&(key_at as u32)) {
                         target = MISS;
@@ -251,6 +254,29 @@ impl Parser<'_, '_> {
             }
         }
         Ok(())
+    }
+
+    /// The target of a key with dots or escapes (the string `start..after`, quote included),
+    /// in the object whose mask of matched keys is `matched`.
+    #[cold]
+    #[inline(never)]
+    fn complex_key(
+        &mut self,
+        matched: &mut u64,
+        node: u16,
+        start: usize,
+        after: usize,
+        escaped: bool,
+    ) -> Target {
+        match self.resolve(node, start, after - 1, escaped) {
+            Some(target) => {
+                // `destin\u0061tion` after `destination` is the same key.
+                self.flags.duplicates |= *matched != 0;
+                *matched = u64::MAX;
+                target
+            }
+            None => MISS,
+        }
     }
 
     /// Resolves a key with escapes or dots through the trie, from `node`. A group field met on

@@ -86,12 +86,15 @@ impl Parser<'_, '_> {
             if self.exact {
                 self.supersede(pos, open as u32 + 1)?;
             }
-            // `c` is the byte at `pos` ([`peek`]) while `closed` is false.
-            let (at, mut c) = peek(b, pos);
+            // While `closed` is false, `pos` is at a key's opening quote: each place that
+            // reads the byte checks it there, so that no byte is carried round the loop.
+            let (at, c) = peek(b, pos);
             pos = at;
             let mut closed = c == b'}';
             if closed {
                 pos += 1;
+            } else if c != b'"' {
+                return Err(fail(ScanErrorKind::Syntax, pos));
             }
             loop {
                 if closed {
@@ -105,9 +108,6 @@ impl Parser<'_, '_> {
                     table = &schema.nodes[usize::from(frame.node)];
                 } else {
                     // A member: its key, then its value.
-                    if c != b'"' {
-                        return Err(fail(ScanErrorKind::Syntax, pos));
-                    }
                     let key_at = pos;
                     let start = pos + 1;
                     let depth = open as u32 + 1;
@@ -179,7 +179,11 @@ impl Parser<'_, '_> {
                 let (at, d) = peek(b, pos);
                 match d {
                     b',' => {
-                        (pos, c) = peek(b, at + 1);
+                        let (at, c) = peek(b, at + 1);
+                        if c != b'"' {
+                            return Err(fail(ScanErrorKind::Syntax, at));
+                        }
+                        pos = at;
                         closed = false;
                     }
                     b'}' => {

@@ -10,8 +10,8 @@
 //! - **Keys are matched against a table per nesting level, built once.** [`SchemaBuilder`]
 //!   turns the wanted paths into a trie whose nodes (root, `destination`, `destination.geo`, ...)
 //!   each hold an open-addressed hash table of the key segments that lead on. A key is hashed
-//!   from its first and last eight bytes and its length; for keys up to sixteen bytes, comparing
-//!   those two words and the length is the whole comparison. No path string is built per event.
+//!   from its first and last eight bytes; for keys up to sixteen bytes, comparing those two
+//!   words and the length is the whole comparison. No path string is built per event.
 //! - **Nested and dotted keys are one field.** A key with dots is split at them and walked
 //!   through the same trie, so `{"destination":{"geo":{"country_name":..}}}`,
 //!   `{"destination.geo.country_name":..}` and `{"destination":{"geo.country_name":..}}` all give

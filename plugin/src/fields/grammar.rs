@@ -479,9 +479,15 @@ fn member_key<S: Strings>(b: &[u8], strings: S, pos: usize) -> Result<usize, Sca
     colon(b, pos)
 }
 
-/// [`colon`], and the value's first byte ([`peek`]).
+/// [`colon`], and the value's first byte ([`peek`]). The common `":` and a value right after
+/// it are read as one pair of bytes: one bounds check for both.
 #[inline(always)]
 pub(super) fn colon_peek(b: &[u8], pos: usize) -> Result<(usize, u8), ScanError> {
+    if let Some(&[b':', v]) = b.get(pos..).and_then(<[u8]>::first_chunk::<2>) {
+        if v > b' ' {
+            return Ok((pos + 1, v));
+        }
+    }
     Ok(peek(b, past_colon(b, pos)?))
 }
 

@@ -479,6 +479,28 @@ fn member_key<S: Strings>(b: &[u8], strings: S, pos: usize) -> Result<usize, Sca
     colon(b, pos)
 }
 
+/// After a member's value at `pos`: the position of the next member's key (its opening
+/// quote) and `false`, or the position after the object's `}` and `true`. The common `,"`
+/// is read as one pair of bytes: one bounds check for both.
+#[inline(always)]
+pub(super) fn after_member(b: &[u8], pos: usize) -> Result<(usize, bool), ScanError> {
+    if let Some(&[b',', b'"']) = b.get(pos..).and_then(<[u8]>::first_chunk::<2>) {
+        return Ok((pos + 1, false));
+    }
+    let (at, d) = peek(b, pos);
+    match d {
+        b',' => {
+            let (at, c) = peek(b, at + 1);
+            if c != b'"' {
+                return Err(fail(ScanErrorKind::Syntax, at));
+            }
+            Ok((at, false))
+        }
+        b'}' => Ok((at + 1, true)),
+        _ => Err(fail(ScanErrorKind::Syntax, at)),
+    }
+}
+
 /// [`colon`], and the value's first byte ([`peek`]). The common `":` and a value right after
 /// it are read as one pair of bytes: one bounds check for both.
 #[inline(always)]

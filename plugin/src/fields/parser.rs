@@ -2,8 +2,8 @@
 //! wanted path, records wanted values in their slots and skips everything else.
 
 use super::grammar::{
-    colon, colon_peek, fail, literal, number_end, peek, skip_array, skip_nested, skip_value,
-    skip_value_at, skip_ws, string_end_checked, Indexed, Strings,
+    after_member, colon, colon_peek, fail, literal, number_end, peek, skip_array, skip_nested,
+    skip_value, skip_value_at, skip_ws, string_end_checked, Indexed, Strings,
 };
 use super::schema::{has_dot, Schema, Target, MISS, NONE, ROOT};
 use super::slot::{IpMemo, Kind, NodeSeen, Slot};
@@ -176,22 +176,7 @@ impl Parser<'_, '_> {
                     };
                 }
                 // After a member's value: the next member, or the end of the object.
-                let (at, d) = peek(b, pos);
-                match d {
-                    b',' => {
-                        let (at, c) = peek(b, at + 1);
-                        if c != b'"' {
-                            return Err(fail(ScanErrorKind::Syntax, at));
-                        }
-                        pos = at;
-                        closed = false;
-                    }
-                    b'}' => {
-                        pos = at + 1;
-                        closed = true;
-                    }
-                    _ => return Err(fail(ScanErrorKind::Syntax, at)),
-                }
+                (pos, closed) = after_member(b, pos)?;
             }
         }
     }

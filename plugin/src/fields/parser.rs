@@ -34,6 +34,11 @@ pub(super) struct Parser<'a, 'x> {
     pub(super) flags: PassFlags,
 }
 
+// The stack of open wanted objects holds `MAX_SEGMENTS + 1` frames (the event and an object
+// per segment of the longest path): an object that fits in it is within `MAX_DEPTH` levels,
+// so the walk does not test the depth when it descends.
+const _: () = assert!(MAX_SEGMENTS + 1 < MAX_DEPTH as usize);
+
 /// An open object on a wanted path: two words, saved and restored whole when a wanted object
 /// opens or closes. (The field the object is, [`Node::field`](super::schema::Node), and
 /// whether it had a member, read from the line at its close, are not kept here: with them a
@@ -153,9 +158,7 @@ impl Parser<'_, '_> {
                     }
                     if target.child != NONE {
                         if v == b'{' {
-                            if depth >= MAX_DEPTH {
-                                return Err(fail(ScanErrorKind::TooDeep, pos));
-                            }
+                            // Within the stack, so within `MAX_DEPTH` (asserted above `Frame`).
                             let Some(slot) = stack.get_mut(open) else {
                                 return Err(fail(ScanErrorKind::TooDeep, pos));
                             };

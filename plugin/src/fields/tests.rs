@@ -128,6 +128,15 @@ fn a_repeated_key_is_read_as_its_last_occurrence_with_all_below_it() {
     let v: serde_json::Value = serde_json::from_str(line).unwrap();
     assert_eq!(v["destination"]["ip"], "1.1.1.1");
     assert!(v["destination"].get("geo").is_none());
+    // The escaped spelling first: only its marking every key of the object as matched shows
+    // the plain key after it to be a repeat.
+    let line =
+        r#"{"destin\u0061tion":{"geo":{"country_name":"Chile"}},"destination":{"ip":"3.3.3.3"}}"#;
+    let e = s.scan(line).unwrap();
+    assert!(!e.present(f[0]));
+    assert_eq!(e.str(f[1]), Some("3.3.3.3"));
+    let v: serde_json::Value = serde_json::from_str(line).unwrap();
+    assert!(v["destination"].get("geo").is_none());
 }
 
 #[test]

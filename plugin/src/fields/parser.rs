@@ -146,7 +146,10 @@ impl Parser<'_, '_> {
                                 ),
                             }
                         }
-                        // Escaped (or bad): checked, then decoded and walked.
+                        // Escaped (or bad): checked, then decoded and walked. Only these
+                        // come here: the index marks every `"`, `\` and control byte, so a
+                        // valid key without escapes stops first at its closing quote. One that
+                        // did come here would still resolve right, only costing an exact pass.
                         None => {
                             let (after, escaped) = string_end_checked(b, start)?;
                             (pos, v) = colon_peek(b, after)?;

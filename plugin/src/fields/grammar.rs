@@ -284,6 +284,7 @@ fn digits(b: &[u8], mut pos: usize) -> usize {
 /// High bit set in exactly the bytes of `w` that are not ASCII digits. A digit is a byte whose
 /// high nibble is 3 and whose low nibble plus 6 stays below 0x10; neither sum carries into the
 /// next byte, and the final test of each byte for zero is the exact form (no borrow).
+/// `time.rs`'s ECS tail relies on it being exact in every byte, not only up to the first stop.
 #[inline(always)]
 pub(crate) fn non_digits(w: u64) -> u64 {
     const LOW7: u64 = 0x7f7f_7f7f_7f7f_7f7f;

@@ -251,8 +251,9 @@ impl Parser<'_, '_> {
         Ok(())
     }
 
-    /// The target of a key with dots or escapes (the string `start..after`, quote included),
-    /// in the object whose mask of matched keys is `matched`.
+    /// The target of a key with dots or escapes (`start..after`: its contents and closing
+    /// quote), in the object whose mask of matched keys is `matched`. On a match, flags a
+    /// possible repeat and marks every key of the object as matched (see `Frame::matched`).
     #[cold]
     #[inline(never)]
     fn complex_key(

@@ -103,7 +103,8 @@ impl Strings for Swar {
 /// whole line ([`index_stops`]): a string without escapes ends at that stop, found with a
 /// shift and a count of trailing zeros instead of a pass over its bytes. Any other first stop
 /// (an escape, a control character, no stop before the line ends) hands the string to
-/// [`Swar`], which checks it and says what is wrong exactly as it does without the mask.
+/// [`string_end_checked`] ([`Swar`]'s scan out of line), which checks it and says what is
+/// wrong exactly as it does without the mask.
 #[derive(Clone, Copy)]
 pub(super) struct Indexed<'a>(pub(super) &'a [u64]);
 
@@ -147,7 +148,8 @@ pub(super) fn string_end_checked(b: &[u8], pos: usize) -> Result<(usize, bool), 
 /// some thirty instructions per string, most strings of an event being shorter than sixteen.
 pub(super) fn index_stops(b: &[u8], out: &mut Vec<u64>) {
     out.clear();
-    // `extend` over an exact-size iterator reserves once: no capacity test per block.
+    // `extend` over a `TrustedLen` iterator (the exact chunks) reserves once: no capacity
+    // test per block.
     let chunks = b.chunks_exact(64);
     let rest = chunks.remainder().len();
     out.extend(chunks.map(|chunk| stops64(chunk.try_into().unwrap_or(&[b' '; 64]))));

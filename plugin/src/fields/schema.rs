@@ -133,7 +133,7 @@ pub(super) struct Chain {
     pub(super) nodes: Vec<u16>,
 }
 
-/// A trie index as a `u16` ([`NONE`] past it: `build` refuses that many).
+/// A trie node or field index as a `u16` ([`NONE`] past it: `build` refuses that many).
 fn narrow(i: Option<usize>) -> u16 {
     i.map_or(NONE, |i| u16::try_from(i).unwrap_or(NONE))
 }

@@ -462,8 +462,8 @@ impl Bytes {
 
 #[test]
 fn string_stop_index_marks_every_byte_value_as_the_portable_version_does() {
-    // All 256 byte values, in four blocks (the SSE2 comparisons are of signed and unsigned
-    // bytes, xor'ed: the values around 0x20, 0x22 and 0x80 are where they could go wrong).
+    // All 256 byte values, in four blocks (the SSE2 test is an unsigned minimum of each byte
+    // xor 2 with 0x20: the values around 0x20, 0x22 and 0x80 are where it could go wrong).
     let bytes: Vec<u8> = (0..=255u8).collect();
     let mut mask = Vec::new();
     grammar::index_stops(&bytes, &mut mask);

@@ -410,6 +410,11 @@ fn a_field_that_is_also_a_prefix() {
     let e = s.scan(r#"{"rule":"x","rule.name":"y"}"#).unwrap();
     assert!(e.present(f[0]));
     assert_eq!(e.str(f[1]), Some("y"));
+    // The same with the longer path declared first: the object's field does not depend on it.
+    let (mut s, f) = schema(&["rule.name", "rule"]);
+    let e = s.scan(r#"{"rule":{"name":"pan"}}"#).unwrap();
+    assert!(e.present(f[1]));
+    assert_eq!(e.str(f[0]), Some("pan"));
     // A group is present through any key below it.
     let mut b = SchemaBuilder::new();
     let rule = b.group("rule");

@@ -49,6 +49,14 @@ fn long_keys_and_keys_near_the_end_of_the_line() {
     let (mut s, f) = schema(&["k", "kk"]);
     let e = s.scan(r#"{"kk":1,"k":2}"#).unwrap();
     assert_eq!((e.number(f[0]), e.number(f[1])), (Some(2.0), Some(1.0)));
+    // Keys with the same two words and different lengths, told apart by the length alone:
+    // overlapping words of a 9 to 16 byte key, and a short key's zero padding spelled out.
+    let (mut s, f) = schema(&["aaaaaaaaaa", "aaaaaaaaaaa"]);
+    let e = s.scan(r#"{"aaaaaaaaaaa":1,"aaaaaaaaaa":2}"#).unwrap();
+    assert_eq!((e.number(f[0]), e.number(f[1])), (Some(2.0), Some(1.0)));
+    let (mut s, f) = schema(&["k"]);
+    let e = s.scan(r#"{"k\u0000":1}"#).unwrap();
+    assert!(!e.present(f[0]));
 }
 
 #[test]

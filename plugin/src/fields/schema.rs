@@ -333,9 +333,11 @@ fn rank_bit(depth: usize) -> u16 {
     }
 }
 
-/// A key's hash, from its two words ([`key_words`]). The length is not mixed in (two
-/// instructions a key less): a match compares it, and keys of different lengths seldom share
-/// both words, since a key holds no raw NUL byte like a short key's zero padding.
+/// A key's hash, from its two words ([`key_words`]): `a ^ b`, multiplied. Neither the length
+/// nor a rotation of one word is mixed in (two instructions a key less), so keys with equal or
+/// swapped words collide, and so do keys of different lengths with the same words (a 9 to 16
+/// byte key's words overlap; a short key's zero padding can be spelled `\u0000`). A collision
+/// costs a probe, never a wrong match: [`Node::find`] compares both words and the length.
 #[inline(always)]
 fn hash(a: u64, b: u64) -> usize {
     ((a ^ b).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize

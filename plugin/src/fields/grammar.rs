@@ -483,8 +483,9 @@ fn member_key<S: Strings>(b: &[u8], strings: S, pos: usize) -> Result<usize, Sca
 }
 
 /// After a member's value at `pos`: the position of the next member's key (its opening
-/// quote) and `false`, or the position after the object's `}` and `true`. The common `,"`
-/// is read as one pair of bytes: one bounds check for both.
+/// quote) and `false`, or the position after the object's `}` and `true`; anything else (a
+/// `,` not followed by a key's quote too) is a syntax error at the first byte that does not
+/// fit. The common `,"` is read as one pair of bytes: one bounds check for both.
 #[inline(always)]
 pub(super) fn after_member(b: &[u8], pos: usize) -> Result<(usize, bool), ScanError> {
     if let Some(&[b',', b'"']) = b.get(pos..).and_then(<[u8]>::first_chunk::<2>) {

@@ -36,7 +36,9 @@ pub(super) struct Parser<'a, 'x> {
 
 // The stack of open wanted objects holds `MAX_SEGMENTS + 1` frames (the event and an object
 // per segment of the longest path): an object that fits in it is within `MAX_DEPTH` levels,
-// so the walk does not test the depth when it descends.
+// so the walk does not test the depth when it descends. It is more than enough: the current
+// frame is not on it, and each descent goes one trie level down, so its end is never reached
+// (the walk still returns `TooDeep` there rather than panic).
 const _: () = assert!(MAX_SEGMENTS + 1 < MAX_DEPTH as usize);
 
 /// An open object on a wanted path: two words, saved and restored whole when a wanted object
@@ -92,7 +94,8 @@ impl Parser<'_, '_> {
                 self.supersede(pos, open as u32 + 1)?;
             }
             // While `closed` is false, `pos` is at a key's opening quote: each place that
-            // reads the byte checks it there, so that no byte is carried round the loop.
+            // reads the byte checks it there (just below, and `after_member`), so that no byte
+            // is carried round the loop. A new way into the member branch must check it too.
             let (at, c) = peek(b, pos);
             pos = at;
             let mut closed = c == b'}';

@@ -47,7 +47,7 @@ pub use decay::{Decay, Decayed};
 pub use dense::{free_elsewhere, DenseMap, Pairs, FREE_ELSEWHERE_BYTES, HELPER_THREAD};
 pub use hash::{mix, KeyHasher, KeyMap, PassThrough};
 pub use keys::{KeyTable, Tracked};
-pub use score::{floor_probability, normal_neg_log10_sf, score_from_log10_p};
+pub use score::{floor_probability, normal_neg_log10_sf, round_count, score_from_log10_p};
 pub use state::{check_weight, decode_state, encode_state, invalid, map_bytes, Kind};
 
 #[cfg(test)]

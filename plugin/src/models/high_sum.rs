@@ -80,8 +80,8 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::{
     check_weight, decode_state, encode_state, floor_probability, invalid, normal_neg_log10_sf,
-    score_from_log10_p, Clock, Decay, KeyHasher, KeyMap, KeyTable, Kind, ModelConfig, Slot,
-    Tracked,
+    round_count, score_from_log10_p, Clock, Decay, KeyHasher, KeyMap, KeyTable, Kind, ModelConfig,
+    Slot, Tracked,
 };
 use super::{Detail, Model, ModelError, ModelStatus, Observation, Scored};
 
@@ -513,7 +513,7 @@ impl Model for HighSum {
             Slot::Open(b) if st.closed_below.is_some_and(|c| b < c) => Slot::FarLate(b),
             other => other,
         };
-        let (bucket, sum) = match slot {
+        let (bucket, sum, part) = match slot {
             Slot::Open(b) => {
                 let has_key = |st: &HighSumState| {
                     st.partitions
@@ -539,21 +539,23 @@ impl Model for HighSum {
                 if !st.closing.is_empty() {
                     self.fold_key(part_key, key);
                 }
-                let st = &mut self.state;
-                let part = st.partitions.get_mut(&part_key)?;
+                let open_keys = &mut self.state.open_keys;
+                let part = self.state.partitions.get_mut(&part_key)?;
                 part.sums.open(b);
-                match part.sums.add(key, b, obs.value) {
-                    Some(sum) => (b, sum),
-                    None if st.open_keys < cap => {
+                let sum = match part.sums.add(key, b, obs.value) {
+                    Some(sum) => sum,
+                    None if *open_keys < cap => {
                         part.sums.insert(key, b, obs.value);
-                        st.open_keys += 1;
-                        (b, obs.value)
+                        *open_keys += 1;
+                        obs.value
                     }
                     None => {
                         part.sums.drop_if_empty(key);
-                        (b, obs.value)
+                        obs.value
                     }
-                }
+                };
+                // The partition found here is the one scored below (one look-up).
+                (b, sum, &*part)
             }
             Slot::FarLate(b) => {
                 if !self.state.closing.is_empty() {
@@ -563,13 +565,11 @@ impl Model for HighSum {
                     }
                 }
                 self.state.far_late += 1;
-                (b, obs.value)
+                (b, obs.value, self.state.partitions.get(&part_key)?)
             }
         };
-        let st = &mut self.state;
-
-        let part = st.partitions.get(&part_key)?;
-        let entity = st.entities.get(key).copied();
+        let (entities, clock) = (&self.state.entities, &self.state.clock);
+        let entity = entities.get(key).copied();
         let ent_w = entity.map_or(0.0, |e| e.weight_at(now, &self.decay));
         let established = ent_w >= MIN_SELF_BUCKETS;
         // The population an entity is compared with: all destinations for an established one,
@@ -608,14 +608,14 @@ impl Model for HighSum {
             score: score_from_log10_p(neg_log10_p),
             learning,
             far_late: matches!(slot, Slot::FarLate(_)),
-            bucket_start_ms: st.clock.start_ms(bucket),
-            bucket_span_ms: st.clock.span_ms(),
+            bucket_start_ms: clock.start_ms(bucket),
+            bucket_span_ms: clock.span_ms(),
             actual: sum,
             typical,
             detail: Detail::HighSum {
                 bucket_sum: sum,
                 population_p99_9: part.all.cache.p99_9,
-                entity_buckets_seen: ent_w.round() as u64,
+                entity_buckets_seen: round_count(ent_w),
             },
         })
     }

@@ -64,11 +64,14 @@
 //! assert!(scored.learning); // nothing is flagged before 20 buckets of history
 //! ```
 
+use std::collections::hash_map::Entry;
+
 use serde::{Deserialize, Serialize};
 
 use super::engine::{
-    decode_state, encode_state, floor_probability, invalid, map_bytes, mix, score_from_log10_p,
-    Clock, Decay, Decayed, KeyHasher, KeyMap, KeyTable, Kind, ModelConfig, Slot,
+    decode_state, encode_state, floor_probability, invalid, map_bytes, mix, round_count,
+    score_from_log10_p, Clock, Decay, Decayed, KeyHasher, KeyMap, KeyTable, Kind, ModelConfig,
+    Slot,
 };
 use super::{ConfigProblem, Detail, Model, ModelError, ModelStatus, Observation, Scored};
 
@@ -317,15 +320,16 @@ impl Model for Rare {
         let total_key = over_key.map_or(bucket_key, |o| mix(part_key ^ SALT_TOTAL, o));
         let unit_key = over_key.map_or(value_key, |o| mix(value_key, o));
 
-        if !st.partitions.contains_key(&part_key) {
-            if st.partitions.len() >= self.config.model.max_partitions {
+        // One look-up for the partition, whether it is new or not.
+        let full = st.partitions.len() >= self.config.model.max_partitions;
+        let part = match st.partitions.entry(part_key) {
+            Entry::Occupied(o) => o.into_mut(),
+            Entry::Vacant(_) if full => {
                 st.unscored += 1;
                 return None;
             }
-            st.partitions
-                .insert(part_key, Partition::new(bucket, today));
-        }
-        let part = st.partitions.get_mut(&part_key)?;
+            Entry::Vacant(v) => v.insert(Partition::new(bucket, today)),
+        };
         let open_idx = match slot {
             Slot::Open(b) => {
                 part.roll_to(today, day_decay);
@@ -350,11 +354,14 @@ impl Model for Rare {
         let (total_seen, bucket_seen, unit_seen) = match open_idx {
             Some(i) => {
                 let seen = &part.open[i].seen;
-                (
-                    seen.contains_key(&total_key),
-                    seen.contains_key(&bucket_key),
-                    seen.contains_key(&unit_key),
-                )
+                let bucket_seen = seen.contains_key(&bucket_key);
+                // Without `over` the bucket is the unit of the total: the same key.
+                let total_seen = if total_key == bucket_key {
+                    bucket_seen
+                } else {
+                    seen.contains_key(&total_key)
+                };
+                (total_seen, bucket_seen, seen.contains_key(&unit_key))
             }
             None => (false, false, false),
         };
@@ -421,8 +428,8 @@ impl Model for Rare {
                 first_seen_ms: entry.map(|e| st.clock.start_ms(e.first)),
                 history_start_ms: st.clock.start_ms(part.first_bucket),
                 population: obs.over.is_some(),
-                days_with_value: days_with.round() as u64,
-                days_total: days_total.round() as u64,
+                days_with_value: round_count(days_with),
+                days_total: round_count(days_total),
                 session_buckets: u64::from(session),
                 longest_session: if never { 0 } else { u64::from(longest) },
             },

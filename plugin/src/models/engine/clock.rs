@@ -106,6 +106,10 @@ impl Clock {
     /// Returns its slot and, when the head moved forward, the new oldest open bucket: the caller
     /// must close every open bucket older than it. `None` for a time whose bucket index does not
     /// fit the state's 32-bit bucket numbers.
+    ///
+    /// An event in the head bucket (nearly all of them) is placed here, inlined in the model's
+    /// event: the call the rest needs cost about 17 Ir an event a model.
+    #[inline]
     pub fn place(&mut self, time_ms: i64, arrival_ms: i64) -> Option<(Slot, Option<i32>)> {
         let limit = arrival_ms.saturating_add(FUTURE_SKEW_MS);
         if let (Some(h), true) = (self.head, time_ms <= limit) {
@@ -113,6 +117,18 @@ impl Clock {
                 return Some((Slot::Open(h), None));
             }
         }
+        self.place_elsewhere(time_ms, arrival_ms, limit)
+    }
+
+    /// [`Clock::place`] of an event outside the head bucket (or of the first event, or one
+    /// from beyond the allowed skew); `limit` is the latest time trusted.
+    #[inline(never)]
+    fn place_elsewhere(
+        &mut self,
+        time_ms: i64,
+        arrival_ms: i64,
+        limit: i64,
+    ) -> Option<(Slot, Option<i32>)> {
         let mut distrusted = false;
         let time_ms = if time_ms > limit {
             distrusted = true;

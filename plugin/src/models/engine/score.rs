@@ -92,3 +92,18 @@ pub fn normal_neg_log10_sf(z: f64) -> f64 {
         -ln_sf / std::f64::consts::LN_10
     }
 }
+
+/// `x.round() as u64` (halves away from zero; 0 for a negative or NaN `x`, `u64::MAX` beyond
+/// it), without the call to the C library's `round` that `f64::round` is on x86-64 without
+/// SSE4.1 (~16 Ir; three counts an event are reported this way). The cast truncates; the part
+/// it dropped, `x - t`, is exact (`t` is `x`'s integer part while `x` is below 2^53, and `x`
+/// itself above), so comparing it with one half rounds as `round` does.
+#[inline]
+pub fn round_count(x: f64) -> u64 {
+    let t = x as u64;
+    if x - t as f64 >= 0.5 {
+        t.saturating_add(1)
+    } else {
+        t
+    }
+}

@@ -269,3 +269,40 @@ fn which_keys_a_full_table_keeps_does_not_depend_on_their_arrival_order() {
         }
     }
 }
+
+#[test]
+fn round_count_rounds_as_round_does() {
+    let mut xs = vec![
+        0.0,
+        -0.0,
+        0.5,
+        1.5,
+        2.5,
+        0.49999999999999994,
+        4_503_599_627_370_495.5,
+        9_007_199_254_740_993.0,
+        1.8e19,
+        1.9e19,
+        -0.4,
+        -0.6,
+        -3.5,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::MAX,
+        f64::MIN_POSITIVE,
+    ];
+    // Decayed counts as the models report them, and the halves and their neighbours.
+    let mut x: f64 = 1e-3;
+    while x < 1e7 {
+        xs.extend([
+            x,
+            x.floor() + 0.5,
+            f64::from_bits((x.floor() + 0.5).to_bits() - 1),
+        ]);
+        x *= 1.013;
+    }
+    for x in xs {
+        assert_eq!(round_count(x), x.round() as u64, "{x:e}");
+    }
+}

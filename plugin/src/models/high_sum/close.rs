@@ -48,17 +48,20 @@ fn fold_one(entities: &mut KeyTable<Entity>, decay: &Decay, c: &mut Closing, key
     let now = c.now;
     let b = c.bucket;
     let x = sum.max(1.0).ln();
-    let is_new = entities
-        .get(key)
-        .is_none_or(|e| e.weight_at(now, decay) < MIN_SELF_BUCKETS);
-    c.tally.add(bin_of(sum), is_new && c.newcomers_counted);
     let make = || Entity {
         weight: 0.0,
         mean: x as f32,
         var: 0.0,
         at: b,
     };
-    entities.change(key, now, decay, make, |e| e.update(x, b, now, decay));
+    // Whether the entity was new is read as it is changed (one look-up, not two): an absent one
+    // is made with no weight, so it counts as new as it did when the look-up found nothing.
+    let mut is_new = true;
+    entities.change(key, now, decay, make, |e| {
+        is_new = e.weight_at(now, decay) < MIN_SELF_BUCKETS;
+        e.update(x, b, now, decay);
+    });
+    c.tally.add(bin_of(sum), is_new && c.newcomers_counted);
 }
 
 impl HighSum {

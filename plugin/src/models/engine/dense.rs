@@ -236,7 +236,7 @@ impl<V> DenseMap<V> {
     }
 
     /// The position of `key`.
-    #[inline]
+    #[inline(always)]
     pub fn position(&self, key: u64) -> Option<usize> {
         let entries = &self.entries;
         let eq = |&i: &u32| entries.get(i as usize).0 == key;

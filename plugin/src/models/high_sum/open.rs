@@ -80,7 +80,7 @@ impl BucketSums {
 
     /// Opens `bucket` (no sum yet). Nearly every event is in the newest open bucket: that one
     /// is checked first, without the search.
-    #[inline]
+    #[inline(always)]
     pub(super) fn open(&mut self, bucket: i32) {
         if self.open.last() != Some(&bucket) && !self.is_open(bucket) {
             self.open.push(bucket);
@@ -178,7 +178,7 @@ impl BucketSums {
     }
 
     /// Adds `value` to the sum of `key` in `bucket`: the new sum, `None` when it has none.
-    #[inline]
+    #[inline(always)]
     pub(super) fn add(&mut self, key: u64, bucket: i32, value: f64) -> Option<f64> {
         if let Some(i) = self.records.position(key) {
             let r = self.records.value_at_mut(i);

@@ -557,7 +557,7 @@ impl Model for HighSum {
                         obs.value
                     }
                 };
-                // The partition found here is the one scored below (one look-up).
+                // The partition found here is the one scored below (no look-up after the sum).
                 (b, sum, &*part)
             }
             Slot::FarLate(b) => {

@@ -64,8 +64,6 @@
 //! assert!(scored.learning); // nothing is flagged before 20 buckets of history
 //! ```
 
-use std::collections::hash_map::Entry;
-
 use serde::{Deserialize, Serialize};
 
 use super::engine::{
@@ -320,15 +318,21 @@ impl Model for Rare {
         let total_key = over_key.map_or(bucket_key, |o| mix(part_key ^ SALT_TOTAL, o));
         let unit_key = over_key.map_or(value_key, |o| mix(value_key, o));
 
-        // One look-up for the partition, whether it is new or not.
-        let full = st.partitions.len() >= self.config.model.max_partitions;
-        let part = match st.partitions.entry(part_key) {
-            Entry::Occupied(o) => o.into_mut(),
-            Entry::Vacant(_) if full => {
-                st.unscored += 1;
-                return None;
+        // One look-up for the partition, whether it is new or not. At the cap it is `get_mut`:
+        // `entry` reserves room for an absent key before it says so, and would grow the map
+        // (and the state-bytes gauge) for a partition refused here.
+        let part = if st.partitions.len() >= self.config.model.max_partitions {
+            match st.partitions.get_mut(&part_key) {
+                Some(p) => p,
+                None => {
+                    st.unscored += 1;
+                    return None;
+                }
             }
-            Entry::Vacant(v) => v.insert(Partition::new(bucket, today)),
+        } else {
+            st.partitions
+                .entry(part_key)
+                .or_insert_with(|| Partition::new(bucket, today))
         };
         let open_idx = match slot {
             Slot::Open(b) => {

@@ -235,7 +235,8 @@ impl<V> DenseMap<V> {
         self.repeated
     }
 
-    /// The position of `key`.
+    /// The position of `key`. Always inlined: a third of its cost was the call (about 73 Ir an
+    /// event in the detector case, with a dozen call sites in the models).
     #[inline(always)]
     pub fn position(&self, key: u64) -> Option<usize> {
         let entries = &self.entries;

@@ -48,14 +48,16 @@ fn fold_one(entities: &mut KeyTable<Entity>, decay: &Decay, c: &mut Closing, key
     let now = c.now;
     let b = c.bucket;
     let x = sum.max(1.0).ln();
+    // A made entity's zero weight is what makes it count as new below.
     let make = || Entity {
         weight: 0.0,
         mean: x as f32,
         var: 0.0,
         at: b,
     };
-    // Whether the entity was new is read as it is changed (one look-up, not two): an absent one
-    // is made with no weight, so it counts as new as it did when the look-up found nothing.
+    // Whether the entity was new is read as it is changed (one look-up, not two). `change`
+    // always runs the closure, on a made entity too (weight 0, so new, as when a look-up found
+    // nothing): the start value below is never read.
     let mut is_new = true;
     entities.change(key, now, decay, make, |e| {
         is_new = e.weight_at(now, decay) < MIN_SELF_BUCKETS;

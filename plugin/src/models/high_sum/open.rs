@@ -78,8 +78,9 @@ impl BucketSums {
         self.open.contains(&bucket)
     }
 
-    /// Opens `bucket` (no sum yet). Nearly every event is in the newest open bucket: that one
-    /// is checked first, without the search.
+    /// Opens `bucket` (no sum yet). Nearly every event is in the bucket opened last (nearly
+    /// always the head): that one is checked first, without the search. Always inlined, as
+    /// [`BucketSums::add`]: the two calls cost about 58 Ir an event (detector case).
     #[inline(always)]
     pub(super) fn open(&mut self, bucket: i32) {
         if self.open.last() != Some(&bucket) && !self.is_open(bucket) {
@@ -178,6 +179,7 @@ impl BucketSums {
     }
 
     /// Adds `value` to the sum of `key` in `bucket`: the new sum, `None` when it has none.
+    /// Always inlined (see [`BucketSums::open`]).
     #[inline(always)]
     pub(super) fn add(&mut self, key: u64, bucket: i32, value: f64) -> Option<f64> {
         if let Some(i) = self.records.position(key) {

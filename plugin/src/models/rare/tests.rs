@@ -442,27 +442,46 @@ fn a_crafted_state_is_refused_field_by_field() {
     refused("value.count", s);
 }
 
+/// Whether an event of "France" in `partition` (bucket 0) is scored.
+fn scored_in(m: &mut Rare, partition: &str) -> bool {
+    let t = at(0, 1000);
+    let obs = Observation {
+        time_ms: t,
+        arrival_ms: t,
+        by: Some("France"),
+        over: None,
+        partition: Some(partition),
+        value: 0.0,
+    };
+    m.observe(&obs).is_some()
+}
+
 #[test]
 fn a_new_partition_beyond_max_partitions_is_unscored_a_known_one_still_scored() {
     let mut config = RareConfig::default();
     config.model.max_partitions = 2;
     let mut m = config.build().unwrap();
-    let t = at(0, 1000);
-    let mut observe = |partition: &str| {
-        let obs = Observation {
-            time_ms: t,
-            arrival_ms: t,
-            by: Some("France"),
-            over: None,
-            partition: Some(partition),
-            value: 0.0,
-        };
-        m.observe(&obs).is_some()
-    };
     let seen: Vec<bool> = ["a", "b", "c", "a", "b", "c", "d"]
         .into_iter()
-        .map(&mut observe)
+        .map(|p| scored_in(&mut m, p))
         .collect();
     assert_eq!(seen, [true, true, false, true, true, false, false]);
     assert_eq!((m.status().partitions, m.status().unscored_events), (2, 3));
+}
+
+#[test]
+fn a_refused_partition_at_the_cap_does_not_grow_the_state() {
+    // At 3 partitions the std map's length is its capacity: a look-up that reserves room for
+    // the refused fourth would grow it (and the state-bytes gauge) for nothing.
+    let mut config = RareConfig::default();
+    config.model.max_partitions = 3;
+    let mut m = config.build().unwrap();
+    for p in ["a", "b", "c"] {
+        assert!(scored_in(&mut m, p));
+    }
+    let before = m.status().approx_bytes;
+    assert!(!scored_in(&mut m, "d"));
+    assert_eq!(m.status().partitions, 3);
+    assert_eq!(m.status().approx_bytes, before);
+    assert!(scored_in(&mut m, "a"));
 }

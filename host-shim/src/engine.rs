@@ -235,8 +235,10 @@ impl Engine {
 
         // For an event the plugin gave no verdict for (never: their number is checked).
         let pass = Verdict::PASS;
-        let mut verdicts = verdicts.iter();
+        let all = verdicts.as_slice();
+        let mut verdicts = all.iter();
         let mut bypass = bypass.into_iter().peekable();
+        let mut reserved = false;
         for (i, span) in spans.iter().enumerate() {
             let verdict = match bypass.next_if(|b| b.0 == i) {
                 Some(_) => None,
@@ -254,6 +256,11 @@ impl Engine {
                     None => *run = Some((*span, 1)),
                 }
                 continue;
+            }
+            if !reserved {
+                reserved = true;
+                let from = run.map_or(span.start, |(r, _)| r.start);
+                reserve(outputs, &block[from..spans[spans.len() - 1].end], all)?;
             }
             write_run(block, run.take(), outputs)?;
             let line = &block[span.start..span.end];
@@ -378,6 +385,19 @@ fn write_run(block: &[u8], run: Option<Run>, outputs: &mut Outputs) -> io::Resul
     }
 }
 
+/// Makes room in `default` for what a batch writes line by line from its first line that does
+/// not pass unchanged on: at most the `rest` of its lines, each with a newline, and the
+/// replacements among its `verdicts` (a block holding flagged events grew its output's batch
+/// by doubling, a copy of the block each time).
+fn reserve(outputs: &mut Outputs, rest: &[u8], verdicts: &[Verdict]) -> io::Result<()> {
+    let replaced: usize = verdicts
+        .iter()
+        .filter_map(|v| v.replacement.as_ref().into_option())
+        .map(|text| text.len())
+        .sum();
+    outputs.reserve(DEFAULT_OUTPUT, rest.len() + 1 + replaced)
+}
+
 /// Whether a replacement would end or split a line downstream where the event did not: a `\n`
 /// anywhere, or more `\r` (a line end to readers that split on carriage returns) than the event
 /// held. JSON allows a raw `\r` only as white space, and annotation inserts text into the
@@ -445,20 +465,28 @@ mod tests {
         }
     }
 
+    /// An engine around `plugin` (failing open).
+    fn engine(
+        plugin: impl Transform + 'static,
+        batch: BatchConfig,
+        unreadable: UnreadablePolicy,
+    ) -> Engine {
+        let transform = crate::loader::Transform::Full(Transform_TO::from_value(plugin, TD_Opaque));
+        let policy = EnginePolicy {
+            batch,
+            unreadable,
+            fail_closed: false,
+        };
+        Engine::new(transform, policy)
+    }
+
     /// Runs `lines` through a plugin that replaces each with `replacement`; returns what the
     /// `default` and `pager` outputs received, and the counters.
     fn run(replacement: &'static str, lines: &[&[u8]]) -> (Vec<u8>, Vec<u8>, HostCounters) {
-        let transform = crate::loader::Transform::Full(Transform_TO::from_value(
+        let mut engine = engine(
             Annotates(replacement),
-            TD_Opaque,
-        ));
-        let mut engine = Engine::new(
-            transform,
-            EnginePolicy {
-                batch: BatchConfig::default(),
-                unreadable: UnreadablePolicy::Pass,
-                fail_closed: false,
-            },
+            BatchConfig::default(),
+            UnreadablePolicy::Pass,
         );
         let (default, pager) = (Sink::default(), Sink::default());
         let mut outputs = Outputs::from_writers(vec![
@@ -520,18 +548,11 @@ mod tests {
     /// ([`Engine::process`]) or as a reader's [`Block`] ([`Engine::process_block`]); returns
     /// what `default` and `pager` received, and the counters.
     fn picked(block: &[u8], max_events: usize, as_block: bool) -> (Vec<u8>, Vec<u8>, HostCounters) {
-        let transform = crate::loader::Transform::Full(Transform_TO::from_value(Picks, TD_Opaque));
-        let mut engine = Engine::new(
-            transform,
-            EnginePolicy {
-                batch: BatchConfig {
-                    max_events,
-                    max_line_bytes: 12,
-                },
-                unreadable: UnreadablePolicy::Errors,
-                fail_closed: false,
-            },
-        );
+        let batch = BatchConfig {
+            max_events,
+            max_line_bytes: 12,
+        };
+        let mut engine = engine(Picks, batch, UnreadablePolicy::Errors);
         let (default, pager) = (Sink::default(), Sink::default());
         let mut outputs = Outputs::from_writers(vec![
             ("default".into(), Box::new(default.clone())),
@@ -585,6 +606,44 @@ mod tests {
         let (default, _, counters) = picked(b"a\nb\nfail\nd\ne\n", 2, true);
         assert_eq!(default, b"a\nb\nfail\nd\ne\n");
         assert_eq!(counters.plugin_errors, 1);
+    }
+
+    #[test]
+    fn a_block_written_line_by_line_makes_room_for_itself_once() {
+        let mut engine = engine(Picks, BatchConfig::default(), UnreadablePolicy::Pass);
+        let mut outputs = Outputs::from_writers(vec![(
+            "default".into(),
+            Box::new(Sink::default()) as Box<dyn io::Write + Send>,
+        )]);
+        // 700 lines of 100 bytes, the first flagged: more than a batch's first 64 KiB, which
+        // grew by doubling to 128 KiB.
+        let mut block = b"flag\n".to_vec();
+        for _ in 0..700 {
+            block.extend_from_slice(&[b'x'; 99]);
+            block.push(b'\n');
+        }
+        let written = block.len() + ",flagged".len();
+        engine
+            .process_block(Block::new(block.clone()), &mut outputs)
+            .unwrap();
+        let capacity = outputs.batch_capacity("default");
+        // Room for the block, its replacement and a newline, made at its first flagged line.
+        assert!(
+            (written..=written + "flag,flagged".len() + 1).contains(&capacity),
+            "{capacity} for {written} bytes"
+        );
+        outputs.commit().unwrap();
+        // The batch handed over, the next starts with no buffer; a block that passes whole
+        // becomes it.
+        assert_eq!(outputs.batch_capacity("default"), 0);
+        let passing = block[5..].to_vec();
+        engine
+            .process_block(Block::new(passing.clone()), &mut outputs)
+            .unwrap();
+        assert_eq!(outputs.batch_capacity("default"), passing.capacity());
+        outputs.commit().unwrap();
+        let (_, undelivered) = outputs.finish();
+        assert!(undelivered.is_empty(), "{undelivered:?}");
     }
 
     #[test]

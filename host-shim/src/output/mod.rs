@@ -49,7 +49,8 @@ pub(crate) use sink::reopen_files;
 use sink::{Sink, WriterSink};
 use worker::{Ended, Gate, Outcome, Turn};
 
-/// Initial capacity of an output's batch buffer.
+/// Capacity an output's batch buffer takes at its first line after a commit (a batch taken
+/// whole, [`Outputs::write_owned`], or sized by [`Outputs::reserve`], allocates nothing more).
 const BATCH_CAPACITY: usize = 64 * 1024;
 
 /// How often dropped lines are logged (the first drop at once, then a summary this often).
@@ -97,13 +98,21 @@ struct Output {
 }
 
 impl Output {
+    /// Makes room for `bytes` more: a batch just handed over has no buffer, and takes
+    /// [`BATCH_CAPACITY`] at least for its first line.
+    fn room(&mut self, bytes: usize) {
+        if self.batch.capacity() == 0 {
+            self.batch.reserve(bytes.max(BATCH_CAPACITY));
+        }
+    }
+
     /// The lines written since the last commit, taken.
     fn take_batch(&mut self) -> Option<Batch> {
         if self.batch.is_empty() {
             return None;
         }
         Some(Batch {
-            data: std::mem::replace(&mut self.batch, Vec::with_capacity(BATCH_CAPACITY)),
+            data: std::mem::take(&mut self.batch),
             lines: std::mem::take(&mut self.lines),
             acks: std::mem::take(&mut self.acks),
             end: None,
@@ -236,6 +245,12 @@ impl Outputs {
         outputs
     }
 
+    /// The capacity of the named output's batch (tests check how it grows).
+    #[cfg(test)]
+    pub(crate) fn batch_capacity(&self, name: &str) -> usize {
+        self.outputs[name].batch.capacity()
+    }
+
     /// Starts output `name`: its buffer (a disk buffer's `path` resolved already) and its
     /// delivery thread.
     fn start(
@@ -319,7 +334,7 @@ impl Outputs {
             worker = turn.after.into_iter().next().or(worker);
         }
         let (batch, lines, acks) = pending.map_or_else(
-            || (Vec::with_capacity(BATCH_CAPACITY), 0, Vec::new()),
+            || (Vec::new(), 0, Vec::new()),
             |b| (b.data, b.lines, b.acks),
         );
         self.outputs.insert(
@@ -345,6 +360,7 @@ impl Outputs {
     /// `default`'s when there is no output of that name.
     pub(crate) fn write_line(&mut self, name: &str, line: &[u8]) -> io::Result<()> {
         let output = self.get(name)?;
+        output.room(line.len() + 1);
         output.batch.extend_from_slice(line);
         output.batch.push(b'\n');
         output.lines += 1;
@@ -355,6 +371,7 @@ impl Outputs {
     /// newline: one copy for a run of lines.
     pub(crate) fn write_run(&mut self, name: &str, run: &[u8], lines: u64) -> io::Result<()> {
         let output = self.get(name)?;
+        output.room(run.len() + 1);
         output.batch.extend_from_slice(run);
         output.batch.push(b'\n');
         output.lines += lines;
@@ -379,7 +396,17 @@ impl Outputs {
 
     /// Appends part of a line, without terminator; [`Outputs::finish_line`] ends it.
     pub(crate) fn write_partial(&mut self, name: &str, bytes: &[u8]) -> io::Result<()> {
-        self.get(name)?.batch.extend_from_slice(bytes);
+        let output = self.get(name)?;
+        output.room(bytes.len());
+        output.batch.extend_from_slice(bytes);
+        Ok(())
+    }
+
+    /// Makes room at once for `bytes` more in the named output's batch (or `default`'s), so
+    /// that the lines written next do not grow it step by step (each step a copy of what it
+    /// holds): the engine asks for a block's worth before it writes a block line by line.
+    pub(crate) fn reserve(&mut self, name: &str, bytes: usize) -> io::Result<()> {
+        self.get(name)?.batch.reserve(bytes);
         Ok(())
     }
 

@@ -55,10 +55,18 @@ pub fn free_elsewhere<T: Send + 'static>(dropped: T, bytes: usize) {
     if bytes < FREE_ELSEWHERE_BYTES {
         return;
     }
+    #[cfg(test)]
+    FREED_ELSEWHERE.with(|n| n.set(n.get() + 1));
     // On failure the closure, and what it holds, is dropped here.
     let _ = std::thread::Builder::new()
         .name(HELPER_THREAD.into())
         .spawn(move || drop(dropped));
+}
+
+#[cfg(test)]
+thread_local! {
+    /// Test count of the allocations this thread handed to [`free_elsewhere`]'s threads.
+    pub static FREED_ELSEWHERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Entries in chunks of [`CHUNK`]; the first grows by doubling up to [`CHUNK`], the others are
@@ -377,13 +385,27 @@ impl<V> DenseMap<V> {
     }
 
     /// Gives back the index's room beyond `min` keys (and any growth under way: it finishes).
+    /// A large index is not shrunk in place, which frees it on this thread: its keys are put
+    /// in a smaller one and it is freed on another ([`free_elsewhere`]), as a grown one is.
     pub fn shrink_to(&mut self, min: usize) {
         self.finish_growth();
         self.index.next = None;
         let entries = &self.entries;
-        self.index
-            .table
-            .shrink_to(min, |&j| entries.get(j as usize).0);
+        let hash = |&j: &u32| entries.get(j as usize).0;
+        let table = &mut self.index.table;
+        let bytes = table_bytes(table);
+        if bytes < FREE_ELSEWHERE_BYTES {
+            table.shrink_to(min, hash);
+            return;
+        }
+        let mut smaller = HashTable::with_capacity(min.max(table.len()));
+        if smaller.num_buckets() >= table.num_buckets() {
+            return;
+        }
+        for &j in table.iter() {
+            smaller.insert_unique(hash(&j), j, hash);
+        }
+        free_elsewhere(std::mem::replace(table, smaller), bytes);
     }
 
     /// Heap bytes at capacity: chunks, index tables (with the old one while the index grows).
@@ -604,6 +626,32 @@ mod tests {
     fn key(i: u64) -> u64 {
         let x = (i ^ 0x5bd1_e995).wrapping_mul(0x9e37_79b9_7f4a_7c15);
         x ^ (x >> 29)
+    }
+
+    #[test]
+    fn a_large_index_shrunk_is_freed_on_another_thread_with_every_key_kept() {
+        let mut m = DenseMap::default();
+        // Past 114,688 keys the index has 2^18 slots: 1.25 MB.
+        let n = 120_000;
+        for i in 0..n {
+            m.push_new(key(i), i);
+        }
+        for i in 1_000..n {
+            assert_eq!(m.remove(key(i)), Some(i));
+        }
+        let before = FREED_ELSEWHERE.with(std::cell::Cell::get);
+        let slots = m.index.table.num_buckets();
+        assert!(slots * 5 >= FREE_ELSEWHERE_BYTES, "{slots}");
+        m.shrink_to(2_000);
+        assert_eq!(FREED_ELSEWHERE.with(std::cell::Cell::get), before + 1);
+        assert!(m.index.table.num_buckets() < slots / 32);
+        for i in 0..n {
+            assert_eq!(m.get(key(i)), (i < 1_000).then_some(&i), "{i}");
+        }
+        // A small one is shrunk in place.
+        m.shrink_to(0);
+        assert_eq!(FREED_ELSEWHERE.with(std::cell::Cell::get), before + 1);
+        assert_eq!(m.get(key(999)), Some(&999));
     }
 
     #[test]

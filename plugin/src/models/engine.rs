@@ -44,6 +44,8 @@ mod state;
 pub use clock::{Clock, Slot, CLOCK_QUORUM, FUTURE_SKEW_MS};
 pub use config::ModelConfig;
 pub use decay::{Decay, Decayed};
+#[cfg(test)]
+pub use dense::FREED_ELSEWHERE;
 pub use dense::{free_elsewhere, DenseMap, Pairs, FREE_ELSEWHERE_BYTES, HELPER_THREAD};
 pub use hash::{mix, KeyHasher, KeyMap, PassThrough};
 pub use keys::{KeyTable, Tracked};

@@ -845,6 +845,36 @@ fn a_loaded_bucket_numbered_as_an_unused_place_is_refused() {
 }
 
 #[test]
+fn an_emptied_side_map_is_freed_on_another_thread_when_large() {
+    // Destinations with sums in three open buckets at once: bucket 3's go beside the records,
+    // into a map of their own, freed when its last sum is taken.
+    let key = |i: u64| mix(i, 0x5eed);
+    let freed = || crate::models::engine::FREED_ELSEWHERE.with(std::cell::Cell::get);
+    for (n, large) in [(100, false), (120_000, true)] {
+        let mut s = BucketSums::default();
+        for b in 1..4 {
+            s.open(b);
+        }
+        for i in 0..n {
+            for b in 1..4 {
+                s.insert(key(i), b, 1.0);
+            }
+        }
+        assert_eq!(s.spilled_len(), n as usize);
+        let (before, full) = (freed(), s.bytes());
+        for i in 0..n {
+            assert_eq!(s.take(key(i), 3), Some(1.0));
+        }
+        assert_eq!(s.spilled_len(), 0);
+        // The side map went: its entries' chunks as they emptied, then its index, handed to a
+        // thread of its own when it is 1 MB or more (2^18 slots for 120,000 sums), freed here
+        // otherwise.
+        assert_eq!(full - s.bytes() >= FREE_ELSEWHERE_BYTES, large, "{n} sums");
+        assert_eq!(freed(), before + usize::from(large), "{n} sums");
+    }
+}
+
+#[test]
 fn a_fold_from_the_side_map_looks_at_one_spilled_sum_per_sum_folded() {
     // Lateness above one bucket: destinations with sums in three buckets at once, the third
     // beside their record; the side map also holds another bucket's sums, added first. The

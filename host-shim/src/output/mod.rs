@@ -106,10 +106,16 @@ impl Output {
         }
     }
 
-    /// The lines written since the last commit, taken.
+    /// The lines written since the last commit, taken. A buffer far larger than its lines
+    /// gives its spare room back first, as [`Outputs::write_owned`] does for a block: the
+    /// engine makes room for a whole block in `default` before writing it line by line
+    /// ([`Outputs::reserve`]), and most of its lines may go elsewhere.
     fn take_batch(&mut self) -> Option<Batch> {
         if self.batch.is_empty() {
             return None;
+        }
+        if !keeps_whole(&self.batch) {
+            self.batch.shrink_to_fit();
         }
         Some(Batch {
             data: std::mem::take(&mut self.batch),
@@ -385,7 +391,7 @@ impl Outputs {
         // A buffer far larger than its lines is copied, not kept: the queue bounds the bytes
         // of its batches, not their capacity, and a reader's block (256 KiB or more) holding
         // one small event would otherwise be held whole while an output is down.
-        if output.batch.is_empty() && data.capacity() <= (2 * data.len()).max(KEEP_WHOLE) {
+        if output.batch.is_empty() && keeps_whole(&data) {
             output.batch = data;
         } else {
             output.batch.extend_from_slice(&data);
@@ -723,9 +729,15 @@ fn log_drops(name: &str, drops: &mut Option<(Instant, u64)>, lines: u64) {
     }
 }
 
-/// The largest spare room a batch taken whole by [`Outputs::write_owned`] may keep (a batch as
-/// large as the usual read block).
+/// The largest spare room a batch taken whole by [`Outputs::write_owned`] or handed to the
+/// queue may keep (a batch as large as the usual read block).
 const KEEP_WHOLE: usize = 64 * 1024;
+
+/// Whether `buffer` may go to the queue as it is: its capacity is at most twice its bytes, or
+/// [`KEEP_WHOLE`] (the queue bounds the bytes of its batches, not their capacity).
+fn keeps_whole(buffer: &Vec<u8>) -> bool {
+    buffer.capacity() <= (2 * buffer.len()).max(KEEP_WHOLE)
+}
 
 #[cfg(test)]
 mod tests;

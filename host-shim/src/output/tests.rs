@@ -119,3 +119,31 @@ fn a_block_far_larger_than_its_lines_is_not_kept_as_the_batch() {
     assert_eq!(outputs.outputs[DEFAULT_OUTPUT].batch.as_ptr(), at);
     outputs.commit().unwrap();
 }
+
+#[test]
+fn a_batch_far_larger_than_its_lines_gives_its_room_back_when_handed_over() {
+    let mut outputs = Outputs::from_writers(vec![(
+        DEFAULT_OUTPUT.to_owned(),
+        Box::new(io::sink()) as Box<dyn io::Write + Send>,
+    )]);
+    // Room made for a whole block (as the engine does), then one short line written: the
+    // rest of the block went to other outputs.
+    outputs.reserve(DEFAULT_OUTPUT, 256 * 1024).unwrap();
+    outputs.write_line(DEFAULT_OUTPUT, b"one").unwrap();
+    let output = outputs.outputs.get_mut(DEFAULT_OUTPUT).unwrap();
+    let batch = output.take_batch().unwrap();
+    assert_eq!(batch.data, b"one\n");
+    assert!(
+        batch.data.capacity() <= KEEP_WHOLE,
+        "{}",
+        batch.data.capacity()
+    );
+    // A batch that fills its room is handed over as it is (no copy).
+    outputs.reserve(DEFAULT_OUTPUT, 100_000).unwrap();
+    outputs.write_line(DEFAULT_OUTPUT, &[b'x'; 99_999]).unwrap();
+    let output = outputs.outputs.get_mut(DEFAULT_OUTPUT).unwrap();
+    let at = output.batch.as_ptr();
+    let batch = output.take_batch().unwrap();
+    assert_eq!(batch.data.as_ptr(), at);
+    assert_eq!(batch.data.len(), 100_000);
+}

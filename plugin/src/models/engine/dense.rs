@@ -398,10 +398,14 @@ impl<V> DenseMap<V> {
             table.shrink_to(min, hash);
             return;
         }
-        let mut smaller = HashTable::with_capacity(min.max(table.len()));
-        if smaller.num_buckets() >= table.num_buckets() {
+        // A table for more than half its keys would have as many slots (they are a power of
+        // two, and the keys 7/8 of them once past 8): nothing to give back, nothing allocated.
+        let keys = min.max(table.len());
+        if keys > table.capacity() / 2 {
             return;
         }
+        let mut smaller = HashTable::with_capacity(keys);
+        debug_assert!(smaller.num_buckets() < table.num_buckets());
         for &j in table.iter() {
             smaller.insert_unique(hash(&j), j, hash);
         }
@@ -649,9 +653,27 @@ mod tests {
             assert_eq!(m.get(key(i)), (i < 1_000).then_some(&i), "{i}");
         }
         // A small one is shrunk in place.
+        let slots = m.index.table.num_buckets();
         m.shrink_to(0);
         assert_eq!(FREED_ELSEWHERE.with(std::cell::Cell::get), before + 1);
+        assert!(m.index.table.num_buckets() < slots, "{slots}");
         assert_eq!(m.get(key(999)), Some(&999));
+    }
+
+    #[test]
+    fn a_large_index_more_than_half_full_is_kept_as_it_is() {
+        let mut m = DenseMap::default();
+        // 120,000 keys in 2^18 slots (1.25 MB): a table for them would have as many.
+        for i in 0..120_000 {
+            m.push_new(key(i), i);
+        }
+        let (slots, at) = (m.index.table.num_buckets(), m.index.table.capacity());
+        assert!(slots * 5 >= FREE_ELSEWHERE_BYTES, "{slots}");
+        let before = FREED_ELSEWHERE.with(std::cell::Cell::get);
+        m.shrink_to(0);
+        assert_eq!(FREED_ELSEWHERE.with(std::cell::Cell::get), before);
+        assert_eq!((m.index.table.num_buckets(), m.capacity()), (slots, at));
+        assert_eq!(m.get(key(119_999)), Some(&119_999));
     }
 
     #[test]

@@ -384,12 +384,16 @@ impl<V> DenseMap<V> {
         self.index.table.capacity()
     }
 
-    /// Gives back the index's room beyond `min` keys (and any growth under way: it finishes).
-    /// A large index is not shrunk in place, which frees it on this thread: its keys are put
-    /// in a smaller one and it is freed on another ([`free_elsewhere`]), as a grown one is.
+    /// Gives back the index's room beyond `min` keys (and any growth under way: it finishes;
+    /// a successor prepared for it is freed as a large index is). A large index is not shrunk
+    /// in place, which frees it on this thread: its keys are put in a smaller one and it is
+    /// freed on another ([`free_elsewhere`]), as a grown one is.
     pub fn shrink_to(&mut self, min: usize) {
         self.finish_growth();
-        self.index.next = None;
+        if let Some(Ok(next)) = self.index.next.take().map(|r| r.try_recv()) {
+            let bytes = table_bytes(&next);
+            free_elsewhere(next, bytes);
+        }
         let entries = &self.entries;
         let hash = |&j: &u32| entries.get(j as usize).0;
         let table = &mut self.index.table;
@@ -676,6 +680,38 @@ mod tests {
         assert_eq!(m.get(key(119_999)), Some(&119_999));
     }
 
+    /// A map filled until its index's successor is being prepared, and its number of keys.
+    fn until_prepared() -> (DenseMap<()>, u64) {
+        let mut m = DenseMap::default();
+        let mut i = 0;
+        while m.index.next.is_none() {
+            m.push_new(key(i), ());
+            i += 1;
+        }
+        (m, i)
+    }
+
+    #[test]
+    fn a_prepared_successor_is_freed_on_another_thread_when_the_index_is_shrunk() {
+        let (mut m, i) = until_prepared();
+        // The successor sent already: dropping its channel would free it on this thread.
+        let next = m.index.next.take().unwrap().recv().unwrap();
+        let (tx, rx) = mpsc::channel();
+        tx.send(next).unwrap();
+        m.index.next = Some(rx);
+        let (slots, at) = (m.index.table.num_buckets(), m.index.table.capacity());
+        let before = FREED_ELSEWHERE.with(std::cell::Cell::get);
+        // More than half full: a smaller table would have as many slots, so it is kept.
+        m.shrink_to(0);
+        assert_eq!(FREED_ELSEWHERE.with(std::cell::Cell::get), before + 1);
+        assert!(m.index.next.is_none());
+        assert_eq!(m.index.table.num_buckets(), slots);
+        assert_eq!(m.capacity(), at);
+        for j in 0..i {
+            assert!(m.get(key(j)).is_some(), "{j}");
+        }
+    }
+
     #[test]
     fn a_growing_index_moves_a_bounded_number_of_keys_per_change() {
         let mut m = DenseMap::default();
@@ -833,12 +869,7 @@ mod tests {
 
     #[test]
     fn a_large_index_gets_its_successor_from_another_thread() {
-        let mut m = DenseMap::default();
-        let mut i = 0;
-        while m.index.next.is_none() {
-            m.push_new(key(i), ());
-            i += 1;
-        }
+        let (mut m, mut i) = until_prepared();
         let prepared_at = m.capacity();
         assert!(prepared_at >= PREPARE_FROM);
         while !m.growing() {

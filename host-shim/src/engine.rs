@@ -385,10 +385,12 @@ fn write_run(block: &[u8], run: Option<Run>, outputs: &mut Outputs) -> io::Resul
     }
 }
 
-/// Makes room in `default` for what a batch writes line by line from its first line that does
-/// not pass unchanged on: at most the `rest` of its lines, each with a newline, and the
-/// replacements among its `verdicts` (a block holding flagged events grew its output's batch
-/// by doubling, a copy of the block each time).
+/// Makes room in `default` for what a plugin batch (up to `max_events` lines of a block)
+/// writes line by line from its first line that does not pass unchanged on: usually at most
+/// the `rest` of its lines, each with a newline, and the replacements among its `verdicts`
+/// (a line wrapped under `unreadable: wrap` can be longer; lines routed elsewhere leave room
+/// unused, which the output gives back when it hands the batch over). A block holding flagged
+/// events grew its output's batch by doubling, a copy of the block each time.
 fn reserve(outputs: &mut Outputs, rest: &[u8], verdicts: &[Verdict]) -> io::Result<()> {
     let replaced: usize = verdicts
         .iter()
@@ -611,9 +613,10 @@ mod tests {
     #[test]
     fn a_block_written_line_by_line_makes_room_for_itself_once() {
         let mut engine = engine(Picks, BatchConfig::default(), UnreadablePolicy::Pass);
+        let default = Sink::default();
         let mut outputs = Outputs::from_writers(vec![(
             "default".into(),
-            Box::new(Sink::default()) as Box<dyn io::Write + Send>,
+            Box::new(default.clone()) as Box<dyn io::Write + Send>,
         )]);
         // 700 lines of 100 bytes, the first flagged: more than a batch's first 64 KiB, which
         // grew by doubling to 128 KiB.
@@ -626,7 +629,7 @@ mod tests {
         engine
             .process_block(Block::new(block.clone()), &mut outputs)
             .unwrap();
-        let capacity = outputs.batch_capacity("default");
+        let capacity = outputs.batch("default").capacity();
         // Room for the block, its replacement and a newline, made at its first flagged line.
         assert!(
             (written..=written + "flag,flagged".len() + 1).contains(&capacity),
@@ -635,15 +638,20 @@ mod tests {
         outputs.commit().unwrap();
         // The batch handed over, the next starts with no buffer; a block that passes whole
         // becomes it.
-        assert_eq!(outputs.batch_capacity("default"), 0);
+        assert_eq!(outputs.batch("default").capacity(), 0);
         let passing = block[5..].to_vec();
+        let at = passing.as_ptr();
         engine
-            .process_block(Block::new(passing.clone()), &mut outputs)
+            .process_block(Block::new(passing), &mut outputs)
             .unwrap();
-        assert_eq!(outputs.batch_capacity("default"), passing.capacity());
+        assert_eq!(outputs.batch("default").as_ptr(), at);
         outputs.commit().unwrap();
         let (_, undelivered) = outputs.finish();
         assert!(undelivered.is_empty(), "{undelivered:?}");
+        let mut expected = b"flag,flagged\n".to_vec();
+        expected.extend_from_slice(&block[5..]);
+        expected.extend_from_slice(&block[5..]);
+        assert!(*default.0.lock().unwrap() == expected);
     }
 
     #[test]

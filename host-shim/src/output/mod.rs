@@ -251,10 +251,10 @@ impl Outputs {
         outputs
     }
 
-    /// The capacity of the named output's batch (tests check how it grows).
+    /// The named output's batch (tests check how its buffer grows and whether it is a copy).
     #[cfg(test)]
-    pub(crate) fn batch_capacity(&self, name: &str) -> usize {
-        self.outputs[name].batch.capacity()
+    pub(crate) fn batch(&self, name: &str) -> &Vec<u8> {
+        &self.outputs[name].batch
     }
 
     /// Starts output `name`: its buffer (a disk buffer's `path` resolved already) and its

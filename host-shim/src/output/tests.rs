@@ -138,12 +138,40 @@ fn a_batch_far_larger_than_its_lines_gives_its_room_back_when_handed_over() {
         "{}",
         batch.data.capacity()
     );
-    // A batch that fills its room is handed over as it is (no copy).
-    outputs.reserve(DEFAULT_OUTPUT, 100_000).unwrap();
-    outputs.write_line(DEFAULT_OUTPUT, &[b'x'; 99_999]).unwrap();
+    // A batch with at most twice its bytes of room, or 64 KiB, is handed over as it is (no
+    // copy, its room kept); past that bound its room is given back.
+    for (room, bytes, kept) in [
+        (100_000, 100_000, true),
+        (100_000, 60_000, true),
+        (100_000, 50_000, true),
+        (100_001, 50_000, false),
+        (KEEP_WHOLE, 1_000, true),
+        (KEEP_WHOLE + 1, 1_000, false),
+    ] {
+        let (at, data) = handed_over(&mut outputs, room, bytes);
+        assert_eq!(data.len(), bytes, "{room} {bytes}");
+        assert!(data[..bytes - 1].iter().all(|&b| b == b'x') && data[bytes - 1] == b'\n');
+        if kept {
+            assert_eq!(
+                (data.as_ptr(), data.capacity()),
+                (at, room),
+                "{room} {bytes}"
+            );
+        } else {
+            assert_eq!(data.capacity(), bytes, "{room} {bytes}");
+        }
+    }
+}
+
+/// One line of `bytes` (with its terminator) written into `room` made in `default`, then
+/// taken: where the buffer was (its capacity checked to be `room`), and the bytes taken.
+fn handed_over(outputs: &mut Outputs, room: usize, bytes: usize) -> (*const u8, Vec<u8>) {
+    outputs.reserve(DEFAULT_OUTPUT, room).unwrap();
+    outputs
+        .write_line(DEFAULT_OUTPUT, &vec![b'x'; bytes - 1])
+        .unwrap();
     let output = outputs.outputs.get_mut(DEFAULT_OUTPUT).unwrap();
+    assert_eq!(output.batch.capacity(), room);
     let at = output.batch.as_ptr();
-    let batch = output.take_batch().unwrap();
-    assert_eq!(batch.data.as_ptr(), at);
-    assert_eq!(batch.data.len(), 100_000);
+    (at, output.take_batch().unwrap().data)
 }

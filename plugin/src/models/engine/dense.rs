@@ -67,6 +67,8 @@ pub fn free_elsewhere<T: Send + 'static>(dropped: T, bytes: usize) {
 thread_local! {
     /// Test count of the allocations this thread handed to [`free_elsewhere`]'s threads.
     pub static FREED_ELSEWHERE: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
+    /// Test count of the smaller indexes [`DenseMap::shrink_to`] allocated on this thread.
+    pub static SHRUNK_BUILT: std::cell::Cell<usize> = const { std::cell::Cell::new(0) };
 }
 
 /// Entries in chunks of [`CHUNK`]; the first grows by doubling up to [`CHUNK`], the others are
@@ -409,6 +411,8 @@ impl<V> DenseMap<V> {
             return;
         }
         let mut smaller = HashTable::with_capacity(keys);
+        #[cfg(test)]
+        SHRUNK_BUILT.with(|n| n.set(n.get() + 1));
         debug_assert!(smaller.num_buckets() < table.num_buckets());
         for &j in table.iter() {
             smaller.insert_unique(hash(&j), j, hash);
@@ -628,6 +632,7 @@ fn read_chunks<'de, V: Deserialize<'de>, A: SeqAccess<'de>>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::Cell;
     use std::collections::HashMap;
 
     /// A scattered key (the maps take keyed hashes).
@@ -636,10 +641,10 @@ mod tests {
         x ^ (x >> 29)
     }
 
-    #[test]
-    fn a_large_index_shrunk_is_freed_on_another_thread_with_every_key_kept() {
+    /// 120,000 keys put in a map, all but the first 1,000 removed: its index keeps the 2^18
+    /// slots (1.25 MB) it took past 114,688 keys.
+    fn large_with_few_keys() -> (DenseMap<u64>, u64) {
         let mut m = DenseMap::default();
-        // Past 114,688 keys the index has 2^18 slots: 1.25 MB.
         let n = 120_000;
         for i in 0..n {
             m.push_new(key(i), i);
@@ -647,6 +652,13 @@ mod tests {
         for i in 1_000..n {
             assert_eq!(m.remove(key(i)), Some(i));
         }
+        assert!(m.index.table.num_buckets() * 5 >= FREE_ELSEWHERE_BYTES);
+        (m, n)
+    }
+
+    #[test]
+    fn a_large_index_shrunk_is_freed_on_another_thread_with_every_key_kept() {
+        let (mut m, n) = large_with_few_keys();
         let before = FREED_ELSEWHERE.with(std::cell::Cell::get);
         let slots = m.index.table.num_buckets();
         assert!(slots * 5 >= FREE_ELSEWHERE_BYTES, "{slots}");
@@ -673,11 +685,40 @@ mod tests {
         }
         let (slots, at) = (m.index.table.num_buckets(), m.index.table.capacity());
         assert!(slots * 5 >= FREE_ELSEWHERE_BYTES, "{slots}");
-        let before = FREED_ELSEWHERE.with(std::cell::Cell::get);
+        let before = counts();
         m.shrink_to(0);
-        assert_eq!(FREED_ELSEWHERE.with(std::cell::Cell::get), before);
+        // Nothing allocated (nor freed): a smaller table would have had as many slots.
+        assert_eq!(counts(), before);
         assert_eq!((m.index.table.num_buckets(), m.capacity()), (slots, at));
         assert_eq!(m.get(key(119_999)), Some(&119_999));
+    }
+
+    /// This thread's tables handed to [`free_elsewhere`] and smaller indexes built.
+    fn counts() -> (usize, usize) {
+        (
+            FREED_ELSEWHERE.with(Cell::get),
+            SHRUNK_BUILT.with(Cell::get),
+        )
+    }
+
+    #[test]
+    fn a_large_index_is_shrunk_for_up_to_half_its_capacity() {
+        // One key more than half its capacity: kept, nothing allocated.
+        let (mut m, _) = large_with_few_keys();
+        let (slots, at) = (m.index.table.num_buckets(), m.capacity());
+        let before = counts();
+        m.shrink_to(at / 2 + 1);
+        assert_eq!(counts(), before, "{at}");
+        assert_eq!((m.index.table.num_buckets(), m.capacity()), (slots, at));
+        // Half its capacity: a table of half the slots, built once and the old one handed over.
+        let (mut m, _) = large_with_few_keys();
+        assert_eq!((m.index.table.num_buckets(), m.capacity()), (slots, at));
+        let (freed, built) = counts();
+        m.shrink_to(at / 2);
+        assert_eq!(counts(), (freed + 1, built + 1), "{at}");
+        assert_eq!(m.index.table.num_buckets(), slots / 2, "{at}");
+        assert!(m.capacity() >= at / 2);
+        assert_eq!(m.get(key(999)), Some(&999));
     }
 
     /// A map filled until its index's successor is being prepared, and its number of keys.

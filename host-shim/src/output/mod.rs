@@ -108,8 +108,8 @@ impl Output {
 
     /// The lines written since the last commit, taken. A buffer far larger than its lines
     /// gives its spare room back first, as [`Outputs::write_owned`] does for a block: the
-    /// engine makes room for a whole block in `default` before writing it line by line
-    /// ([`Outputs::reserve`]), and most of its lines may go elsewhere.
+    /// engine makes room in `default` for the rest of a plugin batch's lines before writing
+    /// them one by one ([`Outputs::reserve`]), and most of them may go elsewhere.
     fn take_batch(&mut self) -> Option<Batch> {
         if self.batch.is_empty() {
             return None;
@@ -410,7 +410,8 @@ impl Outputs {
 
     /// Makes room at once for `bytes` more in the named output's batch (or `default`'s), so
     /// that the lines written next do not grow it step by step (each step a copy of what it
-    /// holds): the engine asks for a block's worth before it writes a block line by line.
+    /// holds): the engine asks for the rest of a plugin batch's worth before it writes its
+    /// lines one by one.
     pub(crate) fn reserve(&mut self, name: &str, bytes: usize) -> io::Result<()> {
         self.get(name)?.batch.reserve(bytes);
         Ok(())

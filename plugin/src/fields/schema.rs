@@ -360,24 +360,27 @@ const LOW_BYTES: [u64; 8] = [
 #[inline(always)]
 fn key_words(bytes: &[u8], s: usize, e: usize) -> (u64, u64) {
     let len = e - s;
-    match word(bytes, s) {
-        Some(w) if len > 8 => (w, word(bytes, e - 8).unwrap_or(0)),
-        Some(w) if len == 8 => (w, 0),
-        Some(w) => (w & LOW_BYTES[len & 7], 0),
-        None => padded_words(&bytes[s..e]),
+    if len < 8 {
+        if let Some(w) = word(bytes, s) {
+            return (w & LOW_BYTES[len], 0);
+        }
+    } else if let Some(key) = bytes.get(s..e) {
+        // Both words lie within a key of eight bytes or more: once the key is in `bytes`, no
+        // further bounds check (where a word read from `bytes` took two for each word).
+        if let (Some(a), Some(b)) = (key.first_chunk::<8>(), key.last_chunk::<8>()) {
+            let b = if len > 8 { u64::from_le_bytes(*b) } else { 0 };
+            return (u64::from_le_bytes(*a), b);
+        }
     }
+    padded_words(&bytes[s..e])
 }
 
-/// [`key_words`] for a key too close to the end of its buffer to load a word.
+/// [`key_words`] for a key shorter than eight bytes too close to the end of its buffer to
+/// load a word (a longer key holds its words itself).
 #[cold]
 fn padded_words(key: &[u8]) -> (u64, u64) {
     let mut pad = [0u8; 8];
     let n = key.len().min(8);
     pad[..n].copy_from_slice(&key[..n]);
-    let b = if key.len() > 8 {
-        word(key, key.len() - 8).unwrap_or(0)
-    } else {
-        0
-    };
-    (u64::from_le_bytes(pad), b)
+    (u64::from_le_bytes(pad), 0)
 }

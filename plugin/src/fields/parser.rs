@@ -129,7 +129,7 @@ impl Parser<'_, '_> {
                             (pos, v) = colon_peek(b, after)?;
                             match table.find(b, start, after - 1) {
                                 Some(entry) => {
-                                    let bit = 1u64 << entry.bit;
+                                    let bit = entry.bit;
                                     // A plain key repeated, or one that an escaped or dotted
                                     // key of this object may spell the same: the exact pass
                                     // decides.

@@ -164,8 +164,9 @@ pub(super) struct Entry {
     /// Index in [`Node::long_keys`] for keys over sixteen bytes.
     long: u32,
     pub(super) target: Target,
-    /// The entry's bit in an object's mask of the keys matched in it (its slot, modulo 64).
-    pub(super) bit: u8,
+    /// The entry's bit in an object's mask of the keys matched in it (bit `slot % 64`), kept
+    /// as the mask itself: no shift per matched key.
+    pub(super) bit: u64,
 }
 
 /// Where a key that leads nowhere leads.
@@ -222,7 +223,7 @@ impl Node {
                 b,
                 len: u32::try_from(bytes.len()).unwrap_or(u32::MAX),
                 long,
-                bit: (slot % 64) as u8,
+                bit: 1 << (slot % 64),
                 target: Target {
                     field: narrow(entry.field),
                     child: narrow(entry.child),

@@ -59,6 +59,34 @@ fn long_keys_and_keys_near_the_end_of_the_line() {
     assert!(!e.present(f[0]));
 }
 
+/// Every key length from 1 to 20 bytes: a wanted key is found, and a key of the same length
+/// that differs from it only in its last byte (or only in its first) is not, wherever it sits
+/// in the line. A key's second word (its last eight bytes, from nine bytes on) is all that
+/// tells the last-byte variant apart from 9 to 16 bytes.
+#[test]
+fn keys_that_differ_only_at_one_end_are_told_apart_at_every_length() {
+    for len in 1..=20 {
+        let key: String = (0..len)
+            .map(|i| char::from(b'a' + (i % 26) as u8))
+            .collect();
+        let last = format!("{}Z", &key[..len - 1]);
+        let first = format!("Z{}", &key[1..]);
+        let (mut s, f) = schema(&[key.as_str()]);
+        for other in [&last, &first] {
+            for line in [
+                format!(r#"{{"{other}":1}}"#),
+                format!(r#"{{"{other}":1,"padding_after_the_key":"0123456789"}}"#),
+            ] {
+                let e = s.scan(&line).unwrap();
+                assert!(!e.present(f[0]), "{key} matched in {line}");
+            }
+        }
+        let both = format!(r#"{{"{last}":1,"{key}":2}}"#);
+        let e = s.scan(&both).unwrap();
+        assert_eq!(e.number(f[0]), Some(2.0), "{key}");
+    }
+}
+
 #[test]
 fn arrays_escapes_nulls_and_unwanted_fields() {
     let (mut s, f) = schema(&PATHS);

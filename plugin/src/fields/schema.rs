@@ -381,7 +381,6 @@ fn key_words(bytes: &[u8], s: usize, e: usize) -> (u64, u64) {
 #[cold]
 fn padded_words(key: &[u8]) -> (u64, u64) {
     let mut pad = [0u8; 8];
-    let n = key.len().min(8);
-    pad[..n].copy_from_slice(&key[..n]);
+    pad[..key.len()].copy_from_slice(key);
     (u64::from_le_bytes(pad), 0)
 }

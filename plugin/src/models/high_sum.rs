@@ -503,12 +503,14 @@ impl Model for HighSum {
         let now = st.clock.head()?;
         let part_key = st.hasher.key(&[obs.partition]);
         let key = st.hasher.key(&[obs.partition, obs.by, obs.over]);
-        if !st.partitions.contains_key(&part_key) {
-            if st.partitions.len() >= self.config.model.max_partitions {
-                st.unscored += 1;
-                return None;
-            }
-            st.partitions.insert(part_key, Partition::new());
+        // A new partition is refused at the cap here, and made where its sum is added: below
+        // the cap no look-up is spent on whether it exists (what comes between treats an absent
+        // partition as an empty one).
+        if st.partitions.len() >= self.config.model.max_partitions
+            && !st.partitions.contains_key(&part_key)
+        {
+            st.unscored += 1;
+            return None;
         }
 
         // Running sum.
@@ -530,6 +532,12 @@ impl Model for HighSum {
                         .values()
                         .any(|p| p.sums.open_buckets().iter().any(|&o| o < b));
                     if older_open {
+                        // Made before the close walks the partitions, as before this cut: an
+                        // insertion that grows the map would change the order it walks them in.
+                        self.state
+                            .partitions
+                            .entry(part_key)
+                            .or_insert_with(Partition::new);
                         self.close_before(b);
                     }
                 }
@@ -543,7 +551,11 @@ impl Model for HighSum {
                     self.fold_key(part_key, key);
                 }
                 let open_keys = &mut self.state.open_keys;
-                let part = self.state.partitions.get_mut(&part_key)?;
+                let part = self
+                    .state
+                    .partitions
+                    .entry(part_key)
+                    .or_insert_with(Partition::new);
                 part.sums.open(b);
                 let sum = match part.sums.add(key, b, obs.value) {
                     Some(sum) => sum,
@@ -568,7 +580,12 @@ impl Model for HighSum {
                     }
                 }
                 self.state.far_late += 1;
-                (b, obs.value, self.state.partitions.get(&part_key)?)
+                let part = self
+                    .state
+                    .partitions
+                    .entry(part_key)
+                    .or_insert_with(Partition::new);
+                (b, obs.value, &*part)
             }
         };
         let (entities, clock) = (&self.state.entities, &self.state.clock);

@@ -1025,3 +1025,51 @@ fn a_saved_histogram_of_other_than_every_bin_is_refused() {
         assert_eq!(h.check("partition.all").is_err(), refused, "{bins} bins");
     }
 }
+
+/// An event of 1 kB to `dest` in `partition`, a minute into `bucket`; whether it is scored.
+fn scored_in(m: &mut HighSum, bucket: i64, partition: &str, dest: &str) -> bool {
+    let t = T0 + bucket * SPAN + 60_000;
+    let obs = Observation {
+        time_ms: t,
+        arrival_ms: t,
+        by: None,
+        over: Some(dest),
+        partition: Some(partition),
+        value: 1e3,
+    };
+    m.observe(&obs).is_some()
+}
+
+#[test]
+fn a_new_partition_beyond_max_partitions_is_unscored_a_known_one_still_scored() {
+    let mut config = HighSumConfig::default();
+    config.model.max_partitions = 2;
+    let mut m = config.build().unwrap();
+    let seen: Vec<bool> = ["a", "b", "c", "a", "b", "c", "d"]
+        .into_iter()
+        .map(|p| scored_in(&mut m, 0, p, "198.51.100.1"))
+        .collect();
+    assert_eq!(seen, [true, true, false, true, true, false, false]);
+    assert_eq!((m.status().partitions, m.status().unscored_events), (2, 3));
+
+    // At 3 partitions the std map's length is its capacity: a refused fourth changes nothing
+    // but the count of unscored events (no partition made, no room reserved for one).
+    let mut config = HighSumConfig::default();
+    config.model.max_partitions = 3;
+    let mut m = config.build().unwrap();
+    for p in ["a", "b", "c"] {
+        assert!(scored_in(&mut m, 0, p, "198.51.100.1"));
+    }
+    let (mut twin, capacity) = (m.clone(), m.state.partitions.capacity());
+    assert!(!scored_in(&mut m, 0, "d", "198.51.100.2"));
+    twin.state.unscored += 1;
+    assert_eq!(saved(&m), saved(&twin));
+    assert_eq!(m.state.partitions.capacity(), capacity);
+    // Far-late (bucket 0 closed by bucket 3's events): refused for a new partition, scored
+    // for a known one.
+    assert!(scored_in(&mut m, 3, "a", "198.51.100.1"));
+    assert!(!scored_in(&mut m, 0, "e", "198.51.100.1"));
+    assert!(scored_in(&mut m, 0, "b", "198.51.100.1"));
+    assert_eq!(m.status().far_late_events, 1);
+    assert_eq!((m.status().partitions, m.status().unscored_events), (3, 2));
+}

@@ -14,7 +14,10 @@
 //!    of N destinations (distinct public addresses) receives one upload, in time order. The
 //!    first bucket closes when the third starts, so N destinations are tracked and two buckets
 //!    hold N open sums each. It reports the heap that state takes (a counting allocator:
-//!    bytes live after the warm-up minus before), the tracked destinations (the job's
+//!    bytes live after the warm-up minus before; that includes the GeoIP cache's growth, which
+//!    is not state (a lookup cache, bounded by `geoip.cache_entries`, never saved) and is
+//!    given apart too, measured on a cache of its own fed the same addresses: see
+//!    [`geo_cache_growth`]), the tracked destinations (the job's
 //!    `tracked_entities`), the peak heap of the state save over the running heap (the save as
 //!    the host does it: streamed into a state file, envelope included), and the wall and CPU
 //!    time of the event that closes the next bucket (N sums) and of the events after it (see
@@ -40,14 +43,16 @@
 //! which does not.
 
 use std::alloc::{GlobalAlloc, Layout, System};
-use std::net::Ipv4Addr;
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Instant;
 
 use egresswatch_common::time::format_rfc3339_ms;
 use egresswatch_plugin::config::BuildOptions;
+use egresswatch_plugin::geo::{GeoCache, GeoDb, DEFAULT_CACHE_CAPACITY};
 use egresswatch_plugin::Detector;
 use egresswatch_plugin_api::state_file::{self, StateFile};
 
@@ -122,13 +127,16 @@ fn workspace() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
 }
 
+/// The GeoIP database the detector is configured with (relative to the workspace).
+const GEO_DATABASE: &str = "data/geo/geo-whois-asn-country.mmdb";
+
 fn detector(size: usize) -> Detector {
     let config = serde_json::json!({
         // One thread, so that the Ir and CPU times are the detection's, comparable over time
         // (callgrind would count a scan thread's hand-off too).
         "threads": 1,
         "rules": ["rules"],
-        "geoip": { "database": "data/geo/geo-whois-asn-country.mmdb" },
+        "geoip": { "database": GEO_DATABASE },
         "models": { "max_entities": (4 * size).max(1_000_000) },
         "actions": { "default": { "annotate": false } },
     })
@@ -175,6 +183,24 @@ fn feed(detector: &mut Detector, lines: &[String], now_ms: i64) -> usize {
             .len();
     }
     verdicts
+}
+
+/// The heap a GeoIP cache of the detector's capacity grows by in the warm-up, on a cache of
+/// its own asked for the warm-up's destinations in the warm-up's order: the detector's (a
+/// per-thread lookup cache, bounded by `geoip.cache_entries`, not saved) grows the same way,
+/// give or take one doubling (each cache hashes with its own random seed, which moves a
+/// little the point at which half its slots are in use). Every pass counts: an address that
+/// lost its slot to another of its set in one pass fills one again in the next.
+fn geo_cache_growth(size: usize) -> usize {
+    let db = GeoDb::open(workspace().join(GEO_DATABASE)).expect("the GeoIP database opens");
+    let mut cache = GeoCache::new(Arc::new(db), DEFAULT_CACHE_CAPACITY);
+    let before = live();
+    for _ in 0..PASSES {
+        for i in 0..size {
+            std::hint::black_box(cache.country(IpAddr::V4(destination(i))));
+        }
+    }
+    live() - before
 }
 
 /// The job's tracked and probationary destinations, from the detector's metrics.
@@ -263,17 +289,20 @@ fn prepare(size: usize, state: &Path) {
     sorted.sort_unstable_by(f64::total_cmp);
     let median_ms = sorted[sorted.len() / 2];
     drop(detector);
+    let geo = geo_cache_growth(size);
     let (load_peak, loaded) = load_peak(size, state);
     let load = std::fs::read_to_string("/proc/loadavg").unwrap_or_default();
     let load = load.split(' ').next().unwrap_or("?");
     println!(
-        "prepared {size}: warm-up {warm:.1} s, slowest event {:.3} ms CPU (bucket {}, event {}); detector built {} B; state {} B on the heap for {entities:.0} tracked ({probation:.0} on probation) = {:.1} B per tracked destination; state file {file} B; save peak +{save_peak} B = {:.1}% of the running heap ({} B); close of the next bucket {close_ms:.3} ms wall ({:.3} ms CPU), slowest of it and the {} events after {worst_ms:.3} ms wall (event {slowest}; median {median_ms:.3} ms; load average {load}), {worst_cpu_ms:.3} ms CPU (event {slowest_cpu}); load peak +{load_peak} B = {:.1}% of the loaded heap ({loaded} B)",
+        "prepared {size}: warm-up {warm:.1} s, slowest event {:.3} ms CPU (bucket {}, event {}); detector built {} B; state {} B on the heap for {entities:.0} tracked ({probation:.0} on probation) = {:.1} B per tracked destination, of which the GeoIP cache's growth {geo} B = {:.1} B ({:.1} B without it); state file {file} B; save peak +{save_peak} B = {:.1}% of the running heap ({} B); close of the next bucket {close_ms:.3} ms wall ({:.3} ms CPU), slowest of it and the {} events after {worst_ms:.3} ms wall (event {slowest}; median {median_ms:.3} ms; load average {load}), {worst_cpu_ms:.3} ms CPU (event {slowest_cpu}); load peak +{load_peak} B = {:.1}% of the loaded heap ({loaded} B)",
         warm_worst.0,
         warm_worst.1,
         warm_worst.2,
         built - before,
         running - built,
         (running - built) as f64 / entities.max(1.0),
+        geo as f64 / entities.max(1.0),
+        (running - built).saturating_sub(geo) as f64 / entities.max(1.0),
         save_peak as f64 * 100.0 / running as f64,
         running,
         cpu[0],
@@ -281,7 +310,7 @@ fn prepare(size: usize, state: &Path) {
         load_peak as f64 * 100.0 / loaded as f64,
     );
     println!(
-        "PREPARED {size} {entities} {} {file} {save_peak} {running} {close_ms:.3} {worst_ms:.3} {worst_cpu_ms:.3} {load_peak} {loaded}",
+        "PREPARED {size} {entities} {} {file} {save_peak} {running} {close_ms:.3} {worst_ms:.3} {worst_cpu_ms:.3} {load_peak} {loaded} {geo}",
         running - built
     );
 }
@@ -489,8 +518,8 @@ fn main() {
     // Each row is printed as soon as its size is measured (a 10M size takes a while).
     println!("scale: {events} measured events per size (detector in-process, both rules, GeoIP)\n");
     let memory_only = args.iter().any(|a| a == "--memory-only");
-    println!("| destinations | tracked | Ir/event | vs the first size | state B/tracked | B/tracked over the previous size | state file B | save peak over running | load peak over loaded | closing event Ir | worst event Ir around the close | closing event wall ms | worst event wall ms | worst event CPU ms |");
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("| destinations | tracked | Ir/event | vs the first size | state B/tracked | of which the GeoIP cache | without the GeoIP cache | B/tracked over the previous size | state file B | save peak over running | load peak over loaded | closing event Ir | worst event Ir around the close | closing event wall ms | worst event wall ms | worst event CPU ms |");
+    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     let mut first = None;
     // The state's growth from the previous size: what a destination costs without the fixed
     // part (per-partition histograms, the other model, caches), which dominates small sizes.
@@ -548,11 +577,13 @@ fn main() {
         };
         previous = Some((f[1], f[2]));
         // PREPARED size tracked state_bytes file_bytes save_peak running close_ms worst_ms
-        // worst_cpu_ms load_peak loaded
+        // worst_cpu_ms load_peak loaded geo_cache_bytes
         println!(
-            "| {size} | {:.0} | {per_event} | {vs_first} | {:.1} | {marginal} | {:.0} | {:.1}% | {:.1}% | {close} | {worst} | {:.3} | {:.3} | {:.3} |",
+            "| {size} | {:.0} | {per_event} | {vs_first} | {:.1} | {:.1} | {:.1} | {marginal} | {:.0} | {:.1}% | {:.1}% | {close} | {worst} | {:.3} | {:.3} | {:.3} |",
             f[1],
             f[2] / f[1].max(1.0),
+            f[11] / f[1].max(1.0),
+            (f[2] - f[11]).max(0.0) / f[1].max(1.0),
             f[3],
             f[4] * 100.0 / f[5].max(1.0),
             f[9] * 100.0 / f[10].max(1.0),

@@ -117,17 +117,35 @@ impl<T> Chunks<T> {
     }
 
     fn push(&mut self, value: T) {
+        // One comparison when there is room (no chunk holds room past CHUNK).
         match self.chunks.last_mut() {
-            Some(c) if c.len() < CHUNK => {
-                if c.len() == c.capacity() && c.len() >= STEP {
-                    // Never past CHUNK (a chunk sized for a load need not end on a STEP).
-                    c.reserve_exact(STEP.min(CHUNK - c.len()));
-                }
-                c.push(value);
-            }
-            _ => self.chunks.push(vec![value]),
+            Some(c) if c.len() < c.capacity() => c.push(value),
+            _ => self.push_growing(value),
         }
         self.len += 1;
+    }
+
+    /// [`Chunks::push`] when the last chunk is full: it grows (doubling below [`STEP`], then
+    /// [`STEP`] more, never past [`CHUNK`]: a chunk sized for a load need not end on a
+    /// [`STEP`]), or a chunk is started.
+    #[cold]
+    fn push_growing(&mut self, value: T) {
+        match self.chunks.last_mut() {
+            Some(c) if c.len() < CHUNK => {
+                let more = if c.len() < STEP {
+                    c.len().max(4)
+                } else {
+                    STEP.min(CHUNK - c.len())
+                };
+                c.reserve_exact(more);
+                c.push(value);
+            }
+            _ => {
+                let mut c = Vec::with_capacity(4);
+                c.push(value);
+                self.chunks.push(c);
+            }
+        }
     }
 
     fn pop(&mut self) -> Option<T> {

@@ -503,9 +503,10 @@ impl Model for HighSum {
         let now = st.clock.head()?;
         let part_key = st.hasher.key(&[obs.partition]);
         let key = st.hasher.key(&[obs.partition, obs.by, obs.over]);
-        // A new partition is refused at the cap here, and made where its sum is added: below
-        // the cap no look-up is spent on whether it exists (what comes between treats an absent
-        // partition as an empty one).
+        // A new partition is refused at the cap here, and made by an `entry` below (for the
+        // sum, or a far-late event's score; under memory pressure before the close walks the
+        // partitions, see there): below the cap no look-up is spent on whether it exists (what
+        // comes between treats an absent partition as an empty one).
         if st.partitions.len() >= self.config.model.max_partitions
             && !st.partitions.contains_key(&part_key)
         {

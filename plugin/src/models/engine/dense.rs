@@ -111,13 +111,17 @@ impl<T> Chunks<T> {
     fn with_capacity(expected: usize) -> Self {
         let mut chunks = Vec::new();
         if expected > 0 {
-            chunks.push(Vec::with_capacity(expected.min(CHUNK)));
+            let first = Vec::with_capacity(expected.min(CHUNK));
+            assert!(first.capacity() <= CHUNK, "{}", first.capacity());
+            chunks.push(first);
         }
         Chunks { chunks, len: 0 }
     }
 
     fn push(&mut self, value: T) {
-        // One comparison when there is room (no chunk holds room past CHUNK).
+        // One comparison when there is room: no chunk has room past CHUNK (the asserts where
+        // chunks are allocated and grown keep it so), or entry CHUNK + 1 would land in chunk 0
+        // and positions would no longer map to (chunk, offset).
         match self.chunks.last_mut() {
             Some(c) if c.len() < c.capacity() => c.push(value),
             _ => self.push_growing(value),
@@ -128,6 +132,13 @@ impl<T> Chunks<T> {
     /// [`Chunks::push`] when the last chunk is full: it grows (doubling below [`STEP`], then
     /// [`STEP`] more, never past [`CHUNK`]: a chunk sized for a load need not end on a
     /// [`STEP`]), or a chunk is started.
+    ///
+    /// [`Chunks::push`] takes a chunk's capacity as its room, so no capacity may pass
+    /// [`CHUNK`]. Today's std allocates exactly what `Vec::with_capacity` and `reserve_exact`
+    /// ask for (it ignores any excess the allocator returns), but it promises only "at
+    /// least": the asserts turn a std that gave more into a panic here, once a growth, rather
+    /// than entries filed in the wrong chunk (and would stop a zero-sized `T`, whose capacity
+    /// is unbounded).
     #[cold]
     fn push_growing(&mut self, value: T) {
         match self.chunks.last_mut() {
@@ -138,10 +149,12 @@ impl<T> Chunks<T> {
                     STEP.min(CHUNK - c.len())
                 };
                 c.reserve_exact(more);
+                assert!(c.capacity() <= CHUNK, "{}", c.capacity());
                 c.push(value);
             }
             _ => {
                 let mut c = Vec::with_capacity(4);
+                assert!(c.capacity() <= CHUNK, "{}", c.capacity());
                 c.push(value);
                 self.chunks.push(c);
             }

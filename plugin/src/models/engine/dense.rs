@@ -884,6 +884,26 @@ mod tests {
     }
 
     #[test]
+    fn a_chunk_doubles_up_to_step_then_grows_a_step_at_a_time() {
+        let capacities = |n: u64| {
+            let mut m = DenseMap::default();
+            for i in 0..n {
+                m.push_new(key(i), i);
+            }
+            let caps: Vec<usize> = m.entries.chunks.iter().map(Vec::capacity).collect();
+            caps
+        };
+        // Doubling from 4 while a chunk is smaller than STEP (512)...
+        assert_eq!(capacities(3), [4]);
+        assert_eq!(capacities(300), [512]);
+        // ... then 512 at a time: 600 entries in 1,024, and a last chunk of 2,100 in 2,560
+        // (doubling would give it 4,096: 1,996 entries' room unused).
+        assert_eq!(capacities(600), [2 * STEP]);
+        let n = 5 * CHUNK as u64 + 2_100;
+        assert_eq!(capacities(n), [CHUNK, CHUNK, CHUNK, CHUNK, CHUNK, 5 * STEP]);
+    }
+
+    #[test]
     fn saved_as_the_map_of_values_it_replaced() {
         let mut m = DenseMap::default();
         let mut map: HashMap<u64, f64> = HashMap::new();

@@ -78,9 +78,11 @@ thread_local! {
 }
 
 /// Entries in chunks of [`CHUNK`]; a chunk grows as it fills, by doubling up to [`STEP`]
-/// entries and then [`STEP`] at a time, so that a map leaves fewer than [`STEP`] entries'
-/// room unused past its first [`STEP`] (a chunk allocated whole left up to [`CHUNK`] - 1: 3
-/// chunks for 10,000 entries, 23% unused, in `benches/scale.rs`).
+/// entries and then [`STEP`] at a time, so that a growing map leaves fewer than [`STEP`]
+/// entries' room unused past its first [`STEP`] (a chunk allocated whole left up to
+/// [`CHUNK`] - 1: 2,288 entries' room for 10,000 in `benches/scale.rs`). Removals do not
+/// shrink a chunk: the last one keeps its room until it empties and is dropped, so a map that
+/// lost entries may leave up to [`CHUNK`] - 1 unused, as before.
 #[derive(Debug, Clone)]
 struct Chunks<T> {
     chunks: Vec<Vec<T>>,

@@ -862,7 +862,7 @@ mod tests {
         assert!(std::ptr::eq(first, m.at(0)), "the first chunk moved");
         assert_eq!(m.entries.capacity(), m.len());
         // Past a chunk's end, less than a STEP's room unused (a last chunk allocated whole
-        // left 2,304 entries here), and the first chunk only as large as it needed.
+        // left 2,300 entries here), and the first chunk only as large as it needed.
         for i in (5 * CHUNK as u64)..(7 * CHUNK as u64 - 2300) {
             m.push_new(key(i), i);
         }

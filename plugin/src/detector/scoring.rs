@@ -313,7 +313,7 @@ pub(super) fn alert_detail(def: &JobDef, bound: &BoundJob, hit: &Hit) -> AlertDe
         score: (hit.scored.score * 10.0).round() / 10.0,
         bucket_start: hit.scored.bucket_start_ms.div_euclid(1000),
         actual: Some(hit.scored.actual),
-        typical: Some(hit.scored.typical),
+        typical: Some(hit.scored.typical()),
         influencers: def
             .influencers
             .iter()
@@ -383,7 +383,7 @@ fn score_record(
         subject_value: value.into(),
         value: obs.value,
         actual: scored.actual,
-        typical: scored.typical,
+        typical: scored.typical(),
         reason: reason.into(),
         extra,
     }

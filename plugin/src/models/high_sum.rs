@@ -622,8 +622,8 @@ impl Model for HighSum {
             _ => -p_pop.log10(),
         };
         let typical = match entity {
-            Some(e) if established => f64::from(e.mean).exp(),
-            _ => part.all.cache.median,
+            Some(e) if established => super::Typical::Ln(e.mean),
+            _ => super::Typical::Value(part.all.cache.median),
         };
         Some(Scored {
             score: score_from_log10_p(neg_log10_p),
@@ -632,8 +632,8 @@ impl Model for HighSum {
             bucket_start_ms: clock.start_ms(bucket),
             bucket_span_ms: clock.span_ms(),
             actual: sum,
-            typical,
             detail: Detail::HighSum {
+                typical,
                 bucket_sum: sum,
                 population_p99_9: part.all.cache.p99_9,
                 entity_buckets_seen: round_count(ent_w),

@@ -421,12 +421,12 @@ impl Model for Rare {
             bucket_start_ms: st.clock.start_ms(bucket),
             bucket_span_ms: st.clock.span_ms(),
             actual: if t_hist > 0.0 { c_hist / t_hist } else { 0.0 },
-            typical: if t_hist > 0.0 {
-                (part.top.get(now, decay) / t_hist).min(1.0)
-            } else {
-                0.0
-            },
             detail: Detail::Rare {
+                typical: if t_hist > 0.0 {
+                    (part.top.get(now, decay) / t_hist).min(1.0)
+                } else {
+                    0.0
+                },
                 buckets_with_value: raw_hist,
                 buckets_total: raw_total_hist,
                 first_seen_ms: entry.map(|e| st.clock.start_ms(e.first)),

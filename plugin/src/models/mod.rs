@@ -36,6 +36,7 @@ pub use high_sum::{HighSum, HighSumConfig};
 pub use rare::{Rare, RareConfig};
 
 use crate::catalog::Function;
+use engine::round_count;
 
 /// One model as the registry knows it: the ML function it implements, its default settings, and
 /// how to build it from settings.
@@ -145,10 +146,11 @@ pub enum Detail {
         history_start_ms: i64,
         /// Whether counts are entity-buckets (`over` set) rather than buckets.
         population: bool,
-        /// Days before today on which the value appeared (decayed, rounded).
-        days_with_value: u64,
-        /// Days before today with data in this partition (decayed, rounded).
-        days_total: u64,
+        /// Days before today on which the value appeared (decayed; the reason and the extra
+        /// fields round it: rounding is about 24 instructions, and only alerts read it).
+        days_with_value: f64,
+        /// Days before today with data in this partition (decayed; rounded where it is read).
+        days_total: f64,
         /// Buckets in the value's current session, this one included.
         session_buckets: u64,
         /// The value's longest session before this one, in buckets (0: never seen).
@@ -228,9 +230,9 @@ impl Scored {
                 push_duration_ms(&mut text, (self.bucket_start_ms - history_start_ms).max(0));
                 if buckets_with_value > 0 {
                     text.push_str(", on ");
-                    push_count(&mut text, days_with_value);
+                    push_count(&mut text, round_count(days_with_value));
                     text.push_str(" of ");
-                    push_count(&mut text, days_total);
+                    push_count(&mut text, round_count(days_total));
                     text.push_str(" days");
                 }
                 if session_buckets > longest_session.max(1) {
@@ -288,8 +290,8 @@ impl Scored {
                 let mut v = vec![
                     ("buckets_with_value", clamp(buckets_with_value)),
                     ("buckets_total", clamp(buckets_total)),
-                    ("days_with_value", clamp(days_with_value)),
-                    ("days_total", clamp(days_total)),
+                    ("days_with_value", clamp(round_count(days_with_value))),
+                    ("days_total", clamp(round_count(days_total))),
                     ("session_buckets", clamp(session_buckets)),
                 ];
                 if let Some(t) = first_seen_ms {
@@ -450,7 +452,8 @@ mod tests {
                     duration_ms(history)
                 );
                 if buckets_with_value > 0 {
-                    let (with, total) = (count(days_with_value), count(days_total));
+                    let round = |d: f64| d.round() as u64;
+                    let (with, total) = (count(round(days_with_value)), count(round(days_total)));
                     text.push_str(&format!(", on {with} of {total} days"));
                 }
                 if session_buckets > longest_session.max(1) {
@@ -500,8 +503,8 @@ mod tests {
                 first_seen_ms: None,
                 history_start_ms: start - (i as i64 % 40) * 3_600_000 - 1_000,
                 population: i % 2 == 0,
-                days_with_value: i % 5,
-                days_total: i % 31 + 1,
+                days_with_value: (i % 5) as f64 * x * 1.5,
+                days_total: (i % 31 + 1) as f64 + x,
                 session_buckets: i % 9,
                 longest_session: i % 4,
             });

@@ -339,9 +339,16 @@ impl Model for Rare {
                 let idx = match part.open.iter().position(|o| o.bucket == b) {
                     Some(i) => i,
                     None => {
+                        // Room for as many keys as the fullest open bucket: a set grown from
+                        // empty was rehashed at each doubling, about three times a bucket
+                        // (two thirds of what its inserts cost).
+                        let expected = part.open.iter().map(|o| o.seen.len()).max();
                         part.open.push(OpenBucket {
                             bucket: b,
-                            seen: KeyMap::default(),
+                            seen: KeyMap::with_capacity_and_hasher(
+                                expected.unwrap_or(0),
+                                Default::default(),
+                            ),
                         });
                         part.open.len() - 1
                     }

@@ -80,8 +80,8 @@ use serde::{Deserialize, Serialize};
 
 use super::engine::{
     check_weight, decode_state, encode_state, floor_probability, invalid, normal_neg_log10_sf,
-    round_count, score_from_log10_p, Clock, Decay, KeyHasher, KeyMap, KeyTable, Kind, ModelConfig,
-    Slot, Tracked,
+    score_from_log10_p, Clock, Decay, KeyHasher, KeyMap, KeyTable, Kind, ModelConfig, Slot,
+    Tracked,
 };
 use super::{Detail, Model, ModelError, ModelStatus, Observation, Scored};
 
@@ -636,7 +636,7 @@ impl Model for HighSum {
                 typical,
                 bucket_sum: sum,
                 population_p99_9: part.all.cache.p99_9,
-                entity_buckets_seen: round_count(ent_w),
+                entity_buckets_seen: ent_w,
             },
         })
     }

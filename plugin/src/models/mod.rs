@@ -165,8 +165,8 @@ pub enum Detail {
         bucket_sum: f64,
         /// 99.9th percentile of completed bucket sums across the population (0 when unknown).
         population_p99_9: f64,
-        /// Completed buckets in which this entity had data (decayed, rounded).
-        entity_buckets_seen: u64,
+        /// Completed buckets in which this entity had data (decayed; rounded where it is read).
+        entity_buckets_seen: f64,
     },
 }
 
@@ -307,7 +307,10 @@ impl Scored {
             } => vec![
                 ("bucket_sum", ExtraValue::Float(bucket_sum)),
                 ("population_p99_9", ExtraValue::Float(population_p99_9)),
-                ("entity_buckets_seen", clamp(entity_buckets_seen)),
+                (
+                    "entity_buckets_seen",
+                    clamp(round_count(entity_buckets_seen)),
+                ),
             ],
         }
     }
@@ -512,7 +515,7 @@ mod tests {
                 typical: Typical::Value(big * x),
                 bucket_sum: big,
                 population_p99_9: big / (1.0 + x * 1e4),
-                entity_buckets_seen: i,
+                entity_buckets_seen: i as f64 * x,
             });
             for s in [rare, sum] {
                 let (field, value) = ("destination.ip", "203.0.113.7");

@@ -203,10 +203,18 @@ impl RareState {
         if self.partitions.len() > config.model.max_partitions {
             return Err(invalid("partitions", self.partitions.len()));
         }
-        for p in self.partitions.values() {
+        for (&key, p) in &self.partitions {
             p.check()?;
             if p.open.len() > 17 {
                 return Err(invalid("partition.open", p.open.len()));
+            }
+            // What `observe` reads from a set's emptiness (see there).
+            if let Some(o) = p
+                .open
+                .iter()
+                .find(|o| !o.seen.is_empty() && !o.seen.contains_key(&(key ^ SALT_BUCKET)))
+            {
+                return Err(invalid("partition.open.seen", o.bucket));
             }
         }
         let open: usize = self
@@ -364,7 +372,10 @@ impl Model for Rare {
         let (total_seen, bucket_seen, unit_seen) = match open_idx {
             Some(i) => {
                 let seen = &part.open[i].seen;
-                let bucket_seen = seen.contains_key(&bucket_key);
+                // The bucket's own key is the first an event marks, and no other is marked
+                // when it cannot be (the open-keys cap): a set with any key holds it (and a
+                // loaded state is checked for that), so its emptiness says it without a look-up.
+                let bucket_seen = !seen.is_empty();
                 // Without `over` the bucket is the unit of the total: the same key.
                 let total_seen = if total_key == bucket_key {
                     bucket_seen

@@ -437,6 +437,14 @@ fn a_crafted_state_is_refused_field_by_field() {
         p.novelty = 7.0;
     }
     refused("partition.novelty", s);
+    // An open bucket holding keys but not its own bucket's (`observe` reads the bucket's key
+    // from the set's emptiness), the open-keys count kept right.
+    let mut s = good.clone();
+    let (&key, p) = s.partitions.iter_mut().next().unwrap();
+    let open = p.open.iter_mut().find(|o| o.seen.len() > 1).unwrap();
+    assert!(open.seen.remove(&(key ^ SALT_BUCKET)).is_some());
+    s.open_keys -= 1;
+    refused("partition.open.seen", s);
     let mut s = good;
     s.values.for_each_mut(|v| v.count = -1.0);
     refused("value.count", s);

@@ -150,7 +150,9 @@ pub(super) fn score(
         else {
             continue;
         };
-        let Some(scored) = job.model.observe(&obs) else {
+        // Read where the model returned it: moved out of the `Option`, it was copied.
+        let returned = job.model.observe(&obs);
+        let Some(scored) = &returned else {
             continue;
         };
         job.scored += 1;
@@ -167,7 +169,7 @@ pub(super) fn score(
                     ctx.event_index,
                     &job.def,
                     rule,
-                    &scored,
+                    scored,
                     &obs,
                     alert,
                 ));
@@ -178,7 +180,7 @@ pub(super) fn score(
                 best = Some(Box::new(Hit {
                     job: j,
                     rule: r,
-                    scored,
+                    scored: *scored,
                     field,
                     value,
                     alert,

@@ -1117,3 +1117,45 @@ fn a_new_partition_under_memory_pressure_closes_in_the_order_the_map_walks_after
     // The test has teeth: some insertions did reorder the map.
     assert!(reordered > 0);
 }
+
+/// What was expected, bit for bit as the model's state holds it (review-scored11a MED-1,
+/// MED-2): an established destination's usual sum is `exp` of its log-mean, taken only when
+/// read; a new one's is the median of all destinations' sums. Three destinations a bucket, a
+/// decade and more apart, put that median clearly on the middle one.
+#[test]
+fn what_was_expected_is_the_usual_sum_or_else_the_population_median() {
+    use crate::models::Typical;
+    let mut m = HighSumConfig::default().build().unwrap();
+    for bucket in 0..12 {
+        send(&mut m, bucket, "198.51.100.1", 1e3);
+        send(&mut m, bucket, "198.51.100.2", 1e4);
+        send(&mut m, bucket, "203.0.113.7", 4e6);
+    }
+    let usual = send(&mut m, 12, "203.0.113.7", 1.0);
+    let key = m.state.hasher.key(&[None, None, Some("203.0.113.7")]);
+    let mean = m.state.entities.get(key).expect("established").mean;
+    let Detail::HighSum { typical, .. } = usual.detail else {
+        unreachable!("a high_sum score")
+    };
+    assert!(matches!(typical, Typical::Ln(_)), "{usual:?}");
+    assert_eq!(usual.typical().to_bits(), f64::from(mean).exp().to_bits());
+    assert!((usual.typical() / 4e6 - 1.0).abs() < 0.01, "{usual:?}");
+    let reason = usual.reason("destination", "203.0.113.7");
+    assert!(reason.contains("; typical 4.0 MB,"), "{reason}");
+
+    let new = send(&mut m, 12, "192.0.2.1", 1.0);
+    let all = &m.state.partitions.values().next().unwrap().all.cache;
+    let Detail::HighSum {
+        typical,
+        population_p99_9,
+        ..
+    } = new.detail
+    else {
+        unreachable!("a high_sum score")
+    };
+    assert!(matches!(typical, Typical::Value(_)), "{new:?}");
+    assert_eq!(new.typical().to_bits(), all.median.to_bits());
+    assert_ne!(new.typical(), population_p99_9);
+    // One histogram bin is 1/16 of an octave (4.4%).
+    assert!((new.typical() / 1e4 - 1.0).abs() < 0.05, "{new:?}");
+}

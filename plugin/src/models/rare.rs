@@ -349,14 +349,13 @@ impl Model for Rare {
                     None => {
                         // Room for as many keys as the fullest open bucket: a set grown from
                         // empty was rehashed at each doubling, about three times a bucket
-                        // (two thirds of what its inserts cost).
-                        let expected = part.open.iter().map(|o| o.seen.len()).max();
+                        // (two thirds of what its inserts cost). No more than the open-keys cap
+                        // leaves: at the cap nothing can be marked, and the room would be lost.
+                        let fullest = part.open.iter().map(|o| o.seen.len()).max();
+                        let room = fullest.unwrap_or(0).min(cap.saturating_sub(st.open_keys));
                         part.open.push(OpenBucket {
                             bucket: b,
-                            seen: KeyMap::with_capacity_and_hasher(
-                                expected.unwrap_or(0),
-                                Default::default(),
-                            ),
+                            seen: KeyMap::with_capacity_and_hasher(room, Default::default()),
                         });
                         part.open.len() - 1
                     }

@@ -493,3 +493,18 @@ fn a_refused_partition_at_the_cap_does_not_grow_the_state() {
     assert_eq!(m.status().approx_bytes, before);
     assert!(scored_in(&mut m, "a"));
 }
+
+#[test]
+fn a_bucket_opened_at_the_open_keys_cap_does_not_grow_the_state() {
+    // review-scored11b MED-1: a new open bucket's set is made with room for the fullest open
+    // one's keys, but never more than the cap leaves: at the cap it can hold none.
+    let mut config = RareConfig::default();
+    config.model.max_entities = 1_000;
+    let mut m = config.build().unwrap();
+    for i in 0..1_000 {
+        see(&mut m, 0, &format!("value-{i}"));
+    }
+    let before = m.status().approx_bytes;
+    see(&mut m, 1, "value-0");
+    assert_eq!(m.status().approx_bytes, before);
+}

@@ -495,6 +495,18 @@ mod tests {
             let big = 10f64.powf(x * 13.0);
             let span = [900_000, 10_800_000, 5_400_000, 60_000, 86_400_000][i as usize % 5];
             let start = 1_700_000_000_000 + i as i64 * 900_000;
+            // The decayed counts: every third score's on or just under a half, where rounding
+            // half up (the reason's and the extra fields'), half to even and truncating differ.
+            let half = [0.5, 2.49, 2.5, 3.5][i as usize % 4];
+            let (days_with, days_total, entity_buckets) = if i % 3 == 0 {
+                (half, half + 1.0, half + 2.0)
+            } else {
+                (
+                    (i % 5) as f64 * x * 1.5,
+                    (i % 31 + 1) as f64 + x,
+                    i as f64 * x,
+                )
+            };
             let scored = |detail| Scored {
                 score: 80.0,
                 learning: false,
@@ -511,8 +523,8 @@ mod tests {
                 first_seen_ms: None,
                 history_start_ms: start - (i as i64 % 40) * 3_600_000 - 1_000,
                 population: i % 2 == 0,
-                days_with_value: (i % 5) as f64 * x * 1.5,
-                days_total: (i % 31 + 1) as f64 + x,
+                days_with_value: days_with,
+                days_total,
                 session_buckets: i % 9,
                 longest_session: i % 4,
             });
@@ -524,8 +536,16 @@ mod tests {
                 typical,
                 bucket_sum: big,
                 population_p99_9: big / (1.0 + x * 1e4),
-                entity_buckets_seen: i as f64 * x,
+                entity_buckets_seen: entity_buckets,
             });
+            let extra = |s: &Scored, name: &str| {
+                let found = s.extra().into_iter().find(|(n, _)| *n == name);
+                found.map(|(_, v)| v)
+            };
+            let rounded = |d: f64| Some(ExtraValue::Int(d.round() as i64));
+            assert_eq!(extra(&rare, "days_with_value"), rounded(days_with));
+            assert_eq!(extra(&rare, "days_total"), rounded(days_total));
+            assert_eq!(extra(&sum, "entity_buckets_seen"), rounded(entity_buckets));
             let expected = [big * x, f64::from(ln).exp()][i as usize % 2];
             assert_eq!(sum.typical().to_bits(), expected.to_bits(), "{sum:?}");
             for s in [rare, sum] {

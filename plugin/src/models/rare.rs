@@ -375,6 +375,7 @@ impl Model for Rare {
                 // when it cannot be (the open-keys cap): a set with any key holds it (and a
                 // loaded state is checked for that), so its emptiness says it without a look-up.
                 let bucket_seen = !seen.is_empty();
+                debug_assert_eq!(bucket_seen, seen.contains_key(&bucket_key));
                 // Without `over` the bucket is the unit of the total: the same key.
                 let total_seen = if total_key == bucket_key {
                     bucket_seen

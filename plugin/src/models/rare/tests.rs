@@ -41,6 +41,15 @@ fn baseline(m: &mut Rare, buckets: std::ops::Range<i64>) {
     }
 }
 
+/// `m` saved and loaded into a model built afresh from its configuration.
+fn reloaded(m: &Rare) -> Rare {
+    let mut bytes = Vec::new();
+    m.save(&mut bytes).unwrap();
+    let mut loaded = m.config().build().unwrap();
+    loaded.load(&bytes).expect("a saved state loads");
+    loaded
+}
+
 /// A session of `len` buckets of `value` from `start`, with the baseline around it; returns
 /// the scores of its buckets.
 fn session(m: &mut Rare, start: i64, len: i64, value: &str) -> Vec<f64> {
@@ -352,8 +361,12 @@ fn memory_cap_holds_and_baseline_survives_a_spray() {
     println!("after 1M-value spray: {st:?}");
     assert!(st.tracked_entities + st.probationary_entities <= 10_000);
     baseline(&mut m, 101..102);
+    // Saved at the open-keys cap, it loads and scores as the model it was saved from.
+    let mut loaded = reloaded(&m);
     for c in BASE {
-        match see(&mut m, 101, c).detail {
+        let s = see(&mut m, 101, c);
+        assert_eq!(see(&mut loaded, 101, c), s);
+        match s.detail {
             Detail::Rare {
                 buckets_with_value, ..
             } => assert_eq!(buckets_with_value, 100, "{c} lost its history"),
@@ -387,8 +400,15 @@ fn population_and_partitions_are_separate() {
         partition: Some(partition),
         value: 0.0,
     };
-    assert!(m.observe(&obs("France", "site1")).unwrap().score < 25.0);
+    // With `over` an event marks up to three keys (the bucket's, the entity-bucket's, the
+    // value's for the entity): saved with such sets, the state loads and scores as the model
+    // it was saved from.
+    let mut loaded = reloaded(&m);
+    let france = m.observe(&obs("France", "site1")).unwrap();
+    assert_eq!(loaded.observe(&obs("France", "site1")), Some(france));
+    assert!(france.score < 25.0);
     let s = m.observe(&obs("Chile", "site1")).unwrap();
+    assert_eq!(loaded.observe(&obs("Chile", "site1")), Some(s));
     assert!(s.score >= 75.0, "{}", s.score);
     assert!(s
         .reason("country", "Chile")
@@ -507,4 +527,7 @@ fn a_bucket_opened_at_the_open_keys_cap_does_not_grow_the_state() {
     let before = m.status().approx_bytes;
     see(&mut m, 1, "value-0");
     assert_eq!(m.status().approx_bytes, before);
+    // The empty set of the bucket opened at the cap, beside a full one, is saved and loads.
+    let mut loaded = reloaded(&m);
+    assert_eq!(see(&mut loaded, 1, "value-1"), see(&mut m, 1, "value-1"));
 }

@@ -51,8 +51,10 @@
 //!
 //! # On an event
 //! A [`Scored`] with [`Detail::HighSum`]: `bucket_sum`, `population_p99_9`,
-//! `entity_buckets_seen`; the reason reads "8.1 GB sent to destination.ip 203.0.113.7 in this 3h
-//! bucket; typical 4.2 kB, 99.9th percentile of destination.ip values 40 MB".
+//! `entity_buckets_seen`, and what was expected ([`Scored::typical`]: an established
+//! destination's typical sum, held as its log-mean, or the population's median); the reason reads
+//! "8.1 GB sent to destination.ip 203.0.113.7 in this 3h bucket; typical 4.2 kB, 99.9th
+//! percentile of destination.ip values 40 MB".
 //!
 //! # Example
 //! ```

@@ -50,9 +50,11 @@
 //! `session_gap_buckets` (4), `session_exponent` (3). See [`RareConfig`].
 //!
 //! # On an event
-//! A [`Scored`] with [`Detail::Rare`]; the reason reads "destination country North Korea seen in
-//! 0 of 2,880 15m buckets over 30 days", or for a persistent value "destination country Algeria
-//! seen in 1 of 420 15m buckets over 5 days; now 4 buckets in a row (longest before: 1)".
+//! A [`Scored`] with [`Detail::Rare`], and what was expected ([`Scored::typical`]: the share of
+//! past buckets with the partition's most common value); the reason reads "destination country
+//! North Korea seen in 0 of 2,880 15m buckets over 30 days", or for a persistent value
+//! "destination country Algeria seen in 1 of 420 15m buckets over 5 days; now 4 buckets in a row
+//! (longest before: 1)".
 //!
 //! # Example
 //! ```

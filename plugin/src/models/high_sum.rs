@@ -85,7 +85,7 @@ use super::engine::{
     score_from_log10_p, Clock, Decay, KeyHasher, KeyMap, KeyTable, Kind, ModelConfig, Slot,
     Tracked,
 };
-use super::{Detail, Model, ModelError, ModelStatus, Observation, Scored};
+use super::{Detail, Model, ModelError, ModelStatus, Observation, Scored, Typical};
 
 mod close;
 mod histogram;
@@ -624,8 +624,8 @@ impl Model for HighSum {
             _ => -p_pop.log10(),
         };
         let typical = match entity {
-            Some(e) if established => super::Typical::Ln(e.mean),
-            _ => super::Typical::Value(part.all.cache.median),
+            Some(e) if established => Typical::Ln(e.mean),
+            _ => Typical::Value(part.all.cache.median),
         };
         Some(Scored {
             score: score_from_log10_p(neg_log10_p),

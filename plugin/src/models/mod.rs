@@ -391,6 +391,15 @@ pub enum ModelError {
         /// Its value.
         value: String,
     },
+    /// Parts of the saved state disagree with each other, in a way no version of the model
+    /// writes (a crafted state, or one from another writer).
+    #[error("model state: {field} disagrees with the rest of the state: {what}")]
+    Inconsistent {
+        /// The state field at fault.
+        field: &'static str,
+        /// What is wrong with it.
+        what: String,
+    },
     /// The saved state belongs to another model kind or an incompatible configuration.
     #[error("model state does not match the configuration: {field} is {state} in the state, {config} in the configuration")]
     Mismatch {

@@ -216,7 +216,10 @@ impl RareState {
                 .iter()
                 .find(|o| !o.seen.is_empty() && !o.seen.contains_key(&(key ^ SALT_BUCKET)))
             {
-                return Err(invalid("partition.open.seen", o.bucket));
+                return Err(ModelError::Inconsistent {
+                    field: "partition.open.seen",
+                    what: format!("open bucket {} has keys marked but not its own", o.bucket),
+                });
             }
         }
         let open: usize = self

@@ -437,6 +437,7 @@ fn a_crafted_state_is_refused_field_by_field() {
         assert!(err.to_string().contains(field), "{field}: {err}");
         // The running state is untouched.
         assert_eq!(fresh.status().buckets_seen, 0);
+        err
     };
     let mut s = good.clone();
     s.bucket_span_ms = 0;
@@ -464,7 +465,12 @@ fn a_crafted_state_is_refused_field_by_field() {
     let open = p.open.iter_mut().find(|o| o.seen.len() > 1).unwrap();
     assert!(open.seen.remove(&(key ^ SALT_BUCKET)).is_some());
     s.open_keys -= 1;
-    refused("partition.open.seen", s);
+    let err = refused("partition.open.seen", s);
+    assert!(matches!(err, ModelError::Inconsistent { .. }), "{err}");
+    assert!(
+        err.to_string().contains("has keys marked but not its own"),
+        "{err}"
+    );
     let mut s = good;
     s.values.for_each_mut(|v| v.count = -1.0);
     refused("value.count", s);

@@ -131,7 +131,7 @@ impl Engine {
         let run = self.process_lines(&block, block.text(), block.spans(), outputs)?;
         match run {
             Some((_, lines)) if lines == block.spans().len() as u64 => {
-                let mut data = block.into_bytes();
+                let mut data = block.into_buf();
                 if data.last() != Some(&b'\n') {
                     data.push(b'\n');
                 }

@@ -23,6 +23,7 @@ pub mod counters;
 pub mod engine;
 pub mod http;
 pub mod input;
+pub(crate) mod line_buf;
 pub mod loader;
 pub mod metrics;
 pub mod output;

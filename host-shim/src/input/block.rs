@@ -4,12 +4,15 @@
 //! The engine's thread is the one stage of the pipeline that cannot be spread over cores (it
 //! runs the detector's judging, in event order), so whatever can be done before it is done on
 //! the reader's thread: where each line ends, and whether the lines are UTF-8. A block that is
-//! UTF-8 as a whole is kept as a `String`, and the engine hands its lines to the detector as
-//! they are, without checking each again. (Cutting UTF-8 text at `\n`, an ASCII byte, gives
-//! UTF-8 lines.) A block holding some other bytes is kept as bytes, and the engine checks its
-//! lines one by one, as it does lines that came some other way.
+//! UTF-8 as a whole is marked so, and the engine hands its lines to the detector as they are,
+//! without checking each again. (Cutting UTF-8 text at `\n`, an ASCII byte, gives UTF-8
+//! lines.) For a block holding some other bytes the engine checks its lines one by one, as it
+//! does lines that came some other way. Its bytes are a [`LineBuf`]: a reader's block may
+//! begin a little way into its buffer (`lines.rs`).
 
 use std::ops::Deref;
+
+use crate::line_buf::LineBuf;
 
 /// Where a line lies in its block, without its terminator; also a run of consecutive lines.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -38,39 +41,29 @@ pub(crate) fn line_spans(block: &[u8]) -> Vec<Span> {
 /// and, when they are UTF-8, as text (see the module documentation).
 #[derive(Debug)]
 pub(crate) struct Block {
-    data: Data,
+    data: LineBuf,
+    /// The lines are UTF-8.
+    utf8: bool,
     spans: Vec<Span>,
-}
-
-#[derive(Debug)]
-enum Data {
-    /// The block is UTF-8.
-    Text(String),
-    /// The block holds bytes that are not UTF-8 (in some of its lines).
-    Bytes(Vec<u8>),
 }
 
 impl Block {
     /// The lines `data` holds: cut and checked here, on the caller's thread.
-    pub(crate) fn new(data: Vec<u8>) -> Block {
+    pub(crate) fn new(data: impl Into<LineBuf>) -> Block {
+        let data = data.into();
         let spans = line_spans(&data);
         // simdutf8 checks 64 bytes a step where the standard library checks 16: about a third
         // of the instructions (ARCHITECTURE.md, host).
-        let data = if simdutf8::basic::from_utf8(&data).is_ok() {
-            // SAFETY: simdutf8 has just found these very bytes to be UTF-8.
-            Data::Text(unsafe { String::from_utf8_unchecked(data) })
-        } else {
-            Data::Bytes(data)
-        };
-        Block { data, spans }
+        let utf8 = simdutf8::basic::from_utf8(&data).is_ok();
+        Block { data, utf8, spans }
     }
 
     /// The block as text, when it is UTF-8.
     pub(crate) fn text(&self) -> Option<&str> {
-        match &self.data {
-            Data::Text(text) => Some(text),
-            Data::Bytes(_) => None,
-        }
+        // SAFETY: `utf8` says simdutf8 found these very bytes to be UTF-8 when the block was
+        // made, and a block's bytes are never changed.
+        self.utf8
+            .then(|| unsafe { std::str::from_utf8_unchecked(&self.data) })
     }
 
     /// Where its lines lie.
@@ -78,12 +71,9 @@ impl Block {
         &self.spans
     }
 
-    /// Its bytes, given back.
-    pub(crate) fn into_bytes(self) -> Vec<u8> {
-        match self.data {
-            Data::Text(text) => text.into_bytes(),
-            Data::Bytes(bytes) => bytes,
-        }
+    /// Its bytes, given back where they lie.
+    pub(crate) fn into_buf(self) -> LineBuf {
+        self.data
     }
 }
 
@@ -91,10 +81,7 @@ impl Deref for Block {
     type Target = [u8];
 
     fn deref(&self) -> &[u8] {
-        match &self.data {
-            Data::Text(text) => text.as_bytes(),
-            Data::Bytes(bytes) => bytes,
-        }
+        &self.data
     }
 }
 
@@ -156,7 +143,7 @@ mod tests {
                 text += usize::from(utf8);
                 let block = Block::new(data.clone());
                 assert_eq!(block.text().is_some(), utf8, "{bytes:?} at {at}");
-                assert_eq!(block.into_bytes(), data);
+                assert_eq!(block.into_buf(), data);
             }
         }
         assert!(text > base.len() / 2, "valid insertions were tried: {text}");
@@ -175,6 +162,6 @@ mod tests {
         assert_eq!(block.text(), None);
         assert_eq!(&*block, &bytes[..]);
         assert_eq!(block.spans().len(), 2);
-        assert_eq!(block.into_bytes(), bytes);
+        assert_eq!(block.into_buf(), bytes);
     }
 }

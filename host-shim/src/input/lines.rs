@@ -15,10 +15,14 @@
 //!   connection back until its sender finished the line, which it may never do.
 
 use std::io::{self, Read};
+use std::mem::MaybeUninit;
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
+use std::os::unix::fs::FileTypeExt;
 use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use super::{count_lines, Block, Feed, Msg, READ_BLOCK_BYTES};
+use crate::line_buf::LineBuf;
 use crate::output::Deadline;
 
 /// After a stop signal, a connection whose sender has sent nothing for this long is done: what
@@ -95,21 +99,115 @@ pub(crate) enum Ended {
     Drained,
 }
 
+/// What a reader reads.
+pub(crate) trait Source: Read {
+    /// How to read it straight into the blocks a reader fills, at a page boundary, when that
+    /// gives what `read` would: no buffer of the reader's own to copy each read from
+    /// (`Read::read` takes initialized memory only, and zeroing a block's room costs what the
+    /// copy does).
+    fn direct(&self) -> Option<Direct> {
+        None
+    }
+}
+
+/// A descriptor a reader reads straight into its blocks, and how much it asks for a read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Direct {
+    fd: RawFd,
+    read_len: usize,
+}
+
+impl Direct {
+    /// For a regular file, [`READ_BLOCK_BYTES`] a read; for a pipe, as much as its buffer
+    /// holds, which is all a read of it can give (64 KiB unless its writer grew it), so that a
+    /// block from a full pipe keeps little room and its memory comes from the allocator's heap
+    /// rather than a fresh mapping of a whole read's room. Anything else (a terminal, a socket)
+    /// is read through a copy.
+    fn of(fd: BorrowedFd<'_>) -> Option<Direct> {
+        let kind = std::fs::File::from(fd.try_clone_to_owned().ok()?)
+            .metadata()
+            .ok()?
+            .file_type();
+        let read_len = if kind.is_file() {
+            READ_BLOCK_BYTES
+        } else if kind.is_fifo() {
+            pipe_size(fd)?.min(READ_BLOCK_BYTES)
+        } else {
+            return None;
+        };
+        Some(Direct {
+            fd: fd.as_raw_fd(),
+            read_len,
+        })
+    }
+}
+
+/// The bytes a pipe's buffer holds.
+#[cfg(target_os = "linux")]
+fn pipe_size(fd: BorrowedFd<'_>) -> Option<usize> {
+    // SAFETY: F_GETPIPE_SZ takes an open descriptor and no argument; `fd` is open for the call.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_GETPIPE_SZ) };
+    usize::try_from(n).ok().filter(|&n| n > 0)
+}
+
+/// Elsewhere a pipe's buffer size cannot be asked: it is read through a copy.
+#[cfg(not(target_os = "linux"))]
+fn pipe_size(_: BorrowedFd<'_>) -> Option<usize> {
+    None
+}
+
+/// Standard input's own buffer stays empty: the reader is its only user, and reads its
+/// descriptor.
+impl Source for io::Stdin {
+    fn direct(&self) -> Option<Direct> {
+        Direct::of(self.as_fd())
+    }
+}
+
+/// A connection (plain or TLS) is read through `Read`, with a copy.
+impl Source for &mut Box<dyn Read + Send> {}
+
+/// Reads what `fd` has, at most `buf.len()` bytes, into `buf`: the number of bytes it wrote
+/// there. Errors as `Read` gives them; a closed descriptor reads as the end, as standard input
+/// does in the standard library.
+fn read_fd(fd: RawFd, buf: &mut [MaybeUninit<u8>]) -> io::Result<usize> {
+    // SAFETY: read(2) writes at most `buf.len()` bytes at `buf`, which the borrow keeps valid
+    // and unaliased for the call; it never reads them.
+    let n = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+    match usize::try_from(n) {
+        Ok(n) => Ok(n),
+        Err(_) => {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EBADF) {
+                Ok(0)
+            } else {
+                Err(e)
+            }
+        }
+    }
+}
+
 /// Reads `input` until it ends (see [`Mode`]), handing the engine blocks of complete lines,
 /// oversize lines as the mode says, and at the end the unterminated tail as a last line. Read
 /// timeouts (`WouldBlock`, `TimedOut`) are waited through. Returns the input's error, after
 /// handing over everything read before it. Lines read that the engine no longer takes (it
 /// stopped at the shutdown deadline) are added to `undelivered`.
-pub(crate) fn read_lines<R: Read>(
+pub(crate) fn read_lines<R: Source>(
     mut input: R,
     feed: &Feed,
     max_line_bytes: usize,
     mode: Mode<'_>,
     undelivered: &AtomicU64,
 ) -> io::Result<Ended> {
-    let mut framer = Framer::new(feed, max_line_bytes, mode, undelivered);
-    // Zeroed once; each read's bytes are copied into the pending block.
-    let mut read_space = ReadSpace::new();
+    let direct = input.direct();
+    let mut framer = Framer::new(feed, max_line_bytes, mode, undelivered, direct);
+    // For a source not read straight into its blocks: zeroed once, each read's bytes copied
+    // into the pending block.
+    let mut read_space = ReadSpace::new(if direct.is_some() {
+        0
+    } else {
+        READ_BLOCK_BYTES
+    });
     let read_buf = read_space.buf();
     let mut last_data = Instant::now();
     loop {
@@ -123,10 +221,18 @@ pub(crate) fn read_lines<R: Read>(
                 return framer.finish(None).map(|()| Ended::Idle);
             }
         }
-        match input.read(read_buf) {
+        let read = match direct {
+            Some(direct) => read_fd(direct.fd, framer.room(direct.read_len)),
+            None => input.read(read_buf),
+        };
+        match read {
             Ok(0) => return framer.finish(None).map(|()| Ended::Eof),
             Ok(n) => {
-                framer.push(&read_buf[..n])?;
+                match direct {
+                    // SAFETY: `read_fd` wrote these `n` bytes into the room just given.
+                    Some(_) => unsafe { framer.filled(n) }?,
+                    None => framer.push(&read_buf[..n])?,
+                }
                 // Quiet counts from here: time spent waiting for the engine is not quiet.
                 last_data = Instant::now();
             }
@@ -143,7 +249,8 @@ pub(crate) fn read_lines<R: Read>(
 /// Alignment of the buffer reads land in: a page.
 const READ_ALIGN: usize = 4096;
 
-/// The buffer a reader reads into, starting at a page boundary.
+/// The buffer a reader reads into, starting at a page boundary, when it cannot read straight
+/// into its blocks ([`Source::direct`]; those reads begin at a page boundary too: [`read_room`]).
 ///
 /// Linux copies a read's bytes with `rep movsb`, which on some CPUs runs several times slower
 /// when the destination lies a few bytes past the source's alignment: on the AMD EPYC this was
@@ -154,20 +261,39 @@ const READ_ALIGN: usize = 4096;
 struct ReadSpace {
     space: Vec<u8>,
     start: usize,
+    len: usize,
 }
 
 impl ReadSpace {
-    fn new() -> Self {
-        let space = vec![0u8; READ_BLOCK_BYTES + READ_ALIGN];
+    /// `len` bytes of space.
+    fn new(len: usize) -> Self {
+        let space = vec![0u8; len + READ_ALIGN];
         // `align_offset` may say it cannot tell (usize::MAX): then any place in the space does.
         let start = space.as_ptr().align_offset(READ_ALIGN).min(READ_ALIGN);
-        ReadSpace { space, start }
+        ReadSpace { space, start, len }
     }
 
-    /// [`READ_BLOCK_BYTES`] bytes, page-aligned.
+    /// Its bytes, page-aligned.
     fn buf(&mut self) -> &mut [u8] {
-        &mut self.space[self.start..self.start + READ_BLOCK_BYTES]
+        &mut self.space[self.start..self.start + self.len]
     }
+}
+
+/// The room of a block [`read_room`] makes is a multiple of this: sizes that vary with the
+/// unfinished line's length would each be a new size to the allocator.
+const ROOM_STEP: usize = 16 * 1024;
+
+/// A block to fill: `unfinished` (the line a read left unfinished) followed by room for a read
+/// of `read_len` bytes that begins at a page boundary, so that the kernel's copy into it is the
+/// fast one.
+fn read_room(unfinished: &[u8], read_len: usize) -> LineBuf {
+    let mut buf =
+        Vec::with_capacity((READ_ALIGN + unfinished.len() + read_len).next_multiple_of(ROOM_STEP));
+    let read_at = buf.as_ptr() as usize + unfinished.len();
+    let pad = (READ_ALIGN - read_at % READ_ALIGN) % READ_ALIGN;
+    buf.resize(pad, 0);
+    buf.extend_from_slice(unfinished);
+    LineBuf::at(buf, pad)
 }
 
 fn engine_gone() -> io::Error {
@@ -180,7 +306,9 @@ struct Framer<'a> {
     max_line_bytes: usize,
     mode: Mode<'a>,
     /// Bytes read and not handed over: at most one unfinished line.
-    pending: Vec<u8>,
+    pending: LineBuf,
+    /// Reads go straight into `pending` ([`Source::direct`]), this long at most.
+    read_len: Option<usize>,
     /// Part of the line in `pending` was already handed over (streamed, or cut).
     continued: bool,
     /// What this reader took from its [`HoldBudget`].
@@ -197,12 +325,14 @@ impl<'a> Framer<'a> {
         max_line_bytes: usize,
         mode: Mode<'a>,
         undelivered: &'a AtomicU64,
+        direct: Option<Direct>,
     ) -> Self {
         Framer {
             feed,
             max_line_bytes,
             mode,
-            pending: Vec::new(),
+            pending: LineBuf::default(),
+            read_len: direct.map(|d| d.read_len),
             continued: false,
             taken: 0,
             cut_logged: false,
@@ -218,7 +348,7 @@ impl<'a> Framer<'a> {
             Err(msg) => {
                 // What is held: its complete lines, and the line begun (or being passed on).
                 let held = count_lines(&self.pending).max(u64::from(self.continued));
-                self.pending.clear();
+                self.pending = LineBuf::default();
                 self.continued = false;
                 self.undelivered
                     .fetch_add(msg.lines() + held, Ordering::Relaxed);
@@ -227,21 +357,71 @@ impl<'a> Framer<'a> {
         }
     }
 
+    /// What follows the lines handed over: the unfinished line, in a block of its own (with
+    /// room for a read at a page boundary when reads go straight into it).
+    fn unfinished(&self, from: usize) -> LineBuf {
+        let rest = &self.pending[from..];
+        match self.read_len {
+            Some(read_len) => read_room(rest, read_len),
+            None => rest.to_vec().into(),
+        }
+    }
+
+    /// Room for the next read, `read_len` bytes at the end of `pending`: a block begun by
+    /// [`read_room`] has it; a line longer than a read grows its block (no longer at a page
+    /// boundary: rare).
+    fn room(&mut self, read_len: usize) -> &mut [MaybeUninit<u8>] {
+        let buf = self.pending.buf_mut();
+        if buf.capacity() - buf.len() < read_len {
+            if self.pending.len() < read_len {
+                self.pending = read_room(&self.pending, read_len);
+            } else {
+                self.pending.reserve(read_len);
+            }
+        }
+        let buf = self.pending.buf_mut();
+        &mut buf.spare_capacity_mut()[..read_len]
+    }
+
+    /// Takes the `n` bytes a read put in [`Framer::room`] and hands over what is complete.
+    ///
+    /// # Safety
+    /// The first `n` bytes of the room last given must have been written.
+    unsafe fn filled(&mut self, n: usize) -> io::Result<()> {
+        let buf = self.pending.buf_mut();
+        // SAFETY: the caller wrote these bytes, within the room `room` made.
+        unsafe { buf.set_len(buf.len() + n) };
+        self.frame(self.pending.len() - n)
+    }
+
+    /// Hands over a block of complete lines, giving back the room a short read left (a pipe
+    /// gives 64 KiB at most) so that the output takes it as its batch, not a copy.
+    fn send_lines(&mut self, mut block: LineBuf) -> io::Result<()> {
+        if !block.keeps_whole() {
+            block.shrink_to_fit();
+        }
+        self.send(Msg::Lines(Block::new(block)))
+    }
+
     /// Adds bytes read and hands over what is complete.
     fn push(&mut self, bytes: &[u8]) -> io::Result<()> {
-        let searched = self.pending.len();
         self.pending.extend_from_slice(bytes);
+        self.frame(self.pending.len() - bytes.len())
+    }
+
+    /// Hands over what is complete once `pending` has new bytes from `searched` on.
+    fn frame(&mut self, searched: usize) -> io::Result<()> {
         if self.continued {
             // The end of a line partly handed over ends its last piece.
             let Some(nl) = memchr::memchr(b'\n', &self.pending[searched..]) else {
                 return self.over_limit();
             };
             let end = searched + nl;
-            let rest = self.pending.split_off(end + 1);
+            let rest = self.unfinished(end + 1);
             self.pending.truncate(end);
             let piece = std::mem::replace(&mut self.pending, rest);
             self.send(Msg::Fragment {
-                data: piece,
+                data: piece.into_vec(),
                 first: false,
                 last: true,
             })?;
@@ -257,17 +437,17 @@ impl<'a> Framer<'a> {
     fn push_complete(&mut self, from: usize) -> io::Result<()> {
         if let Some(nl) = memchr::memrchr(b'\n', &self.pending[from..]) {
             let end = from + nl + 1;
-            // Only the unfinished line is kept, in a buffer of its size: the next read makes
-            // room for itself, so the block it completes keeps little room to spare (a pipe
-            // gives 64 KiB a read at most). Room made for a whole read (256 KiB) in advance
-            // made the output copy each such block on the engine's thread rather than take it
-            // as its batch: it copies a buffer far larger than its lines, not to hold memory its
-            // queue does not count. (Giving the room back after the read instead cost a fresh
-            // mapping, page faults and all, for every block.)
-            let next = self.pending[end..].to_vec();
+            // Only the unfinished line is kept, in a buffer of its own: of its size when reads
+            // are copied (the next read makes room for itself), with room for one read when
+            // they go straight into it (a read as long as a pipe's buffer, so a full pipe's
+            // block keeps little room). Either way the block it completes keeps little room to
+            // spare, or gives it back (`send_lines`), so that the output takes it as its batch
+            // rather than copy it on the engine's thread (it copies a buffer far larger than its
+            // lines, not to hold memory its queue does not count).
+            let next = self.unfinished(end);
             self.pending.truncate(end);
             let block = std::mem::replace(&mut self.pending, next);
-            self.send(Msg::Lines(Block::new(block)))?;
+            self.send_lines(block)?;
             self.release();
         }
         self.over_limit()
@@ -310,14 +490,15 @@ impl<'a> Framer<'a> {
     /// Hands over the unfinished line as a piece (cut between characters); `ends_line` makes
     /// the piece a line of its own.
     fn hand_over_piece(&mut self, ends_line: bool) -> io::Result<()> {
-        let keep = incomplete_utf8_tail(&self.pending);
-        let tail = self.pending.split_off(self.pending.len() - keep);
+        let piece = self.pending.len() - incomplete_utf8_tail(&self.pending);
+        let tail = self.unfinished(piece);
+        self.pending.truncate(piece);
         let data = std::mem::replace(&mut self.pending, tail);
         self.pending.reserve(READ_BLOCK_BYTES);
         let first = !self.continued;
         self.continued = true;
         self.send(Msg::Fragment {
-            data,
+            data: data.into_vec(),
             first,
             last: ends_line,
         })
@@ -336,12 +517,12 @@ impl<'a> Framer<'a> {
         let data = std::mem::take(&mut self.pending);
         let sent = if std::mem::replace(&mut self.continued, false) {
             self.send(Msg::Fragment {
-                data,
+                data: data.into_vec(),
                 first: false,
                 last: true,
             })
         } else if !data.is_empty() {
-            self.send(Msg::Lines(Block::new(data)))
+            self.send_lines(data)
         } else {
             Ok(())
         };
@@ -387,7 +568,7 @@ mod tests {
         // Several, with other allocations between them: wherever the allocator puts the space.
         let mut kept = Vec::new();
         for i in 0..8 {
-            let mut space = ReadSpace::new();
+            let mut space = ReadSpace::new(READ_BLOCK_BYTES);
             let buf = space.buf();
             assert_eq!(buf.len(), READ_BLOCK_BYTES);
             assert_eq!(buf.as_ptr() as usize % READ_ALIGN, 0, "read buffer {i}");
@@ -411,6 +592,8 @@ mod tests {
             }
         }
     }
+
+    impl Source for Chunked<'_> {}
 
     impl Read for Chunked<'_> {
         fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
@@ -438,7 +621,7 @@ mod tests {
             let blocks = rx
                 .iter()
                 .map(|msg| match msg {
-                    Msg::Lines(block) => block.into_bytes(),
+                    Msg::Lines(block) => block.into_buf().into_vec(),
                     _ => panic!("only whole lines here"),
                 })
                 .collect();
@@ -455,6 +638,132 @@ mod tests {
                 block.capacity()
             );
         }
+    }
+
+    impl Source for std::fs::File {
+        fn direct(&self) -> Option<Direct> {
+            Direct::of(self.as_fd())
+        }
+    }
+
+    impl Source for io::PipeReader {
+        fn direct(&self) -> Option<Direct> {
+            Direct::of(self.as_fd())
+        }
+    }
+
+    #[test]
+    fn files_and_pipes_are_read_straight_into_blocks_a_pipe_its_buffer_at_a_time() {
+        let path = std::env::temp_dir().join(format!("egresswatch-kind-{}", std::process::id()));
+        let file = std::fs::File::create(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let read_len = |fd: BorrowedFd<'_>| Direct::of(fd).map(|d| d.read_len);
+        assert_eq!(read_len(file.as_fd()), Some(READ_BLOCK_BYTES));
+        let (reader, _writer) = io::pipe().unwrap();
+        // Linux gives a new pipe 16 pages.
+        assert_eq!(read_len(reader.as_fd()), Some(65_536));
+        let (socket, _peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        assert_eq!(read_len(socket.as_fd()), None);
+    }
+
+    /// What the sole reader hands over for `input`, read through its descriptor.
+    fn read_direct(input: impl Source + Send, max: usize) -> Vec<Msg> {
+        let (feed, rx) = Feed::channel();
+        std::thread::scope(|s| {
+            let read = s.spawn(move || {
+                let undelivered = AtomicU64::new(0);
+                let ended = read_lines(input, &feed, max, Mode::Sole, &undelivered);
+                assert_eq!(undelivered.load(Ordering::Relaxed), 0);
+                ended
+            });
+            let msgs = rx.iter().collect();
+            assert_eq!(read.join().unwrap().unwrap(), Ended::Eof);
+            msgs
+        })
+    }
+
+    #[test]
+    fn a_file_is_read_straight_into_its_blocks_at_a_page_boundary() {
+        // Lines of 50 bytes: no read of 256 KiB ends at a line's end, so every block but the
+        // first begins with the line the read before left unfinished.
+        let input = format!("{}\n", "x".repeat(49)).repeat((3 * READ_BLOCK_BYTES + 1_000) / 50);
+        let path = std::env::temp_dir().join(format!("egresswatch-direct-{}", std::process::id()));
+        std::fs::write(&path, &input).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let msgs = read_direct(file, 100);
+        assert_eq!(msgs.len(), 4, "a block per read");
+        let mut offset = 0;
+        for (k, msg) in msgs.into_iter().enumerate() {
+            let Msg::Lines(block) = msg else {
+                panic!("only whole lines here")
+            };
+            let unfinished = k * READ_BLOCK_BYTES - offset;
+            assert!(
+                unfinished < 50 && (unfinished == 0) == (k == 0),
+                "{k}: {unfinished}"
+            );
+            let read_at = block.as_ptr() as usize + unfinished;
+            assert_eq!(
+                read_at % READ_ALIGN,
+                0,
+                "block {k}: read {unfinished} bytes in"
+            );
+            assert_eq!(&block[..], &input.as_bytes()[offset..offset + block.len()]);
+            offset += block.len();
+            let data = block.into_buf();
+            assert!(
+                data.keeps_whole(),
+                "block {k}: {} in {}",
+                data.len(),
+                data.capacity()
+            );
+        }
+        assert_eq!(offset, input.len());
+    }
+
+    #[test]
+    fn a_pipe_read_straight_into_its_blocks_hands_every_byte_over_in_blocks_without_spare_room() {
+        // Short lines and lines over the limit (streamed as fragments), written in pieces of
+        // sizes that fall anywhere in a line.
+        let mut input = Vec::new();
+        for i in 0..3_000 {
+            let len = if i % 500 == 7 {
+                300_000 + i
+            } else {
+                20 + i % 90
+            };
+            input.extend(std::iter::repeat_n(b'a' + (i % 26) as u8, len));
+            input.push(b'\n');
+        }
+        input.extend_from_slice(b"unterminated");
+        let (reader, mut writer) = io::pipe().unwrap();
+        let msgs = std::thread::scope(|s| {
+            s.spawn(|| {
+                use std::io::Write;
+                for piece in input.chunks(70_001) {
+                    writer.write_all(piece).unwrap();
+                }
+                drop(writer);
+            });
+            read_direct(reader, 200_000)
+        });
+        let (mut out, mut blocks) = (Vec::new(), 0);
+        for msg in msgs {
+            match msg {
+                Msg::Lines(block) => {
+                    out.extend_from_slice(&block);
+                    blocks += 1;
+                    // Reads from a pipe are short: the room made for a whole read is given
+                    // back, or the output would copy the block rather than take it.
+                    let data = block.into_buf();
+                    assert!(data.keeps_whole(), "{} in {}", data.len(), data.capacity());
+                }
+                msg => out.extend(rebuild(vec![msg])),
+            }
+        }
+        assert!(blocks > 3, "{blocks}");
+        assert_eq!(out, input);
     }
 
     fn collect(input: &[u8], max: usize, budget: Option<usize>) -> Vec<Msg> {
@@ -489,6 +798,8 @@ mod tests {
 
     /// A connection that never sends anything, and a stop flag and deadline for it.
     struct Silent;
+
+    impl Source for Silent {}
 
     impl Read for Silent {
         fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
@@ -532,7 +843,7 @@ mod tests {
         let mut out = Vec::new();
         for msg in msgs {
             match msg {
-                Msg::Lines(block) => out.extend(block.into_bytes()),
+                Msg::Lines(block) => out.extend_from_slice(&block),
                 Msg::Fragment { data, last, .. } => {
                     out.extend(data);
                     if last {

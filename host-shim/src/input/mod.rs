@@ -9,7 +9,7 @@
 //! a reader waiting for its peer holds no other reader back. How a reader cuts its bytes into
 //! lines, and what it does with a line too long to hold, is in [`lines`].
 
-use std::io::{self, Read};
+use std::io;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{self, Receiver, SyncSender};
@@ -28,7 +28,7 @@ mod lines;
 pub(crate) mod listen;
 
 pub(crate) use block::{line_spans, Block, Span};
-pub(crate) use lines::{read_lines, HoldBudget, Mode, OVERSIZE_HOLD_BYTES};
+pub(crate) use lines::{read_lines, HoldBudget, Mode, Source, OVERSIZE_HOLD_BYTES};
 use listen::InputStats;
 
 /// Size of each read from an input.
@@ -144,7 +144,7 @@ impl Feed {
 }
 
 /// Starts a thread reading `input` (standard input) into `feed`; a read error ends the run.
-fn spawn_reader<R: Read + Send + 'static>(
+fn spawn_reader<R: Source + Send + 'static>(
     input: R,
     feed: Feed,
     max_line_bytes: usize,

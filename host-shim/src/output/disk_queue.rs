@@ -254,7 +254,7 @@ fn a_segment_half_made_on_a_full_disk_is_removed_and_the_next_batch_makes_it_aga
 
 pub(super) fn batch(n: u64) -> Batch {
     Batch {
-        data: line(n),
+        data: line(n).into(),
         lines: 1,
         acks: Vec::new(),
         end: None,
@@ -300,7 +300,7 @@ fn a_disk_that_cannot_take_a_batch_is_a_full_buffer_drop_newest_drops_it() {
     };
     // Handed back whole, its request's acknowledgement with it (the caller counts the drop
     // and tells the request).
-    assert_eq!((dropped.data, dropped.acks.len()), (line(0), 1));
+    assert_eq!((dropped.data.into_vec(), dropped.acks.len()), (line(0), 1));
     assert!(stats.status().errors >= 1);
     assert!(matches!(
         queue.push(batch(1), WhenFull::DropNewest, &none),
@@ -494,7 +494,7 @@ fn read_errors_never_end_an_output_but_do_not_keep_it_past_its_deadline() {
 fn max_bytes_counts_each_record_with_its_header_also_for_what_a_start_finds() {
     let dir = dir("bound");
     let thirty = || Batch {
-        data: vec![b'x'; 30],
+        data: vec![b'x'; 30].into(),
         lines: 1,
         acks: Vec::new(),
         end: None,

@@ -236,7 +236,7 @@ fn a_file_output_replaced_partway_through_a_disk_batch_writes_nothing_twice() {
     queue
         .push(
             super::queue::Batch {
-                data: three.clone(),
+                data: three.clone().into(),
                 lines: 3,
                 acks: Vec::new(),
                 end: None,

@@ -41,6 +41,7 @@ pub(crate) use queue::Deadline;
 
 use crate::ack::Ack;
 use crate::config::{BufferConfig, BufferKind, HostConfig, OutputConfig, WhenFull};
+use crate::line_buf::LineBuf;
 use crate::metrics::{Metrics, OutputHealth};
 pub(crate) use build::same_folder;
 use build::{open_buffer, set_up_if_open, sink};
@@ -76,7 +77,7 @@ struct Ending {
 
 struct Output {
     /// Lines written since the last commit.
-    batch: Vec<u8>,
+    batch: LineBuf,
     lines: u64,
     /// The acknowledgements of the requests whose lines are in `batch`.
     acks: Vec<Ack>,
@@ -114,7 +115,7 @@ impl Output {
         if self.batch.is_empty() {
             return None;
         }
-        if !keeps_whole(&self.batch) {
+        if !self.batch.keeps_whole() {
             self.batch.shrink_to_fit();
         }
         Some(Batch {
@@ -253,7 +254,7 @@ impl Outputs {
 
     /// The named output's batch (tests check how its buffer grows and whether it is a copy).
     #[cfg(test)]
-    pub(crate) fn batch(&self, name: &str) -> &Vec<u8> {
+    pub(crate) fn batch(&self, name: &str) -> &LineBuf {
         &self.outputs[name].batch
     }
 
@@ -340,7 +341,7 @@ impl Outputs {
             worker = turn.after.into_iter().next().or(worker);
         }
         let (batch, lines, acks) = pending.map_or_else(
-            || (Vec::new(), 0, Vec::new()),
+            || (LineBuf::default(), 0, Vec::new()),
             |b| (b.data, b.lines, b.acks),
         );
         self.outputs.insert(
@@ -386,12 +387,12 @@ impl Outputs {
 
     /// Appends `lines` lines, each ending in `\n`, that `data` holds: taken as the batch when
     /// nothing was written to the output since the last commit (no copy), appended otherwise.
-    pub(crate) fn write_owned(&mut self, name: &str, data: Vec<u8>, lines: u64) -> io::Result<()> {
+    pub(crate) fn write_owned(&mut self, name: &str, data: LineBuf, lines: u64) -> io::Result<()> {
         let output = self.get(name)?;
         // A buffer far larger than its lines is copied, not kept: the queue bounds the bytes
         // of its batches, not their capacity, and a reader's block (256 KiB or more) holding
         // one small event would otherwise be held whole while an output is down.
-        if output.batch.is_empty() && keeps_whole(&data) {
+        if output.batch.is_empty() && data.keeps_whole() {
             output.batch = data;
         } else {
             output.batch.extend_from_slice(&data);
@@ -728,16 +729,6 @@ fn log_drops(name: &str, drops: &mut Option<(Instant, u64)>, lines: u64) {
             }
         }
     }
-}
-
-/// The largest spare room a batch taken whole by [`Outputs::write_owned`] or handed to the
-/// queue may keep (a batch as large as the usual read block).
-const KEEP_WHOLE: usize = 64 * 1024;
-
-/// Whether `buffer` may go to the queue as it is: its capacity is at most twice its bytes, or
-/// [`KEEP_WHOLE`] (the queue bounds the bytes of its batches, not their capacity).
-fn keeps_whole(buffer: &Vec<u8>) -> bool {
-    buffer.capacity() <= (2 * buffer.len()).max(KEEP_WHOLE)
 }
 
 #[cfg(test)]

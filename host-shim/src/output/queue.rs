@@ -21,6 +21,7 @@ pub(crate) use super::deadline::{Deadline, STALL_GRACE};
 use super::disk::{Counts, DiskLog, Next, Position};
 use crate::ack::Ack;
 use crate::config::WhenFull;
+use crate::line_buf::LineBuf;
 use crate::metrics::OutputHealth;
 
 /// How often a blocked push looks at the deadline.
@@ -33,7 +34,7 @@ const READ_RETRY: Duration = Duration::from_millis(200);
 #[derive(Debug)]
 pub(crate) struct Batch {
     /// Whole lines, each ending in `\n`.
-    pub(crate) data: Vec<u8>,
+    pub(crate) data: LineBuf,
     /// How many lines.
     pub(crate) lines: u64,
     /// The acknowledgements of the requests these lines came from (HTTP input), told when the
@@ -355,7 +356,7 @@ impl Queue {
                             tracing::info!(output = %self.stats.name(), "disk buffer: reads again");
                         }
                         return Popped::Batch(Batch {
-                            data: record.data,
+                            data: record.data.into(),
                             lines: record.lines,
                             acks: Vec::new(),
                             end: Some(record.end),

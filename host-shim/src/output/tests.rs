@@ -2,6 +2,7 @@
 //! start, removed outputs taken over, and a batch taken whole or copied.
 
 use super::*;
+use crate::line_buf::KEEP_WHOLE;
 
 #[test]
 fn a_reload_whose_output_thread_cannot_start_loses_nothing_and_keeps_the_output() {
@@ -105,17 +106,19 @@ fn a_block_far_larger_than_its_lines_is_not_kept_as_the_batch() {
         DEFAULT_OUTPUT.to_owned(),
         Box::new(io::sink()) as Box<dyn io::Write + Send>,
     )]);
-    let batch = |outputs: &Outputs| outputs.outputs[DEFAULT_OUTPUT].batch.clone();
+    let batch = |outputs: &Outputs| outputs.outputs[DEFAULT_OUTPUT].batch.to_vec();
     let mut small = Vec::with_capacity(1 << 20);
     small.extend_from_slice(b"one\n");
-    outputs.write_owned(DEFAULT_OUTPUT, small, 1).unwrap();
+    outputs
+        .write_owned(DEFAULT_OUTPUT, small.into(), 1)
+        .unwrap();
     assert_eq!(batch(&outputs), b"one\n");
     assert!(outputs.outputs[DEFAULT_OUTPUT].batch.capacity() < 1 << 20);
     outputs.commit().unwrap();
     // A full block is taken as it is (no copy).
     let full = vec![b'x'; 100_000];
     let at = full.as_ptr();
-    outputs.write_owned(DEFAULT_OUTPUT, full, 1).unwrap();
+    outputs.write_owned(DEFAULT_OUTPUT, full.into(), 1).unwrap();
     assert_eq!(outputs.outputs[DEFAULT_OUTPUT].batch.as_ptr(), at);
     outputs.commit().unwrap();
 }
@@ -132,7 +135,7 @@ fn a_batch_far_larger_than_its_lines_gives_its_room_back_when_handed_over() {
     outputs.write_line(DEFAULT_OUTPUT, b"one").unwrap();
     let output = outputs.outputs.get_mut(DEFAULT_OUTPUT).unwrap();
     let batch = output.take_batch().unwrap();
-    assert_eq!(batch.data, b"one\n");
+    assert_eq!(&*batch.data, b"one\n");
     assert!(
         batch.data.capacity() <= KEEP_WHOLE,
         "{}",
@@ -173,5 +176,5 @@ fn handed_over(outputs: &mut Outputs, room: usize, bytes: usize) -> (*const u8, 
     let output = outputs.outputs.get_mut(DEFAULT_OUTPUT).unwrap();
     assert_eq!(output.batch.capacity(), room);
     let at = output.batch.as_ptr();
-    (at, output.take_batch().unwrap().data)
+    (at, output.take_batch().unwrap().data.into_vec())
 }

@@ -451,7 +451,7 @@ impl Worker {
         if line > 0 {
             let done = memchr::memchr_iter(b'\n', &batch.data[..line]).count() as u64;
             self.count(&batch, done);
-            batch.data.drain(..line);
+            batch.data.advance(line);
             batch.lines -= done;
         }
         if batch.data.is_empty() {
@@ -484,7 +484,7 @@ impl Worker {
         let data = self.sink.take_unconfirmed();
         let lines = memchr::memchr_iter(b'\n', &data).count() as u64;
         (lines > 0).then_some(Batch {
-            data,
+            data: data.into(),
             lines,
             acks: Vec::new(),
             end: None,

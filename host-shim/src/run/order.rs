@@ -221,7 +221,7 @@ impl Order {
         let queue = &mut self.queues[q];
         let item = match msg {
             Msg::Lines(block) => {
-                let data = block.into_bytes();
+                let data = block.into_buf().into_vec();
                 let lines = timed_lines(&data, &self.key, &mut queue.seen);
                 Item::Lines {
                     data,

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 fn batch(n: usize) -> Batch {
     Batch {
-        data: vec![b'x'; n],
+        data: vec![b'x'; n].into(),
         lines: 1,
         acks: Vec::new(),
         end: None,

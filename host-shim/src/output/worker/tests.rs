@@ -63,7 +63,7 @@ fn a_file_output_replaced_partway_through_a_line_leaves_it_whole_and_writes_noth
     let none = Deadline::default();
     let old_queue = Arc::new(Queue::new(1 << 20, stats.clone()));
     let batch = |data: &[u8]| Batch {
-        data: data.to_vec(),
+        data: data.to_vec().into(),
         lines: memchr::memchr_iter(b'\n', data).count() as u64,
         acks: Vec::new(),
         end: None,
@@ -124,7 +124,7 @@ fn a_line_torn_in_a_file_since_renamed_is_written_whole_to_the_new_file_at_its_p
     let none = Deadline::default();
     let old_queue = Arc::new(Queue::new(1 << 20, stats.clone()));
     let batch = Batch {
-        data: b"one\ntwo\nthree\n".to_vec(),
+        data: b"one\ntwo\nthree\n".to_vec().into(),
         lines: 3,
         acks: Vec::new(),
         end: None,

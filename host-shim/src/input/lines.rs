@@ -766,6 +766,148 @@ mod tests {
         assert_eq!(out, input);
     }
 
+    #[test]
+    fn a_descriptor_that_cannot_be_read_reads_as_the_end() {
+        // Standard input opened for writing only (`egresswatch run 0>file`): a regular file
+        // to fstat, EBADF to read(2). Standard input in the standard library reads it as the
+        // end, and so does the direct reader: nothing handed over, no error.
+        let path = std::env::temp_dir().join(format!("egresswatch-wronly-{}", std::process::id()));
+        std::fs::write(&path, b"never read\n").unwrap();
+        let file = std::fs::File::options().write(true).open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        assert!(file.direct().is_some(), "read straight into its blocks");
+        assert!(read_direct(file, 100).is_empty());
+    }
+
+    /// The lines, `len` bytes each with their end, of `count` pieces of a stream.
+    fn pieces(count: usize, len: usize) -> Vec<Vec<u8>> {
+        (0..count)
+            .map(|i| {
+                let mut line = vec![b'a' + (i % 26) as u8; len - 1];
+                line.push(b'\n');
+                // Each piece ends partway through the next line, so that the reads that are
+                // waited through continue one.
+                line.extend_from_slice(format!("{i:04}").as_bytes());
+                line
+            })
+            .collect()
+    }
+
+    /// Writes `pieces` into `writer` a millisecond apart, then closes it; calls `between` after
+    /// each.
+    fn write_slowly(mut writer: io::PipeWriter, pieces: &[Vec<u8>], mut between: impl FnMut()) {
+        use std::io::Write;
+        for piece in pieces {
+            writer.write_all(piece).unwrap();
+            std::thread::sleep(Duration::from_millis(1));
+            between();
+        }
+    }
+
+    #[test]
+    fn a_pipe_that_has_nothing_yet_is_waited_through_with_the_room_already_given() {
+        // A non-blocking pipe: read(2) gives EAGAIN while the writer sleeps; the reader asks
+        // again into the same room, so every byte arrives once, in order.
+        let (reader, writer) = io::pipe().unwrap();
+        // SAFETY: F_GETFL/F_SETFL on an open descriptor, with flags it gave.
+        unsafe {
+            let flags = libc::fcntl(reader.as_raw_fd(), libc::F_GETFL);
+            assert_eq!(
+                libc::fcntl(reader.as_raw_fd(), libc::F_SETFL, flags | libc::O_NONBLOCK),
+                0
+            );
+        }
+        let pieces = pieces(50, 300);
+        let msgs = std::thread::scope(|s| {
+            s.spawn(|| write_slowly(writer, &pieces, || ()));
+            read_direct(reader, 1_000)
+        });
+        assert_eq!(rebuild(msgs), pieces.concat());
+    }
+
+    extern "C" fn ignore_signal(_: libc::c_int) {}
+
+    #[test]
+    fn a_read_interrupted_by_a_signal_is_asked_again() {
+        // A handler installed without SA_RESTART: a signal to the reader's thread while it
+        // waits in read(2) makes the read fail with EINTR.
+        // SAFETY: a zeroed sigaction with a handler that does nothing, for a signal nothing
+        // else in these tests uses.
+        unsafe {
+            let mut action: libc::sigaction = std::mem::zeroed();
+            action.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as usize;
+            assert_eq!(
+                libc::sigaction(libc::SIGURG, &action, std::ptr::null_mut()),
+                0
+            );
+        }
+        let (reader, writer) = io::pipe().unwrap();
+        let pieces = pieces(50, 300);
+        let (feed, rx) = Feed::channel();
+        let msgs = std::thread::scope(|s| {
+            let (tell, told) = std::sync::mpsc::channel();
+            let read = s.spawn(move || {
+                // SAFETY: pthread_self has no preconditions.
+                tell.send(unsafe { libc::pthread_self() }).unwrap();
+                read_lines(reader, &feed, 1_000, Mode::Sole, &AtomicU64::new(0))
+            });
+            let thread = told.recv().unwrap();
+            let written = &pieces;
+            s.spawn(move || {
+                write_slowly(writer, written, || {
+                    // SAFETY: the reader's thread runs until the writer closes the pipe.
+                    assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGURG) }, 0);
+                })
+            });
+            let msgs: Vec<Msg> = rx.iter().collect();
+            assert_eq!(read.join().unwrap().unwrap(), Ended::Eof);
+            msgs
+        });
+        assert_eq!(rebuild(msgs), pieces.concat());
+    }
+
+    #[test]
+    fn a_read_that_fails_midway_hands_over_what_came_before_then_gives_its_error() {
+        // A socket read straight into its blocks (as a pipe is): its peer closed without
+        // reading what it was sent, so once the lines it wrote are read, read(2) gives
+        // ECONNRESET.
+        struct Reset(std::os::unix::net::UnixStream);
+        impl Read for Reset {
+            fn read(&mut self, _: &mut [u8]) -> io::Result<usize> {
+                unreachable!("read through its descriptor")
+            }
+        }
+        impl Source for Reset {
+            fn direct(&self) -> Option<Direct> {
+                Some(Direct {
+                    fd: self.0.as_raw_fd(),
+                    read_len: 4_096,
+                })
+            }
+        }
+        use std::io::Write;
+        let (mut ours, mut peer) = std::os::unix::net::UnixStream::pair().unwrap();
+        let sent = pieces(30, 200).concat();
+        peer.write_all(&sent).unwrap();
+        ours.write_all(b"never read").unwrap();
+        drop(peer);
+        let (feed, rx) = Feed::channel();
+        let (msgs, ended) = std::thread::scope(|s| {
+            let read = s.spawn(move || {
+                read_lines(Reset(ours), &feed, 1_000, Mode::Sole, &AtomicU64::new(0))
+            });
+            let msgs: Vec<Msg> = rx.iter().collect();
+            (msgs, read.join().unwrap())
+        });
+        assert_eq!(
+            ended.unwrap_err().kind(),
+            io::ErrorKind::ConnectionReset,
+            "the error, after the lines"
+        );
+        // Every byte read before it, the unfinished tail too.
+        assert_eq!(rebuild(msgs), sent);
+    }
+
     fn collect(input: &[u8], max: usize, budget: Option<usize>) -> Vec<Msg> {
         let (feed, rx) = Feed::channel();
         let input = input.to_vec();

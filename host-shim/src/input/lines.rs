@@ -767,6 +767,34 @@ mod tests {
     }
 
     #[test]
+    fn an_empty_pipe_hands_nothing_over() {
+        // The first read's room is made before it, a page of padding ahead of it: the end
+        // comes with only that in the pending block, which holds no line.
+        let (reader, writer) = io::pipe().unwrap();
+        drop(writer);
+        assert!(read_direct(reader, 100).is_empty());
+    }
+
+    #[test]
+    fn a_file_ending_at_a_reads_end_is_one_block_and_the_room_after_it_sends_nothing() {
+        let mut input = format!("{}\n", "y".repeat(99)).repeat(READ_BLOCK_BYTES / 100);
+        input.push_str(&"z".repeat(READ_BLOCK_BYTES - input.len() - 1));
+        input.push('\n');
+        assert_eq!(input.len(), READ_BLOCK_BYTES);
+        let path = std::env::temp_dir().join(format!("egresswatch-exact-{}", std::process::id()));
+        std::fs::write(&path, &input).unwrap();
+        let file = std::fs::File::open(&path).unwrap();
+        std::fs::remove_file(&path).unwrap();
+        let msgs = read_direct(file, 1_000);
+        assert_eq!(
+            msgs.len(),
+            1,
+            "one block, nothing for the empty room after it"
+        );
+        assert_eq!(rebuild(msgs), input.as_bytes());
+    }
+
+    #[test]
     fn a_descriptor_that_cannot_be_read_reads_as_the_end() {
         // Standard input opened for writing only (`egresswatch run 0>file`): a regular file
         // to fstat, EBADF to read(2). Standard input in the standard library reads it as the

@@ -368,8 +368,8 @@ impl<'a> Framer<'a> {
     }
 
     /// Room for the next read, `read_len` bytes at the end of `pending`: a block begun by
-    /// [`read_room`] has it; a line longer than a read grows its block (no longer at a page
-    /// boundary: rare).
+    /// [`read_room`] has it (the read at a page boundary when it is the block's first); a line
+    /// as long as a read grows its block (no longer at a page boundary: rare).
     fn room(&mut self, read_len: usize) -> &mut [MaybeUninit<u8>] {
         let buf = self.pending.buf_mut();
         if buf.capacity() - buf.len() < read_len {
@@ -494,7 +494,11 @@ impl<'a> Framer<'a> {
         let tail = self.unfinished(piece);
         self.pending.truncate(piece);
         let data = std::mem::replace(&mut self.pending, tail);
-        self.pending.reserve(READ_BLOCK_BYTES);
+        if self.read_len.is_none() {
+            // Copied reads are appended: room for the next one. (A direct reader's `tail` has
+            // it already, at a page boundary.)
+            self.pending.reserve(READ_BLOCK_BYTES);
+        }
         let first = !self.continued;
         self.continued = true;
         self.send(Msg::Fragment {
@@ -764,6 +768,40 @@ mod tests {
         }
         assert!(blocks > 3, "{blocks}");
         assert_eq!(out, input);
+    }
+
+    #[test]
+    fn a_line_streamed_from_a_pipe_goes_on_in_the_room_made_for_a_read() {
+        // After each piece of a line over the limit, the next read goes into the room the
+        // piece's tail was given (one pipe read's, at a page boundary), not a buffer grown for
+        // a whole file read: every piece keeps that room and no more.
+        let mut input = vec![b'x'; 1 << 20];
+        input.extend_from_slice(b"\nafter\n");
+        let (reader, mut writer) = io::pipe().unwrap();
+        let read_len = Direct::of(reader.as_fd()).unwrap().read_len;
+        let room = (READ_ALIGN + 3 + read_len).next_multiple_of(ROOM_STEP);
+        let msgs = std::thread::scope(|s| {
+            s.spawn(|| {
+                use std::io::Write;
+                writer.write_all(&input).unwrap();
+                drop(writer);
+            });
+            read_direct(reader, 100)
+        });
+        let mut pieces = 0;
+        for msg in &msgs {
+            if let Msg::Fragment { data, .. } = msg {
+                pieces += 1;
+                assert!(
+                    data.capacity() <= room,
+                    "{} in {}",
+                    data.len(),
+                    data.capacity()
+                );
+            }
+        }
+        assert!(pieces > 10, "{pieces}");
+        assert_eq!(rebuild(msgs), input);
     }
 
     #[test]

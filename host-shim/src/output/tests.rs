@@ -2,7 +2,7 @@
 //! start, removed outputs taken over, and a batch taken whole or copied.
 
 use super::*;
-use crate::line_buf::KEEP_WHOLE;
+use crate::line_buf::{LineBuf, KEEP_WHOLE};
 
 #[test]
 fn a_reload_whose_output_thread_cannot_start_loses_nothing_and_keeps_the_output() {
@@ -177,4 +177,47 @@ fn handed_over(outputs: &mut Outputs, room: usize, bytes: usize) -> (*const u8, 
     assert_eq!(output.batch.capacity(), room);
     let at = output.batch.as_ptr();
     (at, output.take_batch().unwrap().data.into_vec())
+}
+
+#[test]
+fn blocks_that_begin_inside_their_buffers_are_queued_and_written_from_their_start() {
+    // A reader's blocks begin up to a page into their buffers: what lies before must never be
+    // written, whether the batch waits in memory or is appended to a disk buffer and read back.
+    let dir = std::env::temp_dir().join(format!("egresswatch-offset-{}", std::process::id()));
+    let on_disk = format!(
+        ", buffer: {{ type: disk, path: '{}' }}",
+        dir.join("buf").display()
+    );
+    for buffer in [String::new(), on_disk] {
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).unwrap();
+        let text = format!(
+            "outputs:\n  default: {{ type: file, path: '{}'{buffer} }}\n",
+            dir.join("out.ndjson").display()
+        );
+        let config = HostConfig::parse(&text, false).unwrap();
+        let metrics = Metrics::new(Default::default());
+        let mut outputs = Outputs::open(&config, &Deadline::default(), &metrics).unwrap();
+        for (front, lines) in [(4_000, "one\ntwo\n"), (17, "three\n")] {
+            let mut vec = b"junk\n".repeat(front / 5 + 1);
+            vec.truncate(front);
+            vec.extend_from_slice(lines.as_bytes());
+            let at = vec[front..].as_ptr();
+            let block = LineBuf::at(vec, front);
+            let count = block.iter().filter(|&&b| b == b'\n').count() as u64;
+            outputs.write_owned(DEFAULT_OUTPUT, block, count).unwrap();
+            // Taken whole, as its batch.
+            assert_eq!(
+                outputs.outputs[DEFAULT_OUTPUT].batch.as_ptr(),
+                at,
+                "{buffer}"
+            );
+            outputs.commit().unwrap();
+        }
+        let (_, undelivered) = outputs.finish();
+        assert!(undelivered.is_empty(), "{undelivered:?}");
+        let written = std::fs::read_to_string(dir.join("out.ndjson")).unwrap();
+        assert_eq!(written, "one\ntwo\nthree\n", "{buffer}");
+    }
+    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -58,12 +58,22 @@ fn start(
 
 #[test]
 fn a_file_output_replaced_partway_through_a_line_leaves_it_whole_and_writes_nothing_twice() {
+    // Batches from index 0 of their buffers, and batches that begin inside them (a reader's
+    // blocks taken whole), the bytes before written by no output.
+    for front in [0, 100] {
+        replaced_partway_through_a_line(front);
+    }
+}
+
+/// A file output fails partway through a line of a batch whose bytes begin `front` bytes into
+/// its buffer, and a reload replaces it.
+fn replaced_partway_through_a_line(front: usize) {
     let stats = crate::metrics::Metrics::new(Default::default()).output("t");
     let file = Arc::new(Mutex::new(Vec::new()));
     let none = Deadline::default();
     let old_queue = Arc::new(Queue::new(1 << 20, stats.clone()));
     let batch = |data: &[u8]| Batch {
-        data: data.to_vec().into(),
+        data: crate::line_buf::LineBuf::at([&b"x\n".repeat(front / 2), data].concat(), front),
         lines: memchr::memchr_iter(b'\n', data).count() as u64,
         acks: Vec::new(),
         end: None,

@@ -6,9 +6,9 @@
 //! a block begins somewhere in the first page of its buffer, and so does an output batch that
 //! is such a block taken whole. The bytes before the start are never read again.
 //!
-//! Written here rather than taken from the `bytes` crate, already in the tree: `BytesMut` has
-//! no way to take a `Vec` without copying it (the disk buffer reads its records into `Vec`s)
-//! nor to give back spare room in place (`shrink_to_fit`).
+//! Written here rather than taken from the `bytes` crate, already in the tree: `BytesMut` can
+//! take a `Vec` without copying it (through `Bytes`, when unique), but has no way to give back
+//! spare room in place (`shrink_to_fit`), which a reader's block from a short read needs.
 
 use std::ops::Deref;
 
@@ -112,6 +112,8 @@ impl PartialEq for LineBuf {
 
 impl Eq for LineBuf {}
 
+/// For the tests' comparisons with the bytes they expect.
+#[cfg(test)]
 impl PartialEq<Vec<u8>> for LineBuf {
     fn eq(&self, other: &Vec<u8>) -> bool {
         **self == **other

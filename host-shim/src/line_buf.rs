@@ -71,7 +71,9 @@ impl LineBuf {
     }
 
     /// Gives back the room past its end (in place, as a shrinking `realloc` does); the bytes
-    /// before its start, less than a page when a reader made them, stay.
+    /// before its start stay: less than a page when a reader made them, the lines already
+    /// written when a reload handed a batch over part-written (`advance`), which is rare and
+    /// never more than the batch was.
     pub(crate) fn shrink_to_fit(&mut self) {
         self.vec.shrink_to_fit();
     }

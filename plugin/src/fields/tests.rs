@@ -437,6 +437,37 @@ fn invalid_paths_are_refused() {
     assert!(matches!(b.build(), Err(SchemaError::TooDeep(_))));
 }
 
+/// The walk's stack of open wanted objects at its fullest: a path of `MAX_SEGMENTS` segments
+/// opens an object at every level, and each level's own field comes after its inner object
+/// closed, so it is read with the frame popped back from the stack (a frame restored from the
+/// wrong slot would read it as another level's field, or miss it).
+#[test]
+fn every_level_of_the_deepest_path_is_read_after_its_inner_object_closes() {
+    let levels = MAX_SEGMENTS - 1;
+    let deepest = ["x"; MAX_SEGMENTS].join(".");
+    let mut paths = vec![deepest];
+    paths.extend((0..=levels).map(|k| {
+        let mut path = vec!["x"; k];
+        path.push("y");
+        path.join(".")
+    }));
+    let paths: Vec<&str> = paths.iter().map(String::as_str).collect();
+    let (mut s, f) = schema(&paths);
+    let mut line = String::new();
+    for _ in 0..levels {
+        line.push_str(r#"{"x":"#);
+    }
+    line.push_str(r#"{"x":99,"y":15}"#);
+    for k in (0..levels).rev() {
+        line.push_str(&format!(r#","y":{k}}}"#));
+    }
+    let e = s.scan(&line).unwrap();
+    assert_eq!(e.number(f[0]), Some(99.0), "{line}");
+    for (k, &field) in f[1..].iter().enumerate() {
+        assert_eq!(e.number(field), Some(k as f64), "level {k}: {line}");
+    }
+}
+
 #[test]
 fn a_field_that_is_also_a_prefix() {
     let (mut s, f) = schema(&["rule", "rule.name"]);

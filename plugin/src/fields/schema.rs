@@ -192,7 +192,7 @@ pub(super) struct Node {
     pub(super) bit: u16,
     /// The field whose path leads to this node (an object there is that field), or [`NONE`].
     pub(super) field: u16,
-    mask: usize,
+    /// A power of two in size (at least eight).
     entries: Box<[Entry]>,
     /// Segments over sixteen bytes, compared in full after their words matched.
     long_keys: Vec<Box<[u8]>>,
@@ -234,7 +234,6 @@ impl Node {
         Node {
             bit: rank_bit(node.depth),
             field: NONE,
-            mask,
             entries,
             long_keys,
         }
@@ -257,7 +256,10 @@ impl Node {
     pub(super) fn find(&self, key: &[u8], s: usize, e: usize) -> Option<&Entry> {
         let len = e - s;
         let (a, b) = key_words(key, s, e);
-        let mut slot = hash(a, b) & self.mask;
+        // The mask from the table's length rather than a field of its own: LLVM then knows
+        // that a masked slot is within the table, and drops the bounds check (and the load).
+        let mask = self.entries.len().wrapping_sub(1);
+        let mut slot = hash(a, b) & mask;
         loop {
             let entry = self.entries.get(slot)?;
             if entry.len == 0 {
@@ -266,7 +268,7 @@ impl Node {
             if entry.a == a && entry.b == b && entry.len as usize == len {
                 return (len <= 16 || self.long_is(entry.long, &key[s..e])).then_some(entry);
             }
-            slot = (slot + 1) & self.mask;
+            slot = (slot + 1) & mask;
         }
     }
 

@@ -1,7 +1,7 @@
 //! The wanted paths as a trie of per-level key tables ([`SchemaBuilder`] -> [`Schema`]), and
 //! the key hashing the scan matches keys with.
 
-use super::grammar::{word, zero_bytes, ONES};
+use super::grammar::{zero_bytes, ONES};
 use super::{FieldId, SchemaError, MAX_SEGMENTS};
 
 /// Collects the wanted paths and hands out their [`FieldId`]s.
@@ -339,7 +339,8 @@ fn rank_bit(depth: usize) -> u16 {
 /// A key's hash, from its two words ([`key_words`]): `a ^ b`, multiplied. Neither the length
 /// nor a rotation of one word is mixed in (two instructions a key less), so keys with equal or
 /// swapped words collide, and so do keys of different lengths with the same words (a 9 to 16
-/// byte key's words overlap; a short key's zero padding can be spelled `\u0000`). A collision
+/// byte key's words overlap; a short key's zero padding can be spelled `\u0000`, before the
+/// key since its word has the key's last byte lowest). A collision
 /// costs a probe, never a wrong match: [`Node::find`] compares both words and the length.
 #[inline(always)]
 fn hash(a: u64, b: u64) -> usize {
@@ -358,14 +359,20 @@ const LOW_BYTES: [u64; 8] = [
     0xff_ffff_ffff_ffff,
 ];
 
-/// The words a key is hashed and compared by: its first eight bytes (zero-padded) and, when
-/// longer than eight, its last eight. Bytes after the key in `bytes` are masked off.
+/// The words a key is hashed and compared by. A key of eight bytes or more: its first eight
+/// bytes and, when longer than eight, its last eight (else 0). A shorter key: its bytes in
+/// reverse order, zero-padded, and 0 ([`short_word`]).
+///
+/// A short key's word is the eight bytes that end where the key ends, byte-swapped: the key's
+/// closing quote lies within the line, so only `e >= 8` is left to check (a key in the line's
+/// first eight bytes takes [`padded_words`]). Read from where the key starts, the word took two
+/// comparisons with the line's length (eight bytes may not follow a short key).
 #[inline(always)]
 fn key_words(bytes: &[u8], s: usize, e: usize) -> (u64, u64) {
     let len = e - s;
     if len < 8 {
-        if let Some(w) = word(bytes, s) {
-            return (w & LOW_BYTES[len], 0);
+        if let Some(w) = bytes.get(..e).and_then(<[u8]>::last_chunk::<8>) {
+            return (short_word(u64::from_le_bytes(*w), len), 0);
         }
     } else if let Some(key) = bytes.get(s..e) {
         // Both words lie within a key of eight bytes or more: once the key is in `bytes`, no
@@ -378,11 +385,19 @@ fn key_words(bytes: &[u8], s: usize, e: usize) -> (u64, u64) {
     padded_words(&bytes[s..e])
 }
 
-/// [`key_words`] for a key shorter than eight bytes too close to the end of its buffer to
-/// load a word (a longer key holds its words itself).
+/// The word of a key of `len` bytes (under eight) from `last`, the eight bytes (little-endian)
+/// that end where the key ends: the key's bytes, last first, and zeros above them.
+#[inline(always)]
+fn short_word(last: u64, len: usize) -> u64 {
+    last.swap_bytes() & LOW_BYTES[len]
+}
+
+/// [`key_words`] for a key shorter than eight bytes that ends within the first eight bytes of
+/// its buffer (a longer key holds its words itself): the key is copied to the end of eight
+/// zero bytes, which stand for the bytes before it.
 #[cold]
 fn padded_words(key: &[u8]) -> (u64, u64) {
     let mut pad = [0u8; 8];
-    pad[..key.len()].copy_from_slice(key);
-    (u64::from_le_bytes(pad), 0)
+    pad[8 - key.len()..].copy_from_slice(key);
+    (short_word(u64::from_le_bytes(pad), key.len()), 0)
 }

@@ -50,19 +50,22 @@ fn long_keys_and_keys_near_the_end_of_the_line() {
     let e = s.scan(r#"{"kk":1,"k":2}"#).unwrap();
     assert_eq!((e.number(f[0]), e.number(f[1])), (Some(2.0), Some(1.0)));
     // Keys with the same two words and different lengths, told apart by the length alone:
-    // overlapping words of a 9 to 16 byte key, and a short key's zero padding spelled out.
+    // overlapping words of a 9 to 16 byte key, and a short key's zero padding spelled out (its
+    // word holds the key last byte first, so the padding stands before the key).
     let (mut s, f) = schema(&["aaaaaaaaaa", "aaaaaaaaaaa"]);
     let e = s.scan(r#"{"aaaaaaaaaaa":1,"aaaaaaaaaa":2}"#).unwrap();
     assert_eq!((e.number(f[0]), e.number(f[1])), (Some(2.0), Some(1.0)));
     let (mut s, f) = schema(&["k"]);
-    let e = s.scan(r#"{"k\u0000":1}"#).unwrap();
+    let e = s.scan(r#"{"\u0000k":1,"\u0000\u0000k":2}"#).unwrap();
     assert!(!e.present(f[0]));
 }
 
 /// Every key length from 1 to 20 bytes: a wanted key is found, and a key of the same length
 /// that differs from it only in its last byte (or only in its first) is not, wherever it sits
 /// in the line. A key's second word (its last eight bytes, from nine bytes on) is all that
-/// tells the last-byte variant apart from 9 to 16 bytes.
+/// tells the last-byte variant apart from 9 to 16 bytes. White space before the first key
+/// moves its end across the line's eighth byte, where a short key's word stops being padded
+/// (`schema::key_words`) and is read from the line.
 #[test]
 fn keys_that_differ_only_at_one_end_are_told_apart_at_every_length() {
     for len in 1..=20 {
@@ -72,18 +75,23 @@ fn keys_that_differ_only_at_one_end_are_told_apart_at_every_length() {
         let last = format!("{}Z", &key[..len - 1]);
         let first = format!("Z{}", &key[1..]);
         let (mut s, f) = schema(&[key.as_str()]);
-        for other in [&last, &first] {
-            for line in [
-                format!(r#"{{"{other}":1}}"#),
-                format!(r#"{{"{other}":1,"padding_after_the_key":"0123456789"}}"#),
-            ] {
-                let e = s.scan(&line).unwrap();
-                assert!(!e.present(f[0]), "{key} matched in {line}");
+        for ws in (0..=8).map(|n| " ".repeat(n)) {
+            for other in [&last, &first] {
+                for line in [
+                    format!(r#"{{{ws}"{other}":1}}"#),
+                    format!(r#"{{{ws}"{other}":1,"padding_after_the_key":"0123456789"}}"#),
+                ] {
+                    let e = s.scan(&line).unwrap();
+                    assert!(!e.present(f[0]), "{key} matched in {line}");
+                }
             }
+            let alone = format!(r#"{{{ws}"{key}":3}}"#);
+            let e = s.scan(&alone).unwrap();
+            assert_eq!(e.number(f[0]), Some(3.0), "{alone}");
+            let both = format!(r#"{{{ws}"{last}":1,"{key}":2}}"#);
+            let e = s.scan(&both).unwrap();
+            assert_eq!(e.number(f[0]), Some(2.0), "{both}");
         }
-        let both = format!(r#"{{"{last}":1,"{key}":2}}"#);
-        let e = s.scan(&both).unwrap();
-        assert_eq!(e.number(f[0]), Some(2.0), "{key}");
     }
 }
 

@@ -147,7 +147,7 @@ impl Parser<'_, '_> {
                                     frame.matched |= bit;
                                     entry.target
                                 }
-                                None if !has_dot(b, start, after - 1) => MISS,
+                                None if !table.dotted || !has_dot(b, start, after - 1) => MISS,
                                 None => self.complex_key(
                                     &mut frame.matched,
                                     frame.node,

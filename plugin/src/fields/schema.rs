@@ -192,6 +192,11 @@ pub(super) struct Node {
     pub(super) bit: u16,
     /// The field whose path leads to this node (an object there is that field), or [`NONE`].
     pub(super) field: u16,
+    /// Whether a dotted key can lead anywhere from here: some key of this level leads to a
+    /// node below it or is a group field (what `Parser::resolve` needs of a key's first
+    /// segment). At a level without one, a key that is not in the table is not looked at for
+    /// dots: whatever it holds, it leads nowhere.
+    pub(super) dotted: bool,
     /// A power of two in size (at least eight).
     entries: Box<[Entry]>,
     /// Segments over sixteen bytes, compared in full after their words matched.
@@ -234,6 +239,10 @@ impl Node {
         Node {
             bit: rank_bit(node.depth),
             field: NONE,
+            dotted: node
+                .keys
+                .iter()
+                .any(|(_, entry)| entry.child.is_some() || entry.group),
             entries,
             long_keys,
         }

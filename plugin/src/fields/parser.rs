@@ -126,7 +126,6 @@ impl Parser<'_, '_> {
                     // A member: its key, then its value.
                     let key_at = pos;
                     let start = pos + 1;
-                    let depth = open as u32 + 1;
                     // A key that leads nowhere is [`MISS`], not `None`: wanted or not, a
                     // member takes the same three tests below, where an `Option` cost a test
                     // of its own and the target's fields moved between registers.
@@ -186,10 +185,12 @@ impl Parser<'_, '_> {
                         // Not an object where one belongs: nothing can go below it.
                         self.nodes[usize::from(target.child)].blocked = true;
                     }
+                    // The value is `open + 1` levels down (computed here, where it is used: not
+                    // kept for the whole member).
                     pos = if target.field != NONE {
-                        self.value(pos, v, target.field, frame.rank, depth)?
+                        self.value(pos, v, target.field, frame.rank, open as u32 + 1)?
                     } else {
-                        skip_value_at(b, self.strings, pos, v, depth)?
+                        skip_value_at(b, self.strings, pos, v, open as u32 + 1)?
                     };
                 }
                 // After a member's value: the next member, or the end of the object.

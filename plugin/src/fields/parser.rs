@@ -188,7 +188,7 @@ impl Parser<'_, '_> {
                     // The value is `open + 1` levels down (computed here, where it is used: not
                     // kept for the whole member).
                     pos = if target.field != NONE {
-                        self.value(pos, v, target.field, frame.rank, open as u32 + 1)?
+                        self.value(b, pos, v, target.field, frame.rank, open as u32 + 1)?
                     } else {
                         skip_value_at(b, self.strings, pos, v, open as u32 + 1)?
                     };
@@ -321,17 +321,18 @@ impl Parser<'_, '_> {
     }
 
     /// The value at `pos` of wanted field `field`, read in form `rank`; returns the position
-    /// after it.
+    /// after it. `b` is the line (`self.text`), passed in: read from `self`, the walk kept a
+    /// second copy of it on the stack and loaded it again for each value.
     #[inline]
     fn value(
         &mut self,
+        b: &[u8],
         pos: usize,
         c: u8,
         field: u16,
         rank: u16,
         depth: u32,
     ) -> Result<usize, ScanError> {
-        let b = self.text.as_bytes();
         let (end, kind) = match c {
             b'"' => {
                 let (end, escaped) = self.strings.end(b, pos + 1)?;
@@ -340,7 +341,7 @@ impl Parser<'_, '_> {
             }
             b'-' | b'0'..=b'9' => {
                 let (end, int) = number_end(b, pos)?;
-                self.record_number(field, rank, pos, end, int);
+                self.record_number(&b[pos..end], field, rank, pos, end, int);
                 return Ok(end);
             }
             b't' => (literal(b, pos, b"true")?, Kind::True),
@@ -392,8 +393,15 @@ impl Parser<'_, '_> {
     }
 
     #[inline]
-    fn record_number(&mut self, field: u16, rank: u16, start: usize, end: usize, int: bool) {
-        let text = &self.text.as_bytes()[start..end];
+    fn record_number(
+        &mut self,
+        text: &[u8],
+        field: u16,
+        rank: u16,
+        start: usize,
+        end: usize,
+        int: bool,
+    ) {
         if let Some(slot) = self.claim(field, rank) {
             slot.kind = Kind::Num;
             slot.rank = rank;

@@ -111,7 +111,7 @@ impl Parser<'_, '_> {
             loop {
                 if closed {
                     // `pos` is just after the object's `}`.
-                    self.close(&frame, table.field, pos - 1);
+                    self.close(b, &frame, table.field, pos - 1);
                     if open == 0 {
                         return Ok(pos);
                     }
@@ -200,15 +200,15 @@ impl Parser<'_, '_> {
     }
 
     /// Records a wanted object that just closed at `close` (its `}`); `field` is the field the
-    /// object itself is, or [`NONE`].
+    /// object itself is, or [`NONE`]. `b` is the line, as for [`Parser::value`].
     #[inline]
-    fn close(&mut self, frame: &Frame, field: u16, close: usize) {
+    fn close(&mut self, b: &[u8], frame: &Frame, field: u16, close: usize) {
         let seen = &mut self.nodes[usize::from(frame.node)];
         if !seen.present || frame.rank >= seen.rank {
             *seen = NodeSeen {
                 present: true,
                 // The line is valid up to here: after the `{`, a key or the `}`.
-                empty: peek(self.text.as_bytes(), frame.start as usize + 1).1 == b'}',
+                empty: peek(b, frame.start as usize + 1).1 == b'}',
                 rank: frame.rank,
                 close: close as u32,
                 blocked: seen.blocked,

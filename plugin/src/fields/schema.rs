@@ -274,7 +274,9 @@ impl Node {
             if entry.len == 0 {
                 return None;
             }
-            if entry.a == a && entry.b == b && entry.len as usize == len {
+            // The length compared in 32 bits (no widening of `entry.len`): a key is shorter
+            // than its line, and a line of 4 GiB or more is refused before it is scanned.
+            if entry.a == a && entry.b == b && entry.len == len as u32 {
                 return (len <= 16 || self.long_is(entry.long, &key[s..e])).then_some(entry);
             }
             slot = (slot + 1) & mask;

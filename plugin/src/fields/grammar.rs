@@ -114,12 +114,22 @@ impl Indexed<'_> {
     #[inline(always)]
     pub(super) fn plain_end(self, b: &[u8], pos: usize) -> Option<usize> {
         let mut i = pos / 64;
-        let mut stops = self.0.get(i)? & (u64::MAX << (pos % 64));
-        while stops == 0 {
-            i += 1;
-            stops = *self.0.get(i)?;
-        }
-        let at = i * 64 + stops.trailing_zeros() as usize;
+        // The stops from `pos` on, shifted down to bit 0: a stop in `pos`'s own block (the
+        // common case, most strings being short) is `pos` plus its bit's place, where the
+        // block's bits masked in place cost a shift more and the position rebuilt from the
+        // block's index another two instructions.
+        let here = self.0.get(i)? >> (pos % 64);
+        let at = if here != 0 {
+            pos + here.trailing_zeros() as usize
+        } else {
+            loop {
+                i += 1;
+                let stops = *self.0.get(i)?;
+                if stops != 0 {
+                    break i * 64 + stops.trailing_zeros() as usize;
+                }
+            }
+        };
         (b.get(at) == Some(&b'"')).then_some(at + 1)
     }
 }

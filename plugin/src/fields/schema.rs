@@ -159,7 +159,7 @@ pub(super) struct Entry {
     a: u64,
     /// Last eight bytes of the key when it is longer than eight, else 0.
     b: u64,
-    /// Key length; 0 marks an empty slot (an empty key segment never matches).
+    /// Key length; [`VACANT`] marks an empty slot.
     len: u32,
     /// Index in [`Node::long_keys`] for keys over sixteen bytes.
     long: u32,
@@ -176,10 +176,14 @@ pub(super) const MISS: Target = Target {
     group: false,
 };
 
+/// The length of an empty slot's key: no key is as long (a line of 4 GiB or more is refused,
+/// and a key is shorter than its line).
+const VACANT: u32 = u32::MAX;
+
 const EMPTY: Entry = Entry {
     a: 0,
     b: 0,
-    len: 0,
+    len: VACANT,
     long: 0,
     bit: 0,
     target: MISS,
@@ -220,7 +224,7 @@ impl Node {
                 0
             };
             let mut slot = hash(a, b) & mask;
-            while entries[slot].len != 0 {
+            while entries[slot].len != VACANT {
                 slot = (slot + 1) & mask;
             }
             entries[slot] = Entry {
@@ -271,13 +275,15 @@ impl Node {
         let mut slot = hash(a, b) & mask;
         loop {
             let entry = self.entries.get(slot)?;
-            if entry.len == 0 {
-                return None;
-            }
             // The length compared in 32 bits (no widening of `entry.len`): a key is shorter
             // than its line, and a line of 4 GiB or more is refused before it is scanned.
+            // The match first, the empty slot after it: a found key takes no test for an empty
+            // slot, which no key matches (no key is [`VACANT`] bytes long).
             if entry.a == a && entry.b == b && entry.len == len as u32 {
                 return (len <= 16 || self.long_is(entry.long, &key[s..e])).then_some(entry);
+            }
+            if entry.len == VACANT {
+                return None;
             }
             slot = (slot + 1) & mask;
         }

@@ -476,6 +476,19 @@ fn every_level_of_the_deepest_path_is_read_after_its_inner_object_closes() {
     }
 }
 
+/// An empty key has the words of an empty table slot (both zero): it is found in no table,
+/// at the top or below, and the keys after it are read as usual.
+#[test]
+fn empty_keys_match_nothing() {
+    let (mut s, f) = schema(&["k", "a.b"]);
+    let e = s
+        .scan(r#"{"":1,"a":{"":2,"b":3,"":4},"\u0000":5,"k":6,"":7}"#)
+        .unwrap();
+    assert_eq!((e.number(f[0]), e.number(f[1])), (Some(6.0), Some(3.0)));
+    let e = s.scan(r#"{"":{"b":1},"a":{"":{"b":2}}}"#).unwrap();
+    assert!(!e.present(f[0]) && !e.present(f[1]));
+}
+
 #[test]
 fn a_field_that_is_also_a_prefix() {
     let (mut s, f) = schema(&["rule", "rule.name"]);

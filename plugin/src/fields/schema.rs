@@ -155,7 +155,8 @@ pub(super) struct Target {
 /// One key segment of a node's table.
 #[derive(Debug, Clone, Copy)]
 pub(super) struct Entry {
-    /// First eight bytes of the key, zero-padded.
+    /// First eight bytes of the key; a shorter key's bytes, last first, zero-padded
+    /// ([`key_words`]).
     a: u64,
     /// Last eight bytes of the key when it is longer than eight, else 0.
     b: u64,

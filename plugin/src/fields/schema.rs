@@ -388,17 +388,17 @@ const LOW_BYTES: [u64; 8] = [
 #[inline(always)]
 fn key_words(bytes: &[u8], s: usize, e: usize) -> (u64, u64) {
     let len = e - s;
-    if len < 8 {
-        if let Some(w) = bytes.get(..e).and_then(<[u8]>::last_chunk::<8>) {
-            return (short_word(u64::from_le_bytes(*w), len), 0);
+    if len >= 8 {
+        if let Some(key) = bytes.get(s..e) {
+            // Both words lie within a key of eight bytes or more: once the key is in `bytes`,
+            // no further bounds check (where a word read from `bytes` took two for each word).
+            if let (Some(a), Some(b)) = (key.first_chunk::<8>(), key.last_chunk::<8>()) {
+                let b = if len > 8 { u64::from_le_bytes(*b) } else { 0 };
+                return (u64::from_le_bytes(*a), b);
+            }
         }
-    } else if let Some(key) = bytes.get(s..e) {
-        // Both words lie within a key of eight bytes or more: once the key is in `bytes`, no
-        // further bounds check (where a word read from `bytes` took two for each word).
-        if let (Some(a), Some(b)) = (key.first_chunk::<8>(), key.last_chunk::<8>()) {
-            let b = if len > 8 { u64::from_le_bytes(*b) } else { 0 };
-            return (u64::from_le_bytes(*a), b);
-        }
+    } else if let Some(w) = bytes.get(..e).and_then(<[u8]>::last_chunk::<8>) {
+        return (short_word(u64::from_le_bytes(*w), len), 0);
     }
     padded_words(&bytes[s..e])
 }

@@ -386,7 +386,7 @@ const LOW_BYTES: [u64; 8] = [
 /// first eight bytes takes [`padded_words`]). Read from where the key starts, the word took two
 /// comparisons with the line's length (eight bytes may not follow a short key).
 #[inline(always)]
-fn key_words(bytes: &[u8], s: usize, e: usize) -> (u64, u64) {
+pub(super) fn key_words(bytes: &[u8], s: usize, e: usize) -> (u64, u64) {
     let len = e - s;
     if len >= 8 {
         if let Some(key) = bytes.get(s..e) {

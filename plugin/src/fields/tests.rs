@@ -95,6 +95,33 @@ fn keys_that_differ_only_at_one_end_are_told_apart_at_every_length() {
     }
 }
 
+/// Dotted keys under eight bytes as the only form of their field: a short key's word is read
+/// from the line (or padded, when it ends in the line's first eight bytes), and whether it has
+/// a dot is tested on that word (`schema::has_dot`). White space before the key moves its end
+/// across byte eight; a key with the same bytes split at another dot leads nowhere.
+#[test]
+fn short_dotted_keys_are_paths_wherever_they_end() {
+    let (mut s, f) = schema(&["a.b", "host.ip"]);
+    for ws in (0..=8).map(|n| " ".repeat(n)) {
+        for line in [
+            format!(r#"{{{ws}"a.b":1,"host.ip":"1.2.3.4"}}"#),
+            format!(r#"{{{ws}"host.ip":"1.2.3.4","a.b":1}}"#),
+            format!(r#"{{{ws}"x":0,"a.b":1,"host.ip":"1.2.3.4"}}"#),
+        ] {
+            let e = s.scan(&line).unwrap();
+            assert_eq!(e.number(f[0]), Some(1.0), "{line}");
+            assert_eq!(e.ip(f[1]), "1.2.3.4".parse().ok(), "{line}");
+        }
+        for line in [
+            format!(r#"{{{ws}"ab.":1,"hos.tip":"1.2.3.4"}}"#),
+            format!(r#"{{{ws}"a":0,"ab.c":1,"a.bc":2,".a.b":3,"hostip":"1.2.3.4"}}"#),
+        ] {
+            let e = s.scan(&line).unwrap();
+            assert!(!e.present(f[0]) && !e.present(f[1]), "{line}");
+        }
+    }
+}
+
 #[test]
 fn arrays_escapes_nulls_and_unwanted_fields() {
     let (mut s, f) = schema(&PATHS);
@@ -550,6 +577,50 @@ impl Bytes {
             }
         }
         s
+    }
+}
+
+/// The words of a key as [`schema::key_words`] documents them, byte by byte: a key of eight
+/// bytes or more, its first eight and (when longer) its last eight, little-endian; a shorter
+/// key, its bytes with the last one lowest and zeros above them.
+fn reference_words(key: &[u8]) -> (u64, u64) {
+    let word = |bytes: &[u8]| {
+        bytes
+            .iter()
+            .rev()
+            .fold(0u64, |w, &c| (w << 8) | u64::from(c))
+    };
+    match key.len() {
+        0..=7 => (key.iter().fold(0u64, |w, &c| (w << 8) | u64::from(c)), 0),
+        8 => (word(&key[..8]), 0),
+        len => (word(&key[..8]), word(&key[len - 8..])),
+    }
+}
+
+/// `key_words` and `has_dot` on every span of random buffers agree with the key alone: the
+/// bytes around a key (dots, NUL, quotes, 0xff) never enter its words or its dot test, at any
+/// length and wherever it ends (before, at and after the buffer's eighth byte).
+#[test]
+fn key_words_and_dots_depend_on_the_key_alone() {
+    use super::schema::{has_dot, key_words};
+    const ALPHABET: &[u8] = b"..\0\"{a}z\xff";
+    let mut r = Bytes(0x5ca1_ab1e);
+    for _ in 0..2_000 {
+        let len = r.next() as usize % 40;
+        let buf: Vec<u8> = (0..len)
+            .map(|_| ALPHABET[r.next() as usize % ALPHABET.len()])
+            .collect();
+        for s in 0..=len {
+            for e in s..=len.min(s + 24) {
+                let key = &buf[s..e];
+                assert_eq!(
+                    key_words(&buf, s, e),
+                    reference_words(key),
+                    "{buf:?} {s}..{e}"
+                );
+                assert_eq!(has_dot(&buf, s, e), key.contains(&b'.'), "{buf:?} {s}..{e}");
+            }
+        }
     }
 }
 

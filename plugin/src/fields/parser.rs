@@ -39,8 +39,9 @@ pub(super) struct Parser<'a, 'x> {
 // The stack of open wanted objects holds `MAX_SEGMENTS + 1` frames (the event and an object
 // per segment of the longest path): an object that fits in it is within `MAX_DEPTH` levels,
 // so the walk does not test the depth when it descends. It is more than enough: the current
-// frame is not on it, and each descent goes one trie level down, so its end is never reached
-// (the walk still returns `TooDeep` there rather than panic).
+// frame is not on it, and each descent goes at least one trie level down (a dotted key goes
+// several) from a node with a child, so at most `MAX_SEGMENTS - 1` slots are used and its end
+// is never reached (the walk still returns `TooDeep` there rather than panic).
 const _: () = assert!(MAX_SEGMENTS + 1 < MAX_DEPTH as usize);
 
 /// An open object on a wanted path: two words, saved and restored whole when a wanted object
@@ -116,10 +117,10 @@ impl Parser<'_, '_> {
                         return Ok(pos);
                     }
                     open -= 1;
-                    // SAFETY: `stack[open]` was written when `open` went from this value to
-                    // the next (the descent below is the only place `open` grows, and it
-                    // writes the slot first); `open` only shrinks here, one at a time, so
-                    // every slot below `open` holds a frame, and this one was not read since.
+                    // SAFETY: slots `0..open` hold frames. `open` is local to this walk and
+                    // starts at 0; it grows only in the descent below, right after that writes
+                    // `stack[open]`, and shrinks only here, one at a time, so the slot read is
+                    // one the descent wrote. (`Frame` is `Copy`: reading it consumes nothing.)
                     frame = unsafe { stack[open].assume_init() };
                     table = &schema.nodes[usize::from(frame.node)];
                 } else {
@@ -392,6 +393,9 @@ impl Parser<'_, '_> {
         }
     }
 
+    /// Records the number `text`, which is `start..end` of the line: both are passed, the
+    /// offsets to be recorded and the bytes to be parsed, sliced by `value`, which holds the
+    /// line (the parser's own copy of it is not loaded again).
     #[inline]
     fn record_number(
         &mut self,

@@ -472,8 +472,8 @@ fn invalid_paths_are_refused() {
     assert!(matches!(b.build(), Err(SchemaError::TooDeep(_))));
 }
 
-/// The walk's stack of open wanted objects at its fullest: a path of `MAX_SEGMENTS` segments
-/// opens an object at every level, and each level's own field comes after its inner object
+/// The walk's stack of open wanted objects with the most frames it can hold (15 of its 17
+/// slots): a path of `MAX_SEGMENTS` segments opens an object at every level, and each level's own field comes after its inner object
 /// closed, so it is read with the frame popped back from the stack (a frame restored from the
 /// wrong slot would read it as another level's field, or miss it).
 #[test]

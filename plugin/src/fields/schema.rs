@@ -303,7 +303,7 @@ pub(super) fn has_dot(key: &[u8], s: usize, e: usize) -> bool {
     if e - s > 16 {
         return key[s..e].contains(&b'.');
     }
-    // The two words cover keys up to sixteen bytes (and are zero past the key).
+    // The two words cover keys up to sixteen bytes (and are zero outside the key).
     let (a, b) = key_words(key, s, e);
     let dots = ONES * u64::from(b'.');
     (zero_bytes(a ^ dots) | zero_bytes(b ^ dots)) != 0
@@ -379,12 +379,14 @@ const LOW_BYTES: [u64; 8] = [
 
 /// The words a key is hashed and compared by. A key of eight bytes or more: its first eight
 /// bytes and, when longer than eight, its last eight (else 0). A shorter key: its bytes in
-/// reverse order, zero-padded, and 0 ([`short_word`]).
+/// reverse order, zero-padded, and 0 ([`short_word`]). The key is `bytes[s..e]`, with
+/// `s <= e <= bytes.len()`.
 ///
-/// A short key's word is the eight bytes that end where the key ends, byte-swapped: the key's
-/// closing quote lies within the line, so only `e >= 8` is left to check (a key in the line's
-/// first eight bytes takes [`padded_words`]). Read from where the key starts, the word took two
-/// comparisons with the line's length (eight bytes may not follow a short key).
+/// A short key's word is the eight bytes that end where the key ends, byte-swapped: `e >= 8`
+/// is tested (a key in the buffer's first eight bytes takes [`padded_words`]), and the test
+/// `e <= bytes.len()` folds into the caller's, which found the key's closing quote in the
+/// line. Read from where the key starts, the word took two comparisons with the line's length
+/// (eight bytes may not follow a short key).
 #[inline(always)]
 pub(super) fn key_words(bytes: &[u8], s: usize, e: usize) -> (u64, u64) {
     let len = e - s;

@@ -260,6 +260,34 @@ impl Node {
             .is_some_and(|k| **k == *key)
     }
 
+    /// [`Node::find`] for a key over sixteen bytes that met an entry with its words and length
+    /// but other bytes between them (`http_request_2xx_count` for `http_request_5xx_count`):
+    /// the probe is gone through again, each such entry compared in full, so that the key's
+    /// own entry further along the chain is found. Given only the key and out of line (the
+    /// probe in [`Node::find`] with the search continued in place measured 56 to 126
+    /// instructions per event worse: the walk's registers come out differently).
+    #[cold]
+    #[inline(never)]
+    fn find_long(&self, key: &[u8]) -> Option<&Entry> {
+        let (a, b) = key_words(key, 0, key.len());
+        let mask = self.entries.len().wrapping_sub(1);
+        let mut slot = hash(a, b) & mask;
+        loop {
+            let entry = self.entries.get(slot)?;
+            if entry.a == a
+                && entry.b == b
+                && entry.len as usize == key.len()
+                && self.long_is(entry.long, key)
+            {
+                return Some(entry);
+            }
+            if entry.len == VACANT {
+                return None;
+            }
+            slot = (slot + 1) & mask;
+        }
+    }
+
     /// Looks `key[s..e]` up among this node's segments: its entry, or `None` when the key is
     /// not one of them (it may still be a dotted path through them: [`has_dot`]).
     ///
@@ -279,9 +307,15 @@ impl Node {
             // The length compared in 32 bits (no widening of `entry.len`): a key is shorter
             // than its line, and a line of 4 GiB or more is refused before it is scanned.
             // The match first, the empty slot after it: a found key takes no test for an empty
-            // slot, which no key matches (no key is [`VACANT`] bytes long).
+            // slot, which no key matches (no key is [`VACANT`] bytes long). A key over sixteen
+            // bytes is then compared in full; when it is not this entry's key, its own may lie
+            // further along ([`Node::find_long`]).
             if entry.a == a && entry.b == b && entry.len == len as u32 {
-                return (len <= 16 || self.long_is(entry.long, &key[s..e])).then_some(entry);
+                return if len <= 16 || self.long_is(entry.long, &key[s..e]) {
+                    Some(entry)
+                } else {
+                    self.find_long(&key[s..e])
+                };
             }
             if entry.len == VACANT {
                 return None;
@@ -359,7 +393,8 @@ fn rank_bit(depth: usize) -> u16 {
 /// swapped words collide, and so do keys of different lengths with the same words (a 9 to 16
 /// byte key's words overlap; a short key's zero padding can be spelled `\u0000`, before the
 /// key since its word has the key's last byte lowest). A collision
-/// costs a probe, never a wrong match: [`Node::find`] compares both words and the length.
+/// costs a probe, never a wrong match or a miss: [`Node::find`] compares both words and the
+/// length, and a key over sixteen bytes in full, probing on past another key with its words.
 #[inline(always)]
 fn hash(a: u64, b: u64) -> usize {
     ((a ^ b).wrapping_mul(0x9E37_79B9_7F4A_7C15) >> 40) as usize

@@ -60,6 +60,37 @@ fn long_keys_and_keys_near_the_end_of_the_line() {
     assert!(!e.present(f[0]));
 }
 
+/// Keys over sixteen bytes with the same two words and length (they differ only in bytes that
+/// neither word covers) share a probe chain: each is found past the other, at the top and
+/// below, and a third such key that is in neither entry is not matched.
+#[test]
+fn long_keys_differing_only_between_their_words_are_each_found() {
+    let (mut s, f) = schema(&[
+        "http_request_2xx_count",
+        "http_request_5xx_count",
+        "labels.http_request_2xx_count",
+        "labels.http_request_5xx_count",
+    ]);
+    for line in [
+        r#"{"http_request_2xx_count":1,"http_request_5xx_count":2,"labels":{"http_request_2xx_count":3,"http_request_5xx_count":4}}"#,
+        r#"{"http_request_5xx_count":2,"labels.http_request_5xx_count":4,"http_request_2xx_count":1,"labels.http_request_2xx_count":3}"#,
+    ] {
+        let e = s.scan(line).unwrap();
+        let read: Vec<_> = f.iter().map(|&id| e.number(id)).collect();
+        assert_eq!(read, [Some(1.0), Some(2.0), Some(3.0), Some(4.0)], "{line}");
+    }
+    for line in [
+        r#"{"http_request_5xx_count":2,"labels":{"http_request_5xx_count":4}}"#,
+        r#"{"http_request_2xx_count":1,"labels":{"http_request_2xx_count":3}}"#,
+        r#"{"http_request_4xx_count":0,"labels":{"http_request_4xx_count":0}}"#,
+    ] {
+        let e = s.scan(line).unwrap();
+        for (&id, path) in f.iter().zip(["2xx", "5xx", "2xx", "5xx"]) {
+            assert_eq!(e.present(id), line.contains(path), "{path} in {line}");
+        }
+    }
+}
+
 /// Every key length from 1 to 20 bytes: a wanted key is found, and a key of the same length
 /// that differs from it only in its last byte (or only in its first) is not, wherever it sits
 /// in the line. A key's second word (its last eight bytes, from nine bytes on) is all that

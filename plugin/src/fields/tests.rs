@@ -547,6 +547,24 @@ fn empty_keys_match_nothing() {
     assert!(!e.present(f[0]) && !e.present(f[1]));
 }
 
+/// The table lookup itself never returns an empty slot for the empty key, whose words are an
+/// empty slot's (both zero): at every node, padded (ending in the buffer's first eight bytes)
+/// or read from the buffer. The scan above cannot tell, since an empty slot leads nowhere.
+#[test]
+fn an_empty_key_finds_no_empty_slot() {
+    let mut b = SchemaBuilder::new();
+    for path in ["k", "a.b", "a.c.d"] {
+        b.field(path);
+    }
+    let schema = b.build().unwrap();
+    let line = br#"{"":1,         "":2}"#;
+    for node in schema.nodes.iter() {
+        for at in [2, 16] {
+            assert!(node.find(line, at, at).is_none(), "at {at}");
+        }
+    }
+}
+
 #[test]
 fn a_field_that_is_also_a_prefix() {
     let (mut s, f) = schema(&["rule", "rule.name"]);

@@ -115,9 +115,7 @@ impl Indexed<'_> {
     pub(super) fn plain_end(self, b: &[u8], pos: usize) -> Option<usize> {
         let mut i = pos / 64;
         // The stops from `pos` on, shifted down to bit 0: a stop in `pos`'s own block (the
-        // common case, most strings being short) is `pos` plus its bit's place, where the
-        // block's bits masked in place cost a shift more and the position rebuilt from the
-        // block's index another two instructions.
+        // common case, most strings being short) is `pos` plus its bit's place.
         let here = self.0.get(i)? >> (pos % 64);
         let at = if here != 0 {
             pos + here.trailing_zeros() as usize

@@ -177,8 +177,9 @@ pub(super) const MISS: Target = Target {
     group: false,
 };
 
-/// The length of an empty slot's key: no key is as long (a line of 4 GiB or more is refused,
-/// and a key is shorter than its line).
+/// The length of an empty slot's key: no key a scan looks up is as long (a line of 4 GiB or
+/// more is refused, and a key is shorter than its line). A wanted segment that long, which
+/// would take a 4 GiB path, would be clamped to it and look like an empty slot.
 const VACANT: u32 = u32::MAX;
 
 const EMPTY: Entry = Entry {
@@ -305,7 +306,8 @@ impl Node {
         loop {
             let entry = self.entries.get(slot)?;
             // The length compared in 32 bits (no widening of `entry.len`): a key is shorter
-            // than its line, and a line of 4 GiB or more is refused before it is scanned.
+            // than its line, and a line of 4 GiB or more is refused before it is scanned. (Were
+            // it cut, a key over sixteen bytes is still compared in full: no wrong match.)
             // The match first, the empty slot after it: a found key takes no test for an empty
             // slot, which no key matches (no key is [`VACANT`] bytes long). A key over sixteen
             // bytes is then compared in full; when it is not this entry's key, its own may lie

@@ -184,22 +184,30 @@ fn two_fluent_bit_workers_sending_chunks_hours_apart_flag_what_one_connection_fl
     );
 }
 
-/// A connection that sent old events and then goes quiet, without closing, holds a second
-/// connection's newer lines for the window only: they all arrive while it is still open, and
-/// are counted as released early. Then its own later line (older than theirs) arrives too.
-#[test]
-fn a_quiet_connection_holds_the_others_for_the_window_only() {
-    let dir = temp_dir("order-quiet");
+/// A running program with a TCP input ordering over `window_ms`, a file output `out.ndjson` in
+/// the test's folder and the metrics endpoint: the folder, the program, the input's and the
+/// endpoint's addresses.
+fn windowed(test: &str, window_ms: u64) -> (PathBuf, Running, String, String) {
+    let dir = temp_dir(test);
     let input = free_address();
     let metrics = free_address();
     let config = config(
         &dir,
         "c.yaml",
-        &format!("input: {{ type: tcp, address: '{input}', order_window_ms: 500 }}\n"),
+        &format!("input: {{ type: tcp, address: '{input}', order_window_ms: {window_ms} }}\n"),
         "out.ndjson",
         &format!("metrics: {{ address: '{metrics}' }}\n"),
     );
-    let mut egw = Running::start(&dir, &config);
+    let egw = Running::start(&dir, &config);
+    (dir, egw, input, metrics)
+}
+
+/// A connection that sent old events and then goes quiet, without closing, holds a second
+/// connection's newer lines for the window only: they all arrive while it is still open, and
+/// are counted as released early. Then its own later line (older than theirs) arrives too.
+#[test]
+fn a_quiet_connection_holds_the_others_for_the_window_only() {
+    let (dir, mut egw, input, metrics) = windowed("order-quiet", 500);
     let line = |hour: u32, n: u32| {
         format!("{{\"@timestamp\":\"2026-11-01T{hour:02}:00:00.{n:03}Z\",\"n\":{n}}}\n")
     };
@@ -241,4 +249,64 @@ fn a_quiet_connection_holds_the_others_for_the_window_only() {
         Some(&"2026-11-01T02:00:00.101Z"),
         "it came after the window"
     );
+}
+
+/// A connection that closes without sending (Vector's health check, a readiness probe) after a
+/// second connection's lines came to wait for it lets them go at once. Before: the stage forgot
+/// which connection it held when the quiet one went, and nothing looked again until some
+/// connection sent more, so a sender that had written all it had and closed saw none of its
+/// lines delivered (not even after the window) until another connection sent or egresswatch
+/// stopped. The window here is far longer than any wait of the test, so only the close can
+/// let them go; the quiet connection stays open until the engine holds them, so the hold is
+/// certain.
+#[test]
+fn lines_held_for_a_connection_that_closes_without_sending_go_when_it_closes() {
+    let (dir, mut egw, input, metrics) = windowed("order-probe", 600_000);
+    let page = || http_get(&metrics, "/metrics");
+    let probe = connect_when_ready(&input);
+    assert!(
+        wait_until(EXIT, || figure(
+            &page(),
+            "egresswatch_input_connections_open"
+        ) == Some(1.0)),
+        "the probe was not accepted\n{}",
+        egw.stderr()
+    );
+    // Ten short lines in one write: one read, one block handed to the engine.
+    let lines: String = (0..10)
+        .map(|n| format!("{{\"@timestamp\":\"2026-11-01T05:00:00.{n:03}Z\",\"n\":{n}}}\n"))
+        .collect();
+    let mut sender = TcpStream::connect(&input).unwrap();
+    sender.write_all(lines.as_bytes()).unwrap();
+    drop(sender);
+    let held = |text: &str| {
+        figure(text, "egresswatch_input_connections_accepted_total") == Some(2.0)
+            && figure(text, "egresswatch_input_connections_open") == Some(1.0)
+            && figure(text, "egresswatch_batch_duration_seconds_count") == Some(1.0)
+    };
+    let mut text = String::new();
+    assert!(
+        wait_until(EXIT, || {
+            text = page();
+            held(&text)
+        }),
+        "the sender's block was not taken by the engine\n{text}"
+    );
+    let output = dir.join("out.ndjson");
+    assert_eq!(
+        figure(&text, "egresswatch_events_in_total"),
+        Some(0.0),
+        "the open probe holds the sender's lines"
+    );
+    drop(probe);
+    assert!(
+        wait_until(Duration::from_secs(30), || count_lines(&output) == 10),
+        "{} of 10 lines arrived after the probe closed\n{}",
+        count_lines(&output),
+        egw.stderr()
+    );
+    assert_eq!(figure(&page(), EARLY), Some(0.0), "none went early");
+    egw.terminate();
+    assert!(egw.wait(EXIT).success(), "{}", egw.stderr());
+    assert_eq!(count_lines(&output), 10, "each line once");
 }

@@ -170,8 +170,9 @@ impl Order {
         self.window = window;
     }
 
-    /// Takes the lanes of new connections; forgets finished ones with nothing queued.
-    fn sync(&mut self) {
+    /// Takes the lanes of new connections; forgets finished ones with nothing queued. Returns
+    /// whether it forgot one: a line it held back may go now.
+    fn sync(&mut self) -> bool {
         for lane in self.lanes.take_new() {
             self.queues.push(Queue {
                 lane,
@@ -184,9 +185,12 @@ impl Order {
         let before = self.queues.len();
         self.queues
             .retain(|q| !(q.items.is_empty() && q.lane.ended() && q.lane.in_flight() == 0));
-        if self.queues.len() != before {
+        let forgot = self.queues.len() != before;
+        if forgot {
+            // Its index named a queue that may have moved.
             self.held = None;
         }
+        forgot
     }
 
     /// Whether any line is held.
@@ -258,7 +262,12 @@ impl Order {
         engine: &mut Engine,
         outputs: &mut Outputs,
     ) -> io::Result<()> {
-        self.sync();
+        // A connection that finished while lines waited for it (one that closed without
+        // sending: a health check) lets them go now; without this release nothing would look
+        // at them again until some connection sent more.
+        if self.sync() && self.holding() {
+            self.release(engine, outputs, false)?;
+        }
         let Some(q) = self.held else {
             return Ok(());
         };

@@ -781,10 +781,11 @@ mod tests {
         // After each piece of a line over the limit, the next read goes into the room the
         // piece's tail was given (one pipe read's, at a page boundary), not a buffer grown for
         // a whole file read: every piece keeps that room and no more.
-        let mut input = vec![b'x'; 1 << 20];
-        input.extend_from_slice(b"\nafter\n");
         let (reader, mut writer) = io::pipe().unwrap();
         let read_len = Direct::of(reader.as_fd()).unwrap().read_len;
+        // Sixteen reads' worth whatever the page size (a pipe is sixteen pages).
+        let mut input = vec![b'x'; 16 * read_len];
+        input.extend_from_slice(b"\nafter\n");
         let room = (READ_ALIGN + 3 + read_len).next_multiple_of(ROOM_STEP);
         let msgs = std::thread::scope(|s| {
             s.spawn(|| {
@@ -806,7 +807,7 @@ mod tests {
                 );
             }
         }
-        assert!(pieces > 10, "{pieces}");
+        assert!(pieces >= 16, "{pieces}");
         assert_eq!(rebuild(msgs), input);
     }
 
@@ -904,37 +905,47 @@ mod tests {
         // A handler installed without SA_RESTART: a signal to the reader's thread while it
         // waits in read(2) makes the read fail with EINTR.
         // SAFETY: a zeroed sigaction with a handler that does nothing, for a signal nothing
-        // else in these tests uses.
-        unsafe {
+        // else in these tests uses; the one it replaces is put back below.
+        let previous = unsafe {
             let mut action: libc::sigaction = std::mem::zeroed();
             action.sa_sigaction = ignore_signal as extern "C" fn(libc::c_int) as usize;
-            assert_eq!(
-                libc::sigaction(libc::SIGURG, &action, std::ptr::null_mut()),
-                0
-            );
-        }
+            let mut previous: libc::sigaction = std::mem::zeroed();
+            assert_eq!(libc::sigaction(libc::SIGURG, &action, &mut previous), 0);
+            previous
+        };
         let (reader, writer) = io::pipe().unwrap();
         let pieces = pieces(50, 300);
         let (feed, rx) = Feed::channel();
         let msgs = std::thread::scope(|s| {
             let (tell, told) = std::sync::mpsc::channel();
+            let (done, writer_done) = std::sync::mpsc::channel::<()>();
             let read = s.spawn(move || {
                 // SAFETY: pthread_self has no preconditions.
                 tell.send(unsafe { libc::pthread_self() }).unwrap();
-                read_lines(reader, &feed, 1_000, Mode::Sole, &AtomicU64::new(0))
+                let ended = read_lines(reader, &feed, 1_000, Mode::Sole, &AtomicU64::new(0));
+                // The thread outlives every signal sent to it, even when the read ends
+                // early: the writer's end (or its panic) drops `done`.
+                let _ = writer_done.recv();
+                ended
             });
             let thread = told.recv().unwrap();
             let written = &pieces;
             s.spawn(move || {
                 write_slowly(writer, written, || {
-                    // SAFETY: the reader's thread runs until the writer closes the pipe.
+                    // SAFETY: the reader's thread waits for `done` to drop before it ends.
                     assert_eq!(unsafe { libc::pthread_kill(thread, libc::SIGURG) }, 0);
-                })
+                });
+                drop(done);
             });
             let msgs: Vec<Msg> = rx.iter().collect();
             assert_eq!(read.join().unwrap().unwrap(), Ended::Eof);
             msgs
         });
+        // SAFETY: the handler this test replaced, as sigaction gave it.
+        assert_eq!(
+            unsafe { libc::sigaction(libc::SIGURG, &previous, std::ptr::null_mut()) },
+            0
+        );
         assert_eq!(rebuild(msgs), pieces.concat());
     }
 

@@ -418,7 +418,7 @@ fn splits_line(replacement: &[u8], original: &[u8]) -> bool {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use std::sync::{Arc, Mutex};
 
@@ -455,7 +455,7 @@ mod tests {
 
     /// A writer whose bytes the test can read afterwards.
     #[derive(Clone, Default)]
-    struct Sink(Arc<Mutex<Vec<u8>>>);
+    pub(crate) struct Sink(pub(crate) Arc<Mutex<Vec<u8>>>);
 
     impl io::Write for Sink {
         fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
@@ -468,7 +468,7 @@ mod tests {
     }
 
     /// An engine around `plugin` (failing open).
-    fn engine(
+    pub(crate) fn engine(
         plugin: impl Transform + 'static,
         batch: BatchConfig,
         unreadable: UnreadablePolicy,
@@ -506,7 +506,7 @@ mod tests {
 
     /// A plugin whose verdict depends on the event: `flag` in it annotates it, `page` routes it
     /// to `pager`, `junk` makes it unreadable, `fail` fails the batch; anything else passes.
-    struct Picks;
+    pub(crate) struct Picks;
 
     impl Transform for Picks {
         fn process(

@@ -264,9 +264,15 @@ impl Order {
     ) -> io::Result<()> {
         // A connection that finished while lines waited for it (one that closed without
         // sending: a health check) lets them go now; without this release nothing would look
-        // at them again until some connection sent more.
-        if self.sync() && self.holding() {
-            self.release(engine, outputs, false)?;
+        // at them again until some connection sent more. A reload that turned ordering off
+        // (window zero) lets everything queued go, each connection's lines in their order and
+        // none counted as early: `push` then queues nothing more, and it always comes after an
+        // `idle` with the same window (a reload runs between the engine's turns), so no new
+        // message goes ahead of its connection's queued lines.
+        let forgot = self.sync();
+        let off = self.window.is_zero();
+        if (forgot || off) && self.holding() {
+            self.release(engine, outputs, off)?;
         }
         let Some(q) = self.held else {
             return Ok(());
@@ -537,5 +543,73 @@ mod tests {
         let mut seen = Seen::Nothing;
         timed_lines(b"a\nb\n", &key, &mut seen);
         assert_eq!(seen, Seen::NoTime);
+    }
+
+    /// A reload that sets `order_window_ms: 0` while lines are queued (two connections' lines
+    /// held by a third that sent nothing) lets them all go at the engine's next wait, each
+    /// connection's in its order, none counted as early, and before a new message of one of
+    /// them. Before: that wait let only the held connection's lines go (as early), `push`
+    /// processed the new message at once, ahead of its connection's older queued lines, and
+    /// when the holder closed between the wait and that push, the lines still queued were never
+    /// looked at again.
+    #[test]
+    fn a_reload_to_window_zero_lets_queued_lines_go_in_each_connections_order() {
+        use crate::config::{BatchConfig, UnreadablePolicy};
+        use crate::engine::tests::{engine, Picks, Sink};
+
+        let mut engine = engine(Picks, BatchConfig::default(), UnreadablePolicy::Pass);
+        let out = Sink::default();
+        let mut outputs = Outputs::from_writers(vec![("default".into(), Box::new(out.clone()))]);
+        let lanes = Arc::new(Lanes::default());
+        let (quiet, early, late) = (lanes.open(1), lanes.open(2), lanes.open(3));
+        let mut order = Order::new(
+            Some(Arc::clone(&lanes)),
+            Duration::from_secs(600),
+            "@timestamp",
+            Arc::default(),
+        );
+        let line = |who: &str, hour: u32, n: u32| {
+            format!("{{\"@timestamp\":\"2026-11-01T{hour:02}:00:00.{n:03}Z\",\"{who}\":{n}}}\n")
+        };
+        // One turn of the engine's loop: its wait, then the message of `lane` it received, if
+        // any; `close` closes a connection between the two.
+        let mut turn =
+            |order: &mut Order, lane: &Arc<Lane>, text: Option<String>, close: Option<&Lane>| {
+                order
+                    .idle(Duration::from_millis(50), &mut engine, &mut outputs)
+                    .unwrap();
+                if let Some(holder) = close {
+                    lanes.close(holder);
+                }
+                let Some(text) = text else { return };
+                lane.take_credit();
+                let msg = Msg::Lines(crate::input::Block::new(text.into_bytes()));
+                order
+                    .push(Arc::clone(lane), msg, &mut engine, &mut outputs)
+                    .unwrap();
+                outputs.commit().unwrap();
+            };
+        let block = |who: &str, hour: u32| Some((0..3).map(|n| line(who, hour, n)).collect());
+        turn(&mut order, &early, block("early", 1), None);
+        turn(&mut order, &late, block("late", 5), None);
+        assert!(
+            order.holding() && order.held.is_some(),
+            "the quiet one holds both"
+        );
+        order.set_window(Duration::ZERO);
+        // The holder closes between the engine's wait and the message it received.
+        turn(&mut order, &late, Some(line("late", 5, 3)), Some(&quiet));
+        // Two more waits with nothing received.
+        turn(&mut order, &early, None, None);
+        turn(&mut order, &early, None, None);
+        let expected: String = (0..3)
+            .map(|n| line("early", 1, n))
+            .chain((0..4).map(|n| line("late", 5, n)))
+            .collect();
+        let (_, undelivered) = outputs.finish();
+        assert!(undelivered.is_empty(), "{undelivered:?}");
+        assert_eq!(String::from_utf8_lossy(&out.0.lock().unwrap()), expected);
+        assert!(!order.holding(), "nothing is left queued");
+        assert_eq!(order.stats.order_early.load(Ordering::Relaxed), 0);
     }
 }

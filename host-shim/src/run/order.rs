@@ -135,7 +135,10 @@ pub(super) struct Order {
     window: Duration,
     key: memmem::Finder<'static>,
     queues: Vec<Queue>,
-    /// The queue whose head was held by quiet connections at the last release.
+    /// The queue whose head was held by quiet connections at the last release. Invariant:
+    /// `Some` whenever lines are queued (with a non-zero window), except between a `sync` that
+    /// forgot a finished queue (the index may have moved) and the next release, which
+    /// [`Order::idle`] runs at once; `None` when nothing is queued.
     held: Option<usize>,
     /// Lines on their way to the engine.
     merged: Vec<u8>,
@@ -170,9 +173,8 @@ impl Order {
         self.window = window;
     }
 
-    /// Takes the lanes of new connections; forgets finished ones with nothing queued. Returns
-    /// whether it forgot one: a line it held back may go now.
-    fn sync(&mut self) -> bool {
+    /// Takes the lanes of new connections; forgets finished ones with nothing queued.
+    fn sync(&mut self) {
         for lane in self.lanes.take_new() {
             self.queues.push(Queue {
                 lane,
@@ -185,12 +187,10 @@ impl Order {
         let before = self.queues.len();
         self.queues
             .retain(|q| !(q.items.is_empty() && q.lane.ended() && q.lane.in_flight() == 0));
-        let forgot = self.queues.len() != before;
-        if forgot {
-            // Its index named a queue that may have moved.
+        if self.queues.len() != before {
+            // Its index named a queue that may have moved; a line it held back may go now.
             self.held = None;
         }
-        forgot
     }
 
     /// Whether any line is held.
@@ -262,16 +262,17 @@ impl Order {
         engine: &mut Engine,
         outputs: &mut Outputs,
     ) -> io::Result<()> {
-        // A connection that finished while lines waited for it (one that closed without
-        // sending: a health check) lets them go now; without this release nothing would look
-        // at them again until some connection sent more. A reload that turned ordering off
+        // Lines queued with nothing held: a `sync` (this one or `push`'s) forgot a finished
+        // connection they may have waited for (one that closed without sending: a health
+        // check), so they go now if they may; without this release nothing would look at them
+        // again until some connection sent more. A reload that turned ordering off
         // (window zero) lets everything queued go, each connection's lines in their order and
         // none counted as early: `push` then queues nothing more, and it always comes after an
         // `idle` with the same window (a reload runs between the engine's turns), so no new
         // message goes ahead of its connection's queued lines.
-        let forgot = self.sync();
+        self.sync();
         let off = self.window.is_zero();
-        if (forgot || off) && self.holding() {
+        if (off || self.held.is_none()) && self.holding() {
             self.release(engine, outputs, off)?;
         }
         let Some(q) = self.held else {

@@ -546,6 +546,85 @@ mod tests {
         assert_eq!(seen, Seen::NoTime);
     }
 
+    /// An ordering stage (window `window`) over three connections, in front of an engine that
+    /// passes every line to an output the test reads, driven as the engine's loop does.
+    struct Stage {
+        order: Order,
+        lanes: Arc<Lanes>,
+        engine: Engine,
+        outputs: Outputs,
+        out: crate::engine::tests::Sink,
+    }
+
+    impl Stage {
+        fn new(window: Duration) -> (Stage, [Arc<Lane>; 3]) {
+            use crate::config::{BatchConfig, UnreadablePolicy};
+            use crate::engine::tests::{engine, Picks, Sink};
+
+            let out = Sink::default();
+            let lanes = Arc::new(Lanes::default());
+            let opened = [lanes.open(1), lanes.open(2), lanes.open(3)];
+            let stage = Stage {
+                order: Order::new(
+                    Some(Arc::clone(&lanes)),
+                    window,
+                    "@timestamp",
+                    Arc::default(),
+                ),
+                lanes,
+                engine: engine(Picks, BatchConfig::default(), UnreadablePolicy::Pass),
+                outputs: Outputs::from_writers(vec![("default".into(), Box::new(out.clone()))]),
+                out,
+            };
+            (stage, opened)
+        }
+
+        /// The engine waited `ms` for input.
+        fn wait(&mut self, ms: u64) {
+            let idle = Duration::from_millis(ms);
+            self.order
+                .idle(idle, &mut self.engine, &mut self.outputs)
+                .unwrap();
+        }
+
+        /// A turn of the engine's loop: a wait, then `text` from `lane`.
+        fn turn(&mut self, lane: &Arc<Lane>, text: String) {
+            self.wait(50);
+            self.push(lane, text);
+        }
+
+        /// The engine received `text` from `lane`.
+        fn push(&mut self, lane: &Arc<Lane>, text: String) {
+            lane.take_credit();
+            let msg = Msg::Lines(crate::input::Block::new(text.into_bytes()));
+            let (engine, outputs) = (&mut self.engine, &mut self.outputs);
+            self.order
+                .push(Arc::clone(lane), msg, engine, outputs)
+                .unwrap();
+            outputs.commit().unwrap();
+        }
+
+        /// Lines counted as released early.
+        fn early(&self) -> u64 {
+            self.order.stats.order_early.load(Ordering::Relaxed)
+        }
+
+        /// What the output received so far.
+        fn delivered(&mut self) -> String {
+            let (_, undelivered) = self.outputs.finish();
+            assert!(undelivered.is_empty(), "{undelivered:?}");
+            String::from_utf8_lossy(&self.out.0.lock().unwrap()).into_owned()
+        }
+    }
+
+    fn line(who: &str, hour: u32, n: u32) -> String {
+        format!("{{\"@timestamp\":\"2026-11-01T{hour:02}:00:00.{n:03}Z\",\"{who}\":{n}}}\n")
+    }
+
+    fn lines(who: &str, hour: u32, n: std::ops::Range<u32>) -> String {
+        n.map(|n| line(who, hour, n)).collect()
+    }
+
     /// A reload that sets `order_window_ms: 0` while lines are queued (two connections' lines
     /// held by a third that sent nothing) lets them all go at the engine's next wait, each
     /// connection's in its order, none counted as early, and before a new message of one of
@@ -555,62 +634,39 @@ mod tests {
     /// looked at again.
     #[test]
     fn a_reload_to_window_zero_lets_queued_lines_go_in_each_connections_order() {
-        use crate::config::{BatchConfig, UnreadablePolicy};
-        use crate::engine::tests::{engine, Picks, Sink};
-
-        let mut engine = engine(Picks, BatchConfig::default(), UnreadablePolicy::Pass);
-        let out = Sink::default();
-        let mut outputs = Outputs::from_writers(vec![("default".into(), Box::new(out.clone()))]);
-        let lanes = Arc::new(Lanes::default());
-        let (quiet, early, late) = (lanes.open(1), lanes.open(2), lanes.open(3));
-        let mut order = Order::new(
-            Some(Arc::clone(&lanes)),
-            Duration::from_secs(600),
-            "@timestamp",
-            Arc::default(),
-        );
-        let line = |who: &str, hour: u32, n: u32| {
-            format!("{{\"@timestamp\":\"2026-11-01T{hour:02}:00:00.{n:03}Z\",\"{who}\":{n}}}\n")
-        };
-        // One turn of the engine's loop: its wait, then the message of `lane` it received, if
-        // any; `close` closes a connection between the two.
-        let mut turn =
-            |order: &mut Order, lane: &Arc<Lane>, text: Option<String>, close: Option<&Lane>| {
-                order
-                    .idle(Duration::from_millis(50), &mut engine, &mut outputs)
-                    .unwrap();
-                if let Some(holder) = close {
-                    lanes.close(holder);
-                }
-                let Some(text) = text else { return };
-                lane.take_credit();
-                let msg = Msg::Lines(crate::input::Block::new(text.into_bytes()));
-                order
-                    .push(Arc::clone(lane), msg, &mut engine, &mut outputs)
-                    .unwrap();
-                outputs.commit().unwrap();
-            };
-        let block = |who: &str, hour: u32| Some((0..3).map(|n| line(who, hour, n)).collect());
-        turn(&mut order, &early, block("early", 1), None);
-        turn(&mut order, &late, block("late", 5), None);
+        let (mut stage, [quiet, early, late]) = Stage::new(Duration::from_secs(600));
+        stage.turn(&early, lines("early", 1, 0..3));
+        stage.turn(&late, lines("late", 5, 0..3));
         assert!(
-            order.holding() && order.held.is_some(),
+            stage.order.holding() && stage.order.held.is_some(),
             "the quiet one holds both"
         );
-        order.set_window(Duration::ZERO);
+        stage.order.set_window(Duration::ZERO);
         // The holder closes between the engine's wait and the message it received.
-        turn(&mut order, &late, Some(line("late", 5, 3)), Some(&quiet));
-        // Two more waits with nothing received.
-        turn(&mut order, &early, None, None);
-        turn(&mut order, &early, None, None);
-        let expected: String = (0..3)
-            .map(|n| line("early", 1, n))
-            .chain((0..4).map(|n| line("late", 5, n)))
-            .collect();
-        let (_, undelivered) = outputs.finish();
-        assert!(undelivered.is_empty(), "{undelivered:?}");
-        assert_eq!(String::from_utf8_lossy(&out.0.lock().unwrap()), expected);
-        assert!(!order.holding(), "nothing is left queued");
-        assert_eq!(order.stats.order_early.load(Ordering::Relaxed), 0);
+        stage.wait(50);
+        stage.lanes.close(&quiet);
+        stage.push(&late, line("late", 5, 3));
+        stage.wait(50);
+        stage.wait(50);
+        assert!(!stage.order.holding(), "nothing is left queued");
+        assert_eq!(stage.early(), 0);
+        let expected = lines("early", 1, 0..3) + &lines("late", 5, 0..4);
+        assert_eq!(stage.delivered(), expected);
+    }
+
+    /// An unrelated connection that closes (a health check) while a quiet, still-open one holds
+    /// another's lines does not stop the window: they go once it has passed, counted as early.
+    /// Before: the close forgot which queue was held, so the window never ran for it again.
+    #[test]
+    fn an_unrelated_close_does_not_stop_the_window() {
+        let (mut stage, [quiet, sender, check]) = Stage::new(Duration::from_millis(500));
+        stage.turn(&sender, lines("sender", 5, 0..10));
+        stage.wait(300);
+        stage.lanes.close(&check);
+        stage.wait(300);
+        assert!(!quiet.ended(), "the holder is still open");
+        assert!(!stage.order.holding(), "nothing is left queued");
+        assert_eq!(stage.early(), 10);
+        assert_eq!(stage.delivered(), lines("sender", 5, 0..10));
     }
 }

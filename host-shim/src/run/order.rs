@@ -168,7 +168,9 @@ impl Order {
         }
     }
 
-    /// A reload's new `input.order_window_ms`.
+    /// A reload's new `input.order_window_ms`. Called only between the engine loop's turns,
+    /// each of which runs `idle` before `push`: with a window of 0, `idle` lets everything
+    /// queued go, so `push` may process at once (a call elsewhere would need a release there).
     pub(super) fn set_window(&mut self, window: Duration) {
         self.window = window;
     }
@@ -212,6 +214,8 @@ impl Order {
         let open = self.lanes.open_count();
         let alone = open == 0 || (open == 1 && !lane.ended());
         if self.window.is_zero() || (alone && !self.holding()) {
+            // With no window, the turn's `idle` let everything queued go (`set_window`).
+            debug_assert!(!self.window.is_zero() || !self.holding());
             let done = process(msg, engine, outputs);
             lane.give_back();
             return done;

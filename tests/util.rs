@@ -126,6 +126,42 @@ pub fn free_address() -> String {
     listener.local_addr().expect("local address").to_string()
 }
 
+/// A loopback address that refuses every connection for as long as the returned socket lives:
+/// bound without listening, and without `SO_REUSEADDR`, so that no other bind gets its port
+/// meanwhile. The address of a peer that stays down: a port let go by [`free_address`] can be
+/// handed out again by the kernel (to the same test's next `free_address`, or to another test)
+/// and then accepts what an output holds for the "down" peer.
+pub fn refusing_address() -> (String, std::os::fd::OwnedFd) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain socket calls on a descriptor this function owns; `addr` and `len` are a
+    // `sockaddr_in` and its size, valid for the duration of each call.
+    unsafe {
+        let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
+        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
+        let mut addr: libc::sockaddr_in = std::mem::zeroed();
+        addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
+        let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
+        let bound = libc::bind(fd, std::ptr::from_ref(&addr).cast(), len);
+        assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
+        let named = libc::getsockname(fd, std::ptr::from_mut(&mut addr).cast(), &mut len);
+        assert_eq!(named, 0, "getsockname: {}", std::io::Error::last_os_error());
+        (format!("127.0.0.1:{}", u16::from_be(addr.sin_port)), socket)
+    }
+}
+
+#[test]
+fn a_refusing_address_refuses_connections_and_no_bind_takes_its_port_while_held() {
+    use std::io::ErrorKind;
+    let (address, _held) = refusing_address();
+    let connect = std::net::TcpStream::connect(&address).map(drop);
+    assert_eq!(connect.unwrap_err().kind(), ErrorKind::ConnectionRefused);
+    // (std's bind sets SO_REUSEADDR, as the program's listeners do.)
+    let bind = std::net::TcpListener::bind(&address).map(drop);
+    assert_eq!(bind.unwrap_err().kind(), ErrorKind::AddrInUse);
+}
+
 /// Closes a connection with a reset (RST) instead of an orderly close: SO_LINGER on, zero
 /// seconds, then close(2).
 pub fn close_with_reset(conn: std::net::TcpStream) {

@@ -9,8 +9,8 @@ use std::time::Duration;
 
 use super::{detector_as_shipped, numbered, reload, EXIT};
 use crate::util::{
-    connect_when_ready, count_lines, figure, free_address, http_get, temp_dir, wait_until,
-    wait_until_read, write, Running,
+    connect_when_ready, count_lines, figure, free_address, http_get, refusing_address, temp_dir,
+    wait_until, wait_until_read, write, Running,
 };
 
 /// The numbers received by a plain TCP downstream, per connection, in order.
@@ -167,7 +167,7 @@ fn sighup_with_an_output_that_cannot_be_built_is_refused_and_the_old_one_goes_on
 fn sighup_replacing_a_down_output_hands_what_it_held_to_the_new_one() {
     let dir = temp_dir("reload-output-down");
     // Nobody listens at the first address: the output holds its lines and retries.
-    let down = free_address();
+    let (down, _down_held) = refusing_address();
     let (up, received) = downstream();
     let (input, metrics) = (free_address(), free_address());
     let settings = |peer: &str| {
@@ -584,7 +584,9 @@ fn sighup_removing_then_re_adding_a_file_output_still_writing_keeps_its_lines_wh
 fn sighup_adding_back_a_removed_output_that_is_still_failing_takes_over_what_it_holds() {
     let dir = temp_dir("reload-output-readded-down");
     // `errors` goes to a peer that is down; it is removed, then added back toward a live one.
-    let down = free_address();
+    // (Held for the whole test: a port merely let go can be the next `free_address`'s, the
+    // metrics endpoint's, which then takes what `errors` holds.)
+    let (down, _down_held) = refusing_address();
     let (up, received) = downstream_of(|line| {
         let text = std::str::from_utf8(line).unwrap();
         text.trim_end().trim_start_matches('u').parse().unwrap()

@@ -13,7 +13,9 @@ use std::time::Duration;
 
 use super::outputs::{all_of, downstream_of, stuck_peer, Received};
 use super::{detector_as_shipped, numbered, reload, EXIT};
-use crate::util::{free_address, temp_dir, wait_until, wait_until_read, write, Running};
+use crate::util::{
+    free_address, refusing_address, temp_dir, wait_until, wait_until_read, write, Running,
+};
 
 /// Settings with a TCP input, a metrics endpoint, `extra` (YAML lines, may be empty) and
 /// `default` a TCP output to `peer` with a disk buffer in `folder`.
@@ -208,7 +210,7 @@ fn two_sighups_during_one_hand_over_of_a_disk_buffered_output_lose_nothing() {
     let (mut egw, fast, old_peer) = delivering_slowly(&dir, &input, &metrics, total, "");
     // The first reload moves the output to a peer that is down; the second, taken while the
     // old output still finishes its batch for the slow peer, to one that is up.
-    let down = free_address();
+    let (down, _down_held) = refusing_address();
     let (up, at_up) = downstream();
     let moved = |peer: &str| settings(&input, &metrics, peer, "buf", "");
     write(&dir, "c.yaml", moved(&down));
@@ -250,7 +252,7 @@ fn a_stop_during_the_hand_over_of_a_disk_buffered_output_keeps_its_backlog_for_t
     let (mut egw, fast, old_peer) = delivering_slowly(&dir, &input, &metrics, total, timeout);
     // Moved to a peer that is down, then stopped while the old output still finishes its
     // batch for the slow peer.
-    let down = free_address();
+    let (down, _down_held) = refusing_address();
     write(
         &dir,
         "c.yaml",

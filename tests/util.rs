@@ -120,10 +120,36 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A loopback address nobody listens on yet: binds port 0, notes the port, and lets it go.
+/// A loopback address nobody listens on yet, and that no other call in this test run returned:
+/// binds port 0, notes the port, and lets it go. The kernel hands a port let go out again (over
+/// a thousand calls, about one in fifteen returns a port it gave before), so the ports given
+/// are remembered: two addresses of one test (its input and its metrics endpoint), or of two
+/// tests running side by side, never share a port.
 pub fn free_address() -> String {
-    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-    listener.local_addr().expect("local address").to_string()
+    static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
+        std::sync::Mutex::new(std::collections::BTreeSet::new());
+    // (Those given before stay bound until a new one is found, so the kernel moves on.)
+    let mut refused = Vec::new();
+    loop {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
+        let address = listener.local_addr().expect("local address");
+        let mut given = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if given.insert(address.port()) {
+            return address.to_string();
+        }
+        refused.push(listener);
+    }
+}
+
+#[test]
+fn free_address_never_returns_a_port_twice() {
+    let mut seen = std::collections::BTreeSet::new();
+    for _ in 0..1000 {
+        let address = free_address();
+        assert!(seen.insert(address.clone()), "{address} returned twice");
+    }
 }
 
 /// A loopback address that refuses every connection for as long as the returned socket lives:

@@ -120,23 +120,29 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// A loopback address nobody listens on yet, and that no other call in this test run returned:
-/// binds port 0, notes the port, and lets it go. The kernel hands a port let go out again (over
-/// a thousand calls, about one in fifteen returns a port it gave before), so the ports given
-/// are remembered: two addresses of one test (its input and its metrics endpoint), or of two
-/// tests running side by side, never share a port.
-pub fn free_address() -> String {
+/// Whether `port` is new to this test run (and now taken by it): the ports [`free_address`] and
+/// [`refusing_address`] gave are remembered, as the kernel hands a port let go out again (over a
+/// thousand binds to port 0, about one in fifteen returns a port it gave before).
+fn first_time(port: u16) -> bool {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
+    GIVEN
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .insert(port)
+}
+
+/// A loopback address nobody listens on yet, and that no other call in this test run returned:
+/// binds port 0, notes the port, and lets it go. Two addresses of one test (its input and its
+/// metrics endpoint), or of two tests of this binary running side by side, never share a port;
+/// a bind elsewhere (another process, or a test's own bind to port 0) still can take it.
+pub fn free_address() -> String {
     // (Those given before stay bound until a new one is found, so the kernel moves on.)
     let mut refused = Vec::new();
     loop {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
         let address = listener.local_addr().expect("local address");
-        let mut given = GIVEN
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        if given.insert(address.port()) {
+        if first_time(address.port()) {
             return address.to_string();
         }
         refused.push(listener);
@@ -154,10 +160,23 @@ fn free_address_never_returns_a_port_twice() {
 
 /// A loopback address that refuses every connection for as long as the returned socket lives:
 /// bound without listening, and without `SO_REUSEADDR`, so that no other bind gets its port
-/// meanwhile. The address of a peer that stays down: a port let go by [`free_address`] can be
-/// handed out again by the kernel (to the same test's next `free_address`, or to another test)
+/// meanwhile, and never a port [`free_address`] gave. The address of a peer that stays down: a
+/// port merely let go can be taken by another process's bind, or a test's own bind to port 0,
 /// and then accepts what an output holds for the "down" peer.
 pub fn refusing_address() -> (String, std::os::fd::OwnedFd) {
+    // (Those given before stay bound until a new one is found, so the kernel moves on.)
+    let mut refused = Vec::new();
+    loop {
+        let (port, socket) = bound_not_listening();
+        if first_time(port) {
+            return (format!("127.0.0.1:{port}"), socket);
+        }
+        refused.push(socket);
+    }
+}
+
+/// A loopback socket bound to a port the kernel picks, not listening: the port and the socket.
+fn bound_not_listening() -> (u16, std::os::fd::OwnedFd) {
     use std::os::fd::FromRawFd;
     // SAFETY: plain socket calls on a descriptor this function owns; `addr` and `len` are a
     // `sockaddr_in` and its size, valid for the duration of each call.
@@ -173,7 +192,7 @@ pub fn refusing_address() -> (String, std::os::fd::OwnedFd) {
         assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
         let named = libc::getsockname(fd, std::ptr::from_mut(&mut addr).cast(), &mut len);
         assert_eq!(named, 0, "getsockname: {}", std::io::Error::last_os_error());
-        (format!("127.0.0.1:{}", u16::from_be(addr.sin_port)), socket)
+        (u16::from_be(addr.sin_port), socket)
     }
 }
 

@@ -584,7 +584,7 @@ fn sighup_removing_then_re_adding_a_file_output_still_writing_keeps_its_lines_wh
 fn sighup_adding_back_a_removed_output_that_is_still_failing_takes_over_what_it_holds() {
     let dir = temp_dir("reload-output-readded-down");
     // `errors` goes to a peer that is down; it is removed, then added back toward a live one.
-    // (Held for the whole test: a port merely let go can be the next `free_address`'s, the
+    // (Held for the whole test: a port merely let go can be taken by another bind, such as a
     // metrics endpoint's, which then takes what `errors` holds.)
     let (down, _down_held) = refusing_address();
     let (up, received) = downstream_of(|line| {

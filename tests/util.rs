@@ -120,16 +120,26 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Whether `port` is new to this test run (and now taken by it): the ports [`free_address`] and
-/// [`refusing_address`] gave are remembered, as the kernel hands a port let go out again (over a
-/// thousand binds to port 0, about one in fifteen returns a port it gave before).
-fn first_time(port: u16) -> bool {
+/// A socket bound by `bind` to a port no other call in this test run was given, and its port:
+/// the ports [`free_address`] and [`refusing_address`] gave are remembered, as the kernel hands
+/// a port let go out again (over a thousand binds to port 0, about one in fifteen returns a port
+/// it gave before). Those bound to a port given before stay bound until a new one is found, so
+/// the kernel moves on.
+fn unused_port<T>(bind: impl Fn() -> (u16, T)) -> (u16, T) {
     static GIVEN: std::sync::Mutex<std::collections::BTreeSet<u16>> =
         std::sync::Mutex::new(std::collections::BTreeSet::new());
-    GIVEN
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-        .insert(port)
+    let mut refused = Vec::new();
+    loop {
+        let (port, socket) = bind();
+        let first = GIVEN
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .insert(port);
+        if first {
+            return (port, socket);
+        }
+        refused.push(socket);
+    }
 }
 
 /// A loopback address nobody listens on yet, and that no other call in this test run returned:
@@ -137,16 +147,14 @@ fn first_time(port: u16) -> bool {
 /// metrics endpoint), or of two tests of this binary running side by side, never share a port;
 /// a bind elsewhere (another process, or a test's own bind to port 0) still can take it.
 pub fn free_address() -> String {
-    // (Those given before stay bound until a new one is found, so the kernel moves on.)
-    let mut refused = Vec::new();
-    loop {
+    let (port, _listener) = unused_port(|| {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0");
-        let address = listener.local_addr().expect("local address");
-        if first_time(address.port()) {
-            return address.to_string();
-        }
-        refused.push(listener);
-    }
+        (
+            listener.local_addr().expect("local address").port(),
+            listener,
+        )
+    });
+    format!("127.0.0.1:{port}")
 }
 
 #[test]
@@ -164,15 +172,8 @@ fn free_address_never_returns_a_port_twice() {
 /// port merely let go can be taken by another process's bind, or a test's own bind to port 0,
 /// and then accepts what an output holds for the "down" peer.
 pub fn refusing_address() -> (String, std::os::fd::OwnedFd) {
-    // (Those given before stay bound until a new one is found, so the kernel moves on.)
-    let mut refused = Vec::new();
-    loop {
-        let (port, socket) = bound_not_listening();
-        if first_time(port) {
-            return (format!("127.0.0.1:{port}"), socket);
-        }
-        refused.push(socket);
-    }
+    let (port, socket) = unused_port(bound_not_listening);
+    (format!("127.0.0.1:{port}"), socket)
 }
 
 /// A loopback socket bound to a port the kernel picks, not listening: the port and the socket.

@@ -44,12 +44,55 @@ struct Torn {
     written: usize,
 }
 
+impl Torn {
+    /// Logs that the line's beginning stays where it is, at the end of that file, and that
+    /// `who`'s replacement writes the line whole.
+    fn left_behind(&self, who: &str) {
+        tracing::warn!(path = %self.path, bytes = self.written,
+            "{who} stopped partway through a line: its beginning is left at the end of that \
+             file, and the line is written whole to the new one");
+    }
+}
+
+impl Batch {
+    /// Takes the first line off as a batch of its own (the acknowledgements stay with the
+    /// rest, delivered after it); the batch holds more than one line.
+    fn take_first_line(&mut self) -> Batch {
+        let end = memchr::memchr(b'\n', &self.data).map_or(self.data.len(), |nl| nl + 1);
+        let line = self.data[..end].to_vec();
+        self.data.advance(end);
+        self.lines -= 1;
+        Batch {
+            data: line.into(),
+            lines: 1,
+            acks: Vec::new(),
+            end: None,
+            resent: self.resent,
+        }
+    }
+}
+
 impl Outcome {
-    /// Two outputs a reload replaced with one, this one first: what both could not deliver,
-    /// in that order (a line only the second one tore is written whole).
-    fn then(mut self, next: Outcome) -> Outcome {
-        if self.handed_over.is_empty() {
-            self.torn = next.torn;
+    /// Two outputs a reload replaced with one writing to `file` ([`Sink::written_to`]), this
+    /// one first: what both could not deliver, in that order, but for a line the second one
+    /// tore in `file`: that file ends with its beginning, so it goes first, finished there
+    /// before anything else is written (a line the first one tore is then written whole). A
+    /// line the second one tore elsewhere, behind what the first hands over, is written whole.
+    fn then(mut self, mut next: Outcome, file: &str) -> Outcome {
+        match next.torn.take() {
+            Some(torn) if self.handed_over.is_empty() => self.torn = Some(torn),
+            Some(torn) if torn.file == file && !next.handed_over.is_empty() => {
+                if let Some(first) = self.torn.replace(torn) {
+                    first.left_behind("an output the reload replaced");
+                }
+                let line = match next.handed_over[0].lines {
+                    1 => next.handed_over.remove(0),
+                    _ => next.handed_over[0].take_first_line(),
+                };
+                self.handed_over.insert(0, line);
+            }
+            Some(torn) => torn.left_behind("an output the reload replaced"),
+            None => {}
         }
         self.handed_over.extend(next.handed_over);
         Outcome {
@@ -173,7 +216,8 @@ pub(crate) fn spawn(
                 return Outcome::default();
             };
             let joined = turn.after.into_iter().map(|h| h.join().unwrap_or_default());
-            let mut before = joined.reduce(Outcome::then);
+            let file = sink.written_to();
+            let mut before = joined.reduce(|first, next| first.then(next, &file));
             for other in &turn.wait_for {
                 other.wait();
             }
@@ -248,10 +292,7 @@ impl Worker {
             // The same file: what it wrote of the line is finished, not written twice.
             Some(torn) if torn.file == self.sink.written_to() => self.sink.resume(torn.written),
             Some(torn) => {
-                tracing::warn!(output = %name, path = %torn.path, bytes = torn.written,
-                    "the output the reload replaced stopped partway through a line: its \
-                     beginning is left at the end of that file, and the line is written \
-                     whole to the new one");
+                torn.left_behind("the output the reload replaced");
                 self.torn_elsewhere = Some(torn);
             }
             None => {}

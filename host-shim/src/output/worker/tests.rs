@@ -38,12 +38,12 @@ fn file_sink(file: &Arc<Mutex<Vec<u8>>>, room: usize, inode: u64) -> Box<dyn Sin
     Box::new(WriterSink::retried(Box::new(writer), inode))
 }
 
-/// Starts a delivery thread and lets it go at once, after `after`.
+/// Starts a delivery thread and lets it go at once, after `after` (joined in order).
 fn start(
     sink: Box<dyn Sink>,
     queue: &Arc<Queue>,
     stats: &OutputHealth,
-    after: Option<JoinHandle<Outcome>>,
+    after: impl IntoIterator<Item = JoinHandle<Outcome>>,
 ) -> JoinHandle<Outcome> {
     let ended = Arc::default();
     let none = Deadline::default();
@@ -109,6 +109,68 @@ fn replaced_partway_through_a_line(front: usize) {
         "one\ntwo\nthree\nfour\n"
     );
     assert_eq!(stats.status().delivered, 4);
+}
+
+/// Starts a file output (its file has room for `room` bytes) delivering `data`, waits until it
+/// has filled its file, and retires its queue, as a reload removing it and adding an output it
+/// hands over to does. Returns its thread.
+fn tearing(
+    file: &Arc<Mutex<Vec<u8>>>,
+    room: usize,
+    inode: u64,
+    data: &[u8],
+    stats: &OutputHealth,
+) -> JoinHandle<Outcome> {
+    let queue = Arc::new(Queue::new(1 << 20, stats.clone()));
+    let batch = Batch {
+        data: data.to_vec().into(),
+        lines: memchr::memchr_iter(b'\n', data).count() as u64,
+        acks: Vec::new(),
+        end: None,
+        resent: false,
+    };
+    queue
+        .push(batch, WhenFull::Block, &Deadline::default())
+        .unwrap();
+    let thread = start(file_sink(file, room, inode), &queue, stats, None);
+    let waited = std::time::Instant::now();
+    while file.lock().unwrap().len() < room {
+        assert!(waited.elapsed() < Duration::from_secs(30), "never wrote");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(queue.retire().is_empty(), "the batch is in hand");
+    thread
+}
+
+#[test]
+fn a_line_the_second_of_two_replaced_outputs_tore_in_the_new_file_is_finished_first() {
+    // The torn line alone in what the second hands over, and followed by another.
+    for rest in ["", "b3\n"] {
+        second_of_two_tore_in_the_new_file(rest);
+    }
+}
+
+/// Two outputs, each tearing a line in its own file (a full disk), are removed by a reload;
+/// the next adds one with the first's name writing to the second's file: it replaces both. The
+/// second's batch has `rest` after its torn line.
+fn second_of_two_tore_in_the_new_file(rest: &str) {
+    let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+    let (first, second) = (Arc::default(), Arc::default());
+    let a = tearing(&first, 4, 7, b"a1\na2\n", &stats);
+    let b = tearing(&second, 4, 8, format!("b1\nb2\n{rest}").as_bytes(), &stats);
+    let queue = Arc::new(Queue::new(1 << 20, stats.clone()));
+    queue.close();
+    let sink = file_sink(&second, usize::MAX, 8);
+    let outcome = start(sink, &queue, &stats, [a, b]).join().unwrap();
+    assert_eq!(outcome.undelivered, 0, "{:?}", outcome.error);
+    // The second file ends with `b2`'s beginning: that line is finished before anything else
+    // goes there. (`a2`'s beginning is left in the first file; it is written whole.)
+    assert_eq!(&*first.lock().unwrap(), b"a1\na");
+    assert_eq!(
+        String::from_utf8_lossy(&second.lock().unwrap()),
+        format!("b1\nb2\na2\n{rest}")
+    );
+    assert_eq!(stats.status().delivered, 4 + rest.lines().count() as u64);
 }
 
 #[test]

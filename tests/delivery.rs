@@ -272,8 +272,6 @@ fn flaky_downstream(
 ) -> std::thread::JoinHandle<(Vec<Vec<u64>>, usize)> {
     use std::os::fd::AsRawFd;
     std::thread::spawn(move || {
-        let address = listener.local_addr().unwrap();
-        let mut listener = listener;
         let mut connections = Vec::new();
         let mut largest_buffer = 0;
         let mut next_break = breaks.into_iter();
@@ -318,10 +316,11 @@ fn flaky_downstream(
                 Some(Break::Close) => drop(conn),
                 Some(Break::Reset) => crate::util::close_with_reset(conn),
                 Some(Break::Down(pause)) => {
+                    // (Its port kept: nothing else can take it meanwhile.)
                     drop(conn);
-                    drop(listener);
+                    crate::util::stop_listening(&listener);
                     std::thread::sleep(pause);
-                    listener = bind_small(&address.to_string());
+                    crate::util::listen_again(&listener);
                 }
             }
         }
@@ -345,7 +344,8 @@ fn bind_small(address: &str) -> std::net::TcpListener {
 #[test]
 fn a_tcp_output_loses_at_most_the_peers_unread_receive_buffer_per_break() {
     let dir = temp_dir("delivery-tcp-chaos");
-    let downstream = bind_small("127.0.0.1:0");
+    // (By number: a break that takes it down keeps the port, `stop_listening`.)
+    let downstream = bind_small(&crate::util::free_address());
     let down_address = downstream.local_addr().unwrap().to_string();
     let input = free_address();
     let config = write(

@@ -6,6 +6,7 @@
 
 use std::collections::BTreeSet;
 use std::net::TcpStream;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -13,7 +14,8 @@ use std::time::Duration;
 
 use crate::http_delivery::peers::{numbered, Break, Downstream, Sender};
 use crate::util::{
-    figure, free_address, http_get, run, stderr, temp_dir, wait_until, workspace, write, Running,
+    figure, free_address, http_get, refusing_address, run, stderr, temp_dir, wait_until, workspace,
+    write, Running,
 };
 
 const STARTUP: Duration = Duration::from_secs(30);
@@ -109,9 +111,10 @@ fn segments(dir: &Path) -> Vec<PathBuf> {
 
 /// A first run whose output is down throughout: `requests` requests are answered 200 (they are
 /// on disk), and at SIGTERM the run ends 0 saying it kept them. Returns the downstream's
-/// address (nobody listens there yet).
-fn first_run_with_the_output_down(dir: &Path, requests: u64) -> String {
-    let down = free_address();
+/// address, and the socket that holds its port refusing until the caller starts a downstream
+/// there.
+fn first_run_with_the_output_down(dir: &Path, requests: u64) -> (String, OwnedFd) {
+    let (down, refusing) = refusing_address();
     // 1 MiB: 128 KiB segments, so that the lines span several.
     let (mut egw, input, metrics) = start(dir, &down, ", max_bytes: 1048576");
     send(&input, requests);
@@ -134,15 +137,16 @@ fn first_run_with_the_output_down(dir: &Path, requests: u64) -> String {
         err.contains("kept in the output's disk buffer") && err.contains(&format!("lines={total}")),
         "the stop says what the buffer keeps\n{err}"
     );
-    down
+    (down, refusing)
 }
 
 #[test]
 fn lines_held_for_a_down_output_are_delivered_in_order_after_a_restart() {
     const REQUESTS: u64 = 10;
     let dir = temp_dir("disk-buffer-restart");
-    let down = first_run_with_the_output_down(&dir, REQUESTS);
+    let (down, refusing) = first_run_with_the_output_down(&dir, REQUESTS);
 
+    drop(refusing);
     let downstream = Downstream::start_on(&down, Vec::new());
     let (mut egw, _input, metrics) = start(&dir, &down, ", max_bytes: 1048576");
     let total = REQUESTS * PER_REQUEST;
@@ -168,7 +172,7 @@ fn a_tcp_output_delivers_what_its_disk_buffer_kept_in_order_after_a_restart() {
     use std::io::BufRead;
     const REQUESTS: u64 = 5;
     let dir = temp_dir("disk-buffer-tcp");
-    let down = free_address();
+    let (down, refusing) = refusing_address();
     let output = format!("type: tcp, address: '{down}'");
     let (mut egw, input, metrics) = start_with(&dir, &output, "");
     send(&input, REQUESTS);
@@ -180,6 +184,7 @@ fn a_tcp_output_delivers_what_its_disk_buffer_kept_in_order_after_a_restart() {
     let status = egw.wait(EXIT);
     assert!(status.success(), "{}", egw.stderr());
 
+    drop(refusing);
     let listener = std::net::TcpListener::bind(&down).unwrap();
     let (mut egw, _input, metrics) = start_with(&dir, &output, "");
     let (conn, _) = listener.accept().unwrap();
@@ -282,9 +287,10 @@ fn a_tcp_peer_that_stalls_then_resets_loses_at_most_its_receive_buffer_across_a_
 #[test]
 fn a_kill_loses_nothing_the_buffer_took() {
     let dir = temp_dir("disk-buffer-kill");
-    let down = free_address();
-    // The downstream takes a few requests, then goes away for 10 s: the buffer fills meanwhile.
-    let downstream = Downstream::start_on(&down, vec![(4, Break::Down(Duration::from_secs(10)))]);
+    // The downstream takes a few requests, then goes away for 10 s (its port kept): the buffer
+    // fills meanwhile.
+    let downstream = Downstream::start(vec![(4, Break::Down(Duration::from_secs(10)))]);
+    let down = downstream.address.clone();
     let (mut egw, input, _metrics) = start(&dir, &down, "");
     let acked: Arc<Mutex<BTreeSet<u64>>> = Arc::default();
     let stop = Arc::new(AtomicBool::new(false));
@@ -342,7 +348,7 @@ fn a_kill_loses_nothing_the_buffer_took() {
 fn a_damaged_record_is_found_by_its_checksum_counted_and_those_before_it_delivered() {
     const REQUESTS: u64 = 10;
     let dir = temp_dir("disk-buffer-corrupt");
-    let down = first_run_with_the_output_down(&dir, REQUESTS);
+    let (down, refusing) = first_run_with_the_output_down(&dir, REQUESTS);
     // The last byte of the newest record (a line's newline) is changed.
     let newest = segments(&dir)
         .into_iter()
@@ -353,6 +359,7 @@ fn a_damaged_record_is_found_by_its_checksum_counted_and_those_before_it_deliver
     *bytes.last_mut().unwrap() ^= 0x55;
     std::fs::write(&newest, bytes).unwrap();
 
+    drop(refusing);
     let downstream = Downstream::start_on(&down, Vec::new());
     let (mut egw, _input, metrics) = start(&dir, &down, ", max_bytes: 1048576");
     // (Counted once the output's thread has checked the buffer, after the input listens.)
@@ -398,7 +405,8 @@ fn keep_sending(input: String, stop: Arc<AtomicBool>) -> std::thread::JoinHandle
 #[test]
 fn a_full_disk_buffer_blocks_visibly_and_is_named_at_exit() {
     let dir = temp_dir("disk-buffer-full-block");
-    let (mut egw, input, metrics) = start(&dir, &free_address(), ", max_bytes: 1048576");
+    let (down, _refusing) = refusing_address();
+    let (mut egw, input, metrics) = start(&dir, &down, ", max_bytes: 1048576");
     let stop = Arc::new(AtomicBool::new(false));
     let sender = keep_sending(input, Arc::clone(&stop));
     default_figure(&metrics, "egresswatch_output_blocked", |n| n == 1.0);
@@ -428,11 +436,9 @@ fn a_full_disk_buffer_blocks_visibly_and_is_named_at_exit() {
 #[test]
 fn a_full_disk_buffer_with_drop_newest_counts_what_it_drops() {
     let dir = temp_dir("disk-buffer-full-drop");
-    let (mut egw, input, metrics) = start(
-        &dir,
-        &free_address(),
-        ", max_bytes: 1048576, when_full: drop_newest",
-    );
+    let (down, _refusing) = refusing_address();
+    let (mut egw, input, metrics) =
+        start(&dir, &down, ", max_bytes: 1048576, when_full: drop_newest");
     let stop = Arc::new(AtomicBool::new(false));
     let sender = keep_sending(input, Arc::clone(&stop));
     default_figure(&metrics, "egresswatch_output_dropped_total", |n| n > 0.0);

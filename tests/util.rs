@@ -172,28 +172,35 @@ fn free_address_never_returns_a_port_twice() {
 /// port merely let go can be taken by another process's bind, or a test's own bind to port 0,
 /// and then accepts what an output holds for the "down" peer.
 pub fn refusing_address() -> (String, std::os::fd::OwnedFd) {
-    let (port, socket) = unused_port(bound_not_listening);
+    let (port, socket) = unused_port(|| bound_not_listening(0).expect("bind 127.0.0.1:0"));
     (format!("127.0.0.1:{port}"), socket)
 }
 
-/// A loopback socket bound to a port the kernel picks, not listening: the port and the socket.
-fn bound_not_listening() -> (u16, std::os::fd::OwnedFd) {
+/// A loopback socket bound to `port` (0: one the kernel picks) without `SO_REUSEADDR`, not
+/// listening: the port and the socket.
+fn bound_not_listening(port: u16) -> std::io::Result<(u16, std::os::fd::OwnedFd)> {
     use std::os::fd::FromRawFd;
+    let last_error = std::io::Error::last_os_error;
     // SAFETY: plain socket calls on a descriptor this function owns; `addr` and `len` are a
     // `sockaddr_in` and its size, valid for the duration of each call.
     unsafe {
         let fd = libc::socket(libc::AF_INET, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-        assert!(fd >= 0, "socket: {}", std::io::Error::last_os_error());
+        if fd < 0 {
+            return Err(last_error());
+        }
         let socket = std::os::fd::OwnedFd::from_raw_fd(fd);
         let mut addr: libc::sockaddr_in = std::mem::zeroed();
         addr.sin_family = libc::AF_INET as libc::sa_family_t;
+        addr.sin_port = port.to_be();
         addr.sin_addr.s_addr = u32::from(std::net::Ipv4Addr::LOCALHOST).to_be();
         let mut len = std::mem::size_of::<libc::sockaddr_in>() as libc::socklen_t;
-        let bound = libc::bind(fd, std::ptr::from_ref(&addr).cast(), len);
-        assert_eq!(bound, 0, "bind: {}", std::io::Error::last_os_error());
-        let named = libc::getsockname(fd, std::ptr::from_mut(&mut addr).cast(), &mut len);
-        assert_eq!(named, 0, "getsockname: {}", std::io::Error::last_os_error());
-        (u16::from_be(addr.sin_port), socket)
+        if libc::bind(fd, std::ptr::from_ref(&addr).cast(), len) != 0 {
+            return Err(last_error());
+        }
+        if libc::getsockname(fd, std::ptr::from_mut(&mut addr).cast(), &mut len) != 0 {
+            return Err(last_error());
+        }
+        Ok((u16::from_be(addr.sin_port), socket))
     }
 }
 
@@ -206,6 +213,64 @@ fn a_refusing_address_refuses_connections_and_no_bind_takes_its_port_while_held(
     // (std's bind sets SO_REUSEADDR, as the program's listeners do.)
     let bind = std::net::TcpListener::bind(&address).map(drop);
     assert_eq!(bind.unwrap_err().kind(), ErrorKind::AddrInUse);
+}
+
+/// Stops `listener` listening but keeps its port bound, for a peer that is down for a while:
+/// connections are refused (those not yet accepted are reset), and the kernel gives the port to
+/// no bind to port 0 and no outgoing connection meanwhile, as it could once a dropped listener
+/// let it go. Linux: connect(2) to `AF_UNSPEC` ends a socket's listening, not its bind, when it
+/// was bound to its port by number (bound to port 0, it lets the port go: bind to a
+/// [`free_address`]).
+pub fn stop_listening(listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: a `sockaddr` of this size, valid during the call; the listener is open.
+    let r = unsafe {
+        let mut unspec: libc::sockaddr = std::mem::zeroed();
+        unspec.sa_family = libc::AF_UNSPEC as libc::sa_family_t;
+        let len = std::mem::size_of::<libc::sockaddr>() as libc::socklen_t;
+        libc::connect(
+            listener.as_raw_fd(),
+            std::ptr::from_ref(&unspec).cast(),
+            len,
+        )
+    };
+    assert_eq!(
+        r,
+        0,
+        "connect AF_UNSPEC: {}",
+        std::io::Error::last_os_error()
+    );
+}
+
+/// Makes a listener [`stop_listening`] stopped listen again, on the same port.
+pub fn listen_again(listener: &std::net::TcpListener) {
+    use std::os::fd::AsRawFd;
+    // SAFETY: listen(2) on an open socket.
+    let r = unsafe { libc::listen(listener.as_raw_fd(), 128) };
+    assert_eq!(r, 0, "listen: {}", std::io::Error::last_os_error());
+}
+
+#[test]
+fn a_listener_stopped_listening_refuses_holds_its_port_and_listens_again() {
+    use std::io::ErrorKind;
+    use std::net::{TcpListener, TcpStream};
+    let listener = TcpListener::bind(free_address()).unwrap();
+    let address = listener.local_addr().unwrap();
+    // A connection it closed first (left in TIME_WAIT on its port), and one it never accepted.
+    let client = TcpStream::connect(address).unwrap();
+    drop(listener.accept().unwrap().0);
+    drop(client);
+    let _waiting = TcpStream::connect(address).unwrap();
+    stop_listening(&listener);
+    let connect = TcpStream::connect(address).map(drop);
+    assert_eq!(connect.unwrap_err().kind(), ErrorKind::ConnectionRefused);
+    // Still bound: a bind without SO_REUSEADDR cannot have the port.
+    let bind = bound_not_listening(address.port()).map(drop);
+    assert_eq!(bind.unwrap_err().kind(), ErrorKind::AddrInUse);
+    listen_again(&listener);
+    let client = TcpStream::connect(address).unwrap();
+    let (_, peer) = listener.accept().unwrap();
+    assert_eq!(peer, client.local_addr().unwrap());
 }
 
 /// Closes a connection with a reset (RST) instead of an orderly close: SO_LINGER on, zero

@@ -13,7 +13,9 @@ pub(crate) mod peers;
 
 use peers::{numbered, numbers, restarting_downstream, Break, Downstream, Sender};
 
-use crate::util::{free_address, temp_dir, wait_until, workspace, write, Running};
+use crate::util::{
+    free_address, refusing_address, temp_dir, wait_until, workspace, write, Running,
+};
 
 const STARTUP: Duration = Duration::from_secs(30);
 const EXIT: Duration = Duration::from_secs(60);
@@ -122,8 +124,8 @@ fn http_in_and_out_lose_nothing_while_the_downstream_resets_closes_and_goes_away
 #[test]
 fn a_request_is_answered_200_once_delivered_or_dropped_by_policy_and_503_when_not_in_time() {
     let dir = temp_dir("http-ack");
-    // The downstream is down at first.
-    let down = free_address();
+    // The downstream is down at first (refusing, its port held until it starts).
+    let (down, refusing) = refusing_address();
     let (mut egw, input) = start(
         &dir,
         &format!("http://{down}/in"),
@@ -167,6 +169,7 @@ fn a_request_is_answered_200_once_delivered_or_dropped_by_policy_and_503_when_no
     // The downstream comes up: the two held batches go out; then the senders told 503 send
     // theirs again and are answered 200 once delivered. The dropped batch's sender was told
     // 200: its lines are gone from this best-effort output, and counted.
+    drop(refusing);
     let mut downstream = Downstream::start_on(&down, Vec::new());
     let held: BTreeSet<u64> = (0..400).collect();
     let until = Instant::now() + Duration::from_secs(30);
@@ -194,7 +197,8 @@ fn a_request_is_answered_200_once_delivered_or_dropped_by_policy_and_503_when_no
 /// many lines the downstream kept, and egresswatch's standard error after a clean stop.
 fn through_a_restarting_downstream(name: &str, http: bool, total: u64) -> (usize, String) {
     let dir = temp_dir(name);
-    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    // (By number: the restart keeps the port, `stop_listening`.)
+    let listener = TcpListener::bind(free_address()).unwrap();
     let down = listener.local_addr().unwrap();
     let output = if http {
         format!("{{ type: http, url: 'http://{down}/', request_timeout_secs: 1 }}")

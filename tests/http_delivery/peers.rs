@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use crate::util::{close_with_reset, timed_out};
+use crate::util::{close_with_reset, free_address, listen_again, stop_listening, timed_out};
 
 /// One HTTP/1.1 message read from `reader`: the first line, and the body (by
 /// `content-length`). `None` at a clean end of the connection or on an error.
@@ -104,8 +104,10 @@ pub(crate) struct Downstream {
 }
 
 impl Downstream {
+    /// A downstream on a port of its own. (By number, not port 0: a break that takes it down
+    /// keeps the port, [`stop_listening`].)
     pub(crate) fn start(breaks: Vec<(u64, Break)>) -> Downstream {
-        Downstream::start_on("127.0.0.1:0", breaks)
+        Downstream::start_on(&free_address(), breaks)
     }
 
     pub(crate) fn start_on(address: &str, breaks: Vec<(u64, Break)>) -> Downstream {
@@ -116,18 +118,17 @@ impl Downstream {
         let breaks = Arc::new(Mutex::new(breaks));
         let down: Arc<Mutex<Option<Duration>>> = Arc::default();
         let acceptor = {
-            let (address, seen, stop) = (address.clone(), Arc::clone(&seen), Arc::clone(&stop));
+            let (seen, stop) = (Arc::clone(&seen), Arc::clone(&stop));
             std::thread::spawn(move || {
-                let mut listener = Some(listener);
+                listener.set_nonblocking(true).unwrap();
                 while !stop.load(Ordering::Relaxed) {
                     if let Some(pause) = down.lock().unwrap().take() {
-                        drop(listener.take());
+                        // (Its port kept: nothing else can take it meanwhile.)
+                        stop_listening(&listener);
                         std::thread::sleep(pause);
-                        listener = Some(TcpListener::bind(&address).unwrap());
+                        listen_again(&listener);
                     }
-                    let l = listener.as_ref().unwrap();
-                    l.set_nonblocking(true).unwrap();
-                    match l.accept() {
+                    match listener.accept() {
                         Ok((conn, _)) => {
                             let index = {
                                 let mut s = seen.lock().unwrap();
@@ -313,8 +314,7 @@ pub(crate) fn restarting_downstream(
     last: u64,
 ) -> std::thread::JoinHandle<BTreeSet<u64>> {
     std::thread::spawn(move || {
-        let address = listener.local_addr().unwrap();
-        let mut listener = Some(listener);
+        listener.set_nonblocking(true).unwrap();
         let mut peers: Vec<(BufReader<TcpStream>, Vec<u8>)> = Vec::new();
         let mut kept = BTreeSet::new();
         let mut paused_at: Option<Instant> = None;
@@ -322,22 +322,20 @@ pub(crate) fn restarting_downstream(
         let mut quiet_since = Instant::now();
         let mut chunk = vec![0u8; 64 * 1024];
         while !kept.contains(&last) && quiet_since.elapsed() < Duration::from_secs(20) {
-            if let Some(l) = &listener {
-                l.set_nonblocking(true).unwrap();
-                while let Ok((conn, _)) = l.accept() {
-                    conn.set_nonblocking(false).unwrap();
-                    conn.set_read_timeout(Some(Duration::from_millis(5)))
-                        .unwrap();
-                    peers.push((BufReader::new(conn), Vec::new()));
-                }
+            while let Ok((conn, _)) = listener.accept() {
+                conn.set_nonblocking(false).unwrap();
+                conn.set_read_timeout(Some(Duration::from_millis(5)))
+                    .unwrap();
+                peers.push((BufReader::new(conn), Vec::new()));
             }
             if !restarted && paused_at.is_some_and(|at| at.elapsed() >= pause) {
-                // The restart: everything closes, the port is free for a moment.
+                // The restart: everything closes, nobody listens for a moment (the port kept,
+                // so that nothing else takes it meanwhile).
                 restarted = true;
                 peers.clear();
-                drop(listener.take());
+                stop_listening(&listener);
                 std::thread::sleep(Duration::from_millis(300));
-                listener = Some(TcpListener::bind(address).unwrap());
+                listen_again(&listener);
                 continue;
             }
             let paused = paused_at.is_some() && !restarted;

@@ -16,11 +16,18 @@
 //! fails, and the replacement posts the batch again, as after a lost answer. So a peer that
 //! stopped answering holds the hand-over about as long as a stalled socket output's, not
 //! `request_timeout_secs`. A connection attempt takes at most [`CONNECT_TIMEOUT`] (a
-//! shutdown does not interrupt one).
+//! shutdown does not interrupt one). A name lookup, which nothing interrupts either, runs on a
+//! thread of its own ([`Resolving`]): the request stops waiting for it once the watcher cuts
+//! the request (or its timeout passes), so a resolver that hangs holds the hand-over no
+//! longer than a peer that does not answer.
 
 use std::io;
+use std::sync::mpsc::{self, RecvTimeoutError};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
+
+use ureq::unversioned::resolver::{DefaultResolver, ResolvedSocketAddrs, Resolver};
+use ureq::unversioned::transport::{DefaultConnector, NextTimeout};
 
 use super::queue::{Deadline, STALL_GRACE};
 use super::worker::{Sink, SinkError};
@@ -47,20 +54,21 @@ pub(crate) struct HttpSink {
     stats: OutputHealth,
     /// The last attempt failed before any answer came (the peer was unreachable).
     unreachable: bool,
-    /// Cuts a request a replaced output waits on too long; started with the first request.
-    watch: Option<Arc<Watch>>,
-    /// Whether starting the watcher was tried (once: a failure is logged once).
+    /// Cuts a request a replaced output waits on too long; its thread is started with the
+    /// first request.
+    watch: Arc<Watch>,
+    /// Whether starting the watcher's thread was tried (once: a failure is logged once).
     watch_tried: bool,
 }
 
 /// The request in flight, as the watcher thread sees it.
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Watch {
     state: Mutex<Watched>,
     changed: Condvar,
 }
 
-#[derive(Default)]
+#[derive(Debug, Default)]
 struct Watched {
     /// The output's deadline and when the request started, while one is in flight.
     request: Option<(Deadline, Instant)>,
@@ -76,13 +84,12 @@ impl Watch {
     }
 
     /// Starts the watcher thread of `agent`'s requests.
-    fn start(agent: ureq::Agent) -> io::Result<Arc<Watch>> {
-        let watch = Arc::new(Watch::default());
-        let watched = Arc::clone(&watch);
+    fn start(self: &Arc<Self>, agent: ureq::Agent) -> io::Result<()> {
+        let watched = Arc::clone(self);
         std::thread::Builder::new()
             .name("egresswatch-http-watch".into())
             .spawn(move || watched.run(agent))?;
-        Ok(watch)
+        Ok(())
     }
 
     /// Waits while no request is in flight; while one is, cuts it once the output was replaced
@@ -128,9 +135,65 @@ impl Watch {
 
 impl Drop for HttpSink {
     fn drop(&mut self) {
-        if let Some(watch) = &self.watch {
-            watch.lock().closed = true;
-            watch.changed.notify_all();
+        self.watch.lock().closed = true;
+        self.watch.changed.notify_all();
+    }
+}
+
+/// The agent's name lookups: `lookup`'s (ureq's own resolver, in use), each on a thread of its
+/// own, waited for until it answers, the request's time is up, or the watcher cut the request.
+#[derive(Debug)]
+struct Resolving<R> {
+    lookup: Arc<R>,
+    watch: Arc<Watch>,
+}
+
+impl<R: Resolver> Resolver for Resolving<R> {
+    fn resolve(
+        &self,
+        uri: &ureq::http::Uri,
+        config: &ureq::config::Config,
+        timeout: NextTimeout,
+    ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+        let (lookup, uri, config) = (Arc::clone(&self.lookup), uri.clone(), config.clone());
+        let until = timeout.not_zero().map(|after| Instant::now() + *after);
+        // (The lookup itself is not bounded: this wait is.)
+        let looked_up = unless(
+            move || lookup.resolve(&uri, &config, NextTimeout::default()),
+            || self.watch.lock().cut || until.is_some_and(|until| Instant::now() >= until),
+        )?;
+        match looked_up {
+            Some(addresses) => addresses,
+            None if self.watch.lock().cut => Err(ureq::Error::Io(io::Error::new(
+                io::ErrorKind::TimedOut,
+                "the name lookup was given up: a reload replaced the output",
+            ))),
+            None => Err(ureq::Error::Timeout(timeout.reason)),
+        }
+    }
+}
+
+/// Runs `work` (a name lookup, which nothing interrupts) on a thread of its own and waits for
+/// it until `give_up` (asked every [`WATCH_POLL`]) says to stop waiting: `None` then, the
+/// thread left to end on its own.
+fn unless<T: Send + 'static>(
+    work: impl FnOnce() -> T + Send + 'static,
+    mut give_up: impl FnMut() -> bool,
+) -> io::Result<Option<T>> {
+    let (tx, rx) = mpsc::sync_channel(1);
+    std::thread::Builder::new()
+        .name("egresswatch-lookup".into())
+        .spawn(move || {
+            let _ = tx.send(work());
+        })?;
+    loop {
+        match rx.recv_timeout(WATCH_POLL) {
+            Ok(done) => return Ok(Some(done)),
+            Err(RecvTimeoutError::Disconnected) => {
+                return Err(io::Error::other("the name lookup's thread ended"))
+            }
+            Err(RecvTimeoutError::Timeout) if give_up() => return Ok(None),
+            Err(RecvTimeoutError::Timeout) => {}
         }
     }
 }
@@ -145,7 +208,20 @@ impl HttpSink {
         tls: Option<ureq::tls::TlsConfig>,
         stats: OutputHealth,
     ) -> Self {
-        let agent = ureq::Agent::config_builder()
+        let lookup = DefaultResolver::default();
+        HttpSink::looking_up(name, url, request_timeout, tls, stats, lookup)
+    }
+
+    /// [`HttpSink::new`], its names looked up by `lookup`.
+    fn looking_up(
+        name: &str,
+        url: &str,
+        request_timeout: Duration,
+        tls: Option<ureq::tls::TlsConfig>,
+        stats: OutputHealth,
+        lookup: impl Resolver,
+    ) -> Self {
+        let config = ureq::Agent::config_builder()
             .tls_config(tls.unwrap_or_default())
             // Statuses are judged here: anything but 2xx is a failed attempt.
             .http_status_as_error(false)
@@ -153,8 +229,13 @@ impl HttpSink {
             .max_redirects(0)
             .timeout_global(Some(request_timeout))
             .timeout_connect(Some(CONNECT_TIMEOUT))
-            .build()
-            .new_agent();
+            .build();
+        let watch = Arc::new(Watch::default());
+        let resolving = Resolving {
+            lookup: Arc::new(lookup),
+            watch: Arc::clone(&watch),
+        };
+        let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolving);
         HttpSink {
             name: name.to_owned(),
             url: url.to_owned(),
@@ -162,7 +243,7 @@ impl HttpSink {
             request_timeout,
             stats,
             unreachable: false,
-            watch: None,
+            watch,
             watch_tried: false,
         }
     }
@@ -205,18 +286,15 @@ impl HttpSink {
 impl Sink for HttpSink {
     fn deliver(&mut self, data: &[u8], deadline: &Deadline) -> Result<(), SinkError> {
         if !std::mem::replace(&mut self.watch_tried, true) {
-            match Watch::start(self.agent.clone()) {
-                Ok(watch) => self.watch = Some(watch),
-                Err(e) => tracing::warn!(output = %self.name, error = %e,
+            if let Err(e) = self.watch.start(self.agent.clone()) {
+                tracing::warn!(output = %self.name, error = %e,
                     "cannot start the thread that cuts a request once a reload replaced the \
-                     output; such a request may hold the hand-over up to request_timeout_secs"),
+                     output; such a request may hold the hand-over up to request_timeout_secs");
             }
         }
-        if let Some(watch) = &self.watch {
-            watch.request(Some((deadline.clone(), Instant::now())));
-        }
+        self.watch.request(Some((deadline.clone(), Instant::now())));
         let answered = self.post(data, deadline);
-        let cut = self.watch.as_ref().is_some_and(|w| w.request(None));
+        let cut = self.watch.request(None);
         let (status, body) = match answered {
             Ok(answer) => answer,
             Err(_) if cut => {
@@ -251,16 +329,28 @@ impl Sink for HttpSink {
         Ok(())
     }
 
-    fn probe(&mut self, _deadline: &Deadline) {
+    fn probe(&mut self, deadline: &Deadline) {
         // Whether the peer listens, before the first batch (a request would need a batch).
         let Some(address) = authority(&self.url) else {
             return;
         };
-        let reachable = std::net::ToSocketAddrs::to_socket_addrs(&address).and_then(|mut a| {
-            let addr = a.next().ok_or_else(|| {
+        // (Given up as a request is: [`STALL_GRACE`] after a reload replaced the output.)
+        let mut replaced: Option<Instant> = None;
+        let looking_up = address.clone();
+        let reachable = unless(
+            move || std::net::ToSocketAddrs::to_socket_addrs(&looking_up),
+            || {
+                deadline.replaced()
+                    && deadline.gives_up_stalled(*replaced.get_or_insert_with(Instant::now))
+            },
+        )
+        .and_then(|looked_up| {
+            let given_up =
+                || io::Error::new(io::ErrorKind::TimedOut, "the name lookup was given up");
+            let addr = looked_up.ok_or_else(given_up)??.next().ok_or_else(|| {
                 io::Error::new(io::ErrorKind::NotFound, "the name has no address")
             })?;
-            std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(3))
+            std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
         });
         match reachable {
             Ok(_) => self.stats.set_up(true),
@@ -403,6 +493,52 @@ mod tests {
             other => panic!("{other:?}"),
         }
         drop(server.join().unwrap());
+    }
+
+    /// Looks names up as a resolver that no longer answers does: never (until the test ends).
+    #[derive(Debug)]
+    struct Hanging(Mutex<mpsc::Receiver<()>>, mpsc::Sender<()>);
+
+    impl Resolver for Hanging {
+        fn resolve(
+            &self,
+            _uri: &ureq::http::Uri,
+            _config: &ureq::config::Config,
+            _timeout: NextTimeout,
+        ) -> Result<ResolvedSocketAddrs, ureq::Error> {
+            let _ = self.1.send(());
+            let _ = self.0.lock().unwrap().recv();
+            Err(ureq::Error::HostNotFound)
+        }
+    }
+
+    #[test]
+    fn a_replaced_outputs_request_whose_name_lookup_hangs_is_cut_after_the_grace() {
+        let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+        let (release, hang) = mpsc::channel();
+        let (started, lookup_started) = mpsc::channel();
+        let lookup = Hanging(Mutex::new(hang), started);
+        // Its own timeout is far off: only the reload may cut the request.
+        let url = "http://downstream.invalid/in";
+        let timeout = Duration::from_secs(3600);
+        let mut sink = HttpSink::looking_up("t", url, timeout, None, stats, lookup);
+        let deadline = Deadline::default();
+        let replaced = deadline.clone();
+        let (done, delivered) = mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = done.send(sink.deliver(b"a\n", &deadline));
+        });
+        lookup_started.recv().unwrap();
+        // A reload replaces the output while its name is looked up.
+        replaced.set_replaced();
+        match delivered.recv_timeout(Duration::from_secs(60)) {
+            Ok(Err(SinkError::Retry(m))) => {
+                assert!(m.contains("a reload replaced the output"), "{m}")
+            }
+            Ok(other) => panic!("{other:?}"),
+            Err(_) => panic!("the name lookup held the replaced output for 60 s"),
+        }
+        drop(release);
     }
 
     #[test]

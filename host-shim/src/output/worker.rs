@@ -369,6 +369,9 @@ impl Worker {
                     if let Err(mut outcome) = delivered {
                         if self.queue.retired() {
                             self.hand_over(batch, &mut outcome);
+                            // What it took over from the output it replaced, put in its queue
+                            // after a second reload had retired it (and taken what it held).
+                            outcome.handed_over.extend(self.queue.retire());
                         }
                         return outcome;
                     }

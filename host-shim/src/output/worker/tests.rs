@@ -174,6 +174,32 @@ fn second_of_two_tore_in_the_new_file(rest: &str) {
 }
 
 #[test]
+fn what_an_output_took_over_after_a_second_reload_retired_its_queue_all_goes_to_the_next() {
+    let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+    let files: [Arc<Mutex<Vec<u8>>>; 4] = Default::default();
+    // Two outputs fail partway through their batches; a reload replaces both with one (to a
+    // third file, on a full disk too)...
+    let a = tearing(&files[0], 4, 7, b"a1\na2\n", &stats);
+    let b = tearing(&files[1], 4, 8, b"b1\nb2\n", &stats);
+    // ... and the next reload replaces that one before it took their batches over: its queue
+    // is retired first, then it puts them in it.
+    let queue = Arc::new(Queue::new(1 << 20, stats.clone()));
+    assert!(queue.retire().is_empty());
+    let replaced = start(file_sink(&files[2], 0, 9), &queue, &stats, [a, b]);
+    let last = Arc::new(Queue::new(1 << 20, stats.clone()));
+    last.close();
+    let sink = file_sink(&files[3], usize::MAX, 10);
+    let outcome = start(sink, &last, &stats, [replaced]).join().unwrap();
+    assert_eq!(outcome.undelivered, 0, "{:?}", outcome.error);
+    assert_eq!(
+        String::from_utf8_lossy(&files[3].lock().unwrap()),
+        "a2\nb2\n",
+        "both batches, in order"
+    );
+    assert_eq!(stats.status().delivered, 4);
+}
+
+#[test]
 fn a_retry_wait_ends_once_a_reload_replaces_the_output() {
     let deadline = Deadline::default();
     let sleeping = deadline.clone();

@@ -333,12 +333,19 @@ impl Outputs {
             .collect();
         let mut worker = Some(ready.worker);
         if let Err(turn) = ready.gate.open(Turn { after, wait_for }) {
-            // (Its thread ended before it was let go: only a panic does that. What the first one
-            // it replaces reports is collected at the end instead.)
+            // (Its thread ended before it was let go: only a panic does that. What those it
+            // replaces hand over is kept for the next output there, or named at the end.)
             tracing::error!(output = %name, replaced = turn.after.len(),
                 "the output's delivery thread ended before it started; its lines are held until \
                  the end of the run");
-            worker = turn.after.into_iter().next().or(worker);
+            if !turn.after.is_empty() {
+                match worker::stranded(turn.after) {
+                    Ok(joiner) => worker = Some(joiner),
+                    Err(e) => tracing::error!(output = %name, error = %e,
+                        "cannot start a thread to collect what the outputs it replaces hold: \
+                         their lines are not named at the end of the run"),
+                }
+            }
         }
         let (batch, lines, acks) = pending.map_or_else(
             || (LineBuf::default(), 0, Vec::new()),
@@ -506,7 +513,7 @@ impl Outputs {
                 .take()
                 .map(|w| w.join().unwrap_or_default())
                 .unwrap_or_default();
-            let mut lines = outcome.undelivered;
+            let mut lines = outcome.lines_left();
             let mut reason = outcome.error;
             if output.refused > 0 {
                 lines += output.refused;

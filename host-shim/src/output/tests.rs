@@ -40,33 +40,53 @@ fn a_reload_whose_output_thread_cannot_start_loses_nothing_and_keeps_the_output(
     let _ = std::fs::remove_dir_all(&dir);
 }
 
-#[test]
-fn a_new_output_takes_over_every_removed_output_still_failing_where_it_writes() {
+/// Outputs `names`, each a TCP output to `address`.
+fn to_peer(address: &str, names: &[&str]) -> HostConfig {
+    let outputs: Vec<String> = names
+        .iter()
+        .map(|name| format!("{name}: {{ type: tcp, address: '{address}' }}"))
+        .collect();
+    let text = format!("outputs: {{ {} }}\n", outputs.join(", "));
+    HostConfig::parse(&text, false).unwrap()
+}
+
+fn names(names: &[&str]) -> Vec<String> {
+    names.iter().map(|n| n.to_string()).collect()
+}
+
+/// Outputs `a` and `b` to a peer that is down, holding `one` and `two`, removed by a reload
+/// while they fail (they go on retrying): the outputs, and the peer's address.
+fn removed_while_failing(metrics: &Metrics) -> (Outputs, String) {
     // A peer that is down: its address, free for now.
     let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let address = probe.local_addr().unwrap().to_string();
     drop(probe);
-    let config = |names: &[&str]| {
-        let outputs: Vec<String> = names
-            .iter()
-            .map(|name| format!("{name}: {{ type: tcp, address: '{address}' }}"))
-            .collect();
-        let text = format!("outputs: {{ {} }}\n", outputs.join(", "));
-        HostConfig::parse(&text, false).unwrap()
-    };
-    let names = |names: &[&str]| names.iter().map(|n| n.to_string()).collect::<Vec<_>>();
-    let metrics = Metrics::new(Default::default());
     // (Far off: only a reload makes them hand over.)
     let deadline = Deadline::new(&Arc::default(), Duration::from_secs(600));
-    let mut outputs = Outputs::open(&config(&["a", "b"]), &deadline, &metrics).unwrap();
+    let mut outputs = Outputs::open(&to_peer(&address, &["a", "b"]), &deadline, metrics).unwrap();
     outputs.write_line("a", b"one").unwrap();
     outputs.write_line("b", b"two").unwrap();
     outputs.commit().unwrap();
-    // A reload removes both while they fail: they go on retrying.
-    let removed = outputs.prepare(&config(&[]), &names(&["a", "b"]), &metrics);
-    outputs.apply(removed.unwrap(), &metrics);
+    // (Each has its line in hand once it failed to deliver it: the probe, then the line.)
+    let waited = Instant::now();
+    while ["a", "b"]
+        .iter()
+        .any(|n| metrics.output(n).status().errors < 2)
+    {
+        assert!(waited.elapsed() < Duration::from_secs(60), "never tried");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let removed = outputs.prepare(&to_peer(&address, &[]), &names(&["a", "b"]), metrics);
+    outputs.apply(removed.unwrap(), metrics);
+    (outputs, address)
+}
+
+#[test]
+fn a_new_output_takes_over_every_removed_output_still_failing_where_it_writes() {
+    let metrics = Metrics::new(Default::default());
+    let (mut outputs, address) = removed_while_failing(&metrics);
     // The next one adds an output to the same peer: it takes over both, not just the last.
-    let added = outputs.prepare(&config(&["c"]), &names(&["c"]), &metrics);
+    let added = outputs.prepare(&to_peer(&address, &["c"]), &names(&["c"]), &metrics);
     outputs.apply(added.unwrap(), &metrics);
     let waited_for: Vec<&String> = outputs.retired.iter().map(|(n, _)| n).collect();
     assert!(waited_for.is_empty(), "only waited for: {waited_for:?}");
@@ -98,6 +118,36 @@ fn a_new_output_takes_over_every_removed_output_still_failing_where_it_writes() 
     let mut lines: Vec<String> = received.lock().unwrap().lines().map(Into::into).collect();
     lines.sort();
     assert_eq!(lines, ["one", "two"]);
+}
+
+#[test]
+fn what_outputs_hand_to_one_whose_thread_died_before_it_started_is_named_at_the_end() {
+    let metrics = Metrics::new(Default::default());
+    let (mut outputs, address) = removed_while_failing(&metrics);
+    // The next reload adds an output to the same peer, whose thread ends (a panic) before
+    // the reload lets it go: both removed ones hand it their lines all the same.
+    worker::end_next_thread();
+    let added = outputs.prepare(&to_peer(&address, &["c"]), &names(&["c"]), &metrics);
+    let added = added.unwrap();
+    let waited = Instant::now();
+    while !added
+        .0
+        .iter()
+        .all(|(_, c)| c.as_ref().unwrap().0.ended.is_set())
+    {
+        assert!(waited.elapsed() < Duration::from_secs(60), "never ended");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    outputs.apply(added, &metrics);
+    let (_, undelivered) = outputs.finish();
+    assert_eq!(
+        undelivered,
+        [Undelivered {
+            name: "c".into(),
+            lines: 2,
+            reason: "its delivery thread ended before it started".into(),
+        }]
+    );
 }
 
 #[test]

@@ -106,6 +106,12 @@ impl Outcome {
         }
     }
 
+    /// Lines it never delivered, with those it handed over that no output took (its
+    /// successor's thread ended before it started).
+    pub(crate) fn lines_left(&self) -> u64 {
+        self.undelivered + self.handed_over.iter().map(|b| b.lines).sum::<u64>()
+    }
+
     /// This outcome (an output replaced by a reload) followed by `later`'s (its successor).
     fn and(self, later: Outcome) -> Outcome {
         let error = match (self.error, later.error) {
@@ -206,18 +212,22 @@ pub(crate) fn spawn(
     if FAIL_NEXT_SPAWN.with(|fail| fail.take()) {
         return Err(io::Error::other("cannot start a thread (test)"));
     }
+    #[cfg(test)]
+    let ends_at_once = END_NEXT_THREAD.with(|end| end.take());
     let name = name.to_owned();
     let (gate, turn) = mpsc::channel::<Turn>();
     let handle = std::thread::Builder::new()
         .name(format!("egresswatch-out-{name}"))
         .spawn(move || {
             let _ended = SetOnDrop(ended);
+            #[cfg(test)]
+            if ends_at_once {
+                return Outcome::default();
+            }
             let Ok(turn) = turn.recv() else {
                 return Outcome::default();
             };
-            let joined = turn.after.into_iter().map(|h| h.join().unwrap_or_default());
-            let file = sink.written_to();
-            let mut before = joined.reduce(|first, next| first.then(next, &file));
+            let mut before = joined(turn.after, &sink.written_to());
             for other in &turn.wait_for {
                 other.wait();
             }
@@ -246,10 +256,44 @@ pub(crate) fn spawn(
     Ok((handle, Gate(gate)))
 }
 
+/// What the threads `after` (of the outputs one replaces, writing to `file` now) could not
+/// deliver, joined in order ([`Outcome::then`]).
+fn joined(after: Vec<JoinHandle<Outcome>>, file: &str) -> Option<Outcome> {
+    let outcomes = after.into_iter().map(|h| h.join().unwrap_or_default());
+    outcomes.reduce(|first, next| first.then(next, file))
+}
+
+/// Joins `after` in order on a thread of its own, for an output whose delivery thread ended
+/// before it was let go (only a panic does that): what they hand over stays in its outcome, for
+/// the output that replaces this one next, or named as not delivered at the end of the run
+/// ([`Outcome::lines_left`]).
+pub(crate) fn stranded(after: Vec<JoinHandle<Outcome>>) -> io::Result<JoinHandle<Outcome>> {
+    std::thread::Builder::new()
+        .name("egresswatch-out-stranded".into())
+        .spawn(move || {
+            let mut outcome = joined(after, "").unwrap_or_default();
+            if !outcome.handed_over.is_empty() {
+                outcome.error.get_or_insert_with(|| {
+                    "its delivery thread ended before it started".to_owned()
+                });
+            }
+            outcome
+        })
+}
+
 #[cfg(test)]
 thread_local! {
     /// Makes this thread's next [`spawn`] fail, as when the system has no threads left.
     static FAIL_NEXT_SPAWN: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+    /// Makes the thread this thread's next [`spawn`] starts end at once, as a panic would.
+    static END_NEXT_THREAD: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
+}
+
+/// Makes the thread this thread's next [`spawn`] starts end at once, before its gate opens
+/// (tests).
+#[cfg(test)]
+pub(crate) fn end_next_thread() {
+    END_NEXT_THREAD.with(|end| end.set(true));
 }
 
 /// Makes this thread's next [`spawn`] fail (tests).

@@ -339,7 +339,7 @@ impl Outputs {
                 "the output's delivery thread ended before it started; its lines are held until \
                  the end of the run");
             if !turn.after.is_empty() {
-                match worker::stranded(turn.after) {
+                match worker::stranded(name, turn.after) {
                     Ok(joiner) => worker = Some(joiner),
                     Err(e) => tracing::error!(output = %name, error = %e,
                         "cannot start a thread to collect what the outputs it replaces hold: \

@@ -46,11 +46,11 @@ struct Torn {
 
 impl Torn {
     /// Logs that the line's beginning stays where it is, at the end of that file, and that
-    /// `who`'s replacement writes the line whole.
-    fn left_behind(&self, who: &str) {
-        tracing::warn!(path = %self.path, bytes = self.written,
-            "{who} stopped partway through a line: its beginning is left at the end of that \
-             file, and the line is written whole to the new one");
+    /// `output`, the replacement, writes the line whole.
+    fn left_behind(&self, output: &str) {
+        tracing::warn!(output = %output, path = %self.path, bytes = self.written,
+            "the output the reload replaced stopped partway through a line: its beginning is \
+             left at the end of that file, and the line is written whole to the new one");
     }
 }
 
@@ -73,26 +73,36 @@ impl Batch {
 }
 
 impl Outcome {
-    /// Two outputs a reload replaced with one writing to `file` ([`Sink::written_to`]), this
-    /// one first: what both could not deliver, in that order, but for a line the second one
-    /// tore in `file`: that file ends with its beginning, so it goes first, finished there
-    /// before anything else is written (a line the first one tore is then written whole). A
-    /// line the second one tore elsewhere, behind what the first hands over, is written whole.
-    fn then(mut self, mut next: Outcome, file: &str) -> Outcome {
-        match next.torn.take() {
-            Some(torn) if self.handed_over.is_empty() => self.torn = Some(torn),
-            Some(torn) if torn.file == file && !next.handed_over.is_empty() => {
+    /// Two outputs a reload replaced with one (output `name`, writing to `file`,
+    /// [`Sink::written_to`]), this one first: what both could not deliver, in that order. A line
+    /// torn by the first that hands any over is finished, as `file` ends with its beginning
+    /// (when it tore it there), but for one the second tore in `file` in the batch it hands
+    /// over: that file then ends with this one's beginning, so it goes first, split off its
+    /// batch. A torn line that heads none of what is handed over (the second's behind the
+    /// first's batches, or one carried and left in a queue) is written whole, logged.
+    fn then(mut self, mut next: Outcome, file: &str, name: &str) -> Outcome {
+        let torn = next.torn.take();
+        if self.handed_over.is_empty() {
+            // What the second hands over comes first: only its torn line heads it (one the
+            // first carried heads nothing now, unless the second hands nothing over either).
+            if torn.is_some() || !next.handed_over.is_empty() {
+                if let Some(before) = std::mem::replace(&mut self.torn, torn) {
+                    before.left_behind(name);
+                }
+            }
+        } else if let Some(torn) = torn {
+            if torn.file == file && !next.handed_over.is_empty() {
                 if let Some(first) = self.torn.replace(torn) {
-                    first.left_behind("an output the reload replaced");
+                    first.left_behind(name);
                 }
                 let line = match next.handed_over[0].lines {
-                    1 => next.handed_over.remove(0),
+                    0 | 1 => next.handed_over.remove(0),
                     _ => next.handed_over[0].take_first_line(),
                 };
                 self.handed_over.insert(0, line);
+            } else {
+                torn.left_behind(name);
             }
-            Some(torn) => torn.left_behind("an output the reload replaced"),
-            None => {}
         }
         self.handed_over.extend(next.handed_over);
         Outcome {
@@ -227,7 +237,7 @@ pub(crate) fn spawn(
             let Ok(turn) = turn.recv() else {
                 return Outcome::default();
             };
-            let mut before = joined(turn.after, &sink.written_to());
+            let mut before = joined(turn.after, &sink.written_to(), &name);
             for other in &turn.wait_for {
                 other.wait();
             }
@@ -256,22 +266,26 @@ pub(crate) fn spawn(
     Ok((handle, Gate(gate)))
 }
 
-/// What the threads `after` (of the outputs one replaces, writing to `file` now) could not
-/// deliver, joined in order ([`Outcome::then`]).
-fn joined(after: Vec<JoinHandle<Outcome>>, file: &str) -> Option<Outcome> {
+/// What the threads `after` (of the outputs output `name` replaces, writing to `file` now)
+/// could not deliver, joined in order ([`Outcome::then`]).
+fn joined(after: Vec<JoinHandle<Outcome>>, file: &str, name: &str) -> Option<Outcome> {
     let outcomes = after.into_iter().map(|h| h.join().unwrap_or_default());
-    outcomes.reduce(|first, next| first.then(next, file))
+    outcomes.reduce(|first, next| first.then(next, file, name))
 }
 
 /// Joins `after` in order on a thread of its own, for an output whose delivery thread ended
 /// before it was let go (only a panic does that): what they hand over stays in its outcome, for
 /// the output that replaces this one next, or named as not delivered at the end of the run
 /// ([`Outcome::lines_left`]).
-pub(crate) fn stranded(after: Vec<JoinHandle<Outcome>>) -> io::Result<JoinHandle<Outcome>> {
+pub(crate) fn stranded(
+    name: &str,
+    after: Vec<JoinHandle<Outcome>>,
+) -> io::Result<JoinHandle<Outcome>> {
+    let name = name.to_owned();
     std::thread::Builder::new()
         .name("egresswatch-out-stranded".into())
         .spawn(move || {
-            let mut outcome = joined(after, "").unwrap_or_default();
+            let mut outcome = joined(after, "", &name).unwrap_or_default();
             if !outcome.handed_over.is_empty() {
                 outcome.error.get_or_insert_with(|| {
                     "its delivery thread ended before it started".to_owned()
@@ -336,7 +350,7 @@ impl Worker {
             // The same file: what it wrote of the line is finished, not written twice.
             Some(torn) if torn.file == self.sink.written_to() => self.sink.resume(torn.written),
             Some(torn) => {
-                torn.left_behind("the output the reload replaced");
+                torn.left_behind(name);
                 self.torn_elsewhere = Some(torn);
             }
             None => {}

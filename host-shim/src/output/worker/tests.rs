@@ -174,6 +174,38 @@ fn second_of_two_tore_in_the_new_file(rest: &str) {
 }
 
 #[test]
+fn a_torn_line_carried_by_an_output_that_hands_nothing_over_is_not_resumed_in_anothers_batch() {
+    let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+    // The first carries a line torn in file 7 (it wrote elsewhere since; that line waits in a
+    // queue, not handed over); the second hands over a batch it tore nothing in.
+    let carrier = Outcome {
+        torn: Some(Torn {
+            path: "f".into(),
+            file: "1:7".into(),
+            written: 1,
+        }),
+        ..Outcome::default()
+    };
+    let second = Outcome {
+        handed_over: vec![Batch {
+            data: b"x1\n".to_vec().into(),
+            lines: 1,
+            acks: Vec::new(),
+            end: None,
+            resent: false,
+        }],
+        ..Outcome::default()
+    };
+    let after = [carrier, second].map(|outcome| std::thread::spawn(move || outcome));
+    let file = Arc::default();
+    let queue = Arc::new(Queue::new(1 << 20, stats.clone()));
+    queue.close();
+    let outcome = start(file_sink(&file, usize::MAX, 7), &queue, &stats, after);
+    assert_eq!(outcome.join().unwrap().undelivered, 0);
+    assert_eq!(String::from_utf8_lossy(&file.lock().unwrap()), "x1\n");
+}
+
+#[test]
 fn what_an_output_took_over_after_a_second_reload_retired_its_queue_all_goes_to_the_next() {
     let stats = crate::metrics::Metrics::new(Default::default()).output("t");
     let files: [Arc<Mutex<Vec<u8>>>; 4] = Default::default();

@@ -256,21 +256,29 @@ fn a_listener_stopped_listening_refuses_holds_its_port_and_listens_again() {
     use std::net::{TcpListener, TcpStream};
     let listener = TcpListener::bind(free_address()).unwrap();
     let address = listener.local_addr().unwrap();
-    // A connection it closed first (left in TIME_WAIT on its port), and one it never accepted.
-    let client = TcpStream::connect(address).unwrap();
-    drop(listener.accept().unwrap().0);
-    drop(client);
+    let accepts = |listener: &TcpListener| {
+        let client = TcpStream::connect(address).unwrap();
+        let (conn, peer) = listener.accept().unwrap();
+        assert_eq!(peer, client.local_addr().unwrap());
+        (client, conn)
+    };
+    // A connection it never accepted is reset.
     let _waiting = TcpStream::connect(address).unwrap();
     stop_listening(&listener);
     let connect = TcpStream::connect(address).map(drop);
     assert_eq!(connect.unwrap_err().kind(), ErrorKind::ConnectionRefused);
-    // Still bound: a bind without SO_REUSEADDR cannot have the port.
+    // Still bound: a bind without SO_REUSEADDR cannot have the port. (Checked before any
+    // connection on the port is in TIME_WAIT, which would refuse that bind too.)
     let bind = bound_not_listening(address.port()).map(drop);
     assert_eq!(bind.unwrap_err().kind(), ErrorKind::AddrInUse);
     listen_again(&listener);
-    let client = TcpStream::connect(address).unwrap();
-    let (_, peer) = listener.accept().unwrap();
-    assert_eq!(peer, client.local_addr().unwrap());
+    // It listens again, also with a connection it closed first in TIME_WAIT on its port.
+    let (client, conn) = accepts(&listener);
+    drop(conn);
+    drop(client);
+    stop_listening(&listener);
+    listen_again(&listener);
+    accepts(&listener);
 }
 
 /// Closes a connection with a reset (RST) instead of an orderly close: SO_LINGER on, zero

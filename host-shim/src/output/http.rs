@@ -59,6 +59,8 @@ pub(crate) struct HttpSink {
     watch: Arc<Watch>,
     /// Whether starting the watcher's thread was tried (once: a failure is logged once).
     watch_tried: bool,
+    /// Looks names up (the agent's, and the start-up probe's).
+    lookup: Arc<dyn Resolver>,
 }
 
 /// The request in flight, as the watcher thread sees it.
@@ -143,12 +145,12 @@ impl Drop for HttpSink {
 /// The agent's name lookups: `lookup`'s (ureq's own resolver, in use), each on a thread of its
 /// own, waited for until it answers, the request's time is up, or the watcher cut the request.
 #[derive(Debug)]
-struct Resolving<R> {
-    lookup: Arc<R>,
+struct Resolving {
+    lookup: Arc<dyn Resolver>,
     watch: Arc<Watch>,
 }
 
-impl<R: Resolver> Resolver for Resolving<R> {
+impl Resolver for Resolving {
     fn resolve(
         &self,
         uri: &ureq::http::Uri,
@@ -231,8 +233,9 @@ impl HttpSink {
             .timeout_connect(Some(CONNECT_TIMEOUT))
             .build();
         let watch = Arc::new(Watch::default());
+        let lookup: Arc<dyn Resolver> = Arc::new(lookup);
         let resolving = Resolving {
-            lookup: Arc::new(lookup),
+            lookup: Arc::clone(&lookup),
             watch: Arc::clone(&watch),
         };
         let agent = ureq::Agent::with_parts(config, DefaultConnector::default(), resolving);
@@ -245,6 +248,7 @@ impl HttpSink {
             unreachable: false,
             watch,
             watch_tried: false,
+            lookup,
         }
     }
 
@@ -334,23 +338,29 @@ impl Sink for HttpSink {
         let Some(address) = authority(&self.url) else {
             return;
         };
-        // (Given up as a request is: [`STALL_GRACE`] after a reload replaced the output.)
+        let Ok(uri) = self.url.parse::<ureq::http::Uri>() else {
+            return;
+        };
+        let (lookup, config) = (Arc::clone(&self.lookup), self.agent.config().clone());
+        // (Given up as a request is: [`STALL_GRACE`] after a reload replaced the output; or
+        // at the deadline.)
         let mut replaced: Option<Instant> = None;
-        let looking_up = address.clone();
         let reachable = unless(
-            move || std::net::ToSocketAddrs::to_socket_addrs(&looking_up),
+            move || lookup.resolve(&uri, &config, NextTimeout::default()),
             || {
-                deadline.replaced()
-                    && deadline.gives_up_stalled(*replaced.get_or_insert_with(Instant::now))
+                deadline.passed()
+                    || deadline.replaced()
+                        && deadline.gives_up_stalled(*replaced.get_or_insert_with(Instant::now))
             },
         )
         .and_then(|looked_up| {
             let given_up =
                 || io::Error::new(io::ErrorKind::TimedOut, "the name lookup was given up");
-            let addr = looked_up.ok_or_else(given_up)??.next().ok_or_else(|| {
+            let addresses = looked_up.ok_or_else(given_up)?.map_err(io::Error::other)?;
+            let addr = addresses.first().ok_or_else(|| {
                 io::Error::new(io::ErrorKind::NotFound, "the name has no address")
             })?;
-            std::net::TcpStream::connect_timeout(&addr, CONNECT_TIMEOUT)
+            std::net::TcpStream::connect_timeout(addr, CONNECT_TIMEOUT)
         });
         match reachable {
             Ok(_) => self.stats.set_up(true),
@@ -496,6 +506,7 @@ mod tests {
     }
 
     /// Looks names up as a resolver that no longer answers does: never (until the test ends).
+    /// Says when a lookup starts.
     #[derive(Debug)]
     struct Hanging(Mutex<mpsc::Receiver<()>>, mpsc::Sender<()>);
 
@@ -512,33 +523,79 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_replaced_outputs_request_whose_name_lookup_hangs_is_cut_after_the_grace() {
+    /// A sink whose names are looked up by [`Hanging`], its requests given `timeout`; run by
+    /// `run` on a thread of its own, with a deadline. Once its lookup has started, the deadline
+    /// is replaced when `replace` says so; returns what `run` returned (within 60 s, or panics)
+    /// and how long after the lookup started (after the replacement, if any).
+    fn hanging<T: Send + 'static>(
+        timeout: Duration,
+        replace: bool,
+        run: impl FnOnce(&mut HttpSink, &Deadline) -> T + Send + 'static,
+    ) -> (T, Duration) {
         let stats = crate::metrics::Metrics::new(Default::default()).output("t");
         let (release, hang) = mpsc::channel();
         let (started, lookup_started) = mpsc::channel();
         let lookup = Hanging(Mutex::new(hang), started);
-        // Its own timeout is far off: only the reload may cut the request.
         let url = "http://downstream.invalid/in";
-        let timeout = Duration::from_secs(3600);
         let mut sink = HttpSink::looking_up("t", url, timeout, None, stats, lookup);
         let deadline = Deadline::default();
         let replaced = deadline.clone();
-        let (done, delivered) = mpsc::channel();
+        let (done, finished) = mpsc::channel();
         std::thread::spawn(move || {
-            let _ = done.send(sink.deliver(b"a\n", &deadline));
+            let _ = done.send(run(&mut sink, &deadline));
         });
         lookup_started.recv().unwrap();
-        // A reload replaces the output while its name is looked up.
-        replaced.set_replaced();
-        match delivered.recv_timeout(Duration::from_secs(60)) {
-            Ok(Err(SinkError::Retry(m))) => {
-                assert!(m.contains("a reload replaced the output"), "{m}")
-            }
-            Ok(other) => panic!("{other:?}"),
-            Err(_) => panic!("the name lookup held the replaced output for 60 s"),
+        if replace {
+            replaced.set_replaced();
         }
+        let since = Instant::now();
+        let Ok(got) = finished.recv_timeout(Duration::from_secs(60)) else {
+            panic!("the name lookup held the output for 60 s");
+        };
         drop(release);
+        (got, since.elapsed())
+    }
+
+    #[test]
+    fn a_replaced_outputs_request_whose_name_lookup_hangs_is_cut_after_the_grace() {
+        // Its own timeout is far off: only the reload may cut the request.
+        let deliver = |sink: &mut HttpSink, deadline: &Deadline| sink.deliver(b"a\n", deadline);
+        match hanging(Duration::from_secs(3600), true, deliver) {
+            (Err(SinkError::Retry(m)), after) => {
+                assert!(m.contains("a reload replaced the output"), "{m}");
+                // (Not before the grace: the watcher's rule, not the lookup's failure.)
+                assert!(after >= STALL_GRACE - WATCH_POLL, "cut after {after:?}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_request_whose_name_lookup_hangs_fails_at_its_timeout() {
+        let deliver = |sink: &mut HttpSink, deadline: &Deadline| sink.deliver(b"a\n", deadline);
+        match hanging(Duration::from_secs(1), false, deliver) {
+            (Err(SinkError::Retry(m)), _) => {
+                assert!(m.contains("timeout"), "{m}");
+                assert!(!m.contains("reload"), "{m}");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn a_replaced_outputs_probe_whose_name_lookup_hangs_gives_up_after_the_grace() {
+        let probe = |sink: &mut HttpSink, deadline: &Deadline| {
+            sink.probe(deadline);
+            sink.stats.status()
+        };
+        let (status, after) = hanging(Duration::from_secs(3600), true, probe);
+        let error = status.last_error.unwrap_or_default();
+        assert!(error.contains("the name lookup was given up"), "{error}");
+        assert!(!status.up);
+        assert!(
+            after >= STALL_GRACE - WATCH_POLL,
+            "given up after {after:?}"
+        );
     }
 
     #[test]

@@ -55,12 +55,15 @@ fn names(names: &[&str]) -> Vec<String> {
 }
 
 /// Outputs `a` and `b` to a peer that is down, holding `one` and `two`, removed by a reload
-/// while they fail (they go on retrying): the outputs, and the peer's address.
-fn removed_while_failing(metrics: &Metrics) -> (Outputs, String) {
-    // A peer that is down: its address, free for now.
-    let probe = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let address = probe.local_addr().unwrap().to_string();
-    drop(probe);
+/// while they fail (they go on retrying): the outputs, the peer's address, and the socket that
+/// holds its port meanwhile (bound, not listening: connections are refused, and no other bind
+/// or outgoing connection gets the port).
+fn removed_while_failing(metrics: &Metrics) -> (Outputs, String, socket2::Socket) {
+    use socket2::{Domain, Socket, Type};
+    let down = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    let any: std::net::SocketAddr = "127.0.0.1:0".parse().unwrap();
+    down.bind(&any.into()).unwrap();
+    let address = down.local_addr().unwrap().as_socket().unwrap().to_string();
     // (Far off: only a reload makes them hand over.)
     let deadline = Deadline::new(&Arc::default(), Duration::from_secs(600));
     let mut outputs = Outputs::open(&to_peer(&address, &["a", "b"]), &deadline, metrics).unwrap();
@@ -78,19 +81,20 @@ fn removed_while_failing(metrics: &Metrics) -> (Outputs, String) {
     }
     let removed = outputs.prepare(&to_peer(&address, &[]), &names(&["a", "b"]), metrics);
     outputs.apply(removed.unwrap(), metrics);
-    (outputs, address)
+    (outputs, address, down)
 }
 
 #[test]
 fn a_new_output_takes_over_every_removed_output_still_failing_where_it_writes() {
     let metrics = Metrics::new(Default::default());
-    let (mut outputs, address) = removed_while_failing(&metrics);
+    let (mut outputs, address, down) = removed_while_failing(&metrics);
     // The next one adds an output to the same peer: it takes over both, not just the last.
     let added = outputs.prepare(&to_peer(&address, &["c"]), &names(&["c"]), &metrics);
     outputs.apply(added.unwrap(), &metrics);
     let waited_for: Vec<&String> = outputs.retired.iter().map(|(n, _)| n).collect();
     assert!(waited_for.is_empty(), "only waited for: {waited_for:?}");
     // The peer comes up: every line arrives, none is left undelivered.
+    drop(down);
     let peer = std::net::TcpListener::bind(&address).unwrap();
     let received = Arc::new(std::sync::Mutex::new(String::new()));
     let shared = Arc::clone(&received);
@@ -123,7 +127,7 @@ fn a_new_output_takes_over_every_removed_output_still_failing_where_it_writes() 
 #[test]
 fn what_outputs_hand_to_one_whose_thread_died_before_it_started_is_named_at_the_end() {
     let metrics = Metrics::new(Default::default());
-    let (mut outputs, address) = removed_while_failing(&metrics);
+    let (mut outputs, address, _down) = removed_while_failing(&metrics);
     // The next reload adds an output to the same peer, whose thread ends (a panic) before
     // the reload lets it go: both removed ones hand it their lines all the same.
     worker::end_next_thread();

@@ -226,6 +226,28 @@ impl std::io::Write for Halting {
     }
 }
 
+/// Starts an output over `queue` writing to `file`, which has room for line 0 and 3 bytes of
+/// line 1: once it has written those and fails, its thread waits until the returned sender
+/// lets it go on (failing).
+fn tearing_line_1(
+    file: &Collected,
+    queue: &Arc<super::queue::Queue>,
+    deadline: &Deadline,
+) -> (std::thread::JoinHandle<worker::Outcome>, mpsc::Sender<()>) {
+    let (started, on_start) = mpsc::channel();
+    let (go, on_go) = mpsc::channel();
+    let halting = Halting {
+        out: file.clone(),
+        room: line(0).len() + 3,
+        started,
+        go: on_go,
+    };
+    let sink = Box::new(WriterSink::writer(Box::new(halting)));
+    let old = start(sink, queue, deadline, None);
+    on_start.recv_timeout(Duration::from_secs(30)).unwrap();
+    (old, go)
+}
+
 #[test]
 fn a_file_output_replaced_partway_through_a_disk_batch_writes_nothing_twice() {
     let dir = dir("switch-torn");
@@ -248,23 +270,8 @@ fn a_file_output_replaced_partway_through_a_disk_batch_writes_nothing_twice() {
         .unwrap();
     // The old output writes line 0 and part of line 1 of the batch, then its file fails.
     let file = Collected::default();
-    let (started, on_start) = mpsc::channel();
-    let (go, on_go) = mpsc::channel();
-    let room = line(0).len() + 3;
-    let halting = Halting {
-        out: file.clone(),
-        room,
-        started,
-        go: on_go,
-    };
     let old_deadline = Deadline::default();
-    let old = start(
-        Box::new(WriterSink::writer(Box::new(halting))),
-        &queue,
-        &old_deadline,
-        None,
-    );
-    on_start.recv_timeout(Duration::from_secs(30)).unwrap();
+    let (old, go) = tearing_line_1(&file, &queue, &old_deadline);
     // Replaced by an output to the same file, which reads the batch again from the cursor and
     // writes only what was not written.
     old_deadline.set_replaced();
@@ -278,6 +285,51 @@ fn a_file_output_replaced_partway_through_a_disk_batch_writes_nothing_twice() {
     assert_eq!(
         String::from_utf8_lossy(&lock(&file.0)),
         String::from_utf8_lossy(&all)
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_torn_record_found_damaged_when_read_again_is_not_resumed_into_the_next() {
+    let dir = dir("torn-damaged");
+    let stats = stats();
+    let (queue, _) = faulty_queue(&dir, &stats);
+    let none = Deadline::default();
+    // A record larger than a segment (128 KiB here): the next one goes to a new segment, so
+    // that the damage found in the first does not end what is read of it.
+    let lines = 15_000;
+    let first: Vec<u8> = (0..lines).flat_map(line).collect();
+    let torn = super::queue::Batch {
+        data: first.clone().into(),
+        lines,
+        acks: Vec::new(),
+        end: None,
+        resent: false,
+    };
+    queue.push(torn, WhenFull::Block, &none).unwrap();
+    queue.push(batch(lines), WhenFull::Block, &none).unwrap();
+    assert_eq!(super::disk_queue::segment_files(&dir).len(), 2);
+    // The old output writes line 0 and part of line 1 of the first record, then its file fails.
+    let file = Collected::default();
+    let old_deadline = Deadline::default();
+    let (old, go) = tearing_line_1(&file, &queue, &old_deadline);
+    // That record is damaged on disk (its last byte) before it is read again.
+    let segment = dir.join(&super::disk_queue::segment_files(&dir)[0]);
+    let mut bytes = std::fs::read(&segment).unwrap();
+    *bytes.last_mut().unwrap() ^= 0x55;
+    std::fs::write(&segment, bytes).unwrap();
+    // Replaced by an output to the same file: the damaged record is skipped, and the next one
+    // is written whole, not from where the old output stopped in the other.
+    old_deadline.set_replaced();
+    let new = start(into(&file), &queue, &none, Some(old));
+    go.send(()).unwrap();
+    queue.close();
+    let outcome = new.join().unwrap();
+    assert_eq!((outcome.undelivered, outcome.error), (0, None));
+    let expected = [&line(0)[..], &line(1)[..3], &line(lines)].concat();
+    assert_eq!(
+        String::from_utf8_lossy(&lock(&file.0)),
+        String::from_utf8_lossy(&expected)
     );
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -8,6 +8,7 @@ use std::sync::{mpsc, Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
+use super::disk::Position;
 use super::queue::{Batch, Deadline, Popped, Queue, STALL_GRACE};
 pub(crate) use super::sink::{Sink, SinkError};
 use crate::ack::Ack;
@@ -30,7 +31,7 @@ pub(crate) struct Outcome {
     handed_over: Vec<Batch>,
     /// Replaced as it failed partway through a line of a file: where, and how much of that
     /// line (the first of `handed_over`) is written.
-    torn: Option<Torn>,
+    torn: Option<Box<Torn>>,
 }
 
 /// A line an output replaced by a reload wrote only the beginning of.
@@ -42,6 +43,9 @@ struct Torn {
     file: String,
     /// Bytes written.
     written: usize,
+    /// The batch it is in: a disk record's end, `None` for one held in memory (the first one
+    /// handed over).
+    end: Option<Position>,
 }
 
 impl Torn {
@@ -92,13 +96,17 @@ impl Outcome {
             }
         } else if let Some(torn) = torn {
             if torn.file == file && !next.handed_over.is_empty() {
-                if let Some(first) = self.torn.replace(torn) {
-                    first.left_behind(name);
-                }
                 let line = match next.handed_over[0].lines {
                     0 | 1 => next.handed_over.remove(0),
                     _ => next.handed_over[0].take_first_line(),
                 };
+                let torn = Box::new(Torn {
+                    end: line.end,
+                    ..*torn
+                });
+                if let Some(first) = self.torn.replace(torn) {
+                    first.left_behind(name);
+                }
                 self.handed_over.insert(0, line);
             } else {
                 torn.left_behind(name);
@@ -249,14 +257,16 @@ pub(crate) fn spawn(
                 deadline,
                 jitter: Jitter::new(),
                 torn_elsewhere: None,
+                resume: None,
             };
             if let Some(before) = before.as_mut() {
                 worker.take_over(before);
             }
             let mut outcome = worker.start();
-            // (Replaced before it wrote anything: a line torn in another file is still torn.)
+            // (Replaced before it wrote anything: a line torn in this file or another is still
+            // torn.)
             if outcome.torn.is_none() {
-                outcome.torn = worker.torn_elsewhere.take();
+                outcome.torn = worker.resume.take().or(worker.torn_elsewhere.take());
             }
             match before {
                 Some(before) => before.and(outcome),
@@ -327,7 +337,10 @@ struct Worker {
     /// A line the output it replaced tore in another file than this one writes to, until this
     /// one delivers its first batch (which writes that line whole): passed on if this one is
     /// replaced before, so that an output writing to that file again finishes it.
-    torn_elsewhere: Option<Torn>,
+    torn_elsewhere: Option<Box<Torn>>,
+    /// A line the output it replaced tore in this file, finished when the batch it is in comes
+    /// ([`Torn::end`]), not in another one (its disk record found damaged when read again).
+    resume: Option<Box<Torn>>,
 }
 
 impl Worker {
@@ -348,12 +361,26 @@ impl Worker {
         }
         match before.torn.take() {
             // The same file: what it wrote of the line is finished, not written twice.
-            Some(torn) if torn.file == self.sink.written_to() => self.sink.resume(torn.written),
+            Some(torn) if torn.file == self.sink.written_to() => self.resume = Some(torn),
             Some(torn) => {
                 torn.left_behind(name);
                 self.torn_elsewhere = Some(torn);
             }
             None => {}
+        }
+    }
+
+    /// Finishes, in `batch`, the line the output it replaced tore in this file, when `batch` is
+    /// the one that line is in; otherwise (its disk record found damaged when read again, and
+    /// skipped) that line's beginning stays at the end of the file, and `batch` is written whole.
+    fn resume_in(&mut self, torn: &Torn, batch: &Batch) {
+        if torn.end == batch.end {
+            self.sink.resume(torn.written);
+        } else {
+            tracing::warn!(output = %self.name, path = %torn.path, bytes = torn.written,
+                "the output the reload replaced stopped partway through a line that is not \
+                 written next (read again, its record was found damaged): its beginning is left \
+                 at the end of the file");
         }
     }
 
@@ -408,6 +435,9 @@ impl Worker {
                         }
                         return self.end_replaced();
                     }
+                    if let Some(torn) = self.resume.take() {
+                        self.resume_in(&torn, &batch);
+                    }
                     let delivered = self.with_retries(batch.lines, |sink, deadline| {
                         sink.deliver(&batch.data, deadline).map(|()| 0)
                     });
@@ -425,6 +455,9 @@ impl Worker {
                         self.queue.settled(&batch, outstanding);
                     }
                     if let Err(mut outcome) = delivered {
+                        if let Some(torn) = outcome.torn.as_mut() {
+                            torn.end = batch.end;
+                        }
                         if self.queue.retired() {
                             self.hand_over(batch, &mut outcome);
                             // What it took over from the output it replaced, put in its queue
@@ -534,10 +567,14 @@ impl Worker {
         }
         let written = self.sink.take_written();
         Outcome {
-            torn: (written > 0).then(|| Torn {
-                path: self.sink.target(),
-                file: self.sink.written_to(),
-                written,
+            // (The caller names the batch: `end`.)
+            torn: (written > 0).then(|| {
+                Box::new(Torn {
+                    path: self.sink.target(),
+                    file: self.sink.written_to(),
+                    written,
+                    end: None,
+                })
             }),
             ..Outcome::default()
         }
@@ -561,11 +598,12 @@ impl Worker {
             return;
         }
         if written > line && outcome.handed_over.is_empty() {
-            outcome.torn = Some(Torn {
+            outcome.torn = Some(Box::new(Torn {
                 path: self.sink.target(),
                 file: self.sink.written_to(),
                 written: written - line,
-            });
+                end: batch.end,
+            }));
         }
         outcome.handed_over.push(batch);
     }

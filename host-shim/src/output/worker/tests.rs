@@ -179,11 +179,12 @@ fn a_torn_line_carried_by_an_output_that_hands_nothing_over_is_not_resumed_in_an
     // The first carries a line torn in file 7 (it wrote elsewhere since; that line waits in a
     // queue, not handed over); the second hands over a batch it tore nothing in.
     let carrier = Outcome {
-        torn: Some(Torn {
+        torn: Some(Box::new(Torn {
             path: "f".into(),
             file: "1:7".into(),
             written: 1,
-        }),
+            end: None,
+        })),
         ..Outcome::default()
     };
     let second = Outcome {

@@ -43,9 +43,26 @@ struct Torn {
     file: String,
     /// Bytes written.
     written: usize,
-    /// The batch it is in: a disk record's end, `None` for one held in memory (the first one
-    /// handed over).
-    end: Option<Position>,
+    /// The batch it is in (`None`: not known, never finished in place).
+    batch: Option<InBatch>,
+}
+
+/// Which batch a torn line is in: a disk record, by where it ends; a batch held in memory, by
+/// where its bytes are (they stay there while it is handed over and queued, and no other live
+/// batch's bytes are there).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum InBatch {
+    Record(Position),
+    Memory(usize),
+}
+
+impl InBatch {
+    fn of(batch: &Batch) -> InBatch {
+        match batch.end {
+            Some(end) => InBatch::Record(end),
+            None => InBatch::Memory(batch.data.as_ptr() as usize),
+        }
+    }
 }
 
 impl Torn {
@@ -101,7 +118,7 @@ impl Outcome {
                     _ => next.handed_over[0].take_first_line(),
                 };
                 let torn = Box::new(Torn {
-                    end: line.end,
+                    batch: Some(InBatch::of(&line)),
                     ..*torn
                 });
                 if let Some(first) = self.torn.replace(torn) {
@@ -339,7 +356,8 @@ struct Worker {
     /// replaced before, so that an output writing to that file again finishes it.
     torn_elsewhere: Option<Box<Torn>>,
     /// A line the output it replaced tore in this file, finished when the batch it is in comes
-    /// ([`Torn::end`]), not in another one (its disk record found damaged when read again).
+    /// next ([`Torn::batch`]), not in another one (its disk record found damaged when read
+    /// again, or a batch queued before it).
     resume: Option<Box<Torn>>,
 }
 
@@ -372,15 +390,16 @@ impl Worker {
 
     /// Finishes, in `batch`, the line the output it replaced tore in this file, when `batch` is
     /// the one that line is in; otherwise (its disk record found damaged when read again, and
-    /// skipped) that line's beginning stays at the end of the file, and `batch` is written whole.
+    /// skipped, or another batch queued before it) that line's beginning stays at the end of the
+    /// file, and `batch` is written whole.
     fn resume_in(&mut self, torn: &Torn, batch: &Batch) {
-        if torn.end == batch.end {
+        if torn.batch == Some(InBatch::of(batch)) {
             self.sink.resume(torn.written);
         } else {
             tracing::warn!(output = %self.name, path = %torn.path, bytes = torn.written,
                 "the output the reload replaced stopped partway through a line that is not \
-                 written next (read again, its record was found damaged): its beginning is left \
-                 at the end of the file");
+                 written next (its record found damaged when read again, or another batch \
+                 first): its beginning is left at the end of the file");
         }
     }
 
@@ -456,7 +475,7 @@ impl Worker {
                     }
                     if let Err(mut outcome) = delivered {
                         if let Some(torn) = outcome.torn.as_mut() {
-                            torn.end = batch.end;
+                            torn.batch = Some(InBatch::of(&batch));
                         }
                         if self.queue.retired() {
                             self.hand_over(batch, &mut outcome);
@@ -567,13 +586,13 @@ impl Worker {
         }
         let written = self.sink.take_written();
         Outcome {
-            // (The caller names the batch: `end`.)
+            // (The caller names the batch.)
             torn: (written > 0).then(|| {
                 Box::new(Torn {
                     path: self.sink.target(),
                     file: self.sink.written_to(),
                     written,
-                    end: None,
+                    batch: None,
                 })
             }),
             ..Outcome::default()
@@ -602,7 +621,7 @@ impl Worker {
                 path: self.sink.target(),
                 file: self.sink.written_to(),
                 written: written - line,
-                end: batch.end,
+                batch: Some(InBatch::of(&batch)),
             }));
         }
         outcome.handed_over.push(batch);

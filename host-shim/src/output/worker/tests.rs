@@ -183,7 +183,7 @@ fn a_torn_line_carried_by_an_output_that_hands_nothing_over_is_not_resumed_in_an
             path: "f".into(),
             file: "1:7".into(),
             written: 1,
-            end: None,
+            batch: None,
         })),
         ..Outcome::default()
     };
@@ -204,6 +204,41 @@ fn a_torn_line_carried_by_an_output_that_hands_nothing_over_is_not_resumed_in_an
     let outcome = start(file_sink(&file, usize::MAX, 7), &queue, &stats, after);
     assert_eq!(outcome.join().unwrap().undelivered, 0);
     assert_eq!(String::from_utf8_lossy(&file.lock().unwrap()), "x1\n");
+}
+
+#[test]
+fn a_torn_line_carried_to_a_queue_with_other_batches_before_it_is_not_resumed_in_those() {
+    let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+    let none = Deadline::default();
+    let batch = |data: &[u8]| Batch {
+        data: data.to_vec().into(),
+        lines: 1,
+        acks: Vec::new(),
+        end: None,
+        resent: false,
+    };
+    // The carried line's batch waits in the new queue behind what another output it replaces
+    // had queued (`apply` puts those first).
+    let (first, torn) = (batch(b"z1\n"), batch(b"x1\n"));
+    let carried = Outcome {
+        torn: Some(Box::new(Torn {
+            path: "f".into(),
+            file: "1:7".into(),
+            written: 1,
+            batch: Some(InBatch::of(&torn)),
+        })),
+        ..Outcome::default()
+    };
+    let queue = Arc::new(Queue::new(1 << 20, stats.clone()));
+    for b in [first, torn] {
+        queue.push(b, WhenFull::Block, &none).unwrap();
+    }
+    queue.close();
+    let after = [Outcome::default(), carried].map(|outcome| std::thread::spawn(move || outcome));
+    let file = Arc::default();
+    let outcome = start(file_sink(&file, usize::MAX, 7), &queue, &stats, after);
+    assert_eq!(outcome.join().unwrap().undelivered, 0);
+    assert_eq!(String::from_utf8_lossy(&file.lock().unwrap()), "z1\nx1\n");
 }
 
 #[test]

@@ -334,6 +334,43 @@ fn a_torn_record_found_damaged_when_read_again_is_not_resumed_into_the_next() {
     let _ = std::fs::remove_dir_all(&dir);
 }
 
+#[test]
+fn a_torn_line_is_finished_by_the_next_output_when_its_first_replacement_is_replaced_at_once() {
+    let dir = dir("torn-passed-on");
+    let stats = stats();
+    let (queue, _) = faulty_queue(&dir, &stats);
+    let none = Deadline::default();
+    let three: Vec<u8> = (0..3).flat_map(line).collect();
+    let torn = super::queue::Batch {
+        data: three.clone().into(),
+        lines: 3,
+        acks: Vec::new(),
+        end: None,
+        resent: false,
+    };
+    queue.push(torn, WhenFull::Block, &none).unwrap();
+    let file = Collected::default();
+    let old_deadline = Deadline::default();
+    let (old, go) = tearing_line_1(&file, &queue, &old_deadline);
+    // A reload replaces it with an output to the same file, and the next one replaces that
+    // before it delivered anything.
+    old_deadline.set_replaced();
+    let mid_deadline = Deadline::default();
+    mid_deadline.set_replaced();
+    let mid = start(into(&file), &queue, &mid_deadline, Some(old));
+    let last = start(into(&file), &queue, &none, Some(mid));
+    go.send(()).unwrap();
+    queue.close();
+    let outcome = last.join().unwrap();
+    assert_eq!((outcome.undelivered, outcome.error), (0, None));
+    assert_eq!(
+        String::from_utf8_lossy(&lock(&file.0)),
+        String::from_utf8_lossy(&three),
+        "line 1 finished, nothing written twice"
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 /// A socket-like sink whose peer acknowledges nothing: every line it delivered stays
 /// outstanding. Once its output is replaced, its check of the peer fails (`fails`) or keeps
 /// making a little progress without ever ending (otherwise). Says whether its unconfirmed tail

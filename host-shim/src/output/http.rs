@@ -524,11 +524,12 @@ mod tests {
     }
 
     /// A sink whose names are looked up by [`Hanging`], its requests given `timeout`; run by
-    /// `run` on a thread of its own, with a deadline. Once its lookup has started, the deadline
+    /// `run` on a thread of its own, with `deadline`. Once its lookup has started, the deadline
     /// is replaced when `replace` says so; returns what `run` returned (within 60 s, or panics)
     /// and how long after the lookup started (after the replacement, if any).
     fn hanging<T: Send + 'static>(
         timeout: Duration,
+        deadline: Deadline,
         replace: bool,
         run: impl FnOnce(&mut HttpSink, &Deadline) -> T + Send + 'static,
     ) -> (T, Duration) {
@@ -538,13 +539,14 @@ mod tests {
         let lookup = Hanging(Mutex::new(hang), started);
         let url = "http://downstream.invalid/in";
         let mut sink = HttpSink::looking_up("t", url, timeout, None, stats, lookup);
-        let deadline = Deadline::default();
         let replaced = deadline.clone();
         let (done, finished) = mpsc::channel();
         std::thread::spawn(move || {
             let _ = done.send(run(&mut sink, &deadline));
         });
-        lookup_started.recv().unwrap();
+        lookup_started
+            .recv_timeout(Duration::from_secs(60))
+            .unwrap();
         if replace {
             replaced.set_replaced();
         }
@@ -560,7 +562,12 @@ mod tests {
     fn a_replaced_outputs_request_whose_name_lookup_hangs_is_cut_after_the_grace() {
         // Its own timeout is far off: only the reload may cut the request.
         let deliver = |sink: &mut HttpSink, deadline: &Deadline| sink.deliver(b"a\n", deadline);
-        match hanging(Duration::from_secs(3600), true, deliver) {
+        match hanging(
+            Duration::from_secs(3600),
+            Deadline::default(),
+            true,
+            deliver,
+        ) {
             (Err(SinkError::Retry(m)), after) => {
                 assert!(m.contains("a reload replaced the output"), "{m}");
                 // (Not before the grace: the watcher's rule, not the lookup's failure.)
@@ -573,7 +580,7 @@ mod tests {
     #[test]
     fn a_request_whose_name_lookup_hangs_fails_at_its_timeout() {
         let deliver = |sink: &mut HttpSink, deadline: &Deadline| sink.deliver(b"a\n", deadline);
-        match hanging(Duration::from_secs(1), false, deliver) {
+        match hanging(Duration::from_secs(1), Deadline::default(), false, deliver) {
             (Err(SinkError::Retry(m)), _) => {
                 assert!(m.contains("timeout"), "{m}");
                 assert!(!m.contains("reload"), "{m}");
@@ -582,13 +589,25 @@ mod tests {
         }
     }
 
+    /// Probes, and says the output's figures then.
+    fn probe(sink: &mut HttpSink, deadline: &Deadline) -> crate::metrics::OutputStatus {
+        sink.probe(deadline);
+        sink.stats.status()
+    }
+
+    #[test]
+    fn a_probe_whose_name_lookup_hangs_gives_up_at_the_deadline() {
+        // A stop signal with no time to finish: the deadline has passed.
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let passed = Deadline::new(&stop, Duration::ZERO);
+        let (status, _) = hanging(Duration::from_secs(3600), passed, false, probe);
+        let error = status.last_error.unwrap_or_default();
+        assert!(error.contains("the name lookup was given up"), "{error}");
+    }
+
     #[test]
     fn a_replaced_outputs_probe_whose_name_lookup_hangs_gives_up_after_the_grace() {
-        let probe = |sink: &mut HttpSink, deadline: &Deadline| {
-            sink.probe(deadline);
-            sink.stats.status()
-        };
-        let (status, after) = hanging(Duration::from_secs(3600), true, probe);
+        let (status, after) = hanging(Duration::from_secs(3600), Deadline::default(), true, probe);
         let error = status.last_error.unwrap_or_default();
         assert!(error.contains("the name lookup was given up"), "{error}");
         assert!(!status.up);

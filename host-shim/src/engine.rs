@@ -10,6 +10,7 @@
 //! Nothing is dropped.
 
 use std::io;
+use std::sync::Arc;
 
 use abi_stable::std_types::{ROption, RStr, RVec};
 use egresswatch_plugin_api::{EventStatus, Verdict, DEFAULT_OUTPUT, ERRORS_OUTPUT};
@@ -17,6 +18,7 @@ use egresswatch_plugin_api::{EventStatus, Verdict, DEFAULT_OUTPUT, ERRORS_OUTPUT
 use crate::config::{BatchConfig, UnreadablePolicy};
 use crate::counters::HostCounters;
 use crate::input::{line_spans, Block, Span};
+use crate::line_buf::LineBuf;
 use crate::loader::Transform;
 use crate::output::Outputs;
 
@@ -119,16 +121,22 @@ impl Engine {
     /// Processes a block of complete lines (each ending in `\n`, except perhaps the last) and
     /// writes each to its output, in order.
     pub(crate) fn process(&mut self, block: &[u8], outputs: &mut Outputs) -> io::Result<()> {
-        let run = self.process_lines(block, None, &line_spans(block), outputs)?;
-        write_run(block, run, outputs)
+        let block = Lines::copied(block);
+        let run = self.process_lines(&block, None, &line_spans(block.bytes), outputs)?;
+        block.write_run(run, outputs)
     }
 
     /// [`Engine::process`] for a block a reader has already cut and checked: its lines go to
     /// the detector as the reader found them, when they are UTF-8, without being checked again;
     /// and when every line of it passes unchanged, the block itself becomes the output's batch
-    /// (no copy: usually nothing is flagged).
+    /// (no copy: usually nothing is flagged). Otherwise the runs of lines that pass are not
+    /// copied either: `default`'s batch shares the block ([`Outputs::write_shared`]).
     pub(crate) fn process_block(&mut self, block: Block, outputs: &mut Outputs) -> io::Result<()> {
-        let run = self.process_lines(&block, block.text(), block.spans(), outputs)?;
+        let cut = Lines {
+            bytes: &block,
+            shared: Some(block.shared()),
+        };
+        let run = self.process_lines(&cut, block.text(), block.spans(), outputs)?;
         match run {
             Some((_, lines)) if lines == block.spans().len() as u64 => {
                 let mut data = block.into_buf();
@@ -137,7 +145,7 @@ impl Engine {
                 }
                 outputs.write_owned(DEFAULT_OUTPUT, data, lines)
             }
-            run => write_run(&block, run, outputs),
+            run => cut.write_run(run, outputs),
         }
     }
 
@@ -145,7 +153,7 @@ impl Engine {
     /// lines at the end that pass unchanged to `default`, not written yet.
     fn process_lines(
         &mut self,
-        block: &[u8],
+        block: &Lines<'_>,
         text: Option<&str>,
         spans: &[Span],
         outputs: &mut Outputs,
@@ -163,12 +171,13 @@ impl Engine {
     /// the batch after).
     fn process_batch(
         &mut self,
-        block: &[u8],
+        lines: &Lines<'_>,
         text: Option<&str>,
         spans: &[Span],
         run: &mut Option<Run>,
         outputs: &mut Outputs,
     ) -> io::Result<()> {
+        let block = lines.bytes;
         self.counters.lines_in += spans.len() as u64;
         let max_line_bytes = self.policy.batch.max_line_bytes;
         let mut readable: Vec<RStr<'_>> = Vec::with_capacity(spans.len());
@@ -220,7 +229,7 @@ impl Engine {
         };
         drop(readable);
         let Some(verdicts) = verdicts else {
-            write_run(block, run.take(), outputs)?;
+            lines.write_run(run.take(), outputs)?;
             self.counters.plugin_errors += 1;
             let target = if self.policy.fail_closed {
                 ERRORS_OUTPUT
@@ -259,10 +268,12 @@ impl Engine {
             }
             if !reserved {
                 reserved = true;
+                // (Shared runs take no room: only the lines written between them do.)
                 let from = run.map_or(span.start, |(r, _)| r.start);
-                reserve(outputs, &block[from..spans[spans.len() - 1].end], all)?;
+                let rest = &block[from..spans[spans.len() - 1].end];
+                reserve(outputs, lines.shared.map_or(rest.len(), |_| 0), all)?;
             }
-            write_run(block, run.take(), outputs)?;
+            lines.write_run(run.take(), outputs)?;
             let line = &block[span.start..span.end];
             match verdict {
                 None => self.write_unreadable(line, outputs)?,
@@ -377,27 +388,49 @@ impl Engine {
 /// Consecutive lines of a block passed unchanged to `default`: where they lie, and how many.
 type Run = (Span, u64);
 
-/// Writes `run`, if any, of `block` to `default`.
-fn write_run(block: &[u8], run: Option<Run>, outputs: &mut Outputs) -> io::Result<()> {
-    match run {
-        Some((r, lines)) => outputs.write_run(DEFAULT_OUTPUT, &block[r.start..r.end], lines),
-        None => Ok(()),
+/// The bytes of the lines being processed, and the reader's block they are, when they are one.
+struct Lines<'a> {
+    bytes: &'a [u8],
+    shared: Option<&'a Arc<LineBuf>>,
+}
+
+impl<'a> Lines<'a> {
+    /// Lines that came some other way: their runs are copied into the batch.
+    fn copied(bytes: &'a [u8]) -> Self {
+        Lines {
+            bytes,
+            shared: None,
+        }
+    }
+
+    /// Writes `run`, if any, to `default`: shared when the lines are a reader's block and the
+    /// run ends with its newline (all but an unterminated last line at the end of the input),
+    /// copied otherwise.
+    fn write_run(&self, run: Option<Run>, outputs: &mut Outputs) -> io::Result<()> {
+        let Some((r, lines)) = run else {
+            return Ok(());
+        };
+        match self.shared {
+            Some(block) if self.bytes.get(r.end) == Some(&b'\n') => {
+                outputs.write_shared(DEFAULT_OUTPUT, block, r.start..r.end + 1, lines)
+            }
+            _ => outputs.write_run(DEFAULT_OUTPUT, &self.bytes[r.start..r.end], lines),
+        }
     }
 }
 
 /// Makes room in `default` for what a plugin batch (up to `max_events` lines of a block)
 /// writes line by line from its first line that does not pass unchanged on: usually at most
-/// the `rest` of its lines, each with a newline, and the replacements among its `verdicts`
-/// (a line wrapped under `unreadable: wrap` can be longer; lines routed elsewhere leave room
-/// unused, which the output gives back when it hands the batch over). A block holding flagged
-/// events grew its output's batch by doubling, a copy of the block each time.
-fn reserve(outputs: &mut Outputs, rest: &[u8], verdicts: &[Verdict]) -> io::Result<()> {
-    let replaced: usize = verdicts
+/// the `rest` bytes of its lines copied, each with a newline, and the replacements among its
+/// `verdicts` (a line wrapped under `unreadable: wrap` can be longer; lines routed elsewhere
+/// leave room unused, which the output gives back when it hands the batch over). A block
+/// holding flagged events grew its output's batch by doubling, a copy of the block each time.
+fn reserve(outputs: &mut Outputs, rest: usize, verdicts: &[Verdict]) -> io::Result<()> {
+    let (replaced, replacements) = verdicts
         .iter()
         .filter_map(|v| v.replacement.as_ref().into_option())
-        .map(|text| text.len())
-        .sum();
-    outputs.reserve(DEFAULT_OUTPUT, rest.len() + 1 + replaced)
+        .fold((0, 0), |(bytes, n), text| (bytes + text.len(), n + 1));
+    outputs.reserve(DEFAULT_OUTPUT, rest + replacements + 1 + replaced)
 }
 
 /// Whether a replacement would end or split a line downstream where the event did not: a `\n`
@@ -610,6 +643,63 @@ pub(crate) mod tests {
         assert_eq!(counters.plugin_errors, 1);
     }
 
+    /// Runs `block` through [`Picks`] as a reader's block in batches of `max_events`; returns
+    /// how many bytes of `default`'s batch are shared with the block, and what `default` got.
+    fn shared(block: &[u8], max_events: usize) -> (usize, Vec<u8>) {
+        let batch = BatchConfig {
+            max_events,
+            max_line_bytes: 1024,
+        };
+        let mut engine = engine(Picks, batch, UnreadablePolicy::Pass);
+        let default = Sink::default();
+        let mut outputs = Outputs::from_writers(vec![(
+            "default".into(),
+            Box::new(default.clone()) as Box<dyn io::Write + Send>,
+        )]);
+        engine
+            .process_block(Block::new(block.to_vec()), &mut outputs)
+            .unwrap();
+        let shared = outputs.batch("default").shared_bytes();
+        outputs.commit().unwrap();
+        let (_, undelivered) = outputs.finish();
+        assert!(undelivered.is_empty(), "{undelivered:?}");
+        let received = default.0.lock().unwrap().clone();
+        (shared, received)
+    }
+
+    #[test]
+    fn the_lines_around_flagged_ones_stay_in_the_block_and_are_written_in_order() {
+        // (block, its bytes `default`'s batch shares): flagged lines at the start, in the
+        // middle, at the end, all of them, and an unterminated last line (copied).
+        let cases: [(&[u8], usize); 6] = [
+            (b"flag\nbb\ncc\n", 6),
+            (b"aa\nflag\ncc\nflag\ndd\n", 9),
+            (b"aa\nbb\nflag\n", 6),
+            (b"flag 1\nflag 2\nflag 3\n", 0),
+            (b"aa\nflag\ncc", 3),
+            (b"aa\nbb\n", 0),
+        ];
+        for (block, sharing) in cases {
+            let expected: Vec<u8> = line_spans(block)
+                .iter()
+                .flat_map(|s| {
+                    let line = &block[s.start..s.end];
+                    let flagged = line.starts_with(b"flag");
+                    [line, if flagged { &b",flagged\n"[..] } else { b"\n" }]
+                })
+                .flatten()
+                .copied()
+                .collect();
+            for max_events in [1, 2, 1024] {
+                let what = format!("{:?} by {max_events}", String::from_utf8_lossy(block));
+                let (shared, received) = shared(block, max_events);
+                assert_eq!(received, expected, "{what}");
+                // (A block that passes whole is the batch itself: nothing shared.)
+                assert_eq!(shared, sharing, "{what}");
+            }
+        }
+    }
+
     #[test]
     fn a_block_written_line_by_line_makes_room_for_itself_once() {
         let mut engine = engine(Picks, BatchConfig::default(), UnreadablePolicy::Pass);
@@ -626,15 +716,22 @@ pub(crate) mod tests {
             block.push(b'\n');
         }
         let written = block.len() + ",flagged".len();
-        engine
-            .process_block(Block::new(block.clone()), &mut outputs)
-            .unwrap();
+        // Lines that did not come as a reader's block are copied into the batch.
+        engine.process(&block, &mut outputs).unwrap();
         let capacity = outputs.batch("default").capacity();
         // Room for the block, its replacement and a newline, made at its first flagged line.
         assert!(
-            (written..=written + "flag,flagged".len() + 1).contains(&capacity),
+            (written..=written + "flag,flagged".len() + 2).contains(&capacity),
             "{capacity} for {written} bytes"
         );
+        outputs.commit().unwrap();
+        // A reader's block is not copied: the batch holds the replacement and shares the rest.
+        engine
+            .process_block(Block::new(block.clone()), &mut outputs)
+            .unwrap();
+        let batch = outputs.batch("default");
+        assert_eq!(batch.shared_bytes(), block.len() - 5);
+        assert_eq!(batch.own_capacity(), "flag,flagged".len() + 2);
         outputs.commit().unwrap();
         // The batch handed over, the next starts with no buffer; a block that passes whole
         // becomes it.
@@ -649,6 +746,8 @@ pub(crate) mod tests {
         let (_, undelivered) = outputs.finish();
         assert!(undelivered.is_empty(), "{undelivered:?}");
         let mut expected = b"flag,flagged\n".to_vec();
+        expected.extend_from_slice(&block[5..]);
+        expected.extend_from_slice(b"flag,flagged\n");
         expected.extend_from_slice(&block[5..]);
         expected.extend_from_slice(&block[5..]);
         let received = default.0.lock().unwrap();

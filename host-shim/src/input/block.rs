@@ -11,6 +11,7 @@
 //! begin a little way into its buffer (`lines.rs`).
 
 use std::ops::Deref;
+use std::sync::Arc;
 
 use crate::line_buf::LineBuf;
 
@@ -41,7 +42,8 @@ pub(crate) fn line_spans(block: &[u8]) -> Vec<Span> {
 /// and, when they are UTF-8, as text (see the module documentation).
 #[derive(Debug)]
 pub(crate) struct Block {
-    data: LineBuf,
+    /// Shared: an output's batch may keep the runs of lines that pass without copying them.
+    data: Arc<LineBuf>,
     /// The lines are UTF-8.
     utf8: bool,
     spans: Vec<Span>,
@@ -50,7 +52,7 @@ pub(crate) struct Block {
 impl Block {
     /// The lines `data` holds: cut and checked here, on the caller's thread.
     pub(crate) fn new(data: impl Into<LineBuf>) -> Block {
-        let data = data.into();
+        let data = Arc::new(data.into());
         let spans = line_spans(&data);
         // simdutf8 checks 64 bytes a step where the standard library checks 16: about a third
         // of the instructions (ARCHITECTURE.md, host).
@@ -71,9 +73,14 @@ impl Block {
         &self.spans
     }
 
-    /// Its bytes, given back where they lie.
+    /// Its bytes, shared.
+    pub(crate) fn shared(&self) -> &Arc<LineBuf> {
+        &self.data
+    }
+
+    /// Its bytes, given back where they lie; copied when they are still shared.
     pub(crate) fn into_buf(self) -> LineBuf {
-        self.data
+        Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
     }
 }
 

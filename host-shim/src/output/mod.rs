@@ -13,6 +13,7 @@
 
 use std::collections::BTreeMap;
 use std::io;
+use std::ops::Range;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -45,7 +46,7 @@ use crate::line_buf::LineBuf;
 use crate::metrics::{Metrics, OutputHealth};
 pub(crate) use build::same_folder;
 use build::{open_buffer, set_up_if_open, sink};
-use queue::{Batch, Pushed, Queue, Refused};
+use queue::{Batch, Pushed, Queue, Refused, Segments};
 pub(crate) use sink::reopen_files;
 use sink::{Sink, WriterSink};
 use worker::{Ended, Gate, Outcome, Turn};
@@ -77,7 +78,7 @@ struct Ending {
 
 struct Output {
     /// Lines written since the last commit.
-    batch: LineBuf,
+    batch: Segments,
     lines: u64,
     /// The acknowledgements of the requests whose lines are in `batch`.
     acks: Vec<Ack>,
@@ -102,7 +103,7 @@ impl Output {
     /// Makes room for `bytes` more: a batch just handed over has no buffer, and takes
     /// [`BATCH_CAPACITY`] at least for its first line.
     fn room(&mut self, bytes: usize) {
-        if self.batch.capacity() == 0 {
+        if self.batch.own_capacity() == 0 {
             self.batch.reserve(bytes.max(BATCH_CAPACITY));
         }
     }
@@ -116,7 +117,7 @@ impl Output {
             return None;
         }
         if !self.batch.keeps_whole() {
-            self.batch.shrink_to_fit();
+            self.batch.fit();
         }
         Some(Batch {
             data: std::mem::take(&mut self.batch),
@@ -254,7 +255,7 @@ impl Outputs {
 
     /// The named output's batch (tests check how its buffer grows and whether it is a copy).
     #[cfg(test)]
-    pub(crate) fn batch(&self, name: &str) -> &LineBuf {
+    pub(crate) fn batch(&self, name: &str) -> &Segments {
         &self.outputs[name].batch
     }
 
@@ -348,7 +349,7 @@ impl Outputs {
             }
         }
         let (batch, lines, acks) = pending.map_or_else(
-            || (LineBuf::default(), 0, Vec::new()),
+            || (Segments::default(), 0, Vec::new()),
             |b| (b.data, b.lines, b.acks),
         );
         self.outputs.insert(
@@ -392,6 +393,22 @@ impl Outputs {
         Ok(())
     }
 
+    /// Appends `lines` lines, each ending in `\n`, that lie in `range` of `block`, without
+    /// copying them: the batch shares the block (a reader's, whose other lines were flagged) and
+    /// the sink writes the pieces together ([`queue::Segments`]).
+    pub(crate) fn write_shared(
+        &mut self,
+        name: &str,
+        block: &Arc<LineBuf>,
+        range: Range<usize>,
+        lines: u64,
+    ) -> io::Result<()> {
+        let output = self.get(name)?;
+        output.batch.push_shared(block, range);
+        output.lines += lines;
+        Ok(())
+    }
+
     /// Appends `lines` lines, each ending in `\n`, that `data` holds: taken as the batch when
     /// nothing was written to the output since the last commit (no copy), appended otherwise.
     pub(crate) fn write_owned(&mut self, name: &str, data: LineBuf, lines: u64) -> io::Result<()> {
@@ -400,7 +417,7 @@ impl Outputs {
         // of its batches, not their capacity, and a reader's block (256 KiB or more) holding
         // one small event would otherwise be held whole while an output is down.
         if output.batch.is_empty() && data.keeps_whole() {
-            output.batch = data;
+            output.batch = data.into();
         } else {
             output.batch.extend_from_slice(&data);
         }

@@ -21,8 +21,10 @@ pub(crate) use super::deadline::{Deadline, STALL_GRACE};
 use super::disk::{Counts, DiskLog, Next, Position};
 use crate::ack::Ack;
 use crate::config::WhenFull;
-use crate::line_buf::LineBuf;
 use crate::metrics::OutputHealth;
+pub(crate) use segments::Segments;
+
+mod segments;
 
 /// How often a blocked push looks at the deadline.
 const BLOCKED_POLL: Duration = Duration::from_millis(100);
@@ -34,7 +36,7 @@ const READ_RETRY: Duration = Duration::from_millis(200);
 #[derive(Debug)]
 pub(crate) struct Batch {
     /// Whole lines, each ending in `\n`.
-    pub(crate) data: LineBuf,
+    pub(crate) data: Segments,
     /// How many lines.
     pub(crate) lines: u64,
     /// The acknowledgements of the requests these lines came from (HTTP input), told when the
@@ -283,7 +285,7 @@ impl Queue {
             }
             if let (true, Some(disk)) = (room, &self.disk) {
                 let acks = std::mem::take(&mut batch.acks);
-                match disk.append(&batch.data, batch.lines, acks) {
+                match disk.append(&batch.data.contiguous(), batch.lines, acks) {
                     Ok(()) => {
                         if std::mem::take(&mut inner.append_failing) {
                             tracing::info!(output = %self.stats.name(),

@@ -189,7 +189,7 @@ fn a_batch_far_larger_than_its_lines_gives_its_room_back_when_handed_over() {
     outputs.write_line(DEFAULT_OUTPUT, b"one").unwrap();
     let output = outputs.outputs.get_mut(DEFAULT_OUTPUT).unwrap();
     let batch = output.take_batch().unwrap();
-    assert_eq!(&*batch.data, b"one\n");
+    assert_eq!(batch.data, b"one\n".to_vec());
     assert!(
         batch.data.capacity() <= KEEP_WHOLE,
         "{}",

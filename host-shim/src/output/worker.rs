@@ -458,7 +458,7 @@ impl Worker {
                         self.resume_in(&torn, &batch);
                     }
                     let delivered = self.with_retries(batch.lines, |sink, deadline| {
-                        sink.deliver(&batch.data, deadline).map(|()| 0)
+                        sink.deliver_segments(&batch.data, deadline).map(|()| 0)
                     });
                     if delivered.is_ok() {
                         self.torn_elsewhere = None;
@@ -605,9 +605,11 @@ impl Worker {
     /// written), so that nothing is written twice and no line is left torn.
     fn hand_over(&mut self, mut batch: Batch, outcome: &mut Outcome) {
         let written = self.sink.take_written().min(batch.data.len());
-        let line = memchr::memrchr(b'\n', &batch.data[..written]).map_or(0, |nl| nl + 1);
+        let data = batch.data.contiguous();
+        let line = memchr::memrchr(b'\n', &data[..written]).map_or(0, |nl| nl + 1);
+        let done = memchr::memchr_iter(b'\n', &data[..line]).count() as u64;
+        drop(data);
         if line > 0 {
-            let done = memchr::memchr_iter(b'\n', &batch.data[..line]).count() as u64;
             self.count(&batch, done);
             batch.data.advance(line);
             batch.lines -= done;

@@ -3,6 +3,7 @@
 
 use super::*;
 use crate::config::WhenFull;
+use crate::output::queue::Segments;
 use crate::output::sink::WriterSink;
 use std::io::Write;
 
@@ -21,6 +22,19 @@ impl Write for SmallDisk {
         }
         file.extend_from_slice(&buf[..n]);
         Ok(n)
+    }
+
+    /// As a file's `writev`: across the pieces, as far as there is room.
+    fn write_vectored(&mut self, bufs: &[io::IoSlice<'_>]) -> io::Result<usize> {
+        let mut written = 0;
+        for buf in bufs {
+            match self.write(buf) {
+                Ok(n) => written += n,
+                Err(e) if written == 0 => return Err(e),
+                Err(_) => break,
+            }
+        }
+        Ok(written)
     }
 
     fn flush(&mut self) -> io::Result<()> {
@@ -61,19 +75,33 @@ fn a_file_output_replaced_partway_through_a_line_leaves_it_whole_and_writes_noth
     // Batches from index 0 of their buffers, and batches that begin inside them (a reader's
     // blocks taken whole), the bytes before written by no output.
     for front in [0, 100] {
-        replaced_partway_through_a_line(front);
+        replaced_partway_through_a_line(|data| {
+            crate::line_buf::LineBuf::at([&b"x\n".repeat(front / 2), data].concat(), front).into()
+        });
     }
+    // A batch in pieces (a reader's block shared, lines written between its runs), cut
+    // partway through a shared piece: its first line written into the batch, the rest shared.
+    replaced_partway_through_a_line(|data| {
+        let first = memchr::memchr(b'\n', data).map_or(data.len(), |nl| nl + 1);
+        let block = Arc::new(crate::line_buf::LineBuf::at(
+            [&b"skipped\n"[..], &data[first..]].concat(),
+            8,
+        ));
+        let mut pieces = Segments::from(data[..first].to_vec());
+        pieces.push_shared(&block, 0..block.len());
+        pieces
+    });
 }
 
-/// A file output fails partway through a line of a batch whose bytes begin `front` bytes into
-/// its buffer, and a reload replaces it.
-fn replaced_partway_through_a_line(front: usize) {
+/// A file output fails partway through a line of a batch whose bytes `shape` lays out, and a
+/// reload replaces it.
+fn replaced_partway_through_a_line(shape: impl Fn(&[u8]) -> Segments) {
     let stats = crate::metrics::Metrics::new(Default::default()).output("t");
     let file = Arc::new(Mutex::new(Vec::new()));
     let none = Deadline::default();
     let old_queue = Arc::new(Queue::new(1 << 20, stats.clone()));
     let batch = |data: &[u8]| Batch {
-        data: crate::line_buf::LineBuf::at([&b"x\n".repeat(front / 2), data].concat(), front),
+        data: shape(data),
         lines: memchr::memchr_iter(b'\n', data).count() as u64,
         acks: Vec::new(),
         end: None,

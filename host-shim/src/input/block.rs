@@ -22,20 +22,80 @@ pub(crate) struct Span {
     pub(crate) end: usize,
 }
 
-/// The lines of a block (each ends in `\n`, except perhaps the last), found with memchr.
+/// The lines of a block (each ends in `\n`, except perhaps the last).
 pub(crate) fn line_spans(block: &[u8]) -> Vec<Span> {
     let body = block.strip_suffix(b"\n").unwrap_or(block);
     let mut spans = Vec::with_capacity(body.len() / 256 + 1);
     let mut start = 0;
-    for nl in memchr::memchr_iter(b'\n', body) {
+    for_each_newline(body, |nl| {
         spans.push(Span { start, end: nl });
         start = nl + 1;
-    }
+    });
     spans.push(Span {
         start,
         end: body.len(),
     });
     spans
+}
+
+/// Calls `found` with the index of each `\n` in `bytes`, in order.
+///
+/// With AVX2, 128 bytes a step are compared at once, the step's newlines read as the set bits
+/// of bit masks when it holds any: one pass over the block. memchr (elsewhere, and for the
+/// last bytes) is called once per line, and each call sets its search up again
+/// (ARCHITECTURE.md, host: `line_spans`).
+fn for_each_newline(bytes: &[u8], mut found: impl FnMut(usize)) {
+    #[cfg(target_arch = "x86_64")]
+    if std::arch::is_x86_feature_detected!("avx2") {
+        // SAFETY: the CPU has AVX2, just checked.
+        let done = unsafe { newlines_avx2(bytes, &mut found) };
+        for nl in memchr::memchr_iter(b'\n', &bytes[done..]) {
+            found(done + nl);
+        }
+        return;
+    }
+    for nl in memchr::memchr_iter(b'\n', bytes) {
+        found(nl);
+    }
+}
+
+/// [`for_each_newline`] over the whole 128-byte steps of `bytes`; returns where they end (the
+/// rest, under 128 bytes, is the caller's).
+///
+/// # Safety
+/// The CPU must have AVX2.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+unsafe fn newlines_avx2(bytes: &[u8], found: &mut impl FnMut(usize)) -> usize {
+    use std::arch::x86_64::{
+        __m256i, _mm256_cmpeq_epi8, _mm256_loadu_si256, _mm256_movemask_epi8, _mm256_or_si256,
+        _mm256_set1_epi8, _mm256_testz_si256,
+    };
+    const STEP: usize = 128;
+    let newline = _mm256_set1_epi8(b'\n' as i8);
+    let mut at = 0;
+    for step in bytes.chunks_exact(STEP) {
+        let ptr = step.as_ptr().cast::<__m256i>();
+        // SAFETY: `step` is 128 bytes long: the four 32-byte loads lie in it (unaligned loads).
+        let quarters = unsafe { [0, 1, 2, 3].map(|i| _mm256_loadu_si256(ptr.add(i))) };
+        let hits = quarters.map(|q| _mm256_cmpeq_epi8(q, newline));
+        let any = _mm256_or_si256(
+            _mm256_or_si256(hits[0], hits[1]),
+            _mm256_or_si256(hits[2], hits[3]),
+        );
+        if _mm256_testz_si256(any, any) == 0 {
+            for (quarter, hit) in hits.into_iter().enumerate() {
+                // (movemask gives the 32 byte comparisons as the bits of an i32.)
+                let mut mask = _mm256_movemask_epi8(hit) as u32;
+                while mask != 0 {
+                    found(at + 32 * quarter + mask.trailing_zeros() as usize);
+                    mask &= mask - 1;
+                }
+            }
+        }
+        at += STEP;
+    }
+    at
 }
 
 /// Complete lines, each ending in `\n` except possibly the last one at EOF, with their spans
@@ -115,6 +175,35 @@ mod tests {
                 .map(|s| &block[s.start..s.end])
                 .collect();
             assert_eq!(found, expected, "{:?}", String::from_utf8_lossy(block));
+        }
+    }
+
+    #[test]
+    fn long_blocks_split_into_the_lines_a_slice_split_finds() {
+        // Pseudo-random bytes, newlines from every byte to one in 500, in blocks of every
+        // length up to 300 (the 128-byte steps, and what is left after them) and a few long.
+        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let lengths = (0..300).chain([1000, 4096, 65_537]);
+        for (len, one_in) in lengths.flat_map(|len| [1, 2, 40, 500].map(|n| (len, n))) {
+            let block: Vec<u8> = (0..len)
+                .map(|_| match next() % one_in {
+                    0 => b'\n',
+                    r => b'a' + (r % 26) as u8,
+                })
+                .collect();
+            let trimmed = block.strip_suffix(b"\n").unwrap_or(&block);
+            let expected: Vec<&[u8]> = trimmed.split(|&b| b == b'\n').collect();
+            let found: Vec<&[u8]> = line_spans(&block)
+                .iter()
+                .map(|s| &block[s.start..s.end])
+                .collect();
+            assert_eq!(found, expected, "{len} bytes, a newline in {one_in}");
         }
     }
 

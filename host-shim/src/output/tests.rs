@@ -233,15 +233,16 @@ fn handed_over(outputs: &mut Outputs, room: usize, bytes: usize) -> (*const u8, 
     (at, output.take_batch().unwrap().data.into_vec())
 }
 
-#[test]
-fn blocks_that_begin_inside_their_buffers_are_queued_and_written_from_their_start() {
-    // A reader's blocks begin up to a page into their buffers: what lies before must never be
-    // written, whether the batch waits in memory or is appended to a disk buffer and read back.
-    let dir = std::env::temp_dir().join(format!("egresswatch-offset-{}", std::process::id()));
+/// Runs `write` over outputs whose `default` is a file, once with a memory buffer and once with
+/// a disk buffer (the `buffer` part of its configuration, given to `write` for messages), and
+/// returns for each that part, what the file holds once they finished, and the lines delivered.
+fn through_a_file(tag: &str, write: impl Fn(&mut Outputs, &str)) -> Vec<(String, String, u64)> {
+    let dir = std::env::temp_dir().join(format!("egresswatch-{tag}-{}", std::process::id()));
     let on_disk = format!(
         ", buffer: {{ type: disk, path: '{}' }}",
         dir.join("buf").display()
     );
+    let mut found = Vec::new();
     for buffer in [String::new(), on_disk] {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
@@ -252,6 +253,21 @@ fn blocks_that_begin_inside_their_buffers_are_queued_and_written_from_their_star
         let config = HostConfig::parse(&text, false).unwrap();
         let metrics = Metrics::new(Default::default());
         let mut outputs = Outputs::open(&config, &Deadline::default(), &metrics).unwrap();
+        write(&mut outputs, &buffer);
+        let (statuses, undelivered) = outputs.finish();
+        assert!(undelivered.is_empty(), "{undelivered:?}");
+        let written = std::fs::read_to_string(dir.join("out.ndjson")).unwrap();
+        found.push((buffer, written, statuses[0].delivered));
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    found
+}
+
+#[test]
+fn blocks_that_begin_inside_their_buffers_are_queued_and_written_from_their_start() {
+    // A reader's blocks begin up to a page into their buffers: what lies before must never be
+    // written, whether the batch waits in memory or is appended to a disk buffer and read back.
+    let found = through_a_file("offset", |outputs, buffer| {
         for (front, lines) in [(4_000, "one\ntwo\n"), (17, "three\n")] {
             let mut vec = b"junk\n".repeat(front / 5 + 1);
             vec.truncate(front);
@@ -268,10 +284,32 @@ fn blocks_that_begin_inside_their_buffers_are_queued_and_written_from_their_star
             );
             outputs.commit().unwrap();
         }
-        let (_, undelivered) = outputs.finish();
-        assert!(undelivered.is_empty(), "{undelivered:?}");
-        let written = std::fs::read_to_string(dir.join("out.ndjson")).unwrap();
+    });
+    for (buffer, written, _) in found {
         assert_eq!(written, "one\ntwo\nthree\n", "{buffer}");
     }
-    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_batch_sharing_a_block_is_written_as_its_pieces_in_order_from_memory_or_disk() {
+    // A reader's block (beginning inside its buffer) whose second line was flagged: its other
+    // lines stay in the block, the replacement is written between them. A file output writes
+    // the pieces; a disk buffer's record holds them together and gives them back the same.
+    let found = through_a_file("shared", |outputs, buffer| {
+        let block = Arc::new(LineBuf::at(b"junk\none\nflag\nthree\nfour\n".to_vec(), 5));
+        outputs
+            .write_shared(DEFAULT_OUTPUT, &block, 0..4, 1)
+            .unwrap();
+        outputs.write_line(DEFAULT_OUTPUT, b"FLAGGED").unwrap();
+        outputs
+            .write_shared(DEFAULT_OUTPUT, &block, 9..20, 2)
+            .unwrap();
+        let batch = &outputs.outputs[DEFAULT_OUTPUT].batch;
+        assert_eq!(batch.shared_bytes(), 15, "{buffer}");
+        outputs.commit().unwrap();
+    });
+    for (buffer, written, delivered) in found {
+        assert_eq!(written, "one\nFLAGGED\nthree\nfour\n", "{buffer}");
+        assert_eq!(delivered, 4, "{buffer}");
+    }
 }

@@ -1,7 +1,8 @@
 //! Named outputs: where lines go once the detector has spoken.
 //!
 //! Every output is independent: the engine thread appends each line to the output's current
-//! batch ([`Outputs::write_line`], a copy into a buffer and nothing else), and after each input
+//! batch ([`Outputs::write_line`], a copy into a buffer, or [`Outputs::write_shared`], a range
+//! of a reader's block the batch shares, and nothing else), and after each input
 //! block hands the batches over ([`Outputs::commit`]) to each output's bounded buffer
 //! ([`queue`]). Each output has its own delivery thread ([`worker`]) with its own retry loop, so
 //! a down output holds only its own buffer; when that buffer is full, the output's `when_full`

@@ -10,6 +10,7 @@
 //! Nothing is dropped.
 
 use std::io;
+use std::iter::Peekable;
 use std::sync::Arc;
 
 use abi_stable::std_types::{ROption, RStr, RVec};
@@ -246,17 +247,11 @@ impl Engine {
         let pass = Verdict::PASS;
         let all = verdicts.as_slice();
         let mut verdicts = all.iter();
-        let mut bypass = bypass.into_iter().peekable();
+        let mut bypass = bypass.iter().peekable();
         let mut reserved = false;
         for (i, span) in spans.iter().enumerate() {
-            let verdict = match bypass.next_if(|b| b.0 == i) {
-                Some(_) => None,
-                None => Some(verdicts.next().unwrap_or(&pass)),
-            };
-            let passes = verdict.is_some_and(|v| {
-                v.status == EventStatus::OK && v.route.is_none() && v.replacement.is_none()
-            });
-            if passes {
+            let verdict = verdict_of(i, &mut bypass, &mut verdicts, &pass);
+            if passes(verdict) {
                 match run {
                     Some((r, n)) => {
                         r.end = span.end;
@@ -268,10 +263,27 @@ impl Engine {
             }
             if !reserved {
                 reserved = true;
-                // (Shared runs take no room: only the lines written between them do.)
-                let from = run.map_or(span.start, |(r, _)| r.start);
-                let rest = &block[from..spans[spans.len() - 1].end];
-                reserve(outputs, lines.shared.map_or(rest.len(), |_| 0), all)?;
+                let room = match lines.shared {
+                    Some(_) => {
+                        // Shared runs take no room: only the lines written between them do,
+                        // this one and the batch's others that do not pass.
+                        let (mut bypass, mut verdicts) = (bypass.clone(), verdicts.clone());
+                        let others = spans.iter().enumerate().skip(i + 1).map(|(j, span)| {
+                            let verdict = verdict_of(j, &mut bypass, &mut verdicts, &pass);
+                            if passes(verdict) {
+                                0
+                            } else {
+                                copied_room(span, verdict)
+                            }
+                        });
+                        copied_room(span, verdict) + others.sum::<usize>()
+                    }
+                    None => {
+                        let from = run.map_or(span.start, |(r, _)| r.start);
+                        rest_room(spans[spans.len() - 1].end - from, all)
+                    }
+                };
+                outputs.reserve(DEFAULT_OUTPUT, room)?;
             }
             lines.write_run(run.take(), outputs)?;
             let line = &block[span.start..span.end];
@@ -419,18 +431,49 @@ impl<'a> Lines<'a> {
     }
 }
 
-/// Makes room in `default` for what a plugin batch (up to `max_events` lines of a block)
-/// writes line by line from its first line that does not pass unchanged on: usually at most
-/// the `rest` bytes of its lines copied, each with a newline, and the replacements among its
-/// `verdicts` (a line wrapped under `unreadable: wrap` can be longer; lines routed elsewhere
-/// leave room unused, which the output gives back when it hands the batch over). A block
-/// holding flagged events grew its output's batch by doubling, a copy of the block each time.
-fn reserve(outputs: &mut Outputs, rest: usize, verdicts: &[Verdict]) -> io::Result<()> {
-    let (replaced, replacements) = verdicts
+/// The verdict of line `i` of a plugin batch (`None`: it bypassed the plugin), taken in order
+/// from the batch's bypassed lines and verdicts.
+fn verdict_of<'v>(
+    i: usize,
+    bypass: &mut Peekable<std::slice::Iter<'_, (usize, Bypass)>>,
+    verdicts: &mut std::slice::Iter<'v, Verdict>,
+    pass: &'v Verdict,
+) -> Option<&'v Verdict> {
+    match bypass.next_if(|b| b.0 == i) {
+        Some(_) => None,
+        None => Some(verdicts.next().unwrap_or(pass)),
+    }
+}
+
+/// Whether a line passes unchanged to `default` (a run of the block, shared or copied).
+fn passes(verdict: Option<&Verdict>) -> bool {
+    verdict.is_some_and(|v| {
+        v.status == EventStatus::OK && v.route.is_none() && v.replacement.is_none()
+    })
+}
+
+/// The room in `default` for what a plugin batch (up to `max_events` lines of a block) writes
+/// line by line from its first line that does not pass unchanged on, when its runs are
+/// copied: usually at most the `rest` bytes of its lines, a newline, and the replacements among
+/// its `verdicts` (a line wrapped under `unreadable: wrap` can be longer; lines routed
+/// elsewhere leave room unused, which the output gives back when it hands the batch over). A
+/// block holding flagged events grew its output's batch by doubling, a copy of the block each
+/// time.
+fn rest_room(rest: usize, verdicts: &[Verdict]) -> usize {
+    let replaced: usize = verdicts
         .iter()
         .filter_map(|v| v.replacement.as_ref().into_option())
-        .fold((0, 0), |(bytes, n), text| (bytes + text.len(), n + 1));
-    outputs.reserve(DEFAULT_OUTPUT, rest + replacements + 1 + replaced)
+        .map(|text| text.len())
+        .sum();
+    rest + 1 + replaced
+}
+
+/// The room in `default` for a line that does not pass, when the runs around it are shared: its
+/// replacement or itself, and a newline (counted for a line routed elsewhere too, given back
+/// with the batch's spare room; a line wrapped under `unreadable: wrap` can be longer).
+fn copied_room(span: &Span, verdict: Option<&Verdict>) -> usize {
+    let replacement = verdict.and_then(|v| v.replacement.as_ref().into_option());
+    replacement.map_or(span.end - span.start, |text| text.len()) + 1
 }
 
 /// Whether a replacement would end or split a line downstream where the event did not: a `\n`
@@ -721,7 +764,7 @@ pub(crate) mod tests {
         let capacity = outputs.batch("default").capacity();
         // Room for the block, its replacement and a newline, made at its first flagged line.
         assert!(
-            (written..=written + "flag,flagged".len() + 2).contains(&capacity),
+            (written..=written + "flag,flagged".len() + 1).contains(&capacity),
             "{capacity} for {written} bytes"
         );
         outputs.commit().unwrap();
@@ -731,7 +774,7 @@ pub(crate) mod tests {
             .unwrap();
         let batch = outputs.batch("default");
         assert_eq!(batch.shared_bytes(), block.len() - 5);
-        assert_eq!(batch.own_capacity(), "flag,flagged".len() + 2);
+        assert_eq!(batch.own_capacity(), "flag,flagged\n".len());
         outputs.commit().unwrap();
         // The batch handed over, the next starts with no buffer; a block that passes whole
         // becomes it.
@@ -759,6 +802,37 @@ pub(crate) mod tests {
             received.len(),
             expected.len()
         );
+    }
+
+    #[test]
+    fn lines_written_between_shared_runs_get_their_room_once() {
+        // A reader's block of 700 lines of 100 bytes, every other one unreadable (written as it
+        // came under `pass`), one flagged: the batch's own buffer is sized for them at once
+        // (growing from a few bytes by doubling, it would be copied some fifteen times).
+        let mut engine = engine(Picks, BatchConfig::default(), UnreadablePolicy::Pass);
+        let mut outputs = Outputs::from_writers(vec![(
+            "default".into(),
+            Box::new(Sink::default()) as Box<dyn io::Write + Send>,
+        )]);
+        let mut block = Vec::new();
+        for i in 0..700 {
+            let line = if i == 1 {
+                "flag"
+            } else if i % 2 == 1 {
+                "junk"
+            } else {
+                "fine"
+            };
+            block.extend_from_slice(format!("{line}{}\n", "x".repeat(95)).as_bytes());
+        }
+        engine
+            .process_block(Block::new(block.clone()), &mut outputs)
+            .unwrap();
+        let batch = outputs.batch("default");
+        let copied = 349 * 100 + 100 + ",flagged".len();
+        assert_eq!(batch.len() - batch.shared_bytes(), copied);
+        assert_eq!(batch.own_capacity(), copied);
+        assert_eq!(batch.shared_bytes(), 350 * 100);
     }
 
     #[test]

@@ -41,8 +41,16 @@ pub(crate) trait Sink: Send {
     /// `data` between those calls.
     fn deliver(&mut self, data: &[u8], deadline: &Deadline) -> Result<(), SinkError>;
 
+    /// Whether it writes a batch in pieces as it is ([`Sink::deliver_segments`]). The delivery
+    /// thread joins the pieces of a batch for the others once, before its first attempt, and
+    /// lets the shared block go.
+    fn takes_pieces(&self) -> bool {
+        false
+    }
+
     /// [`Sink::deliver`] for a batch that may lie in pieces: by default copied into one buffer
-    /// first (at each call).
+    /// first (a copy at each call, which the delivery thread spares a sink that does not
+    /// [`Sink::takes_pieces`] by joining the pieces once).
     fn deliver_segments(&mut self, data: &Segments, deadline: &Deadline) -> Result<(), SinkError> {
         self.deliver(&data.contiguous(), deadline)
     }
@@ -261,6 +269,10 @@ impl Sink for WriterSink {
         self.write_pieces(std::iter::once(data))
     }
 
+    fn takes_pieces(&self) -> bool {
+        true
+    }
+
     fn deliver_segments(&mut self, data: &Segments, _deadline: &Deadline) -> Result<(), SinkError> {
         self.write_pieces(data.slices())
     }
@@ -326,6 +338,39 @@ mod tests {
         fn flush(&mut self) -> io::Result<()> {
             Ok(())
         }
+    }
+
+    /// A sink that takes one buffer: what each delivery was given.
+    struct OneBuffer(Vec<Vec<u8>>);
+
+    impl Sink for OneBuffer {
+        fn deliver(&mut self, data: &[u8], _: &Deadline) -> Result<(), SinkError> {
+            self.0.push(data.to_vec());
+            Ok(())
+        }
+
+        fn describe(&self) -> String {
+            "one buffer".into()
+        }
+    }
+
+    #[test]
+    fn a_sink_of_one_buffer_is_given_the_pieces_joined_in_order() {
+        let block = Arc::new(LineBuf::at(b"xxone\ntwo\nthree\n".to_vec(), 2));
+        let mut batch = Segments::from(b"zero\n".to_vec());
+        batch.push_shared(&block, 0..4);
+        batch.extend_from_slice(b"TWO\n");
+        batch.push_shared(&block, 8..14);
+        let mut sink = OneBuffer(Vec::new());
+        assert!(!sink.takes_pieces());
+        sink.deliver_segments(&batch, &Deadline::default()).unwrap();
+        // Joined once (as the delivery thread does for such a sink), the same bytes.
+        batch.join();
+        assert_eq!(batch.slices().count(), 1);
+        assert_eq!(Arc::strong_count(&block), 1, "the block is let go");
+        sink.deliver_segments(&batch, &Deadline::default()).unwrap();
+        let expected = b"zero\none\nTWO\nthree\n".to_vec();
+        assert_eq!(sink.0, [expected.clone(), expected]);
     }
 
     #[test]

@@ -457,6 +457,9 @@ impl Worker {
                     if let Some(torn) = self.resume.take() {
                         self.resume_in(&torn, &batch);
                     }
+                    if !self.sink.takes_pieces() {
+                        batch.data.join();
+                    }
                     let delivered = self.with_retries(batch.lines, |sink, deadline| {
                         sink.deliver_segments(&batch.data, deadline).map(|()| 0)
                     });

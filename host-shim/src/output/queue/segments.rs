@@ -4,9 +4,12 @@
 //! taken whole. A block holding flagged events is not copied either: the runs of its lines
 //! that pass unchanged stay in the block (shared, an [`Arc`]), and the batch lists them, in
 //! order, with the lines written between them (the annotated replacements), which are in the
-//! batch's own buffer. A file or standard output writes the pieces with one `writev`; the disk
-//! buffer's record, and the sinks that send one buffer (sockets, HTTP), get them copied together
-//! ([`Segments::contiguous`]): the copy the engine used to make.
+//! batch's own buffer. A file or standard output writes the pieces with `writev` (one, unless a
+//! write comes back short). The copy the engine used to make is made later for the rest: by a
+//! disk buffer's append, which writes them together into its record
+//! ([`Segments::contiguous`]), and by the delivery thread of a sink that sends one buffer
+//! (sockets, HTTP), which joins them once before its first attempt ([`Segments::join`]), the
+//! block let go then.
 
 use std::borrow::Cow;
 use std::ops::Range;
@@ -71,7 +74,15 @@ impl Segments {
     /// their lines went elsewhere), its bytes are copied into one buffer of their own.
     pub(crate) fn fit(&mut self) {
         self.own.shrink_to_fit();
-        if !self.pieces.is_empty() && !self.keeps_whole() {
+        if !self.keeps_whole() {
+            self.join();
+        }
+    }
+
+    /// Puts its bytes in one buffer of their own when they are in pieces (a copy), letting the
+    /// shared blocks go.
+    pub(crate) fn join(&mut self) {
+        if !self.pieces.is_empty() {
             *self = Segments::from(std::mem::take(self).flatten());
         }
     }

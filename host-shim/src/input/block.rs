@@ -7,8 +7,9 @@
 //! UTF-8 as a whole is marked so, and the engine hands its lines to the detector as they are,
 //! without checking each again. (Cutting UTF-8 text at `\n`, an ASCII byte, gives UTF-8
 //! lines.) For a block holding some other bytes the engine checks its lines one by one, as it
-//! does lines that came some other way. Its bytes are a [`LineBuf`]: a reader's block may
-//! begin a little way into its buffer (`lines.rs`).
+//! does lines that came some other way. Its bytes are a [`LineBuf`] (a reader's block may
+//! begin a little way into its buffer: `lines.rs`) in an `Arc`: `default`'s batch shares the
+//! block when some of its lines do not pass (`output::queue::Segments`).
 
 use std::ops::Deref;
 use std::sync::Arc;
@@ -176,7 +177,9 @@ impl Block {
         &self.data
     }
 
-    /// Its bytes, given back where they lie; copied when they are still shared.
+    /// Its bytes, given back where they lie; copied when they are still shared (defensive: the
+    /// engine takes them back only when no batch shares them, and its tests check that the
+    /// batch is then the block itself).
     pub(crate) fn into_buf(self) -> LineBuf {
         Arc::try_unwrap(self.data).unwrap_or_else(|shared| (*shared).clone())
     }

@@ -229,7 +229,7 @@ impl WriterSink {
     /// several pieces with one `writev` (a block's runs and the replacements between them).
     fn write_pieces<'a>(
         &mut self,
-        pieces: impl Iterator<Item = &'a [u8]> + Clone,
+        pieces: impl Iterator<Item = &'a [u8]>,
     ) -> Result<(), SinkError> {
         self.reopen_if_asked()?;
         let fail = |fatal: bool, e: io::Error| {
@@ -239,21 +239,23 @@ impl WriterSink {
                 SinkError::Retry(e.to_string())
             }
         };
-        let len: usize = pieces.clone().map(<[u8]>::len).sum();
-        while self.offset < len {
-            // What is left to write: the pieces from `offset` on, the first cut where it lies.
-            let mut skip = self.offset;
-            let left: Vec<IoSlice<'_>> = pieces
-                .clone()
-                .filter_map(|piece| {
-                    let from = skip.min(piece.len());
-                    skip -= from;
-                    (from < piece.len()).then(|| IoSlice::new(&piece[from..]))
-                })
-                .collect();
-            match self.writer.write_vectored(&left) {
+        // What is left to write: the pieces from `offset` on, the first cut where it lies.
+        let mut skip = self.offset;
+        let mut left: Vec<IoSlice<'_>> = pieces
+            .filter_map(|piece| {
+                let from = skip.min(piece.len());
+                skip -= from;
+                (from < piece.len()).then(|| IoSlice::new(&piece[from..]))
+            })
+            .collect();
+        let mut left = &mut left[..];
+        while !left.is_empty() {
+            match self.writer.write_vectored(left) {
                 Ok(0) => return Err(fail(self.fatal, io::ErrorKind::WriteZero.into())),
-                Ok(n) => self.offset += n,
+                Ok(n) => {
+                    self.offset += n;
+                    IoSlice::advance_slices(&mut left, n);
+                }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => return Err(fail(self.fatal, e)),
             }

@@ -608,10 +608,16 @@ impl Worker {
     /// written), so that nothing is written twice and no line is left torn.
     fn hand_over(&mut self, mut batch: Batch, outcome: &mut Outcome) {
         let written = self.sink.take_written().min(batch.data.len());
-        let data = batch.data.contiguous();
-        let line = memchr::memrchr(b'\n', &data[..written]).map_or(0, |nl| nl + 1);
-        let done = memchr::memchr_iter(b'\n', &data[..line]).count() as u64;
-        drop(data);
+        // (Nothing written, the usual case for all but files: no copy of a batch in pieces.)
+        let (line, done) = match written {
+            0 => (0, 0),
+            _ => {
+                let data = batch.data.contiguous();
+                let line = memchr::memrchr(b'\n', &data[..written]).map_or(0, |nl| nl + 1);
+                let done = memchr::memchr_iter(b'\n', &data[..line]).count() as u64;
+                (line, done)
+            }
+        };
         if line > 0 {
             self.count(&batch, done);
             batch.data.advance(line);

@@ -30,10 +30,20 @@ pub(crate) struct Segments {
 }
 
 /// Consecutive bytes of a batch: `range` of a shared block, or of the batch's own buffer.
-#[derive(Debug)]
 struct Piece {
     block: Option<Arc<LineBuf>>,
     range: Range<usize>,
+}
+
+/// The range and which buffer, not the bytes (a block is a quarter of a megabyte).
+impl std::fmt::Debug for Piece {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let block = self.block.as_ref().map(|b| (Arc::as_ptr(b), b.len()));
+        f.debug_struct("Piece")
+            .field("block", &block)
+            .field("range", &self.range)
+            .finish()
+    }
 }
 
 impl Segments {
@@ -121,8 +131,12 @@ impl Segments {
     }
 
     /// Appends `range` of `block` (whole lines) without copying it: the batch keeps the block.
+    /// (Two runs of one block always have a line written between them: each is a piece.)
     pub(crate) fn push_shared(&mut self, block: &Arc<LineBuf>, range: Range<usize>) {
         assert!(range.end <= block.len(), "a range past the block's end");
+        if range.is_empty() {
+            return;
+        }
         if self.pieces.is_empty() && !self.own.is_empty() {
             self.pieces.push(Piece {
                 block: None,
@@ -130,16 +144,6 @@ impl Segments {
             });
         }
         self.shared += range.len();
-        if let Some(Piece {
-            block: Some(last),
-            range: before,
-        }) = self.pieces.last_mut()
-        {
-            if Arc::ptr_eq(last, block) && before.end == range.start {
-                before.end = range.end;
-                return;
-            }
-        }
         self.pieces.push(Piece {
             block: Some(Arc::clone(block)),
             range,
@@ -225,13 +229,15 @@ impl From<Vec<u8>> for Segments {
     }
 }
 
-/// Equal when the bytes are, however they lie.
+/// Equal when the bytes are, however they lie (tests).
+#[cfg(test)]
 impl PartialEq for Segments {
     fn eq(&self, other: &Segments) -> bool {
         self.contiguous() == other.contiguous()
     }
 }
 
+#[cfg(test)]
 impl Eq for Segments {}
 
 /// For the tests' comparisons with the bytes they expect.
@@ -259,14 +265,20 @@ mod tests {
         let mut batch = Segments::default();
         batch.extend_from_slice(b"first");
         batch.push(b'\n');
-        batch.push_shared(&block, 0..4);
-        batch.push_shared(&block, 4..8);
-        batch.extend_from_slice(b"THREE\n");
+        batch.push_shared(&block, 0..8);
+        batch.push_shared(&block, 8..8);
+        batch.extend_from_slice(b"THREE");
+        batch.push(b'\n');
         batch.push_shared(&block, 0..4);
         batch.push_shared(&block, 8..14);
         assert_eq!(batch.len(), 30);
         assert_eq!(batch, b"first\none\ntwo\nTHREE\none\nthree\n".to_vec());
-        // Consecutive bytes of one buffer are one piece.
+        assert!(format!("{batch:?}").contains("range: 8..14"), "{batch:?}");
+        assert!(
+            !format!("{batch:?}").contains("three"),
+            "no bytes of the block"
+        );
+        // Consecutive writes to its own buffer are one piece; an empty range is none.
         let slices: Vec<&[u8]> = batch.slices().collect();
         assert_eq!(
             slices,

@@ -109,6 +109,8 @@ fn all_ascii(bytes: &[u8]) -> bool {
         // SAFETY: the CPU has AVX2, just checked.
         return unsafe { all_ascii_avx2(bytes) };
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = bytes;
     false
 }
 
@@ -251,26 +253,31 @@ mod tests {
 
     #[test]
     fn a_block_is_seen_all_ascii_only_when_every_byte_is() {
-        // 400 bytes: three 128-byte steps and 16 after them.
-        let ascii = b"abc\n".repeat(100);
+        // Every length to 300 (under a 128-byte step, whole steps with nothing after them,
+        // steps and a rest) and 1024; the empty block too. (Without AVX2 it is never seen: the
+        // `Block::new` test below checks the result through simdutf8 then.)
         #[cfg(target_arch = "x86_64")]
         let looked = std::arch::is_x86_feature_detected!("avx2");
         #[cfg(not(target_arch = "x86_64"))]
         let looked = false;
-        assert_eq!(all_ascii(&ascii), looked);
-        for at in 0..ascii.len() {
-            let mut block = ascii.clone();
-            block[at] |= 0x80;
-            assert!(!all_ascii(&block), "a high bit at {at}");
+        for len in (0..=300).chain([1024]) {
+            let ascii: Vec<u8> = (0..len).map(|i| b"abc\n"[i % 4]).collect();
+            assert_eq!(all_ascii(&ascii), looked, "{len} bytes");
+            for at in 0..len {
+                let mut block = ascii.clone();
+                block[at] |= 0x80;
+                assert!(!all_ascii(&block), "a high bit at {at} of {len}");
+            }
         }
     }
 
     #[test]
     fn a_block_is_text_exactly_when_the_standard_library_finds_it_utf8() {
-        // Three lines of 100 bytes with characters of 2, 3 and 4 bytes; a sequence is put at
-        // every place of it in turn (in the check's 64-byte steps and in the tail after them).
+        // Three lines of 100 bytes with characters of 2, 3 and 4 bytes, and three of ASCII (the
+        // path that skips the check when no byte has its high bit); a sequence is put at every
+        // place of them in turn (in the check's 64-byte steps and in the tail after them).
         let line = format!("{}é€😀{}\n", "x".repeat(40), "y".repeat(49));
-        let base = line.repeat(3).into_bytes();
+        let ascii = format!("{}\n", "x".repeat(99));
         // Good characters, then bad sequences: a byte never in UTF-8, truncated 2-, 3- and
         // 4-byte characters, overlong 2-, 3- and 4-byte ones, a surrogate, past U+10FFFF (by
         // value and by lead byte), a lone continuation byte.
@@ -288,19 +295,21 @@ mod tests {
             b"\xf5\x80\x80\x80",
             b"\x80",
         ];
-        let mut text = 0;
-        for at in 0..=base.len() {
-            for bytes in inserted {
-                let mut data = base.clone();
-                data.splice(at..at, bytes.iter().copied());
-                let utf8 = std::str::from_utf8(&data).is_ok();
-                text += usize::from(utf8);
-                let block = Block::new(data.clone());
-                assert_eq!(block.text().is_some(), utf8, "{bytes:?} at {at}");
-                assert_eq!(block.into_buf(), data);
+        for base in [line.repeat(3).into_bytes(), ascii.repeat(3).into_bytes()] {
+            let mut text = 0;
+            for at in 0..=base.len() {
+                for bytes in inserted {
+                    let mut data = base.clone();
+                    data.splice(at..at, bytes.iter().copied());
+                    let utf8 = std::str::from_utf8(&data).is_ok();
+                    text += usize::from(utf8);
+                    let block = Block::new(data.clone());
+                    assert_eq!(block.text().is_some(), utf8, "{bytes:?} at {at}");
+                    assert_eq!(block.into_buf(), data);
+                }
             }
+            assert!(text > base.len() / 2, "valid insertions were tried: {text}");
         }
-        assert!(text > base.len() / 2, "valid insertions were tried: {text}");
     }
 
     #[test]

@@ -222,17 +222,21 @@ mod tests {
         }
     }
 
-    #[test]
-    fn long_blocks_split_into_the_lines_a_slice_split_finds() {
-        // Pseudo-random bytes, newlines from every byte to one in 500, in blocks of every
-        // length up to 300 (the 128-byte steps, and what is left after them) and a few long.
-        let mut seed = 0x2545_f491_4f6c_dd1d_u64;
-        let mut next = move || {
+    /// Pseudo-random numbers from `seed` (xorshift: the same every run).
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
             seed ^= seed << 13;
             seed ^= seed >> 7;
             seed ^= seed << 17;
             seed
-        };
+        }
+    }
+
+    #[test]
+    fn long_blocks_split_into_the_lines_a_slice_split_finds() {
+        // Pseudo-random bytes, newlines from every byte to one in 500, in blocks of every
+        // length up to 300 (the 128-byte steps, and what is left after them) and a few long.
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let lengths = (0..300).chain([1000, 4096, 65_537]);
         for (len, one_in) in lengths.flat_map(|len| [1, 2, 40, 500].map(|n| (len, n))) {
             let block: Vec<u8> = (0..len)
@@ -248,6 +252,29 @@ mod tests {
                 .map(|s| &block[s.start..s.end])
                 .collect();
             assert_eq!(found, expected, "{len} bytes, a newline in {one_in}");
+        }
+    }
+
+    #[test]
+    fn newlines_are_found_where_memchr_finds_them_among_any_bytes_from_any_start() {
+        // Bytes of every value (those a bit or the sign away from `\n` among them), newlines
+        // added at every byte to one in 500; every start in the first 32 bytes of the buffer.
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
+        let lengths = (0..300).chain([1000, 4096]);
+        for (len, one_in) in lengths.flat_map(|len| [1, 3, 40, 500].map(|n| (len, n))) {
+            let buf: Vec<u8> = (0..len + 32)
+                .map(|_| match next() % one_in {
+                    0 => b'\n',
+                    _ => (next() >> 24) as u8,
+                })
+                .collect();
+            for start in 0..32 {
+                let bytes = &buf[start..];
+                let mut found = Vec::new();
+                for_each_newline(bytes, |nl| found.push(nl));
+                let expected: Vec<usize> = memchr::memchr_iter(b'\n', bytes).collect();
+                assert_eq!(found, expected, "{len} bytes from {start}, one in {one_in}");
+            }
         }
     }
 

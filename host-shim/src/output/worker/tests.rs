@@ -345,3 +345,80 @@ fn a_line_torn_in_a_file_since_renamed_is_written_whole_to_the_new_file_at_its_p
         "two\nthree\n"
     );
 }
+
+/// A sink that records, at each attempt, how many pieces its batch was in and whether the
+/// shared block was still held; its first attempt fails (retried).
+struct Recording {
+    pieces: bool,
+    block: std::sync::Weak<crate::line_buf::LineBuf>,
+    seen: Arc<Mutex<Vec<(usize, usize)>>>,
+    failed: bool,
+}
+
+impl Sink for Recording {
+    fn deliver(&mut self, data: &[u8], deadline: &Deadline) -> Result<(), SinkError> {
+        self.deliver_segments(&Segments::from(data.to_vec()), deadline)
+    }
+
+    fn takes_pieces(&self) -> bool {
+        self.pieces
+    }
+
+    fn deliver_segments(&mut self, data: &Segments, _: &Deadline) -> Result<(), SinkError> {
+        let held = self.block.strong_count();
+        self.seen
+            .lock()
+            .unwrap()
+            .push((data.slices().count(), held));
+        if !std::mem::replace(&mut self.failed, true) {
+            return Err(SinkError::Retry("not yet".into()));
+        }
+        Ok(())
+    }
+
+    fn describe(&self) -> String {
+        "recording".into()
+    }
+}
+
+#[test]
+fn a_sink_of_one_buffer_gets_a_batch_in_pieces_joined_once_and_the_block_let_go() {
+    for pieces in [false, true] {
+        let stats = crate::metrics::Metrics::new(Default::default()).output("t");
+        let queue = Arc::new(Queue::new(1 << 20, stats.clone()));
+        let block = Arc::new(crate::line_buf::LineBuf::from(b"one\ntwo\n".to_vec()));
+        let mut data = Segments::from(b"zero\n".to_vec());
+        data.push_shared(&block, 0..4);
+        data.extend_from_slice(b"TWO\n");
+        data.push_shared(&block, 4..8);
+        let seen = Arc::default();
+        let sink = Recording {
+            pieces,
+            block: Arc::downgrade(&block),
+            seen: Arc::clone(&seen),
+            failed: false,
+        };
+        drop(block);
+        let batch = Batch {
+            data,
+            lines: 4,
+            acks: Vec::new(),
+            end: None,
+            resent: false,
+        };
+        queue
+            .push(batch, WhenFull::Block, &Deadline::default())
+            .unwrap();
+        queue.close();
+        let outcome = start(Box::new(sink), &queue, &stats, None).join().unwrap();
+        assert_eq!(outcome.undelivered, 0, "{:?}", outcome.error);
+        // Two attempts: in one piece, the block let go, at both; or its four pieces kept, two
+        // of them the block's.
+        let expected = if pieces { (4, 2) } else { (1, 0) };
+        assert_eq!(
+            *seen.lock().unwrap(),
+            [expected, expected],
+            "pieces: {pieces}"
+        );
+    }
+}

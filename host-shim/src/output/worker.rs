@@ -60,7 +60,7 @@ impl InBatch {
     fn of(batch: &Batch) -> InBatch {
         match batch.end {
             Some(end) => InBatch::Record(end),
-            None => InBatch::Memory(batch.data.as_ptr() as usize),
+            None => InBatch::Memory(batch.data.first_byte()),
         }
     }
 }
@@ -79,9 +79,12 @@ impl Batch {
     /// Takes the first line off as a batch of its own (the acknowledgements stay with the
     /// rest, delivered after it); the batch holds more than one line.
     fn take_first_line(&mut self) -> Batch {
-        let end = memchr::memchr(b'\n', &self.data).map_or(self.data.len(), |nl| nl + 1);
-        let line = self.data[..end].to_vec();
-        self.data.advance(end);
+        let line = {
+            let data = self.data.contiguous();
+            let end = memchr::memchr(b'\n', &data).map_or(data.len(), |nl| nl + 1);
+            data[..end].to_vec()
+        };
+        self.data.advance(line.len());
         self.lines -= 1;
         Batch {
             data: line.into(),

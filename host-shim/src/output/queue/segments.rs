@@ -188,6 +188,23 @@ impl Segments {
         self.own = own;
     }
 
+    /// The address of its first byte: which batch it is, among the batches alive at once (no
+    /// byte is in two of them), for as long as it is not joined, advanced or fitted. (Its own
+    /// buffer's address would not do: a batch of shared pieces alone has an empty one, at the
+    /// same dangling address as every other.)
+    pub(crate) fn first_byte(&self) -> usize {
+        match self.pieces.first() {
+            Some(piece) => {
+                let bytes: &[u8] = match &piece.block {
+                    Some(block) => block,
+                    None => &self.own,
+                };
+                bytes.as_ptr() as usize + piece.range.start
+            }
+            None => self.own.as_ptr() as usize,
+        }
+    }
+
     /// Its bytes as a `Vec` of their own.
     #[cfg(test)]
     pub(crate) fn into_vec(self) -> Vec<u8> {
@@ -257,6 +274,32 @@ mod tests {
         let mut vec = vec![b'#'; 30];
         vec.extend_from_slice(b"one\ntwo\nthree\n");
         Arc::new(LineBuf::at(vec, 30))
+    }
+
+    #[test]
+    fn batches_alive_at_once_have_their_own_first_byte_which_moves_with_them() {
+        let block = block();
+        // Two batches of shared pieces alone (their own buffers empty, at one dangling
+        // address), and one of its own bytes.
+        let mut first = Segments::default();
+        first.push_shared(&block, 0..4);
+        let mut second = Segments::default();
+        second.push_shared(&block, 4..8);
+        let own = Segments::from(b"own\n".to_vec());
+        assert_eq!(first.first_byte(), block.as_ptr() as usize);
+        assert_eq!(second.first_byte(), block.as_ptr() as usize + 4);
+        assert_eq!(own.first_byte(), own.own.as_ptr() as usize);
+        // Own bytes before the first shared piece: the batch's own buffer is where it begins.
+        let mut mixed = Segments::from(b"x\n".to_vec());
+        mixed.push_shared(&block, 8..14);
+        assert_eq!(mixed.first_byte(), mixed.own.as_ptr() as usize);
+        let at = first.first_byte();
+        let moved = vec![first];
+        assert_eq!(
+            moved[0].first_byte(),
+            at,
+            "handed over and queued, it is where it was"
+        );
     }
 
     #[test]

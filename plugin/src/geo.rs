@@ -32,16 +32,19 @@
 //! and IPv6 queries against an IPv4-only database also yield `None`: enrichment never fails
 //! an event.
 //!
-//! **Caching.** [`GeoCache`] puts a 2-way set-associative table in front of a shared
+//! **Caching.** [`GeoCache`] puts a 4-way set-associative table in front of a shared
 //! [`GeoDb`], one for IPv4 addresses and one for IPv6 (IPv4-mapped addresses use the IPv4
 //! one). Each address hashes (seeded multiply-shift, so a sender cannot aim addresses at one
-//! set) to a set of two slots; a hit compares two keys and reads the country from the cache's
-//! list of the countries it has seen (a slot holds its index). On a miss the least recently
-//! used of the two slots is replaced (one "recent" bit per slot). A slot takes 8 bytes for
-//! IPv4 and 20 for IPv6 (one of 40 for both was most of the state per destination at 1k to
-//! 100k destinations in `benches/scale.rs`). Each table is bounded by the capacity fixed at
-//! construction but allocated as it fills: the IPv4 one starts at 1024 entries, the IPv6 one
-//! at the first IPv6 address, and each doubles when half its entries are in use, so a large
+//! set) to a set of four ways, kept most recently used first; a hit compares the keys up to
+//! the first empty way and reads the country from the cache's list of the countries it has
+//! seen (a way holds its index, with its state in the index's two top bits); a hit moves its
+//! way to the front, and a miss enters in front, the last (least recently used) way leaving.
+//! A way takes 6 bytes for IPv4 and 18 for IPv6 (the keys of a set, then their indexes).
+//! Each table is bounded by the capacity fixed at construction but allocated as it fills: the
+//! IPv4 one starts at 1024 entries, the IPv6 one at the first IPv6 address, and each doubles
+//! when three quarters of its ways are in use (four ways a set lose fewer addresses to a full
+//! set at 3/4 than two did at 1/2: the cache took 26.6 B per tracked destination at 10k
+//! destinations in `benches/scale.rs` with two ways of 8 bytes, 10.4 with these), so a large
 //! `cache_entries` costs memory only as distinct addresses arrive (`1 << 24` entries allocated
 //! up front were 670 MB). Misses additionally go through a small memo keyed by the record's
 //! data-section offset, so the many addresses that share one country record are decoded once.
@@ -80,8 +83,8 @@ pub const DEFAULT_CACHE_CAPACITY: usize = 65_536;
 /// it.
 pub const MAX_CACHE_CAPACITY: usize = 1 << 24;
 
-/// Entries a [`GeoCache`]'s table allocates at first; it doubles when half are in use, up to
-/// its capacity.
+/// Entries a [`GeoCache`]'s table allocates at first; it doubles when three quarters are in
+/// use, up to its capacity.
 const INITIAL_CACHE_SLOTS: usize = 1024;
 
 /// Largest database file read, in bytes (GeoIP2-City is about 130 MB).

@@ -3,7 +3,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use super::cache::{Slot, EMPTY, STATE_MASK};
+use super::cache::{Set, EMPTY, STATE_MASK, WAYS};
 use super::mmdb_writer::{MmdbWriter, Value};
 use super::*;
 
@@ -241,7 +241,7 @@ fn cache_agrees_with_database_and_counts() {
 fn small_cache_stays_bounded_and_correct() {
     let db = Arc::new(GeoDb::from_bytes(ip_location_db(), "mem.mmdb").unwrap());
     let mut cache = GeoCache::new(Arc::clone(&db), 0);
-    assert_eq!(cache.capacity(), 2);
+    assert_eq!(cache.capacity(), WAYS);
     for round in 0..3 {
         for last in 0..=255u8 {
             for net in ["8.8.8", "77.88.1", "10.0.0"] {
@@ -252,7 +252,7 @@ fn small_cache_stays_bounded_and_correct() {
     }
     let s = cache.stats();
     assert_eq!(s.hits + s.misses, 3 * 256 * 3);
-    // One set of two ways: a repeated address right after itself is a hit.
+    // One set of four ways: a repeated address right after itself is a hit.
     let a = ip("8.8.8.8");
     cache.country(a);
     let before = cache.stats().hits;
@@ -264,10 +264,11 @@ fn small_cache_stays_bounded_and_correct() {
 fn keys(cache: &GeoCache) -> std::collections::BTreeSet<u32> {
     cache
         .v4
-        .slots
+        .sets
         .iter()
-        .filter(|s| s.state & STATE_MASK != EMPTY)
-        .map(|s| s.key)
+        .flat_map(|s| s.keys.iter().zip(s.meta))
+        .filter(|&(_, m)| m & STATE_MASK != EMPTY)
+        .map(|(&k, _)| k)
         .collect()
 }
 
@@ -282,12 +283,12 @@ fn the_cache_allocates_as_it_fills_and_keeps_every_entry_when_it_grows() {
         let a = IpAddr::from([8, 8, (i >> 8) as u8, i as u8]);
         // This lookup may make the table grow: note what it holds first.
         let allocated = cache.allocated();
-        let before = ((cache.v4.filled + 1) * 2 > allocated).then(|| keys(&cache));
+        let before = ((cache.v4.filled + 1) * 4 > allocated * 3).then(|| keys(&cache));
         assert_eq!(cache.country(a), db.country(a), "{a}");
         if cache.allocated() != allocated {
             growths += 1;
             assert_eq!(cache.allocated(), allocated * 2);
-            let mut expected = before.expect("growth only when half full");
+            let mut expected = before.expect("growth only when three quarters full");
             expected.insert(u32::from_be_bytes([8, 8, (i >> 8) as u8, i as u8]));
             assert_eq!(keys(&cache), expected, "an entry was lost growing");
             assert_eq!(cache.v4.filled, expected.len());
@@ -304,11 +305,11 @@ fn the_cache_allocates_as_it_fills_and_keeps_every_entry_when_it_grows() {
 }
 
 #[test]
-fn an_entry_takes_8_bytes_for_ipv4_and_20_for_ipv6() {
+fn an_entry_takes_6_bytes_for_ipv4_and_18_for_ipv6() {
     // A 40-byte slot for both families was most of the state per destination at 1k-100k
-    // destinations (benches/scale.rs).
-    assert_eq!(std::mem::size_of::<Slot<u32>>(), 8);
-    assert_eq!(std::mem::size_of::<Slot<[u32; 4]>>(), 20);
+    // destinations (benches/scale.rs); then 8 and 20 bytes (a state byte of its own, padded).
+    assert_eq!(std::mem::size_of::<Set<u32>>(), 6 * WAYS);
+    assert_eq!(std::mem::size_of::<Set<[u32; 4]>>(), 18 * WAYS);
 }
 
 #[test]
@@ -327,7 +328,7 @@ fn ipv6_addresses_have_a_table_of_their_own_allocated_at_the_first_one() {
             assert_eq!(cache.country(ip(p)), db.country(ip(p)), "{p}");
         }
         assert_eq!(cache.allocated(), INITIAL_CACHE_SLOTS);
-        assert!(cache.v6.slots.is_empty());
+        assert!(cache.v6.sets.is_empty());
         // Enough IPv6 addresses to double their table a few times, each answered as the
         // database answers it, with names from the database where it has them.
         let v6 = |i: u32| ip(&format!("2a02:6b8::{:x}:{:x}", i >> 16, i & 0xffff));
@@ -339,10 +340,10 @@ fn ipv6_addresses_have_a_table_of_their_own_allocated_at_the_first_one() {
                 }
             }
         }
-        assert!(cache.v6.slots.len() >= 8 * INITIAL_CACHE_SLOTS);
+        assert!(cache.v6.allocated() >= 8 * INITIAL_CACHE_SLOTS);
         assert_eq!(cache.v4.filled, 5);
         // Most of the second round was answered from the cache (not all: an address evicted
-        // from a set that three fell in, two ways each, is missed again; about 4,400 hits).
+        // from a set that five fell in, four ways each, is missed again).
         assert!(cache.stats().hits > 3_500, "{:?}", cache.stats());
     }
 }
@@ -350,17 +351,25 @@ fn ipv6_addresses_have_a_table_of_their_own_allocated_at_the_first_one() {
 #[test]
 fn lru_within_a_set() {
     let db = Arc::new(GeoDb::from_bytes(ip_location_db(), "mem.mmdb").unwrap());
-    let mut cache = GeoCache::new(db, 2); // one set, two ways
-    let (a, b, c) = (ip("8.8.8.1"), ip("8.8.8.2"), ip("8.8.8.3"));
-    cache.country(a);
-    cache.country(b);
-    cache.country(a); // a is now the most recent
-    cache.country(c); // evicts b
-    let hits = cache.stats().hits;
-    cache.country(a);
-    assert_eq!(cache.stats().hits, hits + 1, "a kept");
-    cache.country(b);
-    assert_eq!(cache.stats().hits, hits + 1, "b evicted");
+    let mut cache = GeoCache::new(Arc::clone(&db), WAYS); // one set
+    let x: Vec<IpAddr> = (0..=WAYS as u8)
+        .map(|i| ip(&format!("8.8.8.{}", 1 + i)))
+        .collect();
+    for &a in &x[..WAYS] {
+        cache.country(a);
+    }
+    assert_eq!(cache.stats().misses, WAYS as u64);
+    cache.country(x[0]); // a hit in the last way: x[1] is now the least recent
+    cache.country(x[2]); // a hit in a middle way
+    assert_eq!(cache.stats().hits, 2);
+    assert_eq!(cache.country(x[WAYS]), db.country(x[WAYS])); // evicts x[1]
+    for (i, &a) in x.iter().enumerate().filter(|&(i, _)| i != 1) {
+        let hits = cache.stats().hits;
+        assert_eq!(cache.country(a), db.country(a), "{a}");
+        assert_eq!(cache.stats().hits, hits + 1, "x[{i}] kept");
+    }
+    cache.country(x[1]);
+    assert_eq!(cache.stats().misses, WAYS as u64 + 2, "x[1] evicted");
 }
 
 #[test]

@@ -47,7 +47,10 @@
 //! destinations in `benches/scale.rs` with two ways of 8 bytes, 10.4 with these), so a large
 //! `cache_entries` costs memory only as distinct addresses arrive (`1 << 24` entries allocated
 //! up front were 670 MB). Misses additionally go through a small memo keyed by the record's
-//! data-section offset, so the many addresses that share one country record are decoded once.
+//! data-section offset, so the many addresses that share one country record are decoded, and
+//! their country's index in the cache's list found, once (the memo holds the way's `u16`; it
+//! held the country, whose index was then found by hashing it: ~340 Ir a miss, most of a
+//! miss's cost at 1M destinations).
 //! `GeoCache::country` takes `&mut self`: keep one cache per worker thread over an
 //! `Arc<GeoDb>`; there is no locking on the hot path.
 

@@ -28,6 +28,9 @@ pub(super) const EMPTY: u16 = 0;
 const CACHED_NONE: u16 = 1 << 14;
 const CACHED_SOME: u16 = 2 << 14;
 pub(super) const STATE_MASK: u16 = 3 << 14;
+/// The memo's `meta` for a record whose country has no index (past [`MAX_COUNTRIES`]): never
+/// in a way.
+const UNCACHED: u16 = STATE_MASK;
 /// The most countries an index in `meta` tells apart.
 const MAX_COUNTRIES: usize = 1 << 14;
 
@@ -122,20 +125,15 @@ impl<K: Key> Ways<K> {
             if set.keys[way] == key {
                 set.move_to_front(way, key, meta);
                 r.stats.hits += 1;
-                return (meta & STATE_MASK == CACHED_SOME)
-                    .then(|| r.countries[usize::from(meta & !STATE_MASK)]);
+                return r.country_of(meta);
             }
         }
         r.stats.misses += 1;
-        let country = r.db.resolve(ip, Some(&mut r.memo));
-        let meta = match country {
-            None => CACHED_NONE,
-            Some(c) => match r.index_of(c) {
-                Some(i) => CACHED_SOME | i,
-                // More distinct countries than an index holds: not cached.
-                None => return country,
-            },
-        };
+        let meta = r.meta_of(ip);
+        if meta == UNCACHED {
+            // More distinct countries than an index holds: not cached.
+            return r.db.country(ip);
+        }
         // In front; the least recently used (the last way) leaves.
         let fills_empty = set.meta[WAYS - 1] & STATE_MASK == EMPTY;
         set.move_to_front(WAYS - 1, key, meta);
@@ -145,7 +143,7 @@ impl<K: Key> Ways<K> {
                 self.grow(r);
             }
         }
-        country
+        r.country_of(meta)
     }
 
     /// Doubles the table (when three quarters of its ways are in use) and moves every entry to
@@ -187,7 +185,10 @@ struct Resolver {
     country_index: HashMap<Country, u16>,
     mul_lo: u64,
     mul_hi: u64,
-    memo: HashMap<usize, Option<Country>>,
+    /// A record's `meta` by its offset in the database: a miss to an address whose record was
+    /// seen before takes its country's index from here, where hashing the country to find it
+    /// cost ~340 Ir a miss (at 1M destinations, `benches/scale.rs`).
+    memo: HashMap<usize, u16>,
     stats: CacheStats,
 }
 
@@ -202,18 +203,38 @@ impl Resolver {
         h.checked_shr(64 - set_bits).unwrap_or(0) as usize
     }
 
-    /// The index of `country` in `countries`, added when new (`None` once
-    /// [`MAX_COUNTRIES`] are known).
-    fn index_of(&mut self, country: Country) -> Option<u16> {
-        if let Some(&i) = self.country_index.get(&country) {
-            return Some(i);
-        }
-        let i = u16::try_from(self.countries.len())
-            .ok()
-            .filter(|&i| usize::from(i) < MAX_COUNTRIES)?;
-        self.countries.push(country);
-        self.country_index.insert(country, i);
-        Some(i)
+    /// The country a way's (or the memo's) `meta` stands for.
+    #[inline]
+    fn country_of(&self, meta: u16) -> Option<Country> {
+        (meta & STATE_MASK == CACHED_SOME).then(|| self.countries[usize::from(meta & !STATE_MASK)])
+    }
+
+    /// The `meta` of `ip` from the database, through the memo.
+    fn meta_of(&mut self, ip: IpAddr) -> u16 {
+        let Resolver {
+            db,
+            memo,
+            countries,
+            country_index,
+            ..
+        } = self;
+        db.resolve(ip, Some(memo), |country| {
+            let Some(country) = country else {
+                return CACHED_NONE;
+            };
+            if let Some(&i) = country_index.get(&country) {
+                return CACHED_SOME | i;
+            }
+            match u16::try_from(countries.len()) {
+                Ok(i) if usize::from(i) < MAX_COUNTRIES => {
+                    countries.push(country);
+                    country_index.insert(country, i);
+                    CACHED_SOME | i
+                }
+                _ => UNCACHED,
+            }
+        })
+        .unwrap_or(CACHED_NONE)
     }
 }
 

@@ -101,7 +101,7 @@ impl GeoDb {
 
     /// The country of `ip`, or `None` when the database has no usable country for it.
     pub fn country(&self, ip: IpAddr) -> Option<Country> {
-        self.resolve(ip, None)
+        self.resolve(ip, None, |country| country).flatten()
     }
 
     /// The path the database was opened from.
@@ -119,12 +119,15 @@ impl GeoDb {
         self.reader.metadata().build_epoch
     }
 
-    /// Looks `ip` up, consulting and filling `memo` (record offset -> country) if given.
-    pub(super) fn resolve(
+    /// Looks `ip` up: what `value` makes of its record's country, `None` without a record. With
+    /// a `memo` (record offset -> value), consulted and filled, a record shared by many
+    /// addresses is decoded and given to `value` once.
+    pub(super) fn resolve<V: Copy>(
         &self,
         ip: IpAddr,
-        memo: Option<&mut HashMap<usize, Option<Country>>>,
-    ) -> Option<Country> {
+        memo: Option<&mut HashMap<usize, V>>,
+        value: impl FnOnce(Option<Country>) -> V,
+    ) -> Option<V> {
         let found = self.reader.lookup(routable_address(ip)?).ok()?;
         let offset = found.offset()?;
         let decode = || {
@@ -135,17 +138,17 @@ impl GeoDb {
                 .and_then(|r| r.to_country())
         };
         match memo {
-            None => decode(),
+            None => Some(value(decode())),
             Some(memo) => {
                 if let Some(&known) = memo.get(&offset) {
-                    return known;
+                    return Some(known);
                 }
-                let country = decode();
+                let made = value(decode());
                 if memo.len() >= MEMO_CAPACITY {
                     memo.clear();
                 }
-                memo.insert(offset, country);
-                country
+                memo.insert(offset, made);
+                Some(made)
             }
         }
     }

@@ -3,7 +3,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, Hasher, RandomState};
 use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
@@ -174,6 +174,41 @@ impl<K: Key> Ways<K> {
     }
 }
 
+/// The memo's hash of a record offset: a seeded multiply, xor-shift, multiply (as a set's),
+/// where SipHash cost ~140 Ir a miss (at 1M destinations, `benches/scale.rs`). The addresses
+/// looked up choose the offsets among the database's records, not the seed.
+#[derive(Clone, Copy)]
+struct OffsetHash(u64);
+
+impl BuildHasher for OffsetHash {
+    type Hasher = OffsetHasher;
+    fn build_hasher(&self) -> OffsetHasher {
+        OffsetHasher { mul: self.0, h: 0 }
+    }
+}
+
+struct OffsetHasher {
+    mul: u64,
+    h: u64,
+}
+
+impl Hasher for OffsetHasher {
+    #[inline]
+    fn finish(&self) -> u64 {
+        let h = self.h.wrapping_mul(self.mul);
+        (h ^ (h >> 29)).wrapping_mul(self.mul)
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.h = self.h.rotate_left(8) ^ u64::from(b);
+        }
+    }
+    #[inline]
+    fn write_usize(&mut self, n: usize) {
+        self.h = n as u64;
+    }
+}
+
 /// What both tables share: the database, the countries their entries refer to, the set hash.
 struct Resolver {
     db: Arc<GeoDb>,
@@ -188,7 +223,7 @@ struct Resolver {
     /// A record's `meta` by its offset in the database: a miss to an address whose record was
     /// seen before takes its country's index from here, where hashing the country to find it
     /// cost ~340 Ir a miss (at 1M destinations, `benches/scale.rs`).
-    memo: HashMap<usize, u16>,
+    memo: HashMap<usize, u16, OffsetHash>,
     stats: CacheStats,
 }
 
@@ -278,7 +313,9 @@ impl GeoCache {
                 country_index: HashMap::new(),
                 mul_lo: state.hash_one(0x6765_6f5f_6c6f_u64) | 1,
                 mul_hi: state.hash_one(0x6765_6f5f_6869_u64) | 1,
-                memo: HashMap::new(),
+                memo: HashMap::with_hasher(OffsetHash(
+                    state.hash_one(0x6765_6f5f_6d65_6d6f_u64) | 1,
+                )),
                 stats: CacheStats::default(),
             },
         }

@@ -1,6 +1,7 @@
 //! [`GeoDb`]: the MaxMind DB read into memory, and one address's country from its record.
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 
@@ -101,7 +102,8 @@ impl GeoDb {
 
     /// The country of `ip`, or `None` when the database has no usable country for it.
     pub fn country(&self, ip: IpAddr) -> Option<Country> {
-        self.resolve(ip, None, |country| country).flatten()
+        self.resolve::<_, RandomState>(ip, None, |country| country)
+            .flatten()
     }
 
     /// The path the database was opened from.
@@ -122,10 +124,10 @@ impl GeoDb {
     /// Looks `ip` up: what `value` makes of its record's country, `None` without a record. With
     /// a `memo` (record offset -> value), consulted and filled, a record shared by many
     /// addresses is decoded and given to `value` once.
-    pub(super) fn resolve<V: Copy>(
+    pub(super) fn resolve<V: Copy, S: BuildHasher>(
         &self,
         ip: IpAddr,
-        memo: Option<&mut HashMap<usize, V>>,
+        memo: Option<&mut HashMap<usize, V, S>>,
         value: impl FnOnce(Option<Country>) -> V,
     ) -> Option<V> {
         let found = self.reader.lookup(routable_address(ip)?).ok()?;

@@ -260,15 +260,19 @@ fn small_cache_stays_bounded_and_correct() {
     assert_eq!(cache.stats().hits, before + 1);
 }
 
-/// The IPv4 keys a cache holds.
-fn keys(cache: &GeoCache) -> std::collections::BTreeSet<u32> {
+/// The keys of each IPv4 set, most recent first; asserts that no key follows an empty way
+/// (the hit scan stops at the first empty one).
+fn sets(cache: &GeoCache) -> Vec<Vec<u32>> {
+    let used = |m: &u16| m & STATE_MASK != EMPTY;
     cache
         .v4
         .sets
         .iter()
-        .flat_map(|s| s.keys.iter().zip(s.meta))
-        .filter(|&(_, m)| m & STATE_MASK != EMPTY)
-        .map(|(&k, _)| k)
+        .map(|s| {
+            let n = s.meta.iter().take_while(|m| used(m)).count();
+            assert!(!s.meta[n..].iter().any(used), "a key after an empty way");
+            s.keys[..n].to_vec()
+        })
         .collect()
 }
 
@@ -280,18 +284,39 @@ fn the_cache_allocates_as_it_fills_and_keeps_every_entry_when_it_grows() {
     assert_eq!(cache.allocated(), INITIAL_CACHE_SLOTS);
     let mut growths = 0;
     for i in 0..20_000u32 {
-        let a = IpAddr::from([8, 8, (i >> 8) as u8, i as u8]);
+        let key = u32::from_be_bytes([8, 8, (i >> 8) as u8, i as u8]);
+        let a = IpAddr::from(key.to_be_bytes());
         // This lookup may make the table grow: note what it holds first.
         let allocated = cache.allocated();
-        let before = ((cache.v4.filled + 1) * 4 > allocated * 3).then(|| keys(&cache));
+        let before = ((cache.v4.filled + 1) * 4 > allocated * 3).then(|| sets(&cache));
         assert_eq!(cache.country(a), db.country(a), "{a}");
         if cache.allocated() != allocated {
             growths += 1;
             assert_eq!(cache.allocated(), allocated * 2);
-            let mut expected = before.expect("growth only when three quarters full");
-            expected.insert(u32::from_be_bytes([8, 8, (i >> 8) as u8, i as u8]));
-            assert_eq!(keys(&cache), expected, "an entry was lost growing");
-            assert_eq!(cache.v4.filled, expected.len());
+            let mut old = before.expect("growth only when three quarters full");
+            let new = sets(&cache);
+            // Set k's keys went to sets 2k and 2k + 1, each in the order it had (the one just
+            // looked up first in its set).
+            let at = new
+                .iter()
+                .position(|s| s.contains(&key))
+                .expect("the new key kept");
+            old[at / 2].insert(0, key);
+            for (k, set) in new.iter().enumerate() {
+                let order: Vec<usize> = set
+                    .iter()
+                    .map(|x| {
+                        old[k / 2]
+                            .iter()
+                            .position(|y| y == x)
+                            .expect("from set k / 2")
+                    })
+                    .collect();
+                assert!(order.windows(2).all(|w| w[0] < w[1]), "set {k}: {order:?}");
+            }
+            let count = |s: &[Vec<u32>]| s.iter().map(Vec::len).sum::<usize>();
+            assert_eq!(count(&new), count(&old), "an entry was lost growing");
+            assert_eq!(cache.v4.filled, count(&new));
         }
     }
     assert!(growths >= 4, "{growths}");

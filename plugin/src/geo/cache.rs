@@ -32,7 +32,7 @@ pub(super) const STATE_MASK: u16 = 3 << 14;
 /// in a way.
 const UNCACHED: u16 = STATE_MASK;
 /// The most countries an index in `meta` tells apart.
-const MAX_COUNTRIES: usize = 1 << 14;
+pub(super) const MAX_COUNTRIES: usize = 1 << 14;
 
 /// One set: up to [`WAYS`] addresses, most recently used first (a way is empty only when
 /// those after it are), each with its `meta`: its state and its country as an index into the
@@ -210,13 +210,13 @@ impl Hasher for OffsetHasher {
 }
 
 /// What both tables share: the database, the countries their entries refer to, the set hash.
-struct Resolver {
+pub(super) struct Resolver {
     db: Arc<GeoDb>,
     /// The most entries a table may grow to.
     capacity: usize,
     /// The countries cached entries refer to, by index: every country of a database at most,
     /// each with the name it has there (a few hundred).
-    countries: Vec<Country>,
+    pub(super) countries: Vec<Country>,
     country_index: HashMap<Country, u16>,
     mul_lo: u64,
     mul_hi: u64,
@@ -281,7 +281,7 @@ impl Resolver {
 pub struct GeoCache {
     pub(super) v4: Ways<u32>,
     pub(super) v6: Ways<[u32; 4]>,
-    r: Resolver,
+    pub(super) r: Resolver,
 }
 
 impl fmt::Debug for GeoCache {

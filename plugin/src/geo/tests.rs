@@ -3,7 +3,7 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
-use super::cache::{Set, EMPTY, STATE_MASK, WAYS};
+use super::cache::{Set, EMPTY, MAX_COUNTRIES, STATE_MASK, WAYS};
 use super::mmdb_writer::{MmdbWriter, Value};
 use super::*;
 
@@ -371,6 +371,38 @@ fn ipv6_addresses_have_a_table_of_their_own_allocated_at_the_first_one() {
         // from a set that five fell in, four ways each, is missed again).
         assert!(cache.stats().hits > 3_500, "{:?}", cache.stats());
     }
+}
+
+#[test]
+fn past_the_countries_an_index_tells_apart_answers_are_right_and_not_cached() {
+    let db = Arc::new(GeoDb::from_bytes(ip_location_db(), "mem.mmdb").unwrap());
+    let mut cache = GeoCache::new(Arc::clone(&db), 1024);
+    let (us, us2, ru, ru2) = (
+        ip("8.8.8.8"),
+        ip("8.8.8.9"),
+        ip("77.88.8.8"),
+        ip("77.88.8.9"),
+    );
+    cache.country(us);
+    assert_eq!(cache.v4.filled, 1);
+    // As if every index were taken (a database with that many (code, name) pairs).
+    let known = cache.r.countries[0];
+    cache.r.countries.resize(MAX_COUNTRIES, known);
+    for round in 0..2 {
+        // A new country (the second address through the memo): answered, never cached.
+        for a in [ru, ru2] {
+            let misses = cache.stats().misses;
+            assert_eq!(cache.country(a), db.country(a), "round {round} {a}");
+            assert_eq!(cache.stats().misses, misses + 1, "round {round} {a}");
+        }
+        assert_eq!(cache.v4.filled, 1, "round {round}");
+    }
+    // A known country still is, from its record's memo (a miss, then a hit).
+    for _ in 0..2 {
+        assert_eq!(cache.country(us2), db.country(us2));
+    }
+    assert_eq!(cache.v4.filled, 2);
+    assert_eq!(cache.stats().hits, 1);
 }
 
 #[test]

@@ -42,15 +42,18 @@
 //! A way takes 6 bytes for IPv4 and 18 for IPv6 (the keys of a set, then their indexes).
 //! Each table is bounded by the capacity fixed at construction but allocated as it fills: the
 //! IPv4 one starts at 1024 entries, the IPv6 one at the first IPv6 address, and each doubles
-//! when three quarters of its ways are in use (four ways a set lose fewer addresses to a full
-//! set at 3/4 than two did at 1/2: the cache took 26.6 B per tracked destination at 10k
-//! destinations in `benches/scale.rs` with two ways of 8 bytes, 10.4 with these), so a large
+//! when three quarters of its ways are in use, so a large
 //! `cache_entries` costs memory only as distinct addresses arrive (`1 << 24` entries allocated
 //! up front were 670 MB). Misses additionally go through a small memo keyed by the record's
 //! data-section offset, so the many addresses that share one country record are decoded, and
 //! their country's index in the cache's list found, once (the memo holds the way's `u16`; it
 //! held the country, whose index was then found by hashing it: ~340 Ir a miss, most of a
 //! miss's cost at 1M destinations).
+//! Four ways a set up to 3/4 full lose about as many addresses to a full set as two ways up to
+//! 1/2 full did, in half the memory (a Poisson estimate: about 10% for both just before a
+//! doubling; 6.4% against 4.6% for 10k addresses, 3.5% against 10% for 1k). Measured in
+//! `benches/scale.rs` at 10k destinations: the cache took 26.6 B per tracked destination with
+//! 2-way sets of 8-byte slots doubled at half full, 10.2 now.
 //! `GeoCache::country` takes `&mut self`: keep one cache per worker thread over an
 //! `Arc<GeoDb>`; there is no locking on the hot path.
 

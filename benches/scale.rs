@@ -189,8 +189,8 @@ fn feed(detector: &mut Detector, lines: &[String], now_ms: i64) -> usize {
 /// its own asked for the warm-up's destinations in the warm-up's order: the detector's (a
 /// per-thread lookup cache, bounded by `geoip.cache_entries`, not saved) grows the same way,
 /// give or take one doubling (each cache hashes with its own random seed, which moves a
-/// little the point at which three quarters of its ways are in use). Every pass counts: an address that
-/// lost its slot to another of its set in one pass fills one again in the next.
+/// little the point at which three quarters of its ways are in use). Every pass counts: an
+/// address that lost its way to another of its set in one pass fills one again in the next.
 fn geo_cache_growth(size: usize) -> usize {
     let db = GeoDb::open(workspace().join(GEO_DATABASE)).expect("the GeoIP database opens");
     let mut cache = GeoCache::new(Arc::new(db), DEFAULT_CACHE_CAPACITY);

@@ -160,7 +160,9 @@ impl<K: Key> Ways<K> {
                     break;
                 }
                 let to = &mut self.sets[r.set_of(set.keys[way].wide(), self.set_bits)];
-                if let Some(free) = to.meta.iter().position(|&m| m & STATE_MASK == EMPTY) {
+                let free = to.meta.iter().position(|&m| m & STATE_MASK == EMPTY);
+                debug_assert!(free.is_some(), "set k's entries fit in sets 2k and 2k + 1");
+                if let Some(free) = free {
                     to.keys[free] = set.keys[way];
                     to.meta[free] = set.meta[way];
                 }
@@ -198,6 +200,8 @@ impl Hasher for OffsetHasher {
         let h = self.h.wrapping_mul(self.mul);
         (h ^ (h >> 29)).wrapping_mul(self.mul)
     }
+    // The memo's key is one `usize` (`write_usize`); both fold into what came before, so a
+    // key of several parts would keep them all (`h` starts at 0: one integer is taken as is).
     fn write(&mut self, bytes: &[u8]) {
         for &b in bytes {
             self.h = self.h.rotate_left(8) ^ u64::from(b);
@@ -205,7 +209,7 @@ impl Hasher for OffsetHasher {
     }
     #[inline]
     fn write_usize(&mut self, n: usize) {
-        self.h = n as u64;
+        self.h = self.h.rotate_left(32) ^ n as u64;
     }
 }
 

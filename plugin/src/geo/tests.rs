@@ -367,8 +367,9 @@ fn ipv6_addresses_have_a_table_of_their_own_allocated_at_the_first_one() {
         }
         assert!(cache.v6.allocated() >= 8 * INITIAL_CACHE_SLOTS);
         assert_eq!(cache.v4.filled, 5);
-        // Most of the second round was answered from the cache (not all: an address evicted
-        // from a set that five fell in, four ways each, is missed again).
+        // Most of the second round was answered from the cache (not all: of the addresses
+        // that fell in one set, four ways, more than four, some were evicted and are missed
+        // again).
         assert!(cache.stats().hits > 3_500, "{:?}", cache.stats());
     }
 }

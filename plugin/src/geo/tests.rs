@@ -367,10 +367,12 @@ fn ipv6_addresses_have_a_table_of_their_own_allocated_at_the_first_one() {
         }
         assert!(cache.v6.allocated() >= 8 * INITIAL_CACHE_SLOTS);
         assert_eq!(cache.v4.filled, 5);
-        // Most of the second round was answered from the cache (not all: of the addresses
-        // that fell in one set, four ways, more than four, some were evicted and are missed
-        // again).
-        assert!(cache.stats().hits > 3_500, "{:?}", cache.stats());
+        // Most of the second round was answered from the cache, not all: the addresses of a
+        // set that more than four fell in come back in the order they left (least recently
+        // used out), and those evicted before the table's last doubling are missed again.
+        // 3,401-3,700 hits of 6,000 in 40 runs (the cache hashes with a random seed); the
+        // bound of 3,500 set for two ways (about 4,400 hits) failed 5 of them.
+        assert!(cache.stats().hits > 3_000, "{:?}", cache.stats());
     }
 }
 

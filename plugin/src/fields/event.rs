@@ -182,11 +182,15 @@ impl<'s> Event<'s> {
     }
 
     /// The field's value as JSON text (as written in the event when it was read from it).
+    /// `None` for a group present only through keys below it ([`SchemaBuilder::group`]): its
+    /// object is written nowhere in the line.
+    ///
+    /// [`SchemaBuilder::group`]: super::SchemaBuilder::group
     pub fn raw(&self, id: FieldId) -> Option<std::borrow::Cow<'_, str>> {
         let slot = self.slot(id);
         let (s, e) = (slot.start as usize, slot.end as usize);
         match slot.kind {
-            Kind::Absent => None,
+            Kind::Absent | Kind::Implied => None,
             Kind::Str => self.line.get(s - 1..e + 1).map(Into::into),
             Kind::Decoded | Kind::Fixed => {
                 serde_json::to_string(self.str(id)?).ok().map(Into::into)

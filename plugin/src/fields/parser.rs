@@ -288,8 +288,13 @@ impl Parser<'_, '_> {
         }
     }
 
-    /// Resolves a key with escapes or dots through the trie, from `node`. A group field met on
-    /// the way (`rule` for `"rule.name"`) is the key's target.
+    /// Resolves a key with escapes or dots through the trie, from `node`: its target, or
+    /// `None`. Every group field the key passes on the way down (`rule` for `"rule.name"`,
+    /// `"rule.zzz"` or `"rule..x"`) is present through it ([`imply`]), whatever follows and
+    /// whether or not the rest leads anywhere.
+    ///
+    /// An exact pass implies these groups from a superseded key too: harmless, since the key
+    /// that supersedes it has the same name, so it implies the same groups.
     #[cold]
     fn resolve(&mut self, node: u16, start: usize, end: usize, escaped: bool) -> Option<Target> {
         let schema = self.schema;
@@ -310,8 +315,11 @@ impl Parser<'_, '_> {
                 return None;
             }
             let target = schema.nodes[usize::from(node)].target(key, s, e)?;
-            if e == end || (target.group && target.child == NONE) {
+            if e == end {
                 return Some(target);
+            }
+            if target.group {
+                imply(self.slots, target.field);
             }
             if target.child == NONE {
                 return None;
@@ -361,7 +369,9 @@ impl Parser<'_, '_> {
     #[inline]
     fn claim(&mut self, field: u16, rank: u16) -> Option<&mut Slot> {
         let slot = &mut self.slots[usize::from(field)];
-        if slot.kind == Kind::Absent {
+        // Empty, or a group present only through keys below it, which any value of its own
+        // replaces (one comparison for both: the two kinds come first).
+        if slot.kind <= Kind::Implied {
             return Some(slot);
         }
         if slot.rank != rank {
@@ -414,6 +424,18 @@ impl Parser<'_, '_> {
             slot.end = end as u32;
             slot.num = parse_number(text, int);
         }
+    }
+}
+
+/// Records group `field` as present through a key below it ([`Kind::Implied`]) when nothing
+/// else is recorded for it: a value at the group's own path, in any form, is its value, and
+/// replaces the mark when read later ([`Parser::claim`]), so the order of the keys does not
+/// matter. Never counted as conflicting: readers that merge dotted and nested forms merge a
+/// group's members, however each is written.
+fn imply(slots: &mut [Slot], field: u16) {
+    let slot = &mut slots[usize::from(field)];
+    if slot.kind == Kind::Absent {
+        slot.kind = Kind::Implied;
     }
 }
 

@@ -33,7 +33,12 @@ impl SchemaBuilder {
     }
 
     /// The id of `path` as a *group*: present when the path or anything below it is
-    /// (`rule` is present for `{"rule":{..}}`, `{"rule":"x"}` and `{"rule.name":"x"}` alike).
+    /// (`rule` is present for `{"rule":{..}}`, `{"rule":"x"}` and `{"rule.name":"x"}` alike,
+    /// whether or not `rule.name` is a wanted field too). Its value is the one written at the
+    /// path itself, read as any field's (the most nested form first); a group with nothing at
+    /// its path but keys below it (`{"rule.name":"x"}`, `{"x":{"rule.q":null}}` for `x.rule`)
+    /// is present with no text ([`Event::raw`](super::Event::raw) is `None`): in the dotted
+    /// reading its object exists, but it is written nowhere in the line.
     pub fn group(&mut self, path: &str) -> FieldId {
         let id = self.field(path);
         self.groups[usize::from(id.0)] = true;
@@ -148,7 +153,7 @@ pub(super) struct Target {
     pub(super) field: u16,
     /// Node the key leads to, or [`NONE`].
     pub(super) child: u16,
-    /// The field is a group: keys below it count as it.
+    /// The field is a group: a dotted key passing through it makes it present.
     pub(super) group: bool,
 }
 

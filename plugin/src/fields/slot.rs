@@ -3,10 +3,14 @@
 use std::cell::Cell;
 use std::net::IpAddr;
 
-/// What a slot holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What a slot holds. [`Kind::Absent`] and [`Kind::Implied`] come first, in that order: a
+/// value read takes a slot holding either with one comparison (`Parser::claim`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
 pub(super) enum Kind {
     Absent,
+    /// A group present only through keys below it (`"rule.zzz"` for group `rule`): its object
+    /// exists in the dotted reading but is written nowhere in the line, so it has no text.
+    Implied,
     Null,
     True,
     False,

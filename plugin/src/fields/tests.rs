@@ -624,6 +624,144 @@ fn a_field_that_is_also_a_prefix() {
     assert_eq!(e.writable(rule), Ok(()));
 }
 
+/// A scanner for the groups `groups` and the fields `fields`, with their ids.
+fn grouped(groups: &[&str], fields: &[&str]) -> (Scanner, Vec<FieldId>, Vec<FieldId>) {
+    let mut b = SchemaBuilder::new();
+    let g = groups.iter().map(|p| b.group(p)).collect();
+    let f = fields.iter().map(|p| b.field(p)).collect();
+    (Scanner::new(Arc::new(b.build().unwrap())), g, f)
+}
+
+/// A group with sub-fields of its own (`rule` with `rule.name`): present through any key below
+/// it, nested or dotted, escaped or not, the sub-field's own key included; `{"rule.zzz":1}` was
+/// missed, since the dotted key's walk went on into `rule`'s node and missed there.
+#[test]
+fn a_group_with_sub_fields_is_present_through_any_key_below_it() {
+    let (mut s, g, f) = grouped(&["rule"], &["rule.name"]);
+    let (rule, name) = (g[0], f[0]);
+    for line in [
+        r#"{"rule":{"zzz":1}}"#,
+        r#"{"rule.zzz":1}"#,
+        r#"{"rule.zzz":null}"#,
+        r#"{"rule.zzz":{"name":"x"}}"#,
+        r#"{"rule.a.b":[1]}"#,
+        r#"{"rule..x":1}"#,
+        r#"{"rule.":1}"#,
+        r#"{"rul\u0065.zzz":1}"#,
+        r#"{"rule\u002ezzz":1}"#,
+        r#"{"x":1,"rule.zzz":"y","z":{"rule":1}}"#,
+    ] {
+        let e = s.scan(line).unwrap();
+        assert!(e.present(rule), "{line}");
+        assert_eq!(e.writable(rule), Err(Collision::Exists), "{line}");
+        // Nothing below `rule.zzz` is `rule.name`.
+        assert!(!e.present(name), "{line}");
+        assert!(!e.conflicting(), "{line}");
+    }
+    // The sub-field itself, in every spelling: both it and the group.
+    for line in [
+        r#"{"rule":{"name":"x"}}"#,
+        r#"{"rule.name":"x"}"#,
+        r#"{"rule.n\u0061me":"x"}"#,
+        r#"{"rule\u002ename":"x"}"#,
+    ] {
+        let e = s.scan(line).unwrap();
+        assert!(e.present(rule), "{line}");
+        assert_eq!(e.str(name), Some("x"), "{line}");
+    }
+    // Not below it: another key, an empty first segment, a `rule` that is not at the top.
+    for line in [
+        r#"{"rules.zzz":1}"#,
+        r#"{".rule.zzz":1}"#,
+        r#"{"rulezzz":1}"#,
+        r#"{"x":{"rule.zzz":1}}"#,
+        r#"{"x.rule.zzz":1}"#,
+    ] {
+        let e = s.scan(line).unwrap();
+        assert_eq!(e.writable(rule), Ok(()), "{line}");
+    }
+}
+
+/// Which value a group holds when keys at its path and below it are both there, in both
+/// orders: the value at its own path (an object, a string, `null`), never counted as a
+/// conflict; with only keys below it, no text of its own. `bare` has no wanted field below.
+#[test]
+fn a_group_keeps_its_own_value_over_keys_below_it_in_either_order() {
+    let (mut s, g, f) = grouped(&["rule", "bare"], &["rule.name"]);
+    let (rule, bare, name) = (g[0], g[1], f[0]);
+    for (first, second, raw) in [
+        (r#""rule":{"a":1}"#, r#""rule.zzz":2"#, Some(r#"{"a":1}"#)),
+        (
+            r#""rule":{"a":1}"#,
+            r#""rule.name":"n""#,
+            Some(r#"{"a":1}"#),
+        ),
+        (r#""rule":"x""#, r#""rule.zzz":2"#, Some(r#""x""#)),
+        (r#""rule":null"#, r#""rule.zzz":2"#, Some("null")),
+        (r#""bare":{"a":1}"#, r#""bare.zzz":2"#, Some(r#"{"a":1}"#)),
+        (r#""bare":7"#, r#""bare.zzz":2"#, Some("7")),
+        (r#""rule.q":1"#, r#""rule.zzz":2"#, None),
+    ] {
+        for line in [
+            format!("{{{first},{second}}}"),
+            format!("{{{second},{first}}}"),
+        ] {
+            let e = s.scan(&line).unwrap();
+            let id = if line.contains("bare") { bare } else { rule };
+            assert_eq!(e.raw(id).as_deref(), raw, "{line}");
+            assert_eq!(e.writable(id), Err(Collision::Exists), "{line}");
+            assert!(!e.conflicting(), "{line}");
+            if line.contains("rule.name") {
+                assert_eq!(e.str(name), Some("n"), "{line}");
+            }
+        }
+    }
+    // A key below it only: present, with no text (its object is written nowhere in the line).
+    let e = s.scan(r#"{"rule.zzz":"y","bare.q":null}"#).unwrap();
+    for id in [rule, bare] {
+        assert!(e.present(id));
+        assert_eq!((e.raw(id), e.str(id), e.number(id)), (None, None, None));
+    }
+}
+
+/// Groups deeper down and groups within groups: every group a key passes on its way is
+/// present, in every object a form of its path can be in.
+#[test]
+fn every_group_a_dotted_key_passes_is_present() {
+    let (mut s, groups, f) = grouped(&["a", "a.g"], &["a.g.x.y"]);
+    let (a, g, y) = (groups[0], groups[1], f[0]);
+    for (line, want_y) in [
+        (r#"{"a.g.x.y":1}"#, true),
+        (r#"{"a.g.x":{"y":1}}"#, true),
+        (r#"{"a":{"g.x.y":1}}"#, true),
+        (r#"{"a":{"g.x":{"y":1}}}"#, true),
+        (r#"{"a.g":{"x.y":1}}"#, true),
+        (r#"{"a.g.q":1}"#, false),
+        (r#"{"a":{"g.q":null}}"#, false),
+        (r#"{"a.g.x":5}"#, false),
+    ] {
+        let e = s.scan(line).unwrap();
+        assert!(e.present(a) && e.present(g), "{line}");
+        assert_eq!(e.number(y).is_some(), want_y, "{line}");
+    }
+    let e = s.scan(r#"{"a.q":1}"#).unwrap();
+    assert!(e.present(a) && !e.present(g));
+    assert_eq!(e.writable(g), Ok(()));
+}
+
+/// The alert side of it: a group that is there through a dotted key below it is not written
+/// again (`{"rule.name":..}` got a second `rule` object from the alert).
+#[test]
+fn a_group_present_only_through_a_sub_field_is_not_written_again() {
+    let (mut s, g, _) = grouped(&["rule"], &["rule.name"]);
+    let rule = g[0];
+    for line in [r#"{"rule.name":"pan"}"#, r#"{"rule.id":"7"}"#] {
+        let (out, refused) = write(&mut s, line, &[Add::Field(rule, r#"{"id":"x"}"#)]);
+        assert_eq!(out, line);
+        assert_eq!(refused, vec![(rule, Collision::Exists)]);
+    }
+}
+
 /// A small deterministic generator for the property tests below (no crate needed).
 struct Bytes(u64);
 
@@ -1024,4 +1162,94 @@ fn white_space_and_stray_bytes_at_every_token_boundary() {
             }
         }
     }
+}
+
+/// Groups on generated events against serde_json's tree: a group is there (in some form,
+/// maybe `null`: `writable` says `Exists`) exactly when some key spells its path or a path
+/// below it, through objects only; its text is what `egresswatch_common::path::get` finds at
+/// its path, or none when only keys below it are there. The fields below the groups are
+/// read as that function reads them.
+#[test]
+fn groups_agree_with_a_reading_of_serde_jsons_tree() {
+    const KEYS: [&str; 17] = [
+        "rule",
+        "rule.name",
+        "rule.zzz",
+        "rule.",
+        "name",
+        "zzz",
+        "rules",
+        "a",
+        "a.g",
+        "a.g.x",
+        "g",
+        "g.x",
+        "x",
+        "y",
+        "x.y",
+        "rul\\u0065.q",
+        "a\\u002eg",
+    ];
+    const GROUPS: [&str; 3] = ["rule", "a", "a.g"];
+    const FIELDS: [&str; 2] = ["rule.name", "a.g.x.y"];
+    fn value(rng: &mut Bytes, depth: u32, out: &mut String) {
+        match rng.next() % 8 {
+            0 => out.push_str("null"),
+            1 => out.push_str("\"s\""),
+            2 => out.push_str("[1,{\"name\":2}]"),
+            3 | 4 if depth < 3 => object(rng, depth + 1, out),
+            n => out.push_str(&n.to_string()),
+        }
+    }
+    fn object(rng: &mut Bytes, depth: u32, out: &mut String) {
+        out.push('{');
+        for i in 0..rng.next() % 4 {
+            if i > 0 {
+                out.push(',');
+            }
+            out.push('"');
+            out.push_str(KEYS[rng.next() as usize % KEYS.len()]);
+            out.push_str("\":");
+            value(rng, depth, out);
+        }
+        out.push('}');
+    }
+    /// Some key of `v` (an object) spells `path` or a path below it, through objects.
+    fn below(v: &serde_json::Value, path: &[&str]) -> bool {
+        v.as_object().is_some_and(|map| {
+            map.iter().any(|(k, v)| {
+                let ks: Vec<&str> = k.split('.').collect();
+                let n = ks.len().min(path.len());
+                ks[..n] == path[..n] && (ks.len() >= path.len() || below(v, &path[n..]))
+            })
+        })
+    }
+    let (mut s, groups, fields) = grouped(&GROUPS, &FIELDS);
+    let mut rng = Bytes(3);
+    let mut line = String::new();
+    let mut implied = 0;
+    for _ in 0..20_000 {
+        line.clear();
+        object(&mut rng, 0, &mut line);
+        let tree: serde_json::Value = serde_json::from_str(&line).unwrap();
+        let e = s.scan(&line).unwrap();
+        let read = |id| {
+            e.raw(id)
+                .map(|raw| serde_json::from_str::<serde_json::Value>(&raw).unwrap())
+        };
+        for (path, &id) in GROUPS.iter().zip(&groups) {
+            let there = below(&tree, &path.split('.').collect::<Vec<_>>());
+            let exists = e.writable(id) == Err(Collision::Exists);
+            assert_eq!(exists, there, "{path} in {line}");
+            let own = egresswatch_common::path::get(&tree, path);
+            assert_eq!(read(id).as_ref(), own, "{path} in {line}");
+            implied += usize::from(there && own.is_none());
+        }
+        for (path, &id) in FIELDS.iter().zip(&fields) {
+            let own = egresswatch_common::path::get(&tree, path);
+            assert_eq!(read(id).as_ref(), own, "{path} in {line}");
+        }
+    }
+    // The generator reaches the case this is about.
+    assert!(implied > 1_000, "{implied}");
 }

@@ -28,11 +28,12 @@ pub(super) struct Parser<'a, 'x> {
     pub(super) nodes: &'x mut [NodeSeen],
     pub(super) scratch: &'x mut String,
     pub(super) key: &'x mut String,
-    pub(super) superseded: &'x mut Vec<u32>,
-    /// Where the line's strings end.
+    /// Offsets of the keys a later key of the same name replaces ([`superseded_keys`]), which
+    /// are skipped: empty but in the second, exact pass.
+    pub(super) superseded: &'x [u32],
+    /// Where the line's strings end; in the exact pass, also the first byte of each key in
+    /// `superseded`.
     pub(super) strings: Indexed<'x>,
-    /// The second, exact pass: keys in `superseded` are skipped.
-    pub(super) exact: bool,
     pub(super) flags: PassFlags,
 }
 
@@ -95,9 +96,6 @@ impl Parser<'_, '_> {
         let mut table = &schema.nodes[usize::from(ROOT)];
         'objects: loop {
             // `pos` is just after an object's `{`.
-            if self.exact {
-                self.supersede(pos, open as u32 + 1)?;
-            }
             // While `closed` is false, `pos` is at a key's opening quote: each place that
             // reads the byte checks it there (just below, and `after_member`), so that no byte
             // is carried round the loop. A new way into the member branch must check it too.
@@ -125,13 +123,12 @@ impl Parser<'_, '_> {
                     table = &schema.nodes[usize::from(frame.node)];
                 } else {
                     // A member: its key, then its value.
-                    let key_at = pos;
                     let start = pos + 1;
                     // A key that leads nowhere is [`MISS`], not `None`: wanted or not, a
                     // member takes the same three tests below, where an `Option` cost a test
                     // of its own and the target's fields moved between registers.
                     let v;
-                    let mut target = match self.strings.plain_end(b, start) {
+                    let target = match self.strings.plain_end(b, start) {
                         // A key without escapes (nearly all): looked up as it is.
                         Some(after) => {
                             (pos, v) = colon_peek(b, after)?;
@@ -157,19 +154,31 @@ impl Parser<'_, '_> {
                                 ),
                             }
                         }
-                        // Escaped (or bad): checked, then decoded and walked. Only these
-                        // come here: the index marks every `"`, `\` and control byte, so a
-                        // valid key without escapes stops first at its closing quote. One that
-                        // did come here would still resolve right, only costing an exact pass.
+                        // Escaped (or bad), or replaced by a later key: checked, then skipped
+                        // when replaced, else decoded and walked. Only these come here: the
+                        // index marks every `"`, `\` and control byte, so a valid key without
+                        // escapes stops first at its closing quote, unless the exact pass
+                        // marked its first byte as well (`Scanner::run`): the test for a
+                        // replaced key is here, off the path of the keys that are not. An
+                        // empty key cannot be marked (its first byte is its closing quote),
+                        // and needs no test: it leads nowhere. Any other key that came here
+                        // would still resolve right, only costing an exact pass.
                         None => {
                             let (after, escaped) = string_end_checked(b, start)?;
                             (pos, v) = colon_peek(b, after)?;
-                            self.complex_key(&mut frame.matched, frame.node, start, after, escaped)
+                            if self.superseded.contains(&(start as u32 - 1)) {
+                                MISS
+                            } else {
+                                self.complex_key(
+                                    &mut frame.matched,
+                                    frame.node,
+                                    start,
+                                    after,
+                                    escaped,
+                                )
+                            }
                         }
                     };
-                    if self.exact && self.superseded.contains(&(key_at as u32)) {
-                        target = MISS;
-                    }
                     if target.child != NONE {
                         if v == b'{' {
                             // Within the stack, so within `MAX_DEPTH` (asserted above `Frame`).
@@ -224,44 +233,6 @@ impl Parser<'_, '_> {
                 close + 1,
             );
         }
-    }
-
-    /// Exact pass: notes the keys of the object starting at `pos` (after its `{`) that a later
-    /// key of the same name replaces.
-    #[cold]
-    fn supersede(&mut self, pos: usize, depth: u32) -> Result<(), ScanError> {
-        let b = self.text.as_bytes();
-        let mut keys: Vec<(String, u32)> = Vec::new();
-        let mut pos = skip_ws(b, pos);
-        if b.get(pos) == Some(&b'}') {
-            return Ok(());
-        }
-        loop {
-            if b.get(pos) != Some(&b'"') {
-                return Err(fail(ScanErrorKind::Syntax, pos));
-            }
-            let (after, escaped) = self.strings.end(b, pos + 1)?;
-            let raw = &self.text[pos + 1..after - 1];
-            let mut name = String::new();
-            if escaped {
-                decode(raw, &mut name);
-            } else {
-                name.push_str(raw);
-            }
-            keys.push((name, pos as u32));
-            pos = skip_ws(b, skip_value(b, self.strings, colon(b, after)?, depth)?);
-            match b.get(pos) {
-                Some(b',') => pos = skip_ws(b, pos + 1),
-                Some(b'}') => break,
-                _ => return Err(fail(ScanErrorKind::Syntax, pos)),
-            }
-        }
-        for (i, (name, at)) in keys.iter().enumerate() {
-            if keys[i + 1..].iter().any(|(later, _)| later == name) {
-                self.superseded.push(*at);
-            }
-        }
-        Ok(())
     }
 
     /// The target of a key with dots or escapes (`start..after`: its contents and closing
@@ -425,6 +396,74 @@ impl Parser<'_, '_> {
             slot.num = parse_number(text, int);
         }
     }
+}
+
+/// Appends to `out` the offsets (of the opening quote) of the keys of `text` that a later key
+/// of the same name in the same object replaces, in the event and every object reached from
+/// it through objects (the walk descends into no array). For the exact pass: `text` is a line
+/// the first pass read whole, so its nesting is within [`MAX_DEPTH`](super::MAX_DEPTH), which
+/// bounds the recursion. Objects the walk does not open are gone through too: their marks only
+/// send their keys to the checked string path.
+#[cold]
+pub(super) fn superseded_keys(
+    text: &str,
+    strings: Indexed<'_>,
+    out: &mut Vec<u32>,
+) -> Result<(), ScanError> {
+    let b = text.as_bytes();
+    let pos = skip_ws(b, 0);
+    if b.get(pos) != Some(&b'{') {
+        return Err(fail(ScanErrorKind::NotAnObject, pos));
+    }
+    object_superseded(text, strings, pos + 1, 1, out).map(drop)
+}
+
+/// [`superseded_keys`] of the object whose members start at `pos` (after its `{`), with its
+/// values `depth` levels down; returns the position after its `}`.
+fn object_superseded(
+    text: &str,
+    strings: Indexed<'_>,
+    pos: usize,
+    depth: u32,
+    out: &mut Vec<u32>,
+) -> Result<usize, ScanError> {
+    let b = text.as_bytes();
+    let mut keys: Vec<(String, u32)> = Vec::new();
+    let mut pos = skip_ws(b, pos);
+    if b.get(pos) != Some(&b'}') {
+        loop {
+            if b.get(pos) != Some(&b'"') {
+                return Err(fail(ScanErrorKind::Syntax, pos));
+            }
+            let (after, escaped) = strings.end(b, pos + 1)?;
+            let raw = &text[pos + 1..after - 1];
+            let mut name = String::new();
+            if escaped {
+                decode(raw, &mut name);
+            } else {
+                name.push_str(raw);
+            }
+            keys.push((name, pos as u32));
+            let value = colon(b, after)?;
+            pos = if b.get(value) == Some(&b'{') {
+                object_superseded(text, strings, value + 1, depth + 1, out)?
+            } else {
+                skip_value(b, strings, value, depth)?
+            };
+            pos = skip_ws(b, pos);
+            match b.get(pos) {
+                Some(b',') => pos = skip_ws(b, pos + 1),
+                Some(b'}') => break,
+                _ => return Err(fail(ScanErrorKind::Syntax, pos)),
+            }
+        }
+    }
+    for (i, (name, at)) in keys.iter().enumerate() {
+        if keys[i + 1..].iter().any(|(later, _)| later == name) {
+            out.push(*at);
+        }
+    }
+    Ok(pos + 1)
 }
 
 /// Records group `field` as present through a key below it ([`Kind::Implied`]) when nothing

@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use super::event::Event;
 use super::grammar::{fail, index_stops, skip_ws, Indexed};
-use super::parser::{Parser, PassFlags};
+use super::parser::{superseded_keys, Parser, PassFlags};
 use super::schema::Schema;
 use super::slot::{Kind, NodeSeen, Slot};
 use super::{ScanError, ScanErrorKind};
@@ -17,7 +17,8 @@ pub struct Scanner {
     schema: Arc<Schema>,
     /// What [`Scanner::scan`] records.
     out: Scanned,
-    /// Offsets of keys a later occurrence of the same key replaces (second, exact pass only).
+    /// Offsets of keys a later occurrence of the same key replaces (empty but for the second,
+    /// exact pass).
     superseded: Vec<u32>,
     /// The current key, when it had escapes.
     key: String,
@@ -126,16 +127,27 @@ impl Scanner {
         }
         self.superseded.clear();
         index_stops(line.as_bytes(), &mut self.stops);
-        let flags = self.pass(line, false)?;
+        let flags = self.pass(line)?;
         if flags.duplicates {
             // A wanted key repeated in one object: read again, skipping what is replaced.
-            self.pass(line, true)
+            // Each replaced key is marked in the stop index at its first byte too, so that
+            // the walk finds it no plain key and takes the path where replaced keys are
+            // tested (a mark elsewhere than at a `"` only sends a string to the checked path:
+            // `Indexed::plain_end`).
+            superseded_keys(line, Indexed(&self.stops), &mut self.superseded)?;
+            for &at in &self.superseded {
+                let first = at as usize + 1;
+                if let Some(block) = self.stops.get_mut(first / 64) {
+                    *block |= 1 << (first % 64);
+                }
+            }
+            self.pass(line)
         } else {
             Ok(flags)
         }
     }
 
-    fn pass(&mut self, line: &str, exact: bool) -> Result<PassFlags, ScanError> {
+    fn pass(&mut self, line: &str) -> Result<PassFlags, ScanError> {
         let out = &mut self.out;
         for slot in &mut out.slots {
             slot.kind = Kind::Absent;
@@ -152,9 +164,8 @@ impl Scanner {
             nodes: &mut out.nodes,
             scratch: &mut out.scratch,
             key: &mut self.key,
-            superseded: &mut self.superseded,
+            superseded: &self.superseded,
             strings: Indexed(&self.stops),
-            exact,
             flags: PassFlags::default(),
         };
         let pos = skip_ws(b, 0);

@@ -270,6 +270,31 @@ fn a_repeated_key_is_read_as_its_last_occurrence_with_all_below_it() {
     assert!(v["destination"].get("geo").is_none());
 }
 
+/// The exact pass marks each replaced key at its first byte in the stop index, so that the
+/// walk tests it for being replaced: wherever that byte falls (the padding moves it across
+/// the blocks of 64), the replaced object is skipped and the keys around it are read; marks in
+/// objects the walk does not open (an unwanted value, objects in an array, a replaced object)
+/// change nothing there.
+#[test]
+fn replaced_keys_are_skipped_wherever_their_first_byte_falls_in_the_index() {
+    let (mut s, f) = schema(&["a.b", "a.c", "k"]);
+    for pad in 40..140 {
+        let line = format!(
+            r#"{{"p":"{}","a":{{"b":1,"x":{{"b":5,"b":6}}}},"k":"first","u":{{"k":1,"k":[{{"k":3,"k":4}}]}},"a":{{"c":2}},"k":"second"}}"#,
+            "p".repeat(pad)
+        );
+        let e = s.scan(&line).unwrap();
+        assert!(!e.present(f[0]), "{line}");
+        assert_eq!(e.number(f[1]), Some(2.0), "{line}");
+        assert_eq!(e.str(f[2]), Some("second"), "{line}");
+        // The replaced key escaped: it is tested on the same path.
+        let line = line.replacen(r#""a":{"b""#, r#""\u0061":{"b""#, 1);
+        let e = s.scan(&line).unwrap();
+        assert!(!e.present(f[0]), "{line}");
+        assert_eq!(e.number(f[1]), Some(2.0), "{line}");
+    }
+}
+
 #[test]
 fn arrays_where_an_object_belongs_are_skipped_and_block_writing() {
     let (mut s, f) = schema(&PATHS);

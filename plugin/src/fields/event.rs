@@ -297,11 +297,12 @@ impl<'s> Event<'s> {
                 // The root object always exists: its brace is the last one of the line.
                 self.line.rfind('}').unwrap_or(0)
             };
-            let empty = if seen.present {
-                seen.empty
-            } else {
-                self.line[..close].trim_end().ends_with('{')
-            };
+            // Whether the object has no member: then only whitespace stands between its
+            // braces (a member's value never ends in `{`). Found here, for the few events an
+            // alert is written into, rather than at every wanted object's close.
+            let empty = self.line[..close]
+                .trim_end_matches([' ', '\t', '\n', '\r'])
+                .ends_with('{');
             inserts.push((close, Insert::Members { node, empty }));
         }
         inserts.sort_by_key(|i| i.0);

@@ -47,8 +47,8 @@ const _: () = assert!(MAX_SEGMENTS + 1 < MAX_DEPTH as usize);
 
 /// An open object on a wanted path: two words, saved and restored whole when a wanted object
 /// opens or closes. (The field the object is, [`Node::field`](super::schema::Node), and
-/// whether it had a member, read from the line at its close, are not kept here: with them a
-/// frame took three words, each saved, restored and kept up to date.)
+/// whether it had a member, read from the line when an alert is written into it, are not kept
+/// here: with them a frame took three words, each saved, restored and kept up to date.)
 #[derive(Clone, Copy)]
 struct Frame {
     /// Table slots of the plain keys matched in it so far (bit `slot % 64`); every bit once a
@@ -110,7 +110,7 @@ impl Parser<'_, '_> {
             loop {
                 if closed {
                     // `pos` is just after the object's `}`.
-                    self.close(b, &frame, table.field, pos - 1);
+                    self.close(&frame, table.field, pos - 1);
                     if open == 0 {
                         return Ok(pos);
                     }
@@ -210,15 +210,13 @@ impl Parser<'_, '_> {
     }
 
     /// Records a wanted object that just closed at `close` (its `}`); `field` is the field the
-    /// object itself is, or [`NONE`]. `b` is the line, as for [`Parser::value`].
+    /// object itself is, or [`NONE`].
     #[inline]
-    fn close(&mut self, b: &[u8], frame: &Frame, field: u16, close: usize) {
+    fn close(&mut self, frame: &Frame, field: u16, close: usize) {
         let seen = &mut self.nodes[usize::from(frame.node)];
         if !seen.present || frame.rank >= seen.rank {
             *seen = NodeSeen {
                 present: true,
-                // The line is valid up to here: after the `{`, a key or the `}`.
-                empty: peek(b, frame.start as usize + 1).1 == b'}',
                 rank: frame.rank,
                 close: close as u32,
                 blocked: seen.blocked,

@@ -72,8 +72,6 @@ impl Slot {
 pub(super) struct NodeSeen {
     /// An object for this node was seen.
     pub(super) present: bool,
-    /// The object had no members.
-    pub(super) empty: bool,
     /// Its form (see [`rank_bit`]).
     pub(super) rank: u16,
     /// Offset of its closing `}`.

@@ -326,6 +326,40 @@ fn write(s: &mut Scanner, line: &str, adds: &[Add<'_>]) -> (String, Vec<(FieldId
     (out, refused)
 }
 
+/// Whether the receiving object is empty (no comma before the new member) is read from the
+/// line when writing: whitespace of every JSON kind between its braces, and members whose last
+/// value ends in `{` inside a string or in an empty object, each take the right punctuation.
+#[test]
+fn a_new_member_takes_a_comma_only_after_other_members() {
+    let (mut s, f) = writer_schema();
+    let add = [Add::Field(f[0], r#""Iran""#)];
+    for (line, want) in [
+        (
+            "{\"destination\":{ \t\r\n}}",
+            "{\"destination\":{ \t\r\n\"geo\":{\"country_name\":\"Iran\"}}}",
+        ),
+        (
+            r#"{"destination":{"geo":{}}}"#,
+            r#"{"destination":{"geo":{"country_name":"Iran"}}}"#,
+        ),
+        (
+            r#"{"destination":{"x":"{"}}"#,
+            r#"{"destination":{"x":"{","geo":{"country_name":"Iran"}}}"#,
+        ),
+        (
+            r#"{"destination":{"x":{} }}"#,
+            r#"{"destination":{"x":{} ,"geo":{"country_name":"Iran"}}}"#,
+        ),
+        (
+            r#"{"destination":{"geo":{"x":[{}]}}}"#,
+            r#"{"destination":{"geo":{"x":[{}],"country_name":"Iran"}}}"#,
+        ),
+    ] {
+        let (out, refused) = write(&mut s, line, &add);
+        assert_eq!((out.as_str(), refused), (want, vec![]), "{line}");
+    }
+}
+
 #[test]
 fn fields_are_inserted_into_the_preferred_object_and_nothing_is_replaced() {
     let (mut s, f) = writer_schema();

@@ -293,6 +293,21 @@ fn replaced_keys_are_skipped_wherever_their_first_byte_falls_in_the_index() {
         assert!(!e.present(f[0]), "{line}");
         assert_eq!(e.number(f[1]), Some(2.0), "{line}");
     }
+    // The replaced keys of an inner object are found before those of the object around it,
+    // though they lie after them in the line: looked up in order all the same.
+    let line = r#"{"a":{"b":1},"x":{"q":1,"q":2,"r":1,"r":2,"s":1,"s":2},"a":{"c":2},"k":0}"#;
+    let e = s.scan(line).unwrap();
+    assert!(!e.present(f[0]), "{line}");
+    assert_eq!(e.number(f[1]), Some(2.0), "{line}");
+    // Many keys in one object, a few of them repeated, the wanted one among them.
+    let mut line = String::from(r#"{"a":{"b":1},"big":{"#);
+    for i in 0..20_000 {
+        line.push_str(&format!(r#""k{}":{i},"#, i % 19_990));
+    }
+    line.push_str(r#""end":0},"a":{"c":2}}"#);
+    let e = s.scan(&line).unwrap();
+    assert!(!e.present(f[0]));
+    assert_eq!(e.number(f[1]), Some(2.0));
 }
 
 #[test]

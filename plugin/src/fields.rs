@@ -49,10 +49,11 @@
 //!   Logstash field references, Elasticsearch ingest processors such as `geoip`) read. An event
 //!   holding two different forms is counted as conflicting ([`Event::conflicting`]).
 //! - *Groups* ([`SchemaBuilder::group`]: `rule`, `threat`, `egresswatch`, which alerts must not
-//!   write twice) are present when anything is at their path or below it, in any form:
-//!   `{"rule":{..}}`, `{"rule":"x"}`, `{"rule.name":..}` and `{"rule.zzz":..}` alike, whether
-//!   or not `rule.name` is wanted too. Their value is what is at the path itself; with only
-//!   dotted keys below it, a group is present with no text of its own.
+//!   write twice) exist ([`Event::writable`] answers [`Collision::Exists`]) when anything is at
+//!   their path or below it, in any form: `{"rule":{..}}`, `{"rule":"x"}`, `{"rule.name":..}`
+//!   and `{"rule.zzz":..}` alike, whether or not `rule.name` is wanted too. Their value is what
+//!   is at the path itself; with only dotted keys below it, a group is present with no text
+//!   of its own.
 //! - *Arrays* are not descended into: ECS paths do not index arrays. A wanted field whose value is
 //!   an array is kept whole (for `event.category`, the strings in it); an array where an object
 //!   on a wanted path belongs (`"destination": [{"ip": ..}, ..]`) is skipped: nothing in it is

@@ -148,7 +148,11 @@ impl<'s> Event<'s> {
         self.str(id) == Some(needle)
     }
 
-    /// True when the field is present and not `null`.
+    /// True when the field is present and not `null`. A group ([`SchemaBuilder::group`]) with
+    /// only keys below it is present; one whose own value is `null` is not, whatever is below
+    /// it (it still exists: [`Event::writable`] answers [`Collision::Exists`]).
+    ///
+    /// [`SchemaBuilder::group`]: super::SchemaBuilder::group
     #[inline(always)]
     pub fn present(&self, id: FieldId) -> bool {
         !matches!(self.slot(id).kind, Kind::Absent | Kind::Null)

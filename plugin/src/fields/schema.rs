@@ -32,13 +32,18 @@ impl SchemaBuilder {
         FieldId(u16::try_from(index).unwrap_or(NONE))
     }
 
-    /// The id of `path` as a *group*: present when the path or anything below it is
-    /// (`rule` is present for `{"rule":{..}}`, `{"rule":"x"}` and `{"rule.name":"x"}` alike,
-    /// whether or not `rule.name` is a wanted field too). Its value is the one written at the
-    /// path itself, read as any field's (the most nested form first); a group with nothing at
-    /// its path but keys below it (`{"rule.name":"x"}`, `{"x":{"rule.q":null}}` for `x.rule`)
-    /// is present with no text ([`Event::raw`](super::Event::raw) is `None`): in the dotted
-    /// reading its object exists, but it is written nowhere in the line.
+    /// The id of `path` as a *group*: it exists ([`Event::writable`] answers `Exists`) when
+    /// the path or anything below it is there (`rule` for `{"rule":{..}}`, `{"rule":"x"}` and
+    /// `{"rule.name":"x"}` alike, whether or not `rule.name` is a wanted field too). Its value
+    /// is the one written at the path itself, read as any field's (the most nested form
+    /// first); a group with nothing at its path but keys below it (`{"rule.name":"x"}`,
+    /// `{"x":{"rule.q":null}}` for `x.rule`) is present with no text ([`Event::raw`] is
+    /// `None`): in the dotted reading its object exists, but it is written nowhere in the
+    /// line. A field asked for with [`SchemaBuilder::field`] on the same path is the same
+    /// field, read the same way.
+    ///
+    /// [`Event::writable`]: super::Event::writable
+    /// [`Event::raw`]: super::Event::raw
     pub fn group(&mut self, path: &str) -> FieldId {
         let id = self.field(path);
         self.groups[usize::from(id.0)] = true;

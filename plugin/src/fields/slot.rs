@@ -79,3 +79,6 @@ pub(super) struct NodeSeen {
     /// Something other than an object stands at this path (`"destination": "x"`, an array).
     pub(super) blocked: bool,
 }
+
+// `Parser::claim` takes a slot holding either of the first two kinds with `kind <= Implied`.
+const _: () = assert!(Kind::Absent as u8 == 0 && Kind::Implied as u8 == 1);

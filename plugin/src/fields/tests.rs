@@ -763,25 +763,35 @@ fn a_group_with_sub_fields_is_present_through_any_key_below_it() {
 fn a_group_keeps_its_own_value_over_keys_below_it_in_either_order() {
     let (mut s, g, f) = grouped(&["rule", "bare"], &["rule.name"]);
     let (rule, bare, name) = (g[0], g[1], f[0]);
-    for (first, second, raw) in [
-        (r#""rule":{"a":1}"#, r#""rule.zzz":2"#, Some(r#"{"a":1}"#)),
+    for (id, first, second, raw) in [
         (
+            rule,
+            r#""rule":{"a":1}"#,
+            r#""rule.zzz":2"#,
+            Some(r#"{"a":1}"#),
+        ),
+        (
+            rule,
             r#""rule":{"a":1}"#,
             r#""rule.name":"n""#,
             Some(r#"{"a":1}"#),
         ),
-        (r#""rule":"x""#, r#""rule.zzz":2"#, Some(r#""x""#)),
-        (r#""rule":null"#, r#""rule.zzz":2"#, Some("null")),
-        (r#""bare":{"a":1}"#, r#""bare.zzz":2"#, Some(r#"{"a":1}"#)),
-        (r#""bare":7"#, r#""bare.zzz":2"#, Some("7")),
-        (r#""rule.q":1"#, r#""rule.zzz":2"#, None),
+        (rule, r#""rule":"x""#, r#""rule.zzz":2"#, Some(r#""x""#)),
+        (rule, r#""rule":null"#, r#""rule.zzz":2"#, Some("null")),
+        (
+            bare,
+            r#""bare":{"a":1}"#,
+            r#""bare.zzz":2"#,
+            Some(r#"{"a":1}"#),
+        ),
+        (bare, r#""bare":7"#, r#""bare.zzz":2"#, Some("7")),
+        (rule, r#""rule.q":1"#, r#""rule.zzz":2"#, None),
     ] {
         for line in [
             format!("{{{first},{second}}}"),
             format!("{{{second},{first}}}"),
         ] {
             let e = s.scan(&line).unwrap();
-            let id = if line.contains("bare") { bare } else { rule };
             assert_eq!(e.raw(id).as_deref(), raw, "{line}");
             assert_eq!(e.writable(id), Err(Collision::Exists), "{line}");
             assert!(!e.conflicting(), "{line}");
@@ -821,6 +831,17 @@ fn every_group_a_dotted_key_passes_is_present() {
     let e = s.scan(r#"{"a.q":1}"#).unwrap();
     assert!(e.present(a) && !e.present(g));
     assert_eq!(e.writable(g), Ok(()));
+    // The exact pass: a replaced object's dotted keys imply nothing; a replaced dotted key
+    // implies what the key replacing it implies.
+    let e = s.scan(r#"{"a":{"g.q":1},"a":5}"#).unwrap();
+    assert_eq!(e.number(a), Some(5.0));
+    // Not there (it would be `Exists`); nowhere to go either, below a number.
+    assert_eq!(e.writable(g), Err(Collision::Blocked));
+    let e = s
+        .scan(r#"{"a.g.q":1,"a.g.q":2,"a.g.x.y":3,"a.g.x.y":4}"#)
+        .unwrap();
+    assert!(e.present(a) && e.present(g));
+    assert_eq!(e.number(y), Some(4.0));
 }
 
 /// The alert side of it: a group that is there through a dotted key below it is not written

@@ -125,7 +125,7 @@ impl Parser<'_, '_> {
                     // A member: its key, then its value.
                     let start = pos + 1;
                     // A key that leads nowhere is [`MISS`], not `None`: wanted or not, a
-                    // member takes the same three tests below, where an `Option` cost a test
+                    // member takes the same two tests below, where an `Option` cost a test
                     // of its own and the target's fields moved between registers.
                     let v;
                     let target = match self.strings.plain_end(b, start) {
@@ -155,15 +155,19 @@ impl Parser<'_, '_> {
                             }
                         }
                         // Escaped (or bad), or replaced by a later key: checked, then skipped
-                        // when replaced, else decoded and walked. Only these come here: the
-                        // index marks every `"`, `\` and control byte, so a valid key without
-                        // escapes stops first at its closing quote, unless the exact pass
-                        // marked its first byte as well (`Scanner::run`): the test for a
-                        // replaced key is on this path (`complex_key`), off the path of the
-                        // keys that are not. An
-                        // empty key cannot be marked (its first byte is its closing quote),
-                        // and needs no test: it leads nowhere. Any other key that came here
-                        // would still resolve right, only costing an exact pass.
+                        // when replaced (`complex_key`), else decoded and walked.
+                        //
+                        // Only these come here. The index marks every `"`, `\` and control
+                        // byte, so a valid key without escapes stops first at its closing
+                        // quote. Any other key that came here would still resolve right, only
+                        // costing an exact pass.
+                        //
+                        // In the exact pass, a replaced key's first byte is marked too
+                        // (`Scanner::run`), so it comes here, and the test for it stays off
+                        // the path of the keys that are not replaced.
+                        //
+                        // An empty key cannot be marked (its first byte is its closing quote)
+                        // and needs no test: it leads nowhere.
                         None => {
                             let (after, escaped) = string_end_checked(b, start)?;
                             (pos, v) = colon_peek(b, after)?;
@@ -260,8 +264,9 @@ impl Parser<'_, '_> {
     /// `"rule.zzz"` or `"rule..x"`) is present through it ([`imply`]), whatever follows and
     /// whether or not the rest leads anywhere.
     ///
-    /// An exact pass implies these groups from a superseded key too: harmless, since the key
-    /// that supersedes it has the same name, so it implies the same groups.
+    /// The exact pass does not resolve a replaced key (`complex_key` returns [`MISS`] for it
+    /// first): the key that replaces it has the same name in the same object, so it implies
+    /// the same groups.
     #[cold]
     fn resolve(&mut self, node: u16, start: usize, end: usize, escaped: bool) -> Option<Target> {
         let schema = self.schema;

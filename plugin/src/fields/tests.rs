@@ -310,6 +310,33 @@ fn replaced_keys_are_skipped_wherever_their_first_byte_falls_in_the_index() {
     assert_eq!(e.number(f[1]), Some(2.0));
 }
 
+/// Replaced keys below the event itself, in objects the walk opens: the first occurrence and
+/// everything in it are not read, at every level and in every spelling (the search for
+/// replaced keys goes down through the objects, as the walk does).
+#[test]
+fn replaced_keys_in_nested_wanted_objects_are_skipped() {
+    let (mut s, g, f) = grouped(&["a.b"], &["a.b.c", "a.b.d", "a.b.x.c"]);
+    let (ab, c, d, xc) = (g[0], f[0], f[1], f[2]);
+    for line in [
+        r#"{"a":{"b":{"c":1},"b":{"d":2}}}"#,
+        r#"{"a":{"\u0062":{"c":1},"b":{"d":2}}}"#,
+        r#"{"a":{"b":{"c":1},"\u0062":{"d":2}}}"#,
+        r#"{"a":{"b.c":1,"b":{"d":2},"b.c":{"x":0},"b.c":[]}}"#,
+    ] {
+        let e = s.scan(line).unwrap();
+        assert_eq!(e.number(d), Some(2.0), "{line}");
+        assert_ne!(e.number(c), Some(1.0), "{line}");
+    }
+    let e = s.scan(r#"{"a":{"b":{"c":1},"b":5}}"#).unwrap();
+    assert_eq!((e.number(ab), e.present(c)), (Some(5.0), false));
+    assert_eq!(e.writable(c), Err(Collision::Blocked));
+    let e = s.scan(r#"{"a":{"b":5,"b":{"c":1}}}"#).unwrap();
+    assert_eq!(e.number(c), Some(1.0));
+    // Two levels below the event.
+    let e = s.scan(r#"{"a":{"b":{"x":{"c":1},"x":2,"d":3}}}"#).unwrap();
+    assert_eq!((e.present(xc), e.number(d)), (false, Some(3.0)));
+}
+
 #[test]
 fn arrays_where_an_object_belongs_are_skipped_and_block_writing() {
     let (mut s, f) = schema(&PATHS);
@@ -368,6 +395,19 @@ fn a_new_member_takes_a_comma_only_after_other_members() {
         (
             r#"{"destination":{"geo":{"x":[{}]}}}"#,
             r#"{"destination":{"geo":{"x":[{}],"country_name":"Iran"}}}"#,
+        ),
+        // A repeated receiving object: the last, empty or not.
+        (
+            r#"{"destination":{"ip":"1"},"destination":{ }}"#,
+            r#"{"destination":{"ip":"1"},"destination":{ "geo":{"country_name":"Iran"}}}"#,
+        ),
+        (
+            r#"{"destination":{ },"destination":{"ip":"1"}}"#,
+            r#"{"destination":{ },"destination":{"ip":"1","geo":{"country_name":"Iran"}}}"#,
+        ),
+        (
+            r#"{"destination.geo":{ }}"#,
+            r#"{"destination.geo":{ "country_name":"Iran"}}"#,
         ),
     ] {
         let (out, refused) = write(&mut s, line, &add);

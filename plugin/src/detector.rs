@@ -39,7 +39,7 @@ mod tests;
 mod threads;
 
 use jobs::build_jobs;
-use scoring::{alert_detail, enrich, expected_fields, geo_warnings, score, Scoring};
+use scoring::{alert_detail, enrich, expected_fields, geo_warnings, score, Owned, Scoring};
 pub use state::LoadReport;
 use threads::{Helpers, MIN_SHARED};
 
@@ -80,6 +80,9 @@ pub struct Detector {
     event_index: u32,
     /// The hour of the last event time read ([`crate::time`]).
     time: TimeMemo,
+    /// Key texts of the job being scored that the event does not hold as they are
+    /// ([`scoring`]'s `Owned`).
+    owned: Owned,
 }
 
 /// Reads the wanted fields from events: on the calling thread, and with helpers once a batch
@@ -256,6 +259,7 @@ impl Detector {
                 .collect(),
             event_index: 0,
             time: TimeMemo::default(),
+            owned: Owned::default(),
         })
     }
 
@@ -433,6 +437,7 @@ impl Detector {
             event_index: self.event_index,
             now: now_ms,
             time: &mut self.time,
+            owned: &mut self.owned,
         };
         let (hit, qualified) = score(&mut self.jobs, scoring, event);
         if qualified {

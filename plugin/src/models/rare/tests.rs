@@ -537,3 +537,42 @@ fn a_bucket_opened_at_the_open_keys_cap_does_not_grow_the_state() {
     let mut loaded = reloaded(&m);
     assert_eq!(see(&mut loaded, 1, "value-1"), see(&mut m, 1, "value-1"));
 }
+
+/// A closed bucket's emptied seen set is what the next bucket to open marks into: it holds
+/// nothing of its old bucket, and the scores are those of a model that allocates every set
+/// afresh (reloaded at each bucket: a loaded model keeps no spare set).
+#[test]
+fn a_closed_buckets_set_is_reused_empty_by_the_next_bucket() {
+    let mut m = RareConfig::default().build().unwrap();
+    for c in BASE {
+        see(&mut m, 0, c);
+    }
+    see(&mut m, 1, BASE[0]);
+    // Bucket 2 closes bucket 0 (lateness 1) and opens with room for bucket 1's two keys: it
+    // takes bucket 0's set of six (a new set for two keys would have room for three).
+    see(&mut m, 2, BASE[1]);
+    let open = &m.state.partitions.values().next().unwrap().open;
+    assert_eq!(open.len(), 2, "buckets 1 and 2");
+    let newest = open.iter().max_by_key(|o| o.bucket).unwrap();
+    assert_eq!(
+        newest.seen.len(),
+        2,
+        "the bucket's own key and BASE[1] only"
+    );
+    assert!(newest.seen.capacity() >= 6, "{}", newest.seen.capacity());
+    assert_eq!(m.spare.capacity(), 0);
+
+    let mut fresh = RareConfig::default().build().unwrap();
+    let mut m = RareConfig::default().build().unwrap();
+    for b in 0..40 {
+        fresh = reloaded(&fresh);
+        for c in BASE
+            .iter()
+            .cycle()
+            .skip(b as usize % 3)
+            .take(1 + b as usize % 5)
+        {
+            assert_eq!(see(&mut m, b, c), see(&mut fresh, b, c), "bucket {b}, {c}");
+        }
+    }
+}

@@ -136,34 +136,46 @@ pub enum GeoError {
 }
 
 /// A country: ISO 3166-1 alpha-2 code (upper case) and English name.
+///
+/// The code is kept as the `&'static str` it is handed out as: enrichment writes it on every
+/// event the GeoIP cache answers, and slicing it out of [`ALL_CODES`] there (index, bounds and
+/// character-boundary checks) cost ~30 Ir an event (callgrind `detector` case, #12).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub struct Country {
-    iso_code: [u8; 2],
+    iso_code: &'static str,
     name: &'static str,
 }
 
 impl Country {
+    /// The country of a normalised code (two upper-case ASCII letters) and its name.
+    fn new(code: [u8; 2], name: &'static str) -> Country {
+        let i = 2 * (usize::from(code[0] - b'A') * 26 + usize::from(code[1] - b'A'));
+        Country {
+            iso_code: ALL_CODES.get(i..i + 2).unwrap_or(""),
+            name,
+        }
+    }
+
     /// The country for an ISO code (any case), named from the compiled table, or `None` if the
     /// code is not two ASCII letters or not in the table.
     pub fn from_iso_code(code: &str) -> Option<Country> {
         let iso_code = normalise_code(code)?;
-        Some(Country {
-            iso_code,
-            name: table_name(iso_code)?,
-        })
+        Some(Country::new(iso_code, table_name(iso_code)?))
     }
 
     /// The upper-case two-letter ISO code, e.g. `"US"` (ECS `*.geo.country_iso_code`).
     pub fn iso_code(&self) -> &'static str {
-        // Always two upper-case ASCII letters by construction.
-        let i =
-            2 * (usize::from(self.iso_code[0] - b'A') * 26 + usize::from(self.iso_code[1] - b'A'));
-        ALL_CODES.get(i..i + 2).unwrap_or("")
+        self.iso_code
     }
 
     /// The ISO code as two ASCII bytes.
     pub fn iso_code_bytes(&self) -> [u8; 2] {
+        // Always two letters by construction.
         self.iso_code
+            .as_bytes()
+            .first_chunk()
+            .copied()
+            .unwrap_or_default()
     }
 
     /// The English name, e.g. `"United States"` (ECS `*.geo.country_name`).
@@ -265,5 +277,5 @@ fn make_country(code: &str, db_name: Option<&str>) -> Option<Country> {
         Some(n) => n,
         None => intern(std::str::from_utf8(&iso_code).ok()?)?,
     };
-    Some(Country { iso_code, name })
+    Some(Country::new(iso_code, name))
 }

@@ -143,6 +143,23 @@ fn shipping_agents() {
     assert!(is_shipping_agent("\u{a0}elastic-agent\u{2003}"));
     assert!(!is_shipping_agent(" filebeat x"));
     assert!(!is_shipping_agent("filebeat.ex"));
+    assert!(!is_shipping_agent("filebeat.exe.exe"));
+    assert!(is_shipping_agent("elastic-agent.eXe"));
+}
+
+/// The `.exe` of an agent's name is found in one word comparison: every ASCII byte in each of
+/// its four places answers as a case-insensitive comparison of the suffix would.
+#[test]
+fn only_a_dot_exe_in_any_case_is_taken_off_an_agents_name() {
+    for place in 0..4 {
+        for byte in 0..=127u8 {
+            let mut suffix = *b".exe";
+            suffix[place] = byte;
+            let name = format!("filebeat{}", String::from_utf8_lossy(&suffix));
+            let expected = suffix.eq_ignore_ascii_case(b".exe");
+            assert_eq!(is_shipping_agent(&name), expected, "{name:?}");
+        }
+    }
 }
 
 #[test]

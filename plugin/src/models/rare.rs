@@ -248,8 +248,9 @@ pub struct Rare {
     floor_p: Option<f64>,
     state: RareState,
     /// The emptied seen set of a closed bucket, the largest one closed since a bucket last
-    /// opened, kept for the next bucket to open instead of freeing it and allocating another
-    /// (not part of the saved state; counted in the state-bytes gauge: it is memory held).
+    /// opened, for the next bucket to open instead of freeing it and allocating another. It
+    /// lives until that opening: taken when its room fits the new bucket's, freed otherwise
+    /// (not part of the saved state; counted in the state-bytes gauge while held).
     spare: KeyMap<()>,
 }
 
@@ -366,12 +367,19 @@ impl Model for Rare {
                         // empty was rehashed at each doubling, about three times a bucket
                         // (two thirds of what its inserts cost). No more than the open-keys cap
                         // leaves: at the cap nothing can be marked, and the room would be lost.
-                        // The spare set of a closed bucket when it has that room (cleared when
-                        // kept): a set freed and another allocated was ~230 Ir a bucket.
+                        // The spare set of a closed bucket when it has that room and not much
+                        // more (a fresh set for `room` keys has up to about twice as much; a
+                        // spare of a burst bucket is not passed on), else a fresh set and the
+                        // spare is freed: a set freed and another allocated was ~230 Ir a
+                        // bucket.
                         let fullest = part.open.iter().map(|o| o.seen.len()).max();
                         let room = fullest.unwrap_or(0).min(cap.saturating_sub(st.open_keys));
-                        let seen = if room > 0 && self.spare.capacity() >= room {
-                            std::mem::take(&mut self.spare)
+                        let spare = std::mem::take(&mut self.spare);
+                        let seen = if room > 0
+                            && (room..=room.saturating_mul(2).saturating_add(8))
+                                .contains(&spare.capacity())
+                        {
+                            spare
                         } else {
                             KeyMap::with_capacity_and_hasher(room, Default::default())
                         };

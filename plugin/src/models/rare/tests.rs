@@ -576,3 +576,34 @@ fn a_closed_buckets_set_is_reused_empty_by_the_next_bucket() {
         }
     }
 }
+
+/// The open buckets' seen sets and the spare, in keys they have room for.
+fn seen_capacity(m: &Rare) -> usize {
+    let open: usize = m
+        .state
+        .partitions
+        .values()
+        .flat_map(|p| p.open.iter())
+        .map(|o| o.seen.capacity())
+        .sum();
+    open + m.spare.capacity()
+}
+
+/// review-models12 H1: the set of a burst bucket is not passed on to the small buckets after
+/// it (its room would be held, and counted, for good): two buckets after the burst, the sets
+/// are as small as fresh ones, and the spare is freed at an opening that does not take it.
+#[test]
+fn a_burst_buckets_set_is_freed_not_passed_on() {
+    let mut m = RareConfig::default().build().unwrap();
+    for i in 0..2_000 {
+        see(&mut m, 0, &format!("value-{i}"));
+    }
+    // Bucket 1 is made with room for bucket 0's keys (as before the spare).
+    see(&mut m, 1, BASE[0]);
+    assert!(seen_capacity(&m) >= 4_000, "{}", seen_capacity(&m));
+    // Bucket 2 closes bucket 0 and bucket 3 bucket 1: both large sets go.
+    see(&mut m, 2, BASE[0]);
+    see(&mut m, 3, BASE[0]);
+    assert!(seen_capacity(&m) <= 16, "{}", seen_capacity(&m));
+    assert_eq!(m.spare.capacity(), 0);
+}

@@ -608,6 +608,7 @@ impl Model for Rare {
             state.values.enforce_cap(h, &self.decay);
         }
         self.state = state;
+        self.spare = KeyMap::default();
         Ok(())
     }
 }

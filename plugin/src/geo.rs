@@ -149,8 +149,9 @@ pub struct Country {
 impl Country {
     /// The country of a normalised code (two upper-case ASCII letters) and its name.
     fn new(code: [u8; 2], name: &'static str) -> Country {
-        let i = 2 * (usize::from(code[0] - b'A') * 26 + usize::from(code[1] - b'A'));
+        let i = 2 * code_index(code);
         Country {
+            // Always in range: the index is below 676.
             iso_code: ALL_CODES.get(i..i + 2).unwrap_or(""),
             name,
         }
@@ -166,16 +167,6 @@ impl Country {
     /// The upper-case two-letter ISO code, e.g. `"US"` (ECS `*.geo.country_iso_code`).
     pub fn iso_code(&self) -> &'static str {
         self.iso_code
-    }
-
-    /// The ISO code as two ASCII bytes.
-    pub fn iso_code_bytes(&self) -> [u8; 2] {
-        // Always two letters by construction.
-        self.iso_code
-            .as_bytes()
-            .first_chunk()
-            .copied()
-            .unwrap_or_default()
     }
 
     /// The English name, e.g. `"United States"` (ECS `*.geo.country_name`).
@@ -240,8 +231,13 @@ const fn build_name_index() -> [&'static str; 676] {
 }
 
 fn table_name(code: [u8; 2]) -> Option<&'static str> {
-    let name = NAME_INDEX[usize::from(code[0] - b'A') * 26 + usize::from(code[1] - b'A')];
+    let name = NAME_INDEX[code_index(code)];
     (!name.is_empty()).then_some(name)
+}
+
+/// The place of a normalised code (two upper-case ASCII letters) among all 676, `AA` first.
+fn code_index(code: [u8; 2]) -> usize {
+    usize::from(code[0] - b'A') * 26 + usize::from(code[1] - b'A')
 }
 
 /// Returns a `'static` copy of `name`, leaking at most [`MAX_INTERNED_NAMES`] short strings

@@ -249,8 +249,9 @@ pub struct Rare {
     state: RareState,
     /// The emptied seen set of a closed bucket, the largest one closed since a bucket last
     /// opened, for the next bucket to open instead of freeing it and allocating another. It
-    /// lives until that opening: taken when its room fits the new bucket's, freed otherwise
-    /// (not part of the saved state; counted in the state-bytes gauge while held).
+    /// lives until that opening (usually in the event that closed it; an event of a partition
+    /// refused at the cap opens nothing): taken when its room fits the new bucket's, freed
+    /// otherwise (not part of the saved state; counted in the state-bytes gauge while held).
     spare: KeyMap<()>,
 }
 

@@ -48,8 +48,9 @@ struct Torn {
 }
 
 /// Which batch a torn line is in: a disk record, by where it ends; a batch held in memory, by
-/// where its bytes are (they stay there while it is handed over and queued, and no other live
-/// batch's bytes are there).
+/// where its first byte is (`Segments::first_byte`: it stays there while the batch is handed
+/// over and queued, no other live batch's first byte is there, and a join that moves it moves
+/// the mark of a line torn elsewhere with it).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum InBatch {
     Record(Position),
@@ -461,7 +462,15 @@ impl Worker {
                         self.resume_in(&torn, &batch);
                     }
                     if !self.sink.takes_pieces() {
+                        let was = InBatch::of(&batch);
                         batch.data.join();
+                        // A line torn in another file may be in this batch: it is known by
+                        // where the batch's bytes are now.
+                        if let Some(torn) = self.torn_elsewhere.as_mut() {
+                            if torn.batch == Some(was) {
+                                torn.batch = Some(InBatch::of(&batch));
+                            }
+                        }
                     }
                     let delivered = self.with_retries(batch.lines, |sink, deadline| {
                         sink.deliver_segments(&batch.data, deadline).map(|()| 0)

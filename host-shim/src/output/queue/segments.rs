@@ -294,7 +294,7 @@ mod tests {
         mixed.push_shared(&block, 8..14);
         assert_eq!(mixed.first_byte(), mixed.own.as_ptr() as usize);
         let at = first.first_byte();
-        let moved = vec![first];
+        let moved = [first];
         assert_eq!(
             moved[0].first_byte(),
             at,
